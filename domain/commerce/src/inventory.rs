@@ -1,0 +1,525 @@
+use std::collections::BTreeMap;
+
+use chronicle_schemas::{commerce::InventoryEvent, AggregateKind};
+use cqrs_es::{event_sink::EventSink, Aggregate};
+use serde::{Deserialize, Serialize};
+
+/// What can be asked of an inventory item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryCommand {
+    Create {
+        sku: String,
+        name: String,
+        price_cents: i64,
+        initial_stock: u64,
+    },
+    Receive {
+        quantity: u64,
+    },
+    /// Set `quantity` units aside for `reservation_id`. Repeating the same reservation is a
+    /// no-op, so a saga can retry it safely.
+    Reserve {
+        reservation_id: String,
+        quantity: u64,
+    },
+    /// Give a reservation back. Releasing one that does not exist or was already released
+    /// is a no-op (idempotent for sagas); releasing a committed one is an error.
+    Release {
+        reservation_id: String,
+    },
+    /// The reserved units left the warehouse. Repeating it is a no-op.
+    Commit {
+        reservation_id: String,
+    },
+}
+
+/// Why an inventory command was refused. Each maps to a stable API `code`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    #[error("an item with this SKU already exists")]
+    SkuExists,
+    #[error("no item with this SKU exists")]
+    NotFound,
+    #[error("quantity must be greater than zero")]
+    InvalidQuantity,
+    #[error("price must not be negative")]
+    InvalidPrice,
+    #[error("only {available} units are available, {requested} were requested")]
+    InsufficientStock { available: u64, requested: u64 },
+    #[error("reservation {0} already holds a different quantity")]
+    ReservationMismatch(String),
+    #[error("reservation {0} does not exist")]
+    UnknownReservation(String),
+    #[error("reservation {0} was already committed")]
+    ReservationCommitted(String),
+    #[error("reservation {0} was already released")]
+    ReservationReleased(String),
+}
+
+impl InventoryError {
+    /// The stable snake_case code of the error, as API.md's problem+json `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SkuExists => "sku_exists",
+            Self::NotFound => "not_found",
+            Self::InvalidQuantity | Self::InvalidPrice => "validation_failed",
+            Self::InsufficientStock { .. } => "insufficient_stock",
+            Self::ReservationMismatch(_) => "reservation_mismatch",
+            Self::UnknownReservation(_) => "unknown_reservation",
+            Self::ReservationCommitted(_) => "reservation_committed",
+            Self::ReservationReleased(_) => "reservation_released",
+        }
+    }
+}
+
+/// How a reservation ended; kept so that a late retry of release or commit is answered
+/// consistently instead of being applied twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Closed {
+    Released,
+    Committed,
+}
+
+/// One SKU's stock. `on_hand` counts units in the warehouse; `reserved` of them are promised
+/// to open reservations; `available = on_hand - reserved` is what can still be reserved.
+///
+/// Maps are `BTreeMap` so a snapshot of the state serializes the same way every time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryItem {
+    created: bool,
+    sku: String,
+    name: String,
+    price_cents: i64,
+    on_hand: u64,
+    reserved: u64,
+    open: BTreeMap<String, u64>,
+    closed: BTreeMap<String, Closed>,
+}
+
+impl InventoryItem {
+    pub fn exists(&self) -> bool {
+        self.created
+    }
+    pub fn sku(&self) -> &str {
+        &self.sku
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn price_cents(&self) -> i64 {
+        self.price_cents
+    }
+    pub fn on_hand(&self) -> u64 {
+        self.on_hand
+    }
+    pub fn reserved(&self) -> u64 {
+        self.reserved
+    }
+    pub fn available(&self) -> u64 {
+        self.on_hand - self.reserved
+    }
+
+    fn decide(&self, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
+        use InventoryCommand as C;
+        use InventoryEvent as E;
+        if !self.created && !matches!(command, C::Create { .. }) {
+            return Err(InventoryError::NotFound);
+        }
+        match command {
+            C::Create {
+                sku,
+                name,
+                price_cents,
+                initial_stock,
+            } => {
+                if self.created {
+                    return Err(InventoryError::SkuExists);
+                }
+                if price_cents < 0 {
+                    return Err(InventoryError::InvalidPrice);
+                }
+                Ok(vec![E::ItemCreated {
+                    sku,
+                    name,
+                    price_cents,
+                    initial_stock,
+                }])
+            }
+            C::Receive { quantity } => {
+                if quantity == 0 {
+                    return Err(InventoryError::InvalidQuantity);
+                }
+                Ok(vec![E::StockReceived { quantity }])
+            }
+            C::Reserve {
+                reservation_id,
+                quantity,
+            } => {
+                if quantity == 0 {
+                    return Err(InventoryError::InvalidQuantity);
+                }
+                if let Some(held) = self.open.get(&reservation_id) {
+                    return if *held == quantity {
+                        Ok(vec![])
+                    } else {
+                        Err(InventoryError::ReservationMismatch(reservation_id))
+                    };
+                }
+                match self.closed.get(&reservation_id) {
+                    Some(Closed::Committed) => {
+                        return Err(InventoryError::ReservationCommitted(reservation_id))
+                    }
+                    Some(Closed::Released) => {
+                        return Err(InventoryError::ReservationReleased(reservation_id))
+                    }
+                    None => {}
+                }
+                if self.available() < quantity {
+                    return Err(InventoryError::InsufficientStock {
+                        available: self.available(),
+                        requested: quantity,
+                    });
+                }
+                Ok(vec![E::StockReserved {
+                    reservation_id,
+                    quantity,
+                }])
+            }
+            C::Release { reservation_id } => match self.open.get(&reservation_id) {
+                Some(&quantity) => Ok(vec![E::ReservationReleased {
+                    reservation_id,
+                    quantity,
+                }]),
+                None => match self.closed.get(&reservation_id) {
+                    Some(Closed::Committed) => {
+                        Err(InventoryError::ReservationCommitted(reservation_id))
+                    }
+                    Some(Closed::Released) | None => Ok(vec![]),
+                },
+            },
+            C::Commit { reservation_id } => match self.open.get(&reservation_id) {
+                Some(&quantity) => Ok(vec![E::ReservationCommitted {
+                    reservation_id,
+                    quantity,
+                }]),
+                None => match self.closed.get(&reservation_id) {
+                    Some(Closed::Committed) => Ok(vec![]),
+                    Some(Closed::Released) => {
+                        Err(InventoryError::ReservationReleased(reservation_id))
+                    }
+                    None => Err(InventoryError::UnknownReservation(reservation_id)),
+                },
+            },
+        }
+    }
+}
+
+impl AggregateKind for InventoryItem {
+    const CONTEXT: &'static str = "commerce";
+}
+
+impl Aggregate for InventoryItem {
+    const TYPE: &'static str = "inventory_item";
+    type Command = InventoryCommand;
+    type Event = InventoryEvent;
+    type Error = InventoryError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        use InventoryEvent as E;
+        match event {
+            E::ItemCreated {
+                sku,
+                name,
+                price_cents,
+                initial_stock,
+            } => {
+                self.created = true;
+                self.sku = sku;
+                self.name = name;
+                self.price_cents = price_cents;
+                self.on_hand = initial_stock;
+            }
+            E::StockReceived { quantity } => self.on_hand += quantity,
+            E::StockReserved {
+                reservation_id,
+                quantity,
+            } => {
+                self.reserved += quantity;
+                self.open.insert(reservation_id, quantity);
+            }
+            E::ReservationReleased {
+                reservation_id,
+                quantity,
+            } => {
+                self.reserved -= quantity;
+                self.open.remove(&reservation_id);
+                self.closed.insert(reservation_id, Closed::Released);
+            }
+            E::ReservationCommitted {
+                reservation_id,
+                quantity,
+            } => {
+                self.reserved -= quantity;
+                self.on_hand -= quantity;
+                self.open.remove(&reservation_id);
+                self.closed.insert(reservation_id, Closed::Committed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use InventoryCommand as C;
+    use InventoryEvent as E;
+
+    type Given = TestFramework<InventoryItem>;
+
+    fn created(stock: u64) -> E {
+        E::ItemCreated {
+            sku: "SKU-1".into(),
+            name: "Widget".into(),
+            price_cents: 1250,
+            initial_stock: stock,
+        }
+    }
+
+    fn reserved(id: &str, quantity: u64) -> E {
+        E::StockReserved {
+            reservation_id: id.into(),
+            quantity,
+        }
+    }
+
+    #[test]
+    fn creating_a_new_item_records_its_opening_stock() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(C::Create {
+                sku: "SKU-1".into(),
+                name: "Widget".into(),
+                price_cents: 1250,
+                initial_stock: 10,
+            })
+            .then_expect_events(vec![created(10)]);
+    }
+
+    #[test]
+    fn creating_an_item_twice_is_refused_as_sku_exists() {
+        Given::with(())
+            .given(vec![created(1)])
+            .when(C::Create {
+                sku: "SKU-1".into(),
+                name: "Other".into(),
+                price_cents: 1,
+                initial_stock: 1,
+            })
+            .then_expect_error(InventoryError::SkuExists);
+    }
+
+    #[test]
+    fn a_negative_price_is_refused() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(C::Create {
+                sku: "SKU-1".into(),
+                name: "Widget".into(),
+                price_cents: -1,
+                initial_stock: 0,
+            })
+            .then_expect_error(InventoryError::InvalidPrice);
+    }
+
+    #[test]
+    fn commands_on_an_item_that_does_not_exist_are_not_found() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(C::Receive { quantity: 1 })
+            .then_expect_error(InventoryError::NotFound);
+        Given::with(())
+            .given_no_previous_events()
+            .when(C::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 1,
+            })
+            .then_expect_error(InventoryError::NotFound);
+    }
+
+    #[test]
+    fn receiving_stock_adds_to_on_hand_and_zero_is_refused() {
+        Given::with(())
+            .given(vec![created(0)])
+            .when(C::Receive { quantity: 5 })
+            .then_expect_events(vec![E::StockReceived { quantity: 5 }]);
+        Given::with(())
+            .given(vec![created(0)])
+            .when(C::Receive { quantity: 0 })
+            .then_expect_error(InventoryError::InvalidQuantity);
+    }
+
+    #[test]
+    fn reserving_within_available_stock_succeeds() {
+        Given::with(())
+            .given(vec![created(3)])
+            .when(C::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 3,
+            })
+            .then_expect_events(vec![reserved("o1", 3)]);
+    }
+
+    #[test]
+    fn reserving_more_than_available_is_refused_so_stock_never_goes_negative() {
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 4)])
+            .when(C::Reserve {
+                reservation_id: "o2".into(),
+                quantity: 2,
+            })
+            .then_expect_error(InventoryError::InsufficientStock {
+                available: 1,
+                requested: 2,
+            });
+    }
+
+    #[test]
+    fn repeating_a_reservation_is_a_no_op_but_changing_its_quantity_is_refused() {
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2)])
+            .when(C::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 2,
+            })
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2)])
+            .when(C::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 3,
+            })
+            .then_expect_error(InventoryError::ReservationMismatch("o1".into()));
+    }
+
+    #[test]
+    fn releasing_gives_the_units_back_once() {
+        let released = E::ReservationReleased {
+            reservation_id: "o1".into(),
+            quantity: 2,
+        };
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2)])
+            .when(C::Release {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_events(vec![released.clone()]);
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2), released])
+            .when(C::Release {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(vec![created(5)])
+            .when(C::Release {
+                reservation_id: "never".into(),
+            })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_released_reservation_cannot_be_reserved_again_or_committed() {
+        let given = vec![
+            created(5),
+            reserved("o1", 2),
+            E::ReservationReleased {
+                reservation_id: "o1".into(),
+                quantity: 2,
+            },
+        ];
+        Given::with(())
+            .given(given.clone())
+            .when(C::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 2,
+            })
+            .then_expect_error(InventoryError::ReservationReleased("o1".into()));
+        Given::with(())
+            .given(given)
+            .when(C::Commit {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_error(InventoryError::ReservationReleased("o1".into()));
+    }
+
+    #[test]
+    fn committing_removes_the_units_once_and_cannot_then_be_released() {
+        let committed = E::ReservationCommitted {
+            reservation_id: "o1".into(),
+            quantity: 2,
+        };
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2)])
+            .when(C::Commit {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_events(vec![committed.clone()]);
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2), committed.clone()])
+            .when(C::Commit {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(vec![created(5), reserved("o1", 2), committed])
+            .when(C::Release {
+                reservation_id: "o1".into(),
+            })
+            .then_expect_error(InventoryError::ReservationCommitted("o1".into()));
+        Given::with(())
+            .given(vec![created(5)])
+            .when(C::Commit {
+                reservation_id: "nope".into(),
+            })
+            .then_expect_error(InventoryError::UnknownReservation("nope".into()));
+    }
+
+    #[test]
+    fn state_tracks_on_hand_reserved_and_available() {
+        let mut item = InventoryItem::default();
+        for event in [
+            created(10),
+            reserved("o1", 3),
+            reserved("o2", 2),
+            E::ReservationCommitted {
+                reservation_id: "o1".into(),
+                quantity: 3,
+            },
+            E::ReservationReleased {
+                reservation_id: "o2".into(),
+                quantity: 2,
+            },
+            E::StockReceived { quantity: 4 },
+        ] {
+            item.apply(event);
+        }
+        assert_eq!(
+            (item.on_hand(), item.reserved(), item.available()),
+            (11, 0, 11)
+        );
+    }
+}

@@ -1,0 +1,220 @@
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The root token of every event subject: `events.<context>.<aggregate_type>.<aggregate_id>`.
+pub const SUBJECT_ROOT: &str = "events";
+
+/// NATS header carrying the event type (`StockReceived`).
+pub const HEADER_EVENT_TYPE: &str = "Chronicle-Event-Type";
+/// NATS header carrying the payload's schema version.
+pub const HEADER_EVENT_VERSION: &str = "Chronicle-Event-Version";
+/// NATS header carrying the event's sequence within its aggregate (1, 2, ...).
+pub const HEADER_AGGREGATE_SEQUENCE: &str = "Chronicle-Aggregate-Sequence";
+/// NATS header carrying the correlation id of the request that caused the event.
+pub const HEADER_CORRELATION_ID: &str = "Chronicle-Correlation-Id";
+
+/// Names a kind of event stream: the bounded context and the aggregate type inside it.
+///
+/// Domain aggregates implement this so the write side can route their events without the
+/// domain crates knowing anything about NATS.
+pub trait AggregateKind {
+    /// The bounded context, a subject token (`commerce`).
+    const CONTEXT: &'static str;
+}
+
+/// The NATS subject of one aggregate's events.
+pub fn subject_for(context: &str, aggregate_type: &str, aggregate_id: &str) -> String {
+    format!("{SUBJECT_ROOT}.{context}.{aggregate_type}.{aggregate_id}")
+}
+
+/// Whether `token` can stand as one token of a NATS subject: non-empty, no `.`, `*`, `>`
+/// and no white space. Aggregate ids are checked with this before anything is appended,
+/// because an id that is not a single token would land on the wrong subject.
+pub fn is_valid_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '.' && c != '*' && c != '>')
+}
+
+/// What a command carries into each of its events besides the payload.
+///
+/// It is stored in postgres-es's `metadata` column, so the events table keeps the library's
+/// exact layout while every event still has its id and times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// UUIDv7 of this event, unique across the log.
+    pub event_id: Uuid,
+    /// When the write side committed the event (UTC).
+    pub recorded_at: DateTime<Utc>,
+    /// The request or process that started the chain of commands.
+    pub correlation_id: Uuid,
+    /// The event or request that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// Who issued the command (a user id, or `saga:<name>`); `None` for anonymous calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// One event as it is published to JetStream and handed to projectors and integrations.
+///
+/// `payload` is the event's own fields (for `StockReceived`: `{"quantity": 5}`); the event
+/// type names which payload it is. [`Envelope::decode`] turns it back into the typed enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: String,
+    pub context: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Position of the event in its aggregate's stream, starting at 1.
+    pub sequence: u64,
+    pub recorded_at: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+/// An envelope whose payload is not the event it claims to be.
+#[derive(Debug)]
+pub struct DecodeError {
+    pub event_type: String,
+    pub source: serde_json::Error,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot decode event {}: {}",
+            self.event_type, self.source
+        )
+    }
+}
+
+impl std::error::Error for DecodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl Envelope {
+    /// Builds the envelope of one stored event.
+    ///
+    /// `stored_payload` is the event as the event store keeps it: serde's externally
+    /// tagged enum form (`{"StockReceived": {...}}`), postgres-es's convention. The envelope
+    /// carries only the inner object.
+    pub fn from_stored(
+        context: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        event_type: &str,
+        event_version: &str,
+        stored_payload: serde_json::Value,
+        metadata: &Metadata,
+    ) -> Self {
+        let payload = match stored_payload {
+            serde_json::Value::Object(mut map)
+                if map.len() == 1 && map.contains_key(event_type) =>
+            {
+                map.remove(event_type).unwrap_or(serde_json::Value::Null)
+            }
+            other => other,
+        };
+        Self {
+            event_id: metadata.event_id,
+            event_type: event_type.to_owned(),
+            event_version: event_version.to_owned(),
+            context: context.to_owned(),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            sequence,
+            recorded_at: metadata.recorded_at,
+            correlation_id: metadata.correlation_id,
+            causation_id: metadata.causation_id,
+            actor: metadata.actor.clone(),
+            payload,
+        }
+    }
+
+    /// The NATS subject this event is published on.
+    pub fn subject(&self) -> String {
+        subject_for(&self.context, &self.aggregate_type, &self.aggregate_id)
+    }
+
+    /// The JetStream `Nats-Msg-Id`: `<aggregate_type>:<aggregate_id>:<sequence>`, unique per
+    /// event and stable across retries, so the stream drops a re-published copy.
+    pub fn message_id(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
+    }
+
+    /// Decodes the payload into the typed event enum `E` (externally tagged by event type).
+    ///
+    /// # Errors
+    /// When the payload does not match the event type's fields.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, DecodeError> {
+        let tagged = serde_json::Value::Object(
+            [(self.event_type.clone(), self.payload.clone())]
+                .into_iter()
+                .collect(),
+        );
+        serde_json::from_value(tagged).map_err(|source| DecodeError {
+            event_type: self.event_type.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commerce::InventoryEvent;
+
+    fn metadata() -> Metadata {
+        Metadata {
+            event_id: Uuid::now_v7(),
+            recorded_at: Utc::now(),
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+            actor: Some("user-1".into()),
+        }
+    }
+
+    #[test]
+    fn an_envelope_carries_the_inner_payload_and_decodes_back_to_the_event() {
+        let event = InventoryEvent::StockReceived { quantity: 7 };
+        let stored = serde_json::to_value(&event).expect("events serialize");
+        let env = Envelope::from_stored(
+            "commerce",
+            "inventory_item",
+            "SKU-1",
+            3,
+            "StockReceived",
+            "1",
+            stored,
+            &metadata(),
+        );
+        assert_eq!(env.payload, serde_json::json!({"quantity": 7}));
+        assert_eq!(env.subject(), "events.commerce.inventory_item.SKU-1");
+        assert_eq!(env.message_id(), "inventory_item:SKU-1:3");
+        assert_eq!(env.decode::<InventoryEvent>().expect("decodes"), event);
+    }
+
+    #[test]
+    fn subject_tokens_reject_separators_wildcards_and_spaces() {
+        assert!(is_valid_subject_token("SKU-1_a"));
+        for bad in ["", "a.b", "a*", ">", "a b", "a\tb"] {
+            assert!(!is_valid_subject_token(bad), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The contract between every producer and consumer of Chronicle events.
+//!
+//! # Layout
+//!
+//! - [`Envelope`]: what is stored with each event and published to JetStream: event id,
+//!   type, version, aggregate, sequence, recorded-at, correlation and causation ids, actor.
+//! - [`AggregateKind`]: the bounded context and aggregate type that name a stream of events,
+//!   and from them the NATS subject of each event ([`subject_for`]).
+//! - [`commerce`]: the payloads of the commerce context (inventory so far).
+//!
+//! Payload types are versioned by their `event_version`; an old version is upcast, never
+//! edited. This crate does no I/O.
+
+mod envelope;
+
+pub mod commerce;
+
+pub use envelope::{
+    is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,
+    HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
+    SUBJECT_ROOT,
+};
