@@ -1,1 +1,22 @@
-//! placeholder
+//! Everything Chronicle does with NATS.
+//!
+//! # Layout
+//!
+//! - [`connect`]: a client that reconnects forever (a restarted server is a pause, not an
+//!   outage).
+//! - [`ensure_events_stream`]: the `EVENTS` stream of DESIGN.md: subjects
+//!   `events.<context>.<aggregate_type>.<aggregate_id>`, file storage, no limits, a 2-minute
+//!   duplicate window, deny delete and purge, atomic batches allowed.
+//! - [`Relay`]: moves committed events from the Postgres outbox to the stream, in order,
+//!   exactly once, as the single active publisher.
+//! - [`Faults`]: named fault points the tests arm to crash a process at an exact step.
+
+mod faults;
+mod relay;
+mod stream;
+
+pub use faults::{FaultAction, Faults, InjectedFault};
+pub use relay::{Relay, RelayConfig, RelayError};
+pub use stream::{
+    connect, ensure_events_stream, last_sequence_on_subject, BusError, EVENTS_STREAM,
+};

@@ -1,1 +1,26 @@
-//! placeholder
+//! The write side of Chronicle.
+//!
+//! # Layout
+//!
+//! - [`EventStore`]: loads an aggregate from the `events` table (postgres-es's layout, read
+//!   through postgres-es's repository) and appends new events, their outbox rows and the
+//!   idempotency record in ONE transaction (DESIGN.md invariant 1). It wakes the relay with
+//!   `pg_notify` on the channel [`OUTBOX_CHANNEL`].
+//! - [`CommandBus`]: runs a command end to end: per-aggregate queueing inside the process,
+//!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on
+//!   conflict, and idempotency-key replay.
+//! - [`migrate`]: the event-store schema.
+//!
+//! Why our own executor instead of cqrs-es's `CqrsFramework`: the framework cannot write the
+//! outbox or the idempotency record in the events' transaction, cannot check an expected
+//! version, and does not return the new version (docs/adr/0001-write-path.md).
+
+mod bus;
+mod error;
+mod idempotency;
+mod store;
+
+pub use bus::{CommandBus, CommandContext, Committed, Executed, RetryPolicy};
+pub use error::{CommandError, StoreError};
+pub use idempotency::{IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
+pub use store::{migrate, EventStore, LoadedAggregate, OUTBOX_CHANNEL};

@@ -104,23 +104,34 @@ impl std::error::Error for DecodeError {
     }
 }
 
+/// One event as the event store keeps it, before it becomes an [`Envelope`].
+#[derive(Debug, Clone)]
+pub struct StoredEvent<'a> {
+    pub context: &'a str,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: u64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    /// serde's externally tagged enum form (`{"StockReceived": {...}}`), postgres-es's
+    /// convention.
+    pub payload: serde_json::Value,
+}
+
 impl Envelope {
-    /// Builds the envelope of one stored event.
-    ///
-    /// `stored_payload` is the event as the event store keeps it: serde's externally
-    /// tagged enum form (`{"StockReceived": {...}}`), postgres-es's convention. The envelope
-    /// carries only the inner object.
-    pub fn from_stored(
-        context: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: u64,
-        event_type: &str,
-        event_version: &str,
-        stored_payload: serde_json::Value,
-        metadata: &Metadata,
-    ) -> Self {
-        let payload = match stored_payload {
+    /// Builds the envelope of one stored event. The envelope carries only the payload's
+    /// inner object; its type is in `event_type`.
+    pub fn from_stored(stored: StoredEvent<'_>, metadata: &Metadata) -> Self {
+        let StoredEvent {
+            context,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+        } = stored;
+        let payload = match payload {
             serde_json::Value::Object(mut map)
                 if map.len() == 1 && map.contains_key(event_type) =>
             {
@@ -195,13 +206,15 @@ mod tests {
         let event = InventoryEvent::StockReceived { quantity: 7 };
         let stored = serde_json::to_value(&event).expect("events serialize");
         let env = Envelope::from_stored(
-            "commerce",
-            "inventory_item",
-            "SKU-1",
-            3,
-            "StockReceived",
-            "1",
-            stored,
+            StoredEvent {
+                context: "commerce",
+                aggregate_type: "inventory_item",
+                aggregate_id: "SKU-1",
+                sequence: 3,
+                event_type: "StockReceived",
+                event_version: "1",
+                payload: stored,
+            },
             &metadata(),
         );
         assert_eq!(env.payload, serde_json::json!({"quantity": 7}));

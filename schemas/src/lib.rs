@@ -17,6 +17,6 @@ pub mod commerce;
 
 pub use envelope::{
     is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,
-    HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
-    SUBJECT_ROOT,
+    StoredEvent, HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE,
+    HEADER_EVENT_VERSION, SUBJECT_ROOT,
 };

@@ -1,0 +1,82 @@
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+/// What an armed fault point does when it is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Abort the whole process at once, as `kill -9` would (used with subprocesses).
+    Abort,
+    /// Make the component stop right there, with no clean-up, once; the point disarms. Used
+    /// in-process: what a crash leaves behind (an open transaction, unacked messages, a
+    /// dropped connection) is left behind the same way.
+    Crash,
+}
+
+/// A component stopped at an armed fault point.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("injected fault at {0}")]
+pub struct InjectedFault(pub String);
+
+/// Named fault points, per component instance so parallel tests do not share them.
+///
+/// A production process arms none unless `CHRONICLE_FAILPOINTS` names some
+/// (`relay.after_publish=abort,projector.before_commit=abort`).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    armed: Arc<Mutex<HashMap<String, FaultAction>>>,
+}
+
+impl Faults {
+    /// Fault points from `CHRONICLE_FAILPOINTS`; unknown actions are ignored with a warning.
+    pub fn from_env() -> Self {
+        let faults = Self::default();
+        if let Ok(spec) = std::env::var("CHRONICLE_FAILPOINTS") {
+            for item in spec.split(',').filter(|s| !s.is_empty()) {
+                match item.split_once('=') {
+                    Some((name, "abort")) => faults.arm(name, FaultAction::Abort),
+                    Some((name, "crash")) => faults.arm(name, FaultAction::Crash),
+                    _ => tracing::warn!(item, "ignoring a malformed CHRONICLE_FAILPOINTS entry"),
+                }
+            }
+        }
+        faults
+    }
+
+    pub fn arm(&self, point: &str, action: FaultAction) {
+        self.lock().insert(point.to_owned(), action);
+    }
+
+    /// Called by a component at fault point `point`.
+    ///
+    /// # Errors
+    /// [`InjectedFault`] when the point is armed with [`FaultAction::Crash`].
+    pub fn hit(&self, point: &str) -> Result<(), InjectedFault> {
+        let action = {
+            let mut armed = self.lock();
+            match armed.get(point).copied() {
+                Some(FaultAction::Crash) => armed.remove(point),
+                other => other,
+            }
+        };
+        match action {
+            None => Ok(()),
+            Some(FaultAction::Abort) => {
+                tracing::error!(point, "fault point armed with abort: aborting the process");
+                std::process::abort()
+            }
+            Some(FaultAction::Crash) => {
+                tracing::warn!(point, "fault point armed with crash: stopping here");
+                Err(InjectedFault(point.to_owned()))
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FaultAction>> {
+        // A poisoned map is still a valid map: the panic was elsewhere.
+        self.armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

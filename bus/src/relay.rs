@@ -1,0 +1,359 @@
+//! The outbox relay: Postgres outbox → JetStream `EVENTS`, in order, exactly once.
+//!
+//! One relay is active at a time: it holds a session advisory lock on a dedicated
+//! connection and runs every outbox query on that same connection, so a relay that lost its
+//! connection (and with it the lock) cannot delete or publish on the strength of a lock it no
+//! longer has. Others wait as standbys and take over when the lock frees.
+//!
+//! Each round takes the oldest rows (at most 1,000), publishes them as ONE JetStream atomic
+//! batch (all stored or none, one fsync for all), and deletes them only after the batch is
+//! acknowledged. Per-aggregate order holds because rows are taken in commit order and a
+//! round starts only after the previous one was acknowledged.
+//!
+//! A crash after the publish and before the delete leaves rows that are already in the
+//! stream. After (re)starting, and after any publish whose outcome is unknown, the relay is
+//! in recovery: it asks the stream for the last aggregate sequence on each subject of the
+//! round and drops the rows at or below it. `Nats-Msg-Id` dedupe is the second line of
+//! defence inside its 2-minute window; the recovery check holds beyond it.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use async_nats::{header::NATS_MESSAGE_ID, jetstream, HeaderMap};
+use chronicle_commands::OUTBOX_CHANNEL;
+use chronicle_schemas::{
+    HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
+};
+use sqlx::{postgres::PgListener, Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    faults::{Faults, InjectedFault},
+    stream::{ensure_events_stream, last_sequence_on_subject, BusError},
+};
+
+/// Tuning of the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows published per atomic batch (JetStream allows at most 1,000).
+    pub batch_max: usize,
+    /// How often to look at the outbox when no notification arrives (the fallback if a
+    /// NOTIFY is missed, e.g. while the listener reconnects).
+    pub poll_interval: Duration,
+    /// The advisory lock key that elects the single active relay.
+    pub lock_key: i64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 1_000,
+            poll_interval: Duration::from_millis(500),
+            // "chronicl" in ASCII: a key no other component uses.
+            lock_key: 0x6368_726f_6e69_636c,
+        }
+    }
+}
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Fault(#[from] InjectedFault),
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> RelayError {
+    move |source| RelayError::Database { context, source }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    subject: String,
+    message_id: String,
+    event_type: String,
+    event_version: String,
+    aggregate_sequence: i64,
+    correlation_id: Uuid,
+    envelope: Vec<u8>,
+}
+
+/// The outbox relay. Build it with [`Relay::new`], run it with [`Relay::run`].
+pub struct Relay {
+    pool: PgPool,
+    client: async_nats::Client,
+    config: RelayConfig,
+    faults: Faults,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, client: async_nats::Client, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            client,
+            config,
+            faults: Faults::default(),
+        }
+    }
+
+    /// Fault points: `relay.after_publish` (the batch is acknowledged, its rows not yet
+    /// deleted).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Runs until `shutdown` completes, or until a fault point stops it. Transient failures
+    /// (Postgres or NATS away) are logged and retried; they never end the loop.
+    ///
+    /// # Errors
+    /// Only [`RelayError::Fault`], when an armed fault point is reached.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+        tokio::pin!(shutdown);
+        loop {
+            let round = self.lead();
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                result = round => match result {
+                    Err(RelayError::Fault(fault)) => return Err(RelayError::Fault(fault)),
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "relay interrupted; retrying");
+                        tokio::select! {
+                            () = &mut shutdown => return Ok(()),
+                            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        }
+                    }
+                    Ok(()) => {}
+                }
+            }
+        }
+    }
+
+    /// Waits for the advisory lock, then relays until something fails.
+    async fn lead(&self) -> Result<(), RelayError> {
+        // A connection of its own, never a pooled one: when the relay stops in any way (this
+        // future dropped on shutdown, a crash), the connection closes and the server releases
+        // the lock. A pooled connection would go back to the pool still holding it.
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
+            .await
+            .map_err(db("connecting"))?;
+        loop {
+            let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(self.config.lock_key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db("taking the relay lock"))?;
+            if locked {
+                break;
+            }
+            tracing::debug!("another relay is active; standing by");
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+        tracing::info!("relay is the active publisher");
+        self.relay(&mut conn).await
+    }
+
+    async fn relay(&self, conn: &mut PgConnection) -> Result<(), RelayError> {
+        let js = jetstream::new(self.client.clone());
+        let stream = ensure_events_stream(&js).await?;
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("listening for outbox notifications"))?;
+        listener
+            .listen(OUTBOX_CHANNEL)
+            .await
+            .map_err(db("listening for outbox notifications"))?;
+        let mut recovering = true;
+        loop {
+            // Notifications that arrived while we worked are answered by the read below; one
+            // that arrives after it wakes the wait, so no commit waits for the poll.
+            while listener.next_buffered().is_some() {}
+            let rows: Vec<OutboxRow> = sqlx::query_as(
+                "SELECT id, subject, message_id, event_type, event_version, aggregate_sequence, \
+                        correlation_id, envelope \
+                 FROM outbox ORDER BY id LIMIT $1",
+            )
+            .bind(self.config.batch_max.min(1_000) as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("reading the outbox"))?;
+            if rows.is_empty() {
+                tokio::select! {
+                    n = listener.recv() => { n.map_err(db("waiting for outbox notifications"))?; }
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let rows = if recovering {
+                let (published, pending) = split_published(&stream, rows).await?;
+                if !published.is_empty() {
+                    tracing::info!(
+                        count = published.len(),
+                        "dropping outbox rows already in the stream"
+                    );
+                    delete(conn, &published).await?;
+                    continue;
+                }
+                recovering = false;
+                pending
+            } else {
+                rows
+            };
+            // On an error the outcome of the batch is unknown: the caller starts over, in
+            // recovery, and finds out from the stream.
+            self.publish_batch(&js, &rows).await?;
+            self.faults.hit("relay.after_publish")?;
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            delete(conn, &ids).await?;
+            tracing::debug!(count = rows.len(), "relayed outbox rows");
+        }
+    }
+
+    /// Publishes `rows` as one atomic batch and waits for its acknowledgement. A batch that
+    /// JetStream refuses as a whole (a duplicate id inside the window, say) is published again
+    /// message by message, where duplicates are acknowledged as such.
+    async fn publish_batch(
+        &self,
+        js: &jetstream::Context,
+        rows: &[OutboxRow],
+    ) -> Result<(), RelayError> {
+        let batch_id = Uuid::now_v7().simple().to_string();
+        let last = rows.len() - 1;
+        for (i, row) in rows.iter().enumerate() {
+            let mut headers = headers_of(row);
+            headers.insert("Nats-Batch-Id", batch_id.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            if i < last {
+                self.client
+                    .publish_with_headers(row.subject.clone(), headers, row.envelope.clone().into())
+                    .await
+                    .map_err(|e| BusError::Request {
+                        context: "publishing a batch message",
+                        detail: e.to_string(),
+                    })?;
+            } else {
+                headers.insert("Nats-Batch-Commit", "1");
+                let reply = self
+                    .client
+                    .request_with_headers(row.subject.clone(), headers, row.envelope.clone().into())
+                    .await
+                    .map_err(|e| BusError::Request {
+                        context: "committing a batch",
+                        detail: e.to_string(),
+                    })?;
+                let ack: serde_json::Value =
+                    serde_json::from_slice(&reply.payload).unwrap_or_default();
+                if let Some(error) = ack.get("error") {
+                    tracing::info!(%error, rows = rows.len(), "atomic batch refused; publishing one by one");
+                    return self.publish_each(js, rows).await;
+                }
+                if ack.get("seq").is_none() {
+                    return Err(BusError::Request {
+                        context: "committing a batch",
+                        detail: format!("unexpected reply {ack}"),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_each(
+        &self,
+        js: &jetstream::Context,
+        rows: &[OutboxRow],
+    ) -> Result<(), RelayError> {
+        for row in rows {
+            let ack = js
+                .publish_with_headers(
+                    row.subject.clone(),
+                    headers_of(row),
+                    row.envelope.clone().into(),
+                )
+                .await
+                .map_err(|e| BusError::Request {
+                    context: "publishing an event",
+                    detail: e.to_string(),
+                })?;
+            ack.await.map_err(|e| BusError::Request {
+                context: "awaiting a publish ack",
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn headers_of(row: &OutboxRow) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, row.message_id.as_str());
+    headers.insert(HEADER_EVENT_TYPE, row.event_type.as_str());
+    headers.insert(HEADER_EVENT_VERSION, row.event_version.as_str());
+    headers.insert(
+        HEADER_AGGREGATE_SEQUENCE,
+        row.aggregate_sequence.to_string().as_str(),
+    );
+    headers.insert(
+        HEADER_CORRELATION_ID,
+        row.correlation_id.to_string().as_str(),
+    );
+    headers
+}
+
+/// Splits rows into those whose event is already in the stream (their ids) and the rest.
+async fn split_published(
+    stream: &jetstream::stream::Stream,
+    rows: Vec<OutboxRow>,
+) -> Result<(Vec<i64>, Vec<OutboxRow>), RelayError> {
+    let mut last_by_subject: HashMap<String, u64> = HashMap::new();
+    let mut published = Vec::new();
+    let mut pending = Vec::new();
+    for row in rows {
+        let last = match last_by_subject.get(&row.subject) {
+            Some(last) => *last,
+            None => {
+                let last = last_sequence_on_subject(stream, &row.subject).await?;
+                last_by_subject.insert(row.subject.clone(), last);
+                last
+            }
+        };
+        if row.aggregate_sequence as u64 <= last {
+            published.push(row.id);
+        } else {
+            pending.push(row);
+        }
+    }
+    Ok((published, pending))
+}
+
+async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<(), RelayError> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("deleting relayed outbox rows"))?;
+    Ok(())
+}
+
+/// Displays an error with its whole `source()` chain, for logs.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, LastRawMessageErrorKind, RetentionPolicy, StorageType},
+};
+use chronicle_schemas::{HEADER_AGGREGATE_SEQUENCE, SUBJECT_ROOT};
+
+/// The stream that is Chronicle's log.
+pub const EVENTS_STREAM: &str = "EVENTS";
+
+/// A NATS failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS request failed while {context}: {detail}")]
+    Request {
+        context: &'static str,
+        detail: String,
+    },
+}
+
+/// Connects to NATS, retrying the first connection and every later one without limit.
+///
+/// # Errors
+/// When the URL is malformed.
+pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
+    async_nats::ConnectOptions::new()
+        .name("chronicle")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// The configuration of the `EVENTS` stream (DESIGN.md, NATS layout).
+pub fn events_stream_config() -> Config {
+    Config {
+        name: EVENTS_STREAM.to_owned(),
+        subjects: vec![format!("{SUBJECT_ROOT}.>")],
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        max_messages: -1,
+        max_bytes: -1,
+        max_age: Duration::ZERO,
+        duplicate_window: Duration::from_secs(120),
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Creates the `EVENTS` stream, or brings an existing one to the expected configuration.
+///
+/// # Errors
+/// When JetStream is not enabled or refuses the configuration.
+pub async fn ensure_events_stream(
+    js: &jetstream::Context,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let config = events_stream_config();
+    match js.get_stream(EVENTS_STREAM).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| BusError::Request {
+                context: "reading the EVENTS stream",
+                detail: e.to_string(),
+            })?;
+            let current = &info.config;
+            let drifted = current.duplicate_window < config.duplicate_window
+                || !current.deny_delete
+                || !current.deny_purge
+                || !current.allow_direct
+                || !current.allow_atomic_publish;
+            if drifted {
+                let mut wanted = config.clone();
+                // Replication is an operator's choice (R3 on a cluster); keep theirs.
+                wanted.num_replicas = current.num_replicas;
+                js.update_stream(&wanted)
+                    .await
+                    .map_err(|e| BusError::Request {
+                        context: "updating the EVENTS stream",
+                        detail: e.to_string(),
+                    })?;
+            }
+            Ok(stream)
+        }
+        Err(_) => js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| BusError::Request {
+                context: "creating the EVENTS stream",
+                detail: e.to_string(),
+            }),
+    }
+}
+
+/// The aggregate sequence of the last event stored on `subject`, 0 when there is none.
+///
+/// # Errors
+/// When the stream cannot be read.
+pub async fn last_sequence_on_subject(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<u64, BusError> {
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(message
+            .headers
+            .get(HEADER_AGGREGATE_SEQUENCE)
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(BusError::Request {
+            context: "reading the last message of a subject",
+            detail: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,56 @@
+use crate::idempotency::StoredResponse;
+
+/// A failure of the event store itself (the database), as opposed to a refused command.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored event {aggregate_type}/{aggregate_id}#{sequence} cannot be decoded")]
+    Corrupt {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("event store read failed")]
+    Persistence(#[from] cqrs_es::persist::PersistenceError),
+}
+
+impl StoreError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { context, source }
+    }
+}
+
+/// Why a command did not commit. `E` is the aggregate's own business error.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command (a business rule); nothing was appended.
+    #[error(transparent)]
+    Rejected(E),
+    /// `If-Match` named a version the aggregate is not at (HTTP 412).
+    #[error("expected version {expected}, the aggregate is at {actual}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// Other writers kept winning the race for this aggregate after every retry (HTTP 409).
+    #[error("the aggregate was changed concurrently; retries exhausted")]
+    Conflict,
+    /// The idempotency key was used before with a different request (HTTP 422).
+    #[error("the idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an idempotency-key lookup found: the first response, or that the key is taken by a
+/// different request.
+#[derive(Debug)]
+pub(crate) enum KeyLookup {
+    Fresh,
+    Replay(StoredResponse),
+    Reused,
+}

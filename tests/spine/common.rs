@@ -1,0 +1,147 @@
+//! Helpers shared by the spine tests.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use chronicle_bus::{Faults, Relay, RelayConfig};
+use chronicle_commands::{CommandBus, CommandContext, EventStore, Executed};
+use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_schemas::Envelope;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+pub fn bus(pool: &PgPool) -> CommandBus {
+    CommandBus::new(EventStore::new(pool.clone()))
+}
+
+pub async fn create_item(bus: &CommandBus, sku: &str, stock: u64) -> u64 {
+    let done = bus
+        .execute::<InventoryItem>(
+            sku,
+            InventoryCommand::Create {
+                sku: sku.into(),
+                name: format!("Item {sku}"),
+                price_cents: 100,
+                initial_stock: stock,
+            },
+            &(),
+            &CommandContext::new(),
+        )
+        .await
+        .expect("creating an item succeeds");
+    match done {
+        Executed::Committed(c) => c.version,
+        Executed::Replayed(_) => panic!("no idempotency key was sent"),
+    }
+}
+
+pub async fn receive(bus: &CommandBus, sku: &str, quantity: u64) {
+    bus.execute::<InventoryItem>(
+        sku,
+        InventoryCommand::Receive { quantity },
+        &(),
+        &CommandContext::new(),
+    )
+    .await
+    .expect("receiving stock succeeds");
+}
+
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .expect("count query");
+    n
+}
+
+/// A running relay and the means to stop it.
+pub struct RunningRelay {
+    pub handle: JoinHandle<Result<(), chronicle_bus::RelayError>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningRelay {
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle
+            .await
+            .expect("the relay task does not panic")
+            .expect("the relay stops cleanly");
+    }
+}
+
+pub fn start_relay(pool: &PgPool, client: &async_nats::Client, faults: Faults) -> RunningRelay {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = Relay::new(
+        pool.clone(),
+        client.clone(),
+        RelayConfig {
+            poll_interval: Duration::from_millis(50),
+            ..RelayConfig::default()
+        },
+    )
+    .with_faults(faults);
+    let handle = tokio::spawn(relay.run(async move {
+        let _ = rx.await;
+    }));
+    RunningRelay {
+        handle,
+        stop: Some(tx),
+    }
+}
+
+/// Every message in the EVENTS stream, in stream order, decoded.
+pub async fn stream_contents(client: &async_nats::Client) -> Vec<Envelope> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream("EVENTS")
+        .await
+        .expect("the EVENTS stream exists");
+    let total = stream.get_info().await.expect("stream info").state.messages;
+    if total == 0 {
+        return Vec::new();
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("consume");
+    let mut out = Vec::new();
+    while (out.len() as u64) < total {
+        let msg = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the stream delivers what it holds")
+            .expect("the consumer does not end")
+            .expect("a message");
+        out.push(serde_json::from_slice(&msg.payload).expect("payloads are envelopes"));
+    }
+    out
+}
+
+/// Waits until the stream holds `n` messages and the outbox is empty.
+pub async fn wait_relayed(pool: &PgPool, client: &async_nats::Client, n: u64) {
+    let js = jetstream::new(client.clone());
+    chronicle_tests::eventually(
+        "the relay to drain the outbox",
+        Duration::from_secs(20),
+        || {
+            let js = js.clone();
+            let pool = pool.clone();
+            async move {
+                let messages = match js.get_stream("EVENTS").await {
+                    Ok(stream) => stream.get_info().await.ok()?.state.messages,
+                    Err(_) => return None,
+                };
+                let outbox = count(&pool, "outbox").await;
+                (messages >= n && outbox == 0).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -1,0 +1,6 @@
+//! The event spine against real nats-server and PostgreSQL: DESIGN.md invariants 1–4 and
+//! the inventory slice end to end.
+
+mod common;
+mod relay;
+mod write_side;
