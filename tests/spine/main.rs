@@ -2,5 +2,6 @@
 //! the inventory slice end to end.
 
 mod common;
+mod projector;
 mod relay;
 mod write_side;

@@ -1,0 +1,60 @@
+use std::future::Future;
+
+use chronicle_schemas::Envelope;
+use sqlx::PgConnection;
+
+/// Why a batch could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Decode(#[from] chronicle_schemas::DecodeError),
+    #[error("NATS error while {context}: {detail}")]
+    Nats {
+        context: &'static str,
+        detail: String,
+    },
+    #[error(transparent)]
+    Fault(#[from] chronicle_bus::InjectedFault),
+}
+
+impl ProjectionError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { context, source }
+    }
+    pub(crate) fn nats(context: &'static str) -> impl FnOnce(String) -> Self {
+        move |detail| Self::Nats { context, detail }
+    }
+}
+
+/// A read model built from the log.
+///
+/// Its SQL names tables without a schema: the runtime writes to `public`, replay runs the
+/// same code with a shadow schema first on the `search_path`. So the rebuilt rows come from
+/// exactly the code that built the live ones.
+pub trait Projection: Send + Sync + 'static {
+    /// Unique name: the checkpoint row, the durable consumer (`projector-<name>`), the CLI.
+    fn name(&self) -> &'static str;
+
+    /// The subjects to consume (NATS wildcards allowed).
+    fn subjects(&self) -> Vec<String>;
+
+    /// The tables the projection owns; replay rebuilds and swaps all of them.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// DDL creating the tables, idempotent (`CREATE TABLE IF NOT EXISTS ...`), unqualified.
+    fn ddl(&self) -> &'static str;
+
+    /// Applies `events` (stream order, each newer than the checkpoint) inside the caller's
+    /// transaction. Must be deterministic: same events, same rows.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [Envelope],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
+}

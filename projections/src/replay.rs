@@ -1,0 +1,149 @@
+//! Rebuilding a read model from the log.
+//!
+//! The projection's tables are created in a shadow schema (`replay_<name>`) and filled by the
+//! projection's own `apply`, run with the shadow schema first on the `search_path`, from an
+//! ordered consumer reading the stream from sequence 1. At the end one transaction locks the
+//! checkpoint row, replaces the live tables with the shadow ones and sets the checkpoint to
+//! the last replayed sequence; the live projector notices the checkpoint moved and carries on
+//! from there. Readers see the old tables until that commit and the new ones after it.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use chronicle_bus::ensure_events_stream;
+use chronicle_schemas::Envelope;
+use futures::StreamExt;
+use sqlx::PgPool;
+
+use crate::{checkpoint, runtime::setup, Projection, ProjectionError};
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayStats {
+    pub events: u64,
+    /// The stream sequence the rebuilt model is at (its new checkpoint).
+    pub last_sequence: u64,
+    pub seconds: f64,
+}
+
+/// Rebuilds `projection` from the `EVENTS` stream and swaps it in.
+///
+/// `progress(done, total)` is called after each batch (`total` is the number of matching
+/// messages when the replay started).
+///
+/// # Errors
+/// When Postgres or NATS fail; the live tables are untouched then.
+pub async fn replay<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    client: &async_nats::Client,
+    batch_max: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ReplayStats, ProjectionError> {
+    let started = Instant::now();
+    let name = projection.name();
+    let shadow = format!("replay_{name}");
+    setup(pool, projection).await?;
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}; \
+         SET search_path TO {shadow}; {ddl}; RESET search_path;",
+        ddl = projection.ddl()
+    ))
+    .execute(pool)
+    .await
+    .map_err(ProjectionError::db("creating the shadow tables"))?;
+
+    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let js = jetstream::new(client.clone());
+    let stream = ensure_events_stream(&js)
+        .await
+        .map_err(|e| nats("opening the stream")(e.to_string()))?;
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: projection.subjects(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats("creating the replay consumer")(e.to_string()))?;
+    let total = consumer
+        .info()
+        .await
+        .map_err(|e| nats("reading the replay consumer")(e.to_string()))?
+        .num_pending;
+    let mut done = 0;
+    let mut last_sequence = 0;
+    if total > 0 {
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats("replaying")(e.to_string()))?;
+        let mut batch: Vec<Envelope> = Vec::with_capacity(batch_max);
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| nats("replaying")("no message for 30 s".into()))?
+                .ok_or_else(|| nats("replaying")("the consumer ended".into()))?
+                .map_err(|e| nats("replaying")(e.to_string()))?;
+            let info = message
+                .info()
+                .map_err(|e| nats("reading message info")(e.to_string()))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            let envelope: Envelope =
+                serde_json::from_slice(&message.payload).map_err(|source| {
+                    ProjectionError::Decode(chronicle_schemas::DecodeError {
+                        event_type: format!("stream message {sequence}"),
+                        source,
+                    })
+                })?;
+            batch.push(envelope);
+            last_sequence = sequence;
+            if batch.len() >= batch_max || pending == 0 {
+                let mut tx = pool
+                    .begin()
+                    .await
+                    .map_err(ProjectionError::db("starting a replay batch"))?;
+                sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ProjectionError::db("selecting the shadow schema"))?;
+                projection.apply(&mut tx, &batch).await?;
+                tx.commit()
+                    .await
+                    .map_err(ProjectionError::db("committing a replay batch"))?;
+                done += batch.len() as u64;
+                batch.clear();
+                progress(done, total.max(done));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(ProjectionError::db("starting the swap"))?;
+    checkpoint::lock(&mut tx, name).await?;
+    let mut swap = String::new();
+    for table in projection.tables() {
+        swap.push_str(&format!(
+            "DROP TABLE IF EXISTS public.{table}; ALTER TABLE {shadow}.{table} SET SCHEMA public; "
+        ));
+    }
+    swap.push_str(&format!("DROP SCHEMA {shadow} CASCADE;"));
+    sqlx::raw_sql(&swap)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProjectionError::db("swapping in the rebuilt tables"))?;
+    checkpoint::store(&mut tx, name, last_sequence).await?;
+    tx.commit()
+        .await
+        .map_err(ProjectionError::db("committing the swap"))?;
+    Ok(ReplayStats {
+        events: done,
+        last_sequence,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
