@@ -1,1 +1,100 @@
-fn main() {}
+//! `chronicle`: every Chronicle process as a subcommand.
+//!
+//! # Layout
+//!
+//! - `settings`: the typed configuration (`CHRONICLE_*`, `DATABASE_URL`, `NATS_URL`).
+//! - `engines`: `chronicle up`'s own nats-server and PostgreSQL when no URLs are given.
+//! - `processes`: gateway, relay and projectors as tasks sharing one shutdown signal.
+//!
+//! `chronicle up` runs them all in one process; `gateway`, `relay`, `project` run one each
+//! against servers named by `DATABASE_URL` and `NATS_URL`.
+
+mod engines;
+mod processes;
+mod settings;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chronicle",
+    version,
+    about = "An event-sourced CQRS platform on NATS JetStream and PostgreSQL"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: settings::Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything on this machine (the default): its own nats-server and PostgreSQL unless
+    /// NATS_URL / DATABASE_URL are set, then gateway, relay and every projector.
+    Up,
+    /// The HTTP gateway only.
+    Gateway,
+    /// The outbox relay only (run several for availability: one is active at a time).
+    Relay,
+    /// One projector (`inventory`), or all with --all.
+    Project {
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
+    Replay {
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Events per write transaction.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+    },
+    /// Projection checkpoints and lag.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// One JSON line per projection.
+    Status,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = cli.settings;
+    match cli.command.unwrap_or(Command::Up) {
+        Command::Up => processes::up(settings).await,
+        Command::Gateway => processes::single(settings, processes::Role::Gateway).await,
+        Command::Relay => processes::single(settings, processes::Role::Relay).await,
+        Command::Project { name, all } => {
+            let names = processes::projection_names(name.as_deref(), all)?;
+            processes::single(settings, processes::Role::Projectors(names)).await
+        }
+        Command::Replay { name, all, batch } => {
+            let names = processes::projection_names(name.as_deref(), all)?;
+            processes::replay(settings, names, batch).await
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Status,
+        } => processes::status(settings).await,
+    }
+}

@@ -1,1 +1,41 @@
-//! placeholder
+//! The HTTP gateway (API.md).
+//!
+//! # Layout
+//!
+//! - [`router`] builds the axum app from an [`AppState`]; [`serve`] runs it with graceful
+//!   shutdown. Building and running are apart so tests serve the same router on port 0.
+//! - `error`: [`ApiError`], the one error type; every failure, axum's own rejections
+//!   included, leaves as RFC 9457 problem+json with a stable `code`.
+//! - `extract`: request extractors that fail with [`ApiError`]: JSON bodies (raw bytes kept
+//!   for idempotency hashing), `If-Match`, `Idempotency-Key`, the caller.
+//! - `freshness`: `?min_version=` waits, woken by projector notifications.
+//! - `routes`: one module per area (`health`, `inventory`, `projections`).
+//!
+//! Commands go through `chronicle_commands::CommandBus`; queries read the read models
+//! through the query functions their projections export.
+
+mod error;
+mod extract;
+mod freshness;
+mod routes;
+mod state;
+
+pub use error::{ApiError, FieldError};
+pub use freshness::Freshness;
+pub use routes::router;
+pub use state::AppState;
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight
+/// requests.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

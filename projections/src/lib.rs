@@ -23,4 +23,4 @@ pub mod inventory;
 pub use checkpoint::{status, ProjectionStatus, CHECKPOINTS_DDL};
 pub use projection::{Projection, ProjectionError};
 pub use replay::{replay, ReplayStats};
-pub use runtime::{Projector, ProjectorConfig};
+pub use runtime::{Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -11,6 +11,10 @@ use sqlx::PgPool;
 
 use crate::{checkpoint, Projection, ProjectionError};
 
+/// The Postgres channel a projector notifies (payload: the projection's name) whenever a
+/// batch commits, so readers waiting for a version wake at once.
+pub const PROJECTION_CHANNEL: &str = "chronicle_projections";
+
 /// The durable consumer a projection reads through.
 pub(crate) fn durable_name(projection: &str) -> String {
     format!("projector-{projection}")
@@ -167,6 +171,13 @@ impl<P: Projection> Projector<P> {
             if !events.is_empty() {
                 self.projection.apply(&mut tx, &events).await?;
                 checkpoint::store(&mut tx, name, last).await?;
+                // Delivered on commit: wakes readers waiting for `?min_version`.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(PROJECTION_CHANNEL)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ProjectionError::db("notifying readers"))?;
             }
             self.faults.hit("projector.before_commit")?;
             tx.commit()

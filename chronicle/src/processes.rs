@@ -1,0 +1,288 @@
+//! Gateway, relay and projectors as tasks that share one shutdown signal.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use anyhow::{bail, Context};
+use chronicle_bus::{ensure_events_stream, Faults, Relay, RelayConfig};
+use chronicle_commands::{CommandBus, EventStore};
+use chronicle_gateway::AppState;
+use chronicle_projections::{
+    inventory::InventoryProjection, Projection, Projector, ProjectorConfig,
+};
+use sqlx::{postgres::PgPoolOptions, PgPool};
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{engines, settings::Settings};
+
+/// Every projection this binary knows, by name.
+pub const PROJECTIONS: &[&str] = &["inventory"];
+
+/// What a process runs.
+#[derive(Debug, Clone)]
+pub enum Role {
+    Gateway,
+    Relay,
+    Projectors(Vec<String>),
+}
+
+/// The projections named on the command line.
+///
+/// # Errors
+/// When none or an unknown one is named.
+pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<String>> {
+    match (name, all) {
+        (_, true) => Ok(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
+        (Some(name), false) if PROJECTIONS.contains(&name) => Ok(vec![name.to_owned()]),
+        (Some(name), false) => bail!(
+            "unknown projection {name:?}; known: {}",
+            PROJECTIONS.join(", ")
+        ),
+        (None, false) => bail!(
+            "name a projection ({}) or pass --all",
+            PROJECTIONS.join(", ")
+        ),
+    }
+}
+
+struct Connections {
+    pool: PgPool,
+    nats: async_nats::Client,
+}
+
+async fn connect(db_url: &str, nats_url: &str, pool_size: u32) -> anyhow::Result<Connections> {
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(db_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    chronicle_commands::migrate(&pool)
+        .await
+        .context("migrating the event store")?;
+    let nats = chronicle_bus::connect(nats_url)
+        .await
+        .context("connecting to NATS")?;
+    ensure_events_stream(&async_nats::jetstream::new(nats.clone()))
+        .await
+        .context("provisioning the EVENTS stream")?;
+    Ok(Connections { pool, nats })
+}
+
+/// `chronicle up`.
+///
+/// # Errors
+/// When a server cannot be started or a process fails.
+pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    let (embedded, db_url, nats_url) = engines::start(&settings).await?;
+    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
+    let roles = vec![
+        Role::Relay,
+        Role::Projectors(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
+        Role::Gateway,
+    ];
+    let result = run_roles(&settings, connections, roles).await;
+    // Stops the embedded servers (blocking waits for their exit).
+    tokio::task::spawn_blocking(move || drop(embedded))
+        .await
+        .context("stopping the embedded servers")?;
+    result
+}
+
+/// `chronicle gateway|relay|project`.
+///
+/// # Errors
+/// When the servers cannot be reached or the process fails.
+pub async fn single(settings: Settings, role: Role) -> anyhow::Result<()> {
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
+    run_roles(&settings, connections, vec![role]).await
+}
+
+type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+fn projector_task(
+    name: &str,
+    connections: &Connections,
+    faults: Faults,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Task> {
+    let (pool, nats) = (connections.pool.clone(), connections.nats.clone());
+    match name {
+        "inventory" => {
+            let projector =
+                Projector::new(InventoryProjection, pool, nats, ProjectorConfig::default())
+                    .with_faults(faults);
+            Ok(Box::pin(async move {
+                projector.run(shutdown).await.context("inventory projector")
+            }))
+        }
+        other => bail!("unknown projection {other:?}"),
+    }
+}
+
+async fn run_roles(
+    settings: &Settings,
+    connections: Connections,
+    roles: Vec<Role>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let faults = Faults::from_env();
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    for role in roles {
+        match role {
+            Role::Relay => {
+                let relay = Relay::new(
+                    connections.pool.clone(),
+                    connections.nats.clone(),
+                    RelayConfig::default(),
+                )
+                .with_faults(faults.clone());
+                let stop = shutdown();
+                tasks.spawn(async move { relay.run(stop).await.context("relay") });
+            }
+            Role::Projectors(names) => {
+                for name in names {
+                    tasks.spawn(projector_task(
+                        &name,
+                        &connections,
+                        faults.clone(),
+                        shutdown(),
+                    )?);
+                }
+            }
+            Role::Gateway => {
+                let listener = tokio::net::TcpListener::bind(settings.http_addr)
+                    .await
+                    .with_context(|| format!("binding {}", settings.http_addr))?;
+                let addr = listener.local_addr().context("reading the bound address")?;
+                let state = AppState::new(
+                    CommandBus::new(EventStore::new(connections.pool.clone())),
+                    connections.pool.clone(),
+                    connections.nats.clone(),
+                );
+                // On stdout, so scripts and tests can read the port when they asked for 0.
+                println!("chronicle: gateway listening on http://{addr}");
+                let stop = shutdown();
+                tasks.spawn(async move {
+                    chronicle_gateway::serve(listener, state, stop)
+                        .await
+                        .context("gateway")
+                });
+            }
+        }
+    }
+    tracing::info!("chronicle is running; Ctrl-C stops it");
+    let first_exit = tokio::select! {
+        () = signal() => None,
+        Some(done) = tasks.join_next() => Some(done),
+    };
+    let _ = stop_tx.send(true);
+    let mut failure = match first_exit {
+        Some(Ok(Ok(()))) => None,
+        Some(Ok(Err(e))) => Some(e),
+        Some(Err(join)) => Some(anyhow::anyhow!(join).context("a process panicked")),
+        None => None,
+    };
+    let drain = async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(error = format!("{e:#}"), "process ended with an error");
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(settings.shutdown_seconds), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timed out; stopping the rest");
+        tasks.abort_all();
+    }
+    connections.pool.close().await;
+    tracing::info!("chronicle stopped");
+    match failure.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `chronicle replay`.
+///
+/// # Errors
+/// When the servers cannot be reached or the replay fails.
+pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> anyhow::Result<()> {
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
+    for name in names {
+        let projection = match name.as_str() {
+            "inventory" => InventoryProjection,
+            other => bail!("unknown projection {other:?}"),
+        };
+        let stats = chronicle_projections::replay(
+            &projection,
+            &connections.pool,
+            &connections.nats,
+            batch,
+            |done, total| {
+                let percent = if total == 0 { 100 } else { done * 100 / total };
+                eprint!("\r{name}: {done}/{total} events ({percent}%)");
+            },
+        )
+        .await
+        .with_context(|| format!("replaying {name}"))?;
+        eprintln!();
+        println!(
+            "{}",
+            serde_json::json!({
+                "projection": projection.name(),
+                "events": stats.events,
+                "checkpoint": stats.last_sequence,
+                "seconds": stats.seconds,
+                "events_per_s": if stats.seconds > 0.0 { stats.events as f64 / stats.seconds } else { 0.0 },
+            })
+        );
+    }
+    Ok(())
+}
+
+/// `chronicle projections status`.
+///
+/// # Errors
+/// When the servers cannot be reached.
+pub async fn status(settings: Settings) -> anyhow::Result<()> {
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, 2).await?;
+    let js = async_nats::jetstream::new(connections.nats.clone());
+    for name in PROJECTIONS {
+        let status = chronicle_projections::status(&connections.pool, &js, name).await?;
+        println!("{}", serde_json::to_string(&status)?);
+    }
+    Ok(())
+}

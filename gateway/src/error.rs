@@ -1,0 +1,240 @@
+//! The gateway's one error type and its problem+json form (RFC 9457, API.md Conventions).
+
+use axum::{
+    extract::rejection::{PathRejection, QueryRejection},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chronicle_commands::{CommandError, StoreError};
+use serde::Serialize;
+
+/// One invalid field of a request, for 422 `validation_failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A failed request. Client errors say what was wrong; server errors say nothing of their
+/// cause to the client and log it, whole, when turned into a response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    errors: Vec<FieldError>,
+    /// Extra members of the problem object (`"id"` of an existing resource, say).
+    extra: serde_json::Map<String, serde_json::Value>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            extra: serde_json::Map::new(),
+            source: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 422 `validation_failed` listing each invalid field.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "the request has invalid fields",
+        );
+        e.errors = errors;
+        e
+    }
+
+    /// A failure of ours (500), or of a backing server (503 `unavailable`).
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let unavailable = is_unavailable(&source);
+        let mut e = if unavailable {
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a backing service is unavailable; retry later",
+            )
+        } else {
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an unexpected error occurred",
+            )
+        };
+        e.source = Some(Box::new(source));
+        e
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+/// Whether an error chain bottoms out in a server that cannot be reached.
+fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(sqlx_error) = e.downcast_ref::<sqlx::Error>() {
+            return matches!(
+                sqlx_error,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+            );
+        }
+        current = e.source();
+    }
+    false
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(source) = &self.source {
+            let mut chain = source.to_string();
+            let mut next = source.source();
+            while let Some(e) = next {
+                chain.push_str(": ");
+                chain.push_str(&e.to_string());
+                next = e.source();
+            }
+            tracing::error!(status = self.status.as_u16(), code = self.code, error = %chain, "request failed");
+        }
+        let body = Problem {
+            kind: format!(
+                "https://chronicle.dev/problems/{}",
+                self.code.replace('_', "-")
+            ),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+            errors: &self.errors,
+            extra: &self.extra,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (self.status, json).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request("invalid_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+/// Maps a domain error to its status; its `code` comes from the domain.
+pub(crate) trait DomainError: std::error::Error + Send + Sync + 'static {
+    fn code(&self) -> &'static str;
+    fn status(&self) -> StatusCode;
+}
+
+impl DomainError for chronicle_commerce::InventoryError {
+    fn code(&self) -> &'static str {
+        chronicle_commerce::InventoryError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_commerce::InventoryError as E;
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::InvalidQuantity | E::InvalidPrice => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::CONFLICT,
+        }
+    }
+}
+
+impl<E: DomainError> From<CommandError<E>> for ApiError {
+    fn from(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Rejected(rule) => Self::new(rule.status(), rule.code(), rule.to_string()),
+            CommandError::VersionMismatch { expected, actual } => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "version_mismatch",
+                format!(
+                    "If-Match expected version {expected}, the resource is at version {actual}"
+                ),
+            )
+            .with("current_version", actual),
+            CommandError::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrency_conflict",
+                "the resource was changed concurrently; retry the request",
+            ),
+            CommandError::IdempotencyKeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request",
+            ),
+            CommandError::Store(store) => Self::internal(store),
+        }
+    }
+}

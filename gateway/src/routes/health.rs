@@ -1,0 +1,32 @@
+//! `GET /health`: whether Postgres and NATS answer.
+
+use std::time::Duration;
+
+use axum::{extract::State, http::StatusCode, Json};
+use serde_json::{json, Value};
+
+use crate::state::AppState;
+
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let postgres = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT 1").execute(&state.pool)
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let up = |ok: bool| if ok { "up" } else { "down" };
+    let status = if postgres && nats {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ok" } else { "degraded" },
+        "postgres": up(postgres),
+        "nats": up(nats),
+    });
+    (status, Json(body))
+}

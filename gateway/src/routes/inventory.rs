@@ -1,0 +1,242 @@
+//! `/api/v1/inventory/items` (API.md, Commerce: inventory).
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
+    Json,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_projections::inventory::{self, InventoryView};
+use chronicle_schemas::is_valid_subject_token;
+use serde::{Deserialize, Serialize};
+
+use super::respond;
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateItem {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    initial_stock: i64,
+}
+
+fn validate_sku(sku: &str, errors: &mut Vec<FieldError>) {
+    // The SKU is the aggregate id and so a NATS subject token: no dots, wildcards or spaces.
+    if sku.is_empty()
+        || sku.len() > 64
+        || !is_valid_subject_token(sku)
+        || !sku
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        errors.push(FieldError::new(
+            "sku",
+            "1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        ));
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<CreateItem>,
+) -> Result<Response, ApiError> {
+    let item = body.value;
+    let mut errors = Vec::new();
+    validate_sku(&item.sku, &mut errors);
+    if item.name.trim().is_empty() || item.name.chars().count() > 200 {
+        errors.push(FieldError::new("name", "1 to 200 characters, not blank"));
+    }
+    if item.price_cents < 0 {
+        errors.push(FieldError::new(
+            "price_cents",
+            "must be zero or more (integer cents)",
+        ));
+    }
+    if item.initial_stock < 0 {
+        errors.push(FieldError::new("initial_stock", "must be zero or more"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let ctx = respond::context(
+        &caller,
+        "POST /api/v1/inventory/items",
+        IfMatch(None),
+        key,
+        &body.raw,
+    );
+    let make = respond::id_and_version(201);
+    let executed = state
+        .commands
+        .execute_with_response::<InventoryItem>(
+            &item.sku,
+            InventoryCommand::Create {
+                sku: item.sku.clone(),
+                name: item.name,
+                price_cents: item.price_cents,
+                initial_stock: item.initial_stock as u64,
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await?;
+    let mut response = respond::executed(executed, make);
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/inventory/items/{}", item.sku)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receive {
+    quantity: i64,
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Receive>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    validate_sku(&sku, &mut errors);
+    if body.value.quantity <= 0 {
+        errors.push(FieldError::new("quantity", "must be greater than zero"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let route = format!("POST /api/v1/inventory/items/{sku}/receive");
+    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let make = respond::id_and_version(200);
+    let executed = state
+        .commands
+        .execute_with_response::<InventoryItem>(
+            &sku,
+            InventoryCommand::Receive {
+                quantity: body.value.quantity as u64,
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    min_version: Option<u64>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    let (view, consistency) = match params.min_version {
+        None => (inventory::get(&state.pool, &sku).await?, None),
+        Some(min) => {
+            let (view, fresh) = state
+                .freshness
+                .wait_for(
+                    min,
+                    |v: &InventoryView| v.version as u64,
+                    || inventory::get(&state.pool, &sku),
+                )
+                .await?;
+            (view, Some(if fresh { "fresh" } else { "stale" }))
+        }
+    };
+    let view =
+        view.ok_or_else(|| ApiError::not_found(format!("no inventory item with SKU {sku}")))?;
+    let version = view.version;
+    let mut response = respond::with_etag(Json(view).into_response(), version);
+    if let Some(consistency) = consistency {
+        response.headers_mut().insert(
+            "chronicle-consistency",
+            HeaderValue::from_static(consistency),
+        );
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    low_stock_below: Option<i64>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    after: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<InventoryView>>, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "limit",
+            "must be between 1 and 200",
+        )]));
+    }
+    let after = match &params.cursor {
+        None => None,
+        Some(cursor) => {
+            let decoded = URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "the cursor is not one this API gave out",
+                    )
+                })?;
+            Some(decoded.after)
+        }
+    };
+    let mut items = inventory::list(
+        &state.pool,
+        params.low_stock_below,
+        after.as_deref(),
+        limit + 1,
+    )
+    .await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|last| {
+            let cursor = Cursor {
+                after: last.sku.clone(),
+            };
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+        })
+    } else {
+        None
+    };
+    Ok(Json(Page { items, next_cursor }))
+}

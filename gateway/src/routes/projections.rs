@@ -1,0 +1,19 @@
+//! `GET /api/v1/projections`: each read model's checkpoint and lag.
+
+use axum::{extract::State, Json};
+use chronicle_projections::{inventory::InventoryProjection, status, Projection, ProjectionStatus};
+
+use crate::{error::ApiError, state::AppState};
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+    let js = async_nats::jetstream::new(state.nats.clone());
+    let mut out = Vec::new();
+    for name in [InventoryProjection.name()] {
+        out.push(
+            status(&state.pool, &js, name)
+                .await
+                .map_err(ApiError::internal)?,
+        );
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,70 @@
+//! Turning command outcomes into responses.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use chronicle_commands::{CommandContext, Committed, Executed, IdempotencyKey, StoredResponse};
+
+use crate::extract::{Caller, IdempotencyKeyHeader, IfMatch};
+
+/// The context of a command sent over HTTP: the caller as actor, `If-Match`, and the
+/// idempotency key scoped to caller and route.
+pub fn context(
+    caller: &Caller,
+    route: &str,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    raw_body: &[u8],
+) -> CommandContext {
+    CommandContext {
+        actor: caller.user_id.clone(),
+        expected_version: if_match.0,
+        idempotency: key
+            .0
+            .map(|key| IdempotencyKey::new(format!("{}|{route}", caller.name()), key, raw_body)),
+        ..CommandContext::new()
+    }
+}
+
+/// `{"id", "version"}` with `status`: the body of most command responses.
+pub fn id_and_version(status: u16) -> impl Fn(&Committed) -> StoredResponse {
+    move |c| StoredResponse {
+        status,
+        body: serde_json::json!({"id": c.aggregate_id, "version": c.version}),
+    }
+}
+
+/// The response of an executed command: the fresh one, or the stored one on a replay
+/// (marked with `Idempotent-Replayed: true`). `ETag` carries the version.
+pub fn executed(executed: Executed, respond: impl Fn(&Committed) -> StoredResponse) -> Response {
+    let (stored, replayed) = match executed {
+        Executed::Committed(c) => (respond(&c), false),
+        Executed::Replayed(r) => (r, true),
+    };
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, axum::Json(&stored.body)).into_response();
+    if let Some(version) = stored
+        .body
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+    {
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Sets `ETag: "version"` on a query response.
+pub fn with_etag(mut response: Response, version: i64) -> Response {
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
