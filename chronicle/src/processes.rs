@@ -251,7 +251,7 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
             &connections.nats,
             batch,
             |done, total| {
-                let percent = if total == 0 { 100 } else { done * 100 / total };
+                let percent = (done * 100).checked_div(total).unwrap_or(100);
                 eprint!("\r{name}: {done}/{total} events ({percent}%)");
             },
         )
