@@ -2,6 +2,7 @@
 //! the inventory slice end to end.
 
 mod common;
+mod gateway;
 mod projector;
 mod relay;
 mod write_side;

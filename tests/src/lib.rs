@@ -7,6 +7,8 @@
 //!   The event-store schema is migrated once into a template database.
 //! - [`TestDb`]: a fresh database per test, cloned from that template.
 //! - [`TestNats`]: a `nats-server` per test, random port, temp store, gone on drop.
+//! - [`TestApp`]: the whole system in-process (gateway on port 0, relay, projectors) on a
+//!   [`TestDb`] and a [`TestNats`], for black-box HTTP tests.
 //!
 //! Tests are independent and run in parallel; nothing here uses a fixed port.
 
@@ -16,6 +18,39 @@ use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
 
 const TEMPLATE: &str = "chronicle_template";
+const CLUSTER_PREFIX: &str = "chronicle-pg-";
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes cluster dirs left by test binaries that have exited.
+///
+/// The cluster lives in a `static`, which Rust never drops, so its temp dir outlives the
+/// binary (the server itself is stopped by the kernel: engines' pdeathsig). Each binary
+/// records its pid; a dir whose pid is gone is garbage.
+fn sweep_dead_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(CLUSTER_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE)).ok();
+        let alive = match owner.and_then(|pid| pid.trim().parse::<u32>().ok()) {
+            Some(pid) => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            // No owner yet: another binary may be between creating it and writing the pid.
+            None => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < Duration::from_secs(60)),
+        };
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
 
 struct Cluster {
     postgres: Postgres,
@@ -31,10 +66,13 @@ pub fn postgres_cluster() -> &'static Postgres {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     &CLUSTER
         .get_or_init(|| {
+            sweep_dead_clusters();
             let dir = tempfile::Builder::new()
-                .prefix("chronicle-pg-")
+                .prefix(CLUSTER_PREFIX)
                 .tempdir()
                 .expect("the temp dir is writable");
+            std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+                .expect("write the owner file");
             // The server runs as `postgres` when we are root: it must be able to enter.
             std::fs::set_permissions(
                 dir.path(),
@@ -182,5 +220,130 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The whole system for one test: gateway on port 0, relay and projectors, its own database
+/// and nats-server. Everything stops when it is dropped.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: TestDb,
+    pub pool: PgPool,
+    pub nats: TestNats,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
+        let (db, nats) = (TestDb::new().await, TestNats::start());
+        let pool = db.pool().await;
+        let client = chronicle_bus::connect(&nats.url())
+            .await
+            .expect("connect to NATS");
+        chronicle_bus::ensure_events_stream(&async_nats::jetstream::new(client.clone()))
+            .await
+            .expect("the EVENTS stream");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let shutdown = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let relay = chronicle_bus::Relay::new(
+            pool.clone(),
+            client.clone(),
+            chronicle_bus::RelayConfig {
+                poll_interval: Duration::from_millis(50),
+                ..Default::default()
+            },
+        );
+        let projector = Projector::new(
+            InventoryProjection,
+            pool.clone(),
+            client.clone(),
+            ProjectorConfig::default(),
+        );
+        projector.setup().await.expect("projection tables");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().expect("bound address"));
+        let state = chronicle_gateway::AppState::new(
+            chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(pool.clone())),
+            pool.clone(),
+            client,
+        );
+        let tasks = vec![
+            tokio::spawn({
+                let stop = shutdown();
+                async move {
+                    let _ = relay.run(stop).await;
+                }
+            }),
+            tokio::spawn({
+                let stop = shutdown();
+                async move {
+                    let _ = projector.run(stop).await;
+                }
+            }),
+            tokio::spawn({
+                let stop = shutdown();
+                async move {
+                    let _ = chronicle_gateway::serve(listener, state, stop).await;
+                }
+            }),
+        ];
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            db,
+            pool,
+            nats,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    /// How many events the store holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }

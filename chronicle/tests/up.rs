@@ -1,0 +1,110 @@
+//! `chronicle up` as a user runs it: a subprocess that starts its own nats-server and
+//! PostgreSQL, serves HTTP, and stops cleanly on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+
+/// Starts `chronicle up` on port 0 with `data_dir`, returns it and its base URL.
+fn start(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .arg("up")
+        .env("CHRONICLE_DATA_DIR", data_dir)
+        .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the chronicle binary starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // Blocks until the line is printed (the servers are up by then) or the process exits.
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("chronicle up prints its address before anything fails")
+            .expect("stdout is readable");
+        if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    (child, base)
+}
+
+fn terminate(mut child: Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal chronicle");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for chronicle") {
+            assert!(
+                status.success(),
+                "chronicle up exits cleanly on SIGTERM: {status}"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chronicle up did not stop within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let http = reqwest::Client::new();
+
+    let (child, base) = tokio::task::block_in_place(|| start(dir.path()));
+    let health: Value = http
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        json!({"status": "ok", "postgres": "up", "nats": "up"})
+    );
+    let created = http
+        .post(format!("{base}/api/v1/inventory/items"))
+        .json(&json!({"sku": "SMOKE-1", "name": "Smoke", "price_cents": 99, "initial_stock": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let read = http
+        .get(format!(
+            "{base}/api/v1/inventory/items/SMOKE-1?min_version=1"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    let item: Value = read.json().await.unwrap();
+    assert_eq!(
+        (item["available"].clone(), item["version"].clone()),
+        (json!(3), json!(1))
+    );
+    tokio::task::block_in_place(|| terminate(child));
+
+    let (child, base) = tokio::task::block_in_place(|| start(dir.path()));
+    let item: Value = http
+        .get(format!("{base}/api/v1/inventory/items/SMOKE-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item["name"], "Smoke", "the read model survived the restart");
+    tokio::task::block_in_place(|| terminate(child));
+}

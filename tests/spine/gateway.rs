@@ -1,0 +1,395 @@
+//! The inventory routes of API.md through HTTP, with every documented error.
+
+use std::time::Duration;
+
+use chronicle_tests::TestApp;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+/// Asserts a problem+json answer with `status` and `code`; returns the problem object.
+async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "errors are problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
+}
+
+fn item(sku: &str, stock: i64) -> Value {
+    json!({"sku": sku, "name": format!("Item {sku}"), "price_cents": 1250, "initial_stock": stock})
+}
+
+#[tokio::test]
+async fn creating_an_item_answers_201_with_its_version_and_then_reads_back_fresh() {
+    let app = TestApp::spawn().await;
+    let response = app.post("/api/v1/inventory/items", item("ABC-1", 10)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    assert_eq!(
+        response.headers()["location"],
+        "/api/v1/inventory/items/ABC-1"
+    );
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"id": "ABC-1", "version": 1})
+    );
+
+    let read = app.get("/api/v1/inventory/items/ABC-1?min_version=1").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    assert_eq!(read.headers()["etag"], "\"1\"");
+    assert_eq!(
+        read.json::<Value>().await.unwrap(),
+        json!({"sku": "ABC-1", "name": "Item ABC-1", "price_cents": 1250, "on_hand": 10,
+               "reserved": 0, "available": 10, "version": 1})
+    );
+}
+
+#[tokio::test]
+async fn receiving_stock_raises_the_version_and_on_hand() {
+    let app = TestApp::spawn().await;
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    let response = app
+        .post(
+            "/api/v1/inventory/items/ABC-1/receive",
+            json!({"quantity": 4}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"id": "ABC-1", "version": 2})
+    );
+    let read: Value = app
+        .get("/api/v1/inventory/items/ABC-1?min_version=2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (read["on_hand"].clone(), read["version"].clone()),
+        (json!(5), json!(2))
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_sku_is_409_sku_exists_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    let response = app.post("/api/v1/inventory/items", item("ABC-1", 5)).await;
+    problem(response, StatusCode::CONFLICT, "sku_exists").await;
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test]
+async fn unknown_items_and_routes_are_404_and_wrong_methods_405() {
+    let app = TestApp::spawn().await;
+    problem(
+        app.get("/api/v1/inventory/items/NOPE").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let receive = app
+        .post(
+            "/api/v1/inventory/items/NOPE/receive",
+            json!({"quantity": 1}),
+        )
+        .await;
+    problem(receive, StatusCode::NOT_FOUND, "not_found").await;
+    problem(
+        app.get("/api/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let delete = app
+        .http
+        .delete(app.url("/api/v1/inventory/items"))
+        .send()
+        .await
+        .unwrap();
+    problem(delete, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn invalid_fields_are_422_with_one_error_per_field_and_append_nothing() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "has space", "name": " ", "price_cents": -5, "initial_stock": -1}),
+        )
+        .await;
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["sku", "name", "price_cents", "initial_stock"]);
+
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    let zero = app
+        .post(
+            "/api/v1/inventory/items/ABC-1/receive",
+            json!({"quantity": 0}),
+        )
+        .await;
+    let body = problem(zero, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    assert_eq!(body["errors"][0]["field"], "quantity");
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test]
+async fn malformed_json_wrong_types_and_wrong_content_type_are_client_errors() {
+    let app = TestApp::spawn().await;
+    let send = |body: &'static str, content_type: &'static str| {
+        app.http
+            .post(app.url("/api/v1/inventory/items"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    problem(
+        send("{\"sku\": ", "application/json").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    problem(
+        send(
+            r#"{"sku":"A","name":"B","price_cents":"ten","initial_stock":1}"#,
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    )
+    .await;
+    problem(
+        send(r#"{"sku":"A"}"#, "application/json").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+    )
+    .await;
+    problem(
+        send(
+            r#"{"sku":"A","name":"B","price_cents":1,"initial_stock":1}"#,
+            "text/plain",
+        )
+        .await
+        .unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let bad_query = app
+        .get("/api/v1/inventory/items?low_stock_below=many")
+        .await;
+    problem(bad_query, StatusCode::BAD_REQUEST, "invalid_query").await;
+    assert_eq!(app.event_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_stale_if_match_is_412_and_appends_nothing_while_a_current_one_succeeds() {
+    let app = TestApp::spawn().await;
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    app.post(
+        "/api/v1/inventory/items/ABC-1/receive",
+        json!({"quantity": 1}),
+    )
+    .await;
+    let receive = |etag: &'static str| {
+        app.http
+            .post(app.url("/api/v1/inventory/items/ABC-1/receive"))
+            .header("if-match", etag)
+            .json(&json!({"quantity": 1}))
+            .send()
+    };
+    let stale = receive("\"1\"").await.unwrap();
+    let body = problem(stale, StatusCode::PRECONDITION_FAILED, "version_mismatch").await;
+    assert_eq!(body["current_version"], 2);
+    assert_eq!(app.event_count().await, 2);
+    let current = receive("\"2\"").await.unwrap();
+    assert_eq!(current.status(), StatusCode::OK);
+    assert_eq!(current.headers()["etag"], "\"3\"");
+    problem(
+        receive("yesterday").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_if_match",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_response_and_refuses_another_body() {
+    let app = TestApp::spawn().await;
+    let send = |body: Value| {
+        app.http
+            .post(app.url("/api/v1/inventory/items"))
+            .header("idempotency-key", "create-abc-1")
+            .json(&body)
+            .send()
+    };
+    let first = send(item("ABC-1", 3)).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_body: Value = first.json().await.unwrap();
+    let again = send(item("ABC-1", 3)).await.unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::CREATED,
+        "the replay keeps the first status"
+    );
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first_body);
+    assert_eq!(app.event_count().await, 1);
+
+    let other = send(item("ABC-1", 4)).await.unwrap();
+    problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    let too_long = app
+        .http
+        .post(app.url("/api/v1/inventory/items"))
+        .header("idempotency-key", "k".repeat(256))
+        .json(&item("ABC-2", 1))
+        .send()
+        .await
+        .unwrap();
+    problem(
+        too_long,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test]
+async fn min_version_beyond_the_read_model_answers_stale_after_the_wait() {
+    let app = TestApp::spawn().await;
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    let started = std::time::Instant::now();
+    let read = app.get("/api/v1/inventory/items/ABC-1?min_version=9").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.headers()["chronicle-consistency"], "stale");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "it waited for the version"
+    );
+    assert_eq!(read.json::<Value>().await.unwrap()["version"], 1);
+}
+
+#[tokio::test]
+async fn listing_pages_by_cursor_return_each_item_once_and_filter_low_stock() {
+    let app = TestApp::spawn().await;
+    for i in 0..7 {
+        let r = app
+            .post("/api/v1/inventory/items", item(&format!("SKU-{i}"), i))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // Read-your-writes on the last one, so the list below sees all seven.
+    app.get("/api/v1/inventory/items/SKU-6?min_version=1").await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/inventory/items?limit=3&cursor={c}"),
+            None => "/api/v1/inventory/items?limit=3".to_string(),
+        };
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["sku"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..7).map(|i| format!("SKU-{i}")).collect::<Vec<_>>());
+
+    let low: Value = app
+        .get("/api/v1/inventory/items?low_stock_below=3")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let low: Vec<&str> = low["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["sku"].as_str().unwrap())
+        .collect();
+    assert_eq!(low, ["SKU-0", "SKU-1", "SKU-2"]);
+
+    problem(
+        app.get("/api/v1/inventory/items?limit=0").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    problem(
+        app.get("/api/v1/inventory/items?cursor=not-ours").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_cursor",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn health_reports_each_backing_server_and_degrades_when_nats_is_down() {
+    let mut app = TestApp::spawn().await;
+    let ok = app.get("/health").await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(
+        ok.json::<Value>().await.unwrap(),
+        json!({"status": "ok", "postgres": "up", "nats": "up"})
+    );
+
+    app.nats.server.kill();
+    let degraded = chronicle_tests::eventually(
+        "health to notice NATS is gone",
+        Duration::from_secs(10),
+        || async {
+            let r = app.get("/health").await;
+            (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        degraded.json::<Value>().await.unwrap(),
+        json!({"status": "degraded", "postgres": "up", "nats": "down"})
+    );
+}
+
+#[tokio::test]
+async fn projections_report_their_checkpoint_and_lag() {
+    let app = TestApp::spawn().await;
+    app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
+    app.get("/api/v1/inventory/items/ABC-1?min_version=1").await;
+    let status: Value = app.get("/api/v1/projections").await.json().await.unwrap();
+    assert_eq!(status[0]["name"], "inventory");
+    assert_eq!(status[0]["checkpoint"], 1);
+    assert_eq!(status[0]["stream_last_seq"], 1);
+    assert!(status[0]["lag_events"].is_u64() && status[0]["lag_seconds"].is_number());
+}
