@@ -9,13 +9,13 @@
 //!   duplicate window, deny delete and purge, atomic batches allowed.
 //! - [`Relay`]: moves committed events from the Postgres outbox to the stream, in order,
 //!   exactly once, as the single active publisher.
-//! - [`Faults`]: named fault points the tests arm to crash a process at an exact step.
+//! - [`Faults`] (from `chronicle-commands`): named fault points the tests arm to crash a
+//!   process at an exact step.
 
-mod faults;
 mod relay;
 mod stream;
 
-pub use faults::{FaultAction, Faults, InjectedFault};
+pub use chronicle_commands::{FaultAction, Faults, InjectedFault};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
     connect, ensure_events_stream, last_sequence_on_subject, BusError, EVENTS_STREAM,

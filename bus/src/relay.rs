@@ -27,8 +27,8 @@ use sqlx::{postgres::PgListener, Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    faults::{Faults, InjectedFault},
     stream::{ensure_events_stream, last_sequence_on_subject, BusError},
+    Faults, InjectedFault,
 };
 
 /// Tuning of the relay.

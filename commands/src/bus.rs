@@ -1,4 +1,6 @@
 use std::{
+    any::Any,
+    collections::{HashSet, VecDeque},
     hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
@@ -6,12 +8,13 @@ use std::{
 
 use chronicle_schemas::AggregateKind;
 use cqrs_es::{event_sink::EventSink, Aggregate};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
-    error::{CommandError, KeyLookup},
+    error::{CommandError, KeyLookup, StoreError},
     idempotency::{self, IdempotencyKey, StoredResponse},
-    store::{AppendOutcome, EventStore, Provenance},
+    store::{AppendOutcome, EventStore, LoadedAggregate, PendingAppend, Provenance},
 };
 
 /// How many times a command is re-run after losing an optimistic-concurrency race.
@@ -89,29 +92,96 @@ pub enum Executed {
 /// other, which costs little at this count and keeps memory fixed.
 const STRIPES: usize = 1024;
 
+/// Tuning of the write path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandBusConfig {
+    /// Aggregates kept in memory between commands; 0 turns the cache off and every command
+    /// loads its aggregate from Postgres.
+    pub cache_capacity: u64,
+    /// Store a snapshot of an aggregate every this many events (0: never). Loads then read
+    /// the snapshot and only the events after it.
+    pub snapshot_every: u64,
+    /// Most commands committed in one transaction (group commit).
+    pub max_group: usize,
+}
+
+impl Default for CommandBusConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 100_000,
+            snapshot_every: 100,
+            max_group: 256,
+        }
+    }
+}
+
+impl CommandBusConfig {
+    /// No cache and no snapshots: every command loads all its events from Postgres.
+    pub fn uncached() -> Self {
+        Self {
+            cache_capacity: 0,
+            snapshot_every: 0,
+            ..Self::default()
+        }
+    }
+}
+
+/// A cached aggregate: its state and version, type-erased so one cache serves every type
+/// (the key carries the type).
+type Cached = Arc<dyn Any + Send + Sync>;
+
+struct Job {
+    append: PendingAppend,
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
 /// Runs commands against aggregates stored in an [`EventStore`].
 ///
-/// Inside one process, commands for the same aggregate are queued (a striped async lock),
-/// so they never race each other into a conflict; races with other processes are settled
-/// by the events table's primary key and retried per [`RetryPolicy`].
+/// - Inside one process, commands for the same aggregate are queued (a striped async
+///   lock), so they never race each other into a conflict; races with other processes are
+///   settled by the events table's primary key and retried per [`RetryPolicy`].
+/// - Appends go to one committer task, which commits whatever has queued up as ONE
+///   transaction (group commit): one fsync for many commands, each still with its own
+///   optimistic-concurrency check (docs/adr/0005-group-commit.md).
+/// - Aggregates are cached after each command. The cache is only a guess: a stale entry
+///   ends in a conflict (retried on fresh state), and any refusal decided on cached state
+///   is decided again on fresh state before it is returned.
 #[derive(Clone)]
 pub struct CommandBus {
     store: EventStore,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+    cache: Option<moka::future::Cache<String, Cached>>,
+    committer: mpsc::Sender<Job>,
+    config: CommandBusConfig,
 }
 
 impl std::fmt::Debug for CommandBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandBus").finish_non_exhaustive()
+        f.debug_struct("CommandBus")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl CommandBus {
+    /// A bus with the default configuration. Must be called inside a tokio runtime (it
+    /// starts the committer task, which ends when the last clone is dropped).
     pub fn new(store: EventStore) -> Self {
+        Self::with_config(store, CommandBusConfig::default())
+    }
+
+    pub fn with_config(store: EventStore, config: CommandBusConfig) -> Self {
         let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        let (committer, jobs) = mpsc::channel(config.max_group.max(1) * 4);
+        tokio::spawn(commit_loop(store.clone(), jobs, config.max_group.max(1)));
+        let cache =
+            (config.cache_capacity > 0).then(|| moka::future::Cache::new(config.cache_capacity));
         Self {
             store,
             stripes: Arc::new(stripes),
+            cache,
+            committer,
+            config,
         }
     }
 
@@ -134,7 +204,7 @@ impl CommandBus {
         ctx: &CommandContext,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind,
+        A: Aggregate + AggregateKind + Clone + 'static,
         A::Command: Clone,
         A::Error: 'static,
     {
@@ -159,7 +229,7 @@ impl CommandBus {
         respond: impl Fn(&Committed) -> StoredResponse,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind,
+        A: Aggregate + AggregateKind + Clone + 'static,
         A::Command: Clone,
         A::Error: 'static,
     {
@@ -179,44 +249,66 @@ impl CommandBus {
             causation_id: ctx.causation_id,
             actor: ctx.actor.as_deref(),
         };
-        for attempt in 0..=retries {
-            let loaded = self.store.load::<A>(id).await?;
+        let cache_key = format!("{}\u{0}{id}", A::TYPE);
+        let mut conflicts = 0;
+        let mut trust_cache = true;
+        loop {
+            let (loaded, cached) = self.load::<A>(id, &cache_key, trust_cache).await?;
+            // Anything decided on cached state that is not a success is decided again on
+            // fresh state: the cache may be behind another process's writes.
             if let Some(expected) = ctx.expected_version {
                 if expected != loaded.version {
+                    if cached {
+                        trust_cache = false;
+                        continue;
+                    }
                     return Err(CommandError::VersionMismatch {
                         expected,
                         actual: loaded.version,
                     });
                 }
             }
+            let from_version = loaded.version;
             let mut state = loaded.state;
             let sink = EventSink::<A>::default();
-            state
-                .handle(command.clone(), services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            if let Err(rule) = state.handle(command.clone(), services, &sink).await {
+                if cached {
+                    trust_cache = false;
+                    continue;
+                }
+                return Err(CommandError::Rejected(rule));
+            }
             let events = sink.collect().await;
             let committed = Committed {
                 aggregate_id: id.to_owned(),
-                version: loaded.version + events.len() as u64,
+                version: from_version + events.len() as u64,
                 appended: events.len(),
             };
-            let response = ctx
+            let mut append = PendingAppend::encode::<A>(id, from_version, &events, &provenance)?;
+            append.idempotency = ctx
                 .idempotency
                 .as_ref()
-                .map(|key| (key, respond(&committed)));
-            let outcome = self
-                .store
-                .append::<A>(
-                    id,
-                    loaded.version,
-                    &events,
-                    &provenance,
-                    response.as_ref().map(|(k, r)| (*k, r)),
-                )
-                .await?;
-            match outcome {
-                AppendOutcome::Appended => return Ok(Executed::Committed(committed)),
+                .map(|key| (key.clone(), respond(&committed)));
+            let every = self.config.snapshot_every;
+            if every > 0 && !events.is_empty() && from_version / every != committed.version / every
+            {
+                let snapshot =
+                    serde_json::to_value(&state).map_err(|source| StoreError::Corrupt {
+                        aggregate_type: A::TYPE.into(),
+                        aggregate_id: id.into(),
+                        sequence: committed.version,
+                        source,
+                    })?;
+                append.snapshot = Some((committed.version, snapshot));
+            }
+            match self.commit(append).await? {
+                AppendOutcome::Appended => {
+                    if let Some(cache) = &self.cache {
+                        let entry: Cached = Arc::new((state, committed.version));
+                        cache.insert(cache_key, entry).await;
+                    }
+                    return Ok(Executed::Committed(committed));
+                }
                 AppendOutcome::KeyTaken => {
                     let key = ctx
                         .idempotency
@@ -228,27 +320,73 @@ impl CommandBus {
                         None => Err(CommandError::Conflict),
                     };
                 }
-                AppendOutcome::Conflict if ctx.expected_version.is_some() => {
-                    let actual = self.store.load::<A>(id).await?.version;
-                    return Err(CommandError::VersionMismatch {
-                        expected: loaded.version,
-                        actual,
-                    });
-                }
                 AppendOutcome::Conflict => {
+                    self.forget(&cache_key).await;
+                    trust_cache = false;
+                    if ctx.expected_version.is_some() {
+                        let actual = self.store.load::<A>(id).await?.version;
+                        return Err(CommandError::VersionMismatch {
+                            expected: from_version,
+                            actual,
+                        });
+                    }
                     tracing::debug!(
                         aggregate = A::TYPE,
                         id,
-                        attempt,
+                        conflicts,
                         "append conflict, retrying"
                     );
-                    if attempt < retries {
-                        tokio::time::sleep(backoff(attempt)).await;
+                    if conflicts >= retries {
+                        return Err(CommandError::Conflict);
                     }
+                    tokio::time::sleep(backoff(conflicts)).await;
+                    conflicts += 1;
                 }
             }
         }
-        Err(CommandError::Conflict)
+    }
+
+    /// The aggregate from the cache when allowed and present (`true`), else from Postgres.
+    async fn load<A: Aggregate + Clone + 'static>(
+        &self,
+        id: &str,
+        cache_key: &str,
+        trust_cache: bool,
+    ) -> Result<(LoadedAggregate<A>, bool), StoreError> {
+        if let (true, Some(cache)) = (trust_cache, &self.cache) {
+            if let Some(entry) = cache.get(cache_key).await {
+                if let Some((state, version)) = entry.downcast_ref::<(A, u64)>() {
+                    return Ok((
+                        LoadedAggregate {
+                            state: state.clone(),
+                            version: *version,
+                        },
+                        true,
+                    ));
+                }
+            }
+        }
+        let loaded = if self.config.snapshot_every > 0 {
+            self.store.load_from_snapshot::<A>(id).await?
+        } else {
+            self.store.load::<A>(id).await?
+        };
+        Ok((loaded, false))
+    }
+
+    async fn forget(&self, cache_key: &str) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(cache_key).await;
+        }
+    }
+
+    async fn commit(&self, append: PendingAppend) -> Result<AppendOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.committer
+            .send(Job { append, reply })
+            .await
+            .map_err(|_| StoreError::CommitterGone)?;
+        outcome.await.map_err(|_| StoreError::CommitterGone)?
     }
 
     async fn replay<E: std::error::Error + 'static>(
@@ -260,7 +398,7 @@ impl CommandBus {
             .pool()
             .acquire()
             .await
-            .map_err(crate::StoreError::db("acquiring a connection"))?;
+            .map_err(StoreError::db("acquiring a connection"))?;
         match idempotency::lookup(&mut conn, key).await? {
             KeyLookup::Fresh => Ok(None),
             KeyLookup::Replay(response) => Ok(Some(Executed::Replayed(response))),
@@ -272,6 +410,61 @@ impl CommandBus {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (aggregate_type, id).hash(&mut hasher);
         &self.stripes[hasher.finish() as usize % STRIPES]
+    }
+}
+
+/// The committer: takes whatever appends have queued (up to `max_group`) and commits them
+/// as one group. Two appends with the same idempotency key never share a group (the second
+/// waits for the next one), so each key is decided once.
+async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group: usize) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    loop {
+        let first = match waiting.pop_front() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let key_of = |job: &Job| {
+            job.append
+                .idempotency
+                .as_ref()
+                .map(|(k, _)| (k.scope.clone(), k.key.clone()))
+        };
+        let mut keys: HashSet<(String, String)> = key_of(&first).into_iter().collect();
+        let mut group = vec![first];
+        let mut deferred = Vec::new();
+        while group.len() < max_group {
+            let next = match waiting.pop_front() {
+                Some(job) => job,
+                None => match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            if key_of(&next).is_none_or(|key| keys.insert(key)) {
+                group.push(next);
+            } else {
+                deferred.push(next);
+            }
+        }
+        waiting.extend(deferred);
+        let (appends, replies): (Vec<PendingAppend>, Vec<_>) =
+            group.into_iter().map(|j| (j.append, j.reply)).unzip();
+        match store.append_group(&appends).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Group(error.clone())));
+                }
+            }
+        }
     }
 }
 

@@ -19,6 +19,13 @@ pub enum StoreError {
     },
     #[error("event store read failed")]
     Persistence(#[from] cqrs_es::persist::PersistenceError),
+    /// The group this command was committed with failed as a whole.
+    #[error("the group commit failed")]
+    Group(#[source] std::sync::Arc<StoreError>),
+    #[error("the committer task has stopped")]
+    CommitterGone,
+    #[error(transparent)]
+    Fault(#[from] crate::faults::InjectedFault),
 }
 
 impl StoreError {

@@ -62,30 +62,46 @@ pub(crate) async fn lookup(
     })
 }
 
-/// Records the response inside the command's transaction. Returns `false` when a live
-/// record for the key already exists (a concurrent request with the same key won).
-pub(crate) async fn record(
+/// Records the responses of a group of commands inside their transaction. Returns, per
+/// key, `false` when a live record for it already exists (a concurrent request with the
+/// same key won); an expired record is overwritten. Keys must be distinct.
+pub(crate) async fn record_all(
     conn: &mut PgConnection,
-    key: &IdempotencyKey,
-    response: &StoredResponse,
-) -> Result<bool, StoreError> {
-    // An expired record is overwritten; a live one makes this insert a no-op.
-    let inserted = sqlx::query(
+    keys: &[(&IdempotencyKey, &StoredResponse)],
+) -> Result<Vec<bool>, StoreError> {
+    let recorded: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body) \
-         VALUES ($1, $2, $3, $4, $5) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::jsonb[]) \
          ON CONFLICT (scope, key) DO UPDATE \
            SET request_hash = EXCLUDED.request_hash, status = EXCLUDED.status, \
                body = EXCLUDED.body, created_at = now() \
-         WHERE idempotency_keys.created_at <= now() - make_interval(secs => $6)",
+         WHERE idempotency_keys.created_at <= now() - make_interval(secs => $6) \
+         RETURNING scope, key",
     )
-    .bind(&key.scope)
-    .bind(&key.key)
-    .bind(&key.request_hash)
-    .bind(response.status as i16)
-    .bind(&response.body)
+    .bind(
+        keys.iter()
+            .map(|(k, _)| k.scope.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(keys.iter().map(|(k, _)| k.key.as_str()).collect::<Vec<_>>())
+    .bind(
+        keys.iter()
+            .map(|(k, _)| k.request_hash.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        keys.iter()
+            .map(|(_, r)| r.status as i16)
+            .collect::<Vec<_>>(),
+    )
+    .bind(keys.iter().map(|(_, r)| r.body.clone()).collect::<Vec<_>>())
     .bind(IDEMPOTENCY_TTL.as_secs_f64())
-    .execute(conn)
+    .fetch_all(conn)
     .await
-    .map_err(StoreError::db("recording an idempotency key"))?;
-    Ok(inserted.rows_affected() == 1)
+    .map_err(StoreError::db("recording idempotency keys"))?;
+    let recorded: std::collections::HashSet<(String, String)> = recorded.into_iter().collect();
+    Ok(keys
+        .iter()
+        .map(|(k, _)| recorded.contains(&(k.scope.clone(), k.key.clone())))
+        .collect())
 }

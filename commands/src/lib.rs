@@ -10,6 +10,7 @@
 //!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on
 //!   conflict, and idempotency-key replay.
 //! - [`migrate`]: the event-store schema.
+//! - [`Faults`]: named fault points tests arm to stop a component at an exact step.
 //!
 //! Why our own executor instead of cqrs-es's `CqrsFramework`: the framework cannot write the
 //! outbox or the idempotency record in the events' transaction, cannot check an expected
@@ -17,10 +18,12 @@
 
 mod bus;
 mod error;
+mod faults;
 mod idempotency;
 mod store;
 
-pub use bus::{CommandBus, CommandContext, Committed, Executed, RetryPolicy};
+pub use bus::{CommandBus, CommandBusConfig, CommandContext, Committed, Executed, RetryPolicy};
 pub use error::{CommandError, StoreError};
+pub use faults::{FaultAction, Faults, InjectedFault};
 pub use idempotency::{IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
 pub use store::{migrate, EventStore, LoadedAggregate, OUTBOX_CHANNEL};

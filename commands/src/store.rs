@@ -40,8 +40,8 @@ pub(crate) struct Provenance<'a> {
     pub actor: Option<&'a str>,
 }
 
-/// How an append ended when the database itself did not fail.
-#[derive(Debug, PartialEq, Eq)]
+/// How one append of a group ended when the database itself did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AppendOutcome {
     Appended,
     /// Another writer appended at one of our sequences first (optimistic concurrency).
@@ -50,11 +50,100 @@ pub(crate) enum AppendOutcome {
     KeyTaken,
 }
 
+/// One event, encoded and ready to insert: its events row and its outbox row.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedEvent {
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: String,
+    subject: String,
+    message_id: String,
+    envelope: Vec<u8>,
+}
+
+/// Everything one command writes, encoded before it reaches the committer so the CPU work
+/// happens on the caller's task, not in the single committer.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingAppend {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    pub correlation_id: Uuid,
+    pub events: Vec<EncodedEvent>,
+    pub idempotency: Option<(IdempotencyKey, StoredResponse)>,
+    /// `(last_sequence, state)`: a snapshot to store with the events.
+    pub snapshot: Option<(u64, serde_json::Value)>,
+}
+
+impl PendingAppend {
+    /// Encodes `events`, appended after `from_version` to aggregate `id` of type `A`.
+    pub(crate) fn encode<A: Aggregate + AggregateKind>(
+        id: &str,
+        from_version: u64,
+        events: &[A::Event],
+        provenance: &Provenance<'_>,
+    ) -> Result<Self, StoreError> {
+        let recorded_at = Utc::now().trunc_subsecs(6);
+        let corrupt = |sequence, source| StoreError::Corrupt {
+            aggregate_type: A::TYPE.into(),
+            aggregate_id: id.into(),
+            sequence,
+            source,
+        };
+        let mut encoded = Vec::with_capacity(events.len());
+        for (offset, event) in events.iter().enumerate() {
+            let sequence = from_version + 1 + offset as u64;
+            let metadata = Metadata {
+                event_id: Uuid::now_v7(),
+                recorded_at,
+                correlation_id: provenance.correlation_id,
+                causation_id: provenance.causation_id,
+                actor: provenance.actor.map(str::to_owned),
+            };
+            let payload = serde_json::to_value(event).map_err(|e| corrupt(sequence, e))?;
+            let event_type = event.event_type();
+            let event_version = event.event_version();
+            let envelope = Envelope::from_stored(
+                StoredEvent {
+                    context: A::CONTEXT,
+                    aggregate_type: A::TYPE,
+                    aggregate_id: id,
+                    sequence,
+                    event_type: &event_type,
+                    event_version: &event_version,
+                    payload: payload.clone(),
+                },
+                &metadata,
+            );
+            encoded.push(EncodedEvent {
+                sequence: sequence as i64,
+                subject: envelope.subject(),
+                message_id: envelope.message_id(),
+                envelope: serde_json::to_vec(&envelope).map_err(|e| corrupt(sequence, e))?,
+                event_type,
+                event_version,
+                payload: payload.to_string(),
+                metadata: serde_json::to_string(&metadata).map_err(|e| corrupt(sequence, e))?,
+            });
+        }
+        Ok(Self {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            correlation_id: provenance.correlation_id,
+            events: encoded,
+            idempotency: None,
+            snapshot: None,
+        })
+    }
+}
+
 /// The Postgres event store: postgres-es's tables, Chronicle's transactional append.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
     repo: std::sync::Arc<PostgresEventRepository>,
+    faults: crate::faults::Faults,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -66,7 +155,18 @@ impl std::fmt::Debug for EventStore {
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
         let repo = std::sync::Arc::new(PostgresEventRepository::new(pool.clone()));
-        Self { pool, repo }
+        Self {
+            pool,
+            repo,
+            faults: crate::faults::Faults::default(),
+        }
+    }
+
+    /// Fault points: `store.before_commit` (a group's statements ran, its transaction is
+    /// still open).
+    pub fn with_faults(mut self, faults: crate::faults::Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -79,130 +179,174 @@ impl EventStore {
     /// When the database fails or a stored event no longer decodes.
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<LoadedAggregate<A>, StoreError> {
         let events = self.repo.get_events::<A>(id).await?;
-        let mut state = A::default();
-        let mut version = 0;
-        for stored in events {
-            let event: A::Event =
-                serde_json::from_value(stored.payload).map_err(|source| StoreError::Corrupt {
-                    aggregate_type: A::TYPE.into(),
-                    aggregate_id: id.into(),
-                    sequence: stored.sequence as u64,
-                    source,
-                })?;
-            state.apply(event);
-            version = stored.sequence as u64;
-        }
-        Ok(LoadedAggregate { state, version })
+        fold(A::default(), 0, id, events)
     }
 
-    /// Appends `events` after `from_version`, with their outbox rows and, when given, the
-    /// idempotency record, in one transaction; notifies the relay on commit.
-    pub(crate) async fn append<A: Aggregate + AggregateKind>(
+    /// Rebuilds aggregate `id` from its latest snapshot, if it has one, and the events after
+    /// it.
+    ///
+    /// # Errors
+    /// When the database fails or a stored event or snapshot no longer decodes.
+    pub async fn load_from_snapshot<A: Aggregate>(
         &self,
         id: &str,
-        from_version: u64,
-        events: &[A::Event],
-        provenance: &Provenance<'_>,
-        idempotency: Option<(&IdempotencyKey, &StoredResponse)>,
-    ) -> Result<AppendOutcome, StoreError> {
+    ) -> Result<LoadedAggregate<A>, StoreError> {
+        let snapshot: Option<(i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT last_sequence, payload FROM snapshots \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY last_sequence DESC LIMIT 1",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading a snapshot"))?;
+        let Some((last, payload)) = snapshot else {
+            return self.load::<A>(id).await;
+        };
+        let state: A = serde_json::from_value(payload).map_err(|source| StoreError::Corrupt {
+            aggregate_type: A::TYPE.into(),
+            aggregate_id: id.into(),
+            sequence: last as u64,
+            source,
+        })?;
+        let events = self.repo.get_last_events::<A>(id, last as usize).await?;
+        fold(state, last as u64, id, events)
+    }
+
+    /// Appends a group of commands' events in ONE transaction, each with its own
+    /// optimistic-concurrency check: a command whose sequence another writer took, or whose
+    /// idempotency key is taken, fails alone and its neighbours commit. With the events go
+    /// their outbox rows, the idempotency records and snapshots; the relay is notified on
+    /// commit.
+    ///
+    /// Callers must not put two appends for one aggregate in a group (the command bus's
+    /// per-aggregate queue guarantees it).
+    pub(crate) async fn append_group(
+        &self,
+        group: &[PendingAppend],
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let mut outcomes = vec![AppendOutcome::Appended; group.len()];
+        let mut deadlocks = 0;
+        loop {
+            match self.try_group(group, &mut outcomes).await {
+                Ok(true) => return Ok(outcomes),
+                // Losers were found and marked; run again with the others.
+                Ok(false) => continue,
+                // Two groups from different processes can wait on each other's keys.
+                Err(StoreError::Database { source, .. })
+                    if is_deadlock(&source) && deadlocks < 5 =>
+                {
+                    deadlocks += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(deadlocks)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt at a group. Returns `Ok(false)` after marking new losers in `outcomes`
+    /// (the transaction is rolled back), `Ok(true)` once everything left committed.
+    async fn try_group(
+        &self,
+        group: &[PendingAppend],
+        outcomes: &mut [AppendOutcome],
+    ) -> Result<bool, StoreError> {
+        let live: Vec<usize> = (0..group.len())
+            .filter(|&i| outcomes[i] == AppendOutcome::Appended)
+            .collect();
+        if live.is_empty() {
+            return Ok(true);
+        }
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(StoreError::db("starting an append"))?;
-        if !events.is_empty() {
-            let recorded_at = Utc::now().trunc_subsecs(6);
-            let n = events.len();
-            let (mut sequences, mut types, mut versions) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut payloads, mut metadatas, mut envelopes) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut subjects, mut message_ids) = (Vec::with_capacity(n), Vec::with_capacity(n));
-            for (offset, event) in events.iter().enumerate() {
-                let sequence = from_version + 1 + offset as u64;
-                let metadata = Metadata {
-                    event_id: Uuid::now_v7(),
-                    recorded_at,
-                    correlation_id: provenance.correlation_id,
-                    causation_id: provenance.causation_id,
-                    actor: provenance.actor.map(str::to_owned),
-                };
-                let payload =
-                    serde_json::to_value(event).map_err(|source| StoreError::Corrupt {
-                        aggregate_type: A::TYPE.into(),
-                        aggregate_id: id.into(),
-                        sequence,
-                        source,
-                    })?;
-                let event_type = event.event_type();
-                let event_version = event.event_version();
-                let envelope = Envelope::from_stored(
-                    StoredEvent {
-                        context: A::CONTEXT,
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id,
-                        sequence,
-                        event_type: &event_type,
-                        event_version: &event_version,
-                        payload: payload.clone(),
-                    },
-                    &metadata,
-                );
-                subjects.push(envelope.subject());
-                message_ids.push(envelope.message_id());
-                envelopes.push(serde_json::to_vec(&envelope).map_err(|source| {
-                    StoreError::Corrupt {
-                        aggregate_type: A::TYPE.into(),
-                        aggregate_id: id.into(),
-                        sequence,
-                        source,
-                    }
-                })?);
-                sequences.push(sequence as i64);
-                types.push(event_type);
-                versions.push(event_version);
-                payloads.push(payload.to_string());
-                metadatas.push(serde_json::json!(metadata).to_string());
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-                 SELECT $1, $2, s, t, v, p::json, m::json \
-                 FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) AS e(s, t, v, p, m)",
-            )
-            .bind(A::TYPE)
-            .bind(id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadatas)
-            .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e, "events_pkey") => {
-                    return Ok(AppendOutcome::Conflict)
+
+        let keyed: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|&i| group[i].idempotency.is_some())
+            .collect();
+        if !keyed.is_empty() {
+            let keys: Vec<(&IdempotencyKey, &StoredResponse)> = keyed
+                .iter()
+                .filter_map(|&i| group[i].idempotency.as_ref().map(|(k, r)| (k, r)))
+                .collect();
+            let recorded = idempotency::record_all(&mut tx, &keys).await?;
+            let mut lost = false;
+            for (&i, ok) in keyed.iter().zip(recorded) {
+                if !ok {
+                    outcomes[i] = AppendOutcome::KeyTaken;
+                    lost = true;
                 }
-                Err(e) => return Err(StoreError::db("appending events")(e)),
             }
-            let correlation = vec![provenance.correlation_id; n];
+            if lost {
+                return Ok(false);
+            }
+        }
+
+        let mut rows: Vec<(usize, &EncodedEvent)> = live
+            .iter()
+            .flat_map(|&i| group[i].events.iter().map(move |e| (i, e)))
+            .collect();
+        if !rows.is_empty() {
+            // One order for every writer, so two groups never wait on each other in a cycle.
+            rows.sort_by(|(a, x), (b, y)| {
+                (
+                    group[*a].aggregate_type,
+                    &group[*a].aggregate_id,
+                    x.sequence,
+                )
+                    .cmp(&(
+                        group[*b].aggregate_type,
+                        &group[*b].aggregate_id,
+                        y.sequence,
+                    ))
+            });
+            let inserted: Vec<(String, String, i64)> = sqlx::query_as(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                 SELECT at, ai, s, t, v, p::json, m::json \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                   AS e(at, ai, s, t, v, p, m) \
+                 ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence",
+            )
+            .bind(rows.iter().map(|(i, _)| group[*i].aggregate_type).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(i, _)| group[*i].aggregate_id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.event_version.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.payload.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.metadata.as_str()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::db("appending events"))?;
+            if inserted.len() < rows.len() {
+                let inserted: std::collections::HashSet<(String, String, i64)> =
+                    inserted.into_iter().collect();
+                for (i, e) in &rows {
+                    let key = (
+                        group[*i].aggregate_type.to_owned(),
+                        group[*i].aggregate_id.clone(),
+                        e.sequence,
+                    );
+                    if !inserted.contains(&key) {
+                        outcomes[*i] = AppendOutcome::Conflict;
+                    }
+                }
+                return Ok(false);
+            }
             sqlx::query(
                 "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], $7::bytea[])",
             )
-            .bind(&subjects)
-            .bind(&message_ids)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&sequences)
-            .bind(&correlation)
-            .bind(&envelopes)
+            .bind(rows.iter().map(|(_, e)| e.subject.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.message_id.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.event_version.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(i, _)| group[*i].correlation_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, e)| e.envelope.as_slice()).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("writing the outbox"))?;
@@ -212,25 +356,55 @@ impl EventStore {
                 .await
                 .map_err(StoreError::db("notifying the relay"))?;
         }
-        if let Some((key, response)) = idempotency {
-            if !idempotency::record(&mut tx, key, response).await? {
-                return Ok(AppendOutcome::KeyTaken);
-            }
+
+        let snapshots: Vec<(&PendingAppend, &(u64, serde_json::Value))> = live
+            .iter()
+            .filter_map(|&i| group[i].snapshot.as_ref().map(|s| (&group[i], s)))
+            .collect();
+        if !snapshots.is_empty() {
+            // One snapshot per aggregate: the new one replaces the old.
+            sqlx::query(
+                "WITH gone AS (DELETE FROM snapshots s USING UNNEST($1::text[], $2::text[]) AS n(t, i) \
+                               WHERE s.aggregate_type = n.t AND s.aggregate_id = n.i) \
+                 INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+                 SELECT t, i, l, l, p::json FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) AS n(t, i, l, p)",
+            )
+            .bind(snapshots.iter().map(|(a, _)| a.aggregate_type).collect::<Vec<_>>())
+            .bind(snapshots.iter().map(|(a, _)| a.aggregate_id.as_str()).collect::<Vec<_>>())
+            .bind(snapshots.iter().map(|(_, (l, _))| *l as i64).collect::<Vec<_>>())
+            .bind(snapshots.iter().map(|(_, (_, p))| p.to_string()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("writing snapshots"))?;
         }
-        match tx.commit().await {
-            Ok(()) => Ok(AppendOutcome::Appended),
-            // With deferred checks a conflict can surface at commit; treat it the same way.
-            Err(e) if is_unique_violation(&e, "events_pkey") => Ok(AppendOutcome::Conflict),
-            Err(e) => Err(StoreError::db("committing an append")(e)),
-        }
+        self.faults.hit("store.before_commit")?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("committing an append"))?;
+        Ok(true)
     }
 }
 
-fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
-    match error {
-        sqlx::Error::Database(db) => {
-            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
-        }
-        _ => false,
+fn fold<A: Aggregate>(
+    mut state: A,
+    mut version: u64,
+    id: &str,
+    events: Vec<cqrs_es::persist::SerializedEvent>,
+) -> Result<LoadedAggregate<A>, StoreError> {
+    for stored in events {
+        let event: A::Event =
+            serde_json::from_value(stored.payload).map_err(|source| StoreError::Corrupt {
+                aggregate_type: A::TYPE.into(),
+                aggregate_id: id.into(),
+                sequence: stored.sequence as u64,
+                source,
+            })?;
+        state.apply(event);
+        version = stored.sequence as u64;
     }
+    Ok(LoadedAggregate { state, version })
+}
+
+fn is_deadlock(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }

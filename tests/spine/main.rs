@@ -3,6 +3,7 @@
 
 mod common;
 mod gateway;
+mod group_commit;
 mod projector;
 mod relay;
 mod write_side;

@@ -1,0 +1,288 @@
+//! The fast write path keeps the invariants: group commit, the aggregate cache, snapshots.
+
+use chronicle_commands::{
+    CommandBus, CommandBusConfig, CommandContext, CommandError, EventStore, Executed,
+    IdempotencyKey, RetryPolicy,
+};
+use chronicle_commerce::{InventoryCommand, InventoryError, InventoryItem};
+use chronicle_tests::TestDb;
+use futures::future::join_all;
+use sqlx::PgPool;
+
+use crate::common::{count, create_item, receive};
+
+fn bus_with(pool: &PgPool, config: CommandBusConfig) -> CommandBus {
+    CommandBus::with_config(EventStore::new(pool.clone()), config)
+}
+
+async fn groups_committed(pool: &PgPool) -> i64 {
+    // Each group is one transaction, so the events of a group share its xmin.
+    sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_different_aggregates_commit_in_shared_transactions() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    let creates = (0..64).map(|i| {
+        let bus = bus.clone();
+        async move { create_item(&bus, &format!("SKU-{i}"), 1).await }
+    });
+    join_all(creates).await;
+    assert_eq!(count(&pool, "events").await, 64);
+    assert_eq!(count(&pool, "outbox").await, 64);
+    let groups = groups_committed(&pool).await;
+    assert!(
+        groups < 64,
+        "64 concurrent commands took {groups} transactions: no grouping"
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    for i in 0..20 {
+        create_item(&bus, &format!("SKU-{i}"), 0).await;
+    }
+    // Another process moves SKU-0 on: this bus's cached SKU-0 is now stale.
+    let other = bus_with(&pool, CommandBusConfig::uncached());
+    receive(&other, "SKU-0", 1).await;
+    let no_retry = CommandContext {
+        retry: RetryPolicy::NEVER,
+        ..CommandContext::new()
+    };
+    let commands = (0..20).map(|i| {
+        let (bus, ctx) = (bus.clone(), no_retry.clone());
+        async move {
+            bus.execute::<InventoryItem>(
+                &format!("SKU-{i}"),
+                InventoryCommand::Receive { quantity: 5 },
+                &(),
+                &ctx,
+            )
+            .await
+        }
+    });
+    let results = join_all(commands).await;
+    assert!(
+        matches!(results[0], Err(CommandError::Conflict)),
+        "{:?}",
+        results[0]
+    );
+    for (i, r) in results.iter().enumerate().skip(1) {
+        assert!(
+            matches!(r, Ok(Executed::Committed(c)) if c.version == 2),
+            "SKU-{i}: {r:?}"
+        );
+    }
+    let sku0 = bus.store().load::<InventoryItem>("SKU-0").await.unwrap();
+    assert_eq!(
+        (sku0.version, sku0.state.on_hand()),
+        (2, 1),
+        "the loser appended nothing"
+    );
+    // With retries the same command succeeds on fresh state.
+    receive(&bus, "SKU-0", 5).await;
+    assert_eq!(
+        bus.store()
+            .load::<InventoryItem>("SKU-0")
+            .await
+            .unwrap()
+            .state
+            .on_hand(),
+        6
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_fresh_state() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let cached = bus_with(&pool, CommandBusConfig::default());
+    create_item(&cached, "SKU-1", 0).await;
+    // Stock arrives through another process; the cached copy still says 0.
+    receive(&bus_with(&pool, CommandBusConfig::uncached()), "SKU-1", 3).await;
+    let reserve = cached
+        .execute::<InventoryItem>(
+            "SKU-1",
+            InventoryCommand::Reserve {
+                reservation_id: "o1".into(),
+                quantity: 2,
+            },
+            &(),
+            &CommandContext::new(),
+        )
+        .await;
+    assert!(
+        matches!(reserve, Ok(Executed::Committed(ref c)) if c.version == 3),
+        "{reserve:?}"
+    );
+    // And a true refusal is still a refusal.
+    let too_many = cached
+        .execute::<InventoryItem>(
+            "SKU-1",
+            InventoryCommand::Reserve {
+                reservation_id: "o2".into(),
+                quantity: 2,
+            },
+            &(),
+            &CommandContext::new(),
+        )
+        .await;
+    assert!(matches!(
+        too_many,
+        Err(CommandError::Rejected(InventoryError::InsufficientStock {
+            available: 1,
+            ..
+        }))
+    ));
+}
+
+#[tokio::test]
+async fn snapshots_are_written_every_n_events_and_loading_from_one_gives_the_same_state() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(
+        &pool,
+        CommandBusConfig {
+            snapshot_every: 10,
+            cache_capacity: 0,
+            ..CommandBusConfig::default()
+        },
+    );
+    create_item(&bus, "SKU-1", 0).await;
+    for _ in 0..24 {
+        receive(&bus, "SKU-1", 1).await;
+    }
+    let (snapshots, last): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), max(last_sequence) FROM snapshots WHERE aggregate_id = 'SKU-1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((snapshots, last), (1, 20), "one snapshot kept, the latest");
+    let from_snapshot = bus
+        .store()
+        .load_from_snapshot::<InventoryItem>("SKU-1")
+        .await
+        .unwrap();
+    let from_events = bus.store().load::<InventoryItem>("SKU-1").await.unwrap();
+    assert_eq!(from_snapshot.version, 25);
+    assert_eq!(from_snapshot.state, from_events.state);
+}
+
+#[tokio::test]
+async fn idempotency_keys_inside_one_group_are_each_decided_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    for i in 0..10 {
+        create_item(&bus, &format!("SKU-{i}"), 0).await;
+    }
+    // Ten aggregates, each with its own key, plus the same key sent to a second aggregate:
+    // the second use of a key is a different request.
+    let sends = (0..10).map(|i| {
+        let bus = bus.clone();
+        async move {
+            let ctx = CommandContext {
+                idempotency: Some(IdempotencyKey::new(
+                    "test",
+                    format!("key-{}", i % 9),
+                    format!("SKU-{i}").as_bytes(),
+                )),
+                ..CommandContext::new()
+            };
+            bus.execute::<InventoryItem>(
+                &format!("SKU-{i}"),
+                InventoryCommand::Receive { quantity: 1 },
+                &(),
+                &ctx,
+            )
+            .await
+        }
+    });
+    let results = join_all(sends).await;
+    let committed = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Executed::Committed(_))))
+        .count();
+    let reused = results
+        .iter()
+        .filter(|r| matches!(r, Err(CommandError::IdempotencyKeyReused)))
+        .count();
+    assert_eq!((committed, reused), (9, 1), "{results:?}");
+    assert_eq!(count(&pool, "events").await, 10 + 9);
+    assert_eq!(count(&pool, "idempotency_keys").await, 9);
+}
+
+#[tokio::test]
+async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else() {
+    use chronicle_bus::{FaultAction, Faults};
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let faults = Faults::default();
+    let bus = CommandBus::with_config(
+        EventStore::new(pool.clone()).with_faults(faults.clone()),
+        CommandBusConfig::default(),
+    );
+    for i in 0..30 {
+        create_item(&bus, &format!("SKU-{i}"), 0).await;
+    }
+    faults.arm("store.before_commit", FaultAction::Crash);
+    let commands = (0..30).map(|i| {
+        let bus = bus.clone();
+        async move {
+            let ctx = CommandContext {
+                retry: RetryPolicy::NEVER,
+                ..CommandContext::new()
+            };
+            bus.execute::<InventoryItem>(
+                &format!("SKU-{i}"),
+                InventoryCommand::Receive { quantity: 1 },
+                &(),
+                &ctx,
+            )
+            .await
+        }
+    });
+    let results = join_all(commands).await;
+    let failed: Vec<usize> = (0..30).filter(|&i| results[i].is_err()).collect();
+    assert!(!failed.is_empty(), "the fault point was reached");
+    for (i, result) in results.iter().enumerate() {
+        let item = bus
+            .store()
+            .load::<InventoryItem>(&format!("SKU-{i}"))
+            .await
+            .unwrap();
+        match result {
+            Ok(_) => assert_eq!(item.version, 2, "SKU-{i} committed"),
+            Err(CommandError::Store(_)) => {
+                assert_eq!(item.version, 1, "SKU-{i} was in the lost group")
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(
+        count(&pool, "outbox").await,
+        count(&pool, "events").await,
+        "every event has its outbox row"
+    );
+    // The bus carries on: the cache did not keep the lost group's state.
+    for &i in &failed {
+        receive(&bus, &format!("SKU-{i}"), 1).await;
+        assert_eq!(
+            bus.store()
+                .load::<InventoryItem>(&format!("SKU-{i}"))
+                .await
+                .unwrap()
+                .version,
+            2
+        );
+    }
+}
