@@ -1,6 +1,6 @@
 //! `chronicle up`'s own servers, for when no URLs are configured.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use anyhow::Context;
 use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
@@ -8,11 +8,61 @@ use sqlx::{Connection, PgConnection};
 
 use crate::settings::Settings;
 
+/// The token key of `chronicle up`: the configured one, else the one kept in
+/// `<data dir>/jwt-secret` (created on first start, readable by its owner only).
+///
+/// # Errors
+/// When the configured key is too short or the file cannot be read or written.
+pub fn jwt_secret(settings: &Settings) -> anyhow::Result<chronicle_gateway::Secret> {
+    if settings.jwt_secret.is_some() {
+        return settings.jwt_secret();
+    }
+    use std::io::Write;
+    let path = settings.data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read(&path) {
+        anyhow::ensure!(
+            existing.len() >= 32,
+            "{} is shorter than 32 bytes",
+            path.display()
+        );
+        return Ok(chronicle_gateway::Secret::new(existing));
+    }
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let mut bytes = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(chronicle_gateway::Secret::new(text.into_bytes()))
+}
+
 /// The servers `chronicle up` started; dropping this stops them.
 pub struct Embedded {
     // Dropped in this order: NATS first, then PostgreSQL.
-    _nats: Option<NatsServer>,
-    _postgres: Option<Postgres>,
+    nats: Option<NatsServer>,
+    postgres: Option<Postgres>,
+}
+
+impl Embedded {
+    /// Which server has exited, and how, if one has.
+    pub fn casualty(&mut self) -> Option<String> {
+        if let Some(status) = self.nats.as_mut().and_then(NatsServer::exit_status) {
+            return Some(format!("nats-server exited ({status})"));
+        }
+        if let Some(status) = self.postgres.as_mut().and_then(Postgres::exit_status) {
+            return Some(format!("PostgreSQL exited ({status})"));
+        }
+        None
+    }
 }
 
 /// Starts nats-server and/or PostgreSQL under the data dir for whichever URL is unset, and
@@ -76,12 +126,5 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
             (Some(server), url)
         }
     };
-    Ok((
-        Embedded {
-            _nats: nats,
-            _postgres: postgres,
-        },
-        db_url,
-        nats_url,
-    ))
+    Ok((Embedded { nats, postgres }, db_url, nats_url))
 }

@@ -38,7 +38,7 @@ enum Command {
     Gateway,
     /// The outbox relay only (run several for availability: one is active at a time).
     Relay,
-    /// One projector (`inventory`), or all with --all.
+    /// One projector (`inventory`, `users`), or all with --all.
     Project {
         name: Option<String>,
         #[arg(long)]
@@ -83,7 +83,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Up) {
         Command::Up => processes::up(settings).await,
-        Command::Gateway => processes::single(settings, processes::Role::Gateway).await,
+        Command::Gateway => {
+            let secret = settings.jwt_secret()?;
+            processes::single(settings, processes::Role::Gateway(secret)).await
+        }
         Command::Relay => processes::single(settings, processes::Role::Relay).await,
         Command::Project { name, all } => {
             let names = processes::projection_names(name.as_deref(), all)?;

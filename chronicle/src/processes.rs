@@ -5,9 +5,10 @@ use std::{future::Future, pin::Pin, time::Duration};
 use anyhow::{bail, Context};
 use chronicle_bus::{ensure_events_stream, Faults, Relay, RelayConfig};
 use chronicle_commands::{CommandBus, EventStore};
-use chronicle_gateway::AppState;
+use chronicle_gateway::{AppState, Secret};
 use chronicle_projections::{
-    inventory::InventoryProjection, Projection, Projector, ProjectorConfig,
+    inventory::InventoryProjection, users::UsersProjection, Projection, Projector, ProjectorConfig,
+    ReplayStats,
 };
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::{sync::watch, task::JoinSet};
@@ -15,12 +16,13 @@ use tokio::{sync::watch, task::JoinSet};
 use crate::{engines, settings::Settings};
 
 /// Every projection this binary knows, by name.
-pub const PROJECTIONS: &[&str] = &["inventory"];
+pub const PROJECTIONS: &[&str] = &["inventory", "users"];
 
 /// What a process runs.
 #[derive(Debug, Clone)]
 pub enum Role {
-    Gateway,
+    /// The gateway, with its token key.
+    Gateway(Secret),
     Relay,
     Projectors(Vec<String>),
 }
@@ -74,13 +76,30 @@ async fn connect(db_url: &str, nats_url: &str, pool_size: u32) -> anyhow::Result
 /// When a server cannot be started or a process fails.
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let (embedded, db_url, nats_url) = engines::start(&settings).await?;
+    let secret = engines::jwt_secret(&settings)?;
     let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
     let roles = vec![
         Role::Relay,
         Role::Projectors(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
-        Role::Gateway,
+        Role::Gateway(secret),
     ];
-    let result = run_roles(&settings, connections, roles).await;
+    // Supervision: if an embedded server dies, everything stops with its cause rather
+    // than serving on a dead engine.
+    let embedded = std::sync::Arc::new(std::sync::Mutex::new(embedded));
+    let watched = embedded.clone();
+    let casualty = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let dead = watched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .casualty();
+            if let Some(dead) = dead {
+                return dead;
+            }
+        }
+    };
+    let result = run_roles(&settings, connections, roles, casualty).await;
     // Stops the embedded servers (blocking waits for their exit).
     tokio::task::spawn_blocking(move || drop(embedded))
         .await
@@ -95,7 +114,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
 pub async fn single(settings: Settings, role: Role) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
-    run_roles(&settings, connections, vec![role]).await
+    run_roles(&settings, connections, vec![role], std::future::pending()).await
 }
 
 type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -106,24 +125,41 @@ fn projector_task(
     faults: Faults,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Task> {
-    let (pool, nats) = (connections.pool.clone(), connections.nats.clone());
+    fn task<P: Projection>(
+        projection: P,
+        connections: &Connections,
+        faults: Faults,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Task {
+        let name = projection.name();
+        let projector = Projector::new(
+            projection,
+            connections.pool.clone(),
+            connections.nats.clone(),
+            ProjectorConfig::default(),
+        )
+        .with_faults(faults);
+        Box::pin(async move {
+            projector
+                .run(shutdown)
+                .await
+                .with_context(|| format!("{name} projector"))
+        })
+    }
     match name {
-        "inventory" => {
-            let projector =
-                Projector::new(InventoryProjection, pool, nats, ProjectorConfig::default())
-                    .with_faults(faults);
-            Ok(Box::pin(async move {
-                projector.run(shutdown).await.context("inventory projector")
-            }))
-        }
+        "inventory" => Ok(task(InventoryProjection, connections, faults, shutdown)),
+        "users" => Ok(task(UsersProjection, connections, faults, shutdown)),
         other => bail!("unknown projection {other:?}"),
     }
 }
 
+/// Runs `roles` until a signal, a role's end, or `casualty` (a server this process
+/// supervises died, with the reason).
 async fn run_roles(
     settings: &Settings,
     connections: Connections,
     roles: Vec<Role>,
+    casualty: impl Future<Output = String>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let shutdown = move || {
@@ -156,7 +192,7 @@ async fn run_roles(
                     )?);
                 }
             }
-            Role::Gateway => {
+            Role::Gateway(secret) => {
                 let listener = tokio::net::TcpListener::bind(settings.http_addr)
                     .await
                     .with_context(|| format!("binding {}", settings.http_addr))?;
@@ -165,6 +201,7 @@ async fn run_roles(
                     CommandBus::new(EventStore::new(connections.pool.clone())),
                     connections.pool.clone(),
                     connections.nats.clone(),
+                    settings.gateway(secret),
                 );
                 // On stdout, so scripts and tests can read the port when they asked for 0.
                 println!("chronicle: gateway listening on http://{addr}");
@@ -181,6 +218,7 @@ async fn run_roles(
     let first_exit = tokio::select! {
         () = signal() => None,
         Some(done) = tasks.join_next() => Some(done),
+        dead = casualty => Some(Ok(Err(anyhow::anyhow!(dead)))),
     };
     let _ = stop_tx.send(true);
     let mut failure = match first_exit {
@@ -241,27 +279,17 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
     for name in names {
-        let projection = match name.as_str() {
-            "inventory" => InventoryProjection,
+        let stats = match name.as_str() {
+            "inventory" => replay_one(InventoryProjection, &connections, batch).await,
+            "users" => replay_one(UsersProjection, &connections, batch).await,
             other => bail!("unknown projection {other:?}"),
-        };
-        let stats = chronicle_projections::replay(
-            &projection,
-            &connections.pool,
-            &connections.nats,
-            batch,
-            |done, total| {
-                let percent = (done * 100).checked_div(total).unwrap_or(100);
-                eprint!("\r{name}: {done}/{total} events ({percent}%)");
-            },
-        )
-        .await
+        }
         .with_context(|| format!("replaying {name}"))?;
         eprintln!();
         println!(
             "{}",
             serde_json::json!({
-                "projection": projection.name(),
+                "projection": name,
                 "events": stats.events,
                 "checkpoint": stats.last_sequence,
                 "seconds": stats.seconds,
@@ -270,6 +298,25 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
         );
     }
     Ok(())
+}
+
+async fn replay_one<P: Projection>(
+    projection: P,
+    connections: &Connections,
+    batch: usize,
+) -> Result<ReplayStats, chronicle_projections::ProjectionError> {
+    let name = projection.name();
+    chronicle_projections::replay(
+        &projection,
+        &connections.pool,
+        &connections.nats,
+        batch,
+        |done, total| {
+            let percent = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!("\r{name}: {done}/{total} events ({percent}%)");
+        },
+    )
+    .await
 }
 
 /// `chronicle projections status`.

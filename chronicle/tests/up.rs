@@ -9,8 +9,21 @@ use std::{
 
 use serde_json::{json, Value};
 
+/// The `chronicle up` child; killed if the test panics before it is stopped, so a failed
+/// test never leaves a server running.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `chronicle up` on port 0 with `data_dir`, returns it and its base URL.
-fn start(data_dir: &std::path::Path) -> (Child, String) {
+fn start(data_dir: &std::path::Path) -> (Running, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
         .arg("up")
         .env("CHRONICLE_DATA_DIR", data_dir)
@@ -33,10 +46,11 @@ fn start(data_dir: &std::path::Path) -> (Child, String) {
             break url.trim().to_owned();
         }
     };
-    (child, base)
+    (Running(Some(child)), base)
 }
 
-fn terminate(mut child: Child) {
+fn terminate(mut running: Running) {
+    let mut child = running.0.take().expect("the child is running");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal chronicle");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -54,6 +68,20 @@ fn terminate(mut child: Child) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Logs `smoke` in and returns the bearer token.
+async fn login(http: &reqwest::Client, base: &str) -> String {
+    let answer: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "smoke", "password": "smoke test password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["token"].as_str().expect("a token").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +102,17 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         health,
         json!({"status": "ok", "postgres": "up", "nats": "up"})
     );
+    let registered = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"username": "smoke", "password": "smoke test password", "display_name": "Smoke"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
+    let token = login(&http, &base).await;
     let created = http
         .post(format!("{base}/api/v1/inventory/items"))
+        .bearer_auth(&token)
         .json(&json!({"sku": "SMOKE-1", "name": "Smoke", "price_cents": 99, "initial_stock": 3}))
         .send()
         .await
@@ -85,6 +122,7 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         .get(format!(
             "{base}/api/v1/inventory/items/SMOKE-1?min_version=1"
         ))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();
@@ -97,8 +135,10 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
     tokio::task::block_in_place(|| terminate(child));
 
     let (child, base) = tokio::task::block_in_place(|| start(dir.path()));
+    // The first token still verifies: the signing key was kept under the data dir.
     let item: Value = http
         .get(format!("{base}/api/v1/inventory/items/SMOKE-1"))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap()
@@ -106,5 +146,9 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(item["name"], "Smoke", "the read model survived the restart");
+    assert!(
+        !login(&http, &base).await.is_empty(),
+        "the credentials survived the restart"
+    );
     tokio::task::block_in_place(|| terminate(child));
 }

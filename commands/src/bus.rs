@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     error::{CommandError, KeyLookup, StoreError},
     idempotency::{self, IdempotencyKey, StoredResponse},
-    store::{AppendOutcome, EventStore, LoadedAggregate, PendingAppend, Provenance},
+    store::{AppendOutcome, EventStore, LoadedAggregate, PendingAppend, Provenance, UniqueClaim},
 };
 
 /// How many times a command is re-run after losing an optimistic-concurrency race.
@@ -48,6 +48,9 @@ pub struct CommandContext {
     pub expected_version: Option<u64>,
     pub idempotency: Option<IdempotencyKey>,
     pub retry: RetryPolicy,
+    /// Unique values the command takes (a username): committed with its events, or the
+    /// command fails with [`CommandError::ClaimTaken`] and appends nothing.
+    pub claims: Vec<UniqueClaim>,
 }
 
 impl CommandContext {
@@ -60,6 +63,7 @@ impl CommandContext {
             expected_version: None,
             idempotency: None,
             retry: RetryPolicy::default(),
+            claims: Vec::new(),
         }
     }
 }
@@ -289,6 +293,7 @@ impl CommandBus {
                 .idempotency
                 .as_ref()
                 .map(|key| (key.clone(), respond(&committed)));
+            append.claims = ctx.claims.clone();
             let every = self.config.snapshot_every;
             if every > 0 && !events.is_empty() && from_version / every != committed.version / every
             {
@@ -319,6 +324,13 @@ impl CommandBus {
                         // The other request's record expired between the two statements.
                         None => Err(CommandError::Conflict),
                     };
+                }
+                AppendOutcome::ClaimTaken(index) => {
+                    let claim = &ctx.claims[index];
+                    return Err(CommandError::ClaimTaken {
+                        namespace: claim.namespace.clone(),
+                        value: claim.value.clone(),
+                    });
                 }
                 AppendOutcome::Conflict => {
                     self.forget(&cache_key).await;
@@ -414,8 +426,8 @@ impl CommandBus {
 }
 
 /// The committer: takes whatever appends have queued (up to `max_group`) and commits them
-/// as one group. Two appends with the same idempotency key never share a group (the second
-/// waits for the next one), so each key is decided once.
+/// as one group. Two appends with the same idempotency key or unique claim never share a
+/// group (the second waits for the next one), so each is decided once.
 async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     loop {
@@ -426,13 +438,21 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
                 None => return,
             },
         };
-        let key_of = |job: &Job| {
-            job.append
+        // Idempotency keys and claims share one set: a tag keeps the two kinds apart.
+        let keys_of = |job: &Job| -> Vec<(u8, String, String)> {
+            let idempotency = job
+                .append
                 .idempotency
-                .as_ref()
-                .map(|(k, _)| (k.scope.clone(), k.key.clone()))
+                .iter()
+                .map(|(k, _)| (0, k.scope.clone(), k.key.clone()));
+            let claims = job
+                .append
+                .claims
+                .iter()
+                .map(|c| (1, c.namespace.clone(), c.value.clone()));
+            idempotency.chain(claims).collect()
         };
-        let mut keys: HashSet<(String, String)> = key_of(&first).into_iter().collect();
+        let mut keys: HashSet<(u8, String, String)> = keys_of(&first).into_iter().collect();
         let mut group = vec![first];
         let mut deferred = Vec::new();
         while group.len() < max_group {
@@ -443,7 +463,9 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
                     Err(_) => break,
                 },
             };
-            if key_of(&next).is_none_or(|key| keys.insert(key)) {
+            let wanted = keys_of(&next);
+            if wanted.iter().all(|key| !keys.contains(key)) {
+                keys.extend(wanted);
                 group.push(next);
             } else {
                 deferred.push(next);

@@ -46,6 +46,9 @@ pub enum CommandError<E: std::error::Error + 'static> {
     /// Other writers kept winning the race for this aggregate after every retry (HTTP 409).
     #[error("the aggregate was changed concurrently; retries exhausted")]
     Conflict,
+    /// A unique value the command claims (a username) belongs to another aggregate.
+    #[error("{namespace} {value:?} is already taken")]
+    ClaimTaken { namespace: String, value: String },
     /// The idempotency key was used before with a different request (HTTP 422).
     #[error("the idempotency key was already used with a different request")]
     IdempotencyKeyReused,

@@ -26,4 +26,4 @@ pub use bus::{CommandBus, CommandBusConfig, CommandContext, Committed, Executed,
 pub use error::{CommandError, StoreError};
 pub use faults::{FaultAction, Faults, InjectedFault};
 pub use idempotency::{IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
-pub use store::{migrate, EventStore, LoadedAggregate, OUTBOX_CHANNEL};
+pub use store::{migrate, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL};

@@ -48,6 +48,24 @@ pub(crate) enum AppendOutcome {
     Conflict,
     /// A live idempotency record for the key exists (a concurrent request with it won).
     KeyTaken,
+    /// The unique claim at this index of the append's claims belongs to someone else.
+    ClaimTaken(usize),
+}
+
+/// A value at most one aggregate may hold, such as a username (`namespace` = `username`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UniqueClaim {
+    pub namespace: String,
+    pub value: String,
+}
+
+impl UniqueClaim {
+    pub fn new(namespace: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            value: value.into(),
+        }
+    }
 }
 
 /// One event, encoded and ready to insert: its events row and its outbox row.
@@ -72,6 +90,8 @@ pub(crate) struct PendingAppend {
     pub correlation_id: Uuid,
     pub events: Vec<EncodedEvent>,
     pub idempotency: Option<(IdempotencyKey, StoredResponse)>,
+    /// Unique values this command takes for its aggregate.
+    pub claims: Vec<UniqueClaim>,
     /// `(last_sequence, state)`: a snapshot to store with the events.
     pub snapshot: Option<(u64, serde_json::Value)>,
 }
@@ -133,6 +153,7 @@ impl PendingAppend {
             correlation_id: provenance.correlation_id,
             events: encoded,
             idempotency: None,
+            claims: Vec::new(),
             snapshot: None,
         })
     }
@@ -282,6 +303,61 @@ impl EventStore {
                 }
             }
             if lost {
+                return Ok(false);
+            }
+        }
+
+        let claimed: Vec<(usize, usize, &UniqueClaim)> = live
+            .iter()
+            .flat_map(|&i| {
+                group[i]
+                    .claims
+                    .iter()
+                    .enumerate()
+                    .map(move |(c, claim)| (i, c, claim))
+            })
+            .collect();
+        if !claimed.is_empty() {
+            let taken: Vec<(String, String)> = sqlx::query_as(
+                "INSERT INTO unique_claims (namespace, value, aggregate_type, aggregate_id) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 ON CONFLICT DO NOTHING RETURNING namespace, value",
+            )
+            .bind(
+                claimed
+                    .iter()
+                    .map(|(_, _, c)| c.namespace.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                claimed
+                    .iter()
+                    .map(|(_, _, c)| c.value.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                claimed
+                    .iter()
+                    .map(|(i, _, _)| group[*i].aggregate_type)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                claimed
+                    .iter()
+                    .map(|(i, _, _)| group[*i].aggregate_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::db("taking unique claims"))?;
+            if taken.len() < claimed.len() {
+                let taken: std::collections::HashSet<(String, String)> =
+                    taken.into_iter().collect();
+                for (i, c, claim) in &claimed {
+                    if !taken.contains(&(claim.namespace.clone(), claim.value.clone())) {
+                        outcomes[*i] = AppendOutcome::ClaimTaken(*c);
+                    }
+                }
                 return Ok(false);
             }
         }

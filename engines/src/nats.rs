@@ -57,6 +57,15 @@ impl NatsServer {
         self.port
     }
 
+    /// How the server ended, if it is not running (it crashed, or was killed).
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => Some("stopped".into()),
+            Some(Ok(Some(status))) => Some(format!("{status}: {}", tail(&self.log_path))),
+            Some(_) => None,
+        }
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -90,6 +90,18 @@ impl Postgres {
         self.port
     }
 
+    /// How the server ended, if it is not running.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => Some("stopped".into()),
+            Some(Ok(Some(status))) => Some(format!(
+                "{status}: {}",
+                tail(&self.data_dir.join("server.log"))
+            )),
+            Some(_) => None,
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

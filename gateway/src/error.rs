@@ -53,6 +53,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
+    /// 401 `unauthorized`, with the `WWW-Authenticate` challenge added on the way out.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
@@ -164,6 +173,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -212,6 +226,21 @@ impl DomainError for chronicle_commerce::InventoryError {
     }
 }
 
+impl DomainError for chronicle_identity::UserError {
+    fn code(&self) -> &'static str {
+        chronicle_identity::UserError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_identity::UserError as E;
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::Forbidden => StatusCode::FORBIDDEN,
+            E::InvalidUsername | E::InvalidDisplayName => StatusCode::UNPROCESSABLE_ENTITY,
+            E::AlreadyRegistered => StatusCode::CONFLICT,
+        }
+    }
+}
+
 impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
@@ -229,6 +258,17 @@ impl<E: DomainError> From<CommandError<E>> for ApiError {
                 "concurrency_conflict",
                 "the resource was changed concurrently; retry the request",
             ),
+            CommandError::ClaimTaken { namespace, .. } => {
+                let code = match namespace.as_str() {
+                    "username" => "username_taken",
+                    _ => "already_taken",
+                };
+                Self::new(
+                    StatusCode::CONFLICT,
+                    code,
+                    format!("this {namespace} is already taken"),
+                )
+            }
             CommandError::IdempotencyKeyReused => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

@@ -8,7 +8,10 @@ use axum::{
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ApiError, FieldError};
+use crate::{
+    error::{ApiError, FieldError},
+    state::AppState,
+};
 
 /// A JSON request body, with its raw bytes kept for idempotency hashing.
 #[derive(Debug)]
@@ -119,28 +122,65 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     }
 }
 
-/// Who is calling.
-///
-/// The seam for authentication: today every caller is anonymous; the identity work replaces
-/// this extractor with bearer-token verification, and handlers that take a `Caller` get the
-/// user without changing.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    pub user_id: Option<String>,
+/// The bearer token of a request, if it carries one.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
-impl Caller {
-    /// The caller as an event actor and an idempotency scope.
-    pub fn name(&self) -> &str {
-        self.user_id.as_deref().unwrap_or("anonymous")
+/// The authenticated caller: a valid bearer token's user. Routes that take a `Caller` are
+/// closed to anonymous requests (401 `unauthorized`).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    /// The request id (`x-request-id`), which becomes the correlation id of every event the
+    /// request causes.
+    pub request_id: Option<uuid::Uuid>,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "send Authorization: Bearer <token> (POST /api/v1/auth/login gives one)",
+            )
+        })?;
+        let user_id = state.auth.verify(token).ok_or_else(|| {
+            ApiError::unauthorized("the token is invalid or expired; log in again")
+        })?;
+        Ok(Self {
+            user_id,
+            request_id: request_id(parts),
+        })
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
+/// The request id set by the request-id layer, as a UUID.
+pub fn request_id(parts: &Parts) -> Option<uuid::Uuid> {
+    parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The request id alone, for routes without a caller (register, login).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(pub Option<uuid::Uuid>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self::default())
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(request_id(parts)))
     }
 }
 

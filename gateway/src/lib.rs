@@ -9,21 +9,26 @@
 //! - `extract`: request extractors that fail with [`ApiError`]: JSON bodies (raw bytes kept
 //!   for idempotency hashing), `If-Match`, `Idempotency-Key`, the caller.
 //! - `freshness`: `?min_version=` waits, woken by projector notifications.
-//! - `routes`: one module per area (`health`, `inventory`, `projections`).
+//! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
+//! - `protect`: rate limiting (per user and per IP) and handler timeouts.
+//! - `routes`: one module per area (`health`, `identity`, `inventory`, `projections`).
 //!
 //! Commands go through `chronicle_commands::CommandBus`; queries read the read models
 //! through the query functions their projections export.
 
+mod auth;
 mod error;
 mod extract;
 mod freshness;
+mod protect;
 mod routes;
 mod state;
 
+pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
 pub use routes::router;
-pub use state::AppState;
+pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight
 /// requests.
@@ -35,7 +40,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address feeds the per-IP rate limit.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -1,7 +1,53 @@
+use std::time::Duration;
+
 use chronicle_commands::CommandBus;
 use sqlx::PgPool;
 
-use crate::freshness::Freshness;
+use crate::{
+    auth::{Auth, Secret},
+    freshness::Freshness,
+    protect::RateLimiter,
+};
+
+/// Rate limiting: a token bucket per user and per client IP.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests per second each bucket refills.
+    pub per_second: f64,
+    /// Requests a bucket holds: how many may come at once.
+    pub burst: u32,
+}
+
+/// The gateway's own settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The HMAC key bearer tokens are signed with.
+    pub jwt_secret: Secret,
+    /// How long a token is valid.
+    pub token_ttl: Duration,
+    /// Largest request body accepted (413 above it).
+    pub body_limit: usize,
+    /// `None` turns rate limiting off.
+    pub rate_limit: Option<RateLimit>,
+    /// Origins allowed by CORS; empty allows any origin (bearer tokens, no cookies).
+    pub cors_origins: Vec<String>,
+    /// Longest a handler may take before the client gets 503 (min_version waits 2 s).
+    pub handler_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but the signing key.
+    pub fn new(jwt_secret: Secret) -> Self {
+        Self {
+            jwt_secret,
+            token_ttl: Duration::from_secs(24 * 3600),
+            body_limit: 1024 * 1024,
+            rate_limit: None,
+            cors_origins: Vec::new(),
+            handler_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
@@ -11,17 +57,28 @@ pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub freshness: Freshness,
+    pub auth: Auth,
+    pub config: GatewayConfig,
+    pub(crate) limiter: Option<RateLimiter>,
 }
 
 impl AppState {
     /// Builds the state and starts listening for projector notifications.
-    pub fn new(commands: CommandBus, pool: PgPool, nats: async_nats::Client) -> Self {
+    pub fn new(
+        commands: CommandBus,
+        pool: PgPool,
+        nats: async_nats::Client,
+        config: GatewayConfig,
+    ) -> Self {
         let freshness = Freshness::listen(pool.clone());
         Self {
             commands,
+            auth: Auth::new(&config.jwt_secret, config.token_ttl),
+            limiter: config.rate_limit.map(RateLimiter::new),
             pool,
             nats,
             freshness,
+            config,
         }
     }
 }

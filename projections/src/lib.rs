@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
 //! - [`inventory`]: the `inventory_items` read model.
+//! - [`users`]: the `users` read model (public profiles).
 //! - [`status`]: checkpoints and lag, for `/api/v1/projections` and the CLI.
 
 mod checkpoint;
@@ -19,6 +20,7 @@ mod replay;
 mod runtime;
 
 pub mod inventory;
+pub mod users;
 
 pub use checkpoint::{status, ProjectionStatus, CHECKPOINTS_DDL};
 pub use projection::{Projection, ProjectionError};

@@ -244,17 +244,31 @@ impl<P: Projection> Projector<P> {
     }
 }
 
+/// Creates the checkpoints table and the projection's tables.
+///
+/// `CREATE TABLE IF NOT EXISTS` is not safe against itself: two projectors starting at once
+/// can both pass the check and one fails on the catalog's unique index. So the DDL runs in
+/// a transaction holding an advisory lock shared by every projector.
 pub(crate) async fn setup<P: Projection + ?Sized>(
     pool: &PgPool,
     projection: &P,
 ) -> Result<(), ProjectionError> {
-    sqlx::raw_sql(checkpoint::CHECKPOINTS_DDL)
-        .execute(pool)
-        .await
-        .map_err(ProjectionError::db("creating the checkpoints table"))?;
-    sqlx::raw_sql(projection.ddl())
+    create_tables(pool, projection.ddl()).await
+}
+
+/// One multi-statement simple query: PostgreSQL runs it as one implicit transaction, so the
+/// transaction-scoped lock is held until the last statement is done.
+async fn create_tables(pool: &PgPool, ddl: &'static str) -> Result<(), ProjectionError> {
+    let script = format!(
+        "SELECT pg_advisory_xact_lock({SETUP_LOCK}); {}; {ddl};",
+        checkpoint::CHECKPOINTS_DDL
+    );
+    sqlx::raw_sql(&script)
         .execute(pool)
         .await
         .map_err(ProjectionError::db("creating the projection's tables"))?;
     Ok(())
 }
+
+/// The advisory lock key that serialises projection DDL ("chronpro" in ASCII).
+const SETUP_LOCK: i64 = 0x6368_726f_6e70_726f;

@@ -7,6 +7,7 @@
 //! - [`AggregateKind`]: the bounded context and aggregate type that name a stream of events,
 //!   and from them the NATS subject of each event ([`subject_for`]).
 //! - [`commerce`]: the payloads of the commerce context (inventory so far).
+//! - [`identity`]: the payloads of the identity context (users, no secrets).
 //!
 //! Payload types are versioned by their `event_version`; an old version is upcast, never
 //! edited. This crate does no I/O.
@@ -14,6 +15,7 @@
 mod envelope;
 
 pub mod commerce;
+pub mod identity;
 
 pub use envelope::{
     is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,

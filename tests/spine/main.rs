@@ -4,6 +4,7 @@
 mod common;
 mod gateway;
 mod group_commit;
+mod identity;
 mod projector;
 mod relay;
 mod write_side;

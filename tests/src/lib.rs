@@ -232,13 +232,26 @@ pub struct TestApp {
     pub db: TestDb,
     pub pool: PgPool,
     pub nats: TestNats,
+    /// The default user, registered at spawn, and their bearer token.
+    pub user_id: String,
+    pub token: String,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TestApp {
+    /// The system with the default gateway configuration (rate limiting off) and a logged-in
+    /// user whose token [`get`](Self::get), [`post`](Self::post) and
+    /// [`request`](Self::request) send.
     pub async fn spawn() -> Self {
-        use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// As [`spawn`](Self::spawn), after `configure` has adjusted the gateway's settings.
+    pub async fn spawn_with(configure: impl FnOnce(&mut chronicle_gateway::GatewayConfig)) -> Self {
+        use chronicle_projections::{
+            inventory::InventoryProjection, users::UsersProjection, Projector, ProjectorConfig,
+        };
         let (db, nats) = (TestDb::new().await, TestNats::start());
         let pool = db.pool().await;
         let client = chronicle_bus::connect(&nats.url())
@@ -269,6 +282,22 @@ impl TestApp {
             ProjectorConfig::default(),
         );
         projector.setup().await.expect("projection tables");
+        let users = Projector::new(
+            UsersProjection,
+            pool.clone(),
+            client.clone(),
+            ProjectorConfig::default(),
+        );
+        users.setup().await.expect("projection tables");
+        let mut config = chronicle_gateway::GatewayConfig::new(chronicle_gateway::Secret::new(
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+            .into_bytes(),
+        ));
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
@@ -277,6 +306,7 @@ impl TestApp {
             chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(pool.clone())),
             pool.clone(),
             client,
+            config,
         );
         let tasks = vec![
             tokio::spawn({
@@ -294,19 +324,68 @@ impl TestApp {
             tokio::spawn({
                 let stop = shutdown();
                 async move {
+                    let _ = users.run(stop).await;
+                }
+            }),
+            tokio::spawn({
+                let stop = shutdown();
+                async move {
                     let _ = chronicle_gateway::serve(listener, state, stop).await;
                 }
             }),
         ];
-        Self {
+        let mut app = Self {
             base,
             http: reqwest::Client::new(),
             db,
             pool,
             nats,
+            token: String::new(),
+            user_id: String::new(),
             stop,
             tasks,
-        }
+        };
+        let (user_id, token) = app.register_and_login("tester").await;
+        app.user_id = user_id;
+        app.token = token;
+        app
+    }
+
+    /// Registers `username` (password `correct horse`) and logs in: `(user_id, token)`.
+    pub async fn register_and_login(&self, username: &str) -> (String, String) {
+        let registered = self
+            .http
+            .post(self.url("/api/v1/auth/register"))
+            .json(&serde_json::json!({"username": username, "password": "correct horse", "display_name": username}))
+            .send()
+            .await
+            .expect("the gateway answers");
+        assert_eq!(
+            registered.status(),
+            reqwest::StatusCode::CREATED,
+            "registering {username}"
+        );
+        let login: serde_json::Value = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"username": username, "password": "correct horse"}))
+            .send()
+            .await
+            .expect("the gateway answers")
+            .json()
+            .await
+            .expect("a login answer");
+        (
+            login["user_id"].as_str().expect("a user id").to_owned(),
+            login["token"].as_str().expect("a token").to_owned(),
+        )
+    }
+
+    /// A request with the default user's token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -314,23 +393,21 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
+        self.request(reqwest::Method::GET, path)
             .send()
             .await
             .expect("the gateway answers")
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
+        self.request(reqwest::Method::POST, path)
             .json(&body)
             .send()
             .await
             .expect("the gateway answers")
     }
 
-    /// How many events the store holds.
+    /// How many events the store holds (the default user's registration included).
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&self.pool)

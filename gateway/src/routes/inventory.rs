@@ -145,6 +145,7 @@ pub struct ReadParams {
 
 pub async fn get(
     State(state): State<AppState>,
+    _caller: Caller,
     ApiPath(sku): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
@@ -195,6 +196,7 @@ pub struct Page<T> {
 
 pub async fn list(
     State(state): State<AppState>,
+    _caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<InventoryView>>, ApiError> {
     let limit = params.limit.unwrap_or(50);

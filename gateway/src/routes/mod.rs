@@ -1,27 +1,79 @@
-//! The route table.
+//! The route table and the layers every request passes through.
 
 mod health;
+mod identity;
 mod inventory;
 mod projections;
 mod respond;
 
 use axum::{
-    http::{HeaderName, StatusCode},
+    extract::DefaultBodyLimit,
+    http::{HeaderName, HeaderValue, Method, Request, StatusCode},
+    middleware,
     routing::{get, post},
     Router,
 };
 use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, protect, state::AppState};
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            HeaderName::from_static("authorization"),
+            HeaderName::from_static("content-type"),
+            HeaderName::from_static("if-match"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("etag"),
+            HeaderName::from_static("location"),
+            HeaderName::from_static("retry-after"),
+            HeaderName::from_static("chronicle-consistency"),
+            HeaderName::from_static("x-request-id"),
+        ])
+}
 
 /// The whole HTTP API.
+///
+/// Layers, outermost first: request id (set, then echoed on the response), a tracing span
+/// per request carrying that id (so every log line of the request has it), CORS, rate
+/// limiting, the handler timeout, the body limit.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+    });
     Router::new()
         .route("/health", get(health::health))
+        .route("/api/v1/auth/register", post(identity::register))
+        .route("/api/v1/auth/login", post(identity::login))
+        .route(
+            "/api/v1/users/{id}",
+            get(identity::get_user).patch(identity::change_profile),
+        )
         .route("/api/v1/projections", get(projections::list))
         .route(
             "/api/v1/inventory/items",
@@ -40,7 +92,17 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            protect::rate_limit,
+        ))
+        .layer(cors(&state.config.cors_origins))
+        .layer(trace)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)

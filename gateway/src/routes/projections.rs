@@ -1,14 +1,19 @@
 //! `GET /api/v1/projections`: each read model's checkpoint and lag.
 
 use axum::{extract::State, Json};
-use chronicle_projections::{inventory::InventoryProjection, status, Projection, ProjectionStatus};
+use chronicle_projections::{
+    inventory::InventoryProjection, status, users::UsersProjection, Projection, ProjectionStatus,
+};
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::ApiError, extract::Caller, state::AppState};
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
     let js = async_nats::jetstream::new(state.nats.clone());
     let mut out = Vec::new();
-    for name in [InventoryProjection.name()] {
+    for name in [InventoryProjection.name(), UsersProjection.name()] {
         out.push(
             status(&state.pool, &js, name)
                 .await

@@ -8,8 +8,8 @@ use chronicle_commands::{CommandContext, Committed, Executed, IdempotencyKey, St
 
 use crate::extract::{Caller, IdempotencyKeyHeader, IfMatch};
 
-/// The context of a command sent over HTTP: the caller as actor, `If-Match`, and the
-/// idempotency key scoped to caller and route.
+/// The context of a command sent over HTTP: the caller as actor, the request id as
+/// correlation id, `If-Match`, and the idempotency key scoped to caller and route.
 pub fn context(
     caller: &Caller,
     route: &str,
@@ -17,13 +17,34 @@ pub fn context(
     key: IdempotencyKeyHeader,
     raw_body: &[u8],
 ) -> CommandContext {
+    anonymous_context(
+        caller.request_id,
+        Some(&caller.user_id),
+        route,
+        if_match,
+        key,
+        raw_body,
+    )
+}
+
+/// [`context`] for routes open to anonymous callers (register): without an actor, the
+/// key's scope is the route alone.
+pub fn anonymous_context(
+    request_id: Option<uuid::Uuid>,
+    actor: Option<&str>,
+    route: &str,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    raw_body: &[u8],
+) -> CommandContext {
+    let base = CommandContext::new();
+    let scope = format!("{}|{route}", actor.unwrap_or("anonymous"));
     CommandContext {
-        actor: caller.user_id.clone(),
+        correlation_id: request_id.unwrap_or(base.correlation_id),
+        actor: actor.map(str::to_owned),
         expected_version: if_match.0,
-        idempotency: key
-            .0
-            .map(|key| IdempotencyKey::new(format!("{}|{route}", caller.name()), key, raw_body)),
-        ..CommandContext::new()
+        idempotency: key.0.map(|key| IdempotencyKey::new(scope, key, raw_body)),
+        ..base
     }
 }
 

@@ -1,0 +1,94 @@
+//! The benchmark harness of BENCH.md.
+//!
+//! # Layout
+//!
+//! - `servers`: a durable PostgreSQL cluster and a nats-server with `sync_interval: always`
+//!   (or `DATABASE_URL` / `NATS_URL`), a fresh database and stream per measurement.
+//! - `w1`, `w2`, `w3`: the reference workload ES-1, each against Chronicle and, where
+//!   BENCH.md asks, plain cqrs-es + postgres-es (`"system":"baseline-cqrs-es"`).
+//! - `report`: one JSON line per measurement on stdout; progress goes to stderr.
+//!
+//! `cargo run --release -p bench -- es1` runs all of ES-1 once; `--runs 3` repeats W1.
+
+mod report;
+mod servers;
+mod w1;
+mod w2;
+mod w3;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Chronicle's benchmark harness (BENCH.md)")]
+struct Cli {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// All of ES-1: W1, W2, W3.
+    Es1 {
+        /// Repeat W1 this many times (medians are the reader's job).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Events for W2's large size.
+        #[arg(long, default_value_t = 1_000_000)]
+        large: u64,
+    },
+    /// W1: 1,000 items × 20 commands at concurrency 1 and 16.
+    W1 {
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Only the runs whose `system/label` contains this (`chronicle/cache`).
+        #[arg(long)]
+        only: Option<String>,
+        /// One concurrency level instead of 1 and 16.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// W2: replay the log, in memory and into the inventory read model.
+    W2 {
+        #[arg(long, default_value_t = 1_000_000)]
+        large: u64,
+    },
+    /// W3: one aggregate with 10,000 events.
+    W3,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let servers = servers::Servers::start().await?;
+        match cli.workload {
+            Workload::Es1 { runs, large } => {
+                for _ in 0..runs {
+                    w1::run(&servers, None, None).await?;
+                }
+                w2::run(&servers, large).await?;
+                w3::run(&servers).await?;
+            }
+            Workload::W1 {
+                runs,
+                only,
+                concurrency,
+            } => {
+                for _ in 0..runs {
+                    w1::run(&servers, only.as_deref(), concurrency).await?;
+                }
+            }
+            Workload::W2 { large } => w2::run(&servers, large).await?,
+            Workload::W3 => w3::run(&servers).await?,
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,158 @@
+//! W2 replay: read every event in log order and fold it into a projection, (a) in memory
+//! and (b) into the real `inventory` read model by the replay engine, at two sizes.
+//!
+//! The log is made by writing outbox rows with SQL and letting the relay publish them, so
+//! the run also measures how fast the relay drains a backlog.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use chronicle_bus::{Relay, RelayConfig};
+use chronicle_commerce::InventoryEvent;
+use chronicle_projections::inventory::InventoryProjection;
+use chronicle_schemas::Envelope;
+use futures::StreamExt;
+
+use crate::{report::Measurement, servers::Servers};
+
+const ITEMS: u64 = 1_000;
+
+pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
+    for events in [20_000, large] {
+        let per_item = (events / ITEMS).max(1);
+        let total = per_item * ITEMS;
+        eprintln!("bench: W2 with {total} events");
+        let fresh = servers.fresh().await?;
+        sqlx::query(
+            "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
+             SELECT 'events.commerce.inventory_item.' || id, 'inventory_item:' || id || ':' || seq, t, '1', seq, c, \
+               convert_to(json_build_object( \
+                 'event_id', gen_random_uuid(), 'event_type', t, 'event_version', '1', 'context', 'commerce', \
+                 'aggregate_type', 'inventory_item', 'aggregate_id', id, 'sequence', seq, \
+                 'recorded_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                 'correlation_id', c, \
+                 'payload', CASE WHEN seq = 1 \
+                   THEN json_build_object('sku', id, 'name', 'Item ' || id, 'price_cents', 100, 'initial_stock', 0) \
+                   ELSE json_build_object('quantity', 1) END)::text, 'UTF8') \
+             FROM generate_series(1, $2::bigint) AS seq, generate_series(1, $1::bigint) AS item, \
+                  LATERAL (SELECT 'W2-' || lpad(item::text, 4, '0') AS id, \
+                                  CASE WHEN seq = 1 THEN 'ItemCreated' ELSE 'StockReceived' END AS t, \
+                                  gen_random_uuid() AS c) AS x \
+             ORDER BY seq, item",
+        )
+        .bind(ITEMS as i64)
+        .bind(per_item as i64)
+        .execute(&fresh.pool)
+        .await
+        .context("writing the outbox backlog")?;
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let started = Instant::now();
+        // BENCH_RELAY_BATCH_MAX shrinks the relay's batches, to measure what a batch costs.
+        let batch_max = std::env::var("BENCH_RELAY_BATCH_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RelayConfig::default().batch_max);
+        let config = RelayConfig {
+            batch_max,
+            ..RelayConfig::default()
+        };
+        let relay = tokio::spawn(
+            Relay::new(fresh.pool.clone(), fresh.nats.clone(), config).run(async {
+                let _ = stopped.await;
+            }),
+        );
+        loop {
+            let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
+                .fetch_one(&fresh.pool)
+                .await?;
+            if !left {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Measurement::new("chronicle", "relay-drain", 1, total, started.elapsed())
+            .label("outbox-to-jetstream")
+            .print();
+        let _ = stop.send(());
+        relay.await??;
+
+        let started = Instant::now();
+        let folded = fold_in_memory(&fresh.nats, total).await?;
+        Measurement::new("chronicle", "W2", 1, total, started.elapsed())
+            .label("in-memory-fold")
+            .print();
+        anyhow::ensure!(
+            folded.len() as u64 == ITEMS,
+            "folded {} items",
+            folded.len()
+        );
+        anyhow::ensure!(
+            folded
+                .values()
+                .all(|(on_hand, _)| *on_hand == per_item as i64 - 1),
+            "the fold lost events"
+        );
+
+        let started = Instant::now();
+        let stats = chronicle_projections::replay(
+            &InventoryProjection,
+            &fresh.pool,
+            &fresh.nats,
+            5_000,
+            |done, all| {
+                if done % 100_000 < 5_000 || done == all {
+                    eprint!("\rbench: replay {done}/{all}");
+                }
+            },
+        )
+        .await?;
+        eprintln!();
+        Measurement::new("chronicle", "W2", 1, stats.events, started.elapsed())
+            .label("replay-into-postgres")
+            .print();
+        let wrong: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE on_hand <> $1")
+                .bind(per_item as i64 - 1)
+                .fetch_one(&fresh.pool)
+                .await?;
+        anyhow::ensure!(wrong == 0, "{wrong} read-model rows are wrong after replay");
+    }
+    Ok(())
+}
+
+/// Reads the whole stream in order and folds `(on_hand, version)` per SKU.
+async fn fold_in_memory(
+    client: &async_nats::Client,
+    total: u64,
+) -> anyhow::Result<HashMap<String, (i64, u64)>> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(chronicle_bus::EVENTS_STREAM).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut state: HashMap<String, (i64, u64)> = HashMap::new();
+    let mut seen = 0;
+    while seen < total {
+        let message = messages.next().await.context("the stream ended early")??;
+        let envelope: Envelope = serde_json::from_slice(&message.payload)?;
+        let entry = state.entry(envelope.aggregate_id.clone()).or_default();
+        match envelope.decode::<InventoryEvent>()? {
+            InventoryEvent::ItemCreated { initial_stock, .. } => entry.0 = initial_stock as i64,
+            InventoryEvent::StockReceived { quantity } => entry.0 += quantity as i64,
+            InventoryEvent::ReservationCommitted { quantity, .. } => entry.0 -= quantity as i64,
+            InventoryEvent::StockReserved { .. } | InventoryEvent::ReservationReleased { .. } => {}
+        }
+        entry.1 = envelope.sequence;
+        seen += 1;
+    }
+    Ok(state)
+}

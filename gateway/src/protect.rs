@@ -1,0 +1,141 @@
+//! Cross-cutting protections: rate limiting and handler timeouts, as middleware whose
+//! refusals are problem+json like every other error.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    error::ApiError,
+    extract::bearer_token,
+    state::{AppState, RateLimit},
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Token buckets keyed by `user:<id>` and `ip:<addr>`.
+///
+/// A std mutex: every critical section is a few arithmetic operations with no `.await`.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimiter {
+    limit: RateLimit,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes one token from each key's bucket; on refusal, the seconds until one is back.
+    fn take(&self, keys: &[String]) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let burst = f64::from(self.limit.burst);
+        // Forget idle clients now and then; a full bucket is the same as no bucket.
+        if buckets.len() > 100_000 {
+            let rate = self.limit.per_second;
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let mut wait: f64 = 0.0;
+        for key in keys {
+            let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+                tokens: burst,
+                updated: now,
+            });
+            let refilled = (bucket.tokens
+                + now.duration_since(bucket.updated).as_secs_f64() * self.limit.per_second)
+                .min(burst);
+            bucket.tokens = refilled;
+            bucket.updated = now;
+            if refilled < 1.0 {
+                wait = wait.max((1.0 - refilled) / self.limit.per_second);
+            }
+        }
+        if wait > 0.0 {
+            return Err(wait.ceil().max(1.0) as u64);
+        }
+        for key in keys {
+            if let Some(bucket) = buckets.get_mut(key) {
+                bucket.tokens -= 1.0;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 429 `rate_limited` with `Retry-After` once a caller's or an address's burst is spent.
+pub(crate) async fn rate_limit(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = &state.limiter else {
+        return next.run(request).await;
+    };
+    let mut keys = Vec::with_capacity(2);
+    if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        keys.push(format!("ip:{}", addr.ip()));
+    }
+    if let Some(user) = bearer_token(request.headers()).and_then(|t| state.auth.verify(t)) {
+        keys.push(format!("user:{user}"));
+    }
+    match limiter.take(&keys) {
+        Ok(()) => next.run(request).await,
+        Err(retry_after) => {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {retry_after} s"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+    }
+}
+
+/// 503 `unavailable` when a handler outlives the configured timeout: a stuck backend never
+/// holds a connection forever.
+pub(crate) async fn timeout(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(state.config.handler_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("handler timed out");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the request timed out waiting for a backing service; retry later",
+            )
+            .into_response()
+        }
+    }
+}

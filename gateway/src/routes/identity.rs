@@ -1,0 +1,204 @@
+//! `/api/v1/auth/*` and `/api/v1/users/*` (API.md, Identity).
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_commands::{Executed, StoredResponse, UniqueClaim};
+use chronicle_identity::{is_valid_username, User, UserCommand};
+use chronicle_projections::users;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::respond;
+use crate::{
+    auth::{hash_password, verify_password},
+    error::{ApiError, FieldError},
+    extract::{ApiPath, Caller, IdempotencyKeyHeader, IfMatch, JsonBody, RequestId},
+    state::AppState,
+};
+
+/// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.
+const MAX_PASSWORD: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    username: String,
+    password: String,
+    display_name: String,
+}
+
+// A hand-written Debug: the password must never reach a log line.
+impl std::fmt::Debug for Register {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Register")
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .finish_non_exhaustive()
+    }
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    RequestId(request_id): RequestId,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Register>,
+) -> Result<Response, ApiError> {
+    let form = body.value;
+    let mut errors = Vec::new();
+    if !is_valid_username(&form.username) {
+        errors.push(FieldError::new(
+            "username",
+            "3 to 32 characters of a-z, 0-9 and _",
+        ));
+    }
+    if form.password.chars().count() < 8 || form.password.len() > MAX_PASSWORD {
+        errors.push(FieldError::new("password", "8 characters or more"));
+    }
+    if form.display_name.trim().is_empty() || form.display_name.chars().count() > 64 {
+        errors.push(FieldError::new(
+            "display_name",
+            "1 to 64 characters, not blank",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let user_id = uuid::Uuid::now_v7().to_string();
+    // The hash is stored first under the new id; the username is claimed with the
+    // registration event. If the claim fails the row is removed; if the process dies in
+    // between, the row belongs to an id nothing refers to.
+    let hash = hash_password(form.password).await?;
+    sqlx::query("INSERT INTO credentials (user_id, password_hash) VALUES ($1, $2)")
+        .bind(&user_id)
+        .bind(&hash)
+        .execute(&state.pool)
+        .await?;
+    let mut ctx = respond::anonymous_context(
+        request_id,
+        Some(&user_id),
+        "POST /api/v1/auth/register",
+        IfMatch(None),
+        key,
+        &body.raw,
+    );
+    ctx.claims = vec![UniqueClaim::new("username", form.username.clone())];
+    let id = user_id.clone();
+    let respond = move |_: &chronicle_commands::Committed| StoredResponse {
+        status: 201,
+        body: json!({ "user_id": id }),
+    };
+    let outcome = state
+        .commands
+        .execute_with_response::<User>(
+            &user_id,
+            UserCommand::Register {
+                username: form.username,
+                display_name: form.display_name,
+            },
+            &user_id,
+            &ctx,
+            &respond,
+        )
+        .await;
+    if !matches!(outcome, Ok(Executed::Committed(_))) {
+        sqlx::query("DELETE FROM credentials WHERE user_id = $1")
+            .bind(&user_id)
+            .execute(&state.pool)
+            .await?;
+    }
+    Ok(respond::executed(outcome?, respond))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    body: JsonBody<Login>,
+) -> Result<Response, ApiError> {
+    let form = body.value;
+    if form.password.len() > MAX_PASSWORD {
+        return Err(invalid_credentials());
+    }
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT c.aggregate_id, k.password_hash FROM unique_claims c \
+         JOIN credentials k ON k.user_id = c.aggregate_id \
+         WHERE c.namespace = 'username' AND c.value = $1",
+    )
+    .bind(&form.username)
+    .fetch_optional(&state.pool)
+    .await?;
+    let (user_id, hash) = match row {
+        Some((id, hash)) => (Some(id), Some(hash)),
+        None => (None, None),
+    };
+    if !verify_password(form.password, hash).await? {
+        return Err(invalid_credentials());
+    }
+    let user_id = user_id.ok_or_else(invalid_credentials)?;
+    let (token, expires_at) = state.auth.issue(&user_id)?;
+    Ok(Json(json!({"token": token, "user_id": user_id, "expires_at": expires_at})).into_response())
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "the username or password is wrong",
+    )
+}
+
+pub async fn get_user(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<users::UserView>, ApiError> {
+    users::get(&state.pool, &id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no such user"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeProfile {
+    display_name: String,
+}
+
+pub async fn change_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<ChangeProfile>,
+) -> Result<Response, ApiError> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::not_found("no such user"));
+    }
+    let route = format!("PATCH /api/v1/users/{id}");
+    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let make = respond::id_and_version(200);
+    let executed = state
+        .commands
+        .execute_with_response::<User>(
+            &id,
+            UserCommand::ChangeProfile {
+                actor: caller.user_id.clone(),
+                display_name: body.value.display_name,
+            },
+            &id,
+            &ctx,
+            &make,
+        )
+        .await?;
+    Ok(respond::executed(executed, make))
+}

@@ -1,0 +1,339 @@
+//! Identity and the gateway's protections (API.md Identity and Conventions): register,
+//! login, tokens, ownership, body limit, rate limit, timeouts, CORS, request ids, and no
+//! secret in a log line or an event.
+
+use std::time::Duration;
+
+use chronicle_tests::{eventually, TestApp};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+async fn register(app: &TestApp, username: &str, password: &str) -> Response {
+    app.http
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"username": username, "password": password, "display_name": "Someone"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn login(app: &TestApp, username: &str, password: &str) -> Response {
+    app.http
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_registers_logs_in_and_is_looked_up_without_secrets() {
+    let app = TestApp::spawn().await;
+    let registered = register(&app, "bob_1", "a long password").await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let user_id = registered.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let login = login(&app, "bob_1", "a long password").await;
+    assert_eq!(login.status(), StatusCode::OK);
+    let login: Value = login.json().await.unwrap();
+    assert_eq!(login["user_id"], user_id.as_str());
+    assert!(login["token"].as_str().unwrap().len() > 20 && login["expires_at"].is_string());
+
+    let user: Value = eventually("the users read model", Duration::from_secs(10), || async {
+        let r = app.get(&format!("/api/v1/users/{user_id}")).await;
+        if r.status() == StatusCode::OK {
+            r.json().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(user["username"], "bob_1");
+    assert_eq!(user["display_name"], "Someone");
+    assert!(user["created_at"].is_string());
+    assert_eq!(
+        user.as_object().unwrap().len(),
+        4,
+        "no other fields: {user}"
+    );
+    problem(
+        app.get("/api/v1/users/nobody").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_registrations_are_422_with_each_field() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"username": "No", "password": "short", "display_name": ""}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["username", "password", "display_name"]);
+}
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_username_give_one_201_and_the_rest_409() {
+    let app = TestApp::spawn().await;
+    let attempts = (0..10).map(|i| {
+        let app = &app;
+        async move { register(app, "carol", &format!("password number {i}")).await }
+    });
+    let responses = futures::future::join_all(attempts).await;
+    let created = responses
+        .iter()
+        .filter(|r| r.status() == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1);
+    for response in responses
+        .into_iter()
+        .filter(|r| r.status() != StatusCode::CREATED)
+    {
+        problem(response, StatusCode::CONFLICT, "username_taken").await;
+    }
+    let (users, credentials): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE aggregate_type = 'user'), (SELECT count(*) FROM credentials)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (users, credentials),
+        (2, 2),
+        "the tester and one carol; losers left nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_and_unknown_users_are_401_invalid_credentials() {
+    let app = TestApp::spawn().await;
+    problem(
+        login(&app, "tester", "not the password").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    problem(
+        login(&app, "nobody_here", "whatever!").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_tampered_forged_and_expired_tokens_are_401() {
+    let app = TestApp::spawn_with(|c| c.token_ttl = Duration::from_secs(1)).await;
+    let path = "/api/v1/inventory/items";
+    let missing = app.http.get(app.url(path)).send().await.unwrap();
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    problem(missing, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let mut tampered = app.token.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(&tampered)
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let other_key = chronicle_gateway::Auth::new(
+        &chronicle_gateway::Secret::new(b"another key, not the gateway's own, 32+ bytes".to_vec()),
+        Duration::from_secs(3600),
+    );
+    let (forged, _) = other_key.issue(&app.user_id).unwrap();
+    let response = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    let (_, fresh) = app.register_and_login("fresh_user").await;
+    let ok = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(&fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK, "a fresh token works");
+    // Expiry is checked in whole seconds: 2.5 s on, a one-second token is past it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let expired = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(&fresh)
+        .send()
+        .await
+        .unwrap();
+    problem(expired, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn only_the_user_changes_their_profile_and_a_refusal_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let (other_id, other_token) = app.register_and_login("mallory").await;
+    let before = app.event_count().await;
+    let response = app
+        .http
+        .patch(app.url(&format!("/api/v1/users/{}", app.user_id)))
+        .bearer_auth(&other_token)
+        .json(&json!({"display_name": "Mallory was here"}))
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_eq!(app.event_count().await, before);
+
+    let own = app
+        .request(Method::PATCH, &format!("/api/v1/users/{}", app.user_id))
+        .json(&json!({"display_name": "Tess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+    assert_eq!(own.json::<Value>().await.unwrap()["version"], 2);
+    assert_ne!(other_id, app.user_id);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_problem_json() {
+    let app = TestApp::spawn_with(|c| c.body_limit = 1024).await;
+    let big = json!({"sku": "BIG", "name": "x".repeat(4096), "price_cents": 1, "initial_stock": 1});
+    problem(
+        app.post("/api/v1/inventory/items", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn requests_past_the_burst_are_429_with_retry_after() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit = Some(chronicle_gateway::RateLimit {
+            per_second: 0.5,
+            burst: 3,
+        })
+    })
+    .await;
+    // Spawning registered and logged in from this address: its burst is spent.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = app.get("/api/v1/inventory/items").await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+            problem(response, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+            statuses.push(429);
+        } else {
+            statuses.push(response.status().as_u16());
+        }
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_handler_that_outlives_its_timeout_is_answered_503() {
+    let app = TestApp::spawn_with(|c| c.handler_timeout = Duration::from_secs(1)).await;
+    app.post(
+        "/api/v1/inventory/items",
+        json!({"sku": "T-1", "name": "T", "price_cents": 1, "initial_stock": 1}),
+    )
+    .await;
+    // Waiting for a version that never comes takes 2 s, past the 1 s timeout.
+    let response = app.get("/api/v1/inventory/items/T-1?min_version=99").await;
+    problem(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_every_response_has_a_request_id_that_correlates_events() {
+    let app = TestApp::spawn().await;
+    let preflight = app
+        .http
+        .request(Method::OPTIONS, app.url("/api/v1/inventory/items"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+    let request_id = uuid::Uuid::now_v7();
+    let created = app
+        .request(Method::POST, "/api/v1/inventory/items")
+        .header("x-request-id", request_id.to_string())
+        .json(&json!({"sku": "C-1", "name": "C", "price_cents": 1, "initial_stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        created.headers()["x-request-id"],
+        request_id.to_string().as_str()
+    );
+    let correlation: String = sqlx::query_scalar(
+        "SELECT metadata->>'correlation_id' FROM events WHERE aggregate_id = 'C-1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(correlation, request_id.to_string());
+    let actor: String =
+        sqlx::query_scalar("SELECT metadata->>'actor' FROM events WHERE aggregate_id = 'C-1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(actor, app.user_id);
+    assert!(app
+        .get("/health")
+        .await
+        .headers()
+        .contains_key("x-request-id"));
+}
