@@ -15,7 +15,11 @@ use chronicle_schemas::Envelope;
 use futures::StreamExt;
 use sqlx::PgPool;
 
-use crate::{checkpoint, runtime::setup, Projection, ProjectionError};
+use crate::{
+    checkpoint,
+    runtime::{decode, position, setup},
+    Projection, ProjectionError,
+};
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,18 +89,8 @@ pub async fn replay<P: Projection>(
                 .map_err(|_| nats("replaying")("no message for 30 s".into()))?
                 .ok_or_else(|| nats("replaying")("the consumer ended".into()))?
                 .map_err(|e| nats("replaying")(e.to_string()))?;
-            let info = message
-                .info()
-                .map_err(|e| nats("reading message info")(e.to_string()))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            let envelope: Envelope =
-                serde_json::from_slice(&message.payload).map_err(|source| {
-                    ProjectionError::Decode(chronicle_schemas::DecodeError {
-                        event_type: format!("stream message {sequence}"),
-                        source,
-                    })
-                })?;
-            batch.push(envelope);
+            let (sequence, pending) = position(&message)?;
+            batch.push(decode(&message, sequence)?);
             last_sequence = sequence;
             if batch.len() >= batch_max || pending == 0 {
                 let mut tx = pool

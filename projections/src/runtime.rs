@@ -15,6 +15,27 @@ use crate::{checkpoint, Projection, ProjectionError};
 /// batch commits, so readers waiting for a version wake at once.
 pub const PROJECTION_CHANNEL: &str = "chronicle_projections";
 
+/// A stream message's stream sequence and how many messages are pending after it.
+pub(crate) fn position(message: &jetstream::Message) -> Result<(u64, u64), ProjectionError> {
+    let info = message
+        .info()
+        .map_err(|e| ProjectionError::nats("reading message info")(e.to_string()))?;
+    Ok((info.stream_sequence, info.pending))
+}
+
+/// The envelope a stream message carries.
+pub(crate) fn decode(
+    message: &jetstream::Message,
+    sequence: u64,
+) -> Result<Envelope, ProjectionError> {
+    serde_json::from_slice(&message.payload).map_err(|source| {
+        ProjectionError::Decode(chronicle_schemas::DecodeError {
+            event_type: format!("stream message {sequence}"),
+            source,
+        })
+    })
+}
+
 /// The durable consumer a projection reads through.
 pub(crate) fn durable_name(projection: &str) -> String {
     format!("projector-{projection}")
@@ -151,20 +172,11 @@ impl<P: Projection> Projector<P> {
             let mut events = Vec::with_capacity(batch.len());
             let mut last = stored;
             for message in &batch {
-                let sequence = message
-                    .info()
-                    .map_err(|e| ProjectionError::nats("reading message info")(e.to_string()))?
-                    .stream_sequence;
+                let (sequence, _) = position(message)?;
                 if sequence <= stored {
                     continue;
                 }
-                let envelope: Envelope =
-                    serde_json::from_slice(&message.payload).map_err(|source| {
-                        ProjectionError::Decode(chronicle_schemas::DecodeError {
-                            event_type: format!("stream message {sequence}"),
-                            source,
-                        })
-                    })?;
+                let envelope = decode(message, sequence)?;
                 events.push(envelope);
                 last = last.max(sequence);
             }

@@ -10,26 +10,8 @@ use std::{
 };
 
 use chronicle_tests::TestApp;
-use reqwest::{Response, StatusCode};
-use serde_json::{json, Value};
-
-async fn register(app: &TestApp, username: &str, password: &str) -> Response {
-    app.http
-        .post(app.url("/api/v1/auth/register"))
-        .json(&json!({"username": username, "password": password, "display_name": "Someone"}))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn login(app: &TestApp, username: &str, password: &str) -> Response {
-    app.http
-        .post(app.url("/api/v1/auth/login"))
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await
-        .unwrap()
-}
+use reqwest::StatusCode;
+use serde_json::Value;
 
 /// A `tracing` writer that keeps everything in memory.
 #[derive(Clone, Default)]
@@ -56,10 +38,11 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
     let app = TestApp::spawn().await;
     let password = "swordfish-and-chips";
     assert_eq!(
-        register(&app, "dave", password).await.status(),
+        app.register("dave", password).await.status(),
         StatusCode::CREATED
     );
-    let token = login(&app, "dave", password)
+    let token = app
+        .login("dave", password)
         .await
         .json::<Value>()
         .await
@@ -68,7 +51,7 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
         .unwrap()
         .to_owned();
     assert_eq!(
-        login(&app, "dave", "wrong-password").await.status(),
+        app.login("dave", "wrong-password").await.status(),
         StatusCode::UNAUTHORIZED
     );
     let hash: String = sqlx::query_scalar(

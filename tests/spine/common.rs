@@ -8,6 +8,8 @@ use chronicle_commands::{CommandBus, CommandContext, EventStore, Executed};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
@@ -144,4 +146,19 @@ pub async fn wait_relayed(pool: &PgPool, client: &async_nats::Client, n: u64) {
         },
     )
     .await;
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns the problem object.
+pub async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "errors are problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
 }

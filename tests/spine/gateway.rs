@@ -3,23 +3,10 @@
 use std::time::Duration;
 
 use chronicle_tests::TestApp;
-use reqwest::{Response, StatusCode};
-use serde_json::{json, Value};
+use reqwest::StatusCode;
 
-/// Asserts a problem+json answer with `status` and `code`; returns the problem object.
-async fn problem(response: Response, status: StatusCode, code: &str) -> Value {
-    assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json",
-        "errors are problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["code"], code, "{body}");
-    assert_eq!(body["status"], status.as_u16());
-    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
-    body
-}
+use crate::common::problem;
+use serde_json::{json, Value};
 
 fn item(sku: &str, stock: i64) -> Value {
     json!({"sku": sku, "name": format!("Item {sku}"), "price_cents": 1250, "initial_stock": stock})

@@ -351,27 +351,37 @@ impl TestApp {
         app
     }
 
-    /// Registers `username` (password `correct horse`) and logs in: `(user_id, token)`.
-    pub async fn register_and_login(&self, username: &str) -> (String, String) {
-        let registered = self
-            .http
+    /// `POST /api/v1/auth/register` for `username` with `password`.
+    pub async fn register(&self, username: &str, password: &str) -> reqwest::Response {
+        self.http
             .post(self.url("/api/v1/auth/register"))
-            .json(&serde_json::json!({"username": username, "password": "correct horse", "display_name": username}))
+            .json(&serde_json::json!({"username": username, "password": password, "display_name": username}))
             .send()
             .await
-            .expect("the gateway answers");
+            .expect("the gateway answers")
+    }
+
+    /// `POST /api/v1/auth/login` for `username` with `password`.
+    pub async fn login(&self, username: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({"username": username, "password": password}))
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    /// Registers `username` (password `correct horse`) and logs in: `(user_id, token)`.
+    pub async fn register_and_login(&self, username: &str) -> (String, String) {
+        let registered = self.register(username, "correct horse").await;
         assert_eq!(
             registered.status(),
             reqwest::StatusCode::CREATED,
             "registering {username}"
         );
         let login: serde_json::Value = self
-            .http
-            .post(self.url("/api/v1/auth/login"))
-            .json(&serde_json::json!({"username": username, "password": "correct horse"}))
-            .send()
+            .login(username, "correct horse")
             .await
-            .expect("the gateway answers")
             .json()
             .await
             .expect("a login answer");
