@@ -224,6 +224,11 @@ impl CommandBus {
     ///
     /// # Errors
     /// See [`CommandError`].
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(aggregate = A::TYPE, id = %id, correlation_id = %ctx.correlation_id)
+    )]
     pub async fn execute_with_response<A>(
         &self,
         id: &str,

@@ -33,6 +33,7 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();
     let app = TestApp::spawn().await;
@@ -67,6 +68,11 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
         logs.contains("request_id"),
         "the capture works: {} bytes",
         logs.len()
+    );
+    // Log lines inside a command carry its span: aggregate, id and correlation id.
+    assert!(
+        logs.contains("command{aggregate=\"user\""),
+        "command spans are logged: {logs}"
     );
     for secret in [password, "wrong-password", &hash, &token, &app.token] {
         assert!(!logs.contains(secret), "a secret reached the logs");
