@@ -20,6 +20,8 @@ use futures::StreamExt;
 use crate::{report::Measurement, servers::Servers};
 
 const ITEMS: u64 = 1_000;
+/// Events per replay transaction: `chronicle replay`'s default.
+const REPLAY_BATCH: usize = 50_000;
 
 pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
     for events in [20_000, large] {
@@ -98,14 +100,19 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
             "the fold lost events"
         );
 
+        // BENCH_REPLAY_BATCH overrides the events per replay transaction.
+        let batch = std::env::var("BENCH_REPLAY_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(REPLAY_BATCH);
         let started = Instant::now();
         let stats = chronicle_projections::replay(
             &InventoryProjection,
             &fresh.pool,
             &fresh.nats,
-            5_000,
+            batch,
             |done, all| {
-                if done % 100_000 < 5_000 || done == all {
+                if done % 100_000 < batch as u64 || done == all {
                     eprint!("\rbench: replay {done}/{all}");
                 }
             },

@@ -49,8 +49,9 @@ enum Command {
         name: Option<String>,
         #[arg(long)]
         all: bool,
-        /// Events per write transaction.
-        #[arg(long, default_value_t = 5_000)]
+        /// Events per write transaction. Large batches rewrite each read-model row fewer
+        /// times (W2: 5,000 → 50,000 took 1M events from ~35k to ~44k events/s).
+        #[arg(long, default_value_t = 50_000)]
         batch: usize,
     },
     /// Projection checkpoints and lag.

@@ -78,41 +78,35 @@ pub async fn replay<P: Projection>(
     let mut done = 0;
     let mut last_sequence = 0;
     if total > 0 {
-        let mut messages = consumer
+        let messages = consumer
             .messages()
             .await
             .map_err(|e| nats("replaying")(e.to_string()))?;
-        let mut batch: Vec<Envelope> = Vec::with_capacity(batch_max);
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        // Reading and decoding overlap with writing: a reader task fills the next batch
+        // while this one is applied. Two batches in flight bound the memory.
+        let (batches, mut ready) = tokio::sync::mpsc::channel(2);
+        let reader = tokio::spawn(read_batches(messages, batch_max, batches));
+        while let Some(batch) = ready.recv().await {
+            let (batch, last): (Vec<Envelope>, u64) = batch?;
+            let mut tx = pool
+                .begin()
                 .await
-                .map_err(|_| nats("replaying")("no message for 30 s".into()))?
-                .ok_or_else(|| nats("replaying")("the consumer ended".into()))?
-                .map_err(|e| nats("replaying")(e.to_string()))?;
-            let (sequence, pending) = position(&message)?;
-            batch.push(decode(&message, sequence)?);
-            last_sequence = sequence;
-            if batch.len() >= batch_max || pending == 0 {
-                let mut tx = pool
-                    .begin()
-                    .await
-                    .map_err(ProjectionError::db("starting a replay batch"))?;
-                sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(ProjectionError::db("selecting the shadow schema"))?;
-                projection.apply(&mut tx, &batch).await?;
-                tx.commit()
-                    .await
-                    .map_err(ProjectionError::db("committing a replay batch"))?;
-                done += batch.len() as u64;
-                batch.clear();
-                progress(done, total.max(done));
-            }
-            if pending == 0 {
-                break;
-            }
+                .map_err(ProjectionError::db("starting a replay batch"))?;
+            sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
+                .execute(&mut *tx)
+                .await
+                .map_err(ProjectionError::db("selecting the shadow schema"))?;
+            projection.apply(&mut tx, &batch).await?;
+            tx.commit()
+                .await
+                .map_err(ProjectionError::db("committing a replay batch"))?;
+            done += batch.len() as u64;
+            last_sequence = last;
+            progress(done, total.max(done));
         }
+        reader
+            .await
+            .map_err(|e| nats("replaying")(format!("the reader task failed: {e}")))?;
     }
 
     let mut tx = pool
@@ -140,4 +134,41 @@ pub async fn replay<P: Projection>(
         last_sequence,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Reads the replay consumer until nothing is pending, sending batches of at most
+/// `batch_max` decoded events with the stream sequence of their last one.
+async fn read_batches(
+    mut messages: async_nats::jetstream::consumer::pull::Ordered,
+    batch_max: usize,
+    batches: tokio::sync::mpsc::Sender<Result<(Vec<Envelope>, u64), ProjectionError>>,
+) {
+    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let mut batch = Vec::with_capacity(batch_max);
+    loop {
+        let next = async {
+            let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                .await
+                .map_err(|_| nats("replaying")("no message for 30 s".into()))?
+                .ok_or_else(|| nats("replaying")("the consumer ended".into()))?
+                .map_err(|e| nats("replaying")(e.to_string()))?;
+            let (sequence, pending) = position(&message)?;
+            Ok::<_, ProjectionError>((decode(&message, sequence)?, sequence, pending))
+        };
+        match next.await {
+            Ok((envelope, sequence, pending)) => {
+                batch.push(envelope);
+                if batch.len() >= batch_max || pending == 0 {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
+                    if batches.send(Ok((full, sequence))).await.is_err() || pending == 0 {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = batches.send(Err(e)).await;
+                return;
+            }
+        }
+    }
 }
