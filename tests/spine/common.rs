@@ -162,3 +162,24 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// Asserts a 422 `validation_failed` problem and returns the fields it names, in order.
+pub async fn invalid_fields(response: Response) -> Vec<String> {
+    let body = problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    body["errors"]
+        .as_array()
+        .expect("a validation problem lists its errors")
+        .iter()
+        .map(|e| {
+            e["field"]
+                .as_str()
+                .expect("each error names its field")
+                .to_owned()
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chronicle_tests::TestApp;
 use reqwest::StatusCode;
 
-use crate::common::problem;
+use crate::common::{invalid_fields, problem};
 use serde_json::{json, Value};
 
 fn item(sku: &str, stock: i64) -> Value {
@@ -116,19 +116,10 @@ async fn invalid_fields_are_422_with_one_error_per_field_and_append_nothing() {
             json!({"sku": "has space", "name": " ", "price_cents": -5, "initial_stock": -1}),
         )
         .await;
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["sku", "name", "price_cents", "initial_stock"]);
+    assert_eq!(
+        invalid_fields(response).await,
+        ["sku", "name", "price_cents", "initial_stock"]
+    );
 
     app.post("/api/v1/inventory/items", item("ABC-1", 1)).await;
     let zero = app

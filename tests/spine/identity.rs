@@ -7,7 +7,7 @@ use std::time::Duration;
 use chronicle_tests::{eventually, TestApp};
 use reqwest::{Method, StatusCode};
 
-use crate::common::problem;
+use crate::common::{invalid_fields, problem};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -61,19 +61,10 @@ async fn bad_registrations_are_422_with_each_field() {
         .send()
         .await
         .unwrap();
-    let body = problem(
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
-    assert_eq!(fields, ["username", "password", "display_name"]);
+    assert_eq!(
+        invalid_fields(response).await,
+        ["username", "password", "display_name"]
+    );
 }
 
 #[tokio::test]
