@@ -15,7 +15,7 @@
 mod relay;
 mod stream;
 
-pub use chronicle_commands::{FaultAction, Faults, InjectedFault};
+pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
     connect, ensure_events_stream, last_sequence_on_subject, BusError, EVENTS_STREAM,

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     stream::{ensure_events_stream, last_sequence_on_subject, BusError},
-    Faults, InjectedFault,
+    ErrorChain, Faults, InjectedFault,
 };
 
 /// Tuning of the relay.
@@ -363,19 +363,4 @@ async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<(), RelayError> 
         .await
         .map_err(db("deleting relayed outbox rows"))?;
     Ok(())
-}
-
-/// Displays an error with its whole `source()` chain, for logs.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
 }

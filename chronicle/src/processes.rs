@@ -8,15 +8,12 @@ use chronicle_commands::{CommandBus, EventStore};
 use chronicle_gateway::{AppState, Secret};
 use chronicle_projections::{
     inventory::InventoryProjection, users::UsersProjection, Projection, Projector, ProjectorConfig,
-    ReplayStats,
+    ReplayStats, PROJECTIONS,
 };
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{engines, settings::Settings};
-
-/// Every projection this binary knows, by name.
-pub const PROJECTIONS: &[&str] = &["inventory", "users"];
 
 /// What a process runs.
 #[derive(Debug, Clone)]

@@ -64,3 +64,19 @@ pub(crate) enum KeyLookup {
     Replay(StoredResponse),
     Reused,
 }
+
+/// Displays an error with its whole `source()` chain (`a: b: c`), for logs: every
+/// component logs failures the same way.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

@@ -5,7 +5,7 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use chronicle_commands::{CommandError, StoreError};
+use chronicle_commands::{CommandError, ErrorChain, StoreError};
 use serde::Serialize;
 
 /// One invalid field of a request, for 422 `validation_failed`.
@@ -146,14 +146,8 @@ struct Problem<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Some(source) = &self.source {
-            let mut chain = source.to_string();
-            let mut next = source.source();
-            while let Some(e) = next {
-                chain.push_str(": ");
-                chain.push_str(&e.to_string());
-                next = e.source();
-            }
-            tracing::error!(status = self.status.as_u16(), code = self.code, error = %chain, "request failed");
+            let source: &(dyn std::error::Error + 'static) = &**source;
+            tracing::error!(status = self.status.as_u16(), code = self.code, error = %ErrorChain(source), "request failed");
         }
         let body = Problem {
             kind: format!(

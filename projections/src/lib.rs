@@ -19,6 +19,10 @@ mod projection;
 mod replay;
 mod runtime;
 
+/// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
+/// and `GET /api/v1/projections` reports.
+pub const PROJECTIONS: &[&str] = &["inventory", "users"];
+
 pub mod inventory;
 pub mod users;
 

@@ -115,7 +115,7 @@ impl<P: Projection> Projector<P> {
                 result = self.consume() => match result {
                     Err(ProjectionError::Fault(f)) => return Err(ProjectionError::Fault(f)),
                     Err(e) => {
-                        tracing::warn!(projection = self.projection.name(), error = %e, cause = ?std::error::Error::source(&e), "projector interrupted; retrying");
+                        tracing::warn!(projection = self.projection.name(), error = %chronicle_bus::ErrorChain(&e), "projector interrupted; retrying");
                         tokio::select! {
                             () = &mut shutdown => return Ok(()),
                             () = tokio::time::sleep(Duration::from_millis(250)) => {}
