@@ -50,3 +50,108 @@ impl DomainEvent for InventoryEvent {
         "1".to_owned()
     }
 }
+
+/// One line of an order: the unit price is the item's price when the order was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: String,
+    pub quantity: u64,
+    pub unit_price_cents: i64,
+}
+
+/// A coupon as applied to an order when it was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedCoupon {
+    pub code: String,
+    pub percent_off: u8,
+}
+
+/// Who cancelled an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelledBy {
+    Customer,
+    /// The order saga, because the order was still unpaid at its payment deadline.
+    PaymentTimeout,
+}
+
+/// Everything that can happen to an order (aggregate type `order`, id = a UUID v7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    /// The customer placed the order; it waits for the saga to reserve its stock.
+    OrderPlaced {
+        order_id: String,
+        customer_id: String,
+        lines: Vec<OrderLine>,
+        coupon: Option<AppliedCoupon>,
+        subtotal_cents: i64,
+        discount_cents: i64,
+        total_cents: i64,
+    },
+    /// Every line's stock is reserved (and the coupon, if any, redeemed).
+    OrderReserved {},
+    /// The order cannot be fulfilled; nothing stays reserved for it.
+    OrderRejected {
+        reason: String,
+    },
+    /// The payment provider took exactly the order's total.
+    OrderPaid {
+        payment_id: String,
+        amount_cents: i64,
+    },
+    OrderShipped {},
+    /// The order was cancelled; its reservations are released by the saga. `refund_cents`
+    /// is what was paid and is owed back.
+    OrderCancelled {
+        by: CancelledBy,
+        refund_cents: i64,
+    },
+}
+
+impl DomainEvent for OrderEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OrderPlaced { .. } => "OrderPlaced",
+            Self::OrderReserved { .. } => "OrderReserved",
+            Self::OrderRejected { .. } => "OrderRejected",
+            Self::OrderPaid { .. } => "OrderPaid",
+            Self::OrderShipped { .. } => "OrderShipped",
+            Self::OrderCancelled { .. } => "OrderCancelled",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Everything that can happen to a coupon (aggregate type `coupon`, id = its code).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CouponEvent {
+    CouponCreated {
+        code: String,
+        percent_off: u8,
+        max_redemptions: u32,
+    },
+    /// One redemption was taken by `order_id`.
+    CouponRedeemed { order_id: String },
+    /// The order that took a redemption was rejected or cancelled: the redemption is free
+    /// again.
+    RedemptionReleased { order_id: String },
+}
+
+impl DomainEvent for CouponEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::CouponCreated { .. } => "CouponCreated",
+            Self::CouponRedeemed { .. } => "CouponRedeemed",
+            Self::RedemptionReleased { .. } => "RedemptionReleased",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

@@ -1,14 +1,26 @@
-//! The commerce bounded context: inventory (and, later, orders, payments, coupons).
+//! The commerce bounded context: inventory, orders, payments and coupons.
 //!
 //! # Layout
 //!
 //! - [`InventoryItem`]: one SKU's stock. Decides receive / reserve / release / commit
-//!   commands and keeps the rule that stock is never negative.
+//!   commands and keeps the rule that stock is never negative. Reservations are keyed (by
+//!   order id), so the saga can repeat any of them safely.
+//! - [`Order`]: one customer's order, `pending → reserved → paid → shipped`, or `rejected` /
+//!   `cancelled`; nothing leaves a final state. Payment goes through a [`PaymentProvider`].
+//! - [`Coupon`]: a percent-off code, never redeemed more often than its maximum.
 //!
 //! Aggregates here are pure: state + command → events or an error. They know nothing of
 //! HTTP, SQL or NATS; the `commands` crate loads, runs and stores them.
 
+mod coupon;
 mod inventory;
+mod order;
+mod payments;
 
-pub use chronicle_schemas::commerce::InventoryEvent;
+pub use chronicle_schemas::commerce::{
+    AppliedCoupon, CancelledBy, CouponEvent, InventoryEvent, OrderEvent, OrderLine,
+};
+pub use coupon::{Coupon, CouponCommand, CouponError};
 pub use inventory::{InventoryCommand, InventoryError, InventoryItem};
+pub use order::{Canceller, Order, OrderCommand, OrderError, OrderStatus};
+pub use payments::{OrderServices, PaymentFailure, PaymentProvider, Receipt};
