@@ -4,9 +4,9 @@
 //!
 //! - `settings`: the typed configuration (`CHRONICLE_*`, `DATABASE_URL`, `NATS_URL`).
 //! - `engines`: `chronicle up`'s own nats-server and PostgreSQL when no URLs are given.
-//! - `processes`: gateway, relay and projectors as tasks sharing one shutdown signal.
+//! - `processes`: gateway, relay, projectors and sagas as tasks sharing one shutdown signal.
 //!
-//! `chronicle up` runs them all in one process; `gateway`, `relay`, `project` run one each
+//! `chronicle up` runs them all in one process; `gateway`, `relay`, `project`, `saga` run one each
 //! against servers named by `DATABASE_URL` and `NATS_URL`.
 
 mod engines;
@@ -32,18 +32,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Everything on this machine (the default): its own nats-server and PostgreSQL unless
-    /// NATS_URL / DATABASE_URL are set, then gateway, relay and every projector.
+    /// NATS_URL / DATABASE_URL are set, then gateway, relay, every projector and saga.
     Up,
     /// The HTTP gateway only.
     Gateway,
     /// The outbox relay only (run several for availability: one is active at a time).
     Relay,
-    /// One projector (`inventory`, `users`), or all with --all.
+    /// One projector (`inventory`, `orders`, `users`), or all with --all.
     Project {
         name: Option<String>,
         #[arg(long)]
         all: bool,
     },
+    /// A saga (process manager): `orders`.
+    Saga { name: String },
     /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
     Replay {
         name: Option<String>,
@@ -92,6 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Project { name, all } => {
             let names = processes::projection_names(name.as_deref(), all)?;
             processes::single(settings, processes::Role::Projectors(names)).await
+        }
+        Command::Saga { name } => {
+            let role = processes::saga_role(&name)?;
+            processes::single(settings, role).await
         }
         Command::Replay { name, all, batch } => {
             let names = processes::projection_names(name.as_deref(), all)?;

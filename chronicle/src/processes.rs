@@ -6,10 +6,8 @@ use anyhow::{bail, Context};
 use chronicle_bus::{ensure_events_stream, Faults, Relay, RelayConfig};
 use chronicle_commands::{CommandBus, EventStore};
 use chronicle_gateway::{AppState, Secret};
-use chronicle_projections::{
-    inventory::InventoryProjection, users::UsersProjection, Projection, Projector, ProjectorConfig,
-    ReplayStats, PROJECTIONS,
-};
+use chronicle_projections::{replay_named, run_named, ProjectorConfig, PROJECTIONS};
+use chronicle_sagas::{OrderSaga, OrderSagaConfig};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::{sync::watch, task::JoinSet};
 
@@ -22,6 +20,19 @@ pub enum Role {
     Gateway(Secret),
     Relay,
     Projectors(Vec<String>),
+    /// The order saga.
+    OrderSaga,
+}
+
+/// The saga named on the command line.
+///
+/// # Errors
+/// When there is no saga of that name.
+pub fn saga_role(name: &str) -> anyhow::Result<Role> {
+    match name {
+        "orders" => Ok(Role::OrderSaga),
+        other => bail!("unknown saga {other:?}; known: orders"),
+    }
 }
 
 /// The projections named on the command line.
@@ -78,6 +89,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let roles = vec![
         Role::Relay,
         Role::Projectors(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
+        Role::OrderSaga,
         Role::Gateway(secret),
     ];
     // Supervision: if an embedded server dies, everything stops with its cause rather
@@ -122,32 +134,20 @@ fn projector_task(
     faults: Faults,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Task> {
-    fn task<P: Projection>(
-        projection: P,
-        connections: &Connections,
-        faults: Faults,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Task {
-        let name = projection.name();
-        let projector = Projector::new(
-            projection,
-            connections.pool.clone(),
-            connections.nats.clone(),
-            ProjectorConfig::default(),
-        )
-        .with_faults(faults);
-        Box::pin(async move {
-            projector
-                .run(shutdown)
-                .await
-                .with_context(|| format!("{name} projector"))
-        })
-    }
-    match name {
-        "inventory" => Ok(task(InventoryProjection, connections, faults, shutdown)),
-        "users" => Ok(task(UsersProjection, connections, faults, shutdown)),
-        other => bail!("unknown projection {other:?}"),
-    }
+    let Some(run) = run_named(
+        name,
+        connections.pool.clone(),
+        connections.nats.clone(),
+        ProjectorConfig::default(),
+        faults,
+        shutdown,
+    ) else {
+        bail!("unknown projection {name:?}");
+    };
+    let name = name.to_owned();
+    Ok(Box::pin(async move {
+        run.await.with_context(|| format!("{name} projector"))
+    }))
 }
 
 /// Runs `roles` until a signal, a role's end, or `casualty` (a server this process
@@ -166,6 +166,9 @@ async fn run_roles(
         }
     };
     let faults = Faults::from_env();
+    // One bus per process: gateway and saga share its aggregate cache and its group commit.
+    let commands =
+        CommandBus::new(EventStore::new(connections.pool.clone()).with_faults(faults.clone()));
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     for role in roles {
         match role {
@@ -189,13 +192,24 @@ async fn run_roles(
                     )?);
                 }
             }
+            Role::OrderSaga => {
+                let saga = OrderSaga::new(
+                    commands.clone(),
+                    connections.pool.clone(),
+                    connections.nats.clone(),
+                    OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout),
+                )
+                .with_faults(faults.clone());
+                let stop = shutdown();
+                tasks.spawn(async move { saga.run(stop).await.context("order saga") });
+            }
             Role::Gateway(secret) => {
                 let listener = tokio::net::TcpListener::bind(settings.http_addr)
                     .await
                     .with_context(|| format!("binding {}", settings.http_addr))?;
                 let addr = listener.local_addr().context("reading the bound address")?;
                 let state = AppState::new(
-                    CommandBus::new(EventStore::new(connections.pool.clone())),
+                    commands.clone(),
                     connections.pool.clone(),
                     connections.nats.clone(),
                     settings.gateway(secret),
@@ -276,12 +290,14 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
     for name in names {
-        let stats = match name.as_str() {
-            "inventory" => replay_one(InventoryProjection, &connections, batch).await,
-            "users" => replay_one(UsersProjection, &connections, batch).await,
-            other => bail!("unknown projection {other:?}"),
-        }
-        .with_context(|| format!("replaying {name}"))?;
+        let progress = |done: u64, total: u64| {
+            let percent = (done * 100).checked_div(total).unwrap_or(100);
+            eprint!("\r{name}: {done}/{total} events ({percent}%)");
+        };
+        let stats = replay_named(&name, &connections.pool, &connections.nats, batch, progress)
+            .await
+            .with_context(|| format!("unknown projection {name:?}"))?
+            .with_context(|| format!("replaying {name}"))?;
         eprintln!();
         println!(
             "{}",
@@ -295,25 +311,6 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
         );
     }
     Ok(())
-}
-
-async fn replay_one<P: Projection>(
-    projection: P,
-    connections: &Connections,
-    batch: usize,
-) -> Result<ReplayStats, chronicle_projections::ProjectionError> {
-    let name = projection.name();
-    chronicle_projections::replay(
-        &projection,
-        &connections.pool,
-        &connections.nats,
-        batch,
-        |done, total| {
-            let percent = (done * 100).checked_div(total).unwrap_or(100);
-            eprint!("\r{name}: {done}/{total} events ({percent}%)");
-        },
-    )
-    .await
 }
 
 /// `chronicle projections status`.

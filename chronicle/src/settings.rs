@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Chronicle's configuration: defaults in code, overridden by the environment or flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -88,6 +88,50 @@ pub struct Settings {
         global = true
     )]
     pub shutdown_seconds: u64,
+    /// How long an order may stay unpaid before the order saga cancels it: `900`, `90s`,
+    /// `15m`, `2h` or `500ms`.
+    #[arg(
+        long,
+        env = "CHRONICLE_ORDER_PAYMENT_TIMEOUT",
+        default_value = "15m",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub order_payment_timeout: Duration,
+    /// The simulated payment provider declines charges above this many cents.
+    #[arg(long, env = "CHRONICLE_PAYMENT_DECLINE_ABOVE_CENTS", global = true)]
+    pub payment_decline_above_cents: Option<i64>,
+    /// The simulated payment provider never answers charges above this many cents.
+    #[arg(long, env = "CHRONICLE_PAYMENT_HANG_ABOVE_CENTS", global = true)]
+    pub payment_hang_above_cents: Option<i64>,
+    /// How long a charge may take before it fails as `payment_timeout`.
+    #[arg(
+        long,
+        env = "CHRONICLE_PAYMENT_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub payment_timeout: Duration,
+}
+
+/// `900` (seconds), `500ms`, `90s`, `15m`, `2h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 900, 90s, 15m, 2h or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 3600)),
+        other => Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+    }
 }
 
 impl Settings {
@@ -104,6 +148,11 @@ impl Settings {
             ),
             cors_origins: self.cors_origins.clone(),
             handler_timeout: std::time::Duration::from_secs(self.handler_timeout_seconds),
+            payments: chronicle_gateway::PaymentRules {
+                decline_above_cents: self.payment_decline_above_cents,
+                hang_above_cents: self.payment_hang_above_cents,
+                timeout: self.payment_timeout,
+            },
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }
@@ -138,5 +187,21 @@ impl Settings {
             anyhow::anyhow!("NATS_URL is not set (only `chronicle up` starts its own nats-server)")
         })?;
         Ok((db, nats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("15 minutes").is_err());
+        assert!(parse_duration("m").is_err());
     }
 }

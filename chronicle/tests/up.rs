@@ -132,12 +132,46 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         (item["available"].clone(), item["version"].clone()),
         (json!(3), json!(1))
     );
+    // `up` runs the order saga: a placed order gets its stock reserved.
+    let placed: Value = http
+        .post(format!("{base}/api/v1/orders"))
+        .bearer_auth(&token)
+        .json(&json!({"lines": [{"sku": "SMOKE-1", "quantity": 2}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order_url = format!("{base}/api/v1/orders/{}", placed["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let order: Value = http
+            .get(&order_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if order["status"] == "reserved" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the saga never reserved the order: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::task::block_in_place(|| terminate(child));
 
     let (child, base) = tokio::task::block_in_place(|| start(dir.path()));
     // The first token still verifies: the signing key was kept under the data dir.
     let item: Value = http
-        .get(format!("{base}/api/v1/inventory/items/SMOKE-1"))
+        .get(format!(
+            "{base}/api/v1/inventory/items/SMOKE-1?min_version=2"
+        ))
         .bearer_auth(&token)
         .send()
         .await
@@ -146,6 +180,7 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(item["name"], "Smoke", "the read model survived the restart");
+    assert_eq!(item["reserved"], 2, "and so did the reservation");
     assert!(
         !login(&http, &base).await.is_empty(),
         "the credentials survived the restart"

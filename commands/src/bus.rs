@@ -51,6 +51,10 @@ pub struct CommandContext {
     /// Unique values the command takes (a username): committed with its events, or the
     /// command fails with [`CommandError::ClaimTaken`] and appends nothing.
     pub claims: Vec<UniqueClaim>,
+    /// Decide on state loaded from Postgres, never on the cache. For commands whose `handle`
+    /// has an effect outside the store (a payment): a stale cached state could make it act
+    /// and only then lose the race.
+    pub fresh_state: bool,
 }
 
 impl CommandContext {
@@ -64,6 +68,7 @@ impl CommandContext {
             idempotency: None,
             retry: RetryPolicy::default(),
             claims: Vec::new(),
+            fresh_state: false,
         }
     }
 }
@@ -258,9 +263,9 @@ impl CommandBus {
             causation_id: ctx.causation_id,
             actor: ctx.actor.as_deref(),
         };
-        let cache_key = format!("{}\u{0}{id}", A::TYPE);
+        let cache_key = cache_key::<A>(id);
         let mut conflicts = 0;
-        let mut trust_cache = true;
+        let mut trust_cache = !ctx.fresh_state;
         loop {
             let (loaded, cached) = self.load::<A>(id, &cache_key, trust_cache).await?;
             // Anything decided on cached state that is not a success is decided again on
@@ -361,6 +366,21 @@ impl CommandBus {
                 }
             }
         }
+    }
+
+    /// The current state of aggregate `id` as this process knows it: from the cache when it
+    /// holds it (possibly behind another process's writes), else from Postgres. For reads
+    /// that inform a command (prices at placement, a coupon's terms); commands themselves
+    /// always decide on state that is checked at append.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn state<A>(&self, id: &str) -> Result<LoadedAggregate<A>, StoreError>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+    {
+        let cache_key = cache_key::<A>(id);
+        Ok(self.load::<A>(id, &cache_key, true).await?.0)
     }
 
     /// The aggregate from the cache when allowed and present (`true`), else from Postgres.
@@ -493,6 +513,11 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
             }
         }
     }
+}
+
+/// The cache key of an aggregate: the type is part of it, so one cache serves every type.
+fn cache_key<A: Aggregate>(id: &str) -> String {
+    format!("{}\u{0}{id}", A::TYPE)
 }
 
 /// Jittered exponential backoff: up to 1, 2, 4 ... 64 ms, so racing processes spread out.

@@ -78,6 +78,18 @@ impl ApiError {
     }
 
     /// A failure of ours (500), or of a backing server (503 `unavailable`).
+    /// `Ok` when `errors` is empty, else the 422 problem naming them.
+    ///
+    /// # Errors
+    /// 422 `validation_failed` with `errors`.
+    pub fn check(errors: Vec<FieldError>) -> Result<(), Self> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Self::validation(errors))
+        }
+    }
+
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
         let unavailable = is_unavailable(&source);
         let mut e = if unavailable {
@@ -216,6 +228,42 @@ impl DomainError for chronicle_commerce::InventoryError {
             E::NotFound => StatusCode::NOT_FOUND,
             E::InvalidQuantity | E::InvalidPrice => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::CONFLICT,
+        }
+    }
+}
+
+impl DomainError for chronicle_commerce::OrderError {
+    fn code(&self) -> &'static str {
+        chronicle_commerce::OrderError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_commerce::{OrderError as E, PaymentFailure};
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::NotCustomer => StatusCode::FORBIDDEN,
+            E::NoLines
+            | E::DuplicateSku(_)
+            | E::InvalidQuantity
+            | E::InvalidPrice
+            | E::InvalidCoupon => StatusCode::UNPROCESSABLE_ENTITY,
+            E::Payment(PaymentFailure::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
+            E::OrderExists | E::InvalidState { .. } | E::WrongAmount { .. } | E::Payment(_) => {
+                StatusCode::CONFLICT
+            }
+        }
+    }
+}
+
+impl DomainError for chronicle_commerce::CouponError {
+    fn code(&self) -> &'static str {
+        chronicle_commerce::CouponError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_commerce::CouponError as E;
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::InvalidPercent | E::InvalidMaxRedemptions => StatusCode::UNPROCESSABLE_ENTITY,
+            E::CouponExists | E::Exhausted => StatusCode::CONFLICT,
         }
     }
 }

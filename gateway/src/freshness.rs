@@ -77,3 +77,42 @@ impl Freshness {
         }
     }
 }
+
+/// The answer of a single-aggregate read: the value, and with `?min_version` whether the read
+/// model had reached it (`Chronicle-Consistency: fresh` or `stale`).
+#[derive(Debug)]
+pub struct Read<T> {
+    pub value: Option<T>,
+    pub consistency: Option<&'static str>,
+}
+
+impl Freshness {
+    /// `read` once, or with `min_version` until fresh (see [`wait_for`](Self::wait_for)).
+    ///
+    /// # Errors
+    /// Whatever `read` fails with.
+    pub async fn read<T, E, F, Fut>(
+        &self,
+        min_version: Option<u64>,
+        version_of: impl Fn(&T) -> u64,
+        mut read: F,
+    ) -> Result<Read<T>, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        Ok(match min_version {
+            None => Read {
+                value: read().await?,
+                consistency: None,
+            },
+            Some(min) => {
+                let (value, fresh) = self.wait_for(min, version_of, read).await?;
+                Read {
+                    value,
+                    consistency: Some(if fresh { "fresh" } else { "stale" }),
+                }
+            }
+        })
+    }
+}

@@ -10,8 +10,10 @@
 //!   for idempotency hashing), `If-Match`, `Idempotency-Key`, the caller.
 //! - `freshness`: `?min_version=` waits, woken by projector notifications.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
+//! - `payments`: the simulated payment provider orders are charged through.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
-//! - `routes`: one module per area (`health`, `identity`, `inventory`, `projections`).
+//! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
+//!   with coupons, `projections`).
 //!
 //! Commands go through `chronicle_commands::CommandBus`; queries read the read models
 //! through the query functions their projections export.
@@ -20,6 +22,7 @@ mod auth;
 mod error;
 mod extract;
 mod freshness;
+mod payments;
 mod protect;
 mod routes;
 mod state;
@@ -27,6 +30,7 @@ mod state;
 pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
+pub use payments::{PaymentRules, SimulatedPayments};
 pub use routes::router;
 pub use state::{AppState, GatewayConfig, RateLimit};
 

@@ -1,11 +1,13 @@
 use std::time::Duration;
 
 use chronicle_commands::CommandBus;
+use chronicle_commerce::OrderServices;
 use sqlx::PgPool;
 
 use crate::{
     auth::{Auth, Secret},
     freshness::Freshness,
+    payments::{PaymentRules, SimulatedPayments},
     protect::RateLimiter,
 };
 
@@ -33,6 +35,8 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     /// Longest a handler may take before the client gets 503 (min_version waits 2 s).
     pub handler_timeout: Duration,
+    /// How the simulated payment provider answers.
+    pub payments: PaymentRules,
 }
 
 impl GatewayConfig {
@@ -45,6 +49,7 @@ impl GatewayConfig {
             rate_limit: None,
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
+            payments: PaymentRules::default(),
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct AppState {
     pub freshness: Freshness,
     pub auth: Auth,
     pub config: GatewayConfig,
+    /// What order commands need: the payment provider.
+    pub orders: OrderServices,
     pub(crate) limiter: Option<RateLimiter>,
 }
 
@@ -75,6 +82,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
+            orders: SimulatedPayments::services(config.payments.clone()),
             pool,
             nats,
             freshness,

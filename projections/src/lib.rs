@@ -11,22 +11,22 @@
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
 //! - [`inventory`]: the `inventory_items` read model.
+//! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`users`]: the `users` read model (public profiles).
 //! - [`status`]: checkpoints and lag, for `/api/v1/projections` and the CLI.
 
 mod checkpoint;
 mod projection;
+mod registry;
 mod replay;
 mod runtime;
 
-/// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
-/// and `GET /api/v1/projections` reports.
-pub const PROJECTIONS: &[&str] = &["inventory", "users"];
-
 pub mod inventory;
+pub mod orders;
 pub mod users;
 
 pub use checkpoint::{status, ProjectionStatus, CHECKPOINTS_DDL};
 pub use projection::{Projection, ProjectionError};
+pub use registry::{replay_named, run_named, setup_named, PROJECTIONS};
 pub use replay::{replay, ReplayStats};
 pub use runtime::{Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -223,8 +223,8 @@ where
     }
 }
 
-/// The whole system for one test: gateway on port 0, relay and projectors, its own database
-/// and nats-server. Everything stops when it is dropped.
+/// The whole system for one test: gateway on port 0, relay, every projector and the order
+/// saga, its own database and nats-server. Everything stops when it is dropped.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
@@ -235,8 +235,35 @@ pub struct TestApp {
     /// The default user, registered at spawn, and their bearer token.
     pub user_id: String,
     pub token: String,
+    /// The saga's fault points (`saga.between_lines`, `saga.before_ack`).
+    pub saga_faults: chronicle_bus::Faults,
+    saga: Option<tokio::task::JoinHandle<Result<(), chronicle_sagas::SagaError>>>,
+    saga_parts: (
+        chronicle_commands::CommandBus,
+        async_nats::Client,
+        chronicle_sagas::OrderSagaConfig,
+    ),
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How a [`TestApp`] differs from the defaults.
+pub struct TestOptions {
+    pub gateway: Box<dyn FnOnce(&mut chronicle_gateway::GatewayConfig) + Send>,
+    pub saga: chronicle_sagas::OrderSagaConfig,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            gateway: Box::new(|_| {}),
+            saga: chronicle_sagas::OrderSagaConfig {
+                // A crashed saga's event comes back after this.
+                ack_wait: Duration::from_secs(2),
+                ..chronicle_sagas::OrderSagaConfig::default()
+            },
+        }
+    }
 }
 
 impl TestApp {
@@ -244,14 +271,22 @@ impl TestApp {
     /// user whose token [`get`](Self::get), [`post`](Self::post) and
     /// [`request`](Self::request) send.
     pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+        Self::spawn_options(TestOptions::default()).await
     }
 
     /// As [`spawn`](Self::spawn), after `configure` has adjusted the gateway's settings.
-    pub async fn spawn_with(configure: impl FnOnce(&mut chronicle_gateway::GatewayConfig)) -> Self {
-        use chronicle_projections::{
-            inventory::InventoryProjection, users::UsersProjection, Projector, ProjectorConfig,
-        };
+    pub async fn spawn_with(
+        configure: impl FnOnce(&mut chronicle_gateway::GatewayConfig) + Send + 'static,
+    ) -> Self {
+        Self::spawn_options(TestOptions {
+            gateway: Box::new(configure),
+            ..TestOptions::default()
+        })
+        .await
+    }
+
+    /// As [`spawn`](Self::spawn), with `options`.
+    pub async fn spawn_options(options: TestOptions) -> Self {
         let (db, nats) = (TestDb::new().await, TestNats::start());
         let pool = db.pool().await;
         let client = chronicle_bus::connect(&nats.url())
@@ -275,20 +310,30 @@ impl TestApp {
                 ..Default::default()
             },
         );
-        let projector = Projector::new(
-            InventoryProjection,
-            pool.clone(),
-            client.clone(),
-            ProjectorConfig::default(),
-        );
-        projector.setup().await.expect("projection tables");
-        let users = Projector::new(
-            UsersProjection,
-            pool.clone(),
-            client.clone(),
-            ProjectorConfig::default(),
-        );
-        users.setup().await.expect("projection tables");
+        let mut tasks = vec![tokio::spawn({
+            let stop = shutdown();
+            async move {
+                let _ = relay.run(stop).await;
+            }
+        })];
+        for name in chronicle_projections::PROJECTIONS {
+            chronicle_projections::setup_named(name, &pool)
+                .await
+                .expect("a known projection")
+                .expect("projection tables");
+            let run = chronicle_projections::run_named(
+                name,
+                pool.clone(),
+                client.clone(),
+                chronicle_projections::ProjectorConfig::default(),
+                chronicle_bus::Faults::default(),
+                shutdown(),
+            )
+            .expect("a known projection");
+            tasks.push(tokio::spawn(async move {
+                let _ = run.await;
+            }));
+        }
         let mut config = chronicle_gateway::GatewayConfig::new(chronicle_gateway::Secret::new(
             format!(
                 "{}{}",
@@ -297,43 +342,25 @@ impl TestApp {
             )
             .into_bytes(),
         ));
-        configure(&mut config);
+        (options.gateway)(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().expect("bound address"));
+        let commands =
+            chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(pool.clone()));
         let state = chronicle_gateway::AppState::new(
-            chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(pool.clone())),
+            commands.clone(),
             pool.clone(),
-            client,
+            client.clone(),
             config,
         );
-        let tasks = vec![
-            tokio::spawn({
-                let stop = shutdown();
-                async move {
-                    let _ = relay.run(stop).await;
-                }
-            }),
-            tokio::spawn({
-                let stop = shutdown();
-                async move {
-                    let _ = projector.run(stop).await;
-                }
-            }),
-            tokio::spawn({
-                let stop = shutdown();
-                async move {
-                    let _ = users.run(stop).await;
-                }
-            }),
-            tokio::spawn({
-                let stop = shutdown();
-                async move {
-                    let _ = chronicle_gateway::serve(listener, state, stop).await;
-                }
-            }),
-        ];
+        tasks.push(tokio::spawn({
+            let stop = shutdown();
+            async move {
+                let _ = chronicle_gateway::serve(listener, state, stop).await;
+            }
+        }));
         let mut app = Self {
             base,
             http: reqwest::Client::new(),
@@ -342,13 +369,44 @@ impl TestApp {
             nats,
             token: String::new(),
             user_id: String::new(),
+            saga_faults: chronicle_bus::Faults::default(),
+            saga: None,
+            saga_parts: (commands, client, options.saga),
             stop,
             tasks,
         };
+        app.start_saga();
         let (user_id, token) = app.register_and_login("tester").await;
         app.user_id = user_id;
         app.token = token;
         app
+    }
+
+    /// Starts the order saga (again, after [`saga_stopped`](Self::saga_stopped)): a new
+    /// instance on the same durable consumer, as a restarted process would be.
+    pub fn start_saga(&mut self) {
+        let (commands, client, config) = self.saga_parts.clone();
+        let saga = chronicle_sagas::OrderSaga::new(commands, self.pool.clone(), client, config)
+            .with_faults(self.saga_faults.clone());
+        let mut stopped = self.stop.subscribe();
+        self.saga = Some(tokio::spawn(async move {
+            saga.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+
+    /// Waits for the running saga to stop (at an armed fault point) and returns how it ended.
+    ///
+    /// # Panics
+    /// When no saga runs or it panicked.
+    pub async fn saga_stopped(&mut self) -> Result<(), chronicle_sagas::SagaError> {
+        self.saga
+            .take()
+            .expect("a saga is running")
+            .await
+            .expect("the saga does not panic")
     }
 
     /// `POST /api/v1/auth/register` for `username` with `password`.
@@ -431,6 +489,9 @@ impl Drop for TestApp {
         let _ = self.stop.send(true);
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(saga) = &self.saga {
+            saga.abort();
         }
     }
 }

@@ -64,9 +64,7 @@ pub async fn register(
             "1 to 64 characters, not blank",
         ));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    ApiError::check(errors)?;
     let user_id = uuid::Uuid::now_v7().to_string();
     // The hash is stored first under the new id; the username is claimed with the
     // registration event. If the claim fails the row is removed; if the process dies in

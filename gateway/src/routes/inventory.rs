@@ -3,16 +3,18 @@
 use axum::{
     extract::State,
     http::{header, HeaderValue},
-    response::{IntoResponse, Response},
+    response::Response,
     Json,
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_projections::inventory::{self, InventoryView};
 use chronicle_schemas::is_valid_subject_token;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::respond;
+use super::{
+    page::{Page, PageRequest},
+    respond,
+};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
@@ -28,7 +30,7 @@ pub struct CreateItem {
     initial_stock: i64,
 }
 
-fn validate_sku(sku: &str, errors: &mut Vec<FieldError>) {
+pub(super) fn validate_sku(sku: &str, errors: &mut Vec<FieldError>) {
     // The SKU is the aggregate id and so a NATS subject token: no dots, wildcards or spaces.
     if sku.is_empty()
         || sku.len() > 64
@@ -65,9 +67,7 @@ pub async fn create(
     if item.initial_stock < 0 {
         errors.push(FieldError::new("initial_stock", "must be zero or more"));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    ApiError::check(errors)?;
     let ctx = respond::context(
         &caller,
         "POST /api/v1/inventory/items",
@@ -117,9 +117,7 @@ pub async fn receive(
     if body.value.quantity <= 0 {
         errors.push(FieldError::new("quantity", "must be greater than zero"));
     }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
+    ApiError::check(errors)?;
     let route = format!("POST /api/v1/inventory/items/{sku}/receive");
     let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
     let make = respond::id_and_version(200);
@@ -149,31 +147,19 @@ pub async fn get(
     ApiPath(sku): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let (view, consistency) = match params.min_version {
-        None => (inventory::get(&state.pool, &sku).await?, None),
-        Some(min) => {
-            let (view, fresh) = state
-                .freshness
-                .wait_for(
-                    min,
-                    |v: &InventoryView| v.version as u64,
-                    || inventory::get(&state.pool, &sku),
-                )
-                .await?;
-            (view, Some(if fresh { "fresh" } else { "stale" }))
-        }
-    };
-    let view =
-        view.ok_or_else(|| ApiError::not_found(format!("no inventory item with SKU {sku}")))?;
+    let read = state
+        .freshness
+        .read(
+            params.min_version,
+            |v: &InventoryView| v.version as u64,
+            || inventory::get(&state.pool, &sku),
+        )
+        .await?;
+    let view = read
+        .value
+        .ok_or_else(|| ApiError::not_found(format!("no inventory item with SKU {sku}")))?;
     let version = view.version;
-    let mut response = respond::with_etag(Json(view).into_response(), version);
-    if let Some(consistency) = consistency {
-        response.headers_mut().insert(
-            "chronicle-consistency",
-            HeaderValue::from_static(consistency),
-        );
-    }
-    Ok(response)
+    Ok(respond::read_model(view, version, read.consistency))
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,62 +169,18 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Cursor {
-    after: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<InventoryView>>, ApiError> {
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "limit",
-            "must be between 1 and 200",
-        )]));
-    }
-    let after = match &params.cursor {
-        None => None,
-        Some(cursor) => {
-            let decoded = URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_cursor",
-                        "the cursor is not one this API gave out",
-                    )
-                })?;
-            Some(decoded.after)
-        }
-    };
-    let mut items = inventory::list(
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let items = inventory::list(
         &state.pool,
         params.low_stock_below,
-        after.as_deref(),
-        limit + 1,
+        request.after.as_deref(),
+        request.fetch(),
     )
     .await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|last| {
-            let cursor = Cursor {
-                after: last.sku.clone(),
-            };
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
-        })
-    } else {
-        None
-    };
-    Ok(Json(Page { items, next_cursor }))
+    Ok(Json(request.page(items, |item| item.sku.clone())))
 }

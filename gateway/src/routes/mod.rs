@@ -3,6 +3,8 @@
 mod health;
 mod identity;
 mod inventory;
+mod orders;
+mod page;
 mod projections;
 mod respond;
 
@@ -84,6 +86,13 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/inventory/items/{sku}/receive",
             post(inventory::receive),
         )
+        .route("/api/v1/orders", post(orders::place).get(orders::list))
+        .route("/api/v1/orders/{id}", get(orders::get))
+        .route("/api/v1/orders/{id}/pay", post(orders::pay))
+        .route("/api/v1/orders/{id}/ship", post(orders::ship))
+        .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/api/v1/coupons", post(orders::create_coupon))
+        .route("/api/v1/coupons/{code}", get(orders::get_coupon))
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

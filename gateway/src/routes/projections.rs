@@ -1,9 +1,7 @@
 //! `GET /api/v1/projections`: each read model's checkpoint and lag.
 
 use axum::{extract::State, Json};
-use chronicle_projections::{
-    inventory::InventoryProjection, status, users::UsersProjection, Projection, ProjectionStatus,
-};
+use chronicle_projections::{status, ProjectionStatus, PROJECTIONS};
 
 use crate::{error::ApiError, extract::Caller, state::AppState};
 
@@ -13,7 +11,7 @@ pub async fn list(
 ) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
     let js = async_nats::jetstream::new(state.nats.clone());
     let mut out = Vec::new();
-    for name in [InventoryProjection.name(), UsersProjection.name()] {
+    for name in PROJECTIONS {
         out.push(
             status(&state.pool, &js, name)
                 .await

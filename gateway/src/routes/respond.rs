@@ -89,3 +89,20 @@ pub fn with_etag(mut response: Response, version: i64) -> Response {
     }
     response
 }
+
+/// A query response: `body` as JSON with `ETag` from `version`, and
+/// `Chronicle-Consistency` when the read waited for a version.
+pub fn read_model(
+    body: impl serde::Serialize,
+    version: i64,
+    consistency: Option<&'static str>,
+) -> Response {
+    let mut response = with_etag(axum::Json(body).into_response(), version);
+    if let Some(consistency) = consistency {
+        response.headers_mut().insert(
+            "chronicle-consistency",
+            HeaderValue::from_static(consistency),
+        );
+    }
+    response
+}

@@ -1,0 +1,435 @@
+//! `/api/v1/orders` and `/api/v1/coupons` (API.md, Commerce: orders). Only an order's
+//! customer sees it or acts on it.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue},
+    response::Response,
+    Json,
+};
+use chronicle_commands::{Committed, Executed};
+use chronicle_commerce::{
+    AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem, Order, OrderCommand, OrderLine,
+    OrderStatus,
+};
+use chronicle_projections::orders::{self, OrderView};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    inventory::validate_sku,
+    page::{Page, PageRequest},
+    respond,
+};
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+/// Most lines an order may have.
+const MAX_LINES: usize = 100;
+/// Most units of one SKU an order may ask for.
+const MAX_QUANTITY: i64 = 1_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    lines: Vec<LineRequest>,
+    coupon_code: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    sku: String,
+    quantity: i64,
+}
+
+/// `{"id","version","status"}`: the body of every order command's response.
+fn order_response(
+    status: u16,
+    order_status: OrderStatus,
+) -> impl Fn(&Committed) -> chronicle_commands::StoredResponse {
+    move |c| chronicle_commands::StoredResponse {
+        status,
+        body: serde_json::json!({"id": c.aggregate_id, "version": c.version, "status": order_status.as_str()}),
+    }
+}
+
+/// The lines as the customer asked, validated, a SKU given twice merged into one line.
+fn requested_lines(lines: &[LineRequest], errors: &mut Vec<FieldError>) -> BTreeMap<String, u64> {
+    if lines.is_empty() || lines.len() > MAX_LINES {
+        errors.push(FieldError::new("lines", format!("1 to {MAX_LINES} lines")));
+    }
+    let mut merged = BTreeMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        let mut line_errors = Vec::new();
+        validate_sku(&line.sku, &mut line_errors);
+        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            line_errors.push(FieldError::new("quantity", format!("1 to {MAX_QUANTITY}")));
+        }
+        if line_errors.is_empty() {
+            *merged.entry(line.sku.clone()).or_insert(0u64) += line.quantity as u64;
+        }
+        errors.extend(
+            line_errors
+                .into_iter()
+                .map(|e| FieldError::new(format!("lines[{index}].{}", e.field), e.message)),
+        );
+    }
+    merged
+}
+
+pub async fn place(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<PlaceOrder>,
+) -> Result<Response, ApiError> {
+    let request = body.value;
+    let mut errors = Vec::new();
+    let wanted = requested_lines(&request.lines, &mut errors);
+    if let Some(code) = &request.coupon_code {
+        validate_code(code, "coupon_code", &mut errors);
+    }
+    ApiError::check(errors)?;
+    // The request is well formed; what it names must exist.
+    let mut errors = Vec::new();
+    // Each line is priced at the item's price now; the saga then reserves the stock.
+    let mut lines = Vec::with_capacity(wanted.len());
+    for (sku, quantity) in wanted {
+        let item = state.commands.state::<InventoryItem>(&sku).await?.state;
+        if !item.exists() {
+            errors.push(FieldError::new("lines", format!("no item with SKU {sku}")));
+            continue;
+        }
+        lines.push(OrderLine {
+            sku,
+            quantity,
+            unit_price_cents: item.price_cents(),
+        });
+    }
+    let coupon = match &request.coupon_code {
+        None => None,
+        Some(code) => {
+            let coupon = state.commands.state::<Coupon>(code).await?.state;
+            if !coupon.exists() {
+                errors.push(FieldError::new("coupon_code", "no such coupon"));
+                None
+            } else if coupon.is_exhausted() {
+                // Known now, so said now; a race for the last redemption is settled by the
+                // saga, which rejects the losers with reason `coupon_exhausted`.
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "coupon_exhausted",
+                    "the coupon has no redemptions left",
+                ));
+            } else {
+                Some(AppliedCoupon {
+                    code: code.clone(),
+                    percent_off: coupon.percent_off(),
+                })
+            }
+        }
+    };
+    ApiError::check(errors)?;
+    let ctx = respond::context(
+        &caller,
+        "POST /api/v1/orders",
+        IfMatch(None),
+        key,
+        &body.raw,
+    );
+    let order_id = uuid::Uuid::now_v7().to_string();
+    let make = order_response(201, OrderStatus::Pending);
+    let executed = state
+        .commands
+        .execute_with_response::<Order>(
+            &order_id,
+            OrderCommand::Place {
+                order_id: order_id.clone(),
+                customer_id: caller.user_id.clone(),
+                lines,
+                coupon,
+            },
+            &state.orders,
+            &ctx,
+            &make,
+        )
+        .await?;
+    // A replayed placement answers with the first request's order.
+    let placed = match &executed {
+        Executed::Committed(c) => Some(c.aggregate_id.clone()),
+        Executed::Replayed(r) => r.body["id"].as_str().map(str::to_owned),
+    };
+    let mut response = respond::executed(executed, make);
+    if let Some(location) =
+        placed.and_then(|id| HeaderValue::from_str(&format!("/api/v1/orders/{id}")).ok())
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// An order id is a UUID; anything else names no order.
+fn order_id(id: &str) -> Result<&str, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| id)
+        .map_err(|_| ApiError::not_found(format!("no order with id {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    min_version: Option<u64>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let read = state
+        .freshness
+        .read(
+            params.min_version,
+            |v: &OrderView| v.version as u64,
+            || orders::get(&state.pool, id),
+        )
+        .await?;
+    let view = read
+        .value
+        .ok_or_else(|| ApiError::not_found(format!("no order with id {id}")))?;
+    if view.customer_id != caller.user_id {
+        return Err(ApiError::forbidden("only the order's customer may see it"));
+    }
+    let version = view.version;
+    Ok(respond::read_model(view, version, read.consistency))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+const STATUSES: &[OrderStatus] = &[
+    OrderStatus::Pending,
+    OrderStatus::Reserved,
+    OrderStatus::Paid,
+    OrderStatus::Shipped,
+    OrderStatus::Rejected,
+    OrderStatus::Cancelled,
+];
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<OrderView>>, ApiError> {
+    if let Some(status) = &params.status {
+        if !STATUSES.iter().any(|s| s.as_str() == status) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "status",
+                "one of pending, reserved, paid, shipped, rejected, cancelled",
+            )]));
+        }
+    }
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let items = orders::list(
+        &state.pool,
+        &caller.user_id,
+        params.status.as_deref(),
+        request.after.as_deref(),
+        request.fetch(),
+    )
+    .await?;
+    Ok(Json(request.page(items, |order| order.id.clone())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pay {
+    amount_cents: i64,
+}
+
+pub async fn pay(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Pay>,
+) -> Result<Response, ApiError> {
+    let id = order_id(&id)?;
+    let command = OrderCommand::Pay {
+        by: caller.user_id.clone(),
+        amount_cents: body.value.amount_cents,
+    };
+    let route = format!("POST /api/v1/orders/{id}/pay");
+    let ctx = chronicle_commands::CommandContext {
+        // The charge happens in `handle`: decide it on the order as Postgres has it.
+        fresh_state: true,
+        ..respond::context(&caller, &route, if_match, key, &body.raw)
+    };
+    order_command(&state, id, command, &ctx, OrderStatus::Paid).await
+}
+
+pub async fn ship(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    let command = OrderCommand::Ship {
+        by: caller.user_id.clone(),
+    };
+    let ctx = (caller, if_match, key);
+    without_body(&state, &id, "ship", command, ctx, OrderStatus::Shipped).await
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    let command = OrderCommand::Cancel {
+        by: Canceller::Customer(caller.user_id.clone()),
+    };
+    let ctx = (caller, if_match, key);
+    without_body(&state, &id, "cancel", command, ctx, OrderStatus::Cancelled).await
+}
+
+/// `POST /api/v1/orders/{id}/{action}`, a command that takes no body.
+async fn without_body(
+    state: &AppState,
+    id: &str,
+    action: &str,
+    command: OrderCommand,
+    (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
+    after: OrderStatus,
+) -> Result<Response, ApiError> {
+    let id = order_id(id)?;
+    let route = format!("POST /api/v1/orders/{id}/{action}");
+    let ctx = respond::context(&caller, &route, if_match, key, b"");
+    order_command(state, id, command, &ctx, after).await
+}
+
+async fn order_command(
+    state: &AppState,
+    id: &str,
+    command: OrderCommand,
+    ctx: &chronicle_commands::CommandContext,
+    after: OrderStatus,
+) -> Result<Response, ApiError> {
+    let make = order_response(200, after);
+    let executed = state
+        .commands
+        .execute_with_response::<Order>(id, command, &state.orders, ctx, &make)
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+/// A coupon code is its aggregate id, so a NATS subject token.
+fn validate_code(code: &str, field: &str, errors: &mut Vec<FieldError>) {
+    let mut found = Vec::new();
+    validate_sku(code, &mut found);
+    if !found.is_empty() {
+        errors.push(FieldError::new(
+            field,
+            "1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        ));
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCoupon {
+    code: String,
+    percent_off: i64,
+    max_redemptions: i64,
+}
+
+pub async fn create_coupon(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<CreateCoupon>,
+) -> Result<Response, ApiError> {
+    let coupon = body.value;
+    let mut errors = Vec::new();
+    validate_code(&coupon.code, "code", &mut errors);
+    if !(1..=100).contains(&coupon.percent_off) {
+        errors.push(FieldError::new("percent_off", "1 to 100"));
+    }
+    if !(1..=i64::from(u32::MAX)).contains(&coupon.max_redemptions) {
+        errors.push(FieldError::new("max_redemptions", "at least 1"));
+    }
+    ApiError::check(errors)?;
+    let ctx = respond::context(
+        &caller,
+        "POST /api/v1/coupons",
+        IfMatch(None),
+        key,
+        &body.raw,
+    );
+    let make = respond::id_and_version(201);
+    let executed = state
+        .commands
+        .execute_with_response::<Coupon>(
+            &coupon.code,
+            CouponCommand::Create {
+                code: coupon.code.clone(),
+                percent_off: coupon.percent_off as u8,
+                max_redemptions: coupon.max_redemptions as u32,
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+#[derive(Debug, Serialize)]
+struct CouponView {
+    code: String,
+    percent_off: u8,
+    max_redemptions: u32,
+    redemptions: u32,
+    version: u64,
+}
+
+/// A coupon's terms and how many redemptions it has given, from the write side (a coupon is
+/// a handful of events; there is no read model for it).
+pub async fn get_coupon(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath(code): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    validate_code(&code, "code", &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::not_found(format!("no coupon with code {code}")));
+    }
+    let loaded = state.commands.state::<Coupon>(&code).await?;
+    if !loaded.state.exists() {
+        return Err(ApiError::not_found(format!("no coupon with code {code}")));
+    }
+    let coupon = loaded.state;
+    let view = CouponView {
+        code: coupon.code().to_owned(),
+        percent_off: coupon.percent_off(),
+        max_redemptions: coupon.max_redemptions(),
+        redemptions: coupon.redemptions(),
+        version: loaded.version,
+    };
+    Ok(respond::read_model(view, loaded.version as i64, None))
+}

@@ -1,0 +1,78 @@
+//! Cursor pagination (API.md): `?limit=` 1–200 (default 50), `?cursor=` opaque, answers
+//! `{"items": [...], "next_cursor": "..." | null}`.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, FieldError};
+
+/// A list response.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+/// What a cursor carries: the sort key of the last item given out.
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    after: String,
+}
+
+/// A validated page request.
+#[derive(Debug)]
+pub struct PageRequest {
+    pub limit: i64,
+    /// The sort key the page starts after (exclusive), from the cursor.
+    pub after: Option<String>,
+}
+
+impl PageRequest {
+    /// # Errors
+    /// 422 on a limit out of range, 400 `invalid_cursor` on a cursor this API did not make.
+    pub fn new(limit: Option<i64>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(50);
+        if !(1..=200).contains(&limit) {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "limit",
+                "must be between 1 and 200",
+            )]));
+        }
+        let after = cursor
+            .map(|cursor| {
+                URL_SAFE_NO_PAD
+                    .decode(cursor)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Cursor>(&bytes).ok())
+                    .map(|c| c.after)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_cursor",
+                            "the cursor is not one this API gave out",
+                        )
+                    })
+            })
+            .transpose()?;
+        Ok(Self { limit, after })
+    }
+
+    /// How many rows to fetch: one more than the limit tells whether a next page exists.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// The page of the fetched `items`, with a cursor after the last one given out when
+    /// more exist. `key` is the sort key the query pages by.
+    pub fn page<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> String) -> Page<T> {
+        let next_cursor = if items.len() as i64 > self.limit {
+            items.truncate(self.limit as usize);
+            items.last().map(|last| {
+                let cursor = Cursor { after: key(last) };
+                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
+            })
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}

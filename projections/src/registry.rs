@@ -1,0 +1,81 @@
+//! Every projection by name, for the processes and tools that pick them at run time.
+
+use std::future::Future;
+
+use chronicle_bus::Faults;
+use sqlx::PgPool;
+
+use crate::{
+    inventory::InventoryProjection, orders::OrdersProjection, users::UsersProjection, Projection,
+    ProjectionError, Projector, ProjectorConfig, ReplayStats,
+};
+
+/// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
+/// and `GET /api/v1/projections` reports.
+pub const PROJECTIONS: &[&str] = &["inventory", "orders", "users"];
+
+/// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
+/// when there is no such projection. One list of names, used by every function here.
+macro_rules! by_name {
+    ($name:expr, |$p:ident| $body:expr) => {
+        match $name {
+            "inventory" => {
+                let $p = InventoryProjection;
+                Some($body)
+            }
+            "orders" => {
+                let $p = OrdersProjection;
+                Some($body)
+            }
+            "users" => {
+                let $p = UsersProjection;
+                Some($body)
+            }
+            _ => None,
+        }
+    };
+}
+
+/// Creates the tables of the projection `name`. `None` when there is no such projection.
+pub async fn setup_named(name: &str, pool: &PgPool) -> Option<Result<(), ProjectionError>> {
+    by_name!(name, |p| crate::runtime::setup(pool, &p).await)
+}
+
+/// Runs the projector of `name` until `shutdown` (see [`Projector::run`]). `None` when there
+/// is no such projection.
+pub fn run_named(
+    name: &str,
+    pool: PgPool,
+    client: async_nats::Client,
+    config: ProjectorConfig,
+    faults: Faults,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Option<impl Future<Output = Result<(), ProjectionError>> + Send + 'static> {
+    fn boxed<P: Projection>(
+        p: P,
+        pool: PgPool,
+        client: async_nats::Client,
+        config: ProjectorConfig,
+        faults: Faults,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send>> {
+        let projector = Projector::new(p, pool, client, config).with_faults(faults);
+        Box::pin(async move { projector.run(shutdown).await })
+    }
+    by_name!(name, |p| boxed(p, pool, client, config, faults, shutdown))
+}
+
+/// Rebuilds the projection `name` (see [`replay`](crate::replay)). `None` when there is no
+/// such projection.
+pub async fn replay_named(
+    name: &str,
+    pool: &PgPool,
+    client: &async_nats::Client,
+    batch_max: usize,
+    progress: impl FnMut(u64, u64),
+) -> Option<Result<ReplayStats, ProjectionError>> {
+    by_name!(name, |p| crate::replay(
+        &p, pool, client, batch_max, progress
+    )
+    .await)
+}

@@ -1,0 +1,13 @@
+//! Process managers: NATS subscribers that react to events by issuing commands through the
+//! same [`CommandBus`](chronicle_commands::CommandBus) the gateway uses.
+//!
+//! # Layout
+//!
+//! - [`OrderSaga`]: reserves an order's stock line by line when it is placed, confirms or
+//!   rejects it, releases on rejection and cancellation, commits on shipping, and cancels
+//!   orders left unpaid past their deadline. Every step is idempotent, so a redelivered event
+//!   or a crash and restart at any point settles each order exactly once.
+
+mod orders;
+
+pub use orders::{OrderSaga, OrderSagaConfig, SagaError};

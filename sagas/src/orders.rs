@@ -1,0 +1,563 @@
+use std::{future::Future, time::Duration};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    AckKind,
+};
+use chronicle_bus::{ensure_events_stream, ErrorChain, Faults, InjectedFault};
+use chronicle_commands::{CommandBus, CommandContext, CommandError};
+use chronicle_commerce::{
+    Canceller, Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem,
+    Order, OrderCommand, OrderError, OrderEvent, OrderServices, OrderStatus,
+};
+use chronicle_schemas::{AggregateKind, Envelope};
+use cqrs_es::Aggregate;
+use futures::StreamExt;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The actor recorded on every event the saga causes.
+const ACTOR: &str = "saga:orders";
+/// The saga's durable consumer.
+const CONSUMER: &str = "saga-orders";
+
+/// Why the saga stopped or an event could not be handled yet.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("NATS error while {context}: {detail}")]
+    Nats {
+        context: &'static str,
+        detail: String,
+    },
+    /// A command failed for a reason other than a business rule (the store, a lost race
+    /// retried too often): the event is handled again later.
+    #[error("command on {aggregate} {id} failed: {detail}")]
+    Command {
+        aggregate: &'static str,
+        id: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Fault(#[from] InjectedFault),
+}
+
+impl SagaError {
+    fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { context, source }
+    }
+    fn nats(context: &'static str) -> impl FnOnce(String) -> Self {
+        move |detail| Self::Nats { context, detail }
+    }
+}
+
+/// Tuning of the order saga.
+#[derive(Debug, Clone)]
+pub struct OrderSagaConfig {
+    /// How long an order may stay unpaid after it is placed (`CHRONICLE_ORDER_PAYMENT_TIMEOUT`).
+    pub payment_timeout: Duration,
+    /// How long JetStream waits for an ack before redelivering (after a crash).
+    pub ack_wait: Duration,
+    /// How often due payment deadlines are looked for.
+    pub deadline_poll: Duration,
+}
+
+impl Default for OrderSagaConfig {
+    fn default() -> Self {
+        Self::with_payment_timeout(Duration::from_secs(15 * 60))
+    }
+}
+
+impl OrderSagaConfig {
+    /// Defaults for everything but the payment timeout; deadlines are polled often enough
+    /// to fire within a quarter of the timeout (at most every second).
+    pub fn with_payment_timeout(payment_timeout: Duration) -> Self {
+        Self {
+            payment_timeout,
+            ack_wait: Duration::from_secs(30),
+            deadline_poll: (payment_timeout / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The order saga (process manager). One instance runs at a time: its consumer delivers one
+/// event at a time (`max_ack_pending = 1`), so an order's events are handled in order, and
+/// a second instance would simply wait its turn.
+pub struct OrderSaga {
+    bus: CommandBus,
+    pool: PgPool,
+    client: async_nats::Client,
+    config: OrderSagaConfig,
+    faults: Faults,
+    services: OrderServices,
+}
+
+/// A command's result as the saga sees it: done, or refused by a business rule (an expected
+/// outcome it decides on). Anything else is a [`SagaError`].
+type Decided<E> = Result<(), E>;
+
+impl OrderSaga {
+    pub fn new(
+        bus: CommandBus,
+        pool: PgPool,
+        client: async_nats::Client,
+        config: OrderSagaConfig,
+    ) -> Self {
+        Self {
+            bus,
+            pool,
+            client,
+            config,
+            faults: Faults::default(),
+            services: OrderServices::without_payments(),
+        }
+    }
+
+    /// Fault points: `saga.between_lines` (after reserving an order's first line, before its
+    /// second) and `saga.before_ack` (after handling an event, before acking it).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Runs until `shutdown` completes or a fault point stops it. Lost connections and
+    /// failed commands are retried; they never end the loop.
+    ///
+    /// # Errors
+    /// Only [`SagaError::Fault`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
+        tokio::select! {
+            () = shutdown => Ok(()),
+            result = self.consume_forever() => result,
+            result = self.deadlines_forever() => result,
+        }
+    }
+
+    async fn consume_forever(&self) -> Result<(), SagaError> {
+        loop {
+            match self.consume().await {
+                Err(SagaError::Fault(f)) => return Err(SagaError::Fault(f)),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "order saga interrupted; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+
+    async fn consume(&self) -> Result<(), SagaError> {
+        let js = jetstream::new(self.client.clone());
+        let stream = ensure_events_stream(&js)
+            .await
+            .map_err(|e| SagaError::nats("opening the stream")(e.to_string()))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    filter_subject: format!("events.{}.{}.>", Order::CONTEXT, Order::TYPE),
+                    deliver_policy: DeliverPolicy::All,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    max_ack_pending: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| SagaError::nats("creating the consumer")(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| SagaError::nats("consuming")(e.to_string()))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| SagaError::nats("consuming")(e.to_string()))?;
+            let envelope: Envelope = match serde_json::from_slice(&message.payload) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    tracing::error!(subject = %message.subject, error = %e, "not an event envelope; skipped");
+                    message
+                        .ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| SagaError::nats("terminating a message")(e.to_string()))?;
+                    continue;
+                }
+            };
+            let span = tracing::info_span!(
+                "saga",
+                order_id = %envelope.aggregate_id,
+                event = %envelope.event_type,
+                correlation_id = %envelope.correlation_id,
+            );
+            let handled = tracing::Instrument::instrument(self.handle(&envelope), span).await;
+            match handled {
+                Ok(()) => {
+                    self.faults.hit("saga.before_ack")?;
+                    message
+                        .ack()
+                        .await
+                        .map_err(|e| SagaError::nats("acking")(e.to_string()))?;
+                }
+                Err(SagaError::Fault(f)) => return Err(SagaError::Fault(f)),
+                Err(e) => {
+                    tracing::warn!(order_id = %envelope.aggregate_id, error = %ErrorChain(&e), "order event not handled; redelivering");
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
+                        .await
+                        .map_err(|e| SagaError::nats("naking")(e.to_string()))?;
+                }
+            }
+        }
+        Err(SagaError::nats("consuming")("the consumer ended".into()))
+    }
+
+    async fn handle(&self, envelope: &Envelope) -> Result<(), SagaError> {
+        let event: OrderEvent = match envelope.decode() {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(error = %ErrorChain(&e), "undecodable order event; skipped");
+                return Ok(());
+            }
+        };
+        let order_id = envelope.aggregate_id.as_str();
+        match event {
+            OrderEvent::OrderPlaced { .. } => {
+                self.set_deadline(envelope).await?;
+                self.settle_placed(order_id, envelope).await
+            }
+            OrderEvent::OrderReserved {} => Ok(()),
+            OrderEvent::OrderPaid { .. } => self.clear_deadline(order_id).await,
+            OrderEvent::OrderShipped {} => self.commit_stock(order_id, envelope).await,
+            OrderEvent::OrderRejected { .. } => {
+                self.release_all(order_id, envelope).await?;
+                self.clear_deadline(order_id).await
+            }
+            OrderEvent::OrderCancelled { refund_cents, .. } => {
+                if refund_cents > 0 {
+                    // No refund flow exists yet; the event records what is owed.
+                    tracing::warn!(
+                        order_id,
+                        refund_cents,
+                        "cancelled after payment: refund owed"
+                    );
+                }
+                self.release_all(order_id, envelope).await?;
+                self.clear_deadline(order_id).await
+            }
+        }
+    }
+
+    /// `OrderPlaced`: redeem the coupon, reserve each line, confirm; or give everything back
+    /// and reject. Safe to run again from the top at any point.
+    async fn settle_placed(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
+        let order = self.order(order_id).await?;
+        if order.status() != OrderStatus::Pending {
+            // Decided already (by an earlier delivery, the customer or the deadline); the
+            // events that decided it release what must be released.
+            return Ok(());
+        }
+        if let Some(coupon) = order.coupon() {
+            let redeemed = self
+                .command::<Coupon>(
+                    &coupon.code,
+                    CouponCommand::Redeem {
+                        order_id: order_id.to_owned(),
+                    },
+                    &(),
+                    cause,
+                )
+                .await?;
+            if let Err(refused) = redeemed {
+                let reason = match refused {
+                    CouponError::Exhausted => "coupon_exhausted",
+                    _ => "coupon_invalid",
+                };
+                return self.give_up(&order, order_id, reason, cause).await;
+            }
+        }
+        for (index, line) in order.lines().iter().enumerate() {
+            if index > 0 {
+                self.faults.hit("saga.between_lines")?;
+            }
+            let reserved = self
+                .command::<InventoryItem>(
+                    &line.sku,
+                    InventoryCommand::Reserve {
+                        reservation_id: order_id.to_owned(),
+                        quantity: line.quantity,
+                    },
+                    &(),
+                    cause,
+                )
+                .await?;
+            if let Err(refused) = reserved {
+                tracing::info!(order_id, sku = line.sku, reason = %refused, "a line cannot be reserved");
+                let reason = match refused {
+                    InventoryError::NotFound => "unknown_item",
+                    _ => "insufficient_stock",
+                };
+                return self.give_up(&order, order_id, reason, cause).await;
+            }
+        }
+        let confirmed = self
+            .command::<Order>(
+                order_id,
+                OrderCommand::ConfirmReserved,
+                &self.services,
+                cause,
+            )
+            .await?;
+        if let Err(refused) = confirmed {
+            // Cancelled while we reserved: its OrderCancelled releases too, but do not leave
+            // stock held on the way there.
+            tracing::info!(order_id, reason = %refused, "order settled elsewhere while reserving");
+            self.release_lines(&order, order_id, cause).await?;
+        }
+        Ok(())
+    }
+
+    /// Releases everything the order may hold, then rejects it with `reason`.
+    async fn give_up(
+        &self,
+        order: &Order,
+        order_id: &str,
+        reason: &str,
+        cause: &Envelope,
+    ) -> Result<(), SagaError> {
+        self.release_lines(order, order_id, cause).await?;
+        self.release_coupon(order, order_id, cause).await?;
+        let rejected = self
+            .command::<Order>(
+                order_id,
+                OrderCommand::Reject {
+                    reason: reason.to_owned(),
+                },
+                &self.services,
+                cause,
+            )
+            .await?;
+        if let Err(refused) = rejected {
+            tracing::info!(order_id, reason = %refused, "order settled elsewhere before rejection");
+        }
+        Ok(())
+    }
+
+    async fn release_all(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
+        let order = self.order(order_id).await?;
+        self.release_lines(&order, order_id, cause).await?;
+        self.release_coupon(&order, order_id, cause).await
+    }
+
+    /// Releases the order's reservation on every line (a no-op where it holds none).
+    async fn release_lines(
+        &self,
+        order: &Order,
+        order_id: &str,
+        cause: &Envelope,
+    ) -> Result<(), SagaError> {
+        for line in order.lines() {
+            let released = self
+                .command::<InventoryItem>(
+                    &line.sku,
+                    InventoryCommand::Release {
+                        reservation_id: order_id.to_owned(),
+                    },
+                    &(),
+                    cause,
+                )
+                .await?;
+            if let Err(refused) = released {
+                tracing::error!(order_id, sku = line.sku, reason = %refused, "cannot release a line");
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_coupon(
+        &self,
+        order: &Order,
+        order_id: &str,
+        cause: &Envelope,
+    ) -> Result<(), SagaError> {
+        if let Some(coupon) = order.coupon() {
+            let released = self
+                .command::<Coupon>(
+                    &coupon.code,
+                    CouponCommand::Release {
+                        order_id: order_id.to_owned(),
+                    },
+                    &(),
+                    cause,
+                )
+                .await?;
+            if let Err(refused) = released {
+                tracing::error!(order_id, coupon = coupon.code, reason = %refused, "cannot release a redemption");
+            }
+        }
+        Ok(())
+    }
+
+    /// `OrderShipped`: the reserved units leave the warehouse.
+    async fn commit_stock(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
+        let order = self.order(order_id).await?;
+        for line in order.lines() {
+            let committed = self
+                .command::<InventoryItem>(
+                    &line.sku,
+                    InventoryCommand::Commit {
+                        reservation_id: order_id.to_owned(),
+                    },
+                    &(),
+                    cause,
+                )
+                .await?;
+            if let Err(refused) = committed {
+                tracing::error!(order_id, sku = line.sku, reason = %refused, "cannot commit a shipped line");
+            }
+        }
+        Ok(())
+    }
+
+    async fn order(&self, order_id: &str) -> Result<Order, SagaError> {
+        self.bus
+            .state::<Order>(order_id)
+            .await
+            .map(|loaded| loaded.state)
+            .map_err(|e| SagaError::Command {
+                aggregate: Order::TYPE,
+                id: order_id.to_owned(),
+                detail: ErrorChain(&e).to_string(),
+            })
+    }
+
+    /// Runs `command` as caused by `cause`: `Ok(Ok(()))` done, `Ok(Err(rule))` refused.
+    async fn command<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        cause: &Envelope,
+    ) -> Result<Decided<A::Error>, SagaError>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        self.command_in::<A>(
+            id,
+            command,
+            services,
+            caused_by(cause.correlation_id, cause.event_id),
+        )
+        .await
+    }
+
+    async fn command_in<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        ctx: CommandContext,
+    ) -> Result<Decided<A::Error>, SagaError>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+        A::Command: Clone,
+        A::Error: 'static,
+    {
+        match self.bus.execute::<A>(id, command, services, &ctx).await {
+            Ok(_) => Ok(Ok(())),
+            Err(CommandError::Rejected(rule)) => Ok(Err(rule)),
+            Err(other) => Err(SagaError::Command {
+                aggregate: A::TYPE,
+                id: id.to_owned(),
+                detail: ErrorChain(&other).to_string(),
+            }),
+        }
+    }
+
+    async fn set_deadline(&self, placed: &Envelope) -> Result<(), SagaError> {
+        let due = placed.recorded_at
+            + chrono::Duration::from_std(self.config.payment_timeout)
+                .unwrap_or(chrono::Duration::MAX);
+        sqlx::query(
+            "INSERT INTO saga_order_deadlines (order_id, due_at, correlation_id, causation_id) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(&placed.aggregate_id)
+        .bind(due)
+        .bind(placed.correlation_id)
+        .bind(placed.event_id)
+        .execute(&self.pool)
+        .await
+        .map_err(SagaError::db("storing a payment deadline"))?;
+        Ok(())
+    }
+
+    async fn clear_deadline(&self, order_id: &str) -> Result<(), SagaError> {
+        sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
+            .bind(order_id)
+            .execute(&self.pool)
+            .await
+            .map_err(SagaError::db("clearing a payment deadline"))?;
+        Ok(())
+    }
+
+    async fn deadlines_forever(&self) -> Result<(), SagaError> {
+        loop {
+            if let Err(e) = self.expire_due().await {
+                tracing::warn!(error = %ErrorChain(&e), "payment deadlines not checked; retrying");
+            }
+            tokio::time::sleep(self.config.deadline_poll).await;
+        }
+    }
+
+    /// Cancels the orders whose payment deadline has passed. A deadline is dropped once
+    /// the cancellation is decided either way (an order paid meanwhile refuses it).
+    async fn expire_due(&self) -> Result<(), SagaError> {
+        let due: Vec<(String, Uuid, Uuid)> = sqlx::query_as(
+            "SELECT order_id, correlation_id, causation_id FROM saga_order_deadlines \
+             WHERE due_at <= now() ORDER BY due_at LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(SagaError::db("reading due payment deadlines"))?;
+        for (order_id, correlation_id, causation_id) in due {
+            let cancelled = self
+                .command_in::<Order>(
+                    &order_id,
+                    OrderCommand::Cancel {
+                        by: Canceller::PaymentTimeout,
+                    },
+                    &self.services,
+                    caused_by(correlation_id, causation_id),
+                )
+                .await?;
+            match cancelled {
+                Ok(()) => tracing::info!(order_id, "unpaid at its deadline: cancelled"),
+                Err(OrderError::InvalidState { status, .. }) => {
+                    tracing::debug!(order_id, status, "deadline passed on a settled order")
+                }
+                Err(other) => tracing::warn!(order_id, reason = %other, "deadline dropped"),
+            }
+            self.clear_deadline(&order_id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The context of a command the saga issues because of event `causation_id`.
+fn caused_by(correlation_id: Uuid, causation_id: Uuid) -> CommandContext {
+    CommandContext {
+        correlation_id,
+        causation_id: Some(causation_id),
+        actor: Some(ACTOR.to_owned()),
+        ..CommandContext::new()
+    }
+}

@@ -1,0 +1,964 @@
+//! Commerce through HTTP on real servers (API.md Commerce, issue 5): the order lifecycle,
+//! the saga's reservations under races and crashes, coupons, payments and the payment
+//! deadline.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chronicle_bus::FaultAction;
+use chronicle_sagas::{OrderSagaConfig, SagaError};
+use chronicle_tests::{eventually, TestApp, TestOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::{invalid_fields, problem};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+async fn create_item(app: &TestApp, sku: &str, price_cents: i64, stock: i64) {
+    let r = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": sku, "name": format!("Item {sku}"), "price_cents": price_cents, "initial_stock": stock}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "creating {sku}");
+}
+
+/// Places an order with the default user's token: its id.
+async fn place(app: &TestApp, body: Value) -> String {
+    place_as(app, &app.token, body).await
+}
+
+async fn place_as(app: &TestApp, token: &str, body: Value) -> String {
+    let r = app
+        .http
+        .post(app.url("/api/v1/orders"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let placed: Value = r.json().await.unwrap();
+    assert_eq!(placed["status"], "pending");
+    assert_eq!(placed["version"], 1);
+    let id = placed["id"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/v1/orders/{id}"));
+    id
+}
+
+/// The order once the saga has decided it (no longer `pending`).
+async fn settled(app: &TestApp, id: &str) -> Value {
+    settled_as(app, &app.token, id).await
+}
+
+async fn settled_as(app: &TestApp, token: &str, id: &str) -> Value {
+    eventually(&format!("order {id} to settle"), SETTLE, || async {
+        let r = app
+            .http
+            .get(app.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        let order: Value = r.json().await.ok()?;
+        (order["status"].is_string() && order["status"] != "pending").then_some(order)
+    })
+    .await
+}
+
+async fn order_with_status(app: &TestApp, id: &str, status: &str) -> Value {
+    eventually(&format!("order {id} to be {status}"), SETTLE, || async {
+        let order: Value = app
+            .get(&format!("/api/v1/orders/{id}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (order["status"] == status).then_some(order)
+    })
+    .await
+}
+
+/// The item once its read model shows `reserved` units held.
+async fn item_with_reserved(app: &TestApp, sku: &str, reserved: i64) -> Value {
+    eventually(&format!("{sku} to hold {reserved}"), SETTLE, || async {
+        let item: Value = app
+            .get(&format!("/api/v1/inventory/items/{sku}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (item["reserved"] == reserved).then_some(item)
+    })
+    .await
+}
+
+/// Every event of one aggregate: `(event_type, payload, metadata)`.
+async fn events_of(app: &TestApp, aggregate_type: &str, id: &str) -> Vec<(String, Value, Value)> {
+    sqlx::query_as::<_, (String, Value, Value)>(
+        "SELECT event_type, payload, metadata FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn command(app: &TestApp, id: &str, action: &str, body: Option<Value>) -> reqwest::Response {
+    let request = app.request(Method::POST, &format!("/api/v1/orders/{id}/{action}"));
+    match body {
+        Some(body) => request.json(&body),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 1250, 10).await;
+    create_item(&app, "B", 300, 5).await;
+    let id = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]}),
+    )
+    .await;
+
+    let order = settled(&app, &id).await;
+    assert_eq!(order["status"], "reserved");
+    assert_eq!(order["customer_id"], app.user_id.as_str());
+    assert_eq!(
+        order["lines"],
+        json!([{"sku": "A", "quantity": 2, "unit_price_cents": 1250}, {"sku": "B", "quantity": 1, "unit_price_cents": 300}])
+    );
+    assert_eq!(order["total_cents"], 2800);
+    let a = item_with_reserved(&app, "A", 2).await;
+    assert_eq!(
+        (a["on_hand"].as_i64(), a["available"].as_i64()),
+        (Some(10), Some(8))
+    );
+
+    problem(
+        command(&app, &id, "ship", None).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+    let wrong = problem(
+        command(&app, &id, "pay", Some(json!({"amount_cents": 2799}))).await,
+        StatusCode::CONFLICT,
+        "wrong_amount",
+    )
+    .await;
+    assert!(wrong["detail"].as_str().unwrap().contains("2800"));
+
+    let paid = command(&app, &id, "pay", Some(json!({"amount_cents": 2800}))).await;
+    assert_eq!(paid.status(), StatusCode::OK);
+    assert_eq!(paid.headers()["etag"], "\"3\"");
+    let paid: Value = paid.json().await.unwrap();
+    assert_eq!(paid, json!({"id": id, "version": 3, "status": "paid"}));
+    problem(
+        command(&app, &id, "pay", Some(json!({"amount_cents": 2800}))).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+
+    let shipped = command(&app, &id, "ship", None).await;
+    assert_eq!(shipped.status(), StatusCode::OK);
+    // Shipping commits the reservations: the units leave the warehouse.
+    let a = item_with_reserved(&app, "A", 0).await;
+    assert_eq!(a["on_hand"], 8);
+    let b = eventually("B shipped", SETTLE, || async {
+        let b: Value = app
+            .get("/api/v1/inventory/items/B")
+            .await
+            .json()
+            .await
+            .ok()?;
+        (b["on_hand"] == 4).then_some(b)
+    })
+    .await;
+    assert_eq!(b["reserved"], 0);
+    problem(
+        command(&app, &id, "cancel", None).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+
+    let order: Value = app
+        .get(&format!("/api/v1/orders/{id}?min_version=4"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let history: Vec<&str> = order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert!(h["at"].as_str().unwrap().ends_with('Z'));
+            h["status"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(history, ["pending", "reserved", "paid", "shipped"]);
+
+    let mine: Value = app.get("/api/v1/orders").await.json().await.unwrap();
+    assert_eq!(mine["items"][0]["id"], id.as_str());
+    let none: Value = app
+        .get("/api/v1/orders?status=pending")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["items"], json!([]));
+    assert_eq!(
+        invalid_fields(app.get("/api/v1/orders?status=lost").await).await,
+        ["status"]
+    );
+}
+
+#[tokio::test]
+async fn an_order_the_stock_cannot_cover_is_rejected_and_holds_nothing() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    create_item(&app, "B", 100, 1).await;
+    // Line A can be reserved, line B cannot: A's reservation must be given back.
+    let id = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 3}, {"sku": "B", "quantity": 2}]}),
+    )
+    .await;
+    let order = settled(&app, &id).await;
+    assert_eq!(order["status"], "rejected");
+    assert_eq!(order["reason"], "insufficient_stock");
+    let a_events: Vec<String> = events_of(&app, "inventory_item", "A")
+        .await
+        .into_iter()
+        .map(|(t, _, _)| t)
+        .collect();
+    assert_eq!(
+        a_events,
+        ["ItemCreated", "StockReserved", "ReservationReleased"]
+    );
+    assert_eq!(events_of(&app, "inventory_item", "B").await.len(), 1);
+    let a = item_with_reserved(&app, "A", 0).await;
+    assert_eq!(a["available"], 10);
+    // A rejected order is final.
+    problem(
+        command(&app, &id, "cancel", None).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cancelling_releases_the_reservations_and_only_the_customer_may_act() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 4}]})).await;
+    assert_eq!(settled(&app, &id).await["status"], "reserved");
+    item_with_reserved(&app, "A", 4).await;
+
+    let (_, mallory) = app.register_and_login("mallory").await;
+    let before = app.event_count().await;
+    for (method, action, body) in [
+        (Method::GET, "", None),
+        (Method::POST, "/pay", Some(json!({"amount_cents": 400}))),
+        (Method::POST, "/cancel", None),
+        (Method::POST, "/ship", None),
+    ] {
+        let mut r = app
+            .http
+            .request(method, app.url(&format!("/api/v1/orders/{id}{action}")))
+            .bearer_auth(&mallory);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        problem(r.send().await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let theirs: Value = app
+        .http
+        .get(app.url("/api/v1/orders"))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["items"], json!([]));
+    assert_eq!(app.event_count().await, before, "refusals append nothing");
+
+    let cancelled = command(&app, &id, "cancel", None).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    assert_eq!(
+        cancelled.json::<Value>().await.unwrap()["status"],
+        "cancelled"
+    );
+    let a = item_with_reserved(&app, "A", 0).await;
+    assert_eq!(a["available"], 10);
+    let order = order_with_status(&app, &id, "cancelled").await;
+    assert_eq!(order["reason"], "cancelled_by_customer");
+    problem(
+        command(&app, &id, "pay", Some(json!({"amount_cents": 400}))).await,
+        StatusCode::CONFLICT,
+        "invalid_state",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_orders_are_refused_with_the_field_and_append_nothing() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    let before = app.event_count().await;
+    assert_eq!(
+        invalid_fields(app.post("/api/v1/orders", json!({"lines": []})).await).await,
+        ["lines"]
+    );
+    assert_eq!(
+        invalid_fields(
+            app.post(
+                "/api/v1/orders",
+                json!({"lines": [{"sku": "a.b", "quantity": 1}, {"sku": "A", "quantity": 0}]})
+            )
+            .await
+        )
+        .await,
+        ["lines[0].sku", "lines[1].quantity"]
+    );
+    assert_eq!(
+        invalid_fields(
+            app.post(
+                "/api/v1/orders",
+                json!({"lines": [{"sku": "NOPE", "quantity": 1}]})
+            )
+            .await
+        )
+        .await,
+        ["lines"]
+    );
+    assert_eq!(
+        invalid_fields(
+            app.post(
+                "/api/v1/orders",
+                json!({"lines": [{"sku": "A", "quantity": 1}], "coupon_code": "NOPE"})
+            )
+            .await
+        )
+        .await,
+        ["coupon_code"]
+    );
+    problem(
+        app.get("/api/v1/orders/not-a-uuid").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    problem(
+        app.get(&format!("/api/v1/orders/{}", uuid::Uuid::now_v7()))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    problem(
+        command(&app, &uuid::Uuid::now_v7().to_string(), "cancel", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(app.event_count().await, before);
+
+    // The same SKU on two lines is one line.
+    let id = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}]}),
+    )
+    .await;
+    let order = settled(&app, &id).await;
+    assert_eq!(
+        order["lines"],
+        json!([{"sku": "A", "quantity": 3, "unit_price_cents": 100}])
+    );
+}
+
+#[tokio::test]
+async fn fifty_orders_racing_for_five_units_reserve_exactly_five() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "LAST", 100, 5).await;
+    let ids: Vec<String> = futures::future::join_all(
+        (0..50).map(|_| place(&app, json!({"lines": [{"sku": "LAST", "quantity": 1}]}))),
+    )
+    .await;
+    let mut outcomes = BTreeMap::new();
+    for id in &ids {
+        let order = settled(&app, id).await;
+        *outcomes
+            .entry(order["status"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+        if order["status"] == "rejected" {
+            assert_eq!(order["reason"], "insufficient_stock");
+        }
+    }
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([("rejected".into(), 45), ("reserved".into(), 5)])
+    );
+    let item = item_with_reserved(&app, "LAST", 5).await;
+    assert_eq!(item["available"], 0);
+
+    // Never negative at any point: replay the item's events.
+    let mut available: i64 = 0;
+    for (event_type, payload, _) in events_of(&app, "inventory_item", "LAST").await {
+        // postgres-es stores the event externally tagged: `{"StockReserved": {...}}`.
+        let payload = &payload[&event_type];
+        match event_type.as_str() {
+            "ItemCreated" => available = payload["initial_stock"].as_i64().unwrap(),
+            "StockReserved" => available -= payload["quantity"].as_i64().unwrap(),
+            "ReservationReleased" => available += payload["quantity"].as_i64().unwrap(),
+            other => panic!("unexpected {other}"),
+        }
+        assert!(available >= 0, "available went to {available}");
+    }
+    assert_eq!(available, 0);
+}
+
+#[tokio::test]
+async fn a_coupon_with_three_redemptions_discounts_exactly_three_of_twenty_orders() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 1000, 100).await;
+    let created = app
+        .post(
+            "/api/v1/coupons",
+            json!({"code": "THREE", "percent_off": 25, "max_redemptions": 3}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    problem(
+        app.post(
+            "/api/v1/coupons",
+            json!({"code": "THREE", "percent_off": 10, "max_redemptions": 1}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "coupon_exists",
+    )
+    .await;
+    assert_eq!(
+        invalid_fields(
+            app.post(
+                "/api/v1/coupons",
+                json!({"code": "X", "percent_off": 0, "max_redemptions": 0})
+            )
+            .await
+        )
+        .await,
+        ["percent_off", "max_redemptions"]
+    );
+
+    let body = json!({"lines": [{"sku": "A", "quantity": 1}], "coupon_code": "THREE"});
+    let answers =
+        futures::future::join_all((0..20).map(|_| app.post("/api/v1/orders", body.clone()))).await;
+    let mut discounted = 0;
+    let mut refused_at_once = 0;
+    for answer in answers {
+        if answer.status() == StatusCode::CONFLICT {
+            // The gateway already knew the coupon was used up.
+            problem(answer, StatusCode::CONFLICT, "coupon_exhausted").await;
+            refused_at_once += 1;
+            continue;
+        }
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        let id = answer.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let order = settled(&app, &id).await;
+        match order["status"].as_str().unwrap() {
+            "reserved" => {
+                assert_eq!(order["discount_cents"], 250);
+                assert_eq!(order["total_cents"], 750);
+                discounted += 1;
+            }
+            "rejected" => assert_eq!(order["reason"], "coupon_exhausted"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(discounted, 3, "{refused_at_once} were refused at placement");
+    let coupon: Value = app.get("/api/v1/coupons/THREE").await.json().await.unwrap();
+    assert_eq!(coupon["redemptions"], 3);
+    assert_eq!(coupon["max_redemptions"], 3);
+    // The rejected orders hold no stock.
+    item_with_reserved(&app, "A", 3).await;
+}
+
+#[tokio::test]
+async fn a_rejected_or_cancelled_order_gives_its_coupon_redemption_back() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 1000, 100).await;
+    create_item(&app, "SCARCE", 1000, 0).await;
+    app.post(
+        "/api/v1/coupons",
+        json!({"code": "ONE", "percent_off": 10, "max_redemptions": 1}),
+    )
+    .await;
+    let rejected = place(
+        &app,
+        json!({"lines": [{"sku": "SCARCE", "quantity": 1}], "coupon_code": "ONE"}),
+    )
+    .await;
+    assert_eq!(settled(&app, &rejected).await["status"], "rejected");
+    let kept = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 1}], "coupon_code": "ONE"}),
+    )
+    .await;
+    assert_eq!(settled(&app, &kept).await["status"], "reserved");
+    assert_eq!(
+        command(&app, &kept, "cancel", None).await.status(),
+        StatusCode::OK
+    );
+    let coupon = eventually("the redemption back", SETTLE, || async {
+        let c: Value = app.get("/api/v1/coupons/ONE").await.json().await.ok()?;
+        (c["redemptions"] == 0).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        coupon["version"], 5,
+        "created, redeemed, released, redeemed, released"
+    );
+}
+
+#[tokio::test]
+async fn a_saga_crash_between_two_lines_settles_the_order_exactly_once_after_restart() {
+    let mut app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    create_item(&app, "B", 100, 10).await;
+    app.saga_faults
+        .arm("saga.between_lines", FaultAction::Crash);
+    let id = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 3}]}),
+    )
+    .await;
+    assert!(matches!(app.saga_stopped().await, Err(SagaError::Fault(_))));
+    // It died holding line A only, the order still pending.
+    assert_eq!(
+        events_of(&app, "inventory_item", "A")
+            .await
+            .last()
+            .unwrap()
+            .0,
+        "StockReserved"
+    );
+    assert_eq!(events_of(&app, "inventory_item", "B").await.len(), 1);
+    assert_eq!(events_of(&app, "order", &id).await.len(), 1);
+
+    app.start_saga();
+    assert_eq!(settled(&app, &id).await["status"], "reserved");
+    for (sku, quantity) in [("A", 2), ("B", 3)] {
+        let types: Vec<String> = events_of(&app, "inventory_item", sku)
+            .await
+            .into_iter()
+            .map(|(t, _, _)| t)
+            .collect();
+        assert_eq!(
+            types,
+            ["ItemCreated", "StockReserved"],
+            "{sku} reserved once"
+        );
+        item_with_reserved(&app, sku, quantity).await;
+    }
+    let order_events: Vec<String> = events_of(&app, "order", &id)
+        .await
+        .into_iter()
+        .map(|(t, _, _)| t)
+        .collect();
+    assert_eq!(order_events, ["OrderPlaced", "OrderReserved"]);
+}
+
+#[tokio::test]
+async fn a_saga_crash_before_the_ack_redelivers_and_changes_nothing_twice() {
+    let mut app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    app.saga_faults.arm("saga.before_ack", FaultAction::Crash);
+    let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 2}]})).await;
+    assert!(matches!(app.saga_stopped().await, Err(SagaError::Fault(_))));
+    assert_eq!(events_of(&app, "order", &id).await.len(), 2);
+    app.start_saga();
+    // The saga handles events one at a time, in order: once a second order is settled, the
+    // redelivered OrderPlaced and the OrderReserved before it have been handled.
+    let second = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    settled(&app, &second).await;
+    let types: Vec<String> = events_of(&app, "inventory_item", "A")
+        .await
+        .into_iter()
+        .map(|(t, _, _)| t)
+        .collect();
+    assert_eq!(types, ["ItemCreated", "StockReserved", "StockReserved"]);
+    assert_eq!(events_of(&app, "order", &id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_saga_links_every_event_it_causes_to_the_order() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    settled(&app, &id).await;
+    let order = events_of(&app, "order", &id).await;
+    let placed = &order[0].2;
+    let reserved_stock = events_of(&app, "inventory_item", "A").await.pop().unwrap();
+    for caused in [&reserved_stock.2, &order[1].2] {
+        assert_eq!(caused["correlation_id"], placed["correlation_id"]);
+        assert_eq!(caused["causation_id"], placed["event_id"]);
+        assert_eq!(caused["actor"], "saga:orders");
+    }
+    assert_eq!(placed["actor"], app.user_id.as_str());
+}
+
+#[tokio::test]
+async fn payments_that_are_declined_or_time_out_leave_the_order_reserved() {
+    let app = TestApp::spawn_with(|config| {
+        config.payments.decline_above_cents = Some(5_000);
+        config.payments.hang_above_cents = Some(50_000);
+        config.payments.timeout = Duration::from_millis(300);
+    })
+    .await;
+    create_item(&app, "A", 10_000, 10).await;
+    create_item(&app, "B", 100_000, 10).await;
+    let declined = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    settled(&app, &declined).await;
+    problem(
+        command(
+            &app,
+            &declined,
+            "pay",
+            Some(json!({"amount_cents": 10_000})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "payment_declined",
+    )
+    .await;
+    let hangs = place(&app, json!({"lines": [{"sku": "B", "quantity": 1}]})).await;
+    settled(&app, &hangs).await;
+    problem(
+        command(&app, &hangs, "pay", Some(json!({"amount_cents": 100_000}))).await,
+        StatusCode::GATEWAY_TIMEOUT,
+        "payment_timeout",
+    )
+    .await;
+    for id in [&declined, &hangs] {
+        assert_eq!(
+            events_of(&app, "order", id).await.len(),
+            2,
+            "no payment recorded"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
+    let app = TestApp::spawn_options(TestOptions {
+        saga: OrderSagaConfig {
+            ack_wait: Duration::from_secs(2),
+            ..OrderSagaConfig::with_payment_timeout(Duration::from_secs(3))
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    create_item(&app, "A", 100, 10).await;
+    let unpaid = place(&app, json!({"lines": [{"sku": "A", "quantity": 2}]})).await;
+    let paid = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    settled(&app, &paid).await;
+    assert_eq!(
+        command(&app, &paid, "pay", Some(json!({"amount_cents": 100})))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let order = order_with_status(&app, &unpaid, "cancelled").await;
+    assert_eq!(order["reason"], "payment_timeout");
+    // The unpaid order's two units are back; the paid order's one stays reserved.
+    item_with_reserved(&app, "A", 1).await;
+    let (event_type, _, metadata) = events_of(&app, "order", &unpaid).await.pop().unwrap();
+    assert_eq!(
+        (event_type.as_str(), &metadata["actor"]),
+        ("OrderCancelled", &json!("saga:orders"))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still: Value = app
+        .get(&format!("/api/v1/orders/{paid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(still["status"], "paid");
+    let deadlines: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_order_deadlines")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(deadlines, 0, "no deadline outlives its order's settlement");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 100, 10).await;
+    let send = || {
+        app.request(Method::POST, "/api/v1/orders")
+            .header("idempotency-key", "order-once")
+            .json(&json!({"lines": [{"sku": "A", "quantity": 1}]}))
+            .send()
+    };
+    let answers = futures::future::join_all((0..5).map(|_| send())).await;
+    let mut ids = Vec::new();
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        ids.push(
+            answer.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the same order");
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn the_event_stream_of_one_scripted_order() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 1250, 10).await;
+    create_item(&app, "B", 300, 5).await;
+    app.post(
+        "/api/v1/coupons",
+        json!({"code": "SAVE10", "percent_off": 10, "max_redemptions": 5}),
+    )
+    .await;
+    let id = place(
+        &app,
+        json!({"lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], "coupon_code": "SAVE10"}),
+    )
+    .await;
+    let order = settled(&app, &id).await;
+    let total = order["total_cents"].clone();
+    assert_eq!(
+        command(&app, &id, "pay", Some(json!({"amount_cents": total})))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        command(&app, &id, "ship", None).await.status(),
+        StatusCode::OK
+    );
+    eventually("B shipped", SETTLE, || async {
+        let b: Value = app
+            .get("/api/v1/inventory/items/B")
+            .await
+            .json()
+            .await
+            .ok()?;
+        (b["on_hand"] == 4).then_some(())
+    })
+    .await;
+    eventually("A shipped", SETTLE, || async {
+        let a: Value = app
+            .get("/api/v1/inventory/items/A")
+            .await
+            .json()
+            .await
+            .ok()?;
+        (a["on_hand"] == 8).then_some(())
+    })
+    .await;
+
+    // Every event of the scenario, with causation shown as the label of the causing event.
+    let rows: Vec<(String, String, i64, String, Value, Value)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload, metadata FROM events \
+         WHERE aggregate_type IN ('order', 'inventory_item', 'coupon') \
+         ORDER BY aggregate_type, aggregate_id, sequence",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let label = |t: &str, a: &str, s: i64| format!("{t}/{a}#{s}");
+    let labels: BTreeMap<String, String> = rows
+        .iter()
+        .map(|(t, a, s, _, _, m)| (m["event_id"].as_str().unwrap().to_owned(), label(t, a, *s)))
+        .collect();
+    let placed_correlation =
+        &rows.iter().find(|r| r.3 == "OrderPlaced").unwrap().5["correlation_id"];
+    let stream: Vec<Value> = rows
+        .iter()
+        .map(|(t, a, s, event_type, payload, metadata)| {
+            json!({
+                "event": label(t, a, *s),
+                "type": event_type,
+                "payload": payload[event_type],
+                "actor": metadata["actor"],
+                "caused_by": metadata["causation_id"].as_str().map(|c| labels.get(c).cloned().unwrap_or_else(|| "a request".into())),
+                "in_order_correlation": &metadata["correlation_id"] == placed_correlation,
+            })
+        })
+        .collect();
+    let payment_id = order_with_status(&app, &id, "shipped").await["payment_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let text = serde_json::to_string(&stream)
+        .unwrap()
+        .replace(&id, "[order]")
+        .replace(&app.user_id, "[customer]")
+        .replace(&payment_id, "[payment]");
+    let stream: Value = serde_json::from_str(&text).unwrap();
+    insta::assert_json_snapshot!(stream);
+}
+
+#[tokio::test]
+async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "A", 700, 3).await;
+    let shipped = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    let cancelled = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
+    let rejected = place(&app, json!({"lines": [{"sku": "A", "quantity": 5}]})).await;
+    settled(&app, &shipped).await;
+    settled(&app, &cancelled).await;
+    command(&app, &shipped, "pay", Some(json!({"amount_cents": 700}))).await;
+    command(&app, &shipped, "ship", None).await;
+    command(&app, &cancelled, "cancel", None).await;
+    for (id, status) in [
+        (&shipped, "shipped"),
+        (&cancelled, "cancelled"),
+        (&rejected, "rejected"),
+    ] {
+        order_with_status(&app, id, status).await;
+    }
+    let rows = || async {
+        sqlx::query_scalar::<_, String>("SELECT row_to_json(o)::text FROM orders o ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap()
+    };
+    let live = rows().await;
+    assert_eq!(live.len(), 3);
+    sqlx::query("UPDATE orders SET status = 'damaged'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let client = app.nats.client().await;
+    let stats = chronicle_projections::replay_named("orders", &app.pool, &client, 2, |_, _| {})
+        .await
+        .expect("a known projection")
+        .unwrap();
+    // Placed, reserved, paid, shipped; placed, reserved, cancelled; placed, rejected.
+    assert_eq!(stats.events, 4 + 3 + 2);
+    assert_eq!(rows().await, live);
+}
+
+/// A payment provider that counts its charges.
+#[derive(Debug, Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl chronicle_commerce::PaymentProvider for Counting {
+    async fn charge(
+        &self,
+        order_id: &str,
+        _amount: i64,
+    ) -> Result<chronicle_commerce::Receipt, chronicle_commerce::PaymentFailure> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(chronicle_commerce::Receipt {
+            payment_id: format!("counted-{order_id}"),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_payment_is_never_charged_on_an_order_another_process_cancelled() {
+    use chronicle_commands::{CommandBus, CommandContext, CommandError, EventStore};
+    use chronicle_commerce::{
+        Canceller, Order, OrderCommand, OrderError, OrderLine, OrderServices,
+    };
+
+    let db = chronicle_tests::TestDb::new().await;
+    let pool = db.pool().await;
+    // Two processes: each its own bus, so each its own cache.
+    let (here, there) = (
+        CommandBus::new(EventStore::new(pool.clone())),
+        CommandBus::new(EventStore::new(pool.clone())),
+    );
+    let counting = std::sync::Arc::new(Counting::default());
+    let services = OrderServices {
+        payments: counting.clone(),
+    };
+    let ctx = CommandContext::new();
+    let run = |bus: &CommandBus, command| {
+        let (bus, services, ctx) = (bus.clone(), services.clone(), ctx.clone());
+        async move { bus.execute::<Order>("o-1", command, &services, &ctx).await }
+    };
+    run(
+        &here,
+        OrderCommand::Place {
+            order_id: "o-1".into(),
+            customer_id: "alice".into(),
+            lines: vec![OrderLine {
+                sku: "A".into(),
+                quantity: 1,
+                unit_price_cents: 500,
+            }],
+            coupon: None,
+        },
+    )
+    .await
+    .unwrap();
+    run(&here, OrderCommand::ConfirmReserved).await.unwrap();
+    // `here` caches the order as reserved; `there` cancels it.
+    run(
+        &there,
+        OrderCommand::Cancel {
+            by: Canceller::PaymentTimeout,
+        },
+    )
+    .await
+    .unwrap();
+    let pay = OrderCommand::Pay {
+        by: "alice".into(),
+        amount_cents: 500,
+    };
+    let fresh = CommandContext {
+        fresh_state: true,
+        ..CommandContext::new()
+    };
+    let refused = here.execute::<Order>("o-1", pay, &services, &fresh).await;
+    assert!(matches!(
+        refused,
+        Err(CommandError::Rejected(OrderError::InvalidState {
+            status: "cancelled",
+            ..
+        }))
+    ));
+    assert_eq!(
+        counting.0.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing charged"
+    );
+}
