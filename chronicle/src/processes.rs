@@ -197,7 +197,10 @@ async fn run_roles(
                     commands.clone(),
                     connections.pool.clone(),
                     connections.nats.clone(),
-                    OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout),
+                    OrderSagaConfig {
+                        ack_wait: settings.saga_ack_wait,
+                        ..OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout)
+                    },
                 )
                 .with_faults(faults.clone());
                 let stop = shutdown();

@@ -98,6 +98,16 @@ pub struct Settings {
         global = true
     )]
     pub order_payment_timeout: Duration,
+    /// How long JetStream waits for the order saga's ack before it redelivers the event to
+    /// another (or a restarted) saga process.
+    #[arg(
+        long,
+        env = "CHRONICLE_SAGA_ACK_WAIT",
+        default_value = "30s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub saga_ack_wait: Duration,
     /// The simulated payment provider declines charges above this many cents.
     #[arg(long, env = "CHRONICLE_PAYMENT_DECLINE_ABOVE_CENTS", global = true)]
     pub payment_decline_above_cents: Option<i64>,
