@@ -6,7 +6,8 @@
 //!   type, version, aggregate, sequence, recorded-at, correlation and causation ids, actor.
 //! - [`AggregateKind`]: the bounded context and aggregate type that name a stream of events,
 //!   and from them the NATS subject of each event ([`subject_for`]).
-//! - [`commerce`]: the payloads of the commerce context (inventory so far).
+//! - [`blog`]: the payloads of the blog context (posts, comments).
+//! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //!
 //! Payload types are versioned by their `event_version`; an old version is upcast, never
@@ -14,6 +15,7 @@
 
 mod envelope;
 
+pub mod blog;
 pub mod commerce;
 pub mod identity;
 
