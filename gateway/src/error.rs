@@ -268,6 +268,36 @@ impl DomainError for chronicle_commerce::CouponError {
     }
 }
 
+impl DomainError for chronicle_blog::PostError {
+    fn code(&self) -> &'static str {
+        chronicle_blog::PostError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_blog::PostError as E;
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::NotAuthor => StatusCode::FORBIDDEN,
+            E::InvalidTitle | E::InvalidBody | E::InvalidTags => StatusCode::UNPROCESSABLE_ENTITY,
+            E::PostExists => StatusCode::CONFLICT,
+        }
+    }
+}
+
+impl DomainError for chronicle_blog::CommentError {
+    fn code(&self) -> &'static str {
+        chronicle_blog::CommentError::code(self)
+    }
+    fn status(&self) -> StatusCode {
+        use chronicle_blog::CommentError as E;
+        match self {
+            E::NotFound => StatusCode::NOT_FOUND,
+            E::NotAllowed => StatusCode::FORBIDDEN,
+            E::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
+            E::CommentExists | E::PostNotPublished => StatusCode::CONFLICT,
+        }
+    }
+}
+
 impl DomainError for chronicle_identity::UserError {
     fn code(&self) -> &'static str {
         chronicle_identity::UserError::code(self)

@@ -23,23 +23,9 @@ impl Freshness {
     /// Starts the listener task on `pool`'s database.
     pub fn listen(pool: PgPool) -> Self {
         let (tx, rx) = watch::channel(0u64);
-        tokio::spawn(async move {
-            loop {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut listener) => {
-                        if listener.listen(PROJECTION_CHANNEL).await.is_ok() {
-                            while listener.recv().await.is_ok() {
-                                tx.send_modify(|n| *n += 1);
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "projection listener cannot connect"),
-                }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+        spawn_listener(pool, PROJECTION_CHANNEL, move |_| {
+            tx.send_modify(|n| *n += 1);
+            !tx.is_closed()
         });
         Self { updates: rx }
     }
@@ -115,4 +101,34 @@ impl Freshness {
             }
         })
     }
+}
+
+/// Listens on the Postgres `channel` for as long as `on` returns `true`. `on` gets each
+/// notification's payload, and `None` after the connection was lost and made again (when
+/// notifications may have been missed).
+pub(crate) fn spawn_listener(
+    pool: PgPool,
+    channel: &'static str,
+    mut on: impl FnMut(Option<&str>) -> bool + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => {
+                    if listener.listen(channel).await.is_ok() {
+                        while let Ok(notification) = listener.recv().await {
+                            if !on(Some(notification.payload())) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, channel, "listener cannot connect"),
+            }
+            if !on(None) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }

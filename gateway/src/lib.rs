@@ -8,17 +8,20 @@
 //!   included, leaves as RFC 9457 problem+json with a stable `code`.
 //! - `extract`: request extractors that fail with [`ApiError`]: JSON bodies (raw bytes kept
 //!   for idempotency hashing), `If-Match`, `Idempotency-Key`, the caller.
+//! - `cache`: the moka cache in front of post detail and tags, dropped on projector
+//!   notifications.
 //! - `freshness`: `?min_version=` waits, woken by projector notifications.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
 //! - `payments`: the simulated payment provider orders are charged through.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
 //! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
-//!   with coupons, `projections`).
+//!   with coupons, `blog`, `projections`).
 //!
 //! Commands go through `chronicle_commands::CommandBus`; queries read the read models
 //! through the query functions their projections export.
 
 mod auth;
+mod cache;
 mod error;
 mod extract;
 mod freshness;

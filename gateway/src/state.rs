@@ -6,6 +6,7 @@ use sqlx::PgPool;
 
 use crate::{
     auth::{Auth, Secret},
+    cache::PostCache,
     freshness::Freshness,
     payments::{PaymentRules, SimulatedPayments},
     protect::RateLimiter,
@@ -66,6 +67,8 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// What order commands need: the payment provider.
     pub orders: OrderServices,
+    /// The cache in front of post detail and the tag list.
+    pub posts: PostCache,
     pub(crate) limiter: Option<RateLimiter>,
 }
 
@@ -83,6 +86,7 @@ impl AppState {
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
             orders: SimulatedPayments::services(config.payments.clone()),
+            posts: PostCache::listen(pool.clone(), 10_000),
             pool,
             nats,
             freshness,

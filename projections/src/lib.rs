@@ -12,6 +12,7 @@
 //!   same apply code, then swaps it in atomically (invariant 5).
 //! - [`inventory`]: the `inventory_items` read model.
 //! - [`orders`]: the `orders` read model (per customer, with status history).
+//! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
 //! - [`users`]: the `users` read model (public profiles).
 //! - [`status`]: checkpoints and lag, for `/api/v1/projections` and the CLI.
 
@@ -23,6 +24,7 @@ mod runtime;
 
 pub mod inventory;
 pub mod orders;
+pub mod posts;
 pub mod users;
 
 pub use checkpoint::{status, ProjectionStatus, CHECKPOINTS_DDL};

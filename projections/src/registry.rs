@@ -6,13 +6,13 @@ use chronicle_bus::Faults;
 use sqlx::PgPool;
 
 use crate::{
-    inventory::InventoryProjection, orders::OrdersProjection, users::UsersProjection, Projection,
-    ProjectionError, Projector, ProjectorConfig, ReplayStats,
+    inventory::InventoryProjection, orders::OrdersProjection, posts::PostsProjection,
+    users::UsersProjection, Projection, ProjectionError, Projector, ProjectorConfig, ReplayStats,
 };
 
 /// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
 /// and `GET /api/v1/projections` reports.
-pub const PROJECTIONS: &[&str] = &["inventory", "orders", "users"];
+pub const PROJECTIONS: &[&str] = &["inventory", "orders", "posts", "users"];
 
 /// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
 /// when there is no such projection. One list of names, used by every function here.
@@ -25,6 +25,10 @@ macro_rules! by_name {
             }
             "orders" => {
                 let $p = OrdersProjection;
+                Some($body)
+            }
+            "posts" => {
+                let $p = PostsProjection;
                 Some($body)
             }
             "users" => {

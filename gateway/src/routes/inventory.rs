@@ -1,11 +1,6 @@
 //! `/api/v1/inventory/items` (API.md, Commerce: inventory).
 
-use axum::{
-    extract::State,
-    http::{header, HeaderValue},
-    response::Response,
-    Json,
-};
+use axum::{extract::State, response::Response, Json};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_projections::inventory::{self, InventoryView};
 use chronicle_schemas::is_valid_subject_token;
@@ -91,11 +86,7 @@ pub async fn create(
             &make,
         )
         .await?;
-    let mut response = respond::executed(executed, make);
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/inventory/items/{}", item.sku)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(respond::created(executed, make, "/api/v1/inventory/items"))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,5 +1,6 @@
 //! The route table and the layers every request passes through.
 
+mod blog;
 mod health;
 mod identity;
 mod inventory;
@@ -93,6 +94,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/api/v1/coupons", post(orders::create_coupon))
         .route("/api/v1/coupons/{code}", get(orders::get_coupon))
+        .route("/api/v1/posts", post(blog::draft).get(blog::list))
+        .route(
+            "/api/v1/posts/{id}",
+            get(blog::get).patch(blog::edit).delete(blog::delete),
+        )
+        .route("/api/v1/posts/{id}/publish", post(blog::publish))
+        .route("/api/v1/posts/{id}/unpublish", post(blog::unpublish))
+        .route(
+            "/api/v1/posts/{id}/comments",
+            post(blog::add_comment).get(blog::comments),
+        )
+        .route(
+            "/api/v1/posts/{id}/comments/{comment_id}",
+            axum::routing::delete(blog::delete_comment),
+        )
+        .route("/api/v1/tags", get(blog::tags))
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

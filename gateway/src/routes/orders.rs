@@ -3,13 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    extract::State,
-    http::{header, HeaderValue},
-    response::Response,
-    Json,
-};
-use chronicle_commands::{Committed, Executed};
+use axum::{extract::State, response::Response, Json};
+use chronicle_commands::Committed;
 use chronicle_commerce::{
     AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem, Order, OrderCommand, OrderLine,
     OrderStatus,
@@ -159,18 +154,7 @@ pub async fn place(
             &make,
         )
         .await?;
-    // A replayed placement answers with the first request's order.
-    let placed = match &executed {
-        Executed::Committed(c) => Some(c.aggregate_id.clone()),
-        Executed::Replayed(r) => r.body["id"].as_str().map(str::to_owned),
-    };
-    let mut response = respond::executed(executed, make);
-    if let Some(location) =
-        placed.and_then(|id| HeaderValue::from_str(&format!("/api/v1/orders/{id}")).ok())
-    {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(respond::created(executed, make, "/api/v1/orders"))
 }
 
 /// An order id is a UUID; anything else names no order.

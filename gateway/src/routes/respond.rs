@@ -106,3 +106,23 @@ pub fn read_model(
     }
     response
 }
+
+/// [`executed`] for a command that created a resource: `Location: {collection}/{id}`, with
+/// the id of the stored answer on a replay (the first request's resource).
+pub fn created(
+    executed: Executed,
+    respond: impl Fn(&Committed) -> StoredResponse,
+    collection: &str,
+) -> Response {
+    let id = match &executed {
+        Executed::Committed(c) => Some(c.aggregate_id.clone()),
+        Executed::Replayed(r) => r.body["id"].as_str().map(str::to_owned),
+    };
+    let mut response = self::executed(executed, respond);
+    if let Some(location) =
+        id.and_then(|id| HeaderValue::from_str(&format!("{collection}/{id}")).ok())
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}

@@ -1,0 +1,484 @@
+//! `/api/v1/posts`, their comments, and `/api/v1/tags` (API.md, Blog). Drafts are seen by
+//! their author only; everyone else gets 404, as if they did not exist.
+
+use axum::{
+    extract::State,
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_blog::{
+    check_body, check_title, normalize_tags, Comment, CommentCommand, Post, PostCommand, PostRef,
+    MAX_COMMENT,
+};
+use chronicle_commands::{Committed, Executed, StoredResponse};
+use chronicle_projections::posts::{self, CommentView, PostFilter, PostView, TagCount};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{
+    page::{Page, PageRequest},
+    respond,
+};
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+/// A post or comment id is a UUID; anything else names nothing.
+fn uuid_id<'a>(id: &'a str, what: &str) -> Result<&'a str, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| id)
+        .map_err(|_| ApiError::not_found(format!("no {what} with id {id}")))
+}
+
+fn with_status(status: u16, post_status: &'static str) -> impl Fn(&Committed) -> StoredResponse {
+    move |c| StoredResponse {
+        status,
+        body: serde_json::json!({"id": c.aggregate_id, "version": c.version, "status": post_status}),
+    }
+}
+
+/// 204 with the new version as `ETag` (or the stored answer of a replayed request).
+fn no_content(executed: Executed) -> Response {
+    let version = match &executed {
+        Executed::Committed(c) => Some(c.version),
+        Executed::Replayed(r) => r.body["version"].as_u64(),
+    };
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(etag) = version.and_then(|v| HeaderValue::from_str(&format!("\"{v}\"")).ok()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+fn text_errors(
+    title: Option<&str>,
+    body: Option<&str>,
+    tags: Option<&[String]>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(Err(e)) = title.map(check_title) {
+        errors.push(FieldError::new("title", e.to_string()));
+    }
+    if let Some(Err(e)) = body.map(check_body) {
+        errors.push(FieldError::new("body_markdown", e.to_string()));
+    }
+    if let Some(Err(e)) = tags.map(normalize_tags) {
+        errors.push(FieldError::new("tags", e.to_string()));
+    }
+    errors
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftPost {
+    title: String,
+    body_markdown: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+pub async fn draft(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<DraftPost>,
+) -> Result<Response, ApiError> {
+    let post = body.value;
+    ApiError::check(text_errors(
+        Some(&post.title),
+        Some(&post.body_markdown),
+        Some(&post.tags),
+    ))?;
+    let ctx = respond::context(&caller, "POST /api/v1/posts", IfMatch(None), key, &body.raw);
+    let post_id = uuid::Uuid::now_v7().to_string();
+    let make = with_status(201, "draft");
+    let executed = state
+        .commands
+        .execute_with_response::<Post>(
+            &post_id,
+            PostCommand::Draft {
+                post_id: post_id.clone(),
+                author_id: caller.user_id.clone(),
+                title: post.title,
+                body_markdown: post.body_markdown,
+                tags: post.tags,
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await?;
+    Ok(respond::created(executed, make, "/api/v1/posts"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditPost {
+    title: Option<String>,
+    body_markdown: Option<String>,
+    tags: Option<Vec<String>>,
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<EditPost>,
+) -> Result<Response, ApiError> {
+    let id = uuid_id(&id, "post")?;
+    let edit = body.value;
+    if edit.title.is_none() && edit.body_markdown.is_none() && edit.tags.is_none() {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            "give at least one of title, body_markdown, tags",
+        )]));
+    }
+    ApiError::check(text_errors(
+        edit.title.as_deref(),
+        edit.body_markdown.as_deref(),
+        edit.tags.as_deref(),
+    ))?;
+    let route = format!("PATCH /api/v1/posts/{id}");
+    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let make = respond::id_and_version(200);
+    let command = PostCommand::Edit {
+        by: caller.user_id.clone(),
+        title: edit.title,
+        body_markdown: edit.body_markdown,
+        tags: edit.tags,
+    };
+    let executed = state
+        .commands
+        .execute_with_response::<Post>(id, command, &(), &ctx, &make)
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+/// A post command without a body: publish, unpublish, delete.
+async fn act(
+    state: &AppState,
+    id: &str,
+    (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
+    route: &str,
+    command: PostCommand,
+    make: impl Fn(&Committed) -> StoredResponse,
+) -> Result<Executed, ApiError> {
+    let id = uuid_id(id, "post")?;
+    let ctx = respond::context(
+        &caller,
+        &format!("{route} /api/v1/posts/{id}"),
+        if_match,
+        key,
+        b"",
+    );
+    Ok(state
+        .commands
+        .execute_with_response::<Post>(id, command, &(), &ctx, make)
+        .await?)
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    set_published(&state, &id, (caller, if_match, key), true).await
+}
+
+pub async fn unpublish(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    set_published(&state, &id, (caller, if_match, key), false).await
+}
+
+async fn set_published(
+    state: &AppState,
+    id: &str,
+    (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
+    published: bool,
+) -> Result<Response, ApiError> {
+    let by = caller.user_id.clone();
+    let (route, command, make) = if published {
+        (
+            "POST publish",
+            PostCommand::Publish { by },
+            with_status(200, "published"),
+        )
+    } else {
+        (
+            "POST unpublish",
+            PostCommand::Unpublish { by },
+            with_status(200, "draft"),
+        )
+    };
+    let executed = act(state, id, (caller, if_match, key), route, command, &make).await?;
+    Ok(respond::executed(executed, make))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    let command = PostCommand::Delete {
+        by: caller.user_id.clone(),
+    };
+    let make = respond::id_and_version(204);
+    let executed = act(
+        &state,
+        &id,
+        (caller, if_match, key),
+        "DELETE",
+        command,
+        make,
+    )
+    .await?;
+    Ok(no_content(executed))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    min_version: Option<u64>,
+}
+
+/// The post if the caller may see it (published, or theirs), else 404.
+async fn visible_post(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    min_version: Option<u64>,
+) -> Result<(std::sync::Arc<PostView>, Option<&'static str>), ApiError> {
+    let id = uuid_id(id, "post")?;
+    let mut consistency = None;
+    let post = state
+        .posts
+        .post(id, min_version, || async {
+            let read = state
+                .freshness
+                .read(
+                    min_version,
+                    |p: &PostView| p.version as u64,
+                    || posts::get(&state.pool, id),
+                )
+                .await?;
+            consistency = read.consistency;
+            Ok::<_, sqlx::Error>(read.value)
+        })
+        .await?;
+    let consistency = match (min_version, consistency) {
+        // Served from the cache at or past the version asked for.
+        (Some(_), None) => Some("fresh"),
+        (_, c) => c,
+    };
+    match post {
+        Some(post) if post.is_published() || post.author_id == caller.user_id => {
+            Ok((post, consistency))
+        }
+        _ => Err(ApiError::not_found(format!("no post with id {id}"))),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    let (post, consistency) = visible_post(&state, &caller, &id, params.min_version).await?;
+    let version = post.version;
+    Ok(respond::read_model(&*post, version, consistency))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    tag: Option<String>,
+    author: Option<String>,
+    q: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<Page<PostView>>, ApiError> {
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let filter = PostFilter {
+        tag: params.tag.as_deref(),
+        author_id: params.author.as_deref(),
+    };
+    let query = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    if let Some(query) = query {
+        if query.chars().count() > 200 {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "q",
+                "at most 200 characters",
+            )]));
+        }
+        // Ranked results page by position.
+        let offset = match &request.after {
+            None => 0,
+            Some(after) => after
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(bad_cursor)?,
+        };
+        let items = posts::search(&state.pool, query, &filter, offset, request.fetch()).await?;
+        let next = offset + request.limit;
+        return Ok(Json(request.page(items, |_| next.to_string())));
+    }
+    let after = match &request.after {
+        None => None,
+        Some(after) => {
+            let (at, id) = after.split_once('|').ok_or_else(bad_cursor)?;
+            let at = DateTime::parse_from_rfc3339(at)
+                .map_err(|_| bad_cursor())?
+                .with_timezone(&Utc);
+            Some((at, id))
+        }
+    };
+    let items = posts::list(&state.pool, &filter, after, request.fetch()).await?;
+    Ok(Json(request.page(items, |post| {
+        let at = post.published_at.unwrap_or(post.created_at);
+        format!(
+            "{}|{}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            post.id
+        )
+    })))
+}
+
+pub async fn tags(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Vec<TagCount>>, ApiError> {
+    let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
+    Ok(Json(tags.as_ref().clone()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddComment {
+    body: String,
+}
+
+pub async fn add_comment(
+    State(state): State<AppState>,
+    ApiPath(post_id): ApiPath<String>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<AddComment>,
+) -> Result<Response, ApiError> {
+    let post_id = uuid_id(&post_id, "post")?;
+    let text = body.value.body;
+    if text.trim().is_empty() || text.chars().count() > MAX_COMMENT {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "body",
+            format!("1 to {MAX_COMMENT} characters, not blank"),
+        )]));
+    }
+    // The post as the write side knows it: whether it takes comments, and its author.
+    let post = state.commands.state::<Post>(post_id).await?.state;
+    if !post.exists() || (!post.is_published() && post.author_id() != caller.user_id) {
+        return Err(ApiError::not_found(format!("no post with id {post_id}")));
+    }
+    let route = format!("POST /api/v1/posts/{post_id}/comments");
+    let ctx = respond::context(&caller, &route, IfMatch(None), key, &body.raw);
+    let comment_id = uuid::Uuid::now_v7().to_string();
+    let make = respond::id_and_version(201);
+    let executed = state
+        .commands
+        .execute_with_response::<Comment>(
+            &comment_id,
+            CommentCommand::Add {
+                comment_id: comment_id.clone(),
+                post: PostRef {
+                    post_id: post_id.to_owned(),
+                    author_id: post.author_id().to_owned(),
+                    published: post.is_published(),
+                },
+                author_id: caller.user_id.clone(),
+                body: text,
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CommentParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub async fn comments(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(post_id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<CommentParams>,
+) -> Result<Json<Page<CommentView>>, ApiError> {
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let (post, _) = visible_post(&state, &caller, &post_id, None).await?;
+    let items = posts::comments(
+        &state.pool,
+        &post.id,
+        request.after.as_deref(),
+        request.fetch(),
+    )
+    .await?;
+    Ok(Json(request.page(items, |c| c.id.clone())))
+}
+
+pub async fn delete_comment(
+    State(state): State<AppState>,
+    ApiPath((post_id, comment_id)): ApiPath<(String, String)>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    let post_id = uuid_id(&post_id, "post")?;
+    let comment_id = uuid_id(&comment_id, "comment")?;
+    let comment = state.commands.state::<Comment>(comment_id).await?.state;
+    if !comment.exists() || comment.post_id() != post_id {
+        return Err(ApiError::not_found(format!(
+            "no comment {comment_id} on post {post_id}"
+        )));
+    }
+    let route = format!("DELETE /api/v1/posts/{post_id}/comments/{comment_id}");
+    let ctx = respond::context(&caller, &route, if_match, key, b"");
+    let executed = state
+        .commands
+        .execute_with_response::<Comment>(
+            comment_id,
+            CommentCommand::Delete {
+                by: caller.user_id.clone(),
+            },
+            &(),
+            &ctx,
+            respond::id_and_version(204),
+        )
+        .await?;
+    Ok(no_content(executed))
+}
