@@ -41,12 +41,15 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// The advisory lock key that elects the single active relay.
     pub lock_key: i64,
-    /// Unless the outbox holds a full batch, the relay starts at most one round per
-    /// `linger`. Each JetStream atomic batch has a fixed cost (nats-server 2.15 stages it on
-    /// disk: a directory, files, a rename, fsyncs), so under load a few milliseconds here turn
-    /// many small batches into a few large ones. It adds at most this much to projection lag;
-    /// a backlog is drained without pause.
+    /// Under load the relay starts at most one round per `linger` (unless the outbox holds
+    /// a full batch). Each JetStream atomic batch has a fixed cost (nats-server 2.15 stages it
+    /// on disk: a directory, files, a rename, fsyncs), so under load a few tens of
+    /// milliseconds here turn many small batches into a few large ones. It adds at most this
+    /// much to projection lag; a backlog is drained without pause.
     pub linger: Duration,
+    /// What "under load" means: the last round published at least this many rows. Below it
+    /// (a few commits at a time) every commit is published at once.
+    pub linger_after_rows: usize,
 }
 
 impl Default for RelayConfig {
@@ -56,7 +59,8 @@ impl Default for RelayConfig {
             poll_interval: Duration::from_millis(500),
             // "chronicl" in ASCII: a key no other component uses.
             lock_key: 0x6368_726f_6e69_636c,
-            linger: Duration::from_millis(10),
+            linger: Duration::from_millis(25),
+            linger_after_rows: 8,
         }
     }
 }
@@ -186,8 +190,9 @@ impl Relay {
         let mut recovering = true;
         let mut round_started = tokio::time::Instant::now();
         let mut backlog = false;
+        let mut busy = false;
         loop {
-            if !backlog {
+            if busy && !backlog {
                 tokio::time::sleep_until(round_started + self.config.linger).await;
             }
             round_started = tokio::time::Instant::now();
@@ -213,6 +218,7 @@ impl Relay {
                 continue;
             }
             backlog = rows.len() >= self.config.batch_max.min(1_000);
+            busy = rows.len() >= self.config.linger_after_rows;
             let rows = if recovering {
                 let (published, pending) = split_published(&stream, rows).await?;
                 if !published.is_empty() {
