@@ -9,6 +9,11 @@
 //! `chronicle up` runs them all in one process; `gateway`, `relay`, `project`, `saga` run one each
 //! against servers named by `DATABASE_URL` and `NATS_URL`.
 
+/// mimalloc instead of glibc's malloc: replay and the write path allocate many small
+/// objects (decoded envelopes, JSON values); W2's replay went from ~60k to ~100k events/s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod engines;
 mod processes;
 mod settings;

@@ -174,12 +174,13 @@ impl Envelope {
     /// # Errors
     /// When the payload does not match the event type's fields.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, DecodeError> {
-        let tagged = serde_json::Value::Object(
-            [(self.event_type.clone(), self.payload.clone())]
-                .into_iter()
-                .collect(),
-        );
-        serde_json::from_value(tagged).map_err(|source| DecodeError {
+        use serde::de::value::{MapAccessDeserializer, MapDeserializer};
+        // `{event_type: payload}` without copying the payload: a one-entry map over borrows,
+        // read as an externally tagged enum.
+        let tagged = MapAccessDeserializer::new(MapDeserializer::<_, serde_json::Error>::new(
+            std::iter::once((self.event_type.as_str(), &self.payload)),
+        ));
+        E::deserialize(tagged).map_err(|source| DecodeError {
             event_type: self.event_type.clone(),
             source,
         })
