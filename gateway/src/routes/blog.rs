@@ -26,20 +26,6 @@ use crate::{
     state::AppState,
 };
 
-/// A post or comment id is a UUID; anything else names nothing.
-fn uuid_id<'a>(id: &'a str, what: &str) -> Result<&'a str, ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| id)
-        .map_err(|_| ApiError::not_found(format!("no {what} with id {id}")))
-}
-
-fn with_status(status: u16, post_status: &'static str) -> impl Fn(&Committed) -> StoredResponse {
-    move |c| StoredResponse {
-        status,
-        body: serde_json::json!({"id": c.aggregate_id, "version": c.version, "status": post_status}),
-    }
-}
-
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).
 fn no_content(executed: Executed) -> Response {
     let version = match &executed {
@@ -94,7 +80,7 @@ pub async fn draft(
     ))?;
     let ctx = respond::context(&caller, "POST /api/v1/posts", IfMatch(None), key, &body.raw);
     let post_id = uuid::Uuid::now_v7().to_string();
-    let make = with_status(201, "draft");
+    let make = respond::id_version_status(201, "draft");
     let executed = state
         .commands
         .execute_with_response::<Post>(
@@ -130,7 +116,7 @@ pub async fn edit(
     key: IdempotencyKeyHeader,
     body: JsonBody<EditPost>,
 ) -> Result<Response, ApiError> {
-    let id = uuid_id(&id, "post")?;
+    let id = respond::uuid_id(&id, "post")?;
     let edit = body.value;
     if edit.title.is_none() && edit.body_markdown.is_none() && edit.tags.is_none() {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -168,7 +154,7 @@ async fn act(
     command: PostCommand,
     make: impl Fn(&Committed) -> StoredResponse,
 ) -> Result<Executed, ApiError> {
-    let id = uuid_id(id, "post")?;
+    let id = respond::uuid_id(id, "post")?;
     let ctx = respond::context(
         &caller,
         &format!("{route} /api/v1/posts/{id}"),
@@ -213,13 +199,13 @@ async fn set_published(
         (
             "POST publish",
             PostCommand::Publish { by },
-            with_status(200, "published"),
+            respond::id_version_status(200, "published"),
         )
     } else {
         (
             "POST unpublish",
             PostCommand::Unpublish { by },
-            with_status(200, "draft"),
+            respond::id_version_status(200, "draft"),
         )
     };
     let executed = act(state, id, (caller, if_match, key), route, command, &make).await?;
@@ -261,7 +247,7 @@ async fn visible_post(
     id: &str,
     min_version: Option<u64>,
 ) -> Result<(std::sync::Arc<PostView>, Option<&'static str>), ApiError> {
-    let id = uuid_id(id, "post")?;
+    let id = respond::uuid_id(id, "post")?;
     let mut consistency = None;
     let post = state
         .posts
@@ -388,7 +374,7 @@ pub async fn add_comment(
     key: IdempotencyKeyHeader,
     body: JsonBody<AddComment>,
 ) -> Result<Response, ApiError> {
-    let post_id = uuid_id(&post_id, "post")?;
+    let post_id = respond::uuid_id(&post_id, "post")?;
     let text = body.value.body;
     if text.trim().is_empty() || text.chars().count() > MAX_COMMENT {
         return Err(ApiError::validation(vec![FieldError::new(
@@ -458,8 +444,8 @@ pub async fn delete_comment(
     if_match: IfMatch,
     key: IdempotencyKeyHeader,
 ) -> Result<Response, ApiError> {
-    let post_id = uuid_id(&post_id, "post")?;
-    let comment_id = uuid_id(&comment_id, "comment")?;
+    let post_id = respond::uuid_id(&post_id, "post")?;
+    let comment_id = respond::uuid_id(&comment_id, "comment")?;
     let comment = state.commands.state::<Comment>(comment_id).await?.state;
     if !comment.exists() || comment.post_id() != post_id {
         return Err(ApiError::not_found(format!(

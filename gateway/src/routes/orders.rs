@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use axum::{extract::State, response::Response, Json};
-use chronicle_commands::Committed;
 use chronicle_commerce::{
     AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem, Order, OrderCommand, OrderLine,
     OrderStatus,
@@ -40,17 +39,6 @@ pub struct PlaceOrder {
 pub struct LineRequest {
     sku: String,
     quantity: i64,
-}
-
-/// `{"id","version","status"}`: the body of every order command's response.
-fn order_response(
-    status: u16,
-    order_status: OrderStatus,
-) -> impl Fn(&Committed) -> chronicle_commands::StoredResponse {
-    move |c| chronicle_commands::StoredResponse {
-        status,
-        body: serde_json::json!({"id": c.aggregate_id, "version": c.version, "status": order_status.as_str()}),
-    }
 }
 
 /// The lines as the customer asked, validated, a SKU given twice merged into one line.
@@ -138,7 +126,7 @@ pub async fn place(
         &body.raw,
     );
     let order_id = uuid::Uuid::now_v7().to_string();
-    let make = order_response(201, OrderStatus::Pending);
+    let make = respond::id_version_status(201, OrderStatus::Pending.as_str());
     let executed = state
         .commands
         .execute_with_response::<Order>(
@@ -157,13 +145,6 @@ pub async fn place(
     Ok(respond::created(executed, make, "/api/v1/orders"))
 }
 
-/// An order id is a UUID; anything else names no order.
-fn order_id(id: &str) -> Result<&str, ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| id)
-        .map_err(|_| ApiError::not_found(format!("no order with id {id}")))
-}
-
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
     min_version: Option<u64>,
@@ -175,7 +156,7 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
+    let id = respond::uuid_id(&id, "order")?;
     let read = state
         .freshness
         .read(
@@ -249,7 +230,7 @@ pub async fn pay(
     key: IdempotencyKeyHeader,
     body: JsonBody<Pay>,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
+    let id = respond::uuid_id(&id, "order")?;
     let command = OrderCommand::Pay {
         by: caller.user_id.clone(),
         amount_cents: body.value.amount_cents,
@@ -300,7 +281,7 @@ async fn without_body(
     (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
     after: OrderStatus,
 ) -> Result<Response, ApiError> {
-    let id = order_id(id)?;
+    let id = respond::uuid_id(id, "order")?;
     let route = format!("POST /api/v1/orders/{id}/{action}");
     let ctx = respond::context(&caller, &route, if_match, key, b"");
     order_command(state, id, command, &ctx, after).await
@@ -313,7 +294,7 @@ async fn order_command(
     ctx: &chronicle_commands::CommandContext,
     after: OrderStatus,
 ) -> Result<Response, ApiError> {
-    let make = order_response(200, after);
+    let make = respond::id_version_status(200, after.as_str());
     let executed = state
         .commands
         .execute_with_response::<Order>(id, command, &state.orders, ctx, &make)

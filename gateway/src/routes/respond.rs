@@ -56,6 +56,18 @@ pub fn id_and_version(status: u16) -> impl Fn(&Committed) -> StoredResponse {
     }
 }
 
+/// `{"id", "version", "status"}` with HTTP `status`: commands that move a resource through
+/// its states (orders, posts).
+pub fn id_version_status(
+    status: u16,
+    state: &'static str,
+) -> impl Fn(&Committed) -> StoredResponse {
+    move |c| StoredResponse {
+        status,
+        body: serde_json::json!({"id": c.aggregate_id, "version": c.version, "status": state}),
+    }
+}
+
 /// The response of an executed command: the fresh one, or the stored one on a replay
 /// (marked with `Idempotent-Replayed: true`). `ETag` carries the version.
 pub fn executed(executed: Executed, respond: impl Fn(&Committed) -> StoredResponse) -> Response {
@@ -125,4 +137,15 @@ pub fn created(
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+/// An id in a path that must be a UUID (orders, posts, comments): anything else names
+/// nothing, so it is 404 like an id that does not exist.
+///
+/// # Errors
+/// 404 `not_found` naming `what`.
+pub fn uuid_id<'a>(id: &'a str, what: &str) -> Result<&'a str, crate::error::ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| id)
+        .map_err(|_| crate::error::ApiError::not_found(format!("no {what} with id {id}")))
 }
