@@ -287,6 +287,7 @@ impl EventStore {
         if rows.is_empty() {
             return Ok(true);
         }
+        let c = Columns::of(group, &rows);
         self.faults.hit("store.before_commit")?;
         let result = sqlx::query(
             "WITH e AS ( \
@@ -302,17 +303,17 @@ impl EventStore {
              SELECT 1 / (CASE WHEN (SELECT count(*) FROM e) = cardinality($1::text[]) THEN 1 ELSE 0 END), \
                     (SELECT count(*) FROM o), pg_notify($12, '')",
         )
-        .bind(rows.iter().map(|(i, _)| group[*i].aggregate_type).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(i, _)| group[*i].aggregate_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.event_version.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.payload.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.metadata.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.subject.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.message_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(i, _)| group[*i].correlation_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, e)| e.envelope.as_slice()).collect::<Vec<_>>())
+        .bind(&c.aggregate_types)
+        .bind(&c.aggregate_ids)
+        .bind(&c.sequences)
+        .bind(&c.event_types)
+        .bind(&c.event_versions)
+        .bind(&c.payloads)
+        .bind(&c.metadata)
+        .bind(&c.subjects)
+        .bind(&c.message_ids)
+        .bind(&c.correlation_ids)
+        .bind(&c.envelopes)
         .bind(OUTBOX_CHANNEL)
         .execute(&self.pool)
         .await;
@@ -425,6 +426,7 @@ impl EventStore {
 
         let rows = sorted_rows(group, &live);
         if !rows.is_empty() {
+            let c = Columns::of(group, &rows);
             let inserted: Vec<(String, String, i64)> = sqlx::query_as(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                  SELECT at, ai, s, t, v, p::json, m::json \
@@ -432,13 +434,13 @@ impl EventStore {
                    AS e(at, ai, s, t, v, p, m) \
                  ON CONFLICT DO NOTHING RETURNING aggregate_type, aggregate_id, sequence",
             )
-            .bind(rows.iter().map(|(i, _)| group[*i].aggregate_type).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(i, _)| group[*i].aggregate_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.event_version.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.payload.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.metadata.as_str()).collect::<Vec<_>>())
+            .bind(&c.aggregate_types)
+            .bind(&c.aggregate_ids)
+            .bind(&c.sequences)
+            .bind(&c.event_types)
+            .bind(&c.event_versions)
+            .bind(&c.payloads)
+            .bind(&c.metadata)
             .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::db("appending events"))?;
@@ -461,13 +463,13 @@ impl EventStore {
                 "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], $7::bytea[])",
             )
-            .bind(rows.iter().map(|(_, e)| e.subject.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.message_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.event_type.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.event_version.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.sequence).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(i, _)| group[*i].correlation_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, e)| e.envelope.as_slice()).collect::<Vec<_>>())
+            .bind(&c.subjects)
+            .bind(&c.message_ids)
+            .bind(&c.event_types)
+            .bind(&c.event_versions)
+            .bind(&c.sequences)
+            .bind(&c.correlation_ids)
+            .bind(&c.envelopes)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("writing the outbox"))?;
@@ -503,6 +505,42 @@ impl EventStore {
             .await
             .map_err(StoreError::db("committing an append"))?;
         Ok(true)
+    }
+}
+
+/// A group's events as the column arrays the `UNNEST` inserts of events and outbox take.
+struct Columns<'a> {
+    aggregate_types: Vec<&'a str>,
+    aggregate_ids: Vec<&'a str>,
+    sequences: Vec<i64>,
+    event_types: Vec<&'a str>,
+    event_versions: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    metadata: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    message_ids: Vec<&'a str>,
+    correlation_ids: Vec<Uuid>,
+    envelopes: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(group: &'a [PendingAppend], rows: &[(usize, &'a EncodedEvent)]) -> Self {
+        Self {
+            aggregate_types: rows.iter().map(|(i, _)| group[*i].aggregate_type).collect(),
+            aggregate_ids: rows
+                .iter()
+                .map(|(i, _)| group[*i].aggregate_id.as_str())
+                .collect(),
+            sequences: rows.iter().map(|(_, e)| e.sequence).collect(),
+            event_types: rows.iter().map(|(_, e)| e.event_type.as_str()).collect(),
+            event_versions: rows.iter().map(|(_, e)| e.event_version.as_str()).collect(),
+            payloads: rows.iter().map(|(_, e)| e.payload.as_str()).collect(),
+            metadata: rows.iter().map(|(_, e)| e.metadata.as_str()).collect(),
+            subjects: rows.iter().map(|(_, e)| e.subject.as_str()).collect(),
+            message_ids: rows.iter().map(|(_, e)| e.message_id.as_str()).collect(),
+            correlation_ids: rows.iter().map(|(i, _)| group[*i].correlation_id).collect(),
+            envelopes: rows.iter().map(|(_, e)| e.envelope.as_slice()).collect(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use chronicle_blog::{
     MAX_COMMENT,
 };
 use chronicle_commands::{Committed, Executed, StoredResponse};
-use chronicle_projections::posts::{self, CommentView, PostFilter, PostView, TagCount};
+use chronicle_projections::posts::{self, CommentView, PostFilter, PostView};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -353,12 +353,10 @@ pub async fn list(
     })))
 }
 
-pub async fn tags(
-    State(state): State<AppState>,
-    _caller: Caller,
-) -> Result<Json<Vec<TagCount>>, ApiError> {
+pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
-    Ok(Json(tags.as_ref().clone()))
+    // Serialized straight from the cached list, not a copy of it.
+    Ok(Json(tags.as_slice()).into_response())
 }
 
 #[derive(Debug, Deserialize)]
