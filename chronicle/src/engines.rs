@@ -128,3 +128,48 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
     };
     Ok((Embedded { nats, postgres }, db_url, nats_url))
 }
+
+/// The file in the data dir where a running `chronicle up` leaves its servers' URLs, so
+/// `chronicle users grant`, `projections status` and friends find them with no variables.
+fn running_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("running.json")
+}
+
+/// Records the URLs `chronicle up` is using (readable by its owner only: the database URL
+/// may carry a password).
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn record_running(
+    data_dir: &std::path::Path,
+    db_url: &str,
+    nats_url: &str,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = running_file(data_dir);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let body = serde_json::json!({"database_url": db_url, "nats_url": nats_url});
+    file.write_all(body.to_string().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Forgets the URLs recorded by [`record_running`].
+pub fn forget_running(data_dir: &std::path::Path) {
+    let _ = std::fs::remove_file(running_file(data_dir));
+}
+
+/// The `(database, nats)` URLs of a `chronicle up` running on `data_dir`, if any.
+pub fn running_urls(data_dir: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(running_file(data_dir)).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        value["database_url"].as_str()?.to_owned(),
+        value["nats_url"].as_str()?.to_owned(),
+    ))
+}

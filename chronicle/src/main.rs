@@ -61,17 +61,36 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
     },
-    /// Projection checkpoints and lag.
+    /// Projection and saga checkpoints, lag and parked events.
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// User administration.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum ProjectionsCommand {
-    /// One JSON line per projection.
+    /// One JSON line per projection and saga: checkpoint, lag, parked events.
     Status,
+    /// The parked events of one projection or saga (all when none is named), a JSON line each.
+    Parked { name: Option<String> },
+    /// Asks the running projection or saga to re-apply its parked events (or the one at --seq).
+    Retry {
+        name: String,
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Grants a role (`staff`) to a user, from their next login.
+    Grant { username: String, role: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,8 +127,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let names = processes::projection_names(name.as_deref(), all)?;
             processes::replay(settings, names, batch).await
         }
-        Command::Projections {
-            command: ProjectionsCommand::Status,
-        } => processes::status(settings).await,
+        Command::Projections { command } => match command {
+            ProjectionsCommand::Status => processes::status(settings).await,
+            ProjectionsCommand::Parked { name } => processes::parked(settings, name).await,
+            ProjectionsCommand::Retry { name, seq } => processes::retry(settings, name, seq).await,
+        },
+        Command::Users {
+            command: UsersCommand::Grant { username, role },
+        } => processes::grant(settings, username, role).await,
     }
 }

@@ -3,11 +3,12 @@
 use std::{future::Future, pin::Pin, time::Duration};
 
 use anyhow::{bail, Context};
+use chronicle_bus::SubscriberRef;
 use chronicle_bus::{ensure_events_stream, Faults, Relay, RelayConfig};
 use chronicle_commands::{CommandBus, EventStore};
 use chronicle_gateway::{AppState, Secret};
 use chronicle_projections::{replay_named, run_named, ProjectorConfig, PROJECTIONS};
-use chronicle_sagas::{OrderSaga, OrderSagaConfig};
+use chronicle_sagas::{OrderSaga, OrderSagaConfig, ORDER_SAGA};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::{sync::watch, task::JoinSet};
 
@@ -22,6 +23,17 @@ pub enum Role {
     Projectors(Vec<String>),
     /// The order saga.
     OrderSaga,
+}
+
+/// Every reader of the log this binary runs: the projections and the sagas, for status
+/// reports and parked-event requests.
+pub fn subscribers() -> Vec<SubscriberRef> {
+    let mut all = chronicle_projections::subscriber_refs();
+    all.push(SubscriberRef {
+        name: ORDER_SAGA.to_owned(),
+        durable: ORDER_SAGA.to_owned(),
+    });
+    all
 }
 
 /// The saga named on the command line.
@@ -85,6 +97,7 @@ async fn connect(db_url: &str, nats_url: &str, pool_size: u32) -> anyhow::Result
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let (embedded, db_url, nats_url) = engines::start(&settings).await?;
     let secret = engines::jwt_secret(&settings)?;
+    engines::record_running(&settings.data_dir, &db_url, &nats_url)?;
     let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
     let roles = vec![
         Role::Relay,
@@ -109,6 +122,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let result = run_roles(&settings, connections, roles, casualty).await;
+    engines::forget_running(&settings.data_dir);
     // Stops the embedded servers (blocking waits for their exit).
     tokio::task::spawn_blocking(move || drop(embedded))
         .await
@@ -324,9 +338,92 @@ pub async fn status(settings: Settings) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&db_url, &nats_url, 2).await?;
     let js = async_nats::jetstream::new(connections.nats.clone());
-    for name in PROJECTIONS {
-        let status = chronicle_projections::status(&connections.pool, &js, name).await?;
+    for subscriber in subscribers() {
+        let status = chronicle_bus::status(
+            &connections.pool,
+            &js,
+            &subscriber.name,
+            &subscriber.durable,
+        )
+        .await?;
         println!("{}", serde_json::to_string(&status)?);
     }
+    Ok(())
+}
+
+/// The subscriber named on the command line (a projection, or a saga as `saga-orders`).
+fn subscriber_named(name: &str) -> anyhow::Result<SubscriberRef> {
+    let all = subscribers();
+    let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    let known = names.join(", ");
+    all.iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .with_context(|| format!("unknown projection or saga {name:?}; known: {known}"))
+}
+
+/// `chronicle projections parked [name]`: one JSON line per parked event.
+///
+/// # Errors
+/// When the servers cannot be reached or the name is unknown.
+pub async fn parked(settings: Settings, name: Option<String>) -> anyhow::Result<()> {
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, 2).await?;
+    let names = match name {
+        Some(name) => vec![subscriber_named(&name)?],
+        None => subscribers(),
+    };
+    for subscriber in names {
+        for event in chronicle_bus::parked(&connections.pool, &subscriber.name).await? {
+            let mut line = serde_json::to_value(&event)?;
+            line["subscriber"] = subscriber.name.clone().into();
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// `chronicle projections retry <name> [--seq N]`: the running subscriber re-applies its
+/// parked events.
+///
+/// # Errors
+/// When the servers cannot be reached, the name is unknown or nothing runs it.
+pub async fn retry(settings: Settings, name: String, seq: Option<u64>) -> anyhow::Result<()> {
+    let subscriber = subscriber_named(&name)?;
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, 2).await?;
+    let outcome = chronicle_bus::request_retry(&connections.nats, &subscriber.name, seq)
+        .await
+        .with_context(|| format!("retrying the parked events of {name}"))?;
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
+
+/// `chronicle users grant <username> <role>`.
+///
+/// # Errors
+/// When Postgres cannot be reached, the role is unknown or no such user exists.
+pub async fn grant(settings: Settings, username: String, role: String) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        role == "staff",
+        "unknown role {role:?}; the role to grant is staff"
+    );
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&db_url, &nats_url, 2).await?;
+    let user_id: Option<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM unique_claims WHERE namespace = 'username' AND value = $1",
+    )
+    .bind(&username)
+    .fetch_optional(&connections.pool)
+    .await
+    .context("looking the user up")?;
+    let user_id = user_id.with_context(|| format!("no user is called {username:?}"))?;
+    sqlx::query("INSERT INTO user_roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(&user_id)
+        .bind(&role)
+        .execute(&connections.pool)
+        .await
+        .context("granting the role")?;
+    println!("{username} is {role} from their next login");
     Ok(())
 }

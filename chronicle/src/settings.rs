@@ -123,6 +123,15 @@ pub struct Settings {
         global = true
     )]
     pub payment_timeout: Duration,
+    /// Usernames made staff when they log in, comma-separated; `*` makes everyone staff
+    /// (for demos and tests). Unset by default; `chronicle users grant` grants it for good.
+    #[arg(
+        long,
+        env = "CHRONICLE_STAFF_USERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub staff_users: Vec<String>,
 }
 
 /// `900` (seconds), `500ms`, `90s`, `15m`, `2h`.
@@ -163,6 +172,13 @@ impl Settings {
                 hang_above_cents: self.payment_hang_above_cents,
                 timeout: self.payment_timeout,
             },
+            staff_users: self
+                .staff_users
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            subscribers: crate::processes::subscribers(),
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }
@@ -183,19 +199,31 @@ impl Settings {
         }
     }
 
-    /// The URLs of both servers, or an error naming the missing variable.
+    /// The URLs of both servers: the configured ones, else those of a `chronicle up` running
+    /// on the same data dir, or an error naming the missing variable.
     ///
     /// # Errors
     /// When either is unset.
     pub fn urls(&self) -> anyhow::Result<(String, String)> {
-        let db = self.database_url.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "DATABASE_URL is not set (only `chronicle up` starts its own PostgreSQL)"
-            )
-        })?;
-        let nats = self.nats_url.clone().ok_or_else(|| {
-            anyhow::anyhow!("NATS_URL is not set (only `chronicle up` starts its own nats-server)")
-        })?;
+        let running = crate::engines::running_urls(&self.data_dir);
+        let db = self
+            .database_url
+            .clone()
+            .or_else(|| running.as_ref().map(|r| r.0.clone()))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "DATABASE_URL is not set (only `chronicle up` starts its own PostgreSQL)"
+                )
+            })?;
+        let nats = self
+            .nats_url
+            .clone()
+            .or_else(|| running.map(|r| r.1))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "NATS_URL is not set (only `chronicle up` starts its own nats-server)"
+                )
+            })?;
         Ok((db, nats))
     }
 }

@@ -28,6 +28,7 @@ fn start(data_dir: &std::path::Path) -> (Running, String) {
         .arg("up")
         .env("CHRONICLE_DATA_DIR", data_dir)
         .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
+        .env("CHRONICLE_STAFF_USERS", "*")
         .env_remove("DATABASE_URL")
         .env_remove("NATS_URL")
         .stdout(Stdio::piped())

@@ -43,6 +43,21 @@ struct Claims {
     iss: String,
     iat: i64,
     exp: i64,
+    /// `customer` for everyone, `staff` too for staff (API.md, Roles).
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// The role that may manage stock, coupons and parked events.
+pub const STAFF: &str = "staff";
+/// Every user's role.
+pub const CUSTOMER: &str = "customer";
+
+/// Who a valid token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: String,
+    pub roles: Vec<String>,
 }
 
 /// Issues and verifies bearer tokens.
@@ -76,11 +91,15 @@ impl Auth {
         }
     }
 
-    /// A token for `user_id` and when it expires.
+    /// A token for `user_id` with `roles`, and when it expires.
     ///
     /// # Errors
     /// When signing fails (it does not with an HMAC key).
-    pub fn issue(&self, user_id: &str) -> Result<(String, DateTime<Utc>), ApiError> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        roles: Vec<String>,
+    ) -> Result<(String, DateTime<Utc>), ApiError> {
         let now = Utc::now();
         let expires = now + self.ttl;
         let claims = Claims {
@@ -88,17 +107,21 @@ impl Auth {
             iss: ISSUER.to_owned(),
             iat: now.timestamp(),
             exp: expires.timestamp(),
+            roles,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(ApiError::internal)?;
         Ok((token, expires))
     }
 
-    /// The user a token was issued to, if it is ours, intact and unexpired.
-    pub fn verify(&self, token: &str) -> Option<String> {
+    /// The user a token was issued to and their roles, if it is ours, intact and unexpired.
+    pub fn verify(&self, token: &str) -> Option<Verified> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .ok()
-            .map(|data| data.claims.sub)
+            .map(|data| Verified {
+                user_id: data.claims.sub,
+                roles: data.claims.roles,
+            })
     }
 }
 

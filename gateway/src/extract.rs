@@ -136,6 +136,8 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: String,
+    /// The roles the token carries (API.md, Roles).
+    pub roles: Vec<String>,
     /// The request id (`x-request-id`), which becomes the correlation id of every event the
     /// request causes.
     pub request_id: Option<uuid::Uuid>,
@@ -153,13 +155,28 @@ impl FromRequestParts<AppState> for Caller {
                 "send Authorization: Bearer <token> (POST /api/v1/auth/login gives one)",
             )
         })?;
-        let user_id = state.auth.verify(token).ok_or_else(|| {
+        let verified = state.auth.verify(token).ok_or_else(|| {
             ApiError::unauthorized("the token is invalid or expired; log in again")
         })?;
         Ok(Self {
-            user_id,
+            user_id: verified.user_id,
+            roles: verified.roles,
             request_id: request_id(parts),
         })
+    }
+}
+
+impl Caller {
+    /// `Ok` for staff.
+    ///
+    /// # Errors
+    /// 403 `forbidden` for anyone else.
+    pub fn require_staff(&self) -> Result<(), ApiError> {
+        if self.roles.iter().any(|r| r == crate::auth::STAFF) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("only staff may do this"))
+        }
     }
 }
 

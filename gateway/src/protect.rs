@@ -99,7 +99,10 @@ pub(crate) async fn rate_limit(
     if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
         keys.push(format!("ip:{}", addr.ip()));
     }
-    if let Some(user) = bearer_token(request.headers()).and_then(|t| state.auth.verify(t)) {
+    if let Some(user) = bearer_token(request.headers())
+        .and_then(|t| state.auth.verify(t))
+        .map(|v| v.user_id)
+    {
         keys.push(format!("user:{user}"));
     }
     match limiter.take(&keys) {

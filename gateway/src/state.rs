@@ -38,6 +38,11 @@ pub struct GatewayConfig {
     pub handler_timeout: Duration,
     /// How the simulated payment provider answers.
     pub payments: PaymentRules,
+    /// Usernames made staff at login (`CHRONICLE_STAFF_USERS`; `*` is everyone).
+    pub staff_users: Vec<String>,
+    /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
+    /// the component list's, handed in by whoever builds the gateway.
+    pub subscribers: Vec<chronicle_bus::SubscriberRef>,
 }
 
 impl GatewayConfig {
@@ -51,6 +56,8 @@ impl GatewayConfig {
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
             payments: PaymentRules::default(),
+            staff_users: Vec::new(),
+            subscribers: chronicle_projections::subscriber_refs(),
         }
     }
 }

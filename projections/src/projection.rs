@@ -21,6 +21,8 @@ pub enum ProjectionError {
     },
     #[error(transparent)]
     Fault(#[from] chronicle_bus::InjectedFault),
+    #[error(transparent)]
+    Subscriber(#[from] chronicle_bus::SubscriberError),
 }
 
 impl ProjectionError {

@@ -7,8 +7,20 @@ use sqlx::PgPool;
 
 use crate::{
     inventory::InventoryProjection, orders::OrdersProjection, posts::PostsProjection,
-    users::UsersProjection, Projection, ProjectionError, Projector, ProjectorConfig, ReplayStats,
+    runtime::durable_name, users::UsersProjection, Projection, ProjectionError, Projector,
+    ProjectorConfig, ReplayStats,
 };
+
+/// Every projection as a subscriber: `(name, durable consumer)`, for status reports.
+pub fn subscriber_refs() -> Vec<chronicle_bus::SubscriberRef> {
+    PROJECTIONS
+        .iter()
+        .map(|name| chronicle_bus::SubscriberRef {
+            name: (*name).to_owned(),
+            durable: durable_name(name),
+        })
+        .collect()
+}
 
 /// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
 /// and `GET /api/v1/projections` reports.
@@ -54,7 +66,7 @@ pub fn run_named(
     config: ProjectorConfig,
     faults: Faults,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Option<impl Future<Output = Result<(), ProjectionError>> + Send + 'static> {
+) -> Option<impl Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send + 'static> {
     fn boxed<P: Projection>(
         p: P,
         pool: PgPool,
@@ -62,7 +74,8 @@ pub fn run_named(
         config: ProjectorConfig,
         faults: Faults,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send>>
+    {
         let projector = Projector::new(p, pool, client, config).with_faults(faults);
         Box::pin(async move { projector.run(shutdown).await })
     }

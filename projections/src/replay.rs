@@ -6,6 +6,11 @@
 //! checkpoint row, replaces the live tables with the shadow ones and sets the checkpoint to
 //! the last replayed sequence; the live projector notices the checkpoint moved and carries on
 //! from there. Readers see the old tables until that commit and the new ones after it.
+//!
+//! An event that cannot be decoded or applied does not stop a replay, as it does not stop
+//! the live projector: its batch is applied again one event at a time under savepoints, the
+//! event is left out, and at the swap it becomes the projection's parked list (replacing
+//! the old one: what the rebuilt model could not apply is exactly what is parked).
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +20,7 @@ use chronicle_schemas::Envelope;
 use futures::StreamExt;
 use sqlx::PgPool;
 
-use crate::{
-    checkpoint,
-    runtime::{decode, position, setup},
-    Projection, ProjectionError,
-};
+use crate::{runtime::setup, Projection, ProjectionError};
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +100,7 @@ pub async fn replay<P: Projection>(
     };
     let mut done = 0;
     let mut last_sequence = 0;
+    let mut skipped = Vec::new();
     if total > 0 {
         let messages = consumer
             .messages()
@@ -109,21 +111,30 @@ pub async fn replay<P: Projection>(
         let (batches, mut ready) = tokio::sync::mpsc::channel(2);
         let reader = tokio::spawn(read_batches(messages, client_filter, batch_max, batches));
         while let Some(batch) = ready.recv().await {
-            let (batch, last): (Vec<Envelope>, u64) = batch?;
+            let mut batch: Batch = batch?;
             let mut tx = pool
                 .begin()
                 .await
                 .map_err(ProjectionError::db("starting a replay batch"))?;
-            sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
-                .execute(&mut *tx)
-                .await
-                .map_err(ProjectionError::db("selecting the shadow schema"))?;
-            projection.apply(&mut tx, &batch).await?;
+            shadow_path(&mut tx, &shadow).await?;
+            if let Err(e) = projection.apply(&mut tx, &batch.events).await {
+                if let ProjectionError::Fault(f) = e {
+                    return Err(f.into());
+                }
+                drop(tx);
+                tx = pool
+                    .begin()
+                    .await
+                    .map_err(ProjectionError::db("starting a replay batch"))?;
+                shadow_path(&mut tx, &shadow).await?;
+                apply_one_by_one(projection, &mut tx, &mut batch).await?;
+            }
             tx.commit()
                 .await
                 .map_err(ProjectionError::db("committing a replay batch"))?;
-            done += batch.len() as u64;
-            last_sequence = last;
+            done += (batch.events.len() + batch.skipped.len()) as u64;
+            last_sequence = batch.last;
+            skipped.append(&mut batch.skipped);
             progress(done, total.max(done));
         }
         reader
@@ -135,7 +146,7 @@ pub async fn replay<P: Projection>(
         .begin()
         .await
         .map_err(ProjectionError::db("starting the swap"))?;
-    checkpoint::lock(&mut tx, name).await?;
+    chronicle_bus::lock_checkpoint(&mut tx, name).await?;
     let mut swap = String::new();
     for table in projection.tables() {
         swap.push_str(&format!(
@@ -147,7 +158,33 @@ pub async fn replay<P: Projection>(
         .execute(&mut *tx)
         .await
         .map_err(ProjectionError::db("swapping in the rebuilt tables"))?;
-    checkpoint::store(&mut tx, name, last_sequence).await?;
+    chronicle_bus::store_checkpoint(&mut tx, name, last_sequence).await?;
+    sqlx::query("DELETE FROM parked_events WHERE subscriber = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProjectionError::db("replacing the parked events"))?;
+    for event in &skipped {
+        sqlx::query(
+            "INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
+             VALUES ($1, $2, $3, $4, $5, 1)",
+        )
+        .bind(name)
+        .bind(event.seq as i64)
+        .bind(&event.subject)
+        .bind(&event.event_type)
+        .bind(&event.error)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProjectionError::db("parking an event replay could not apply"))?;
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            projection = name,
+            parked = skipped.len(),
+            "replay left events it could not apply parked"
+        );
+    }
     tx.commit()
         .await
         .map_err(ProjectionError::db("committing the swap"))?;
@@ -165,10 +202,10 @@ async fn read_batches(
     mut messages: async_nats::jetstream::consumer::pull::Ordered,
     filter: Option<Vec<String>>,
     batch_max: usize,
-    batches: tokio::sync::mpsc::Sender<Result<(Vec<Envelope>, u64), ProjectionError>>,
+    batches: tokio::sync::mpsc::Sender<Result<Batch, ProjectionError>>,
 ) {
     let nats = |context| move |e: String| ProjectionError::nats(context)(e);
-    let mut batch = Vec::with_capacity(batch_max);
+    let mut batch = Batch::with_capacity(batch_max);
     loop {
         let next = async {
             let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
@@ -182,21 +219,28 @@ async fn read_batches(
                     .iter()
                     .any(|pattern| subject_matches(pattern, &message.subject))
             });
-            let envelope = if wanted {
-                Some(decode(&message, sequence)?)
-            } else {
-                None
-            };
-            Ok::<_, ProjectionError>((envelope, sequence, pending))
+            if wanted {
+                match serde_json::from_slice::<Envelope>(&message.payload) {
+                    Ok(envelope) => {
+                        batch.events.push(envelope);
+                        batch.seqs.push(sequence);
+                    }
+                    Err(e) => batch.skipped.push(Skipped {
+                        seq: sequence,
+                        subject: message.subject.to_string(),
+                        event_type: event_type(&message),
+                        error: format!("cannot decode the event envelope: {e}"),
+                    }),
+                }
+            }
+            Ok::<_, ProjectionError>((sequence, pending))
         };
         match next.await {
-            Ok((envelope, sequence, pending)) => {
-                if let Some(envelope) = envelope {
-                    batch.push(envelope);
-                }
-                if batch.len() >= batch_max || pending == 0 {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
-                    if batches.send(Ok((full, sequence))).await.is_err() || pending == 0 {
+            Ok((sequence, pending)) => {
+                batch.last = sequence;
+                if batch.events.len() >= batch_max || pending == 0 {
+                    let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_max));
+                    if batches.send(Ok(full)).await.is_err() || pending == 0 {
                         return;
                     }
                 }
@@ -207,6 +251,102 @@ async fn read_batches(
             }
         }
     }
+}
+
+/// Decoded events of one replay batch, their stream sequences, the events left out, and
+/// the stream sequence of the last message read.
+struct Batch {
+    events: Vec<Envelope>,
+    seqs: Vec<u64>,
+    skipped: Vec<Skipped>,
+    last: u64,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            skipped: Vec::new(),
+            last: 0,
+        }
+    }
+}
+
+/// An event replay could not decode or apply.
+struct Skipped {
+    seq: u64,
+    subject: String,
+    event_type: String,
+    error: String,
+}
+
+fn event_type(message: &async_nats::jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(chronicle_schemas::HEADER_EVENT_TYPE))
+        .map_or_else(|| "unknown".to_owned(), |v| v.as_str().to_owned())
+}
+
+/// A stream message's stream sequence and how many messages are pending after it.
+fn position(message: &async_nats::jetstream::Message) -> Result<(u64, u64), ProjectionError> {
+    let info = message
+        .info()
+        .map_err(|e| ProjectionError::nats("reading message info")(e.to_string()))?;
+    Ok((info.stream_sequence, info.pending))
+}
+
+async fn shadow_path(conn: &mut sqlx::PgConnection, shadow: &str) -> Result<(), ProjectionError> {
+    sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
+        .execute(conn)
+        .await
+        .map_err(ProjectionError::db("selecting the shadow schema"))?;
+    Ok(())
+}
+
+/// Applies `batch` one event at a time, each under a savepoint, leaving out (into
+/// `batch.skipped`) the ones that fail, as the live projector parks them.
+async fn apply_one_by_one<P: Projection>(
+    projection: &P,
+    conn: &mut sqlx::PgConnection,
+    batch: &mut Batch,
+) -> Result<(), ProjectionError> {
+    let mut kept = Vec::with_capacity(batch.events.len());
+    for (event, seq) in std::mem::take(&mut batch.events)
+        .into_iter()
+        .zip(batch.seqs.drain(..))
+    {
+        sqlx::raw_sql("SAVEPOINT replay_event")
+            .execute(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("taking a savepoint"))?;
+        match projection
+            .apply(&mut *conn, std::slice::from_ref(&event))
+            .await
+        {
+            Ok(()) => kept.push(event),
+            Err(ProjectionError::Fault(f)) => return Err(f.into()),
+            Err(e) => {
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT replay_event")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("rolling back to a savepoint"))?;
+                batch.skipped.push(Skipped {
+                    seq,
+                    subject: chronicle_schemas::subject_for(
+                        &event.context,
+                        &event.aggregate_type,
+                        &event.aggregate_id,
+                    ),
+                    event_type: event.event_type.clone(),
+                    error: chronicle_bus::ErrorChain(&e).to_string(),
+                });
+            }
+        }
+    }
+    batch.events = kept;
+    Ok(())
 }
 
 /// Whether NATS subject `subject` matches `pattern` (`*` one token, `>` the rest).

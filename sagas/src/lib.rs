@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //!
-//! - [`OrderSaga`]: reserves an order's stock line by line when it is placed, confirms or
+//! - [`OrderSaga`] (on the subscriber runtime of `chronicle-bus`): reserves an order's stock line by line when it is placed, confirms or
 //!   rejects it, releases on rejection and cancellation, commits on shipping, and cancels
 //!   orders left unpaid past their deadline. Every step is idempotent, so a redelivered event
 //!   or a crash and restart at any point settles each order exactly once.
 
 mod orders;
 
-pub use orders::{OrderSaga, OrderSagaConfig, SagaError};
+pub use orders::{OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};

@@ -1,11 +1,9 @@
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use async_nats::jetstream::{
-    self,
-    consumer::{pull, AckPolicy, DeliverPolicy},
-    AckKind,
+use chronicle_bus::{
+    ErrorChain, Faults, Handler, HandlerError, InjectedFault, Subscriber, SubscriberConfig,
+    SubscriberError,
 };
-use chronicle_bus::{ensure_events_stream, ErrorChain, Faults, InjectedFault};
 use chronicle_commands::{CommandBus, CommandContext, CommandError};
 use chronicle_commerce::{
     Canceller, Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem,
@@ -13,14 +11,11 @@ use chronicle_commerce::{
 };
 use chronicle_schemas::{AggregateKind, Envelope};
 use cqrs_es::Aggregate;
-use futures::StreamExt;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// The actor recorded on every event the saga causes.
 const ACTOR: &str = "saga:orders";
-/// The saga's durable consumer.
-const CONSUMER: &str = "saga-orders";
 
 /// Why the saga stopped or an event could not be handled yet.
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +26,8 @@ pub enum SagaError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("NATS error while {context}: {detail}")]
-    Nats {
-        context: &'static str,
-        detail: String,
-    },
+    #[error(transparent)]
+    Decode(chronicle_schemas::DecodeError),
     /// A command failed for a reason other than a business rule (the store, a lost race
     /// retried too often): the event is handled again later.
     #[error("command on {aggregate} {id} failed: {detail}")]
@@ -51,9 +43,6 @@ pub enum SagaError {
 impl SagaError {
     fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Database { context, source }
-    }
-    fn nats(context: &'static str) -> impl FnOnce(String) -> Self {
-        move |detail| Self::Nats { context, detail }
     }
 }
 
@@ -87,13 +76,20 @@ impl OrderSagaConfig {
     }
 }
 
-/// The order saga (process manager). One instance runs at a time: its consumer delivers one
-/// event at a time (`max_ack_pending = 1`), so an order's events are handled in order, and
-/// a second instance would simply wait its turn.
+/// The order saga (process manager), on the shared subscriber runtime: one event at a time
+/// (`batch_max = 1`), so an order's events are handled in order; its checkpoint and the
+/// payment deadlines it writes commit together, and the commands it issues are safe to
+/// issue again when an event is handled a second time.
 pub struct OrderSaga {
+    core: Arc<Core>,
+    client: async_nats::Client,
+    config: OrderSagaConfig,
+}
+
+/// What handling an event and expiring deadlines need.
+struct Core {
     bus: CommandBus,
     pool: PgPool,
-    client: async_nats::Client,
     config: OrderSagaConfig,
     faults: Faults,
     services: OrderServices,
@@ -103,6 +99,10 @@ pub struct OrderSaga {
 /// outcome it decides on). Anything else is a [`SagaError`].
 type Decided<E> = Result<(), E>;
 
+/// The saga's name as a subscriber (its checkpoint, its line in `/api/v1/projections`) and
+/// its durable consumer.
+pub const ORDER_SAGA: &str = "saga-orders";
+
 impl OrderSaga {
     pub fn new(
         bus: CommandBus,
@@ -111,133 +111,112 @@ impl OrderSaga {
         config: OrderSagaConfig,
     ) -> Self {
         Self {
-            bus,
-            pool,
+            core: Arc::new(Core {
+                bus,
+                pool,
+                config: config.clone(),
+                faults: Faults::default(),
+                services: OrderServices::without_payments(),
+            }),
             client,
             config,
-            faults: Faults::default(),
-            services: OrderServices::without_payments(),
         }
     }
 
     /// Fault points: `saga.between_lines` (after reserving an order's first line, before its
-    /// second) and `saga.before_ack` (after handling an event, before acking it).
-    pub fn with_faults(mut self, faults: Faults) -> Self {
-        self.faults = faults;
-        self
+    /// second), `saga.before_commit` (an event handled, the checkpoint not yet committed) and
+    /// `saga.after_commit` (committed, not yet acked).
+    pub fn with_faults(self, faults: Faults) -> Self {
+        let core = Arc::try_unwrap(self.core).unwrap_or_else(|_| {
+            unreachable!("with_faults is called while building, before the core is shared")
+        });
+        Self {
+            core: Arc::new(Core { faults, ..core }),
+            ..self
+        }
+    }
+
+    /// The saga as a subscriber: name and consumer `saga-orders`, order events only.
+    pub fn subscriber_config(&self) -> SubscriberConfig {
+        SubscriberConfig {
+            batch_max: 1,
+            ack_wait: self.config.ack_wait,
+            fault_prefix: "saga",
+            ..SubscriberConfig::new(
+                ORDER_SAGA,
+                ORDER_SAGA,
+                vec![format!("events.{}.{}.>", Order::CONTEXT, Order::TYPE)],
+            )
+        }
     }
 
     /// Runs until `shutdown` completes or a fault point stops it. Lost connections and
-    /// failed commands are retried; they never end the loop.
+    /// failed commands are retried; an event that keeps failing is parked.
     ///
     /// # Errors
-    /// Only [`SagaError::Fault`].
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), SagaError> {
+    /// Only [`SubscriberError::Fault`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), SubscriberError> {
+        let config = self.subscriber_config();
+        let subscriber = Subscriber::new(
+            Events(self.core.clone()),
+            self.core.pool.clone(),
+            self.client,
+            config,
+        )
+        .with_faults(self.core.faults.clone());
         tokio::select! {
-            () = shutdown => Ok(()),
-            result = self.consume_forever() => result,
-            result = self.deadlines_forever() => result,
+            result = subscriber.run(shutdown) => result,
+            () = self.core.deadlines_forever() => Ok(()),
         }
     }
+}
 
-    async fn consume_forever(&self) -> Result<(), SagaError> {
-        loop {
-            match self.consume().await {
-                Err(SagaError::Fault(f)) => return Err(SagaError::Fault(f)),
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "order saga interrupted; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Ok(()) => {}
-            }
+/// The saga's [`Handler`].
+struct Events(Arc<Core>);
+
+impl From<SagaError> for HandlerError {
+    fn from(error: SagaError) -> Self {
+        match error {
+            SagaError::Fault(f) => HandlerError::Fault(f),
+            other => HandlerError::failed(other),
         }
     }
+}
 
-    async fn consume(&self) -> Result<(), SagaError> {
-        let js = jetstream::new(self.client.clone());
-        let stream = ensure_events_stream(&js)
-            .await
-            .map_err(|e| SagaError::nats("opening the stream")(e.to_string()))?;
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    filter_subject: format!("events.{}.{}.>", Order::CONTEXT, Order::TYPE),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.config.ack_wait,
-                    max_ack_pending: 1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| SagaError::nats("creating the consumer")(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| SagaError::nats("consuming")(e.to_string()))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| SagaError::nats("consuming")(e.to_string()))?;
-            let envelope: Envelope = match serde_json::from_slice(&message.payload) {
-                Ok(envelope) => envelope,
-                Err(e) => {
-                    tracing::error!(subject = %message.subject, error = %e, "not an event envelope; skipped");
-                    message
-                        .ack_with(AckKind::Term)
-                        .await
-                        .map_err(|e| SagaError::nats("terminating a message")(e.to_string()))?;
-                    continue;
-                }
-            };
+impl Handler for Events {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+    ) -> Result<(), HandlerError> {
+        for envelope in events {
             let span = tracing::info_span!(
                 "saga",
                 order_id = %envelope.aggregate_id,
                 event = %envelope.event_type,
                 correlation_id = %envelope.correlation_id,
             );
-            let handled = tracing::Instrument::instrument(self.handle(&envelope), span).await;
-            match handled {
-                Ok(()) => {
-                    self.faults.hit("saga.before_ack")?;
-                    message
-                        .ack()
-                        .await
-                        .map_err(|e| SagaError::nats("acking")(e.to_string()))?;
-                }
-                Err(SagaError::Fault(f)) => return Err(SagaError::Fault(f)),
-                Err(e) => {
-                    tracing::warn!(order_id = %envelope.aggregate_id, error = %ErrorChain(&e), "order event not handled; redelivering");
-                    message
-                        .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                        .await
-                        .map_err(|e| SagaError::nats("naking")(e.to_string()))?;
-                }
-            }
+            tracing::Instrument::instrument(self.0.handle(&mut *conn, envelope), span).await?;
         }
-        Err(SagaError::nats("consuming")("the consumer ended".into()))
+        Ok(())
     }
+}
 
-    async fn handle(&self, envelope: &Envelope) -> Result<(), SagaError> {
-        let event: OrderEvent = match envelope.decode() {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::error!(error = %ErrorChain(&e), "undecodable order event; skipped");
-                return Ok(());
-            }
-        };
+impl Core {
+    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), SagaError> {
+        let event: OrderEvent = envelope.decode().map_err(SagaError::Decode)?;
         let order_id = envelope.aggregate_id.as_str();
         match event {
             OrderEvent::OrderPlaced { .. } => {
-                self.set_deadline(envelope).await?;
+                self.set_deadline(&mut *conn, envelope).await?;
                 self.settle_placed(order_id, envelope).await
             }
             OrderEvent::OrderReserved {} => Ok(()),
-            OrderEvent::OrderPaid { .. } => self.clear_deadline(order_id).await,
+            OrderEvent::OrderPaid { .. } => clear_deadline(conn, order_id).await,
             OrderEvent::OrderShipped {} => self.commit_stock(order_id, envelope).await,
             OrderEvent::OrderRejected { .. } => {
                 self.release_all(order_id, envelope).await?;
-                self.clear_deadline(order_id).await
+                clear_deadline(conn, order_id).await
             }
             OrderEvent::OrderCancelled { refund_cents, .. } => {
                 if refund_cents > 0 {
@@ -249,7 +228,7 @@ impl OrderSaga {
                     );
                 }
                 self.release_all(order_id, envelope).await?;
-                self.clear_deadline(order_id).await
+                clear_deadline(conn, order_id).await
             }
         }
     }
@@ -482,7 +461,11 @@ impl OrderSaga {
         }
     }
 
-    async fn set_deadline(&self, placed: &Envelope) -> Result<(), SagaError> {
+    async fn set_deadline(
+        &self,
+        conn: &mut PgConnection,
+        placed: &Envelope,
+    ) -> Result<(), SagaError> {
         let due = placed.recorded_at
             + chrono::Duration::from_std(self.config.payment_timeout)
                 .unwrap_or(chrono::Duration::MAX);
@@ -494,22 +477,13 @@ impl OrderSaga {
         .bind(due)
         .bind(placed.correlation_id)
         .bind(placed.event_id)
-        .execute(&self.pool)
+        .execute(conn)
         .await
         .map_err(SagaError::db("storing a payment deadline"))?;
         Ok(())
     }
 
-    async fn clear_deadline(&self, order_id: &str) -> Result<(), SagaError> {
-        sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
-            .bind(order_id)
-            .execute(&self.pool)
-            .await
-            .map_err(SagaError::db("clearing a payment deadline"))?;
-        Ok(())
-    }
-
-    async fn deadlines_forever(&self) -> Result<(), SagaError> {
+    async fn deadlines_forever(&self) {
         loop {
             if let Err(e) = self.expire_due().await {
                 tracing::warn!(error = %ErrorChain(&e), "payment deadlines not checked; retrying");
@@ -546,10 +520,22 @@ impl OrderSaga {
                 }
                 Err(other) => tracing::warn!(order_id, reason = %other, "deadline dropped"),
             }
-            self.clear_deadline(&order_id).await?;
+            clear_deadline(&self.pool, &order_id).await?;
         }
         Ok(())
     }
+}
+
+async fn clear_deadline<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    order_id: &str,
+) -> Result<(), SagaError> {
+    sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .map_err(SagaError::db("clearing a payment deadline"))?;
+    Ok(())
 }
 
 /// The context of a command the saga issues because of event `causation_id`.

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chronicle_bus::FaultAction;
-use chronicle_sagas::{OrderSagaConfig, SagaError};
+use chronicle_sagas::OrderSagaConfig;
 use chronicle_tests::{eventually, TestApp, TestOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -551,7 +551,10 @@ async fn a_saga_crash_between_two_lines_settles_the_order_exactly_once_after_res
         json!({"lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 3}]}),
     )
     .await;
-    assert!(matches!(app.saga_stopped().await, Err(SagaError::Fault(_))));
+    assert!(matches!(
+        app.saga_stopped().await,
+        Err(chronicle_bus::SubscriberError::Fault(_))
+    ));
     // It died holding line A only, the order still pending.
     assert_eq!(
         events_of(&app, "inventory_item", "A")
@@ -591,9 +594,12 @@ async fn a_saga_crash_between_two_lines_settles_the_order_exactly_once_after_res
 async fn a_saga_crash_before_the_ack_redelivers_and_changes_nothing_twice() {
     let mut app = TestApp::spawn().await;
     create_item(&app, "A", 100, 10).await;
-    app.saga_faults.arm("saga.before_ack", FaultAction::Crash);
+    app.saga_faults.arm("saga.after_commit", FaultAction::Crash);
     let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 2}]})).await;
-    assert!(matches!(app.saga_stopped().await, Err(SagaError::Fault(_))));
+    assert!(matches!(
+        app.saga_stopped().await,
+        Err(chronicle_bus::SubscriberError::Fault(_))
+    ));
     assert_eq!(events_of(&app, "order", &id).await.len(), 2);
     app.start_saga();
     // The saga handles events one at a time, in order: once a second order is settled, the

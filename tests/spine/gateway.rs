@@ -372,7 +372,12 @@ async fn projections_report_their_checkpoint_and_lag() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["inventory", "orders", "posts", "users"]);
+    assert_eq!(
+        names,
+        ["inventory", "orders", "posts", "users", "saga-orders"]
+    );
+    assert_eq!(status[0]["status"], "live");
+    assert_eq!(status[0]["parked"], 0);
     assert_eq!(status[0]["stream_last_seq"], 2);
     assert_eq!(status[0]["checkpoint"], 2);
     assert_eq!(status[0]["lag_events"], 0);

@@ -140,7 +140,7 @@ async fn missing_tampered_forged_and_expired_tokens_are_401() {
         &chronicle_gateway::Secret::new(b"another key, not the gateway's own, 32+ bytes".to_vec()),
         Duration::from_secs(3600),
     );
-    let (forged, _) = other_key.issue(&app.user_id).unwrap();
+    let (forged, _) = other_key.issue(&app.user_id, vec![]).unwrap();
     let response = app
         .http
         .get(app.url(path))

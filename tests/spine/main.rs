@@ -9,4 +9,5 @@ mod group_commit;
 mod identity;
 mod projector;
 mod relay;
+mod subscriber;
 mod write_side;

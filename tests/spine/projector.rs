@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::common::{bus, create_item, receive, start_relay, wait_relayed};
 
 type Running = (
-    JoinHandle<Result<(), chronicle_projections::ProjectionError>>,
+    JoinHandle<Result<(), chronicle_bus::SubscriberError>>,
     tokio::sync::oneshot::Sender<()>,
 );
 

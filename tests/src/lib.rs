@@ -223,6 +223,16 @@ where
     }
 }
 
+/// Every reader of the log the [`TestApp`] runs: the projections and the order saga.
+pub fn all_subscribers() -> Vec<chronicle_bus::SubscriberRef> {
+    let mut all = chronicle_projections::subscriber_refs();
+    all.push(chronicle_bus::SubscriberRef {
+        name: chronicle_sagas::ORDER_SAGA.to_owned(),
+        durable: chronicle_sagas::ORDER_SAGA.to_owned(),
+    });
+    all
+}
+
 /// The whole system for one test: gateway on port 0, relay, every projector and the order
 /// saga, its own database and nats-server. Everything stops when it is dropped.
 pub struct TestApp {
@@ -235,9 +245,9 @@ pub struct TestApp {
     /// The default user, registered at spawn, and their bearer token.
     pub user_id: String,
     pub token: String,
-    /// The saga's fault points (`saga.between_lines`, `saga.before_ack`).
+    /// The saga's fault points (`saga.between_lines`, `saga.before_commit`, `saga.after_commit`).
     pub saga_faults: chronicle_bus::Faults,
-    saga: Option<tokio::task::JoinHandle<Result<(), chronicle_sagas::SagaError>>>,
+    saga: Option<tokio::task::JoinHandle<Result<(), chronicle_bus::SubscriberError>>>,
     saga_parts: (
         chronicle_commands::CommandBus,
         async_nats::Client,
@@ -342,6 +352,9 @@ impl TestApp {
             )
             .into_bytes(),
         ));
+        // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
+        config.staff_users = vec!["*".to_owned()];
+        config.subscribers = all_subscribers();
         (options.gateway)(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -401,7 +414,7 @@ impl TestApp {
     ///
     /// # Panics
     /// When no saga runs or it panicked.
-    pub async fn saga_stopped(&mut self) -> Result<(), chronicle_sagas::SagaError> {
+    pub async fn saga_stopped(&mut self) -> Result<(), chronicle_bus::SubscriberError> {
         self.saga
             .take()
             .expect("a saga is running")

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::respond;
 use crate::{
-    auth::{hash_password, verify_password},
+    auth::{hash_password, verify_password, CUSTOMER, STAFF},
     error::{ApiError, FieldError},
     extract::{ApiPath, Caller, IdempotencyKeyHeader, IfMatch, JsonBody, RequestId},
     state::AppState,
@@ -142,8 +142,35 @@ pub async fn login(
         return Err(invalid_credentials());
     }
     let user_id = user_id.ok_or_else(invalid_credentials)?;
-    let (token, expires_at) = state.auth.issue(&user_id)?;
+    let roles = roles_of(&state, &user_id, &form.username).await?;
+    let (token, expires_at) = state.auth.issue(&user_id, roles)?;
     Ok(Json(json!({"token": token, "user_id": user_id, "expires_at": expires_at})).into_response())
+}
+
+/// `customer`, and `staff` when `CHRONICLE_STAFF_USERS` names the user (or is `*`) or
+/// `chronicle users grant` granted it.
+async fn roles_of(
+    state: &AppState,
+    user_id: &str,
+    username: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut roles = vec![CUSTOMER.to_owned()];
+    let listed = state
+        .config
+        .staff_users
+        .iter()
+        .any(|u| u == "*" || u == username);
+    let granted: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM user_roles WHERE user_id = $1 AND role = $2)",
+    )
+    .bind(user_id)
+    .bind(STAFF)
+    .fetch_one(&state.pool)
+    .await?;
+    if listed || granted {
+        roles.push(STAFF.to_owned());
+    }
+    Ok(roles)
 }
 
 fn invalid_credentials() -> ApiError {

@@ -47,6 +47,7 @@ pub async fn create(
     key: IdempotencyKeyHeader,
     body: JsonBody<CreateItem>,
 ) -> Result<Response, ApiError> {
+    caller.require_staff()?;
     let item = body.value;
     let mut errors = Vec::new();
     validate_sku(&item.sku, &mut errors);
@@ -103,6 +104,7 @@ pub async fn receive(
     key: IdempotencyKeyHeader,
     body: JsonBody<Receive>,
 ) -> Result<Response, ApiError> {
+    caller.require_staff()?;
     let mut errors = Vec::new();
     validate_sku(&sku, &mut errors);
     if body.value.quantity <= 0 {

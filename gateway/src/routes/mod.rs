@@ -79,6 +79,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/projections", get(projections::list))
         .route(
+            "/api/v1/projections/{name}/parked",
+            get(projections::parked),
+        )
+        .route("/api/v1/projections/{name}/retry", post(projections::retry))
+        .route(
             "/api/v1/inventory/items",
             post(inventory::create).get(inventory::list),
         )

@@ -328,6 +328,7 @@ pub async fn create_coupon(
     key: IdempotencyKeyHeader,
     body: JsonBody<CreateCoupon>,
 ) -> Result<Response, ApiError> {
+    caller.require_staff()?;
     let coupon = body.value;
     let mut errors = Vec::new();
     validate_code(&coupon.code, "code", &mut errors);

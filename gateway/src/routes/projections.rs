@@ -1,22 +1,91 @@
-//! `GET /api/v1/projections`: each read model's checkpoint and lag.
+//! `GET /api/v1/projections` (each reader of the log: checkpoint, lag, parked events) and
+//! the staff routes over parked events (API.md, Health and operations).
 
-use axum::{extract::State, Json};
-use chronicle_projections::{status, ProjectionStatus, PROJECTIONS};
+use axum::{extract::State, http::StatusCode, Json};
+use chronicle_bus::{ParkedEvent, RetryOutcome, SubscriberError, SubscriberStatus};
+use serde::Deserialize;
 
-use crate::{error::ApiError, extract::Caller, state::AppState};
+use crate::{
+    error::ApiError,
+    extract::{ApiPath, Caller},
+    state::AppState,
+};
 
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+) -> Result<Json<Vec<SubscriberStatus>>, ApiError> {
     let js = async_nats::jetstream::new(state.nats.clone());
     let mut out = Vec::new();
-    for name in PROJECTIONS {
+    for subscriber in &state.config.subscribers {
         out.push(
-            status(&state.pool, &js, name)
+            chronicle_bus::status(&state.pool, &js, &subscriber.name, &subscriber.durable)
                 .await
                 .map_err(ApiError::internal)?,
         );
     }
     Ok(Json(out))
+}
+
+/// The name in the path, if it is a known subscriber.
+fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
+    if state.config.subscribers.iter().any(|s| s.name == name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("no such projection or saga"))
+    }
+}
+
+pub async fn parked(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Vec<ParkedEvent>>, ApiError> {
+    caller.require_staff()?;
+    known(&state, &name)?;
+    chronicle_bus::parked(&state.pool, &name)
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default)]
+    stream_seq: Option<u64>,
+}
+
+/// Asks the running subscriber to re-apply its parked events; 503 `unavailable` when none
+/// runs.
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<RetryOutcome>, ApiError> {
+    caller.require_staff()?;
+    known(&state, &name)?;
+    // The body is optional: none retries every parked event.
+    let only = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<Retry>(&body)
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "malformed_json",
+                    format!("the body is not a retry request: {e}"),
+                )
+            })?
+            .stream_seq
+    };
+    match chronicle_bus::request_retry(&state.nats, &name, only).await {
+        Ok(outcome) => Ok(Json(outcome)),
+        Err(SubscriberError::NotRunning(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no process runs this projection or saga now; start it and retry",
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
 }

@@ -1,0 +1,734 @@
+//! The one runtime every reader of the log runs on: projectors, sagas, and whatever reads
+//! `EVENTS` next (the WebSocket hub, the scheduler, integrations).
+//!
+//! A [`Subscriber`] reads its durable pull consumer and hands events, in stream order, to a
+//! [`Handler`] inside a Postgres transaction that also moves the subscriber's checkpoint;
+//! the messages are acknowledged only after that transaction commits. So:
+//!
+//! - **Nothing is applied twice.** A redelivered message at or below the checkpoint is
+//!   acknowledged and skipped (DESIGN.md invariant 4).
+//! - **Nothing is skipped.** Every delivery of a consumer carries a consumer sequence that
+//!   grows by one per delivery (redeliveries included). A jump means a message went
+//!   somewhere else (lost in flight across a reconnect, or fetched by another client): the
+//!   subscriber stops taking messages and recreates its consumer at the checkpoint. It never
+//!   advances past a message it has not handled. (Stream sequences cannot show a gap: a
+//!   filtered consumer skips the subjects it does not read.)
+//! - **Nothing stalls silently** (invariant 8). An event the handler fails on is retried
+//!   with backoff; after [`SubscriberConfig::attempts`] it is *parked* (kept with its error
+//!   in `parked_events`, shown by `GET /api/v1/projections`) and the subscriber goes on, or,
+//!   with [`OnFailure::Stop`], it stays on that event, retrying slowly, and reports `failed`.
+//!   Parked events are retried on request ([`request_retry`]), by the running subscriber,
+//!   through its own handler.
+//! - Lost connections and failed consumers end one consume round, never the subscriber: it
+//!   backs off and starts over from the checkpoint ([`keep_running`]).
+
+mod checkpoint;
+mod control;
+mod parked;
+mod status;
+
+use std::{error::Error as StdError, future::Future, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+};
+use chronicle_schemas::{DecodeError, Envelope, HEADER_EVENT_TYPE};
+use futures::{FutureExt, StreamExt};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+
+use crate::{ensure_events_stream, ErrorChain, Faults, InjectedFault};
+
+pub use checkpoint::{
+    lock as lock_checkpoint, read as read_checkpoint, setup, store as store_checkpoint,
+};
+pub use control::{request_retry, RetryOutcome};
+pub use parked::{parked, ParkedEvent};
+pub use status::{status, SubscriberRef, SubscriberStatus};
+
+/// Why a subscriber stopped a round, or a request about one failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("NATS error while {context}")]
+    Nats {
+        context: &'static str,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// No process runs the subscriber that a request was for.
+    #[error("no running subscriber {0:?} answered")]
+    NotRunning(String),
+    #[error(transparent)]
+    Fault(#[from] InjectedFault),
+}
+
+impl SubscriberError {
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { context, source }
+    }
+    pub(crate) fn nats<E: StdError + Send + Sync + 'static>(
+        context: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| Self::Nats {
+            context,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Why a handler did not handle an event.
+#[derive(Debug)]
+pub enum HandlerError {
+    /// An armed fault point: the subscriber stops at once, as a crash would stop it.
+    Fault(InjectedFault),
+    /// The event could not be handled (yet): it is retried, then parked.
+    Failed(Box<dyn StdError + Send + Sync>),
+}
+
+impl HandlerError {
+    pub fn failed(error: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Failed(Box::new(error))
+    }
+}
+
+/// What a subscriber does with each batch of events.
+pub trait Handler: Send + Sync + 'static {
+    /// DDL the handler needs (idempotent), run before the subscriber starts.
+    fn ddl(&self) -> &'static str {
+        ""
+    }
+
+    /// Handles `events` (stream order, each newer than the checkpoint) inside the caller's
+    /// transaction, which commits with the new checkpoint when this returns `Ok`. Effects
+    /// outside the transaction (commands a saga issues) must be safe to repeat: the events
+    /// are handled again if the commit does not happen.
+    fn handle<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [Envelope],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// What a subscriber does with an event its handler keeps failing on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Park it and go on with the next one (the default: one bad event never holds up the
+    /// others).
+    Park,
+    /// Stay on it, retrying every `max_backoff` (or at once when a retry is requested), and
+    /// report `failed` until it is handled: for subscribers where order matters more than
+    /// progress.
+    Stop,
+}
+
+/// Who a subscriber is and how it behaves.
+#[derive(Debug, Clone)]
+pub struct SubscriberConfig {
+    /// Its checkpoint row, its parked events, its line in `GET /api/v1/projections`.
+    pub name: String,
+    /// Its durable consumer on `EVENTS`.
+    pub durable: String,
+    /// The subjects it reads (NATS wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Most events handled in one transaction.
+    pub batch_max: usize,
+    /// How long JetStream waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Tries of one event before it is parked (or the subscriber stops on it).
+    pub attempts: u32,
+    /// The pause after the first failure; it doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    pub on_failure: OnFailure,
+    /// Prefix of its fault points: `<prefix>.before_commit` (handled, transaction open) and
+    /// `<prefix>.after_commit` (committed, messages not yet acked).
+    pub fault_prefix: &'static str,
+}
+
+impl SubscriberConfig {
+    /// Defaults: batches of 500, ack wait 30 s, 5 attempts from 100 ms, park and go on.
+    pub fn new(name: impl Into<String>, durable: impl Into<String>, subjects: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            durable: durable.into(),
+            subjects,
+            batch_max: 500,
+            ack_wait: Duration::from_secs(30),
+            attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            on_failure: OnFailure::Park,
+            fault_prefix: "subscriber",
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// The core NATS subject on which a running subscriber takes retry requests.
+pub(crate) fn control_subject(name: &str) -> String {
+    format!("chronicle.control.subscribers.{name}.retry")
+}
+
+/// One delivered message and its stream sequence.
+struct Delivery {
+    seq: u64,
+    message: jetstream::Message,
+}
+
+impl Delivery {
+    fn event_type(&self) -> String {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_EVENT_TYPE))
+            .map_or_else(|| "unknown".to_owned(), |v| v.as_str().to_owned())
+    }
+
+    fn decode(&self) -> Result<Envelope, HandlerError> {
+        decode(&self.message.payload, self.event_type())
+    }
+
+    async fn ack(&self, name: &str) {
+        // A lost ack means a redelivery, which the checkpoint skips.
+        if let Err(e) = self.message.ack().await {
+            tracing::debug!(subscriber = name, error = %e, "ack failed");
+        }
+    }
+}
+
+fn decode(payload: &[u8], event_type: String) -> Result<Envelope, HandlerError> {
+    serde_json::from_slice(payload)
+        .map_err(|source| HandlerError::failed(DecodeError { event_type, source }))
+}
+
+/// Whether a consume round goes on or starts over from the checkpoint.
+enum Flow {
+    Continue,
+    Reposition,
+}
+
+/// Runs one [`Handler`] against the live stream. One instance per subscriber is expected;
+/// a second would not apply anything twice (the checkpoint row is locked per batch), but
+/// the two would keep repositioning each other's consumer.
+pub struct Subscriber<H> {
+    handler: Arc<H>,
+    pool: PgPool,
+    client: async_nats::Client,
+    config: SubscriberConfig,
+    faults: Faults,
+    /// Wakes a subscriber stopped on an event when a retry is requested.
+    wake: Arc<Notify>,
+}
+
+impl<H: Handler> Subscriber<H> {
+    pub fn new(
+        handler: H,
+        pool: PgPool,
+        client: async_nats::Client,
+        config: SubscriberConfig,
+    ) -> Self {
+        Self {
+            handler: Arc::new(handler),
+            pool,
+            client,
+            config,
+            faults: Faults::default(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    pub fn config(&self) -> &SubscriberConfig {
+        &self.config
+    }
+
+    /// Creates the checkpoint, parked-events and handler tables if they are missing.
+    ///
+    /// # Errors
+    /// When the DDL fails.
+    pub async fn setup(&self) -> Result<(), SubscriberError> {
+        setup(&self.pool, self.handler.ddl()).await
+    }
+
+    /// Runs until `shutdown` completes or a fault point stops it, answering retry requests
+    /// on the side. Lost connections are retried; they never end it.
+    ///
+    /// # Errors
+    /// Only [`SubscriberError::Fault`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), SubscriberError> {
+        let name = self.config.name.clone();
+        tokio::select! {
+            result = keep_running(&name, shutdown, || self.consume()) => result,
+            () = self.serve_retries() => Ok(()),
+        }
+    }
+
+    async fn consume(&self) -> Result<(), SubscriberError> {
+        self.setup().await?;
+        let js = jetstream::new(self.client.clone());
+        let stream = ensure_events_stream(&js)
+            .await
+            .map_err(SubscriberError::nats("opening the stream"))?;
+        let mut expected = checkpoint::read(&self.pool, &self.config.name).await?;
+        let consumer = self.recreate_consumer(&stream, expected).await?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(SubscriberError::nats("consuming"))?;
+        let mut next_delivery = 1;
+        loop {
+            let first = messages
+                .next()
+                .await
+                .ok_or_else(|| SubscriberError::nats("consuming")(ConsumerEnded))?
+                .map_err(SubscriberError::nats("consuming"))?;
+            let mut batch = vec![first];
+            while batch.len() < self.config.batch_max {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let mut deliveries = Vec::with_capacity(batch.len());
+            let mut gap = false;
+            for message in batch {
+                let info = message.info().map_err(|e| {
+                    SubscriberError::nats("reading message info")(StringError(e.to_string()))
+                })?;
+                if info.consumer_sequence != next_delivery {
+                    tracing::warn!(
+                        subscriber = self.config.name,
+                        expected = next_delivery,
+                        delivered = info.consumer_sequence,
+                        stream_seq = info.stream_sequence,
+                        "a delivery went missing; repositioning at the checkpoint"
+                    );
+                    gap = true;
+                    break;
+                }
+                next_delivery += 1;
+                deliveries.push(Delivery {
+                    seq: info.stream_sequence,
+                    message,
+                });
+            }
+            if !deliveries.is_empty() {
+                if let Flow::Reposition = self.handle_batch(&deliveries, &mut expected).await? {
+                    return Ok(());
+                }
+            }
+            if gap {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The durable consumer, recreated to deliver from right after `checkpoint`: whatever
+    /// an earlier one had in flight is dropped with it, so nothing waits for an ack timeout
+    /// and delivery numbers start again at 1.
+    async fn recreate_consumer(
+        &self,
+        stream: &jetstream::stream::Stream,
+        checkpoint: u64,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, SubscriberError> {
+        let durable = &self.config.durable;
+        if stream.get_consumer::<pull::Config>(durable).await.is_ok() {
+            stream
+                .delete_consumer(durable)
+                .await
+                .map_err(SubscriberError::nats("deleting the consumer"))?;
+        }
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subjects: self.config.subjects.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: checkpoint + 1,
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.config.ack_wait,
+                max_ack_pending: (self.config.batch_max * 4).max(64) as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(SubscriberError::nats("creating the consumer"))
+    }
+
+    /// Handles one batch in one transaction; when the handler fails, falls back to one event
+    /// at a time so the failing event is found, retried, and parked alone.
+    async fn handle_batch(
+        &self,
+        deliveries: &[Delivery],
+        expected: &mut u64,
+    ) -> Result<Flow, SubscriberError> {
+        let name = self.config.name.as_str();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(SubscriberError::db("starting a batch"))?;
+        let stored = checkpoint::lock(&mut tx, name).await?;
+        if stored < *expected {
+            tracing::info!(
+                subscriber = name,
+                stored,
+                expected,
+                "checkpoint moved back (replayed); repositioning"
+            );
+            return Ok(Flow::Reposition);
+        }
+        let fresh: Vec<&Delivery> = deliveries.iter().filter(|d| d.seq > stored).collect();
+        let Some(last) = fresh.last().map(|d| d.seq) else {
+            tx.commit()
+                .await
+                .map_err(SubscriberError::db("committing a batch"))?;
+            *expected = stored;
+            for delivery in deliveries {
+                delivery.ack(name).await;
+            }
+            return Ok(Flow::Continue);
+        };
+        let decoded: Result<Vec<Envelope>, HandlerError> =
+            fresh.iter().map(|d| d.decode()).collect();
+        let outcome = match decoded {
+            Ok(events) => self.handler.handle(&mut tx, &events).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                checkpoint::store(&mut tx, name, last).await?;
+                self.commit(tx).await?;
+                *expected = last;
+                for delivery in deliveries {
+                    delivery.ack(name).await;
+                }
+                Ok(Flow::Continue)
+            }
+            Err(HandlerError::Fault(f)) => Err(f.into()),
+            Err(HandlerError::Failed(_)) if fresh.len() > 1 => {
+                drop(tx);
+                for delivery in deliveries.iter().filter(|d| d.seq <= stored) {
+                    delivery.ack(name).await;
+                }
+                for delivery in fresh {
+                    if let Flow::Reposition = self.handle_one(delivery, expected).await? {
+                        return Ok(Flow::Reposition);
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            Err(HandlerError::Failed(error)) => {
+                drop(tx);
+                for delivery in deliveries.iter().filter(|d| d.seq <= stored) {
+                    delivery.ack(name).await;
+                }
+                self.retry_one(fresh[0], expected, 1, error).await
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), SubscriberError> {
+        let prefix = self.config.fault_prefix;
+        self.faults.hit(&format!("{prefix}.before_commit"))?;
+        tx.commit()
+            .await
+            .map_err(SubscriberError::db("committing a batch"))?;
+        self.faults.hit(&format!("{prefix}.after_commit"))?;
+        Ok(())
+    }
+
+    /// Handles one event in its own transaction: `Err(error)` when the handler failed.
+    async fn try_one(
+        &self,
+        delivery: &Delivery,
+        expected: &mut u64,
+    ) -> Result<Result<Flow, Box<dyn StdError + Send + Sync>>, SubscriberError> {
+        let name = self.config.name.as_str();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(SubscriberError::db("starting a transaction"))?;
+        let stored = checkpoint::lock(&mut tx, name).await?;
+        if stored < *expected {
+            return Ok(Ok(Flow::Reposition));
+        }
+        if delivery.seq > stored {
+            let outcome = match delivery.decode() {
+                Ok(event) => {
+                    self.handler
+                        .handle(&mut tx, std::slice::from_ref(&event))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(HandlerError::Fault(f)) => return Err(f.into()),
+                Err(HandlerError::Failed(error)) => return Ok(Err(error)),
+            }
+            checkpoint::store(&mut tx, name, delivery.seq).await?;
+            // Handled at last: a subscriber stopped on it recorded it as parked.
+            parked::clear(&mut tx, name, delivery.seq).await?;
+            self.commit(tx).await?;
+            *expected = delivery.seq;
+        } else {
+            tx.commit()
+                .await
+                .map_err(SubscriberError::db("committing"))?;
+            *expected = stored;
+        }
+        delivery.ack(name).await;
+        Ok(Ok(Flow::Continue))
+    }
+
+    async fn handle_one(
+        &self,
+        delivery: &Delivery,
+        expected: &mut u64,
+    ) -> Result<Flow, SubscriberError> {
+        match self.try_one(delivery, expected).await? {
+            Ok(flow) => Ok(flow),
+            Err(error) => self.retry_one(delivery, expected, 1, error).await,
+        }
+    }
+
+    /// An event failed `attempts` times, the last with `error`: back off and try again,
+    /// and when the attempts are spent, park it (or stay on it).
+    async fn retry_one(
+        &self,
+        delivery: &Delivery,
+        expected: &mut u64,
+        mut attempts: u32,
+        mut error: Box<dyn StdError + Send + Sync>,
+    ) -> Result<Flow, SubscriberError> {
+        let name = self.config.name.as_str();
+        let mut unrecorded = attempts;
+        loop {
+            let detail = ErrorChain(&*error).to_string();
+            if attempts < self.config.attempts {
+                tracing::warn!(
+                    subscriber = name,
+                    stream_seq = delivery.seq,
+                    attempts,
+                    error = detail,
+                    "event not handled; retrying"
+                );
+                tokio::time::sleep(self.config.backoff(attempts)).await;
+            } else {
+                let event_type = delivery.event_type();
+                let failure = parked::Failure {
+                    stream_seq: delivery.seq,
+                    subject: delivery.message.subject.as_str(),
+                    event_type: &event_type,
+                    error: &detail,
+                    attempts: unrecorded,
+                };
+                let mut tx = self
+                    .pool
+                    .begin()
+                    .await
+                    .map_err(SubscriberError::db("starting to park"))?;
+                let stored = checkpoint::lock(&mut tx, name).await?;
+                if stored < *expected {
+                    return Ok(Flow::Reposition);
+                }
+                parked::record(&mut tx, name, &failure).await?;
+                unrecorded = 0;
+                match self.config.on_failure {
+                    OnFailure::Park => {
+                        if delivery.seq > stored {
+                            checkpoint::store(&mut tx, name, delivery.seq).await?;
+                        }
+                        tx.commit()
+                            .await
+                            .map_err(SubscriberError::db("parking an event"))?;
+                        *expected = delivery.seq.max(stored);
+                        tracing::error!(
+                            subscriber = name,
+                            stream_seq = delivery.seq,
+                            event_type,
+                            attempts,
+                            error = detail,
+                            "event parked; going on"
+                        );
+                        delivery.ack(name).await;
+                        return Ok(Flow::Continue);
+                    }
+                    OnFailure::Stop => {
+                        tx.commit()
+                            .await
+                            .map_err(SubscriberError::db("parking an event"))?;
+                        tracing::error!(
+                            subscriber = name,
+                            stream_seq = delivery.seq,
+                            event_type,
+                            attempts,
+                            error = detail,
+                            "event not handled; stopped on it"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(self.config.max_backoff) => {}
+                            () = self.wake.notified() => {}
+                        }
+                    }
+                }
+            }
+            match self.try_one(delivery, expected).await? {
+                Ok(flow) => return Ok(flow),
+                Err(again) => {
+                    error = again;
+                    attempts += 1;
+                    unrecorded += 1;
+                }
+            }
+        }
+    }
+
+    /// Re-handles parked events (all, or the one at `only`) through the handler; the ones
+    /// handled leave the parked list.
+    async fn retry_parked(&self, only: Option<u64>) -> Result<RetryOutcome, SubscriberError> {
+        let name = self.config.name.as_str();
+        let js = jetstream::new(self.client.clone());
+        let stream = ensure_events_stream(&js)
+            .await
+            .map_err(SubscriberError::nats("opening the stream"))?;
+        let mut applied = 0;
+        for event in parked::parked(&self.pool, name).await? {
+            let seq = event.stream_seq as u64;
+            if only.is_some_and(|only| only != seq) {
+                continue;
+            }
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(SubscriberError::db("starting a retry"))?;
+            // Serialises with the live loop, which holds this lock while it applies.
+            let stored = checkpoint::lock(&mut tx, name).await?;
+            if seq > stored {
+                // The event a stopped subscriber stays on: its own loop retries it now.
+                continue;
+            }
+            let outcome = match stream.get_raw_message(seq).await {
+                Ok(message) => match decode(&message.payload, event.event_type.clone()) {
+                    Ok(envelope) => {
+                        self.handler
+                            .handle(&mut tx, std::slice::from_ref(&envelope))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(HandlerError::failed(e)),
+            };
+            match outcome {
+                Ok(()) => {
+                    parked::clear(&mut tx, name, seq).await?;
+                    tx.commit()
+                        .await
+                        .map_err(SubscriberError::db("committing a retry"))?;
+                    tracing::info!(
+                        subscriber = name,
+                        stream_seq = seq,
+                        "parked event handled on retry"
+                    );
+                    applied += 1;
+                }
+                Err(HandlerError::Fault(f)) => return Err(f.into()),
+                Err(HandlerError::Failed(error)) => {
+                    drop(tx);
+                    let mut tx = self
+                        .pool
+                        .begin()
+                        .await
+                        .map_err(SubscriberError::db("starting a retry"))?;
+                    let detail = ErrorChain(&*error).to_string();
+                    parked::record(
+                        &mut tx,
+                        name,
+                        &parked::Failure {
+                            stream_seq: seq,
+                            subject: &event.subject,
+                            event_type: &event.event_type,
+                            error: &detail,
+                            attempts: 1,
+                        },
+                    )
+                    .await?;
+                    tx.commit()
+                        .await
+                        .map_err(SubscriberError::db("recording a retry"))?;
+                }
+            }
+        }
+        self.wake.notify_waiters();
+        let (still_parked, _) = parked::summary(&self.pool, name).await?;
+        Ok(RetryOutcome {
+            applied,
+            still_parked,
+        })
+    }
+}
+
+/// Runs `round` again and again until `shutdown`, backing off (250 ms doubling to 5 s)
+/// after a round that failed and starting at once after one that ended cleanly. Only an
+/// injected fault ends it: that is a crash, and crashes are not retried.
+///
+/// # Errors
+/// [`SubscriberError::Fault`].
+pub async fn keep_running<F, Fut>(
+    what: &str,
+    shutdown: impl Future<Output = ()>,
+    mut round: F,
+) -> Result<(), SubscriberError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), SubscriberError>>,
+{
+    const FIRST: Duration = Duration::from_millis(250);
+    tokio::pin!(shutdown);
+    let mut pause = FIRST;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            result = round() => match result {
+                Err(SubscriberError::Fault(f)) => return Err(SubscriberError::Fault(f)),
+                Err(e) => {
+                    tracing::warn!(what, error = %ErrorChain(&e), retry_in_ms = pause.as_millis() as u64, "interrupted; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Ok(()) => pause = FIRST,
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer ended")]
+struct ConsumerEnded;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StringError(String);

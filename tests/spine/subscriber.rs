@@ -1,0 +1,381 @@
+//! The shared subscriber runtime (DESIGN.md invariants 4 and 8): it never skips an event it
+//! has not handled, whatever happens to its consumer or to NATS, and an event its handler
+//! keeps failing on is parked (or held) without stopping it for good.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, consumer::pull};
+use chronicle_bus::{
+    Handler, HandlerError, OnFailure, Subscriber, SubscriberConfig, SubscriberError,
+};
+use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
+use chronicle_schemas::Envelope;
+use chronicle_tests::{eventually, TestDb, TestNats};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinHandle;
+
+use crate::common::{bus, create_item, start_relay, wait_relayed};
+
+type Running = (
+    JoinHandle<Result<(), SubscriberError>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+fn start_projector(pool: &PgPool, client: &async_nats::Client) -> Running {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let projector = Projector::new(
+        InventoryProjection,
+        pool.clone(),
+        client.clone(),
+        ProjectorConfig::default(),
+    );
+    let handle = tokio::spawn(projector.run(async move {
+        let _ = rx.await;
+    }));
+    (handle, tx)
+}
+
+async fn stop((handle, stop): Running) {
+    let _ = stop.send(());
+    handle.await.unwrap().expect("the subscriber stops cleanly");
+}
+
+async fn item_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM inventory_items")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+async fn wait_items(pool: &PgPool, n: i64, within: Duration) {
+    eventually("every item to reach the read model", within, || async {
+        (item_count(pool).await == n).then_some(())
+    })
+    .await;
+}
+
+/// The finding of issue 10: a message lost in flight came back below a checkpoint that
+/// later messages had moved, and was skipped for good.
+#[tokio::test]
+async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_read_model() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = nats.client().await;
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let projector = start_projector(&pool, &client);
+    create_item(&bus, "FIRST", 1).await;
+    wait_items(&pool, 1, Duration::from_secs(20)).await;
+
+    // Hold the projector still: its next batch waits for the checkpoint row, so it stops
+    // pulling while the backlog is published.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = 'inventory' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    for i in 0..600 {
+        create_item(&bus, &format!("SKU-{i:04}"), 1).await;
+    }
+    wait_relayed(&pool, &client, 601).await;
+
+    // Another client takes one message from the projector's durable consumer, never acks.
+    let js = jetstream::new(client.clone());
+    let consumer: jetstream::consumer::Consumer<pull::Config> = js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .get_consumer("projector-inventory")
+        .await
+        .unwrap();
+    let mut stolen = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let taken = stolen
+        .next()
+        .await
+        .expect("the other client gets a message")
+        .unwrap();
+    let taken_seq = taken.info().unwrap().stream_sequence;
+    assert!(
+        taken_seq > 1,
+        "a message of the backlog was taken: {taken_seq}"
+    );
+    blocker.rollback().await.unwrap();
+
+    // Well within the consumer's 30 s ack wait: the gap is noticed, not waited out.
+    wait_items(&pool, 601, Duration::from_secs(20)).await;
+    stop(projector).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothing_is_missed() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = nats.client().await;
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let projector = start_projector(&pool, &client);
+    for i in 0..20 {
+        create_item(&bus, &format!("A-{i}"), 1).await;
+    }
+    wait_items(&pool, 20, Duration::from_secs(20)).await;
+
+    let stream = jetstream::new(client.clone())
+        .get_stream("EVENTS")
+        .await
+        .unwrap();
+    stream.delete_consumer("projector-inventory").await.unwrap();
+    for i in 0..20 {
+        create_item(&bus, &format!("B-{i}"), 1).await;
+    }
+    wait_items(&pool, 40, Duration::from_secs(30)).await;
+    stop(projector).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn nats_killed_and_restarted_mid_stream_the_projector_misses_nothing() {
+    let (db, mut nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = chronicle_bus::connect(&nats.url()).await.unwrap();
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let projector = start_projector(&pool, &client);
+    for i in 0..50 {
+        create_item(&bus, &format!("A-{i}"), 1).await;
+    }
+    // Killed while the projector is still working through the first backlog.
+    nats.server.kill();
+    for i in 0..50 {
+        create_item(&bus, &format!("B-{i}"), 1).await;
+    }
+    nats.server
+        .restart()
+        .expect("nats-server restarts on its port and store");
+    wait_items(&pool, 100, Duration::from_secs(40)).await;
+    stop(projector).await;
+    relay.stop().await;
+}
+
+/// A handler that records every event it handles and fails on the aggregates in `poisoned`.
+#[derive(Clone, Default)]
+struct Recorder {
+    poisoned: Arc<Mutex<HashSet<String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("aggregate {0} is poisoned")]
+struct Poisoned(String);
+
+impl Handler for Recorder {
+    fn ddl(&self) -> &'static str {
+        "CREATE TABLE IF NOT EXISTS recorded (seq bigserial PRIMARY KEY, aggregate_id text NOT NULL)"
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+    ) -> Result<(), HandlerError> {
+        for event in events {
+            if self.poisoned.lock().unwrap().contains(&event.aggregate_id) {
+                return Err(HandlerError::failed(Poisoned(event.aggregate_id.clone())));
+            }
+            sqlx::query("INSERT INTO recorded (aggregate_id) VALUES ($1)")
+                .bind(&event.aggregate_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(HandlerError::failed)?;
+        }
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn poison(&self, id: &str) {
+        self.poisoned.lock().unwrap().insert(id.to_owned());
+    }
+    fn cure(&self) {
+        self.poisoned.lock().unwrap().clear();
+    }
+}
+
+async fn recorded(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT aggregate_id FROM recorded ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+}
+
+fn recorder_config(on_failure: OnFailure) -> SubscriberConfig {
+    SubscriberConfig {
+        attempts: 3,
+        backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        on_failure,
+        ..SubscriberConfig::new(
+            "recorder",
+            "test-recorder",
+            vec!["events.commerce.inventory_item.>".to_owned()],
+        )
+    }
+}
+
+fn start_recorder(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    recorder: &Recorder,
+    on_failure: OnFailure,
+) -> Running {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let subscriber = Subscriber::new(
+        recorder.clone(),
+        pool.clone(),
+        client.clone(),
+        recorder_config(on_failure),
+    );
+    let handle = tokio::spawn(subscriber.run(async move {
+        let _ = rx.await;
+    }));
+    (handle, tx)
+}
+
+async fn status(pool: &PgPool, client: &async_nats::Client) -> chronicle_bus::SubscriberStatus {
+    chronicle_bus::status(
+        pool,
+        &jetstream::new(client.clone()),
+        "recorder",
+        "test-recorder",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_once_fixed() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = nats.client().await;
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let recorder = Recorder::default();
+    recorder.poison("BAD");
+    let running = start_recorder(&pool, &client, &recorder, OnFailure::Park);
+    // In one batch with good events on both sides of it.
+    create_item(&bus, "GOOD-1", 1).await;
+    create_item(&bus, "BAD", 1).await;
+    create_item(&bus, "GOOD-2", 1).await;
+    eventually(
+        "the good events to be handled",
+        Duration::from_secs(20),
+        || async { (recorded(&pool).await == ["GOOD-1", "GOOD-2"]).then_some(()) },
+    )
+    .await;
+
+    let parked = chronicle_bus::parked(&pool, "recorder").await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].subject, "events.commerce.inventory_item.BAD");
+    assert_eq!(parked[0].event_type, "ItemCreated");
+    assert!(
+        parked[0].error.contains("BAD is poisoned"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].attempts, 3);
+    let reported = status(&pool, &client).await;
+    assert_eq!((reported.status, reported.parked), ("failed", 1));
+    assert!(reported.error.unwrap().contains("poisoned"));
+    assert_eq!(reported.checkpoint, 3, "the subscriber went on past it");
+
+    // Still failing: the retry says so and keeps it parked.
+    let outcome = chronicle_bus::request_retry(&client, "recorder", None)
+        .await
+        .unwrap();
+    assert_eq!((outcome.applied, outcome.still_parked), (0, 1));
+    assert_eq!(
+        chronicle_bus::parked(&pool, "recorder").await.unwrap()[0].attempts,
+        4
+    );
+
+    recorder.cure();
+    let outcome =
+        chronicle_bus::request_retry(&client, "recorder", Some(parked[0].stream_seq as u64))
+            .await
+            .unwrap();
+    assert_eq!((outcome.applied, outcome.still_parked), (1, 0));
+    assert_eq!(recorded(&pool).await, ["GOOD-1", "GOOD-2", "BAD"]);
+    assert_eq!(status(&pool, &client).await.status, "live");
+
+    // Nothing runs the subscriber: a retry says so instead of hanging.
+    stop(running).await;
+    assert!(matches!(
+        chronicle_bus::request_retry(&client, "recorder", None).await,
+        Err(SubscriberError::NotRunning(_))
+    ));
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_is_handled() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = nats.client().await;
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let recorder = Recorder::default();
+    recorder.poison("BAD");
+    let running = start_recorder(&pool, &client, &recorder, OnFailure::Stop);
+    create_item(&bus, "GOOD-1", 1).await;
+    create_item(&bus, "BAD", 1).await;
+    create_item(&bus, "GOOD-2", 1).await;
+    eventually(
+        "the failing event to be reported",
+        Duration::from_secs(20),
+        || async {
+            let s = status(&pool, &client).await;
+            (s.status == "failed").then_some(())
+        },
+    )
+    .await;
+    let reported = status(&pool, &client).await;
+    assert_eq!(reported.checkpoint, 1, "it stays on the failing event");
+    assert_eq!(
+        recorded(&pool).await,
+        ["GOOD-1"],
+        "nothing after it is handled"
+    );
+
+    recorder.cure();
+    // The retry wakes it at once; it then handles the held event and what follows, in order.
+    chronicle_bus::request_retry(&client, "recorder", None)
+        .await
+        .unwrap();
+    eventually(
+        "the rest to be handled in order",
+        Duration::from_secs(20),
+        || async { (recorded(&pool).await == ["GOOD-1", "BAD", "GOOD-2"]).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the parked entry to clear",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&pool, &client).await;
+            (s.status == "live" && s.parked == 0).then_some(())
+        },
+    )
+    .await;
+    stop(running).await;
+    relay.stop().await;
+}
