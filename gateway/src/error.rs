@@ -6,6 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chronicle_commands::{CommandError, ErrorChain, StoreError};
+use chronicle_schemas::limits::{DomainRule, Invalid, Refusal};
 use serde::Serialize;
 
 /// One invalid field of a request, for 422 `validation_failed`.
@@ -20,6 +21,25 @@ impl FieldError {
         Self {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// The failures among `checks` (the domain's own validators, run before a command is
+    /// built, so the 422 names every invalid field at once).
+    pub fn collect(checks: impl IntoIterator<Item = Result<(), Invalid>>) -> Vec<Self> {
+        checks
+            .into_iter()
+            .filter_map(Result::err)
+            .map(Self::from)
+            .collect()
+    }
+}
+
+impl From<Invalid> for FieldError {
+    fn from(invalid: Invalid) -> Self {
+        Self {
+            field: invalid.field,
+            message: invalid.message,
         }
     }
 }
@@ -212,111 +232,33 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Maps a domain error to its status; its `code` comes from the domain.
-pub(crate) trait DomainError: std::error::Error + Send + Sync + 'static {
-    fn code(&self) -> &'static str;
-    fn status(&self) -> StatusCode;
-}
-
-impl DomainError for chronicle_commerce::InventoryError {
-    fn code(&self) -> &'static str {
-        chronicle_commerce::InventoryError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_commerce::InventoryError as E;
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::InvalidQuantity | E::InvalidPrice => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::CONFLICT,
-        }
+/// The one status of each kind of domain refusal.
+fn refusal_status(refusal: Refusal) -> StatusCode {
+    match refusal {
+        Refusal::NotFound => StatusCode::NOT_FOUND,
+        Refusal::Forbidden => StatusCode::FORBIDDEN,
+        Refusal::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        Refusal::Conflict => StatusCode::CONFLICT,
+        Refusal::TimedOut => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
-impl DomainError for chronicle_commerce::OrderError {
-    fn code(&self) -> &'static str {
-        chronicle_commerce::OrderError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_commerce::{OrderError as E, PaymentFailure};
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::NotCustomer => StatusCode::FORBIDDEN,
-            E::NoLines
-            | E::DuplicateSku(_)
-            | E::InvalidQuantity
-            | E::InvalidPrice
-            | E::InvalidCoupon => StatusCode::UNPROCESSABLE_ENTITY,
-            E::Payment(PaymentFailure::TimedOut) => StatusCode::GATEWAY_TIMEOUT,
-            E::OrderExists | E::InvalidState { .. } | E::WrongAmount { .. } | E::Payment(_) => {
-                StatusCode::CONFLICT
-            }
-        }
-    }
-}
-
-impl DomainError for chronicle_commerce::CouponError {
-    fn code(&self) -> &'static str {
-        chronicle_commerce::CouponError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_commerce::CouponError as E;
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::InvalidPercent | E::InvalidMaxRedemptions => StatusCode::UNPROCESSABLE_ENTITY,
-            E::CouponExists | E::Exhausted => StatusCode::CONFLICT,
-        }
-    }
-}
-
-impl DomainError for chronicle_blog::PostError {
-    fn code(&self) -> &'static str {
-        chronicle_blog::PostError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_blog::PostError as E;
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::NotAuthor => StatusCode::FORBIDDEN,
-            E::InvalidTitle | E::InvalidBody | E::InvalidTags => StatusCode::UNPROCESSABLE_ENTITY,
-            E::PostExists => StatusCode::CONFLICT,
-        }
-    }
-}
-
-impl DomainError for chronicle_blog::CommentError {
-    fn code(&self) -> &'static str {
-        chronicle_blog::CommentError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_blog::CommentError as E;
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::NotAllowed => StatusCode::FORBIDDEN,
-            E::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
-            E::CommentExists | E::PostNotPublished => StatusCode::CONFLICT,
-        }
-    }
-}
-
-impl DomainError for chronicle_identity::UserError {
-    fn code(&self) -> &'static str {
-        chronicle_identity::UserError::code(self)
-    }
-    fn status(&self) -> StatusCode {
-        use chronicle_identity::UserError as E;
-        match self {
-            E::NotFound => StatusCode::NOT_FOUND,
-            E::Forbidden => StatusCode::FORBIDDEN,
-            E::InvalidUsername | E::InvalidDisplayName => StatusCode::UNPROCESSABLE_ENTITY,
-            E::AlreadyRegistered => StatusCode::CONFLICT,
-        }
-    }
-}
-
-impl<E: DomainError> From<CommandError<E>> for ApiError {
+impl<E: DomainRule> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Rejected(rule) => Self::new(rule.status(), rule.code(), rule.to_string()),
+            CommandError::Rejected(rule) => {
+                let mut error = Self::new(
+                    refusal_status(rule.refusal()),
+                    rule.rule_code(),
+                    rule.to_string(),
+                );
+                error.errors = rule
+                    .invalid_fields()
+                    .into_iter()
+                    .map(FieldError::from)
+                    .collect();
+                error
+            }
             CommandError::VersionMismatch { expected, actual } => Self::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",

@@ -122,7 +122,7 @@ impl Projection for InventoryProjection {
             .collect();
         for envelope in events.iter().filter(|e| e.aggregate_type == AGGREGATE_TYPE) {
             let event: InventoryEvent = envelope.decode()?;
-            let sequence = envelope.sequence as i64;
+            let sequence = ProjectionError::bigint(envelope.sequence)?;
             if let InventoryEvent::ItemCreated {
                 name,
                 price_cents,
@@ -130,11 +130,12 @@ impl Projection for InventoryProjection {
                 ..
             } = &event
             {
+                let on_hand = ProjectionError::bigint(*initial_stock)?;
                 rows.entry(envelope.aggregate_id.clone())
                     .or_insert_with(|| Row {
                         name: name.clone(),
                         price_cents: *price_cents,
-                        on_hand: *initial_stock as i64,
+                        on_hand,
                         reserved: 0,
                         version: sequence,
                         created_at: envelope.recorded_at,
@@ -155,14 +156,18 @@ impl Projection for InventoryProjection {
             }
             match event {
                 InventoryEvent::ItemCreated { .. } => {}
-                InventoryEvent::StockReceived { quantity } => row.on_hand += quantity as i64,
-                InventoryEvent::StockReserved { quantity, .. } => row.reserved += quantity as i64,
+                InventoryEvent::StockReceived { quantity } => {
+                    row.on_hand = ProjectionError::counter(row.on_hand, quantity, false)?
+                }
+                InventoryEvent::StockReserved { quantity, .. } => {
+                    row.reserved = ProjectionError::counter(row.reserved, quantity, false)?
+                }
                 InventoryEvent::ReservationReleased { quantity, .. } => {
-                    row.reserved -= quantity as i64
+                    row.reserved = ProjectionError::counter(row.reserved, quantity, true)?
                 }
                 InventoryEvent::ReservationCommitted { quantity, .. } => {
-                    row.reserved -= quantity as i64;
-                    row.on_hand -= quantity as i64;
+                    row.reserved = ProjectionError::counter(row.reserved, quantity, true)?;
+                    row.on_hand = ProjectionError::counter(row.on_hand, quantity, true)?;
                 }
             }
             row.version = sequence;

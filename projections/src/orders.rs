@@ -89,7 +89,7 @@ impl Projection for OrdersProjection {
         // A handful of events per order: one statement each, guarded by the version so a
         // replayed event changes nothing.
         for envelope in events.iter().filter(|e| e.aggregate_type == Order::TYPE) {
-            let sequence = envelope.sequence as i64;
+            let sequence = ProjectionError::bigint(envelope.sequence)?;
             let (status, reason, payment_id) = match envelope.decode::<OrderEvent>()? {
                 OrderEvent::OrderPlaced {
                     customer_id,

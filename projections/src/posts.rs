@@ -149,7 +149,7 @@ impl Projection for PostsProjection {
 async fn apply_post(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
     let id = &envelope.aggregate_id;
     let at = envelope.recorded_at;
-    let version = envelope.sequence as i64;
+    let version = ProjectionError::bigint(envelope.sequence)?;
     let update = |set: &str| {
         format!(
             "UPDATE posts SET {set}, updated_at = $2, version = $3 WHERE id = $1 AND version < $3"

@@ -23,12 +23,34 @@ pub enum ProjectionError {
     Fault(#[from] chronicle_bus::InjectedFault),
     #[error(transparent)]
     Subscriber(#[from] chronicle_bus::SubscriberError),
+    /// An event carries a value the read model cannot hold (a count past `bigint`): the
+    /// event is parked rather than wrapped into a wrong row.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 impl ProjectionError {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Database { context, source }
     }
+    /// `a + b` (or `a - b` with `negate`) as a `bigint` column can hold it.
+    pub(crate) fn counter(a: i64, b: u64, negate: bool) -> Result<i64, Self> {
+        let b = i64::try_from(b).ok();
+        let result = b.and_then(|b| {
+            if negate {
+                a.checked_sub(b)
+            } else {
+                a.checked_add(b)
+            }
+        });
+        result.ok_or_else(|| Self::OutOfRange(format!("a counter at {a} cannot take {b:?} more")))
+    }
+
+    /// `value` as a `bigint`.
+    pub(crate) fn bigint(value: u64) -> Result<i64, Self> {
+        i64::try_from(value).map_err(|_| Self::OutOfRange(format!("{value} does not fit a bigint")))
+    }
+
     pub(crate) fn nats(context: &'static str) -> impl FnOnce(String) -> Self {
         move |detail| Self::Nats { context, detail }
     }

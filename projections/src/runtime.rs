@@ -66,12 +66,29 @@ impl ProjectorConfig {
 pub struct Apply<P>(pub P);
 
 impl From<ProjectionError> for HandlerError {
+    /// Events that do not decode, carry values the read model cannot hold, or that
+    /// PostgreSQL refuses as data (SQLSTATE class 22: a NUL in text, a number out of
+    /// range) can never be applied by this code: they are parked at once. Anything else
+    /// may pass (a lost connection, a deadlock) and is retried first.
     fn from(error: ProjectionError) -> Self {
         match error {
             ProjectionError::Fault(f) => HandlerError::Fault(f),
+            ProjectionError::Decode(_) | ProjectionError::OutOfRange(_) => {
+                HandlerError::rejected(error)
+            }
+            ProjectionError::Database { ref source, .. } if is_data_exception(source) => {
+                HandlerError::rejected(error)
+            }
             other => HandlerError::failed(other),
         }
     }
+}
+
+fn is_data_exception(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22"))
 }
 
 impl<P: Projection> Handler for Apply<P> {

@@ -70,7 +70,7 @@ impl Projection for UsersProjection {
                     .bind(username)
                     .bind(display_name)
                     .bind(envelope.recorded_at)
-                    .bind(envelope.sequence as i64)
+                    .bind(ProjectionError::bigint(envelope.sequence)?)
                     .execute(&mut *conn)
                     .await
                     .map_err(ProjectionError::db("inserting a user"))?;
@@ -83,7 +83,7 @@ impl Projection for UsersProjection {
                     .bind(&envelope.aggregate_id)
                     .bind(display_name)
                     .bind(envelope.recorded_at)
-                    .bind(envelope.sequence as i64)
+                    .bind(ProjectionError::bigint(envelope.sequence)?)
                     .execute(&mut *conn)
                     .await
                     .map_err(ProjectionError::db("updating a user"))?;

@@ -178,6 +178,8 @@ impl From<SagaError> for HandlerError {
     fn from(error: SagaError) -> Self {
         match error {
             SagaError::Fault(f) => HandlerError::Fault(f),
+            // An event that does not decode never will: park it at once.
+            SagaError::Decode(_) => HandlerError::rejected(error),
             other => HandlerError::failed(other),
         }
     }

@@ -9,6 +9,7 @@
 //! - [`blog`]: the payloads of the blog context (posts, comments).
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
+//! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
 //!
 //! Payload types are versioned by their `event_version`; an old version is upcast, never
 //! edited. This crate does no I/O.
@@ -18,6 +19,7 @@ mod envelope;
 pub mod blog;
 pub mod commerce;
 pub mod identity;
+pub mod limits;
 
 pub use envelope::{
     is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,

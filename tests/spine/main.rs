@@ -6,6 +6,7 @@ mod commerce;
 mod common;
 mod gateway;
 mod group_commit;
+mod hostile;
 mod identity;
 mod projector;
 mod relay;

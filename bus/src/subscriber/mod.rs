@@ -90,11 +90,18 @@ pub enum HandlerError {
     Fault(InjectedFault),
     /// The event could not be handled (yet): it is retried, then parked.
     Failed(Box<dyn StdError + Send + Sync>),
+    /// The event can never be handled by this code (it does not decode, or carries a value
+    /// the read model cannot hold): it is parked at once, without retries.
+    Rejected(Box<dyn StdError + Send + Sync>),
 }
 
 impl HandlerError {
     pub fn failed(error: impl StdError + Send + Sync + 'static) -> Self {
         Self::Failed(Box::new(error))
+    }
+
+    pub fn rejected(error: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Rejected(Box::new(error))
     }
 }
 
@@ -209,7 +216,33 @@ impl Delivery {
 
 fn decode(payload: &[u8], event_type: String) -> Result<Envelope, HandlerError> {
     serde_json::from_slice(payload)
-        .map_err(|source| HandlerError::failed(DecodeError { event_type, source }))
+        .map_err(|source| HandlerError::rejected(DecodeError { event_type, source }))
+}
+
+/// Why the handler did not handle an event, and whether trying again can help.
+struct Failure {
+    error: Box<dyn StdError + Send + Sync>,
+    permanent: bool,
+}
+
+impl From<HandlerError> for Failure {
+    fn from(error: HandlerError) -> Self {
+        match error {
+            HandlerError::Failed(error) => Self {
+                error,
+                permanent: false,
+            },
+            HandlerError::Rejected(error) => Self {
+                error,
+                permanent: true,
+            },
+            // Faults stop the subscriber before a failure is made of them.
+            HandlerError::Fault(fault) => Self {
+                error: Box::new(fault),
+                permanent: false,
+            },
+        }
+    }
 }
 
 /// Whether a consume round goes on or starts over from the checkpoint.
@@ -406,7 +439,7 @@ impl<H: Handler> Subscriber<H> {
         let decoded: Result<Vec<Envelope>, HandlerError> =
             fresh.iter().map(|d| d.decode()).collect();
         let outcome = match decoded {
-            Ok(events) => self.handler.handle(&mut tx, &events).await,
+            Ok(events) => self.run_handler(&mut tx, &events).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -420,7 +453,7 @@ impl<H: Handler> Subscriber<H> {
                 Ok(Flow::Continue)
             }
             Err(HandlerError::Fault(f)) => Err(f.into()),
-            Err(HandlerError::Failed(_)) if fresh.len() > 1 => {
+            Err(_) if fresh.len() > 1 => {
                 drop(tx);
                 for delivery in deliveries.iter().filter(|d| d.seq <= stored) {
                     delivery.ack(name).await;
@@ -432,12 +465,38 @@ impl<H: Handler> Subscriber<H> {
                 }
                 Ok(Flow::Continue)
             }
-            Err(HandlerError::Failed(error)) => {
+            Err(error) => {
                 drop(tx);
                 for delivery in deliveries.iter().filter(|d| d.seq <= stored) {
                     delivery.ack(name).await;
                 }
-                self.retry_one(fresh[0], expected, 1, error).await
+                self.retry_one(fresh[0], expected, 1, Failure::from(error))
+                    .await
+            }
+        }
+    }
+
+    /// The handler, with a panic turned into a failure like any other: a handler that
+    /// panics on one event gets it parked, it does not take the subscriber down.
+    async fn run_handler(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+    ) -> Result<(), HandlerError> {
+        match std::panic::AssertUnwindSafe(self.handler.handle(conn, events))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                Err(HandlerError::failed(StringError(format!(
+                    "the handler panicked: {message}"
+                ))))
             }
         }
     }
@@ -460,7 +519,7 @@ impl<H: Handler> Subscriber<H> {
         &self,
         delivery: &Delivery,
         expected: &mut u64,
-    ) -> Result<Result<Flow, Box<dyn StdError + Send + Sync>>, SubscriberError> {
+    ) -> Result<Result<Flow, Failure>, SubscriberError> {
         let name = self.config.name.as_str();
         let mut tx = self
             .pool
@@ -474,8 +533,7 @@ impl<H: Handler> Subscriber<H> {
         if delivery.seq > stored {
             let outcome = match delivery.decode() {
                 Ok(event) => {
-                    self.handler
-                        .handle(&mut tx, std::slice::from_ref(&event))
+                    self.run_handler(&mut tx, std::slice::from_ref(&event))
                         .await
                 }
                 Err(e) => Err(e),
@@ -483,7 +541,7 @@ impl<H: Handler> Subscriber<H> {
             match outcome {
                 Ok(()) => {}
                 Err(HandlerError::Fault(f)) => return Err(f.into()),
-                Err(HandlerError::Failed(error)) => return Ok(Err(error)),
+                Err(other) => return Ok(Err(Failure::from(other))),
             }
             checkpoint::store(&mut tx, name, delivery.seq).await?;
             // Handled at last: a subscriber stopped on it recorded it as parked.
@@ -518,13 +576,13 @@ impl<H: Handler> Subscriber<H> {
         delivery: &Delivery,
         expected: &mut u64,
         mut attempts: u32,
-        mut error: Box<dyn StdError + Send + Sync>,
+        mut failure: Failure,
     ) -> Result<Flow, SubscriberError> {
         let name = self.config.name.as_str();
         let mut unrecorded = attempts;
         loop {
-            let detail = ErrorChain(&*error).to_string();
-            if attempts < self.config.attempts {
+            let detail = ErrorChain(&*failure.error).to_string();
+            if attempts < self.config.attempts && !failure.permanent {
                 tracing::warn!(
                     subscriber = name,
                     stream_seq = delivery.seq,
@@ -595,7 +653,7 @@ impl<H: Handler> Subscriber<H> {
             match self.try_one(delivery, expected).await? {
                 Ok(flow) => return Ok(flow),
                 Err(again) => {
-                    error = again;
+                    failure = again;
                     attempts += 1;
                     unrecorded += 1;
                 }
@@ -631,8 +689,7 @@ impl<H: Handler> Subscriber<H> {
             let outcome = match stream.get_raw_message(seq).await {
                 Ok(message) => match decode(&message.payload, event.event_type.clone()) {
                     Ok(envelope) => {
-                        self.handler
-                            .handle(&mut tx, std::slice::from_ref(&envelope))
+                        self.run_handler(&mut tx, std::slice::from_ref(&envelope))
                             .await
                     }
                     Err(e) => Err(e),
@@ -653,7 +710,7 @@ impl<H: Handler> Subscriber<H> {
                     applied += 1;
                 }
                 Err(HandlerError::Fault(f)) => return Err(f.into()),
-                Err(HandlerError::Failed(error)) => {
+                Err(HandlerError::Failed(error) | HandlerError::Rejected(error)) => {
                     drop(tx);
                     let mut tx = self
                         .pool

@@ -1,9 +1,20 @@
+use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{blog::CommentEvent, AggregateKind};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// Longest comment, in characters.
 pub const MAX_COMMENT: usize = 5_000;
+
+/// A comment's text: 1 to [`MAX_COMMENT`] characters, not blank, no control characters
+/// but tab and newlines.
+///
+/// # Errors
+/// [`CommentError::InvalidBody`].
+pub fn check_comment(body: &str) -> Result<(), CommentError> {
+    chronicle_schemas::limits::text("body", body, 1, MAX_COMMENT)
+        .map_err(|_| CommentError::InvalidBody)
+}
 
 /// What a comment needs to know of its post when it is added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +44,7 @@ pub enum CommentError {
     CommentExists,
     #[error("comments are only taken on published posts")]
     PostNotPublished,
-    #[error("a comment is 1 to {MAX_COMMENT} characters, not blank")]
+    #[error("a comment is 1 to {MAX_COMMENT} characters, not blank, without control characters")]
     InvalidBody,
     #[error("only the comment's author or the post's author may delete it")]
     NotAllowed,
@@ -47,6 +58,29 @@ impl CommentError {
             Self::PostNotPublished => "post_not_published",
             Self::InvalidBody => "validation_failed",
             Self::NotAllowed => "forbidden",
+        }
+    }
+}
+
+impl DomainRule for CommentError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::NotAllowed => Refusal::Forbidden,
+            Self::InvalidBody => Refusal::Invalid,
+            Self::CommentExists | Self::PostNotPublished => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
+        match self {
+            Self::InvalidBody => vec![chronicle_schemas::limits::Invalid::new(
+                "body",
+                self.to_string(),
+            )],
+            _ => Vec::new(),
         }
     }
 }
@@ -84,9 +118,7 @@ impl Comment {
                 if !post.published {
                     return Err(CommentError::PostNotPublished);
                 }
-                if body.trim().is_empty() || body.chars().count() > MAX_COMMENT {
-                    return Err(CommentError::InvalidBody);
-                }
+                check_comment(&body)?;
                 Ok(vec![CommentEvent::CommentAdded {
                     comment_id,
                     post_id: post.post_id,

@@ -15,7 +15,7 @@ pub mod markdown;
 mod post;
 
 pub use chronicle_schemas::blog::{CommentEvent, PostEvent};
-pub use comment::{Comment, CommentCommand, CommentError, PostRef, MAX_COMMENT};
+pub use comment::{check_comment, Comment, CommentCommand, CommentError, PostRef, MAX_COMMENT};
 pub use post::{
     check_body, check_title, normalize_tags, Post, PostCommand, PostError, MAX_BODY, MAX_TAG,
     MAX_TAGS, MAX_TITLE,

@@ -1,3 +1,4 @@
+use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{blog::PostEvent, AggregateKind};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -47,9 +48,11 @@ pub enum PostError {
     PostExists,
     #[error("only the post's author may do this")]
     NotAuthor,
-    #[error("a title is 1 to {MAX_TITLE} characters, not blank")]
+    #[error("a title is 1 to {MAX_TITLE} characters, not blank, without control characters")]
     InvalidTitle,
-    #[error("a body is at most {MAX_BODY} characters")]
+    #[error(
+        "a body is at most {MAX_BODY} characters, without control characters but tab and newlines"
+    )]
     InvalidBody,
     #[error("at most {MAX_TAGS} tags, each 1 to {MAX_TAG} characters of a-z, 0-9 and '-'")]
     InvalidTags,
@@ -62,6 +65,29 @@ impl PostError {
             Self::PostExists => "post_exists",
             Self::NotAuthor => "forbidden",
             Self::InvalidTitle | Self::InvalidBody | Self::InvalidTags => "validation_failed",
+        }
+    }
+}
+
+impl DomainRule for PostError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::NotAuthor => Refusal::Forbidden,
+            Self::InvalidTitle | Self::InvalidBody | Self::InvalidTags => Refusal::Invalid,
+            Self::PostExists => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
+        use chronicle_schemas::limits::Invalid;
+        match self {
+            Self::InvalidTitle => vec![Invalid::new("title", self.to_string())],
+            Self::InvalidBody => vec![Invalid::new("body_markdown", self.to_string())],
+            Self::InvalidTags => vec![Invalid::new("tags", self.to_string())],
+            _ => Vec::new(),
         }
     }
 }
@@ -89,21 +115,15 @@ pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>, PostError> {
 /// # Errors
 /// [`PostError::InvalidTitle`].
 pub fn check_title(title: &str) -> Result<(), PostError> {
-    if title.trim().is_empty() || title.chars().count() > MAX_TITLE {
-        Err(PostError::InvalidTitle)
-    } else {
-        Ok(())
-    }
+    chronicle_schemas::limits::text("title", title, 1, MAX_TITLE)
+        .map_err(|_| PostError::InvalidTitle)
 }
 
 /// # Errors
 /// [`PostError::InvalidBody`].
 pub fn check_body(body: &str) -> Result<(), PostError> {
-    if body.chars().count() > MAX_BODY {
-        Err(PostError::InvalidBody)
-    } else {
-        Ok(())
-    }
+    chronicle_schemas::limits::text("body_markdown", body, 0, MAX_BODY)
+        .map_err(|_| PostError::InvalidBody)
 }
 
 /// A blog post. It holds its text and status, never its comments (each comment is its own

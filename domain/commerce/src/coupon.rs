@@ -1,3 +1,4 @@
+use chronicle_schemas::limits::{DomainRule, Refusal};
 use std::collections::BTreeSet;
 
 use chronicle_schemas::{commerce::CouponEvent, AggregateKind};
@@ -40,6 +41,27 @@ impl CouponError {
             Self::NotFound => "not_found",
             Self::InvalidPercent | Self::InvalidMaxRedemptions => "validation_failed",
             Self::Exhausted => "coupon_exhausted",
+        }
+    }
+}
+
+impl DomainRule for CouponError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::InvalidPercent | Self::InvalidMaxRedemptions => Refusal::Invalid,
+            Self::CouponExists | Self::Exhausted => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
+        use chronicle_schemas::limits::Invalid;
+        match self {
+            Self::InvalidPercent => vec![Invalid::new("percent_off", self.to_string())],
+            Self::InvalidMaxRedemptions => vec![Invalid::new("max_redemptions", self.to_string())],
+            _ => Vec::new(),
         }
     }
 }

@@ -1,6 +1,11 @@
+use chronicle_schemas::limits::{DomainRule, Refusal};
 use std::collections::BTreeMap;
 
-use chronicle_schemas::{commerce::InventoryEvent, AggregateKind};
+use chronicle_schemas::{
+    commerce::InventoryEvent,
+    limits::{self, Invalid, MAX_QUANTITY, MAX_STOCK},
+    AggregateKind,
+};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +59,14 @@ pub enum InventoryError {
     ReservationCommitted(String),
     #[error("reservation {0} was already released")]
     ReservationReleased(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("receiving {requested} more would take stock past {max} units (on hand: {on_hand})")]
+    StockLimit {
+        on_hand: u64,
+        requested: u64,
+        max: u64,
+    },
 }
 
 impl InventoryError {
@@ -62,7 +75,8 @@ impl InventoryError {
         match self {
             Self::SkuExists => "sku_exists",
             Self::NotFound => "not_found",
-            Self::InvalidQuantity | Self::InvalidPrice => "validation_failed",
+            Self::InvalidQuantity | Self::InvalidPrice | Self::Invalid(_) => "validation_failed",
+            Self::StockLimit { .. } => "stock_limit_exceeded",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationMismatch(_) => "reservation_mismatch",
             Self::UnknownReservation(_) => "unknown_reservation",
@@ -70,6 +84,79 @@ impl InventoryError {
             Self::ReservationReleased(_) => "reservation_released",
         }
     }
+}
+
+impl DomainRule for InventoryError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::InvalidQuantity | Self::InvalidPrice | Self::Invalid(_) => Refusal::Invalid,
+            _ => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<Invalid> {
+        match self {
+            Self::Invalid(invalid) => vec![invalid.clone()],
+            Self::InvalidQuantity => vec![Invalid::new("quantity", self.to_string())],
+            Self::InvalidPrice => vec![Invalid::new("price_cents", self.to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A SKU: the aggregate id and so one NATS subject token: 1 to 64 characters of `A-Z`,
+/// `a-z`, `0-9`, `-` and `_`.
+///
+/// # Errors
+/// [`Invalid`] for `sku`.
+pub fn check_sku(sku: &str) -> Result<(), Invalid> {
+    if (1..=64).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "sku",
+            "1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        ))
+    }
+}
+
+/// An item name: 1 to 200 characters, not blank, no control characters.
+///
+/// # Errors
+/// [`Invalid`] for `name`.
+pub fn check_item_name(name: &str) -> Result<(), Invalid> {
+    limits::text("name", name, 1, 200)
+}
+
+/// A price: 0 to 10^12 cents.
+///
+/// # Errors
+/// [`Invalid`] for `price_cents`.
+pub fn check_price(price_cents: i64) -> Result<(), Invalid> {
+    limits::cents("price_cents", price_cents)
+}
+
+/// An item's first stock: 0 to 10^12 units.
+///
+/// # Errors
+/// [`Invalid`] for `initial_stock`.
+pub fn check_initial_stock(initial_stock: impl Into<i128>) -> Result<(), Invalid> {
+    limits::in_range("initial_stock", initial_stock.into(), 0, MAX_STOCK.into())
+}
+
+/// A quantity received or reserved: 1 to 1,000,000.
+///
+/// # Errors
+/// [`Invalid`] for `field`.
+pub fn check_quantity(field: &str, quantity: impl Into<i128>) -> Result<(), Invalid> {
+    limits::in_range(field, quantity.into(), 1, MAX_QUANTITY.into())
 }
 
 /// How a reservation ended; kept so that a late retry of release or commit is answered
@@ -116,7 +203,7 @@ impl InventoryItem {
         self.reserved
     }
     pub fn available(&self) -> u64 {
-        self.on_hand - self.reserved
+        self.on_hand.saturating_sub(self.reserved)
     }
 
     fn decide(&self, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
@@ -135,9 +222,12 @@ impl InventoryItem {
                 if self.created {
                     return Err(InventoryError::SkuExists);
                 }
-                if price_cents < 0 {
+                if check_price(price_cents).is_err() {
                     return Err(InventoryError::InvalidPrice);
                 }
+                check_sku(&sku)?;
+                check_item_name(&name)?;
+                check_initial_stock(initial_stock)?;
                 Ok(vec![E::ItemCreated {
                     sku,
                     name,
@@ -146,8 +236,18 @@ impl InventoryItem {
                 }])
             }
             C::Receive { quantity } => {
-                if quantity == 0 {
+                if check_quantity("quantity", quantity).is_err() {
                     return Err(InventoryError::InvalidQuantity);
+                }
+                match self.on_hand.checked_add(quantity) {
+                    Some(total) if total <= MAX_STOCK => {}
+                    _ => {
+                        return Err(InventoryError::StockLimit {
+                            on_hand: self.on_hand,
+                            requested: quantity,
+                            max: MAX_STOCK,
+                        })
+                    }
                 }
                 Ok(vec![E::StockReceived { quantity }])
             }
@@ -155,7 +255,7 @@ impl InventoryItem {
                 reservation_id,
                 quantity,
             } => {
-                if quantity == 0 {
+                if check_quantity("quantity", quantity).is_err() {
                     return Err(InventoryError::InvalidQuantity);
                 }
                 if let Some(held) = self.open.get(&reservation_id) {
@@ -252,19 +352,19 @@ impl Aggregate for InventoryItem {
                 self.price_cents = price_cents;
                 self.on_hand = initial_stock;
             }
-            E::StockReceived { quantity } => self.on_hand += quantity,
+            E::StockReceived { quantity } => self.on_hand = self.on_hand.saturating_add(quantity),
             E::StockReserved {
                 reservation_id,
                 quantity,
             } => {
-                self.reserved += quantity;
+                self.reserved = self.reserved.saturating_add(quantity);
                 self.open.insert(reservation_id, quantity);
             }
             E::ReservationReleased {
                 reservation_id,
                 quantity,
             } => {
-                self.reserved -= quantity;
+                self.reserved = self.reserved.saturating_sub(quantity);
                 self.open.remove(&reservation_id);
                 self.closed.insert(reservation_id, Closed::Released);
             }
@@ -272,8 +372,8 @@ impl Aggregate for InventoryItem {
                 reservation_id,
                 quantity,
             } => {
-                self.reserved -= quantity;
-                self.on_hand -= quantity;
+                self.reserved = self.reserved.saturating_sub(quantity);
+                self.on_hand = self.on_hand.saturating_sub(quantity);
                 self.open.remove(&reservation_id);
                 self.closed.insert(reservation_id, Closed::Committed);
             }

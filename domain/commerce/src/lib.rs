@@ -21,6 +21,9 @@ pub use chronicle_schemas::commerce::{
     AppliedCoupon, CancelledBy, CouponEvent, InventoryEvent, OrderEvent, OrderLine,
 };
 pub use coupon::{Coupon, CouponCommand, CouponError};
-pub use inventory::{InventoryCommand, InventoryError, InventoryItem};
-pub use order::{Canceller, Order, OrderCommand, OrderError, OrderStatus};
+pub use inventory::{
+    check_initial_stock, check_item_name, check_price, check_quantity, check_sku, InventoryCommand,
+    InventoryError, InventoryItem,
+};
+pub use order::{Canceller, Order, OrderCommand, OrderError, OrderStatus, MAX_LINES};
 pub use payments::{OrderServices, PaymentFailure, PaymentProvider, Receipt};

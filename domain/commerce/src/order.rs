@@ -1,3 +1,4 @@
+use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{
     commerce::{AppliedCoupon, CancelledBy, OrderEvent, OrderLine},
     AggregateKind,
@@ -127,6 +128,38 @@ impl OrderError {
             Self::WrongAmount { .. } => "wrong_amount",
             Self::Payment(PaymentFailure::Declined(_)) => "payment_declined",
             Self::Payment(PaymentFailure::TimedOut) => "payment_timeout",
+        }
+    }
+}
+
+impl DomainRule for OrderError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::NotCustomer => Refusal::Forbidden,
+            Self::NoLines
+            | Self::DuplicateSku(_)
+            | Self::InvalidQuantity
+            | Self::InvalidPrice
+            | Self::InvalidCoupon => Refusal::Invalid,
+            Self::Payment(PaymentFailure::TimedOut) => Refusal::TimedOut,
+            Self::OrderExists
+            | Self::InvalidState { .. }
+            | Self::WrongAmount { .. }
+            | Self::Payment(_) => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
+        use chronicle_schemas::limits::Invalid;
+        match self {
+            Self::NoLines | Self::DuplicateSku(_) | Self::InvalidQuantity | Self::InvalidPrice => {
+                vec![Invalid::new("lines", self.to_string())]
+            }
+            Self::InvalidCoupon => vec![Invalid::new("coupon_code", self.to_string())],
+            _ => Vec::new(),
         }
     }
 }
@@ -287,9 +320,13 @@ enum Decision {
     },
 }
 
-/// `(subtotal, discount)` of priced lines, after validating them.
+/// Most lines an order may have.
+pub const MAX_LINES: usize = 100;
+
+/// `(subtotal, discount)` of priced lines, after validating them. Every sum is checked:
+/// an order whose total would not fit is refused, never wrapped.
 fn price(lines: &[OrderLine], coupon: Option<&AppliedCoupon>) -> Result<(i64, i64), OrderError> {
-    if lines.is_empty() {
+    if lines.is_empty() || lines.len() > MAX_LINES {
         return Err(OrderError::NoLines);
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -298,10 +335,10 @@ fn price(lines: &[OrderLine], coupon: Option<&AppliedCoupon>) -> Result<(i64, i6
         if !seen.insert(line.sku.as_str()) {
             return Err(OrderError::DuplicateSku(line.sku.clone()));
         }
-        if line.quantity == 0 {
+        if crate::inventory::check_quantity("quantity", line.quantity).is_err() {
             return Err(OrderError::InvalidQuantity);
         }
-        if line.unit_price_cents < 0 {
+        if crate::inventory::check_price(line.unit_price_cents).is_err() {
             return Err(OrderError::InvalidPrice);
         }
         let quantity = i64::try_from(line.quantity).map_err(|_| OrderError::InvalidQuantity)?;

@@ -12,4 +12,6 @@
 mod user;
 
 pub use chronicle_schemas::identity::UserEvent;
-pub use user::{is_valid_username, User, UserCommand, UserError};
+pub use user::{
+    check_display_name, check_username, is_valid_username, User, UserCommand, UserError,
+};

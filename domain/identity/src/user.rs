@@ -1,4 +1,9 @@
-use chronicle_schemas::{identity::UserEvent, AggregateKind};
+use chronicle_schemas::limits::{DomainRule, Refusal};
+use chronicle_schemas::{
+    identity::UserEvent,
+    limits::{self, Invalid},
+    AggregateKind,
+};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +35,7 @@ pub enum UserError {
     Forbidden,
     #[error("username must be 3 to 32 characters of a-z, 0-9 and _")]
     InvalidUsername,
-    #[error("display name must be 1 to 64 characters")]
+    #[error("display name must be 1 to 64 characters, not blank, without control characters")]
     InvalidDisplayName,
 }
 
@@ -45,8 +50,49 @@ impl UserError {
     }
 }
 
-fn valid_display_name(name: &str) -> bool {
-    !name.trim().is_empty() && name.chars().count() <= 64
+impl DomainRule for UserError {
+    fn rule_code(&self) -> &'static str {
+        self.code()
+    }
+    fn refusal(&self) -> Refusal {
+        match self {
+            Self::NotFound => Refusal::NotFound,
+            Self::Forbidden => Refusal::Forbidden,
+            Self::InvalidUsername | Self::InvalidDisplayName => Refusal::Invalid,
+            Self::AlreadyRegistered => Refusal::Conflict,
+        }
+    }
+    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
+        use chronicle_schemas::limits::Invalid;
+        match self {
+            Self::InvalidUsername => vec![Invalid::new("username", self.to_string())],
+            Self::InvalidDisplayName => vec![Invalid::new("display_name", self.to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A display name: 1 to 64 characters, not blank, no control characters.
+///
+/// # Errors
+/// [`Invalid`] for `display_name`.
+pub fn check_display_name(name: &str) -> Result<(), Invalid> {
+    limits::text("display_name", name, 1, 64)
+}
+
+/// A username: 3 to 32 characters of `a-z`, `0-9` and `_`.
+///
+/// # Errors
+/// [`Invalid`] for `username`.
+pub fn check_username(username: &str) -> Result<(), Invalid> {
+    if is_valid_username(username) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "username",
+            "3 to 32 characters of a-z, 0-9 and _",
+        ))
+    }
 }
 
 /// A user account (aggregate type `user`, id = the user's UUID).
@@ -94,12 +140,8 @@ impl Aggregate for User {
                 if self.registered() {
                     return Err(UserError::AlreadyRegistered);
                 }
-                if !is_valid_username(&username) {
-                    return Err(UserError::InvalidUsername);
-                }
-                if !valid_display_name(&display_name) {
-                    return Err(UserError::InvalidDisplayName);
-                }
+                check_username(&username).map_err(|_| UserError::InvalidUsername)?;
+                check_display_name(&display_name).map_err(|_| UserError::InvalidDisplayName)?;
                 UserEvent::UserRegistered {
                     username,
                     display_name,
@@ -115,9 +157,7 @@ impl Aggregate for User {
                 if &actor != own_id {
                     return Err(UserError::Forbidden);
                 }
-                if !valid_display_name(&display_name) {
-                    return Err(UserError::InvalidDisplayName);
-                }
+                check_display_name(&display_name).map_err(|_| UserError::InvalidDisplayName)?;
                 if display_name == self.display_name {
                     return Ok(());
                 }

@@ -8,8 +8,8 @@ use axum::{
     Json,
 };
 use chronicle_blog::{
-    check_body, check_title, normalize_tags, Comment, CommentCommand, Post, PostCommand, PostRef,
-    MAX_COMMENT,
+    check_body, check_comment, check_title, normalize_tags, Comment, CommentCommand, Post,
+    PostCommand, PostRef,
 };
 use chronicle_commands::{Committed, Executed, StoredResponse};
 use chronicle_projections::posts::{self, CommentView, PostFilter, PostView};
@@ -374,10 +374,10 @@ pub async fn add_comment(
 ) -> Result<Response, ApiError> {
     let post_id = respond::uuid_id(&post_id, "post")?;
     let text = body.value.body;
-    if text.trim().is_empty() || text.chars().count() > MAX_COMMENT {
+    if let Err(e) = check_comment(&text) {
         return Err(ApiError::validation(vec![FieldError::new(
             "body",
-            format!("1 to {MAX_COMMENT} characters, not blank"),
+            e.to_string(),
         )]));
     }
     // The post as the write side knows it: whether it takes comments, and its author.

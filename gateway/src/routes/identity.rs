@@ -7,8 +7,9 @@ use axum::{
     Json,
 };
 use chronicle_commands::{Executed, StoredResponse, UniqueClaim};
-use chronicle_identity::{is_valid_username, User, UserCommand};
+use chronicle_identity::{check_display_name, check_username, User, UserCommand};
 use chronicle_projections::users;
+use chronicle_schemas::limits::Invalid;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -48,22 +49,16 @@ pub async fn register(
     body: JsonBody<Register>,
 ) -> Result<Response, ApiError> {
     let form = body.value;
-    let mut errors = Vec::new();
-    if !is_valid_username(&form.username) {
-        errors.push(FieldError::new(
-            "username",
-            "3 to 32 characters of a-z, 0-9 and _",
-        ));
-    }
-    if form.password.chars().count() < 8 || form.password.len() > MAX_PASSWORD {
-        errors.push(FieldError::new("password", "8 characters or more"));
-    }
-    if form.display_name.trim().is_empty() || form.display_name.chars().count() > 64 {
-        errors.push(FieldError::new(
-            "display_name",
-            "1 to 64 characters, not blank",
-        ));
-    }
+    let password = if form.password.chars().count() < 8 || form.password.len() > MAX_PASSWORD {
+        Err(Invalid::new("password", "8 characters or more"))
+    } else {
+        Ok(())
+    };
+    let errors = FieldError::collect([
+        check_username(&form.username),
+        password,
+        check_display_name(&form.display_name),
+    ]);
     ApiError::check(errors)?;
     let user_id = uuid::Uuid::now_v7().to_string();
     // The hash is stored first under the new id; the username is claimed with the

@@ -1,9 +1,11 @@
 //! `/api/v1/inventory/items` (API.md, Commerce: inventory).
 
 use axum::{extract::State, response::Response, Json};
-use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_commerce::{
+    check_initial_stock, check_item_name, check_price, check_quantity, check_sku, InventoryCommand,
+    InventoryItem,
+};
 use chronicle_projections::inventory::{self, InventoryView};
-use chronicle_schemas::is_valid_subject_token;
 use serde::Deserialize;
 
 use super::{
@@ -25,22 +27,6 @@ pub struct CreateItem {
     initial_stock: i64,
 }
 
-pub(super) fn validate_sku(sku: &str, errors: &mut Vec<FieldError>) {
-    // The SKU is the aggregate id and so a NATS subject token: no dots, wildcards or spaces.
-    if sku.is_empty()
-        || sku.len() > 64
-        || !is_valid_subject_token(sku)
-        || !sku
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        errors.push(FieldError::new(
-            "sku",
-            "1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
-        ));
-    }
-}
-
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -49,21 +35,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
     let item = body.value;
-    let mut errors = Vec::new();
-    validate_sku(&item.sku, &mut errors);
-    if item.name.trim().is_empty() || item.name.chars().count() > 200 {
-        errors.push(FieldError::new("name", "1 to 200 characters, not blank"));
-    }
-    if item.price_cents < 0 {
-        errors.push(FieldError::new(
-            "price_cents",
-            "must be zero or more (integer cents)",
-        ));
-    }
-    if item.initial_stock < 0 {
-        errors.push(FieldError::new("initial_stock", "must be zero or more"));
-    }
-    ApiError::check(errors)?;
+    ApiError::check(FieldError::collect([
+        check_sku(&item.sku),
+        check_item_name(&item.name),
+        check_price(item.price_cents),
+        check_initial_stock(item.initial_stock),
+    ]))?;
     let ctx = respond::context(
         &caller,
         "POST /api/v1/inventory/items",
@@ -105,12 +82,10 @@ pub async fn receive(
     body: JsonBody<Receive>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
-    let mut errors = Vec::new();
-    validate_sku(&sku, &mut errors);
-    if body.value.quantity <= 0 {
-        errors.push(FieldError::new("quantity", "must be greater than zero"));
-    }
-    ApiError::check(errors)?;
+    ApiError::check(FieldError::collect([
+        check_sku(&sku),
+        check_quantity("quantity", body.value.quantity),
+    ]))?;
     let route = format!("POST /api/v1/inventory/items/{sku}/receive");
     let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
     let make = respond::id_and_version(200);

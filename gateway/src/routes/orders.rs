@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 
 use axum::{extract::State, response::Response, Json};
 use chronicle_commerce::{
-    AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem, Order, OrderCommand, OrderLine,
-    OrderStatus,
+    check_quantity, check_sku, AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem,
+    Order, OrderCommand, OrderLine, OrderStatus, MAX_LINES,
 };
 use chronicle_projections::orders::{self, OrderView};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    inventory::validate_sku,
     page::{Page, PageRequest},
     respond,
 };
@@ -21,11 +20,6 @@ use crate::{
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
     state::AppState,
 };
-
-/// Most lines an order may have.
-const MAX_LINES: usize = 100;
-/// Most units of one SKU an order may ask for.
-const MAX_QUANTITY: i64 = 1_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,12 +42,12 @@ fn requested_lines(lines: &[LineRequest], errors: &mut Vec<FieldError>) -> BTree
     }
     let mut merged = BTreeMap::new();
     for (index, line) in lines.iter().enumerate() {
-        let mut line_errors = Vec::new();
-        validate_sku(&line.sku, &mut line_errors);
-        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            line_errors.push(FieldError::new("quantity", format!("1 to {MAX_QUANTITY}")));
-        }
+        let line_errors = FieldError::collect([
+            check_sku(&line.sku),
+            check_quantity("quantity", line.quantity),
+        ]);
         if line_errors.is_empty() {
+            // Bounded by 100 lines of 10^6: the domain refuses a merged line past its limit.
             *merged.entry(line.sku.clone()).or_insert(0u64) += line.quantity as u64;
         }
         errors.extend(
@@ -303,14 +297,10 @@ async fn order_command(
 }
 
 /// A coupon code is its aggregate id, so a NATS subject token.
+/// A coupon code is an aggregate id too: the SKU rule, under the request's field name.
 fn validate_code(code: &str, field: &str, errors: &mut Vec<FieldError>) {
-    let mut found = Vec::new();
-    validate_sku(code, &mut found);
-    if !found.is_empty() {
-        errors.push(FieldError::new(
-            field,
-            "1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
-        ));
+    if let Err(invalid) = check_sku(code) {
+        errors.push(FieldError::new(field, invalid.message));
     }
 }
 

@@ -1,0 +1,440 @@
+//! Hostile input (issue 10's findings): nothing a client sends, and no event stored in the
+//! log, may stop a read model from advancing (DESIGN.md invariants 7 and 8).
+
+use std::time::Duration;
+
+use async_nats::{jetstream, HeaderMap};
+use chronicle_tests::{eventually, TestApp};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{invalid_fields, problem};
+
+/// The finding: a display name with a NUL was accepted (201) and froze the `users` read
+/// model for everyone. Now it is refused, and nothing is appended.
+#[tokio::test]
+async fn a_display_name_with_a_nul_or_an_escape_is_refused_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let before = app.event_count().await;
+    for name in ["a\u{0}b", "\u{1b}[31mred", "bell\u{7}"] {
+        let response = app
+            .http
+            .post(app.url("/api/v1/auth/register"))
+            .json(
+                &json!({"username": "mallory", "password": "correct horse", "display_name": name}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(invalid_fields(response).await, ["display_name"]);
+        let response = app
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/users/{}", app.user_id),
+            )
+            .json(&json!({"display_name": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(invalid_fields(response).await, ["display_name"]);
+    }
+    // Tabs and newlines are text.
+    let response = app.register("tabby", "correct horse").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(app.event_count().await, before + 1);
+}
+
+/// The finding: `initial_stock` of i64::MAX then a receipt of 1 wrapped the aggregate to a
+/// negative stock and froze the `inventory` read model.
+#[tokio::test]
+async fn stock_past_its_limit_is_refused_and_can_never_wrap() {
+    let app = TestApp::spawn().await;
+    let before = app.event_count().await;
+    for stock in [json!(i64::MAX), json!(1_000_000_000_001u64), json!(-1)] {
+        let response = app
+            .post(
+                "/api/v1/inventory/items",
+                json!({"sku": "BIG", "name": "Big", "price_cents": 1, "initial_stock": stock}),
+            )
+            .await;
+        assert_eq!(invalid_fields(response).await, ["initial_stock"], "{stock}");
+    }
+    // Past i64: a wrong type, 400.
+    let response = app
+        .request(reqwest::Method::POST, "/api/v1/inventory/items")
+        .header("content-type", "application/json")
+        .body(r#"{"sku":"BIG","name":"Big","price_cents":1,"initial_stock":9223372036854775808}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "BIG", "name": "Big", "price_cents": 1_000_000_000_001i64, "initial_stock": 1}),
+        )
+        .await;
+    assert_eq!(invalid_fields(response).await, ["price_cents"]);
+    assert_eq!(app.event_count().await, before, "nothing appended");
+
+    // At the limit it is accepted; one more unit is refused, never wrapped.
+    let response = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "BIG", "name": "Big", "price_cents": 1, "initial_stock": 1_000_000_000_000u64}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    problem(
+        app.post(
+            "/api/v1/inventory/items/BIG/receive",
+            json!({"quantity": 1}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "stock_limit_exceeded",
+    )
+    .await;
+    for quantity in [json!(0), json!(1_000_001), json!(i64::MAX)] {
+        let response = app
+            .post(
+                "/api/v1/inventory/items/BIG/receive",
+                json!({"quantity": quantity}),
+            )
+            .await;
+        assert_eq!(invalid_fields(response).await, ["quantity"], "{quantity}");
+    }
+    assert_eq!(app.event_count().await, before + 1);
+    let item: Value = app
+        .get("/api/v1/inventory/items/BIG?min_version=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(item["on_hand"], 1_000_000_000_000u64);
+
+    // Orders cannot overflow either: 100 lines of a million units at 10^12 cents each.
+    let response = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "DEAR", "name": "Dear", "price_cents": 1_000_000_000_000u64, "initial_stock": 0}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let lines: Vec<Value> = (0..2)
+        .map(|_| json!({"sku": "DEAR", "quantity": 1_000_000}))
+        .collect();
+    let response = app.post("/api/v1/orders", json!({"lines": lines})).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a merged line past the quantity limit is refused"
+    );
+}
+
+/// Publishes `payload` on `subject` straight into the stream, as a stored event from an
+/// older version or another producer would be there.
+async fn inject(app: &TestApp, subject: &str, event_type: &str, payload: Vec<u8>) {
+    let js = jetstream::new(app.nats.client().await);
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
+    headers.insert("Chronicle-Event-Type", event_type);
+    js.publish_with_headers(subject.to_owned(), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn envelope(
+    context: &str,
+    aggregate_type: &str,
+    id: &str,
+    event_type: &str,
+    payload: Value,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "event_id": uuid::Uuid::now_v7(),
+        "event_type": event_type,
+        "event_version": "1",
+        "context": context,
+        "aggregate_type": aggregate_type,
+        "aggregate_id": id,
+        "sequence": 1,
+        "recorded_at": "2026-12-01T00:00:00Z",
+        "correlation_id": uuid::Uuid::now_v7(),
+        "payload": payload,
+    }))
+    .unwrap()
+}
+
+/// Every kind of bad event, on every subject a projection or saga reads.
+async fn poison_every_reader(app: &TestApp) {
+    let user = uuid::Uuid::now_v7().to_string();
+    let order = uuid::Uuid::now_v7().to_string();
+    let post = uuid::Uuid::now_v7().to_string();
+    let targets = [
+        (
+            "identity",
+            "user",
+            user.as_str(),
+            "UserRegistered",
+            json!({"username": "nul", "display_name": "a\u{0}b"}),
+        ),
+        (
+            "commerce",
+            "inventory_item",
+            "HUGE",
+            "ItemCreated",
+            json!({"sku": "HUGE", "name": "x", "price_cents": 1, "initial_stock": u64::MAX}),
+        ),
+        (
+            "commerce",
+            "order",
+            order.as_str(),
+            "OrderPlaced",
+            json!({"customer_id": "x\u{0}", "lines": "not a list"}),
+        ),
+        (
+            "blog",
+            "post",
+            post.as_str(),
+            "PostDrafted",
+            json!({"title": 42}),
+        ),
+    ];
+    for (context, aggregate_type, id, event_type, payload) in targets {
+        let subject = format!("events.{context}.{aggregate_type}.{id}");
+        // A payload that is not what its type says.
+        inject(
+            app,
+            &subject,
+            event_type,
+            envelope(context, aggregate_type, id, event_type, payload),
+        )
+        .await;
+        // An event type nobody knows.
+        inject(
+            app,
+            &subject,
+            "NoSuchEvent",
+            envelope(context, aggregate_type, id, "NoSuchEvent", json!({})),
+        )
+        .await;
+        // Not JSON at all, and JSON that is not an envelope.
+        inject(app, &subject, event_type, b"\x00\xff not json".to_vec()).await;
+        inject(app, &subject, event_type, b"{\"hello\": [1, 2]}".to_vec()).await;
+    }
+}
+
+/// The `roles` claim of a token.
+fn roles(token: &str) -> Vec<String> {
+    use base64::Engine;
+    let claims = token.split('.').nth(1).expect("a JWT has three parts");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .expect("base64url claims");
+    let claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
+    serde_json::from_value(claims["roles"].clone()).expect("a list of roles")
+}
+
+async fn status_of(app: &TestApp) -> Vec<Value> {
+    app.get("/api/v1/projections").await.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn no_stored_event_of_any_kind_stops_a_read_model_or_the_saga() {
+    let app = TestApp::spawn().await;
+    poison_every_reader(&app).await;
+
+    // After the poison, every context still works end to end.
+    let (_, _) = app.register_and_login("after").await;
+    let created = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "OK-1", "name": "Fine", "price_cents": 100, "initial_stock": 5}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let placed: Value = app
+        .post(
+            "/api/v1/orders",
+            json!({"lines": [{"sku": "OK-1", "quantity": 2}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let order_id = placed["id"].as_str().unwrap().to_owned();
+    let post: Value = app
+        .post(
+            "/api/v1/posts",
+            json!({"title": "Still here", "body_markdown": "yes", "tags": []}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let post_id = post["id"].as_str().unwrap().to_owned();
+
+    let order = app
+        .get(&format!("/api/v1/orders/{order_id}?min_version=2"))
+        .await;
+    assert_eq!(order.headers()["chronicle-consistency"], "fresh");
+    assert_eq!(
+        order.json::<Value>().await.unwrap()["status"],
+        "reserved",
+        "the saga went on"
+    );
+    let item = app.get("/api/v1/inventory/items/OK-1?min_version=2").await;
+    assert_eq!(item.headers()["chronicle-consistency"], "fresh");
+    let post = app
+        .get(&format!("/api/v1/posts/{post_id}?min_version=1"))
+        .await;
+    assert_eq!(post.headers()["chronicle-consistency"], "fresh");
+    eventually(
+        "the new user to be readable",
+        Duration::from_secs(10),
+        || async {
+            let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&app.pool)
+                .await
+                .ok()?;
+            (users == 2).then_some(())
+        },
+    )
+    .await;
+
+    // Every reader reports what it parked, with the error; none is stuck.
+    let statuses = eventually(
+        "every reader to report its parked events",
+        Duration::from_secs(20),
+        || async {
+            let statuses = status_of(&app).await;
+            statuses
+                .iter()
+                .all(|s| s["parked"].as_u64().unwrap_or(0) >= 2 && s["lag_events"] == 0)
+                .then_some(statuses)
+        },
+    )
+    .await;
+    for status in &statuses {
+        assert_eq!(status["status"], "failed", "{status}");
+        assert!(
+            status["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{status}"
+        );
+    }
+    let users = statuses.iter().find(|s| s["name"] == "users").unwrap();
+    let parked: Vec<Value> = app
+        .get("/api/v1/projections/users/parked")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(parked.len() as u64, users["parked"].as_u64().unwrap());
+    assert!(
+        parked
+            .iter()
+            .any(|p| p["error"].as_str().unwrap().contains("0x00")),
+        "the NUL's own error is kept: {parked:?}"
+    );
+    for field in [
+        "stream_seq",
+        "subject",
+        "event_type",
+        "error",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+    ] {
+        assert!(!parked[0][field].is_null(), "{field} in {}", parked[0]);
+    }
+
+    // A retry while the cause remains changes nothing and says so.
+    let retried: Value = app
+        .post("/api/v1/projections/users/retry", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(retried["applied"], 0);
+    assert_eq!(retried["still_parked"], users["parked"]);
+}
+
+#[tokio::test]
+async fn the_parked_event_routes_are_for_staff_only() {
+    let app = TestApp::spawn_with(|config| config.staff_users = vec!["boss".to_owned()]).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/api/v1/projections/users/parked"),
+        (reqwest::Method::POST, "/api/v1/projections/users/retry"),
+    ] {
+        let response = app.request(method, path).send().await.unwrap();
+        problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    let (_, boss) = app.register_and_login("boss").await;
+    let response = app
+        .http
+        .get(app.url("/api/v1/projections/users/parked"))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .http
+        .get(app.url("/api/v1/projections/nothing/parked"))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn only_staff_create_items_receive_stock_and_create_coupons() {
+    let app = TestApp::spawn_with(|config| config.staff_users = vec!["boss".to_owned()]).await;
+    let before = app.event_count().await;
+    let attempts = [
+        (
+            "/api/v1/inventory/items",
+            json!({"sku": "S-1", "name": "x", "price_cents": 1, "initial_stock": 1}),
+        ),
+        (
+            "/api/v1/inventory/items/S-1/receive",
+            json!({"quantity": 1}),
+        ),
+        (
+            "/api/v1/coupons",
+            json!({"code": "TEN", "percent_off": 10, "max_redemptions": 5}),
+        ),
+    ];
+    for (path, body) in &attempts {
+        problem(
+            app.post(path, body.clone()).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+    assert_eq!(app.event_count().await, before, "a refusal appends nothing");
+
+    let (_, boss) = app.register_and_login("boss").await;
+    assert_eq!(roles(&boss), ["customer", "staff"]);
+    assert_eq!(roles(&app.token), ["customer"]);
+    for (path, body) in &attempts {
+        let response = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&boss)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    }
+}
