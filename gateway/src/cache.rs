@@ -1,7 +1,7 @@
 //! The moka cache in front of the hot blog reads: post detail and the tag list.
 //!
 //! Entries are dropped when the projection notifies that a post changed (channel
-//! `chronicle_posts`, sent when its batch commits). Two rules keep it from ever serving
+//! `chronicle_posts`, sent when its batch commits, heard by the gateway's one listener). Two rules keep it from ever serving
 //! older data than asked for:
 //! - a read with `?min_version=N` uses a cached post only when its version is at least N,
 //!   else it reads (and waits on) the read model;
@@ -18,11 +18,8 @@ use std::{
     time::Duration,
 };
 
-use chronicle_projections::posts::{PostView, TagCount, POSTS_CHANNEL};
+use chronicle_projections::posts::{PostView, TagCount};
 use moka::sync::Cache;
-use sqlx::PgPool;
-
-use crate::freshness::spawn_listener;
 
 struct Inner {
     posts: Cache<String, Arc<PostView>>,
@@ -42,6 +39,15 @@ impl Inner {
     }
 }
 
+/// A [`PostCache`] that does not keep it alive (for the listener task).
+pub(crate) struct WeakPostCache(Weak<Inner>);
+
+impl WeakPostCache {
+    pub(crate) fn upgrade(&self) -> Option<PostCache> {
+        self.0.upgrade().map(|inner| PostCache { inner })
+    }
+}
+
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct PostCache {
@@ -49,8 +55,9 @@ pub struct PostCache {
 }
 
 impl PostCache {
-    /// A cache of at most `capacity` posts, listening on `pool`'s database.
-    pub fn listen(pool: PgPool, capacity: u64) -> Self {
+    /// A cache of at most `capacity` posts; the gateway's listener
+    /// ([`listen`](crate::freshness::listen)) drops entries as the projection notifies.
+    pub fn new(capacity: u64) -> Self {
         let inner = Arc::new(Inner {
             posts: Cache::builder()
                 .max_capacity(capacity)
@@ -62,15 +69,16 @@ impl PostCache {
                 .build(),
             epoch: AtomicU64::new(0),
         });
-        let weak: Weak<Inner> = Arc::downgrade(&inner);
-        spawn_listener(pool, POSTS_CHANNEL, move |post_id| match weak.upgrade() {
-            Some(inner) => {
-                inner.invalidate(post_id);
-                true
-            }
-            None => false,
-        });
         Self { inner }
+    }
+
+    /// Drops the post `post_id` (everything with `None`) and the tag list.
+    pub(crate) fn invalidate(&self, post_id: Option<&str>) {
+        self.inner.invalidate(post_id);
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakPostCache {
+        WeakPostCache(Arc::downgrade(&self.inner))
     }
 
     /// The post from the cache when it is there and at least `min_version`, else from

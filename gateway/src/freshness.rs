@@ -6,9 +6,11 @@
 
 use std::{future::Future, time::Duration};
 
-use chronicle_projections::PROJECTION_CHANNEL;
+use chronicle_projections::{posts::POSTS_CHANNEL, PROJECTION_CHANNEL};
 use sqlx::{postgres::PgListener, PgPool};
 use tokio::sync::watch;
+
+use crate::cache::PostCache;
 
 /// How long a `min_version` read waits before answering `stale` (API.md).
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
@@ -20,14 +22,10 @@ pub struct Freshness {
 }
 
 impl Freshness {
-    /// Starts the listener task on `pool`'s database.
-    pub fn listen(pool: PgPool) -> Self {
-        let (tx, rx) = watch::channel(0u64);
-        spawn_listener(pool, PROJECTION_CHANNEL, move |_| {
-            tx.send_modify(|n| *n += 1);
-            !tx.is_closed()
-        });
-        Self { updates: rx }
+    /// Readers waiting on what `sender` is bumped for (one bump per projector commit, see
+    /// [`listen`]).
+    pub fn new(updates: watch::Receiver<u64>) -> Self {
+        Self { updates }
     }
 
     /// Calls `read` until it returns a value whose version (by `version_of`) is at least
@@ -103,32 +101,100 @@ impl Freshness {
     }
 }
 
-/// Listens on the Postgres `channel` for as long as `on` returns `true`. `on` gets each
-/// notification's payload, and `None` after the connection was lost and made again (when
-/// notifications may have been missed).
+/// What the listener heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notice<'a> {
+    Message {
+        channel: &'a str,
+        payload: &'a str,
+    },
+    /// The connection was lost and LISTEN is in place again: notifications sent in between
+    /// were missed, so anything may have changed.
+    Lost,
+}
+
+/// Listens on the Postgres `channels`, all on ONE connection, for as long as `on` returns
+/// `true`. One connection keeps the order in which a transaction sent its notifications: a
+/// projector's post invalidation is handled before the commit notice that wakes a
+/// `min_version` reader, so that reader never finds the cache older than the read model.
+///
+/// `PgListener::recv` reconnects silently and never tells that notifications were lost,
+/// so this uses `try_recv`, which reports the lost connection as `Ok(None)`.
 pub(crate) fn spawn_listener(
     pool: PgPool,
-    channel: &'static str,
-    mut on: impl FnMut(Option<&str>) -> bool + Send + 'static,
+    channels: &'static [&'static str],
+    mut on: impl FnMut(Notice<'_>) -> bool + Send + 'static,
 ) {
     tokio::spawn(async move {
+        let mut reconnected = false;
         loop {
             match PgListener::connect_with(&pool).await {
-                Ok(mut listener) => {
-                    if listener.listen(channel).await.is_ok() {
-                        while let Ok(notification) = listener.recv().await {
-                            if !on(Some(notification.payload())) {
-                                return;
+                Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
+                    Ok(()) => {
+                        if reconnected && !on(Notice::Lost) {
+                            return;
+                        }
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(n)) => {
+                                    let notice = Notice::Message {
+                                        channel: n.channel(),
+                                        payload: n.payload(),
+                                    };
+                                    if !on(notice) {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => {
+                                    tracing::warn!(
+                                        ?channels,
+                                        "listener connection lost; reconnecting"
+                                    );
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, ?channels, "listener failed; reconnecting");
+                                    break;
+                                }
                             }
                         }
                     }
-                }
-                Err(e) => tracing::warn!(error = %e, channel, "listener cannot connect"),
+                    Err(e) => tracing::warn!(error = %e, ?channels, "cannot LISTEN"),
+                },
+                Err(e) => tracing::warn!(error = %e, ?channels, "listener cannot connect"),
             }
-            if !on(None) {
+            reconnected = true;
+            // Until LISTEN is back, nothing is known: drop what may be stale now as well.
+            if !on(Notice::Lost) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
+}
+
+/// The one listener of a gateway process: projector commits wake `min_version` readers,
+/// post changes drop cached posts, a lost connection does both.
+pub(crate) fn listen(pool: PgPool, posts: &PostCache) -> Freshness {
+    let (tx, rx) = watch::channel(0u64);
+    let posts = posts.downgrade();
+    spawn_listener(pool, &[POSTS_CHANNEL, PROJECTION_CHANNEL], move |notice| {
+        let cache = posts.upgrade();
+        match notice {
+            Notice::Message { channel, payload } if channel == POSTS_CHANNEL => {
+                if let Some(cache) = &cache {
+                    cache.invalidate(Some(payload));
+                }
+            }
+            Notice::Message { .. } => tx.send_modify(|n| *n += 1),
+            Notice::Lost => {
+                if let Some(cache) = &cache {
+                    cache.invalidate(None);
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+        cache.is_some() || !tx.is_closed()
+    });
+    Freshness::new(rx)
 }

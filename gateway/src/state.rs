@@ -87,13 +87,14 @@ impl AppState {
         nats: async_nats::Client,
         config: GatewayConfig,
     ) -> Self {
-        let freshness = Freshness::listen(pool.clone());
+        let posts = PostCache::new(10_000);
+        let freshness = crate::freshness::listen(pool.clone(), &posts);
         Self {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
             orders: SimulatedPayments::services(config.payments.clone()),
-            posts: PostCache::listen(pool.clone(), 10_000),
+            posts,
             pool,
             nats,
             freshness,

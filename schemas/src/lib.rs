@@ -10,6 +10,8 @@
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
+//! - [`testing`]: running a command without a store, and the projectability check, for
+//!   the domain crates' property tests.
 //!
 //! Payload types are versioned by their `event_version`; an old version is upcast, never
 //! edited. This crate does no I/O.
@@ -20,6 +22,7 @@ pub mod blog;
 pub mod commerce;
 pub mod identity;
 pub mod limits;
+pub mod testing;
 
 pub use envelope::{
     is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,

@@ -669,11 +669,12 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     assert_eq!(rows().await, live);
 }
 
-#[tokio::test]
-async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_changed() {
-    let app = TestApp::spawn().await;
-    let id = draft(&app, "Cached", "body", &["t"]).await;
-    publish(&app, &id).await;
+/// A published post whose reads (and the tag list) are served from the cache, with its
+/// read-model row changed underneath (title `changed underneath`, tag `u`) without a
+/// notification.
+async fn cached_post_changed_underneath(app: &TestApp) -> String {
+    let id = draft(app, "Cached", "body", &["t"]).await;
+    publish(app, &id).await;
     // Change the read model behind the cache's back, without the projection's notification:
     // a cached read still answers the old row. (A read is only cached when no notification
     // came in while it ran, so the first reads after the publish may not be.)
@@ -691,7 +692,7 @@ async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_chang
     };
     eventually("reads served from the cache", WAIT, || async {
         app.get(&format!("/api/v1/posts/{id}")).await;
-        tag_counts(&app).await;
+        tag_counts(app).await;
         underneath("changed underneath", "{u}").await;
         let post: Value = app
             .get(&format!("/api/v1/posts/{id}"))
@@ -699,7 +700,7 @@ async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_chang
             .json()
             .await
             .ok()?;
-        let tags = tag_counts(&app).await;
+        let tags = tag_counts(app).await;
         if post["title"] == "Cached" && tags == json!([{"tag": "t", "count": 1}]) {
             return Some(());
         }
@@ -716,6 +717,13 @@ async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_chang
         None
     })
     .await;
+    id
+}
+
+#[tokio::test]
+async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_changed() {
+    let app = TestApp::spawn().await;
+    let id = cached_post_changed_underneath(&app).await;
     // What the projection sends when it commits a change to the post.
     sqlx::query("SELECT pg_notify('chronicle_posts', $1)")
         .bind(&id)
@@ -723,6 +731,33 @@ async fn post_reads_come_from_the_cache_until_the_projection_says_the_post_chang
         .await
         .unwrap();
     eventually("the cache to drop the post", WAIT, || async {
+        let post: Value = app
+            .get(&format!("/api/v1/posts/{id}"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (post["title"] == "changed underneath").then_some(())
+    })
+    .await;
+    assert_eq!(tag_counts(&app).await, json!([{"tag": "u", "count": 1}]));
+}
+
+/// Regression (issue 10): sqlx's listener reconnected silently, so invalidations sent while
+/// it was away were lost and stale posts were served until their TTL.
+#[tokio::test]
+async fn the_post_cache_empties_when_its_listener_connection_is_lost() {
+    let app = TestApp::spawn().await;
+    let id = cached_post_changed_underneath(&app).await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%chronicle_posts%'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(killed, [true], "the cache's listening backend was found");
+    eventually("the cache to drop everything", WAIT, || async {
         let post: Value = app
             .get(&format!("/api/v1/posts/{id}"))
             .await

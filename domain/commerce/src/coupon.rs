@@ -26,6 +26,8 @@ pub enum CouponError {
     CouponExists,
     #[error("no coupon with this code exists")]
     NotFound,
+    #[error("a coupon code is 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'")]
+    InvalidCode,
     #[error("a coupon takes 1 to 100 percent off")]
     InvalidPercent,
     #[error("a coupon allows at least one redemption")]
@@ -39,7 +41,9 @@ impl CouponError {
         match self {
             Self::CouponExists => "coupon_exists",
             Self::NotFound => "not_found",
-            Self::InvalidPercent | Self::InvalidMaxRedemptions => "validation_failed",
+            Self::InvalidCode | Self::InvalidPercent | Self::InvalidMaxRedemptions => {
+                "validation_failed"
+            }
             Self::Exhausted => "coupon_exhausted",
         }
     }
@@ -52,13 +56,16 @@ impl DomainRule for CouponError {
     fn refusal(&self) -> Refusal {
         match self {
             Self::NotFound => Refusal::NotFound,
-            Self::InvalidPercent | Self::InvalidMaxRedemptions => Refusal::Invalid,
+            Self::InvalidCode | Self::InvalidPercent | Self::InvalidMaxRedemptions => {
+                Refusal::Invalid
+            }
             Self::CouponExists | Self::Exhausted => Refusal::Conflict,
         }
     }
     fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
         use chronicle_schemas::limits::Invalid;
         match self {
+            Self::InvalidCode => vec![Invalid::new("code", self.to_string())],
             Self::InvalidPercent => vec![Invalid::new("percent_off", self.to_string())],
             Self::InvalidMaxRedemptions => vec![Invalid::new("max_redemptions", self.to_string())],
             _ => Vec::new(),
@@ -116,6 +123,9 @@ impl Coupon {
                 }
                 if max_redemptions == 0 {
                     return Err(CouponError::InvalidMaxRedemptions);
+                }
+                if crate::inventory::check_sku(&code).is_err() {
+                    return Err(CouponError::InvalidCode);
                 }
                 Ok(vec![E::CouponCreated {
                     code,

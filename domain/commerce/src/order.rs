@@ -1,3 +1,4 @@
+use chronicle_schemas::limits;
 use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{
     commerce::{AppliedCoupon, CancelledBy, OrderEvent, OrderLine},
@@ -91,6 +92,8 @@ pub enum OrderError {
     OrderExists,
     #[error("an order needs at least one line")]
     NoLines,
+    #[error("a line's SKU is 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'")]
+    InvalidSku,
     #[error("SKU {0} appears on more than one line")]
     DuplicateSku(String),
     #[error("every line needs a quantity greater than zero")]
@@ -99,6 +102,8 @@ pub enum OrderError {
     InvalidPrice,
     #[error("a coupon takes 1 to 100 percent off")]
     InvalidCoupon,
+    #[error("a rejection reason is 1 to 200 characters without control characters")]
+    InvalidReason,
     #[error("only the order's customer may do this")]
     NotCustomer,
     #[error("cannot {action} an order that is {status}")]
@@ -122,6 +127,8 @@ impl OrderError {
             | Self::DuplicateSku(_)
             | Self::InvalidQuantity
             | Self::InvalidPrice
+            | Self::InvalidSku
+            | Self::InvalidReason
             | Self::InvalidCoupon => "validation_failed",
             Self::NotCustomer => "forbidden",
             Self::InvalidState { .. } => "invalid_state",
@@ -144,6 +151,8 @@ impl DomainRule for OrderError {
             | Self::DuplicateSku(_)
             | Self::InvalidQuantity
             | Self::InvalidPrice
+            | Self::InvalidSku
+            | Self::InvalidReason
             | Self::InvalidCoupon => Refusal::Invalid,
             Self::Payment(PaymentFailure::TimedOut) => Refusal::TimedOut,
             Self::OrderExists
@@ -155,10 +164,15 @@ impl DomainRule for OrderError {
     fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
         use chronicle_schemas::limits::Invalid;
         match self {
-            Self::NoLines | Self::DuplicateSku(_) | Self::InvalidQuantity | Self::InvalidPrice => {
+            Self::NoLines
+            | Self::DuplicateSku(_)
+            | Self::InvalidQuantity
+            | Self::InvalidPrice
+            | Self::InvalidSku => {
                 vec![Invalid::new("lines", self.to_string())]
             }
             Self::InvalidCoupon => vec![Invalid::new("coupon_code", self.to_string())],
+            Self::InvalidReason => vec![Invalid::new("reason", self.to_string())],
             _ => Vec::new(),
         }
     }
@@ -253,6 +267,9 @@ impl Order {
                 S::Reserved | S::Paid | S::Shipped => Ok(vec![]),
                 _ => Err(self.invalid("confirm")),
             },
+            C::Reject { reason } if limits::text("reason", &reason, 1, 200).is_err() => {
+                Err(OrderError::InvalidReason)
+            }
             C::Reject { reason } => match self.status {
                 S::Pending => Ok(vec![E::OrderRejected { reason }]),
                 S::Rejected => Ok(vec![]),
@@ -332,6 +349,9 @@ fn price(lines: &[OrderLine], coupon: Option<&AppliedCoupon>) -> Result<(i64, i6
     let mut seen = std::collections::BTreeSet::new();
     let mut subtotal: i64 = 0;
     for line in lines {
+        if crate::inventory::check_sku(&line.sku).is_err() {
+            return Err(OrderError::InvalidSku);
+        }
         if !seen.insert(line.sku.as_str()) {
             return Err(OrderError::DuplicateSku(line.sku.clone()));
         }

@@ -1,0 +1,41 @@
+//! Random registrations and profile changes with hostile text: no panic, and every event
+//! accepted can be projected (the `users` read model froze on a NUL before).
+
+use chronicle_identity::{User, UserCommand};
+use chronicle_schemas::testing::{execute, projectable};
+use proptest::prelude::*;
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        Just(String::new()),
+        Just("a\u{0}b".to_owned()),
+        Just("ada".to_owned()),
+        Just("x".repeat(100)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn users_only_emit_projectable_events(
+        steps in proptest::collection::vec((any::<bool>(), text(), text()), 1..20)
+    ) {
+        let own_id = "u1".to_owned();
+        let mut user = User::default();
+        for (register, a, b) in steps {
+            let command = if register {
+                UserCommand::Register { username: a, display_name: b }
+            } else {
+                UserCommand::ChangeProfile { actor: own_id.clone(), display_name: b }
+            };
+            if let Ok(events) = execute(&mut user, command, &own_id) {
+                for event in events {
+                    let json = serde_json::to_value(&event).expect("events serialize");
+                    prop_assert!(projectable(&json).is_ok(), "{json}");
+                }
+            }
+        }
+    }
+}
