@@ -99,8 +99,24 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
     let (postgres, db_url) = match &settings.database_url {
         Some(url) => (None, url.clone()),
         None => {
+            let wanted = data_dir.join("pg");
+            let cluster = chronicle_engines::cluster_dir_for(&wanted);
+            if cluster != wanted {
+                // Printed, not only logged: the user looks for their data here.
+                println!(
+                    "chronicle: PostgreSQL keeps its data in {} (the postgres user cannot enter {})",
+                    cluster.display(),
+                    data_dir.display()
+                );
+                if let Some(parent) = cluster.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                        .with_context(|| format!("chmod {}", parent.display()))?;
+                }
+            }
             let options = PostgresOptions {
-                data_dir: data_dir.join("pg"),
+                data_dir: cluster,
                 port: None,
                 durable: true,
             };

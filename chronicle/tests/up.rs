@@ -24,9 +24,17 @@ impl Drop for Running {
 
 /// Starts `chronicle up` on port 0 with `data_dir`, returns it and its base URL.
 fn start(data_dir: &std::path::Path) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    command.env("CHRONICLE_DATA_DIR", data_dir);
+    let (running, base, _) = start_command(command);
+    (running, base)
+}
+
+/// Starts `command` as `chronicle up` on port 0; returns it, its base URL and what it
+/// printed before that.
+fn start_command(mut command: Command) -> (Running, String, Vec<String>) {
+    let mut child = command
         .arg("up")
-        .env("CHRONICLE_DATA_DIR", data_dir)
         .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
         .env("CHRONICLE_STAFF_USERS", "*")
         .env_remove("DATABASE_URL")
@@ -37,6 +45,7 @@ fn start(data_dir: &std::path::Path) -> (Running, String) {
         .expect("the chronicle binary starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut said = Vec::new();
     // Blocks until the line is printed (the servers are up by then) or the process exits.
     let base = loop {
         let line = lines
@@ -46,8 +55,48 @@ fn start(data_dir: &std::path::Path) -> (Running, String) {
         if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
             break url.trim().to_owned();
         }
+        said.push(line);
     };
-    (Running(Some(child)), base)
+    (Running(Some(child)), base, said)
+}
+
+/// Regression (issue 10): README's first command failed from a clone in `/root` (mode
+/// 700): initdb, run as `postgres`, could not enter the data dir.
+#[tokio::test]
+async fn chronicle_up_runs_from_a_directory_the_postgres_user_cannot_enter() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("a temp dir");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let clone = home.path().join("clone");
+    std::fs::create_dir(&clone).unwrap();
+    // As a user runs it: from the clone, with the default data dir `.chronicle`.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    command.current_dir(&clone).env_remove("CHRONICLE_DATA_DIR");
+    let (running, base, said) = start_command(command);
+    let health: Value = reqwest::get(format!("{base}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    terminate(running);
+    if nix::unistd::Uid::effective().is_root() {
+        let moved = said
+            .iter()
+            .find_map(|line| line.strip_prefix("chronicle: PostgreSQL keeps its data in "))
+            .unwrap_or_else(|| panic!("it says where the cluster went: {said:?}"));
+        let cluster = std::path::PathBuf::from(moved.split(" (").next().unwrap());
+        assert!(
+            cluster.starts_with("/var/lib/chronicle"),
+            "{}",
+            cluster.display()
+        );
+        assert!(cluster.join("PG_VERSION").exists());
+        std::fs::remove_dir_all(&cluster).unwrap();
+    } else {
+        assert!(clone.join(".chronicle/pg/PG_VERSION").exists());
+    }
 }
 
 fn terminate(mut running: Running) {

@@ -22,7 +22,7 @@ mod postgres;
 mod spawn;
 
 pub use nats::{NatsOptions, NatsServer};
-pub use postgres::{Postgres, PostgresOptions};
+pub use postgres::{cluster_dir_for, Postgres, PostgresOptions};
 
 /// Why an engine could not be started.
 #[derive(Debug, thiserror::Error)]

@@ -301,3 +301,54 @@ fn bin_dir() -> Result<PathBuf, EngineError> {
             hint: "run `apt-get install postgresql` (scripts/setup does)",
         })
 }
+
+/// Where a cluster meant for `wanted` can live: `wanted` itself, unless this process is
+/// root and the `postgres` user cannot enter one of its parents (a clone under `/root`,
+/// mode 700 on Debian); then a directory under `/var/lib/chronicle` named after `wanted`,
+/// which the caller should tell the user about.
+pub fn cluster_dir_for(wanted: &Path) -> PathBuf {
+    if !spawn::is_root() {
+        return wanted.to_path_buf();
+    }
+    let Some(user) = nix::unistd::User::from_name("postgres").ok().flatten() else {
+        return wanted.to_path_buf();
+    };
+    let absolute = std::path::absolute(wanted).unwrap_or_else(|_| wanted.to_path_buf());
+    let blocked = absolute
+        .ancestors()
+        .skip(1)
+        .filter(|dir| dir.exists())
+        .any(|dir| !can_enter(dir, user.uid.as_raw(), user.gid.as_raw()));
+    if !blocked {
+        return wanted.to_path_buf();
+    }
+    let name: String = absolute
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from("/var/lib/chronicle").join(name)
+}
+
+/// Whether a user with `uid` and primary group `gid` may traverse `dir`.
+fn can_enter(dir: &Path, uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let mode = meta.mode();
+    if meta.uid() == uid {
+        mode & 0o100 != 0
+    } else if meta.gid() == gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}

@@ -127,7 +127,8 @@ pub(crate) fn spawn_listener(
 ) {
     tokio::spawn(async move {
         let mut reconnected = false;
-        loop {
+        // A closed pool is a process shutting down: nothing more to listen for.
+        while !pool.is_closed() {
             match PgListener::connect_with(&pool).await {
                 Ok(mut listener) => match listener.listen_all(channels.iter().copied()).await {
                     Ok(()) => {
@@ -152,6 +153,7 @@ pub(crate) fn spawn_listener(
                                     );
                                     break;
                                 }
+                                Err(_) if pool.is_closed() => return,
                                 Err(e) => {
                                     tracing::warn!(error = %e, ?channels, "listener failed; reconnecting");
                                     break;
