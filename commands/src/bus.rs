@@ -451,8 +451,8 @@ impl CommandBus {
 }
 
 /// The committer: takes whatever appends have queued (up to `max_group`) and commits them
-/// as one group. Two appends with the same idempotency key or unique claim never share a
-/// group (the second waits for the next one), so each is decided once.
+/// as one group. Two appends with the same idempotency key, unique claim or aggregate never
+/// share a group (the second waits for the next one), so each is decided once.
 async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group: usize) {
     let mut waiting: VecDeque<Job> = VecDeque::new();
     loop {
@@ -463,7 +463,11 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
                 None => return,
             },
         };
-        // Idempotency keys and claims share one set: a tag keeps the two kinds apart.
+        // Idempotency keys, claims and aggregates share one set: a tag keeps the kinds
+        // apart. Two appends to one aggregate never share a group: normally the striped
+        // lock keeps them apart, but a caller cancelled after queuing its append (a handler
+        // timeout, a client gone) releases the lock while its append still waits here, and
+        // the next command on that aggregate decides on the same version.
         let keys_of = |job: &Job| -> Vec<(u8, String, String)> {
             let idempotency = job
                 .append
@@ -475,7 +479,12 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
                 .claims
                 .iter()
                 .map(|c| (1, c.namespace.clone(), c.value.clone()));
-            idempotency.chain(claims).collect()
+            let aggregate = (
+                2,
+                job.append.aggregate_type.to_owned(),
+                job.append.aggregate_id.clone(),
+            );
+            idempotency.chain(claims).chain([aggregate]).collect()
         };
         let mut keys: HashSet<(u8, String, String)> = keys_of(&first).into_iter().collect();
         let mut group = vec![first];

@@ -447,15 +447,29 @@ impl EventStore {
             if inserted.len() < rows.len() {
                 let inserted: std::collections::HashSet<(String, String, i64)> =
                     inserted.into_iter().collect();
+                // A key the group itself holds twice is inserted once (for the first row
+                // that has it, as PostgreSQL inserts in order): every later holder lost,
+                // even though the key is among the inserted ones.
+                let mut held = std::collections::HashSet::new();
+                let mut lost = false;
                 for (i, e) in &rows {
                     let key = (
                         group[*i].aggregate_type.to_owned(),
                         group[*i].aggregate_id.clone(),
                         e.sequence,
                     );
-                    if !inserted.contains(&key) {
+                    let first_holder = held.insert(key.clone());
+                    if !inserted.contains(&key) || !first_holder {
                         outcomes[*i] = AppendOutcome::Conflict;
+                        lost = true;
                     }
+                }
+                if !lost {
+                    // Never loop on a group that cannot tell its loser.
+                    return Err(StoreError::Database {
+                        context: "appending events (an insert did nothing and no append lost)",
+                        source: sqlx::Error::Protocol("unexplained event conflict".into()),
+                    });
                 }
                 return Ok(false);
             }

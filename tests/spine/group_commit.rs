@@ -286,3 +286,100 @@ async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else()
         );
     }
 }
+
+/// Regression (issue 10): a caller cancelled after queuing its append released the
+/// aggregate's lock; the next command on that aggregate decided on the same version, both
+/// appends landed in one group, neither was marked the loser, and the committer retried
+/// that group forever: every write of the process stopped.
+#[tokio::test]
+async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group() {
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    for sku in ["X", "Y", "Z"] {
+        create_item(&bus, sku, 0).await;
+    }
+    // Hold the committer on a first group (Y), so what comes next queues behind it.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let bus = bus.clone();
+        async move { receive(&bus, "Y", 1).await }
+    });
+    chronicle_tests::eventually(
+        "the first group to wait on the lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database()",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // A caller on X gives up while its append waits in the committer's queue.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        bus.execute::<InventoryItem>(
+            "X",
+            InventoryCommand::Receive { quantity: 1 },
+            &(),
+            &CommandContext::new(),
+        ),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the caller timed out while the committer was held"
+    );
+    // The next command on X decides on the same version as the cancelled one.
+    let second = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            bus.execute::<InventoryItem>(
+                "X",
+                InventoryCommand::Receive { quantity: 2 },
+                &(),
+                &CommandContext::new(),
+            )
+            .await
+        }
+    });
+    let other = tokio::spawn({
+        let bus = bus.clone();
+        async move { receive(&bus, "Z", 5).await }
+    });
+    blocker.rollback().await.unwrap();
+
+    let within = Duration::from_secs(10);
+    tokio::time::timeout(within, first)
+        .await
+        .expect("the first group commits")
+        .unwrap();
+    tokio::time::timeout(within, other)
+        .await
+        .expect("commands on other aggregates still complete")
+        .unwrap();
+    let second = tokio::time::timeout(within, second)
+        .await
+        .expect("the second command on X completes")
+        .unwrap()
+        .expect("it is retried after the cancelled append won");
+    let Executed::Committed(committed) = second else {
+        panic!("no idempotency key was sent")
+    };
+    assert_eq!(
+        committed.version, 3,
+        "created, the cancelled receipt, then this one"
+    );
+    let x = bus.store().load::<InventoryItem>("X").await.unwrap();
+    assert_eq!((x.version, x.state.on_hand()), (3, 3));
+}
