@@ -105,3 +105,22 @@ pub(crate) async fn record_all(
         .map(|(k, _)| recorded.contains(&(k.scope.clone(), k.key.clone())))
         .collect())
 }
+
+/// Deletes up to `batch` records older than [`IDEMPOTENCY_TTL`] (they are never replayed
+/// again); returns how many went. Run periodically by the gateway.
+///
+/// # Errors
+/// When Postgres fails.
+pub async fn purge_expired(pool: &sqlx::PgPool, batch: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY( \
+           SELECT ctid FROM idempotency_keys \
+           WHERE created_at <= now() - make_interval(secs => $1) LIMIT $2))",
+    )
+    .bind(IDEMPOTENCY_TTL.as_secs_f64())
+    .bind(batch)
+    .execute(pool)
+    .await
+    .map_err(StoreError::db("purging expired idempotency keys"))?;
+    Ok(done.rows_affected())
+}

@@ -25,5 +25,5 @@ mod store;
 pub use bus::{CommandBus, CommandBusConfig, CommandContext, Committed, Executed, RetryPolicy};
 pub use error::{CommandError, ErrorChain, StoreError};
 pub use faults::{FaultAction, Faults, InjectedFault};
-pub use idempotency::{IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
+pub use idempotency::{purge_expired, IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
 pub use store::{migrate, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL};

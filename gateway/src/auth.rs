@@ -125,20 +125,42 @@ impl Auth {
     }
 }
 
+/// At most one argon2 computation per core at a time. Each takes ~19 MiB and tens of
+/// milliseconds of a core; unbounded, a burst of registrations or logins would fill the
+/// blocking pool (512 threads) and memory, and starve everything else on the machine.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+}
+
+/// Runs `work` (argon2) on the blocking pool once a hashing permit is free.
+async fn hashing<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _permit = hashing_permits()
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)
+}
+
 /// An argon2id PHC string for `password`.
 ///
 /// # Errors
 /// When the blocking pool is gone or hashing fails.
 pub async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
             .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))
     })
-    .await
-    .map_err(ApiError::internal)?
+    .await?
 }
 
 /// Whether `password` matches `hash`. With no hash (unknown user) a dummy hash is checked,
@@ -147,7 +169,7 @@ pub async fn hash_password(password: String) -> Result<String, ApiError> {
 /// # Errors
 /// When the blocking pool is gone.
 pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
+    hashing(move || {
         static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let dummy = DUMMY.get_or_init(|| {
             let salt = SaltString::generate(&mut OsRng);
@@ -168,5 +190,4 @@ pub async fn verify_password(password: String, hash: Option<String>) -> Result<b
         known && matches
     })
     .await
-    .map_err(ApiError::internal)
 }

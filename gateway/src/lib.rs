@@ -47,11 +47,33 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let housekeeping = tokio::spawn(purge_idempotency_keys(state.pool.clone()));
     // The peer address feeds the per-IP rate limit.
-    axum::serve(
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    housekeeping.abort();
+    served
+}
+
+/// Deletes idempotency records past their 24 h, a batch at a time, every few minutes
+/// (several gateways doing it at once only share the work).
+async fn purge_idempotency_keys(pool: sqlx::PgPool) {
+    const BATCH: i64 = 10_000;
+    loop {
+        loop {
+            match chronicle_commands::purge_expired(&pool, BATCH).await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %chronicle_commands::ErrorChain(&e), "idempotency records not purged");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    }
 }

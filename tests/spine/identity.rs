@@ -301,3 +301,66 @@ async fn cors_preflights_are_answered_and_every_response_has_a_request_id_that_c
         .headers()
         .contains_key("x-request-id"));
 }
+
+/// Regression (issue 10): the key's scope held the user id made afresh for each request,
+/// so a retried registration was never recognised.
+#[tokio::test]
+async fn a_registration_retried_with_its_idempotency_key_gets_the_first_answer() {
+    let app = TestApp::spawn().await;
+    let before = app.event_count().await;
+    let send = || {
+        app.http
+            .post(app.url("/api/v1/auth/register"))
+            .header("Idempotency-Key", "signup-1")
+            .json(&json!({"username": "retry", "password": "correct horse", "display_name": "R"}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let second = send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    assert_eq!(second.json::<Value>().await.unwrap(), first);
+    assert_eq!(app.event_count().await, before + 1, "registered once");
+    let login: Value = app
+        .login("retry", "correct horse")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(login["user_id"], first["user_id"]);
+    let credentials: i64 = sqlx::query_scalar("SELECT count(*) FROM credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(credentials, 2, "the replay left no orphan password hash");
+}
+
+#[tokio::test]
+async fn idempotency_records_are_purged_after_their_24_hours() {
+    let app = TestApp::spawn().await;
+    for (key, age) in [("old", "25 hours"), ("young", "1 hour")] {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, created_at) \
+             VALUES ('s', $1, '\\x00', 200, '{}', now() - $2::interval)",
+        )
+        .bind(key)
+        .bind(age)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        chronicle_commands::purge_expired(&app.pool, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE scope = 's'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, ["young"]);
+}

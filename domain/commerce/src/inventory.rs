@@ -180,8 +180,18 @@ pub struct InventoryItem {
     on_hand: u64,
     reserved: u64,
     open: BTreeMap<String, u64>,
+    /// How the most recent [`MAX_CLOSED`] reservations ended, so a late retry of their
+    /// release or commit is answered as before. Older ones are forgotten: the state (and
+    /// its snapshots) stays the same size however many orders an item has seen. A saga
+    /// never re-reserves a settled order (it reserves only while the order is pending).
     closed: BTreeMap<String, Closed>,
+    /// `closed`'s ids, oldest first.
+    #[serde(default)]
+    closed_order: std::collections::VecDeque<String>,
 }
+
+/// How many settled reservations an item remembers.
+pub const MAX_CLOSED: usize = 1_000;
 
 impl InventoryItem {
     pub fn exists(&self) -> bool {
@@ -204,6 +214,24 @@ impl InventoryItem {
     }
     pub fn available(&self) -> u64 {
         self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Remembers how `reservation_id` ended, forgetting the oldest beyond [`MAX_CLOSED`].
+    fn close(&mut self, reservation_id: String, how: Closed) {
+        if self.closed.insert(reservation_id.clone(), how).is_none() {
+            self.closed_order.push_back(reservation_id);
+        }
+        while self.closed.len() > MAX_CLOSED {
+            match self.closed_order.pop_front() {
+                Some(oldest) => {
+                    self.closed.remove(&oldest);
+                }
+                // A snapshot from before the order was kept: forget any.
+                None => {
+                    self.closed.pop_first();
+                }
+            }
+        }
     }
 
     fn decide(&self, command: InventoryCommand) -> Result<Vec<InventoryEvent>, InventoryError> {
@@ -366,7 +394,7 @@ impl Aggregate for InventoryItem {
             } => {
                 self.reserved = self.reserved.saturating_sub(quantity);
                 self.open.remove(&reservation_id);
-                self.closed.insert(reservation_id, Closed::Released);
+                self.close(reservation_id, Closed::Released);
             }
             E::ReservationCommitted {
                 reservation_id,
@@ -375,7 +403,7 @@ impl Aggregate for InventoryItem {
                 self.reserved = self.reserved.saturating_sub(quantity);
                 self.on_hand = self.on_hand.saturating_sub(quantity);
                 self.open.remove(&reservation_id);
-                self.closed.insert(reservation_id, Closed::Committed);
+                self.close(reservation_id, Closed::Committed);
             }
         }
     }
@@ -620,6 +648,37 @@ mod tests {
         assert_eq!(
             (item.on_hand(), item.reserved(), item.available()),
             (11, 0, 11)
+        );
+    }
+
+    #[test]
+    fn an_item_remembers_only_its_most_recent_settled_reservations() {
+        let mut item = InventoryItem::default();
+        item.apply(created(10));
+        for n in 0..(MAX_CLOSED + 500) {
+            let id = format!("o{n}");
+            item.apply(reserved(&id, 1));
+            item.apply(E::ReservationReleased {
+                reservation_id: id,
+                quantity: 1,
+            });
+        }
+        assert_eq!(item.closed.len(), MAX_CLOSED);
+        assert_eq!(item.closed_order.len(), MAX_CLOSED);
+        assert!(!item.closed.contains_key("o0"), "the oldest are forgotten");
+        // The recent ones still answer retries as before.
+        let recent = format!("o{}", MAX_CLOSED + 499);
+        assert_eq!(
+            item.decide(C::Commit {
+                reservation_id: recent.clone()
+            }),
+            Err(InventoryError::ReservationReleased(recent.clone()))
+        );
+        assert_eq!(
+            item.decide(C::Release {
+                reservation_id: recent
+            }),
+            Ok(vec![])
         );
     }
 }

@@ -70,14 +70,17 @@ pub async fn register(
         .bind(&hash)
         .execute(&state.pool)
         .await?;
+    // The key's scope is the route alone (the caller is anonymous): the user id is made
+    // afresh for every request, so it cannot be part of it, or a retry would never match.
     let mut ctx = respond::anonymous_context(
         request_id,
-        Some(&user_id),
+        None,
         "POST /api/v1/auth/register",
         IfMatch(None),
         key,
         &body.raw,
     );
+    ctx.actor = Some(user_id.clone());
     ctx.claims = vec![UniqueClaim::new("username", form.username.clone())];
     let id = user_id.clone();
     let respond = move |_: &chronicle_commands::Committed| StoredResponse {
