@@ -12,12 +12,14 @@
 //! - [`Subscriber`]: the one runtime every reader of the log runs on (projectors, sagas,
 //!   and the contexts to come): ordered handling with the checkpoint in the handler's
 //!   transaction, gap detection, retries, parking, retry requests, [`status`].
+//! - [`keep_running`]: the one retry-until-shutdown loop (relay, subscribers).
 //! - [`Faults`] (from `chronicle-commands`): named fault points the tests arm to crash a
 //!   process at an exact step.
 
 mod relay;
 mod stream;
 mod subscriber;
+mod supervise;
 
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
 pub use relay::{Relay, RelayConfig, RelayError};
@@ -25,8 +27,8 @@ pub use stream::{
     connect, ensure_events_stream, last_sequence_on_subject, BusError, EVENTS_STREAM,
 };
 pub use subscriber::{
-    keep_running, lock_checkpoint, parked, read_checkpoint, request_retry,
-    setup as setup_subscriber_tables, status, store_checkpoint, Handler, HandlerError, OnFailure,
-    ParkedEvent, RetryOutcome, Subscriber, SubscriberConfig, SubscriberError, SubscriberRef,
-    SubscriberStatus,
+    lock_checkpoint, parked, read_checkpoint, request_retry, setup as setup_subscriber_tables,
+    status, store_checkpoint, Handler, HandlerError, OnFailure, ParkedEvent, RetryOutcome,
+    Subscriber, SubscriberConfig, SubscriberError, SubscriberRef, SubscriberStatus,
 };
+pub use supervise::keep_running;

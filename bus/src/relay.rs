@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     stream::{ensure_events_stream, last_sequence_on_subject, BusError},
-    ErrorChain, Faults, InjectedFault,
+    Faults, InjectedFault,
 };
 
 /// Tuning of the relay.
@@ -127,24 +127,13 @@ impl Relay {
     /// # Errors
     /// Only [`RelayError::Fault`], when an armed fault point is reached.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
-        tokio::pin!(shutdown);
-        loop {
-            let round = self.lead();
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                result = round => match result {
-                    Err(RelayError::Fault(fault)) => return Err(RelayError::Fault(fault)),
-                    Err(e) => {
-                        tracing::warn!(error = %ErrorChain(&e), "relay interrupted; retrying");
-                        tokio::select! {
-                            () = &mut shutdown => return Ok(()),
-                            () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                        }
-                    }
-                    Ok(()) => {}
-                }
-            }
-        }
+        crate::keep_running(
+            "relay",
+            shutdown,
+            || self.lead(),
+            |e| matches!(e, RelayError::Fault(_)),
+        )
+        .await
     }
 
     /// Waits for the advisory lock, then relays until something fails.

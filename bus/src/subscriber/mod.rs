@@ -20,7 +20,7 @@
 //!   Parked events are retried on request ([`request_retry`]), by the running subscriber,
 //!   through its own handler.
 //! - Lost connections and failed consumers end one consume round, never the subscriber: it
-//!   backs off and starts over from the checkpoint ([`keep_running`]).
+//!   backs off and starts over from the checkpoint ([`keep_running`](crate::keep_running)).
 
 mod checkpoint;
 mod control;
@@ -38,7 +38,7 @@ use futures::{FutureExt, StreamExt};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use crate::{ensure_events_stream, ErrorChain, Faults, InjectedFault};
+use crate::{ensure_events_stream, keep_running, ErrorChain, Faults, InjectedFault};
 
 pub use checkpoint::{
     lock as lock_checkpoint, read as read_checkpoint, setup, store as store_checkpoint,
@@ -306,7 +306,9 @@ impl<H: Handler> Subscriber<H> {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), SubscriberError> {
         let name = self.config.name.clone();
         tokio::select! {
-            result = keep_running(&name, shutdown, || self.consume()) => result,
+            result = keep_running(&name, shutdown, || self.consume(), |e| {
+                matches!(e, SubscriberError::Fault(_))
+            }) => result,
             () = self.serve_retries() => Ok(()),
         }
     }
@@ -742,43 +744,6 @@ impl<H: Handler> Subscriber<H> {
             applied,
             still_parked,
         })
-    }
-}
-
-/// Runs `round` again and again until `shutdown`, backing off (250 ms doubling to 5 s)
-/// after a round that failed and starting at once after one that ended cleanly. Only an
-/// injected fault ends it: that is a crash, and crashes are not retried.
-///
-/// # Errors
-/// [`SubscriberError::Fault`].
-pub async fn keep_running<F, Fut>(
-    what: &str,
-    shutdown: impl Future<Output = ()>,
-    mut round: F,
-) -> Result<(), SubscriberError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), SubscriberError>>,
-{
-    const FIRST: Duration = Duration::from_millis(250);
-    tokio::pin!(shutdown);
-    let mut pause = FIRST;
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            result = round() => match result {
-                Err(SubscriberError::Fault(f)) => return Err(SubscriberError::Fault(f)),
-                Err(e) => {
-                    tracing::warn!(what, error = %ErrorChain(&e), retry_in_ms = pause.as_millis() as u64, "interrupted; retrying");
-                    tokio::select! {
-                        () = &mut shutdown => return Ok(()),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Ok(()) => pause = FIRST,
-            }
-        }
     }
 }
 
