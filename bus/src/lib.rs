@@ -24,7 +24,8 @@ mod supervise;
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
-    connect, ensure_events_stream, last_sequence_on_subject, BusError, EVENTS_STREAM,
+    connect, ensure_events_stream, ensure_events_stream_with, last_sequence_on_subject, BusError,
+    EVENTS_STREAM,
 };
 pub use subscriber::{
     lock_checkpoint, parked, read_checkpoint, request_retry, setup as setup_subscriber_tables,

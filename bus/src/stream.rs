@@ -65,14 +65,30 @@ pub fn events_stream_config() -> Config {
     }
 }
 
-/// Creates the `EVENTS` stream, or brings an existing one to the expected configuration.
+/// Creates the `EVENTS` stream (one replica), or brings an existing one to the expected
+/// configuration.
 ///
 /// # Errors
 /// When JetStream is not enabled or refuses the configuration.
 pub async fn ensure_events_stream(
     js: &jetstream::Context,
 ) -> Result<jetstream::stream::Stream, BusError> {
-    let config = events_stream_config();
+    ensure_events_stream_with(js, 1).await
+}
+
+/// [`ensure_events_stream`], creating the stream with `replicas` replicas
+/// (`CHRONICLE_STREAM_REPLICAS`; 3 on a cluster). An existing stream keeps its own count.
+///
+/// # Errors
+/// When JetStream is not enabled or refuses the configuration.
+pub async fn ensure_events_stream_with(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let config = Config {
+        num_replicas: replicas.max(1),
+        ..events_stream_config()
+    };
     match js.get_stream(EVENTS_STREAM).await {
         Ok(mut stream) => {
             let info = stream.info().await.map_err(|e| BusError::Request {

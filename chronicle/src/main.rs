@@ -19,6 +19,7 @@ mod processes;
 mod settings;
 
 use anyhow::Context;
+use chronicle::components::Component;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -66,6 +67,8 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Prints `compose.yaml` for the component list (the committed file is its output).
+    Compose,
     /// User administration.
     Users {
         #[command(subcommand)]
@@ -110,18 +113,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Up) {
         Command::Up => processes::up(settings).await,
-        Command::Gateway => {
-            let secret = settings.jwt_secret()?;
-            processes::single(settings, processes::Role::Gateway(secret)).await
-        }
-        Command::Relay => processes::single(settings, processes::Role::Relay).await,
+        Command::Gateway => processes::single(settings, vec![Component::Gateway]).await,
+        Command::Relay => processes::single(settings, vec![Component::Relay]).await,
         Command::Project { name, all } => {
-            let names = processes::projection_names(name.as_deref(), all)?;
-            processes::single(settings, processes::Role::Projectors(names)).await
+            let projectors = processes::projector_components(name.as_deref(), all)?;
+            processes::single(settings, projectors).await
         }
         Command::Saga { name } => {
-            let role = processes::saga_role(&name)?;
-            processes::single(settings, role).await
+            let saga = processes::saga_component(&name)?;
+            processes::single(settings, vec![saga]).await
+        }
+        Command::Compose => {
+            print!("{}", chronicle::components::compose_yaml());
+            Ok(())
         }
         Command::Replay { name, all, batch } => {
             let names = processes::projection_names(name.as_deref(), all)?;

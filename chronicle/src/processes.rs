@@ -1,50 +1,47 @@
-//! Gateway, relay and projectors as tasks that share one shutdown signal.
+//! The components a process runs (chronicle::components), sharing one shutdown signal, and
+//! the operator commands (status, parked events, replay, roles).
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::{bail, Context};
-use chronicle_bus::SubscriberRef;
-use chronicle_bus::{ensure_events_stream, Faults, Relay, RelayConfig};
+use chronicle::components::{self, Component, Wiring};
+use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
 use chronicle_commands::{CommandBus, EventStore};
-use chronicle_gateway::{AppState, Secret};
-use chronicle_projections::{replay_named, run_named, ProjectorConfig, PROJECTIONS};
-use chronicle_sagas::{OrderSaga, OrderSagaConfig, ORDER_SAGA};
+use chronicle_gateway::Secret;
+use chronicle_projections::{replay_named, ProjectorConfig, PROJECTIONS};
+use chronicle_sagas::OrderSagaConfig;
 use sqlx::{postgres::PgPoolOptions, PgPool};
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{engines, settings::Settings};
 
-/// What a process runs.
-#[derive(Debug, Clone)]
-pub enum Role {
-    /// The gateway, with its token key.
-    Gateway(Secret),
-    Relay,
-    Projectors(Vec<String>),
-    /// The order saga.
-    OrderSaga,
-}
-
-/// Every reader of the log this binary runs: the projections and the sagas, for status
-/// reports and parked-event requests.
+/// Every reader of the log this binary runs (from the component list).
 pub fn subscribers() -> Vec<SubscriberRef> {
-    let mut all = chronicle_projections::subscriber_refs();
-    all.push(SubscriberRef {
-        name: ORDER_SAGA.to_owned(),
-        durable: ORDER_SAGA.to_owned(),
-    });
-    all
+    components::subscribers()
 }
 
 /// The saga named on the command line.
 ///
 /// # Errors
 /// When there is no saga of that name.
-pub fn saga_role(name: &str) -> anyhow::Result<Role> {
-    match name {
-        "orders" => Ok(Role::OrderSaga),
-        other => bail!("unknown saga {other:?}; known: orders"),
-    }
+pub fn saga_component(name: &str) -> anyhow::Result<Component> {
+    Component::saga(name).with_context(|| {
+        format!(
+            "unknown saga {name:?}; known: {}",
+            components::SAGAS.join(", ")
+        )
+    })
+}
+
+/// The projectors named on the command line.
+///
+/// # Errors
+/// When none or an unknown one is named.
+pub fn projector_components(name: Option<&str>, all: bool) -> anyhow::Result<Vec<Component>> {
+    Ok(projection_names(name, all)?
+        .iter()
+        .filter_map(|name| Component::projector(name))
+        .collect())
 }
 
 /// The projections named on the command line.
@@ -71,7 +68,12 @@ struct Connections {
     nats: async_nats::Client,
 }
 
-async fn connect(db_url: &str, nats_url: &str, pool_size: u32) -> anyhow::Result<Connections> {
+async fn connect(
+    settings: &Settings,
+    db_url: &str,
+    nats_url: &str,
+    pool_size: u32,
+) -> anyhow::Result<Connections> {
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
@@ -84,9 +86,12 @@ async fn connect(db_url: &str, nats_url: &str, pool_size: u32) -> anyhow::Result
     let nats = chronicle_bus::connect(nats_url)
         .await
         .context("connecting to NATS")?;
-    ensure_events_stream(&async_nats::jetstream::new(nats.clone()))
-        .await
-        .context("provisioning the EVENTS stream")?;
+    ensure_events_stream_with(
+        &async_nats::jetstream::new(nats.clone()),
+        settings.stream_replicas,
+    )
+    .await
+    .context("provisioning the EVENTS stream")?;
     Ok(Connections { pool, nats })
 }
 
@@ -98,13 +103,8 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let (embedded, db_url, nats_url) = engines::start(&settings).await?;
     let secret = engines::jwt_secret(&settings)?;
     engines::record_running(&settings.data_dir, &db_url, &nats_url)?;
-    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
-    let roles = vec![
-        Role::Relay,
-        Role::Projectors(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
-        Role::OrderSaga,
-        Role::Gateway(secret),
-    ];
+    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
+    let roles = components::all();
     // Supervision: if an embedded server dies, everything stops with its cause rather
     // than serving on a dead engine.
     let embedded = std::sync::Arc::new(std::sync::Mutex::new(embedded));
@@ -121,7 +121,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
             }
         }
     };
-    let result = run_roles(&settings, connections, roles, casualty).await;
+    let result = run_roles(&settings, Some(secret), connections, roles, casualty).await;
     engines::forget_running(&settings.data_dir);
     // Stops the embedded servers (blocking waits for their exit).
     tokio::task::spawn_blocking(move || drop(embedded))
@@ -130,46 +130,35 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-/// `chronicle gateway|relay|project`.
+/// `chronicle gateway|relay|project|saga`: the named components alone.
 ///
 /// # Errors
 /// When the servers cannot be reached or the process fails.
-pub async fn single(settings: Settings, role: Role) -> anyhow::Result<()> {
-    let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
-    run_roles(&settings, connections, vec![role], std::future::pending()).await
-}
-
-type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-
-fn projector_task(
-    name: &str,
-    connections: &Connections,
-    faults: Faults,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Task> {
-    let Some(run) = run_named(
-        name,
-        connections.pool.clone(),
-        connections.nats.clone(),
-        ProjectorConfig::default(),
-        faults,
-        shutdown,
-    ) else {
-        bail!("unknown projection {name:?}");
+pub async fn single(settings: Settings, roles: Vec<Component>) -> anyhow::Result<()> {
+    let secret = if roles.contains(&Component::Gateway) {
+        Some(settings.jwt_secret()?)
+    } else {
+        None
     };
-    let name = name.to_owned();
-    Ok(Box::pin(async move {
-        run.await.with_context(|| format!("{name} projector"))
-    }))
+    let (db_url, nats_url) = settings.urls()?;
+    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
+    run_roles(
+        &settings,
+        secret,
+        connections,
+        roles,
+        std::future::pending(),
+    )
+    .await
 }
 
 /// Runs `roles` until a signal, a role's end, or `casualty` (a server this process
 /// supervises died, with the reason).
 async fn run_roles(
     settings: &Settings,
+    secret: Option<Secret>,
     connections: Connections,
-    roles: Vec<Role>,
+    roles: Vec<Component>,
     casualty: impl Future<Output = String>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -180,67 +169,38 @@ async fn run_roles(
         }
     };
     let faults = Faults::from_env();
-    // One bus per process: gateway and saga share its aggregate cache and its group commit.
-    let commands =
-        CommandBus::new(EventStore::new(connections.pool.clone()).with_faults(faults.clone()));
+    let http = match (&secret, roles.contains(&Component::Gateway)) {
+        (Some(_), true) => {
+            let listener = tokio::net::TcpListener::bind(settings.http_addr)
+                .await
+                .with_context(|| format!("binding {}", settings.http_addr))?;
+            let addr = listener.local_addr().context("reading the bound address")?;
+            // On stdout, so scripts and tests can read the port when they asked for 0.
+            println!("chronicle: gateway listening on http://{addr}");
+            Some(listener)
+        }
+        (None, true) => bail!("the gateway needs its token key"),
+        _ => None,
+    };
+    let wiring = Wiring {
+        commands: CommandBus::new(
+            EventStore::new(connections.pool.clone()).with_faults(faults.clone()),
+        ),
+        pool: connections.pool.clone(),
+        nats: connections.nats.clone(),
+        faults,
+        relay: RelayConfig::default(),
+        projector: ProjectorConfig::default(),
+        saga: OrderSagaConfig {
+            ack_wait: settings.saga_ack_wait,
+            ..OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout)
+        },
+        gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
+        http: std::sync::Mutex::new(http),
+    };
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     for role in roles {
-        match role {
-            Role::Relay => {
-                let relay = Relay::new(
-                    connections.pool.clone(),
-                    connections.nats.clone(),
-                    RelayConfig::default(),
-                )
-                .with_faults(faults.clone());
-                let stop = shutdown();
-                tasks.spawn(async move { relay.run(stop).await.context("relay") });
-            }
-            Role::Projectors(names) => {
-                for name in names {
-                    tasks.spawn(projector_task(
-                        &name,
-                        &connections,
-                        faults.clone(),
-                        shutdown(),
-                    )?);
-                }
-            }
-            Role::OrderSaga => {
-                let saga = OrderSaga::new(
-                    commands.clone(),
-                    connections.pool.clone(),
-                    connections.nats.clone(),
-                    OrderSagaConfig {
-                        ack_wait: settings.saga_ack_wait,
-                        ..OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout)
-                    },
-                )
-                .with_faults(faults.clone());
-                let stop = shutdown();
-                tasks.spawn(async move { saga.run(stop).await.context("order saga") });
-            }
-            Role::Gateway(secret) => {
-                let listener = tokio::net::TcpListener::bind(settings.http_addr)
-                    .await
-                    .with_context(|| format!("binding {}", settings.http_addr))?;
-                let addr = listener.local_addr().context("reading the bound address")?;
-                let state = AppState::new(
-                    commands.clone(),
-                    connections.pool.clone(),
-                    connections.nats.clone(),
-                    settings.gateway(secret),
-                );
-                // On stdout, so scripts and tests can read the port when they asked for 0.
-                println!("chronicle: gateway listening on http://{addr}");
-                let stop = shutdown();
-                tasks.spawn(async move {
-                    chronicle_gateway::serve(listener, state, stop)
-                        .await
-                        .context("gateway")
-                });
-            }
-        }
+        tasks.spawn(role.start(&wiring, shutdown())?);
     }
     tracing::info!("chronicle is running; Ctrl-C stops it");
     let first_exit = tokio::select! {
@@ -305,7 +265,7 @@ async fn signal() {
 /// When the servers cannot be reached or the replay fails.
 pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, settings.pg_pool).await?;
+    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
     for name in names {
         let progress = |done: u64, total: u64| {
             let percent = (done * 100).checked_div(total).unwrap_or(100);
@@ -336,7 +296,7 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
 /// When the servers cannot be reached.
 pub async fn status(settings: Settings) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, 2).await?;
+    let connections = connect(&settings, &db_url, &nats_url, 2).await?;
     let js = async_nats::jetstream::new(connections.nats.clone());
     for subscriber in subscribers() {
         let status = chronicle_bus::status(
@@ -368,7 +328,7 @@ fn subscriber_named(name: &str) -> anyhow::Result<SubscriberRef> {
 /// When the servers cannot be reached or the name is unknown.
 pub async fn parked(settings: Settings, name: Option<String>) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, 2).await?;
+    let connections = connect(&settings, &db_url, &nats_url, 2).await?;
     let names = match name {
         Some(name) => vec![subscriber_named(&name)?],
         None => subscribers(),
@@ -391,7 +351,7 @@ pub async fn parked(settings: Settings, name: Option<String>) -> anyhow::Result<
 pub async fn retry(settings: Settings, name: String, seq: Option<u64>) -> anyhow::Result<()> {
     let subscriber = subscriber_named(&name)?;
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, 2).await?;
+    let connections = connect(&settings, &db_url, &nats_url, 2).await?;
     let outcome = chronicle_bus::request_retry(&connections.nats, &subscriber.name, seq)
         .await
         .with_context(|| format!("retrying the parked events of {name}"))?;
@@ -409,7 +369,7 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
         "unknown role {role:?}; the role to grant is staff"
     );
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&db_url, &nats_url, 2).await?;
+    let connections = connect(&settings, &db_url, &nats_url, 2).await?;
     let user_id: Option<String> = sqlx::query_scalar(
         "SELECT aggregate_id FROM unique_claims WHERE namespace = 'username' AND value = $1",
     )

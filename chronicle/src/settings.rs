@@ -132,6 +132,15 @@ pub struct Settings {
         global = true
     )]
     pub staff_users: Vec<String>,
+    /// Replicas of the EVENTS stream when this process creates it (3 on a NATS cluster);
+    /// an existing stream keeps the operator's choice.
+    #[arg(
+        long,
+        env = "CHRONICLE_STREAM_REPLICAS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub stream_replicas: usize,
 }
 
 /// `900` (seconds), `500ms`, `90s`, `15m`, `2h`.

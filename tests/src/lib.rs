@@ -12,7 +12,12 @@
 //!
 //! Tests are independent and run in parallel; nothing here uses a fixed port.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use chronicle::components::{self, Component, Wiring};
 
 use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
@@ -223,16 +228,6 @@ where
     }
 }
 
-/// Every reader of the log the [`TestApp`] runs: the projections and the order saga.
-pub fn all_subscribers() -> Vec<chronicle_bus::SubscriberRef> {
-    let mut all = chronicle_projections::subscriber_refs();
-    all.push(chronicle_bus::SubscriberRef {
-        name: chronicle_sagas::ORDER_SAGA.to_owned(),
-        durable: chronicle_sagas::ORDER_SAGA.to_owned(),
-    });
-    all
-}
-
 /// The whole system for one test: gateway on port 0, relay, every projector and the order
 /// saga, its own database and nats-server. Everything stops when it is dropped.
 pub struct TestApp {
@@ -247,12 +242,8 @@ pub struct TestApp {
     pub token: String,
     /// The saga's fault points (`saga.between_lines`, `saga.before_commit`, `saga.after_commit`).
     pub saga_faults: chronicle_bus::Faults,
-    saga: Option<tokio::task::JoinHandle<Result<(), chronicle_bus::SubscriberError>>>,
-    saga_parts: (
-        chronicle_commands::CommandBus,
-        async_nats::Client,
-        chronicle_sagas::OrderSagaConfig,
-    ),
+    saga: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    wiring: Arc<Wiring>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -312,39 +303,7 @@ impl TestApp {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let relay = chronicle_bus::Relay::new(
-            pool.clone(),
-            client.clone(),
-            chronicle_bus::RelayConfig {
-                poll_interval: Duration::from_millis(50),
-                ..Default::default()
-            },
-        );
-        let mut tasks = vec![tokio::spawn({
-            let stop = shutdown();
-            async move {
-                let _ = relay.run(stop).await;
-            }
-        })];
-        for name in chronicle_projections::PROJECTIONS {
-            chronicle_projections::setup_named(name, &pool)
-                .await
-                .expect("a known projection")
-                .expect("projection tables");
-            let run = chronicle_projections::run_named(
-                name,
-                pool.clone(),
-                client.clone(),
-                chronicle_projections::ProjectorConfig::default(),
-                chronicle_bus::Faults::default(),
-                shutdown(),
-            )
-            .expect("a known projection");
-            tasks.push(tokio::spawn(async move {
-                let _ = run.await;
-            }));
-        }
-        let mut config = chronicle_gateway::GatewayConfig::new(chronicle_gateway::Secret::new(
+        let mut gateway = chronicle_gateway::GatewayConfig::new(chronicle_gateway::Secret::new(
             format!(
                 "{}{}",
                 uuid::Uuid::new_v4().simple(),
@@ -353,27 +312,51 @@ impl TestApp {
             .into_bytes(),
         ));
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
-        config.staff_users = vec!["*".to_owned()];
-        config.subscribers = all_subscribers();
-        (options.gateway)(&mut config);
+        gateway.staff_users = vec!["*".to_owned()];
+        (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
         let base = format!("http://{}", listener.local_addr().expect("bound address"));
-        let commands =
-            chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(pool.clone()));
-        let state = chronicle_gateway::AppState::new(
-            commands.clone(),
-            pool.clone(),
-            client.clone(),
-            config,
-        );
-        tasks.push(tokio::spawn({
-            let stop = shutdown();
-            async move {
-                let _ = chronicle_gateway::serve(listener, state, stop).await;
+        let saga_faults = chronicle_bus::Faults::default();
+        // The same wiring `chronicle up` builds, with test timings; its fault points are the
+        // ones tests arm (on the saga).
+        let wiring = Arc::new(Wiring {
+            commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
+                pool.clone(),
+            )),
+            pool: pool.clone(),
+            nats: client,
+            faults: saga_faults.clone(),
+            relay: chronicle_bus::RelayConfig {
+                poll_interval: Duration::from_millis(50),
+                ..Default::default()
+            },
+            projector: chronicle_projections::ProjectorConfig::default(),
+            saga: options.saga,
+            gateway,
+            http: std::sync::Mutex::new(Some(listener)),
+        });
+        let mut tasks = Vec::new();
+        for component in components::all() {
+            if let Component::Projector(name) = component {
+                // Tables first, so a test can query a read model before it has an event.
+                chronicle_projections::setup_named(name, &pool)
+                    .await
+                    .expect("a known projection")
+                    .expect("projection tables");
             }
-        }));
+            // The saga runs apart: tests stop it at fault points and start it again.
+            if matches!(component, Component::Saga(_)) {
+                continue;
+            }
+            let task = component
+                .start(&wiring, shutdown())
+                .expect("every component starts");
+            tasks.push(tokio::spawn(async move {
+                let _ = task.await;
+            }));
+        }
         let mut app = Self {
             base,
             http: reqwest::Client::new(),
@@ -382,9 +365,9 @@ impl TestApp {
             nats,
             token: String::new(),
             user_id: String::new(),
-            saga_faults: chronicle_bus::Faults::default(),
+            saga_faults,
             saga: None,
-            saga_parts: (commands, client, options.saga),
+            wiring,
             stop,
             tasks,
         };
@@ -398,23 +381,20 @@ impl TestApp {
     /// Starts the order saga (again, after [`saga_stopped`](Self::saga_stopped)): a new
     /// instance on the same durable consumer, as a restarted process would be.
     pub fn start_saga(&mut self) {
-        let (commands, client, config) = self.saga_parts.clone();
-        let saga = chronicle_sagas::OrderSaga::new(commands, self.pool.clone(), client, config)
-            .with_faults(self.saga_faults.clone());
         let mut stopped = self.stop.subscribe();
-        self.saga = Some(tokio::spawn(async move {
-            saga.run(async move {
+        let saga = Component::Saga("orders")
+            .start(&self.wiring, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
-            .await
-        }));
+            .expect("the order saga starts");
+        self.saga = Some(tokio::spawn(saga));
     }
 
     /// Waits for the running saga to stop (at an armed fault point) and returns how it ended.
     ///
     /// # Panics
     /// When no saga runs or it panicked.
-    pub async fn saga_stopped(&mut self) -> Result<(), chronicle_bus::SubscriberError> {
+    pub async fn saga_stopped(&mut self) -> anyhow::Result<()> {
         self.saga
             .take()
             .expect("a saga is running")

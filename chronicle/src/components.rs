@@ -1,0 +1,309 @@
+//! The component list: every process role, declared once (DESIGN.md, "The shared runtime").
+//!
+//! A new bounded context adds its projections to `chronicle_projections::PROJECTIONS`
+//! and its sagas or other subscribers here, and every way of running Chronicle picks them
+//! up: `chronicle up`, `chronicle project --all`, the test harness, `compose.yaml`, and
+//! `GET /api/v1/projections`.
+
+use std::{future::Future, pin::Pin, sync::Mutex};
+
+use anyhow::{bail, Context};
+use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
+use chronicle_commands::CommandBus;
+use chronicle_gateway::{AppState, GatewayConfig};
+use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
+use chronicle_sagas::{OrderSaga, OrderSagaConfig, ORDER_SAGA};
+use sqlx::PgPool;
+
+/// The sagas, by the name `chronicle saga <name>` takes.
+pub const SAGAS: &[&str] = &["orders"];
+
+/// One process role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The outbox relay (several may run; one is active).
+    Relay,
+    /// The projector of one read model.
+    Projector(&'static str),
+    /// One saga.
+    Saga(&'static str),
+    /// The HTTP gateway.
+    Gateway,
+}
+
+/// Every component, in start order: the relay, the projectors, the sagas, the gateway.
+pub fn all() -> Vec<Component> {
+    let mut all = vec![Component::Relay];
+    all.extend(PROJECTIONS.iter().map(|name| Component::Projector(name)));
+    all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
+    all.push(Component::Gateway);
+    all
+}
+
+/// Every reader of the log the components run, for status reports and parked events.
+pub fn subscribers() -> Vec<SubscriberRef> {
+    all().iter().filter_map(Component::subscriber).collect()
+}
+
+impl Component {
+    /// The projector of `name`, if there is such a projection.
+    pub fn projector(name: &str) -> Option<Self> {
+        PROJECTIONS
+            .iter()
+            .find(|p| **p == name)
+            .map(|p| Self::Projector(p))
+    }
+
+    /// The saga called `name`, if there is one.
+    pub fn saga(name: &str) -> Option<Self> {
+        SAGAS.iter().find(|s| **s == name).map(|s| Self::Saga(s))
+    }
+
+    /// Its name as a service (`relay`, `projector-inventory`, `saga-orders`, `gateway`).
+    pub fn name(&self) -> String {
+        match self {
+            Self::Relay => "relay".into(),
+            Self::Projector(name) => format!("projector-{name}"),
+            Self::Saga(name) => format!("saga-{name}"),
+            Self::Gateway => "gateway".into(),
+        }
+    }
+
+    /// The `chronicle` arguments that run it alone.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Self::Relay => vec!["relay".into()],
+            Self::Projector(name) => vec!["project".into(), (*name).into()],
+            Self::Saga(name) => vec!["saga".into(), (*name).into()],
+            Self::Gateway => vec!["gateway".into()],
+        }
+    }
+
+    /// The variables it cannot run without when run alone.
+    pub fn required_env(&self) -> &'static [&'static str] {
+        match self {
+            Self::Gateway => &["DATABASE_URL", "NATS_URL", "CHRONICLE_JWT_SECRET"],
+            _ => &["DATABASE_URL", "NATS_URL"],
+        }
+    }
+
+    /// How many instances a deployment runs: two relays (one stands by), one of the rest
+    /// (a second subscriber would only take turns with the first).
+    pub fn replicas(&self) -> u32 {
+        match self {
+            Self::Relay | Self::Gateway => 2,
+            _ => 1,
+        }
+    }
+
+    /// The reader of the log it is, if it is one.
+    pub fn subscriber(&self) -> Option<SubscriberRef> {
+        match self {
+            Self::Projector(name) => Some(SubscriberRef {
+                name: (*name).to_owned(),
+                durable: chronicle_projections::durable_name(name),
+            }),
+            Self::Saga("orders") => Some(SubscriberRef {
+                name: ORDER_SAGA.to_owned(),
+                durable: ORDER_SAGA.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Starts it on `wiring` until `shutdown`.
+    ///
+    /// # Errors
+    /// When it is the gateway and no listener is left in the wiring, or an unknown saga.
+    pub fn start(
+        &self,
+        wiring: &Wiring,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Task> {
+        let name = self.name();
+        Ok(match self {
+            Self::Relay => {
+                let relay = Relay::new(
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    wiring.relay.clone(),
+                )
+                .with_faults(wiring.faults.clone());
+                Box::pin(async move { relay.run(shutdown).await.context(name) })
+            }
+            Self::Projector(projection) => {
+                let run = run_named(
+                    projection,
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    wiring.projector.clone(),
+                    wiring.faults.clone(),
+                    shutdown,
+                )
+                .with_context(|| format!("unknown projection {projection:?}"))?;
+                Box::pin(async move { run.await.context(name) })
+            }
+            Self::Saga("orders") => {
+                let saga = OrderSaga::new(
+                    wiring.commands.clone(),
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    wiring.saga.clone(),
+                )
+                .with_faults(wiring.faults.clone());
+                Box::pin(async move { saga.run(shutdown).await.context(name) })
+            }
+            Self::Saga(other) => bail!("unknown saga {other:?}"),
+            Self::Gateway => {
+                let listener = wiring
+                    .http
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .context("the gateway needs a listener, and one gateway per wiring")?;
+                let config = GatewayConfig {
+                    subscribers: subscribers(),
+                    ..wiring.gateway.clone()
+                };
+                let state = AppState::new(
+                    wiring.commands.clone(),
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    config,
+                );
+                Box::pin(async move {
+                    chronicle_gateway::serve(listener, state, shutdown)
+                        .await
+                        .context(name)
+                })
+            }
+        })
+    }
+}
+
+/// A started component: runs until its shutdown, or fails.
+pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// What the components of one process share: connections, the command bus (one per
+/// process: the gateway and the sagas share its cache and group commit), fault points,
+/// and each role's settings. The binary builds it from its settings, the harness from its
+/// own.
+pub struct Wiring {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub commands: CommandBus,
+    pub faults: Faults,
+    pub relay: RelayConfig,
+    pub projector: ProjectorConfig,
+    pub saga: OrderSagaConfig,
+    /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
+    pub gateway: GatewayConfig,
+    /// Where the gateway listens (taken by the gateway when it starts).
+    pub http: Mutex<Option<tokio::net::TcpListener>>,
+}
+
+/// `compose.yaml`: a 3-node NATS cluster, PostgreSQL, and every component as its own
+/// service, with the variables each needs. `chronicle compose` prints it; a test checks
+/// the committed file is what the list gives.
+pub fn compose_yaml() -> String {
+    let mut out = String::from(COMPOSE_HEAD);
+    for component in all() {
+        out.push_str(&format!("  {}:\n    <<: *chronicle\n", component.name()));
+        let mut args = component.args();
+        if component == Component::Gateway {
+            args.extend(["--http-addr".into(), "0.0.0.0:8080".into()]);
+        }
+        let quoted: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        out.push_str(&format!("    command: [{}]\n", quoted.join(", ")));
+        if component.replicas() > 1 {
+            out.push_str(&format!(
+                "    deploy:\n      replicas: {}\n",
+                component.replicas()
+            ));
+        }
+        let extra: Vec<&str> = component
+            .required_env()
+            .iter()
+            .copied()
+            .filter(|v| !SHARED_ENV.contains(v))
+            .collect();
+        if !extra.is_empty() {
+            out.push_str("    environment:\n      <<: *chronicle-env\n");
+            for var in extra {
+                out.push_str(&format!("      {var}: ${{{var}:?set {var}}}\n"));
+            }
+        }
+        if component == Component::Gateway {
+            out.push_str("    ports: [\"8080-8081:8080\"]\n");
+        }
+    }
+    out
+}
+
+/// The variables every component gets from the shared block of `compose.yaml`.
+const SHARED_ENV: &[&str] = &["DATABASE_URL", "NATS_URL"];
+
+const COMPOSE_HEAD: &str = r#"# Written by `chronicle compose` from the component list (chronicle/src/components.rs);
+# a test fails when this file and the list differ. Do not edit by hand.
+#
+# Chronicle across machines: a 3-node NATS JetStream cluster with an R3 EVENTS stream (R3
+# streams may keep NATS's default sync interval: each write is on a majority before its
+# ack), PostgreSQL, and each Chronicle component as its own service.
+x-chronicle-env: &chronicle-env
+  DATABASE_URL: postgres://chronicle:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/chronicle
+  NATS_URL: nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222
+  CHRONICLE_STREAM_REPLICAS: "3"
+  RUST_LOG: info
+
+x-chronicle: &chronicle
+  build: .
+  image: chronicle:dev
+  environment: *chronicle-env
+  depends_on: [postgres, nats-1, nats-2, nats-3]
+  restart: unless-stopped
+
+x-nats: &nats
+  image: nats:2.12
+  restart: unless-stopped
+
+services:
+  nats-1:
+    <<: *nats
+    command: ["-js", "-sd", "/data", "--server_name", "nats-1", "--cluster_name", "chronicle",
+              "--cluster", "nats://0.0.0.0:6222", "--routes", "nats://nats-2:6222,nats://nats-3:6222"]
+  nats-2:
+    <<: *nats
+    command: ["-js", "-sd", "/data", "--server_name", "nats-2", "--cluster_name", "chronicle",
+              "--cluster", "nats://0.0.0.0:6222", "--routes", "nats://nats-1:6222,nats://nats-3:6222"]
+  nats-3:
+    <<: *nats
+    command: ["-js", "-sd", "/data", "--server_name", "nats-3", "--cluster_name", "chronicle",
+              "--cluster", "nats://0.0.0.0:6222", "--routes", "nats://nats-1:6222,nats://nats-2:6222"]
+  postgres:
+    image: postgres:15
+    environment:
+      POSTGRES_USER: chronicle
+      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}
+      POSTGRES_DB: chronicle
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_projection_and_saga_is_a_component_and_a_subscriber() {
+        let names: Vec<String> = all().iter().map(Component::name).collect();
+        for projection in PROJECTIONS {
+            assert!(names.contains(&format!("projector-{projection}")));
+        }
+        assert!(names.contains(&"saga-orders".to_owned()));
+        assert_eq!(subscribers().len(), PROJECTIONS.len() + SAGAS.len());
+        assert_eq!(
+            Component::projector("inventory"),
+            Some(Component::Projector("inventory"))
+        );
+        assert_eq!(Component::projector("nope"), None);
+        assert_eq!(Component::saga("orders"), Some(Component::Saga("orders")));
+    }
+}

@@ -1,0 +1,12 @@
+//! The process roles of Chronicle, declared once.
+//!
+//! # Layout
+//!
+//! - [`components`]: every role (the relay, one projector per read model, one per saga,
+//!   the gateway) in ONE list, with how each is started, named, configured and deployed.
+//!   `chronicle up`, the role subcommands, the test harness (`chronicle-tests`) and
+//!   `compose.yaml` (written by `chronicle compose`, checked by a test) all come from it.
+//!
+//! The binary (`src/main.rs`) adds the command line, the settings and the embedded servers.
+
+pub mod components;

@@ -1,0 +1,45 @@
+//! `compose.yaml` is written from the component list: every role, with the variables it
+//! requires. This fails when a component is added and the file is not written again
+//! (`chronicle compose > compose.yaml`).
+
+use chronicle::components::{all, compose_yaml};
+
+#[test]
+fn compose_yaml_is_what_the_component_list_gives() {
+    let committed = include_str!("../../compose.yaml");
+    assert!(
+        committed == compose_yaml(),
+        "compose.yaml is stale: run `cargo run -p chronicle -- compose > compose.yaml`"
+    );
+}
+
+#[test]
+fn every_component_is_a_service_with_every_variable_it_requires() {
+    let committed = include_str!("../../compose.yaml");
+    for component in all() {
+        let service = format!("\n  {}:\n", component.name());
+        let start = committed
+            .find(&service)
+            .unwrap_or_else(|| panic!("no service {}", component.name()));
+        // The service's lines are indented by four or more spaces; the next key is by two.
+        let block: String = committed[start + service.len()..]
+            .lines()
+            .take_while(|line| line.starts_with("    "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let args: Vec<String> = component.args().iter().map(|a| format!("{a:?}")).collect();
+        assert!(
+            block.contains(&format!("command: [{}", args.join(", "))),
+            "{} runs {:?}",
+            component.name(),
+            component.args()
+        );
+        for var in component.required_env() {
+            assert!(
+                block.contains(var) || committed.contains(&format!("\n  {var}: ")),
+                "{} lacks {var}",
+                component.name()
+            );
+        }
+    }
+}
