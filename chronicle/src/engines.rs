@@ -97,7 +97,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
         }
     };
     let (postgres, db_url) = match &settings.database_url {
-        Some(url) => (None, url.clone()),
+        Some(url) => (None, url.expose().to_owned()),
         None => {
             let wanted = data_dir.join("pg");
             let cluster = chronicle_engines::cluster_dir_for(&wanted);

@@ -13,7 +13,7 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// PostgreSQL to use; `chronicle up` starts its own when unset.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Redacted>,
     /// NATS to use; `chronicle up` starts its own when unset.
     #[arg(long, env = "NATS_URL", global = true)]
     pub nats_url: Option<String>,
@@ -36,7 +36,7 @@ pub struct Settings {
         global = true,
         hide_env_values = true
     )]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Redacted>,
     /// How long a login token is valid, in seconds.
     #[arg(
         long,
@@ -143,6 +143,30 @@ pub struct Settings {
     pub stream_replicas: usize,
 }
 
+/// A configuration value that must not be printed (a key, a URL with a password): `Debug`
+/// shows a placeholder, so logging the settings never leaks it.
+#[derive(Clone)]
+pub struct Redacted(String);
+
+impl Redacted {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// `900` (seconds), `500ms`, `90s`, `15m`, `2h`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -198,8 +222,8 @@ impl Settings {
     /// When it is unset or shorter than 32 bytes.
     pub fn jwt_secret(&self) -> anyhow::Result<chronicle_gateway::Secret> {
         match &self.jwt_secret {
-            Some(secret) if secret.len() >= 32 => {
-                Ok(chronicle_gateway::Secret::new(secret.as_bytes()))
+            Some(secret) if secret.expose().len() >= 32 => {
+                Ok(chronicle_gateway::Secret::new(secret.expose().as_bytes()))
             }
             Some(_) => anyhow::bail!("CHRONICLE_JWT_SECRET must be at least 32 bytes"),
             None => {
@@ -217,7 +241,8 @@ impl Settings {
         let running = crate::engines::running_urls(&self.data_dir);
         let db = self
             .database_url
-            .clone()
+            .as_ref()
+            .map(|url| url.expose().to_owned())
             .or_else(|| running.as_ref().map(|r| r.0.clone()))
             .ok_or_else(|| {
                 anyhow::anyhow!(
@@ -240,6 +265,27 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let cli = Cli::parse_from([
+            "chronicle",
+            "--jwt-secret",
+            "a-very-secret-signing-key-of-32-bytes!",
+            "--database-url",
+            "postgres://chronicle:hunter2@db/chronicle",
+        ]);
+        let printed = format!("{:?}", cli.settings);
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(cli.settings.jwt_secret().is_ok());
+    }
 
     #[test]
     fn durations_take_a_unit_or_mean_seconds() {

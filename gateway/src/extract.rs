@@ -100,16 +100,23 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
     }
 }
 
-/// `Idempotency-Key`: at most 255 visible ASCII characters.
+/// `Idempotency-Key` (at most 255 visible ASCII characters), with the request it came on:
+/// a key is scoped to its caller and to the method and path it was sent to, taken from the
+/// request itself so no handler writes its route by hand.
 #[derive(Debug, Clone)]
-pub struct IdempotencyKeyHeader(pub Option<String>);
+pub struct IdempotencyKeyHeader {
+    pub key: Option<String>,
+    /// `POST /api/v1/orders/0193.../pay`.
+    pub route: String,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let route = format!("{} {}", parts.method, parts.uri.path());
         let Some(value) = parts.headers.get("idempotency-key") else {
-            return Ok(Self(None));
+            return Ok(Self { key: None, route });
         };
         let key = value.to_str().unwrap_or_default();
         if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -118,7 +125,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
                 "must be 1 to 255 visible ASCII characters",
             )]));
         }
-        Ok(Self(Some(key.to_owned())))
+        Ok(Self {
+            key: Some(key.to_owned()),
+            route,
+        })
     }
 }
 

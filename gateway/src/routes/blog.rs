@@ -26,6 +26,28 @@ use crate::{
     state::AppState,
 };
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{delete as delete_route, get as get_route, post};
+    axum::Router::new()
+        .route("/api/v1/posts", post(draft).get(list))
+        .route(
+            "/api/v1/posts/{id}",
+            get_route(get).patch(edit).delete(delete),
+        )
+        .route("/api/v1/posts/{id}/publish", post(publish))
+        .route("/api/v1/posts/{id}/unpublish", post(unpublish))
+        .route(
+            "/api/v1/posts/{id}/comments",
+            post(add_comment).get(comments),
+        )
+        .route(
+            "/api/v1/posts/{id}/comments/{comment_id}",
+            delete_route(delete_comment),
+        )
+        .route("/api/v1/tags", get_route(tags))
+}
+
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).
 fn no_content(executed: Executed) -> Response {
     let version = match &executed {
@@ -78,7 +100,7 @@ pub async fn draft(
         Some(&post.body_markdown),
         Some(&post.tags),
     ))?;
-    let ctx = respond::context(&caller, "POST /api/v1/posts", IfMatch(None), key, &body.raw);
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let post_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_version_status(201, "draft");
     let executed = state
@@ -129,8 +151,7 @@ pub async fn edit(
         edit.body_markdown.as_deref(),
         edit.tags.as_deref(),
     ))?;
-    let route = format!("PATCH /api/v1/posts/{id}");
-    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
     let make = respond::id_and_version(200);
     let command = PostCommand::Edit {
         by: caller.user_id.clone(),
@@ -150,18 +171,11 @@ async fn act(
     state: &AppState,
     id: &str,
     (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
-    route: &str,
     command: PostCommand,
     make: impl Fn(&Committed) -> StoredResponse,
 ) -> Result<Executed, ApiError> {
     let id = respond::uuid_id(id, "post")?;
-    let ctx = respond::context(
-        &caller,
-        &format!("{route} /api/v1/posts/{id}"),
-        if_match,
-        key,
-        b"",
-    );
+    let ctx = respond::context(&caller, if_match, key, b"");
     Ok(state
         .commands
         .execute_with_response::<Post>(id, command, &(), &ctx, make)
@@ -195,20 +209,18 @@ async fn set_published(
     published: bool,
 ) -> Result<Response, ApiError> {
     let by = caller.user_id.clone();
-    let (route, command, make) = if published {
+    let (command, make) = if published {
         (
-            "POST publish",
             PostCommand::Publish { by },
             respond::id_version_status(200, "published"),
         )
     } else {
         (
-            "POST unpublish",
             PostCommand::Unpublish { by },
             respond::id_version_status(200, "draft"),
         )
     };
-    let executed = act(state, id, (caller, if_match, key), route, command, &make).await?;
+    let executed = act(state, id, (caller, if_match, key), command, &make).await?;
     Ok(respond::executed(executed, make))
 }
 
@@ -223,15 +235,7 @@ pub async fn delete(
         by: caller.user_id.clone(),
     };
     let make = respond::id_and_version(204);
-    let executed = act(
-        &state,
-        &id,
-        (caller, if_match, key),
-        "DELETE",
-        command,
-        make,
-    )
-    .await?;
+    let executed = act(&state, &id, (caller, if_match, key), command, make).await?;
     Ok(no_content(executed))
 }
 
@@ -385,8 +389,7 @@ pub async fn add_comment(
     if !post.exists() || (!post.is_published() && post.author_id() != caller.user_id) {
         return Err(ApiError::not_found(format!("no post with id {post_id}")));
     }
-    let route = format!("POST /api/v1/posts/{post_id}/comments");
-    let ctx = respond::context(&caller, &route, IfMatch(None), key, &body.raw);
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let comment_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_and_version(201);
     let executed = state
@@ -450,8 +453,7 @@ pub async fn delete_comment(
             "no comment {comment_id} on post {post_id}"
         )));
     }
-    let route = format!("DELETE /api/v1/posts/{post_id}/comments/{comment_id}");
-    let ctx = respond::context(&caller, &route, if_match, key, b"");
+    let ctx = respond::context(&caller, if_match, key, b"");
     let executed = state
         .commands
         .execute_with_response::<Comment>(

@@ -7,6 +7,12 @@ use serde_json::{json, Value};
 
 use crate::state::AppState;
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new().route("/health", get(health))
+}
+
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = matches!(
         tokio::time::timeout(

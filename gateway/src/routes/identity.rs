@@ -21,6 +21,15 @@ use crate::{
     state::AppState,
 };
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/users/{id}", get(get_user).patch(change_profile))
+}
+
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.
 const MAX_PASSWORD: usize = 1024;
 
@@ -72,14 +81,7 @@ pub async fn register(
         .await?;
     // The key's scope is the route alone (the caller is anonymous): the user id is made
     // afresh for every request, so it cannot be part of it, or a retry would never match.
-    let mut ctx = respond::anonymous_context(
-        request_id,
-        None,
-        "POST /api/v1/auth/register",
-        IfMatch(None),
-        key,
-        &body.raw,
-    );
+    let mut ctx = respond::anonymous_context(request_id, None, IfMatch(None), key, &body.raw);
     ctx.actor = Some(user_id.clone());
     ctx.claims = vec![UniqueClaim::new("username", form.username.clone())];
     let id = user_id.clone();
@@ -207,8 +209,7 @@ pub async fn change_profile(
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::not_found("no such user"));
     }
-    let route = format!("PATCH /api/v1/users/{id}");
-    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
     let make = respond::id_and_version(200);
     let executed = state
         .commands

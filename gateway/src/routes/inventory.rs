@@ -18,6 +18,15 @@ use crate::{
     state::AppState,
 };
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get as get_route, post};
+    axum::Router::new()
+        .route("/api/v1/inventory/items", post(create).get(list))
+        .route("/api/v1/inventory/items/{sku}", get_route(get))
+        .route("/api/v1/inventory/items/{sku}/receive", post(receive))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateItem {
@@ -41,13 +50,7 @@ pub async fn create(
         check_price(item.price_cents),
         check_initial_stock(item.initial_stock),
     ]))?;
-    let ctx = respond::context(
-        &caller,
-        "POST /api/v1/inventory/items",
-        IfMatch(None),
-        key,
-        &body.raw,
-    );
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let make = respond::id_and_version(201);
     let executed = state
         .commands
@@ -86,8 +89,7 @@ pub async fn receive(
         check_sku(&sku),
         check_quantity("quantity", body.value.quantity),
     ]))?;
-    let route = format!("POST /api/v1/inventory/items/{sku}/receive");
-    let ctx = respond::context(&caller, &route, if_match, key, &body.raw);
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
     let make = respond::id_and_version(200);
     let executed = state
         .commands

@@ -12,9 +12,7 @@ mod respond;
 use axum::{
     extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, Request, StatusCode},
-    middleware,
-    routing::{get, post},
-    Router,
+    middleware, Router,
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
@@ -70,51 +68,12 @@ pub fn router(state: AppState) -> Router {
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
     });
     Router::new()
-        .route("/health", get(health::health))
-        .route("/api/v1/auth/register", post(identity::register))
-        .route("/api/v1/auth/login", post(identity::login))
-        .route(
-            "/api/v1/users/{id}",
-            get(identity::get_user).patch(identity::change_profile),
-        )
-        .route("/api/v1/projections", get(projections::list))
-        .route(
-            "/api/v1/projections/{name}/parked",
-            get(projections::parked),
-        )
-        .route("/api/v1/projections/{name}/retry", post(projections::retry))
-        .route(
-            "/api/v1/inventory/items",
-            post(inventory::create).get(inventory::list),
-        )
-        .route("/api/v1/inventory/items/{sku}", get(inventory::get))
-        .route(
-            "/api/v1/inventory/items/{sku}/receive",
-            post(inventory::receive),
-        )
-        .route("/api/v1/orders", post(orders::place).get(orders::list))
-        .route("/api/v1/orders/{id}", get(orders::get))
-        .route("/api/v1/orders/{id}/pay", post(orders::pay))
-        .route("/api/v1/orders/{id}/ship", post(orders::ship))
-        .route("/api/v1/orders/{id}/cancel", post(orders::cancel))
-        .route("/api/v1/coupons", post(orders::create_coupon))
-        .route("/api/v1/coupons/{code}", get(orders::get_coupon))
-        .route("/api/v1/posts", post(blog::draft).get(blog::list))
-        .route(
-            "/api/v1/posts/{id}",
-            get(blog::get).patch(blog::edit).delete(blog::delete),
-        )
-        .route("/api/v1/posts/{id}/publish", post(blog::publish))
-        .route("/api/v1/posts/{id}/unpublish", post(blog::unpublish))
-        .route(
-            "/api/v1/posts/{id}/comments",
-            post(blog::add_comment).get(blog::comments),
-        )
-        .route(
-            "/api/v1/posts/{id}/comments/{comment_id}",
-            axum::routing::delete(blog::delete_comment),
-        )
-        .route("/api/v1/tags", get(blog::tags))
+        .merge(health::routes())
+        .merge(identity::routes())
+        .merge(projections::routes())
+        .merge(inventory::routes())
+        .merge(orders::routes())
+        .merge(blog::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

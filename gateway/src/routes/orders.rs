@@ -21,6 +21,19 @@ use crate::{
     state::AppState,
 };
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get as get_route, post};
+    axum::Router::new()
+        .route("/api/v1/orders", post(place).get(list))
+        .route("/api/v1/orders/{id}", get_route(get))
+        .route("/api/v1/orders/{id}/pay", post(pay))
+        .route("/api/v1/orders/{id}/ship", post(ship))
+        .route("/api/v1/orders/{id}/cancel", post(cancel))
+        .route("/api/v1/coupons", post(create_coupon))
+        .route("/api/v1/coupons/{code}", get_route(get_coupon))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
@@ -112,13 +125,7 @@ pub async fn place(
         }
     };
     ApiError::check(errors)?;
-    let ctx = respond::context(
-        &caller,
-        "POST /api/v1/orders",
-        IfMatch(None),
-        key,
-        &body.raw,
-    );
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let order_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_version_status(201, OrderStatus::Pending.as_str());
     let executed = state
@@ -229,11 +236,10 @@ pub async fn pay(
         by: caller.user_id.clone(),
         amount_cents: body.value.amount_cents,
     };
-    let route = format!("POST /api/v1/orders/{id}/pay");
     let ctx = chronicle_commands::CommandContext {
         // The charge happens in `handle`: decide it on the order as Postgres has it.
         fresh_state: true,
-        ..respond::context(&caller, &route, if_match, key, &body.raw)
+        ..respond::context(&caller, if_match, key, &body.raw)
     };
     order_command(&state, id, command, &ctx, OrderStatus::Paid).await
 }
@@ -249,7 +255,7 @@ pub async fn ship(
         by: caller.user_id.clone(),
     };
     let ctx = (caller, if_match, key);
-    without_body(&state, &id, "ship", command, ctx, OrderStatus::Shipped).await
+    without_body(&state, &id, command, ctx, OrderStatus::Shipped).await
 }
 
 pub async fn cancel(
@@ -263,21 +269,19 @@ pub async fn cancel(
         by: Canceller::Customer(caller.user_id.clone()),
     };
     let ctx = (caller, if_match, key);
-    without_body(&state, &id, "cancel", command, ctx, OrderStatus::Cancelled).await
+    without_body(&state, &id, command, ctx, OrderStatus::Cancelled).await
 }
 
 /// `POST /api/v1/orders/{id}/{action}`, a command that takes no body.
 async fn without_body(
     state: &AppState,
     id: &str,
-    action: &str,
     command: OrderCommand,
     (caller, if_match, key): (Caller, IfMatch, IdempotencyKeyHeader),
     after: OrderStatus,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(id, "order")?;
-    let route = format!("POST /api/v1/orders/{id}/{action}");
-    let ctx = respond::context(&caller, &route, if_match, key, b"");
+    let ctx = respond::context(&caller, if_match, key, b"");
     order_command(state, id, command, &ctx, after).await
 }
 
@@ -329,13 +333,7 @@ pub async fn create_coupon(
         errors.push(FieldError::new("max_redemptions", "at least 1"));
     }
     ApiError::check(errors)?;
-    let ctx = respond::context(
-        &caller,
-        "POST /api/v1/coupons",
-        IfMatch(None),
-        key,
-        &body.raw,
-    );
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let make = respond::id_and_version(201);
     let executed = state
         .commands

@@ -11,6 +11,15 @@ use crate::{
     state::AppState,
 };
 
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/api/v1/projections", get(list))
+        .route("/api/v1/projections/{name}/parked", get(parked))
+        .route("/api/v1/projections/{name}/retry", post(retry))
+}
+
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,

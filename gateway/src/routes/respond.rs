@@ -9,10 +9,9 @@ use chronicle_commands::{CommandContext, Committed, Executed, IdempotencyKey, St
 use crate::extract::{Caller, IdempotencyKeyHeader, IfMatch};
 
 /// The context of a command sent over HTTP: the caller as actor, the request id as
-/// correlation id, `If-Match`, and the idempotency key scoped to caller and route.
+/// correlation id, `If-Match`, and the idempotency key scoped to caller and request route.
 pub fn context(
     caller: &Caller,
-    route: &str,
     if_match: IfMatch,
     key: IdempotencyKeyHeader,
     raw_body: &[u8],
@@ -20,7 +19,6 @@ pub fn context(
     anonymous_context(
         caller.request_id,
         Some(&caller.user_id),
-        route,
         if_match,
         key,
         raw_body,
@@ -32,18 +30,17 @@ pub fn context(
 pub fn anonymous_context(
     request_id: Option<uuid::Uuid>,
     actor: Option<&str>,
-    route: &str,
     if_match: IfMatch,
     key: IdempotencyKeyHeader,
     raw_body: &[u8],
 ) -> CommandContext {
     let base = CommandContext::new();
-    let scope = format!("{}|{route}", actor.unwrap_or("anonymous"));
+    let scope = format!("{}|{}", actor.unwrap_or("anonymous"), key.route);
     CommandContext {
         correlation_id: request_id.unwrap_or(base.correlation_id),
         actor: actor.map(str::to_owned),
         expected_version: if_match.0,
-        idempotency: key.0.map(|key| IdempotencyKey::new(scope, key, raw_body)),
+        idempotency: key.key.map(|key| IdempotencyKey::new(scope, key, raw_body)),
         ..base
     }
 }
