@@ -10,7 +10,7 @@ use std::{future::Future, pin::Pin, sync::Mutex};
 use anyhow::{bail, Context};
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::CommandBus;
-use chronicle_gateway::{AppState, GatewayConfig};
+use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::{OrderSaga, OrderSagaConfig, ORDER_SAGA};
 use sqlx::PgPool;
@@ -150,6 +150,10 @@ impl Component {
                     wiring.nats.clone(),
                     wiring.saga.clone(),
                 )
+                .with_payments(SimulatedPayments::services(
+                    wiring.pool.clone(),
+                    wiring.gateway.payments.clone(),
+                ))
                 .with_faults(wiring.faults.clone());
                 Box::pin(async move { saga.run(shutdown).await.context(name) })
             }

@@ -8,9 +8,7 @@ use std::{
 };
 
 use chronicle_commands::{CommandBus, CommandContext, EventStore};
-use chronicle_commerce::{
-    InventoryCommand, InventoryItem, Order, OrderCommand, OrderLine, OrderServices,
-};
+use chronicle_commerce::{InventoryCommand, InventoryItem, Order, OrderCommand, OrderLine};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use sqlx::PgPool;
 
@@ -87,7 +85,7 @@ async fn a_saga_process_killed_between_two_lines_settles_the_order_once_after_re
             lines: vec![line("A", 2), line("B", 3)],
             coupon: None,
         },
-        &OrderServices::without_payments(),
+        &(),
         &ctx,
     )
     .await

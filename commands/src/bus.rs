@@ -426,7 +426,13 @@ impl CommandBus {
         outcome.await.map_err(|_| StoreError::CommitterGone)?
     }
 
-    async fn replay<E: std::error::Error + 'static>(
+    /// The first response recorded under `key`, for a flow of several commands whose last
+    /// one records it (a payment: request, charge, outcome).
+    ///
+    /// # Errors
+    /// [`CommandError::IdempotencyKeyReused`] when the key came with another request; store
+    /// failures.
+    pub async fn replay<E: std::error::Error + 'static>(
         &self,
         key: &IdempotencyKey,
     ) -> Result<Option<Executed>, CommandError<E>> {

@@ -1,16 +1,16 @@
-//! The simulated payment provider the gateway charges orders through.
+//! The simulated payment provider orders are charged and refunded through.
 //!
 //! It stands in for a real provider behind [`PaymentProvider`]: it succeeds, declines by a
-//! configured rule, or hangs by another rule until the caller's timeout gives up. Like a real
-//! provider's idempotency keys, a second charge for the same order returns the first receipt.
+//! configured rule, or hangs by another rule until the caller's timeout gives up. Its records
+//! live in Postgres (`simulated_payments`), as a real provider's live on its side: every
+//! process (gateways charging, the saga refunding) sees the same money. Like a real
+//! provider's idempotency keys, a second charge for an order returns the first receipt and
+//! takes nothing.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use chronicle_commerce::{OrderServices, PaymentFailure, PaymentProvider, Receipt};
+use chronicle_commerce::{Holding, OrderServices, PaymentFailure, PaymentProvider, Receipt};
+use sqlx::PgPool;
 
 /// When the simulated provider declines or hangs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,22 +37,18 @@ impl Default for PaymentRules {
 #[derive(Debug)]
 pub struct SimulatedPayments {
     rules: PaymentRules,
-    /// Receipts by order id: what makes a repeated charge return the first one.
-    charged: Mutex<HashMap<String, Receipt>>,
+    pool: PgPool,
 }
 
 impl SimulatedPayments {
-    pub fn new(rules: PaymentRules) -> Self {
-        Self {
-            rules,
-            charged: Mutex::new(HashMap::new()),
-        }
+    pub fn new(pool: PgPool, rules: PaymentRules) -> Self {
+        Self { rules, pool }
     }
 
-    /// The order services of a gateway using this provider.
-    pub fn services(rules: PaymentRules) -> OrderServices {
+    /// The order services of the processes using this provider.
+    pub fn services(pool: PgPool, rules: PaymentRules) -> OrderServices {
         OrderServices {
-            payments: Arc::new(Self::new(rules)),
+            payments: Arc::new(Self::new(pool, rules)),
         }
     }
 
@@ -73,17 +69,30 @@ impl SimulatedPayments {
                 "the amount is above the card's limit".to_owned(),
             ));
         }
-        let mut charged = self
-            .charged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(charged
-            .entry(order_id.to_owned())
-            .or_insert_with(|| Receipt {
-                payment_id: format!("sim_{}", uuid::Uuid::now_v7().simple()),
-            })
-            .clone())
+        sqlx::query(
+            "INSERT INTO simulated_payments (order_id, payment_id, charged_cents) \
+             VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(format!("sim_{}", uuid::Uuid::now_v7().simple()))
+        .bind(amount_cents)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let payment_id: String =
+            sqlx::query_scalar("SELECT payment_id FROM simulated_payments WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(Receipt { payment_id })
     }
+}
+
+/// The provider's records cannot be reached: to the caller, the provider did not answer.
+fn unavailable(error: sqlx::Error) -> PaymentFailure {
+    tracing::warn!(error = %error, "the simulated payment provider's records cannot be reached");
+    PaymentFailure::TimedOut
 }
 
 #[async_trait::async_trait]
@@ -93,44 +102,37 @@ impl PaymentProvider for SimulatedPayments {
             .await
             .unwrap_or(Err(PaymentFailure::TimedOut))
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn provider(rules: PaymentRules) -> SimulatedPayments {
-        SimulatedPayments::new(rules)
+    async fn refund(&self, order_id: &str) -> Result<Holding, PaymentFailure> {
+        sqlx::query(
+            "UPDATE simulated_payments SET refunded_cents = charged_cents, \
+             refund_id = coalesce(refund_id, $2) WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(format!("sim_refund_{}", uuid::Uuid::now_v7().simple()))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        self.holding(order_id).await
     }
 
-    #[tokio::test]
-    async fn a_charge_succeeds_and_repeating_it_returns_the_first_receipt() {
-        let p = provider(PaymentRules::default());
-        let first = p.charge("o-1", 100).await.expect("charged");
-        assert_eq!(p.charge("o-1", 100).await, Ok(first.clone()));
-        assert_ne!(p.charge("o-2", 100).await.expect("charged"), first);
-    }
-
-    #[tokio::test]
-    async fn charges_above_the_decline_rule_are_declined() {
-        let p = provider(PaymentRules {
-            decline_above_cents: Some(1_000),
-            ..Default::default()
-        });
-        assert!(p.charge("o-1", 1_000).await.is_ok());
-        assert!(matches!(
-            p.charge("o-2", 1_001).await,
-            Err(PaymentFailure::Declined(_))
-        ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_hanging_charge_times_out() {
-        let p = provider(PaymentRules {
-            hang_above_cents: Some(0),
-            timeout: Duration::from_secs(3),
-            ..Default::default()
-        });
-        assert_eq!(p.charge("o-1", 1).await, Err(PaymentFailure::TimedOut));
+    async fn holding(&self, order_id: &str) -> Result<Holding, PaymentFailure> {
+        let row: Option<(String, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT payment_id, charged_cents, refunded_cents, refund_id \
+             FROM simulated_payments WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(row.map_or_else(
+            Holding::default,
+            |(payment_id, charged, refunded, refund_id)| Holding {
+                payment_id: Some(payment_id),
+                charged_cents: charged,
+                refunded_cents: refunded,
+                refund_id,
+            },
+        ))
     }
 }

@@ -72,7 +72,7 @@ pub struct AppState {
     pub freshness: Freshness,
     pub auth: Auth,
     pub config: GatewayConfig,
-    /// What order commands need: the payment provider.
+    /// The payment provider orders are charged through.
     pub orders: OrderServices,
     /// The cache in front of post detail and the tag list.
     pub posts: PostCache,
@@ -93,7 +93,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
-            orders: SimulatedPayments::services(config.payments.clone()),
+            orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,
             nats,

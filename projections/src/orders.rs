@@ -128,6 +128,21 @@ impl Projection for OrdersProjection {
                     .map_err(ProjectionError::db("inserting an order"))?;
                     continue;
                 }
+                // Money moves that leave the status as it is: the version follows.
+                OrderEvent::LatePaymentCharged { .. } | OrderEvent::PaymentRefunded { .. } => {
+                    sqlx::query(
+                        "UPDATE orders SET updated_at = $2, version = $3 WHERE id = $1 AND version < $3",
+                    )
+                    .bind(&envelope.aggregate_id)
+                    .bind(envelope.recorded_at)
+                    .bind(sequence)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("updating an order"))?;
+                    continue;
+                }
+                OrderEvent::PaymentRequested { .. } => ("paying", None, None),
+                OrderEvent::PaymentFailed { reason } => ("reserved", Some(reason), None),
                 OrderEvent::OrderReserved {} => ("reserved", None, None),
                 OrderEvent::OrderRejected { reason } => ("rejected", Some(reason), None),
                 OrderEvent::OrderPaid { payment_id, .. } => ("paid", None, Some(payment_id)),

@@ -28,6 +28,9 @@ pub enum SagaError {
     },
     #[error(transparent)]
     Decode(chronicle_schemas::DecodeError),
+    /// The payment provider could not be asked (the event is handled again later).
+    #[error(transparent)]
+    Payment(chronicle_commerce::PaymentFailure),
     /// A command failed for a reason other than a business rule (the store, a lost race
     /// retried too often): the event is handled again later.
     #[error("command on {aggregate} {id} failed: {detail}")]
@@ -136,6 +139,17 @@ impl OrderSaga {
         }
     }
 
+    /// The payment provider refunds go through (the same provider the gateway charges).
+    pub fn with_payments(self, services: OrderServices) -> Self {
+        let core = Arc::try_unwrap(self.core).unwrap_or_else(|_| {
+            unreachable!("with_payments is called while building, before the core is shared")
+        });
+        Self {
+            core: Arc::new(Core { services, ..core }),
+            ..self
+        }
+    }
+
     /// The saga as a subscriber: name and consumer `saga-orders`, order events only.
     pub fn subscriber_config(&self) -> SubscriberConfig {
         SubscriberConfig {
@@ -215,23 +229,83 @@ impl Core {
             }
             OrderEvent::OrderReserved {} => Ok(()),
             OrderEvent::OrderPaid { .. } => clear_deadline(conn, order_id).await,
+            OrderEvent::PaymentRequested { .. }
+            | OrderEvent::PaymentFailed { .. }
+            | OrderEvent::PaymentRefunded { .. } => Ok(()),
+            OrderEvent::LatePaymentCharged { .. } => self.settle_money(order_id, envelope).await,
             OrderEvent::OrderShipped {} => self.commit_stock(order_id, envelope).await,
             OrderEvent::OrderRejected { .. } => {
                 self.release_all(order_id, envelope).await?;
                 clear_deadline(conn, order_id).await
             }
-            OrderEvent::OrderCancelled { refund_cents, .. } => {
-                if refund_cents > 0 {
-                    // No refund flow exists yet; the event records what is owed.
-                    tracing::warn!(
-                        order_id,
-                        refund_cents,
-                        "cancelled after payment: refund owed"
-                    );
-                }
+            OrderEvent::OrderCancelled { .. } => {
                 self.release_all(order_id, envelope).await?;
-                clear_deadline(conn, order_id).await
+                clear_deadline(conn, order_id).await?;
+                self.settle_money(order_id, envelope).await
             }
+        }
+    }
+
+    /// A cancelled or rejected order holds no money: whatever the provider took for it
+    /// (recorded or not: a gateway may have died between the charge and its record) is
+    /// recorded, refunded, and the refund recorded. Every step is safe to repeat.
+    async fn settle_money(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
+        let order = self.order(order_id).await?;
+        if !matches!(
+            order.status(),
+            OrderStatus::Cancelled | OrderStatus::Rejected
+        ) {
+            return Ok(());
+        }
+        let payments = &self.services.payments;
+        let mut holding = payments
+            .holding(order_id)
+            .await
+            .map_err(SagaError::Payment)?;
+        if let Some(payment_id) = holding.payment_id.clone() {
+            let late = OrderCommand::RecordLateCharge {
+                payment_id,
+                amount_cents: holding.charged_cents,
+            };
+            self.must(order_id, late, cause).await?;
+        }
+        if holding.charged_cents > holding.refunded_cents {
+            holding = payments
+                .refund(order_id)
+                .await
+                .map_err(SagaError::Payment)?;
+        }
+        let recorded = self.order(order_id).await?.refunded_cents();
+        if let (Some(refund_id), true) = (holding.refund_id, holding.refunded_cents > recorded) {
+            let refunded = OrderCommand::RecordRefund {
+                refund_id,
+                amount_cents: holding.refunded_cents - recorded,
+            };
+            self.must(order_id, refunded, cause).await?;
+            tracing::info!(
+                order_id,
+                cents = holding.refunded_cents - recorded,
+                "refunded"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs an order command that must not be refused (a refusal is a race that handling
+    /// the event again settles): a refusal fails the event.
+    async fn must(
+        &self,
+        id: &str,
+        command: OrderCommand,
+        cause: &Envelope,
+    ) -> Result<(), SagaError> {
+        match self.command::<Order>(id, command, &(), cause).await? {
+            Ok(()) => Ok(()),
+            Err(refused) => Err(SagaError::Command {
+                aggregate: Order::TYPE,
+                id: id.to_owned(),
+                detail: refused.to_string(),
+            }),
         }
     }
 
@@ -288,12 +362,7 @@ impl Core {
             }
         }
         let confirmed = self
-            .command::<Order>(
-                order_id,
-                OrderCommand::ConfirmReserved,
-                &self.services,
-                cause,
-            )
+            .command::<Order>(order_id, OrderCommand::ConfirmReserved, &(), cause)
             .await?;
         if let Err(refused) = confirmed {
             // Cancelled while we reserved: its OrderCancelled releases too, but do not leave
@@ -320,7 +389,7 @@ impl Core {
                 OrderCommand::Reject {
                     reason: reason.to_owned(),
                 },
-                &self.services,
+                &(),
                 cause,
             )
             .await?;
@@ -511,7 +580,7 @@ impl Core {
                     OrderCommand::Cancel {
                         by: Canceller::PaymentTimeout,
                     },
-                    &self.services,
+                    &(),
                     caused_by(correlation_id, causation_id),
                 )
                 .await?;

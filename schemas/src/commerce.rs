@@ -94,9 +94,30 @@ pub enum OrderEvent {
     OrderRejected {
         reason: String,
     },
+    /// The customer asked to pay the order's total; the charge is made outside the
+    /// aggregate, and its outcome is the next event.
+    PaymentRequested {
+        amount_cents: i64,
+    },
+    /// The payment provider declined the charge or did not answer: the order is reserved
+    /// again and may be paid again.
+    PaymentFailed {
+        reason: String,
+    },
     /// The payment provider took exactly the order's total.
     OrderPaid {
         payment_id: String,
+        amount_cents: i64,
+    },
+    /// Money the provider took for an order that was cancelled (or was never paid)
+    /// meanwhile: it is owed back, and the saga refunds it.
+    LatePaymentCharged {
+        payment_id: String,
+        amount_cents: i64,
+    },
+    /// Money given back to the customer by the provider.
+    PaymentRefunded {
+        refund_id: String,
         amount_cents: i64,
     },
     OrderShipped {},
@@ -114,7 +135,11 @@ impl DomainEvent for OrderEvent {
             Self::OrderPlaced { .. } => "OrderPlaced",
             Self::OrderReserved { .. } => "OrderReserved",
             Self::OrderRejected { .. } => "OrderRejected",
+            Self::PaymentRequested { .. } => "PaymentRequested",
+            Self::PaymentFailed { .. } => "PaymentFailed",
             Self::OrderPaid { .. } => "OrderPaid",
+            Self::LatePaymentCharged { .. } => "LatePaymentCharged",
+            Self::PaymentRefunded { .. } => "PaymentRefunded",
             Self::OrderShipped { .. } => "OrderShipped",
             Self::OrderCancelled { .. } => "OrderCancelled",
         }

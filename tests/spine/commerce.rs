@@ -158,17 +158,17 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
     .await;
     assert!(wrong["detail"].as_str().unwrap().contains("2800"));
 
+    // Payment requested (version 3), then charged (version 4).
     let paid = command(&app, &id, "pay", Some(json!({"amount_cents": 2800}))).await;
     assert_eq!(paid.status(), StatusCode::OK);
-    assert_eq!(paid.headers()["etag"], "\"3\"");
+    assert_eq!(paid.headers()["etag"], "\"4\"");
     let paid: Value = paid.json().await.unwrap();
-    assert_eq!(paid, json!({"id": id, "version": 3, "status": "paid"}));
-    problem(
-        command(&app, &id, "pay", Some(json!({"amount_cents": 2800}))).await,
-        StatusCode::CONFLICT,
-        "invalid_state",
-    )
-    .await;
+    assert_eq!(paid, json!({"id": id, "version": 4, "status": "paid"}));
+    // Paying again charges nothing and records nothing: the same answer.
+    let again = command(&app, &id, "pay", Some(json!({"amount_cents": 2800}))).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap(), paid);
+    assert_eq!(events_of(&app, "order", &id).await.len(), 4);
 
     let shipped = command(&app, &id, "ship", None).await;
     assert_eq!(shipped.status(), StatusCode::OK);
@@ -194,7 +194,7 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
     .await;
 
     let order: Value = app
-        .get(&format!("/api/v1/orders/{id}?min_version=4"))
+        .get(&format!("/api/v1/orders/{id}?min_version=5"))
         .await
         .json()
         .await
@@ -208,7 +208,10 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
             h["status"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(history, ["pending", "reserved", "paid", "shipped"]);
+    assert_eq!(
+        history,
+        ["pending", "reserved", "paying", "paid", "shipped"]
+    );
 
     let mine: Value = app.get("/api/v1/orders").await.json().await.unwrap();
     assert_eq!(mine["items"][0]["id"], id.as_str());
@@ -659,11 +662,26 @@ async fn payments_that_are_declined_or_time_out_leave_the_order_reserved() {
     )
     .await;
     for id in [&declined, &hangs] {
+        let types: Vec<String> = events_of(&app, "order", id)
+            .await
+            .into_iter()
+            .map(|(event_type, _, _)| event_type)
+            .collect();
         assert_eq!(
-            events_of(&app, "order", id).await.len(),
-            2,
-            "no payment recorded"
+            types,
+            [
+                "OrderPlaced",
+                "OrderReserved",
+                "PaymentRequested",
+                "PaymentFailed"
+            ],
+            "the attempt and its failure are recorded, no payment"
         );
+        assert_eq!(
+            order_with_status(&app, id, "reserved").await["status"],
+            "reserved"
+        );
+        assert_eq!(held_for(&app, id).await, (0, 0), "no money taken");
     }
 }
 
@@ -869,98 +887,192 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         .await
         .expect("a known projection")
         .unwrap();
-    // Placed, reserved, paid, shipped; placed, reserved, cancelled; placed, rejected.
-    assert_eq!(stats.events, 4 + 3 + 2);
+    // Placed, reserved, paying, paid, shipped; placed, reserved, cancelled; placed, rejected.
+    assert_eq!(stats.events, 5 + 3 + 2);
     assert_eq!(rows().await, live);
 }
 
-/// A payment provider that counts its charges.
-#[derive(Debug, Default)]
-struct Counting(std::sync::atomic::AtomicUsize);
+/// `(money the provider holds, money the order events say is held)` over every order:
+/// charged minus refunded on each side.
+async fn money(app: &TestApp) -> (i64, i64) {
+    let ledger: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(charged_cents - refunded_cents), 0)::bigint FROM simulated_payments",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(CASE event_type \
+           WHEN 'OrderPaid' THEN (payload->'OrderPaid'->>'amount_cents')::bigint \
+           WHEN 'LatePaymentCharged' THEN (payload->'LatePaymentCharged'->>'amount_cents')::bigint \
+           WHEN 'PaymentRefunded' THEN -(payload->'PaymentRefunded'->>'amount_cents')::bigint \
+           ELSE 0 END), 0)::bigint \
+         FROM events WHERE aggregate_type = 'order'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    (ledger, recorded)
+}
 
-#[async_trait::async_trait]
-impl chronicle_commerce::PaymentProvider for Counting {
-    async fn charge(
-        &self,
-        order_id: &str,
-        _amount: i64,
-    ) -> Result<chronicle_commerce::Receipt, chronicle_commerce::PaymentFailure> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(chronicle_commerce::Receipt {
-            payment_id: format!("counted-{order_id}"),
-        })
+/// The money of one order at the provider: `(charged, refunded)`.
+async fn held_for(app: &TestApp, order_id: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT charged_cents, refunded_cents FROM simulated_payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+    .unwrap_or((0, 0))
+}
+
+/// Issue 10: the charge happened inside the command, so a payment racing a cancel from
+/// another process could take money that no event recorded. Here the customer pays (the
+/// gateway's process) while the payment deadline cancels (the saga, on a bus of its own),
+/// over many orders spread across the deadline: whatever wins, the money the provider holds
+/// is exactly what the events say, every paid order holds its total and every cancelled
+/// one holds nothing.
+#[tokio::test]
+async fn paying_while_the_deadline_cancels_from_another_process_never_loses_track_of_money() {
+    let app = TestApp::spawn_options(TestOptions {
+        saga: OrderSagaConfig {
+            ack_wait: Duration::from_secs(2),
+            ..OrderSagaConfig::with_payment_timeout(Duration::from_millis(300))
+        },
+        saga_in_its_own_process: true,
+        ..Default::default()
+    })
+    .await;
+    create_item(&app, "M", 1250, 1_000).await;
+    let mut orders = Vec::new();
+    for i in 0..30u64 {
+        let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
+        // Paid from well before the deadline to well after it.
+        tokio::time::sleep(Duration::from_millis(i * 15)).await;
+        let paid = app
+            .post(
+                &format!("/api/v1/orders/{id}/pay"),
+                json!({"amount_cents": 1250}),
+            )
+            .await;
+        assert!(
+            [StatusCode::OK, StatusCode::CONFLICT].contains(&paid.status()),
+            "{}",
+            paid.status()
+        );
+        orders.push(id);
     }
+    let mut outcomes = std::collections::BTreeMap::new();
+    for id in &orders {
+        let status = eventually("the order to settle", Duration::from_secs(20), || async {
+            let order: Value = app
+                .get(&format!("/api/v1/orders/{id}"))
+                .await
+                .json()
+                .await
+                .ok()?;
+            let status = order["status"].as_str()?.to_owned();
+            let (charged, refunded) = held_for(&app, id).await;
+            let settled = match status.as_str() {
+                "paid" => charged - refunded == 1250,
+                "cancelled" => charged == refunded,
+                _ => false,
+            };
+            settled.then_some(status)
+        })
+        .await;
+        *outcomes.entry(status).or_insert(0) += 1;
+    }
+    eventually(
+        "the events to record every move of money",
+        Duration::from_secs(20),
+        || async {
+            let (ledger, recorded) = money(&app).await;
+            (ledger == recorded).then_some(())
+        },
+    )
+    .await;
+    let (ledger, _) = money(&app).await;
+    assert_eq!(ledger, 1250 * outcomes.get("paid").copied().unwrap_or(0));
+    assert!(
+        outcomes.contains_key("paid") && outcomes.contains_key("cancelled"),
+        "{outcomes:?}"
+    );
+}
+
+/// A gateway that died between the charge and its record left the provider holding money
+/// for an order no event calls paid: when the deadline cancels the order, the saga records
+/// the charge and refunds it.
+#[tokio::test]
+async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_cancelled() {
+    let app = TestApp::spawn_options(TestOptions {
+        saga: OrderSagaConfig {
+            ack_wait: Duration::from_secs(2),
+            ..OrderSagaConfig::with_payment_timeout(Duration::from_millis(500))
+        },
+        ..Default::default()
+    })
+    .await;
+    create_item(&app, "M", 1250, 5).await;
+    let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
+    // The charge, as the dead gateway made it, straight at the provider.
+    let provider = chronicle_gateway::SimulatedPayments::new(app.pool.clone(), Default::default());
+    chronicle_commerce::PaymentProvider::charge(&provider, &id, 1250)
+        .await
+        .unwrap();
+    eventually(
+        "the charge to be refunded and recorded",
+        Duration::from_secs(20),
+        || async {
+            let (charged, refunded) = held_for(&app, &id).await;
+            let (ledger, recorded) = money(&app).await;
+            (charged == 1250 && refunded == 1250 && ledger == 0 && recorded == 0).then_some(())
+        },
+    )
+    .await;
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "OrderReserved",
+            "OrderCancelled",
+            "LatePaymentCharged",
+            "PaymentRefunded"
+        ]
+    );
 }
 
 #[tokio::test]
-async fn a_payment_is_never_charged_on_an_order_another_process_cancelled() {
-    use chronicle_commands::{CommandBus, CommandContext, CommandError, EventStore};
-    use chronicle_commerce::{
-        Canceller, Order, OrderCommand, OrderError, OrderLine, OrderServices,
-    };
-
-    let db = chronicle_tests::TestDb::new().await;
-    let pool = db.pool().await;
-    // Two processes: each its own bus, so each its own cache.
-    let (here, there) = (
-        CommandBus::new(EventStore::new(pool.clone())),
-        CommandBus::new(EventStore::new(pool.clone())),
-    );
-    let counting = std::sync::Arc::new(Counting::default());
-    let services = OrderServices {
-        payments: counting.clone(),
-    };
-    let ctx = CommandContext::new();
-    let run = |bus: &CommandBus, command| {
-        let (bus, services, ctx) = (bus.clone(), services.clone(), ctx.clone());
-        async move { bus.execute::<Order>("o-1", command, &services, &ctx).await }
-    };
-    run(
-        &here,
-        OrderCommand::Place {
-            order_id: "o-1".into(),
-            customer_id: "alice".into(),
-            lines: vec![OrderLine {
-                sku: "A".into(),
-                quantity: 1,
-                unit_price_cents: 500,
-            }],
-            coupon: None,
-        },
-    )
-    .await
-    .unwrap();
-    run(&here, OrderCommand::ConfirmReserved).await.unwrap();
-    // `here` caches the order as reserved; `there` cancels it.
-    run(
-        &there,
-        OrderCommand::Cancel {
-            by: Canceller::PaymentTimeout,
-        },
-    )
-    .await
-    .unwrap();
-    let pay = OrderCommand::Pay {
-        by: "alice".into(),
-        amount_cents: 500,
-    };
-    let fresh = CommandContext {
-        fresh_state: true,
-        ..CommandContext::new()
-    };
-    let refused = here.execute::<Order>("o-1", pay, &services, &fresh).await;
-    assert!(matches!(
-        refused,
-        Err(CommandError::Rejected(OrderError::InvalidState {
-            status: "cancelled",
-            ..
-        }))
-    ));
-    assert_eq!(
-        counting.0.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "nothing charged"
-    );
+async fn cancelling_a_paid_order_refunds_it() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "M", 1250, 5).await;
+    let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 2}]})).await;
+    assert_eq!(settled(&app, &id).await["status"], "reserved");
+    let paid = app
+        .post(
+            &format!("/api/v1/orders/{id}/pay"),
+            json!({"amount_cents": 2500}),
+        )
+        .await;
+    assert_eq!(paid.status(), StatusCode::OK);
+    assert_eq!(held_for(&app, &id).await, (2500, 0));
+    let cancelled = app
+        .post(&format!("/api/v1/orders/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    eventually("the refund", Duration::from_secs(20), || async {
+        let (ledger, recorded) = money(&app).await;
+        (held_for(&app, &id).await == (2500, 2500) && ledger == 0 && recorded == 0).then_some(())
+    })
+    .await;
 }
 
 /// Whether the saga ended at an armed fault point (as a crash would end it).

@@ -243,7 +243,7 @@ pub struct TestApp {
     /// The saga's fault points (`saga.between_lines`, `saga.before_commit`, `saga.after_commit`).
     pub saga_faults: chronicle_bus::Faults,
     saga: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    wiring: Arc<Wiring>,
+    saga_wiring: Arc<Wiring>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -252,6 +252,9 @@ pub struct TestApp {
 pub struct TestOptions {
     pub gateway: Box<dyn FnOnce(&mut chronicle_gateway::GatewayConfig) + Send>,
     pub saga: chronicle_sagas::OrderSagaConfig,
+    /// Runs the saga on a command bus of its own (its own cache and group commit), as a
+    /// saga in another process would, instead of the gateway's.
+    pub saga_in_its_own_process: bool,
 }
 
 impl Default for TestOptions {
@@ -263,6 +266,7 @@ impl Default for TestOptions {
                 ack_wait: Duration::from_secs(2),
                 ..chronicle_sagas::OrderSagaConfig::default()
             },
+            saga_in_its_own_process: false,
         }
     }
 }
@@ -337,6 +341,23 @@ impl TestApp {
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
+        let saga_wiring = if options.saga_in_its_own_process {
+            Arc::new(Wiring {
+                commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
+                    pool.clone(),
+                )),
+                pool: wiring.pool.clone(),
+                nats: wiring.nats.clone(),
+                faults: wiring.faults.clone(),
+                relay: wiring.relay.clone(),
+                projector: wiring.projector.clone(),
+                saga: wiring.saga.clone(),
+                gateway: wiring.gateway.clone(),
+                http: std::sync::Mutex::new(None),
+            })
+        } else {
+            wiring.clone()
+        };
         let mut tasks = Vec::new();
         for component in components::all() {
             if let Component::Projector(name) = component {
@@ -367,7 +388,7 @@ impl TestApp {
             user_id: String::new(),
             saga_faults,
             saga: None,
-            wiring,
+            saga_wiring,
             stop,
             tasks,
         };
@@ -383,7 +404,7 @@ impl TestApp {
     pub fn start_saga(&mut self) {
         let mut stopped = self.stop.subscribe();
         let saga = Component::Saga("orders")
-            .start(&self.wiring, async move {
+            .start(&self.saga_wiring, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .expect("the order saga starts");

@@ -26,4 +26,4 @@ pub use inventory::{
     InventoryError, InventoryItem,
 };
 pub use order::{Canceller, Order, OrderCommand, OrderError, OrderStatus, MAX_LINES};
-pub use payments::{OrderServices, PaymentFailure, PaymentProvider, Receipt};
+pub use payments::{Holding, OrderServices, PaymentFailure, PaymentProvider, Receipt};

@@ -7,7 +7,7 @@ use chronicle_schemas::{
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
-use crate::payments::{OrderServices, PaymentFailure};
+use crate::payments::PaymentFailure;
 
 /// Where an order is in its life. `Shipped`, `Rejected` and `Cancelled` are final.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,8 @@ pub enum OrderStatus {
     New,
     Pending,
     Reserved,
+    /// A payment was requested; its outcome is not recorded yet.
+    Paying,
     Paid,
     Shipped,
     Rejected,
@@ -31,6 +33,7 @@ impl OrderStatus {
             Self::New => "new",
             Self::Pending => "pending",
             Self::Reserved => "reserved",
+            Self::Paying => "paying",
             Self::Paid => "paid",
             Self::Shipped => "shipped",
             Self::Rejected => "rejected",
@@ -71,8 +74,32 @@ pub enum OrderCommand {
     Reject {
         reason: String,
     },
+    /// The customer asks to pay the total (the charge itself is made outside the aggregate,
+    /// by the caller, with the order id as the provider's idempotency key). Repeating it
+    /// while paying or once paid changes nothing.
     Pay {
         by: String,
+        amount_cents: i64,
+    },
+    /// The provider took the total for this order: it is paid. Refused when the order can
+    /// no longer be paid (cancelled meanwhile): then [`RecordLateCharge`](Self::RecordLateCharge).
+    RecordCharge {
+        payment_id: String,
+        amount_cents: i64,
+    },
+    /// The provider took money for an order that can no longer be paid: recorded as owed
+    /// back (the saga refunds it). Repeating it for the same payment changes nothing.
+    RecordLateCharge {
+        payment_id: String,
+        amount_cents: i64,
+    },
+    /// The charge was declined or did not answer: the order is reserved again.
+    RecordPaymentFailure {
+        reason: String,
+    },
+    /// The provider gave `amount_cents` back.
+    RecordRefund {
+        refund_id: String,
         amount_cents: i64,
     },
     Ship {
@@ -187,7 +214,13 @@ pub struct Order {
     lines: Vec<OrderLine>,
     coupon: Option<AppliedCoupon>,
     total_cents: i64,
-    paid_cents: i64,
+    /// Money the provider took for this order, and what of it went back.
+    #[serde(default, alias = "paid_cents")]
+    charged_cents: i64,
+    #[serde(default)]
+    refunded_cents: i64,
+    #[serde(default)]
+    payment_id: Option<String>,
 }
 
 impl Order {
@@ -209,6 +242,24 @@ impl Order {
     pub fn total_cents(&self) -> i64 {
         self.total_cents
     }
+    /// Money the provider took for this order.
+    pub fn charged_cents(&self) -> i64 {
+        self.charged_cents
+    }
+    /// Money given back.
+    pub fn refunded_cents(&self) -> i64 {
+        self.refunded_cents
+    }
+    /// What is owed back: everything held once the order is cancelled or rejected.
+    pub fn refund_owed_cents(&self) -> i64 {
+        match self.status {
+            OrderStatus::Cancelled | OrderStatus::Rejected => self.held_cents(),
+            _ => 0,
+        }
+    }
+    fn held_cents(&self) -> i64 {
+        self.charged_cents.saturating_sub(self.refunded_cents)
+    }
 
     fn invalid(&self, action: &'static str) -> OrderError {
         OrderError::InvalidState {
@@ -223,15 +274,6 @@ impl Order {
         } else {
             Err(OrderError::NotCustomer)
         }
-    }
-
-    /// Decides a command without side effects: the events, or the charge to make first.
-    fn decide(&self, command: OrderCommand) -> Result<Decision, OrderError> {
-        if let OrderCommand::Pay { by, amount_cents } = command {
-            self.check_payment(&by, amount_cents)?;
-            return Ok(Decision::Charge { amount_cents });
-        }
-        self.decide_events(command).map(Decision::Events)
     }
 
     fn decide_events(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
@@ -275,7 +317,90 @@ impl Order {
                 S::Rejected => Ok(vec![]),
                 _ => Err(self.invalid("reject")),
             },
-            C::Pay { .. } => Err(self.invalid("pay")),
+            C::Pay { by, amount_cents } => {
+                self.check_customer(&by)?;
+                if !matches!(self.status, S::Reserved | S::Paying | S::Paid) {
+                    return Err(self.invalid("pay"));
+                }
+                if amount_cents != self.total_cents {
+                    return Err(OrderError::WrongAmount {
+                        expected: self.total_cents,
+                        offered: amount_cents,
+                    });
+                }
+                match self.status {
+                    S::Reserved => Ok(vec![E::PaymentRequested { amount_cents }]),
+                    _ => Ok(vec![]),
+                }
+            }
+            C::RecordCharge {
+                payment_id,
+                amount_cents,
+            } => {
+                check_payment_record(&payment_id, amount_cents, || {
+                    self.invalid("record a charge")
+                })?;
+                match self.status {
+                    S::Paid if self.payment_id.as_deref() == Some(payment_id.as_str()) => {
+                        Ok(vec![])
+                    }
+                    S::Pending | S::Reserved | S::Paying if amount_cents == self.total_cents => {
+                        Ok(vec![E::OrderPaid {
+                            payment_id,
+                            amount_cents,
+                        }])
+                    }
+                    _ => Err(self.invalid("record a charge")),
+                }
+            }
+            C::RecordLateCharge {
+                payment_id,
+                amount_cents,
+            } => {
+                check_payment_record(&payment_id, amount_cents, || {
+                    self.invalid("record a late charge")
+                })?;
+                if self.payment_id.as_deref() == Some(payment_id.as_str()) {
+                    return Ok(vec![]);
+                }
+                match self.status {
+                    S::Paid | S::Shipped | S::Cancelled | S::Rejected => {
+                        Ok(vec![E::LatePaymentCharged {
+                            payment_id,
+                            amount_cents,
+                        }])
+                    }
+                    _ => Err(self.invalid("record a late charge")),
+                }
+            }
+            C::RecordPaymentFailure { reason } => match self.status {
+                S::Paying => Ok(vec![E::PaymentFailed {
+                    reason: reason
+                        .chars()
+                        .filter(|c| limits::is_allowed_char(*c))
+                        .take(200)
+                        .collect(),
+                }]),
+                _ => Ok(vec![]),
+            },
+            C::RecordRefund {
+                refund_id,
+                amount_cents,
+            } => {
+                if amount_cents == 0 {
+                    return Ok(vec![]);
+                }
+                if amount_cents < 0
+                    || amount_cents > self.held_cents()
+                    || limits::text("refund_id", &refund_id, 1, 200).is_err()
+                {
+                    return Err(self.invalid("record a refund"));
+                }
+                Ok(vec![E::PaymentRefunded {
+                    refund_id,
+                    amount_cents,
+                }])
+            }
             C::Ship { by } => {
                 self.check_customer(&by)?;
                 match self.status {
@@ -288,9 +413,9 @@ impl Order {
             } => {
                 self.check_customer(&by)?;
                 match self.status {
-                    S::Pending | S::Reserved | S::Paid => Ok(vec![E::OrderCancelled {
+                    S::Pending | S::Reserved | S::Paying | S::Paid => Ok(vec![E::OrderCancelled {
                         by: CancelledBy::Customer,
-                        refund_cents: self.paid_cents,
+                        refund_cents: self.held_cents(),
                     }]),
                     S::Cancelled => Ok(vec![]),
                     _ => Err(self.invalid("cancel")),
@@ -299,42 +424,28 @@ impl Order {
             C::Cancel {
                 by: Canceller::PaymentTimeout,
             } => match self.status {
-                S::Pending | S::Reserved => Ok(vec![E::OrderCancelled {
+                S::Pending | S::Reserved | S::Paying => Ok(vec![E::OrderCancelled {
                     by: CancelledBy::PaymentTimeout,
-                    refund_cents: 0,
+                    refund_cents: self.held_cents(),
                 }]),
                 S::Cancelled | S::Rejected => Ok(vec![]),
                 _ => Err(self.invalid("time out")),
             },
         }
     }
-
-    /// The checks before a charge: the customer, a reserved order, the exact total.
-    fn check_payment(&self, by: &str, amount_cents: i64) -> Result<(), OrderError> {
-        if !self.exists() {
-            return Err(OrderError::NotFound);
-        }
-        self.check_customer(by)?;
-        if self.status != OrderStatus::Reserved {
-            return Err(self.invalid("pay"));
-        }
-        if amount_cents != self.total_cents {
-            return Err(OrderError::WrongAmount {
-                expected: self.total_cents,
-                offered: amount_cents,
-            });
-        }
-        Ok(())
-    }
 }
 
-/// What a command comes to.
-enum Decision {
-    Events(Vec<OrderEvent>),
-    /// Charge the order's total, then record the payment.
-    Charge {
-        amount_cents: i64,
-    },
+/// A payment id and amount as a provider reports them: text, and a positive amount.
+fn check_payment_record(
+    payment_id: &str,
+    amount_cents: i64,
+    invalid: impl FnOnce() -> OrderError,
+) -> Result<(), OrderError> {
+    if amount_cents <= 0 || limits::text("payment_id", payment_id, 1, 200).is_err() {
+        Err(invalid())
+    } else {
+        Ok(())
+    }
 }
 
 /// Most lines an order may have.
@@ -388,28 +499,17 @@ impl Aggregate for Order {
     type Command = OrderCommand;
     type Event = OrderEvent;
     type Error = OrderError;
-    type Services = OrderServices;
+    /// Nothing: the charge is made outside the aggregate (by the caller of `Pay`), and its
+    /// outcome comes back as a command.
+    type Services = ();
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        services: &Self::Services,
+        _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let events = match self.decide(command)? {
-            Decision::Events(events) => events,
-            Decision::Charge { amount_cents } => {
-                let receipt = services
-                    .payments
-                    .charge(&self.order_id, amount_cents)
-                    .await
-                    .map_err(OrderError::Payment)?;
-                vec![OrderEvent::OrderPaid {
-                    payment_id: receipt.payment_id,
-                    amount_cents,
-                }]
-            }
-        };
+        let events = self.decide_events(command)?;
         for event in events {
             sink.write(event, self).await;
         }
@@ -436,9 +536,25 @@ impl Aggregate for Order {
             }
             E::OrderReserved {} => self.status = OrderStatus::Reserved,
             E::OrderRejected { .. } => self.status = OrderStatus::Rejected,
-            E::OrderPaid { amount_cents, .. } => {
-                self.paid_cents = amount_cents;
+            E::PaymentRequested { .. } => self.status = OrderStatus::Paying,
+            E::PaymentFailed { .. } => self.status = OrderStatus::Reserved,
+            E::OrderPaid {
+                payment_id,
+                amount_cents,
+            } => {
+                self.charged_cents = self.charged_cents.saturating_add(amount_cents);
+                self.payment_id = Some(payment_id);
                 self.status = OrderStatus::Paid;
+            }
+            E::LatePaymentCharged {
+                payment_id,
+                amount_cents,
+            } => {
+                self.charged_cents = self.charged_cents.saturating_add(amount_cents);
+                self.payment_id.get_or_insert(payment_id);
+            }
+            E::PaymentRefunded { amount_cents, .. } => {
+                self.refunded_cents = self.refunded_cents.saturating_add(amount_cents);
             }
             E::OrderShipped {} => self.status = OrderStatus::Shipped,
             E::OrderCancelled { .. } => self.status = OrderStatus::Cancelled,
@@ -448,43 +564,13 @@ impl Aggregate for Order {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::payments::{PaymentProvider, Receipt};
     use cqrs_es::test::TestFramework;
     use OrderCommand as C;
     use OrderEvent as E;
 
-    /// A provider that answers from a script and records what it was asked.
-    #[derive(Debug, Default)]
-    struct Scripted {
-        fail: Option<PaymentFailure>,
-        charged: Mutex<Vec<(String, i64)>>,
-    }
-
-    #[async_trait::async_trait]
-    impl PaymentProvider for Scripted {
-        async fn charge(&self, order_id: &str, amount: i64) -> Result<Receipt, PaymentFailure> {
-            self.charged
-                .lock()
-                .expect("lock")
-                .push((order_id.to_owned(), amount));
-            match &self.fail {
-                Some(failure) => Err(failure.clone()),
-                None => Ok(Receipt {
-                    payment_id: format!("pay-{order_id}"),
-                }),
-            }
-        }
-    }
-
-    fn given(provider: Arc<Scripted>) -> TestFramework<Order> {
-        TestFramework::with(OrderServices { payments: provider })
-    }
-
     fn ok() -> TestFramework<Order> {
-        given(Arc::default())
+        TestFramework::with(())
     }
 
     fn line(sku: &str, quantity: u64, price: i64) -> OrderLine {
@@ -511,8 +597,14 @@ mod tests {
         vec![placed(), E::OrderReserved {}]
     }
 
-    fn paid() -> Vec<E> {
+    fn paying() -> Vec<E> {
         let mut events = reserved();
+        events.push(E::PaymentRequested { amount_cents: 2550 });
+        events
+    }
+
+    fn paid() -> Vec<E> {
+        let mut events = paying();
         events.push(E::OrderPaid {
             payment_id: "pay-o-1".into(),
             amount_cents: 2550,
@@ -654,29 +746,35 @@ mod tests {
     }
 
     #[test]
-    fn paying_the_exact_total_charges_the_provider_once() {
-        let provider = Arc::new(Scripted::default());
-        given(provider.clone())
-            .given(reserved())
-            .when(C::Pay {
-                by: "alice".into(),
-                amount_cents: 2550,
-            })
+    fn paying_records_the_request_then_the_charge() {
+        let pay = || C::Pay {
+            by: "alice".into(),
+            amount_cents: 2550,
+        };
+        ok().given(reserved())
+            .when(pay())
+            .then_expect_events(vec![E::PaymentRequested { amount_cents: 2550 }]);
+        // A retry while paying or once paid asks for nothing more.
+        ok().given(paying()).when(pay()).then_expect_events(vec![]);
+        ok().given(paid()).when(pay()).then_expect_events(vec![]);
+        let charged = || C::RecordCharge {
+            payment_id: "pay-o-1".into(),
+            amount_cents: 2550,
+        };
+        ok().given(paying())
+            .when(charged())
             .then_expect_events(vec![E::OrderPaid {
                 payment_id: "pay-o-1".into(),
                 amount_cents: 2550,
             }]);
-        assert_eq!(
-            *provider.charged.lock().expect("lock"),
-            vec![("o-1".to_owned(), 2550)]
-        );
+        ok().given(paid())
+            .when(charged())
+            .then_expect_events(vec![]);
     }
 
     #[test]
-    fn a_wrong_amount_or_a_pending_order_is_refused_without_charging() {
-        let provider = Arc::new(Scripted::default());
-        given(provider.clone())
-            .given(reserved())
+    fn a_wrong_amount_or_a_pending_order_is_refused() {
+        ok().given(reserved())
             .when(C::Pay {
                 by: "alice".into(),
                 amount_cents: 2549,
@@ -685,8 +783,7 @@ mod tests {
                 expected: 2550,
                 offered: 2549,
             });
-        given(provider.clone())
-            .given(vec![placed()])
+        ok().given(vec![placed()])
             .when(C::Pay {
                 by: "alice".into(),
                 amount_cents: 2550,
@@ -695,36 +792,86 @@ mod tests {
                 status: "pending",
                 action: "pay",
             });
-        given(provider.clone())
-            .given(paid())
-            .when(C::Pay {
-                by: "alice".into(),
-                amount_cents: 2550,
-            })
-            .then_expect_error(OrderError::InvalidState {
-                status: "paid",
-                action: "pay",
-            });
-        assert!(provider.charged.lock().expect("lock").is_empty());
     }
 
     #[test]
-    fn a_declined_or_timed_out_payment_leaves_the_order_reserved() {
-        for failure in [
-            PaymentFailure::Declined("card".into()),
-            PaymentFailure::TimedOut,
-        ] {
-            given(Arc::new(Scripted {
-                fail: Some(failure.clone()),
-                ..Default::default()
-            }))
-            .given(reserved())
+    fn a_failed_charge_leaves_the_order_reserved_to_be_paid_again() {
+        ok().given(paying())
+            .when(C::RecordPaymentFailure {
+                reason: "declined\u{0}".into(),
+            })
+            .then_expect_events(vec![E::PaymentFailed {
+                reason: "declined".into(),
+            }]);
+        let mut failed = paying();
+        failed.push(E::PaymentFailed {
+            reason: "declined".into(),
+        });
+        ok().given(failed)
             .when(C::Pay {
                 by: "alice".into(),
                 amount_cents: 2550,
             })
-            .then_expect_error(OrderError::Payment(failure));
+            .then_expect_events(vec![E::PaymentRequested { amount_cents: 2550 }]);
+    }
+
+    #[test]
+    fn a_charge_landing_on_a_cancelled_order_is_recorded_as_owed_and_refunded() {
+        let mut cancelled = paying();
+        cancelled.push(E::OrderCancelled {
+            by: CancelledBy::PaymentTimeout,
+            refund_cents: 0,
+        });
+        ok().given(cancelled.clone())
+            .when(C::RecordCharge {
+                payment_id: "pay-o-1".into(),
+                amount_cents: 2550,
+            })
+            .then_expect_error(OrderError::InvalidState {
+                status: "cancelled",
+                action: "record a charge",
+            });
+        let late = E::LatePaymentCharged {
+            payment_id: "pay-o-1".into(),
+            amount_cents: 2550,
+        };
+        ok().given(cancelled.clone())
+            .when(C::RecordLateCharge {
+                payment_id: "pay-o-1".into(),
+                amount_cents: 2550,
+            })
+            .then_expect_events(vec![late.clone()]);
+        cancelled.push(late);
+        let mut order = Order::default();
+        for event in cancelled.clone() {
+            order.apply(event);
         }
+        assert_eq!(order.refund_owed_cents(), 2550);
+        // Recorded once per payment; refunds never exceed what is held.
+        ok().given(cancelled.clone())
+            .when(C::RecordLateCharge {
+                payment_id: "pay-o-1".into(),
+                amount_cents: 2550,
+            })
+            .then_expect_events(vec![]);
+        ok().given(cancelled.clone())
+            .when(C::RecordRefund {
+                refund_id: "r-1".into(),
+                amount_cents: 2551,
+            })
+            .then_expect_error(OrderError::InvalidState {
+                status: "cancelled",
+                action: "record a refund",
+            });
+        ok().given(cancelled)
+            .when(C::RecordRefund {
+                refund_id: "r-1".into(),
+                amount_cents: 2550,
+            })
+            .then_expect_events(vec![E::PaymentRefunded {
+                refund_id: "r-1".into(),
+                amount_cents: 2550,
+            }]);
     }
 
     #[test]
@@ -784,6 +931,14 @@ mod tests {
 
     #[test]
     fn the_payment_deadline_cancels_only_unpaid_orders() {
+        ok().given(paying())
+            .when(C::Cancel {
+                by: Canceller::PaymentTimeout,
+            })
+            .then_expect_events(vec![E::OrderCancelled {
+                by: CancelledBy::PaymentTimeout,
+                refund_cents: 0,
+            }]);
         ok().given(reserved())
             .when(C::Cancel {
                 by: Canceller::PaymentTimeout,

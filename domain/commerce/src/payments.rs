@@ -19,14 +19,29 @@ pub enum PaymentFailure {
     TimedOut,
 }
 
-/// Charges money for an order.
+/// What a provider holds for one order: the charge (if any) and how much of it went back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub payment_id: Option<String>,
+    pub charged_cents: i64,
+    pub refunded_cents: i64,
+    /// The id of the (last) refund, when anything was refunded.
+    pub refund_id: Option<String>,
+}
+
+/// Charges and refunds money for orders. The provider's own records are the truth about
+/// money: the order's events follow them (the order saga reconciles the two).
 ///
-/// Implementations must be idempotent per `order_id`: a command may be decided more than
-/// once (a retry after a lost race), and charging the same order twice must return the first
-/// receipt instead of taking the money again.
+/// Implementations must be idempotent per `order_id` (the provider's idempotency key): a
+/// second charge for an order returns the first receipt and takes nothing, even after a
+/// refund; a refund gives back what is still held and nothing more.
 #[async_trait::async_trait]
 pub trait PaymentProvider: Send + Sync + std::fmt::Debug {
     async fn charge(&self, order_id: &str, amount_cents: i64) -> Result<Receipt, PaymentFailure>;
+    /// Gives back everything still held for `order_id`.
+    async fn refund(&self, order_id: &str) -> Result<Holding, PaymentFailure>;
+    /// What is held for `order_id`.
+    async fn holding(&self, order_id: &str) -> Result<Holding, PaymentFailure>;
 }
 
 /// What the [`Order`](crate::Order) aggregate needs from outside.
@@ -36,7 +51,7 @@ pub struct OrderServices {
 }
 
 impl OrderServices {
-    /// For processes that never take payments (the order saga): any charge is declined.
+    /// For processes that never take payments: any charge is declined, nothing is held.
     pub fn without_payments() -> Self {
         Self {
             payments: Arc::new(NoPayments),
@@ -53,5 +68,11 @@ impl PaymentProvider for NoPayments {
         Err(PaymentFailure::Declined(
             "this process takes no payments".to_owned(),
         ))
+    }
+    async fn refund(&self, _order_id: &str) -> Result<Holding, PaymentFailure> {
+        Ok(Holding::default())
+    }
+    async fn holding(&self, _order_id: &str) -> Result<Holding, PaymentFailure> {
+        Ok(Holding::default())
     }
 }

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, response::Response, Json};
+use axum::{extract::State, http::StatusCode, response::Response, Json};
+use chronicle_commands::{CommandContext, CommandError};
 use chronicle_commerce::{
     check_quantity, check_sku, AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem,
-    Order, OrderCommand, OrderLine, OrderStatus, MAX_LINES,
+    Order, OrderCommand, OrderError, OrderLine, OrderStatus, MAX_LINES,
 };
 use chronicle_projections::orders::{self, OrderView};
 use serde::{Deserialize, Serialize};
@@ -138,7 +139,7 @@ pub async fn place(
                 lines,
                 coupon,
             },
-            &state.orders,
+            &(),
             &ctx,
             &make,
         )
@@ -223,6 +224,10 @@ pub struct Pay {
     amount_cents: i64,
 }
 
+/// Pays an order in three steps, so that money never moves without an event saying so:
+/// the request is recorded (customer, state and amount checked), the provider is charged
+/// with the order id as its idempotency key, and the outcome is recorded. A charge that
+/// lands on an order cancelled meanwhile is recorded as owed back, and the saga refunds it.
 pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -232,16 +237,78 @@ pub async fn pay(
     body: JsonBody<Pay>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "order")?;
-    let command = OrderCommand::Pay {
+    let amount_cents = body.value.amount_cents;
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
+    let make = respond::id_version_status(200, OrderStatus::Paid.as_str());
+    if let Some(key) = &ctx.idempotency {
+        if let Some(done) = state.commands.replay::<OrderError>(key).await? {
+            return Ok(respond::executed(done, make));
+        }
+    }
+    // The steps before the last carry neither the key (it records the final answer) nor,
+    // after the first, `If-Match` (their own events move the version).
+    let step = CommandContext {
+        idempotency: None,
+        ..ctx.clone()
+    };
+    let requested = OrderCommand::Pay {
         by: caller.user_id.clone(),
-        amount_cents: body.value.amount_cents,
+        amount_cents,
     };
-    let ctx = chronicle_commands::CommandContext {
-        // The charge happens in `handle`: decide it on the order as Postgres has it.
-        fresh_state: true,
-        ..respond::context(&caller, if_match, key, &body.raw)
+    state
+        .commands
+        .execute::<Order>(id, requested, &(), &step)
+        .await?;
+    let step = CommandContext {
+        expected_version: None,
+        ..step
     };
-    order_command(&state, id, command, &ctx, OrderStatus::Paid).await
+    let receipt = match state.orders.payments.charge(id, amount_cents).await {
+        Ok(receipt) => receipt,
+        Err(failure) => {
+            let failed = OrderCommand::RecordPaymentFailure {
+                reason: failure.to_string(),
+            };
+            state
+                .commands
+                .execute::<Order>(id, failed, &(), &step)
+                .await?;
+            return Err(CommandError::Rejected(OrderError::Payment(failure)).into());
+        }
+    };
+    let charged = OrderCommand::RecordCharge {
+        payment_id: receipt.payment_id.clone(),
+        amount_cents,
+    };
+    let last = CommandContext {
+        expected_version: None,
+        ..ctx
+    };
+    match state
+        .commands
+        .execute_with_response::<Order>(id, charged, &(), &last, &make)
+        .await
+    {
+        Ok(executed) => Ok(respond::executed(executed, make)),
+        Err(CommandError::Rejected(OrderError::InvalidState { status, .. })) => {
+            let late = OrderCommand::RecordLateCharge {
+                payment_id: receipt.payment_id,
+                amount_cents,
+            };
+            state
+                .commands
+                .execute::<Order>(id, late, &(), &step)
+                .await?;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_state",
+                format!(
+                    "the order became {status} while it was being paid; the charge is refunded"
+                ),
+            ))
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 pub async fn ship(
@@ -295,7 +362,7 @@ async fn order_command(
     let make = respond::id_version_status(200, after.as_str());
     let executed = state
         .commands
-        .execute_with_response::<Order>(id, command, &state.orders, ctx, &make)
+        .execute_with_response::<Order>(id, command, &(), ctx, &make)
         .await?;
     Ok(respond::executed(executed, make))
 }
