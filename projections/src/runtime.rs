@@ -131,6 +131,12 @@ impl<P: Projection> Projector<P> {
         }
     }
 
+    /// Reports progress, parked events and repositions to `observer` (metrics).
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn chronicle_bus::Observer>) -> Self {
+        self.subscriber = self.subscriber.with_observer(observer);
+        self
+    }
+
     /// Fault points: `projector.before_commit` (batch applied, transaction open) and
     /// `projector.after_commit` (committed, messages not yet acked).
     pub fn with_faults(mut self, faults: Faults) -> Self {

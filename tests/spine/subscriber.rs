@@ -4,7 +4,10 @@
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -26,14 +29,43 @@ type Running = (
     tokio::sync::oneshot::Sender<()>,
 );
 
+/// What the runtime reported through its observer hooks.
+#[derive(Default)]
+struct Counts {
+    handled: AtomicU64,
+    parked: AtomicU64,
+    repositioned: AtomicU64,
+}
+
+impl chronicle_bus::Observer for Counts {
+    fn handled(&self, _: &str, events: usize, _: u64, _: u64) {
+        self.handled.fetch_add(events as u64, Ordering::SeqCst);
+    }
+    fn parked(&self, _: &str, _: u64) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+    }
+    fn repositioned(&self, _: &str) {
+        self.repositioned.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 fn start_projector(pool: &PgPool, client: &async_nats::Client) -> Running {
+    start_observed_projector(pool, client, Arc::default())
+}
+
+fn start_observed_projector(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    counts: Arc<Counts>,
+) -> Running {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let projector = Projector::new(
         InventoryProjection,
         pool.clone(),
         client.clone(),
         ProjectorConfig::default(),
-    );
+    )
+    .with_observer(counts);
     let handle = tokio::spawn(projector.run(async move {
         let _ = rx.await;
     }));
@@ -68,7 +100,8 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
     let client = nats.client().await;
     let relay = start_relay(&pool, &client, Default::default());
     let bus = bus(&pool);
-    let projector = start_projector(&pool, &client);
+    let counts = Arc::new(Counts::default());
+    let projector = start_observed_projector(&pool, &client, counts.clone());
     create_item(&bus, "FIRST", 1).await;
     wait_items(&pool, 1, Duration::from_secs(20)).await;
 
@@ -114,6 +147,15 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
 
     // Well within the consumer's 30 s ack wait: the gap is noticed, not waited out.
     wait_items(&pool, 601, Duration::from_secs(20)).await;
+    assert!(
+        counts.repositioned.load(Ordering::SeqCst) >= 1,
+        "the observer heard of it"
+    );
+    assert_eq!(
+        counts.handled.load(Ordering::SeqCst),
+        601,
+        "each event handled once"
+    );
     stop(projector).await;
     relay.stop().await;
 }
@@ -238,13 +280,24 @@ fn start_recorder(
     recorder: &Recorder,
     on_failure: OnFailure,
 ) -> Running {
+    start_observed_recorder(pool, client, recorder, on_failure, Arc::default())
+}
+
+fn start_observed_recorder(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    recorder: &Recorder,
+    on_failure: OnFailure,
+    counts: Arc<Counts>,
+) -> Running {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let subscriber = Subscriber::new(
         recorder.clone(),
         pool.clone(),
         client.clone(),
         recorder_config(on_failure),
-    );
+    )
+    .with_observer(counts);
     let handle = tokio::spawn(subscriber.run(async move {
         let _ = rx.await;
     }));
@@ -271,7 +324,9 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
     let bus = bus(&pool);
     let recorder = Recorder::default();
     recorder.poison("BAD");
-    let running = start_recorder(&pool, &client, &recorder, OnFailure::Park);
+    let counts = Arc::new(Counts::default());
+    let running =
+        start_observed_recorder(&pool, &client, &recorder, OnFailure::Park, counts.clone());
     // In one batch with good events on both sides of it.
     create_item(&bus, "GOOD-1", 1).await;
     create_item(&bus, "BAD", 1).await;
@@ -297,6 +352,8 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
     assert_eq!((reported.status, reported.parked), ("failed", 1));
     assert!(reported.error.unwrap().contains("poisoned"));
     assert_eq!(reported.checkpoint, 3, "the subscriber went on past it");
+    assert_eq!(counts.parked.load(Ordering::SeqCst), 1);
+    assert_eq!(counts.handled.load(Ordering::SeqCst), 2);
 
     // Still failing: the retry says so and keeps it parked.
     let outcome = chronicle_bus::request_retry(&client, "recorder", None)

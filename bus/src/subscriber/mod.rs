@@ -123,6 +123,22 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 }
 
+/// Hooks the runtime calls as it works, for metrics (lag, throughput, parked events,
+/// repositions). Every method defaults to nothing.
+pub trait Observer: Send + Sync + 'static {
+    /// `events` were handled and committed; the checkpoint is now `checkpoint`, with
+    /// `pending` more messages for this subscriber in the stream (lag in events).
+    fn handled(&self, _subscriber: &str, _events: usize, _checkpoint: u64, _pending: u64) {}
+    /// The event at `stream_seq` was parked (or, with [`OnFailure::Stop`], held).
+    fn parked(&self, _subscriber: &str, _stream_seq: u64) {}
+    /// A delivery went missing or the checkpoint moved back: the consumer starts over from
+    /// the checkpoint.
+    fn repositioned(&self, _subscriber: &str) {}
+}
+
+struct Unobserved;
+impl Observer for Unobserved {}
+
 /// What a subscriber does with an event its handler keeps failing on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -187,9 +203,10 @@ pub(crate) fn control_subject(name: &str) -> String {
     format!("chronicle.control.subscribers.{name}.retry")
 }
 
-/// One delivered message and its stream sequence.
+/// One delivered message, its stream sequence, and how many messages were pending after it.
 struct Delivery {
     seq: u64,
+    pending: u64,
     message: jetstream::Message,
 }
 
@@ -262,6 +279,7 @@ pub struct Subscriber<H> {
     faults: Faults,
     /// Wakes a subscriber stopped on an event when a retry is requested.
     wake: Arc<Notify>,
+    observer: Arc<dyn Observer>,
 }
 
 impl<H: Handler> Subscriber<H> {
@@ -278,7 +296,14 @@ impl<H: Handler> Subscriber<H> {
             config,
             faults: Faults::default(),
             wake: Arc::new(Notify::new()),
+            observer: Arc::new(Unobserved),
         }
+    }
+
+    /// Reports progress, parked events and repositions to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn with_faults(mut self, faults: Faults) -> Self {
@@ -353,12 +378,14 @@ impl<H: Handler> Subscriber<H> {
                         stream_seq = info.stream_sequence,
                         "a delivery went missing; repositioning at the checkpoint"
                     );
+                    self.observer.repositioned(&self.config.name);
                     gap = true;
                     break;
                 }
                 next_delivery += 1;
                 deliveries.push(Delivery {
                     seq: info.stream_sequence,
+                    pending: info.pending,
                     message,
                 });
             }
@@ -425,6 +452,7 @@ impl<H: Handler> Subscriber<H> {
                 expected,
                 "checkpoint moved back (replayed); repositioning"
             );
+            self.observer.repositioned(name);
             return Ok(Flow::Reposition);
         }
         let fresh: Vec<&Delivery> = deliveries.iter().filter(|d| d.seq > stored).collect();
@@ -449,6 +477,8 @@ impl<H: Handler> Subscriber<H> {
                 checkpoint::store(&mut tx, name, last).await?;
                 self.commit(tx).await?;
                 *expected = last;
+                let pending = deliveries.last().map_or(0, |d| d.pending);
+                self.observer.handled(name, fresh.len(), last, pending);
                 for delivery in deliveries {
                     delivery.ack(name).await;
                 }
@@ -550,6 +580,8 @@ impl<H: Handler> Subscriber<H> {
             parked::clear(&mut tx, name, delivery.seq).await?;
             self.commit(tx).await?;
             *expected = delivery.seq;
+            self.observer
+                .handled(name, 1, delivery.seq, delivery.pending);
         } else {
             tx.commit()
                 .await
@@ -612,6 +644,7 @@ impl<H: Handler> Subscriber<H> {
                     return Ok(Flow::Reposition);
                 }
                 parked::record(&mut tx, name, &failure).await?;
+                self.observer.parked(name, delivery.seq);
                 unrecorded = 0;
                 match self.config.on_failure {
                     OnFailure::Park => {
