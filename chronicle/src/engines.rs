@@ -17,7 +17,6 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<chronicle_gateway::Secr
     if settings.jwt_secret.is_some() {
         return settings.jwt_secret();
     }
-    use std::io::Write;
     let path = settings.data_dir.join("jwt-secret");
     if let Ok(existing) = std::fs::read(&path) {
         anyhow::ensure!(
@@ -34,14 +33,7 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<chronicle_gateway::Secr
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("reading /dev/urandom")?;
     let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, text.as_bytes())?;
     Ok(chronicle_gateway::Secret::new(text.into_bytes()))
 }
 
@@ -161,17 +153,22 @@ pub fn record_running(
     db_url: &str,
     nats_url: &str,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
     let path = running_file(data_dir);
     let _ = std::fs::remove_file(&path);
+    let body = serde_json::json!({"database_url": db_url, "nats_url": nats_url});
+    write_private(&path, body.to_string().as_bytes())
+}
+
+/// Creates `path` (it must not exist) readable by its owner only, holding `bytes`.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    let body = serde_json::json!({"database_url": db_url, "nats_url": nats_url});
-    file.write_all(body.to_string().as_bytes())
+    file.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -646,43 +646,34 @@ impl<H: Handler> Subscriber<H> {
                 parked::record(&mut tx, name, &failure).await?;
                 self.observer.parked(name, delivery.seq);
                 unrecorded = 0;
-                match self.config.on_failure {
-                    OnFailure::Park => {
-                        if delivery.seq > stored {
-                            checkpoint::store(&mut tx, name, delivery.seq).await?;
-                        }
-                        tx.commit()
-                            .await
-                            .map_err(SubscriberError::db("parking an event"))?;
-                        *expected = delivery.seq.max(stored);
-                        tracing::error!(
-                            subscriber = name,
-                            stream_seq = delivery.seq,
-                            event_type,
-                            attempts,
-                            error = detail,
-                            "event parked; going on"
-                        );
-                        delivery.ack(name).await;
-                        return Ok(Flow::Continue);
+                let park = self.config.on_failure == OnFailure::Park;
+                if park && delivery.seq > stored {
+                    checkpoint::store(&mut tx, name, delivery.seq).await?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(SubscriberError::db("parking an event"))?;
+                tracing::error!(
+                    subscriber = name,
+                    stream_seq = delivery.seq,
+                    event_type,
+                    attempts,
+                    error = detail,
+                    "{}",
+                    if park {
+                        "event parked; going on"
+                    } else {
+                        "event not handled; stopped on it"
                     }
-                    OnFailure::Stop => {
-                        tx.commit()
-                            .await
-                            .map_err(SubscriberError::db("parking an event"))?;
-                        tracing::error!(
-                            subscriber = name,
-                            stream_seq = delivery.seq,
-                            event_type,
-                            attempts,
-                            error = detail,
-                            "event not handled; stopped on it"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(self.config.max_backoff) => {}
-                            () = self.wake.notified() => {}
-                        }
-                    }
+                );
+                if park {
+                    *expected = delivery.seq.max(stored);
+                    delivery.ack(name).await;
+                    return Ok(Flow::Continue);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.max_backoff) => {}
+                    () = self.wake.notified() => {}
                 }
             }
             match self.try_one(delivery, expected).await? {
