@@ -14,10 +14,10 @@ use crate::settings::Settings;
 /// # Errors
 /// When the configured key is too short or the file cannot be read or written.
 pub fn jwt_secret(settings: &Settings) -> anyhow::Result<chronicle_gateway::Secret> {
-    if settings.jwt_secret.is_some() {
+    if settings.gateway.jwt_secret.is_some() {
         return settings.jwt_secret();
     }
-    let path = settings.data_dir.join("jwt-secret");
+    let path = settings.servers.data_dir.join("jwt-secret");
     if let Ok(existing) = std::fs::read(&path) {
         anyhow::ensure!(
             existing.len() >= 32,
@@ -26,8 +26,8 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<chronicle_gateway::Secr
         );
         return Ok(chronicle_gateway::Secret::new(existing));
     }
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.servers.data_dir)
+        .with_context(|| format!("creating {}", settings.servers.data_dir.display()))?;
     let mut bytes = vec![0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
@@ -63,17 +63,18 @@ impl Embedded {
 /// # Errors
 /// When a server cannot be installed-found, initialised or started.
 pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, String)> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.servers.data_dir)
+        .with_context(|| format!("creating {}", settings.servers.data_dir.display()))?;
     let data_dir = settings
+        .servers
         .data_dir
         .canonicalize()
-        .with_context(|| format!("resolving {}", settings.data_dir.display()))?;
+        .with_context(|| format!("resolving {}", settings.servers.data_dir.display()))?;
     // PostgreSQL runs as `postgres` when we are root: it must be able to enter our dir.
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("chmod {}", data_dir.display()))?;
 
-    let (nats, nats_url) = match &settings.nats_url {
+    let (nats, nats_url) = match &settings.servers.nats_url {
         Some(url) => (None, url.clone()),
         None => {
             let options = NatsOptions {
@@ -88,7 +89,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
             (Some(server), url)
         }
     };
-    let (postgres, db_url) = match &settings.database_url {
+    let (postgres, db_url) = match &settings.servers.database_url {
         Some(url) => (None, url.expose().to_owned()),
         None => {
             let wanted = data_dir.join("pg");

@@ -44,7 +44,7 @@ enum Command {
     Gateway,
     /// The outbox relay only (run several for availability: one is active at a time).
     Relay,
-    /// One projector (`inventory`, `orders`, `users`), or all with --all.
+    /// One projector (`inventory`, `orders`, `posts`, `users`), or all with --all.
     Project {
         name: Option<String>,
         #[arg(long)]

@@ -88,7 +88,7 @@ async fn connect(
         .context("connecting to NATS")?;
     ensure_events_stream_with(
         &async_nats::jetstream::new(nats.clone()),
-        settings.stream_replicas,
+        settings.servers.stream_replicas,
     )
     .await
     .context("provisioning the EVENTS stream")?;
@@ -102,8 +102,8 @@ async fn connect(
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let (embedded, db_url, nats_url) = engines::start(&settings).await?;
     let secret = engines::jwt_secret(&settings)?;
-    engines::record_running(&settings.data_dir, &db_url, &nats_url)?;
-    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
+    engines::record_running(&settings.servers.data_dir, &db_url, &nats_url)?;
+    let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     let roles = components::all();
     // Supervision: if an embedded server dies, everything stops with its cause rather
     // than serving on a dead engine.
@@ -122,7 +122,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let result = run_roles(&settings, Some(secret), connections, roles, casualty).await;
-    engines::forget_running(&settings.data_dir);
+    engines::forget_running(&settings.servers.data_dir);
     // Stops the embedded servers (blocking waits for their exit).
     tokio::task::spawn_blocking(move || drop(embedded))
         .await
@@ -141,7 +141,7 @@ pub async fn single(settings: Settings, roles: Vec<Component>) -> anyhow::Result
         None
     };
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
+    let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     run_roles(
         &settings,
         secret,
@@ -171,9 +171,9 @@ async fn run_roles(
     let faults = Faults::from_env();
     let http = match (&secret, roles.contains(&Component::Gateway)) {
         (Some(_), true) => {
-            let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            let listener = tokio::net::TcpListener::bind(settings.gateway.http_addr)
                 .await
-                .with_context(|| format!("binding {}", settings.http_addr))?;
+                .with_context(|| format!("binding {}", settings.gateway.http_addr))?;
             let addr = listener.local_addr().context("reading the bound address")?;
             // On stdout, so scripts and tests can read the port when they asked for 0.
             println!("chronicle: gateway listening on http://{addr}");
@@ -192,8 +192,8 @@ async fn run_roles(
         relay: RelayConfig::default(),
         projector: ProjectorConfig::default(),
         saga: OrderSagaConfig {
-            ack_wait: settings.saga_ack_wait,
-            ..OrderSagaConfig::with_payment_timeout(settings.order_payment_timeout)
+            ack_wait: settings.orders.saga_ack_wait,
+            ..OrderSagaConfig::with_payment_timeout(settings.orders.order_payment_timeout)
         },
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
@@ -265,7 +265,7 @@ async fn signal() {
 /// When the servers cannot be reached or the replay fails.
 pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&settings, &db_url, &nats_url, settings.pg_pool).await?;
+    let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     for name in names {
         let progress = |done: u64, total: u64| {
             let percent = (done * 100).checked_div(total).unwrap_or(100);

@@ -1,16 +1,28 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-/// Chronicle's configuration: defaults in code, overridden by the environment or flags.
+/// Chronicle's configuration: defaults in code, overridden by the environment (`CHRONICLE_*`,
+/// `DATABASE_URL`, `NATS_URL`) or flags, in one group per concern. Secrets are [`Redacted`].
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Where the gateway listens.
+    #[command(flatten)]
+    pub servers: ServerSettings,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+    #[command(flatten)]
+    pub orders: OrderSettings,
+    /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
-        env = "CHRONICLE_HTTP_ADDR",
-        default_value = "127.0.0.1:8080",
+        env = "CHRONICLE_SHUTDOWN_SECONDS",
+        default_value_t = 10,
         global = true
     )]
-    pub http_addr: SocketAddr,
+    pub shutdown_seconds: u64,
+}
+
+/// Where the servers are, and how they are used.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerSettings {
     /// PostgreSQL to use; `chronicle up` starts its own when unset.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<Redacted>,
@@ -28,6 +40,28 @@ pub struct Settings {
     /// Most connections in the Postgres pool.
     #[arg(long, env = "CHRONICLE_PG_POOL", default_value_t = 32, global = true)]
     pub pg_pool: u32,
+    /// Replicas of the EVENTS stream when this process creates it (3 on a NATS cluster);
+    /// an existing stream keeps the operator's choice.
+    #[arg(
+        long,
+        env = "CHRONICLE_STREAM_REPLICAS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub stream_replicas: usize,
+}
+
+/// The HTTP gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewaySettings {
+    /// Where the gateway listens.
+    #[arg(
+        long,
+        env = "CHRONICLE_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http_addr: SocketAddr,
     /// The key bearer tokens are signed with (at least 32 bytes). `chronicle up` generates
     /// one under the data dir when unset; the other subcommands require it.
     #[arg(
@@ -80,14 +114,20 @@ pub struct Settings {
         global = true
     )]
     pub handler_timeout_seconds: u64,
-    /// How long a shutdown waits for in-flight work before it stops anyway.
+    /// Usernames made staff when they log in, comma-separated; `*` makes everyone staff
+    /// (for demos and tests). Unset by default; `chronicle users grant` grants it for good.
     #[arg(
         long,
-        env = "CHRONICLE_SHUTDOWN_SECONDS",
-        default_value_t = 10,
+        env = "CHRONICLE_STAFF_USERS",
+        value_delimiter = ',',
         global = true
     )]
-    pub shutdown_seconds: u64,
+    pub staff_users: Vec<String>,
+}
+
+/// Orders: the payment deadline, the saga, and the simulated payment provider.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrderSettings {
     /// How long an order may stay unpaid before the order saga cancels it: `900`, `90s`,
     /// `15m`, `2h` or `500ms`.
     #[arg(
@@ -123,24 +163,6 @@ pub struct Settings {
         global = true
     )]
     pub payment_timeout: Duration,
-    /// Usernames made staff when they log in, comma-separated; `*` makes everyone staff
-    /// (for demos and tests). Unset by default; `chronicle users grant` grants it for good.
-    #[arg(
-        long,
-        env = "CHRONICLE_STAFF_USERS",
-        value_delimiter = ',',
-        global = true
-    )]
-    pub staff_users: Vec<String>,
-    /// Replicas of the EVENTS stream when this process creates it (3 on a NATS cluster);
-    /// an existing stream keeps the operator's choice.
-    #[arg(
-        long,
-        env = "CHRONICLE_STREAM_REPLICAS",
-        default_value_t = 1,
-        global = true
-    )]
-    pub stream_replicas: usize,
 }
 
 /// A configuration value that must not be printed (a key, a URL with a password): `Debug`
@@ -190,22 +212,23 @@ impl Settings {
     /// The gateway's configuration, with `secret` as the token key.
     pub fn gateway(&self, secret: chronicle_gateway::Secret) -> chronicle_gateway::GatewayConfig {
         chronicle_gateway::GatewayConfig {
-            token_ttl: std::time::Duration::from_secs(self.token_ttl_seconds),
-            body_limit: self.body_limit,
-            rate_limit: (self.rate_limit_per_second > 0.0).then_some(
+            token_ttl: std::time::Duration::from_secs(self.gateway.token_ttl_seconds),
+            body_limit: self.gateway.body_limit,
+            rate_limit: (self.gateway.rate_limit_per_second > 0.0).then_some(
                 chronicle_gateway::RateLimit {
-                    per_second: self.rate_limit_per_second,
-                    burst: self.rate_limit_burst.max(1),
+                    per_second: self.gateway.rate_limit_per_second,
+                    burst: self.gateway.rate_limit_burst.max(1),
                 },
             ),
-            cors_origins: self.cors_origins.clone(),
-            handler_timeout: std::time::Duration::from_secs(self.handler_timeout_seconds),
+            cors_origins: self.gateway.cors_origins.clone(),
+            handler_timeout: std::time::Duration::from_secs(self.gateway.handler_timeout_seconds),
             payments: chronicle_gateway::PaymentRules {
-                decline_above_cents: self.payment_decline_above_cents,
-                hang_above_cents: self.payment_hang_above_cents,
-                timeout: self.payment_timeout,
+                decline_above_cents: self.orders.payment_decline_above_cents,
+                hang_above_cents: self.orders.payment_hang_above_cents,
+                timeout: self.orders.payment_timeout,
             },
             staff_users: self
+                .gateway
                 .staff_users
                 .iter()
                 .map(|u| u.trim().to_owned())
@@ -221,7 +244,7 @@ impl Settings {
     /// # Errors
     /// When it is unset or shorter than 32 bytes.
     pub fn jwt_secret(&self) -> anyhow::Result<chronicle_gateway::Secret> {
-        match &self.jwt_secret {
+        match &self.gateway.jwt_secret {
             Some(secret) if secret.expose().len() >= 32 => {
                 Ok(chronicle_gateway::Secret::new(secret.expose().as_bytes()))
             }
@@ -238,8 +261,9 @@ impl Settings {
     /// # Errors
     /// When either is unset.
     pub fn urls(&self) -> anyhow::Result<(String, String)> {
-        let running = crate::engines::running_urls(&self.data_dir);
+        let running = crate::engines::running_urls(&self.servers.data_dir);
         let db = self
+            .servers
             .database_url
             .as_ref()
             .map(|url| url.expose().to_owned())
@@ -250,6 +274,7 @@ impl Settings {
                 )
             })?;
         let nats = self
+            .servers
             .nats_url
             .clone()
             .or_else(|| running.map(|r| r.1))
