@@ -231,6 +231,9 @@ impl Handler for Recorder {
         events: &[Envelope],
     ) -> Result<(), HandlerError> {
         for event in events {
+            if event.aggregate_id == "PANIC" {
+                panic!("the handler has a bug");
+            }
             if self.poisoned.lock().unwrap().contains(&event.aggregate_id) {
                 return Err(HandlerError::failed(Poisoned(event.aggregate_id.clone())));
             }
@@ -433,6 +436,33 @@ async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_i
         },
     )
     .await;
+    stop(running).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = nats.client().await;
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    let running = start_recorder(&pool, &client, &Recorder::default(), OnFailure::Park);
+    create_item(&bus, "PANIC", 1).await;
+    create_item(&bus, "AFTER", 1).await;
+    eventually(
+        "the event after the panic",
+        Duration::from_secs(20),
+        || async { (recorded(&pool).await == ["AFTER"]).then_some(()) },
+    )
+    .await;
+    let parked = chronicle_bus::parked(&pool, "recorder").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("the handler has a bug"),
+        "{}",
+        parked[0].error
+    );
     stop(running).await;
     relay.stop().await;
 }
