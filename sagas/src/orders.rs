@@ -155,6 +155,13 @@ impl OrderSaga {
         SubscriberConfig {
             batch_max: 1,
             ack_wait: self.config.ack_wait,
+            // A saga step failing for an outside reason (the payment provider away, a command
+            // losing races) is retried for about two minutes before it is parked: parking
+            // leaves an order unsettled until someone retries it. Events that do not decode
+            // are parked at once.
+            attempts: 12,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
             fault_prefix: "saga",
             ..SubscriberConfig::new(
                 ORDER_SAGA,
