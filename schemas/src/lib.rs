@@ -7,6 +7,7 @@
 //! - [`AggregateKind`]: the bounded context and aggregate type that name a stream of events,
 //!   and from them the NATS subject of each event ([`subject_for`]).
 //! - [`blog`]: the payloads of the blog context (posts, comments).
+//! - [`chat`]: the payloads of the chat context (rooms, members, messages, read marks).
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
@@ -19,6 +20,7 @@
 mod envelope;
 
 pub mod blog;
+pub mod chat;
 pub mod commerce;
 pub mod identity;
 pub mod limits;

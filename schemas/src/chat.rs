@@ -1,0 +1,75 @@
+//! Events of the chat bounded context: rooms, their members, their messages, read marks.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+/// A group room (any member adds and removes members) or a direct room (exactly two
+/// members, one per pair of users, fixed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    Group,
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Group => "group",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+/// Everything that happens in a room (aggregate type `room`, id = a UUID v7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoomEvent {
+    RoomCreated {
+        room_id: String,
+        kind: RoomKind,
+        name: Option<String>,
+        /// The members, the creator included, sorted.
+        members: Vec<String>,
+        created_by: String,
+    },
+    MemberAdded {
+        user_id: String,
+        by: String,
+    },
+    MemberRemoved {
+        user_id: String,
+        by: String,
+    },
+    /// A message; `seq` is dense and increasing within the room (1, 2, ...).
+    MessageSent {
+        message_id: String,
+        seq: u64,
+        sender_id: String,
+        body: String,
+        client_msg_id: String,
+        sent_at: DateTime<Utc>,
+    },
+    /// `user_id` has read everything up to `up_to_seq`.
+    ReadMarked {
+        user_id: String,
+        up_to_seq: u64,
+    },
+}
+
+impl DomainEvent for RoomEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::RoomCreated { .. } => "RoomCreated",
+            Self::MemberAdded { .. } => "MemberAdded",
+            Self::MemberRemoved { .. } => "MemberRemoved",
+            Self::MessageSent { .. } => "MessageSent",
+            Self::ReadMarked { .. } => "ReadMarked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
