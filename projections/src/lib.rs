@@ -10,6 +10,7 @@
 //!   applied; an event that keeps failing is parked (DESIGN.md invariants 4 and 8).
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
+//! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
 //! - [`inventory`]: the `inventory_items` read model.
 //! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
@@ -20,6 +21,7 @@ mod registry;
 mod replay;
 mod runtime;
 
+pub mod chat_history;
 pub mod inventory;
 pub mod orders;
 pub mod posts;

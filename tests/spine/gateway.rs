@@ -374,7 +374,14 @@ async fn projections_report_their_checkpoint_and_lag() {
         .collect();
     assert_eq!(
         names,
-        ["inventory", "orders", "posts", "users", "saga-orders"]
+        [
+            "inventory",
+            "orders",
+            "posts",
+            "users",
+            "chat_history",
+            "saga-orders"
+        ]
     );
     assert_eq!(status[0]["status"], "live");
     assert_eq!(status[0]["parked"], 0);

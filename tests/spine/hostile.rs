@@ -173,7 +173,15 @@ async fn poison_every_reader(app: &TestApp) {
     let user = uuid::Uuid::now_v7().to_string();
     let order = uuid::Uuid::now_v7().to_string();
     let post = uuid::Uuid::now_v7().to_string();
+    let room = uuid::Uuid::now_v7().to_string();
     let targets = [
+        (
+            "chat",
+            "room",
+            room.as_str(),
+            "RoomCreated",
+            json!({"room_id": room, "kind": "group", "name": "a\u{0}", "members": "nobody", "created_by": 7}),
+        ),
         (
             "identity",
             "user",

@@ -2,6 +2,7 @@
 //! the inventory slice end to end.
 
 mod blog;
+mod chat;
 mod commerce;
 mod common;
 mod gateway;

@@ -1,6 +1,7 @@
 //! The route table and the layers every request passes through.
 
 mod blog;
+mod chat;
 mod health;
 mod identity;
 mod inventory;
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(inventory::routes())
         .merge(orders::routes())
         .merge(blog::routes())
+        .merge(chat::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

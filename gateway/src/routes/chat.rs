@@ -1,0 +1,307 @@
+//! `/api/v1/rooms` (API.md, Chat): rooms, members, messages, read marks. Members only: a
+//! room's history is 403 to anyone else. (The WebSocket hub is not built yet.)
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_chat::{
+    check_body, check_client_msg_id, check_user_id, direct_room_claim, Room, RoomCommand, RoomKind,
+};
+use chronicle_commands::{CommandContext, CommandError, UniqueClaim};
+use chronicle_projections::chat_history::{self, Window};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{page::PageRequest, respond};
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{delete, post};
+    axum::Router::new()
+        .route("/api/v1/rooms", post(create).get(list))
+        .route("/api/v1/rooms/{id}/members", post(add_member))
+        .route(
+            "/api/v1/rooms/{id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route("/api/v1/rooms/{id}/messages", post(send).get(messages))
+        .route("/api/v1/rooms/{id}/read", post(read))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoom {
+    kind: RoomKind,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<CreateRoom>,
+) -> Result<Response, ApiError> {
+    let room = body.value;
+    ApiError::check(FieldError::collect(
+        room.members.iter().map(|m| check_user_id("members", m)),
+    ))?;
+    let room_id = uuid::Uuid::now_v7().to_string();
+    let mut ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
+    let direct_claim = match (room.kind, room.members.as_slice()) {
+        (RoomKind::Direct, [other]) if *other != caller.user_id => {
+            Some(direct_room_claim(&caller.user_id, other))
+        }
+        _ => None,
+    };
+    if let Some((namespace, value)) = &direct_claim {
+        ctx.claims = vec![UniqueClaim::new(namespace.clone(), value.clone())];
+    }
+    let make = respond::id_and_version(201);
+    let executed = state
+        .commands
+        .execute_with_response::<Room>(
+            &room_id,
+            RoomCommand::Create {
+                room_id: room_id.clone(),
+                kind: room.kind,
+                name: room.name,
+                members: room.members,
+                by: caller.user_id.clone(),
+            },
+            &(),
+            &ctx,
+            &make,
+        )
+        .await;
+    match (executed, direct_claim) {
+        (Err(CommandError::ClaimTaken { .. }), Some((namespace, value))) => {
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT aggregate_id FROM unique_claims WHERE namespace = $1 AND value = $2",
+            )
+            .bind(&namespace)
+            .bind(&value)
+            .fetch_optional(&state.pool)
+            .await?;
+            let mut error = ApiError::new(
+                StatusCode::CONFLICT,
+                "direct_room_exists",
+                "a direct room between these two users exists already",
+            );
+            if let Some(id) = existing {
+                error = error.with("id", id);
+            }
+            Err(error)
+        }
+        (executed, _) => Ok(respond::created(executed?, make, "/api/v1/rooms")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let request = PageRequest::new(params.limit.or(Some(200)), None)?;
+    let rooms = chat_history::rooms_of(&state.pool, &caller.user_id, request.limit).await?;
+    Ok(Json(json!({"items": rooms, "next_cursor": null})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    user_id: String,
+}
+
+pub async fn add_member(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Member>,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "room")?;
+    ApiError::check(FieldError::collect([check_user_id(
+        "user_id",
+        &body.value.user_id,
+    )]))?;
+    let command = RoomCommand::AddMember {
+        user_id: body.value.user_id,
+        by: caller.user_id.clone(),
+    };
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
+    room_command(&state, id, command, &ctx).await
+}
+
+pub async fn remove_member(
+    State(state): State<AppState>,
+    ApiPath((id, user_id)): ApiPath<(String, String)>,
+    caller: Caller,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "room")?;
+    let command = RoomCommand::RemoveMember {
+        user_id,
+        by: caller.user_id.clone(),
+    };
+    let ctx = respond::context(&caller, if_match, key, b"");
+    room_command(&state, id, command, &ctx).await
+}
+
+async fn room_command(
+    state: &AppState,
+    id: &str,
+    command: RoomCommand,
+    ctx: &CommandContext,
+) -> Result<Response, ApiError> {
+    let make = respond::id_and_version(200);
+    let executed = state
+        .commands
+        .execute_with_response::<Room>(id, command, &(), ctx, &make)
+        .await?;
+    Ok(respond::executed(executed, make))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Send {
+    body: String,
+    client_msg_id: String,
+}
+
+/// 201 `{"id","seq","sent_at"}`; the same `client_msg_id` again answers the first message.
+pub async fn send(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Send>,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "room")?;
+    let message = body.value;
+    ApiError::check(FieldError::collect([
+        check_body(&message.body),
+        check_client_msg_id(&message.client_msg_id),
+    ]))?;
+    let client_msg_id = message.client_msg_id.clone();
+    // `client_msg_id` is this route's idempotency key (API.md): a repeat answers the first
+    // message from the room itself, so no response is stored under `Idempotency-Key`.
+    let ctx = CommandContext {
+        idempotency: None,
+        ..respond::context(&caller, IfMatch(None), key, &body.raw)
+    };
+    let command = RoomCommand::Send {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        sender_id: caller.user_id.clone(),
+        body: message.body,
+        client_msg_id: message.client_msg_id,
+        sent_at: chrono::Utc::now(),
+    };
+    state
+        .commands
+        .execute::<Room>(id, command, &(), &ctx)
+        .await?;
+    let loaded = state.commands.state::<Room>(id).await?;
+    let sent = loaded
+        .state
+        .sent(&caller.user_id, &client_msg_id)
+        .ok_or_else(|| {
+            ApiError::internal(std::io::Error::other("a sent message is not in its room"))
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": sent.message_id, "seq": sent.seq, "sent_at": sent.sent_at})),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessagesParams {
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Members only (403); pages by `seq` both ways: `next_cursor` is the `before_seq` of the
+/// older page (or, with `after_seq`, the `after_seq` of the newer one), null at the end.
+pub async fn messages(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<MessagesParams>,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "room")?;
+    let request = PageRequest::new(params.limit, None)?;
+    match chat_history::membership(&state.pool, id, &caller.user_id).await? {
+        None => return Err(ApiError::not_found("no such room")),
+        Some(false) => return Err(ApiError::forbidden("only the room's members read it")),
+        Some(true) => {}
+    }
+    let window = match (params.before_seq, params.after_seq) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "before_seq",
+                "give before_seq or after_seq, not both",
+            )]))
+        }
+        (Some(before), None) => Window::Before(before),
+        (None, Some(after)) => Window::After(after),
+        (None, None) => Window::Latest,
+    };
+    let mut items = chat_history::messages(&state.pool, id, window, request.fetch()).await?;
+    let more = items.len() as i64 > request.limit;
+    let next_cursor = match window {
+        Window::After(_) => {
+            items.truncate(request.limit as usize);
+            more.then(|| items.last().map(|m| m.seq.to_string()))
+                .flatten()
+        }
+        Window::Latest | Window::Before(_) => {
+            if more {
+                items.remove(0);
+            }
+            more.then(|| items.first().map(|m| m.seq.to_string()))
+                .flatten()
+        }
+    };
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Read {
+    up_to_seq: u64,
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<Read>,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "room")?;
+    let command = RoomCommand::MarkRead {
+        user_id: caller.user_id.clone(),
+        up_to_seq: body.value.up_to_seq,
+    };
+    let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
+    room_command(&state, id, command, &ctx).await
+}
