@@ -325,3 +325,71 @@ async fn history_pages_by_seq_both_ways_and_replays_byte_for_byte() {
         .unwrap();
     assert_eq!(rows().await, live);
 }
+
+#[tokio::test]
+async fn the_event_stream_of_one_room() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let (carol, _) = app.register_and_login("carol").await;
+    let room = create_room(
+        &app,
+        &app.token,
+        json!({"kind": "group", "name": "team", "members": [bob]}),
+    )
+    .await;
+    send(&app, &app.token, &room, "hello", "c-1").await;
+    send(&app, &app.token, &room, "hello again?", "c-1").await;
+    send(&app, &bob_token, &room, "hi\nthere", "b-1").await;
+    as_user(
+        &app,
+        &bob_token,
+        Method::POST,
+        &format!("/api/v1/rooms/{room}/members"),
+        Some(json!({"user_id": carol})),
+    )
+    .await;
+    as_user(
+        &app,
+        &app.token,
+        Method::POST,
+        &format!("/api/v1/rooms/{room}/read"),
+        Some(json!({"up_to_seq": 2})),
+    )
+    .await;
+    as_user(
+        &app,
+        &app.token,
+        Method::DELETE,
+        &format!("/api/v1/rooms/{room}/members/{carol}"),
+        None,
+    )
+    .await;
+    let rows: Vec<(i64, String, Value, Value)> = sqlx::query_as(
+        "SELECT sequence, event_type, payload, metadata FROM events \
+         WHERE aggregate_type = 'room' ORDER BY sequence",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let stream: Vec<Value> = rows
+        .iter()
+        .map(|(s, event_type, payload, metadata)| {
+            let mut payload = payload[event_type].clone();
+            for volatile in ["message_id", "sent_at"] {
+                if payload.get(volatile).is_some() {
+                    payload[volatile] = json!(format!("[{volatile}]"));
+                }
+            }
+            json!({"event": format!("room#{s}"), "type": event_type, "payload": payload, "actor": metadata["actor"]})
+        })
+        .collect();
+    let mut text = serde_json::to_string(&stream)
+        .unwrap()
+        .replace(&room, "[room]")
+        .replace(&app.user_id, "[alice]")
+        .replace(&bob, "[bob]")
+        .replace(&carol, "[carol]");
+    // Members are stored sorted by id, which differs from run to run: sort the names.
+    text = text.replace("[\"[bob]\",\"[alice]\"]", "[\"[alice]\",\"[bob]\"]");
+    insta::assert_json_snapshot!(serde_json::from_str::<Value>(&text).unwrap());
+}
