@@ -138,6 +138,11 @@ impl ApiError {
         self.status
     }
 
+    /// The human sentence of the problem (generic for server errors).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     pub fn code(&self) -> &'static str {
         self.code
     }

@@ -11,6 +11,8 @@
 //! - `cache`: the moka cache in front of post detail and tags, dropped on projector
 //!   notifications.
 //! - `freshness`: `?min_version=` waits, woken by projector notifications.
+//! - `hub`: the WebSocket hub (`/ws`): live room messages, recovery, send and read over
+//!   the socket, typing.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
 //! - `payments`: the simulated payment provider orders are charged through.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
@@ -25,6 +27,7 @@ mod cache;
 mod error;
 mod extract;
 mod freshness;
+mod hub;
 mod payments;
 mod protect;
 mod routes;

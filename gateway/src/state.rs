@@ -77,6 +77,8 @@ pub struct AppState {
     /// The cache in front of post detail and the tag list.
     pub posts: PostCache,
     pub(crate) limiter: Option<RateLimiter>,
+    /// The WebSocket hub's live room feed (one per process).
+    pub(crate) hub: crate::hub::Hub,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
+            hub: crate::hub::Hub::default(),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,

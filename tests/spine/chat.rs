@@ -260,7 +260,9 @@ async fn read_marks_move_forward_only_and_unread_counts_follow() {
                     .iter()
                     .find(|r| r["id"] == room.as_str())?
                     .clone();
-                (this["unread_count"] == expected).then_some(this)
+                // All four messages projected, and the count as expected.
+                (this["last_message"]["seq"] == 4 && this["unread_count"] == expected)
+                    .then_some(this)
             })
             .await
         }

@@ -8,6 +8,7 @@ mod common;
 mod gateway;
 mod group_commit;
 mod hostile;
+mod hub;
 mod identity;
 mod projector;
 mod relay;

@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::routes())
         .merge(blog::routes())
         .merge(chat::routes())
+        .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -1,0 +1,512 @@
+//! The WebSocket hub (`GET /ws?token=`, API.md Chat): live room messages and read receipts,
+//! recovery with `since_seq`, sending and marking read over the socket, typing.
+//!
+//! One ordered JetStream consumer per gateway process reads `events.chat.room.>` from the
+//! moment the hub starts and fans each event out to the connections subscribed to its room
+//! (a `broadcast` channel per room), so a message sent through any gateway instance reaches
+//! the clients of every instance, in `seq` order. A subscription first listens to the live
+//! feed, then reads the room's head from the event store, sends the backlog up to that head
+//! from the `chat_history` read model (waiting for it to catch up), and then only live
+//! messages past what it sent: no gap and no duplicate between the two.
+//!
+//! Each connection has a bounded outbound queue: a client that does not read is dropped with
+//! a close frame, it never slows a room. Frames are small and the socket's buffers are sized
+//! down from tungstenite's defaults.
+//!
+//! Not built yet (issue 11): presence in a KV bucket, `order_status`, attachments, the
+//! server-side ping of idle clients, membership changes ending live subscriptions.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use axum::{
+    extract::{
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        State,
+    },
+    response::Response,
+};
+use chronicle_chat::{Room, RoomCommand, RoomEvent};
+use chronicle_commands::CommandContext;
+use chronicle_projections::chat_history::{self, Window};
+use chronicle_schemas::Envelope;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, Mutex};
+
+use crate::{error::ApiError, extract::ApiQuery, state::AppState};
+
+/// Frames a connection may have queued before it counts as not reading.
+const OUTBOUND: usize = 256;
+/// Most backlog messages a subscription sends before it tells the client to page over HTTP.
+const MAX_BACKLOG: i64 = 1_000;
+/// Largest frame a client may send.
+const MAX_FRAME: usize = 16 * 1024;
+
+/// The hub's routes.
+pub(crate) fn routes() -> axum::Router<AppState> {
+    axum::Router::new().route("/ws", axum::routing::get(upgrade))
+}
+
+/// Live room events by room id, fed by the process's one consumer.
+#[derive(Clone, Default)]
+pub struct Hub {
+    rooms: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
+    started: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+impl Hub {
+    /// A receiver of room `room_id`'s live frames (`message`, `read_receipt`).
+    async fn listen(&self, room_id: &str) -> broadcast::Receiver<Arc<Value>> {
+        let mut rooms = self.rooms.lock().await;
+        rooms
+            .entry(room_id.to_owned())
+            .or_insert_with(|| broadcast::channel(OUTBOUND).0)
+            .subscribe()
+    }
+
+    /// Starts the consumer once per process, and returns once it exists: a message
+    /// published after this returns reaches the rooms' listeners.
+    async fn start(&self, nats: &async_nats::Client) {
+        let hub = self.clone();
+        let nats = nats.clone();
+        self.started
+            .get_or_init(|| async move {
+                let first = hub.consumer(&nats, 0).await;
+                tokio::spawn(async move { hub.feed(nats, first).await });
+            })
+            .await;
+    }
+
+    /// An ordered consumer of the room events: from now (`after == 0`), or right after the
+    /// stream sequence `after` (a restart resumes where the last one stopped).
+    async fn consumer(
+        &self,
+        nats: &async_nats::Client,
+        after: u64,
+    ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>, Failure>
+    {
+        let js = jetstream::new(nats.clone());
+        let stream = chronicle_bus::ensure_events_stream(&js).await?;
+        let deliver_policy = if after == 0 {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            }
+        };
+        Ok(stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("events.chat.{}.>", <Room as cqrs_es::Aggregate>::TYPE),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await?)
+    }
+
+    /// Fans the room events out, for ever, resuming after failures where it stopped.
+    async fn feed(
+        &self,
+        nats: async_nats::Client,
+        first: Result<
+            jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+            Failure,
+        >,
+    ) {
+        let mut last = 0;
+        let mut consumer = first;
+        loop {
+            let result = match consumer {
+                Ok(consumer) => self.feed_from(consumer, &mut last).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "the hub's feed stopped; starting again");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            consumer = self.consumer(&nats, last).await;
+        }
+    }
+
+    async fn feed_from(
+        &self,
+        consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+        last: &mut u64,
+    ) -> Result<(), Failure> {
+        let mut messages = consumer.messages().await?;
+        while let Some(message) = messages.next().await {
+            let message = message?;
+            if let Ok(info) = message.info() {
+                *last = info.stream_sequence;
+            }
+            let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
+                continue;
+            };
+            let Ok(event) = envelope.decode::<RoomEvent>() else {
+                continue;
+            };
+            let frame = match event {
+                RoomEvent::MessageSent {
+                    message_id,
+                    seq,
+                    sender_id,
+                    body,
+                    sent_at,
+                    ..
+                } => json!({"type": "message", "room_id": envelope.aggregate_id, "id": message_id,
+                    "seq": seq, "sender_id": sender_id, "body": body, "sent_at": sent_at}),
+                RoomEvent::ReadMarked { user_id, up_to_seq } => json!({"type": "read_receipt",
+                    "room_id": envelope.aggregate_id, "user_id": user_id, "up_to_seq": up_to_seq}),
+                _ => continue,
+            };
+            let mut rooms = self.rooms.lock().await;
+            let unheard = rooms
+                .get(&envelope.aggregate_id)
+                .is_some_and(|room| room.send(Arc::new(frame)).is_err());
+            if unheard {
+                // Nobody listens to that room here any more: forget it.
+                rooms.remove(&envelope.aggregate_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// Authenticates at the handshake: a missing or bad token is 401, before any upgrade.
+async fn upgrade(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let user = query
+        .token
+        .as_deref()
+        .and_then(|token| state.auth.verify(token))
+        .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
+    state.hub.start(&state.nats).await;
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| connection(socket, state, user.user_id)))
+}
+
+/// A frame a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Inbound {
+    Ping,
+    Subscribe {
+        room_id: String,
+        #[serde(default)]
+        since_seq: Option<u64>,
+    },
+    Unsubscribe {
+        room_id: String,
+    },
+    Send {
+        room_id: String,
+        body: String,
+        client_msg_id: String,
+    },
+    Read {
+        room_id: String,
+        up_to_seq: u64,
+    },
+    Typing {
+        room_id: String,
+    },
+}
+
+/// One client connection until it closes, fails, or stops reading.
+async fn connection(socket: WebSocket, state: AppState, user_id: String) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut queued) = mpsc::channel::<Value>(OUTBOUND);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = queued.recv().await {
+            if sink.send(Message::text(frame.to_string())).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    while let Some(Ok(message)) = stream.next().await {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let frame = match serde_json::from_str::<Inbound>(text.as_str()) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let error = json!({"type": "error", "code": "bad_frame", "detail": e.to_string()});
+                if out.try_send(error).is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let answer = match frame {
+            Inbound::Ping => Some(json!({"type": "pong"})),
+            Inbound::Subscribe { room_id, since_seq } => {
+                if let Some(task) = subscriptions.remove(&room_id) {
+                    task.abort();
+                }
+                let task = tokio::spawn(subscription(
+                    state.clone(),
+                    room_id.clone(),
+                    user_id.clone(),
+                    since_seq.unwrap_or(0),
+                    out.clone(),
+                ));
+                subscriptions.insert(room_id, task);
+                None
+            }
+            Inbound::Unsubscribe { room_id } => {
+                if let Some(task) = subscriptions.remove(&room_id) {
+                    task.abort();
+                }
+                None
+            }
+            Inbound::Send {
+                room_id,
+                body,
+                client_msg_id,
+            } => Some(send(&state, &user_id, &room_id, body, client_msg_id).await),
+            Inbound::Read { room_id, up_to_seq } => {
+                let command = RoomCommand::MarkRead {
+                    user_id: user_id.clone(),
+                    up_to_seq,
+                };
+                command_on(&state, &user_id, &room_id, command).await.err()
+            }
+            Inbound::Typing { room_id } => {
+                // Not persisted: a core NATS message the room's listeners may pass on.
+                let _ = state
+                    .nats
+                    .publish(
+                        format!("chat.typing.{room_id}"),
+                        json!({"room_id": room_id, "user_id": user_id})
+                            .to_string()
+                            .into(),
+                    )
+                    .await;
+                None
+            }
+        };
+        if let Some(answer) = answer {
+            if out.try_send(answer).is_err() {
+                break;
+            }
+        }
+    }
+    for task in subscriptions.into_values() {
+        task.abort();
+    }
+    drop(out);
+    let _ = writer.await;
+}
+
+fn error(code: &str, detail: &str) -> Value {
+    json!({"type": "error", "code": code, "detail": detail})
+}
+
+/// Sends a message through the same command path as HTTP: an `ack` or an `error` frame.
+async fn send(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    body: String,
+    client_msg_id: String,
+) -> Value {
+    let command = RoomCommand::Send {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        sender_id: user_id.to_owned(),
+        body,
+        client_msg_id: client_msg_id.clone(),
+        sent_at: chrono::Utc::now(),
+    };
+    if let Err(frame) = command_on(state, user_id, room_id, command).await {
+        return frame;
+    }
+    match state.commands.state::<Room>(room_id).await {
+        Ok(loaded) => match loaded.state.sent(user_id, &client_msg_id) {
+            Some(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
+                "id": sent.message_id, "seq": sent.seq}),
+            None => error("internal", "the message is not in its room"),
+        },
+        Err(_) => error("unavailable", "try again"),
+    }
+}
+
+/// Runs a room command for `user_id`; a refusal becomes an `error` frame with its code.
+async fn command_on(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    command: RoomCommand,
+) -> Result<(), Value> {
+    if uuid::Uuid::parse_str(room_id).is_err() {
+        return Err(error("not_found", "no such room"));
+    }
+    let ctx = CommandContext {
+        actor: Some(user_id.to_owned()),
+        ..CommandContext::new()
+    };
+    match state
+        .commands
+        .execute::<Room>(room_id, command, &(), &ctx)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let problem = ApiError::from(e);
+            Err(json!({"type": "error", "code": problem.code(), "detail": problem.detail()}))
+        }
+    }
+}
+
+/// One room for one connection: membership checked on the room itself (not a read model
+/// that may lag), the backlog past `since_seq` up to the room's head, then live messages
+/// past what was sent.
+async fn subscription(
+    state: AppState,
+    room_id: String,
+    user_id: String,
+    since_seq: u64,
+    out: mpsc::Sender<Value>,
+) {
+    if uuid::Uuid::parse_str(&room_id).is_err() {
+        let _ = out.try_send(error("not_found", "no such room"));
+        return;
+    }
+    // Listening starts before the head is read: what comes after the head arrives live.
+    let mut live = state.hub.listen(&room_id).await;
+    let mut typing = state
+        .nats
+        .subscribe(format!("chat.typing.{room_id}"))
+        .await
+        .ok();
+    let loaded = state
+        .commands
+        .store()
+        .load_from_snapshot::<Room>(&room_id)
+        .await;
+    let head = match loaded {
+        Ok(loaded) if !loaded.state.exists() => {
+            let _ = out.try_send(error("not_found", "no such room"));
+            return;
+        }
+        Ok(loaded) if !loaded.state.is_member(&user_id) => {
+            let _ = out.try_send(error("forbidden", "only the room's members may subscribe"));
+            return;
+        }
+        Ok(loaded) => loaded.state.last_seq(),
+        Err(_) => {
+            let _ = out.try_send(error("unavailable", "try again"));
+            return;
+        }
+    };
+    let mut sent = since_seq;
+    let mut recovered = true;
+    if head > since_seq {
+        let wanted = (head - since_seq) as i64;
+        recovered = wanted <= MAX_BACKLOG;
+        let from = if recovered {
+            since_seq
+        } else {
+            head - MAX_BACKLOG as u64
+        };
+        let backlog = wait_for_backlog(&state, &room_id, from, head).await;
+        for message in backlog {
+            sent = message.seq as u64;
+            let frame = json!({"type": "message", "room_id": room_id, "id": message.id,
+                "seq": message.seq, "sender_id": message.sender_id, "body": message.body,
+                "sent_at": message.sent_at});
+            if out.try_send(frame).is_err() {
+                return;
+            }
+        }
+    }
+    let subscribed =
+        json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
+    if out.try_send(subscribed).is_err() {
+        return;
+    }
+    loop {
+        let typing_next = async {
+            match typing.as_mut() {
+                Some(sub) => sub.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            frame = live.recv() => match frame {
+                Ok(frame) => {
+                    if frame["type"] == "message" {
+                        let seq = frame["seq"].as_u64().unwrap_or(0);
+                        if seq <= sent {
+                            continue;
+                        }
+                        sent = seq;
+                    }
+                    if out.try_send((*frame).clone()).is_err() {
+                        return;
+                    }
+                }
+                // Fell behind the room: the client re-subscribes with its last seq.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = out.try_send(error("lagged", "re-subscribe with since_seq"));
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            Some(message) = typing_next => {
+                if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
+                    frame["type"] = json!("typing");
+                    if out.try_send(frame).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The messages `from < seq <= head` once the read model holds them all (waiting up to 2 s,
+/// then what it has).
+async fn wait_for_backlog(
+    state: &AppState,
+    room_id: &str,
+    from: u64,
+    head: u64,
+) -> Vec<chat_history::MessageView> {
+    let wanted = (head - from) as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted)
+            .await
+            .unwrap_or_default();
+        if got.len() as i64 >= wanted || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

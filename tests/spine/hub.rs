@@ -1,0 +1,169 @@
+//! The WebSocket hub with a WebSocket client we did not write (tokio-tungstenite): auth at
+//! the handshake, live messages in `seq` order, recovery with `since_seq`, sending over the
+//! socket, membership enforced, bad frames answered.
+
+use std::time::Duration;
+
+use chronicle_tests::TestApp;
+use futures::{SinkExt, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(app: &TestApp, token: &str) -> Socket {
+    let url = format!("{}/ws?token={token}", app.base.replace("http://", "ws://"));
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("the hub accepts a good token");
+    socket
+}
+
+async fn frame(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket stays open")
+            .expect("a readable frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).expect("frames are JSON");
+        }
+    }
+}
+
+async fn put(socket: &mut Socket, value: Value) {
+    socket
+        .send(Message::text(value.to_string()))
+        .await
+        .expect("the socket takes a frame");
+}
+
+async fn room_with(app: &TestApp, members: &[&str]) -> String {
+    let r = app
+        .request(Method::POST, "/api/v1/rooms")
+        .json(&json!({"kind": "group", "members": members}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn send_http(app: &TestApp, room: &str, body: &str) -> Value {
+    let r = app
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            json!({"body": body, "client_msg_id": body}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_before_the_upgrade() {
+    let app = TestApp::spawn().await;
+    for query in ["", "?token=nonsense"] {
+        let url = format!("{}/ws{query}", app.base.replace("http://", "ws://"));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401);
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_gets_every_new_message_in_seq_order() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    let mut socket = connect(&app, &bob_token).await;
+    put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
+    let subscribed = frame(&mut socket).await;
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "room_id": room, "head_seq": 0, "recovered": true})
+    );
+    for i in 1..=5 {
+        send_http(&app, &room, &format!("m{i}")).await;
+    }
+    for seq in 1..=5 {
+        let message = frame(&mut socket).await;
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["seq"], seq);
+        assert_eq!(message["body"], format!("m{seq}"));
+        assert_eq!(message["sender_id"], app.user_id.as_str());
+    }
+}
+
+#[tokio::test]
+async fn recovery_sends_exactly_the_missed_messages_then_live_ones() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    for i in 1..=5 {
+        send_http(&app, &room, &format!("m{i}")).await;
+    }
+    let mut socket = connect(&app, &bob_token).await;
+    put(
+        &mut socket,
+        json!({"type": "subscribe", "room_id": room, "since_seq": 2}),
+    )
+    .await;
+    for seq in 3..=5 {
+        assert_eq!(frame(&mut socket).await["seq"], seq);
+    }
+    assert_eq!(
+        frame(&mut socket).await,
+        json!({"type": "subscribed", "room_id": room, "head_seq": 5, "recovered": true})
+    );
+    // Sent over the socket: acked, and delivered to the subscription, once.
+    put(
+        &mut socket,
+        json!({"type": "send", "room_id": room, "body": "from bob", "client_msg_id": "b-1"}),
+    )
+    .await;
+    let mut got = [frame(&mut socket).await, frame(&mut socket).await];
+    got.sort_by_key(|f| f["type"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(got[0]["type"], "ack");
+    assert_eq!(got[0]["client_msg_id"], "b-1");
+    assert_eq!(got[0]["seq"], 6);
+    assert_eq!(got[1]["type"], "message");
+    assert_eq!(got[1]["seq"], 6);
+    assert_eq!(got[1]["id"], got[0]["id"]);
+    send_http(&app, &room, "m7").await;
+    assert_eq!(frame(&mut socket).await["seq"], 7, "no gap, no duplicate");
+}
+
+#[tokio::test]
+async fn outsiders_cannot_subscribe_and_a_bad_frame_leaves_the_connection_usable() {
+    let app = TestApp::spawn().await;
+    let (_, carol_token) = app.register_and_login("carol").await;
+    let room = room_with(&app, &[]).await;
+    let mut socket = connect(&app, &carol_token).await;
+    put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
+    let refused = frame(&mut socket).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
+    put(
+        &mut socket,
+        json!({"type": "send", "room_id": room, "body": "let me in", "client_msg_id": "x"}),
+    )
+    .await;
+    assert_eq!(frame(&mut socket).await["code"], "forbidden");
+    socket.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(frame(&mut socket).await["code"], "bad_frame");
+    put(&mut socket, json!({"type": "teleport"})).await;
+    assert_eq!(frame(&mut socket).await["code"], "bad_frame");
+    put(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(frame(&mut socket).await, json!({"type": "pong"}));
+}
