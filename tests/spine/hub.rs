@@ -58,7 +58,7 @@ async fn send_http(app: &TestApp, room: &str, body: &str) -> Value {
     let r = app
         .post(
             &format!("/api/v1/rooms/{room}/messages"),
-            json!({"body": body, "client_msg_id": body}),
+            json!({"body": body, "client_msg_id": body.replace(' ', "-")}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -166,4 +166,94 @@ async fn outsiders_cannot_subscribe_and_a_bad_frame_leaves_the_connection_usable
     assert_eq!(frame(&mut socket).await["code"], "bad_frame");
     put(&mut socket, json!({"type": "ping"})).await;
     assert_eq!(frame(&mut socket).await, json!({"type": "pong"}));
+}
+
+/// Waits until the connection is being served (its user feed is registered).
+async fn ready(socket: &mut Socket) {
+    put(socket, json!({"type": "ping"})).await;
+    assert_eq!(frame(socket).await, json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn a_message_sent_through_one_gateway_reaches_a_client_of_another() {
+    let mut app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    let second = app.spawn_second_gateway().await;
+    let url = format!(
+        "{}/ws?token={bob_token}",
+        second.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    for i in 1..=3 {
+        send_http(&app, &room, &format!("via the first {i}")).await;
+    }
+    for seq in 1..=3 {
+        let message = frame(&mut socket).await;
+        assert_eq!(
+            (message["type"].as_str(), message["seq"].as_i64()),
+            (Some("message"), Some(seq))
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_customer_sees_an_order_change_status_live() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "W", "name": "Widget", "price_cents": 100, "initial_stock": 5}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let mut socket = connect(&app, &app.token).await;
+    ready(&mut socket).await;
+    let placed: Value = app
+        .post(
+            "/api/v1/orders",
+            json!({"lines": [{"sku": "W", "quantity": 1}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = placed["id"].as_str().unwrap();
+    assert_eq!(
+        frame(&mut socket).await,
+        json!({"type": "order_status", "order_id": id, "status": "pending"})
+    );
+    assert_eq!(
+        frame(&mut socket).await,
+        json!({"type": "order_status", "order_id": id, "status": "reserved"})
+    );
+}
+
+#[tokio::test]
+async fn a_member_removed_gets_no_more_of_the_rooms_messages() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    let mut socket = connect(&app, &bob_token).await;
+    put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut socket).await["type"], "subscribed");
+    let removed = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/rooms/{room}/members/{bob}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::OK);
+    assert_eq!(
+        frame(&mut socket).await,
+        json!({"type": "member_removed", "room_id": room, "user_id": bob})
+    );
+    send_http(&app, &room, "not for bob").await;
+    // The next frame bob gets is the answer to his ping, not the message.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ready(&mut socket).await;
 }

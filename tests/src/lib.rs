@@ -399,6 +399,39 @@ impl TestApp {
         app
     }
 
+    /// Starts a second gateway on the same servers, as another instance (another process:
+    /// its own command bus, its own hub) would run: its base URL. It stops with the app.
+    pub async fn spawn_second_gateway(&mut self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().expect("bound address"));
+        let wiring = &self.saga_wiring;
+        let second = Wiring {
+            commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
+                self.pool.clone(),
+            )),
+            pool: self.pool.clone(),
+            nats: wiring.nats.clone(),
+            faults: chronicle_bus::Faults::default(),
+            relay: wiring.relay.clone(),
+            projector: wiring.projector.clone(),
+            saga: wiring.saga.clone(),
+            gateway: wiring.gateway.clone(),
+            http: std::sync::Mutex::new(Some(listener)),
+        };
+        let mut stopped = self.stop.subscribe();
+        let task = Component::Gateway
+            .start(&second, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .expect("a second gateway starts");
+        self.tasks.push(tokio::spawn(async move {
+            let _ = task.await;
+        }));
+        base
+    }
+
     /// Starts the order saga (again, after [`saga_stopped`](Self::saga_stopped)): a new
     /// instance on the same durable consumer, as a restarted process would be.
     pub fn start_saga(&mut self) {

@@ -13,8 +13,11 @@
 //! a close frame, it never slows a room. Frames are small and the socket's buffers are sized
 //! down from tungstenite's defaults.
 //!
-//! Not built yet (issue 11): presence in a KV bucket, `order_status`, attachments, the
-//! server-side ping of idle clients, membership changes ending live subscriptions.
+//! The same feed carries order events: `order_status` goes to the order's customer on every
+//! connection they have. A member removed from a room gets `member_removed` and no more of
+//! its messages. The server pings every 20 s and drops a client silent for two intervals.
+//!
+//! Not built yet (issue 11): presence in a KV bucket, attachments.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -28,6 +31,7 @@ use axum::{
 };
 use chronicle_chat::{Room, RoomCommand, RoomEvent};
 use chronicle_commands::CommandContext;
+use chronicle_commerce::{Order, OrderEvent};
 use chronicle_projections::chat_history::{self, Window};
 use chronicle_schemas::Envelope;
 use futures::{SinkExt, StreamExt};
@@ -53,6 +57,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
 #[derive(Clone, Default)]
 pub struct Hub {
     rooms: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
+    /// Frames for one user wherever they are subscribed (`order_status`).
+    users: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
     started: Arc<tokio::sync::OnceCell<()>>,
 }
 
@@ -72,15 +78,24 @@ impl Hub {
             .subscribe()
     }
 
+    /// A receiver of the frames for user `user_id` (`order_status`).
+    async fn listen_user(&self, user_id: &str) -> broadcast::Receiver<Arc<Value>> {
+        let mut users = self.users.lock().await;
+        users
+            .entry(user_id.to_owned())
+            .or_insert_with(|| broadcast::channel(64).0)
+            .subscribe()
+    }
+
     /// Starts the consumer once per process, and returns once it exists: a message
     /// published after this returns reaches the rooms' listeners.
-    async fn start(&self, nats: &async_nats::Client) {
+    async fn start(&self, nats: &async_nats::Client, pool: &sqlx::PgPool) {
         let hub = self.clone();
-        let nats = nats.clone();
+        let (nats, pool) = (nats.clone(), pool.clone());
         self.started
             .get_or_init(|| async move {
                 let first = hub.consumer(&nats, 0).await;
-                tokio::spawn(async move { hub.feed(nats, first).await });
+                tokio::spawn(async move { hub.feed(nats, pool, first).await });
             })
             .await;
     }
@@ -104,7 +119,10 @@ impl Hub {
         };
         Ok(stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("events.chat.{}.>", <Room as cqrs_es::Aggregate>::TYPE),
+                filter_subjects: vec![
+                    format!("events.chat.{}.>", <Room as cqrs_es::Aggregate>::TYPE),
+                    format!("events.commerce.{}.>", <Order as cqrs_es::Aggregate>::TYPE),
+                ],
                 deliver_policy,
                 ..Default::default()
             })
@@ -115,6 +133,7 @@ impl Hub {
     async fn feed(
         &self,
         nats: async_nats::Client,
+        pool: sqlx::PgPool,
         first: Result<
             jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
             Failure,
@@ -124,7 +143,7 @@ impl Hub {
         let mut consumer = first;
         loop {
             let result = match consumer {
-                Ok(consumer) => self.feed_from(consumer, &mut last).await,
+                Ok(consumer) => self.feed_from(consumer, &pool, &mut last).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
@@ -138,6 +157,7 @@ impl Hub {
     async fn feed_from(
         &self,
         consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+        pool: &sqlx::PgPool,
         last: &mut u64,
     ) -> Result<(), Failure> {
         let mut messages = consumer.messages().await?;
@@ -149,6 +169,10 @@ impl Hub {
             let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
                 continue;
             };
+            if envelope.aggregate_type == <Order as cqrs_es::Aggregate>::TYPE {
+                self.order_status(&envelope, pool).await;
+                continue;
+            }
             let Ok(event) = envelope.decode::<RoomEvent>() else {
                 continue;
             };
@@ -164,6 +188,8 @@ impl Hub {
                     "seq": seq, "sender_id": sender_id, "body": body, "sent_at": sent_at}),
                 RoomEvent::ReadMarked { user_id, up_to_seq } => json!({"type": "read_receipt",
                     "room_id": envelope.aggregate_id, "user_id": user_id, "up_to_seq": up_to_seq}),
+                RoomEvent::MemberRemoved { user_id, .. } => json!({"type": "member_removed",
+                    "room_id": envelope.aggregate_id, "user_id": user_id}),
                 _ => continue,
             };
             let mut rooms = self.rooms.lock().await;
@@ -176,6 +202,49 @@ impl Hub {
             }
         }
         Ok(())
+    }
+}
+
+impl Hub {
+    /// `order_status` to the order's customer, when an order event changes its status.
+    async fn order_status(&self, envelope: &Envelope, pool: &sqlx::PgPool) {
+        let Ok(event) = envelope.decode::<OrderEvent>() else {
+            return;
+        };
+        let (status, customer) = match event {
+            OrderEvent::OrderPlaced { customer_id, .. } => ("pending", Some(customer_id)),
+            OrderEvent::OrderReserved {} => ("reserved", None),
+            OrderEvent::OrderRejected { .. } => ("rejected", None),
+            OrderEvent::PaymentRequested { .. } => ("paying", None),
+            OrderEvent::PaymentFailed { .. } => ("reserved", None),
+            OrderEvent::OrderPaid { .. } => ("paid", None),
+            OrderEvent::OrderShipped {} => ("shipped", None),
+            OrderEvent::OrderCancelled { .. } => ("cancelled", None),
+            OrderEvent::LatePaymentCharged { .. } | OrderEvent::PaymentRefunded { .. } => return,
+        };
+        let customer = match customer {
+            Some(customer) => customer,
+            // The order was placed before this event: the read model knows its customer.
+            None => match sqlx::query_scalar::<_, String>(
+                "SELECT customer_id FROM orders WHERE id = $1",
+            )
+            .bind(&envelope.aggregate_id)
+            .fetch_optional(pool)
+            .await
+            {
+                Ok(Some(customer)) => customer,
+                _ => return,
+            },
+        };
+        let mut users = self.users.lock().await;
+        let frame =
+            json!({"type": "order_status", "order_id": envelope.aggregate_id, "status": status});
+        let unheard = users
+            .get(&customer)
+            .is_some_and(|user| user.send(Arc::new(frame)).is_err());
+        if unheard {
+            users.remove(&customer);
+        }
     }
 }
 
@@ -197,7 +266,7 @@ async fn upgrade(
         .as_deref()
         .and_then(|token| state.auth.verify(token))
         .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
-    state.hub.start(&state.nats).await;
+    state.hub.start(&state.nats, &state.pool).await;
     Ok(ws
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
@@ -234,94 +303,147 @@ enum Inbound {
     },
 }
 
-/// One client connection until it closes, fails, or stops reading.
+/// What goes out on a socket: a JSON frame, or the server's ping.
+enum Outbound {
+    Frame(Value),
+    Ping,
+}
+
+/// How often an idle client is pinged; one that answers nothing for two of these is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// One client connection until it closes, fails, stops reading, or stops answering pings.
 async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut queued) = mpsc::channel::<Value>(OUTBOUND);
+    let (out, mut queued) = mpsc::channel::<Outbound>(OUTBOUND);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = queued.recv().await {
-            if sink.send(Message::text(frame.to_string())).await.is_err() {
+        while let Some(outbound) = queued.recv().await {
+            let message = match outbound {
+                Outbound::Frame(frame) => Message::text(frame.to_string()),
+                Outbound::Ping => Message::Ping(Default::default()),
+            };
+            if sink.send(message).await.is_err() {
                 return;
             }
         }
         let _ = sink.send(Message::Close(None)).await;
     });
+    // Frames for this user wherever they come from (`order_status`).
+    let personal = {
+        let mut frames = state.hub.listen_user(&user_id).await;
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Ok(frame) = frames.recv().await {
+                if out.try_send(Outbound::Frame((*frame).clone())).is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    while let Some(Ok(message)) = stream.next().await {
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let frame = match serde_json::from_str::<Inbound>(text.as_str()) {
-            Ok(frame) => frame,
-            Err(e) => {
-                let error = json!({"type": "error", "code": "bad_frame", "detail": e.to_string()});
-                if out.try_send(error).is_err() {
+    let mut pings = tokio::time::interval(PING_EVERY);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(message)) => message,
+                _ => break,
+            },
+            _ = pings.tick() => {
+                if heard.elapsed() > PING_EVERY * 2 {
+                    tracing::debug!(user_id, "a client stopped answering; dropping it");
+                    break;
+                }
+                if out.try_send(Outbound::Ping).is_err() {
                     break;
                 }
                 continue;
             }
         };
-        let answer = match frame {
-            Inbound::Ping => Some(json!({"type": "pong"})),
-            Inbound::Subscribe { room_id, since_seq } => {
-                if let Some(task) = subscriptions.remove(&room_id) {
-                    task.abort();
-                }
-                let task = tokio::spawn(subscription(
-                    state.clone(),
-                    room_id.clone(),
-                    user_id.clone(),
-                    since_seq.unwrap_or(0),
-                    out.clone(),
-                ));
-                subscriptions.insert(room_id, task);
-                None
-            }
-            Inbound::Unsubscribe { room_id } => {
-                if let Some(task) = subscriptions.remove(&room_id) {
-                    task.abort();
-                }
-                None
-            }
-            Inbound::Send {
-                room_id,
-                body,
-                client_msg_id,
-            } => Some(send(&state, &user_id, &room_id, body, client_msg_id).await),
-            Inbound::Read { room_id, up_to_seq } => {
-                let command = RoomCommand::MarkRead {
-                    user_id: user_id.clone(),
-                    up_to_seq,
-                };
-                command_on(&state, &user_id, &room_id, command).await.err()
-            }
-            Inbound::Typing { room_id } => {
-                // Not persisted: a core NATS message the room's listeners may pass on.
-                let _ = state
-                    .nats
-                    .publish(
-                        format!("chat.typing.{room_id}"),
-                        json!({"room_id": room_id, "user_id": user_id})
-                            .to_string()
-                            .into(),
-                    )
-                    .await;
-                None
-            }
+        heard = tokio::time::Instant::now();
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
         };
+        let answer = match serde_json::from_str::<Inbound>(text.as_str()) {
+            Ok(frame) => handle(&state, &user_id, frame, &out, &mut subscriptions).await,
+            Err(e) => Some(json!({"type": "error", "code": "bad_frame", "detail": e.to_string()})),
+        };
+        // A client whose queue is full is not reading: it is dropped, never waited for.
         if let Some(answer) = answer {
-            if out.try_send(answer).is_err() {
+            if out.try_send(Outbound::Frame(answer)).is_err() {
                 break;
             }
         }
+        if out.is_closed() {
+            break;
+        }
     }
+    personal.abort();
     for task in subscriptions.into_values() {
         task.abort();
     }
     drop(out);
     let _ = writer.await;
+}
+
+/// One frame from a client: the answer to send back, if any.
+async fn handle(
+    state: &AppState,
+    user_id: &str,
+    frame: Inbound,
+    out: &mpsc::Sender<Outbound>,
+    subscriptions: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+) -> Option<Value> {
+    match frame {
+        Inbound::Ping => Some(json!({"type": "pong"})),
+        Inbound::Subscribe { room_id, since_seq } => {
+            if let Some(task) = subscriptions.remove(&room_id) {
+                task.abort();
+            }
+            let task = tokio::spawn(subscription(
+                state.clone(),
+                room_id.clone(),
+                user_id.to_owned(),
+                since_seq.unwrap_or(0),
+                out.clone(),
+            ));
+            subscriptions.insert(room_id, task);
+            None
+        }
+        Inbound::Unsubscribe { room_id } => {
+            if let Some(task) = subscriptions.remove(&room_id) {
+                task.abort();
+            }
+            None
+        }
+        Inbound::Send {
+            room_id,
+            body,
+            client_msg_id,
+        } => Some(send(state, user_id, &room_id, body, client_msg_id).await),
+        Inbound::Read { room_id, up_to_seq } => {
+            let command = RoomCommand::MarkRead {
+                user_id: user_id.to_owned(),
+                up_to_seq,
+            };
+            command_on(state, user_id, &room_id, command).await.err()
+        }
+        Inbound::Typing { room_id } => {
+            // Not persisted: a core NATS message the room's listeners pass on.
+            let _ = state
+                .nats
+                .publish(
+                    format!("chat.typing.{room_id}"),
+                    json!({"room_id": room_id, "user_id": user_id})
+                        .to_string()
+                        .into(),
+                )
+                .await;
+            None
+        }
+    }
 }
 
 fn error(code: &str, detail: &str) -> Value {
@@ -391,10 +513,10 @@ async fn subscription(
     room_id: String,
     user_id: String,
     since_seq: u64,
-    out: mpsc::Sender<Value>,
+    out: mpsc::Sender<Outbound>,
 ) {
     if uuid::Uuid::parse_str(&room_id).is_err() {
-        let _ = out.try_send(error("not_found", "no such room"));
+        let _ = out.try_send(Outbound::Frame(error("not_found", "no such room")));
         return;
     }
     // Listening starts before the head is read: what comes after the head arrives live.
@@ -411,16 +533,19 @@ async fn subscription(
         .await;
     let head = match loaded {
         Ok(loaded) if !loaded.state.exists() => {
-            let _ = out.try_send(error("not_found", "no such room"));
+            let _ = out.try_send(Outbound::Frame(error("not_found", "no such room")));
             return;
         }
         Ok(loaded) if !loaded.state.is_member(&user_id) => {
-            let _ = out.try_send(error("forbidden", "only the room's members may subscribe"));
+            let _ = out.try_send(Outbound::Frame(error(
+                "forbidden",
+                "only the room's members may subscribe",
+            )));
             return;
         }
         Ok(loaded) => loaded.state.last_seq(),
         Err(_) => {
-            let _ = out.try_send(error("unavailable", "try again"));
+            let _ = out.try_send(Outbound::Frame(error("unavailable", "try again")));
             return;
         }
     };
@@ -440,14 +565,14 @@ async fn subscription(
             let frame = json!({"type": "message", "room_id": room_id, "id": message.id,
                 "seq": message.seq, "sender_id": message.sender_id, "body": message.body,
                 "sent_at": message.sent_at});
-            if out.try_send(frame).is_err() {
+            if out.try_send(Outbound::Frame(frame)).is_err() {
                 return;
             }
         }
     }
     let subscribed =
         json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
-    if out.try_send(subscribed).is_err() {
+    if out.try_send(Outbound::Frame(subscribed)).is_err() {
         return;
     }
     loop {
@@ -467,13 +592,15 @@ async fn subscription(
                         }
                         sent = seq;
                     }
-                    if out.try_send((*frame).clone()).is_err() {
+                    let removed = frame["type"] == "member_removed" && frame["user_id"] == user_id.as_str();
+                    if out.try_send(Outbound::Frame((*frame).clone())).is_err() || removed {
+                        // Removed from the room: no more of its messages.
                         return;
                     }
                 }
                 // Fell behind the room: the client re-subscribes with its last seq.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = out.try_send(error("lagged", "re-subscribe with since_seq"));
+                    let _ = out.try_send(Outbound::Frame(error("lagged", "re-subscribe with since_seq")));
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -481,7 +608,7 @@ async fn subscription(
             Some(message) = typing_next => {
                 if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
                     frame["type"] = json!("typing");
-                    if out.try_send(frame).is_err() {
+                    if out.try_send(Outbound::Frame(frame)).is_err() {
                         return;
                     }
                 }
