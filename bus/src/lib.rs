@@ -13,15 +13,18 @@
 //!   and the contexts to come): ordered handling with the checkpoint in the handler's
 //!   transaction, gap detection, retries, parking, retry requests, [`status`].
 //! - [`keep_running`]: the one retry-until-shutdown loop (relay, subscribers).
+//! - [`Presence`]: who is connected, in the `presence` KV bucket every gateway shares.
 //! - [`Faults`] (from `chronicle-commands`): named fault points the tests arm to crash a
 //!   process at an exact step.
 
+mod presence;
 mod relay;
 mod stream;
 mod subscriber;
 mod supervise;
 
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
+pub use presence::{Presence, PresenceView, CONNECTION_TTL, PRESENCE_BUCKET};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
     connect, ensure_events_stream, ensure_events_stream_with, last_sequence_on_subject, BusError,

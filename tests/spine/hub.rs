@@ -257,3 +257,44 @@ async fn a_member_removed_gets_no_more_of_the_rooms_messages() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     ready(&mut socket).await;
 }
+
+async fn presence_of(app: &TestApp, user_id: &str) -> Value {
+    app.get(&format!("/api/v1/users/{user_id}/presence"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_user_is_online_while_any_connection_is_open() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    assert_eq!(
+        presence_of(&app, &bob).await,
+        json!({"online": false, "last_seen": null})
+    );
+    let mut first = connect(&app, &bob_token).await;
+    let mut second = connect(&app, &bob_token).await;
+    ready(&mut first).await;
+    ready(&mut second).await;
+    let online = presence_of(&app, &bob).await;
+    assert_eq!(online["online"], true);
+    assert!(online["last_seen"].is_string());
+    first.close(None).await.unwrap();
+    // Closing one of two connections leaves the user online; closing both does not.
+    chronicle_tests::eventually(
+        "the first close to be recorded",
+        Duration::from_secs(10),
+        || async {
+            let p = presence_of(&app, &bob).await;
+            (p["online"] == true && p["last_seen"] != online["last_seen"]).then_some(())
+        },
+    )
+    .await;
+    second.close(None).await.unwrap();
+    chronicle_tests::eventually("bob to go offline", Duration::from_secs(10), || async {
+        (presence_of(&app, &bob).await["online"] == false).then_some(())
+    })
+    .await;
+}

@@ -17,7 +17,11 @@
 //! connection they have. A member removed from a room gets `member_removed` and no more of
 //! its messages. The server pings every 20 s and drops a client silent for two intervals.
 //!
-//! Not built yet (issue 11): presence in a KV bucket, attachments.
+//! Presence: every connection is recorded in the shared `presence` KV bucket
+//! (`chronicle_bus::Presence`), refreshed with each ping, removed when it closes, lapsing by
+//! itself when its gateway dies.
+//!
+//! Not built yet (issue 11): presence announced to room members, attachments.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -50,7 +54,43 @@ const MAX_FRAME: usize = 16 * 1024;
 
 /// The hub's routes.
 pub(crate) fn routes() -> axum::Router<AppState> {
-    axum::Router::new().route("/ws", axum::routing::get(upgrade))
+    axum::Router::new()
+        .route("/ws", axum::routing::get(upgrade))
+        .route("/api/v1/users/{id}/presence", axum::routing::get(presence))
+}
+
+/// `GET /api/v1/users/{id}/presence`: online while any of the user's connections is live.
+async fn presence(
+    State(state): State<AppState>,
+    _caller: crate::extract::Caller,
+    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
+) -> Result<axum::Json<chronicle_bus::PresenceView>, ApiError> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::not_found("no such user"));
+    }
+    let presence = state
+        .hub
+        .presence(&state.nats)
+        .await
+        .map_err(ApiError::internal)?;
+    presence
+        .of(&id)
+        .await
+        .map(axum::Json)
+        .map_err(ApiError::internal)
+}
+
+/// Records a connection's presence; failures are logged (presence is best effort, the
+/// connection itself works without it).
+async fn mark_present(state: &AppState, user_id: &str, connection: &str, open: bool) {
+    let result = match state.hub.presence(&state.nats).await {
+        Ok(presence) if open => presence.refresh(user_id, connection).await,
+        Ok(presence) => presence.closed(user_id, connection).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, user_id, "presence not recorded");
+    }
 }
 
 /// Live room events by room id, fed by the process's one consumer.
@@ -59,6 +99,8 @@ pub struct Hub {
     rooms: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
     /// Frames for one user wherever they are subscribed (`order_status`).
     users: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
+    /// The shared presence bucket, opened on first use.
+    presence: Arc<tokio::sync::OnceCell<chronicle_bus::Presence>>,
     started: Arc<tokio::sync::OnceCell<()>>,
 }
 
@@ -76,6 +118,18 @@ impl Hub {
             .entry(room_id.to_owned())
             .or_insert_with(|| broadcast::channel(OUTBOUND).0)
             .subscribe()
+    }
+
+    /// The presence bucket.
+    async fn presence(
+        &self,
+        nats: &async_nats::Client,
+    ) -> Result<&chronicle_bus::Presence, chronicle_bus::BusError> {
+        self.presence
+            .get_or_try_init(|| async {
+                chronicle_bus::Presence::open(&jetstream::new(nats.clone())).await
+            })
+            .await
     }
 
     /// A receiver of the frames for user `user_id` (`order_status`).
@@ -340,6 +394,8 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             }
         })
     };
+    let connection_id = uuid::Uuid::new_v4().to_string();
+    mark_present(&state, &user_id, &connection_id, true).await;
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut pings = tokio::time::interval(PING_EVERY);
     let mut heard = tokio::time::Instant::now();
@@ -357,6 +413,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
                 if out.try_send(Outbound::Ping).is_err() {
                     break;
                 }
+                mark_present(&state, &user_id, &connection_id, true).await;
                 continue;
             }
         };
@@ -381,6 +438,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         }
     }
     personal.abort();
+    mark_present(&state, &user_id, &connection_id, false).await;
     for task in subscriptions.into_values() {
         task.abort();
     }

@@ -1,0 +1,152 @@
+//! Presence: who is connected, in a JetStream KV bucket (`presence`) every gateway shares.
+//!
+//! One key per user holds their live connections, each with an expiry a connection pushes
+//! forward while it lives ([`Presence::refresh`]), and when the user was last seen. A user is
+//! online while any connection has not expired: a gateway that crashes stops refreshing, and
+//! its connections lapse within [`CONNECTION_TTL`] without anyone cleaning up after it.
+//! Updates are compare-and-set on the key's revision, so two gateways never lose each
+//! other's connections.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::BusError;
+
+/// The KV bucket.
+pub const PRESENCE_BUCKET: &str = "presence";
+/// How long a connection counts as live without a refresh.
+pub const CONNECTION_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    /// Connection id → when it lapses, if not refreshed (ms since the epoch).
+    connections: BTreeMap<String, i64>,
+    last_seen: Option<DateTime<Utc>>,
+}
+
+/// What `GET /api/v1/users/{id}/presence` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceView {
+    pub online: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// The presence bucket.
+#[derive(Clone)]
+pub struct Presence {
+    store: kv::Store,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presence")
+    }
+}
+
+fn failed(context: &'static str) -> impl FnOnce(String) -> BusError {
+    move |detail| BusError::Request { context, detail }
+}
+
+impl Presence {
+    /// Opens (creating if needed) the bucket.
+    ///
+    /// # Errors
+    /// When JetStream refuses.
+    pub async fn open(js: &jetstream::Context) -> Result<Self, BusError> {
+        let store = match js.get_key_value(PRESENCE_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: PRESENCE_BUCKET.to_owned(),
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed("creating the presence bucket")(e.to_string()))?,
+        };
+        Ok(Self { store })
+    }
+
+    /// `connection` of `user_id` is live (again) for [`CONNECTION_TTL`].
+    ///
+    /// # Errors
+    /// When the bucket cannot be updated.
+    pub async fn refresh(&self, user_id: &str, connection: &str) -> Result<(), BusError> {
+        let now = Utc::now();
+        let until = (now + CONNECTION_TTL).timestamp_millis();
+        self.change(user_id, |record| {
+            record.connections.insert(connection.to_owned(), until);
+            record.last_seen = Some(now);
+        })
+        .await
+    }
+
+    /// `connection` of `user_id` closed.
+    ///
+    /// # Errors
+    /// When the bucket cannot be updated.
+    pub async fn closed(&self, user_id: &str, connection: &str) -> Result<(), BusError> {
+        let now = Utc::now();
+        self.change(user_id, |record| {
+            record.connections.remove(connection);
+            record.last_seen = Some(now);
+        })
+        .await
+    }
+
+    /// Whether `user_id` is online, and when they were last seen.
+    ///
+    /// # Errors
+    /// When the bucket cannot be read.
+    pub async fn of(&self, user_id: &str) -> Result<PresenceView, BusError> {
+        let record = match self
+            .store
+            .get(user_id)
+            .await
+            .map_err(|e| failed("reading presence")(e.to_string()))?
+        {
+            Some(bytes) => serde_json::from_slice::<Record>(&bytes).unwrap_or_default(),
+            None => Record::default(),
+        };
+        let now = Utc::now().timestamp_millis();
+        Ok(PresenceView {
+            online: record.connections.values().any(|until| *until > now),
+            last_seen: record.last_seen,
+        })
+    }
+
+    /// Applies `edit` to the user's record with compare-and-set, dropping lapsed connections.
+    async fn change(&self, user_id: &str, edit: impl Fn(&mut Record)) -> Result<(), BusError> {
+        for _ in 0..20 {
+            let entry = self
+                .store
+                .entry(user_id)
+                .await
+                .map_err(|e| failed("reading presence")(e.to_string()))?;
+            let (mut record, revision) = match &entry {
+                Some(entry) if entry.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Record>(&entry.value).unwrap_or_default(),
+                    Some(entry.revision),
+                ),
+                _ => (Record::default(), None),
+            };
+            let now = Utc::now().timestamp_millis();
+            record.connections.retain(|_, until| *until > now);
+            edit(&mut record);
+            let value = serde_json::to_vec(&record).unwrap_or_default().into();
+            let written = match revision {
+                Some(revision) => self.store.update(user_id, value, revision).await.is_ok(),
+                None => self.store.create(user_id, value).await.is_ok(),
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(failed("updating presence")(
+            "too many concurrent changes".to_owned(),
+        ))
+    }
+}
