@@ -298,3 +298,49 @@ async fn a_user_is_online_while_any_connection_is_open() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn room_members_see_each_other_come_and_go_and_type() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    // Bob's membership is in the read model that presence announcements use.
+    chronicle_tests::eventually(
+        "the room in bob's list",
+        Duration::from_secs(10),
+        || async {
+            let rooms: Value = app
+                .http
+                .get(app.url("/api/v1/rooms"))
+                .bearer_auth(&bob_token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (rooms["items"].as_array()?.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let mut alice = connect(&app, &app.token).await;
+    put(&mut alice, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut alice).await["type"], "subscribed");
+
+    let mut bobs = connect(&app, &bob_token).await;
+    ready(&mut bobs).await;
+    assert_eq!(
+        frame(&mut alice).await,
+        json!({"type": "presence", "user_id": bob, "online": true, "room_id": room})
+    );
+    put(&mut bobs, json!({"type": "typing", "room_id": room})).await;
+    assert_eq!(
+        frame(&mut alice).await,
+        json!({"type": "typing", "user_id": bob, "room_id": room})
+    );
+    bobs.close(None).await.unwrap();
+    assert_eq!(
+        frame(&mut alice).await,
+        json!({"type": "presence", "user_id": bob, "online": false, "room_id": room})
+    );
+}

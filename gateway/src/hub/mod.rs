@@ -21,7 +21,10 @@
 //! (`chronicle_bus::Presence`), refreshed with each ping, removed when it closes, lapsing by
 //! itself when its gateway dies.
 //!
-//! Not built yet (issue 11): presence announced to room members, attachments.
+//! Presence changes and typing travel on each room's core NATS signal subject
+//! (`chat.signal.<room>`), not persisted.
+//!
+//! Not built yet (issue 11): attachments (they need files, issue 12).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -91,6 +94,35 @@ async fn mark_present(state: &AppState, user_id: &str, connection: &str, open: b
     if let Err(e) = result {
         tracing::warn!(error = %e, user_id, "presence not recorded");
     }
+}
+
+/// Tells the members of `user_id`'s rooms whether they are online now (a `presence` frame
+/// on each room's signal subject).
+async fn announce_presence(state: &AppState, user_id: &str) {
+    let Ok(presence) = state.hub.presence(&state.nats).await else {
+        return;
+    };
+    let Ok(view) = presence.of(user_id).await else {
+        return;
+    };
+    let rooms: Vec<String> =
+        sqlx::query_scalar("SELECT room_id FROM chat_members WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&state.pool)
+            .await
+            .unwrap_or_default();
+    let frame = json!({"type": "presence", "user_id": user_id, "online": view.online}).to_string();
+    for room in rooms {
+        let _ = state
+            .nats
+            .publish(signal_subject(&room), frame.clone().into())
+            .await;
+    }
+}
+
+/// The core NATS subject of a room's signals: typing and presence, not persisted.
+fn signal_subject(room_id: &str) -> String {
+    format!("chat.signal.{room_id}")
 }
 
 /// Live room events by room id, fed by the process's one consumer.
@@ -396,6 +428,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     };
     let connection_id = uuid::Uuid::new_v4().to_string();
     mark_present(&state, &user_id, &connection_id, true).await;
+    announce_presence(&state, &user_id).await;
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut pings = tokio::time::interval(PING_EVERY);
     let mut heard = tokio::time::Instant::now();
@@ -439,6 +472,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     }
     personal.abort();
     mark_present(&state, &user_id, &connection_id, false).await;
+    announce_presence(&state, &user_id).await;
     for task in subscriptions.into_values() {
         task.abort();
     }
@@ -493,8 +527,8 @@ async fn handle(
             let _ = state
                 .nats
                 .publish(
-                    format!("chat.typing.{room_id}"),
-                    json!({"room_id": room_id, "user_id": user_id})
+                    signal_subject(&room_id),
+                    json!({"type": "typing", "room_id": room_id, "user_id": user_id})
                         .to_string()
                         .into(),
                 )
@@ -579,11 +613,9 @@ async fn subscription(
     }
     // Listening starts before the head is read: what comes after the head arrives live.
     let mut live = state.hub.listen(&room_id).await;
-    let mut typing = state
-        .nats
-        .subscribe(format!("chat.typing.{room_id}"))
-        .await
-        .ok();
+    let mut typing = state.nats.subscribe(signal_subject(&room_id)).await.ok();
+    // The server knows of the subscription before the client hears `subscribed`.
+    let _ = state.nats.flush().await;
     let loaded = state
         .commands
         .store()
@@ -665,7 +697,7 @@ async fn subscription(
             },
             Some(message) = typing_next => {
                 if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
-                    frame["type"] = json!("typing");
+                    frame["room_id"] = json!(room_id);
                     if out.try_send(Outbound::Frame(frame)).is_err() {
                         return;
                     }
