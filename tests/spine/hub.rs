@@ -344,3 +344,85 @@ async fn room_members_see_each_other_come_and_go_and_type() {
         json!({"type": "presence", "user_id": bob, "online": false, "room_id": room})
     );
 }
+
+/// A client that does not read is dropped; the room's other members keep receiving, in order.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_never_slows_the_room() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let (carol, carol_token) = app.register_and_login("carol").await;
+    let room = room_with(&app, &[&bob, &carol]).await;
+    let mut slow = connect(&app, &bob_token).await;
+    put(&mut slow, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut slow).await["type"], "subscribed");
+    let mut fast = connect(&app, &carol_token).await;
+    put(&mut fast, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut fast).await["type"], "subscribed");
+    // Carol reads until she has every message the sender says it sent.
+    let (last_sent, mut told) = tokio::sync::watch::channel(None::<i64>);
+    let reader = tokio::spawn(async move {
+        let mut seqs: Vec<i64> = Vec::new();
+        loop {
+            if let Some(last) = *told.borrow_and_update() {
+                if seqs.last() >= Some(&last) {
+                    return seqs;
+                }
+            }
+            tokio::select! {
+                message = tokio::time::timeout(Duration::from_secs(20), fast.next()) => {
+                    match message {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                            if frame["type"] == "message" {
+                                seqs.push(frame["seq"].as_i64().unwrap());
+                            }
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => return seqs,
+                    }
+                }
+                _ = told.changed() => {}
+            }
+        }
+    });
+    // Big messages until the hub gives up on bob (he reads nothing): his presence drops.
+    let body = "x".repeat(4_000);
+    let mut sent = 0;
+    let mut dropped = false;
+    while sent < 4_000 && !dropped {
+        sent += 1;
+        let r = app
+            .post(
+                &format!("/api/v1/rooms/{room}/messages"),
+                json!({"body": body, "client_msg_id": format!("c{sent}")}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        if sent % 50 == 0 {
+            let presence: Value = app
+                .get(&format!("/api/v1/users/{bob}/presence"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            dropped = presence["online"] == false;
+        }
+    }
+    assert!(dropped, "bob was not dropped after {sent} messages");
+    // Carol got every message, in order; bob's socket ends once what was buffered is read.
+    last_sent.send(Some(sent)).unwrap();
+    let seqs = reader.await.unwrap();
+    assert_eq!(seqs, (1..=sent).collect::<Vec<i64>>());
+    let mut ended = false;
+    for _ in 0..100_000 {
+        match tokio::time::timeout(Duration::from_secs(5), slow.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => continue,
+            _ => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "the slow connection was closed");
+    let _ = carol;
+}

@@ -395,13 +395,37 @@ enum Outbound {
     Ping,
 }
 
+/// A connection's bounded outbound queue. A push that finds it full marks the connection
+/// overflowed: the client is not reading, and it is dropped rather than waited for.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Outbound>,
+    overflow: Arc<tokio::sync::Notify>,
+}
+
+impl Queue {
+    /// Queues `outbound`; `false` when the client is not keeping up (or gone).
+    fn push(&self, outbound: Outbound) -> bool {
+        let pushed = self.tx.try_send(outbound).is_ok();
+        if !pushed {
+            self.overflow.notify_one();
+        }
+        pushed
+    }
+}
+
 /// How often an idle client is pinged; one that answers nothing for two of these is gone.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// One client connection until it closes, fails, stops reading, or stops answering pings.
 async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut queued) = mpsc::channel::<Outbound>(OUTBOUND);
+    let (tx, mut queued) = mpsc::channel::<Outbound>(OUTBOUND);
+    let overflow = Arc::new(tokio::sync::Notify::new());
+    let out = Queue {
+        tx,
+        overflow: overflow.clone(),
+    };
     let writer = tokio::spawn(async move {
         while let Some(outbound) = queued.recv().await {
             let message = match outbound {
@@ -420,7 +444,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         let out = out.clone();
         tokio::spawn(async move {
             while let Ok(frame) = frames.recv().await {
-                if out.try_send(Outbound::Frame((*frame).clone())).is_err() {
+                if !out.push(Outbound::Frame((*frame).clone())) {
                     return;
                 }
             }
@@ -430,7 +454,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     mark_present(&state, &user_id, &connection_id, true).await;
     announce_presence(&state, &user_id).await;
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut pings = tokio::time::interval(PING_EVERY);
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut heard = tokio::time::Instant::now();
     loop {
         let message = tokio::select! {
@@ -438,12 +462,16 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
                 Some(Ok(message)) => message,
                 _ => break,
             },
+            () = overflow.notified() => {
+                tracing::debug!(user_id, "a client is not reading; dropping it");
+                break;
+            }
             _ = pings.tick() => {
                 if heard.elapsed() > PING_EVERY * 2 {
                     tracing::debug!(user_id, "a client stopped answering; dropping it");
                     break;
                 }
-                if out.try_send(Outbound::Ping).is_err() {
+                if !out.push(Outbound::Ping) {
                     break;
                 }
                 mark_present(&state, &user_id, &connection_id, true).await;
@@ -462,11 +490,11 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         };
         // A client whose queue is full is not reading: it is dropped, never waited for.
         if let Some(answer) = answer {
-            if out.try_send(Outbound::Frame(answer)).is_err() {
+            if !out.push(Outbound::Frame(answer)) {
                 break;
             }
         }
-        if out.is_closed() {
+        if out.tx.is_closed() {
             break;
         }
     }
@@ -477,7 +505,15 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         task.abort();
     }
     drop(out);
-    let _ = writer.await;
+    // The close frame goes out if the socket takes it; a client that reads nothing does not
+    // hold the connection open.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }
 
 /// One frame from a client: the answer to send back, if any.
@@ -485,7 +521,7 @@ async fn handle(
     state: &AppState,
     user_id: &str,
     frame: Inbound,
-    out: &mpsc::Sender<Outbound>,
+    out: &Queue,
     subscriptions: &mut HashMap<String, tokio::task::JoinHandle<()>>,
 ) -> Option<Value> {
     match frame {
@@ -605,10 +641,10 @@ async fn subscription(
     room_id: String,
     user_id: String,
     since_seq: u64,
-    out: mpsc::Sender<Outbound>,
+    out: Queue,
 ) {
     if uuid::Uuid::parse_str(&room_id).is_err() {
-        let _ = out.try_send(Outbound::Frame(error("not_found", "no such room")));
+        out.push(Outbound::Frame(error("not_found", "no such room")));
         return;
     }
     // Listening starts before the head is read: what comes after the head arrives live.
@@ -623,11 +659,11 @@ async fn subscription(
         .await;
     let head = match loaded {
         Ok(loaded) if !loaded.state.exists() => {
-            let _ = out.try_send(Outbound::Frame(error("not_found", "no such room")));
+            out.push(Outbound::Frame(error("not_found", "no such room")));
             return;
         }
         Ok(loaded) if !loaded.state.is_member(&user_id) => {
-            let _ = out.try_send(Outbound::Frame(error(
+            out.push(Outbound::Frame(error(
                 "forbidden",
                 "only the room's members may subscribe",
             )));
@@ -635,7 +671,7 @@ async fn subscription(
         }
         Ok(loaded) => loaded.state.last_seq(),
         Err(_) => {
-            let _ = out.try_send(Outbound::Frame(error("unavailable", "try again")));
+            out.push(Outbound::Frame(error("unavailable", "try again")));
             return;
         }
     };
@@ -655,14 +691,14 @@ async fn subscription(
             let frame = json!({"type": "message", "room_id": room_id, "id": message.id,
                 "seq": message.seq, "sender_id": message.sender_id, "body": message.body,
                 "sent_at": message.sent_at});
-            if out.try_send(Outbound::Frame(frame)).is_err() {
+            if !out.push(Outbound::Frame(frame)) {
                 return;
             }
         }
     }
     let subscribed =
         json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
-    if out.try_send(Outbound::Frame(subscribed)).is_err() {
+    if !out.push(Outbound::Frame(subscribed)) {
         return;
     }
     loop {
@@ -683,14 +719,14 @@ async fn subscription(
                         sent = seq;
                     }
                     let removed = frame["type"] == "member_removed" && frame["user_id"] == user_id.as_str();
-                    if out.try_send(Outbound::Frame((*frame).clone())).is_err() || removed {
+                    if !out.push(Outbound::Frame((*frame).clone())) || removed {
                         // Removed from the room: no more of its messages.
                         return;
                     }
                 }
                 // Fell behind the room: the client re-subscribes with its last seq.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = out.try_send(Outbound::Frame(error("lagged", "re-subscribe with since_seq")));
+                    out.push(Outbound::Frame(error("lagged", "re-subscribe with since_seq")));
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -698,7 +734,7 @@ async fn subscription(
             Some(message) = typing_next => {
                 if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
                     frame["room_id"] = json!(room_id);
-                    if out.try_send(Outbound::Frame(frame)).is_err() {
+                    if !out.push(Outbound::Frame(frame)) {
                         return;
                     }
                 }
