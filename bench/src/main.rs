@@ -15,6 +15,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod e2;
 mod report;
 mod servers;
 mod w1;
@@ -59,6 +60,20 @@ enum Workload {
     },
     /// W3: one aggregate with 10,000 events.
     W3,
+    /// E2: chat fan-out over WebSocket to one room's members, then idle connections
+    /// (`cargo build --release -p chronicle` first: it runs as its own process).
+    E2 {
+        #[arg(long, default_value_t = 1_000)]
+        members: usize,
+        /// Messages per second, open loop.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Idle connections held afterwards.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +108,12 @@ fn main() -> anyhow::Result<()> {
             }
             Workload::W2 { large } => w2::run(&servers, large).await?,
             Workload::W3 => w3::run(&servers).await?,
+            Workload::E2 {
+                members,
+                rate,
+                seconds,
+                idle,
+            } => e2::run(&servers, members, rate, seconds, idle).await?,
         }
         anyhow::Ok(())
     })

@@ -20,6 +20,9 @@ pub struct Servers {
 pub struct Fresh {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Where the two live, for a process of Chronicle's own (E2).
+    pub db_url: String,
+    pub nats_url: String,
     _server: Option<NatsServer>,
 }
 
@@ -75,10 +78,11 @@ impl Servers {
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await?;
+        let db_url = format!("{}/{name}", self.base_url);
         let pool = PgPoolOptions::new()
             .max_connections(40)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&format!("{}/{name}", self.base_url))
+            .connect(&db_url)
             .await?;
         chronicle_commands::migrate(&pool).await?;
         let (url, server) = match &self.nats_url {
@@ -100,6 +104,8 @@ impl Servers {
         Ok(Fresh {
             pool,
             nats,
+            db_url,
+            nats_url: url,
             _server: server,
         })
     }

@@ -1,0 +1,287 @@
+//! E2 (BENCH.md): chat fan-out through the WebSocket hub, and idle connections.
+//!
+//! Chronicle runs as its own process (`chronicle up` on the bench's servers, found next to
+//! the bench binary: `cargo build --release -p chronicle` first), so its RSS is measured
+//! apart from the clients'. `members` users join one room and subscribe over WebSocket; a
+//! sender posts messages at a fixed rate (open loop), each carrying its send time; every
+//! member records send-to-receipt latency. Then `idle` more connections are opened and held,
+//! and the process's RSS growth per connection is reported.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{report::Measurement, servers::Servers};
+
+/// The `chronicle up` child and its data dir; killed, then the dir removed, when dropped.
+struct Chronicle(Child, Option<tempfile::TempDir>);
+
+impl Drop for Chronicle {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if let Some(dir) = self.1.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS in /proc/<pid>/status")
+}
+
+fn start(db_url: &str, nats_url: &str) -> anyhow::Result<(Chronicle, String)> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .context("the bench binary's directory")?
+        .join("chronicle");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p chronicle` first",
+            binary.display()
+        );
+    }
+    let data = tempfile::tempdir()?;
+    let mut child = Command::new(binary)
+        .arg("up")
+        .env("DATABASE_URL", db_url)
+        .env("NATS_URL", nats_url)
+        .env("CHRONICLE_DATA_DIR", data.path())
+        .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
+        .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "0")
+        .env("CHRONICLE_PG_POOL", "32")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let base = loop {
+        let line = lines.next().context("chronicle up ended")??;
+        if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    Ok((Chronicle(child, Some(data)), base))
+}
+
+async fn user(
+    http: &reqwest::Client,
+    base: &str,
+    name: String,
+) -> anyhow::Result<(String, String)> {
+    let body = json!({"username": name, "password": "bench password", "display_name": name});
+    http.post(format!("{base}/api/v1/auth/register"))
+        .json(&body)
+        .send()
+        .await?;
+    let login: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": name, "password": "bench password"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((
+        login["user_id"].as_str().context("a user id")?.to_owned(),
+        login["token"].as_str().context("a token")?.to_owned(),
+    ))
+}
+
+/// Runs E2 and prints its lines.
+///
+/// # Errors
+/// When a server or Chronicle cannot be started, or the load fails.
+pub async fn run(
+    servers: &Servers,
+    members: usize,
+    rate: u64,
+    seconds: u64,
+    idle: usize,
+) -> anyhow::Result<()> {
+    // Room for the idle connections and the members (two fds each side on one machine).
+    let wanted = (idle as u64 + members as u64) * 2 + 4096;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        wanted.min(hard),
+        hard,
+    )?;
+    let fresh = servers.fresh().await?;
+    let (chronicle, base) = start(&fresh.db_url, &fresh.nats_url)?;
+    let pid = chronicle.0.id();
+    let http = reqwest::Client::new();
+    let ws_base = base.replace("http://", "ws://");
+    eprintln!("bench: E2 registering {members} members");
+    let mut users = Vec::with_capacity(members);
+    for chunk in (0..members).collect::<Vec<_>>().chunks(16) {
+        let batch = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| user(&http, &base, format!("member_{i}"))),
+        )
+        .await;
+        for u in batch {
+            users.push(u?);
+        }
+    }
+    let (owner, owner_token) = users[0].clone();
+    let others: Vec<&str> = users[1..].iter().map(|(id, _)| id.as_str()).collect();
+    let room: Value = http
+        .post(format!("{base}/api/v1/rooms"))
+        .bearer_auth(&owner_token)
+        .json(&json!({"kind": "group", "name": "e2", "members": others}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let room = room["id"].as_str().context("a room id")?.to_owned();
+    let _ = owner;
+    let rss_before_members = rss_kib(pid)?;
+    eprintln!("bench: E2 connecting {members} members");
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let epoch = Instant::now();
+    let mut readers = Vec::new();
+    for (_, token) in &users {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}")).await?;
+        socket
+            .send(Message::text(
+                json!({"type": "subscribe", "room_id": room}).to_string(),
+            ))
+            .await?;
+        let latencies = latencies.clone();
+        readers.push(tokio::spawn(async move {
+            let mut subscribed = false;
+            while let Ok(Some(Ok(message))) =
+                tokio::time::timeout(Duration::from_secs(30), socket.next()).await
+            {
+                let Message::Text(text) = message else {
+                    continue;
+                };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                    continue;
+                };
+                match frame["type"].as_str() {
+                    Some("subscribed") => subscribed = true,
+                    Some("message") => {
+                        let sent: u64 = frame["body"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                        let now = epoch.elapsed().as_micros() as u64;
+                        latencies
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(Duration::from_micros(now.saturating_sub(sent)));
+                    }
+                    _ => {}
+                }
+            }
+            subscribed
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_members = rss_kib(pid)?;
+    eprintln!("bench: E2 sending {rate} messages/s for {seconds} s");
+    let total = rate * seconds;
+    let started = Instant::now();
+    let mut sends = Vec::new();
+    for n in 0..total {
+        // Open loop: message n leaves at n / rate, whatever the ones before are doing.
+        let due = Duration::from_micros(n * 1_000_000 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (http, base, room, token) = (
+            http.clone(),
+            base.clone(),
+            room.clone(),
+            owner_token.clone(),
+        );
+        sends.push(tokio::spawn(async move {
+            let body = epoch.elapsed().as_micros().to_string();
+            http.post(format!("{base}/api/v1/rooms/{room}/messages"))
+                .bearer_auth(token)
+                .json(&json!({"body": body, "client_msg_id": format!("e2-{n}")}))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        }));
+    }
+    let mut accepted = 0;
+    for send in sends {
+        if send.await.unwrap_or(false) {
+            accepted += 1;
+        }
+    }
+    let sending = started.elapsed();
+    let expected = accepted * members as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len() as u64)
+        < expected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let samples = std::mem::take(
+        &mut *latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let delivered = samples.len() as u64;
+    let mut line =
+        Measurement::new("chronicle", "E2", members, delivered, sending).latencies(samples);
+    line.label = Some("fan-out");
+    let mut out = serde_json::to_value(&line)?;
+    out["messages_sent"] = json!(accepted);
+    out["deliveries_expected"] = json!(expected);
+    out["gateway_rss_kib"] = json!(rss_kib(pid)?);
+    out["rss_kib_before_members"] = json!(rss_before_members);
+    out["rss_kib_with_members"] = json!(rss_members);
+    println!("{out}");
+    for reader in readers {
+        reader.abort();
+    }
+
+    if idle > 0 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = rss_kib(pid)?;
+        eprintln!("bench: E2 holding {idle} idle connections");
+        let token = &users[0].1;
+        let mut held = Vec::with_capacity(idle);
+        let opened = Instant::now();
+        for _ in 0..idle {
+            let (socket, _) =
+                tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}")).await?;
+            held.push(socket);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rss_kib(pid)?;
+        let per = (after.saturating_sub(before) as f64 * 1024.0) / idle as f64;
+        println!(
+            "{}",
+            json!({"system": "chronicle", "workload": "E2", "label": "idle", "connections": idle,
+                "seconds_to_open": opened.elapsed().as_secs_f64(), "rss_kib_before": before,
+                "rss_kib_after": after, "bytes_per_connection": per.round()})
+        );
+        drop(held);
+    }
+    drop(chronicle);
+    Ok(())
+}
