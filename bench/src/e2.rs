@@ -263,10 +263,11 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = rss_kib(pid)?;
         eprintln!("bench: E2 holding {idle} idle connections");
-        let token = &users[0].1;
         let mut held = Vec::with_capacity(idle);
         let opened = Instant::now();
-        for _ in 0..idle {
+        // Spread over the members, as idle users would be (a few connections each).
+        for n in 0..idle {
+            let token = &users[n % users.len()].1;
             let (socket, _) =
                 tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}")).await?;
             held.push(socket);

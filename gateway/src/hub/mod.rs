@@ -485,7 +485,9 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             _ => continue,
         };
         let answer = match serde_json::from_str::<Inbound>(text.as_str()) {
-            Ok(frame) => handle(&state, &user_id, frame, &out, &mut subscriptions).await,
+            // Boxed: the command path's futures are large, and an idle connection should not
+            // carry their space while it waits for the next frame.
+            Ok(frame) => Box::pin(handle(&state, &user_id, frame, &out, &mut subscriptions)).await,
             Err(e) => Some(json!({"type": "error", "code": "bad_frame", "detail": e.to_string()})),
         };
         // A client whose queue is full is not reading: it is dropped, never waited for.
