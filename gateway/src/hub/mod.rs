@@ -439,17 +439,8 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         let _ = sink.send(Message::Close(None)).await;
     });
     // Frames for this user wherever they come from (`order_status`).
-    let personal = {
-        let mut frames = state.hub.listen_user(&user_id).await;
-        let out = out.clone();
-        tokio::spawn(async move {
-            while let Ok(frame) = frames.recv().await {
-                if !out.push(Outbound::Frame((*frame).clone())) {
-                    return;
-                }
-            }
-        })
-    };
+    // Received in the connection's own loop: no task of its own per connection.
+    let mut personal = state.hub.listen_user(&user_id).await;
     let connection_id = uuid::Uuid::new_v4().to_string();
     mark_present(&state, &user_id, &connection_id, true).await;
     announce_presence(&state, &user_id).await;
@@ -465,6 +456,16 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             () = overflow.notified() => {
                 tracing::debug!(user_id, "a client is not reading; dropping it");
                 break;
+            }
+            frame = personal.recv() => {
+                match frame {
+                    Ok(frame) if !out.push(Outbound::Frame((*frame).clone())) => break,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        personal = state.hub.listen_user(&user_id).await;
+                    }
+                }
+                continue;
             }
             _ = pings.tick() => {
                 if heard.elapsed() > PING_EVERY * 2 {
@@ -500,7 +501,6 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             break;
         }
     }
-    personal.abort();
     mark_present(&state, &user_id, &connection_id, false).await;
     announce_presence(&state, &user_id).await;
     for task in subscriptions.into_values() {
