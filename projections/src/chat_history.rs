@@ -65,10 +65,6 @@ CREATE TABLE IF NOT EXISTS chat_messages (
     PRIMARY KEY (room_id, seq)
 )";
 
-fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> ProjectionError {
-    ProjectionError::db(context)
-}
-
 impl Projection for ChatHistoryProjection {
     fn name(&self) -> &'static str {
         "chat_history"
@@ -116,7 +112,7 @@ impl Projection for ChatHistoryProjection {
                 .bind(version)
                 .execute(&mut *conn)
                 .await
-                .map_err(db("inserting a room"))?;
+                .map_err(ProjectionError::db("inserting a room"))?;
                 if created.rows_affected() == 1 {
                     sqlx::query(
                         "INSERT INTO chat_members (room_id, user_id, joined_at) \
@@ -127,7 +123,7 @@ impl Projection for ChatHistoryProjection {
                     .bind(at)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db("inserting room members"))?;
+                    .map_err(ProjectionError::db("inserting room members"))?;
                 }
                 continue;
             }
@@ -140,7 +136,7 @@ impl Projection for ChatHistoryProjection {
             .bind(at)
             .execute(&mut *conn)
             .await
-            .map_err(db("moving a room's version"))?;
+            .map_err(ProjectionError::db("moving a room's version"))?;
             if fresh.rows_affected() == 0 {
                 continue;
             }
@@ -156,7 +152,7 @@ impl Projection for ChatHistoryProjection {
                     .bind(at)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db("adding a member"))?;
+                    .map_err(ProjectionError::db("adding a member"))?;
                 }
                 RoomEvent::MemberRemoved { user_id, .. } => {
                     sqlx::query("DELETE FROM chat_members WHERE room_id = $1 AND user_id = $2")
@@ -164,7 +160,7 @@ impl Projection for ChatHistoryProjection {
                         .bind(user_id)
                         .execute(&mut *conn)
                         .await
-                        .map_err(db("removing a member"))?;
+                        .map_err(ProjectionError::db("removing a member"))?;
                 }
                 RoomEvent::MessageSent {
                     message_id,
@@ -193,7 +189,7 @@ impl Projection for ChatHistoryProjection {
                     .bind(last)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db("storing a message"))?;
+                    .map_err(ProjectionError::db("storing a message"))?;
                 }
                 RoomEvent::ReadMarked { user_id, up_to_seq } => {
                     sqlx::query(
@@ -205,7 +201,7 @@ impl Projection for ChatHistoryProjection {
                     .bind(ProjectionError::bigint(up_to_seq)?)
                     .execute(&mut *conn)
                     .await
-                    .map_err(db("moving a read mark"))?;
+                    .map_err(ProjectionError::db("moving a read mark"))?;
                 }
             }
         }

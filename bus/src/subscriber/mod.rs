@@ -279,6 +279,8 @@ pub struct Subscriber<H> {
     faults: Faults,
     /// Wakes a subscriber stopped on an event when a retry is requested.
     wake: Arc<Notify>,
+    /// Its two fault point names, made once (`<prefix>.before_commit`, `.after_commit`).
+    fault_points: [String; 2],
     observer: Arc<dyn Observer>,
 }
 
@@ -289,6 +291,10 @@ impl<H: Handler> Subscriber<H> {
         client: async_nats::Client,
         config: SubscriberConfig,
     ) -> Self {
+        let fault_points = [
+            format!("{}.before_commit", config.fault_prefix),
+            format!("{}.after_commit", config.fault_prefix),
+        ];
         Self {
             handler: Arc::new(handler),
             pool,
@@ -297,6 +303,7 @@ impl<H: Handler> Subscriber<H> {
             faults: Faults::default(),
             wake: Arc::new(Notify::new()),
             observer: Arc::new(Unobserved),
+            fault_points,
         }
     }
 
@@ -537,12 +544,11 @@ impl<H: Handler> Subscriber<H> {
         &self,
         tx: sqlx::Transaction<'_, sqlx::Postgres>,
     ) -> Result<(), SubscriberError> {
-        let prefix = self.config.fault_prefix;
-        self.faults.hit(&format!("{prefix}.before_commit"))?;
+        self.faults.hit(&self.fault_points[0])?;
         tx.commit()
             .await
             .map_err(SubscriberError::db("committing a batch"))?;
-        self.faults.hit(&format!("{prefix}.after_commit"))?;
+        self.faults.hit(&self.fault_points[1])?;
         Ok(())
     }
 

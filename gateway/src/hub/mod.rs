@@ -580,7 +580,7 @@ fn error(code: &str, detail: &str) -> Value {
     json!({"type": "error", "code": code, "detail": detail})
 }
 
-/// Sends a message through the same command path as HTTP: an `ack` or an `error` frame.
+/// Sends a message through the same path as HTTP: an `ack` or an `error` frame.
 async fn send(
     state: &AppState,
     user_id: &str,
@@ -588,24 +588,37 @@ async fn send(
     body: String,
     client_msg_id: String,
 ) -> Value {
-    let command = RoomCommand::Send {
-        message_id: uuid::Uuid::now_v7().to_string(),
-        sender_id: user_id.to_owned(),
+    if uuid::Uuid::parse_str(room_id).is_err() {
+        return error("not_found", "no such room");
+    }
+    let ctx = actor_context(user_id);
+    match crate::routes::chat::send_message(
+        state,
+        &ctx,
+        room_id,
+        user_id,
         body,
-        client_msg_id: client_msg_id.clone(),
-        sent_at: chrono::Utc::now(),
-    };
-    if let Err(frame) = command_on(state, user_id, room_id, command).await {
-        return frame;
+        client_msg_id.clone(),
+    )
+    .await
+    {
+        Ok(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
+            "id": sent.message_id, "seq": sent.seq}),
+        Err(problem) => problem_frame(&problem),
     }
-    match state.commands.state::<Room>(room_id).await {
-        Ok(loaded) => match loaded.state.sent(user_id, &client_msg_id) {
-            Some(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
-                "id": sent.message_id, "seq": sent.seq}),
-            None => error("internal", "the message is not in its room"),
-        },
-        Err(_) => error("unavailable", "try again"),
+}
+
+/// The context of a command a connection's user sends.
+fn actor_context(user_id: &str) -> CommandContext {
+    CommandContext {
+        actor: Some(user_id.to_owned()),
+        ..CommandContext::new()
     }
+}
+
+/// An `error` frame with a problem's code and detail.
+fn problem_frame(problem: &ApiError) -> Value {
+    json!({"type": "error", "code": problem.code(), "detail": problem.detail()})
 }
 
 /// Runs a room command for `user_id`; a refusal becomes an `error` frame with its code.
@@ -618,21 +631,12 @@ async fn command_on(
     if uuid::Uuid::parse_str(room_id).is_err() {
         return Err(error("not_found", "no such room"));
     }
-    let ctx = CommandContext {
-        actor: Some(user_id.to_owned()),
-        ..CommandContext::new()
-    };
-    match state
+    state
         .commands
-        .execute::<Room>(room_id, command, &(), &ctx)
+        .execute::<Room>(room_id, command, &(), &actor_context(user_id))
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let problem = ApiError::from(e);
-            Err(json!({"type": "error", "code": problem.code(), "detail": problem.detail()}))
-        }
-    }
+        .map(|_| ())
+        .map_err(|e| problem_frame(&ApiError::from(e)))
 }
 
 /// One room for one connection: membership checked on the room itself (not a read model

@@ -9,6 +9,7 @@ use axum::{
 };
 use chronicle_chat::{
     check_body, check_client_msg_id, check_user_id, direct_room_claim, Room, RoomCommand, RoomKind,
+    Sent,
 };
 use chronicle_commands::{CommandContext, CommandError, UniqueClaim};
 use chronicle_projections::chat_history::{self, Window};
@@ -200,36 +201,60 @@ pub async fn send(
         check_body(&message.body),
         check_client_msg_id(&message.client_msg_id),
     ]))?;
-    let client_msg_id = message.client_msg_id.clone();
     // `client_msg_id` is this route's idempotency key (API.md): a repeat answers the first
     // message from the room itself, so no response is stored under `Idempotency-Key`.
     let ctx = CommandContext {
         idempotency: None,
         ..respond::context(&caller, IfMatch(None), key, &body.raw)
     };
-    let command = RoomCommand::Send {
-        message_id: uuid::Uuid::now_v7().to_string(),
-        sender_id: caller.user_id.clone(),
-        body: message.body,
-        client_msg_id: message.client_msg_id,
-        sent_at: chrono::Utc::now(),
-    };
-    state
-        .commands
-        .execute::<Room>(id, command, &(), &ctx)
-        .await?;
-    let loaded = state.commands.state::<Room>(id).await?;
-    let sent = loaded
-        .state
-        .sent(&caller.user_id, &client_msg_id)
-        .ok_or_else(|| {
-            ApiError::internal(std::io::Error::other("a sent message is not in its room"))
-        })?;
+    let sent = send_message(
+        &state,
+        &ctx,
+        id,
+        &caller.user_id,
+        message.body,
+        message.client_msg_id,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": sent.message_id, "seq": sent.seq, "sent_at": sent.sent_at})),
     )
         .into_response())
+}
+
+/// Sends a message as `sender_id` and answers it as the room holds it: this one, or the
+/// first one sent with this `client_msg_id`. Used by HTTP and by the WebSocket hub.
+///
+/// # Errors
+/// The room's refusal, or the store's failure.
+pub(crate) async fn send_message(
+    state: &AppState,
+    ctx: &CommandContext,
+    room_id: &str,
+    sender_id: &str,
+    body: String,
+    client_msg_id: String,
+) -> Result<Sent, ApiError> {
+    let command = RoomCommand::Send {
+        message_id: uuid::Uuid::now_v7().to_string(),
+        sender_id: sender_id.to_owned(),
+        body,
+        client_msg_id: client_msg_id.clone(),
+        sent_at: chrono::Utc::now(),
+    };
+    state
+        .commands
+        .execute::<Room>(room_id, command, &(), ctx)
+        .await?;
+    let loaded = state.commands.state::<Room>(room_id).await?;
+    loaded
+        .state
+        .sent(sender_id, &client_msg_id)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::internal(std::io::Error::other("a sent message is not in its room"))
+        })
 }
 
 #[derive(Debug, Deserialize)]

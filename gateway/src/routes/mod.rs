@@ -1,7 +1,7 @@
 //! The route table and the layers every request passes through.
 
 mod blog;
-mod chat;
+pub(crate) mod chat;
 mod health;
 mod identity;
 mod inventory;
