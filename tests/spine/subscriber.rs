@@ -77,6 +77,33 @@ async fn stop((handle, stop): Running) {
     handle.await.unwrap().expect("the subscriber stops cleanly");
 }
 
+/// Servers, a relay and a command bus: what each test here starts from.
+struct Spine {
+    _db: TestDb,
+    _nats: TestNats,
+    pool: PgPool,
+    client: async_nats::Client,
+    relay: crate::common::RunningRelay,
+    bus: chronicle_commands::CommandBus,
+}
+
+impl Spine {
+    async fn start() -> Self {
+        let (db, nats) = (TestDb::new().await, TestNats::start());
+        let pool = db.pool().await;
+        let client = nats.client().await;
+        let relay = start_relay(&pool, &client, Default::default());
+        Self {
+            bus: bus(&pool),
+            _db: db,
+            _nats: nats,
+            pool,
+            client,
+            relay,
+        }
+    }
+}
+
 async fn item_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM inventory_items")
         .fetch_one(pool)
@@ -95,11 +122,14 @@ async fn wait_items(pool: &PgPool, n: i64, within: Duration) {
 /// later messages had moved, and was skipped for good.
 #[tokio::test]
 async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_read_model() {
-    let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
-    let client = nats.client().await;
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let Spine {
+        _db,
+        _nats,
+        pool,
+        client,
+        relay,
+        bus,
+    } = Spine::start().await;
     let counts = Arc::new(Counts::default());
     let projector = start_observed_projector(&pool, &client, counts.clone());
     create_item(&bus, "FIRST", 1).await;
@@ -162,11 +192,14 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
 
 #[tokio::test]
 async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothing_is_missed() {
-    let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
-    let client = nats.client().await;
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let Spine {
+        _db,
+        _nats,
+        pool,
+        client,
+        relay,
+        bus,
+    } = Spine::start().await;
     let projector = start_projector(&pool, &client);
     for i in 0..20 {
         create_item(&bus, &format!("A-{i}"), 1).await;
@@ -320,11 +353,14 @@ async fn status(pool: &PgPool, client: &async_nats::Client) -> chronicle_bus::Su
 
 #[tokio::test]
 async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_once_fixed() {
-    let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
-    let client = nats.client().await;
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let Spine {
+        _db,
+        _nats,
+        pool,
+        client,
+        relay,
+        bus,
+    } = Spine::start().await;
     let recorder = Recorder::default();
     recorder.poison("BAD");
     let counts = Arc::new(Counts::default());
@@ -388,11 +424,14 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
 
 #[tokio::test]
 async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_is_handled() {
-    let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
-    let client = nats.client().await;
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let Spine {
+        _db,
+        _nats,
+        pool,
+        client,
+        relay,
+        bus,
+    } = Spine::start().await;
     let recorder = Recorder::default();
     recorder.poison("BAD");
     let running = start_recorder(&pool, &client, &recorder, OnFailure::Stop);
@@ -442,11 +481,14 @@ async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_i
 
 #[tokio::test]
 async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
-    let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
-    let client = nats.client().await;
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let Spine {
+        _db,
+        _nats,
+        pool,
+        client,
+        relay,
+        bus,
+    } = Spine::start().await;
     let running = start_recorder(&pool, &client, &Recorder::default(), OnFailure::Park);
     create_item(&bus, "PANIC", 1).await;
     create_item(&bus, "AFTER", 1).await;
