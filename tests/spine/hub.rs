@@ -426,3 +426,25 @@ async fn a_client_that_stops_reading_is_dropped_and_never_slows_the_room() {
     assert!(ended, "the slow connection was closed");
     let _ = carol;
 }
+
+/// A frame past 16 KiB closes that connection (and only that one).
+#[tokio::test]
+async fn an_oversized_frame_closes_its_connection_only() {
+    let app = TestApp::spawn().await;
+    let mut big = connect(&app, &app.token).await;
+    let mut other = connect(&app, &app.token).await;
+    ready(&mut big).await;
+    let _ = big.send(Message::text("x".repeat(20 * 1024))).await;
+    let mut closed = false;
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(5), big.next()).await {
+        match next {
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(closed, "the oversized frame ended its connection");
+    ready(&mut other).await;
+}
