@@ -24,7 +24,7 @@ mod subscriber;
 mod supervise;
 
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
-pub use presence::{Presence, PresenceView, CONNECTION_TTL, PRESENCE_BUCKET};
+pub use presence::{Presence, PresenceView, PRESENCE_BUCKET, PRESENCE_TTL};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
     connect, ensure_events_stream, ensure_events_stream_with, last_sequence_on_subject, BusError,

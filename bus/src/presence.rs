@@ -1,11 +1,14 @@
 //! Presence: who is connected, in a JetStream KV bucket (`presence`) every gateway shares.
 //!
-//! One key per user holds their live connections, each with an expiry a connection pushes
-//! forward while it lives ([`Presence::refresh`]), and when the user was last seen. A user is
-//! online while any connection has not expired: a gateway that crashes stops refreshing, and
-//! its connections lapse within [`CONNECTION_TTL`] without anyone cleaning up after it.
-//! Updates are compare-and-set on the key's revision, so two gateways never lose each
-//! other's connections.
+//! One key per user holds the gateway processes that have a connection of theirs open
+//! ("holders"), each with an expiry the holder pushes forward while it lives
+//! ([`Presence::refresh`]), and when the user was last seen. A user is online while any
+//! holder has not expired: a gateway that crashes stops refreshing, and its entries lapse
+//! within their time to live without anyone cleaning up after it. Updates are
+//! compare-and-set on the key's revision, so two gateways never lose each other's entries.
+//!
+//! A holder is a process, not a connection: a user with a hundred connections on one gateway
+//! costs one refresh per interval, not a hundred.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -17,13 +20,14 @@ use crate::BusError;
 
 /// The KV bucket.
 pub const PRESENCE_BUCKET: &str = "presence";
-/// How long a connection counts as live without a refresh.
-pub const CONNECTION_TTL: Duration = Duration::from_secs(60);
+/// How long a holder counts as live without a refresh, by default.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Record {
-    /// Connection id → when it lapses, if not refreshed (ms since the epoch).
-    connections: BTreeMap<String, i64>,
+    /// Holder (a gateway process) → when it lapses, if not refreshed (ms since the epoch).
+    holders: BTreeMap<String, i64>,
     last_seen: Option<DateTime<Utc>>,
 }
 
@@ -70,28 +74,33 @@ impl Presence {
         Ok(Self { store })
     }
 
-    /// `connection` of `user_id` is live (again) for [`CONNECTION_TTL`].
+    /// `holder` has a connection of `user_id` open, for `ttl` unless refreshed again.
     ///
     /// # Errors
     /// When the bucket cannot be updated.
-    pub async fn refresh(&self, user_id: &str, connection: &str) -> Result<(), BusError> {
+    pub async fn refresh(
+        &self,
+        user_id: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(), BusError> {
         let now = Utc::now();
-        let until = (now + CONNECTION_TTL).timestamp_millis();
+        let until = now.timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         self.change(user_id, |record| {
-            record.connections.insert(connection.to_owned(), until);
+            record.holders.insert(holder.to_owned(), until);
             record.last_seen = Some(now);
         })
         .await
     }
 
-    /// `connection` of `user_id` closed.
+    /// `holder` has no connection of `user_id` open any more.
     ///
     /// # Errors
     /// When the bucket cannot be updated.
-    pub async fn closed(&self, user_id: &str, connection: &str) -> Result<(), BusError> {
+    pub async fn closed(&self, user_id: &str, holder: &str) -> Result<(), BusError> {
         let now = Utc::now();
         self.change(user_id, |record| {
-            record.connections.remove(connection);
+            record.holders.remove(holder);
             record.last_seen = Some(now);
         })
         .await
@@ -113,12 +122,12 @@ impl Presence {
         };
         let now = Utc::now().timestamp_millis();
         Ok(PresenceView {
-            online: record.connections.values().any(|until| *until > now),
+            online: record.holders.values().any(|until| *until > now),
             last_seen: record.last_seen,
         })
     }
 
-    /// Applies `edit` to the user's record with compare-and-set, dropping lapsed connections.
+    /// Applies `edit` to the user's record with compare-and-set, dropping lapsed holders.
     async fn change(&self, user_id: &str, edit: impl Fn(&mut Record)) -> Result<(), BusError> {
         for _ in 0..20 {
             let entry = self
@@ -134,7 +143,7 @@ impl Presence {
                 _ => (Record::default(), None),
             };
             let now = Utc::now().timestamp_millis();
-            record.connections.retain(|_, until| *until > now);
+            record.holders.retain(|_, until| *until > now);
             edit(&mut record);
             let value = serde_json::to_vec(&record).unwrap_or_default().into();
             let written = match revision {

@@ -123,6 +123,16 @@ pub struct GatewaySettings {
         global = true
     )]
     pub staff_users: Vec<String>,
+    /// How long a user shows online after the gateway holding their connections dies
+    /// (it refreshes their presence every third of this while it lives).
+    #[arg(
+        long,
+        env = "CHRONICLE_PRESENCE_TTL",
+        default_value = "60s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub presence_ttl: Duration,
 }
 
 /// Orders: the payment deadline, the saga, and the simulated payment provider.
@@ -235,6 +245,7 @@ impl Settings {
                 .filter(|u| !u.is_empty())
                 .collect(),
             subscribers: crate::processes::subscribers(),
+            presence_ttl: self.gateway.presence_ttl,
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
     /// the component list's, handed in by whoever builds the gateway.
     pub subscribers: Vec<chronicle_bus::SubscriberRef>,
+    /// How long a user stays online after their gateway stops refreshing their presence
+    /// (it crashed): refreshed every third of it.
+    pub presence_ttl: Duration,
 }
 
 impl GatewayConfig {
@@ -58,6 +61,7 @@ impl GatewayConfig {
             payments: PaymentRules::default(),
             staff_users: Vec::new(),
             subscribers: chronicle_projections::subscriber_refs(),
+            presence_ttl: chronicle_bus::PRESENCE_TTL,
         }
     }
 }
@@ -95,7 +99,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
-            hub: crate::hub::Hub::default(),
+            hub: crate::hub::Hub::new(config.presence_ttl),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,

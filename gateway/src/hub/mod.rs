@@ -9,6 +9,10 @@
 //! from the `chat_history` read model (waiting for it to catch up), and then only live
 //! messages past what it sent: no gap and no duplicate between the two.
 //!
+//! A frame is serialized once, when it enters the hub, and the same bytes go to every
+//! connection that receives it: fan-out to a thousand members costs a thousand reference
+//! counts and socket writes, not a thousand JSON encodings.
+//!
 //! Each connection has a bounded outbound queue: a client that does not read is dropped with
 //! a close frame, it never slows a room. Frames are small and the socket's buffers are sized
 //! down from tungstenite's defaults.
@@ -17,48 +21,45 @@
 //! connection they have. A member removed from a room gets `member_removed` and no more of
 //! its messages. The server pings every 20 s and drops a client silent for two intervals.
 //!
-//! Presence: every connection is recorded in the shared `presence` KV bucket
-//! (`chronicle_bus::Presence`), refreshed with each ping, removed when it closes, lapsing by
-//! itself when its gateway dies.
+//! Presence: a process records in the shared `presence` KV bucket (`chronicle_bus::Presence`)
+//! that it holds a user's connections when their first one opens here, refreshes that for
+//! every user it holds every third of the time to live, and removes it when their last one
+//! here closes; when the process dies, its entries lapse by themselves.
 //!
 //! Presence changes and typing travel on each room's core NATS signal subject
-//! (`chat.signal.<room>`), not persisted.
+//! (`chat.signal.<room>`), not persisted; a process subscribes to it once per room it has
+//! listeners for, and passes each signal on like a live frame.
 //!
 //! Not built yet (issue 11): attachments (they need files, issue 12).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+mod connection;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use axum::{
-    extract::{
-        ws::{Message, WebSocket, WebSocketUpgrade},
-        State,
-    },
-    response::Response,
-};
-use chronicle_chat::{Room, RoomCommand, RoomEvent};
-use chronicle_commands::CommandContext;
+use axum::extract::{ws::Utf8Bytes, State};
+use chronicle_chat::{Room, RoomEvent};
 use chronicle_commerce::{Order, OrderEvent};
-use chronicle_projections::chat_history::{self, Window};
 use chronicle_schemas::Envelope;
-use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
+use futures::StreamExt;
+use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, Mutex};
+use tokio::sync::broadcast;
 
-use crate::{error::ApiError, extract::ApiQuery, state::AppState};
+use crate::{error::ApiError, state::AppState};
 
-/// Frames a connection may have queued before it counts as not reading.
+/// Frames a connection may have queued before it counts as not reading; also how far a
+/// room's live feed may run ahead of a subscription before it is told it lagged.
 const OUTBOUND: usize = 256;
-/// Most backlog messages a subscription sends before it tells the client to page over HTTP.
-const MAX_BACKLOG: i64 = 1_000;
-/// Largest frame a client may send.
-const MAX_FRAME: usize = 16 * 1024;
 
 /// The hub's routes.
 pub(crate) fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/ws", axum::routing::get(upgrade))
+        .route("/ws", axum::routing::get(connection::upgrade))
         .route("/api/v1/users/{id}/presence", axum::routing::get(presence))
 }
 
@@ -83,56 +84,96 @@ async fn presence(
         .map_err(ApiError::internal)
 }
 
-/// Records a connection's presence; failures are logged (presence is best effort, the
-/// connection itself works without it).
-async fn mark_present(state: &AppState, user_id: &str, connection: &str, open: bool) {
-    let result = match state.hub.presence(&state.nats).await {
-        Ok(presence) if open => presence.refresh(user_id, connection).await,
-        Ok(presence) => presence.closed(user_id, connection).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, user_id, "presence not recorded");
-    }
-}
-
-/// Tells the members of `user_id`'s rooms whether they are online now (a `presence` frame
-/// on each room's signal subject).
-async fn announce_presence(state: &AppState, user_id: &str) {
-    let Ok(presence) = state.hub.presence(&state.nats).await else {
-        return;
-    };
-    let Ok(view) = presence.of(user_id).await else {
-        return;
-    };
-    let rooms: Vec<String> =
-        sqlx::query_scalar("SELECT room_id FROM chat_members WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(&state.pool)
-            .await
-            .unwrap_or_default();
-    let frame = json!({"type": "presence", "user_id": user_id, "online": view.online}).to_string();
-    for room in rooms {
-        let _ = state
-            .nats
-            .publish(signal_subject(&room), frame.clone().into())
-            .await;
-    }
-}
-
 /// The core NATS subject of a room's signals: typing and presence, not persisted.
 fn signal_subject(room_id: &str) -> String {
     format!("chat.signal.{room_id}")
 }
 
+/// A frame as it goes out: its JSON made once, and what a subscription needs to know of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub(crate) kind: LiveKind,
+    pub(crate) text: Utf8Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum LiveKind {
+    /// A room message: a subscription skips what its backlog already sent.
+    Message { seq: u64 },
+    /// A member left the room: that member's subscription ends after this frame.
+    MemberRemoved { user_id: Arc<str> },
+    /// Anything else (read receipts, signals, order status): passed on as it is.
+    Other,
+}
+
+impl Live {
+    fn other(frame: &impl Serialize) -> Self {
+        Self {
+            kind: LiveKind::Other,
+            text: to_text(frame),
+        }
+    }
+}
+
+/// A frame's JSON text.
+pub(crate) fn to_text(frame: &impl Serialize) -> Utf8Bytes {
+    serde_json::to_string(frame)
+        .unwrap_or_else(|_| r#"{"type":"error","code":"internal"}"#.to_owned())
+        .into()
+}
+
+/// A `message` frame.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "message")]
+pub(crate) struct MessageFrame<'a> {
+    pub(crate) room_id: &'a str,
+    pub(crate) id: &'a str,
+    pub(crate) seq: u64,
+    pub(crate) sender_id: &'a str,
+    pub(crate) body: &'a str,
+    pub(crate) sent_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl MessageFrame<'_> {
+    pub(crate) fn live(&self) -> Live {
+        Live {
+            kind: LiveKind::Message { seq: self.seq },
+            text: to_text(self),
+        }
+    }
+}
+
+/// A room's live feed in this process, and the task passing its signals on.
+struct RoomFeed {
+    live: broadcast::Sender<Live>,
+    signals: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for RoomFeed {
+    fn drop(&mut self) {
+        if let Some(signals) = &self.signals {
+            signals.abort();
+        }
+    }
+}
+
 /// Live room events by room id, fed by the process's one consumer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
-    rooms: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
+    rooms: Arc<Mutex<HashMap<String, RoomFeed>>>,
     /// Frames for one user wherever they are subscribed (`order_status`).
-    users: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Value>>>>>,
+    users: Arc<Mutex<HashMap<String, broadcast::Sender<Live>>>>,
     /// The shared presence bucket, opened on first use.
     presence: Arc<tokio::sync::OnceCell<chronicle_bus::Presence>>,
+    /// How long this process's presence entries last without a refresh.
+    presence_ttl: Duration,
+    /// This process, as a holder of presence.
+    instance: Arc<str>,
+    /// Open connections here, by user.
+    here: Arc<Mutex<HashMap<String, usize>>>,
+    /// One presence change at a time per user (striped), so the last write is the current
+    /// count's.
+    presence_changes: Arc<Vec<tokio::sync::Mutex<()>>>,
     started: Arc<tokio::sync::OnceCell<()>>,
 }
 
@@ -142,18 +183,182 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+/// A receiver of one room's live frames (or of one user's), whose entry in the hub is
+/// dropped with its last receiver.
+pub(crate) struct Listening {
+    hub: Hub,
+    key: String,
+    /// A room's feed, or a user's.
+    user: bool,
+    live: Option<broadcast::Receiver<Live>>,
+}
+
+impl Listening {
+    pub(crate) async fn recv(&mut self) -> Result<Live, broadcast::error::RecvError> {
+        match self.live.as_mut() {
+            Some(live) => live.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        drop(self.live.take());
+        if self.user {
+            let mut users = self.hub.lock_users();
+            if users
+                .get(&self.key)
+                .is_some_and(|s| s.receiver_count() == 0)
+            {
+                users.remove(&self.key);
+            }
+        } else {
+            let mut rooms = self.hub.lock_rooms();
+            if rooms
+                .get(&self.key)
+                .is_some_and(|feed| feed.live.receiver_count() == 0)
+            {
+                rooms.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl Hub {
-    /// A receiver of room `room_id`'s live frames (`message`, `read_receipt`).
-    async fn listen(&self, room_id: &str) -> broadcast::Receiver<Arc<Value>> {
-        let mut rooms = self.rooms.lock().await;
-        rooms
-            .entry(room_id.to_owned())
-            .or_insert_with(|| broadcast::channel(OUTBOUND).0)
-            .subscribe()
+    /// A hub whose presence entries last `presence_ttl` without a refresh.
+    pub(crate) fn new(presence_ttl: Duration) -> Self {
+        Self {
+            rooms: Arc::default(),
+            users: Arc::default(),
+            presence: Arc::default(),
+            presence_ttl: presence_ttl.max(Duration::from_millis(300)),
+            instance: uuid::Uuid::new_v4().to_string().into(),
+            here: Arc::default(),
+            presence_changes: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
+            started: Arc::default(),
+        }
+    }
+
+    /// A connection of `user_id` opened here: `true` when it is their first here (their
+    /// presence changed).
+    pub(crate) async fn arrived(&self, nats: &async_nats::Client, user_id: &str) -> bool {
+        let first = {
+            let mut here = self.here.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = here.entry(user_id.to_owned()).or_default();
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.record_presence(nats, user_id).await;
+        }
+        first
+    }
+
+    /// A connection of `user_id` here closed: `true` when it was their last here.
+    pub(crate) async fn left(&self, nats: &async_nats::Client, user_id: &str) -> bool {
+        let last = {
+            let mut here = self.here.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = here.entry(user_id.to_owned()).or_default();
+            *count = count.saturating_sub(1);
+            let last = *count == 0;
+            if last {
+                here.remove(user_id);
+            }
+            last
+        };
+        if last {
+            self.record_presence(nats, user_id).await;
+        }
+        last
+    }
+
+    /// Makes the bucket say what this process knows of `user_id` now: held here while they
+    /// have a connection here. Failures are logged: presence is best effort, connections
+    /// work without it, and the next refresh mends it.
+    async fn record_presence(&self, nats: &async_nats::Client, user_id: &str) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(user_id, &mut hasher);
+        let stripe = std::hash::Hasher::finish(&hasher) as usize % self.presence_changes.len();
+        let _one_at_a_time = self.presence_changes[stripe].lock().await;
+        let held = self
+            .here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(user_id);
+        let result = match self.presence(nats).await {
+            Ok(presence) if held => {
+                presence
+                    .refresh(user_id, &self.instance, self.presence_ttl)
+                    .await
+            }
+            Ok(presence) => presence.closed(user_id, &self.instance).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, user_id, "presence not recorded");
+        }
+    }
+
+    /// Refreshes the presence of every user with a connection here, every third of the
+    /// time to live, for ever.
+    async fn refresh_presence(self, nats: async_nats::Client) {
+        let mut ticks = tokio::time::interval(self.presence_ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let users: Vec<String> = self
+                .here
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
+            for user_id in users {
+                self.record_presence(&nats, &user_id).await;
+            }
+        }
+    }
+
+    /// A receiver of room `room_id`'s live frames (`message`, `read_receipt`,
+    /// `member_removed`, and the room's signals). When it returns, the room's signal subject
+    /// is subscribed on the server.
+    pub(crate) async fn listen(&self, nats: &async_nats::Client, room_id: &str) -> Listening {
+        let listening = |live| Listening {
+            hub: self.clone(),
+            key: room_id.to_owned(),
+            user: false,
+            live: Some(live),
+        };
+        if let Some(feed) = self.lock_rooms().get(room_id) {
+            return listening(feed.live.subscribe());
+        }
+        // The first listener here: the room's signals are subscribed to once for the process.
+        let signals = nats.subscribe(signal_subject(room_id)).await.ok();
+        let _ = nats.flush().await;
+        let mut rooms = self.lock_rooms();
+        if let Some(feed) = rooms.get(room_id) {
+            // Another listener got there first; ours unsubscribes as it drops.
+            return listening(feed.live.subscribe());
+        }
+        let (live, receiver) = broadcast::channel(OUTBOUND);
+        let signals = signals.map(|signals| {
+            tokio::spawn(pass_signals_on(signals, live.clone(), room_id.to_owned())).abort_handle()
+        });
+        rooms.insert(room_id.to_owned(), RoomFeed { live, signals });
+        listening(receiver)
+    }
+
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomFeed>> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_users(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Live>>> {
+        self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The presence bucket.
-    async fn presence(
+    pub(crate) async fn presence(
         &self,
         nats: &async_nats::Client,
     ) -> Result<&chronicle_bus::Presence, chronicle_bus::BusError> {
@@ -165,22 +370,29 @@ impl Hub {
     }
 
     /// A receiver of the frames for user `user_id` (`order_status`).
-    async fn listen_user(&self, user_id: &str) -> broadcast::Receiver<Arc<Value>> {
-        let mut users = self.users.lock().await;
-        users
+    pub(crate) fn listen_user(&self, user_id: &str) -> Listening {
+        let live = self
+            .lock_users()
             .entry(user_id.to_owned())
             .or_insert_with(|| broadcast::channel(64).0)
-            .subscribe()
+            .subscribe();
+        Listening {
+            hub: self.clone(),
+            key: user_id.to_owned(),
+            user: true,
+            live: Some(live),
+        }
     }
 
     /// Starts the consumer once per process, and returns once it exists: a message
     /// published after this returns reaches the rooms' listeners.
-    async fn start(&self, nats: &async_nats::Client, pool: &sqlx::PgPool) {
+    pub(crate) async fn start(&self, nats: &async_nats::Client, pool: &sqlx::PgPool) {
         let hub = self.clone();
         let (nats, pool) = (nats.clone(), pool.clone());
         self.started
             .get_or_init(|| async move {
                 let first = hub.consumer(&nats, 0).await;
+                tokio::spawn(hub.clone().refresh_presence(nats.clone()));
                 tokio::spawn(async move { hub.feed(nats, pool, first).await });
             })
             .await;
@@ -259,39 +471,25 @@ impl Hub {
                 self.order_status(&envelope, pool).await;
                 continue;
             }
-            let Ok(event) = envelope.decode::<RoomEvent>() else {
-                continue;
-            };
-            let frame = match event {
-                RoomEvent::MessageSent {
-                    message_id,
-                    seq,
-                    sender_id,
-                    body,
-                    sent_at,
-                    ..
-                } => json!({"type": "message", "room_id": envelope.aggregate_id, "id": message_id,
-                    "seq": seq, "sender_id": sender_id, "body": body, "sent_at": sent_at}),
-                RoomEvent::ReadMarked { user_id, up_to_seq } => json!({"type": "read_receipt",
-                    "room_id": envelope.aggregate_id, "user_id": user_id, "up_to_seq": up_to_seq}),
-                RoomEvent::MemberRemoved { user_id, .. } => json!({"type": "member_removed",
-                    "room_id": envelope.aggregate_id, "user_id": user_id}),
-                _ => continue,
-            };
-            let mut rooms = self.rooms.lock().await;
-            let unheard = rooms
-                .get(&envelope.aggregate_id)
-                .is_some_and(|room| room.send(Arc::new(frame)).is_err());
-            if unheard {
-                // Nobody listens to that room here any more: forget it.
-                rooms.remove(&envelope.aggregate_id);
+            if let Some(live) = room_frame(&envelope) {
+                self.to_room(&envelope.aggregate_id, live);
             }
         }
         Ok(())
     }
-}
 
-impl Hub {
+    /// Passes `live` to the room's listeners in this process, if it has any.
+    fn to_room(&self, room_id: &str, live: Live) {
+        let mut rooms = self.lock_rooms();
+        let unheard = rooms
+            .get(room_id)
+            .is_some_and(|room| room.live.send(live).is_err());
+        if unheard {
+            // Nobody listens to that room here any more: forget it.
+            rooms.remove(room_id);
+        }
+    }
+
     /// `order_status` to the order's customer, when an order event changes its status.
     async fn order_status(&self, envelope: &Envelope, pool: &sqlx::PgPool) {
         let Ok(event) = envelope.decode::<OrderEvent>() else {
@@ -310,6 +508,8 @@ impl Hub {
         };
         let customer = match customer {
             Some(customer) => customer,
+            // Nobody is connected here: no one to tell, and no reason to look the order up.
+            None if self.lock_users().is_empty() => return,
             // The order was placed before this event: the read model knows its customer.
             None => match sqlx::query_scalar::<_, String>(
                 "SELECT customer_id FROM orders WHERE id = $1",
@@ -322,450 +522,66 @@ impl Hub {
                 _ => return,
             },
         };
-        let mut users = self.users.lock().await;
-        let frame =
-            json!({"type": "order_status", "order_id": envelope.aggregate_id, "status": status});
+        let frame = Live::other(
+            &json!({"type": "order_status", "order_id": envelope.aggregate_id, "status": status}),
+        );
+        let mut users = self.lock_users();
         let unheard = users
             .get(&customer)
-            .is_some_and(|user| user.send(Arc::new(frame)).is_err());
+            .is_some_and(|user| user.send(frame).is_err());
         if unheard {
             users.remove(&customer);
         }
     }
 }
 
-type Failure = Box<dyn std::error::Error + Send + Sync>;
-
-#[derive(Debug, Deserialize)]
-pub struct WsQuery {
-    token: Option<String>,
-}
-
-/// Authenticates at the handshake: a missing or bad token is 401, before any upgrade.
-async fn upgrade(
-    State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<WsQuery>,
-    ws: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let user = query
-        .token
-        .as_deref()
-        .and_then(|token| state.auth.verify(token))
-        .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
-    state.hub.start(&state.nats, &state.pool).await;
-    Ok(ws
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
-        .max_write_buffer_size(64 * 1024)
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection(socket, state, user.user_id)))
-}
-
-/// A frame a client sends.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Inbound {
-    Ping,
-    Subscribe {
-        room_id: String,
-        #[serde(default)]
-        since_seq: Option<u64>,
-    },
-    Unsubscribe {
-        room_id: String,
-    },
-    Send {
-        room_id: String,
-        body: String,
-        client_msg_id: String,
-    },
-    Read {
-        room_id: String,
-        up_to_seq: u64,
-    },
-    Typing {
-        room_id: String,
-    },
-}
-
-/// What goes out on a socket: a JSON frame, or the server's ping.
-enum Outbound {
-    Frame(Value),
-    Ping,
-}
-
-/// A connection's bounded outbound queue. A push that finds it full marks the connection
-/// overflowed: the client is not reading, and it is dropped rather than waited for.
-#[derive(Clone)]
-struct Queue {
-    tx: mpsc::Sender<Outbound>,
-    overflow: Arc<tokio::sync::Notify>,
-}
-
-impl Queue {
-    /// Queues `outbound`; `false` when the client is not keeping up (or gone).
-    fn push(&self, outbound: Outbound) -> bool {
-        let pushed = self.tx.try_send(outbound).is_ok();
-        if !pushed {
-            self.overflow.notify_one();
-        }
-        pushed
-    }
-}
-
-/// How often an idle client is pinged; one that answers nothing for two of these is gone.
-const PING_EVERY: Duration = Duration::from_secs(20);
-
-/// One client connection until it closes, fails, stops reading, or stops answering pings.
-async fn connection(socket: WebSocket, state: AppState, user_id: String) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut queued) = mpsc::channel::<Outbound>(OUTBOUND);
-    let overflow = Arc::new(tokio::sync::Notify::new());
-    let out = Queue {
-        tx,
-        overflow: overflow.clone(),
-    };
-    let writer = tokio::spawn(async move {
-        while let Some(outbound) = queued.recv().await {
-            let message = match outbound {
-                Outbound::Frame(frame) => Message::text(frame.to_string()),
-                Outbound::Ping => Message::Ping(Default::default()),
-            };
-            if sink.send(message).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(Message::Close(None)).await;
-    });
-    // Frames for this user wherever they come from (`order_status`).
-    // Received in the connection's own loop: no task of its own per connection.
-    let mut personal = state.hub.listen_user(&user_id).await;
-    let connection_id = uuid::Uuid::new_v4().to_string();
-    mark_present(&state, &user_id, &connection_id, true).await;
-    announce_presence(&state, &user_id).await;
-    let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-    let mut heard = tokio::time::Instant::now();
-    loop {
-        let message = tokio::select! {
-            message = stream.next() => match message {
-                Some(Ok(message)) => message,
-                _ => break,
-            },
-            () = overflow.notified() => {
-                tracing::debug!(user_id, "a client is not reading; dropping it");
-                break;
-            }
-            frame = personal.recv() => {
-                match frame {
-                    Ok(frame) if !out.push(Outbound::Frame((*frame).clone())) => break,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        personal = state.hub.listen_user(&user_id).await;
-                    }
-                }
-                continue;
-            }
-            _ = pings.tick() => {
-                if heard.elapsed() > PING_EVERY * 2 {
-                    tracing::debug!(user_id, "a client stopped answering; dropping it");
-                    break;
-                }
-                if !out.push(Outbound::Ping) {
-                    break;
-                }
-                mark_present(&state, &user_id, &connection_id, true).await;
-                continue;
-            }
-        };
-        heard = tokio::time::Instant::now();
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let answer = match serde_json::from_str::<Inbound>(text.as_str()) {
-            // Boxed: the command path's futures are large, and an idle connection should not
-            // carry their space while it waits for the next frame.
-            Ok(frame) => Box::pin(handle(&state, &user_id, frame, &out, &mut subscriptions)).await,
-            Err(e) => Some(json!({"type": "error", "code": "bad_frame", "detail": e.to_string()})),
-        };
-        // A client whose queue is full is not reading: it is dropped, never waited for.
-        if let Some(answer) = answer {
-            if !out.push(Outbound::Frame(answer)) {
-                break;
-            }
-        }
-        if out.tx.is_closed() {
-            break;
-        }
-    }
-    mark_present(&state, &user_id, &connection_id, false).await;
-    announce_presence(&state, &user_id).await;
-    for task in subscriptions.into_values() {
-        task.abort();
-    }
-    drop(out);
-    // The close frame goes out if the socket takes it; a client that reads nothing does not
-    // hold the connection open.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(1), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
-}
-
-/// One frame from a client: the answer to send back, if any.
-async fn handle(
-    state: &AppState,
-    user_id: &str,
-    frame: Inbound,
-    out: &Queue,
-    subscriptions: &mut HashMap<String, tokio::task::JoinHandle<()>>,
-) -> Option<Value> {
-    match frame {
-        Inbound::Ping => Some(json!({"type": "pong"})),
-        Inbound::Subscribe { room_id, since_seq } => {
-            if let Some(task) = subscriptions.remove(&room_id) {
-                task.abort();
-            }
-            let task = tokio::spawn(subscription(
-                state.clone(),
-                room_id.clone(),
-                user_id.to_owned(),
-                since_seq.unwrap_or(0),
-                out.clone(),
-            ));
-            subscriptions.insert(room_id, task);
-            None
-        }
-        Inbound::Unsubscribe { room_id } => {
-            if let Some(task) = subscriptions.remove(&room_id) {
-                task.abort();
-            }
-            None
-        }
-        Inbound::Send {
-            room_id,
+/// The live frame of a room event, if it has one.
+fn room_frame(envelope: &Envelope) -> Option<Live> {
+    let room_id = envelope.aggregate_id.as_str();
+    Some(match envelope.decode::<RoomEvent>().ok()? {
+        RoomEvent::MessageSent {
+            message_id,
+            seq,
+            sender_id,
             body,
-            client_msg_id,
-        } => Some(send(state, user_id, &room_id, body, client_msg_id).await),
-        Inbound::Read { room_id, up_to_seq } => {
-            let command = RoomCommand::MarkRead {
-                user_id: user_id.to_owned(),
-                up_to_seq,
-            };
-            command_on(state, user_id, &room_id, command).await.err()
+            sent_at,
+            ..
+        } => MessageFrame {
+            room_id,
+            id: &message_id,
+            seq,
+            sender_id: &sender_id,
+            body: &body,
+            sent_at,
         }
-        Inbound::Typing { room_id } => {
-            // Not persisted: a core NATS message the room's listeners pass on.
-            let _ = state
-                .nats
-                .publish(
-                    signal_subject(&room_id),
-                    json!({"type": "typing", "room_id": room_id, "user_id": user_id})
-                        .to_string()
-                        .into(),
-                )
-                .await;
-            None
-        }
-    }
-}
-
-fn error(code: &str, detail: &str) -> Value {
-    json!({"type": "error", "code": code, "detail": detail})
-}
-
-/// Sends a message through the same path as HTTP: an `ack` or an `error` frame.
-async fn send(
-    state: &AppState,
-    user_id: &str,
-    room_id: &str,
-    body: String,
-    client_msg_id: String,
-) -> Value {
-    if uuid::Uuid::parse_str(room_id).is_err() {
-        return error("not_found", "no such room");
-    }
-    let ctx = actor_context(user_id);
-    match crate::routes::chat::send_message(
-        state,
-        &ctx,
-        room_id,
-        user_id,
-        body,
-        client_msg_id.clone(),
-    )
-    .await
-    {
-        Ok(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
-            "id": sent.message_id, "seq": sent.seq}),
-        Err(problem) => problem_frame(&problem),
-    }
-}
-
-/// The context of a command a connection's user sends.
-fn actor_context(user_id: &str) -> CommandContext {
-    CommandContext {
-        actor: Some(user_id.to_owned()),
-        ..CommandContext::new()
-    }
-}
-
-/// An `error` frame with a problem's code and detail.
-fn problem_frame(problem: &ApiError) -> Value {
-    json!({"type": "error", "code": problem.code(), "detail": problem.detail()})
-}
-
-/// Runs a room command for `user_id`; a refusal becomes an `error` frame with its code.
-async fn command_on(
-    state: &AppState,
-    user_id: &str,
-    room_id: &str,
-    command: RoomCommand,
-) -> Result<(), Value> {
-    if uuid::Uuid::parse_str(room_id).is_err() {
-        return Err(error("not_found", "no such room"));
-    }
-    state
-        .commands
-        .execute::<Room>(room_id, command, &(), &actor_context(user_id))
-        .await
-        .map(|_| ())
-        .map_err(|e| problem_frame(&ApiError::from(e)))
-}
-
-/// One room for one connection: membership checked on the room itself (not a read model
-/// that may lag), the backlog past `since_seq` up to the room's head, then live messages
-/// past what was sent.
-async fn subscription(
-    state: AppState,
-    room_id: String,
-    user_id: String,
-    since_seq: u64,
-    out: Queue,
-) {
-    if uuid::Uuid::parse_str(&room_id).is_err() {
-        out.push(Outbound::Frame(error("not_found", "no such room")));
-        return;
-    }
-    // Listening starts before the head is read: what comes after the head arrives live.
-    let mut live = state.hub.listen(&room_id).await;
-    let mut typing = state.nats.subscribe(signal_subject(&room_id)).await.ok();
-    // The server knows of the subscription before the client hears `subscribed`.
-    let _ = state.nats.flush().await;
-    let loaded = state
-        .commands
-        .store()
-        .load_from_snapshot::<Room>(&room_id)
-        .await;
-    let head = match loaded {
-        Ok(loaded) if !loaded.state.exists() => {
-            out.push(Outbound::Frame(error("not_found", "no such room")));
-            return;
-        }
-        Ok(loaded) if !loaded.state.is_member(&user_id) => {
-            out.push(Outbound::Frame(error(
-                "forbidden",
-                "only the room's members may subscribe",
-            )));
-            return;
-        }
-        Ok(loaded) => loaded.state.last_seq(),
-        Err(_) => {
-            out.push(Outbound::Frame(error("unavailable", "try again")));
-            return;
-        }
-    };
-    let mut sent = since_seq;
-    let mut recovered = true;
-    if head > since_seq {
-        let wanted = (head - since_seq) as i64;
-        recovered = wanted <= MAX_BACKLOG;
-        let from = if recovered {
-            since_seq
-        } else {
-            head - MAX_BACKLOG as u64
-        };
-        let backlog = wait_for_backlog(&state, &room_id, from, head).await;
-        for message in backlog {
-            sent = message.seq as u64;
-            let frame = json!({"type": "message", "room_id": room_id, "id": message.id,
-                "seq": message.seq, "sender_id": message.sender_id, "body": message.body,
-                "sent_at": message.sent_at});
-            if !out.push(Outbound::Frame(frame)) {
-                return;
-            }
-        }
-    }
-    let subscribed =
-        json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
-    if !out.push(Outbound::Frame(subscribed)) {
-        return;
-    }
-    loop {
-        let typing_next = async {
-            match typing.as_mut() {
-                Some(sub) => sub.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            frame = live.recv() => match frame {
-                Ok(frame) => {
-                    if frame["type"] == "message" {
-                        let seq = frame["seq"].as_u64().unwrap_or(0);
-                        if seq <= sent {
-                            continue;
-                        }
-                        sent = seq;
-                    }
-                    let removed = frame["type"] == "member_removed" && frame["user_id"] == user_id.as_str();
-                    if !out.push(Outbound::Frame((*frame).clone())) || removed {
-                        // Removed from the room: no more of its messages.
-                        return;
-                    }
-                }
-                // Fell behind the room: the client re-subscribes with its last seq.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    out.push(Outbound::Frame(error("lagged", "re-subscribe with since_seq")));
-                    return;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+        .live(),
+        RoomEvent::ReadMarked { user_id, up_to_seq } => Live::other(&json!({
+            "type": "read_receipt", "room_id": room_id, "user_id": user_id,
+            "up_to_seq": up_to_seq})),
+        RoomEvent::MemberRemoved { user_id, .. } => Live {
+            text: to_text(&json!({"type": "member_removed", "room_id": room_id,
+                "user_id": user_id})),
+            kind: LiveKind::MemberRemoved {
+                user_id: user_id.into(),
             },
-            Some(message) = typing_next => {
-                if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
-                    frame["room_id"] = json!(room_id);
-                    if !out.push(Outbound::Frame(frame)) {
-                        return;
-                    }
-                }
-            }
+        },
+        _ => return None,
+    })
+}
+
+/// Passes a room's signals (typing, presence) to its listeners in this process, each made
+/// into a frame once, with the room's id.
+async fn pass_signals_on(
+    mut signals: async_nats::Subscriber,
+    live: broadcast::Sender<Live>,
+    room_id: String,
+) {
+    while let Some(message) = signals.next().await {
+        if let Ok(mut frame) = serde_json::from_slice::<Value>(&message.payload) {
+            frame["room_id"] = json!(room_id);
+            let _ = live.send(Live::other(&frame));
         }
     }
 }
 
-/// The messages `from < seq <= head` once the read model holds them all (waiting up to 2 s,
-/// then what it has).
-async fn wait_for_backlog(
-    state: &AppState,
-    room_id: &str,
-    from: u64,
-    head: u64,
-) -> Vec<chat_history::MessageView> {
-    let wanted = (head - from) as i64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let got = chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted)
-            .await
-            .unwrap_or_default();
-        if got.len() as i64 >= wanted || tokio::time::Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+type Failure = Box<dyn std::error::Error + Send + Sync>;

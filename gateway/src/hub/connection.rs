@@ -1,0 +1,510 @@
+//! One WebSocket connection: the handshake, the frames a client sends, its subscriptions,
+//! and the bounded queue of what goes back.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        State,
+    },
+    response::Response,
+};
+use chronicle_chat::{Room, RoomCommand};
+use chronicle_commands::CommandContext;
+use chronicle_projections::chat_history::{self, Window};
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{signal_subject, to_text, LiveKind, MessageFrame, OUTBOUND};
+use crate::{error::ApiError, extract::ApiQuery, state::AppState};
+
+/// Most backlog messages a subscription sends before it tells the client to page over HTTP.
+const MAX_BACKLOG: i64 = 1_000;
+/// Largest frame a client may send.
+const MAX_FRAME: usize = 16 * 1024;
+/// How often an idle client is pinged; one that answers nothing for two of these is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// Authenticates at the handshake: a missing or bad token is 401, before any upgrade.
+pub(super) async fn upgrade(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let user = query
+        .token
+        .as_deref()
+        .and_then(|token| state.auth.verify(token))
+        .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
+    state.hub.start(&state.nats, &state.pool).await;
+    // Client frames are small: a 1 KiB read buffer grows for the rare large one (up to
+    // MAX_FRAME) instead of every idle connection holding tungstenite's 128 KiB.
+    Ok(ws
+        .read_buffer_size(1024)
+        .write_buffer_size(4 * 1024)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| connection(socket, state, user.user_id)))
+}
+
+/// A frame a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Inbound {
+    Ping,
+    Subscribe {
+        room_id: String,
+        #[serde(default)]
+        since_seq: Option<u64>,
+    },
+    Unsubscribe {
+        room_id: String,
+    },
+    Send {
+        room_id: String,
+        body: String,
+        client_msg_id: String,
+    },
+    Read {
+        room_id: String,
+        up_to_seq: u64,
+    },
+    Typing {
+        room_id: String,
+    },
+}
+
+/// What goes out on a socket: a frame's JSON text, or the server's ping.
+enum Outbound {
+    Frame(Utf8Bytes),
+    Ping,
+}
+
+/// A connection's bounded outbound queue. A push that finds it full marks the connection
+/// overflowed: the client is not reading, and it is dropped rather than waited for.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Outbound>,
+    overflow: Arc<tokio::sync::Notify>,
+}
+
+impl Queue {
+    /// Queues `outbound`; `false` when the client is not keeping up (or gone).
+    fn push(&self, outbound: Outbound) -> bool {
+        let pushed = self.tx.try_send(outbound).is_ok();
+        if !pushed {
+            self.overflow.notify_one();
+        }
+        pushed
+    }
+
+    /// Queues a frame made here (an answer, an error).
+    fn frame(&self, frame: &Value) -> bool {
+        self.push(Outbound::Frame(to_text(frame)))
+    }
+}
+
+/// A busy connection is written to at most once per this long: frames arriving meanwhile
+/// go out together, in one write call (the client reads them in one too). A connection that
+/// has been quiet for this long is written to at once.
+const WRITE_EVERY: Duration = Duration::from_millis(10);
+
+/// Writes what is queued, every waiting frame per flush, and under fan-out at most one flush
+/// per [`WRITE_EVERY`]: a member of a busy room costs a write call per burst, not per frame.
+async fn write_queued(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut queued: mpsc::Receiver<Outbound>,
+) {
+    let mut flushed = tokio::time::Instant::now() - WRITE_EVERY;
+    while let Some(first) = queued.recv().await {
+        let mut next = Some(first);
+        while let Some(outbound) = next.take() {
+            let message = match outbound {
+                Outbound::Frame(text) => Message::Text(text),
+                Outbound::Ping => Message::Ping(Default::default()),
+            };
+            if sink.feed(message).await.is_err() {
+                return;
+            }
+            next = match queued.try_recv() {
+                Ok(outbound) => Some(outbound),
+                // Written to a moment ago: what comes in the rest of the interval joins this
+                // write.
+                Err(mpsc::error::TryRecvError::Empty) if flushed.elapsed() < WRITE_EVERY => {
+                    tokio::time::sleep_until(flushed + WRITE_EVERY).await;
+                    queued.try_recv().ok()
+                }
+                Err(_) => None,
+            };
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        flushed = tokio::time::Instant::now();
+    }
+    let _ = sink.send(Message::Close(None)).await;
+}
+
+/// Tells the members of `user_id`'s rooms whether they are online now (a `presence` frame
+/// on each room's signal subject).
+async fn announce_presence(state: &AppState, user_id: &str) {
+    let Ok(presence) = state.hub.presence(&state.nats).await else {
+        return;
+    };
+    let Ok(view) = presence.of(user_id).await else {
+        return;
+    };
+    let rooms: Vec<String> =
+        sqlx::query_scalar("SELECT room_id FROM chat_members WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&state.pool)
+            .await
+            .unwrap_or_default();
+    let frame = json!({"type": "presence", "user_id": user_id, "online": view.online}).to_string();
+    for room in rooms {
+        let _ = state
+            .nats
+            .publish(signal_subject(&room), frame.clone().into())
+            .await;
+    }
+}
+
+/// One client connection until it closes, fails, stops reading, or stops answering pings.
+async fn connection(socket: WebSocket, state: AppState, user_id: String) {
+    let (sink, mut stream) = socket.split();
+    let (tx, queued) = mpsc::channel::<Outbound>(OUTBOUND);
+    let overflow = Arc::new(tokio::sync::Notify::new());
+    let out = Queue {
+        tx,
+        overflow: overflow.clone(),
+    };
+    let writer = tokio::spawn(write_queued(sink, queued));
+    // Frames for this user wherever they come from (`order_status`).
+    // Received in the connection's own loop: no task of its own per connection.
+    let mut personal = state.hub.listen_user(&user_id);
+    if state.hub.arrived(&state.nats, &user_id).await {
+        announce_presence(&state, &user_id).await;
+    }
+    let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(message)) => message,
+                _ => break,
+            },
+            () = overflow.notified() => {
+                tracing::debug!(user_id, "a client is not reading; dropping it");
+                break;
+            }
+            frame = personal.recv() => {
+                match frame {
+                    Ok(frame) => {
+                        if !out.push(Outbound::Frame(frame.text)) {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        personal = state.hub.listen_user(&user_id);
+                    }
+                }
+                continue;
+            }
+            _ = pings.tick() => {
+                if heard.elapsed() > PING_EVERY * 2 {
+                    tracing::debug!(user_id, "a client stopped answering; dropping it");
+                    break;
+                }
+                if !out.push(Outbound::Ping) {
+                    break;
+                }
+                continue;
+            }
+        };
+        heard = tokio::time::Instant::now();
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let answer = match serde_json::from_str::<Inbound>(text.as_str()) {
+            // Boxed: the command path's futures are large, and an idle connection should not
+            // carry their space while it waits for the next frame.
+            Ok(frame) => Box::pin(handle(&state, &user_id, frame, &out, &mut subscriptions)).await,
+            Err(e) => Some(json!({"type": "error", "code": "bad_frame", "detail": e.to_string()})),
+        };
+        // A client whose queue is full is not reading: it is dropped, never waited for.
+        if let Some(answer) = answer {
+            if !out.frame(&answer) {
+                break;
+            }
+        }
+        if out.tx.is_closed() {
+            break;
+        }
+    }
+    drop(personal);
+    if state.hub.left(&state.nats, &user_id).await {
+        announce_presence(&state, &user_id).await;
+    }
+    for task in subscriptions.into_values() {
+        task.abort();
+    }
+    drop(out);
+    // The close frame goes out if the socket takes it; a client that reads nothing does not
+    // hold the connection open.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+}
+
+/// One frame from a client: the answer to send back, if any.
+async fn handle(
+    state: &AppState,
+    user_id: &str,
+    frame: Inbound,
+    out: &Queue,
+    subscriptions: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+) -> Option<Value> {
+    match frame {
+        Inbound::Ping => Some(json!({"type": "pong"})),
+        Inbound::Subscribe { room_id, since_seq } => {
+            if let Some(task) = subscriptions.remove(&room_id) {
+                task.abort();
+            }
+            let task = tokio::spawn(subscription(
+                state.clone(),
+                room_id.clone(),
+                user_id.to_owned(),
+                since_seq.unwrap_or(0),
+                out.clone(),
+            ));
+            subscriptions.insert(room_id, task);
+            None
+        }
+        Inbound::Unsubscribe { room_id } => {
+            if let Some(task) = subscriptions.remove(&room_id) {
+                task.abort();
+            }
+            None
+        }
+        Inbound::Send {
+            room_id,
+            body,
+            client_msg_id,
+        } => Some(send(state, user_id, &room_id, body, client_msg_id).await),
+        Inbound::Read { room_id, up_to_seq } => {
+            let command = RoomCommand::MarkRead {
+                user_id: user_id.to_owned(),
+                up_to_seq,
+            };
+            command_on(state, user_id, &room_id, command).await.err()
+        }
+        Inbound::Typing { room_id } => {
+            // Not persisted: a core NATS message the room's listeners pass on.
+            let _ = state
+                .nats
+                .publish(
+                    signal_subject(&room_id),
+                    json!({"type": "typing", "room_id": room_id, "user_id": user_id})
+                        .to_string()
+                        .into(),
+                )
+                .await;
+            None
+        }
+    }
+}
+
+fn error(code: &str, detail: &str) -> Value {
+    json!({"type": "error", "code": code, "detail": detail})
+}
+
+/// Sends a message through the same path as HTTP: an `ack` or an `error` frame.
+async fn send(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    body: String,
+    client_msg_id: String,
+) -> Value {
+    if uuid::Uuid::parse_str(room_id).is_err() {
+        return error("not_found", "no such room");
+    }
+    let ctx = actor_context(user_id);
+    match crate::routes::chat::send_message(
+        state,
+        &ctx,
+        room_id,
+        user_id,
+        body,
+        client_msg_id.clone(),
+    )
+    .await
+    {
+        Ok(sent) => json!({"type": "ack", "client_msg_id": client_msg_id,
+            "id": sent.message_id, "seq": sent.seq}),
+        Err(problem) => problem_frame(&problem),
+    }
+}
+
+/// The context of a command a connection's user sends.
+fn actor_context(user_id: &str) -> CommandContext {
+    CommandContext {
+        actor: Some(user_id.to_owned()),
+        ..CommandContext::new()
+    }
+}
+
+/// An `error` frame with a problem's code and detail.
+fn problem_frame(problem: &ApiError) -> Value {
+    json!({"type": "error", "code": problem.code(), "detail": problem.detail()})
+}
+
+/// Runs a room command for `user_id`; a refusal becomes an `error` frame with its code.
+async fn command_on(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    command: RoomCommand,
+) -> Result<(), Value> {
+    if uuid::Uuid::parse_str(room_id).is_err() {
+        return Err(error("not_found", "no such room"));
+    }
+    state
+        .commands
+        .execute::<Room>(room_id, command, &(), &actor_context(user_id))
+        .await
+        .map(|_| ())
+        .map_err(|e| problem_frame(&ApiError::from(e)))
+}
+
+/// One room for one connection: membership checked on the room itself (not a read model
+/// that may lag), the backlog past `since_seq` up to the room's head, then live frames
+/// (messages past what was sent, read receipts, signals).
+async fn subscription(
+    state: AppState,
+    room_id: String,
+    user_id: String,
+    since_seq: u64,
+    out: Queue,
+) {
+    if uuid::Uuid::parse_str(&room_id).is_err() {
+        out.frame(&error("not_found", "no such room"));
+        return;
+    }
+    // Listening starts before the head is read: what comes after the head arrives live.
+    let mut live = state.hub.listen(&state.nats, &room_id).await;
+    let loaded = state
+        .commands
+        .store()
+        .load_from_snapshot::<Room>(&room_id)
+        .await;
+    let head = match loaded {
+        Ok(loaded) if !loaded.state.exists() => {
+            out.frame(&error("not_found", "no such room"));
+            return;
+        }
+        Ok(loaded) if !loaded.state.is_member(&user_id) => {
+            out.frame(&error("forbidden", "only the room's members may subscribe"));
+            return;
+        }
+        Ok(loaded) => loaded.state.last_seq(),
+        Err(_) => {
+            out.frame(&error("unavailable", "try again"));
+            return;
+        }
+    };
+    let mut sent = since_seq;
+    let mut recovered = true;
+    if head > since_seq {
+        let wanted = (head - since_seq) as i64;
+        recovered = wanted <= MAX_BACKLOG;
+        let from = if recovered {
+            since_seq
+        } else {
+            head - MAX_BACKLOG as u64
+        };
+        let backlog = wait_for_backlog(&state, &room_id, from, head).await;
+        for message in backlog {
+            let frame = MessageFrame {
+                room_id: &room_id,
+                id: &message.id,
+                seq: message.seq as u64,
+                sender_id: &message.sender_id,
+                body: &message.body,
+                sent_at: message.sent_at,
+            };
+            sent = frame.seq;
+            if !out.push(Outbound::Frame(frame.live().text)) {
+                return;
+            }
+        }
+    }
+    let subscribed =
+        json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
+    if !out.frame(&subscribed) {
+        return;
+    }
+    loop {
+        match live.recv().await {
+            Ok(frame) => {
+                let last = match &frame.kind {
+                    LiveKind::Message { seq } if *seq <= sent => continue,
+                    LiveKind::Message { seq } => {
+                        sent = *seq;
+                        false
+                    }
+                    // Removed from the room: this frame, then no more of its messages.
+                    LiveKind::MemberRemoved { user_id: removed } => **removed == *user_id,
+                    LiveKind::Other => false,
+                };
+                if !out.push(Outbound::Frame(frame.text)) || last {
+                    return;
+                }
+            }
+            // Fell behind the room: the client re-subscribes with its last seq.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                out.frame(&error("lagged", "re-subscribe with since_seq"));
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The messages `from < seq <= head` once the read model holds them all (waiting up to 2 s,
+/// then what it has).
+async fn wait_for_backlog(
+    state: &AppState,
+    room_id: &str,
+    from: u64,
+    head: u64,
+) -> Vec<chat_history::MessageView> {
+    let wanted = (head - from) as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let got = chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted)
+            .await
+            .unwrap_or_default();
+        if got.len() as i64 >= wanted || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
