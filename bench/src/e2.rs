@@ -44,6 +44,21 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS in /proc/<pid>/status")
 }
 
+/// RSS once it has stopped moving (two readings half a second apart within 256 KiB, or
+/// after 15 s): the allocator returns freed memory a little after it is freed.
+async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut previous = rss_kib(pid)?;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid)?;
+        if now.abs_diff(previous) < 256 {
+            return Ok(now);
+        }
+        previous = now;
+    }
+    Ok(previous)
+}
+
 fn start(db_url: &str, nats_url: &str) -> anyhow::Result<(Chronicle, String)> {
     let binary = std::env::current_exe()?
         .parent()
@@ -102,6 +117,46 @@ async fn user(
     ))
 }
 
+/// Idle connections (each read by a task of its own, so it answers pings) from several
+/// loopback source addresses (one address has ~28,000
+/// ephemeral ports), 16 opening at a time, the users' tokens taken in turn (a few
+/// connections each, as idle users would have). Client buffers are small: the bench holds
+/// the other end of every connection.
+async fn open_idle(
+    base: &str,
+    users: &[(String, String)],
+    from: usize,
+    count: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let server: std::net::SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .context("the gateway's address")?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0);
+    let open = |n: usize| async move {
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % 8) as u8);
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let stream = socket.connect(server).await?;
+        let token = &users[n % users.len()].1;
+        let url = format!("ws://{server}/ws?token={token}");
+        let (mut socket, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        // Reading answers the server's pings, as a live idle client does.
+        anyhow::Ok(tokio::spawn(async move {
+            while let Some(Ok(_)) = socket.next().await {}
+        }))
+    };
+    let opened: Vec<_> = futures::stream::iter(from..from + count)
+        .map(open)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    opened.into_iter().collect()
+}
+
 /// The part of a frame the members read.
 #[derive(serde::Deserialize)]
 struct Frame<'a> {
@@ -120,16 +175,12 @@ pub async fn run(
     members: usize,
     rate: u64,
     seconds: u64,
-    idle: usize,
+    idle: &[usize],
 ) -> anyhow::Result<()> {
-    // Room for the idle connections and the members (two fds each side on one machine).
-    let wanted = (idle as u64 + members as u64) * 2 + 4096;
+    // As many descriptors as the hard limit allows, for this process and (inherited) for
+    // Chronicle's: each holds one end of every connection.
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    nix::sys::resource::setrlimit(
-        nix::sys::resource::Resource::RLIMIT_NOFILE,
-        wanted.min(hard),
-        hard,
-    )?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
     let fresh = servers.fresh().await?;
     let (chronicle, base) = start(&fresh.db_url, &fresh.nats_url)?;
     let pid = chronicle.0.id();
@@ -276,30 +327,45 @@ pub async fn run(
     for reader in readers {
         reader.abort();
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
-    if idle > 0 {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = rss_kib(pid)?;
-        eprintln!("bench: E2 holding {idle} idle connections");
-        let mut held = Vec::with_capacity(idle);
-        let opened = Instant::now();
-        // Spread over the members, as idle users would be (a few connections each).
-        for n in 0..idle {
-            let token = &users[n % users.len()].1;
-            let (socket, _) =
-                tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={token}")).await?;
-            held.push(socket);
+    let mut held = Vec::new();
+    let before = settled_rss_kib(pid).await?;
+    let mut last = (0, before);
+    for &level in idle {
+        // Each process holds one end of every connection, and some descriptors for itself.
+        if level as u64 + members as u64 + 1_024 > hard {
+            println!(
+                "{}",
+                json!({"system": "chronicle", "workload": "E2", "label": "idle",
+                    "connections": level, "held": false,
+                    "why": format!("RLIMIT_NOFILE's hard limit here is {hard} descriptors per \
+                        process, and it cannot be raised (no CAP_SYS_RESOURCE)")})
+            );
+            continue;
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let after = rss_kib(pid)?;
-        let per = (after.saturating_sub(before) as f64 * 1024.0) / idle as f64;
+        eprintln!("bench: E2 holding {level} idle connections");
+        let opened = Instant::now();
+        let from = held.len();
+        held.extend(open_idle(&base, &users, from, level.saturating_sub(from)).await?);
+        let seconds_to_open = opened.elapsed().as_secs_f64();
+        let after = settled_rss_kib(pid).await?;
+        let per = (after.saturating_sub(before) as f64 * 1024.0) / held.len() as f64;
+        // The growth since the previous level: what one more connection costs, without what
+        // the allocator kept or returned from the phase before.
+        let added = (after.saturating_sub(last.1) as f64 * 1024.0) / (held.len() - last.0) as f64;
         println!(
             "{}",
-            json!({"system": "chronicle", "workload": "E2", "label": "idle", "connections": idle,
-                "seconds_to_open": opened.elapsed().as_secs_f64(), "rss_kib_before": before,
-                "rss_kib_after": after, "bytes_per_connection": per.round()})
+            json!({"system": "chronicle", "workload": "E2", "label": "idle",
+                "connections": held.len(), "held": true, "seconds_to_open": seconds_to_open,
+                "rss_kib_before": before, "rss_kib_after": after,
+                "bytes_per_connection": per.round(),
+                "bytes_per_connection_since_previous_level": added.round()})
         );
-        drop(held);
+        last = (held.len(), after);
+    }
+    for connection in held {
+        connection.abort();
     }
     drop(chronicle);
     Ok(())

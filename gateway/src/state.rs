@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chronicle_commands::CommandBus;
 use chronicle_commerce::OrderServices;
@@ -75,7 +75,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub freshness: Freshness,
     pub auth: Auth,
-    pub config: GatewayConfig,
+    /// Shared, not copied: every request and connection holds the state.
+    pub config: Arc<GatewayConfig>,
     /// The payment provider orders are charged through.
     pub orders: OrderServices,
     /// The cache in front of post detail and the tag list.
@@ -105,7 +106,7 @@ impl AppState {
             pool,
             nats,
             freshness,
-            config,
+            config: Arc::new(config),
         }
     }
 }

@@ -16,7 +16,7 @@ use chronicle_projections::chat_history::{self, Window};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::{signal_subject, to_text, LiveKind, MessageFrame, OUTBOUND};
 use crate::{error::ApiError, extract::ApiQuery, state::AppState};
@@ -91,25 +91,95 @@ enum Outbound {
 
 /// A connection's bounded outbound queue. A push that finds it full marks the connection
 /// overflowed: the client is not reading, and it is dropped rather than waited for.
+///
+/// Not a tokio `mpsc`: that allocates a block of 32 slots per channel up front, and an idle
+/// connection's queue is empty nearly all its life; this one holds what is queued and no more.
 #[derive(Clone)]
-struct Queue {
-    tx: mpsc::Sender<Outbound>,
-    overflow: Arc<tokio::sync::Notify>,
+struct Queue(Arc<Outbox>);
+
+struct Outbox {
+    queued: std::sync::Mutex<Queued>,
+    /// Something was queued, or the queue closed (the writer waits on it).
+    ready: tokio::sync::Notify,
+    /// The queue overflowed, or the writer stopped (the connection's loop waits on it).
+    overflow: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    frames: std::collections::VecDeque<Outbound>,
+    closed: bool,
 }
 
 impl Queue {
+    fn new() -> Self {
+        Self(Arc::new(Outbox {
+            queued: std::sync::Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+            overflow: tokio::sync::Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.0
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Queues `outbound`; `false` when the client is not keeping up (or gone).
     fn push(&self, outbound: Outbound) -> bool {
-        let pushed = self.tx.try_send(outbound).is_ok();
-        if !pushed {
-            self.overflow.notify_one();
+        let mut queued = self.lock();
+        if queued.closed || queued.frames.len() >= OUTBOUND {
+            drop(queued);
+            self.0.overflow.notify_one();
+            return false;
         }
-        pushed
+        queued.frames.push_back(outbound);
+        drop(queued);
+        self.0.ready.notify_one();
+        true
     }
 
     /// Queues a frame made here (an answer, an error).
     fn frame(&self, frame: &Value) -> bool {
         self.push(Outbound::Frame(to_text(frame)))
+    }
+
+    /// The next frame, waiting for one; `None` once the queue is closed and drained.
+    async fn next(&self) -> Option<Outbound> {
+        loop {
+            {
+                let mut queued = self.lock();
+                if let Some(outbound) = queued.frames.pop_front() {
+                    return Some(outbound);
+                }
+                if queued.closed {
+                    return None;
+                }
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    fn try_next(&self) -> Option<Outbound> {
+        self.lock().frames.pop_front()
+    }
+
+    /// No more frames: the writer sends what is queued, then the close frame.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.0.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Resolves when a push overflowed (or the writer stopped).
+    async fn overflowed(&self) {
+        self.0.overflow.notified().await;
     }
 }
 
@@ -120,38 +190,38 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 
 /// Writes what is queued, every waiting frame per flush, and under fan-out at most one flush
 /// per [`WRITE_EVERY`]: a member of a busy room costs a write call per burst, not per frame.
-async fn write_queued(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut queued: mpsc::Receiver<Outbound>,
-) {
+async fn write_queued(mut sink: futures::stream::SplitSink<WebSocket, Message>, queue: Queue) {
     let mut flushed = tokio::time::Instant::now() - WRITE_EVERY;
-    while let Some(first) = queued.recv().await {
-        let mut next = Some(first);
-        while let Some(outbound) = next.take() {
-            let message = match outbound {
-                Outbound::Frame(text) => Message::Text(text),
-                Outbound::Ping => Message::Ping(Default::default()),
-            };
-            if sink.feed(message).await.is_err() {
-                return;
+    let written = async {
+        while let Some(first) = queue.next().await {
+            let mut next = Some(first);
+            while let Some(outbound) = next.take() {
+                let message = match outbound {
+                    Outbound::Frame(text) => Message::Text(text),
+                    Outbound::Ping => Message::Ping(Default::default()),
+                };
+                sink.feed(message).await?;
+                next = match queue.try_next() {
+                    Some(outbound) => Some(outbound),
+                    // Written to a moment ago: what comes in the rest of the interval joins
+                    // this write.
+                    None if flushed.elapsed() < WRITE_EVERY => {
+                        tokio::time::sleep_until(flushed + WRITE_EVERY).await;
+                        queue.try_next()
+                    }
+                    None => None,
+                };
             }
-            next = match queued.try_recv() {
-                Ok(outbound) => Some(outbound),
-                // Written to a moment ago: what comes in the rest of the interval joins this
-                // write.
-                Err(mpsc::error::TryRecvError::Empty) if flushed.elapsed() < WRITE_EVERY => {
-                    tokio::time::sleep_until(flushed + WRITE_EVERY).await;
-                    queued.try_recv().ok()
-                }
-                Err(_) => None,
-            };
+            sink.flush().await?;
+            flushed = tokio::time::Instant::now();
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        flushed = tokio::time::Instant::now();
+        sink.send(Message::Close(None)).await
+    };
+    if written.await.is_err() {
+        // The socket failed: the connection's loop stops too.
+        queue.close();
+        queue.0.overflow.notify_one();
     }
-    let _ = sink.send(Message::Close(None)).await;
 }
 
 /// Tells the members of `user_id`'s rooms whether they are online now (a `presence` frame
@@ -181,18 +251,16 @@ async fn announce_presence(state: &AppState, user_id: &str) {
 /// One client connection until it closes, fails, stops reading, or stops answering pings.
 async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     let (sink, mut stream) = socket.split();
-    let (tx, queued) = mpsc::channel::<Outbound>(OUTBOUND);
-    let overflow = Arc::new(tokio::sync::Notify::new());
-    let out = Queue {
-        tx,
-        overflow: overflow.clone(),
-    };
-    let writer = tokio::spawn(write_queued(sink, queued));
+    let out = Queue::new();
+    let writer = tokio::spawn(write_queued(sink, out.clone()));
     // Frames for this user wherever they come from (`order_status`).
     // Received in the connection's own loop: no task of its own per connection.
     let mut personal = state.hub.listen_user(&user_id);
-    if state.hub.arrived(&state.nats, &user_id).await {
-        announce_presence(&state, &user_id).await;
+    // Presence (the KV bucket, the rooms query) is awaited boxed here and below: those
+    // futures are kilobytes, and an idle connection's task would otherwise carry their space
+    // for as long as it lives.
+    if Box::pin(state.hub.arrived(&state.nats, &user_id)).await {
+        Box::pin(announce_presence(&state, &user_id)).await;
     }
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -203,7 +271,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
                 Some(Ok(message)) => message,
                 _ => break,
             },
-            () = overflow.notified() => {
+            () = out.overflowed() => {
                 tracing::debug!(user_id, "a client is not reading; dropping it");
                 break;
             }
@@ -250,18 +318,18 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
                 break;
             }
         }
-        if out.tx.is_closed() {
+        if out.is_closed() {
             break;
         }
     }
     drop(personal);
-    if state.hub.left(&state.nats, &user_id).await {
-        announce_presence(&state, &user_id).await;
+    if Box::pin(state.hub.left(&state.nats, &user_id)).await {
+        Box::pin(announce_presence(&state, &user_id)).await;
     }
     for task in subscriptions.into_values() {
         task.abort();
     }
-    drop(out);
+    out.close();
     // The close frame goes out if the socket takes it; a client that reads nothing does not
     // hold the connection open.
     let abort = writer.abort_handle();
