@@ -332,7 +332,7 @@ pub async fn run(
     let mut held = Vec::new();
     let before = settled_rss_kib(pid).await?;
     let mut last = (0, before);
-    for &level in idle {
+    for &level in idle.iter().filter(|&&level| level > 0) {
         // Each process holds one end of every connection, and some descriptors for itself.
         if level as u64 + members as u64 + 1_024 > hard {
             println!(
