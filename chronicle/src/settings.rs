@@ -133,6 +133,16 @@ pub struct GatewaySettings {
         global = true
     )]
     pub presence_ttl: Duration,
+    /// How often the gateway pings a WebSocket client; one silent for two intervals is
+    /// dropped.
+    #[arg(
+        long,
+        env = "CHRONICLE_WS_PING_INTERVAL",
+        default_value = "20s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub ws_ping_interval: Duration,
 }
 
 /// Orders: the payment deadline, the saga, and the simulated payment provider.
@@ -246,6 +256,7 @@ impl Settings {
                 .collect(),
             subscribers: crate::processes::subscribers(),
             presence_ttl: self.gateway.presence_ttl,
+            ws_ping_interval: self.gateway.ws_ping_interval,
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     /// How long a user stays online after their gateway stops refreshing their presence
     /// (it crashed): refreshed every third of it.
     pub presence_ttl: Duration,
+    /// How often the hub pings a WebSocket client; one silent for two intervals is dropped.
+    pub ws_ping_interval: Duration,
 }
 
 impl GatewayConfig {
@@ -62,6 +64,7 @@ impl GatewayConfig {
             staff_users: Vec::new(),
             subscribers: chronicle_projections::subscriber_refs(),
             presence_ttl: chronicle_bus::PRESENCE_TTL,
+            ws_ping_interval: Duration::from_secs(20),
         }
     }
 }

@@ -443,3 +443,52 @@ async fn an_oversized_frame_closes_its_connection_only() {
     assert!(closed, "the oversized frame ended its connection");
     ready(&mut other).await;
 }
+
+#[tokio::test]
+async fn a_connection_outlives_the_handler_timeout_and_a_silent_client_is_dropped() {
+    let app = TestApp::spawn_with(|config| {
+        config.handler_timeout = Duration::from_millis(500);
+        config.ws_ping_interval = Duration::from_millis(700);
+    })
+    .await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let (carol, carol_token) = app.register_and_login("carol").await;
+    // Bob reads (his client answers the pings); carol's client never reads again after the
+    // handshake, so it answers nothing.
+    let mut live = connect(&app, &bob_token).await;
+    let silent = connect(&app, &carol_token).await;
+    chronicle_tests::eventually("carol online", Duration::from_secs(5), || async {
+        (presence_of(&app, &carol).await["online"] == true).then_some(())
+    })
+    .await;
+    let mut reading = tokio::spawn(async move {
+        let mut pings = 0;
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(3_500) {
+            match tokio::time::timeout(Duration::from_secs(1), live.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(other) => panic!("the live connection ended: {other:?}"),
+            }
+        }
+        (live, pings)
+    });
+    // Carol's connection is dropped after two silent intervals: she goes offline while her
+    // socket is still open on her side.
+    chronicle_tests::eventually("carol dropped", Duration::from_secs(5), || async {
+        (presence_of(&app, &carol).await["online"] == false).then_some(())
+    })
+    .await;
+    let (mut live, pings) = (&mut reading).await.unwrap();
+    assert!(pings >= 3, "the server pings every interval: {pings}");
+    // Seven times the handler timeout later: bob's connection still works.
+    put(&mut live, json!({"type": "ping"})).await;
+    loop {
+        let answer = frame(&mut live).await;
+        if answer["type"] == "pong" {
+            break;
+        }
+    }
+    assert_eq!(presence_of(&app, &bob).await["online"], true);
+    drop(silent);
+}

@@ -25,8 +25,6 @@ use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 const MAX_BACKLOG: i64 = 1_000;
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 16 * 1024;
-/// How often an idle client is pinged; one that answers nothing for two of these is gone.
-const PING_EVERY: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -265,7 +263,9 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         Box::pin(announce_presence(&state, &user_id)).await;
     }
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    // An idle client is pinged; one that answers nothing for two intervals is gone.
+    let ping_every = state.config.ws_ping_interval.max(Duration::from_millis(50));
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut heard = tokio::time::Instant::now();
     loop {
         let message = tokio::select! {
@@ -292,7 +292,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
                 continue;
             }
             _ = pings.tick() => {
-                if heard.elapsed() > PING_EVERY * 2 {
+                if heard.elapsed() > ping_every * 2 {
                     tracing::debug!(user_id, "a client stopped answering; dropping it");
                     break;
                 }
