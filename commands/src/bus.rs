@@ -152,6 +152,11 @@ struct Job {
 /// - Appends go to one committer task, which commits whatever has queued up as ONE
 ///   transaction (group commit): one fsync for many commands, each still with its own
 ///   optimistic-concurrency check (docs/adr/0005-group-commit.md).
+/// - Commands for one aggregate that queue up while its previous append commits are run
+///   together, in arrival order, as ONE append (when the aggregate takes no services and the
+///   commands carry no idempotency key, claim or expected version): a hot aggregate (a busy
+///   chat room) commits many commands per round trip instead of one, each still decided on
+///   the state its predecessors left, each answered with its own version or refusal.
 /// - Aggregates are cached after each command. The cache is only a guess: a stale entry
 ///   ends in a conflict (retried on fresh state), and any refusal decided on cached state
 ///   is decided again on fresh state before it is returned.
@@ -159,6 +164,9 @@ struct Job {
 pub struct CommandBus {
     store: EventStore,
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// Commands waiting for their aggregate's turn, by aggregate: whichever takes the turn
+    /// first runs all of them as one append (see [`Waiting`]).
+    waiting: Arc<std::sync::Mutex<WaitingCommands>>,
     cache: Option<moka::future::Cache<String, Cached>>,
     committer: mpsc::Sender<Job>,
     config: CommandBusConfig,
@@ -188,6 +196,7 @@ impl CommandBus {
         Self {
             store,
             stripes: Arc::new(stripes),
+            waiting: Arc::default(),
             cache,
             committer,
             config,
@@ -214,8 +223,9 @@ impl CommandBus {
     ) -> Result<Executed, CommandError<A::Error>>
     where
         A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone,
-        A::Error: 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
     {
         self.execute_with_response::<A>(id, command, services, ctx, |c| StoredResponse {
             status: 200,
@@ -244,13 +254,24 @@ impl CommandBus {
     ) -> Result<Executed, CommandError<A::Error>>
     where
         A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone,
-        A::Error: 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
     {
         if let Some(key) = &ctx.idempotency {
             if let Some(done) = self.replay::<A::Error>(key).await? {
                 return Ok(done);
             }
+        }
+        // Commands that can share an append: no services (so any caller's will do), nothing
+        // recorded or checked beside the events.
+        let batchable = std::mem::size_of::<A::Services>() == 0
+            && ctx.idempotency.is_none()
+            && ctx.claims.is_empty()
+            && ctx.expected_version.is_none()
+            && !ctx.fresh_state;
+        if batchable {
+            return self.execute_batched::<A>(id, command, services, ctx).await;
         }
         let _queued = self.stripe(A::TYPE, id).lock().await;
         let retries = if ctx.expected_version.is_some() {
@@ -368,6 +389,216 @@ impl CommandBus {
         }
     }
 
+    /// Queues `command` for aggregate `id`, then takes the aggregate's turn: if a command
+    /// that took it before already ran ours, its answer; otherwise ours and every command
+    /// queued behind it run now as one append.
+    async fn execute_batched<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        ctx: &CommandContext,
+    ) -> Result<Executed, CommandError<A::Error>>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
+    {
+        let key = (A::TYPE, id.to_owned());
+        let (reply, mut answer) = oneshot::channel();
+        let ticket = {
+            let mut waiting = self.lock_waiting();
+            waiting.next_ticket += 1;
+            let ticket = waiting.next_ticket;
+            let entry = Waiting::<A> {
+                command,
+                correlation_id: ctx.correlation_id,
+                causation_id: ctx.causation_id,
+                actor: ctx.actor.clone(),
+                reply,
+            };
+            waiting
+                .by_aggregate
+                .entry(key.clone())
+                .or_default()
+                .push((ticket, Box::new(entry)));
+            ticket
+        };
+        // A caller that gives up before its command was taken takes it back out: it never
+        // runs later on its own.
+        let mut withdraw = Withdraw {
+            waiting: &self.waiting,
+            key: &key,
+            ticket: Some(ticket),
+        };
+        let _turn = self.stripe(A::TYPE, id).lock().await;
+        if let Ok(done) = answer.try_recv() {
+            withdraw.ticket = None;
+            return done;
+        }
+        let batch: Vec<Waiting<A>> = self
+            .lock_waiting()
+            .by_aggregate
+            .remove(&key)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, entry)| entry.downcast::<Waiting<A>>().ok().map(|entry| *entry))
+            .collect();
+        withdraw.ticket = None;
+        self.run_batch::<A>(id, batch, services, ctx.retry.max_retries)
+            .await;
+        answer
+            .await
+            .unwrap_or(Err(CommandError::Store(StoreError::CommitterGone)))
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, WaitingCommands> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `batch` (commands of one aggregate, in arrival order) as one append and answers
+    /// each: its own version, or its own refusal decided on the state the ones before it
+    /// left. A lost race re-runs them all on fresh state.
+    async fn run_batch<A>(
+        &self,
+        id: &str,
+        mut batch: Vec<Waiting<A>>,
+        services: &A::Services,
+        retries: u32,
+    ) where
+        A: Aggregate + AggregateKind + Clone + 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
+    {
+        let cache_key = cache_key::<A>(id);
+        let mut trust_cache = true;
+        let mut conflicts = 0;
+        let failed = |batch: Vec<Waiting<A>>, error: StoreError| {
+            let error = Arc::new(error);
+            for entry in batch {
+                let _ = entry
+                    .reply
+                    .send(Err(CommandError::Store(StoreError::Group(error.clone()))));
+            }
+        };
+        loop {
+            let (loaded, cached) = match self.load::<A>(id, &cache_key, trust_cache).await {
+                Ok(loaded) => loaded,
+                Err(e) => return failed(batch, e),
+            };
+            let from_version = loaded.version;
+            let mut state = loaded.state;
+            let mut outcomes: Vec<Result<Vec<A::Event>, A::Error>> =
+                Vec::with_capacity(batch.len());
+            for entry in &batch {
+                // A refused command may have applied part of what it meant to write: the
+                // next one starts from the state before it.
+                let before = state.clone();
+                let sink = EventSink::<A>::default();
+                match state.handle(entry.command.clone(), services, &sink).await {
+                    Ok(()) => outcomes.push(Ok(sink.collect().await)),
+                    Err(rule) => {
+                        state = before;
+                        outcomes.push(Err(rule));
+                    }
+                }
+            }
+            // A refusal decided on cached state is decided again on fresh state.
+            if cached && outcomes.iter().any(Result::is_err) {
+                trust_cache = false;
+                continue;
+            }
+            let mut append: Option<PendingAppend> = None;
+            let mut version = from_version;
+            let mut versions = Vec::with_capacity(batch.len());
+            for (entry, outcome) in batch.iter().zip(&outcomes) {
+                let Ok(events) = outcome else {
+                    versions.push(version);
+                    continue;
+                };
+                let provenance = Provenance {
+                    correlation_id: entry.correlation_id,
+                    causation_id: entry.causation_id,
+                    actor: entry.actor.as_deref(),
+                };
+                let encoded = match PendingAppend::encode::<A>(id, version, events, &provenance) {
+                    Ok(encoded) => encoded,
+                    Err(e) => return failed(batch, e),
+                };
+                version += events.len() as u64;
+                versions.push(version);
+                match &mut append {
+                    Some(append) => append.events.extend(encoded.events),
+                    None => append = Some(encoded),
+                }
+            }
+            let every = self.config.snapshot_every;
+            if let Some(append) = &mut append {
+                if every > 0 && version > from_version && from_version / every != version / every {
+                    match serde_json::to_value(&state) {
+                        Ok(snapshot) => append.snapshot = Some((version, snapshot)),
+                        Err(source) => {
+                            return failed(
+                                batch,
+                                StoreError::Corrupt {
+                                    aggregate_type: A::TYPE.into(),
+                                    aggregate_id: id.into(),
+                                    sequence: version,
+                                    source,
+                                },
+                            )
+                        }
+                    }
+                }
+            }
+            let outcome = match append {
+                Some(append) => self.commit(append).await,
+                None => Ok(AppendOutcome::Appended),
+            };
+            match outcome {
+                Err(e) => return failed(batch, e),
+                Ok(AppendOutcome::Appended) => {
+                    if let Some(cache) = &self.cache {
+                        let entry: Cached = Arc::new((state, version));
+                        cache.insert(cache_key, entry).await;
+                    }
+                    let mut previous = from_version;
+                    for ((entry, outcome), version) in batch.into_iter().zip(outcomes).zip(versions)
+                    {
+                        let answer = match outcome {
+                            Ok(_) => Ok(Executed::Committed(Committed {
+                                aggregate_id: id.to_owned(),
+                                version,
+                                appended: (version - previous) as usize,
+                            })),
+                            Err(rule) => Err(CommandError::Rejected(rule)),
+                        };
+                        previous = version;
+                        let _ = entry.reply.send(answer);
+                    }
+                    return;
+                }
+                // No key or claim rides on a batch; anything but a success is a lost race.
+                Ok(_) => {
+                    self.forget(&cache_key).await;
+                    trust_cache = false;
+                    if conflicts >= retries {
+                        for entry in batch.drain(..) {
+                            let _ = entry.reply.send(Err(CommandError::Conflict));
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(backoff(conflicts)).await;
+                    conflicts += 1;
+                }
+            }
+        }
+    }
+
     /// The current state of aggregate `id` as this process knows it: from the cache when it
     /// holds it (possibly behind another process's writes), else from Postgres. For reads
     /// that inform a command (prices at placement, a coupon's terms); commands themselves
@@ -453,6 +684,51 @@ impl CommandBus {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (aggregate_type, id).hash(&mut hasher);
         &self.stripes[hasher.finish() as usize % STRIPES]
+    }
+}
+
+/// A command queued for its aggregate's turn, with what its events record and where its
+/// answer goes. Type-erased in [`WaitingCommands`]; the key carries the aggregate type.
+struct Waiting<A: Aggregate>
+where
+    A::Error: 'static,
+{
+    command: A::Command,
+    correlation_id: Uuid,
+    causation_id: Option<Uuid>,
+    actor: Option<String>,
+    reply: oneshot::Sender<Result<Executed, CommandError<A::Error>>>,
+}
+
+/// A queued command: its ticket, and the type-erased [`Waiting`].
+type Ticketed = (u64, Box<dyn Any + Send>);
+
+#[derive(Default)]
+struct WaitingCommands {
+    next_ticket: u64,
+    by_aggregate: std::collections::HashMap<(&'static str, String), Vec<Ticketed>>,
+}
+
+/// Takes a queued command back out when its caller stops waiting before it was taken.
+struct Withdraw<'a> {
+    waiting: &'a std::sync::Mutex<WaitingCommands>,
+    key: &'a (&'static str, String),
+    ticket: Option<u64>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket else { return };
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(queued) = waiting.by_aggregate.get_mut(self.key) {
+            queued.retain(|(t, _)| *t != ticket);
+            if queued.is_empty() {
+                waiting.by_aggregate.remove(self.key);
+            }
+        }
     }
 }
 

@@ -79,6 +79,8 @@ pub(crate) struct EncodedEvent {
     subject: String,
     message_id: String,
     envelope: Vec<u8>,
+    /// The request that caused it (commands run together each keep their own).
+    correlation_id: Uuid,
 }
 
 /// Everything one command writes, encoded before it reaches the committer so the CPU work
@@ -87,7 +89,6 @@ pub(crate) struct EncodedEvent {
 pub(crate) struct PendingAppend {
     pub aggregate_type: &'static str,
     pub aggregate_id: String,
-    pub correlation_id: Uuid,
     pub events: Vec<EncodedEvent>,
     pub idempotency: Option<(IdempotencyKey, StoredResponse)>,
     /// Unique values this command takes for its aggregate.
@@ -145,12 +146,12 @@ impl PendingAppend {
                 event_version,
                 payload: payload.to_string(),
                 metadata: serde_json::to_string(&metadata).map_err(|e| corrupt(sequence, e))?,
+                correlation_id: provenance.correlation_id,
             });
         }
         Ok(Self {
             aggregate_type: A::TYPE,
             aggregate_id: id.to_owned(),
-            correlation_id: provenance.correlation_id,
             events: encoded,
             idempotency: None,
             claims: Vec::new(),
@@ -552,7 +553,7 @@ impl<'a> Columns<'a> {
             metadata: rows.iter().map(|(_, e)| e.metadata.as_str()).collect(),
             subjects: rows.iter().map(|(_, e)| e.subject.as_str()).collect(),
             message_ids: rows.iter().map(|(_, e)| e.message_id.as_str()).collect(),
-            correlation_ids: rows.iter().map(|(i, _)| group[*i].correlation_id).collect(),
+            correlation_ids: rows.iter().map(|(_, e)| e.correlation_id).collect(),
             envelopes: rows.iter().map(|(_, e)| e.envelope.as_slice()).collect(),
         }
     }

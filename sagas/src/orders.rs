@@ -504,8 +504,9 @@ impl Core {
     ) -> Result<Decided<A::Error>, SagaError>
     where
         A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone,
-        A::Error: 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
     {
         self.command_in::<A>(
             id,
@@ -525,8 +526,9 @@ impl Core {
     ) -> Result<Decided<A::Error>, SagaError>
     where
         A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone,
-        A::Error: 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
     {
         match self.bus.execute::<A>(id, command, services, &ctx).await {
             Ok(_) => Ok(Ok(())),

@@ -383,3 +383,94 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
     let x = bus.store().load::<InventoryItem>("X").await.unwrap();
     assert_eq!((x.version, x.state.on_hand()), (3, 3));
 }
+
+/// Commands for one aggregate that queue while its append commits run together as ONE
+/// append: a hot aggregate commits many commands per round trip. Each is still decided on
+/// the state the ones before it left (exactly the stock there is gets reserved), each gets
+/// its own version or refusal, and each event keeps its own command's correlation id.
+#[tokio::test]
+async fn commands_queued_on_one_aggregate_commit_together_each_decided_in_turn() {
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    create_item(&bus, "HOT", 10).await;
+    // Hold the committer, so every reservation but the first queues behind the first.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let reserve = |n: usize| {
+        let bus = bus.clone();
+        let ctx = CommandContext::new();
+        let correlation_id = ctx.correlation_id;
+        let handle = tokio::spawn(async move {
+            bus.execute::<InventoryItem>(
+                "HOT",
+                InventoryCommand::Reserve {
+                    reservation_id: format!("r{n}"),
+                    quantity: 1,
+                },
+                &(),
+                &ctx,
+            )
+            .await
+        });
+        (format!("r{n}"), correlation_id, handle)
+    };
+    let mut calls = Vec::new();
+    for n in 0..20 {
+        calls.push(reserve(n));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.rollback().await.unwrap();
+    let mut versions = Vec::new();
+    let mut refused = 0;
+    let mut correlations = std::collections::HashMap::new();
+    for (reservation, correlation_id, handle) in calls {
+        match handle.await.unwrap() {
+            Ok(Executed::Committed(c)) => {
+                assert_eq!(c.appended, 1);
+                versions.push(c.version);
+                correlations.insert(reservation, correlation_id);
+            }
+            Err(CommandError::Rejected(InventoryError::InsufficientStock { .. })) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=11).collect::<Vec<u64>>(),
+        "the stock, in turn"
+    );
+    assert_eq!(refused, 10);
+    // The 20 commands took a handful of transactions, not one each.
+    let reservation_transactions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM events WHERE event_type = 'StockReserved'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        reservation_transactions <= 3,
+        "10 reservations took {reservation_transactions} transactions"
+    );
+    let recorded: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT e.payload->'StockReserved'->>'reservation_id', e.metadata->>'correlation_id', \
+         o.correlation_id::text FROM events e JOIN outbox o \
+         ON o.subject LIKE '%.' || e.aggregate_id AND o.aggregate_sequence = e.sequence \
+         WHERE e.event_type = 'StockReserved'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 10);
+    for (reservation, in_event, in_outbox) in recorded {
+        let expected = correlations[&reservation].to_string();
+        assert_eq!(in_event, expected, "{reservation}");
+        assert_eq!(in_outbox, expected, "{reservation}");
+    }
+}
