@@ -3,28 +3,20 @@
 //! was given; retrying the unacknowledged ones through another gateway never makes a second
 //! copy of any; the seqs stay dense; and the users it held go offline by themselves.
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chronicle_tests::{eventually, TestDb, TestNats};
+use common::{start_gateway, Running};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-/// A chronicle process; killed if the test ends before it does.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SECRET: &str = "a test key that both gateways share, 32+ bytes long";
 
@@ -34,35 +26,19 @@ fn start(
     db: &TestDb,
     nats: &TestNats,
     data: &std::path::Path,
-) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+) -> (Running, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    command
         .arg(subcommand)
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", nats.url())
         .env("CHRONICLE_DATA_DIR", data)
         .env("CHRONICLE_JWT_SECRET", SECRET)
-        .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
         .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "0")
         // A dead gateway's users lapse after this.
-        .env("CHRONICLE_PRESENCE_TTL", "3s")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the chronicle binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("chronicle prints its address")
-            .expect("stdout is readable");
-        if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    // Keep reading, so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (Process(child), base)
+        .env("CHRONICLE_PRESENCE_TTL", "3s");
+    let (running, base, _) = start_gateway(command);
+    (running, base)
 }
 
 async fn user(http: &reqwest::Client, base: &str, name: &str) -> (String, String) {
@@ -250,8 +226,9 @@ async fn a_gateway_killed_under_chat_load_loses_no_acknowledged_message() {
         async move { (count >= 150).then_some(()) }
     })
     .await;
-    doomed.0.kill().expect("SIGKILL the gateway");
-    doomed.0.wait().unwrap();
+    let mut doomed = doomed.0.take().expect("the doomed gateway runs");
+    doomed.kill().expect("SIGKILL the gateway");
+    doomed.wait().unwrap();
     for sender in senders {
         sender.await.unwrap();
     }

@@ -1,26 +1,13 @@
 //! `chronicle up` as a user runs it: a subprocess that starts its own nats-server and
 //! PostgreSQL, serves HTTP, and stops cleanly on SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{start_gateway, Running};
 
 use serde_json::{json, Value};
-
-/// The `chronicle up` child; killed if the test panics before it is stopped, so a failed
-/// test never leaves a server running.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Starts `chronicle up` on port 0 with `data_dir`, returns it and its base URL.
 fn start(data_dir: &std::path::Path) -> (Running, String) {
@@ -30,34 +17,15 @@ fn start(data_dir: &std::path::Path) -> (Running, String) {
     (running, base)
 }
 
-/// Starts `command` as `chronicle up` on port 0; returns it, its base URL and what it
-/// printed before that.
+/// Starts `command` as `chronicle up`, on servers of its own; returns it, its base URL
+/// and what it printed before that.
 fn start_command(mut command: Command) -> (Running, String, Vec<String>) {
-    let mut child = command
+    command
         .arg("up")
-        .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
         .env("CHRONICLE_STAFF_USERS", "*")
         .env_remove("DATABASE_URL")
-        .env_remove("NATS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the chronicle binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut said = Vec::new();
-    // Blocks until the line is printed (the servers are up by then) or the process exits.
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("chronicle up prints its address before anything fails")
-            .expect("stdout is readable");
-        if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
-            break url.trim().to_owned();
-        }
-        said.push(line);
-    };
-    (Running(Some(child)), base, said)
+        .env_remove("NATS_URL");
+    start_gateway(command)
 }
 
 /// Regression (issue 10): README's first command failed from a clone in `/root` (mode

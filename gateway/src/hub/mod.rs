@@ -31,6 +31,10 @@
 //! listeners for, and passes each signal on like a live frame.
 //!
 //! Not built yet (issue 11): attachments (they need files, issue 12).
+//!
+//! The hub reads the log with an ordered consumer of its own rather than the subscriber
+//! runtime: it keeps no checkpoint (a process starts from "now" and a client recovers with
+//! `since_seq`), so the runtime's transactional checkpoint has nothing to hold.
 
 mod connection;
 
