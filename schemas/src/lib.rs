@@ -9,6 +9,8 @@
 //! - [`blog`]: the payloads of the blog context (posts, comments).
 //! - [`chat`]: the payloads of the chat context (rooms, members, messages, read marks).
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
+//! - [`files`]: the payloads of the files context (files, uploads, share links; no bytes,
+//!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
 //! - [`testing`]: running a command without a store, and the projectability check, for
@@ -22,6 +24,7 @@ mod envelope;
 pub mod blog;
 pub mod chat;
 pub mod commerce;
+pub mod files;
 pub mod identity;
 pub mod limits;
 pub mod testing;

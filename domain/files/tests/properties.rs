@@ -1,0 +1,219 @@
+//! Random upload and file commands with hostile text and extreme numbers: no panic, a chunk
+//! is recorded once, an upload completes only with every chunk and the declared hash, and
+//! every event accepted can be projected. And one file's whole life as an event stream.
+
+use chronicle_files::{
+    File, FileCommand, Share, ShareCommand, Upload, UploadCommand, UploadEvent, MIN_CHUNK_SIZE,
+};
+use chronicle_schemas::testing::{execute, projectable};
+use chrono::{DateTime, Utc};
+use proptest::prelude::*;
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("a valid time")
+}
+
+const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        Just(String::new()),
+        Just("../../etc/passwd".to_owned()),
+        Just("a\u{0}b".to_owned()),
+        Just("ok.txt".to_owned()),
+        Just("x".repeat(10_000)),
+    ]
+}
+
+fn upload_command() -> impl Strategy<Value = UploadCommand> {
+    let by = prop_oneof![Just("alice".to_owned()), Just("mallory".to_owned())];
+    prop_oneof![
+        (
+            0u64..6,
+            prop_oneof![Just(MIN_CHUNK_SIZE), Just(7u64), any::<u64>()],
+            by.clone()
+        )
+            .prop_map(|(index, length, by)| UploadCommand::ReceiveChunk {
+                index,
+                length,
+                by
+            }),
+        (prop_oneof![Just(HASH.to_owned()), text()], by).prop_map(|(computed_sha256, by)| {
+            UploadCommand::Complete {
+                file_id: "f1".into(),
+                computed_sha256,
+                by,
+            }
+        }),
+        (0i64..10_000).prop_map(|s| UploadCommand::Expire { now: at(s) }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn an_upload_records_each_chunk_once_and_completes_only_when_whole(
+        commands in proptest::collection::vec(upload_command(), 0..60)
+    ) {
+        // Four full chunks and a 7-byte fifth.
+        let mut upload = Upload::default();
+        execute(&mut upload, UploadCommand::Start {
+            upload_id: "u1".into(),
+            owner_id: "alice".into(),
+            name: "f.bin".into(),
+            size: 4 * MIN_CHUNK_SIZE + 7,
+            content_type: "application/octet-stream".into(),
+            sha256: HASH.into(),
+            chunk_size: MIN_CHUNK_SIZE,
+            expires_at: at(5_000),
+        }, &()).expect("a valid start");
+        let mut seen = std::collections::BTreeSet::new();
+        for command in commands {
+            let Ok(events) = execute(&mut upload, command, &()) else { continue };
+            for event in events {
+                prop_assert!(projectable(&serde_json::to_value(&event).unwrap()).is_ok());
+                match event {
+                    UploadEvent::ChunkReceived { index } => {
+                        prop_assert!(seen.insert(index), "chunk {index} twice");
+                        prop_assert!(index < 5);
+                    }
+                    UploadEvent::UploadCompleted { .. } => {
+                        prop_assert_eq!(seen.len(), 5, "completed with chunks missing");
+                        prop_assert!(!upload.is_expired());
+                    }
+                    UploadEvent::UploadExpired {} => prop_assert!(upload.completed().is_none()),
+                    UploadEvent::UploadStarted { .. } => prop_assert!(false, "started twice"),
+                }
+            }
+            prop_assert_eq!(upload.received().count() + upload.missing().count(), 5);
+        }
+    }
+
+    #[test]
+    fn a_file_with_any_name_either_refuses_or_stores_projectable_text(
+        name in text(),
+        rename in text(),
+        content_type in prop_oneof![Just("text/plain".to_owned()), text()],
+        size in any::<u64>(),
+    ) {
+        let mut file = File::default();
+        let stored = execute(&mut file, FileCommand::Store {
+            file_id: "f1".into(),
+            owner_id: "alice".into(),
+            name,
+            size,
+            content_type,
+            sha256: HASH.into(),
+            at: at(0),
+        }, &());
+        if let Ok(events) = stored {
+            for event in &events {
+                prop_assert!(projectable(&serde_json::to_value(event).unwrap()).is_ok());
+            }
+            if let Ok(events) = execute(&mut file, FileCommand::Rename { name: rename, by: "alice".into() }, &()) {
+                for event in &events {
+                    prop_assert!(projectable(&serde_json::to_value(event).unwrap()).is_ok());
+                }
+            }
+            let clean = !file.name().contains(['/', '\\', '\u{0}']);
+            prop_assert!(clean, "a stored name is never a path: {:?}", file.name());
+        }
+    }
+}
+
+#[test]
+fn the_event_stream_of_one_file() {
+    let mut stream = Vec::new();
+    let mut record = |aggregate: &str, events: Vec<serde_json::Value>| {
+        for event in events {
+            stream.push(serde_json::json!({"aggregate": aggregate, "event": event}));
+        }
+    };
+    let mut upload = Upload::default();
+    let size = MIN_CHUNK_SIZE + 5;
+    for command in [
+        UploadCommand::Start {
+            upload_id: "u1".into(),
+            owner_id: "alice".into(),
+            name: "notes.txt".into(),
+            size,
+            content_type: "text/plain".into(),
+            sha256: HASH.into(),
+            chunk_size: MIN_CHUNK_SIZE,
+            expires_at: at(3_600),
+        },
+        UploadCommand::ReceiveChunk {
+            index: 1,
+            length: 5,
+            by: "alice".into(),
+        },
+        UploadCommand::ReceiveChunk {
+            index: 1,
+            length: 5,
+            by: "alice".into(),
+        },
+        UploadCommand::ReceiveChunk {
+            index: 0,
+            length: MIN_CHUNK_SIZE,
+            by: "alice".into(),
+        },
+        UploadCommand::Complete {
+            file_id: "f1".into(),
+            computed_sha256: HASH.into(),
+            by: "alice".into(),
+        },
+    ] {
+        let events = execute(&mut upload, command, &()).expect("accepted");
+        record("upload", events.iter().map(json).collect());
+    }
+    let mut file = File::default();
+    for command in [
+        FileCommand::Store {
+            file_id: "f1".into(),
+            owner_id: "alice".into(),
+            name: upload.name().into(),
+            size: upload.size(),
+            content_type: upload.content_type().into(),
+            sha256: upload.sha256().into(),
+            at: at(10),
+        },
+        FileCommand::Rename {
+            name: "notes (final).txt".into(),
+            by: "alice".into(),
+        },
+    ] {
+        let events = execute(&mut file, command, &()).expect("accepted");
+        record("file", events.iter().map(json).collect());
+    }
+    let mut share = Share::default();
+    for command in [
+        ShareCommand::Create {
+            file_id: "f1".into(),
+            owner_id: "alice".into(),
+            now: at(20),
+            expires_in_seconds: 3_600,
+        },
+        ShareCommand::Revoke {
+            by: "alice".into(),
+            now: at(30),
+        },
+    ] {
+        let events = execute(&mut share, command, &()).expect("accepted");
+        record("share", events.iter().map(json).collect());
+    }
+    let events = execute(
+        &mut file,
+        FileCommand::Delete {
+            by: "alice".into(),
+            at: at(40),
+        },
+        &(),
+    )
+    .expect("accepted");
+    record("file", events.iter().map(json).collect());
+    insta::assert_json_snapshot!(stream);
+}
+
+fn json(event: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(event).expect("events serialize")
+}

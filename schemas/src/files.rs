@@ -1,0 +1,115 @@
+//! Events of the files bounded context: stored files, upload sessions, share links.
+//!
+//! Bytes never appear in an event: a file names its bytes by their SHA-256 (the object's
+//! name in the object store). A share link's token never appears either: its aggregate id
+//! is the token's SHA-256, so the log holds nothing a reader could download with.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+/// Everything that happens to a file (aggregate type `file`, id = a UUID v7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileEvent {
+    /// The file exists; its bytes are the object named `sha256`.
+    FileStored {
+        file_id: String,
+        owner_id: String,
+        name: String,
+        size: u64,
+        content_type: String,
+        /// Lowercase hex SHA-256 of the bytes.
+        sha256: String,
+        stored_at: DateTime<Utc>,
+    },
+    FileRenamed {
+        name: String,
+    },
+    /// The file is gone; its bytes stay while another live file refers to them.
+    FileDeleted {
+        deleted_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for FileEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::FileStored { .. } => "FileStored",
+            Self::FileRenamed { .. } => "FileRenamed",
+            Self::FileDeleted { .. } => "FileDeleted",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A resumable upload (aggregate type `upload`, id = a UUID v7): declared size and hash,
+/// chunks in any order, completed once every chunk is in and the bytes hash as declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadEvent {
+    UploadStarted {
+        upload_id: String,
+        owner_id: String,
+        name: String,
+        size: u64,
+        content_type: String,
+        sha256: String,
+        /// Every chunk is this long but the last, which holds the rest.
+        chunk_size: u64,
+        expires_at: DateTime<Utc>,
+    },
+    /// Chunk `index` is stored (a chunk sent again records nothing).
+    ChunkReceived { index: u64 },
+    /// The bytes are complete and hash as declared: they are file `file_id` now.
+    UploadCompleted { file_id: String },
+    /// Abandoned past its expiry: its chunks may be removed.
+    UploadExpired {},
+}
+
+impl DomainEvent for UploadEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::UploadStarted { .. } => "UploadStarted",
+            Self::ChunkReceived { .. } => "ChunkReceived",
+            Self::UploadCompleted { .. } => "UploadCompleted",
+            Self::UploadExpired {} => "UploadExpired",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A link that serves a file without authentication until it expires or is revoked
+/// (aggregate type `share`, id = the SHA-256 of its token; the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareEvent {
+    ShareCreated {
+        file_id: String,
+        owner_id: String,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    ShareRevoked {
+        revoked_at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for ShareEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ShareCreated { .. } => "ShareCreated",
+            Self::ShareRevoked { .. } => "ShareRevoked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
