@@ -14,9 +14,11 @@
 //!   transaction, gap detection, retries, parking, retry requests, [`status`].
 //! - [`keep_running`]: the one retry-until-shutdown loop (relay, subscribers).
 //! - [`Presence`]: who is connected, in the `presence` KV bucket every gateway shares.
+//! - [`ContentStore`]: file bytes in the `files` object store bucket, named by their SHA-256.
 //! - [`Faults`] (from `chronicle-commands`): named fault points the tests arm to crash a
 //!   process at an exact step.
 
+mod content;
 mod presence;
 mod relay;
 mod stream;
@@ -24,6 +26,7 @@ mod subscriber;
 mod supervise;
 
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
+pub use content::{ContentError, ContentStore, Stored, FILES_BUCKET};
 pub use presence::{Presence, PresenceView, PRESENCE_BUCKET, PRESENCE_TTL};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{

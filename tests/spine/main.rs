@@ -5,6 +5,7 @@ mod blog;
 mod chat;
 mod commerce;
 mod common;
+mod content;
 mod gateway;
 mod group_commit;
 mod hostile;
