@@ -257,6 +257,7 @@ impl Settings {
             subscribers: crate::processes::subscribers(),
             presence_ttl: self.gateway.presence_ttl,
             ws_ping_interval: self.gateway.ws_ping_interval,
+            file_replicas: self.servers.stream_replicas,
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

@@ -124,12 +124,27 @@ pub(crate) async fn rate_limit(
 
 /// 503 `unavailable` when a handler outlives the configured timeout: a stuck backend never
 /// holds a connection forever.
+///
+/// The clock starts once the request body has been read (or dropped unread): the timeout
+/// bounds the wait on backing services, not the client's upload, which may rightly take
+/// minutes for a large file. A body is instead bounded by idleness: a client that sends
+/// nothing for the same time fails its request.
 pub(crate) async fn timeout(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    match tokio::time::timeout(state.config.handler_timeout, next.run(request)).await {
+    let limit = state.config.handler_timeout;
+    let (request, body_read) = clock_body(request, limit);
+    let run = next.run(request);
+    tokio::pin!(run);
+    if let Some(body_read) = body_read {
+        tokio::select! {
+            response = &mut run => return response,
+            _ = body_read => {}
+        }
+    }
+    match tokio::time::timeout(limit, run).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!("handler timed out");
@@ -141,4 +156,41 @@ pub(crate) async fn timeout(
             .into_response()
         }
     }
+}
+
+/// The request with a body that fails after `idle` without a byte, and a signal that
+/// resolves when the body has been read to its end or dropped. `None` for an empty body.
+fn clock_body(
+    request: Request,
+    idle: std::time::Duration,
+) -> (Request, Option<tokio::sync::oneshot::Receiver<()>>) {
+    use axum::body::{Body, HttpBody};
+    use futures::StreamExt;
+    if request.body().size_hint().exact() == Some(0) {
+        return (request, None);
+    }
+    let (read, body_read) = tokio::sync::oneshot::channel::<()>();
+    let (parts, body) = request.into_parts();
+    let chunks = body.into_data_stream();
+    let timed = futures::stream::unfold(Some((chunks, read)), move |state| async move {
+        let (mut chunks, read) = state?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((chunks, read)))),
+            Ok(Some(Err(e))) => Some((Err(axum::BoxError::from(e)), None)),
+            Ok(None) => {
+                let _ = read.send(());
+                None
+            }
+            Err(_) => Some((
+                Err(axum::BoxError::from(
+                    "the client sent nothing for longer than the handler timeout",
+                )),
+                None,
+            )),
+        }
+    });
+    (
+        Request::from_parts(parts, Body::from_stream(timed)),
+        Some(body_read),
+    )
 }

@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     pub presence_ttl: Duration,
     /// How often the hub pings a WebSocket client; one silent for two intervals is dropped.
     pub ws_ping_interval: Duration,
+    /// Where uploaded bytes are buffered while they are hashed (they are named by their hash).
+    pub scratch_dir: std::path::PathBuf,
+    /// Replicas of the `files` object store bucket when it is created.
+    pub file_replicas: usize,
 }
 
 impl GatewayConfig {
@@ -65,6 +69,8 @@ impl GatewayConfig {
             subscribers: chronicle_projections::subscriber_refs(),
             presence_ttl: chronicle_bus::PRESENCE_TTL,
             ws_ping_interval: Duration::from_secs(20),
+            scratch_dir: std::env::temp_dir(),
+            file_replicas: 1,
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct AppState {
     pub(crate) limiter: Option<RateLimiter>,
     /// The WebSocket hub's live room feed (one per process).
     pub(crate) hub: crate::hub::Hub,
+    /// File bytes, opened on first use.
+    content: Arc<tokio::sync::OnceCell<chronicle_bus::ContentStore>>,
 }
 
 impl AppState {
@@ -104,6 +112,7 @@ impl AppState {
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
             hub: crate::hub::Hub::new(config.presence_ttl),
+            content: Arc::default(),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,
@@ -111,5 +120,27 @@ impl AppState {
             freshness,
             config: Arc::new(config),
         }
+    }
+}
+
+impl AppState {
+    /// The file bytes (the `files` object store bucket).
+    ///
+    /// # Errors
+    /// 503 when JetStream refuses to open it.
+    pub(crate) async fn content(
+        &self,
+    ) -> Result<&chronicle_bus::ContentStore, crate::error::ApiError> {
+        self.content
+            .get_or_try_init(|| async {
+                chronicle_bus::ContentStore::open(
+                    &async_nats::jetstream::new(self.nats.clone()),
+                    self.config.file_replicas,
+                    self.config.scratch_dir.clone(),
+                )
+                .await
+            })
+            .await
+            .map_err(crate::error::ApiError::internal)
     }
 }

@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
 //! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
+//! - [`file_metadata`]: files, and the live references to each stored hash (files).
 //! - [`inventory`]: the `inventory_items` read model.
 //! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
@@ -22,6 +23,7 @@ mod replay;
 mod runtime;
 
 pub mod chat_history;
+pub mod file_metadata;
 pub mod inventory;
 pub mod orders;
 pub mod posts;

@@ -6,9 +6,10 @@ use chronicle_bus::Faults;
 use sqlx::PgPool;
 
 use crate::{
-    chat_history::ChatHistoryProjection, inventory::InventoryProjection, orders::OrdersProjection,
-    posts::PostsProjection, runtime::durable_name, users::UsersProjection, Projection,
-    ProjectionError, Projector, ProjectorConfig, ReplayStats,
+    chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
+    inventory::InventoryProjection, orders::OrdersProjection, posts::PostsProjection,
+    runtime::durable_name, users::UsersProjection, Projection, ProjectionError, Projector,
+    ProjectorConfig, ReplayStats,
 };
 
 /// Every projection as a subscriber: `(name, durable consumer)`, for status reports.
@@ -24,7 +25,14 @@ pub fn subscriber_refs() -> Vec<chronicle_bus::SubscriberRef> {
 
 /// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
 /// and `GET /api/v1/projections` reports.
-pub const PROJECTIONS: &[&str] = &["inventory", "orders", "posts", "users", "chat_history"];
+pub const PROJECTIONS: &[&str] = &[
+    "inventory",
+    "orders",
+    "posts",
+    "users",
+    "chat_history",
+    "file_metadata",
+];
 
 /// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
 /// when there is no such projection. One list of names, used by every function here.
@@ -49,6 +57,10 @@ macro_rules! by_name {
             }
             "chat_history" => {
                 let $p = ChatHistoryProjection;
+                Some($body)
+            }
+            "file_metadata" => {
+                let $p = FileMetadataProjection;
                 Some($body)
             }
             _ => None,

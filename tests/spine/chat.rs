@@ -302,30 +302,14 @@ async fn history_pages_by_seq_both_ways_and_replays_byte_for_byte() {
     assert_eq!(seqs(&newer), [21, 22, 23]);
     assert_eq!(newer["next_cursor"], "23");
 
-    let rows = || async {
-        let mut all: Vec<String> = Vec::new();
-        for table in ["chat_rooms", "chat_members", "chat_messages"] {
-            let mut rows: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
-            ))
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-            all.append(&mut rows);
-        }
-        all
-    };
-    let live = rows().await;
-    sqlx::query("UPDATE chat_messages SET body = 'damaged'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    let client = app.nats.client().await;
-    chronicle_projections::replay_named("chat_history", &app.pool, &client, 7, |_, _| {})
-        .await
-        .expect("a known projection")
-        .unwrap();
-    assert_eq!(rows().await, live);
+    crate::common::assert_replays_byte_for_byte(
+        &app,
+        "chat_history",
+        &["chat_rooms", "chat_members", "chat_messages"],
+        "UPDATE chat_messages SET body = 'damaged'",
+        7,
+    )
+    .await;
 }
 
 #[tokio::test]

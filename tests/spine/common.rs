@@ -183,3 +183,38 @@ pub async fn invalid_fields(response: Response) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every row of `tables`, as JSON text, sorted: a read model's whole content.
+async fn rows_of(pool: &PgPool, tables: &[&str]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for table in tables {
+        let mut rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
+        ))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        all.append(&mut rows);
+    }
+    all
+}
+
+/// Damages read model `projection` with `damage` (SQL), replays it from the log in batches
+/// of `batch`, and asserts its `tables` hold exactly the rows they held before, byte for byte.
+pub async fn assert_replays_byte_for_byte(
+    app: &chronicle_tests::TestApp,
+    projection: &str,
+    tables: &[&str],
+    damage: &str,
+    batch: usize,
+) {
+    let live = rows_of(&app.pool, tables).await;
+    sqlx::query(damage).execute(&app.pool).await.unwrap();
+    assert_ne!(rows_of(&app.pool, tables).await, live, "the damage shows");
+    let client = app.nats.client().await;
+    chronicle_projections::replay_named(projection, &app.pool, &client, batch, |_, _| {})
+        .await
+        .expect("a known projection")
+        .unwrap();
+    assert_eq!(rows_of(&app.pool, tables).await, live);
+}

@@ -380,6 +380,7 @@ async fn projections_report_their_checkpoint_and_lag() {
             "posts",
             "users",
             "chat_history",
+            "file_metadata",
             "saga-orders"
         ]
     );

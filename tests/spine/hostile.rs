@@ -174,7 +174,16 @@ async fn poison_every_reader(app: &TestApp) {
     let order = uuid::Uuid::now_v7().to_string();
     let post = uuid::Uuid::now_v7().to_string();
     let room = uuid::Uuid::now_v7().to_string();
+    let file = uuid::Uuid::now_v7().to_string();
     let targets = [
+        (
+            "files",
+            "file",
+            file.as_str(),
+            "FileStored",
+            json!({"file_id": file, "owner_id": "a\u{0}", "name": "../\u{0}", "size": u64::MAX,
+                "content_type": 7, "sha256": "x", "stored_at": "2026-01-01T00:00:00Z"}),
+        ),
         (
             "chat",
             "room",

@@ -81,10 +81,16 @@ pub struct File {
     size: u64,
     content_type: String,
     sha256: String,
+    stored_at: Option<DateTime<Utc>>,
     deleted: bool,
 }
 
 impl File {
+    /// When the file was stored.
+    pub fn stored_at(&self) -> Option<DateTime<Utc>> {
+        self.stored_at
+    }
+
     /// Whether the file exists and is not deleted.
     pub fn is_live(&self) -> bool {
         !self.file_id.is_empty() && !self.deleted
@@ -200,7 +206,7 @@ impl Aggregate for File {
                 size,
                 content_type,
                 sha256,
-                ..
+                stored_at,
             } => {
                 *self = Self {
                     file_id,
@@ -209,6 +215,7 @@ impl Aggregate for File {
                     size,
                     content_type,
                     sha256,
+                    stored_at: Some(stored_at),
                     deleted: false,
                 };
             }

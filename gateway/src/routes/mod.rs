@@ -2,6 +2,7 @@
 
 mod blog;
 pub(crate) mod chat;
+mod files;
 mod health;
 mod identity;
 mod inventory;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::routes())
         .merge(blog::routes())
         .merge(chat::routes())
+        .merge(files::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {

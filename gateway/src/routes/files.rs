@@ -1,0 +1,413 @@
+//! `/api/v1/files` (API.md, Files): upload (multipart), metadata, the bytes (streamed,
+//! `Range`, `ETag`, `If-None-Match`), the caller's files, deletion. Only the owner sees a
+//! file: anyone else gets 404, as for a file that does not exist.
+//!
+//! Bytes are streamed through: hashed into the object store on the way in
+//! (`chronicle_bus::ContentStore`), read from it on the way out, never held whole.
+//!
+//! Not built yet (issue 12): chunked uploads, tus, shares, thumbnails, chat attachments,
+//! and removing bytes once no live file refers to them (the `file_metadata` read model
+//! counts the references; nothing acts on a count of zero yet).
+
+use axum::{
+    body::Body,
+    extract::{DefaultBodyLimit, Multipart, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_bus::ContentError;
+use chronicle_commands::CommandContext;
+use chronicle_files::{check_content_type, check_name, File, FileCommand, MAX_FILE_SIZE};
+use chronicle_projections::file_metadata;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use super::{page::PageRequest, respond};
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller},
+    state::AppState,
+};
+
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/api/v1/files",
+            // The multipart envelope around a file of the largest size.
+            axum::routing::post(upload)
+                .layer(DefaultBodyLimit::max((MAX_FILE_SIZE + 64 * 1024) as usize))
+                .get(list),
+        )
+        .route("/api/v1/files/{id}", get(metadata).delete(remove))
+        .route("/api/v1/files/{id}/content", get(content))
+}
+
+fn content_error(e: ContentError) -> ApiError {
+    match e {
+        ContentError::TooLarge { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a file is at most {limit} bytes"),
+        ),
+        // The client's body failed (cut off, or silent for too long).
+        ContentError::Io(e) => {
+            ApiError::bad_request("bad_request", format!("reading the upload: {e}"))
+        }
+        ContentError::Store(_) => ApiError::internal(e),
+    }
+}
+
+fn actor_context(caller: &Caller) -> CommandContext {
+    CommandContext {
+        correlation_id: caller.request_id.unwrap_or_else(uuid::Uuid::now_v7),
+        actor: Some(caller.user_id.clone()),
+        ..CommandContext::new()
+    }
+}
+
+/// `POST /api/v1/files`: the multipart field `file`, streamed into the object store.
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    mut multipart: Multipart,
+) -> Result<Response, ApiError> {
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?
+    {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = field.file_name().unwrap_or_default().to_owned();
+        let content_type = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        ApiError::check(FieldError::collect([
+            check_name(&name),
+            check_content_type(&content_type),
+        ]))?;
+        let content = state.content().await?;
+        let mut bytes = tokio_util::io::StreamReader::new(field.map_err(std::io::Error::other));
+        let stored = content
+            .put(&mut bytes, MAX_FILE_SIZE)
+            .await
+            .map_err(content_error)?;
+        let file_id = uuid::Uuid::now_v7().to_string();
+        let command = FileCommand::Store {
+            file_id: file_id.clone(),
+            owner_id: caller.user_id.clone(),
+            name,
+            size: stored.size,
+            content_type,
+            sha256: stored.sha256.clone(),
+            at: Utc::now(),
+        };
+        let stored_file = state
+            .commands
+            .execute::<File>(&file_id, command, &(), &actor_context(&caller))
+            .await;
+        if let Err(e) = stored_file {
+            // Bytes no file refers to (an empty upload) do not stay.
+            if !stored.deduplicated {
+                let _ = content.delete(&stored.sha256).await;
+            }
+            return Err(e.into());
+        }
+        let body = json!({"id": file_id, "sha256": stored.sha256, "size": stored.size,
+            "deduplicated": stored.deduplicated});
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    }
+    Err(ApiError::validation(vec![FieldError::new(
+        "file",
+        "a multipart field named file, with a file name",
+    )]))
+}
+
+/// The live file `id` if `user_id` owns it; 404 otherwise (a file is the owner's alone).
+async fn owned_file(state: &AppState, id: &str, user_id: &str) -> Result<File, ApiError> {
+    let id = respond::uuid_id(id, "file")?;
+    let file = state.commands.state::<File>(id).await?.state;
+    if file.is_live() && file.owner_id() == user_id {
+        Ok(file)
+    } else {
+        Err(ApiError::not_found(format!("no file with id {id}")))
+    }
+}
+
+/// `GET /api/v1/files/{id}`.
+pub async fn metadata(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let file = owned_file(&state, &id, &caller.user_id).await?;
+    Ok(Json(json!({
+        "id": id, "owner_id": file.owner_id(), "name": file.name(), "size": file.size(),
+        "content_type": file.content_type(), "sha256": file.sha256(),
+        "created_at": file.stored_at(), "shares": [],
+    }))
+    .into_response())
+}
+
+/// `DELETE /api/v1/files/{id}`: 204.
+pub async fn remove(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let id = respond::uuid_id(&id, "file")?;
+    let command = FileCommand::Delete {
+        by: caller.user_id.clone(),
+        at: Utc::now(),
+    };
+    state
+        .commands
+        .execute::<File>(id, command, &(), &actor_context(&caller))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/files`: the caller's live files, newest first, in cursor pages.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let after = request.after.as_deref().and_then(|after| {
+        let (at, id) = after.split_once('|')?;
+        Some((
+            DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
+            id.to_owned(),
+        ))
+    });
+    let files = file_metadata::files_of(&state.pool, &caller.user_id, after, request.fetch())
+        .await
+        .map_err(ApiError::internal)?;
+    let page = request.page(files, |f| format!("{}|{}", f.created_at.to_rfc3339(), f.id));
+    Ok(Json(page).into_response())
+}
+
+/// `GET /api/v1/files/{id}/content`.
+pub async fn content(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let file = owned_file(&state, &id, &caller.user_id).await?;
+    serve(&state, &file, &headers).await
+}
+
+/// What a `Range` header asks of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    All,
+    /// Bytes `start..=end`.
+    Part {
+        start: u64,
+        end: u64,
+    },
+    Unsatisfiable,
+}
+
+/// One `bytes=` range (`a-b`, `a-`, `-n`). Several ranges, or a header this does not read,
+/// get the whole file, as RFC 9110 allows.
+fn wanted(range: Option<&HeaderValue>, size: u64) -> Wanted {
+    let Some(spec) = range
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.trim().strip_prefix("bytes="))
+    else {
+        return Wanted::All;
+    };
+    if spec.contains(',') {
+        return Wanted::All;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Wanted::All;
+    };
+    let number = |s: &str| s.trim().parse::<u64>().ok();
+    let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
+        // The last n bytes.
+        (true, false) => match number(last) {
+            Some(0) => return Wanted::Unsatisfiable,
+            Some(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+            None => return Wanted::All,
+        },
+        (false, true) => match number(first) {
+            Some(start) => (start, size.saturating_sub(1)),
+            None => return Wanted::All,
+        },
+        (false, false) => match (number(first), number(last)) {
+            (Some(start), Some(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
+            _ => return Wanted::All,
+        },
+        (true, true) => return Wanted::All,
+    };
+    if size == 0 || start >= size {
+        Wanted::Unsatisfiable
+    } else {
+        Wanted::Part { start, end }
+    }
+}
+
+/// `attachment` with the name made safe for the header: an ASCII `filename` (anything
+/// else, quotes and backslashes become `_`) and the exact name in `filename*`.
+fn disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+/// The bytes of `file`, whole or the asked range, streamed from the object store.
+pub(crate) async fn serve(
+    state: &AppState,
+    file: &File,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", file.sha256());
+    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let size = file.size();
+    let (status, start, length) = match wanted(headers.get(header::RANGE), size) {
+        Wanted::All => (StatusCode::OK, 0, size),
+        Wanted::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Wanted::Unsatisfiable => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the file has {size} bytes"),
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let mut object = state
+        .content()
+        .await?
+        .get(file.sha256())
+        .await
+        .map_err(content_error)?
+        .ok_or_else(|| {
+            ApiError::internal(std::io::Error::other(format!(
+                "the bytes of a live file are missing: {}",
+                file.sha256()
+            )))
+        })?;
+    if start > 0 {
+        // The object store reads from the start: skip to the range, streaming.
+        tokio::io::copy(&mut (&mut object).take(start), &mut tokio::io::sink())
+            .await
+            .map_err(ApiError::internal)?;
+    }
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(object.take(length)));
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag_value)
+        .header(header::CONTENT_DISPOSITION, disposition(file.name()));
+    if let Ok(content_type) = HeaderValue::from_str(file.content_type()) {
+        response = response.header(header::CONTENT_TYPE, content_type);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", start + length - 1),
+        );
+    }
+    response.body(body).map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(spec: &str, size: u64) -> Wanted {
+        wanted(Some(&HeaderValue::from_str(spec).unwrap()), size)
+    }
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(wanted(None, 10), Wanted::All);
+        assert_eq!(range("bytes=0-3", 10), Wanted::Part { start: 0, end: 3 });
+        assert_eq!(range("bytes=4-", 10), Wanted::Part { start: 4, end: 9 });
+        assert_eq!(range("bytes=-3", 10), Wanted::Part { start: 7, end: 9 });
+        assert_eq!(range("bytes=-30", 10), Wanted::Part { start: 0, end: 9 });
+        assert_eq!(range("bytes=5-100", 10), Wanted::Part { start: 5, end: 9 });
+        assert_eq!(range("bytes=10-", 10), Wanted::Unsatisfiable);
+        assert_eq!(range("bytes=-0", 10), Wanted::Unsatisfiable);
+        assert_eq!(range("bytes=3-1", 10), Wanted::All);
+        assert_eq!(range("bytes=0-1,4-5", 10), Wanted::All);
+        assert_eq!(range("items=0-1", 10), Wanted::All);
+        assert_eq!(range("bytes=x-1", 10), Wanted::All);
+        assert_eq!(
+            range("bytes=18446744073709551615-", 10),
+            Wanted::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn a_file_name_cannot_break_out_of_its_header() {
+        let value = disposition("a\"b\\c d.txt");
+        let text = value.to_str().unwrap();
+        assert!(
+            text.starts_with("attachment; filename=\"a_b_c d.txt\";"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("filename*=UTF-8''a%22b%5Cc%20d.txt"),
+            "{text}"
+        );
+        let value = disposition("日本.txt");
+        assert!(value.to_str().unwrap().contains("filename=\"__.txt\""));
+        assert!(value.to_str().unwrap().contains("%E6%97%A5"));
+    }
+}

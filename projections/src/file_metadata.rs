@@ -1,0 +1,172 @@
+//! The `file_metadata` read model: every file with its owner, name, size, content type and
+//! hash, and for every hash how many live files refer to those bytes (the reference count
+//! that decides when bytes may go).
+
+use chronicle_files::{File, FileEvent};
+use chronicle_schemas::Envelope;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Projection, ProjectionError};
+
+/// A file as `GET /api/v1/files` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct FileView {
+    pub id: String,
+    pub owner_id: String,
+    pub name: String,
+    pub size: i64,
+    pub content_type: String,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileMetadataProjection;
+
+const DDL: &str = "CREATE TABLE IF NOT EXISTS files (
+    id           text PRIMARY KEY,
+    owner_id     text        NOT NULL,
+    name         text        NOT NULL,
+    size         bigint      NOT NULL,
+    content_type text        NOT NULL,
+    sha256       text        NOT NULL,
+    created_at   timestamptz NOT NULL,
+    deleted_at   timestamptz,
+    version      bigint      NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner_id, created_at DESC, id DESC)
+    WHERE deleted_at IS NULL;
+CREATE TABLE IF NOT EXISTS file_blobs (
+    sha256     text PRIMARY KEY,
+    live_files bigint NOT NULL
+)";
+
+impl Projection for FileMetadataProjection {
+    fn name(&self) -> &'static str {
+        "file_metadata"
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        vec![format!("events.files.{}.>", File::TYPE)]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["files", "file_blobs"]
+    }
+
+    fn ddl(&self) -> &'static str {
+        DDL
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+    ) -> Result<(), ProjectionError> {
+        for envelope in events.iter().filter(|e| e.aggregate_type == File::TYPE) {
+            let id = envelope.aggregate_id.as_str();
+            let version = ProjectionError::bigint(envelope.sequence)?;
+            match envelope.decode::<FileEvent>()? {
+                FileEvent::FileStored {
+                    owner_id,
+                    name,
+                    size,
+                    content_type,
+                    sha256,
+                    stored_at,
+                    ..
+                } => {
+                    // A replayed event inserts nothing and counts nothing twice.
+                    sqlx::query(
+                        "WITH f AS ( \
+                           INSERT INTO files (id, owner_id, name, size, content_type, sha256, created_at, version) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING sha256) \
+                         INSERT INTO file_blobs (sha256, live_files) SELECT sha256, 1 FROM f \
+                         ON CONFLICT (sha256) DO UPDATE SET live_files = file_blobs.live_files + 1",
+                    )
+                    .bind(id)
+                    .bind(owner_id)
+                    .bind(name)
+                    .bind(ProjectionError::bigint(size)?)
+                    .bind(content_type)
+                    .bind(sha256)
+                    .bind(stored_at)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("storing a file"))?;
+                }
+                FileEvent::FileRenamed { name } => {
+                    sqlx::query(
+                        "UPDATE files SET name = $2, version = $3 WHERE id = $1 AND version < $3",
+                    )
+                    .bind(id)
+                    .bind(name)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("renaming a file"))?;
+                }
+                FileEvent::FileDeleted { deleted_at } => {
+                    sqlx::query(
+                        "WITH f AS ( \
+                           UPDATE files SET deleted_at = $2, version = $3 \
+                           WHERE id = $1 AND version < $3 AND deleted_at IS NULL RETURNING sha256) \
+                         UPDATE file_blobs SET live_files = live_files - 1 \
+                         WHERE sha256 = (SELECT sha256 FROM f)",
+                    )
+                    .bind(id)
+                    .bind(deleted_at)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("deleting a file"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The live files of `owner_id`, newest first, `limit` of them after the cursor
+/// `(created_at, id)` when one is given.
+///
+/// # Errors
+/// Database failures.
+pub async fn files_of(
+    pool: &PgPool,
+    owner_id: &str,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<FileView>, sqlx::Error> {
+    let (at, id) = after.unzip();
+    sqlx::query_as(
+        "SELECT id, owner_id, name, size, content_type, sha256, created_at FROM files \
+         WHERE owner_id = $1 AND deleted_at IS NULL \
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3)) \
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(owner_id)
+    .bind(at)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// How many live files refer to the bytes named `sha256`.
+///
+/// # Errors
+/// Database failures.
+pub async fn live_references(pool: &PgPool, sha256: &str) -> Result<i64, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT live_files FROM file_blobs WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or(0),
+    )
+}

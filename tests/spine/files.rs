@@ -1,0 +1,311 @@
+//! Files over HTTP (issue 12) with reqwest's multipart client: upload, metadata, the bytes
+//! whole and by range, deduplication, owner-only access, hostile names, deletion and the
+//! reference counts, and an upload slower than the handler timeout.
+
+use std::time::Duration;
+
+use chronicle_tests::{eventually, TestApp};
+use reqwest::{
+    header,
+    multipart::{Form, Part},
+    Method, StatusCode,
+};
+use serde_json::Value;
+
+fn form(bytes: Vec<u8>, name: &str) -> Form {
+    Form::new().part(
+        "file",
+        Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str("text/plain")
+            .unwrap(),
+    )
+}
+
+async fn upload(app: &TestApp, token: &str, bytes: Vec<u8>, name: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(token)
+        .multipart(form(bytes, name))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 241) as u8).collect()
+}
+
+async fn live_references(app: &TestApp, sha256: &str) -> i64 {
+    sqlx::query_scalar("SELECT live_files FROM file_blobs WHERE sha256 = $1")
+        .bind(sha256)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_upload_is_served_back_whole_by_range_and_only_to_its_owner() {
+    let app = TestApp::spawn().await;
+    // Larger than the gateway's 1 MiB body limit for JSON: files have their own.
+    let bytes = data(3 * 1024 * 1024 + 5);
+    let r = upload(&app, &app.token, bytes.clone(), "report \"final\".txt").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let stored: Value = r.json().await.unwrap();
+    let id = stored["id"].as_str().unwrap().to_owned();
+    assert_eq!(stored["size"], bytes.len());
+    assert_eq!(stored["deduplicated"], false);
+    let sha256 = stored["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha256.len(), 64);
+
+    let meta: Value = app
+        .get(&format!("/api/v1/files/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["name"], "report \"final\".txt");
+    assert_eq!(meta["owner_id"], app.user_id.as_str());
+    assert_eq!(meta["content_type"], "text/plain");
+    assert_eq!(meta["sha256"], sha256.as_str());
+
+    let whole = app.get(&format!("/api/v1/files/{id}/content")).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    let etag = whole.headers()[header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{sha256}\""));
+    let disposition = whole.headers()[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.starts_with("attachment; filename=\"report _final_.txt\""),
+        "{disposition}"
+    );
+    assert!(
+        whole.bytes().await.unwrap() == bytes,
+        "the bytes come back exactly"
+    );
+
+    let part = app
+        .request(Method::GET, &format!("/api/v1/files/{id}/content"))
+        .header(header::RANGE, "bytes=1048570-1048579")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        part.headers()[header::CONTENT_RANGE],
+        format!("bytes 1048570-1048579/{}", bytes.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), bytes[1_048_570..=1_048_579]);
+    let beyond = app
+        .request(Method::GET, &format!("/api/v1/files/{id}/content"))
+        .header(header::RANGE, format!("bytes={}-", bytes.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        beyond.headers()[header::CONTENT_RANGE],
+        format!("bytes */{}", bytes.len()).as_str()
+    );
+    let cached = app
+        .request(Method::GET, &format!("/api/v1/files/{id}/content"))
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+
+    // Another user: the file does not exist for them.
+    let (_, mallory) = app.register_and_login("mallory").await;
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/files/{id}")),
+        (Method::GET, format!("/api/v1/files/{id}/content")),
+        (Method::DELETE, format!("/api/v1/files/{id}")),
+    ] {
+        let r = app
+            .http
+            .request(method, app.url(&path))
+            .bearer_auth(&mallory)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    let theirs: Value = app
+        .http
+        .get(app.url("/api/v1/files"))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["items"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn identical_bytes_are_stored_once_and_counted_per_live_file() {
+    let app = TestApp::spawn().await;
+    let bytes = data(100_000);
+    let first: Value = upload(&app, &app.token, bytes.clone(), "a.bin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = upload(&app, &app.token, bytes.clone(), "b.bin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["deduplicated"], true);
+    assert_eq!(second["sha256"], first["sha256"]);
+    assert_ne!(second["id"], first["id"]);
+    let sha256 = first["sha256"].as_str().unwrap().to_owned();
+    let listed = eventually("both files listed", Duration::from_secs(10), || async {
+        let page: Value = app.get("/api/v1/files").await.json().await.unwrap();
+        (page["items"].as_array().unwrap().len() == 2).then_some(page)
+    })
+    .await;
+    assert_eq!(listed["items"][0]["name"], "b.bin", "newest first");
+    assert_eq!(live_references(&app, &sha256).await, 2);
+
+    let gone = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/files/{}", first["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let again = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/files/{}", first["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    eventually("one reference left", Duration::from_secs(10), || async {
+        (live_references(&app, &sha256).await == 1).then_some(())
+    })
+    .await;
+    // The other file still serves the shared bytes.
+    let kept = app
+        .get(&format!(
+            "/api/v1/files/{}/content",
+            second["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(kept.bytes().await.unwrap() == bytes);
+    app.request(
+        Method::DELETE,
+        &format!("/api/v1/files/{}", second["id"].as_str().unwrap()),
+    )
+    .send()
+    .await
+    .unwrap();
+    eventually("no reference left", Duration::from_secs(10), || async {
+        (live_references(&app, &sha256).await == 0).then_some(())
+    })
+    .await;
+
+    // A replay of the log rebuilds the same rows, byte for byte.
+    crate::common::assert_replays_byte_for_byte(
+        &app,
+        "file_metadata",
+        &["files", "file_blobs"],
+        "UPDATE file_blobs SET live_files = 99",
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn hostile_names_and_empty_or_nameless_uploads_are_refused_and_append_nothing() {
+    let app = TestApp::spawn().await;
+    let before = app.event_count().await;
+    for name in ["../../etc/passwd", &"x".repeat(10_000), "a/b", ".."] {
+        let r = upload(&app, &app.token, b"hello".to_vec(), name).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{name:?}");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "name", "{problem}");
+    }
+    // A NUL in the part's header is not a multipart request the parser reads at all.
+    let r = upload(&app, &app.token, b"hello".to_vec(), "a\u{0}b.txt").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let empty = upload(&app, &app.token, Vec::new(), "empty.txt").await;
+    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let nameless = app
+        .request(Method::POST, "/api/v1/files")
+        .multipart(Form::new().text("other", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nameless.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.event_count().await, before);
+
+    // An accepted file's bytes are in the object store, never in the log.
+    let r = upload(
+        &app,
+        &app.token,
+        b"the-bytes-of-a-file-xyzzy".to_vec(),
+        "ok.txt",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload::text LIKE '%xyzzy%' OR metadata::text LIKE '%xyzzy%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0);
+    assert_eq!(app.event_count().await, before + 1);
+}
+
+#[tokio::test]
+async fn an_upload_may_outlast_the_handler_timeout_but_not_go_silent() {
+    let app =
+        TestApp::spawn_with(|config| config.handler_timeout = Duration::from_millis(500)).await;
+    // Ten pieces 200 ms apart: two seconds, four handler timeouts, never silent for one.
+    let slow = |gap: Duration, pieces: usize| {
+        let stream = futures::stream::unfold(0, move |n| async move {
+            if n == pieces {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok::<_, std::io::Error>(vec![b'x'; 1000]), n + 1))
+        });
+        Form::new().part(
+            "file",
+            Part::stream(reqwest::Body::wrap_stream(stream)).file_name("slow.txt"),
+        )
+    };
+    let r = app
+        .request(Method::POST, "/api/v1/files")
+        .multipart(slow(Duration::from_millis(200), 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["size"], 10_000);
+    // Silent for longer than the timeout mid-body: refused.
+    let r = app
+        .request(Method::POST, "/api/v1/files")
+        .multipart(slow(Duration::from_millis(1_500), 2))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+}
