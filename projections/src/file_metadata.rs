@@ -2,7 +2,7 @@
 //! hash, and for every hash how many live files refer to those bytes (the reference count
 //! that decides when bytes may go).
 
-use chronicle_files::{File, FileEvent};
+use chronicle_files::{File, FileEvent, Share, ShareEvent};
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -42,7 +42,25 @@ CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner_id, created_at DESC, i
 CREATE TABLE IF NOT EXISTS file_blobs (
     sha256     text PRIMARY KEY,
     live_files bigint NOT NULL
-)";
+);
+CREATE TABLE IF NOT EXISTS file_shares (
+    id         text PRIMARY KEY,
+    file_id    text        NOT NULL,
+    created_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS file_shares_by_file ON file_shares (file_id, created_at)";
+
+/// A share link as `GET /api/v1/files/{id}` lists it: its id is the SHA-256 of its token
+/// (the token itself is given out once, when the link is made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ShareView {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
 
 impl Projection for FileMetadataProjection {
     fn name(&self) -> &'static str {
@@ -50,11 +68,14 @@ impl Projection for FileMetadataProjection {
     }
 
     fn subjects(&self) -> Vec<String> {
-        vec![format!("events.files.{}.>", File::TYPE)]
+        vec![
+            format!("events.files.{}.>", File::TYPE),
+            format!("events.files.{}.>", Share::TYPE),
+        ]
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["files", "file_blobs"]
+        &["files", "file_blobs", "file_shares"]
     }
 
     fn ddl(&self) -> &'static str {
@@ -66,6 +87,39 @@ impl Projection for FileMetadataProjection {
         conn: &mut PgConnection,
         events: &[Envelope],
     ) -> Result<(), ProjectionError> {
+        for envelope in events.iter().filter(|e| e.aggregate_type == Share::TYPE) {
+            let id = envelope.aggregate_id.as_str();
+            match envelope.decode::<ShareEvent>()? {
+                ShareEvent::ShareCreated {
+                    file_id,
+                    created_at,
+                    expires_at,
+                    ..
+                } => {
+                    sqlx::query(
+                        "INSERT INTO file_shares (id, file_id, created_at, expires_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(file_id)
+                    .bind(created_at)
+                    .bind(expires_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("storing a share"))?;
+                }
+                ShareEvent::ShareRevoked { revoked_at } => {
+                    sqlx::query(
+                        "UPDATE file_shares SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(revoked_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("revoking a share"))?;
+                }
+            }
+        }
         for envelope in events.iter().filter(|e| e.aggregate_type == File::TYPE) {
             let id = envelope.aggregate_id.as_str();
             let version = ProjectionError::bigint(envelope.sequence)?;
@@ -169,4 +223,18 @@ pub async fn live_references(pool: &PgPool, sha256: &str) -> Result<i64, sqlx::E
             .await?
             .unwrap_or(0),
     )
+}
+
+/// The share links of file `file_id`, oldest first.
+///
+/// # Errors
+/// Database failures.
+pub async fn shares_of(pool: &PgPool, file_id: &str) -> Result<Vec<ShareView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, created_at, expires_at, revoked_at FROM file_shares \
+         WHERE file_id = $1 ORDER BY created_at, id",
+    )
+    .bind(file_id)
+    .fetch_all(pool)
+    .await
 }

@@ -309,3 +309,128 @@ async fn an_upload_may_outlast_the_handler_timeout_but_not_go_silent() {
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
 }
+
+#[tokio::test]
+async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
+    let app = TestApp::spawn().await;
+    let bytes = data(5_000);
+    let stored: Value = upload(&app, &app.token, bytes.clone(), "shared.bin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = stored["id"].as_str().unwrap().to_owned();
+    let shares_path = format!("/api/v1/files/{id}/shares");
+    let share = |seconds: i64| {
+        app.post(
+            &shares_path,
+            serde_json::json!({"expires_in_seconds": seconds}),
+        )
+    };
+    for bad in [0, -5, 31 * 24 * 3600] {
+        assert_eq!(
+            share(bad).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}"
+        );
+    }
+    let made = share(3_600).await;
+    assert_eq!(made.status(), StatusCode::CREATED);
+    let link: Value = made.json().await.unwrap();
+    let token = link["token"].as_str().unwrap().to_owned();
+    assert_eq!(link["url"], format!("/api/v1/shared/{token}").as_str());
+    assert!(link["expires_at"].is_string());
+
+    // Anyone with the link, no token of theirs.
+    let anonymous = reqwest::Client::new();
+    let served = anonymous
+        .get(app.url(&format!("/api/v1/shared/{token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.bytes().await.unwrap() == bytes);
+    let part = anonymous
+        .get(app.url(&format!("/api/v1/shared/{token}")))
+        .header(header::RANGE, "bytes=-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap(), bytes[4_990..]);
+    let nothing = anonymous
+        .get(app.url("/api/v1/shared/not-a-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nothing.status(), StatusCode::NOT_FOUND);
+
+    // Only the owner makes or revokes links.
+    let (_, mallory) = app.register_and_login("mallory").await;
+    let theirs = app
+        .http
+        .post(app.url(&format!("/api/v1/files/{id}/shares")))
+        .bearer_auth(&mallory)
+        .json(&serde_json::json!({"expires_in_seconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+
+    // The metadata lists the link by the hash of its token; the token is nowhere stored.
+    let listed = eventually("the share listed", Duration::from_secs(10), || async {
+        let meta: Value = app
+            .get(&format!("/api/v1/files/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (meta["shares"].as_array().unwrap().len() == 1).then_some(meta)
+    })
+    .await;
+    assert_eq!(listed["shares"][0]["id"].as_str().unwrap().len(), 64);
+    let stored_tokens: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%' \
+         OR aggregate_id = $1",
+    )
+    .bind(&token)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored_tokens, 0, "no share token in the log");
+
+    let revoked = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/files/{id}/shares/{token}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let after = anonymous
+        .get(app.url(&format!("/api/v1/shared/{token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::GONE);
+    assert_eq!(
+        after.json::<Value>().await.unwrap()["code"],
+        "share_revoked"
+    );
+
+    // A link past its expiry is gone.
+    let brief: Value = share(1).await.json().await.unwrap();
+    let brief = brief["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let expired = anonymous
+        .get(app.url(&format!("/api/v1/shared/{brief}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), StatusCode::GONE);
+    assert_eq!(
+        expired.json::<Value>().await.unwrap()["code"],
+        "share_expired"
+    );
+}

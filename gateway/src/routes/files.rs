@@ -5,7 +5,10 @@
 //! Bytes are streamed through: hashed into the object store on the way in
 //! (`chronicle_bus::ContentStore`), read from it on the way out, never held whole.
 //!
-//! Not built yet (issue 12): chunked uploads, tus, shares, thumbnails, chat attachments,
+//! Share links serve a file without authentication until they expire or are revoked; a
+//! link's token is given out once and never stored (the `share` aggregate's id is its hash).
+//!
+//! Not built yet (issue 12): chunked uploads, tus, thumbnails, chat attachments,
 //! and removing bytes once no live file refers to them (the `file_metadata` read model
 //! counts the references; nothing acts on a count of zero yet).
 
@@ -18,7 +21,9 @@ use axum::{
 };
 use chronicle_bus::ContentError;
 use chronicle_commands::CommandContext;
-use chronicle_files::{check_content_type, check_name, File, FileCommand, MAX_FILE_SIZE};
+use chronicle_files::{
+    check_content_type, check_name, File, FileCommand, Share, ShareCommand, Unserved, MAX_FILE_SIZE,
+};
 use chronicle_projections::file_metadata;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -29,7 +34,7 @@ use tokio::io::AsyncReadExt;
 use super::{page::PageRequest, respond};
 use crate::{
     error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller},
+    extract::{ApiPath, ApiQuery, Caller, JsonBody},
     state::AppState,
 };
 
@@ -46,6 +51,116 @@ pub(super) fn routes() -> axum::Router<AppState> {
         )
         .route("/api/v1/files/{id}", get(metadata).delete(remove))
         .route("/api/v1/files/{id}/content", get(content))
+        .route("/api/v1/files/{id}/shares", axum::routing::post(share))
+        .route(
+            "/api/v1/files/{id}/shares/{token}",
+            axum::routing::delete(revoke),
+        )
+        .route("/api/v1/shared/{token}", get(shared))
+}
+
+/// A share token's id: the lowercase hex SHA-256 of the token.
+fn share_id(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewShare {
+    expires_in_seconds: i64,
+}
+
+/// `POST /api/v1/files/{id}/shares`: a link to the caller's file; its token is in this
+/// answer and nowhere else.
+pub async fn share(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    caller: Caller,
+    body: JsonBody<NewShare>,
+) -> Result<Response, ApiError> {
+    owned_file(&state, &id, &caller.user_id).await?;
+    // 256 random bits.
+    let mut random = [0u8; 32];
+    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    random[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let token = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, random);
+    let command = ShareCommand::Create {
+        file_id: id.clone(),
+        owner_id: caller.user_id.clone(),
+        now: Utc::now(),
+        expires_in_seconds: body.value.expires_in_seconds,
+    };
+    let share_id = share_id(&token);
+    state
+        .commands
+        .execute::<Share>(&share_id, command, &(), &actor_context(&caller))
+        .await?;
+    let expires_at = state
+        .commands
+        .state::<Share>(&share_id)
+        .await?
+        .state
+        .expires_at();
+    let body = json!({"token": token, "url": format!("/api/v1/shared/{token}"),
+        "expires_at": expires_at});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /api/v1/files/{id}/shares/{token}`: 204; the link serves nothing more.
+pub async fn revoke(
+    State(state): State<AppState>,
+    ApiPath((id, token)): ApiPath<(String, String)>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    owned_file(&state, &id, &caller.user_id).await?;
+    let share_id = share_id(&token);
+    let link = state.commands.state::<Share>(&share_id).await?.state;
+    if link.file_id() != id {
+        return Err(ApiError::not_found("no such share of this file"));
+    }
+    let command = ShareCommand::Revoke {
+        by: caller.user_id.clone(),
+        now: Utc::now(),
+    };
+    state
+        .commands
+        .execute::<Share>(&share_id, command, &(), &actor_context(&caller))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/shared/{token}`: the file's bytes, without authentication, while the link
+/// lives; 410 `share_expired` after its expiry, 410 `share_revoked` once revoked.
+pub async fn shared(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let gone = |code, detail| ApiError::new(StatusCode::GONE, code, detail);
+    // A token is 43 URL-safe characters; anything else is no link.
+    if token.len() > 128 {
+        return Err(ApiError::not_found("no such share"));
+    }
+    let link = state
+        .commands
+        .state::<Share>(&share_id(&token))
+        .await?
+        .state;
+    let file_id = match link.serves(Utc::now()) {
+        Ok(file_id) => file_id.to_owned(),
+        Err(Unserved::NotFound) => return Err(ApiError::not_found("no such share")),
+        Err(Unserved::Expired) => return Err(gone("share_expired", "the link has expired")),
+        Err(Unserved::Revoked) => return Err(gone("share_revoked", "the link was revoked")),
+    };
+    let file = state.commands.state::<File>(&file_id).await?.state;
+    if !file.is_live() {
+        return Err(gone("file_deleted", "the shared file was deleted"));
+    }
+    serve(&state, &file, &headers).await
 }
 
 fn content_error(e: ContentError) -> ApiError {
@@ -149,10 +264,13 @@ pub async fn metadata(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let file = owned_file(&state, &id, &caller.user_id).await?;
+    let shares = file_metadata::shares_of(&state.pool, &id)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(json!({
         "id": id, "owner_id": file.owner_id(), "name": file.name(), "size": file.size(),
         "content_type": file.content_type(), "sha256": file.sha256(),
-        "created_at": file.stored_at(), "shares": [],
+        "created_at": file.stored_at(), "shares": shares,
     }))
     .into_response())
 }
