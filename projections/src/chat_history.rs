@@ -2,6 +2,7 @@
 //! read mark, and every message by room and `seq` (cursor pages both ways, unread counts).
 
 use chronicle_chat::{Room, RoomEvent};
+use chronicle_files::{File, FileEvent};
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -31,6 +32,9 @@ pub struct MessageView {
     pub sender_id: String,
     pub body: String,
     pub sent_at: DateTime<Utc>,
+    /// The files attached and not deleted since.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub file_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,6 +67,13 @@ CREATE TABLE IF NOT EXISTS chat_messages (
     body      text        NOT NULL,
     sent_at   timestamptz NOT NULL,
     PRIMARY KEY (room_id, seq)
+);
+ALTER TABLE chat_messages ADD COLUMN IF NOT EXISTS file_ids text[] NOT NULL DEFAULT '{}';
+CREATE TABLE IF NOT EXISTS chat_attachments (
+    file_id text   NOT NULL,
+    room_id text   NOT NULL,
+    seq     bigint NOT NULL,
+    PRIMARY KEY (file_id, room_id, seq)
 )";
 
 impl Projection for ChatHistoryProjection {
@@ -71,11 +82,20 @@ impl Projection for ChatHistoryProjection {
     }
 
     fn subjects(&self) -> Vec<String> {
-        vec![format!("events.chat.{}.>", Room::TYPE)]
+        // File deletions too: a deleted file leaves the messages it was attached to.
+        vec![
+            format!("events.chat.{}.>", Room::TYPE),
+            format!("events.files.{}.>", File::TYPE),
+        ]
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["chat_rooms", "chat_members", "chat_messages"]
+        &[
+            "chat_rooms",
+            "chat_members",
+            "chat_messages",
+            "chat_attachments",
+        ]
     }
 
     fn ddl(&self) -> &'static str {
@@ -87,7 +107,25 @@ impl Projection for ChatHistoryProjection {
         conn: &mut PgConnection,
         events: &[Envelope],
     ) -> Result<(), ProjectionError> {
-        for envelope in events.iter().filter(|e| e.aggregate_type == Room::TYPE) {
+        for envelope in events.iter() {
+            if envelope.aggregate_type == File::TYPE {
+                if let FileEvent::FileDeleted { .. } = envelope.decode::<FileEvent>()? {
+                    sqlx::query(
+                        "WITH gone AS (DELETE FROM chat_attachments WHERE file_id = $1 \
+                           RETURNING room_id, seq) \
+                         UPDATE chat_messages m SET file_ids = array_remove(m.file_ids, $1) \
+                         FROM gone WHERE m.room_id = gone.room_id AND m.seq = gone.seq",
+                    )
+                    .bind(&envelope.aggregate_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("detaching a deleted file"))?;
+                }
+                continue;
+            }
+            if envelope.aggregate_type != Room::TYPE {
+                continue;
+            }
             let room = envelope.aggregate_id.as_str();
             let version = ProjectionError::bigint(envelope.sequence)?;
             let at = envelope.recorded_at;
@@ -168,6 +206,7 @@ impl Projection for ChatHistoryProjection {
                     sender_id,
                     body,
                     sent_at,
+                    file_ids,
                     ..
                 } => {
                     let seq = ProjectionError::bigint(seq)?;
@@ -176,8 +215,10 @@ impl Projection for ChatHistoryProjection {
                         "body": body, "sent_at": sent_at,
                     });
                     sqlx::query(
-                        "WITH m AS (INSERT INTO chat_messages (room_id, seq, id, sender_id, body, sent_at) \
-                           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING) \
+                        "WITH m AS (INSERT INTO chat_messages (room_id, seq, id, sender_id, body, sent_at, file_ids) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $8) ON CONFLICT DO NOTHING), \
+                         a AS (INSERT INTO chat_attachments (file_id, room_id, seq) \
+                           SELECT f, $1, $2 FROM UNNEST($8::text[]) AS f ON CONFLICT DO NOTHING) \
                          UPDATE chat_rooms SET last_seq = $2, last_message = $7 WHERE id = $1",
                     )
                     .bind(room)
@@ -187,6 +228,7 @@ impl Projection for ChatHistoryProjection {
                     .bind(&body)
                     .bind(sent_at)
                     .bind(last)
+                    .bind(&file_ids)
                     .execute(&mut *conn)
                     .await
                     .map_err(ProjectionError::db("storing a message"))?;
@@ -277,17 +319,17 @@ pub async fn messages(
 ) -> Result<Vec<MessageView>, sqlx::Error> {
     let (sql, bound) = match window {
         Window::Latest => (
-            "SELECT * FROM (SELECT id, seq, sender_id, body, sent_at FROM chat_messages \
+            "SELECT * FROM (SELECT id, seq, sender_id, body, sent_at, file_ids FROM chat_messages \
              WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) m ORDER BY seq",
             i64::MAX,
         ),
         Window::Before(seq) => (
-            "SELECT * FROM (SELECT id, seq, sender_id, body, sent_at FROM chat_messages \
+            "SELECT * FROM (SELECT id, seq, sender_id, body, sent_at, file_ids FROM chat_messages \
              WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) m ORDER BY seq",
             seq,
         ),
         Window::After(seq) => (
-            "SELECT id, seq, sender_id, body, sent_at FROM chat_messages \
+            "SELECT id, seq, sender_id, body, sent_at, file_ids FROM chat_messages \
              WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             seq,
         ),
@@ -309,4 +351,23 @@ pub async fn room_version(pool: &PgPool, room_id: &str) -> Result<Option<i64>, s
         .bind(room_id)
         .fetch_optional(pool)
         .await
+}
+
+/// Whether `user_id` is a member of a room where file `file_id` is attached to a message.
+///
+/// # Errors
+/// Database failures.
+pub async fn attachment_readable(
+    pool: &PgPool,
+    file_id: &str,
+    user_id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM chat_attachments a JOIN chat_members m \
+           ON m.room_id = a.room_id WHERE a.file_id = $1 AND m.user_id = $2)",
+    )
+    .bind(file_id)
+    .bind(user_id)
+    .fetch_one(pool)
+    .await
 }

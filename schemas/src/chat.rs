@@ -49,6 +49,9 @@ pub enum RoomEvent {
         body: String,
         client_msg_id: String,
         sent_at: DateTime<Utc>,
+        /// Files attached (ids of files the sender owned when sending); absent when none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        file_ids: Vec<String>,
     },
     /// `user_id` has read everything up to `up_to_seq`.
     ReadMarked {

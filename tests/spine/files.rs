@@ -434,3 +434,131 @@ async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
         "share_expired"
     );
 }
+
+/// Chat attachments (API.md, Chat): a sender attaches files they own; the room's members may
+/// read them, nobody else; a deleted file leaves the room.
+#[tokio::test]
+async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let (_, carol_token) = app.register_and_login("carol").await;
+    let room: Value = app
+        .post(
+            "/api/v1/rooms",
+            serde_json::json!({"kind": "group", "members": [bob]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let room = room["id"].as_str().unwrap().to_owned();
+    let bytes = data(2_000);
+    let stored: Value = upload(&app, &app.token, bytes.clone(), "plan.pdf")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let file = stored["id"].as_str().unwrap().to_owned();
+    let bobs: Value = upload(&app, &bob_token, b"bob's".to_vec(), "b.txt")
+        .await
+        .json()
+        .await
+        .unwrap();
+
+    // Only your own files: bob's file and a made-up id are refused, nothing sent.
+    for other in [
+        bobs["id"].as_str().unwrap().to_owned(),
+        uuid::Uuid::now_v7().to_string(),
+    ] {
+        let r = app
+            .post(
+                &format!("/api/v1/rooms/{room}/messages"),
+                serde_json::json!({"body": "see", "client_msg_id": "x", "file_ids": [other]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let sent = app
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            serde_json::json!({"body": "the plan", "client_msg_id": "p-1", "file_ids": [file]}),
+        )
+        .await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    assert_eq!(sent.json::<Value>().await.unwrap()["seq"], 1);
+
+    // Bob, a member, reads it once the room's history has it; carol, not a member, never.
+    let as_user = |token: String, path: String| {
+        let app = &app;
+        async move {
+            app.http
+                .get(app.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let history = eventually(
+        "the message with its attachment",
+        Duration::from_secs(10),
+        || async {
+            let page: Value = as_user(bob_token.clone(), format!("/api/v1/rooms/{room}/messages"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            (page["items"].as_array().unwrap().len() == 1).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(history["items"][0]["file_ids"], serde_json::json!([file]));
+    let read = as_user(bob_token.clone(), format!("/api/v1/files/{file}/content")).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert!(read.bytes().await.unwrap() == bytes);
+    let meta: Value = as_user(bob_token.clone(), format!("/api/v1/files/{file}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["name"], "plan.pdf");
+    assert_eq!(meta["shares"], serde_json::json!([]));
+    let outsider = as_user(carol_token.clone(), format!("/api/v1/files/{file}/content")).await;
+    assert_eq!(outsider.status(), StatusCode::NOT_FOUND);
+    // Reading is not owning: bob cannot delete it.
+    let r = app
+        .http
+        .delete(app.url(&format!("/api/v1/files/{file}")))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Deleted by its owner: gone from the room too.
+    let r = app
+        .request(Method::DELETE, &format!("/api/v1/files/{file}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        as_user(bob_token.clone(), format!("/api/v1/files/{file}/content"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    eventually(
+        "the attachment gone from the history",
+        Duration::from_secs(10),
+        || async {
+            let page: Value = as_user(bob_token.clone(), format!("/api/v1/rooms/{room}/messages"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            page["items"][0].get("file_ids").is_none().then_some(())
+        },
+    )
+    .await;
+}

@@ -492,3 +492,60 @@ async fn a_connection_outlives_the_handler_timeout_and_a_silent_client_is_droppe
     assert_eq!(presence_of(&app, &bob).await["online"], true);
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_file_attached_over_the_socket_reaches_the_members_frames() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    let uploaded: Value = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&bob_token)
+        .multipart(reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(b"minutes".to_vec()).file_name("minutes.txt"),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = uploaded["id"].as_str().unwrap().to_owned();
+    let mut listener = connect(&app, &app.token).await;
+    put(&mut listener, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut listener).await["type"], "subscribed");
+    let mut sender = connect(&app, &bob_token).await;
+    put(
+        &mut sender,
+        json!({"type": "send", "room_id": room, "body": "attached", "client_msg_id": "a-1",
+            "file_ids": [file]}),
+    )
+    .await;
+    let ack = frame(&mut sender).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // Bob's presence comes and goes on the same socket; the message is what counts.
+    let message = loop {
+        let next = frame(&mut listener).await;
+        if next["type"] == "message" {
+            break next;
+        }
+    };
+    assert_eq!(message["file_ids"], json!([file]));
+    // Someone else's file: an error frame, nothing sent.
+    put(
+        &mut listener,
+        json!({"type": "send", "room_id": room, "body": "mine?", "client_msg_id": "a-2",
+            "file_ids": [file]}),
+    )
+    .await;
+    let refused = loop {
+        let next = frame(&mut listener).await;
+        if next["type"] != "presence" {
+            break next;
+        }
+    };
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "validation_failed");
+}

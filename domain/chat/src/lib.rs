@@ -15,6 +15,6 @@ mod room;
 
 pub use chronicle_schemas::chat::{RoomEvent, RoomKind};
 pub use room::{
-    check_body, check_client_msg_id, check_user_id, direct_room_claim, Room, RoomCommand,
-    RoomError, Sent, MAX_BODY, MAX_MEMBERS, MAX_RECENT,
+    check_body, check_client_msg_id, check_file_ids, check_user_id, direct_room_claim, Room,
+    RoomCommand, RoomError, Sent, MAX_ATTACHMENTS, MAX_BODY, MAX_MEMBERS, MAX_RECENT,
 };

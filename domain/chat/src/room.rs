@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_BODY: usize = 4_000;
 /// Most members of a room.
 pub const MAX_MEMBERS: usize = 1_000;
+/// Most files attached to one message.
+pub const MAX_ATTACHMENTS: usize = 10;
 /// How many recent messages a room remembers the client ids of, for retries.
 pub const MAX_RECENT: usize = 1_000;
 
@@ -42,6 +44,8 @@ pub enum RoomCommand {
         body: String,
         client_msg_id: String,
         sent_at: DateTime<Utc>,
+        /// Files attached: the gateway checked the sender owns them.
+        file_ids: Vec<String>,
     },
     /// Read marks never move backwards; a mark past the last message stops at it.
     MarkRead {
@@ -68,6 +72,8 @@ pub enum RoomError {
     InvalidBody,
     #[error("client_msg_id is 1 to 64 visible ASCII characters")]
     InvalidClientMsgId,
+    #[error("at most {MAX_ATTACHMENTS} distinct file ids")]
+    InvalidFileIds,
     #[error("the members of a direct room cannot change")]
     DirectRoomFixed,
 }
@@ -81,7 +87,8 @@ impl RoomError {
             Self::InvalidMembers
             | Self::InvalidName
             | Self::InvalidBody
-            | Self::InvalidClientMsgId => "validation_failed",
+            | Self::InvalidClientMsgId
+            | Self::InvalidFileIds => "validation_failed",
             Self::DirectRoomFixed => "direct_room_fixed",
         }
     }
@@ -98,7 +105,8 @@ impl DomainRule for RoomError {
             Self::InvalidMembers
             | Self::InvalidName
             | Self::InvalidBody
-            | Self::InvalidClientMsgId => Refusal::Invalid,
+            | Self::InvalidClientMsgId
+            | Self::InvalidFileIds => Refusal::Invalid,
             Self::RoomExists | Self::DirectRoomFixed => Refusal::Conflict,
         }
     }
@@ -108,6 +116,7 @@ impl DomainRule for RoomError {
             Self::InvalidName => "name",
             Self::InvalidBody => "body",
             Self::InvalidClientMsgId => "client_msg_id",
+            Self::InvalidFileIds => "file_ids",
             _ => return Vec::new(),
         };
         vec![Invalid::new(field, self.to_string())]
@@ -147,6 +156,26 @@ pub fn check_user_id(field: &str, id: &str) -> Result<(), Invalid> {
         Ok(())
     } else {
         Err(Invalid::new(field, "a user id"))
+    }
+}
+
+/// A message's attachments: at most [`MAX_ATTACHMENTS`] distinct ids, each like a user id
+/// (a UUID).
+///
+/// # Errors
+/// [`Invalid`] for `file_ids`.
+pub fn check_file_ids(ids: &[String]) -> Result<(), Invalid> {
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    if ids.len() <= MAX_ATTACHMENTS
+        && distinct.len() == ids.len()
+        && ids.iter().all(|id| check_user_id("file_ids", id).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "file_ids",
+            format!("at most {MAX_ATTACHMENTS} distinct file ids"),
+        ))
     }
 }
 
@@ -283,6 +312,7 @@ impl Room {
                 body,
                 client_msg_id,
                 sent_at,
+                file_ids,
             } => {
                 self.member(&sender_id)?;
                 check_client_msg_id(&client_msg_id).map_err(|_| RoomError::InvalidClientMsgId)?;
@@ -290,6 +320,7 @@ impl Room {
                     return Ok(vec![]);
                 }
                 check_body(&body).map_err(|_| RoomError::InvalidBody)?;
+                check_file_ids(&file_ids).map_err(|_| RoomError::InvalidFileIds)?;
                 Ok(vec![E::MessageSent {
                     message_id,
                     seq: self.last_seq + 1,
@@ -297,6 +328,7 @@ impl Room {
                     body,
                     client_msg_id,
                     sent_at,
+                    file_ids,
                 }])
             }
             C::MarkRead { user_id, up_to_seq } => {
@@ -412,6 +444,7 @@ mod tests {
             body: "hi".into(),
             client_msg_id: client.into(),
             sent_at: at(),
+            file_ids: vec![],
         }
     }
 
@@ -422,6 +455,7 @@ mod tests {
             body: "hi".into(),
             client_msg_id: client.into(),
             sent_at: at(),
+            file_ids: vec![],
         }
     }
 
@@ -529,6 +563,7 @@ mod tests {
                 body: "hi".into(),
                 client_msg_id: "c2".into(),
                 sent_at: at(),
+                file_ids: vec![],
             }]);
         Given::with(())
             .given(vec![group(), sent(1, "c1")])
@@ -546,6 +581,7 @@ mod tests {
                 body: "x".repeat(MAX_BODY + 1),
                 client_msg_id: "c".into(),
                 sent_at: at(),
+                file_ids: vec![],
             })
             .then_expect_error(RoomError::InvalidBody);
     }
@@ -587,5 +623,40 @@ mod tests {
         assert_eq!(room.recent.len(), MAX_RECENT);
         assert_eq!(room.last_seq(), MAX_RECENT as u64 * 3);
         assert!(room.sent("a", &format!("c{}", MAX_RECENT * 3)).is_some());
+    }
+
+    #[test]
+    fn a_message_carries_at_most_ten_distinct_attachments() {
+        let with = |file_ids: Vec<String>| C::Send {
+            message_id: "m-new".into(),
+            sender_id: "a".into(),
+            body: "see attached".into(),
+            client_msg_id: "att".into(),
+            sent_at: at(),
+            file_ids,
+        };
+        let ids = |n: usize| (0..n).map(|i| format!("file-{i}")).collect::<Vec<_>>();
+        Given::with(())
+            .given(vec![group()])
+            .when(with(ids(2)))
+            .then_expect_events(vec![E::MessageSent {
+                message_id: "m-new".into(),
+                seq: 1,
+                sender_id: "a".into(),
+                body: "see attached".into(),
+                client_msg_id: "att".into(),
+                sent_at: at(),
+                file_ids: ids(2),
+            }]);
+        for bad in [
+            ids(MAX_ATTACHMENTS + 1),
+            vec!["f".into(), "f".into()],
+            vec!["../x".into()],
+        ] {
+            Given::with(())
+                .given(vec![group()])
+                .when(with(bad))
+                .then_expect_error(RoomError::InvalidFileIds);
+        }
     }
 }

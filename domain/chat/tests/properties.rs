@@ -45,13 +45,23 @@ fn command() -> impl Strategy<Value = RoomCommand> {
             }),
         (user(), user()).prop_map(|(user_id, by)| RoomCommand::AddMember { user_id, by }),
         (user(), user()).prop_map(|(user_id, by)| RoomCommand::RemoveMember { user_id, by }),
-        (user(), text(), text()).prop_map(|(sender_id, body, client_msg_id)| RoomCommand::Send {
-            message_id: "m".into(),
-            sender_id,
-            body,
-            client_msg_id,
-            sent_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a valid time"),
-        }),
+        (
+            user(),
+            text(),
+            text(),
+            proptest::collection::vec(user(), 0..12)
+        )
+            .prop_map(
+                |(sender_id, body, client_msg_id, file_ids)| RoomCommand::Send {
+                    message_id: "m".into(),
+                    sender_id,
+                    body,
+                    client_msg_id,
+                    sent_at: chrono::DateTime::from_timestamp(1_700_000_000, 0)
+                        .expect("a valid time"),
+                    file_ids,
+                }
+            ),
         (user(), any::<u64>())
             .prop_map(|(user_id, up_to_seq)| RoomCommand::MarkRead { user_id, up_to_seq }),
     ]

@@ -71,6 +71,8 @@ enum Inbound {
         room_id: String,
         body: String,
         client_msg_id: String,
+        #[serde(default)]
+        file_ids: Vec<String>,
     },
     Read {
         room_id: String,
@@ -378,7 +380,8 @@ async fn handle(
             room_id,
             body,
             client_msg_id,
-        } => Some(send(state, user_id, &room_id, body, client_msg_id).await),
+            file_ids,
+        } => Some(send(state, user_id, &room_id, body, client_msg_id, file_ids).await),
         Inbound::Read { room_id, up_to_seq } => {
             let command = RoomCommand::MarkRead {
                 user_id: user_id.to_owned(),
@@ -413,6 +416,7 @@ async fn send(
     room_id: &str,
     body: String,
     client_msg_id: String,
+    file_ids: Vec<String>,
 ) -> Value {
     if uuid::Uuid::parse_str(room_id).is_err() {
         return error("not_found", "no such room");
@@ -425,6 +429,7 @@ async fn send(
         user_id,
         body,
         client_msg_id.clone(),
+        file_ids,
     )
     .await
     {
@@ -520,6 +525,7 @@ async fn subscription(
                 sender_id: &message.sender_id,
                 body: &message.body,
                 sent_at: message.sent_at,
+                file_ids: &message.file_ids,
             };
             sent = frame.seq;
             if !out.push(Outbound::Frame(frame.live().text)) {

@@ -30,7 +30,7 @@
 //! (`chat.signal.<room>`), not persisted; a process subscribes to it once per room it has
 //! listeners for, and passes each signal on like a live frame.
 //!
-//! Not built yet (issue 11): attachments (they need files, issue 12).
+//! A message may carry `file_ids` (files its sender owned): the room's members may read them.
 //!
 //! The hub reads the log with an ordered consumer of its own rather than the subscriber
 //! runtime: it keeps no checkpoint (a process starts from "now" and a client recovers with
@@ -136,6 +136,8 @@ pub(crate) struct MessageFrame<'a> {
     pub(crate) sender_id: &'a str,
     pub(crate) body: &'a str,
     pub(crate) sent_at: chrono::DateTime<chrono::Utc>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub(crate) file_ids: &'a [String],
 }
 
 impl MessageFrame<'_> {
@@ -549,6 +551,7 @@ fn room_frame(envelope: &Envelope) -> Option<Live> {
             sender_id,
             body,
             sent_at,
+            file_ids,
             ..
         } => MessageFrame {
             room_id,
@@ -557,6 +560,7 @@ fn room_frame(envelope: &Envelope) -> Option<Live> {
             sender_id: &sender_id,
             body: &body,
             sent_at,
+            file_ids: &file_ids,
         }
         .live(),
         RoomEvent::ReadMarked { user_id, up_to_seq } => Live::other(&json!({

@@ -8,10 +8,11 @@ use axum::{
     Json,
 };
 use chronicle_chat::{
-    check_body, check_client_msg_id, check_user_id, direct_room_claim, Room, RoomCommand, RoomKind,
-    Sent,
+    check_body, check_client_msg_id, check_file_ids, check_user_id, direct_room_claim, Room,
+    RoomCommand, RoomKind, Sent,
 };
 use chronicle_commands::{CommandContext, CommandError, UniqueClaim};
+use chronicle_files::File;
 use chronicle_projections::chat_history::{self, Window};
 use serde::Deserialize;
 use serde_json::json;
@@ -185,6 +186,9 @@ async fn room_command(
 pub struct Send {
     body: String,
     client_msg_id: String,
+    /// Files of the sender's to attach.
+    #[serde(default)]
+    file_ids: Vec<String>,
 }
 
 /// 201 `{"id","seq","sent_at"}`; the same `client_msg_id` again answers the first message.
@@ -200,6 +204,7 @@ pub async fn send(
     ApiError::check(FieldError::collect([
         check_body(&message.body),
         check_client_msg_id(&message.client_msg_id),
+        check_file_ids(&message.file_ids),
     ]))?;
     // `client_msg_id` is this route's idempotency key (API.md): a repeat answers the first
     // message from the room itself, so no response is stored under `Idempotency-Key`.
@@ -214,6 +219,7 @@ pub async fn send(
         &caller.user_id,
         message.body,
         message.client_msg_id,
+        message.file_ids,
     )
     .await?;
     Ok((
@@ -235,13 +241,28 @@ pub(crate) async fn send_message(
     sender_id: &str,
     body: String,
     client_msg_id: String,
+    file_ids: Vec<String>,
 ) -> Result<Sent, ApiError> {
+    // Only files the sender owns may be attached (the room's members may then read them).
+    for file_id in &file_ids {
+        let owned = uuid::Uuid::parse_str(file_id).is_ok() && {
+            let file = state.commands.state::<File>(file_id).await?.state;
+            file.is_live() && file.owner_id() == sender_id
+        };
+        if !owned {
+            return Err(ApiError::validation(vec![FieldError::new(
+                "file_ids",
+                format!("{file_id} is not a file of yours"),
+            )]));
+        }
+    }
     let command = RoomCommand::Send {
         message_id: uuid::Uuid::now_v7().to_string(),
         sender_id: sender_id.to_owned(),
         body,
         client_msg_id: client_msg_id.clone(),
         sent_at: chrono::Utc::now(),
+        file_ids,
     };
     state
         .commands

@@ -8,7 +8,9 @@
 //! Share links serve a file without authentication until they expire or are revoked; a
 //! link's token is given out once and never stored (the `share` aggregate's id is its hash).
 //!
-//! Not built yet (issue 12): chunked uploads, tus, thumbnails, chat attachments,
+//! A file attached to a chat message may be read (not changed) by that room's members.
+//!
+//! Not built yet (issue 12): chunked uploads, tus, thumbnails,
 //! and removing bytes once no live file refers to them (the `file_metadata` read model
 //! counts the references; nothing acts on a count of zero yet).
 
@@ -257,16 +259,38 @@ async fn owned_file(state: &AppState, id: &str, user_id: &str) -> Result<File, A
     }
 }
 
-/// `GET /api/v1/files/{id}`.
+/// The live file `id` if `user_id` may read it: they own it, or it is attached to a
+/// message of a room they are a member of. 404 otherwise.
+async fn readable_file(state: &AppState, id: &str, user_id: &str) -> Result<File, ApiError> {
+    let id = respond::uuid_id(id, "file")?;
+    let file = state.commands.state::<File>(id).await?.state;
+    let readable = file.is_live()
+        && (file.owner_id() == user_id
+            || chronicle_projections::chat_history::attachment_readable(&state.pool, id, user_id)
+                .await
+                .map_err(ApiError::internal)?);
+    if readable {
+        Ok(file)
+    } else {
+        Err(ApiError::not_found(format!("no file with id {id}")))
+    }
+}
+
+/// `GET /api/v1/files/{id}`: for its owner, and the members of rooms it is attached in.
 pub async fn metadata(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let file = owned_file(&state, &id, &caller.user_id).await?;
-    let shares = file_metadata::shares_of(&state.pool, &id)
-        .await
-        .map_err(ApiError::internal)?;
+    let file = readable_file(&state, &id, &caller.user_id).await?;
+    // Links are the owner's business.
+    let shares = if file.owner_id() == caller.user_id {
+        file_metadata::shares_of(&state.pool, &id)
+            .await
+            .map_err(ApiError::internal)?
+    } else {
+        Vec::new()
+    };
     Ok(Json(json!({
         "id": id, "owner_id": file.owner_id(), "name": file.name(), "size": file.size(),
         "content_type": file.content_type(), "sha256": file.sha256(),
@@ -327,7 +351,7 @@ pub async fn content(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let file = owned_file(&state, &id, &caller.user_id).await?;
+    let file = readable_file(&state, &id, &caller.user_id).await?;
     serve(&state, &file, &headers).await
 }
 
