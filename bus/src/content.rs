@@ -149,6 +149,33 @@ impl ContentStore {
         })
     }
 
+    /// Stores a part of something larger under `name` (an upload's chunk, named
+    /// `chunk.<upload>.<index>`), replacing what was there: its size. Parts are not
+    /// content-addressed; [`ContentStore::put`] hashes the whole once it is complete.
+    ///
+    /// # Errors
+    /// [`ContentError::TooLarge`] past `limit` (nothing stays under `name`), reading
+    /// failures, the object store's.
+    pub async fn put_part(
+        &self,
+        name: &str,
+        reader: &mut (impl AsyncRead + Unpin),
+        limit: u64,
+    ) -> Result<u64, ContentError> {
+        let mut bounded = reader.take(limit + 1);
+        let info = self
+            .store
+            .put(name, &mut bounded)
+            .await
+            .map_err(store_error)?;
+        let size = info.size as u64;
+        if size > limit {
+            self.delete(name).await?;
+            return Err(ContentError::TooLarge { limit });
+        }
+        Ok(size)
+    }
+
     /// Whether the bytes named `sha256` are stored.
     ///
     /// # Errors

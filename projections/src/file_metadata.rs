@@ -238,3 +238,18 @@ pub async fn shares_of(pool: &PgPool, file_id: &str) -> Result<Vec<ShareView>, s
     .fetch_all(pool)
     .await
 }
+
+/// Whether `owner_id` has a live file whose bytes are `sha256`.
+///
+/// # Errors
+/// Database failures.
+pub async fn owns_bytes(pool: &PgPool, owner_id: &str, sha256: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM files WHERE owner_id = $1 AND sha256 = $2 \
+           AND deleted_at IS NULL)",
+    )
+    .bind(owner_id)
+    .bind(sha256)
+    .fetch_one(pool)
+    .await
+}

@@ -562,3 +562,189 @@ async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
     )
     .await;
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn put_chunk(app: &TestApp, upload: &str, index: u64, bytes: Vec<u8>) -> reqwest::Response {
+    app.request(
+        Method::PUT,
+        &format!("/api/v1/files/uploads/{upload}/chunks/{index}"),
+    )
+    .body(bytes)
+    .send()
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() {
+    let app = TestApp::spawn().await;
+    let bytes = data(2 * 8 * 1024 * 1024 + 1_000);
+    let declare = |sha256: String| {
+        app.post(
+            "/api/v1/files/uploads",
+            serde_json::json!({"name": "big.bin", "size": bytes.len(), "sha256": sha256,
+                "content_type": "application/octet-stream"}),
+        )
+    };
+    let started: Value = declare(sha256_hex(&bytes)).await.json().await.unwrap();
+    let upload = started["upload_id"].as_str().unwrap().to_owned();
+    let chunk = started["chunk_size"].as_u64().unwrap() as usize;
+    assert_eq!(chunk, 8 * 1024 * 1024);
+    let piece = |i: usize| bytes[i * chunk..((i + 1) * chunk).min(bytes.len())].to_vec();
+
+    // The last chunk first; a wrong length is refused; someone else sees no upload.
+    assert_eq!(
+        put_chunk(&app, &upload, 2, piece(2)).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put_chunk(&app, &upload, 0, piece(2)).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        put_chunk(&app, &upload, 3, piece(2)).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (_, mallory) = app.register_and_login("mallory").await;
+    let theirs = app
+        .http
+        .get(app.url(&format!("/api/v1/files/uploads/{upload}")))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let early = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{upload}/complete"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), StatusCode::CONFLICT);
+
+    // Resume: the listing says what is missing.
+    let status: Value = app
+        .get(&format!("/api/v1/files/uploads/{upload}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["received"], serde_json::json!([2]));
+    assert_eq!(status["missing"], serde_json::json!([0, 1]));
+    for i in [1, 0, 1] {
+        assert_eq!(
+            put_chunk(&app, &upload, i, piece(i as usize))
+                .await
+                .status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    let done = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{upload}/complete"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["sha256"], sha256_hex(&bytes).as_str());
+    let file = done["id"].as_str().unwrap().to_owned();
+    let again: Value = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{upload}/complete"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, done, "completing twice gives the same file");
+    let served = app.get(&format!("/api/v1/files/{file}/content")).await;
+    assert!(served.bytes().await.unwrap() == bytes);
+
+    // The same bytes declared again by their owner: a file at once, nothing sent.
+    let known = eventually("the file counted", Duration::from_secs(10), || async {
+        let r: Value = declare(sha256_hex(&bytes)).await.json().await.unwrap();
+        (r["deduplicated"] == true).then_some(r)
+    })
+    .await;
+    assert_ne!(known["id"], done["id"]);
+    // Mallory declaring the same hash gets an upload, not the file.
+    let hers: Value = app
+        .http
+        .post(app.url("/api/v1/files/uploads"))
+        .bearer_auth(&mallory)
+        .json(&serde_json::json!({"name": "x.bin", "size": bytes.len(),
+            "sha256": sha256_hex(&bytes), "content_type": "application/octet-stream"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(hers["upload_id"].is_string(), "{hers}");
+}
+
+#[tokio::test]
+async fn a_chunked_upload_whose_bytes_do_not_hash_as_declared_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let bytes = data(70_000);
+    let started: Value = app
+        .post(
+            "/api/v1/files/uploads",
+            serde_json::json!({"name": "liar.bin", "size": bytes.len(),
+                "sha256": "00".repeat(32), "content_type": "application/octet-stream"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let upload = started["upload_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_chunk(&app, &upload, 0, bytes.clone()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let files_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'file'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let r = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{upload}/complete"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "checksum_mismatch"
+    );
+    let files_after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'file'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(files_after, files_before, "no file");
+    // And the bytes that were not what was declared are not kept.
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let store = js.get_object_store("files").await.unwrap();
+    if let Ok(info) = store.info(sha256_hex(&bytes)).await {
+        assert!(info.deleted, "the bytes are deleted");
+    }
+}

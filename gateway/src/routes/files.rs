@@ -10,7 +10,9 @@
 //!
 //! A file attached to a chat message may be read (not changed) by that room's members.
 //!
-//! Not built yet (issue 12): chunked uploads, tus, thumbnails,
+//! Chunked, resumable uploads are in `uploads.rs`.
+//!
+//! Not built yet (issue 12): tus, thumbnails,
 //! and removing bytes once no live file refers to them (the `file_metadata` read model
 //! counts the references; nothing acts on a count of zero yet).
 
@@ -165,7 +167,7 @@ pub async fn shared(
     serve(&state, &file, &headers).await
 }
 
-fn content_error(e: ContentError) -> ApiError {
+pub(super) fn content_error(e: ContentError) -> ApiError {
     match e {
         ContentError::TooLarge { limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,6 +10,7 @@ mod orders;
 mod page;
 mod projections;
 mod respond;
+mod uploads;
 
 use axum::{
     extract::DefaultBodyLimit,
@@ -78,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(blog::routes())
         .merge(chat::routes())
         .merge(files::routes())
+        .merge(uploads::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
