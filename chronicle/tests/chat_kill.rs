@@ -4,72 +4,20 @@
 //! copy of any; the seqs stay dense; and the users it held go offline by themselves.
 
 mod common;
+#[path = "common/gateways.rs"]
+mod gateways;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chronicle_tests::{eventually, TestDb, TestNats};
-use common::{start_gateway, Running};
 use futures::{SinkExt, StreamExt};
+use gateways::{start, user};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-const SECRET: &str = "a test key that both gateways share, 32+ bytes long";
-
-/// Starts `chronicle <subcommand>` on the test's servers; returns it and its gateway's URL.
-fn start(
-    subcommand: &str,
-    db: &TestDb,
-    nats: &TestNats,
-    data: &std::path::Path,
-) -> (Running, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
-    command
-        .arg(subcommand)
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", nats.url())
-        .env("CHRONICLE_DATA_DIR", data)
-        .env("CHRONICLE_JWT_SECRET", SECRET)
-        .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "0")
-        // A dead gateway's users lapse after this.
-        .env("CHRONICLE_PRESENCE_TTL", "3s");
-    let (running, base, _) = start_gateway(command);
-    (running, base)
-}
-
-async fn user(http: &reqwest::Client, base: &str, name: &str) -> (String, String) {
-    let credentials = json!({"username": name, "password": "a chat kill password"});
-    let registered = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(
-            &json!({"username": name, "password": "a chat kill password",
-            "display_name": name}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert!(registered.status().is_success(), "{}", registered.status());
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        login["user_id"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no user id in {login}"))
-            .to_owned(),
-        login["token"].as_str().expect("a token").to_owned(),
-    )
-}
 
 /// Every message of the room, oldest first, through `base`.
 async fn history(http: &reqwest::Client, base: &str, token: &str, room: &str) -> Vec<Value> {
