@@ -8,114 +8,20 @@
 //! and the process's RSS growth per connection is reported.
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{report::Measurement, servers::Servers};
-
-/// The `chronicle up` child and its data dir; killed, then the dir removed, when dropped.
-struct Chronicle(Child, Option<tempfile::TempDir>);
-
-impl Drop for Chronicle {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if let Some(dir) = self.1.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS in /proc/<pid>/status")
-}
-
-/// RSS once it has stopped moving (two readings half a second apart within 256 KiB, or
-/// after 15 s): the allocator returns freed memory a little after it is freed.
-async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let mut previous = rss_kib(pid)?;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid)?;
-        if now.abs_diff(previous) < 256 {
-            return Ok(now);
-        }
-        previous = now;
-    }
-    Ok(previous)
-}
-
-fn start(db_url: &str, nats_url: &str) -> anyhow::Result<(Chronicle, String)> {
-    let binary = std::env::current_exe()?
-        .parent()
-        .context("the bench binary's directory")?
-        .join("chronicle");
-    if !binary.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p chronicle` first",
-            binary.display()
-        );
-    }
-    let data = tempfile::tempdir()?;
-    let mut child = Command::new(binary)
-        .arg("up")
-        .env("DATABASE_URL", db_url)
-        .env("NATS_URL", nats_url)
-        .env("CHRONICLE_DATA_DIR", data.path())
-        .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
-        .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "0")
-        .env("CHRONICLE_PG_POOL", "32")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let base = loop {
-        let line = lines.next().context("chronicle up ended")??;
-        if let Some(url) = line.strip_prefix("chronicle: gateway listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    Ok((Chronicle(child, Some(data)), base))
-}
-
-async fn user(
-    http: &reqwest::Client,
-    base: &str,
-    name: String,
-) -> anyhow::Result<(String, String)> {
-    let body = json!({"username": name, "password": "bench password", "display_name": name});
-    http.post(format!("{base}/api/v1/auth/register"))
-        .json(&body)
-        .send()
-        .await?;
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": name, "password": "bench password"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok((
-        login["user_id"].as_str().context("a user id")?.to_owned(),
-        login["token"].as_str().context("a token")?.to_owned(),
-    ))
-}
+use crate::{
+    process::{rss_kib, settled_rss_kib, start, user},
+    report::Measurement,
+    servers::Servers,
+};
 
 /// Idle connections (each read by a task of its own, so it answers pings) from several
 /// loopback source addresses (one address has ~28,000

@@ -16,6 +16,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod e2;
+mod e3;
+mod process;
 mod report;
 mod servers;
 mod w1;
@@ -75,6 +77,13 @@ enum Workload {
         #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
         idle: Vec<usize>,
     },
+    /// E3: a file uploaded in chunks over HTTP against the same bytes put straight into the
+    /// object store, with the gateway's peak RSS (`cargo build --release -p chronicle` first).
+    E3 {
+        /// The file's size in MiB.
+        #[arg(long, default_value_t = 1_024)]
+        mib: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 idle,
             } => e2::run(&servers, members, rate, seconds, &idle).await?,
+            Workload::E3 { mib } => e3::run(&servers, mib).await?,
         }
         anyhow::Ok(())
     })

@@ -243,50 +243,20 @@ pub async fn complete(
     if missing > 0 {
         return Err(refused(UploadError::Incomplete { missing }));
     }
-    let content = state.content().await?;
-    // The chunks in order, as one stream of bytes, into the content-addressed store.
-    let chunks = futures::stream::iter(0..upload.chunks())
-        .then(|index| {
-            let content = content.clone();
-            let name = chunk_name(&id, index);
-            async move {
-                match content.get(&name).await {
-                    Ok(Some(object)) => Ok(tokio_util::io::ReaderStream::new(object)),
-                    Ok(None) => Err(std::io::Error::other(format!("chunk {index} is missing"))),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                }
-            }
-        })
-        .try_flatten();
-    let mut whole = tokio_util::io::StreamReader::new(Box::pin(chunks));
-    let stored = content
-        .put(&mut whole, upload.size())
+    // Assembling a large file takes longer than the handler timeout may allow: it runs on a
+    // task of its own, which finishes even when this request is cut (the client asks to
+    // complete again, and gets the file).
+    let assembly = tokio::spawn(assemble(
+        state.clone(),
+        ctx,
+        id.clone(),
+        file_id.clone(),
+        upload.clone(),
+        caller.user_id.clone(),
+    ));
+    assembly
         .await
-        .map_err(content_error)?;
-    let completed = state
-        .commands
-        .execute::<Upload>(
-            &id,
-            UploadCommand::Complete {
-                file_id: file_id.clone(),
-                computed_sha256: stored.sha256.clone(),
-                by: caller.user_id.clone(),
-            },
-            &(),
-            &ctx,
-        )
-        .await;
-    if let Err(e) = completed {
-        // Bytes that are not what was declared are not kept (unless a file has them).
-        if !stored.deduplicated {
-            let _ = content.delete(&stored.sha256).await;
-        }
-        return Err(e.into());
-    }
-    ensure_file(&state, &ctx, &file_id, &upload).await?;
-    for index in 0..upload.chunks() {
-        let _ = content.delete(&chunk_name(&id, index)).await;
-    }
+        .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))??;
     Ok(done(&upload))
 }
 
@@ -320,4 +290,61 @@ async fn ensure_file(
         Ok(_) | Err(chronicle_commands::CommandError::Rejected(FileError::Exists)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Reads the chunks in order into the content-addressed store, completes the upload if the
+/// bytes hash as declared, stores the file, and drops the chunks.
+async fn assemble(
+    state: AppState,
+    ctx: CommandContext,
+    id: String,
+    file_id: String,
+    upload: Upload,
+    user_id: String,
+) -> Result<(), ApiError> {
+    let content = state.content().await?;
+    // The chunks in order, as one stream of bytes, into the content-addressed store.
+    let chunks = futures::stream::iter(0..upload.chunks())
+        .then(|index| {
+            let content = content.clone();
+            let name = chunk_name(&id, index);
+            async move {
+                match content.get(&name).await {
+                    Ok(Some(object)) => Ok(tokio_util::io::ReaderStream::new(object)),
+                    Ok(None) => Err(std::io::Error::other(format!("chunk {index} is missing"))),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        })
+        .try_flatten();
+    let mut whole = tokio_util::io::StreamReader::new(Box::pin(chunks));
+    let stored = content
+        .put(&mut whole, upload.size())
+        .await
+        .map_err(content_error)?;
+    let completed = state
+        .commands
+        .execute::<Upload>(
+            &id,
+            UploadCommand::Complete {
+                file_id: file_id.clone(),
+                computed_sha256: stored.sha256.clone(),
+                by: user_id.clone(),
+            },
+            &(),
+            &ctx,
+        )
+        .await;
+    if let Err(e) = completed {
+        // Bytes that are not what was declared are not kept (unless a file has them).
+        if !stored.deduplicated {
+            let _ = content.delete(&stored.sha256).await;
+        }
+        return Err(e.into());
+    }
+    ensure_file(&state, &ctx, &file_id, &upload).await?;
+    for index in 0..upload.chunks() {
+        let _ = content.delete(&chunk_name(&id, index)).await;
+    }
+    Ok(())
 }
