@@ -24,7 +24,6 @@ use axum::{
     Json,
 };
 use chronicle_bus::ContentError;
-use chronicle_commands::CommandContext;
 use chronicle_files::{
     check_content_type, check_name, File, FileCommand, Share, ShareCommand, Unserved, MAX_FILE_SIZE,
 };
@@ -101,7 +100,12 @@ pub async fn share(
     let share_id = share_id(&token);
     state
         .commands
-        .execute::<Share>(&share_id, command, &(), &actor_context(&caller))
+        .execute::<Share>(
+            &share_id,
+            command,
+            &(),
+            &super::respond::caller_context(&caller),
+        )
         .await?;
     let expires_at = state
         .commands
@@ -132,7 +136,12 @@ pub async fn revoke(
     };
     state
         .commands
-        .execute::<Share>(&share_id, command, &(), &actor_context(&caller))
+        .execute::<Share>(
+            &share_id,
+            command,
+            &(),
+            &super::respond::caller_context(&caller),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -182,14 +191,6 @@ pub(super) fn content_error(e: ContentError) -> ApiError {
     }
 }
 
-fn actor_context(caller: &Caller) -> CommandContext {
-    CommandContext {
-        correlation_id: caller.request_id.unwrap_or_else(uuid::Uuid::now_v7),
-        actor: Some(caller.user_id.clone()),
-        ..CommandContext::new()
-    }
-}
-
 /// `POST /api/v1/files`: the multipart field `file`, streamed into the object store.
 pub async fn upload(
     State(state): State<AppState>,
@@ -231,7 +232,12 @@ pub async fn upload(
         };
         let stored_file = state
             .commands
-            .execute::<File>(&file_id, command, &(), &actor_context(&caller))
+            .execute::<File>(
+                &file_id,
+                command,
+                &(),
+                &super::respond::caller_context(&caller),
+            )
             .await;
         if let Err(e) = stored_file {
             // Bytes no file refers to (an empty upload) do not stay.
@@ -314,7 +320,7 @@ pub async fn remove(
     };
     state
         .commands
-        .execute::<File>(id, command, &(), &actor_context(&caller))
+        .execute::<File>(id, command, &(), &super::respond::caller_context(&caller))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

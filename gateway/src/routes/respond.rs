@@ -25,6 +25,17 @@ pub fn context(
     )
 }
 
+/// The context of a command the caller asks for without `If-Match` or an idempotency key
+/// (routes whose retries are made safe by their own ids: files, uploads, shares).
+pub fn caller_context(caller: &Caller) -> CommandContext {
+    let base = CommandContext::new();
+    CommandContext {
+        correlation_id: caller.request_id.unwrap_or(base.correlation_id),
+        actor: Some(caller.user_id.clone()),
+        ..base
+    }
+}
+
 /// [`context`] for routes open to anonymous callers (register): without an actor, the
 /// key's scope is the route alone.
 pub fn anonymous_context(

@@ -51,14 +51,6 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/files/uploads/{id}/complete", post(complete))
 }
 
-fn actor_context(caller: &Caller) -> CommandContext {
-    CommandContext {
-        correlation_id: caller.request_id.unwrap_or_else(uuid::Uuid::now_v7),
-        actor: Some(caller.user_id.clone()),
-        ..CommandContext::new()
-    }
-}
-
 /// The object a chunk is kept in until the upload completes.
 fn chunk_name(upload_id: &str, index: u64) -> String {
     format!("chunk.{upload_id}.{index}")
@@ -87,7 +79,7 @@ pub async fn start(
         check_sha256("sha256", &declared.sha256),
         check_content_type(&declared.content_type),
     ]))?;
-    let ctx = actor_context(&caller);
+    let ctx = super::respond::caller_context(&caller);
     let theirs = chronicle_projections::file_metadata::owns_bytes(
         &state.pool,
         &caller.user_id,
@@ -205,7 +197,7 @@ pub async fn chunk(
     };
     if let Err(e) = state
         .commands
-        .execute::<Upload>(&id, command, &(), &actor_context(&caller))
+        .execute::<Upload>(&id, command, &(), &super::respond::caller_context(&caller))
         .await
     {
         if length != expected {
@@ -234,7 +226,7 @@ pub async fn complete(
         )
             .into_response()
     };
-    let ctx = actor_context(&caller);
+    let ctx = super::respond::caller_context(&caller);
     if upload.completed().is_some() {
         ensure_file(&state, &ctx, &file_id, &upload).await?;
         return Ok(done(&upload));
