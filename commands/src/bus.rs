@@ -433,9 +433,18 @@ impl CommandBus {
             ticket: Some(ticket),
         };
         let _turn = self.stripe(A::TYPE, id).lock().await;
-        if let Ok(done) = answer.try_recv() {
-            withdraw.ticket = None;
-            return done;
+        match answer.try_recv() {
+            Ok(done) => {
+                withdraw.ticket = None;
+                return done;
+            }
+            // A batch took ours and ended without an answer (its task failed): what became
+            // of the command is unknown, as after any store failure.
+            Err(oneshot::error::TryRecvError::Closed) => {
+                withdraw.ticket = None;
+                return Err(CommandError::Store(StoreError::CommitterGone));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {}
         }
         let batch: Vec<Waiting<A>> = self
             .lock_waiting()
@@ -446,8 +455,19 @@ impl CommandBus {
             .filter_map(|(_, entry)| entry.downcast::<Waiting<A>>().ok().map(|entry| *entry))
             .collect();
         withdraw.ticket = None;
-        self.run_batch::<A>(id, batch, services, ctx.retry.max_retries)
-            .await;
+        let retries = ctx.retry.max_retries;
+        if batch.len() == 1 {
+            // Ours alone (the common case): nobody else's command depends on this caller.
+            self.run_batch::<A>(id, batch, services, retries).await;
+        } else {
+            // On a task of its own: the other callers' commands finish even if this caller
+            // stops waiting half way.
+            let (bus, id, services) = (self.clone(), id.to_owned(), services.clone());
+            let run = tokio::spawn(async move {
+                bus.run_batch::<A>(&id, batch, &services, retries).await;
+            });
+            let _ = run.await;
+        }
         answer
             .await
             .unwrap_or(Err(CommandError::Store(StoreError::CommitterGone)))
@@ -494,12 +514,14 @@ impl CommandBus {
             let mut state = loaded.state;
             let mut outcomes: Vec<Result<Vec<A::Event>, A::Error>> =
                 Vec::with_capacity(batch.len());
-            for entry in &batch {
+            // Owned copies: no borrow of the batch is held across the awaits.
+            let commands: Vec<A::Command> = batch.iter().map(|e| e.command.clone()).collect();
+            for command in commands {
                 // A refused command may have applied part of what it meant to write: the
                 // next one starts from the state before it.
                 let before = state.clone();
                 let sink = EventSink::<A>::default();
-                match state.handle(entry.command.clone(), services, &sink).await {
+                match state.handle(command, services, &sink).await {
                     Ok(()) => outcomes.push(Ok(sink.collect().await)),
                     Err(rule) => {
                         state = before;

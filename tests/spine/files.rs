@@ -648,6 +648,13 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
             StatusCode::NO_CONTENT
         );
     }
+    // A chunk already in, sent again short: the good copy stays.
+    assert_eq!(
+        put_chunk(&app, &upload, 0, b"short".to_vec())
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
     let done = app
         .request(
             Method::POST,

@@ -474,3 +474,84 @@ async fn commands_queued_on_one_aggregate_commit_together_each_decided_in_turn()
         assert_eq!(in_outbox, expected, "{reservation}");
     }
 }
+
+/// The caller whose turn runs a batch gives up while the batch commits: the other callers'
+/// commands in it still commit and are answered (the batch runs on a task of its own).
+#[tokio::test]
+async fn a_batch_leader_giving_up_does_not_fail_the_commands_it_carries() {
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus_with(&pool, CommandBusConfig::default());
+    create_item(&bus, "HOT", 10).await;
+    let lock_waiters = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // An uncommitted event at `sequence` makes an append of that sequence wait for it.
+    let hold = |sequence: i64| {
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                 event_version, payload, metadata) \
+                 VALUES ('inventory_item', 'HOT', $1, 'Held', '1', '{}', '{}')",
+            )
+            .bind(sequence)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx
+        }
+    };
+    let reserve = |n: &str| {
+        let bus = bus.clone();
+        let reservation_id = n.to_owned();
+        tokio::spawn(async move {
+            bus.execute::<InventoryItem>(
+                "HOT",
+                InventoryCommand::Reserve {
+                    reservation_id,
+                    quantity: 1,
+                },
+                &(),
+                &CommandContext::new(),
+            )
+            .await
+        })
+    };
+    let at_2 = hold(2).await;
+    let at_3 = hold(3).await;
+    // X holds the aggregate's turn, its append (sequence 2) waiting.
+    let x = reserve("x");
+    chronicle_tests::eventually("x waiting", Duration::from_secs(10), || async {
+        (lock_waiters().await >= 1).then_some(())
+    })
+    .await;
+    // A then B queue behind X: A's turn will run both, as one batch (sequences 3 and 4).
+    let a = reserve("a");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = reserve("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    at_2.rollback().await.unwrap();
+    assert!(matches!(x.await.unwrap(), Ok(Executed::Committed(_))));
+    chronicle_tests::eventually("the batch waiting", Duration::from_secs(10), || async {
+        (lock_waiters().await >= 1).then_some(())
+    })
+    .await;
+    // A, whose turn runs the batch, gives up while it commits.
+    a.abort();
+    let _ = a.await;
+    at_3.rollback().await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), b).await {
+        Ok(Ok(Ok(Executed::Committed(c)))) => assert_eq!(c.version, 4, "x, then a, then b"),
+        other => panic!("b was carried by a's batch and must be answered: {other:?}"),
+    }
+    assert_eq!(count(&pool, "events").await, 4);
+}

@@ -172,6 +172,11 @@ impl Upload {
         self.received.iter().copied()
     }
 
+    /// Whether chunk `index` is in.
+    pub fn has_chunk(&self, index: u64) -> bool {
+        self.received.contains(&index)
+    }
+
     /// The chunks still missing, in order.
     pub fn missing(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.chunks()).filter(|i| !self.received.contains(i))

@@ -181,6 +181,11 @@ pub async fn chunk(
             format!("chunks are numbered 0 to {}", upload.chunks() - 1),
         )]));
     }
+    // A chunk in is kept: sent again, it is not stored again (a bad copy would otherwise
+    // replace the good one, and then be removed, with the upload counting it in).
+    if upload.has_chunk(index) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let expected = upload.chunk_length(index);
     let content = state.content().await?;
     let mut bytes =
