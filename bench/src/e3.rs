@@ -123,6 +123,7 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(r.status() == 204, "chunk {index}: {}", r.status());
     }
+    let chunks_sent = started.elapsed();
     // Completing a large file outlasts the handler timeout: the assembly goes on, and the
     // client asks again, as API.md's 503 says.
     let mut completions = 0;
@@ -166,6 +167,8 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
             "seconds_direct_put": straight.as_secs_f64(),
             "mb_per_s_direct_put": (mb / straight.as_secs_f64()).round(),
             "ratio_of_direct": ((straight.as_secs_f64() / through_http.as_secs_f64()) * 1000.0).round() / 1000.0,
+            "seconds_chunks": chunks_sent.as_secs_f64(),
+            "seconds_complete": (through_http - chunks_sent).as_secs_f64(),
             "complete_requests": completions,
             "gateway_rss_kib_idle": idle_rss,
             "gateway_rss_kib_peak": peak.load(Ordering::Relaxed)})

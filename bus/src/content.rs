@@ -1,22 +1,42 @@
 //! Content-addressed bytes in the JetStream object store (bucket `files`, replicated like the
 //! rest of JetStream; no other server to run).
 //!
-//! An object's name is the lowercase hex SHA-256 of its bytes, so identical bytes are stored
-//! once however many files point at them. Bytes are streamed, never held whole: they are
-//! hashed on their way into a scratch file (the hash names the object and is known only at
-//! the end), and the scratch file is streamed into the object store unless those bytes are
-//! already there.
+//! Bytes are written once, as *parts* (objects of their own: `part.<uuid>` for a whole
+//! upload, `chunk.<upload>.<n>` for an upload sent in pieces), and hashed on their way in.
+//! The bytes' name, the lowercase hex SHA-256, is known only at the end: it then becomes a
+//! small *manifest* object listing the parts in order (description [`MANIFEST`]). Nothing
+//! is copied to find its name, so an upload costs one write, not two; identical bytes keep
+//! one manifest, and the parts of a second copy are dropped. An object under a hash
+//! name without the manifest description is the bytes themselves (how they were kept
+//! before manifests).
+//!
+//! Reads go part by part, one object-store chunk at a time (a direct get each), so neither
+//! a download nor hashing holds more than one chunk, and a `Range` skips whole parts.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::{self, object_store, stream::Stream as JsStream};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::BusError;
 
 /// The object store bucket of file bytes.
 pub const FILES_BUCKET: &str = "files";
+/// The description that marks a manifest.
+pub const MANIFEST: &str = "chronicle/parts-v1";
+/// The size of the object-store messages bytes are written in. Each is written to disk
+/// before it is acknowledged (`sync_interval: always`), so fewer, larger messages are much
+/// faster than the client's default of 128 KiB; it stays well under `max_payload`.
+pub const WRITE_CHUNK: usize = 1024 * 1024;
+/// How many chunks a read asks for ahead of the one it gives (each up to [`WRITE_CHUNK`]).
+const READ_AHEAD: usize = 4;
+/// The largest manifest read (100,000 parts of the longest names fit).
+const MAX_MANIFEST: u64 = 16 * 1024 * 1024;
 
 /// Why bytes were not stored or read.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +44,8 @@ pub enum ContentError {
     /// More bytes came than the caller allows.
     #[error("more than {limit} bytes")]
     TooLarge { limit: u64 },
-    /// Reading the bytes in, or the scratch file, failed.
-    #[error("reading or buffering the bytes: {0}")]
+    /// Reading the bytes in failed.
+    #[error("reading the bytes: {0}")]
     Io(#[from] std::io::Error),
     #[error("the object store: {0}")]
     Store(String),
@@ -34,25 +54,56 @@ pub enum ContentError {
 /// What [`ContentStore::put`] stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    /// Lowercase hex SHA-256 of the bytes: the object's name.
+    /// Lowercase hex SHA-256 of the bytes: their name.
     pub sha256: String,
     pub size: u64,
-    /// The same bytes were stored already; nothing was written.
+    /// The same bytes were stored already; nothing stays of this copy.
     pub deduplicated: bool,
+}
+
+/// Bytes [`ContentStore::write`] wrote, not yet named by their hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub sha256: String,
+    pub size: u64,
+    pub parts: Vec<Part>,
+}
+
+/// One part of some bytes: an object, and its length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub name: String,
+    pub size: u64,
+}
+
+/// What [`ContentStore::seal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealed {
+    /// The parts are the bytes of that hash now.
+    New,
+    /// These very parts already were.
+    Already,
+    /// Other parts hold those bytes: the given parts are not needed (the caller drops them).
+    Elsewhere,
+}
+
+/// The parts of stored bytes, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub size: u64,
+    pub parts: Vec<Part>,
 }
 
 /// The `files` bucket.
 #[derive(Clone)]
 pub struct ContentStore {
     store: object_store::ObjectStore,
-    scratch: PathBuf,
+    stream: JsStream,
 }
 
 impl std::fmt::Debug for ContentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContentStore")
-            .field("scratch", &self.scratch)
-            .finish_non_exhaustive()
+        f.debug_struct("ContentStore").finish_non_exhaustive()
     }
 }
 
@@ -60,8 +111,13 @@ fn store_error(e: impl std::fmt::Display) -> ContentError {
     ContentError::Store(e.to_string())
 }
 
+/// The object an upload's part `index` is kept in (a chunk, or a tus segment).
+pub fn upload_part(upload_id: &str, index: u64) -> String {
+    format!("chunk.{upload_id}.{index}")
+}
+
 /// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut out, b| {
         let _ = write!(out, "{b:02x}");
@@ -69,17 +125,62 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The hex SHA-256 in an object's digest (`SHA-256=<base64url>`).
+fn digest_hex(info: &object_store::ObjectInfo) -> Result<String, ContentError> {
+    let digest = info
+        .digest
+        .as_deref()
+        .and_then(|d| d.strip_prefix("SHA-256="))
+        .ok_or_else(|| ContentError::Store(format!("object {} has no digest", info.name)))?;
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(digest)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(digest))
+        .map_err(store_error)?;
+    Ok(hex(&raw))
+}
+
+/// A reader that gives whole [`WRITE_CHUNK`]s (but the last): the object store writes
+/// one message per read, and a network body comes in pieces of a few KiB.
+struct Filled<'a, R> {
+    inner: &'a mut R,
+    buffer: BytesMut,
+    done: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Filled<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        while !this.done && this.buffer.len() < WRITE_CHUNK {
+            let before = this.buffer.len();
+            this.buffer.reserve(WRITE_CHUNK - before);
+            match tokio_util::io::poll_read_buf(
+                std::pin::Pin::new(&mut *this.inner),
+                cx,
+                &mut this.buffer,
+            ) {
+                Poll::Ready(Ok(0)) if this.buffer.len() == before => this.done = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = this.buffer.len().min(out.remaining());
+        out.put_slice(&this.buffer.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl ContentStore {
-    /// Opens (creating if needed, with `replicas` replicas) the bucket; incoming bytes are
-    /// buffered in scratch files under `scratch`.
+    /// Opens (creating if needed, with `replicas` replicas) the bucket.
     ///
     /// # Errors
     /// When JetStream refuses.
-    pub async fn open(
-        js: &jetstream::Context,
-        replicas: usize,
-        scratch: impl Into<PathBuf>,
-    ) -> Result<Self, BusError> {
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, BusError> {
         let store = match js.get_object_store(FILES_BUCKET).await {
             Ok(store) => store,
             Err(_) => js
@@ -94,64 +195,62 @@ impl ContentStore {
                     detail: e.to_string(),
                 })?,
         };
-        Ok(Self {
-            store,
-            scratch: scratch.into(),
-        })
+        let stream = js
+            .get_stream(format!("OBJ_{FILES_BUCKET}"))
+            .await
+            .map_err(|e| BusError::Request {
+                context: "opening the files bucket's stream",
+                detail: e.to_string(),
+            })?;
+        Ok(Self { store, stream })
     }
 
-    /// Stores the bytes `reader` gives, at most `limit` of them.
+    /// Writes the bytes `reader` gives, at most `limit` of them, as one part: what they
+    /// are, not yet named by their hash ([`ContentStore::keep`] names them, after the
+    /// caller claimed them).
     ///
     /// # Errors
     /// [`ContentError::TooLarge`] past `limit` (nothing is stored), reading failures, the
     /// object store's.
-    pub async fn put(
+    pub async fn write(
         &self,
         reader: &mut (impl AsyncRead + Unpin),
         limit: u64,
-    ) -> Result<Stored, ContentError> {
-        let scratch = tempfile::NamedTempFile::new_in(&self.scratch)?;
-        let mut buffered = tokio::fs::File::from_std(scratch.reopen()?);
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = reader.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            if size > limit {
-                return Err(ContentError::TooLarge { limit });
-            }
-            hasher.update(&chunk[..n]);
-            buffered.write_all(&chunk[..n]).await?;
-        }
-        buffered.flush().await?;
-        drop(buffered);
-        let sha256 = hex(&hasher.finalize());
-        if self.contains(&sha256).await? {
-            return Ok(Stored {
-                sha256,
-                size,
-                deduplicated: true,
-            });
-        }
-        let mut from_scratch = tokio::fs::File::open(scratch.path()).await?;
-        self.store
-            .put(sha256.as_str(), &mut from_scratch)
-            .await
-            .map_err(store_error)?;
-        Ok(Stored {
+    ) -> Result<Written, ContentError> {
+        let name = format!("part.{}", uuid::Uuid::now_v7());
+        let (size, sha256) = self.write_part(&name, reader, limit).await?;
+        Ok(Written {
             sha256,
             size,
-            deduplicated: false,
+            parts: vec![Part { name, size }],
         })
     }
 
-    /// Stores a part of something larger under `name` (an upload's chunk, named
-    /// `chunk.<upload>.<index>`), replacing what was there: its size. Parts are not
-    /// content-addressed; [`ContentStore::put`] hashes the whole once it is complete.
+    /// Names written bytes by their hash, or drops them when those bytes are stored already.
+    ///
+    /// # Errors
+    /// The object store's (the written part is dropped).
+    pub async fn keep(&self, written: Written) -> Result<Stored, ContentError> {
+        let deduplicated = match self.seal(&written.sha256, &written.parts).await {
+            Ok(sealed) => sealed == Sealed::Elsewhere,
+            Err(e) => {
+                self.drop_parts(&written.parts).await;
+                return Err(e);
+            }
+        };
+        if deduplicated {
+            self.drop_parts(&written.parts).await;
+        }
+        Ok(Stored {
+            sha256: written.sha256,
+            size: written.size,
+            deduplicated,
+        })
+    }
+
+    /// Stores a part of something larger under `name` (an upload's chunk), replacing what
+    /// was there: its size. A part is not named by its hash; [`ContentStore::seal`] names
+    /// the whole once it is complete.
     ///
     /// # Errors
     /// [`ContentError::TooLarge`] past `limit` (nothing stays under `name`), reading
@@ -162,64 +261,474 @@ impl ContentStore {
         reader: &mut (impl AsyncRead + Unpin),
         limit: u64,
     ) -> Result<u64, ContentError> {
-        let mut bounded = reader.take(limit + 1);
-        let info = self
-            .store
-            .put(name, &mut bounded)
-            .await
-            .map_err(store_error)?;
-        let size = info.size as u64;
-        if size > limit {
-            self.delete(name).await?;
-            return Err(ContentError::TooLarge { limit });
-        }
-        Ok(size)
+        Ok(self.write_part(name, reader, limit).await?.0)
     }
 
-    /// Whether the bytes named `sha256` are stored.
+    /// Writes `name` from `reader` in whole chunks: its size and hex SHA-256.
+    async fn write_part(
+        &self,
+        name: &str,
+        reader: &mut (impl AsyncRead + Unpin),
+        limit: u64,
+    ) -> Result<(u64, String), ContentError> {
+        let mut bounded = reader.take(limit.saturating_add(1));
+        let mut filled = Filled {
+            inner: &mut bounded,
+            buffer: BytesMut::with_capacity(WRITE_CHUNK),
+            done: false,
+        };
+        let meta = object_store::ObjectMetadata {
+            name: name.to_owned(),
+            chunk_size: Some(WRITE_CHUNK),
+            ..Default::default()
+        };
+        let written = self.store.put(meta, &mut filled).await;
+        let info = match written {
+            Ok(info) => info,
+            Err(e) => {
+                // A body cut half way leaves chunks without a name: remove what was written.
+                let _ = self.delete_object(name).await;
+                return Err(if e.kind() == object_store::PutErrorKind::ReadChunks {
+                    ContentError::Io(std::io::Error::other(e.to_string()))
+                } else {
+                    store_error(e)
+                });
+            }
+        };
+        let size = info.size as u64;
+        if size > limit {
+            self.delete_object(name).await?;
+            return Err(ContentError::TooLarge { limit });
+        }
+        Ok((size, digest_hex(&info)?))
+    }
+
+    /// Names `parts` (which hash, in order, to `sha256`) by that hash, unless bytes are
+    /// stored under it already.
+    ///
+    /// Two copies of the same bytes sealed at once both write a manifest; the last one
+    /// stays, and the other's parts are unreferenced (wasted space, never wrong bytes).
+    ///
+    /// # Errors
+    /// The object store's.
+    pub async fn seal(&self, sha256: &str, parts: &[Part]) -> Result<Sealed, ContentError> {
+        if let Some(blob) = self.blob(sha256).await? {
+            return Ok(if blob.parts == parts {
+                Sealed::Already
+            } else {
+                Sealed::Elsewhere
+            });
+        }
+        let blob = Blob {
+            size: parts.iter().map(|p| p.size).sum(),
+            parts: parts.to_vec(),
+        };
+        let manifest = serde_json::to_vec(&blob).map_err(store_error)?;
+        let meta = object_store::ObjectMetadata {
+            name: sha256.to_owned(),
+            description: Some(MANIFEST.to_owned()),
+            ..Default::default()
+        };
+        self.store
+            .put(meta, &mut manifest.as_slice())
+            .await
+            .map_err(store_error)?;
+        Ok(Sealed::New)
+    }
+
+    /// Removes parts no manifest needs (best effort: a part left behind is wasted space).
+    pub async fn drop_parts(&self, parts: &[Part]) {
+        for part in parts {
+            if let Err(e) = self.delete_object(&part.name).await {
+                tracing::warn!(part = %part.name, error = %e, "a part was not removed");
+            }
+        }
+    }
+
+    /// Whether bytes are stored under `sha256`.
     ///
     /// # Errors
     /// The object store's, but "not found".
     pub async fn contains(&self, sha256: &str) -> Result<bool, ContentError> {
-        match self.store.info(sha256).await {
-            Ok(info) => Ok(!info.deleted),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+        Ok(self.info(sha256).await?.is_some())
+    }
+
+    async fn info(&self, name: &str) -> Result<Option<object_store::ObjectInfo>, ContentError> {
+        match self.store.info(name).await {
+            Ok(info) if !info.deleted => Ok(Some(info)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(None),
             Err(e) => Err(store_error(e)),
         }
     }
 
-    /// The bytes named `sha256`, as a reader, if they are stored.
+    /// The parts of the bytes named `sha256`, if they are stored.
+    ///
+    /// # Errors
+    /// The object store's, but "not found"; a manifest that cannot be read.
+    pub async fn blob(&self, sha256: &str) -> Result<Option<Blob>, ContentError> {
+        let Some(info) = self.info(sha256).await? else {
+            return Ok(None);
+        };
+        if info.description.as_deref() != Some(MANIFEST) {
+            return Ok(Some(Blob {
+                size: info.size as u64,
+                parts: vec![Part {
+                    name: sha256.to_owned(),
+                    size: info.size as u64,
+                }],
+            }));
+        }
+        let mut manifest = Vec::new();
+        let object = match self.store.get(sha256).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_error(e)),
+        };
+        object.take(MAX_MANIFEST).read_to_end(&mut manifest).await?;
+        serde_json::from_slice(&manifest)
+            .map(Some)
+            .map_err(|e| ContentError::Store(format!("the manifest of {sha256}: {e}")))
+    }
+
+    /// Bytes `start..start + length` of `blob`, streamed a chunk at a time; whole parts
+    /// before `start` are not read at all.
+    pub fn read(
+        &self,
+        blob: &Blob,
+        start: u64,
+        length: u64,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let mut skip = start;
+        let mut wanted = Vec::new();
+        for part in &blob.parts {
+            if skip >= part.size {
+                skip -= part.size;
+                continue;
+            }
+            wanted.push((part.name.clone(), skip));
+            skip = 0;
+        }
+        let this = self.clone();
+        futures::stream::iter(wanted)
+            .map(move |(name, skip)| {
+                let this = this.clone();
+                this.read_part(name).skip_bytes(skip)
+            })
+            .flatten()
+            .limit_bytes(length)
+    }
+
+    /// The bytes of one object, a chunk at a time.
+    ///
+    /// An object's chunks are messages on one subject, usually at consecutive stream
+    /// sequences (one writer wrote them in turn): the next [`READ_AHEAD`] sequences are
+    /// asked for at once, each checked to be a chunk of this object; where another
+    /// object's message sits between (writers interleaved), the next chunk is looked up by
+    /// subject instead. At most `READ_AHEAD` chunks are held.
+    fn read_part(&self, name: String) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+        let this = self.clone();
+        futures::stream::once(async move {
+            let info = this
+                .info(&name)
+                .await
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other(format!("part {name} is missing")))?;
+            let subject = format!("$O.{FILES_BUCKET}.C.{}", info.nuid);
+            Ok::<_, std::io::Error>(this.read_chunks(subject, info.chunks))
+        })
+        .try_flatten()
+    }
+
+    /// `chunks` messages on `subject`, in order.
+    fn read_chunks(
+        &self,
+        subject: String,
+        chunks: usize,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+        struct Reading {
+            stream: JsStream,
+            subject: String,
+            left: usize,
+            /// The sequence after the last chunk read (0 before the first).
+            after: u64,
+            ahead: futures::stream::FuturesOrdered<
+                futures::future::BoxFuture<
+                    'static,
+                    Result<async_nats::jetstream::message::StreamMessage, String>,
+                >,
+            >,
+            /// The next sequence asked for ahead.
+            asked: u64,
+        }
+        impl Reading {
+            fn ask_ahead(&mut self) {
+                while self.after > 0
+                    && self.ahead.len() < READ_AHEAD
+                    && (self.asked - self.after) < self.left as u64
+                {
+                    let (stream, seq) = (self.stream.clone(), self.asked);
+                    self.ahead.push_back(Box::pin(async move {
+                        stream.direct_get(seq).await.map_err(|e| e.to_string())
+                    }));
+                    self.asked += 1;
+                }
+            }
+            async fn by_subject(&mut self) -> std::io::Result<Bytes> {
+                self.ahead = futures::stream::FuturesOrdered::new();
+                let message = self
+                    .stream
+                    .direct_get_next_for_subject(self.subject.clone(), Some(self.after.max(1)))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok(self.took(message.sequence, message.payload))
+            }
+            fn took(&mut self, sequence: u64, payload: Bytes) -> Bytes {
+                self.left -= 1;
+                self.after = sequence + 1;
+                if self.ahead.is_empty() {
+                    self.asked = self.after;
+                }
+                payload
+            }
+        }
+        let reading = Reading {
+            stream: self.stream.clone(),
+            subject,
+            left: chunks,
+            after: 0,
+            ahead: futures::stream::FuturesOrdered::new(),
+            asked: 0,
+        };
+        futures::stream::try_unfold(reading, |mut reading| async move {
+            if reading.left == 0 {
+                return Ok(None);
+            }
+            reading.ask_ahead();
+            let payload = match reading.ahead.next().await {
+                Some(Ok(message)) if *message.subject == *reading.subject => {
+                    reading.took(message.sequence, message.payload)
+                }
+                // Not this object's chunk (or gone): find the next one by subject.
+                Some(_) | None => reading.by_subject().await?,
+            };
+            Ok(Some((payload, reading)))
+        })
+    }
+
+    /// The hex SHA-256 of `blob`'s bytes, read from the store.
+    ///
+    /// # Errors
+    /// Reading failures.
+    pub async fn hash(&self, blob: &Blob) -> Result<String, ContentError> {
+        let mut hasher = Sha256::new();
+        let mut bytes = std::pin::pin!(self.read(blob, 0, blob.size));
+        while let Some(chunk) = bytes.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+
+    /// The whole bytes named `sha256` as a reader, if they are stored.
     ///
     /// # Errors
     /// The object store's, but "not found".
-    pub async fn get(&self, sha256: &str) -> Result<Option<object_store::Object>, ContentError> {
-        match self.store.get(sha256).await {
-            Ok(object) => Ok(Some(object)),
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(store_error(e)),
-        }
+    pub async fn get(&self, sha256: &str) -> Result<Option<impl AsyncRead + Send>, ContentError> {
+        Ok(self.blob(sha256).await?.map(|blob| {
+            tokio_util::io::StreamReader::new(Box::pin(self.read(&blob, 0, blob.size)))
+        }))
     }
 
-    /// Removes the bytes named `sha256` (nothing when they are not stored).
+    /// Removes the bytes named `sha256`, manifest first (a half-done removal leaves
+    /// unreferenced parts, never a name without its bytes). Nothing when not stored.
     ///
     /// # Errors
     /// The object store's, but "not found".
     pub async fn delete(&self, sha256: &str) -> Result<(), ContentError> {
-        match self.store.delete(sha256).await {
+        let Some(blob) = self.blob(sha256).await? else {
+            return Ok(());
+        };
+        self.delete_object(sha256).await?;
+        for part in blob.parts.iter().filter(|p| p.name != sha256) {
+            self.delete_object(&part.name).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes one object (a part, a thumbnail); nothing when it is not there.
+    ///
+    /// # Errors
+    /// The object store's, but "not found".
+    pub async fn delete_object(&self, name: &str) -> Result<(), ContentError> {
+        match self.store.delete(name).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
             Err(e) => Err(store_error(e)),
         }
     }
+
+    /// Stores a small derived object (a thumbnail) under `name`, whole.
+    ///
+    /// # Errors
+    /// The object store's.
+    pub async fn put_small(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        metadata: HashMap<String, String>,
+    ) -> Result<(), ContentError> {
+        let meta = object_store::ObjectMetadata {
+            name: name.to_owned(),
+            chunk_size: Some(WRITE_CHUNK),
+            metadata,
+            ..Default::default()
+        };
+        self.store
+            .put(meta, &mut &bytes[..])
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    /// A small object whole (at most `limit` bytes), with its metadata, if it is there.
+    ///
+    /// # Errors
+    /// The object store's, but "not found".
+    pub async fn get_small(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<(Vec<u8>, HashMap<String, String>)>, ContentError> {
+        let Some(info) = self.info(name).await? else {
+            return Ok(None);
+        };
+        let blob = Blob {
+            size: info.size as u64,
+            parts: vec![Part {
+                name: name.to_owned(),
+                size: info.size as u64,
+            }],
+        };
+        let mut bytes = Vec::new();
+        let mut read = std::pin::pin!(self.read(&blob, 0, blob.size.min(limit)));
+        while let Some(chunk) = read.try_next().await? {
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some((bytes, info.metadata)))
+    }
 }
+
+/// Byte-level `skip` and `take` on a stream of chunks.
+trait ByteStream: Stream<Item = std::io::Result<Bytes>> + Sized {
+    fn skip_bytes(self, skip: u64) -> impl Stream<Item = std::io::Result<Bytes>> {
+        let mut skip = skip;
+        self.try_filter_map(move |mut chunk| {
+            let keep = if skip >= chunk.len() as u64 {
+                skip -= chunk.len() as u64;
+                None
+            } else {
+                let _ = chunk.split_to(skip as usize);
+                skip = 0;
+                Some(chunk)
+            };
+            std::future::ready(Ok(keep))
+        })
+    }
+
+    fn limit_bytes(self, length: u64) -> impl Stream<Item = std::io::Result<Bytes>> {
+        let mut left = length;
+        self.try_take_while(move |_| std::future::ready(Ok(left > 0)))
+            .map_ok(move |mut chunk| {
+                if chunk.len() as u64 > left {
+                    chunk.truncate(left as usize);
+                }
+                left -= chunk.len() as u64;
+                chunk
+            })
+    }
+}
+
+impl<S: Stream<Item = std::io::Result<Bytes>>> ByteStream for S {}
 
 #[cfg(test)]
 mod tests {
-    use super::hex;
+    use super::*;
 
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {
         assert_eq!(hex(&[0, 1, 0xab, 0xff]), "0001abff");
         assert_eq!(hex(&[]), "");
+    }
+
+    fn chunks(sizes: &[usize]) -> impl Stream<Item = std::io::Result<Bytes>> {
+        let mut next = 0u8;
+        let chunks: Vec<_> = sizes
+            .iter()
+            .map(|&n| {
+                let chunk: Vec<u8> = (0..n)
+                    .map(|_| {
+                        next = next.wrapping_add(1);
+                        next
+                    })
+                    .collect();
+                Ok(Bytes::from(chunk))
+            })
+            .collect();
+        futures::stream::iter(chunks)
+    }
+
+    async fn collect(stream: impl Stream<Item = std::io::Result<Bytes>>) -> Vec<u8> {
+        stream
+            .try_fold(Vec::new(), |mut all, chunk| async move {
+                all.extend_from_slice(&chunk);
+                Ok(all)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn skipping_and_limiting_bytes_cut_across_chunks_exactly() {
+        let all: Vec<u8> = (1..=10).collect();
+        for start in 0..=10 {
+            for len in 0..=(10 - start) {
+                let got = collect(chunks(&[3, 0, 4, 3]).skip_bytes(start).limit_bytes(len)).await;
+                assert_eq!(
+                    got,
+                    all[start as usize..(start + len) as usize],
+                    "{start}+{len}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_filled_reader_gives_whole_chunks_from_a_trickle() {
+        // A reader giving 1000 bytes at a time comes out in WRITE_CHUNK pieces.
+        let total = WRITE_CHUNK * 2 + 5;
+        let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8).collect();
+        let mut trickle = tokio_util::io::StreamReader::new(futures::stream::iter(
+            data.chunks(1000)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        ));
+        let mut filled = Filled {
+            inner: &mut trickle,
+            buffer: BytesMut::with_capacity(WRITE_CHUNK),
+            done: false,
+        };
+        let mut reads = Vec::new();
+        let mut all = Vec::new();
+        loop {
+            let mut buf = vec![0u8; WRITE_CHUNK];
+            let n = filled.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            reads.push(n);
+            all.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(reads, vec![WRITE_CHUNK, WRITE_CHUNK, 5]);
+        assert!(all == data);
     }
 }

@@ -26,7 +26,10 @@ mod subscriber;
 mod supervise;
 
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
-pub use content::{ContentError, ContentStore, Stored, FILES_BUCKET};
+pub use content::{
+    upload_part, Blob, ContentError, ContentStore, Part, Sealed, Stored, Written, FILES_BUCKET,
+    MANIFEST,
+};
 pub use presence::{Presence, PresenceView, PRESENCE_BUCKET, PRESENCE_TTL};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{

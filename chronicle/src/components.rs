@@ -12,7 +12,7 @@ use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::CommandBus;
 use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
-use chronicle_sagas::{OrderSaga, OrderSagaConfig, ORDER_SAGA};
+use chronicle_sagas::{FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, ORDER_SAGA};
 use sqlx::PgPool;
 
 /// The sagas, by the name `chronicle saga <name>` takes.
@@ -27,15 +27,19 @@ pub enum Component {
     Projector(&'static str),
     /// One saga.
     Saga(&'static str),
+    /// The files janitor (unreferenced bytes, abandoned uploads).
+    Janitor,
     /// The HTTP gateway.
     Gateway,
 }
 
-/// Every component, in start order: the relay, the projectors, the sagas, the gateway.
+/// Every component, in start order: the relay, the projectors, the sagas, the janitor,
+/// the gateway.
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
     all.extend(PROJECTIONS.iter().map(|name| Component::Projector(name)));
     all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
+    all.push(Component::Janitor);
     all.push(Component::Gateway);
     all
 }
@@ -65,6 +69,7 @@ impl Component {
             Self::Relay => "relay".into(),
             Self::Projector(name) => format!("projector-{name}"),
             Self::Saga(name) => format!("saga-{name}"),
+            Self::Janitor => "janitor".into(),
             Self::Gateway => "gateway".into(),
         }
     }
@@ -75,6 +80,7 @@ impl Component {
             Self::Relay => vec!["relay".into()],
             Self::Projector(name) => vec!["project".into(), (*name).into()],
             Self::Saga(name) => vec!["saga".into(), (*name).into()],
+            Self::Janitor => vec!["janitor".into()],
             Self::Gateway => vec!["gateway".into()],
         }
     }
@@ -158,6 +164,15 @@ impl Component {
                 Box::pin(async move { saga.run(shutdown).await.context(name) })
             }
             Self::Saga(other) => bail!("unknown saga {other:?}"),
+            Self::Janitor => {
+                let janitor = FilesJanitor::new(
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    wiring.commands.clone(),
+                    wiring.janitor.clone(),
+                );
+                Box::pin(async move { janitor.run(shutdown).await.context(name) })
+            }
             Self::Gateway => {
                 let listener = wiring
                     .http
@@ -200,6 +215,7 @@ pub struct Wiring {
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
     pub saga: OrderSagaConfig,
+    pub janitor: FilesJanitorConfig,
     /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
     pub gateway: GatewayConfig,
     /// Where the gateway listens (taken by the gateway when it starts).

@@ -52,6 +52,8 @@ enum Command {
     },
     /// A saga (process manager): `orders`.
     Saga { name: String },
+    /// The files janitor: removes bytes no file refers to and abandoned uploads' chunks.
+    Janitor,
     /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
     Replay {
         name: Option<String>,
@@ -115,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up => processes::up(settings).await,
         Command::Gateway => processes::single(settings, vec![Component::Gateway]).await,
         Command::Relay => processes::single(settings, vec![Component::Relay]).await,
+        Command::Janitor => processes::single(settings, vec![Component::Janitor]).await,
         Command::Project { name, all } => {
             let projectors = processes::projector_components(name.as_deref(), all)?;
             processes::single(settings, projectors).await

@@ -195,6 +195,7 @@ async fn run_roles(
             ack_wait: settings.orders.saga_ack_wait,
             ..OrderSagaConfig::with_payment_timeout(settings.orders.order_payment_timeout)
         },
+        janitor: settings.files.janitor(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
     };

@@ -10,6 +10,8 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     #[command(flatten)]
     pub orders: OrderSettings,
+    #[command(flatten)]
+    pub files: FileSettings,
     /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
@@ -185,6 +187,49 @@ pub struct OrderSettings {
     pub payment_timeout: Duration,
 }
 
+/// Files: when the janitor removes what nothing needs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FileSettings {
+    /// How long bytes stay after their last file is deleted (or their last claim), and an
+    /// abandoned upload's chunks after its expiry, before the janitor removes them.
+    #[arg(
+        long,
+        env = "CHRONICLE_FILES_GRACE",
+        default_value = "10m",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub files_grace: Duration,
+    /// How often the files janitor sweeps.
+    #[arg(
+        long,
+        env = "CHRONICLE_FILES_SWEEP_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub files_sweep_interval: Duration,
+    /// How long a resumable upload (chunks or tus) may stay unfinished.
+    #[arg(
+        long,
+        env = "CHRONICLE_UPLOAD_TTL",
+        default_value = "24h",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub upload_ttl: Duration,
+}
+
+impl FileSettings {
+    pub fn janitor(&self) -> chronicle_sagas::FilesJanitorConfig {
+        chronicle_sagas::FilesJanitorConfig {
+            grace: self.files_grace,
+            every: self.files_sweep_interval,
+            ..Default::default()
+        }
+    }
+}
+
 /// A configuration value that must not be printed (a key, a URL with a password): `Debug`
 /// shows a placeholder, so logging the settings never leaks it.
 #[derive(Clone)]
@@ -258,6 +303,7 @@ impl Settings {
             presence_ttl: self.gateway.presence_ttl,
             ws_ping_interval: self.gateway.ws_ping_interval,
             file_replicas: self.servers.stream_replicas,
+            upload_ttl: self.files.upload_ttl,
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

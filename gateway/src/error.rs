@@ -57,6 +57,25 @@ pub struct ApiError {
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
+/// A copy answers the same; its cause, if any, is kept as text (for an outcome several
+/// requests wait on, like an upload's assembly).
+impl Clone for ApiError {
+    fn clone(&self) -> Self {
+        Self {
+            status: self.status,
+            code: self.code,
+            detail: self.detail.clone(),
+            errors: self.errors.clone(),
+            extra: self.extra.clone(),
+            source: self.source.as_ref().map(|source| {
+                Box::new(std::io::Error::other(
+                    ErrorChain(source.as_ref()).to_string(),
+                )) as Box<dyn std::error::Error + Send + Sync>
+            }),
+        }
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {

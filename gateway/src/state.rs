@@ -1,4 +1,4 @@
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chronicle_commands::CommandBus;
 use chronicle_commerce::OrderServices;
@@ -48,10 +48,10 @@ pub struct GatewayConfig {
     pub presence_ttl: Duration,
     /// How often the hub pings a WebSocket client; one silent for two intervals is dropped.
     pub ws_ping_interval: Duration,
-    /// Where uploaded bytes are buffered while they are hashed (they are named by their hash).
-    pub scratch_dir: std::path::PathBuf,
     /// Replicas of the `files` object store bucket when it is created.
     pub file_replicas: usize,
+    /// How long a resumable upload may stay unfinished (`CHRONICLE_UPLOAD_TTL`).
+    pub upload_ttl: Duration,
 }
 
 impl GatewayConfig {
@@ -69,8 +69,8 @@ impl GatewayConfig {
             subscribers: chronicle_projections::subscriber_refs(),
             presence_ttl: chronicle_bus::PRESENCE_TTL,
             ws_ping_interval: Duration::from_secs(20),
-            scratch_dir: std::env::temp_dir(),
             file_replicas: 1,
+            upload_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -95,7 +95,15 @@ pub struct AppState {
     pub(crate) hub: crate::hub::Hub,
     /// File bytes, opened on first use.
     content: Arc<tokio::sync::OnceCell<chronicle_bus::ContentStore>>,
+    /// Upload assemblies running in this process, by upload id: asking to complete an
+    /// upload again waits for the one running instead of starting another.
+    pub(crate) assemblies: Arc<std::sync::Mutex<HashMap<String, Assembly>>>,
 }
+
+/// The outcome of an upload's assembly, which any number of requests may wait for.
+pub(crate) type Assembly = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<(), crate::error::ApiError>>,
+>;
 
 impl AppState {
     /// Builds the state and starts listening for projector notifications.
@@ -113,6 +121,7 @@ impl AppState {
             limiter: config.rate_limit.map(RateLimiter::new),
             hub: crate::hub::Hub::new(config.presence_ttl),
             content: Arc::default(),
+            assemblies: Arc::default(),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,
@@ -136,7 +145,6 @@ impl AppState {
                 chronicle_bus::ContentStore::open(
                     &async_nats::jetstream::new(self.nats.clone()),
                     self.config.file_replicas,
-                    self.config.scratch_dir.clone(),
                 )
                 .await
             })

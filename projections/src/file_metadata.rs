@@ -2,7 +2,8 @@
 //! hash, and for every hash how many live files refer to those bytes (the reference count
 //! that decides when bytes may go).
 
-use chronicle_files::{File, FileEvent, Share, ShareEvent};
+use chronicle_files::{File, FileEvent, Share, ShareEvent, Upload};
+use chronicle_schemas::files::UploadEvent;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -26,6 +27,10 @@ pub struct FileView {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileMetadataProjection;
 
+impl FileMetadataProjection {
+    pub const NAME: &'static str = "file_metadata";
+}
+
 const DDL: &str = "CREATE TABLE IF NOT EXISTS files (
     id           text PRIMARY KEY,
     owner_id     text        NOT NULL,
@@ -41,8 +46,17 @@ CREATE INDEX IF NOT EXISTS files_by_owner ON files (owner_id, created_at DESC, i
     WHERE deleted_at IS NULL;
 CREATE TABLE IF NOT EXISTS file_blobs (
     sha256     text PRIMARY KEY,
-    live_files bigint NOT NULL
+    live_files bigint NOT NULL,
+    unreferenced_since timestamptz
 );
+ALTER TABLE file_blobs ADD COLUMN IF NOT EXISTS unreferenced_since timestamptz;
+CREATE TABLE IF NOT EXISTS file_uploads (
+    id         text PRIMARY KEY,
+    expires_at timestamptz NOT NULL,
+    parts      bigint      NOT NULL,
+    open       boolean     NOT NULL
+);
+CREATE INDEX IF NOT EXISTS file_uploads_open ON file_uploads (expires_at) WHERE open;
 CREATE TABLE IF NOT EXISTS file_shares (
     id         text PRIMARY KEY,
     file_id    text        NOT NULL,
@@ -64,18 +78,19 @@ pub struct ShareView {
 
 impl Projection for FileMetadataProjection {
     fn name(&self) -> &'static str {
-        "file_metadata"
+        Self::NAME
     }
 
     fn subjects(&self) -> Vec<String> {
         vec![
             format!("events.files.{}.>", File::TYPE),
             format!("events.files.{}.>", Share::TYPE),
+            format!("events.files.{}.>", Upload::TYPE),
         ]
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["files", "file_blobs", "file_shares"]
+        &["files", "file_blobs", "file_shares", "file_uploads"]
     }
 
     fn ddl(&self) -> &'static str {
@@ -120,6 +135,41 @@ impl Projection for FileMetadataProjection {
                 }
             }
         }
+        for envelope in events.iter().filter(|e| e.aggregate_type == Upload::TYPE) {
+            let id = envelope.aggregate_id.as_str();
+            match envelope.decode::<UploadEvent>()? {
+                UploadEvent::UploadStarted {
+                    size,
+                    chunk_size,
+                    expires_at,
+                    ..
+                } => {
+                    let parts = if chunk_size == 0 {
+                        0
+                    } else {
+                        size.div_ceil(chunk_size)
+                    };
+                    sqlx::query(
+                        "INSERT INTO file_uploads (id, expires_at, parts, open) \
+                         VALUES ($1, $2, $3, true) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(expires_at)
+                    .bind(ProjectionError::bigint(parts)?)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("storing an upload"))?;
+                }
+                UploadEvent::ChunkReceived { .. } => {}
+                UploadEvent::UploadCompleted { .. } | UploadEvent::UploadExpired {} => {
+                    sqlx::query("UPDATE file_uploads SET open = false WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(ProjectionError::db("closing an upload"))?;
+                }
+            }
+        }
         for envelope in events.iter().filter(|e| e.aggregate_type == File::TYPE) {
             let id = envelope.aggregate_id.as_str();
             let version = ProjectionError::bigint(envelope.sequence)?;
@@ -139,7 +189,8 @@ impl Projection for FileMetadataProjection {
                            INSERT INTO files (id, owner_id, name, size, content_type, sha256, created_at, version) \
                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING sha256) \
                          INSERT INTO file_blobs (sha256, live_files) SELECT sha256, 1 FROM f \
-                         ON CONFLICT (sha256) DO UPDATE SET live_files = file_blobs.live_files + 1",
+                         ON CONFLICT (sha256) DO UPDATE \
+                           SET live_files = file_blobs.live_files + 1, unreferenced_since = NULL",
                     )
                     .bind(id)
                     .bind(owner_id)
@@ -169,7 +220,8 @@ impl Projection for FileMetadataProjection {
                         "WITH f AS ( \
                            UPDATE files SET deleted_at = $2, version = $3 \
                            WHERE id = $1 AND version < $3 AND deleted_at IS NULL RETURNING sha256) \
-                         UPDATE file_blobs SET live_files = live_files - 1 \
+                         UPDATE file_blobs SET live_files = live_files - 1, \
+                           unreferenced_since = CASE WHEN live_files = 1 THEN $2 END \
                          WHERE sha256 = (SELECT sha256 FROM f)",
                     )
                     .bind(id)
@@ -252,4 +304,102 @@ pub async fn owns_bytes(pool: &PgPool, owner_id: &str, sha256: &str) -> Result<b
     .bind(sha256)
     .fetch_one(pool)
     .await
+}
+
+/// Claims the bytes named `sha256` before a file is made to point at them (new or already
+/// stored): the files janitor leaves claimed bytes alone for its grace period, and a claim
+/// made while the janitor removes them waits until the removal is done.
+///
+/// # Errors
+/// Database failures.
+pub async fn claim_bytes(pool: &PgPool, sha256: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO file_bytes (sha256, claimed_at) VALUES ($1, now()) \
+         ON CONFLICT (sha256) DO UPDATE SET claimed_at = now(), removed_at = NULL",
+    )
+    .bind(sha256)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// The condition under which bytes may go: stored, not claimed since `cutoff`, and no live
+/// file refers to them since `cutoff` (or ever).
+const UNREFERENCED: &str = "fb.removed_at IS NULL AND fb.claimed_at < $1 \
+    AND COALESCE(b.live_files, 0) = 0 \
+    AND (b.unreferenced_since IS NULL OR b.unreferenced_since < $1)";
+
+/// Up to `limit` hashes of bytes that may go (see [`lock_unreferenced`]).
+///
+/// # Errors
+/// Database failures.
+pub async fn unreferenced_bytes(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT fb.sha256 FROM file_bytes fb LEFT JOIN file_blobs b USING (sha256) \
+         WHERE {UNREFERENCED} ORDER BY fb.claimed_at LIMIT $2"
+    ))
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Locks the claim on `sha256` for the transaction if the bytes may still go.
+///
+/// # Errors
+/// Database failures.
+pub async fn lock_unreferenced(
+    conn: &mut PgConnection,
+    sha256: &str,
+    cutoff: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let locked: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT fb.sha256 FROM file_bytes fb LEFT JOIN file_blobs b USING (sha256) \
+         WHERE fb.sha256 = $2 AND {UNREFERENCED} FOR UPDATE OF fb"
+    ))
+    .bind(cutoff)
+    .bind(sha256)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(locked.is_some())
+}
+
+/// Records that the bytes named `sha256` were removed.
+///
+/// # Errors
+/// Database failures.
+pub async fn mark_removed(conn: &mut PgConnection, sha256: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE file_bytes SET removed_at = now() WHERE sha256 = $1")
+        .bind(sha256)
+        .execute(&mut *conn)
+        .await
+        .map(|_| ())
+}
+
+/// Up to `limit` uploads neither completed nor expired whose expiry is before `cutoff`,
+/// with how many parts each may have.
+///
+/// # Errors
+/// Database failures.
+pub async fn abandoned_uploads(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, parts FROM file_uploads WHERE open AND expires_at < $1 \
+         ORDER BY expires_at LIMIT $2",
+    )
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, parts)| (id, u64::try_from(parts).unwrap_or(0)))
+        .collect())
 }

@@ -8,6 +8,11 @@
 //!   orders left unpaid past their deadline. Every step is idempotent, so a redelivered event
 //!   or a crash and restart at any point settles each order exactly once.
 
+//! - [`FilesJanitor`]: every minute, removes bytes no live file refers to and the chunks of
+//!   abandoned uploads, after a grace period and only with the read model caught up.
+
+mod files;
 mod orders;
 
+pub use files::{FilesJanitor, FilesJanitorConfig, JanitorError, Swept};
 pub use orders::{OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};

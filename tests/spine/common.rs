@@ -218,3 +218,20 @@ pub async fn assert_replays_byte_for_byte(
         .unwrap();
     assert_eq!(rows_of(&app.pool, tables).await, live);
 }
+
+/// The names of every object in the `files` bucket, sorted.
+pub async fn file_objects(client: async_nats::Client) -> Vec<String> {
+    let raw = jetstream::new(client)
+        .get_object_store(chronicle_bus::FILES_BUCKET)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = raw
+        .list()
+        .await
+        .unwrap()
+        .map(|info| info.unwrap().name)
+        .collect()
+        .await;
+    names.sort();
+    names
+}

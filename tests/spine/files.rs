@@ -45,6 +45,15 @@ async fn live_references(app: &TestApp, sha256: &str) -> i64 {
         .unwrap_or(0)
 }
 
+async fn content_store(app: &TestApp) -> chronicle_bus::ContentStore {
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    chronicle_bus::ContentStore::open(&js, 1).await.unwrap()
+}
+
+async fn objects(app: &TestApp) -> Vec<String> {
+    crate::common::file_objects(app.nats.client().await).await
+}
+
 #[tokio::test]
 async fn an_upload_is_served_back_whole_by_range_and_only_to_its_owner() {
     let app = TestApp::spawn().await;
@@ -195,6 +204,11 @@ async fn identical_bytes_are_stored_once_and_counted_per_live_file() {
         (live_references(&app, &sha256).await == 1).then_some(())
     })
     .await;
+    // Past the janitor's grace period (2 s in tests, sweeping every 200 ms), bytes one live
+    // file still refers to stay.
+    let content = content_store(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(content.contains(&sha256).await.unwrap());
     // The other file still serves the shared bytes.
     let kept = app
         .get(&format!(
@@ -214,6 +228,12 @@ async fn identical_bytes_are_stored_once_and_counted_per_live_file() {
         (live_references(&app, &sha256).await == 0).then_some(())
     })
     .await;
+    // With no live file left, the janitor removes the bytes: their name and every part.
+    eventually("the bytes removed", Duration::from_secs(20), || async {
+        (!content.contains(&sha256).await.unwrap()).then_some(())
+    })
+    .await;
+    assert_eq!(objects(&app).await, Vec::<String>::new());
 
     // A replay of the log rebuilds the same rows, byte for byte.
     crate::common::assert_replays_byte_for_byte(

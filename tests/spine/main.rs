@@ -12,6 +12,7 @@ mod group_commit;
 mod hostile;
 mod hub;
 mod identity;
+mod janitor;
 mod projector;
 mod relay;
 mod subscriber;

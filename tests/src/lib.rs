@@ -255,6 +255,8 @@ pub struct TestOptions {
     /// Runs the saga on a command bus of its own (its own cache and group commit), as a
     /// saga in another process would, instead of the gateway's.
     pub saga_in_its_own_process: bool,
+    /// The files janitor's timings (by default it sweeps every 200 ms, with 2 s of grace).
+    pub janitor: chronicle_sagas::FilesJanitorConfig,
 }
 
 impl Default for TestOptions {
@@ -267,6 +269,11 @@ impl Default for TestOptions {
                 ..chronicle_sagas::OrderSagaConfig::default()
             },
             saga_in_its_own_process: false,
+            janitor: chronicle_sagas::FilesJanitorConfig {
+                grace: Duration::from_secs(2),
+                every: Duration::from_millis(200),
+                catch_up: Duration::from_secs(5),
+            },
         }
     }
 }
@@ -338,6 +345,7 @@ impl TestApp {
             },
             projector: chronicle_projections::ProjectorConfig::default(),
             saga: options.saga,
+            janitor: options.janitor,
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
@@ -352,6 +360,7 @@ impl TestApp {
                 relay: wiring.relay.clone(),
                 projector: wiring.projector.clone(),
                 saga: wiring.saga.clone(),
+                janitor: wiring.janitor.clone(),
                 gateway: wiring.gateway.clone(),
                 http: std::sync::Mutex::new(None),
             })
@@ -417,6 +426,7 @@ impl TestApp {
             relay: wiring.relay.clone(),
             projector: wiring.projector.clone(),
             saga: wiring.saga.clone(),
+            janitor: wiring.janitor.clone(),
             gateway: wiring.gateway.clone(),
             http: std::sync::Mutex::new(Some(listener)),
         };

@@ -32,7 +32,6 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
 
 use super::{page::PageRequest, respond};
 use crate::{
@@ -176,6 +175,14 @@ pub async fn shared(
     serve(&state, &file, &headers).await
 }
 
+/// Claims the bytes named `sha256` before a file points at them (the files janitor leaves
+/// claimed bytes alone; see `file_metadata::claim_bytes`).
+pub(super) async fn claim_bytes(state: &AppState, sha256: &str) -> Result<(), ApiError> {
+    chronicle_projections::file_metadata::claim_bytes(&state.pool, sha256)
+        .await
+        .map_err(ApiError::internal)
+}
+
 pub(super) fn content_error(e: ContentError) -> ApiError {
     match e {
         ContentError::TooLarge { limit } => ApiError::new(
@@ -216,10 +223,12 @@ pub async fn upload(
         ]))?;
         let content = state.content().await?;
         let mut bytes = tokio_util::io::StreamReader::new(field.map_err(std::io::Error::other));
-        let stored = content
-            .put(&mut bytes, MAX_FILE_SIZE)
+        let written = content
+            .write(&mut bytes, MAX_FILE_SIZE)
             .await
             .map_err(content_error)?;
+        claim_bytes(&state, &written.sha256).await?;
+        let stored = content.keep(written).await.map_err(content_error)?;
         let file_id = uuid::Uuid::now_v7().to_string();
         let command = FileCommand::Store {
             file_id: file_id.clone(),
@@ -230,7 +239,9 @@ pub async fn upload(
             sha256: stored.sha256.clone(),
             at: Utc::now(),
         };
-        let stored_file = state
+        // Refused (an empty file), the bytes are claimed by nothing: the files janitor
+        // removes them after its grace period.
+        state
             .commands
             .execute::<File>(
                 &file_id,
@@ -238,14 +249,7 @@ pub async fn upload(
                 &(),
                 &super::respond::caller_context(&caller),
             )
-            .await;
-        if let Err(e) = stored_file {
-            // Bytes no file refers to (an empty upload) do not stay.
-            if !stored.deduplicated {
-                let _ = content.delete(&stored.sha256).await;
-            }
-            return Err(e.into());
-        }
+            .await?;
         let body = json!({"id": file_id, "sha256": stored.sha256, "size": stored.size,
             "deduplicated": stored.deduplicated});
         return Ok((StatusCode::CREATED, Json(body)).into_response());
@@ -479,10 +483,9 @@ pub(crate) async fn serve(
             return Ok(response);
         }
     };
-    let mut object = state
-        .content()
-        .await?
-        .get(file.sha256())
+    let content = state.content().await?;
+    let blob = content
+        .blob(file.sha256())
         .await
         .map_err(content_error)?
         .ok_or_else(|| {
@@ -491,13 +494,8 @@ pub(crate) async fn serve(
                 file.sha256()
             )))
         })?;
-    if start > 0 {
-        // The object store reads from the start: skip to the range, streaming.
-        tokio::io::copy(&mut (&mut object).take(start), &mut tokio::io::sink())
-            .await
-            .map_err(ApiError::internal)?;
-    }
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(object.take(length)));
+    // Whole parts before the range are not read at all.
+    let body = Body::from_stream(content.read(&blob, start, length));
     let mut response = Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, length)

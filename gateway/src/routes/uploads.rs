@@ -16,17 +16,18 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use chronicle_bus::{Blob, Part, Sealed};
 use chronicle_commands::CommandContext;
 use chronicle_files::{
     check_content_type, check_name, check_sha256, check_size, File, FileCommand, FileError, Upload,
     UploadCommand, UploadError, MAX_CHUNK_SIZE,
 };
 use chrono::Utc;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::files::content_error;
+use super::files::{claim_bytes, content_error};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, Caller, JsonBody},
@@ -35,8 +36,6 @@ use crate::{
 
 /// The chunk size this gateway asks for.
 const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
-/// How long an upload may stay unfinished.
-const UPLOAD_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> axum::Router<AppState> {
@@ -51,9 +50,9 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/files/uploads/{id}/complete", post(complete))
 }
 
-/// The object a chunk is kept in until the upload completes.
+/// The object a chunk is kept in (one of the parts of the bytes once they are complete).
 fn chunk_name(upload_id: &str, index: u64) -> String {
-    format!("chunk.{upload_id}.{index}")
+    chronicle_bus::upload_part(upload_id, index)
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +86,9 @@ pub async fn start(
     )
     .await
     .map_err(ApiError::internal)?;
+    if theirs {
+        claim_bytes(&state, &declared.sha256).await?;
+    }
     if theirs
         && state
             .content()
@@ -124,7 +126,9 @@ pub async fn start(
         content_type: declared.content_type,
         sha256: declared.sha256,
         chunk_size: CHUNK_SIZE,
-        expires_at: Utc::now() + UPLOAD_TTL,
+        expires_at: Utc::now()
+            + chrono::TimeDelta::from_std(state.config.upload_ttl)
+                .unwrap_or(chrono::TimeDelta::MAX),
     };
     state
         .commands
@@ -172,7 +176,7 @@ pub async fn chunk(
     body: Body,
 ) -> Result<Response, ApiError> {
     let upload = owned_upload(&state, &id, &caller.user_id).await?;
-    if upload.completed().is_some() || upload.is_expired() {
+    if upload.completed().is_some() || past_expiry(&upload) {
         return Err(refused(UploadError::Closed));
     }
     if index >= upload.chunks() {
@@ -233,28 +237,72 @@ pub async fn complete(
     };
     let ctx = super::respond::caller_context(&caller);
     if upload.completed().is_some() {
-        ensure_file(&state, &ctx, &file_id, &upload).await?;
+        ensure_file(&state, &ctx, &id, &upload).await?;
         return Ok(done(&upload));
+    }
+    if past_expiry(&upload) {
+        return Err(refused(UploadError::Closed));
     }
     let missing = upload.missing().count() as u64;
     if missing > 0 {
         return Err(refused(UploadError::Incomplete { missing }));
     }
     // Assembling a large file takes longer than the handler timeout may allow: it runs on a
-    // task of its own, which finishes even when this request is cut (the client asks to
-    // complete again, and gets the file).
-    let assembly = tokio::spawn(assemble(
-        state.clone(),
-        ctx,
-        id.clone(),
-        file_id.clone(),
-        upload.clone(),
-        caller.user_id.clone(),
-    ));
-    assembly
-        .await
-        .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))??;
+    // task of its own, which finishes even when this request is cut; asking again waits for
+    // the same assembly (one per upload in this process), and then gets the file.
+    assembly(&state, ctx, &id, &upload, &caller.user_id).await?;
     Ok(done(&upload))
+}
+
+/// The assembly of upload `id` running in this process, or a new one.
+fn assembly(
+    state: &AppState,
+    ctx: CommandContext,
+    id: &str,
+    upload: &Upload,
+    user_id: &str,
+) -> crate::state::Assembly {
+    use futures::FutureExt;
+    let mut running = state
+        .assemblies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(assembly) = running.get(id) {
+        return assembly.clone();
+    }
+    let task = tokio::spawn({
+        let (state, id) = (state.clone(), id.to_owned());
+        let work = assemble(
+            state.clone(),
+            ctx,
+            id.clone(),
+            upload.clone(),
+            user_id.to_owned(),
+        );
+        async move {
+            let outcome = work.await;
+            state
+                .assemblies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+            outcome
+        }
+    });
+    let assembly = task
+        .map(|joined| {
+            joined.unwrap_or_else(|e| Err(ApiError::internal(std::io::Error::other(e.to_string()))))
+        })
+        .boxed()
+        .shared();
+    running.insert(id.to_owned(), assembly.clone());
+    assembly
+}
+
+/// Whether `upload` is expired, or past its expiry (the janitor is about to remove its
+/// chunks: none is taken, and it does not complete).
+fn past_expiry(upload: &Upload) -> bool {
+    upload.is_expired() || upload.expires_at().is_some_and(|at| at <= Utc::now())
 }
 
 /// An upload's refusal as the API answers it.
@@ -262,16 +310,33 @@ fn refused(rule: UploadError) -> ApiError {
     chronicle_commands::CommandError::Rejected(rule).into()
 }
 
-/// The file a completed upload became, stored if it is not yet (a crash between completing
-/// the upload and storing the file is mended by completing again).
+/// The chunks of `upload`, in order, as the parts of its bytes.
+fn chunk_parts(id: &str, upload: &Upload) -> Vec<Part> {
+    (0..upload.chunks())
+        .map(|index| Part {
+            name: chunk_name(id, index),
+            size: upload.chunk_length(index),
+        })
+        .collect()
+}
+
+/// The file a completed upload became, its bytes named and the file stored if they are not
+/// yet (a crash after completing the upload is mended by completing again).
 async fn ensure_file(
     state: &AppState,
     ctx: &CommandContext,
-    file_id: &str,
+    id: &str,
     upload: &Upload,
 ) -> Result<(), ApiError> {
+    let content = state.content().await?;
+    let parts = chunk_parts(id, upload);
+    claim_bytes(state, upload.sha256()).await?;
+    let sealed = content
+        .seal(upload.sha256(), &parts)
+        .await
+        .map_err(content_error)?;
     let command = FileCommand::Store {
-        file_id: file_id.to_owned(),
+        file_id: id.to_owned(),
         owner_id: upload.owner_id().to_owned(),
         name: upload.name().to_owned(),
         size: upload.size(),
@@ -279,69 +344,47 @@ async fn ensure_file(
         sha256: upload.sha256().to_owned(),
         at: Utc::now(),
     };
-    match state
-        .commands
-        .execute::<File>(file_id, command, &(), ctx)
-        .await
-    {
-        Ok(_) | Err(chronicle_commands::CommandError::Rejected(FileError::Exists)) => Ok(()),
-        Err(e) => Err(e.into()),
+    match state.commands.execute::<File>(id, command, &(), ctx).await {
+        Ok(_) | Err(chronicle_commands::CommandError::Rejected(FileError::Exists)) => {}
+        Err(e) => return Err(e.into()),
     }
+    if sealed == Sealed::Elsewhere {
+        // The same bytes were stored already: this copy is not needed.
+        content.drop_parts(&parts).await;
+    }
+    Ok(())
 }
 
-/// Reads the chunks in order into the content-addressed store, completes the upload if the
-/// bytes hash as declared, stores the file, and drops the chunks.
+/// Hashes the chunks in order (read once, never copied), completes the upload if they hash
+/// as declared, and names them by their hash as the new file's bytes.
 async fn assemble(
     state: AppState,
     ctx: CommandContext,
     id: String,
-    file_id: String,
     upload: Upload,
     user_id: String,
 ) -> Result<(), ApiError> {
     let content = state.content().await?;
-    // The chunks in order, as one stream of bytes, into the content-addressed store.
-    let chunks = futures::stream::iter(0..upload.chunks())
-        .then(|index| {
-            let content = content.clone();
-            let name = chunk_name(&id, index);
-            async move {
-                match content.get(&name).await {
-                    Ok(Some(object)) => Ok(tokio_util::io::ReaderStream::new(object)),
-                    Ok(None) => Err(std::io::Error::other(format!("chunk {index} is missing"))),
-                    Err(e) => Err(std::io::Error::other(e.to_string())),
-                }
-            }
-        })
-        .try_flatten();
-    let mut whole = tokio_util::io::StreamReader::new(Box::pin(chunks));
-    let stored = content
-        .put(&mut whole, upload.size())
-        .await
-        .map_err(content_error)?;
-    let completed = state
+    let parts = chunk_parts(&id, &upload);
+    let blob = Blob {
+        size: upload.size(),
+        parts,
+    };
+    let computed_sha256 = content.hash(&blob).await.map_err(content_error)?;
+    // Refused (422 `checksum_mismatch`) unless the bytes are what was declared; nothing is
+    // named by a hash they do not have.
+    state
         .commands
         .execute::<Upload>(
             &id,
             UploadCommand::Complete {
-                file_id: file_id.clone(),
-                computed_sha256: stored.sha256.clone(),
-                by: user_id.clone(),
+                file_id: id.clone(),
+                computed_sha256,
+                by: user_id,
             },
             &(),
             &ctx,
         )
-        .await;
-    if let Err(e) = completed {
-        // Bytes that are not what was declared are not kept (unless a file has them).
-        if !stored.deduplicated {
-            let _ = content.delete(&stored.sha256).await;
-        }
-        return Err(e.into());
-    }
-    ensure_file(&state, &ctx, &file_id, &upload).await?;
-    for index in 0..upload.chunks() {
-        let _ = content.delete(&chunk_name(&id, index)).await;
-    }
-    Ok(())
+        .await?;
+    ensure_file(&state, &ctx, &id, &upload).await
 }

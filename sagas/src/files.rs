@@ -1,0 +1,257 @@
+//! The files janitor: removes what nothing needs any more, a sweep at a time.
+//!
+//! - Bytes no live file refers to (the `file_metadata` read model's reference counts),
+//!   once nobody has claimed them for the grace period. Every way a file comes to point at
+//!   bytes claims them first (`file_metadata::claim_bytes`), and the janitor holds the
+//!   claim's row while it removes the bytes: a claim made during a removal waits for it,
+//!   then finds the bytes gone and stores them anew. Removal needs the read model to be
+//!   caught up with the log (the outbox published and the projector's consumer drained,
+//!   nothing parked), so a file that exists but is not projected yet never looks like
+//!   garbage; a lagging projector only postpones the sweep.
+//! - The chunks of uploads abandoned past their expiry (and the grace period): removed,
+//!   then the upload is expired (`UploadExpired`), so a crash between the two repeats a
+//!   harmless removal.
+//!
+//! Parts left by a gateway that died between writing an upload's bytes and naming them
+//! (`part.<uuid>` no manifest lists) are not looked for: wasted space, never wrong bytes.
+
+use std::{future::Future, time::Duration};
+
+use chronicle_bus::{ContentStore, ErrorChain};
+use chronicle_commands::{CommandBus, CommandContext, CommandError};
+use chronicle_files::{Upload, UploadCommand, UploadError};
+use chronicle_projections::file_metadata;
+use sqlx::PgPool;
+
+/// The actor recorded on the events the janitor causes.
+const ACTOR: &str = "janitor:files";
+
+/// Tuning of the files janitor.
+#[derive(Debug, Clone)]
+pub struct FilesJanitorConfig {
+    /// How long bytes stay after their last file went or their last claim
+    /// (`CHRONICLE_FILES_GRACE`), and an upload after its expiry.
+    pub grace: Duration,
+    /// How often it sweeps (`CHRONICLE_FILES_SWEEP_INTERVAL`).
+    pub every: Duration,
+    /// How long a sweep waits for the read model to catch up before it gives up.
+    pub catch_up: Duration,
+}
+
+impl Default for FilesJanitorConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(600),
+            every: Duration::from_secs(60),
+            catch_up: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a sweep stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum JanitorError {
+    #[error("database error while {context}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the object store: {0}")]
+    Content(String),
+    #[error("the log: {0}")]
+    Log(String),
+    #[error("expiring upload {id}: {detail}")]
+    Command { id: String, detail: String },
+}
+
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> JanitorError {
+    move |source| JanitorError::Database { context, source }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Bytes removed (their hashes).
+    pub bytes_removed: Vec<String>,
+    /// Uploads expired and their chunks removed.
+    pub uploads_expired: Vec<String>,
+    /// The read model was not caught up: no bytes were looked at.
+    pub postponed: bool,
+}
+
+/// The files janitor of one process (one is enough; two only take turns on the rows).
+pub struct FilesJanitor {
+    pool: PgPool,
+    nats: async_nats::Client,
+    commands: CommandBus,
+    config: FilesJanitorConfig,
+}
+
+impl FilesJanitor {
+    pub fn new(
+        pool: PgPool,
+        nats: async_nats::Client,
+        commands: CommandBus,
+        config: FilesJanitorConfig,
+    ) -> Self {
+        Self {
+            pool,
+            nats,
+            commands,
+            config,
+        }
+    }
+
+    /// Sweeps every interval until `shutdown`; a failed sweep is logged and tried again.
+    ///
+    /// # Errors
+    /// Never; the signature matches the other components'.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), JanitorError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            match self.sweep().await {
+                Ok(swept) if swept != Swept::default() => {
+                    tracing::info!(
+                        bytes = swept.bytes_removed.len(),
+                        uploads = swept.uploads_expired.len(),
+                        postponed = swept.postponed,
+                        "files janitor swept"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "files janitor sweep failed"),
+            }
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(self.config.every) => {}
+            }
+        }
+    }
+
+    /// One sweep: abandoned uploads, then unreferenced bytes.
+    ///
+    /// # Errors
+    /// The database's, the object store's, a command's.
+    pub async fn sweep(&self) -> Result<Swept, JanitorError> {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let content = ContentStore::open(&js, 1)
+            .await
+            .map_err(|e| JanitorError::Content(e.to_string()))?;
+        let grace =
+            chrono::TimeDelta::from_std(self.config.grace).unwrap_or(chrono::TimeDelta::MAX);
+        let mut swept = Swept::default();
+        let cutoff = chrono::Utc::now() - grace;
+        for (id, parts) in file_metadata::abandoned_uploads(&self.pool, cutoff, 100)
+            .await
+            .map_err(db("finding abandoned uploads"))?
+        {
+            let chunks: Vec<_> = (0..parts)
+                .map(|index| chronicle_bus::Part {
+                    name: chronicle_bus::upload_part(&id, index),
+                    size: 0,
+                })
+                .collect();
+            content.drop_parts(&chunks).await;
+            let expire = UploadCommand::Expire {
+                now: chrono::Utc::now(),
+            };
+            let ctx = CommandContext {
+                actor: Some(ACTOR.to_owned()),
+                ..CommandContext::new()
+            };
+            match self
+                .commands
+                .execute::<Upload>(&id, expire, &(), &ctx)
+                .await
+            {
+                Ok(_) | Err(CommandError::Rejected(UploadError::NotExpired)) => {}
+                Err(e) => {
+                    return Err(JanitorError::Command {
+                        id,
+                        detail: ErrorChain(&e).to_string(),
+                    })
+                }
+            }
+            swept.uploads_expired.push(id);
+        }
+        // A sweep's cutoff is taken before it checks the read model is caught up: every
+        // file pointing at bytes claimed before the cutoff is in the read model by then.
+        let cutoff = chrono::Utc::now() - grace;
+        if !self.caught_up(&js).await? {
+            swept.postponed = true;
+            return Ok(swept);
+        }
+        for sha256 in file_metadata::unreferenced_bytes(&self.pool, cutoff, 100)
+            .await
+            .map_err(db("finding unreferenced bytes"))?
+        {
+            let mut tx = self.pool.begin().await.map_err(db("beginning a removal"))?;
+            if !file_metadata::lock_unreferenced(&mut tx, &sha256, cutoff)
+                .await
+                .map_err(db("locking unreferenced bytes"))?
+            {
+                continue;
+            }
+            content
+                .delete(&sha256)
+                .await
+                .map_err(|e| JanitorError::Content(e.to_string()))?;
+            file_metadata::mark_removed(&mut tx, &sha256)
+                .await
+                .map_err(db("recording a removal"))?;
+            tx.commit().await.map_err(db("committing a removal"))?;
+            swept.bytes_removed.push(sha256);
+        }
+        Ok(swept)
+    }
+
+    /// Whether the `file_metadata` read model holds every event stored before this call:
+    /// the outbox rows present now are published, then the projector's consumer has
+    /// nothing pending and nothing is parked. Waits up to `catch_up` for it.
+    async fn caught_up(&self, js: &async_nats::jetstream::Context) -> Result<bool, JanitorError> {
+        let deadline = tokio::time::Instant::now() + self.config.catch_up;
+        let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("reading the outbox"))?;
+        if let Some(newest) = newest {
+            loop {
+                let pending: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1)")
+                        .bind(newest)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db("reading the outbox"))?;
+                if !pending {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let name = file_metadata::FileMetadataProjection::NAME;
+        loop {
+            let status = chronicle_bus::status(
+                &self.pool,
+                js,
+                name,
+                &chronicle_projections::durable_name(name),
+            )
+            .await
+            .map_err(|e| JanitorError::Log(e.to_string()))?;
+            if status.parked > 0 {
+                return Ok(false);
+            }
+            if status.lag_events == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

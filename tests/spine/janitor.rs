@@ -1,0 +1,258 @@
+//! The files janitor (issue 12) against real servers: abandoned uploads lose their chunks,
+//! unreferenced bytes go only with the read model caught up, and a claim made while bytes
+//! are being removed waits for the removal instead of pointing a file at nothing.
+
+use std::time::Duration;
+
+use chronicle_projections::file_metadata;
+use chronicle_sagas::{FilesJanitor, FilesJanitorConfig};
+use chronicle_tests::{eventually, TestApp, TestOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn objects(app: &TestApp) -> Vec<String> {
+    crate::common::file_objects(app.nats.client().await).await
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
+    let app = TestApp::spawn_options(TestOptions {
+        gateway: Box::new(|config| config.upload_ttl = Duration::from_secs(1)),
+        ..TestOptions::default()
+    })
+    .await;
+    let bytes = vec![7u8; 100_000];
+    let started: Value = app
+        .post(
+            "/api/v1/files/uploads",
+            json!({"name": "left.bin", "size": bytes.len(), "sha256": sha256_hex(&bytes),
+                "content_type": "application/octet-stream"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = started["upload_id"].as_str().unwrap().to_owned();
+    let put = app
+        .request(Method::PUT, &format!("/api/v1/files/uploads/{id}/chunks/0"))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    assert_eq!(objects(&app).await, vec![format!("chunk.{id}.0")]);
+    // Past its expiry (1 s) and the grace period (2 s), the chunk goes and the upload is
+    // expired: it neither completes nor takes chunks.
+    eventually("the chunk removed", Duration::from_secs(20), || async {
+        objects(&app).await.is_empty().then_some(())
+    })
+    .await;
+    eventually("the upload expired", Duration::from_secs(10), || async {
+        let events: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UploadExpired'",
+        )
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (events == 1).then_some(())
+    })
+    .await;
+    let complete = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{id}/complete"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(complete.status(), StatusCode::CONFLICT);
+    let problem: Value = complete.json().await.unwrap();
+    assert_eq!(problem["code"], "upload_closed", "{problem}");
+    let put = app
+        .request(Method::PUT, &format!("/api/v1/files/uploads/{id}/chunks/0"))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CONFLICT);
+    assert!(objects(&app).await.is_empty());
+}
+
+/// A system whose own janitor never removes anything (an hour of grace), and a janitor the
+/// test sweeps with by hand, without grace.
+async fn app_and_janitor() -> (TestApp, FilesJanitor) {
+    let app = TestApp::spawn_options(TestOptions {
+        janitor: FilesJanitorConfig {
+            grace: Duration::from_secs(3600),
+            ..FilesJanitorConfig::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let janitor = FilesJanitor::new(
+        app.pool.clone(),
+        app.nats.client().await,
+        chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(app.pool.clone())),
+        FilesJanitorConfig {
+            grace: Duration::ZERO,
+            every: Duration::from_secs(3600),
+            catch_up: Duration::from_secs(5),
+        },
+    );
+    (app, janitor)
+}
+
+/// Uploads `bytes` and deletes the file: its hash, once the read model counts no live file.
+async fn stored_then_deleted(app: &TestApp, bytes: &[u8]) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("x.bin"),
+    );
+    let stored: Value = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&app.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = stored["id"].as_str().unwrap();
+    let deleted = app
+        .request(Method::DELETE, &format!("/api/v1/files/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let sha256 = stored["sha256"].as_str().unwrap().to_owned();
+    eventually("no live file", Duration::from_secs(10), || async {
+        let deleted: Option<bool> = sqlx::query_scalar(
+            "SELECT deleted_at IS NOT NULL FROM files WHERE sha256 = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(&sha256)
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap();
+        (deleted == Some(true)).then_some(())
+    })
+    .await;
+    sha256
+}
+
+#[tokio::test]
+async fn unreferenced_bytes_wait_while_the_read_model_has_a_parked_event() {
+    let (app, janitor) = app_and_janitor().await;
+    let sha256 = stored_then_deleted(&app, b"bytes nobody needs").await;
+    // An event the read model could not apply might be a file pointing at these bytes.
+    sqlx::query(
+        "INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
+         VALUES ($1, 999999, 'events.files.file.x', 'FileStored', 'test', 1)",
+    )
+    .bind(file_metadata::FileMetadataProjection::NAME)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let swept = janitor.sweep().await.unwrap();
+    assert!(swept.postponed);
+    assert!(swept.bytes_removed.is_empty());
+    assert_eq!(
+        objects(&app).await.len(),
+        2,
+        "the manifest and its part stay"
+    );
+    sqlx::query("DELETE FROM parked_events")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let swept = janitor.sweep().await.unwrap();
+    assert!(!swept.postponed);
+    assert_eq!(swept.bytes_removed, vec![sha256.clone()]);
+    assert!(objects(&app).await.is_empty());
+    // Swept again: nothing more to do.
+    assert!(janitor.sweep().await.unwrap().bytes_removed.is_empty());
+}
+
+#[tokio::test]
+async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_anew() {
+    let (app, _janitor) = app_and_janitor().await;
+    let bytes = b"bytes removed while someone uploads them again".to_vec();
+    let sha256 = stored_then_deleted(&app, &bytes).await;
+    let cutoff = chrono::Utc::now();
+    // The janitor's removal holds the claim's row...
+    let mut removal = app.pool.begin().await.unwrap();
+    assert!(
+        file_metadata::lock_unreferenced(&mut removal, &sha256, cutoff)
+            .await
+            .unwrap()
+    );
+    // ...so an upload of the same bytes, which claims them before it names them, waits.
+    let uploading = {
+        let (http, url, token) = (
+            app.http.clone(),
+            app.url("/api/v1/files"),
+            app.token.clone(),
+        );
+        let bytes = bytes.clone();
+        tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name("again.bin"),
+            );
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!uploading.is_finished(), "the claim waits for the removal");
+    // The removal finishes: the bytes are gone when the claim goes through.
+    let content =
+        chronicle_bus::ContentStore::open(&async_nats::jetstream::new(app.nats.client().await), 1)
+            .await
+            .unwrap();
+    content.delete(&sha256).await.unwrap();
+    file_metadata::mark_removed(&mut removal, &sha256)
+        .await
+        .unwrap();
+    removal.commit().await.unwrap();
+    let stored = uploading.await.unwrap();
+    assert_eq!(stored["sha256"], sha256.as_str());
+    assert_eq!(
+        stored["deduplicated"], false,
+        "stored anew, not pointed at nothing"
+    );
+    let served = app
+        .get(&format!(
+            "/api/v1/files/{}/content",
+            stored["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.bytes().await.unwrap() == bytes);
+    // Freshly claimed, the bytes are not the janitor's to take.
+    let mut again = app.pool.begin().await.unwrap();
+    assert!(!file_metadata::lock_unreferenced(
+        &mut again,
+        &sha256,
+        chrono::Utc::now() - chrono::TimeDelta::seconds(60)
+    )
+    .await
+    .unwrap());
+}
