@@ -1,25 +1,21 @@
 //! E3 (BENCH.md): a large file uploaded through Chronicle's chunked upload route (declare,
-//! 8 MiB chunks, complete), against the same bytes put straight into the JetStream object
-//! store by async-nats in the same run; throughput of each, their ratio, and the peak RSS
-//! of Chronicle's process (sampled every 50 ms) while uploading.
+//! 8 MiB chunks, complete) and through its tus endpoint (one streamed `PATCH`, as tus
+//! clients send by default), against the same amount of bytes put straight into the
+//! JetStream object store by async-nats in the same run; throughput of each, their ratios,
+//! and the peak RSS of the gateway (a `chronicle gateway` process of its own beside a
+//! `chronicle up` running everything else; sampled every 50 ms) while uploading.
 //!
 //! The bytes are made on the fly from their offset (never held whole, here either); their
 //! SHA-256 is computed first, as a client declaring an upload would.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::{
-    process::{rss_kib, start, user},
+    process::{rss_kib, start, start_role, user, PeakRss},
     servers::Servers,
 };
 
@@ -27,8 +23,13 @@ const MIB: u64 = 1024 * 1024;
 
 /// Bytes `offset..offset + len` of the file.
 fn bytes(offset: u64, len: usize) -> Vec<u8> {
+    salted(offset, len, 0)
+}
+
+/// Bytes `offset..offset + len` of another file for each `salt`.
+fn salted(offset: u64, len: usize, salt: u8) -> Vec<u8> {
     (0..len as u64)
-        .map(|i| ((offset + i) % 251) as u8 ^ (((offset + i) / 4096) % 256) as u8)
+        .map(|i| ((offset + i) % 251) as u8 ^ (((offset + i) / 4096) % 256) as u8 ^ salt)
         .collect()
 }
 
@@ -62,8 +63,9 @@ fn hex(digest: &[u8]) -> String {
 pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
     let size = mib * MIB;
     let fresh = servers.fresh().await?;
-    let (chronicle, base) = start(&fresh.db_url, &fresh.nats_url)?;
-    let pid = chronicle.0.id();
+    let (chronicle, _) = start(&fresh.db_url, &fresh.nats_url)?;
+    let (gateway, base) = start_role(&fresh.db_url, &fresh.nats_url, "gateway")?;
+    let pid = gateway.0.id();
     let http = reqwest::Client::new();
     let (_, token) = user(&http, &base, "e3_uploader".to_owned()).await?;
 
@@ -79,19 +81,7 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
 
     // Peak RSS while uploading.
     let idle_rss = rss_kib(pid)?;
-    let peak = Arc::new(AtomicU64::new(idle_rss));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling) = (peak.clone(), sampling.clone());
-        tokio::spawn(async move {
-            while sampling.load(Ordering::Relaxed) {
-                if let Ok(rss) = rss_kib(pid) {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let peak = PeakRss::start(pid)?;
 
     eprintln!("bench: E3 uploading {mib} MiB in chunks over HTTP");
     let started = Instant::now();
@@ -124,6 +114,7 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
         anyhow::ensure!(r.status() == 204, "chunk {index}: {}", r.status());
     }
     let chunks_sent = started.elapsed();
+    let peak_while_sending = peak.so_far();
     // Completing a large file outlasts the handler timeout: the assembly goes on, and the
     // client asks again, as API.md's 503 says.
     let mut completions = 0;
@@ -141,8 +132,47 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
         }
     }
     let through_http = started.elapsed();
-    sampling.store(false, Ordering::Relaxed);
-    sampler.await?;
+    let peak_http = peak.stop().await?;
+
+    eprintln!("bench: E3 uploading {mib} other MiB through tus, in one PATCH");
+    let before_tus = rss_kib(pid)?;
+    let peak = PeakRss::start(pid)?;
+    let started = Instant::now();
+    let created = http
+        .post(format!("{base}/api/v1/files/tus"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", size.to_string())
+        .header("upload-metadata", "filename ZTMtdHVzLmJpbg==")
+        .send()
+        .await?;
+    anyhow::ensure!(created.status() == 201, "tus create: {}", created.status());
+    let location = created
+        .headers()
+        .get("location")
+        .context("a Location")?
+        .to_str()?
+        .to_owned();
+    let body = futures::stream::iter((0..size.div_ceil(MIB)).map(move |i| {
+        let offset = i * MIB;
+        Ok::<_, std::io::Error>(salted(offset, (size - offset).min(MIB) as usize, 0x5a))
+    }));
+    let patched = http
+        .patch(format!("{base}{location}"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await?;
+    anyhow::ensure!(patched.status() == 204, "tus patch: {}", patched.status());
+    anyhow::ensure!(
+        patched.headers().contains_key("chronicle-file-id"),
+        "the upload became a file"
+    );
+    let through_tus = started.elapsed();
+    let peak_tus = peak.stop().await?;
 
     eprintln!("bench: E3 putting the same {mib} MiB straight into the object store");
     let js = async_nats::jetstream::new(async_nats::connect(&fresh.nats_url).await?);
@@ -159,6 +189,19 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
     let straight = started.elapsed();
 
     let mb = size as f64 / 1e6;
+    let ratio =
+        |took: Duration| ((straight.as_secs_f64() / took.as_secs_f64()) * 1000.0).round() / 1000.0;
+    println!(
+        "{}",
+        json!({"system": "chronicle", "workload": "E3", "label": "tus", "mib": mib,
+            "seconds_tus": through_tus.as_secs_f64(),
+            "mb_per_s_tus": (mb / through_tus.as_secs_f64()).round(),
+            "seconds_direct_put": straight.as_secs_f64(),
+            "mb_per_s_direct_put": (mb / straight.as_secs_f64()).round(),
+            "ratio_of_direct": ratio(through_tus),
+            "gateway_rss_kib_before": before_tus,
+            "gateway_rss_kib_peak": peak_tus})
+    );
     println!(
         "{}",
         json!({"system": "chronicle", "workload": "E3", "label": "chunked-http", "mib": mib,
@@ -166,13 +209,15 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
             "mb_per_s_http": (mb / through_http.as_secs_f64()).round(),
             "seconds_direct_put": straight.as_secs_f64(),
             "mb_per_s_direct_put": (mb / straight.as_secs_f64()).round(),
-            "ratio_of_direct": ((straight.as_secs_f64() / through_http.as_secs_f64()) * 1000.0).round() / 1000.0,
+            "ratio_of_direct": ratio(through_http),
             "seconds_chunks": chunks_sent.as_secs_f64(),
             "seconds_complete": (through_http - chunks_sent).as_secs_f64(),
             "complete_requests": completions,
             "gateway_rss_kib_idle": idle_rss,
-            "gateway_rss_kib_peak": peak.load(Ordering::Relaxed)})
+            "gateway_rss_kib_peak_sending_chunks": peak_while_sending,
+            "gateway_rss_kib_peak": peak_http})
     );
+    drop(gateway);
     drop(chronicle);
     Ok(())
 }

@@ -49,6 +49,15 @@ pub async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub fn start(db_url: &str, nats_url: &str) -> anyhow::Result<(Chronicle, String)> {
+    start_role(db_url, nats_url, "up")
+}
+
+/// The token key `chronicle` processes a bench starts share (a bench-only value).
+const BENCH_JWT_SECRET: &str = "bench-only signing key, 32 bytes or more, never used elsewhere";
+
+/// `chronicle <role>` (`up`, or `gateway` alone beside an `up` whose gateway is not
+/// measured) on the bench's servers: the process and its base URL.
+pub fn start_role(db_url: &str, nats_url: &str, role: &str) -> anyhow::Result<(Chronicle, String)> {
     let binary = std::env::current_exe()?
         .parent()
         .context("the bench binary's directory")?
@@ -61,7 +70,8 @@ pub fn start(db_url: &str, nats_url: &str) -> anyhow::Result<(Chronicle, String)
     }
     let data = tempfile::tempdir()?;
     let mut child = Command::new(binary)
-        .arg("up")
+        .arg(role)
+        .env("CHRONICLE_JWT_SECRET", BENCH_JWT_SECRET)
         .env("DATABASE_URL", db_url)
         .env("NATS_URL", nats_url)
         .env("CHRONICLE_DATA_DIR", data.path())
@@ -104,4 +114,59 @@ pub async fn user(
         login["user_id"].as_str().context("a user id")?.to_owned(),
         login["token"].as_str().context("a token")?.to_owned(),
     ))
+}
+
+/// The peak RSS of a process, sampled every 50 ms from its start until [`PeakRss::stop`].
+pub struct PeakRss {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sampling: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Starts sampling `pid`.
+    ///
+    /// # Errors
+    /// When its RSS cannot be read.
+    pub fn start(pid: u32) -> anyhow::Result<Self> {
+        use std::sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering},
+            Arc,
+        };
+        let peak = Arc::new(AtomicU64::new(rss_kib(pid)?));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let task = {
+            let (peak, sampling) = (peak.clone(), sampling.clone());
+            tokio::spawn(async move {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Ok(rss) = rss_kib(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        Ok(Self {
+            peak,
+            sampling,
+            task,
+        })
+    }
+
+    /// The peak so far, in KiB.
+    pub fn so_far(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops sampling: the peak, in KiB.
+    ///
+    /// # Errors
+    /// When the sampling task panicked.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.sampling
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = self.peak.clone();
+        self.task.await?;
+        Ok(peak.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }

@@ -116,6 +116,11 @@ pub fn upload_part(upload_id: &str, index: u64) -> String {
     format!("chunk.{upload_id}.{index}")
 }
 
+/// The object a thumbnail of the bytes named `sha256` is kept in.
+pub fn thumbnail_object(sha256: &str, width: u32) -> String {
+    format!("thumb.{sha256}.{width}")
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -2,8 +2,8 @@
 //! hash, and for every hash how many live files refer to those bytes (the reference count
 //! that decides when bytes may go).
 
-use chronicle_files::{File, FileEvent, Share, ShareEvent, Upload};
-use chronicle_schemas::files::UploadEvent;
+use chronicle_files::{File, FileEvent, Share, ShareEvent, TusUpload, Upload};
+use chronicle_schemas::files::{TusUploadEvent, UploadEvent};
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -52,8 +52,10 @@ CREATE TABLE IF NOT EXISTS file_blobs (
 ALTER TABLE file_blobs ADD COLUMN IF NOT EXISTS unreferenced_since timestamptz;
 CREATE TABLE IF NOT EXISTS file_uploads (
     id         text PRIMARY KEY,
+    kind       text        NOT NULL,
     expires_at timestamptz NOT NULL,
     parts      bigint      NOT NULL,
+    segments   text[]      NOT NULL DEFAULT '{}',
     open       boolean     NOT NULL
 );
 CREATE INDEX IF NOT EXISTS file_uploads_open ON file_uploads (expires_at) WHERE open;
@@ -86,6 +88,7 @@ impl Projection for FileMetadataProjection {
             format!("events.files.{}.>", File::TYPE),
             format!("events.files.{}.>", Share::TYPE),
             format!("events.files.{}.>", Upload::TYPE),
+            format!("events.files.{}.>", TusUpload::TYPE),
         ]
     }
 
@@ -150,8 +153,8 @@ impl Projection for FileMetadataProjection {
                         size.div_ceil(chunk_size)
                     };
                     sqlx::query(
-                        "INSERT INTO file_uploads (id, expires_at, parts, open) \
-                         VALUES ($1, $2, $3, true) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO file_uploads (id, kind, expires_at, parts, open) \
+                         VALUES ($1, 'chunks', $2, $3, true) ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(id)
                     .bind(expires_at)
@@ -167,6 +170,48 @@ impl Projection for FileMetadataProjection {
                         .execute(&mut *conn)
                         .await
                         .map_err(ProjectionError::db("closing an upload"))?;
+                }
+            }
+        }
+        for envelope in events
+            .iter()
+            .filter(|e| e.aggregate_type == TusUpload::TYPE)
+        {
+            let id = envelope.aggregate_id.as_str();
+            let version = ProjectionError::bigint(envelope.sequence)?;
+            match envelope.decode::<TusUploadEvent>()? {
+                TusUploadEvent::TusUploadCreated { expires_at, .. } => {
+                    sqlx::query(
+                        "INSERT INTO file_uploads (id, kind, expires_at, parts, open) \
+                         VALUES ($1, 'tus', $2, 0, true) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(expires_at)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("storing a tus upload"))?;
+                }
+                TusUploadEvent::TusSegmentStored { part, .. } => {
+                    // The n-th segment is event n + 1: a replayed event appends nothing.
+                    sqlx::query(
+                        "UPDATE file_uploads SET segments = segments || $2::text, parts = parts + 1 \
+                         WHERE id = $1 AND parts + 2 = $3",
+                    )
+                    .bind(id)
+                    .bind(part)
+                    .bind(version)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("storing a tus segment"))?;
+                }
+                TusUploadEvent::TusUploadFinished { .. }
+                | TusUploadEvent::TusUploadTerminated {}
+                | TusUploadEvent::TusUploadExpired {} => {
+                    sqlx::query("UPDATE file_uploads SET open = false WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(ProjectionError::db("closing a tus upload"))?;
                 }
             }
         }
@@ -380,8 +425,19 @@ pub async fn mark_removed(conn: &mut PgConnection, sha256: &str) -> Result<(), s
         .map(|_| ())
 }
 
-/// Up to `limit` uploads neither completed nor expired whose expiry is before `cutoff`,
-/// with how many parts each may have.
+/// An upload the janitor may clean up.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AbandonedUpload {
+    pub id: String,
+    /// `chunks` (the chunked route) or `tus`.
+    pub kind: String,
+    /// Chunks: how many the declared size makes.
+    pub parts: i64,
+    /// Tus: the objects holding its bytes.
+    pub segments: Vec<String>,
+}
+
+/// Up to `limit` uploads neither finished nor closed whose expiry is before `cutoff`.
 ///
 /// # Errors
 /// Database failures.
@@ -389,17 +445,13 @@ pub async fn abandoned_uploads(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<(String, u64)>, sqlx::Error> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT id, parts FROM file_uploads WHERE open AND expires_at < $1 \
+) -> Result<Vec<AbandonedUpload>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, parts, segments FROM file_uploads WHERE open AND expires_at < $1 \
          ORDER BY expires_at LIMIT $2",
     )
     .bind(cutoff)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, parts)| (id, u64::try_from(parts).unwrap_or(0)))
-        .collect())
+    .await
 }

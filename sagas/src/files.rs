@@ -19,7 +19,7 @@ use std::{future::Future, time::Duration};
 
 use chronicle_bus::{ContentStore, ErrorChain};
 use chronicle_commands::{CommandBus, CommandContext, CommandError};
-use chronicle_files::{Upload, UploadCommand, UploadError};
+use chronicle_files::{TusCommand, TusError, TusUpload, Upload, UploadCommand, UploadError};
 use chronicle_projections::file_metadata;
 use sqlx::PgPool;
 
@@ -142,38 +142,24 @@ impl FilesJanitor {
             chrono::TimeDelta::from_std(self.config.grace).unwrap_or(chrono::TimeDelta::MAX);
         let mut swept = Swept::default();
         let cutoff = chrono::Utc::now() - grace;
-        for (id, parts) in file_metadata::abandoned_uploads(&self.pool, cutoff, 100)
+        for upload in file_metadata::abandoned_uploads(&self.pool, cutoff, 100)
             .await
             .map_err(db("finding abandoned uploads"))?
         {
-            let chunks: Vec<_> = (0..parts)
-                .map(|index| chronicle_bus::Part {
-                    name: chronicle_bus::upload_part(&id, index),
-                    size: 0,
-                })
+            let names: Vec<String> = if upload.kind == "tus" {
+                upload.segments
+            } else {
+                (0..u64::try_from(upload.parts).unwrap_or(0))
+                    .map(|index| chronicle_bus::upload_part(&upload.id, index))
+                    .collect()
+            };
+            let parts: Vec<_> = names
+                .into_iter()
+                .map(|name| chronicle_bus::Part { name, size: 0 })
                 .collect();
-            content.drop_parts(&chunks).await;
-            let expire = UploadCommand::Expire {
-                now: chrono::Utc::now(),
-            };
-            let ctx = CommandContext {
-                actor: Some(ACTOR.to_owned()),
-                ..CommandContext::new()
-            };
-            match self
-                .commands
-                .execute::<Upload>(&id, expire, &(), &ctx)
-                .await
-            {
-                Ok(_) | Err(CommandError::Rejected(UploadError::NotExpired)) => {}
-                Err(e) => {
-                    return Err(JanitorError::Command {
-                        id,
-                        detail: ErrorChain(&e).to_string(),
-                    })
-                }
-            }
-            swept.uploads_expired.push(id);
+            content.drop_parts(&parts).await;
+            self.expire(&upload.id, &upload.kind).await?;
+            swept.uploads_expired.push(upload.id);
         }
         // A sweep's cutoff is taken before it checks the read model is caught up: every
         // file pointing at bytes claimed before the cutoff is in the read model by then.
@@ -197,6 +183,12 @@ impl FilesJanitor {
                 .delete(&sha256)
                 .await
                 .map_err(|e| JanitorError::Content(e.to_string()))?;
+            for width in chronicle_files::THUMBNAIL_WIDTHS {
+                content
+                    .delete_object(&chronicle_bus::thumbnail_object(&sha256, width))
+                    .await
+                    .map_err(|e| JanitorError::Content(e.to_string()))?;
+            }
             file_metadata::mark_removed(&mut tx, &sha256)
                 .await
                 .map_err(db("recording a removal"))?;
@@ -204,6 +196,38 @@ impl FilesJanitor {
             swept.bytes_removed.push(sha256);
         }
         Ok(swept)
+    }
+
+    /// Expires upload `id` (its parts are gone).
+    async fn expire(&self, id: &str, kind: &str) -> Result<(), JanitorError> {
+        let ctx = CommandContext {
+            actor: Some(ACTOR.to_owned()),
+            ..CommandContext::new()
+        };
+        let now = chrono::Utc::now();
+        let outcome = if kind == "tus" {
+            match self
+                .commands
+                .execute::<TusUpload>(id, TusCommand::Expire { now }, &(), &ctx)
+                .await
+            {
+                Ok(_) | Err(CommandError::Rejected(TusError::NotExpired)) => Ok(()),
+                Err(e) => Err(ErrorChain(&e).to_string()),
+            }
+        } else {
+            match self
+                .commands
+                .execute::<Upload>(id, UploadCommand::Expire { now }, &(), &ctx)
+                .await
+            {
+                Ok(_) | Err(CommandError::Rejected(UploadError::NotExpired)) => Ok(()),
+                Err(e) => Err(ErrorChain(&e).to_string()),
+            }
+        };
+        outcome.map_err(|detail| JanitorError::Command {
+            id: id.to_owned(),
+            detail,
+        })
     }
 
     /// Whether the `file_metadata` read model holds every event stored before this call:

@@ -85,6 +85,50 @@ impl DomainEvent for UploadEvent {
     }
 }
 
+/// A tus 1.0 upload (aggregate type `tus_upload`, id = a UUID v7): a declared length,
+/// bytes appended in order at the offset the server holds, each `PATCH` kept as one
+/// object-store part, finished when the last byte is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TusUploadEvent {
+    TusUploadCreated {
+        upload_id: String,
+        owner_id: String,
+        name: String,
+        size: u64,
+        content_type: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// `length` bytes at `offset` are stored as object `part`.
+    TusSegmentStored {
+        offset: u64,
+        length: u64,
+        part: String,
+    },
+    /// Every byte is in; they hash to `sha256` and are file `file_id`.
+    TusUploadFinished { file_id: String, sha256: String },
+    /// The client ended it (`DELETE`): its parts may be removed.
+    TusUploadTerminated {},
+    /// Abandoned past its expiry: its parts may be removed.
+    TusUploadExpired {},
+}
+
+impl DomainEvent for TusUploadEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::TusUploadCreated { .. } => "TusUploadCreated",
+            Self::TusSegmentStored { .. } => "TusSegmentStored",
+            Self::TusUploadFinished { .. } => "TusUploadFinished",
+            Self::TusUploadTerminated {} => "TusUploadTerminated",
+            Self::TusUploadExpired {} => "TusUploadExpired",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
 /// A link that serves a file without authentication until it expires or is revoked
 /// (aggregate type `share`, id = the SHA-256 of its token; the token itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -775,3 +775,170 @@ async fn a_chunked_upload_whose_bytes_do_not_hash_as_declared_stores_nothing() {
         assert!(info.deleted, "the bytes are deleted");
     }
 }
+
+/// A PNG of `width` x `height` pixels.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 77])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A decompression bomb: a valid PNG of a few hundred bytes whose header declares a
+/// 60,000 x 60,000 image (3.6 billion pixels).
+fn png_bomb() -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(data);
+        out.extend_from_slice(&crc_input);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut header = Vec::new();
+    header.extend_from_slice(&60_000u32.to_be_bytes());
+    header.extend_from_slice(&60_000u32.to_be_bytes());
+    header.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit greyscale
+    chunk(&mut out, b"IHDR", &header);
+    // zlib, one stored block of 256 zero bytes: the start of the first rows.
+    let mut idat = vec![0x78, 0x01, 0x01, 0x00, 0x01, 0xff, 0xfe];
+    idat.extend_from_slice(&[0u8; 256]);
+    idat.extend_from_slice(&[0x01, 0x00, 0x00, 0x01]); // adler32 of 256 zeros
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+async fn upload_typed(app: &TestApp, bytes: Vec<u8>, name: &str, mime: &str) -> Value {
+    let form = Form::new().part(
+        "file",
+        Part::bytes(bytes)
+            .file_name(name.to_owned())
+            .mime_str(mime)
+            .unwrap(),
+    );
+    let r = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&app.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn thumbnails_are_made_once_per_width_and_only_of_images_within_the_limits() {
+    let app = TestApp::spawn().await;
+    let picture = upload_typed(&app, png(400, 300), "photo.png", "image/png").await;
+    let id = picture["id"].as_str().unwrap();
+    let sha256 = picture["sha256"].as_str().unwrap();
+    let r = app
+        .get(&format!("/api/v1/files/{id}/thumbnail?width=100"))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "image/png");
+    let etag = r.headers()[header::ETAG].to_str().unwrap().to_owned();
+    let small = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    // 100 is served by the 128 wide thumbnail; the aspect ratio is kept.
+    assert_eq!((small.width(), small.height()), (128, 96));
+    assert!(objects(&app).await.contains(&format!("thumb.{sha256}.128")));
+    // Asked again: the same bytes, from the store; unchanged for a cache.
+    let again = app
+        .get(&format!("/api/v1/files/{id}/thumbnail?width=128"))
+        .await;
+    assert_eq!(again.headers()[header::ETAG].to_str().unwrap(), etag);
+    let cached = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/files/{id}/thumbnail?width=128"),
+        )
+        .header(header::IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
+    for width in ["0", "1025", "-1", "99999999999"] {
+        let r = app
+            .get(&format!("/api/v1/files/{id}/thumbnail?width={width}"))
+            .await;
+        assert!(
+            r.status().is_client_error(),
+            "width {width}: {}",
+            r.status()
+        );
+    }
+    // Someone else: no such file.
+    let (_, other) = app.register_and_login("stranger").await;
+    let r = app
+        .http
+        .get(app.url(&format!("/api/v1/files/{id}/thumbnail")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Text is not an image, whatever it claims to be.
+    for (mime, name) in [("text/plain", "notes.txt"), ("image/png", "fake.png")] {
+        let text = upload_typed(&app, b"just words".to_vec(), name, mime).await;
+        let r = app
+            .get(&format!(
+                "/api/v1/files/{}/thumbnail",
+                text["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(r.status(), StatusCode::CONFLICT, "{mime}");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["code"], "not_an_image");
+    }
+    // A decompression bomb is refused from its header.
+    let bomb = upload_typed(&app, png_bomb(), "bomb.png", "image/png").await;
+    let r = app
+        .get(&format!(
+            "/api/v1/files/{}/thumbnail",
+            bomb["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "image_too_large", "{problem}");
+    assert!(!objects(&app)
+        .await
+        .iter()
+        .any(|o| o.starts_with(&format!("thumb.{}", bomb["sha256"].as_str().unwrap()))));
+    // The picture deleted, the janitor removes its bytes and its thumbnails.
+    let r = app
+        .request(Method::DELETE, &format!("/api/v1/files/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    eventually(
+        "bytes and thumbnails removed",
+        Duration::from_secs(20),
+        || async {
+            let left = objects(&app).await;
+            (!left.iter().any(|o| o.contains(sha256))).then_some(())
+        },
+    )
+    .await;
+}

@@ -49,6 +49,20 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
         .unwrap();
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
     assert_eq!(objects(&app).await, vec![format!("chunk.{id}.0")]);
+    // A tus upload left half way, too.
+    let tus = app
+        .request(Method::POST, "/api/v1/files/tus")
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .header("content-type", "application/offset+octet-stream")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tus.status(), StatusCode::CREATED);
+    let location = tus.headers()["location"].to_str().unwrap().to_owned();
+    let tus_id = location.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(objects(&app).await.len(), 2);
     // Past its expiry (1 s) and the grace period (2 s), the chunk goes and the upload is
     // expired: it neither completes nor takes chunks.
     eventually("the chunk removed", Duration::from_secs(20), || async {
@@ -63,9 +77,23 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-        (events == 1).then_some(())
+        let tus: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'TusUploadExpired'",
+        )
+        .bind(&tus_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (events == 1 && tus == 1).then_some(())
     })
     .await;
+    let head = app
+        .request(Method::HEAD, &location)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::GONE);
     let complete = app
         .request(
             Method::POST,

@@ -16,4 +16,5 @@ mod janitor;
 mod projector;
 mod relay;
 mod subscriber;
+mod tus;
 mod write_side;

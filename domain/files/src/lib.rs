@@ -9,11 +9,13 @@
 
 mod file;
 mod share;
+mod tus;
 mod upload;
 
-pub use chronicle_schemas::files::{FileEvent, ShareEvent, UploadEvent};
+pub use chronicle_schemas::files::{FileEvent, ShareEvent, TusUploadEvent, UploadEvent};
 pub use file::{File, FileCommand, FileError};
 pub use share::{Share, ShareCommand, ShareError, Unserved, MAX_SHARE_SECONDS};
+pub use tus::{Segment, TusCommand, TusError, TusUpload, MAX_TUS_SEGMENTS};
 pub use upload::{Upload, UploadCommand, UploadError, MAX_CHUNKS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 use chronicle_schemas::limits::{self, Invalid};
@@ -90,6 +92,34 @@ pub fn check_content_type(content_type: &str) -> Result<(), Invalid> {
 ///
 /// # Errors
 /// [`Invalid`] for `size`.
+/// The widths thumbnails are made in: a width asked for is served by the smallest of these
+/// at least as wide, so each image has at most this many thumbnails, made once each.
+pub const THUMBNAIL_WIDTHS: [u32; 6] = [32, 64, 128, 256, 512, 1024];
+/// The largest image thumbnailed, in bytes (it is read whole to be decoded).
+pub const MAX_THUMBNAIL_SOURCE_BYTES: u64 = 32 * 1024 * 1024;
+/// The most pixels an image thumbnailed may declare: a decompression bomb (a small file
+/// declaring a huge image) is refused from its header, never decoded.
+pub const MAX_THUMBNAIL_SOURCE_PIXELS: u64 = 40_000_000;
+/// The longest side an image thumbnailed may declare.
+pub const MAX_THUMBNAIL_SOURCE_SIDE: u32 = 20_000;
+
+/// The thumbnail width that serves `asked` (1 to the largest of [`THUMBNAIL_WIDTHS`]).
+pub fn thumbnail_width(asked: u32) -> Result<u32, Invalid> {
+    THUMBNAIL_WIDTHS
+        .iter()
+        .copied()
+        .find(|w| asked >= 1 && *w >= asked)
+        .ok_or_else(|| {
+            Invalid::new(
+                "width",
+                format!(
+                    "1 to {} pixels",
+                    THUMBNAIL_WIDTHS[THUMBNAIL_WIDTHS.len() - 1]
+                ),
+            )
+        })
+}
+
 pub fn check_size(size: u64) -> Result<(), Invalid> {
     limits::in_range("size", size.into(), 1, MAX_FILE_SIZE.into())
 }
@@ -102,6 +132,17 @@ fn valid_user_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbnail_widths_snap_up_and_are_bounded() {
+        assert_eq!(thumbnail_width(1), Ok(32));
+        assert_eq!(thumbnail_width(32), Ok(32));
+        assert_eq!(thumbnail_width(33), Ok(64));
+        assert_eq!(thumbnail_width(1024), Ok(1024));
+        assert!(thumbnail_width(0).is_err());
+        assert!(thumbnail_width(1025).is_err());
+        assert!(thumbnail_width(u32::MAX).is_err());
+    }
 
     #[test]
     fn a_name_is_never_a_path_nor_hostile_text() {

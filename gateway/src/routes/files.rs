@@ -273,7 +273,11 @@ async fn owned_file(state: &AppState, id: &str, user_id: &str) -> Result<File, A
 
 /// The live file `id` if `user_id` may read it: they own it, or it is attached to a
 /// message of a room they are a member of. 404 otherwise.
-async fn readable_file(state: &AppState, id: &str, user_id: &str) -> Result<File, ApiError> {
+pub(super) async fn readable_file(
+    state: &AppState,
+    id: &str,
+    user_id: &str,
+) -> Result<File, ApiError> {
     let id = respond::uuid_id(id, "file")?;
     let file = state.commands.state::<File>(id).await?.state;
     let readable = file.is_live()

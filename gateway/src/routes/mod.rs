@@ -10,6 +10,8 @@ mod orders;
 mod page;
 mod projections;
 mod respond;
+mod thumbnails;
+mod tus;
 mod uploads;
 
 use axum::{
@@ -39,12 +41,20 @@ fn cors(origins: &[String]) -> CorsLayer {
             Method::PUT,
             Method::PATCH,
             Method::DELETE,
+            Method::HEAD,
         ])
         .allow_headers([
             HeaderName::from_static("authorization"),
             HeaderName::from_static("content-type"),
             HeaderName::from_static("if-match"),
             HeaderName::from_static("idempotency-key"),
+            // tus 1.0 (API.md, Files), for browser clients such as tus-js-client.
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-metadata"),
+            HeaderName::from_static("upload-checksum"),
+            HeaderName::from_static("upload-defer-length"),
         ])
         .expose_headers([
             HeaderName::from_static("etag"),
@@ -52,6 +62,16 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("retry-after"),
             HeaderName::from_static("chronicle-consistency"),
             HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("tus-resumable"),
+            HeaderName::from_static("tus-version"),
+            HeaderName::from_static("tus-extension"),
+            HeaderName::from_static("tus-max-size"),
+            HeaderName::from_static("tus-checksum-algorithm"),
+            HeaderName::from_static("upload-offset"),
+            HeaderName::from_static("upload-length"),
+            HeaderName::from_static("upload-expires"),
+            HeaderName::from_static("upload-metadata"),
+            HeaderName::from_static("chronicle-file-id"),
         ])
 }
 
@@ -70,7 +90,7 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or("-");
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
     });
-    Router::new()
+    let routes = Router::new()
         .merge(health::routes())
         .merge(identity::routes())
         .merge(projections::routes())
@@ -80,6 +100,8 @@ pub fn router(state: AppState) -> Router {
         .merge(chat::routes())
         .merge(files::routes())
         .merge(uploads::routes())
+        .merge(tus::routes())
+        .merge(thumbnails::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
@@ -98,9 +120,25 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             protect::rate_limit,
         ))
-        .layer(cors(&state.config.cors_origins))
+        .with_state(state.clone());
+    // CORS answers every OPTIONS itself; an OPTIONS that is not a preflight (tus discovery,
+    // API.md Files) goes to the routes.
+    let with_cors = routes.clone().layer(cors(&state.config.cors_origins));
+    Router::new()
+        .fallback(move |request: Request<axum::body::Body>| {
+            use tower::ServiceExt;
+            let through_cors = request.method() != Method::OPTIONS
+                || request
+                    .headers()
+                    .contains_key("access-control-request-method");
+            let service = if through_cors {
+                with_cors.clone()
+            } else {
+                routes.clone()
+            };
+            async move { service.oneshot(request).await }
+        })
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(state)
 }

@@ -250,17 +250,22 @@ pub async fn complete(
     // Assembling a large file takes longer than the handler timeout may allow: it runs on a
     // task of its own, which finishes even when this request is cut; asking again waits for
     // the same assembly (one per upload in this process), and then gets the file.
-    assembly(&state, ctx, &id, &upload, &caller.user_id).await?;
+    let work = assemble(
+        state.clone(),
+        ctx,
+        id.clone(),
+        upload.clone(),
+        caller.user_id.clone(),
+    );
+    once_per_upload(&state, &id, work).await?;
     Ok(done(&upload))
 }
 
-/// The assembly of upload `id` running in this process, or a new one.
-fn assembly(
+/// The assembly of upload `id` running in this process, or `work` started as it.
+pub(super) fn once_per_upload(
     state: &AppState,
-    ctx: CommandContext,
     id: &str,
-    upload: &Upload,
-    user_id: &str,
+    work: impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
 ) -> crate::state::Assembly {
     use futures::FutureExt;
     let mut running = state
@@ -272,13 +277,6 @@ fn assembly(
     }
     let task = tokio::spawn({
         let (state, id) = (state.clone(), id.to_owned());
-        let work = assemble(
-            state.clone(),
-            ctx,
-            id.clone(),
-            upload.clone(),
-            user_id.to_owned(),
-        );
         async move {
             let outcome = work.await;
             state
@@ -328,14 +326,7 @@ async fn ensure_file(
     id: &str,
     upload: &Upload,
 ) -> Result<(), ApiError> {
-    let content = state.content().await?;
-    let parts = chunk_parts(id, upload);
-    claim_bytes(state, upload.sha256()).await?;
-    let sealed = content
-        .seal(upload.sha256(), &parts)
-        .await
-        .map_err(content_error)?;
-    let command = FileCommand::Store {
+    let file = FileCommand::Store {
         file_id: id.to_owned(),
         owner_id: upload.owner_id().to_owned(),
         name: upload.name().to_owned(),
@@ -344,13 +335,41 @@ async fn ensure_file(
         sha256: upload.sha256().to_owned(),
         at: Utc::now(),
     };
-    match state.commands.execute::<File>(id, command, &(), ctx).await {
+    store_file(state, ctx, file, &chunk_parts(id, upload)).await
+}
+
+/// Names `parts` by the hash `file` declares (claimed first: the files janitor leaves them
+/// be) and stores `file` (once: stored already, it is left as it is). When other parts
+/// held those bytes already, these are dropped.
+pub(super) async fn store_file(
+    state: &AppState,
+    ctx: &CommandContext,
+    file: FileCommand,
+    parts: &[Part],
+) -> Result<(), ApiError> {
+    let FileCommand::Store {
+        file_id, sha256, ..
+    } = &file
+    else {
+        return Err(ApiError::internal(std::io::Error::other(
+            "store_file takes FileCommand::Store",
+        )));
+    };
+    let (file_id, sha256) = (file_id.clone(), sha256.clone());
+    let content = state.content().await?;
+    claim_bytes(state, &sha256).await?;
+    let sealed = content.seal(&sha256, parts).await.map_err(content_error)?;
+    match state
+        .commands
+        .execute::<File>(&file_id, file, &(), ctx)
+        .await
+    {
         Ok(_) | Err(chronicle_commands::CommandError::Rejected(FileError::Exists)) => {}
         Err(e) => return Err(e.into()),
     }
     if sealed == Sealed::Elsewhere {
         // The same bytes were stored already: this copy is not needed.
-        content.drop_parts(&parts).await;
+        content.drop_parts(parts).await;
     }
     Ok(())
 }
