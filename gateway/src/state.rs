@@ -98,9 +98,9 @@ pub struct AppState {
     /// Upload assemblies running in this process, by upload id: asking to complete an
     /// upload again waits for the one running instead of starting another.
     pub(crate) assemblies: Arc<std::sync::Mutex<HashMap<String, Assembly>>>,
-    /// The running SHA-256 of tus uploads this process receives in order, by upload id,
-    /// with the offset it stands at.
-    pub(crate) tus_hashes: Arc<std::sync::Mutex<HashMap<String, (u64, sha2::Sha256)>>>,
+    /// The running SHA-256 of uploads (tus or chunks) this process receives in order, by
+    /// upload id, with the offset it stands at.
+    pub(crate) running_hashes: Arc<std::sync::Mutex<HashMap<String, (u64, sha2::Sha256)>>>,
     /// Thumbnails being made at once (each holds an image's bytes and pixels).
     pub(crate) thumbnailing: Arc<tokio::sync::Semaphore>,
 }
@@ -127,7 +127,7 @@ impl AppState {
             hub: crate::hub::Hub::new(config.presence_ttl),
             content: Arc::default(),
             assemblies: Arc::default(),
-            tus_hashes: Arc::default(),
+            running_hashes: Arc::default(),
             thumbnailing: Arc::new(tokio::sync::Semaphore::new(2)),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,

@@ -5,6 +5,7 @@ pub(crate) mod chat;
 mod files;
 mod health;
 mod identity;
+mod incoming;
 mod inventory;
 mod orders;
 mod page;

@@ -11,11 +11,6 @@
 //! response's `Chronicle-File-Id`). The hash is computed on the way in while one process
 //! receives the upload in order, and by reading the segments back otherwise.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use axum::{
     body::Body,
     extract::{DefaultBodyLimit, Request, State},
@@ -32,10 +27,13 @@ use chronicle_files::{
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sha1::Digest as _;
-use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{
     files::content_error,
+    incoming::{
+        checksum_mismatch, forget_hash, keep_hash, take_hash, Checksum, Incoming,
+        CHECKSUM_ALGORITHMS,
+    },
     uploads::{once_per_upload, store_file},
 };
 use crate::{
@@ -46,7 +44,6 @@ use crate::{
 
 const TUS_VERSION: &str = "1.0.0";
 const EXTENSIONS: &str = "creation,creation-with-upload,expiration,checksum,termination";
-const CHECKSUM_ALGORITHMS: &str = "sha1,sha256";
 const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 /// The response header naming the file a finished upload became.
 const FILE_ID: &str = "chronicle-file-id";
@@ -372,125 +369,6 @@ fn parts(upload: &TusUpload) -> Vec<Part> {
         .collect()
 }
 
-/// A checksum a request declared (`Upload-Checksum: <algorithm> <base64>`).
-enum Checksum {
-    Sha1(sha1::Sha1, Vec<u8>),
-    Sha256(sha2::Sha256, Vec<u8>),
-}
-
-impl Checksum {
-    fn parse(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
-        let Some(raw) = headers.get("upload-checksum") else {
-            return Ok(None);
-        };
-        let raw = raw
-            .to_str()
-            .map_err(|_| bad_header("Upload-Checksum", "ASCII"))?;
-        let (algorithm, digest) = raw
-            .split_once(' ')
-            .ok_or_else(|| bad_header("Upload-Checksum", "<algorithm> <base64 digest>"))?;
-        let digest = base64::engine::general_purpose::STANDARD
-            .decode(digest.trim())
-            .map_err(|_| bad_header("Upload-Checksum", "a base64 digest"))?;
-        match algorithm {
-            "sha1" => Ok(Some(Self::Sha1(sha1::Sha1::new(), digest))),
-            "sha256" => Ok(Some(Self::Sha256(sha2::Sha256::new(), digest))),
-            other => Err(bad_header(
-                "Upload-Checksum",
-                format!("{other:?} is not supported (use {CHECKSUM_ALGORITHMS})"),
-            )),
-        }
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Self::Sha1(hasher, _) => hasher.update(bytes),
-            Self::Sha256(hasher, _) => hasher.update(bytes),
-        }
-    }
-
-    fn matches(self) -> bool {
-        match self {
-            Self::Sha1(hasher, declared) => hasher.finalize().as_slice() == declared,
-            Self::Sha256(hasher, declared) => hasher.finalize().as_slice() == declared,
-        }
-    }
-}
-
-/// The request body on its way into the object store: hashed for its checksum and for the
-/// whole upload's SHA-256; without a checksum, a body cut half way ends there (what came is
-/// kept) instead of failing.
-struct Incoming<R> {
-    inner: R,
-    checksum: Option<Checksum>,
-    whole: Option<sha2::Sha256>,
-    cut: bool,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Incoming<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.cut {
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                if let Some(checksum) = this.checksum.as_mut() {
-                    checksum.update(new);
-                }
-                if let Some(whole) = this.whole.as_mut() {
-                    whole.update(new);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) if this.checksum.is_none() => {
-                tracing::info!(error = %e, "a tus request was cut; keeping what came");
-                this.cut = true;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-}
-
-/// Takes the running SHA-256 of upload `id` if it stands at `offset` in this process.
-fn take_hash(state: &AppState, id: &str, offset: u64) -> Option<sha2::Sha256> {
-    let mut hashes = state
-        .tus_hashes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match hashes.remove(id) {
-        Some((at, hasher)) if at == offset => Some(hasher),
-        _ if offset == 0 => Some(sha2::Sha256::new()),
-        _ => None,
-    }
-}
-
-fn keep_hash(state: &AppState, id: &str, offset: u64, hasher: sha2::Sha256) {
-    let mut hashes = state
-        .tus_hashes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Bounded: past the bound, an upload is hashed by reading it back when it finishes.
-    if hashes.len() < 10_000 {
-        hashes.insert(id.to_owned(), (offset, hasher));
-    }
-}
-
-fn forget_hash(state: &AppState, id: &str) {
-    state
-        .tus_hashes
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(id);
-}
-
 /// Stores a request's bytes as the upload's next segment: the new offset, and the file id
 /// once the upload is whole.
 async fn receive(
@@ -524,6 +402,7 @@ async fn receive(
         ),
         checksum,
         whole: take_hash(state, id, offset),
+        keep_cut: true,
         cut: false,
     };
     let left = upload.size() - offset;
@@ -537,11 +416,7 @@ async fn receive(
     if let Some(checksum) = checksum {
         if !checksum.matches() {
             let _ = content.delete_object(&part).await;
-            return Err(ApiError::new(
-                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
-                "checksum_mismatch",
-                "the bytes do not match Upload-Checksum; nothing of them was kept",
-            ));
+            return Err(checksum_mismatch());
         }
     }
     if length == 0 {
@@ -701,20 +576,5 @@ mod tests {
             length_header(&HeaderMap::new(), "upload-length").unwrap(),
             None
         );
-    }
-
-    #[test]
-    fn checksums_name_a_known_algorithm_and_a_base64_digest() {
-        let parse = |v: &str| Checksum::parse(&headers(&[("upload-checksum", v)]));
-        assert!(parse("md5 AAAA").is_err());
-        assert!(parse("sha1").is_err());
-        assert!(parse("sha1 ***").is_err());
-        // SHA-1 of "hello".
-        let mut sha1 = parse("sha1 qvTGHdzF6KLavt4PO0gs2a6pQ00=").unwrap().unwrap();
-        sha1.update(b"hello");
-        assert!(sha1.matches());
-        let mut wrong = parse("sha1 qvTGHdzF6KLavt4PO0gs2a6pQ00=").unwrap().unwrap();
-        wrong.update(b"hellO");
-        assert!(!wrong.matches());
     }
 }
