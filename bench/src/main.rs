@@ -20,6 +20,7 @@ mod e3;
 mod process;
 mod report;
 mod servers;
+mod thumbs;
 mod w1;
 mod w2;
 mod w3;
@@ -84,6 +85,8 @@ enum Workload {
         #[arg(long, default_value_t = 1_024)]
         mib: u64,
     },
+    /// Thumbnails of a 12-megapixel photo, JPEG and PNG (CPU only).
+    Thumbnails,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +96,9 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .init();
+    }
+    if matches!(cli.workload, Workload::Thumbnails) {
+        return thumbs::run();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 idle,
             } => e2::run(&servers, members, rate, seconds, &idle).await?,
             Workload::E3 { mib } => e3::run(&servers, mib).await?,
+            Workload::Thumbnails => unreachable!("run before the servers start"),
         }
         anyhow::Ok(())
     })

@@ -32,6 +32,7 @@ mod payments;
 mod protect;
 mod routes;
 mod state;
+pub mod thumbnail;
 
 pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};

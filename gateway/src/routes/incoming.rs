@@ -155,12 +155,13 @@ pub(super) fn forget_hash(state: &AppState, id: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use axum::http::HeaderValue;
 
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    /// Headers from name and value pairs.
+    pub(in crate::routes) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
             map.insert(*k, HeaderValue::from_str(v).unwrap());

@@ -531,14 +531,7 @@ async fn become_file(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        map
-    }
+    use crate::routes::incoming::tests::headers;
 
     #[test]
     fn metadata_is_base64_pairs_and_anything_else_is_refused() {
