@@ -595,10 +595,11 @@ impl ContentStore {
             .map_err(store_error)
     }
 
-    /// A small object whole (at most `limit` bytes), with its metadata, if it is there.
+    /// A small object whole, with its metadata, if it is there.
     ///
     /// # Errors
-    /// The object store's, but "not found".
+    /// [`ContentError::TooLarge`] when it is longer than `limit`; the object store's, but
+    /// "not found".
     pub async fn get_small(
         &self,
         name: &str,
@@ -607,6 +608,9 @@ impl ContentStore {
         let Some(info) = self.info(name).await? else {
             return Ok(None);
         };
+        if info.size as u64 > limit {
+            return Err(ContentError::TooLarge { limit });
+        }
         let blob = Blob {
             size: info.size as u64,
             parts: vec![Part {
@@ -615,7 +619,7 @@ impl ContentStore {
             }],
         };
         let mut bytes = Vec::new();
-        let mut read = std::pin::pin!(self.read(&blob, 0, blob.size.min(limit)));
+        let mut read = std::pin::pin!(self.read(&blob, 0, blob.size));
         while let Some(chunk) = read.try_next().await? {
             bytes.extend_from_slice(&chunk);
         }

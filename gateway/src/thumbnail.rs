@@ -16,7 +16,7 @@ pub enum Refused {
     TooLarge(String),
 }
 
-/// A thumbnail at most `width` wide (never wider than the image), the aspect ratio kept:
+/// A thumbnail within a `width` square (never larger than the image), the aspect ratio kept:
 /// its bytes and media type (PNG for images that may have transparency, JPEG for JPEGs).
 ///
 /// # Errors
@@ -51,10 +51,12 @@ pub fn thumbnail(bytes: &[u8], width: u32) -> Result<(Vec<u8>, &'static str), Re
         image::ImageError::Limits(limit) => Refused::TooLarge(limit.to_string()),
         _ => Refused::NotAnImage,
     })?;
-    let width = width.min(image.width());
-    let height =
-        ((u64::from(image.height()) * u64::from(width)) / u64::from(image.width())).max(1) as u32;
-    let small = image.thumbnail(width, height);
+    // Within a `width` square, the aspect ratio kept; never larger than the image.
+    let small = if image.width() <= width && image.height() <= width {
+        image
+    } else {
+        image.thumbnail(width, width)
+    };
     let mut out = Cursor::new(Vec::new());
     let media_type = if format == ImageFormat::Jpeg {
         small
@@ -93,6 +95,10 @@ mod tests {
         let (bytes, _) = thumbnail(&png(40, 20), 100).unwrap();
         let same = image::load_from_memory(&bytes).unwrap();
         assert_eq!((same.width(), same.height()), (40, 20));
+        // A tall image fits the square: its thumbnail is bounded both ways.
+        let (bytes, _) = thumbnail(&png(100, 2000), 64).unwrap();
+        let tall = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((tall.width(), tall.height()), (3, 64));
     }
 
     #[test]

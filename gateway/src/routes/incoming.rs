@@ -140,10 +140,12 @@ pub(super) fn keep_hash(state: &AppState, id: &str, offset: u64, hasher: sha2::S
         .running_hashes
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Bounded: past the bound, an upload is hashed by reading it back when it finishes.
-    if hashes.len() < 10_000 {
-        hashes.insert(id.to_owned(), (offset, hasher));
+    // Bounded: when full (abandoned uploads are never finished), it starts again empty;
+    // an upload whose hash was dropped is hashed by reading it back when it finishes.
+    if hashes.len() >= 10_000 {
+        hashes.clear();
     }
+    hashes.insert(id.to_owned(), (offset, hasher));
 }
 
 pub(super) fn forget_hash(state: &AppState, id: &str) {

@@ -68,7 +68,7 @@ pub async fn get(
     let content = state.content().await?;
     let name = chronicle_bus::thumbnail_object(file.sha256(), width);
     let (bytes, media_type) = match content
-        .get_small(&name, 4 * 1024 * 1024)
+        .get_small(&name, 64 * 1024 * 1024)
         .await
         .map_err(content_error)?
     {
