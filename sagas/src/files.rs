@@ -109,6 +109,11 @@ impl FilesJanitor {
     /// Never; the signature matches the other components'.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), JanitorError> {
         let mut shutdown = std::pin::pin!(shutdown);
+        // The read model it reads may not exist yet (its projector starts beside it).
+        let name = file_metadata::FileMetadataProjection::NAME;
+        if let Some(Err(e)) = chronicle_projections::setup_named(name, &self.pool).await {
+            tracing::warn!(error = %ErrorChain(&e), "the file_metadata tables are not there yet");
+        }
         loop {
             match self.sweep().await {
                 Ok(swept) if swept != Swept::default() => {
