@@ -636,6 +636,20 @@ impl CommandBus {
         Ok(self.load::<A>(id, &cache_key, true).await?.0)
     }
 
+    /// The current state of aggregate `id` as Postgres has it, whatever this process's
+    /// cache holds: for answers that must not lag another process's writes (where a
+    /// resumable upload stands, which a client behind a load balancer asks any gateway).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn fresh_state<A>(&self, id: &str) -> Result<LoadedAggregate<A>, StoreError>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+    {
+        let cache_key = cache_key::<A>(id);
+        Ok(self.load::<A>(id, &cache_key, false).await?.0)
+    }
+
     /// The aggregate from the cache when allowed and present (`true`), else from Postgres.
     async fn load<A: Aggregate + Clone + 'static>(
         &self,

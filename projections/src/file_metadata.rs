@@ -163,7 +163,20 @@ impl Projection for FileMetadataProjection {
                     .await
                     .map_err(ProjectionError::db("storing an upload"))?;
                 }
-                UploadEvent::ChunkReceived { .. } => {}
+                UploadEvent::ChunkReceived { part, .. } => {
+                    // Replayed, a chunk's object is listed once.
+                    if let Some(part) = part {
+                        sqlx::query(
+                            "UPDATE file_uploads SET segments = segments || $2::text \
+                             WHERE id = $1 AND NOT ($2 = ANY(segments))",
+                        )
+                        .bind(id)
+                        .bind(part)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(ProjectionError::db("storing a chunk's object"))?;
+                    }
+                }
                 UploadEvent::UploadCompleted { .. } | UploadEvent::UploadExpired {} => {
                     sqlx::query("UPDATE file_uploads SET open = false WHERE id = $1")
                         .bind(id)

@@ -151,13 +151,15 @@ impl FilesJanitor {
             .await
             .map_err(db("finding abandoned uploads"))?
         {
-            let names: Vec<String> = if upload.kind == "tus" {
-                upload.segments
-            } else {
-                (0..u64::try_from(upload.parts).unwrap_or(0))
-                    .map(|index| chronicle_bus::upload_part(&upload.id, index))
-                    .collect()
-            };
+            // Every object the events name, and for chunks also the ones named after their
+            // index (chunks recorded before they had objects of their own).
+            let mut names = upload.segments;
+            if upload.kind != "tus" {
+                names.extend(
+                    (0..u64::try_from(upload.parts).unwrap_or(0))
+                        .map(|index| chronicle_bus::upload_part(&upload.id, index)),
+                );
+            }
             let parts: Vec<_> = names
                 .into_iter()
                 .map(|name| chronicle_bus::Part { name, size: 0 })

@@ -61,8 +61,14 @@ pub enum UploadEvent {
         chunk_size: u64,
         expires_at: DateTime<Utc>,
     },
-    /// Chunk `index` is stored (a chunk sent again records nothing).
-    ChunkReceived { index: u64 },
+    /// Chunk `index` is stored, in object `part` (absent in events from before chunks had
+    /// objects of their own: then it is the object named after the index). A chunk sent
+    /// again records nothing.
+    ChunkReceived {
+        index: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part: Option<String>,
+    },
     /// The bytes are complete and hash as declared: they are file `file_id` now.
     UploadCompleted { file_id: String },
     /// Abandoned past its expiry: its chunks may be removed.

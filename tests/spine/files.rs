@@ -942,3 +942,70 @@ async fn thumbnails_are_made_once_per_width_and_only_of_images_within_the_limits
     )
     .await;
 }
+
+#[tokio::test]
+async fn one_chunk_sent_twice_at_once_with_different_bytes_never_makes_a_file_unlike_its_hash() {
+    let app = TestApp::spawn().await;
+    for round in 0..4 {
+        // Other bytes each round (the caller's own bytes would be deduplicated at once).
+        let good = data(200_000 + round);
+        let mut bad = good.clone();
+        bad[100_000] ^= 0xff;
+        let sha256 = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&good)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let started: Value = app
+            .post(
+                "/api/v1/files/uploads",
+                serde_json::json!({"name": format!("race{round}.bin"), "size": good.len(),
+                    "sha256": sha256, "content_type": "application/octet-stream"}),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = started["upload_id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/files/uploads/{id}/chunks/0");
+        let (a, b) = tokio::join!(
+            app.request(Method::PUT, &path).body(good.clone()).send(),
+            app.request(Method::PUT, &path).body(bad.clone()).send()
+        );
+        assert_eq!(a.unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(b.unwrap().status(), StatusCode::NO_CONTENT);
+        let done = app
+            .request(
+                Method::POST,
+                &format!("/api/v1/files/uploads/{id}/complete"),
+            )
+            .send()
+            .await
+            .unwrap();
+        // Whichever copy was recorded is the one hashed and kept: the good one makes the
+        // file, the bad one is refused; never a file whose bytes are not its hash.
+        match done.status() {
+            StatusCode::CREATED => {
+                let file: Value = done.json().await.unwrap();
+                let served = app
+                    .get(&format!(
+                        "/api/v1/files/{}/content",
+                        file["id"].as_str().unwrap()
+                    ))
+                    .await;
+                assert!(served.bytes().await.unwrap() == good, "round {round}");
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => {}
+            other => panic!("round {round}: {other}"),
+        }
+        // One object per upload at most: the losing copy is not kept.
+        let chunks = objects(&app)
+            .await
+            .into_iter()
+            .filter(|o| o.starts_with(&format!("chunk.{id}.")))
+            .count();
+        assert!(chunks <= 1, "round {round}: {chunks} chunk objects");
+    }
+}

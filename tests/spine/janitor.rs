@@ -48,7 +48,11 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
         .await
         .unwrap();
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
-    assert_eq!(objects(&app).await, vec![format!("chunk.{id}.0")]);
+    let chunks = objects(&app).await;
+    assert!(
+        chunks.len() == 1 && chunks[0].starts_with(&format!("chunk.{id}.0.")),
+        "{chunks:?}"
+    );
     // A tus upload left half way, too.
     let tus = app
         .request(Method::POST, "/api/v1/files/tus")

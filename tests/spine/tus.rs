@@ -355,3 +355,54 @@ async fn the_protocol_edges_answer_as_tus_says_and_change_nothing() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(tus_objects(&app).await.len(), 2);
 }
+
+#[tokio::test]
+async fn an_upload_whole_but_not_yet_a_file_becomes_one_when_asked_about() {
+    let app = TestApp::spawn().await;
+    let r = tus(&app, Method::POST, "/api/v1/files/tus")
+        .header("upload-length", "5")
+        .send()
+        .await
+        .unwrap();
+    let location = header(&r, "location").to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    // The last bytes stored and recorded, as a gateway does just before it dies.
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let content = chronicle_bus::ContentStore::open(&js, 1).await.unwrap();
+    let part = format!("tus.{id}.last");
+    content
+        .put_part(&part, &mut &b"hello"[..], 5)
+        .await
+        .unwrap();
+    let commands =
+        chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(app.pool.clone()));
+    commands
+        .execute::<chronicle_files::TusUpload>(
+            &id,
+            chronicle_files::TusCommand::Store {
+                offset: 0,
+                length: 5,
+                part,
+                by: app.user_id.clone(),
+            },
+            &(),
+            &chronicle_commands::CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    // The client asks where it stands: the upload is whole, and a file now.
+    let r = tus(&app, Method::HEAD, &location).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "upload-offset"), "5");
+    assert_eq!(header(&r, "chronicle-file-id"), id);
+    assert!(content_of(&app, &id).await == b"hello");
+    // Sending the end again changes nothing.
+    let r = tus(&app, Method::PATCH, &location)
+        .header("upload-offset", "5")
+        .header("content-type", "application/offset+octet-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "chronicle-file-id"), id);
+}

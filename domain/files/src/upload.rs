@@ -32,7 +32,13 @@ pub enum UploadCommand {
         expires_at: DateTime<Utc>,
     },
     /// Chunk `index`, `length` bytes long, is stored. Sent again, it changes nothing.
-    ReceiveChunk { index: u64, length: u64, by: String },
+    /// `part` is the object holding it (`None`: the one named after the index).
+    ReceiveChunk {
+        index: u64,
+        length: u64,
+        part: Option<String>,
+        by: String,
+    },
     /// Every chunk is in and the stored bytes hash to `computed_sha256`: they become file
     /// `file_id`. Asked again after it completed, it changes nothing.
     Complete {
@@ -116,6 +122,8 @@ pub struct Upload {
     chunk_size: u64,
     expires_at: Option<DateTime<Utc>>,
     received: BTreeSet<u64>,
+    /// The objects chunks are in, where the event named one.
+    parts: std::collections::BTreeMap<u64, String>,
     completed: Option<String>,
     expired: bool,
 }
@@ -170,6 +178,11 @@ impl Upload {
     /// The chunks in, in order.
     pub fn received(&self) -> impl Iterator<Item = u64> + '_ {
         self.received.iter().copied()
+    }
+
+    /// The object chunk `index` is in, when its event named one.
+    pub fn chunk_object(&self, index: u64) -> Option<&str> {
+        self.parts.get(&index).map(String::as_str)
     }
 
     /// Whether chunk `index` is in.
@@ -248,7 +261,12 @@ impl Upload {
                     expires_at,
                 }])
             }
-            C::ReceiveChunk { index, length, by } => {
+            C::ReceiveChunk {
+                index,
+                length,
+                part,
+                by,
+            } => {
                 self.owned_by(&by)?;
                 if self.completed.is_some() || self.expired {
                     return Err(UploadError::Closed);
@@ -267,7 +285,10 @@ impl Upload {
                 if self.received.contains(&index) {
                     return Ok(vec![]);
                 }
-                Ok(vec![E::ChunkReceived { index }])
+                if part.as_ref().is_some_and(|p| p.is_empty() || p.len() > 128) {
+                    return Err(Invalid::new("part", "an object name").into());
+                }
+                Ok(vec![E::ChunkReceived { index, part }])
             }
             C::Complete {
                 file_id,
@@ -361,8 +382,11 @@ impl Aggregate for Upload {
                     ..Self::default()
                 };
             }
-            UploadEvent::ChunkReceived { index } => {
+            UploadEvent::ChunkReceived { index, part } => {
                 self.received.insert(index);
+                if let Some(part) = part {
+                    self.parts.insert(index, part);
+                }
             }
             UploadEvent::UploadCompleted { file_id } => self.completed = Some(file_id),
             UploadEvent::UploadExpired {} => self.expired = true,
@@ -402,6 +426,7 @@ mod tests {
         C::ReceiveChunk {
             index,
             length,
+            part: None,
             by: "alice".into(),
         }
     }
@@ -409,9 +434,18 @@ mod tests {
     fn all_in() -> Vec<E> {
         vec![
             started(),
-            E::ChunkReceived { index: 2 },
-            E::ChunkReceived { index: 0 },
-            E::ChunkReceived { index: 1 },
+            E::ChunkReceived {
+                index: 2,
+                part: None,
+            },
+            E::ChunkReceived {
+                index: 0,
+                part: None,
+            },
+            E::ChunkReceived {
+                index: 1,
+                part: None,
+            },
         ]
     }
 
@@ -499,9 +533,18 @@ mod tests {
         Given::with(())
             .given(vec![started()])
             .when(chunk(2, 10))
-            .then_expect_events(vec![E::ChunkReceived { index: 2 }]);
+            .then_expect_events(vec![E::ChunkReceived {
+                index: 2,
+                part: None,
+            }]);
         Given::with(())
-            .given(vec![started(), E::ChunkReceived { index: 2 }])
+            .given(vec![
+                started(),
+                E::ChunkReceived {
+                    index: 2,
+                    part: None,
+                },
+            ])
             .when(chunk(2, 10))
             .then_expect_events(vec![]);
         Given::with(())
@@ -527,6 +570,7 @@ mod tests {
             .when(C::ReceiveChunk {
                 index: 0,
                 length: CHUNK,
+                part: None,
                 by: "mallory".into(),
             })
             .then_expect_error(UploadError::NotFound);
@@ -535,7 +579,13 @@ mod tests {
     #[test]
     fn it_completes_only_with_every_chunk_and_the_declared_hash_and_only_once() {
         Given::with(())
-            .given(vec![started(), E::ChunkReceived { index: 0 }])
+            .given(vec![
+                started(),
+                E::ChunkReceived {
+                    index: 0,
+                    part: None,
+                },
+            ])
             .when(complete(&"cd".repeat(32)))
             .then_expect_error(UploadError::Incomplete { missing: 2 });
         Given::with(())

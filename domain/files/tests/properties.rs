@@ -37,6 +37,7 @@ fn upload_command() -> impl Strategy<Value = UploadCommand> {
             .prop_map(|(index, length, by)| UploadCommand::ReceiveChunk {
                 index,
                 length,
+                part: None,
                 by
             }),
         (prop_oneof![Just(HASH.to_owned()), text()], by).prop_map(|(computed_sha256, by)| {
@@ -73,7 +74,7 @@ proptest! {
             for event in events {
                 prop_assert!(projectable(&serde_json::to_value(&event).unwrap()).is_ok());
                 match event {
-                    UploadEvent::ChunkReceived { index } => {
+                    UploadEvent::ChunkReceived { index, .. } => {
                         prop_assert!(seen.insert(index), "chunk {index} twice");
                         prop_assert!(index < 5);
                     }
@@ -145,16 +146,19 @@ fn the_event_stream_of_one_file() {
         UploadCommand::ReceiveChunk {
             index: 1,
             length: 5,
+            part: None,
             by: "alice".into(),
         },
         UploadCommand::ReceiveChunk {
             index: 1,
             length: 5,
+            part: None,
             by: "alice".into(),
         },
         UploadCommand::ReceiveChunk {
             index: 0,
             length: MIN_CHUNK_SIZE,
+            part: None,
             by: "alice".into(),
         },
         UploadCommand::Complete {

@@ -222,7 +222,7 @@ pub async fn create(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == OFFSET_OCTET_STREAM.as_bytes());
     if carries_bytes {
-        let upload = state.commands.state::<TusUpload>(&id).await?.state;
+        let upload = state.commands.fresh_state::<TusUpload>(&id).await?.state;
         let (offset, file) = receive(&state, &caller, &id, upload, 0, &headers, body).await?;
         let out = response.headers_mut();
         out.insert("upload-offset", HeaderValue::from(offset));
@@ -237,7 +237,7 @@ pub async fn create(
 /// expired (or past its expiry).
 async fn owned(state: &AppState, id: &str, user_id: &str) -> Result<TusUpload, ApiError> {
     let id = super::respond::uuid_id(id, "upload")?;
-    let upload = state.commands.state::<TusUpload>(id).await?.state;
+    let upload = state.commands.fresh_state::<TusUpload>(id).await?.state;
     if !upload.exists() || upload.owner_id() != user_id || upload.is_terminated() {
         return Err(ApiError::not_found(format!("no upload with id {id}")));
     }
@@ -288,7 +288,7 @@ pub async fn status(
     let mut upload = owned(&state, &id, &caller.user_id).await?;
     if upload.finished().is_none() && upload.offset() == upload.size() {
         finish(&state, &caller, &id, None).await?;
-        upload = state.commands.state::<TusUpload>(&id).await?.state;
+        upload = state.commands.fresh_state::<TusUpload>(&id).await?.state;
     }
     let mut response = StatusCode::OK.into_response();
     describe(&mut response, &id, &upload);
@@ -319,7 +319,7 @@ pub async fn append(
     let upload = owned(&state, &id, &caller.user_id).await?;
     let (offset, file) = receive(&state, &caller, &id, upload, offset, &headers, body).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let upload = state.commands.state::<TusUpload>(&id).await?.state;
+    let upload = state.commands.fresh_state::<TusUpload>(&id).await?.state;
     describe(&mut response, &id, &upload);
     response
         .headers_mut()
@@ -380,10 +380,13 @@ async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(u64, Option<String>), ApiError> {
-    if let Some((file, _)) = upload.finished() {
-        if offset == upload.size() {
-            return Ok((offset, Some(file.to_owned())));
+    if offset == upload.size() && offset == upload.offset() {
+        // Whole already: a last request sent again, or one whose process died before the
+        // bytes became a file (they become it now).
+        if upload.finished().is_none() {
+            finish(state, caller, id, None).await?;
         }
+        return Ok((offset, Some(id.to_owned())));
     }
     if offset != upload.offset() {
         return Err(
@@ -484,7 +487,7 @@ async fn become_file(
     sha256: Option<String>,
 ) -> Result<(), ApiError> {
     forget_hash(state, id);
-    let upload = state.commands.state::<TusUpload>(id).await?.state;
+    let upload = state.commands.fresh_state::<TusUpload>(id).await?.state;
     let parts = parts(&upload);
     let sha256 = match (upload.finished(), sha256) {
         (Some((_, known)), _) => known.to_owned(),

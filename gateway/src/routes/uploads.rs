@@ -147,7 +147,8 @@ pub async fn start(
 /// The caller's upload `id`; 404 for anyone else's.
 async fn owned_upload(state: &AppState, id: &str, user_id: &str) -> Result<Upload, ApiError> {
     let id = super::respond::uuid_id(id, "upload")?;
-    let upload = state.commands.state::<Upload>(id).await?.state;
+    // Fresh: a client resuming may ask another gateway than the one it sent chunks to.
+    let upload = state.commands.fresh_state::<Upload>(id).await?.state;
     if upload.exists() && upload.owner_id() == user_id {
         Ok(upload)
     } else {
@@ -207,7 +208,13 @@ pub async fn chunk(
         keep_cut: false,
         cut: false,
     };
-    let name = chunk_name(&id, index);
+    // An object of its own for each attempt: two requests racing with one chunk never write
+    // over each other, and the one recorded is the one whose bytes were hashed.
+    let name = format!(
+        "{}.{}",
+        chunk_name(&id, index),
+        uuid::Uuid::now_v7().simple()
+    );
     let length = content
         .put_part(&name, &mut bytes, expected)
         .await
@@ -215,17 +222,25 @@ pub async fn chunk(
     let command = UploadCommand::ReceiveChunk {
         index,
         length,
+        part: Some(name.clone()),
         by: caller.user_id.clone(),
     };
-    if let Err(e) = state
+    let recorded = match state
         .commands
         .execute::<Upload>(&id, command, &(), &super::respond::caller_context(&caller))
         .await
     {
-        if length != expected {
+        Ok(chronicle_commands::Executed::Committed(committed)) => committed.appended > 0,
+        Ok(chronicle_commands::Executed::Replayed(_)) => false,
+        Err(e) => {
             let _ = content.delete_object(&name).await;
+            return Err(e.into());
         }
-        return Err(e.into());
+    };
+    if !recorded {
+        // Another request recorded this chunk first: its object is the chunk, not this one.
+        let _ = content.delete_object(&name).await;
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     if let Some(whole) = bytes.whole {
         keep_hash(&state, &id, offset + length, whole);
@@ -328,7 +343,9 @@ fn refused(rule: UploadError) -> ApiError {
 fn chunk_parts(id: &str, upload: &Upload) -> Vec<Part> {
     (0..upload.chunks())
         .map(|index| Part {
-            name: chunk_name(id, index),
+            name: upload
+                .chunk_object(index)
+                .map_or_else(|| chunk_name(id, index), str::to_owned),
             size: upload.chunk_length(index),
         })
         .collect()
