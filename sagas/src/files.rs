@@ -165,8 +165,13 @@ impl FilesJanitor {
                 .map(|name| chronicle_bus::Part { name, size: 0 })
                 .collect();
             content.drop_parts(&parts).await;
-            self.expire(&upload.id, &upload.kind).await?;
-            swept.uploads_expired.push(upload.id);
+            // One upload that cannot be expired does not stop the sweep of the others.
+            match self.expire(&upload.id, &upload.kind).await {
+                Ok(()) => swept.uploads_expired.push(upload.id),
+                Err(e) => {
+                    tracing::warn!(upload = %upload.id, error = %ErrorChain(&e), "an abandoned upload was not expired")
+                }
+            }
         }
         // A sweep's cutoff is taken before it checks the read model is caught up: every
         // file pointing at bytes claimed before the cutoff is in the read model by then.
@@ -179,30 +184,46 @@ impl FilesJanitor {
             .await
             .map_err(db("finding unreferenced bytes"))?
         {
-            let mut tx = self.pool.begin().await.map_err(db("beginning a removal"))?;
-            if !file_metadata::lock_unreferenced(&mut tx, &sha256, cutoff)
-                .await
-                .map_err(db("locking unreferenced bytes"))?
-            {
-                continue;
+            // Bytes that cannot be removed now do not stop the removal of the others.
+            match self.remove(&content, &sha256, cutoff).await {
+                Ok(true) => swept.bytes_removed.push(sha256),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%sha256, error = %ErrorChain(&e), "bytes were not removed")
+                }
             }
-            content
-                .delete(&sha256)
-                .await
-                .map_err(|e| JanitorError::Content(e.to_string()))?;
-            for width in chronicle_files::THUMBNAIL_WIDTHS {
-                content
-                    .delete_object(&chronicle_bus::thumbnail_object(&sha256, width))
-                    .await
-                    .map_err(|e| JanitorError::Content(e.to_string()))?;
-            }
-            file_metadata::mark_removed(&mut tx, &sha256)
-                .await
-                .map_err(db("recording a removal"))?;
-            tx.commit().await.map_err(db("committing a removal"))?;
-            swept.bytes_removed.push(sha256);
         }
         Ok(swept)
+    }
+
+    /// Removes the bytes named `sha256` (with their thumbnails) if they may still go,
+    /// holding their claim meanwhile: whether they were removed.
+    async fn remove(
+        &self,
+        content: &ContentStore,
+        sha256: &str,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, JanitorError> {
+        let mut tx = self.pool.begin().await.map_err(db("beginning a removal"))?;
+        if !file_metadata::lock_unreferenced(&mut tx, sha256, cutoff)
+            .await
+            .map_err(db("locking unreferenced bytes"))?
+        {
+            return Ok(false);
+        }
+        let content_error = |e: chronicle_bus::ContentError| JanitorError::Content(e.to_string());
+        content.delete(sha256).await.map_err(content_error)?;
+        for width in chronicle_files::THUMBNAIL_WIDTHS {
+            content
+                .delete_object(&chronicle_bus::thumbnail_object(sha256, width))
+                .await
+                .map_err(content_error)?;
+        }
+        file_metadata::mark_removed(&mut tx, sha256)
+            .await
+            .map_err(db("recording a removal"))?;
+        tx.commit().await.map_err(db("committing a removal"))?;
+        Ok(true)
     }
 
     /// Expires upload `id` (its parts are gone).
