@@ -128,7 +128,7 @@ impl AppState {
             content: Arc::default(),
             assemblies: Arc::default(),
             running_hashes: Arc::default(),
-            thumbnailing: Arc::new(tokio::sync::Semaphore::new(2)),
+            thumbnailing: Arc::new(tokio::sync::Semaphore::new(1)),
             orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
             posts,
             pool,
