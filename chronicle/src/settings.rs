@@ -264,11 +264,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 900, 90s, 15m, 2h or 500ms"))?;
+    let seconds = |per: u64| {
+        number
+            .checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
-        "" | "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
+        "" | "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
         other => Err(format!("unknown unit {other:?}: use ms, s, m or h")),
     }
 }
@@ -390,5 +396,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("18446744073709551615h").is_err());
     }
 }

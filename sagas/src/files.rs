@@ -143,10 +143,15 @@ impl FilesJanitor {
         let content = ContentStore::open(&js, 1)
             .await
             .map_err(|e| JanitorError::Content(e.to_string()))?;
-        let grace =
-            chrono::TimeDelta::from_std(self.config.grace).unwrap_or(chrono::TimeDelta::MAX);
+        // A grace too large for the calendar keeps everything, rather than panicking.
+        let grace = chrono::TimeDelta::from_std(self.config.grace).ok();
+        let before_grace = || {
+            grace
+                .and_then(|g| chrono::Utc::now().checked_sub_signed(g))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH)
+        };
         let mut swept = Swept::default();
-        let cutoff = chrono::Utc::now() - grace;
+        let cutoff = before_grace();
         for upload in file_metadata::abandoned_uploads(&self.pool, cutoff, 100)
             .await
             .map_err(db("finding abandoned uploads"))?
@@ -175,7 +180,7 @@ impl FilesJanitor {
         }
         // A sweep's cutoff is taken before it checks the read model is caught up: every
         // file pointing at bytes claimed before the cutoff is in the read model by then.
-        let cutoff = chrono::Utc::now() - grace;
+        let cutoff = before_grace();
         if !self.caught_up(&js).await? {
             swept.postponed = true;
             return Ok(swept);

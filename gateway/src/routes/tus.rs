@@ -192,8 +192,7 @@ pub async fn create(
         check_content_type(&content_type),
     ]))?;
     let id = uuid::Uuid::now_v7().to_string();
-    let expires_at = Utc::now()
-        + chrono::TimeDelta::from_std(state.config.upload_ttl).unwrap_or(chrono::TimeDelta::MAX);
+    let expires_at = super::uploads::expiry(&state);
     let ctx = super::respond::caller_context(&caller);
     state
         .commands

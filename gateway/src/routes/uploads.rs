@@ -129,9 +129,7 @@ pub async fn start(
         content_type: declared.content_type,
         sha256: declared.sha256,
         chunk_size: CHUNK_SIZE,
-        expires_at: Utc::now()
-            + chrono::TimeDelta::from_std(state.config.upload_ttl)
-                .unwrap_or(chrono::TimeDelta::MAX),
+        expires_at: expiry(&state),
     };
     state
         .commands
@@ -326,6 +324,15 @@ pub(super) fn once_per_upload(
         .shared();
     running.insert(id.to_owned(), assembly.clone());
     assembly
+}
+
+/// When an upload started now expires (`upload_ttl` from now; a setting too large for the
+/// calendar is the end of it, not a panic).
+pub(super) fn expiry(state: &AppState) -> chrono::DateTime<Utc> {
+    chrono::TimeDelta::from_std(state.config.upload_ttl)
+        .ok()
+        .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 /// Whether `upload` is expired, or past its expiry (the janitor is about to remove its
