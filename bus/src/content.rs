@@ -76,6 +76,15 @@ pub struct Part {
     pub size: u64,
 }
 
+/// An object as [`ContentStore::objects`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub name: String,
+    pub manifest: bool,
+    /// Seconds since the epoch.
+    pub written_at: i64,
+}
+
 /// What [`ContentStore::seal`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sealed {
@@ -558,6 +567,27 @@ impl ContentStore {
             self.delete_object(&part.name).await?;
         }
         Ok(())
+    }
+
+    /// Every object in the bucket: its name, whether it is a manifest, and when it was
+    /// written (seconds since the epoch). Reads the whole bucket's metadata: for sweeps.
+    ///
+    /// # Errors
+    /// The object store's.
+    pub async fn objects(&self) -> Result<Vec<StoredObject>, ContentError> {
+        let mut list = self.store.list().await.map_err(store_error)?;
+        let mut objects = Vec::new();
+        while let Some(info) = list.try_next().await.map_err(store_error)? {
+            if info.deleted {
+                continue;
+            }
+            objects.push(StoredObject {
+                manifest: info.description.as_deref() == Some(MANIFEST),
+                written_at: info.modified.map_or(0, |at| at.unix_timestamp()),
+                name: info.name,
+            });
+        }
+        Ok(objects)
     }
 
     /// Removes one object (a part, a thumbnail); nothing when it is not there.

@@ -28,7 +28,7 @@ mod supervise;
 pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
 pub use content::{
     hex, thumbnail_object, upload_part, Blob, ContentError, ContentStore, Part, Sealed, Stored,
-    Written, FILES_BUCKET, MANIFEST,
+    StoredObject, Written, FILES_BUCKET, MANIFEST,
 };
 pub use presence::{Presence, PresenceView, PRESENCE_BUCKET, PRESENCE_TTL};
 pub use relay::{Relay, RelayConfig, RelayError};

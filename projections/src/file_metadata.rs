@@ -468,3 +468,13 @@ pub async fn abandoned_uploads(
     .fetch_all(pool)
     .await
 }
+
+/// The ids of uploads neither finished nor closed.
+///
+/// # Errors
+/// Database failures.
+pub async fn open_uploads(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM file_uploads WHERE open")
+        .fetch_all(pool)
+        .await
+}

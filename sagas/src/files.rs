@@ -12,8 +12,9 @@
 //!   then the upload is expired (`UploadExpired`), so a crash between the two repeats a
 //!   harmless removal.
 //!
-//! Parts left by a gateway that died between writing an upload's bytes and naming them
-//! (`part.<uuid>` no manifest lists) are not looked for: wasted space, never wrong bytes.
+//! - Every hour, parts no manifest lists and no open upload holds, older than an upload's
+//!   lifetime: left by a gateway that died between writing bytes and naming them, or by the
+//!   losing copy of two identical uploads sealed at once. This lists the whole bucket.
 
 use std::{future::Future, time::Duration};
 
@@ -36,6 +37,11 @@ pub struct FilesJanitorConfig {
     pub every: Duration,
     /// How long a sweep waits for the read model to catch up before it gives up.
     pub catch_up: Duration,
+    /// How old a part no manifest lists and no open upload holds must be to be removed: an
+    /// upload's lifetime and then some (a crash between writing bytes and naming them).
+    pub orphan_age: Duration,
+    /// How often the whole bucket is listed for such parts.
+    pub orphans_every: Duration,
 }
 
 impl Default for FilesJanitorConfig {
@@ -44,6 +50,8 @@ impl Default for FilesJanitorConfig {
             grace: Duration::from_secs(600),
             every: Duration::from_secs(60),
             catch_up: Duration::from_secs(30),
+            orphan_age: Duration::from_secs(25 * 3600),
+            orphans_every: Duration::from_secs(3600),
         }
     }
 }
@@ -80,6 +88,17 @@ pub struct Swept {
     pub postponed: bool,
 }
 
+/// Whether `name` is a part of some bytes (not a manifest, not a thumbnail), and the
+/// upload it belongs to if it is an upload's.
+fn part_of(name: &str) -> Option<Option<&str>> {
+    let (kind, rest) = name.split_once('.')?;
+    match kind {
+        "part" => Some(None),
+        "chunk" | "tus" => Some(rest.split('.').next()),
+        _ => None,
+    }
+}
+
 /// The files janitor of one process (one is enough; two only take turns on the rows).
 pub struct FilesJanitor {
     pool: PgPool,
@@ -114,7 +133,23 @@ impl FilesJanitor {
         if let Some(Err(e)) = chronicle_projections::setup_named(name, &self.pool).await {
             tracing::warn!(error = %ErrorChain(&e), "the file_metadata tables are not there yet");
         }
+        let mut orphans_due = tokio::time::Instant::now() + self.config.orphans_every;
         loop {
+            if tokio::time::Instant::now() >= orphans_due {
+                orphans_due = tokio::time::Instant::now() + self.config.orphans_every;
+                match self.sweep_orphans().await {
+                    Ok(removed) if !removed.is_empty() => {
+                        tracing::info!(
+                            parts = removed.len(),
+                            "files janitor removed orphaned parts"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "files janitor orphan sweep failed")
+                    }
+                }
+            }
             match self.sweep().await {
                 Ok(swept) if swept != Swept::default() => {
                     tracing::info!(
@@ -199,6 +234,57 @@ impl FilesJanitor {
             }
         }
         Ok(swept)
+    }
+
+    /// Removes parts no manifest lists and no open upload holds, older than `orphan_age`
+    /// (left by a gateway that died between writing bytes and naming them, or by the losing
+    /// copy of two identical uploads sealed at once): their names. Lists the whole bucket.
+    ///
+    /// # Errors
+    /// The object store's, the database's.
+    pub async fn sweep_orphans(&self) -> Result<Vec<String>, JanitorError> {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let content = ContentStore::open(&js, 1)
+            .await
+            .map_err(|e| JanitorError::Content(e.to_string()))?;
+        let content_error = |e: chronicle_bus::ContentError| JanitorError::Content(e.to_string());
+        // Which uploads are open is the read model's word: it must hold every upload begun.
+        if !self.caught_up(&js).await? {
+            return Ok(Vec::new());
+        }
+        let oldest = chrono::Utc::now().timestamp()
+            - i64::try_from(self.config.orphan_age.as_secs()).unwrap_or(i64::MAX);
+        let objects = content.objects().await.map_err(content_error)?;
+        let mut listed = std::collections::HashSet::new();
+        for manifest in objects.iter().filter(|o| o.manifest) {
+            if let Some(blob) = content.blob(&manifest.name).await.map_err(content_error)? {
+                listed.extend(blob.parts.into_iter().map(|p| p.name));
+            }
+        }
+        let open: std::collections::HashSet<String> = file_metadata::open_uploads(&self.pool)
+            .await
+            .map_err(db("finding open uploads"))?
+            .into_iter()
+            .collect();
+        let mut removed = Vec::new();
+        for object in objects {
+            let Some(upload) = part_of(&object.name) else {
+                continue;
+            };
+            if object.written_at > oldest
+                || listed.contains(&object.name)
+                || upload.is_some_and(|id| open.contains(id))
+            {
+                continue;
+            }
+            match content.delete_object(&object.name).await {
+                Ok(()) => removed.push(object.name),
+                Err(e) => {
+                    tracing::warn!(part = %object.name, error = %e, "an orphaned part was not removed")
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the bytes named `sha256` (with their thumbnails) if they may still go,

@@ -22,18 +22,12 @@ async fn objects(app: &TestApp) -> Vec<String> {
     crate::common::file_objects(app.nats.client().await).await
 }
 
-#[tokio::test]
-async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
-    let app = TestApp::spawn_options(TestOptions {
-        gateway: Box::new(|config| config.upload_ttl = Duration::from_secs(1)),
-        ..TestOptions::default()
-    })
-    .await;
-    let bytes = vec![7u8; 100_000];
+/// A chunked upload of `bytes` (one chunk) with its chunk sent, not completed: its id.
+async fn upload_with_its_chunk(app: &TestApp, bytes: &[u8]) -> String {
     let started: Value = app
         .post(
             "/api/v1/files/uploads",
-            json!({"name": "left.bin", "size": bytes.len(), "sha256": sha256_hex(&bytes),
+            json!({"name": "part.bin", "size": bytes.len(), "sha256": sha256_hex(bytes),
                 "content_type": "application/octet-stream"}),
         )
         .await
@@ -43,11 +37,23 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
     let id = started["upload_id"].as_str().unwrap().to_owned();
     let put = app
         .request(Method::PUT, &format!("/api/v1/files/uploads/{id}/chunks/0"))
-        .body(bytes.clone())
+        .body(bytes.to_vec())
         .send()
         .await
         .unwrap();
     assert_eq!(put.status(), StatusCode::NO_CONTENT);
+    id
+}
+
+#[tokio::test]
+async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
+    let app = TestApp::spawn_options(TestOptions {
+        gateway: Box::new(|config| config.upload_ttl = Duration::from_secs(1)),
+        ..TestOptions::default()
+    })
+    .await;
+    let bytes = vec![7u8; 100_000];
+    let id = upload_with_its_chunk(&app, &bytes).await;
     let chunks = objects(&app).await;
     assert!(
         chunks.len() == 1 && chunks[0].starts_with(&format!("chunk.{id}.0.")),
@@ -138,6 +144,8 @@ async fn app_and_janitor() -> (TestApp, FilesJanitor) {
             grace: Duration::ZERO,
             every: Duration::from_secs(3600),
             catch_up: Duration::from_secs(5),
+            orphan_age: Duration::ZERO,
+            orphans_every: Duration::from_secs(3600),
         },
     );
     (app, janitor)
@@ -287,4 +295,80 @@ async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_an
     )
     .await
     .unwrap());
+}
+
+#[tokio::test]
+async fn parts_no_manifest_lists_and_no_open_upload_holds_are_removed_and_no_other() {
+    let (app, janitor) = app_and_janitor().await;
+    // A file: a manifest and its part.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"kept bytes".to_vec()).file_name("kept.bin"),
+    );
+    let file: Value = app
+        .http
+        .post(app.url("/api/v1/files"))
+        .bearer_auth(&app.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // An open upload with a chunk in.
+    let upload = upload_with_its_chunk(&app, &[9u8; 70_000]).await;
+    eventually("the upload projected", Duration::from_secs(10), || async {
+        let open: Option<bool> = sqlx::query_scalar("SELECT open FROM file_uploads WHERE id = $1")
+            .bind(&upload)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
+        (open == Some(true)).then_some(())
+    })
+    .await;
+    // Bytes written and never named, as a gateway dying in between leaves them.
+    let js = async_nats::jetstream::new(app.nats.client().await);
+    let content = chronicle_bus::ContentStore::open(&js, 1).await.unwrap();
+    content
+        .put_part("part.orphan", &mut &b"lost"[..], 10)
+        .await
+        .unwrap();
+    content
+        .put_part(
+            "tus.0190a0a0-0000-7000-8000-000000000000.x",
+            &mut &b"lost too"[..],
+            10,
+        )
+        .await
+        .unwrap();
+    let before = objects(&app).await;
+    let mut removed = janitor.sweep_orphans().await.unwrap();
+    removed.sort();
+    assert_eq!(
+        removed,
+        vec![
+            "part.orphan".to_owned(),
+            "tus.0190a0a0-0000-7000-8000-000000000000.x".to_owned()
+        ]
+    );
+    let after = objects(&app).await;
+    assert_eq!(after.len(), before.len() - 2, "{after:?}");
+    // What is named or held is untouched: the file serves, the upload completes.
+    let served = app
+        .get(&format!(
+            "/api/v1/files/{}/content",
+            file["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(served.bytes().await.unwrap() == b"kept bytes"[..]);
+    let done = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/files/uploads/{upload}/complete"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::CREATED);
 }

@@ -273,6 +273,7 @@ impl Default for TestOptions {
                 grace: Duration::from_secs(2),
                 every: Duration::from_millis(200),
                 catch_up: Duration::from_secs(5),
+                ..chronicle_sagas::FilesJanitorConfig::default()
             },
         }
     }
