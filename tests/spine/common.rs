@@ -235,3 +235,25 @@ pub async fn file_objects(client: async_nats::Client) -> Vec<String> {
     names.sort();
     names
 }
+
+/// `POST /api/v1/files` from `base` with `bytes` as the multipart field `file`, named `name`
+/// and typed `mime`, as `token`'s holder.
+pub async fn post_file(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    bytes: Vec<u8>,
+    name: &str,
+    mime: &str,
+) -> Response {
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(name.to_owned())
+        .mime_str(mime)
+        .unwrap();
+    http.post(format!("{base}/api/v1/files"))
+        .bearer_auth(token)
+        .multipart(reqwest::multipart::Form::new().part("file", part))
+        .send()
+        .await
+        .unwrap()
+}

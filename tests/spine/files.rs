@@ -12,24 +12,8 @@ use reqwest::{
 };
 use serde_json::Value;
 
-fn form(bytes: Vec<u8>, name: &str) -> Form {
-    Form::new().part(
-        "file",
-        Part::bytes(bytes)
-            .file_name(name.to_owned())
-            .mime_str("text/plain")
-            .unwrap(),
-    )
-}
-
 async fn upload(app: &TestApp, token: &str, bytes: Vec<u8>, name: &str) -> reqwest::Response {
-    app.http
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(token)
-        .multipart(form(bytes, name))
-        .send()
-        .await
-        .unwrap()
+    crate::common::post_file(&app.http, &app.base, token, bytes, name, "text/plain").await
 }
 
 fn data(len: usize) -> Vec<u8> {
@@ -826,21 +810,7 @@ fn png_bomb() -> Vec<u8> {
 }
 
 async fn upload_typed(app: &TestApp, bytes: Vec<u8>, name: &str, mime: &str) -> Value {
-    let form = Form::new().part(
-        "file",
-        Part::bytes(bytes)
-            .file_name(name.to_owned())
-            .mime_str(mime)
-            .unwrap(),
-    );
-    let r = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&app.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = crate::common::post_file(&app.http, &app.base, &app.token, bytes, name, mime).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     r.json().await.unwrap()
 }

@@ -11,6 +11,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::common::post_file;
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -153,21 +155,18 @@ async fn app_and_janitor() -> (TestApp, FilesJanitor) {
 
 /// Uploads `bytes` and deletes the file: its hash, once the read model counts no live file.
 async fn stored_then_deleted(app: &TestApp, bytes: &[u8]) -> String {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("x.bin"),
-    );
-    let stored: Value = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&app.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: Value = post_file(
+        &app.http,
+        &app.base,
+        &app.token,
+        bytes.to_vec(),
+        "x.bin",
+        "application/octet-stream",
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     let id = stored["id"].as_str().unwrap();
     let deleted = app
         .request(Method::DELETE, &format!("/api/v1/files/{id}"))
@@ -238,24 +237,18 @@ async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_an
     );
     // ...so an upload of the same bytes, which claims them before it names them, waits.
     let uploading = {
-        let (http, url, token) = (
-            app.http.clone(),
-            app.url("/api/v1/files"),
-            app.token.clone(),
-        );
+        let (http, base, token) = (app.http.clone(), app.base.clone(), app.token.clone());
         let bytes = bytes.clone();
         tokio::spawn(async move {
-            let form = reqwest::multipart::Form::new().part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes).file_name("again.bin"),
-            );
-            let r = http
-                .post(url)
-                .bearer_auth(token)
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
+            let r = post_file(
+                &http,
+                &base,
+                &token,
+                bytes,
+                "again.bin",
+                "application/octet-stream",
+            )
+            .await;
             assert_eq!(r.status(), StatusCode::CREATED);
             r.json::<Value>().await.unwrap()
         })
@@ -301,21 +294,18 @@ async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_an
 async fn parts_no_manifest_lists_and_no_open_upload_holds_are_removed_and_no_other() {
     let (app, janitor) = app_and_janitor().await;
     // A file: a manifest and its part.
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(b"kept bytes".to_vec()).file_name("kept.bin"),
-    );
-    let file: Value = app
-        .http
-        .post(app.url("/api/v1/files"))
-        .bearer_auth(&app.token)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let file: Value = post_file(
+        &app.http,
+        &app.base,
+        &app.token,
+        b"kept bytes".to_vec(),
+        "kept.bin",
+        "application/octet-stream",
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     // An open upload with a chunk in.
     let upload = upload_with_its_chunk(&app, &[9u8; 70_000]).await;
     eventually("the upload projected", Duration::from_secs(10), || async {
