@@ -13,6 +13,7 @@
 //!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
+//! - [`scheduler`]: the payloads of the scheduler context (jobs, runs and their outcome).
 //! - [`testing`]: running a command without a store, and the projectability check, for
 //!   the domain crates' property tests.
 //!
@@ -27,6 +28,7 @@ pub mod commerce;
 pub mod files;
 pub mod identity;
 pub mod limits;
+pub mod scheduler;
 pub mod testing;
 
 pub use envelope::{
