@@ -12,7 +12,10 @@ use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::CommandBus;
 use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
-use chronicle_sagas::{FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, ORDER_SAGA};
+use chronicle_sagas::{
+    FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, Scheduler, SchedulerConfig,
+    ORDER_SAGA,
+};
 use sqlx::PgPool;
 
 /// The sagas, by the name `chronicle saga <name>` takes.
@@ -29,17 +32,20 @@ pub enum Component {
     Saga(&'static str),
     /// The files janitor (unreferenced bytes, abandoned uploads).
     Janitor,
+    /// A scheduler process (any number share the jobs).
+    Scheduler,
     /// The HTTP gateway.
     Gateway,
 }
 
 /// Every component, in start order: the relay, the projectors, the sagas, the janitor,
-/// the gateway.
+/// the scheduler, the gateway.
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
     all.extend(PROJECTIONS.iter().map(|name| Component::Projector(name)));
     all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
     all.push(Component::Janitor);
+    all.push(Component::Scheduler);
     all.push(Component::Gateway);
     all
 }
@@ -70,6 +76,7 @@ impl Component {
             Self::Projector(name) => format!("projector-{name}"),
             Self::Saga(name) => format!("saga-{name}"),
             Self::Janitor => "janitor".into(),
+            Self::Scheduler => "scheduler".into(),
             Self::Gateway => "gateway".into(),
         }
     }
@@ -81,6 +88,7 @@ impl Component {
             Self::Projector(name) => vec!["project".into(), (*name).into()],
             Self::Saga(name) => vec!["saga".into(), (*name).into()],
             Self::Janitor => vec!["janitor".into()],
+            Self::Scheduler => vec!["scheduler".into()],
             Self::Gateway => vec!["gateway".into()],
         }
     }
@@ -93,11 +101,13 @@ impl Component {
         }
     }
 
-    /// How many instances a deployment runs: two relays (one stands by), one of the rest
-    /// (a second subscriber would only take turns with the first).
+    /// How many instances a deployment runs: two relays (one stands by), two gateways,
+    /// three schedulers (they share the jobs), one of the rest (a second subscriber would
+    /// only take turns with the first).
     pub fn replicas(&self) -> u32 {
         match self {
             Self::Relay | Self::Gateway => 2,
+            Self::Scheduler => 3,
             _ => 1,
         }
     }
@@ -173,6 +183,14 @@ impl Component {
                 );
                 Box::pin(async move { janitor.run(shutdown).await.context(name) })
             }
+            Self::Scheduler => {
+                let scheduler = Scheduler::new(
+                    wiring.commands.clone(),
+                    wiring.pool.clone(),
+                    wiring.scheduler.clone(),
+                );
+                Box::pin(async move { scheduler.run(shutdown).await.context(name) })
+            }
             Self::Gateway => {
                 let listener = wiring
                     .http
@@ -216,6 +234,7 @@ pub struct Wiring {
     pub projector: ProjectorConfig,
     pub saga: OrderSagaConfig,
     pub janitor: FilesJanitorConfig,
+    pub scheduler: SchedulerConfig,
     /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
     pub gateway: GatewayConfig,
     /// Where the gateway listens (taken by the gateway when it starts).

@@ -54,6 +54,8 @@ enum Command {
     Saga { name: String },
     /// The files janitor: removes bytes no file refers to and abandoned uploads' chunks.
     Janitor,
+    /// A scheduler process: runs jobs at their due times (run several: they share the work).
+    Scheduler,
     /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
     Replay {
         name: Option<String>,
@@ -118,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gateway => processes::single(settings, vec![Component::Gateway]).await,
         Command::Relay => processes::single(settings, vec![Component::Relay]).await,
         Command::Janitor => processes::single(settings, vec![Component::Janitor]).await,
+        Command::Scheduler => processes::single(settings, vec![Component::Scheduler]).await,
         Command::Project { name, all } => {
             let projectors = processes::projector_components(name.as_deref(), all)?;
             processes::single(settings, projectors).await

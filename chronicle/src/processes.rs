@@ -196,6 +196,7 @@ async fn run_roles(
             ..OrderSagaConfig::with_payment_timeout(settings.orders.order_payment_timeout)
         },
         janitor: settings.files.janitor(),
+        scheduler: settings.scheduler.scheduler(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
     };

@@ -12,6 +12,8 @@ pub struct Settings {
     pub orders: OrderSettings,
     #[command(flatten)]
     pub files: FileSettings,
+    #[command(flatten)]
+    pub scheduler: SchedulerSettings,
     /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
@@ -230,6 +232,34 @@ impl FileSettings {
     }
 }
 
+/// The scheduler: what its HTTP actions may call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SchedulerSettings {
+    /// Hosts a job's HTTP action may call: comma-separated host names or IPs, each with an
+    /// optional `:port` (empty: none). Any other URL is refused when the job is created.
+    #[arg(
+        long,
+        env = "CHRONICLE_SCHEDULER_HTTP_ALLOW",
+        default_value = "",
+        value_parser = parse_allow_list,
+        global = true
+    )]
+    pub scheduler_http_allow: chronicle_scheduler::AllowList,
+}
+
+impl SchedulerSettings {
+    pub fn scheduler(&self) -> chronicle_sagas::SchedulerConfig {
+        chronicle_sagas::SchedulerConfig {
+            http_allow: self.scheduler_http_allow.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_allow_list(list: &str) -> Result<chronicle_scheduler::AllowList, String> {
+    chronicle_scheduler::AllowList::parse(list)
+}
+
 /// A configuration value that must not be printed (a key, a URL with a password): `Debug`
 /// shows a placeholder, so logging the settings never leaks it.
 #[derive(Clone)]
@@ -310,6 +340,7 @@ impl Settings {
             ws_ping_interval: self.gateway.ws_ping_interval,
             file_replicas: self.servers.stream_replicas,
             upload_ttl: self.files.upload_ttl,
+            scheduler_http_allow: self.scheduler.scheduler_http_allow.clone(),
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

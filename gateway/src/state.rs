@@ -52,6 +52,8 @@ pub struct GatewayConfig {
     pub file_replicas: usize,
     /// How long a resumable upload may stay unfinished (`CHRONICLE_UPLOAD_TTL`).
     pub upload_ttl: Duration,
+    /// Hosts a job's HTTP action may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`).
+    pub scheduler_http_allow: chronicle_scheduler::AllowList,
 }
 
 impl GatewayConfig {
@@ -71,6 +73,7 @@ impl GatewayConfig {
             ws_ping_interval: Duration::from_secs(20),
             file_replicas: 1,
             upload_ttl: Duration::from_secs(24 * 3600),
+            scheduler_http_allow: chronicle_scheduler::AllowList::default(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
 //! - [`file_metadata`]: files, and the live references to each stored hash (files).
 //! - [`inventory`]: the `inventory_items` read model.
+//! - [`jobs`]: jobs with status and next run, and every run with its outcome (scheduler).
 //! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
 //! - [`users`]: the `users` read model (public profiles).
@@ -25,6 +26,7 @@ mod runtime;
 pub mod chat_history;
 pub mod file_metadata;
 pub mod inventory;
+pub mod jobs;
 pub mod orders;
 pub mod posts;
 pub mod users;

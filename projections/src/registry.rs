@@ -7,9 +7,9 @@ use sqlx::PgPool;
 
 use crate::{
     chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
-    inventory::InventoryProjection, orders::OrdersProjection, posts::PostsProjection,
-    runtime::durable_name, users::UsersProjection, Projection, ProjectionError, Projector,
-    ProjectorConfig, ReplayStats,
+    inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
+    posts::PostsProjection, runtime::durable_name, users::UsersProjection, Projection,
+    ProjectionError, Projector, ProjectorConfig, ReplayStats,
 };
 
 /// Every projection as a subscriber: `(name, durable consumer)`, for status reports.
@@ -32,6 +32,7 @@ pub const PROJECTIONS: &[&str] = &[
     "users",
     "chat_history",
     "file_metadata",
+    "jobs",
 ];
 
 /// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
@@ -61,6 +62,10 @@ macro_rules! by_name {
             }
             "file_metadata" => {
                 let $p = FileMetadataProjection;
+                Some($body)
+            }
+            "jobs" => {
+                let $p = JobsProjection;
                 Some($body)
             }
             _ => None,

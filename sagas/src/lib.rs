@@ -4,15 +4,18 @@
 //! # Layout
 //!
 //! - [`OrderSaga`] (on the subscriber runtime of `chronicle-bus`): reserves an order's stock line by line when it is placed, confirms or
-//!   rejects it, releases on rejection and cancellation, commits on shipping, and cancels
-//!   orders left unpaid past their deadline. Every step is idempotent, so a redelivered event
+//!   rejects it, releases on rejection and cancellation, commits on shipping, and gives
+//!   each order a payment deadline: a one-shot job on the scheduler that cancels it unpaid. Every step is idempotent, so a redelivered event
 //!   or a crash and restart at any point settles each order exactly once.
 
 //! - [`FilesJanitor`]: every minute, removes bytes no live file refers to and the chunks of
 //!   abandoned uploads, after a grace period and only with the read model caught up.
+//! - [`Scheduler`]: runs every job once per due time, shared by any number of processes.
 
 mod files;
 mod orders;
+mod scheduler;
 
 pub use files::{FilesJanitor, FilesJanitorConfig, JanitorError, Swept};
-pub use orders::{OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};
+pub use orders::{deadline_job, OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};
+pub use scheduler::{Scheduler, SchedulerConfig};

@@ -6,8 +6,12 @@ use chronicle_bus::{
 };
 use chronicle_commands::{CommandBus, CommandContext, CommandError};
 use chronicle_commerce::{
-    Canceller, Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem,
-    Order, OrderCommand, OrderError, OrderEvent, OrderServices, OrderStatus,
+    Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem, Order,
+    OrderCommand, OrderEvent, OrderServices, OrderStatus,
+};
+use chronicle_scheduler::{
+    Action, CommandAction, Job, JobCommand, JobError, JobSpec, MissedPolicy, OverlapPolicy,
+    Schedule,
 };
 use chronicle_schemas::{AggregateKind, Envelope};
 use cqrs_es::Aggregate;
@@ -56,8 +60,6 @@ pub struct OrderSagaConfig {
     pub payment_timeout: Duration,
     /// How long JetStream waits for an ack before redelivering (after a crash).
     pub ack_wait: Duration,
-    /// How often due payment deadlines are looked for.
-    pub deadline_poll: Duration,
 }
 
 impl Default for OrderSagaConfig {
@@ -67,14 +69,11 @@ impl Default for OrderSagaConfig {
 }
 
 impl OrderSagaConfig {
-    /// Defaults for everything but the payment timeout; deadlines are polled often enough
-    /// to fire within a quarter of the timeout (at most every second).
+    /// Defaults for everything but the payment timeout.
     pub fn with_payment_timeout(payment_timeout: Duration) -> Self {
         Self {
             payment_timeout,
             ack_wait: Duration::from_secs(30),
-            deadline_poll: (payment_timeout / 4)
-                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         }
     }
 }
@@ -185,10 +184,8 @@ impl OrderSaga {
             config,
         )
         .with_faults(self.core.faults.clone());
-        tokio::select! {
-            result = subscriber.run(shutdown) => result,
-            () = self.core.deadlines_forever() => Ok(()),
-        }
+        self.core.adopt_old_deadlines().await;
+        subscriber.run(shutdown).await
     }
 }
 
@@ -209,7 +206,7 @@ impl From<SagaError> for HandlerError {
 impl Handler for Events {
     async fn handle(
         &self,
-        conn: &mut PgConnection,
+        _conn: &mut PgConnection,
         events: &[Envelope],
     ) -> Result<(), HandlerError> {
         for envelope in events {
@@ -219,23 +216,23 @@ impl Handler for Events {
                 event = %envelope.event_type,
                 correlation_id = %envelope.correlation_id,
             );
-            tracing::Instrument::instrument(self.0.handle(&mut *conn, envelope), span).await?;
+            tracing::Instrument::instrument(self.0.handle(envelope), span).await?;
         }
         Ok(())
     }
 }
 
 impl Core {
-    async fn handle(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), SagaError> {
+    async fn handle(&self, envelope: &Envelope) -> Result<(), SagaError> {
         let event: OrderEvent = envelope.decode().map_err(SagaError::Decode)?;
         let order_id = envelope.aggregate_id.as_str();
         match event {
             OrderEvent::OrderPlaced { .. } => {
-                self.set_deadline(&mut *conn, envelope).await?;
+                self.set_deadline(order_id, envelope).await?;
                 self.settle_placed(order_id, envelope).await
             }
             OrderEvent::OrderReserved {} => Ok(()),
-            OrderEvent::OrderPaid { .. } => clear_deadline(conn, order_id).await,
+            OrderEvent::OrderPaid { .. } => self.clear_deadline(order_id, envelope).await,
             OrderEvent::PaymentRequested { .. }
             | OrderEvent::PaymentFailed { .. }
             | OrderEvent::PaymentRefunded { .. } => Ok(()),
@@ -243,11 +240,11 @@ impl Core {
             OrderEvent::OrderShipped {} => self.commit_stock(order_id, envelope).await,
             OrderEvent::OrderRejected { .. } => {
                 self.release_all(order_id, envelope).await?;
-                clear_deadline(conn, order_id).await
+                self.clear_deadline(order_id, envelope).await
             }
             OrderEvent::OrderCancelled { .. } => {
                 self.release_all(order_id, envelope).await?;
-                clear_deadline(conn, order_id).await?;
+                self.clear_deadline(order_id, envelope).await?;
                 self.settle_money(order_id, envelope).await
             }
         }
@@ -482,9 +479,11 @@ impl Core {
         Ok(())
     }
 
+    /// The order as Postgres has it: other processes change orders too (the customer's
+    /// gateway, the scheduler's deadline), so this process's cache may be behind them.
     async fn order(&self, order_id: &str) -> Result<Order, SagaError> {
         self.bus
-            .state::<Order>(order_id)
+            .fresh_state::<Order>(order_id)
             .await
             .map(|loaded| loaded.state)
             .map_err(|e| SagaError::Command {
@@ -541,81 +540,122 @@ impl Core {
         }
     }
 
-    async fn set_deadline(
-        &self,
-        conn: &mut PgConnection,
-        placed: &Envelope,
-    ) -> Result<(), SagaError> {
+    /// `OrderPlaced`: the payment deadline becomes a one-shot job on the scheduler
+    /// (`order-payment-<order id>`), due `payment_timeout` after the order was placed. Its
+    /// action cancels the order if it is still unpaid. Creating it again changes nothing.
+    async fn set_deadline(&self, order_id: &str, placed: &Envelope) -> Result<(), SagaError> {
         let due = placed.recorded_at
             + chrono::Duration::from_std(self.config.payment_timeout)
                 .unwrap_or(chrono::Duration::MAX);
-        sqlx::query(
-            "INSERT INTO saga_order_deadlines (order_id, due_at, correlation_id, causation_id) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+        self.create_deadline(
+            order_id,
+            due,
+            caused_by(placed.correlation_id, placed.event_id),
         )
-        .bind(&placed.aggregate_id)
-        .bind(due)
-        .bind(placed.correlation_id)
-        .bind(placed.event_id)
-        .execute(conn)
         .await
-        .map_err(SagaError::db("storing a payment deadline"))?;
-        Ok(())
     }
 
-    async fn deadlines_forever(&self) {
-        loop {
-            if let Err(e) = self.expire_due().await {
-                tracing::warn!(error = %ErrorChain(&e), "payment deadlines not checked; retrying");
-            }
-            tokio::time::sleep(self.config.deadline_poll).await;
+    async fn create_deadline(
+        &self,
+        order_id: &str,
+        due: chrono::DateTime<chrono::Utc>,
+        ctx: CommandContext,
+    ) -> Result<(), SagaError> {
+        let create = JobCommand::Create {
+            job_id: deadline_job(order_id),
+            owner_id: DEADLINE_OWNER.to_owned(),
+            spec: JobSpec {
+                name: format!("payment deadline of order {order_id}"),
+                schedule: Schedule::Once { at: due },
+                action: Action::Command {
+                    command: CommandAction::ExpireUnpaidOrder {
+                        order_id: order_id.to_owned(),
+                    },
+                },
+                max_retries: chronicle_scheduler::MAX_RETRIES,
+                depends_on: Vec::new(),
+                // A deadline that passed while no scheduler ran still cancels, once.
+                missed: MissedPolicy::RunOnce,
+                overlap: OverlapPolicy::Skip,
+                timeout_seconds: chronicle_scheduler::DEFAULT_TIMEOUT_SECONDS,
+                backoff_seconds: chronicle_scheduler::DEFAULT_BACKOFF_SECONDS,
+            },
+            now: chrono::Utc::now(),
+        };
+        match self
+            .command_in::<Job>(&deadline_job(order_id), create, &(), ctx)
+            .await?
+        {
+            Ok(()) | Err(JobError::Exists) => Ok(()),
+            Err(refused) => Err(SagaError::Command {
+                aggregate: Job::TYPE,
+                id: deadline_job(order_id),
+                detail: refused.to_string(),
+            }),
         }
     }
 
-    /// Cancels the orders whose payment deadline has passed. A deadline is dropped once
-    /// the cancellation is decided either way (an order paid meanwhile refuses it).
-    async fn expire_due(&self) -> Result<(), SagaError> {
-        let due: Vec<(String, Uuid, Uuid)> = sqlx::query_as(
-            "SELECT order_id, correlation_id, causation_id FROM saga_order_deadlines \
-             WHERE due_at <= now() ORDER BY due_at LIMIT 100",
+    /// Paid, rejected or cancelled: the deadline's job goes (were it to run, it would find
+    /// the order settled and do nothing).
+    async fn clear_deadline(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
+        let delete = JobCommand::Delete {
+            by: DEADLINE_OWNER.to_owned(),
+            now: chrono::Utc::now(),
+        };
+        match self
+            .command::<Job>(&deadline_job(order_id), delete, &(), cause)
+            .await?
+        {
+            Ok(()) | Err(JobError::NotFound) => Ok(()),
+            Err(refused) => Err(SagaError::Command {
+                aggregate: Job::TYPE,
+                id: deadline_job(order_id),
+                detail: refused.to_string(),
+            }),
+        }
+    }
+
+    /// Deadlines the saga polled for itself before the scheduler existed
+    /// (`saga_order_deadlines`) become jobs, once; a failure leaves them for the next start.
+    async fn adopt_old_deadlines(&self) {
+        let rows: Vec<(String, chrono::DateTime<chrono::Utc>, Uuid, Uuid)> = match sqlx::query_as(
+            "SELECT order_id, due_at, correlation_id, causation_id FROM saga_order_deadlines",
         )
         .fetch_all(&self.pool)
         .await
-        .map_err(SagaError::db("reading due payment deadlines"))?;
-        for (order_id, correlation_id, causation_id) in due {
-            let cancelled = self
-                .command_in::<Order>(
-                    &order_id,
-                    OrderCommand::Cancel {
-                        by: Canceller::PaymentTimeout,
-                    },
-                    &(),
-                    caused_by(correlation_id, causation_id),
-                )
-                .await?;
-            match cancelled {
-                Ok(()) => tracing::info!(order_id, "unpaid at its deadline: cancelled"),
-                Err(OrderError::InvalidState { status, .. }) => {
-                    tracing::debug!(order_id, status, "deadline passed on a settled order")
-                }
-                Err(other) => tracing::warn!(order_id, reason = %other, "deadline dropped"),
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "old payment deadlines not read");
+                return;
             }
-            clear_deadline(&self.pool, &order_id).await?;
+        };
+        for (order_id, due, correlation_id, causation_id) in rows {
+            let adopted = self
+                .create_deadline(&order_id, due, caused_by(correlation_id, causation_id))
+                .await;
+            let removed = match adopted {
+                Ok(()) => sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
+                    .bind(&order_id)
+                    .execute(&self.pool)
+                    .await
+                    .map(drop)
+                    .map_err(SagaError::db("removing an adopted deadline")),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(order_id, error = %ErrorChain(&e), "an old payment deadline not adopted yet");
+            }
         }
-        Ok(())
     }
 }
 
-async fn clear_deadline<'c>(
-    conn: impl sqlx::PgExecutor<'c>,
-    order_id: &str,
-) -> Result<(), SagaError> {
-    sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
-        .bind(order_id)
-        .execute(conn)
-        .await
-        .map_err(SagaError::db("clearing a payment deadline"))?;
-    Ok(())
+/// The owner of the payment deadline jobs.
+const DEADLINE_OWNER: &str = "system:orders";
+
+/// The job that is order `order_id`'s payment deadline.
+pub fn deadline_job(order_id: &str) -> String {
+    format!("order-payment-{order_id}")
 }
 
 /// The context of a command the saga issues because of event `causation_id`.

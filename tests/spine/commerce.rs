@@ -712,7 +712,8 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
     let (event_type, _, metadata) = events_of(&app, "order", &unpaid).await.pop().unwrap();
     assert_eq!(
         (event_type.as_str(), &metadata["actor"]),
-        ("OrderCancelled", &json!("saga:orders"))
+        ("OrderCancelled", &json!("system:orders")),
+        "cancelled by the deadline's job, run as its owner"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let still: Value = app
@@ -722,11 +723,33 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
         .await
         .unwrap();
     assert_eq!(still["status"], "paid");
-    let deadlines: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_order_deadlines")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(deadlines, 0, "no deadline outlives its order's settlement");
+    // The deadlines are scheduler jobs: the unpaid order's ran once and succeeded (then went
+    // with the order's cancellation); the paid order's was deleted when it was paid.
+    let deadline = |order: &str| {
+        let job = chronicle_sagas::deadline_job(order);
+        let pool = app.pool.clone();
+        async move {
+            for _ in 0..100 {
+                let row: Option<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT j.status, \
+                       (SELECT count(*) FROM scheduler_runs r WHERE r.job_id = j.job_id), \
+                       (SELECT count(*) FROM scheduler_runs r WHERE r.job_id = j.job_id AND outcome = 'succeeded') \
+                     FROM scheduler_jobs j WHERE job_id = $1",
+                )
+                .bind(&job)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+                if let Some(row) = row.filter(|(status, ..)| status == "deleted") {
+                    return row;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the deadline job of {job} never settled");
+        }
+    };
+    assert_eq!(deadline(&unpaid).await, ("deleted".to_owned(), 1, 1));
+    assert_eq!(deadline(&paid).await, ("deleted".to_owned(), 0, 0));
 }
 
 #[tokio::test]

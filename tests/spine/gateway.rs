@@ -381,6 +381,7 @@ async fn projections_report_their_checkpoint_and_lag() {
             "users",
             "chat_history",
             "file_metadata",
+            "jobs",
             "saga-orders"
         ]
     );

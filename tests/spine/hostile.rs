@@ -175,7 +175,16 @@ async fn poison_every_reader(app: &TestApp) {
     let post = uuid::Uuid::now_v7().to_string();
     let room = uuid::Uuid::now_v7().to_string();
     let file = uuid::Uuid::now_v7().to_string();
+    let job = uuid::Uuid::now_v7().to_string();
     let targets = [
+        (
+            "scheduler",
+            "job",
+            job.as_str(),
+            "JobCreated",
+            json!({"job_id": job, "owner_id": "a\u{0}", "spec": {"name": 7},
+                "created_at": "2026-01-01T00:00:00Z", "next_due_at": "yesterday"}),
+        ),
         (
             "files",
             "file",

@@ -15,6 +15,7 @@ mod identity;
 mod janitor;
 mod projector;
 mod relay;
+mod scheduler;
 mod subscriber;
 mod tus;
 mod write_side;

@@ -9,6 +9,7 @@
 //! - [`TestNats`]: a `nats-server` per test, random port, temp store, gone on drop.
 //! - [`TestApp`]: the whole system in-process (gateway on port 0, relay, projectors) on a
 //!   [`TestDb`] and a [`TestNats`], for black-box HTTP tests.
+//! - [`Hook`]: a local HTTP endpoint that records what jobs send it (scheduler tests).
 //!
 //! Tests are independent and run in parallel; nothing here uses a fixed port.
 
@@ -18,6 +19,9 @@ use std::{
 };
 
 use chronicle::components::{self, Component, Wiring};
+
+mod hook;
+pub use hook::{Answer, Hook};
 
 use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
@@ -257,6 +261,9 @@ pub struct TestOptions {
     pub saga_in_its_own_process: bool,
     /// The files janitor's timings (by default it sweeps every 200 ms, with 2 s of grace).
     pub janitor: chronicle_sagas::FilesJanitorConfig,
+    /// The scheduler's settings; its HTTP allow list (by default `127.0.0.1`, where tests
+    /// serve) is the gateway's too.
+    pub scheduler: chronicle_sagas::SchedulerConfig,
 }
 
 impl Default for TestOptions {
@@ -274,6 +281,12 @@ impl Default for TestOptions {
                 every: Duration::from_millis(200),
                 catch_up: Duration::from_secs(5),
                 ..chronicle_sagas::FilesJanitorConfig::default()
+            },
+            scheduler: chronicle_sagas::SchedulerConfig {
+                http_allow: chronicle_scheduler::AllowList::parse("127.0.0.1")
+                    .expect("a valid allow list"),
+                poll: Duration::from_millis(100),
+                ..chronicle_sagas::SchedulerConfig::default()
             },
         }
     }
@@ -325,6 +338,7 @@ impl TestApp {
         ));
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
         gateway.staff_users = vec!["*".to_owned()];
+        gateway.scheduler_http_allow = options.scheduler.http_allow.clone();
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -347,6 +361,7 @@ impl TestApp {
             projector: chronicle_projections::ProjectorConfig::default(),
             saga: options.saga,
             janitor: options.janitor,
+            scheduler: options.scheduler,
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
@@ -362,6 +377,7 @@ impl TestApp {
                 projector: wiring.projector.clone(),
                 saga: wiring.saga.clone(),
                 janitor: wiring.janitor.clone(),
+                scheduler: wiring.scheduler.clone(),
                 gateway: wiring.gateway.clone(),
                 http: std::sync::Mutex::new(None),
             })
@@ -428,6 +444,7 @@ impl TestApp {
             projector: wiring.projector.clone(),
             saga: wiring.saga.clone(),
             janitor: wiring.janitor.clone(),
+            scheduler: wiring.scheduler.clone(),
             gateway: wiring.gateway.clone(),
             http: std::sync::Mutex::new(Some(listener)),
         };

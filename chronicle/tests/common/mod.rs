@@ -1,4 +1,7 @@
 //! Running the `chronicle` binary from a test.
+//!
+//! Each test binary includes this module and uses part of it.
+#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader},

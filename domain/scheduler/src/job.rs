@@ -165,6 +165,7 @@ impl JobStatus {
 struct Running {
     due_at: DateTime<Utc>,
     attempt: u32,
+    started_at: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 }
 
@@ -490,8 +491,11 @@ impl Job {
                 Ok(events)
             }
             (_, Some(due)) => {
+                // A due time that came while a run ran overlaps it; one that was waiting
+                // before the run started (a backlog being caught up) waits its turn.
+                let overlaps = job.running.values().any(|r| due >= r.started_at);
                 if busy {
-                    if spec.overlap == OverlapPolicy::Skip {
+                    if spec.overlap == OverlapPolicy::Skip && overlaps {
                         record(
                             &mut job,
                             JobEvent::RunsSkipped {
@@ -586,9 +590,9 @@ impl Job {
                 run_id,
                 due_at,
                 attempt,
+                started_at,
                 lease_until,
                 next_due_at,
-                ..
             } => {
                 self.retries.retain(|r| r.due_at != due_at);
                 self.running.insert(
@@ -596,6 +600,7 @@ impl Job {
                     Running {
                         due_at,
                         attempt,
+                        started_at,
                         lease_until,
                     },
                 );

@@ -363,6 +363,19 @@ fn a_due_time_during_a_run_follows_the_overlap_policy() {
         }]
     );
     assert_eq!(during(OverlapPolicy::Queue), Err(JobError::Busy));
+    // Catching up a backlog (run_all after downtime): the due times that were waiting before
+    // the run started wait their turn, whatever the overlap policy.
+    let mut job = state(&[
+        created(
+            JobSpec {
+                missed: MissedPolicy::RunAll,
+                ..every_second()
+            },
+            Some(at(1)),
+        ),
+        started("r1", 1, 1, 30, Some(2)),
+    ]);
+    assert_eq!(execute(&mut job, fire(30, "r2"), &()), Err(JobError::Busy));
     assert_eq!(
         during(OverlapPolicy::Allow).unwrap(),
         vec![started("r2", 2, 1, 2, Some(3))]

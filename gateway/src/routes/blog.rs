@@ -13,11 +13,10 @@ use chronicle_blog::{
 };
 use chronicle_commands::{Committed, Executed, StoredResponse};
 use chronicle_projections::posts::{self, CommentView, PostFilter, PostView};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{
-    page::{Page, PageRequest},
+    page::{time_and_id, Page, PageRequest},
     respond,
 };
 use crate::{
@@ -336,24 +335,10 @@ pub async fn list(
         let next = offset + request.limit;
         return Ok(Json(request.page(items, |_| next.to_string())));
     }
-    let after = match &request.after {
-        None => None,
-        Some(after) => {
-            let (at, id) = after.split_once('|').ok_or_else(bad_cursor)?;
-            let at = DateTime::parse_from_rfc3339(at)
-                .map_err(|_| bad_cursor())?
-                .with_timezone(&Utc);
-            Some((at, id))
-        }
-    };
+    let after = request.after_time_and_id()?;
     let items = posts::list(&state.pool, &filter, after, request.fetch()).await?;
     Ok(Json(request.page(items, |post| {
-        let at = post.published_at.unwrap_or(post.created_at);
-        format!(
-            "{}|{}",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            post.id
-        )
+        time_and_id(post.published_at.unwrap_or(post.created_at), &post.id)
     })))
 }
 

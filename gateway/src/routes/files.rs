@@ -28,12 +28,15 @@ use chronicle_files::{
     check_content_type, check_name, File, FileCommand, Share, ShareCommand, Unserved, MAX_FILE_SIZE,
 };
 use chronicle_projections::file_metadata;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{page::PageRequest, respond};
+use super::{
+    page::{time_and_id, PageRequest},
+    respond,
+};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, JsonBody},
@@ -346,17 +349,13 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
-    let after = request.after.as_deref().and_then(|after| {
-        let (at, id) = after.split_once('|')?;
-        Some((
-            DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc),
-            id.to_owned(),
-        ))
-    });
+    let after = request
+        .after_time_and_id()?
+        .map(|(at, id)| (at, id.to_owned()));
     let files = file_metadata::files_of(&state.pool, &caller.user_id, after, request.fetch())
         .await
         .map_err(ApiError::internal)?;
-    let page = request.page(files, |f| format!("{}|{}", f.created_at.to_rfc3339(), f.id));
+    let page = request.page(files, |f| time_and_id(f.created_at, &f.id));
     Ok(Json(page).into_response())
 }
 

@@ -7,6 +7,7 @@ mod health;
 mod identity;
 mod incoming;
 mod inventory;
+mod jobs;
 mod orders;
 mod page;
 mod projections;
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .merge(uploads::routes())
         .merge(tus::routes())
         .merge(thumbnails::routes())
+        .merge(jobs::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {

@@ -2,9 +2,19 @@
 //! `{"items": [...], "next_cursor": "..." | null}`.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, FieldError};
+
+/// The sort key of a list ordered by a time, then an id: what
+/// [`PageRequest::after_time_and_id`] reads back from the next cursor.
+pub fn time_and_id(at: DateTime<Utc>, id: &str) -> String {
+    format!(
+        "{}|{id}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    )
+}
 
 /// A list response.
 #[derive(Debug, Serialize)]
@@ -54,6 +64,29 @@ impl PageRequest {
             })
             .transpose()?;
         Ok(Self { limit, after })
+    }
+
+    /// The time and id the page starts after, for a list keyed by [`time_and_id`].
+    ///
+    /// # Errors
+    /// 400 `invalid_cursor` when the cursor holds no such key.
+    pub fn after_time_and_id(&self) -> Result<Option<(DateTime<Utc>, &str)>, ApiError> {
+        self.after
+            .as_deref()
+            .map(|after| {
+                let (at, id) = after.split_once('|')?;
+                let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+                Some((at, id))
+            })
+            .map(|parsed| {
+                parsed.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_cursor",
+                        "the cursor is not one this API gave out",
+                    )
+                })
+            })
+            .transpose()
     }
 
     /// How many rows to fetch: one more than the limit tells whether a next page exists.

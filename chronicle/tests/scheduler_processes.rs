@@ -1,0 +1,341 @@
+//! The scheduler as real processes (issue 13): three `chronicle scheduler` processes run
+//! each due second of a job once between them, sharing the jobs; one killed with SIGKILL mid-run leads to one
+//! retried run, not two; and after 30 s with no scheduler running, each missed-run policy
+//! does what it says.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_scheduler::{
+    Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
+};
+use chronicle_tests::{eventually, Hook, TestDb, TestNats};
+use chrono::{DateTime, Utc};
+use common::Running;
+use serde_json::Value;
+use sqlx::PgPool;
+
+/// Starts `chronicle <args>` on the test's servers (HTTP actions may call 127.0.0.1).
+fn start(args: &[&str], db: &TestDb, nats: &TestNats) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", nats.url())
+        .env("CHRONICLE_SCHEDULER_HTTP_ALLOW", "127.0.0.1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the chronicle binary starts");
+    Running(Some(child))
+}
+
+/// The log's relay and the jobs read model, which the schedulers find due jobs in.
+fn start_spine(db: &TestDb, nats: &TestNats) -> (Running, Running) {
+    (
+        start(&["relay"], db, nats),
+        start(&["project", "jobs"], db, nats),
+    )
+}
+
+async fn live_schedulers(pool: &PgPool, n: i64) {
+    eventually(
+        &format!("{n} live schedulers"),
+        Duration::from_secs(30),
+        || async {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM scheduler_processes \
+             WHERE NOT stopped AND seen_at > now() - interval '2 seconds'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+            (live == n).then_some(())
+        },
+    )
+    .await;
+}
+
+fn spec(name: &str, schedule: Schedule, action: Action) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        schedule,
+        action,
+        max_retries: 2,
+        depends_on: vec![],
+        missed: MissedPolicy::RunOnce,
+        overlap: OverlapPolicy::Skip,
+        timeout_seconds: 10,
+        backoff_seconds: 1,
+    }
+}
+
+fn every_second() -> Schedule {
+    Schedule::Cron {
+        expression: "* * * * * *".into(),
+        timezone: "UTC".into(),
+    }
+}
+
+fn noop() -> Action {
+    Action::Command {
+        command: CommandAction::Noop {},
+    }
+}
+
+async fn create(bus: &CommandBus, id: &str, spec: JobSpec) {
+    bus.execute::<Job>(
+        id,
+        JobCommand::Create {
+            job_id: id.into(),
+            owner_id: "alice".into(),
+            spec,
+            now: Utc::now(),
+        },
+        &(),
+        &CommandContext::new(),
+    )
+    .await
+    .expect("the job is created");
+}
+
+/// Job `id`'s events of `event_type`: payload and the actor that caused them.
+async fn events(pool: &PgPool, id: &str, event_type: &str) -> Vec<(Value, String)> {
+    let rows: Vec<(Value, Value)> = sqlx::query_as(
+        "SELECT payload::jsonb -> $2, metadata::jsonb FROM events \
+         WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = $2 ORDER BY sequence",
+    )
+    .bind(id)
+    .bind(event_type)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(payload, metadata)| (payload, metadata["actor"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+async fn due_times(pool: &PgPool, id: &str) -> Vec<DateTime<Utc>> {
+    events(pool, id, "RunStarted")
+        .await
+        .iter()
+        .map(|(p, _)| time(&p["due_at"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_schedulers_run_each_due_second_once_between_them() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let _spine = start_spine(&db, &nats);
+    let _schedulers: Vec<Running> = (0..3).map(|_| start(&["scheduler"], &db, &nats)).collect();
+    live_schedulers(&pool, 3).await;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let jobs: Vec<String> = (0..9).map(|i| format!("tick-{i}")).collect();
+    for id in &jobs {
+        // `queue`: a run slowed past its second by a loaded machine delays the next one
+        // instead of skipping it, so every due second must show up.
+        let job = spec(id, every_second(), noop());
+        let overlap = OverlapPolicy::Queue;
+        create(&bus, id, JobSpec { overlap, ..job }).await;
+    }
+    // The work is shared: runs by two processes at least (a loaded machine may take a
+    // moment to settle who holds which bucket), then ten seconds more of it.
+    eventually(
+        "runs by two schedulers",
+        Duration::from_secs(30),
+        || async {
+            let actors: i64 = sqlx::query_scalar(
+                "SELECT count(DISTINCT metadata::jsonb ->> 'actor') FROM events \
+             WHERE aggregate_type = 'job' AND event_type = 'RunStarted'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (actors >= 2).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut actors = std::collections::BTreeSet::new();
+    for id in &jobs {
+        let started = events(&pool, id, "RunStarted").await;
+        actors.extend(started.iter().map(|(_, actor)| actor.clone()));
+        let due: Vec<DateTime<Utc>> = started.iter().map(|(p, _)| time(&p["due_at"])).collect();
+        assert!(due.len() >= 9, "{id}: {} runs in 10 s and more", due.len());
+        for pair in due.windows(2) {
+            assert_eq!(
+                (pair[1] - pair[0]).num_milliseconds(),
+                1000,
+                "{id}: each due second once, none missed: {due:?}"
+            );
+        }
+        assert!(started.iter().all(|(p, _)| p["attempt"] == 1));
+        assert!(events(&pool, id, "RunsSkipped").await.is_empty());
+    }
+    assert!(actors.len() >= 2, "{actors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_killed_mid_run_leads_to_one_retried_run_not_two() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let _spine = start_spine(&db, &nats);
+    // The first call hangs (the scheduler making it dies); the next one answers at once.
+    let hook = Hook::start(|_, n| {
+        if n == 1 {
+            (200, Duration::from_secs(60))
+        } else {
+            (200, Duration::ZERO)
+        }
+    })
+    .await;
+    let mut doomed = start(&["scheduler"], &db, &nats);
+    live_schedulers(&pool, 1).await;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let action = Action::Http {
+        url: format!("{}/slow", hook.url),
+        method: "POST".into(),
+        body: None,
+    };
+    let job = spec(
+        "slow",
+        Schedule::Once {
+            at: Utc::now() + chrono::Duration::seconds(1),
+        },
+        action,
+    );
+    create(
+        &bus,
+        "slow",
+        JobSpec {
+            timeout_seconds: 3,
+            ..job
+        },
+    )
+    .await;
+    eventually("the first call", Duration::from_secs(20), || async {
+        (!hook.hits("/slow").is_empty()).then_some(())
+    })
+    .await;
+    let mut child = doomed.0.take().unwrap();
+    child.kill().expect("SIGKILL the scheduler");
+    child.wait().unwrap();
+    let _survivor = start(&["scheduler"], &db, &nats);
+    eventually(
+        "the retried run's success",
+        Duration::from_secs(40),
+        || async { (!events(&pool, "slow", "RunSucceeded").await.is_empty()).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(hook.hits("/slow").len(), 2, "the call, and one retry");
+    let started = events(&pool, "slow", "RunStarted").await;
+    let attempts: Vec<&Value> = started.iter().map(|(p, _)| &p["attempt"]).collect();
+    assert_eq!(attempts, [1, 2], "{started:?}");
+    let failed = events(&pool, "slow", "RunFailed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].0["error"].as_str().unwrap().starts_with("lost"),
+        "{failed:?}"
+    );
+    assert_eq!(events(&pool, "slow", "RunSucceeded").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_30_s_without_a_scheduler_each_missed_run_policy_does_what_it_says() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let _spine = start_spine(&db, &nats);
+    let mut first = start(&["scheduler"], &db, &nats);
+    live_schedulers(&pool, 1).await;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    for (id, missed) in [
+        ("skip", MissedPolicy::Skip),
+        ("run-once", MissedPolicy::RunOnce),
+        ("run-all", MissedPolicy::RunAll),
+    ] {
+        let job = spec(id, every_second(), noop());
+        create(&bus, id, JobSpec { missed, ..job }).await;
+    }
+    for id in ["skip", "run-once", "run-all"] {
+        eventually("two runs each", Duration::from_secs(20), || async {
+            (due_times(&pool, id).await.len() >= 2).then_some(())
+        })
+        .await;
+    }
+    let mut child = first.0.take().unwrap();
+    child.kill().expect("SIGKILL the scheduler");
+    child.wait().unwrap();
+    let killed = Utc::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let restarted = Utc::now();
+    let _second = start(&["scheduler"], &db, &nats);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Due times surely missed: past the dead process's last heartbeat, before the restart.
+    let (from, to) = (killed + chrono::Duration::seconds(2), restarted);
+    let within = |t: &DateTime<Utc>| *t >= from && *t <= to;
+
+    let skipped = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let skips = events(&pool, id, "RunsSkipped").await;
+            assert_eq!(skips.len(), 1, "{id}: {skips:?}");
+            let skip = skips[0].0.clone();
+            assert_eq!(skip["reason"], "missed");
+            (
+                time(&skip["from"]),
+                time(&skip["to"]),
+                skip["next_due_at"].clone(),
+            )
+        }
+    };
+    // skip: none of them ran; the job went on from its next due time.
+    let (first_skipped, last_skipped, _) = skipped("skip").await;
+    assert!(first_skipped <= from && last_skipped >= to - chrono::Duration::seconds(1));
+    let ran = due_times(&pool, "skip").await;
+    assert!(
+        !ran.iter()
+            .any(|t| *t >= first_skipped && *t <= last_skipped),
+        "{ran:?}"
+    );
+    assert!(
+        ran.iter().any(|t| *t > restarted),
+        "and runs again after: {ran:?}"
+    );
+
+    // run_once: all of them skipped but the latest, which ran once.
+    let (first_skipped, last_skipped, once) = skipped("run-once").await;
+    assert!(first_skipped <= from && last_skipped >= to - chrono::Duration::seconds(2));
+    let ran = due_times(&pool, "run-once").await;
+    assert!(
+        !ran.iter()
+            .any(|t| *t >= first_skipped && *t <= last_skipped),
+        "{ran:?}"
+    );
+    let once = time(&once);
+    assert_eq!(ran.iter().filter(|t| **t == once).count(), 1, "{ran:?}");
+
+    // run_all: every one of them ran, once.
+    assert!(events(&pool, "run-all", "RunsSkipped").await.is_empty());
+    let ran = due_times(&pool, "run-all").await;
+    let missed: Vec<&DateTime<Utc>> = ran.iter().filter(|t| within(t)).collect();
+    let seconds = (to - from).num_seconds();
+    assert!(
+        (seconds..=seconds + 1).contains(&(missed.len() as i64)),
+        "{} of {seconds} ({from} to {to}): {ran:?}",
+        missed.len(),
+    );
+    let mut unique = ran.clone();
+    unique.dedup();
+    assert_eq!(unique, ran, "none twice");
+}

@@ -1,0 +1,387 @@
+//! `/api/v1/jobs` (API.md, Scheduler): a caller's jobs, their runs, pause, resume, delete.
+//! Only a job's owner sees it or acts on it; another user's job is 404, like one that does
+//! not exist.
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_projections::jobs::{self, JobView};
+use chronicle_scheduler::{
+    after, check_spec, Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy,
+    OverlapPolicy, Schedule, DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{
+    page::{time_and_id, PageRequest},
+    respond,
+};
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get as get_route, post};
+    axum::Router::new()
+        .route("/api/v1/jobs", post(create).get(list))
+        .route("/api/v1/jobs/{id}", get_route(get).delete(delete))
+        .route("/api/v1/jobs/{id}/runs", get_route(runs))
+        .route("/api/v1/jobs/{id}/pause", post(pause))
+        .route("/api/v1/jobs/{id}/resume", post(resume))
+}
+
+/// `schedule`: exactly one of its fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    cron: Option<String>,
+    at: Option<DateTime<Utc>>,
+    after_seconds: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionRequest {
+    Http {
+        url: String,
+        method: Option<String>,
+        /// A string is sent as it is; any other JSON value as JSON.
+        body: Option<serde_json::Value>,
+    },
+    Command {
+        command: String,
+        order_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    name: String,
+    schedule: ScheduleRequest,
+    action: ActionRequest,
+    max_retries: Option<i64>,
+    depends_on: Option<Vec<String>>,
+    timezone: Option<String>,
+    missed: Option<MissedPolicy>,
+    overlap: Option<OverlapPolicy>,
+    timeout_seconds: Option<i64>,
+    backoff_seconds: Option<i64>,
+}
+
+/// A count the domain bounds; one that does not even fit `u32` is out of range all the same.
+fn count(field: &str, value: Option<i64>, default: u32, errors: &mut Vec<FieldError>) -> u32 {
+    match value {
+        None => default,
+        Some(v) => u32::try_from(v).unwrap_or_else(|_| {
+            errors.push(FieldError::new(field, "out of range"));
+            0
+        }),
+    }
+}
+
+/// The job the caller asked for, in the domain's terms (its limits are checked after).
+fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> {
+    let mut errors = Vec::new();
+    let timezone = request.timezone.unwrap_or_else(|| "UTC".to_owned());
+    let schedule = match (
+        request.schedule.cron,
+        request.schedule.at,
+        request.schedule.after_seconds,
+    ) {
+        (Some(expression), None, None) => Some(Schedule::Cron {
+            expression,
+            timezone,
+        }),
+        (None, Some(at), None) => Some(Schedule::Once { at }),
+        (None, None, Some(seconds)) => match after(now, seconds) {
+            Ok(at) => Some(Schedule::Once { at }),
+            Err(invalid) => {
+                errors.push(FieldError::new("schedule.after_seconds", invalid.message));
+                None
+            }
+        },
+        _ => {
+            errors.push(FieldError::new(
+                "schedule",
+                "exactly one of cron, at and after_seconds",
+            ));
+            None
+        }
+    };
+    let action = match request.action {
+        ActionRequest::Http { url, method, body } => Action::Http {
+            url,
+            method: method
+                .unwrap_or_else(|| "POST".to_owned())
+                .to_ascii_uppercase(),
+            body: body.map(|b| match b {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }),
+        },
+        ActionRequest::Command { command, order_id } => match (command.as_str(), order_id) {
+            ("noop", None) => Action::Command {
+                command: CommandAction::Noop {},
+            },
+            ("cancel_order", Some(order_id)) => Action::Command {
+                command: CommandAction::CancelOrder { order_id },
+            },
+            _ => {
+                errors.push(FieldError::new(
+                    "action.command",
+                    "\"noop\", or \"cancel_order\" with an order_id",
+                ));
+                Action::Command {
+                    command: CommandAction::Noop {},
+                }
+            }
+        },
+    };
+    let max_retries = count(
+        "max_retries",
+        request.max_retries,
+        DEFAULT_MAX_RETRIES,
+        &mut errors,
+    );
+    let timeout_seconds = count(
+        "timeout_seconds",
+        request.timeout_seconds,
+        DEFAULT_TIMEOUT_SECONDS,
+        &mut errors,
+    );
+    let backoff_seconds = count(
+        "backoff_seconds",
+        request.backoff_seconds,
+        DEFAULT_BACKOFF_SECONDS,
+        &mut errors,
+    );
+    ApiError::check(errors)?;
+    let spec = JobSpec {
+        name: request.name,
+        schedule: schedule.unwrap_or(Schedule::Once { at: now }),
+        action,
+        max_retries,
+        depends_on: request.depends_on.unwrap_or_default(),
+        missed: request.missed.unwrap_or_default(),
+        overlap: request.overlap.unwrap_or_default(),
+        timeout_seconds,
+        backoff_seconds,
+    };
+    check_spec(&spec, now).map_err(|invalid| ApiError::validation(vec![invalid.into()]))?;
+    Ok(spec)
+}
+
+/// `POST /api/v1/jobs`: 201 `{"id", "version"}`; 422 on a bad cron expression (with the
+/// parser's message), an HTTP action to a host not allowed (`url_not_allowed`), or a
+/// dependency that is not one of the caller's jobs.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<CreateJob>,
+) -> Result<Response, ApiError> {
+    let now = Utc::now();
+    let raw = body.raw;
+    let spec = spec_of(body.value, now)?;
+    if let Action::Http { url, .. } = &spec.action {
+        state
+            .config
+            .scheduler_http_allow
+            .check(url)
+            .map_err(|invalid| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "url_not_allowed",
+                    invalid.message,
+                )
+            })?;
+    }
+    let mut errors = Vec::new();
+    for dependency in &spec.depends_on {
+        let job = state.commands.fresh_state::<Job>(dependency).await?.state;
+        if !job.exists() || job.owner_id() != caller.user_id {
+            errors.push(FieldError::new(
+                "depends_on",
+                format!("no job of yours with id {dependency}"),
+            ));
+        }
+    }
+    ApiError::check(errors)?;
+    let ctx = respond::context(&caller, IfMatch(None), key, &raw);
+    let job_id = uuid::Uuid::now_v7().to_string();
+    let executed = state
+        .commands
+        .execute_with_response::<Job>(
+            &job_id,
+            JobCommand::Create {
+                job_id: job_id.clone(),
+                owner_id: caller.user_id.clone(),
+                spec,
+                now,
+            },
+            &(),
+            &ctx,
+            respond::id_and_version(201),
+        )
+        .await?;
+    Ok(respond::created(
+        executed,
+        respond::id_and_version(201),
+        "/api/v1/jobs",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    min_version: Option<u64>,
+}
+
+/// The caller's job `id` from the read model, or 404.
+async fn own_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    min_version: Option<u64>,
+) -> Result<(JobView, Option<&'static str>), ApiError> {
+    let read = state
+        .freshness
+        .read(
+            min_version,
+            |v: &JobView| u64::try_from(v.version).unwrap_or(0),
+            || jobs::get(&state.pool, id),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    match read.value {
+        Some(view) if view.owner_id == caller.user_id && view.status != "deleted" => {
+            Ok((view, read.consistency))
+        }
+        _ => Err(ApiError::not_found(format!("no job with id {id}"))),
+    }
+}
+
+/// `GET /api/v1/jobs/{id}`: status, next run, and what the owner chose.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    let (view, consistency) = own_job(&state, &caller, &id, params.min_version).await?;
+    let version = view.version;
+    Ok(respond::read_model(view, version, consistency))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/v1/jobs`: the caller's jobs with `next_run_at`, newest first, in cursor pages.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let after = request
+        .after_time_and_id()?
+        .map(|(at, id)| (at, id.to_owned()));
+    let found = jobs::jobs_of(&state.pool, &caller.user_id, after, request.fetch())
+        .await
+        .map_err(ApiError::internal)?;
+    let page = request.page(found, |j| time_and_id(j.created_at, &j.id));
+    Ok(Json(page).into_response())
+}
+
+/// `GET /api/v1/jobs/{id}/runs`: its runs, newest first, with outcome and attempt; due
+/// times skipped (missed, or overlapping a run) are listed as `skipped`.
+pub async fn runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Response, ApiError> {
+    own_job(&state, &caller, &id, None).await?;
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let before = request.after.as_deref().and_then(|a| a.parse::<i64>().ok());
+    let found = jobs::runs_of(&state.pool, &id, before, request.fetch())
+        .await
+        .map_err(ApiError::internal)?;
+    let page = request.page(found, |(sequence, _)| sequence.to_string());
+    let page = serde_json::to_value(page).map_err(ApiError::internal)?;
+    // Items without their paging key.
+    let items: Vec<serde_json::Value> = page["items"]
+        .as_array()
+        .map(|items| items.iter().map(|pair| pair[1].clone()).collect())
+        .unwrap_or_default();
+    Ok(
+        Json(serde_json::json!({"items": items, "next_cursor": page["next_cursor"]}))
+            .into_response(),
+    )
+}
+
+/// Runs the owner's `command` (made from the caller's id and the time) on job `id`.
+async fn command(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    command: fn(String, DateTime<Utc>) -> JobCommand,
+) -> Result<chronicle_commands::Executed, ApiError> {
+    if !chronicle_scheduler::valid_id(id) {
+        return Err(ApiError::not_found(format!("no job with id {id}")));
+    }
+    let command = command(caller.user_id.clone(), Utc::now());
+    Ok(state
+        .commands
+        .execute::<Job>(id, command, &(), &respond::caller_context(caller))
+        .await?)
+}
+
+/// `POST /api/v1/jobs/{id}/pause`: 200; pausing twice changes nothing.
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let pause = |by, now| JobCommand::Pause { by, now };
+    let executed = command(&state, &caller, &id, pause).await?;
+    Ok(respond::executed(
+        executed,
+        respond::id_version_status(200, "paused"),
+    ))
+}
+
+/// `POST /api/v1/jobs/{id}/resume`: 200; due times that passed while paused are not run.
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let resume = |by, now| JobCommand::Resume { by, now };
+    let executed = command(&state, &caller, &id, resume).await?;
+    Ok(respond::executed(
+        executed,
+        respond::id_version_status(200, "scheduled"),
+    ))
+}
+
+/// `DELETE /api/v1/jobs/{id}`: 204. A run in progress finishes and is recorded.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let delete = |by, now| JobCommand::Delete { by, now };
+    command(&state, &caller, &id, delete).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

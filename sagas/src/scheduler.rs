@@ -1,0 +1,683 @@
+//! The scheduler (`chronicle scheduler`): runs every job once per due time, with as many
+//! processes as one likes and no leader.
+//!
+//! - **Where the schedule lives.** In the job's events and the `jobs` read model (its
+//!   `wake_at` and `bucket`), never in a process's memory: a restart forgets nothing, however
+//!   long the interval.
+//! - **Who runs what.** Jobs fall into [`BUCKETS`] buckets by id. Each process writes a
+//!   heartbeat row (`scheduler_processes`); every process reads the live rows and gives each
+//!   bucket to the process with the highest hash of (process, bucket), so all agree without
+//!   talking, and a dead process's buckets pass to the others once its heartbeat is stale.
+//! - **Exactly once.** A run starts only through the job's `Fire` command, decided on the
+//!   job's state and appended with optimistic concurrency: two processes that both believe a
+//!   bucket is theirs (for the moment a membership changes) race, one wins, the other finds
+//!   nothing due. A run that starts is recorded before its action does anything.
+//! - **Timing.** A process finds due jobs by polling the read model for its buckets, then
+//!   keeps each job it is running, or that is due again soon, on a timer of its own, so a job
+//!   due every second runs at its second and not at the next poll.
+//! - **Crashes.** A run carries a lease (its timeout and a margin). A scheduler that dies
+//!   mid-run lets the lease run out; whoever holds the bucket then fails the run as lost and
+//!   retries it like any failure: one retry, because that, too, goes through `Fire`.
+//! - **Missed runs.** A due time is missed when no scheduler was alive at it (the heartbeat
+//!   rows record when some process ran); then the job's missed-run policy applies. A due
+//!   time that is merely late (the schedulers were busy) always runs.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use chronicle_bus::ErrorChain;
+use chronicle_commands::{CommandBus, CommandContext, CommandError, Executed};
+use chronicle_commerce::{Canceller, Order, OrderCommand, OrderError};
+use chronicle_scheduler::{
+    bucket, Action, AllowList, CommandAction, Fire, Job, JobCommand, JobError, JobSpec, Outcome,
+    BUCKETS,
+};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Tuning of a scheduler process.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Hosts HTTP actions may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`), checked again before
+    /// every call: a host the operator removes is not called any more.
+    pub http_allow: AllowList,
+    /// How often the read model is asked for due jobs.
+    pub poll: Duration,
+    /// How often the process writes its heartbeat and reads the others'.
+    pub heartbeat: Duration,
+    /// A process whose heartbeat is older than this is taken as gone.
+    pub alive_for: Duration,
+    /// Most jobs one process looks after at once.
+    pub max_jobs: usize,
+    /// A job due again within this long stays on the process's own timer.
+    pub hold: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            http_allow: AllowList::default(),
+            poll: Duration::from_millis(200),
+            heartbeat: Duration::from_millis(500),
+            alive_for: Duration::from_secs(3),
+            max_jobs: 2_000,
+            hold: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A scheduler process.
+pub struct Scheduler {
+    core: Arc<Core>,
+}
+
+struct Core {
+    bus: CommandBus,
+    pool: PgPool,
+    config: SchedulerConfig,
+    http: reqwest::Client,
+    id: Uuid,
+    started_at: DateTime<Utc>,
+    view: RwLock<View>,
+    /// Jobs this process looks after now.
+    inflight: Mutex<HashSet<String>>,
+    /// The version this process last wrote to a job, until the read model shows it: a row
+    /// older than that is not taken up again.
+    written: Mutex<HashMap<String, (i64, Instant)>>,
+}
+
+/// What the heartbeat rows say.
+#[derive(Default)]
+struct View {
+    /// Whether each bucket is this process's.
+    mine: Vec<bool>,
+    /// When each process ran: `(started, last seen + two heartbeats)`.
+    lives: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// When this process's own heartbeat last went through.
+    beat: Option<Instant>,
+}
+
+impl View {
+    /// Whether this process's own heartbeat is recent enough for it to act on the view.
+    fn current(&self, alive_for: Duration) -> bool {
+        self.beat.is_some_and(|b| b.elapsed() < alive_for)
+    }
+}
+
+/// What a job's timer does next.
+enum Next {
+    At(tokio::time::Instant),
+    Leave,
+}
+
+impl Scheduler {
+    pub fn new(bus: CommandBus, pool: PgPool, config: SchedulerConfig) -> Self {
+        let http = reqwest::Client::builder()
+            // A redirect could lead anywhere, past the allow list.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            core: Arc::new(Core {
+                bus,
+                pool,
+                config,
+                http,
+                id: Uuid::now_v7(),
+                started_at: Utc::now(),
+                view: RwLock::default(),
+                inflight: Mutex::default(),
+                written: Mutex::default(),
+            }),
+        }
+    }
+
+    /// This process's id in `scheduler_processes`.
+    pub fn id(&self) -> Uuid {
+        self.core.id
+    }
+
+    /// Runs until `shutdown`. Runs in progress then are left to their leases (another
+    /// process retries them), as after a crash.
+    ///
+    /// # Errors
+    /// None so far: a lost database is retried.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let core = self.core;
+        tokio::pin!(shutdown);
+        let mut drivers = tokio::task::JoinSet::new();
+        let mut beat = tokio::time::interval(core.config.heartbeat);
+        let mut poll = tokio::time::interval(core.config.poll);
+        for timer in [&mut beat, &mut poll] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        tracing::info!(id = %core.id, "scheduler started");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = beat.tick() => {
+                    if let Err(e) = core.heartbeat().await {
+                        tracing::warn!(error = %ErrorChain(&e), "scheduler heartbeat failed");
+                    }
+                }
+                _ = poll.tick() => {
+                    match core.due().await {
+                        Ok(jobs) => {
+                            for job_id in jobs {
+                                drivers.spawn(core.clone().drive(job_id));
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %ErrorChain(&e), "reading due jobs failed"),
+                    }
+                }
+                Some(_) = drivers.join_next(), if !drivers.is_empty() => {}
+            }
+        }
+        drivers.shutdown().await;
+        let _ = sqlx::query(
+            "UPDATE scheduler_processes SET stopped = true, seen_at = $2 WHERE id = $1",
+        )
+        .bind(core.id)
+        .bind(Utc::now())
+        .execute(&core.pool)
+        .await;
+        Ok(())
+    }
+}
+
+/// The rendezvous score of `process` for `bucket`: the bucket goes to the live process
+/// with the highest. Each (process, bucket) pair is mixed to a well-spread number
+/// (SplitMix64's finalizer), so every process wins its share of the buckets.
+fn score(process: Uuid, bucket: u16) -> u64 {
+    let (high, low) = process.as_u64_pair();
+    let mut x = high ^ low.rotate_left(29) ^ u64::from(bucket).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..2 {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    x
+}
+
+/// 0 to 999, for where a retry delay falls in its range.
+fn jitter() -> u16 {
+    let bytes = Uuid::new_v4().into_bytes();
+    u16::from_be_bytes([bytes[0], bytes[1]]) % 1000
+}
+
+impl Core {
+    /// Writes this process's heartbeat and reads everyone's: which buckets are whose, and
+    /// when some scheduler ran.
+    async fn heartbeat(&self) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        sqlx::query(
+            "INSERT INTO scheduler_processes (id, started_at, seen_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = $3",
+        )
+        .bind(self.id)
+        .bind(self.started_at)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let beat = Instant::now();
+        let keep = now - chrono::Duration::days(35);
+        let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>, bool)> = sqlx::query_as(
+            "SELECT id, started_at, seen_at, stopped FROM scheduler_processes WHERE seen_at > $1",
+        )
+        .bind(keep)
+        .fetch_all(&self.pool)
+        .await?;
+        let alive_for = chrono::Duration::from_std(self.config.alive_for).unwrap_or_default();
+        let live: Vec<Uuid> = rows
+            .iter()
+            .filter(|(_, _, seen, stopped)| !stopped && *seen + alive_for > now)
+            .map(|(id, ..)| *id)
+            .collect();
+        let mine = (0..BUCKETS)
+            .map(|b| live.iter().max_by_key(|p| score(**p, b)) == Some(&self.id))
+            .collect();
+        // A process ran from its start to its last heartbeat, and a heartbeat's length
+        // after (it may have died just before its next).
+        let margin = chrono::Duration::from_std(self.config.heartbeat * 2).unwrap_or_default();
+        let lives = rows
+            .iter()
+            .map(|(_, started, seen, stopped)| {
+                (*started, if *stopped { *seen } else { *seen + margin })
+            })
+            .collect();
+        *self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = View {
+            mine,
+            lives,
+            beat: Some(beat),
+        };
+        if rand_percent() == 0 {
+            sqlx::query("DELETE FROM scheduler_processes WHERE seen_at <= $1")
+                .bind(keep)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether job `job_id` is this process's to run now (its heartbeat current and the
+    /// job's bucket given to it).
+    fn owns(&self, job_id: &str) -> bool {
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.current(self.config.alive_for)
+            && view
+                .mine
+                .get(usize::from(bucket(job_id)))
+                .copied()
+                .unwrap_or(false)
+    }
+
+    /// Whether some scheduler was alive at `t` (this one, since it started, always).
+    fn covered(&self, t: DateTime<Utc>) -> bool {
+        if t >= self.started_at {
+            return true;
+        }
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.lives.iter().any(|(from, to)| *from <= t && t <= *to)
+    }
+
+    /// The jobs of this process's buckets due within a poll, that it does not look after
+    /// already: each is taken up (marked in flight).
+    async fn due(&self) -> Result<Vec<String>, sqlx::Error> {
+        let buckets: Vec<i32> = {
+            let view = self
+                .view
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !view.current(self.config.alive_for) {
+                return Ok(Vec::new());
+            }
+            (0..BUCKETS)
+                .filter(|b| view.mine.get(usize::from(*b)).copied().unwrap_or(false))
+                .map(i32::from)
+                .collect()
+        };
+        let room = self.config.max_jobs.saturating_sub(
+            self.inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .len(),
+        );
+        if buckets.is_empty() || room == 0 {
+            return Ok(Vec::new());
+        }
+        let skip: Vec<String> = {
+            let mut written = self
+                .written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            written.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+            let inflight = self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            inflight.iter().cloned().collect()
+        };
+        let horizon =
+            Utc::now() + chrono::Duration::from_std(self.config.poll * 2).unwrap_or_default();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT job_id, version FROM scheduler_jobs \
+             WHERE bucket = ANY($1) AND wake_at <= $2 AND NOT (job_id = ANY($3)) \
+             ORDER BY wake_at LIMIT $4",
+        )
+        .bind(&buckets)
+        .bind(horizon)
+        .bind(&skip)
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inflight = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut taken = Vec::new();
+        for (job_id, version) in rows {
+            match written.get(&job_id) {
+                // The read model has not caught up with what this process wrote.
+                Some((mine, _)) if *mine > version => continue,
+                Some(_) => {
+                    written.remove(&job_id);
+                }
+                None => {}
+            }
+            if inflight.insert(job_id.clone()) {
+                taken.push(job_id);
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Looks after one job until nothing of it is due soon: fires it at each due time,
+    /// runs what starts, and leaves it to the poll when its next due time is far.
+    async fn drive(self: Arc<Self>, job_id: String) {
+        // Runs are tasks of their own: a run recording its outcome must never wait for this
+        // loop to poll it while the loop waits on the same job's lock.
+        let mut runs = tokio::task::JoinSet::new();
+        let mut wake = tokio::time::Instant::now();
+        let mut fresh = false;
+        let mut leaving = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake), if !leaving => {}
+                Some(_) = runs.join_next(), if !runs.is_empty() => {}
+                else => break,
+            }
+            if leaving && !runs.is_empty() {
+                continue;
+            }
+            match self.step(&job_id, &mut runs, &mut fresh).await {
+                Next::At(at) => {
+                    wake = at;
+                    leaving = false;
+                }
+                Next::Leave => {
+                    if runs.is_empty() {
+                        break;
+                    }
+                    leaving = true;
+                }
+            }
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&job_id);
+    }
+
+    fn remember(&self, job_id: &str, version: u64) {
+        if let Ok(version) = i64::try_from(version) {
+            self.written
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(job_id.to_owned(), (version, Instant::now()));
+        }
+    }
+
+    /// One look at a job: fire it if it is due, and say when to look again.
+    async fn step(
+        self: &Arc<Self>,
+        job_id: &str,
+        runs: &mut tokio::task::JoinSet<()>,
+        fresh: &mut bool,
+    ) -> Next {
+        let soon = |d: Duration| Next::At(tokio::time::Instant::now() + d);
+        if !self.owns(job_id) {
+            return Next::Leave;
+        }
+        let loaded = if std::mem::take(fresh) {
+            self.bus.fresh_state::<Job>(job_id).await
+        } else {
+            self.bus.state::<Job>(job_id).await
+        };
+        let job = match loaded {
+            Ok(loaded) => loaded.state,
+            Err(e) => {
+                tracing::warn!(job_id, error = %ErrorChain(&e), "cannot load a job");
+                return soon(Duration::from_secs(1));
+            }
+        };
+        let (Some(spec), Some(wake_at)) = (job.spec().cloned(), job.wake_at()) else {
+            return Next::Leave;
+        };
+        let now = Utc::now();
+        if wake_at > now {
+            let wait = (wake_at - now).to_std().unwrap_or_default();
+            return if wait <= self.config.hold {
+                soon(wait)
+            } else {
+                Next::Leave
+            };
+        }
+        let dependencies_ready = self.dependencies_ready(&spec).await;
+        let missed = job
+            .next_due()
+            .is_some_and(|due| due < now - chrono::Duration::seconds(1) && !self.covered(due));
+        let run_id = Uuid::now_v7().to_string();
+        let fire = Fire {
+            run_id: run_id.clone(),
+            now,
+            missed,
+            dependencies_ready,
+            jitter: jitter(),
+        };
+        let ctx = CommandContext {
+            actor: Some(format!("scheduler:{}", self.id)),
+            ..CommandContext::new()
+        };
+        match self
+            .bus
+            .execute::<Job>(job_id, JobCommand::Fire(fire), &(), &ctx)
+            .await
+        {
+            Ok(executed) => {
+                if let Executed::Committed(c) = executed {
+                    self.remember(job_id, c.version);
+                }
+                let started = match self.bus.state::<Job>(job_id).await {
+                    Ok(loaded) => loaded.state.is_running(&run_id),
+                    Err(_) => false,
+                };
+                if started {
+                    tracing::debug!(job_id, run_id, "run started");
+                    let owner = job.owner_id().to_owned();
+                    runs.spawn(self.clone().run(job_id.to_owned(), run_id, owner, spec));
+                }
+                // Look again at once: more may be due (catching up), or the next due time.
+                Next::At(tokio::time::Instant::now())
+            }
+            Err(CommandError::Rejected(JobError::NotDue)) => {
+                *fresh = true;
+                Next::At(tokio::time::Instant::now())
+            }
+            Err(CommandError::Rejected(JobError::Busy | JobError::Waiting)) => {
+                *fresh = true;
+                soon(Duration::from_millis(500))
+            }
+            Err(CommandError::Rejected(JobError::Paused | JobError::NotFound)) => Next::Leave,
+            Err(e) => {
+                tracing::warn!(job_id, error = %ErrorChain(&e), "cannot fire a job");
+                *fresh = true;
+                soon(Duration::from_secs(1))
+            }
+        }
+    }
+
+    /// Whether every job `spec` depends on has a latest run, and it succeeded.
+    async fn dependencies_ready(&self, spec: &JobSpec) -> bool {
+        for dependency in &spec.depends_on {
+            match self.bus.fresh_state::<Job>(dependency).await {
+                Ok(loaded) if loaded.state.latest_run_succeeded() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Runs one started run: its action within the timeout, then its outcome recorded.
+    async fn run(self: Arc<Self>, job_id: String, run_id: String, owner: String, spec: JobSpec) {
+        let timeout = Duration::from_secs(u64::from(spec.timeout_seconds));
+        let outcome = match tokio::time::timeout(
+            timeout,
+            self.perform(&job_id, &run_id, &owner, &spec.action, timeout),
+        )
+        .await
+        {
+            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Err(error)) => Outcome::Failed(error),
+            Err(_) => Outcome::Failed(format!("timed out after {} s", spec.timeout_seconds)),
+        };
+        let ctx = CommandContext {
+            actor: Some(format!("scheduler:{}", self.id)),
+            ..CommandContext::new()
+        };
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..8 {
+            let finish = JobCommand::Finish {
+                run_id: run_id.clone(),
+                now: Utc::now(),
+                outcome: outcome.clone(),
+                jitter: jitter(),
+            };
+            match self.bus.execute::<Job>(&job_id, finish, &(), &ctx).await {
+                Ok(executed) => {
+                    if let Executed::Committed(c) = executed {
+                        self.remember(&job_id, c.version);
+                    }
+                    tracing::debug!(job_id, run_id, ?outcome, "run finished");
+                    return;
+                }
+                Err(CommandError::Rejected(refused)) => {
+                    // Taken as lost meanwhile (this process stalled past the lease).
+                    tracing::warn!(job_id, run_id, reason = %refused, "a run's outcome was refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job_id, run_id, error = %ErrorChain(&e), "cannot record a run's outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+
+    /// Does what the job says, as its owner.
+    async fn perform(
+        &self,
+        job_id: &str,
+        run_id: &str,
+        owner: &str,
+        action: &Action,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        match action {
+            Action::Http { url, method, body } => {
+                self.config.http_allow.check(url).map_err(|e| e.message)?;
+                let method = reqwest::Method::from_bytes(method.as_bytes())
+                    .map_err(|_| format!("not an HTTP method: {method}"))?;
+                let mut request = self
+                    .http
+                    .request(method, url)
+                    .timeout(timeout)
+                    .header("Chronicle-Job-Id", job_id)
+                    .header("Chronicle-Run-Id", run_id);
+                if let Some(body) = body {
+                    let json = serde_json::from_str::<serde_json::Value>(body).is_ok();
+                    request = request
+                        .header(
+                            "Content-Type",
+                            if json {
+                                "application/json"
+                            } else {
+                                "text/plain; charset=utf-8"
+                            },
+                        )
+                        .body(body.clone());
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| format!("HTTP request failed: {}", ErrorChain(&e)))?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            }
+            Action::Command { command } => self.command(owner, run_id, command).await,
+        }
+    }
+
+    async fn command(
+        &self,
+        owner: &str,
+        run_id: &str,
+        command: &CommandAction,
+    ) -> Result<(), String> {
+        let ctx = CommandContext {
+            correlation_id: Uuid::parse_str(run_id).unwrap_or_else(|_| Uuid::now_v7()),
+            actor: Some(owner.to_owned()),
+            ..CommandContext::new()
+        };
+        match command {
+            CommandAction::Noop {} => Ok(()),
+            CommandAction::CancelOrder { order_id } => {
+                let cancel = OrderCommand::Cancel {
+                    by: Canceller::Customer(owner.to_owned()),
+                };
+                match self.bus.execute::<Order>(order_id, cancel, &(), &ctx).await {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Rejected(refused)) => {
+                        Err(format!("the order refused: {refused}"))
+                    }
+                    Err(e) => Err(ErrorChain(&e).to_string()),
+                }
+            }
+            CommandAction::ExpireUnpaidOrder { order_id } => {
+                let cancel = OrderCommand::Cancel {
+                    by: Canceller::PaymentTimeout,
+                };
+                match self.bus.execute::<Order>(order_id, cancel, &(), &ctx).await {
+                    Ok(_) => {
+                        tracing::info!(order_id, "unpaid at its deadline: cancelled");
+                        Ok(())
+                    }
+                    // Paid, cancelled or rejected before its deadline: nothing to do.
+                    Err(CommandError::Rejected(
+                        OrderError::InvalidState { .. } | OrderError::NotFound,
+                    )) => Ok(()),
+                    Err(CommandError::Rejected(refused)) => {
+                        Err(format!("the order refused: {refused}"))
+                    }
+                    Err(e) => Err(ErrorChain(&e).to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// 0 to 99.
+fn rand_percent() -> u8 {
+    Uuid::new_v4().as_bytes()[0] % 100
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_shared_among_processes_started_together() {
+        // UUID v7s made in the same millisecond differ only in their last bytes.
+        let processes: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let mut won = vec![0; processes.len()];
+        for bucket in 0..BUCKETS {
+            let winner = (0..processes.len())
+                .max_by_key(|i| score(processes[*i], bucket))
+                .unwrap();
+            won[winner] += 1;
+        }
+        assert!(won.iter().all(|w| *w >= 10), "{won:?} of {BUCKETS}");
+    }
+}
