@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod e2;
 mod e3;
+mod e4;
 mod process;
 mod report;
 mod servers;
@@ -85,6 +86,15 @@ enum Workload {
         #[arg(long, default_value_t = 1_024)]
         mib: u64,
     },
+    /// E4: one-shot jobs all due at one instant, then a job due every second, with three
+    /// scheduler processes (`cargo build --release -p chronicle` first).
+    E4 {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: u64,
+        /// How long the every-second job runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Thumbnails of a 12-megapixel photo, JPEG and PNG (CPU only).
     Thumbnails,
 }
@@ -131,6 +141,7 @@ fn main() -> anyhow::Result<()> {
                 idle,
             } => e2::run(&servers, members, rate, seconds, &idle).await?,
             Workload::E3 { mib } => e3::run(&servers, mib).await?,
+            Workload::E4 { jobs, seconds } => e4::run(&servers, jobs, seconds).await?,
             Workload::Thumbnails => unreachable!("run before the servers start"),
         }
         anyhow::Ok(())

@@ -170,3 +170,28 @@ impl PeakRss {
         Ok(peak.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
+
+/// `chronicle <args>` (a role without a gateway: `relay`, `project jobs`, `scheduler`) on the
+/// bench's servers, started without waiting for anything.
+pub fn start_headless(db_url: &str, nats_url: &str, args: &[&str]) -> anyhow::Result<Chronicle> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .context("the bench binary's directory")?
+        .join("chronicle");
+    if !binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p chronicle` first",
+            binary.display()
+        );
+    }
+    let child = Command::new(binary)
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("NATS_URL", nats_url)
+        .env("CHRONICLE_PG_POOL", "32")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(Chronicle(child, None))
+}

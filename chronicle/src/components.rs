@@ -187,6 +187,7 @@ impl Component {
                 let scheduler = Scheduler::new(
                     wiring.commands.clone(),
                     wiring.pool.clone(),
+                    wiring.nats.clone(),
                     wiring.scheduler.clone(),
                 );
                 Box::pin(async move { scheduler.run(shutdown).await.context(name) })

@@ -35,7 +35,7 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS scheduler_jobs (
     version     bigint      NOT NULL,
     state       jsonb       NOT NULL
 );
-CREATE INDEX IF NOT EXISTS scheduler_jobs_due ON scheduler_jobs (bucket, wake_at)
+CREATE INDEX IF NOT EXISTS scheduler_jobs_due ON scheduler_jobs (wake_at, job_id)
     WHERE wake_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS scheduler_jobs_by_owner ON scheduler_jobs (owner_id, created_at DESC, job_id DESC)
     WHERE status <> 'deleted';

@@ -36,7 +36,10 @@ use chronicle_scheduler::{
     bucket, Action, AllowList, CommandAction, Fire, Job, JobCommand, JobError, JobSpec, Outcome,
     BUCKETS,
 };
+use chronicle_schemas::AggregateKind;
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -79,6 +82,7 @@ pub struct Scheduler {
 struct Core {
     bus: CommandBus,
     pool: PgPool,
+    nats: async_nats::Client,
     config: SchedulerConfig,
     http: reqwest::Client,
     id: Uuid,
@@ -89,6 +93,8 @@ struct Core {
     /// The version this process last wrote to a job, until the read model shows it: a row
     /// older than that is not taken up again.
     written: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Where the poll goes on from: the last due row it read, while there were more.
+    cursor: Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
 /// What the heartbeat rows say.
@@ -116,7 +122,12 @@ enum Next {
 }
 
 impl Scheduler {
-    pub fn new(bus: CommandBus, pool: PgPool, config: SchedulerConfig) -> Self {
+    pub fn new(
+        bus: CommandBus,
+        pool: PgPool,
+        nats: async_nats::Client,
+        config: SchedulerConfig,
+    ) -> Self {
         let http = reqwest::Client::builder()
             // A redirect could lead anywhere, past the allow list.
             .redirect(reqwest::redirect::Policy::none())
@@ -126,6 +137,7 @@ impl Scheduler {
             core: Arc::new(Core {
                 bus,
                 pool,
+                nats,
                 config,
                 http,
                 id: Uuid::now_v7(),
@@ -133,6 +145,7 @@ impl Scheduler {
                 view: RwLock::default(),
                 inflight: Mutex::default(),
                 written: Mutex::default(),
+                cursor: Mutex::default(),
             }),
         }
     }
@@ -156,10 +169,29 @@ impl Scheduler {
         for timer in [&mut beat, &mut poll] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        // New and resumed jobs are taken up as soon as their events are published, not at
+        // the next poll once the read model shows them: a hint only (the poll finds every
+        // job whatever happens to these messages).
+        let mut hints = match core
+            .nats
+            .subscribe(format!("events.{}.{}.>", Job::CONTEXT, Job::TYPE))
+            .await
+        {
+            Ok(hints) => Some(hints),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "no hints of new jobs; polling only");
+                None
+            }
+        };
         tracing::info!(id = %core.id, "scheduler started");
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(hint) = async { hints.as_mut()?.next().await }, if hints.is_some() => {
+                    if let Some(job_id) = core.hinted(&hint) {
+                        drivers.spawn(core.clone().drive(job_id));
+                    }
+                }
                 _ = beat.tick() => {
                     if let Err(e) = core.heartbeat().await {
                         tracing::warn!(error = %ErrorChain(&e), "scheduler heartbeat failed");
@@ -167,9 +199,12 @@ impl Scheduler {
                 }
                 _ = poll.tick() => {
                     match core.due().await {
-                        Ok(jobs) => {
+                        Ok((jobs, more)) => {
                             for job_id in jobs {
                                 drivers.spawn(core.clone().drive(job_id));
+                            }
+                            if more {
+                                poll.reset_immediately();
                             }
                         }
                         Err(e) => tracing::warn!(error = %ErrorChain(&e), "reading due jobs failed"),
@@ -267,6 +302,39 @@ impl Core {
         Ok(())
     }
 
+    /// The job a published event names, when it is new or resumed, this process's, and not
+    /// looked after yet (it is then taken up).
+    fn hinted(&self, message: &async_nats::Message) -> Option<String> {
+        let event_type = message
+            .headers
+            .as_ref()?
+            .get(chronicle_schemas::HEADER_EVENT_TYPE)?
+            .as_str();
+        if !matches!(event_type, "JobCreated" | "JobResumed") {
+            return None;
+        }
+        // A job due later than the hold is the poll's to find when it is due.
+        let envelope: chronicle_schemas::Envelope =
+            serde_json::from_slice(&message.payload).ok()?;
+        let due = envelope
+            .payload
+            .get(event_type)?
+            .get("next_due_at")?
+            .as_str()?;
+        let due: DateTime<Utc> = due.parse().ok()?;
+        if due > Utc::now() + chrono::Duration::from_std(self.config.hold).unwrap_or_default() {
+            return None;
+        }
+        let job_id = message.subject.as_str().rsplit('.').next()?.to_owned();
+        let taken = self.owns(&job_id)
+            && self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(job_id.clone());
+        taken.then_some(job_id)
+    }
+
     /// Whether job `job_id` is this process's to run now (its heartbeat current and the
     /// job's bucket given to it).
     fn owns(&self, job_id: &str) -> bool {
@@ -295,15 +363,15 @@ impl Core {
     }
 
     /// The jobs of this process's buckets due within a poll, that it does not look after
-    /// already: each is taken up (marked in flight).
-    async fn due(&self) -> Result<Vec<String>, sqlx::Error> {
+    /// already: each is taken up (marked in flight). `true` when there may be more.
+    async fn due(&self) -> Result<(Vec<String>, bool), sqlx::Error> {
         let buckets: Vec<i32> = {
             let view = self
                 .view
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !view.current(self.config.alive_for) {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
             (0..BUCKETS)
                 .filter(|b| view.mine.get(usize::from(*b)).copied().unwrap_or(false))
@@ -317,33 +385,45 @@ impl Core {
                 .len(),
         );
         if buckets.is_empty() || room == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
-        let skip: Vec<String> = {
-            let mut written = self
-                .written
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            written.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
-            let inflight = self
-                .inflight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            inflight.iter().cloned().collect()
-        };
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
+        let after = self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (after_at, after_id) = after.unzip();
         let horizon =
             Utc::now() + chrono::Duration::from_std(self.config.poll * 2).unwrap_or_default();
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT job_id, version FROM scheduler_jobs \
-             WHERE bucket = ANY($1) AND wake_at <= $2 AND NOT (job_id = ANY($3)) \
-             ORDER BY wake_at LIMIT $4",
+        let limit = room.min(1_000);
+        // Pages through the due rows in order: rows this process already handled but the
+        // read model does not show yet are passed over, never read again and again.
+        let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT job_id, version, wake_at FROM scheduler_jobs \
+             WHERE wake_at <= $2 AND bucket = ANY($1) \
+               AND ($4::timestamptz IS NULL OR (wake_at, job_id) > ($4, $5)) \
+             ORDER BY wake_at, job_id LIMIT $3",
         )
         .bind(&buckets)
         .bind(horizon)
-        .bind(&skip)
-        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(after_at)
+        .bind(after_id)
         .fetch_all(&self.pool)
         .await?;
+        let full = rows.len() == limit;
+        *self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = if full {
+            rows.last().map(|(id, _, at)| (*at, id.clone()))
+        } else {
+            None
+        };
         let mut written = self
             .written
             .lock()
@@ -353,7 +433,7 @@ impl Core {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut taken = Vec::new();
-        for (job_id, version) in rows {
+        for (job_id, version, _) in rows {
             match written.get(&job_id) {
                 // The read model has not caught up with what this process wrote.
                 Some((mine, _)) if *mine > version => continue,
@@ -366,7 +446,7 @@ impl Core {
                 taken.push(job_id);
             }
         }
-        Ok(taken)
+        Ok((taken, full))
     }
 
     /// Looks after one job until nothing of it is due soon: fires it at each due time,

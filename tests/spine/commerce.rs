@@ -1107,3 +1107,46 @@ fn stopped_at_fault(ended: anyhow::Result<()>) -> bool {
         )
     })
 }
+
+/// Payment deadlines from before the scheduler (rows the saga polled for itself) become
+/// scheduler jobs when the saga starts, once each, and then run like any deadline.
+#[tokio::test]
+async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts() {
+    let mut app = TestApp::spawn().await;
+    let order = uuid::Uuid::now_v7().to_string();
+    let due = chrono::Utc::now() - chrono::Duration::seconds(1);
+    sqlx::query(
+        "INSERT INTO saga_order_deadlines (order_id, due_at, correlation_id, causation_id) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&order)
+    .bind(due)
+    .bind(uuid::Uuid::now_v7())
+    .bind(uuid::Uuid::now_v7())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.start_saga();
+    let job = chronicle_sagas::deadline_job(&order);
+    let (outcome, due_at): (String, chrono::DateTime<chrono::Utc>) = eventually(
+        "the adopted deadline's run",
+        Duration::from_secs(15),
+        || async {
+            sqlx::query_as("SELECT outcome, due_at FROM scheduler_runs WHERE job_id = $1")
+                .bind(&job)
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap()
+                .filter(|(outcome, _): &(String, _)| outcome != "running")
+        },
+    )
+    .await;
+    // No such order: the deadline finds nothing to cancel, which is not a failure.
+    assert_eq!(outcome, "succeeded");
+    assert_eq!(due_at.timestamp_micros(), due.timestamp_micros());
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_order_deadlines")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "adopted once, then gone");
+}

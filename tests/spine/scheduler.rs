@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{invalid_fields, problem};
+use crate::common::{assert_replays_byte_for_byte, invalid_fields, problem};
 
 /// Creates `job`; returns its id once the read model shows it (`?min_version`).
 async fn create(app: &TestApp, job: Value) -> String {
@@ -222,6 +222,16 @@ async fn pause_stops_runs_and_resume_restarts_them() {
         (app.get(&format!("/api/v1/jobs/{id}")).await.status() == StatusCode::NOT_FOUND)
             .then_some(())
     })
+    .await;
+    // The read model rebuilt from the log is the one the projector built, byte for byte.
+    assert_replays_byte_for_byte(
+        &app,
+        "jobs",
+        &["scheduler_jobs", "scheduler_runs"],
+        "WITH gone AS (DELETE FROM scheduler_runs WHERE outcome = 'succeeded') \
+         UPDATE scheduler_jobs SET status = 'x'",
+        3,
+    )
     .await;
 }
 

@@ -1,0 +1,257 @@
+//! E4 (BENCH.md): 100,000 one-shot jobs due at the same instant with a no-op command action,
+//! then a job due every second for 60 s, with three `chronicle scheduler` processes (and a
+//! relay and the `jobs` projector, each a process of its own). Reports job runs/s, lateness
+//! (due to started) p50/p99, duplicates and misses, from the events the runs recorded.
+
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context};
+use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_scheduler::{
+    Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::{process::start_headless, servers::Servers};
+
+fn spec(name: &str, schedule: Schedule) -> JobSpec {
+    JobSpec {
+        name: name.to_owned(),
+        schedule,
+        action: Action::Command {
+            command: CommandAction::Noop {},
+        },
+        max_retries: 3,
+        depends_on: vec![],
+        missed: MissedPolicy::RunOnce,
+        overlap: OverlapPolicy::Skip,
+        timeout_seconds: 60,
+        backoff_seconds: 1,
+    }
+}
+
+async fn create(bus: &CommandBus, id: String, spec: JobSpec) -> anyhow::Result<()> {
+    bus.execute::<Job>(
+        &id,
+        JobCommand::Create {
+            job_id: id.clone(),
+            owner_id: "e4".to_owned(),
+            spec,
+            now: Utc::now(),
+        },
+        &(),
+        &CommandContext::new(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("creating {id}: {e}"))?;
+    Ok(())
+}
+
+async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)
+}
+
+/// Every run start of the jobs whose id starts with `prefix`: (job, due, started).
+async fn starts(
+    pool: &PgPool,
+    prefix: &str,
+) -> anyhow::Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, payload -> 'RunStarted' ->> 'due_at', \
+           payload -> 'RunStarted' ->> 'started_at' FROM events \
+         WHERE aggregate_type = 'job' AND event_type = 'RunStarted' AND aggregate_id LIKE $1",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(id, due, started)| Ok((id, due.parse()?, started.parse()?)))
+        .collect()
+}
+
+fn percentile_ms(sorted: &[i64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index] as f64 / 1_000.0
+}
+
+/// Lateness (due to started) of `runs`, in microseconds, sorted.
+fn lateness(runs: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> Vec<i64> {
+    let mut late: Vec<i64> = runs
+        .iter()
+        .map(|(_, due, started)| (*started - *due).num_microseconds().unwrap_or(i64::MAX))
+        .collect();
+    late.sort_unstable();
+    late
+}
+
+pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Result<()> {
+    let fresh = servers.fresh().await?;
+    let (db, nats) = (fresh.db_url.as_str(), fresh.nats_url.as_str());
+    let _relay = start_headless(db, nats, &["relay"])?;
+    let _projector = start_headless(db, nats, &["project", "jobs"])?;
+    let _schedulers = (0..3)
+        .map(|_| start_headless(db, nats, &["scheduler"]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = fresh.pool.clone();
+    let waiting = Instant::now();
+    loop {
+        let live = count(
+            &pool,
+            "SELECT count(*) FROM scheduler_processes WHERE seen_at > now() - interval '2 seconds'",
+        )
+        .await
+        .unwrap_or(0);
+        if live == 3 {
+            break;
+        }
+        ensure!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "schedulers did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bus = Arc::new(CommandBus::new(EventStore::new(pool.clone())));
+
+    // One-shot jobs, all due at one instant far enough ahead to create and project them.
+    let lead = Duration::from_secs(20 + jobs / 2_000);
+    let due = Utc::now() + chrono::Duration::from_std(lead)?;
+    eprintln!("bench: E4 creating {jobs} one-shot jobs due at {due}");
+    let creating = Instant::now();
+    let created = futures::stream::iter(0..jobs)
+        .map(|i| {
+            let bus = bus.clone();
+            async move {
+                create(
+                    &bus,
+                    format!("burst-{i:06}"),
+                    spec("burst", Schedule::Once { at: due }),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    created.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let creation = creating.elapsed();
+    eprintln!(
+        "bench: E4 created {jobs} jobs in {:.1} s ({:.0}/s)",
+        creation.as_secs_f64(),
+        jobs as f64 / creation.as_secs_f64()
+    );
+    loop {
+        let projected = count(&pool, "SELECT count(*) FROM scheduler_jobs")
+            .await
+            .unwrap_or(0);
+        if projected as u64 >= jobs {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let projected_at = Utc::now();
+    ensure!(
+        projected_at < due,
+        "the read model caught up at {projected_at}, after the due time {due}: raise the lead"
+    );
+    eprintln!(
+        "bench: E4 read model caught up {:.1} s before the due time",
+        (due - projected_at).num_milliseconds() as f64 / 1000.0
+    );
+    let finished = loop {
+        let done = count(
+            &pool,
+            "SELECT count(*) FROM events WHERE aggregate_type = 'job' AND event_type = 'RunSucceeded'",
+        )
+        .await?;
+        if done as u64 >= jobs {
+            break Utc::now();
+        }
+        ensure!(
+            Utc::now() < due + chrono::Duration::seconds(600),
+            "only {done} of {jobs} runs succeeded 10 minutes after their due time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last_finished: String = sqlx::query_scalar(
+        "SELECT max(payload -> 'RunSucceeded' ->> 'finished_at') FROM events \
+         WHERE aggregate_type = 'job' AND event_type = 'RunSucceeded'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let last_finished: DateTime<Utc> = last_finished.parse().context("a finish time")?;
+    ensure!(
+        last_finished <= finished,
+        "finish times come from this clock"
+    );
+    let runs = starts(&pool, "burst-").await?;
+    let distinct: BTreeSet<(&str, DateTime<Utc>)> = runs
+        .iter()
+        .map(|(id, due, _)| (id.as_str(), *due))
+        .collect();
+    let jobs_run: BTreeSet<&str> = runs.iter().map(|(id, ..)| id.as_str()).collect();
+    let late = lateness(&runs);
+    let seconds = (last_finished - due).num_microseconds().unwrap_or(0) as f64 / 1e6;
+    let burst = json!({
+        "system": "chronicle", "workload": "E4-one-shot", "schedulers": 3,
+        "ops": jobs, "seconds": (seconds * 1000.0).round() / 1000.0,
+        "runs_per_s": (jobs as f64 / seconds).round(),
+        "lateness_p50_ms": percentile_ms(&late, 0.50),
+        "lateness_p99_ms": percentile_ms(&late, 0.99),
+        "lateness_max_ms": percentile_ms(&late, 1.0),
+        "duplicates": runs.len() - distinct.len(),
+        "misses": jobs as usize - jobs_run.len(),
+        "create_per_s": (jobs as f64 / creation.as_secs_f64()).round(),
+    });
+    println!("{burst}");
+
+    // A job due every second.
+    eprintln!("bench: E4 a job due every second for {cron_seconds} s");
+    let every_second = Schedule::Cron {
+        expression: "* * * * * *".to_owned(),
+        timezone: "UTC".to_owned(),
+    };
+    // Created a tenth of a second into a second: its first due time is 0.9 s away, as for
+    // any job created ahead of its time (one created a moment before a due second may be
+    // late for that first one: it cannot be run before it is known).
+    let into_second = Duration::from_nanos(u64::from(Utc::now().timestamp_subsec_nanos()));
+    tokio::time::sleep(Duration::from_millis(1_100).saturating_sub(into_second)).await;
+    let created_at = Utc::now();
+    create(
+        &bus,
+        "cron-every-second".to_owned(),
+        spec("tick", every_second),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(cron_seconds + 2)).await;
+    let end = created_at + chrono::Duration::seconds(i64::try_from(cron_seconds)?);
+    let runs: Vec<_> = starts(&pool, "cron-")
+        .await?
+        .into_iter()
+        .filter(|(_, due, _)| *due <= end)
+        .collect();
+    let due_times: BTreeSet<DateTime<Utc>> = runs.iter().map(|(_, due, _)| *due).collect();
+    // Every whole second after creation up to the end was due.
+    let expected = (created_at.timestamp() + 1..=end.timestamp()).count();
+    let late = lateness(&runs);
+    let cron = json!({
+        "system": "chronicle", "workload": "E4-every-second", "schedulers": 3,
+        "ops": runs.len(), "seconds": cron_seconds,
+        "lateness_p50_ms": percentile_ms(&late, 0.50),
+        "lateness_p99_ms": percentile_ms(&late, 0.99),
+        "lateness_max_ms": percentile_ms(&late, 1.0),
+        "duplicates": runs.len() - due_times.len(),
+        "misses": expected.saturating_sub(due_times.len()),
+    });
+    println!("{cron}");
+    Ok(())
+}
