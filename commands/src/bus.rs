@@ -636,6 +636,29 @@ impl CommandBus {
         Ok(self.load::<A>(id, &cache_key, true).await?.0)
     }
 
+    /// Offers the cache a state of aggregate `id` at `version` that the caller read
+    /// elsewhere (a read model that keeps the aggregate's state), so the next command on it
+    /// need not load it. It is only a guess like any cached entry: if the aggregate has moved
+    /// on, the command's append conflicts and is decided again on the state in Postgres. An
+    /// entry the cache holds at the same or a newer version is kept.
+    pub async fn prime<A>(&self, id: &str, state: A, version: u64)
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+    {
+        let Some(cache) = &self.cache else { return };
+        let cache_key = cache_key::<A>(id);
+        if let Some(entry) = cache.get(&cache_key).await {
+            if entry
+                .downcast_ref::<(A, u64)>()
+                .is_some_and(|(_, held)| *held >= version)
+            {
+                return;
+            }
+        }
+        let entry: Cached = Arc::new((state, version));
+        cache.insert(cache_key, entry).await;
+    }
+
     /// The current state of aggregate `id` as Postgres has it, whatever this process's
     /// cache holds: for answers that must not lag another process's writes (where a
     /// resumable upload stands, which a client behind a load balancer asks any gateway).

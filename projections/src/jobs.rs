@@ -5,6 +5,8 @@
 //! status, next run and wake time derived by the domain's code: the read model never
 //! evaluates a cron expression or a policy of its own, so it cannot disagree with the job.
 
+use std::collections::HashMap;
+
 use chronicle_scheduler::{bucket, Job, JobEvent, SkipReason};
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
@@ -102,66 +104,155 @@ impl Projection for JobsProjection {
         DDL
     }
 
+    /// Each job's row is read once per batch and written once per batch (its runs once per
+    /// event): a burst of runs costs the read model a few statements, not three per event.
     async fn apply(
         &self,
         conn: &mut PgConnection,
         events: &[Envelope],
     ) -> Result<(), ProjectionError> {
-        for envelope in events.iter().filter(|e| e.aggregate_type == Job::TYPE) {
-            apply_one(conn, envelope).await?;
+        let events: Vec<&Envelope> = events
+            .iter()
+            .filter(|e| e.aggregate_type == Job::TYPE)
+            .collect();
+        if events.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let stored: Vec<(String, serde_json::Value, i64)> = sqlx::query_as(
+            "SELECT job_id, state, version FROM scheduler_jobs WHERE job_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(ProjectionError::db("reading jobs"))?;
+        let mut rows: HashMap<String, Row> = HashMap::with_capacity(ids.len());
+        for (id, state, version) in stored {
+            let job = serde_json::from_value::<Job>(state).map_err(|e| {
+                ProjectionError::OutOfRange(format!("job {id}: stored state does not decode: {e}"))
+            })?;
+            rows.insert(
+                id,
+                Row {
+                    job,
+                    version,
+                    created_at: None,
+                    updated_at: None,
+                },
+            );
+        }
+        for envelope in events {
+            let id = envelope.aggregate_id.as_str();
+            let version = ProjectionError::bigint(envelope.sequence)?;
+            let event: JobEvent = envelope.decode()?;
+            let row = rows.entry(id.to_owned()).or_insert_with(|| Row {
+                job: Job::default(),
+                version: 0,
+                created_at: Some(envelope.recorded_at),
+                updated_at: None,
+            });
+            if row.version >= version {
+                continue;
+            }
+            row.job.apply(event.clone());
+            if row.job.spec().is_none() {
+                // An event before its job's creation: nothing to show.
+                continue;
+            }
+            row.version = version;
+            row.updated_at = Some(envelope.recorded_at);
+            record_run(conn, id, version, event).await?;
+        }
+        store_jobs(conn, rows).await
     }
 }
 
-async fn apply_one(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ProjectionError> {
-    let id = envelope.aggregate_id.as_str();
-    let version = ProjectionError::bigint(envelope.sequence)?;
-    let event: JobEvent = envelope.decode()?;
-    let stored: Option<(serde_json::Value, i64)> =
-        sqlx::query_as("SELECT state, version FROM scheduler_jobs WHERE job_id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(ProjectionError::db("reading a job"))?;
-    let mut job = match &stored {
-        Some((_, stored_version)) if *stored_version >= version => return Ok(()),
-        Some((state, _)) => serde_json::from_value::<Job>(state.clone()).map_err(|e| {
-            ProjectionError::OutOfRange(format!("job {id}: stored state does not decode: {e}"))
-        })?,
-        None => Job::default(),
-    };
-    job.apply(event.clone());
-    let Some(spec) = job.spec() else {
-        // An event before its job's creation: nothing to show.
+/// A job's row as a batch leaves it.
+struct Row {
+    job: Job,
+    version: i64,
+    /// When the row is new: its first event's time.
+    created_at: Option<DateTime<Utc>>,
+    /// When the batch changed it: its last event's time.
+    updated_at: Option<DateTime<Utc>>,
+}
+
+/// Writes the rows a batch changed, in one statement.
+async fn store_jobs(
+    conn: &mut PgConnection,
+    rows: HashMap<String, Row>,
+) -> Result<(), ProjectionError> {
+    let mut columns = JobColumns::default();
+    for (id, row) in rows {
+        let (Some(updated_at), Some(spec)) = (row.updated_at, row.job.spec()) else {
+            continue;
+        };
+        let json = |value: Result<serde_json::Value, serde_json::Error>| {
+            value.map_err(|e| ProjectionError::OutOfRange(format!("job {id}: {e}")))
+        };
+        columns.owner_id.push(row.job.owner_id().to_owned());
+        columns.name.push(spec.name.clone());
+        columns.status.push(row.job.status().as_str().to_owned());
+        columns.spec.push(json(serde_json::to_value(spec))?);
+        columns.next_run_at.push(row.job.next_run_at());
+        columns.wake_at.push(row.job.wake_at());
+        columns.bucket.push(i32::from(bucket(&id)));
+        columns
+            .created_at
+            .push(row.created_at.unwrap_or(updated_at));
+        columns.updated_at.push(updated_at);
+        columns.version.push(row.version);
+        columns.state.push(json(serde_json::to_value(&row.job))?);
+        columns.job_id.push(id);
+    }
+    if columns.job_id.is_empty() {
         return Ok(());
-    };
-    let state = serde_json::to_value(&job)
-        .map_err(|e| ProjectionError::OutOfRange(format!("job {id}: {e}")))?;
-    let spec_json = serde_json::to_value(spec)
-        .map_err(|e| ProjectionError::OutOfRange(format!("job {id}: {e}")))?;
+    }
     sqlx::query(
         "INSERT INTO scheduler_jobs (job_id, owner_id, name, status, spec, next_run_at, wake_at, \
            bucket, created_at, updated_at, version, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11) \
-         ON CONFLICT (job_id) DO UPDATE SET status = $4, next_run_at = $6, wake_at = $7, \
-           updated_at = $9, version = $10, state = $11",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], \
+           $6::timestamptz[], $7::timestamptz[], $8::int[], $9::timestamptz[], $10::timestamptz[], \
+           $11::bigint[], $12::jsonb[]) \
+         ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, \
+           next_run_at = excluded.next_run_at, wake_at = excluded.wake_at, \
+           updated_at = excluded.updated_at, version = excluded.version, state = excluded.state",
     )
-    .bind(id)
-    .bind(job.owner_id())
-    .bind(&spec.name)
-    .bind(job.status().as_str())
-    .bind(spec_json)
-    .bind(job.next_run_at())
-    .bind(job.wake_at())
-    .bind(i32::from(bucket(id)))
-    .bind(envelope.recorded_at)
-    .bind(version)
-    .bind(state)
+    .bind(columns.job_id)
+    .bind(columns.owner_id)
+    .bind(columns.name)
+    .bind(columns.status)
+    .bind(columns.spec)
+    .bind(columns.next_run_at)
+    .bind(columns.wake_at)
+    .bind(columns.bucket)
+    .bind(columns.created_at)
+    .bind(columns.updated_at)
+    .bind(columns.version)
+    .bind(columns.state)
     .execute(&mut *conn)
     .await
-    .map_err(ProjectionError::db("storing a job"))?;
-    record_run(conn, id, version, event).await
+    .map_err(ProjectionError::db("storing jobs"))?;
+    Ok(())
+}
+
+/// `scheduler_jobs` rows as columns, for one `UNNEST`.
+#[derive(Default)]
+struct JobColumns {
+    job_id: Vec<String>,
+    owner_id: Vec<String>,
+    name: Vec<String>,
+    status: Vec<String>,
+    spec: Vec<serde_json::Value>,
+    next_run_at: Vec<Option<DateTime<Utc>>>,
+    wake_at: Vec<Option<DateTime<Utc>>>,
+    bucket: Vec<i32>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    version: Vec<i64>,
+    state: Vec<serde_json::Value>,
 }
 
 async fn record_run(

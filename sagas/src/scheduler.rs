@@ -402,8 +402,8 @@ impl Core {
         let limit = room.min(1_000);
         // Pages through the due rows in order: rows this process already handled but the
         // read model does not show yet are passed over, never read again and again.
-        let rows: Vec<(String, i64, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT job_id, version, wake_at FROM scheduler_jobs \
+        let rows: Vec<(String, i64, DateTime<Utc>, serde_json::Value)> = sqlx::query_as(
+            "SELECT job_id, version, wake_at, state FROM scheduler_jobs \
              WHERE wake_at <= $2 AND bucket = ANY($1) \
                AND ($4::timestamptz IS NULL OR (wake_at, job_id) > ($4, $5)) \
              ORDER BY wake_at, job_id LIMIT $3",
@@ -420,10 +420,24 @@ impl Core {
             .cursor
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = if full {
-            rows.last().map(|(id, _, at)| (*at, id.clone()))
+            rows.last().map(|(id, _, at, _)| (*at, id.clone()))
         } else {
             None
         };
+        let (taken, primed) = self.take_up(rows);
+        // The read model holds each job's state: the bus need not load it to fire.
+        for (job_id, job, version) in primed {
+            self.bus.prime::<Job>(&job_id, job, version).await;
+        }
+        Ok((taken, full))
+    }
+
+    /// Marks the due `rows` this process does not look after yet as in flight: their ids,
+    /// and their states as the read model holds them.
+    fn take_up(
+        &self,
+        rows: Vec<(String, i64, DateTime<Utc>, serde_json::Value)>,
+    ) -> (Vec<String>, Vec<(String, Job, u64)>) {
         let mut written = self
             .written
             .lock()
@@ -433,7 +447,8 @@ impl Core {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut taken = Vec::new();
-        for (job_id, version, _) in rows {
+        let mut primed = Vec::new();
+        for (job_id, version, _, state) in rows {
             match written.get(&job_id) {
                 // The read model has not caught up with what this process wrote.
                 Some((mine, _)) if *mine > version => continue,
@@ -443,10 +458,15 @@ impl Core {
                 None => {}
             }
             if inflight.insert(job_id.clone()) {
+                if let (Ok(job), Ok(version)) =
+                    (serde_json::from_value::<Job>(state), u64::try_from(version))
+                {
+                    primed.push((job_id.clone(), job, version));
+                }
                 taken.push(job_id);
             }
         }
-        Ok((taken, full))
+        (taken, primed)
     }
 
     /// Looks after one job until nothing of it is due soon: fires it at each due time,

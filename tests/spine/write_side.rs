@@ -344,3 +344,64 @@ async fn concurrent_requests_with_one_idempotency_key_append_once() {
     assert_eq!(committed, 1);
     assert_eq!(count(&pool_a, "events").await, 2);
 }
+
+/// A state offered to the cache from elsewhere (the scheduler primes it from the `jobs` read
+/// model) is only a guess: when the aggregate has moved on, the command conflicts and is
+/// decided again on the state in Postgres; an older offer never replaces a newer entry.
+#[tokio::test]
+async fn a_stale_primed_state_is_decided_again_on_the_stored_one() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus(&pool);
+    create_item(&bus, "PRIMED", 10).await;
+    let at_one = bus.state::<InventoryItem>("PRIMED").await.unwrap();
+    assert_eq!(at_one.version, 1);
+    // Another process (its own bus) takes every unit.
+    let other = crate::common::bus(&pool);
+    other
+        .execute::<InventoryItem>(
+            "PRIMED",
+            InventoryCommand::Reserve {
+                reservation_id: "r1".into(),
+                quantity: 10,
+            },
+            &(),
+            &CommandContext::new(),
+        )
+        .await
+        .unwrap();
+    // This process is offered the state at version 1, as a lagging read model would.
+    bus.prime::<InventoryItem>("PRIMED", at_one.state.clone(), 1)
+        .await;
+    let refused = bus
+        .execute::<InventoryItem>(
+            "PRIMED",
+            InventoryCommand::Reserve {
+                reservation_id: "r2".into(),
+                quantity: 5,
+            },
+            &(),
+            &CommandContext::new(),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Rejected(
+                InventoryError::InsufficientStock { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let stored = bus.store().load::<InventoryItem>("PRIMED").await.unwrap();
+    assert_eq!(stored.version, 2, "nothing appended on the stale guess");
+    // An offer older than what the cache holds is ignored.
+    let current = bus.fresh_state::<InventoryItem>("PRIMED").await.unwrap();
+    bus.prime::<InventoryItem>("PRIMED", current.state.clone(), current.version)
+        .await;
+    bus.prime::<InventoryItem>("PRIMED", at_one.state, 1).await;
+    assert_eq!(
+        bus.state::<InventoryItem>("PRIMED").await.unwrap().version,
+        2
+    );
+}
