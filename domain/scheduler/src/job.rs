@@ -18,6 +18,10 @@ use crate::{check_spec, check_timezone, error_text, valid_id, Occurrences, MAX_B
 /// lets the lease run out.
 pub const LEASE_GRACE_SECONDS: i64 = 5;
 
+/// Most runs of one job running at once (overlap policy `allow`): past it, a due time waits
+/// as with `queue`.
+pub const MAX_RUNNING: usize = 16;
+
 /// What a scheduler asks of a due job: start (or skip) what is due at `now`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fire {
@@ -457,7 +461,8 @@ impl Job {
             .min_by_key(|r| r.at)
             .cloned();
         let fresh = job.next_due.filter(|d| *d <= now);
-        let busy = !job.running.is_empty() && spec.overlap != OverlapPolicy::Allow;
+        let busy = !job.running.is_empty()
+            && (spec.overlap != OverlapPolicy::Allow || job.running.len() >= MAX_RUNNING);
         let lease_until =
             now + Duration::seconds(i64::from(spec.timeout_seconds) + LEASE_GRACE_SECONDS);
         let after = |t: DateTime<Utc>| occurrences.as_ref().and_then(|o| o.after(t));

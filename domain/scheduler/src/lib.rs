@@ -18,7 +18,9 @@ pub use chronicle_schemas::scheduler::{
     Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule, SkipReason,
 };
 pub use cron::{check_cron, check_timezone, Occurrences};
-pub use job::{Fire, Job, JobCommand, JobError, JobStatus, Outcome, LEASE_GRACE_SECONDS};
+pub use job::{
+    Fire, Job, JobCommand, JobError, JobStatus, Outcome, LEASE_GRACE_SECONDS, MAX_RUNNING,
+};
 
 use chronicle_schemas::limits::{self, Invalid};
 use chrono::{DateTime, Duration, Utc};

@@ -4,7 +4,7 @@
 
 use chronicle_scheduler::{
     Action, CommandAction, Fire, Job, JobCommand as C, JobError, JobEvent as E, JobSpec, JobStatus,
-    MissedPolicy, Outcome, OverlapPolicy, Schedule, SkipReason, LEASE_GRACE_SECONDS,
+    MissedPolicy, Outcome, OverlapPolicy, Schedule, SkipReason, LEASE_GRACE_SECONDS, MAX_RUNNING,
 };
 use chronicle_schemas::testing::{execute, projectable};
 use chrono::{DateTime, Utc};
@@ -379,6 +379,21 @@ fn a_due_time_during_a_run_follows_the_overlap_policy() {
     assert_eq!(
         during(OverlapPolicy::Allow).unwrap(),
         vec![started("r2", 2, 1, 2, Some(3))]
+    );
+    // `allow` has a bound: a job never has more than MAX_RUNNING runs at once.
+    let spec = JobSpec {
+        overlap: OverlapPolicy::Allow,
+        timeout_seconds: 3600,
+        ..every_second()
+    };
+    let mut job = state(&[created(spec, Some(at(1)))]);
+    for second in 1..=MAX_RUNNING as i64 {
+        execute(&mut job, fire(second, &format!("r{second}")), &()).unwrap();
+    }
+    let next = MAX_RUNNING as i64 + 1;
+    assert_eq!(
+        execute(&mut job, fire(next, "one-too-many"), &()),
+        Err(JobError::Busy)
     );
 }
 
