@@ -70,6 +70,19 @@ async fn a_one_shot_job_runs_once() {
     let pending = job(&app, &id).await;
     assert_eq!(pending["status"], "scheduled", "{pending}");
     assert!(pending["next_run_at"].is_string());
+    // Shown as it was asked for: `after_seconds` is the instant it named.
+    assert_eq!(
+        pending["schedule"]["at"], pending["next_run_at"],
+        "{pending}"
+    );
+    assert_eq!(pending["timezone"], "UTC");
+    assert_eq!(
+        pending["action"]["url"],
+        format!("{}/ping", hook.url).as_str()
+    );
+    assert_eq!(pending["action"]["body"], r#"{"hello":"world"}"#);
+    assert_eq!(pending["max_retries"], 3);
+    assert_eq!(pending["missed"], "run_once");
     let done = with_status(&app, &id, "done", Duration::from_secs(10)).await;
     assert!(done["next_run_at"].is_null(), "{done}");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -185,6 +198,12 @@ async fn pause_stops_runs_and_resume_restarts_them() {
                "action": {"kind": "command", "command": "noop"}}),
     )
     .await;
+    let shown = job(&app, &id).await;
+    assert_eq!(shown["schedule"], json!({"cron": "* * * * * *"}), "{shown}");
+    assert_eq!(
+        shown["action"],
+        json!({"kind": "command", "command": "noop"})
+    );
     eventually("two runs", Duration::from_secs(10), || async {
         (runs(&app, &id).await.len() >= 2).then_some(())
     })

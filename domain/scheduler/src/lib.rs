@@ -23,7 +23,7 @@ pub use job::{
 };
 
 use chronicle_schemas::limits::{self, Invalid};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 /// Longest job name, in characters.
 pub const MAX_NAME: usize = 200;
@@ -78,13 +78,14 @@ pub fn bucket(job_id: &str) -> u16 {
 }
 
 /// The instant `seconds` after `now` (`after_seconds`), when it is 0 to
-/// [`MAX_AHEAD_SECONDS`] ahead.
+/// [`MAX_AHEAD_SECONDS`] ahead, to the microsecond (what every store of it keeps).
 ///
 /// # Errors
 /// [`Invalid`] for `after_seconds`.
 pub fn after(now: DateTime<Utc>, seconds: i64) -> Result<DateTime<Utc>, Invalid> {
     limits::in_range("after_seconds", seconds.into(), 0, MAX_AHEAD_SECONDS.into())?;
     now.checked_add_signed(Duration::seconds(seconds))
+        .map(|t| t.trunc_subsecs(6))
         .ok_or_else(|| Invalid::new("after_seconds", "beyond the calendar"))
 }
 
@@ -230,6 +231,8 @@ mod tests {
     fn after_is_bounded_and_never_overflows() {
         let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         assert_eq!(after(now, 0), Ok(now));
+        let fine = now + Duration::nanoseconds(1_234_567);
+        assert_eq!(after(fine, 1).unwrap().timestamp_subsec_nanos(), 1_234_000);
         assert!(after(now, -1).is_err());
         assert!(after(now, MAX_AHEAD_SECONDS + 1).is_err());
         assert!(after(now, i64::MAX).is_err());

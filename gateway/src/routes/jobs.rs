@@ -13,7 +13,7 @@ use chronicle_scheduler::{
     after, check_spec, Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy,
     OverlapPolicy, Schedule, DEFAULT_BACKOFF_SECONDS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_SECONDS,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 
 use super::{
@@ -100,7 +100,9 @@ fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> 
             expression,
             timezone,
         }),
-        (None, Some(at), None) => Some(Schedule::Once { at }),
+        (None, Some(at), None) => Some(Schedule::Once {
+            at: at.trunc_subsecs(6),
+        }),
         (None, None, Some(seconds)) => match after(now, seconds) {
             Ok(at) => Some(Schedule::Once { at }),
             Err(invalid) => {
@@ -239,6 +241,57 @@ pub async fn create(
     ))
 }
 
+/// A job as the API shows it: in the shape it was asked for (`schedule` with `cron` or `at`,
+/// `timezone` beside it, the action's command by name), with its status and next run.
+fn presented(view: JobView) -> serde_json::Value {
+    use serde_json::json;
+    let mut shown = json!({
+        "id": view.id, "name": view.name, "status": view.status,
+        "next_run_at": view.next_run_at, "created_at": view.created_at,
+        "updated_at": view.updated_at, "version": view.version,
+    });
+    let Ok(spec) = serde_json::from_value::<JobSpec>(view.spec) else {
+        return shown;
+    };
+    let (schedule, timezone) = match spec.schedule {
+        Schedule::Cron {
+            expression,
+            timezone,
+        } => (json!({"cron": expression}), timezone),
+        Schedule::Once { at } => (json!({"at": at}), "UTC".to_owned()),
+    };
+    let action = match spec.action {
+        Action::Http { url, method, body } => {
+            json!({"kind": "http", "url": url, "method": method, "body": body})
+        }
+        Action::Command { command } => match command {
+            CommandAction::Noop {} => json!({"kind": "command", "command": "noop"}),
+            CommandAction::CancelOrder { order_id } => {
+                json!({"kind": "command", "command": "cancel_order", "order_id": order_id})
+            }
+            CommandAction::ExpireUnpaidOrder { order_id } => {
+                json!({"kind": "command", "command": "expire_unpaid_order", "order_id": order_id})
+            }
+        },
+    };
+    if let Some(fields) = shown.as_object_mut() {
+        for (key, value) in [
+            ("schedule", schedule),
+            ("timezone", json!(timezone)),
+            ("action", action),
+            ("max_retries", json!(spec.max_retries)),
+            ("depends_on", json!(spec.depends_on)),
+            ("missed", json!(spec.missed)),
+            ("overlap", json!(spec.overlap)),
+            ("timeout_seconds", json!(spec.timeout_seconds)),
+            ("backoff_seconds", json!(spec.backoff_seconds)),
+        ] {
+            fields.insert(key.to_owned(), value);
+        }
+    }
+    shown
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
     min_version: Option<u64>,
@@ -277,7 +330,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let (view, consistency) = own_job(&state, &caller, &id, params.min_version).await?;
     let version = view.version;
-    Ok(respond::read_model(view, version, consistency))
+    Ok(respond::read_model(presented(view), version, consistency))
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,7 +353,7 @@ pub async fn list(
         .await
         .map_err(ApiError::internal)?;
     let page = request.page(found, |j| time_and_id(j.created_at, &j.id));
-    Ok(Json(page).into_response())
+    Ok(Json(page.map(presented)).into_response())
 }
 
 /// `GET /api/v1/jobs/{id}/runs`: its runs, newest first, with outcome and attempt; due
@@ -318,16 +371,7 @@ pub async fn runs(
         .await
         .map_err(ApiError::internal)?;
     let page = request.page(found, |(sequence, _)| sequence.to_string());
-    let page = serde_json::to_value(page).map_err(ApiError::internal)?;
-    // Items without their paging key.
-    let items: Vec<serde_json::Value> = page["items"]
-        .as_array()
-        .map(|items| items.iter().map(|pair| pair[1].clone()).collect())
-        .unwrap_or_default();
-    Ok(
-        Json(serde_json::json!({"items": items, "next_cursor": page["next_cursor"]}))
-            .into_response(),
-    )
+    Ok(Json(page.map(|(_, run)| run)).into_response())
 }
 
 /// Runs the owner's `command` (made from the caller's id and the time) on job `id`.

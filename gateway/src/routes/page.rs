@@ -23,6 +23,16 @@ pub struct Page<T> {
     next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The same page with each item turned into what the response shows.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
+    }
+}
+
 /// What a cursor carries: the sort key of the last item given out.
 #[derive(Debug, Serialize, Deserialize)]
 struct Cursor {
