@@ -356,6 +356,23 @@ async fn bad_jobs_are_refused_with_why_and_change_nothing() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {path}");
     }
+    // Ids that are no job's are 404 on every route, whatever they hold.
+    for id in ["%00", "a%00b", &"x".repeat(10_000), "..", "a.b"] {
+        for (method, path) in [
+            (Method::GET, format!("/api/v1/jobs/{id}")),
+            (Method::GET, format!("/api/v1/jobs/{id}/runs")),
+            (Method::POST, format!("/api/v1/jobs/{id}/resume")),
+            (Method::DELETE, format!("/api/v1/jobs/{id}")),
+        ] {
+            let response = app.request(method.clone(), &path).send().await.unwrap();
+            assert!(
+                [StatusCode::NOT_FOUND, StatusCode::URI_TOO_LONG].contains(&response.status()),
+                "{method} {}: {}",
+                &path[..path.len().min(40)],
+                response.status()
+            );
+        }
+    }
     let depends_on_theirs = app
         .http
         .post(app.url("/api/v1/jobs"))

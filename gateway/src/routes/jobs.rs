@@ -304,6 +304,10 @@ async fn own_job(
     id: &str,
     min_version: Option<u64>,
 ) -> Result<(JobView, Option<&'static str>), ApiError> {
+    // Not a job id (a NUL, a megabyte): no such job, and nothing asked of the database.
+    if !chronicle_scheduler::valid_id(id) {
+        return Err(ApiError::not_found(format!("no job with id {id}")));
+    }
     let read = state
         .freshness
         .read(
