@@ -464,3 +464,49 @@ async fn only_staff_create_items_receive_stock_and_create_coupons() {
         );
     }
 }
+
+/// An id in a path that holds a NUL, or is 10,000 characters long, names nothing: every
+/// route that takes one answers 404 (or 414/400), never 500.
+#[tokio::test]
+async fn ids_in_paths_that_name_nothing_are_never_a_server_error() {
+    let app = TestApp::spawn().await;
+    let long = "x".repeat(10_000);
+    let mut failed = Vec::new();
+    for id in ["%00", "a%00b", long.as_str()] {
+        for (method, path) in [
+            (reqwest::Method::GET, format!("/api/v1/posts/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/posts/{id}/comments")),
+            (reqwest::Method::GET, format!("/api/v1/orders/{id}")),
+            (reqwest::Method::POST, format!("/api/v1/orders/{id}/cancel")),
+            (
+                reqwest::Method::GET,
+                format!("/api/v1/inventory/items/{id}"),
+            ),
+            (reqwest::Method::GET, format!("/api/v1/coupons/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/users/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/rooms/{id}/messages")),
+            (reqwest::Method::GET, format!("/api/v1/files/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/files/{id}/content")),
+            (reqwest::Method::GET, format!("/api/v1/files/uploads/{id}")),
+            (reqwest::Method::HEAD, format!("/api/v1/files/tus/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/jobs/{id}")),
+            (reqwest::Method::GET, format!("/api/v1/jobs/{id}/runs")),
+            (reqwest::Method::POST, format!("/api/v1/jobs/{id}/pause")),
+        ] {
+            let response = app
+                .request(method.clone(), &path)
+                .header("tus-resumable", "1.0.0")
+                .send()
+                .await
+                .unwrap();
+            if response.status().is_server_error() {
+                failed.push(format!(
+                    "{method} {}: {}",
+                    &path[..path.len().min(48)],
+                    response.status()
+                ));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}

@@ -186,6 +186,9 @@ pub async fn get_user(
     _caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<users::UserView>, ApiError> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::not_found("no such user"));
+    }
     users::get(&state.pool, &id)
         .await?
         .map(Json)

@@ -117,6 +117,12 @@ pub async fn get(
     ApiPath(sku): ApiPath<String>,
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
+    // Not a SKU (a NUL, a megabyte): no such item, and nothing asked of the database.
+    if check_sku(&sku).is_err() {
+        return Err(ApiError::not_found(format!(
+            "no inventory item with SKU {sku}"
+        )));
+    }
     let read = state
         .freshness
         .read(
