@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    page::{time_and_id, PageRequest},
+    page::{time_and_id, PageParams, PageRequest},
     respond,
 };
 use crate::{
@@ -336,19 +336,13 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListParams {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
 /// `GET /api/v1/files`: the caller's live files, newest first, in cursor pages.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(params): ApiQuery<ListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let request = PageRequest::from_params(&params)?;
     let after = request
         .after_time_and_id()?
         .map(|(at, id)| (at, id.to_owned()));

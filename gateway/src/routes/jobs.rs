@@ -17,7 +17,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 
 use super::{
-    page::{time_and_id, PageRequest},
+    page::{time_and_id, PageParams, PageRequest},
     respond,
 };
 use crate::{
@@ -337,19 +337,13 @@ pub async fn get(
     Ok(respond::read_model(presented(view), version, consistency))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListParams {
-    limit: Option<i64>,
-    cursor: Option<String>,
-}
-
 /// `GET /api/v1/jobs`: the caller's jobs with `next_run_at`, newest first, in cursor pages.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(params): ApiQuery<ListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let request = PageRequest::from_params(&params)?;
     let after = request
         .after_time_and_id()?
         .map(|(at, id)| (at, id.to_owned()));
@@ -366,10 +360,10 @@ pub async fn runs(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<ListParams>,
+    ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     own_job(&state, &caller, &id, None).await?;
-    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let request = PageRequest::from_params(&params)?;
     let before = request.after.as_deref().and_then(|a| a.parse::<i64>().ok());
     let found = jobs::runs_of(&state.pool, &id, before, request.fetch())
         .await

@@ -39,6 +39,13 @@ struct Cursor {
     after: String,
 }
 
+/// `?limit=&cursor=`, for lists that take nothing else.
+#[derive(Debug, Deserialize)]
+pub struct PageParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
 /// A validated page request.
 #[derive(Debug)]
 pub struct PageRequest {
@@ -97,6 +104,14 @@ impl PageRequest {
                 })
             })
             .transpose()
+    }
+
+    /// The page `params` ask for (see [`new`](Self::new)).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn from_params(params: &PageParams) -> Result<Self, ApiError> {
+        Self::new(params.limit, params.cursor.as_deref())
     }
 
     /// How many rows to fetch: one more than the limit tells whether a next page exists.
