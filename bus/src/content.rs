@@ -254,6 +254,8 @@ impl ContentStore {
         };
         if deduplicated {
             self.drop_parts(&written.parts).await;
+            metrics::counter!("chronicle_files_deduplicated_total").increment(1);
+            metrics::counter!("chronicle_files_deduplicated_bytes_total").increment(written.size);
         }
         Ok(Stored {
             sha256: written.sha256,

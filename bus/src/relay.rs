@@ -94,6 +94,8 @@ struct OutboxRow {
     aggregate_sequence: i64,
     correlation_id: Uuid,
     envelope: Vec<u8>,
+    /// Seconds since the row was committed, as the outbox read saw it.
+    age_seconds: f64,
 }
 
 /// The outbox relay. Build it with [`Relay::new`], run it with [`Relay::run`].
@@ -190,7 +192,8 @@ impl Relay {
             while listener.next_buffered().is_some() {}
             let rows: Vec<OutboxRow> = sqlx::query_as(
                 "SELECT id, subject, message_id, event_type, event_version, aggregate_sequence, \
-                        correlation_id, envelope \
+                        correlation_id, envelope, \
+                        EXTRACT(EPOCH FROM clock_timestamp() - committed_at)::float8 AS age_seconds \
                  FROM outbox ORDER BY id LIMIT $1",
             )
             .bind(self.config.batch_max.min(1_000) as i64)
@@ -229,6 +232,12 @@ impl Relay {
             self.faults.hit("relay.after_publish")?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
             delete(conn, &ids).await?;
+            let oldest = rows.first().map_or(0.0, |r| r.age_seconds.max(0.0));
+            metrics::histogram!("chronicle_relay_publish_lag_seconds")
+                .record(oldest + round_started.elapsed().as_secs_f64());
+            metrics::counter!("chronicle_relay_published_events_total")
+                .increment(rows.len() as u64);
+            metrics::gauge!("chronicle_relay_last_publish_timestamp_seconds").set(unix_now());
             tracing::debug!(count = rows.len(), "relayed outbox rows");
         }
     }
@@ -349,6 +358,12 @@ async fn split_published(
         }
     }
     Ok((published, pending))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<(), RelayError> {

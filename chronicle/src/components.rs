@@ -137,6 +137,8 @@ impl Component {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Task> {
         let name = self.name();
+        // Every role records metrics into the process's one registry.
+        chronicle_telemetry::install();
         Ok(match self {
             Self::Relay => {
                 let relay = Relay::new(

@@ -201,6 +201,11 @@ async fn run_roles(
         http: std::sync::Mutex::new(http),
     };
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    chronicle_telemetry::install();
+    if let Some(addr) = settings.telemetry.metrics_addr {
+        let served = chronicle_telemetry::serve(addr, shutdown());
+        tasks.spawn(async move { served.await.context("serving /metrics") });
+    }
     for role in roles {
         tasks.spawn(role.start(&wiring, shutdown())?);
     }

@@ -14,6 +14,8 @@ pub struct Settings {
     pub files: FileSettings,
     #[command(flatten)]
     pub scheduler: SchedulerSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
     /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
@@ -22,6 +24,23 @@ pub struct Settings {
         global = true
     )]
     pub shutdown_seconds: u64,
+}
+
+/// What the process reports about itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetrySettings {
+    /// Where to serve `GET /metrics` besides the gateway's own (for roles run without the
+    /// gateway: relay, projectors, sagas, scheduler, alert engine). Unset: not served.
+    #[arg(long, env = "CHRONICLE_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// `text` (the default) or `json`: one JSON object per line, for log shippers.
+    #[arg(
+        long,
+        env = "CHRONICLE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: chronicle_telemetry::LogFormat,
 }
 
 /// Where the servers are, and how they are used.

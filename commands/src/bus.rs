@@ -258,6 +258,38 @@ impl CommandBus {
         A::Services: Clone,
         A::Error: Send + 'static,
     {
+        let started = std::time::Instant::now();
+        let result = self
+            .decide_and_commit::<A>(id, command, services, ctx, respond)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_) | CommandError::ClaimTaken { .. }) => "refused",
+            Err(CommandError::VersionMismatch { .. } | CommandError::Conflict) => "conflict",
+            Err(CommandError::IdempotencyKeyReused) => "refused",
+            Err(CommandError::Store(_)) => "error",
+        };
+        metrics::counter!("chronicle_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("chronicle_command_duration_seconds", "aggregate" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn decide_and_commit<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        ctx: &CommandContext,
+        respond: impl Fn(&Committed) -> StoredResponse,
+    ) -> Result<Executed, CommandError<A::Error>>
+    where
+        A: Aggregate + AggregateKind + Clone + 'static,
+        A::Command: Clone + Send,
+        A::Services: Clone,
+        A::Error: Send + 'static,
+    {
         if let Some(key) = &ctx.idempotency {
             if let Some(done) = self.replay::<A::Error>(key).await? {
                 return Ok(done);
@@ -849,6 +881,7 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
         waiting.extend(deferred);
         let (appends, replies): (Vec<PendingAppend>, Vec<_>) =
             group.into_iter().map(|j| (j.append, j.reply)).unzip();
+        metrics::histogram!("chronicle_commit_group_size").record(appends.len() as f64);
         match store.append_group(&appends).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {

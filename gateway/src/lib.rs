@@ -15,6 +15,7 @@
 //!   the socket, typing.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
 //! - `payments`: the simulated payment provider orders are charged through.
+//! - `observe`: request counts and latencies by route template, and `GET /metrics`.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
 //! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
 //!   with coupons, `blog`, `projections`).
@@ -28,6 +29,7 @@ mod error;
 mod extract;
 mod freshness;
 mod hub;
+mod observe;
 mod payments;
 mod protect;
 mod routes;

@@ -581,6 +581,9 @@ impl Core {
                 };
                 if started {
                     tracing::debug!(job_id, run_id, "run started");
+                    let lateness = (Utc::now() - wake_at).to_std().unwrap_or_default();
+                    metrics::histogram!("chronicle_job_run_lateness_seconds")
+                        .record(lateness.as_secs_f64());
                     let owner = job.owner_id().to_owned();
                     runs.spawn(self.clone().run(job_id.to_owned(), run_id, owner, spec));
                 }
@@ -646,6 +649,11 @@ impl Core {
                         self.remember(&job_id, c.version);
                     }
                     tracing::debug!(job_id, run_id, ?outcome, "run finished");
+                    let label = match outcome {
+                        Outcome::Succeeded => "succeeded",
+                        Outcome::Failed(_) => "failed",
+                    };
+                    metrics::counter!("chronicle_job_runs_total", "outcome" => label).increment(1);
                     return;
                 }
                 Err(CommandError::Rejected(refused)) => {

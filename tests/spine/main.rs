@@ -13,6 +13,7 @@ mod hostile;
 mod hub;
 mod identity;
 mod janitor;
+mod monitoring;
 mod projector;
 mod relay;
 mod scheduler;

@@ -139,6 +139,40 @@ pub trait Observer: Send + Sync + 'static {
 struct Unobserved;
 impl Observer for Unobserved {}
 
+/// Every subscriber's own metrics (`chronicle_subscriber_*{subscriber}`), recorded before the
+/// observer a caller gave is told.
+struct Metered(Arc<dyn Observer>);
+
+impl Observer for Metered {
+    fn handled(&self, subscriber: &str, events: usize, checkpoint: u64, pending: u64) {
+        let label = [("subscriber", subscriber.to_owned())];
+        metrics::counter!("chronicle_subscriber_events_total", &label).increment(events as u64);
+        metrics::gauge!("chronicle_subscriber_checkpoint", &label).set(checkpoint as f64);
+        metrics::gauge!("chronicle_subscriber_lag_events", &label).set(pending as f64);
+        metrics::gauge!("chronicle_subscriber_caught_up", &label).set(if pending == 0 {
+            1.0
+        } else {
+            0.0
+        });
+        self.0.handled(subscriber, events, checkpoint, pending);
+    }
+
+    fn parked(&self, subscriber: &str, stream_seq: u64) {
+        metrics::counter!("chronicle_subscriber_parked_total", "subscriber" => subscriber.to_owned())
+            .increment(1);
+        self.0.parked(subscriber, stream_seq);
+    }
+
+    fn repositioned(&self, subscriber: &str) {
+        metrics::counter!(
+            "chronicle_subscriber_repositions_total",
+            "subscriber" => subscriber.to_owned()
+        )
+        .increment(1);
+        self.0.repositioned(subscriber);
+    }
+}
+
 /// What a subscriber does with an event its handler keeps failing on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -302,14 +336,14 @@ impl<H: Handler> Subscriber<H> {
             config,
             faults: Faults::default(),
             wake: Arc::new(Notify::new()),
-            observer: Arc::new(Unobserved),
+            observer: Arc::new(Metered(Arc::new(Unobserved))),
             fault_points,
         }
     }
 
     /// Reports progress, parked events and repositions to `observer`.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = observer;
+        self.observer = Arc::new(Metered(observer));
         self
     }
 

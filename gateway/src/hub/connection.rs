@@ -254,6 +254,7 @@ async fn announce_presence(state: &AppState, user_id: &str) {
 /// One client connection until it closes, fails, stops reading, or stops answering pings.
 async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     let (sink, mut stream) = socket.split();
+    metrics::gauge!("chronicle_ws_connections").increment(1.0);
     let out = Queue::new();
     let writer = tokio::spawn(write_queued(sink, out.clone()));
     // Frames for this user wherever they come from (`order_status`).
@@ -278,6 +279,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             },
             () = out.overflowed() => {
                 tracing::debug!(user_id, "a client is not reading; dropping it");
+                metrics::counter!("chronicle_ws_dropped_total", "reason" => "slow_reader").increment(1);
                 break;
             }
             frame = personal.recv() => {
@@ -297,6 +299,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
             _ = pings.tick() => {
                 if heard.elapsed() > ping_every * 2 {
                     tracing::debug!(user_id, "a client stopped answering; dropping it");
+                    metrics::counter!("chronicle_ws_dropped_total", "reason" => "unresponsive").increment(1);
                     break;
                 }
                 if !out.push(Outbound::Ping) {
@@ -328,6 +331,7 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
         }
     }
     drop(personal);
+    metrics::gauge!("chronicle_ws_connections").decrement(1.0);
     if Box::pin(state.hub.left(&state.nats, &user_id)).await {
         Box::pin(announce_presence(&state, &user_id)).await;
     }

@@ -1,4 +1,4 @@
-//! `GET /health`: whether Postgres and NATS answer.
+//! `GET /health`: whether Postgres and NATS answer; `GET /metrics` (see `observe`).
 
 use std::time::Duration;
 
@@ -10,7 +10,9 @@ use crate::state::AppState;
 /// This module's routes (API.md).
 pub(super) fn routes() -> axum::Router<AppState> {
     use axum::routing::get;
-    axum::Router::new().route("/health", get(health))
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(crate::observe::metrics))
 }
 
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             protect::rate_limit,
         ))
+        .layer(middleware::from_fn(crate::observe::record))
         .with_state(state.clone());
     // CORS answers every OPTIONS itself; an OPTIONS that is not a preflight (tus discovery,
     // API.md Files) goes to the routes.

@@ -101,6 +101,7 @@ pub async fn start(
             .map_err(content_error)?
     {
         let file_id = uuid::Uuid::now_v7().to_string();
+        let deduplicated_bytes = declared.size;
         let command = FileCommand::Store {
             file_id: file_id.clone(),
             owner_id: caller.user_id.clone(),
@@ -114,6 +115,8 @@ pub async fn start(
             .commands
             .execute::<File>(&file_id, command, &(), &ctx)
             .await?;
+        metrics::counter!("chronicle_files_deduplicated_total").increment(1);
+        metrics::counter!("chronicle_files_deduplicated_bytes_total").increment(deduplicated_bytes);
         return Ok((
             StatusCode::CREATED,
             Json(json!({"id": file_id, "deduplicated": true})),

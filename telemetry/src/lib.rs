@@ -1,0 +1,238 @@
+//! What every Chronicle process reports about itself: Prometheus metrics and logs.
+//!
+//! # Layout
+//!
+//! - [`install`]: the process-wide metrics registry (a `metrics` recorder exporting the
+//!   Prometheus text format), with explicit histogram buckets so that latencies from
+//!   several instances add up in Prometheus. Every crate records through the `metrics`
+//!   macros; this is the one place that decides how they are exported.
+//! - [`render`]: the registry as Prometheus text, for `GET /metrics`.
+//! - [`serve`]: `GET /metrics` alone, for roles without HTTP (`CHRONICLE_METRICS_ADDR`).
+//! - [`init_logs`]: human-readable or JSON-lines logs (`CHRONICLE_LOG_FORMAT=json`).
+//!
+//! Metric names all begin with `chronicle_`; the README lists them, and the Prometheus
+//! rules and the Grafana dashboard in `deploy/` use them (a test checks each one exists).
+
+use std::{future::Future, net::SocketAddr, sync::OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds, for every `*_seconds` histogram: 0.5 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets for sizes and counts (`*_size` histograms): commit group sizes, batch sizes.
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide registry (once; later calls return the same handle).
+///
+/// When another recorder is already installed (a test binary that set its own), this
+/// handle renders an empty registry rather than failing the process.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+            .expect("the bucket lists are non-empty constants");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_ok() {
+            describe();
+        } else {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// The registry in the Prometheus text format (installing it first if need be).
+pub fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Serves `GET /metrics` on `addr` until `shutdown`: the endpoint of roles that have no
+/// HTTP gateway of their own.
+///
+/// # Errors
+/// When `addr` cannot be bound or the server fails.
+pub async fn serve(
+    addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    install();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+    let app = axum::Router::new().route("/metrics", axum::routing::get(metrics_response));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The `GET /metrics` answer: the text format with its content type.
+pub async fn metrics_response() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(),
+    )
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (request id, route) beside the
+    /// message: for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("log format {other:?} is neither text nor json")),
+        }
+    }
+}
+
+/// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default: info, with the
+/// database and NATS clients at warn).
+pub fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+/// HELP lines for the metrics Chronicle records.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "chronicle_http_requests_total",
+        "HTTP requests by route template, method and status"
+    );
+    describe_histogram!(
+        "chronicle_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template and method"
+    );
+    describe_counter!(
+        "chronicle_commands_total",
+        "commands by aggregate type and outcome (ok, refused, conflict, error)"
+    );
+    describe_histogram!(
+        "chronicle_command_duration_seconds",
+        Unit::Seconds,
+        "command latency, decision to commit, by aggregate type"
+    );
+    describe_histogram!(
+        "chronicle_commit_group_size",
+        "commands committed together in one Postgres transaction"
+    );
+    describe_gauge!(
+        "chronicle_outbox_depth",
+        "outbox rows not yet published, as the active relay last saw them"
+    );
+    describe_counter!(
+        "chronicle_relay_published_events_total",
+        "events the relay published to JetStream"
+    );
+    describe_histogram!(
+        "chronicle_relay_publish_lag_seconds",
+        Unit::Seconds,
+        "from an event's commit to its publish ack"
+    );
+    describe_gauge!(
+        "chronicle_relay_last_publish_timestamp_seconds",
+        Unit::Seconds,
+        "when the relay last published (unix time)"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_checkpoint",
+        "the last stream sequence a subscriber applied"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_stream_last_seq",
+        "the stream's last sequence when the subscriber was last looked at"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_lag_events",
+        "events a subscriber has not yet applied"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_lag_seconds",
+        Unit::Seconds,
+        "how long a lagging subscriber's checkpoint has not moved"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_parked_events",
+        "events a subscriber parked and has not re-applied"
+    );
+    describe_gauge!(
+        "chronicle_subscriber_caught_up",
+        "1 when a subscriber has applied everything in the stream"
+    );
+    describe_counter!(
+        "chronicle_subscriber_events_total",
+        "events a subscriber applied"
+    );
+    describe_counter!(
+        "chronicle_subscriber_parked_total",
+        "events a subscriber parked"
+    );
+    describe_gauge!(
+        "chronicle_ws_connections",
+        "open WebSocket connections on this gateway"
+    );
+    describe_counter!(
+        "chronicle_ws_dropped_total",
+        "WebSocket connections closed by the server (slow reader, dead peer), by reason"
+    );
+    describe_counter!(
+        "chronicle_files_deduplicated_total",
+        "uploads whose bytes were already stored"
+    );
+    describe_counter!(
+        "chronicle_files_deduplicated_bytes_total",
+        Unit::Bytes,
+        "bytes not stored again thanks to deduplication"
+    );
+    describe_counter!("chronicle_job_runs_total", "job runs by outcome");
+    describe_histogram!(
+        "chronicle_job_run_lateness_seconds",
+        Unit::Seconds,
+        "from a run's due time to its start"
+    );
+    describe_counter!(
+        "chronicle_monitoring_samples_total",
+        "samples stored by the monitoring context"
+    );
+    describe_counter!(
+        "chronicle_alert_notifications_total",
+        "alert notifications by channel kind and outcome"
+    );
+}
