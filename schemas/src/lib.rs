@@ -13,6 +13,7 @@
 //!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
+//! - [`monitoring`]: the payloads of the monitoring context (alert rules, alerts).
 //! - [`scheduler`]: the payloads of the scheduler context (jobs, runs and their outcome).
 //! - [`testing`]: running a command without a store, and the projectability check, for
 //!   the domain crates' property tests.
@@ -28,6 +29,7 @@ pub mod commerce;
 pub mod files;
 pub mod identity;
 pub mod limits;
+pub mod monitoring;
 pub mod scheduler;
 pub mod testing;
 

@@ -81,17 +81,20 @@ impl AllowList {
         self.entries.is_empty()
     }
 
+    /// Whether the list names `target`'s host (and its port, when the entry has one).
+    pub fn allows(&self, target: &HttpTarget) -> bool {
+        self.entries
+            .iter()
+            .any(|(host, port)| *host == target.host && port.is_none_or(|p| p == target.port))
+    }
+
     /// Whether `url` may be called.
     ///
     /// # Errors
     /// [`Invalid`] for `action.url`: not an http(s) URL, or a host the list does not name.
     pub fn check(&self, url: &str) -> Result<(), Invalid> {
         let target = HttpTarget::parse(url)?;
-        let allowed = self
-            .entries
-            .iter()
-            .any(|(host, port)| *host == target.host && port.is_none_or(|p| p == target.port));
-        if allowed {
+        if self.allows(&target) {
             Ok(())
         } else {
             Err(Invalid::new(

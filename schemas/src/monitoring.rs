@@ -1,0 +1,186 @@
+//! Events of the monitoring context: alert rules and the alerts they raise.
+//!
+//! Samples are not events (API.md, Monitoring): they go to a time-series table with
+//! retention. What is worth a history is here: who asked to be told about what, and every
+//! transition of every alert (pending, firing, acknowledged, resolved), which is what
+//! notifications are sent for. A rule's channels hold a webhook URL or an email address,
+//! never a credential.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+/// How the samples of a rule's window are reduced to one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    Avg,
+    Min,
+    Max,
+    Sum,
+    /// Increase per second of a counter (resets counted from zero).
+    Rate,
+    /// The 99th percentile of the samples.
+    P99,
+}
+
+/// How a rule's value is compared with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Comparison {
+    #[serde(rename = ">")]
+    Above,
+    #[serde(rename = "<")]
+    Below,
+    #[serde(rename = ">=")]
+    AtLeast,
+    #[serde(rename = "<=")]
+    AtMost,
+}
+
+impl Comparison {
+    /// Whether `value` meets the condition against `threshold`.
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::Above => value > threshold,
+            Self::Below => value < threshold,
+            Self::AtLeast => value >= threshold,
+            Self::AtMost => value <= threshold,
+        }
+    }
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Above => ">",
+            Self::Below => "<",
+            Self::AtLeast => ">=",
+            Self::AtMost => "<=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// Where a rule's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Channel {
+    /// A JSON POST to a host `CHRONICLE_NOTIFY_ALLOW` allows.
+    Webhook { url: String },
+    /// A mail through the SMTP server of `CHRONICLE_SMTP_URL`.
+    Email { to: String },
+}
+
+/// What a rule watches and when it alerts: `agg` of `metric` (the series whose labels
+/// include `labels`) over the last `window_seconds`, compared with `threshold`; an alert
+/// fires once the condition has held for `for_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub name: String,
+    pub metric: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub agg: Aggregation,
+    pub window_seconds: u32,
+    pub op: Comparison,
+    pub threshold: f64,
+    pub for_seconds: u32,
+    pub severity: Severity,
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+}
+
+/// The states of an alert, in the order it passes through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Pending,
+    Firing,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Acknowledged => "acknowledged",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// What happened to a rule and its alerts. An alert's id is `<rule id>.<n>`, `n` counting
+/// the rule's alerts from 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RuleEvent {
+    RuleCreated {
+        rule_id: String,
+        spec: RuleSpec,
+        created_by: String,
+        created_at: DateTime<Utc>,
+    },
+    RuleChanged {
+        spec: RuleSpec,
+        changed_by: String,
+        changed_at: DateTime<Utc>,
+    },
+    RuleDeleted {
+        deleted_by: String,
+        deleted_at: DateTime<Utc>,
+    },
+    /// The condition started to hold (`value` is what was measured).
+    AlertPending {
+        alert_id: String,
+        value: f64,
+        at: DateTime<Utc>,
+    },
+    /// The condition held for `for_seconds`: people are told.
+    AlertFiring {
+        alert_id: String,
+        value: f64,
+        at: DateTime<Utc>,
+    },
+    /// Someone took it on: no more notifications until it resolves and fires again.
+    AlertAcknowledged {
+        alert_id: String,
+        by: String,
+        at: DateTime<Utc>,
+    },
+    /// The condition no longer holds (or the rule was changed or deleted). `value` is the
+    /// last measured value, absent when there was no data. `fired` tells whether it had
+    /// fired (an alert resolved while pending was never notified).
+    AlertResolved {
+        alert_id: String,
+        value: Option<f64>,
+        fired: bool,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for RuleEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::RuleCreated { .. } => "RuleCreated",
+            Self::RuleChanged { .. } => "RuleChanged",
+            Self::RuleDeleted { .. } => "RuleDeleted",
+            Self::AlertPending { .. } => "AlertPending",
+            Self::AlertFiring { .. } => "AlertFiring",
+            Self::AlertAcknowledged { .. } => "AlertAcknowledged",
+            Self::AlertResolved { .. } => "AlertResolved",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
