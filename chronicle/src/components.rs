@@ -13,8 +13,8 @@ use chronicle_commands::CommandBus;
 use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::{
-    FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, Scheduler, SchedulerConfig,
-    ORDER_SAGA,
+    AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
+    Scheduler, SchedulerConfig, ALERT_NOTIFIER, ORDER_SAGA,
 };
 use sqlx::PgPool;
 
@@ -34,18 +34,21 @@ pub enum Component {
     Janitor,
     /// A scheduler process (any number share the jobs).
     Scheduler,
+    /// An alert engine (several may run; each alert transition happens once).
+    AlertEngine,
     /// The HTTP gateway.
     Gateway,
 }
 
 /// Every component, in start order: the relay, the projectors, the sagas, the janitor,
-/// the scheduler, the gateway.
+/// the scheduler, the alert engine, the gateway.
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
     all.extend(PROJECTIONS.iter().map(|name| Component::Projector(name)));
     all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
     all.push(Component::Janitor);
     all.push(Component::Scheduler);
+    all.push(Component::AlertEngine);
     all.push(Component::Gateway);
     all
 }
@@ -77,6 +80,7 @@ impl Component {
             Self::Saga(name) => format!("saga-{name}"),
             Self::Janitor => "janitor".into(),
             Self::Scheduler => "scheduler".into(),
+            Self::AlertEngine => "alert-engine".into(),
             Self::Gateway => "gateway".into(),
         }
     }
@@ -89,6 +93,7 @@ impl Component {
             Self::Saga(name) => vec!["saga".into(), (*name).into()],
             Self::Janitor => vec!["janitor".into()],
             Self::Scheduler => vec!["scheduler".into()],
+            Self::AlertEngine => vec!["alert-engine".into()],
             Self::Gateway => vec!["gateway".into()],
         }
     }
@@ -101,12 +106,12 @@ impl Component {
         }
     }
 
-    /// How many instances a deployment runs: two relays (one stands by), two gateways,
-    /// three schedulers (they share the jobs), one of the rest (a second subscriber would
-    /// only take turns with the first).
+    /// How many instances a deployment runs: two relays (one stands by), two gateways, two
+    /// alert engines, three schedulers (they share the jobs), one of the rest (a second
+    /// subscriber would only take turns with the first).
     pub fn replicas(&self) -> u32 {
         match self {
-            Self::Relay | Self::Gateway => 2,
+            Self::Relay | Self::Gateway | Self::AlertEngine => 2,
             Self::Scheduler => 3,
             _ => 1,
         }
@@ -122,6 +127,10 @@ impl Component {
             Self::Saga("orders") => Some(SubscriberRef {
                 name: ORDER_SAGA.to_owned(),
                 durable: ORDER_SAGA.to_owned(),
+            }),
+            Self::AlertEngine => Some(SubscriberRef {
+                name: ALERT_NOTIFIER.to_owned(),
+                durable: ALERT_NOTIFIER.to_owned(),
             }),
             _ => None,
         }
@@ -194,6 +203,15 @@ impl Component {
                 );
                 Box::pin(async move { scheduler.run(shutdown).await.context(name) })
             }
+            Self::AlertEngine => {
+                let engine = AlertEngine::new(
+                    wiring.commands.clone(),
+                    wiring.pool.clone(),
+                    wiring.nats.clone(),
+                    wiring.alerts.clone(),
+                );
+                Box::pin(async move { engine.run(shutdown).await.context(name) })
+            }
             Self::Gateway => {
                 let listener = wiring
                     .http
@@ -238,6 +256,7 @@ pub struct Wiring {
     pub saga: OrderSagaConfig,
     pub janitor: FilesJanitorConfig,
     pub scheduler: SchedulerConfig,
+    pub alerts: AlertEngineConfig,
     /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
     pub gateway: GatewayConfig,
     /// Where the gateway listens (taken by the gateway when it starts).
@@ -340,7 +359,8 @@ mod tests {
             assert!(names.contains(&format!("projector-{projection}")));
         }
         assert!(names.contains(&"saga-orders".to_owned()));
-        assert_eq!(subscribers().len(), PROJECTIONS.len() + SAGAS.len());
+        // The alert engine's notifier is a reader of the log too.
+        assert_eq!(subscribers().len(), PROJECTIONS.len() + SAGAS.len() + 1);
         assert_eq!(
             Component::projector("inventory"),
             Some(Component::Projector("inventory"))

@@ -56,6 +56,9 @@ enum Command {
     Janitor,
     /// A scheduler process: runs jobs at their due times (run several: they share the work).
     Scheduler,
+    /// An alert engine: evaluates alert rules, sends notifications, applies the samples'
+    /// retention (run several: each transition still happens once).
+    AlertEngine,
     /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
     Replay {
         name: Option<String>,
@@ -115,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay => processes::single(settings, vec![Component::Relay]).await,
         Command::Janitor => processes::single(settings, vec![Component::Janitor]).await,
         Command::Scheduler => processes::single(settings, vec![Component::Scheduler]).await,
+        Command::AlertEngine => processes::single(settings, vec![Component::AlertEngine]).await,
         Command::Project { name, all } => {
             let projectors = processes::projector_components(name.as_deref(), all)?;
             processes::single(settings, projectors).await

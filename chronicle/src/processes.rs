@@ -196,7 +196,11 @@ async fn run_roles(
             ..OrderSagaConfig::with_payment_timeout(settings.orders.order_payment_timeout)
         },
         janitor: settings.files.janitor(),
-        scheduler: settings.scheduler.scheduler(),
+        scheduler: chronicle_sagas::SchedulerConfig {
+            notify: settings.monitoring.notify(),
+            ..settings.scheduler.scheduler()
+        },
+        alerts: settings.monitoring.alert_engine(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
     };

@@ -16,6 +16,8 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
+    #[command(flatten)]
+    pub monitoring: MonitoringSettings,
     /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
@@ -275,6 +277,93 @@ impl SchedulerSettings {
     }
 }
 
+/// The monitoring context: samples' retention, alert evaluation, where notifications go.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitoringSettings {
+    /// How long samples are kept; per-minute rollups stay for `CHRONICLE_ROLLUP_RETENTION`.
+    #[arg(
+        long,
+        env = "CHRONICLE_METRICS_RETENTION",
+        default_value = "15d",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub metrics_retention: Duration,
+    /// How long per-minute rollups of samples are kept.
+    #[arg(
+        long,
+        env = "CHRONICLE_ROLLUP_RETENTION",
+        default_value = "400d",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub rollup_retention: Duration,
+    /// How often each gateway collects Chronicle's own series (host, requests per route,
+    /// subscriber lag); 0 turns it off.
+    #[arg(
+        long,
+        env = "CHRONICLE_COLLECT_EVERY",
+        default_value = "10s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub collect_every: Duration,
+    /// How often the alert engine evaluates every rule.
+    #[arg(
+        long,
+        env = "CHRONICLE_ALERT_EVERY",
+        default_value = "10s",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub alert_every: Duration,
+    /// Hosts alert webhooks may call (the format of CHRONICLE_SCHEDULER_HTTP_ALLOW).
+    #[arg(
+        long,
+        env = "CHRONICLE_NOTIFY_ALLOW",
+        default_value = "",
+        value_parser = parse_allow_list,
+        global = true
+    )]
+    pub notify_allow: chronicle_scheduler::AllowList,
+    /// The SMTP server alert mail goes through: `smtp://host:port`, `smtps://...`, or
+    /// `smtp://...?tls=required`, with `user:password@` when it wants them.
+    #[arg(
+        long,
+        env = "CHRONICLE_SMTP_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<Redacted>,
+    /// The sender of alert mail.
+    #[arg(
+        long,
+        env = "CHRONICLE_SMTP_FROM",
+        default_value = "Chronicle <chronicle@localhost>",
+        global = true
+    )]
+    pub smtp_from: String,
+}
+
+impl MonitoringSettings {
+    pub fn alert_engine(&self) -> chronicle_sagas::AlertEngineConfig {
+        chronicle_sagas::AlertEngineConfig {
+            every: self.alert_every,
+            retention: self.metrics_retention,
+            rollup_retention: self.rollup_retention,
+            ..Default::default()
+        }
+    }
+
+    pub fn notify(&self) -> chronicle_sagas::NotifyConfig {
+        chronicle_sagas::NotifyConfig {
+            allow: self.notify_allow.clone(),
+            smtp_url: self.smtp_url.as_ref().map(|u| u.expose().to_owned()),
+            from: self.smtp_from.clone(),
+        }
+    }
+}
+
 fn parse_allow_list(list: &str) -> Result<chronicle_scheduler::AllowList, String> {
     chronicle_scheduler::AllowList::parse(list)
 }
@@ -312,7 +401,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 900, 90s, 15m, 2h or 500ms"))?;
+        .map_err(|_| format!("{text:?} is not a duration like 900, 90s, 15m, 2h, 15d or 500ms"))?;
     let seconds = |per: u64| {
         number
             .checked_mul(per)
@@ -324,7 +413,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => seconds(1),
         "m" => seconds(60),
         "h" => seconds(3600),
-        other => Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+        "d" => seconds(86_400),
+        other => Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
     }
 }
 
@@ -360,6 +450,10 @@ impl Settings {
             file_replicas: self.servers.stream_replicas,
             upload_ttl: self.files.upload_ttl,
             scheduler_http_allow: self.scheduler.scheduler_http_allow.clone(),
+            notify_allow: self.monitoring.notify_allow.clone(),
+            metrics_retention: self.monitoring.metrics_retention,
+            collect_every: (!self.monitoring.collect_every.is_zero())
+                .then_some(self.monitoring.collect_every),
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

@@ -158,8 +158,8 @@ struct Job {
 ///   chat room) commits many commands per round trip instead of one, each still decided on
 ///   the state its predecessors left, each answered with its own version or refusal.
 /// - Aggregates are cached after each command. The cache is only a guess: a stale entry
-///   ends in a conflict (retried on fresh state), and any refusal decided on cached state
-///   is decided again on fresh state before it is returned.
+///   ends in a conflict (retried on fresh state), and any refusal or no-op decided on
+///   cached state is decided again on fresh state before it is returned.
 #[derive(Clone)]
 pub struct CommandBus {
     store: EventStore,
@@ -346,6 +346,11 @@ impl CommandBus {
                 return Err(CommandError::Rejected(rule));
             }
             let events = sink.collect().await;
+            // Nothing to append checks nothing at append: on cached state, decide again.
+            if events.is_empty() && cached {
+                trust_cache = false;
+                continue;
+            }
             let committed = Committed {
                 aggregate_id: id.to_owned(),
                 version: from_version + events.len() as u64,
@@ -561,8 +566,14 @@ impl CommandBus {
                     }
                 }
             }
-            // A refusal decided on cached state is decided again on fresh state.
-            if cached && outcomes.iter().any(Result::is_err) {
+            // A refusal, or a command that changes nothing, decided on cached state is
+            // decided again on fresh state: nothing appended means nothing checked the
+            // version, and the cache may be behind another process's writes.
+            if cached
+                && outcomes
+                    .iter()
+                    .any(|o| o.as_ref().is_ok_and(Vec::is_empty) || o.is_err())
+            {
                 trust_cache = false;
                 continue;
             }

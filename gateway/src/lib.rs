@@ -15,6 +15,8 @@
 //!   the socket, typing.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
 //! - `payments`: the simulated payment provider orders are charged through.
+//! - `collect`: Chronicle's own series (host, requests per route, subscriber lag), stored
+//!   every `collect_every` like reported samples.
 //! - `observe`: request counts and latencies by route template, and `GET /metrics`.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
 //! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
@@ -25,6 +27,7 @@
 
 mod auth;
 mod cache;
+mod collect;
 mod error;
 mod extract;
 mod freshness;
@@ -54,6 +57,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let housekeeping = tokio::spawn(purge_idempotency_keys(state.pool.clone()));
+    let instance = listener
+        .local_addr()
+        .map(|a| format!("{}:{}", host_name(), a.port()))
+        .unwrap_or_else(|_| host_name());
+    let collecting = state
+        .config
+        .collect_every
+        .map(|every| tokio::spawn(collect::run(state.clone(), every, instance)));
     // The peer address feeds the per-IP rate limit.
     let served = axum::serve(
         listener,
@@ -62,7 +73,14 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     housekeeping.abort();
+    if let Some(collecting) = collecting {
+        collecting.abort();
+    }
     served
+}
+
+fn host_name() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// Deletes idempotency records past their 24 h, a batch at a time, every few minutes

@@ -54,6 +54,13 @@ pub struct GatewayConfig {
     pub upload_ttl: Duration,
     /// Hosts a job's HTTP action may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`).
     pub scheduler_http_allow: chronicle_scheduler::AllowList,
+    /// Hosts alert webhooks may call (`CHRONICLE_NOTIFY_ALLOW`, the scheduler's format).
+    pub notify_allow: chronicle_scheduler::AllowList,
+    /// How long samples are kept (`CHRONICLE_METRICS_RETENTION`); older queries read the
+    /// per-minute rollups.
+    pub metrics_retention: Duration,
+    /// How often the built-in series are collected and stored (`None`: never).
+    pub collect_every: Option<Duration>,
 }
 
 impl GatewayConfig {
@@ -74,6 +81,9 @@ impl GatewayConfig {
             file_replicas: 1,
             upload_ttl: Duration::from_secs(24 * 3600),
             scheduler_http_allow: chronicle_scheduler::AllowList::default(),
+            notify_allow: chronicle_scheduler::AllowList::default(),
+            metrics_retention: Duration::from_secs(15 * 86_400),
+            collect_every: Some(Duration::from_secs(10)),
         }
     }
 }

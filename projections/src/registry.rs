@@ -6,6 +6,7 @@ use chronicle_bus::Faults;
 use sqlx::PgPool;
 
 use crate::{
+    alerts::AlertsProjection, business::BusinessMetricsProjection,
     chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
     inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
     posts::PostsProjection, runtime::durable_name, users::UsersProjection, Projection,
@@ -33,6 +34,8 @@ pub const PROJECTIONS: &[&str] = &[
     "chat_history",
     "file_metadata",
     "jobs",
+    "alerts",
+    "business_metrics",
 ];
 
 /// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
@@ -66,6 +69,14 @@ macro_rules! by_name {
             }
             "jobs" => {
                 let $p = JobsProjection;
+                Some($body)
+            }
+            "alerts" => {
+                let $p = AlertsProjection;
+                Some($body)
+            }
+            "business_metrics" => {
+                let $p = BusinessMetricsProjection;
                 Some($body)
             }
             _ => None,

@@ -10,12 +10,19 @@
 
 //! - [`FilesJanitor`]: every minute, removes bytes no live file refers to and the chunks of
 //!   abandoned uploads, after a grace period and only with the read model caught up.
-//! - [`Scheduler`]: runs every job once per due time, shared by any number of processes.
+//! - [`Scheduler`]: runs every job once per due time, shared by any number of processes;
+//!   its `notify` action delivers alert notifications (`notify`: webhook or mail).
+//! - [`AlertEngine`]: evaluates the alert rules, turns alert transitions into notification
+//!   jobs, installs the default rules, applies the samples' retention.
 
+mod alerts;
 mod files;
+mod notify;
 mod orders;
 mod scheduler;
 
+pub use alerts::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
 pub use files::{FilesJanitor, FilesJanitorConfig, JanitorError, Swept};
+pub use notify::{Notifier, NotifyConfig};
 pub use orders::{deadline_job, OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};
 pub use scheduler::{Scheduler, SchedulerConfig};

@@ -59,6 +59,8 @@ pub struct SchedulerConfig {
     pub max_jobs: usize,
     /// A job due again within this long stays on the process's own timer.
     pub hold: Duration,
+    /// Where alert notifications (the `notify` action) may go.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -70,6 +72,7 @@ impl Default for SchedulerConfig {
             alive_for: Duration::from_secs(3),
             max_jobs: 2_000,
             hold: Duration::from_secs(10),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ struct Core {
     nats: async_nats::Client,
     config: SchedulerConfig,
     http: reqwest::Client,
+    notifier: crate::notify::Notifier,
     id: Uuid,
     started_at: DateTime<Utc>,
     view: RwLock<View>,
@@ -133,6 +137,7 @@ impl Scheduler {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
+        let notifier = crate::notify::Notifier::new(config.notify.clone());
         Self {
             core: Arc::new(Core {
                 bus,
@@ -140,6 +145,7 @@ impl Scheduler {
                 nats,
                 config,
                 http,
+                notifier,
                 id: Uuid::now_v7(),
                 started_at: Utc::now(),
                 view: RwLock::default(),
@@ -715,6 +721,11 @@ impl Core {
                 }
             }
             Action::Command { command } => self.command(owner, run_id, command).await,
+            Action::Notify {
+                channel,
+                subject,
+                body,
+            } => self.notifier.send(channel, subject, body, timeout).await,
         }
     }
 

@@ -35,6 +35,14 @@ pub enum Action {
     },
     /// A Chronicle command, run as the job's owner through the command path the gateway uses.
     Command { command: CommandAction },
+    /// An alert notification (monitoring): a JSON POST to a webhook or a mail, retried like
+    /// any run. Only system jobs send them; webhooks go only to `CHRONICLE_NOTIFY_ALLOW`.
+    Notify {
+        channel: crate::monitoring::Channel,
+        subject: String,
+        /// The webhook's JSON body, and the text of the mail.
+        body: String,
+    },
 }
 
 /// The commands a job may run.

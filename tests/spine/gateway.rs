@@ -382,7 +382,10 @@ async fn projections_report_their_checkpoint_and_lag() {
             "chat_history",
             "file_metadata",
             "jobs",
-            "saga-orders"
+            "alerts",
+            "business_metrics",
+            "saga-orders",
+            "alert-notifier"
         ]
     );
     assert_eq!(status[0]["status"], "live");

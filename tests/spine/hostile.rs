@@ -176,7 +176,15 @@ async fn poison_every_reader(app: &TestApp) {
     let room = uuid::Uuid::now_v7().to_string();
     let file = uuid::Uuid::now_v7().to_string();
     let job = uuid::Uuid::now_v7().to_string();
+    let rule = uuid::Uuid::now_v7().to_string();
     let targets = [
+        (
+            "monitoring",
+            "rule",
+            rule.as_str(),
+            "AlertFiring",
+            json!({"alert_id": 7, "value": "NaN", "at": "soon"}),
+        ),
         (
             "scheduler",
             "job",

@@ -1,9 +1,13 @@
 //! Monitoring (issue 14) through the HTTP API: `/metrics`, samples in both formats, queries,
 //! rules, alerts and their notifications.
 
-use reqwest::StatusCode;
+use std::time::Duration;
 
-use chronicle_tests::TestApp;
+use chronicle_tests::{eventually, Hook, SmtpServer, TestApp, TestOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::{assert_replays_byte_for_byte, problem};
 
 /// The lines of `/metrics` that begin with `name{` or `name `.
 fn lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
@@ -67,4 +71,690 @@ async fn metrics_name_every_subscriber_with_its_lag_and_count_requests_by_route_
     assert!(!lines(&text, "chronicle_outbox_depth").is_empty());
     assert!(!lines(&text, "chronicle_relay_published_events_total").is_empty());
     assert!(!lines(&text, "chronicle_commit_group_size_bucket").is_empty());
+}
+
+async fn report_json(app: &TestApp, samples: Value) -> u64 {
+    let response = app.post("/api/v1/monitoring/samples", samples).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    body["accepted"].as_u64().unwrap()
+}
+
+async fn report_text(app: &TestApp, source: &str, text: &str) -> reqwest::Response {
+    app.request(reqwest::Method::POST, "/api/v1/monitoring/samples")
+        .header("content-type", "text/plain; version=0.0.4")
+        .header("chronicle-source", source)
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn query(app: &TestApp, params: &str) -> Value {
+    let response = app.get(&format!("/api/v1/monitoring/query?{params}")).await;
+    assert_eq!(response.status(), StatusCode::OK, "{params}");
+    response.json().await.unwrap()
+}
+
+/// The points of the only series of `answer`.
+fn points(answer: &Value) -> Vec<(i64, f64)> {
+    let series = answer["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{answer}");
+    series[0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn samples_in_both_formats_are_stored_and_queried_back_with_each_aggregation() {
+    let app = TestApp::spawn().await;
+    // A minute-aligned start a few minutes ago, so the steps are whole minutes.
+    let t0 = (chrono::Utc::now().timestamp() / 60 - 5) * 60;
+    let ms = |s: i64| (t0 + s) * 1000;
+    // A counter in the text format: 0, 10, 30 (a reset to 5), 25 over the first minute,
+    // then 40 and 100 in the second.
+    let text = format!(
+        "# HELP t_requests_total Requests.\n# TYPE t_requests_total counter\n\
+         t_requests_total{{path=\"/a\"}} 0 {}\n\
+         t_requests_total{{path=\"/a\"}} 10 {}\n\
+         t_requests_total{{path=\"/a\"}} 30 {}\n\
+         t_requests_total{{path=\"/a\"}} 5 {}\n\
+         t_requests_total{{path=\"/a\"}} 25 {}\n\
+         t_requests_total{{path=\"/b\"}} 7 {}\n\
+         t_requests_total{{path=\"/a\"}} 40 {}\n\
+         t_requests_total{{path=\"/a\"}} 100 {}\n",
+        ms(0),
+        ms(10),
+        ms(20),
+        ms(30),
+        ms(40),
+        ms(40),
+        ms(70),
+        ms(110)
+    );
+    let response = report_text(&app, "host-1", &text).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.json::<Value>().await.unwrap()["accepted"], 8);
+    // A gauge in JSON: 1, 2, 3, 4 in the first minute, 10 in the second.
+    let gauge: Vec<Value> = [(0, 1.0), (15, 2.0), (30, 3.0), (45, 4.0), (60, 10.0)]
+        .iter()
+        .map(|(s, v)| json!({"metric": "t_queue_depth", "labels": {"queue": "mail"}, "value": v, "at": t0 + s}))
+        .collect();
+    assert_eq!(report_json(&app, json!(gauge)).await, 5);
+
+    let range = format!("from={t0}&to={}&step=60s", t0 + 120);
+    let q = |agg: &str| format!("metric=t_queue_depth&labels=queue:mail&{range}&agg={agg}");
+    assert_eq!(
+        points(&query(&app, &q("avg")).await),
+        [(t0, 2.5), (t0 + 60, 10.0)]
+    );
+    assert_eq!(
+        points(&query(&app, &q("min")).await),
+        [(t0, 1.0), (t0 + 60, 10.0)]
+    );
+    assert_eq!(
+        points(&query(&app, &q("max")).await),
+        [(t0, 4.0), (t0 + 60, 10.0)]
+    );
+    assert_eq!(
+        points(&query(&app, &q("sum")).await),
+        [(t0, 10.0), (t0 + 60, 10.0)]
+    );
+    let p99 = points(&query(&app, &q("p99")).await);
+    assert!((p99[0].1 - 3.97).abs() < 1e-9, "{p99:?}");
+
+    // rate: the increase per second, a drop counted as a reset (10 + 20 + 5 + 20 = 55 in
+    // the first minute; 15 + 60 = 75 in the second).
+    let rate = query(
+        &app,
+        &format!("metric=t_requests_total&labels=path:/a,source:host-1&{range}&agg=rate"),
+    )
+    .await;
+    let rate = points(&rate);
+    assert!((rate[0].1 - 55.0 / 60.0).abs() < 1e-9, "{rate:?}");
+    assert!((rate[1].1 - 75.0 / 60.0).abs() < 1e-9, "{rate:?}");
+    // Without a label filter, each series comes back with its labels.
+    let both = query(&app, &format!("metric=t_requests_total&{range}&agg=max")).await;
+    let labels: Vec<&Value> = both["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["labels"])
+        .collect();
+    assert_eq!(labels.len(), 2);
+    assert!(labels.contains(&&json!({"path": "/b", "source": "host-1"})));
+    assert_eq!(both["step_seconds"], 60);
+
+    let known: Value = app
+        .get("/api/v1/monitoring/metrics")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let requests = known
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "t_requests_total")
+        .expect("listed");
+    assert_eq!(requests["labels"], json!(["path", "source"]));
+
+    // Bad parameters are named.
+    let bad = app
+        .get("/api/v1/monitoring/query?metric=t_queue_depth&agg=median&step=0s")
+        .await;
+    let body = problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["step", "agg"]);
+}
+
+#[tokio::test]
+async fn a_malformed_line_is_a_400_naming_it_and_nothing_is_stored() {
+    let app = TestApp::spawn().await;
+    let response = report_text(
+        &app,
+        "host-1",
+        "t_good 1\n# a comment\nt_bad{x=\"1\" 2\nt_after 3\n",
+    )
+    .await;
+    let body = problem(response, StatusCode::BAD_REQUEST, "malformed_samples").await;
+    assert_eq!(body["line"], 3, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("line 3:"),
+        "{body}"
+    );
+    // A NUL in a label value, a name that is not one, an impossible time: refused too.
+    for text in ["t{x=\"a\0\"} 1\n", "t-x 1\n", "t 1 99999999999999999\n"] {
+        let response = report_text(&app, "host-1", text).await;
+        problem(response, StatusCode::BAD_REQUEST, "malformed_samples").await;
+    }
+    let json_bad = app
+        .post(
+            "/api/v1/monitoring/samples",
+            json!([{"metric": "t_good", "value": 1}, {"metric": "t good", "value": 1}]),
+        )
+        .await;
+    let body = problem(json_bad, StatusCode::BAD_REQUEST, "malformed_samples").await;
+    assert_eq!(body["location"], "sample 2");
+    // (The gateway's own built-in series are stored too; none of the test's.)
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM monitoring_samples s JOIN monitoring_series m ON m.id = s.series_id \
+         WHERE m.metric LIKE 't\\_%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+    let anonymous = app
+        .http
+        .post(app.url("/api/v1/monitoring/samples"))
+        .body("t 1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Creates a rule as staff: its id.
+async fn create_rule(app: &TestApp, rule: Value) -> String {
+    let response = app.post("/api/v1/monitoring/rules", rule.clone()).await;
+    assert_eq!(response.status(), StatusCode::CREATED, "{rule}");
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn alerts_of(app: &TestApp, rule_id: &str) -> Vec<Value> {
+    let all: Value = app
+        .get("/api/v1/monitoring/alerts?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["rule_id"] == rule_id)
+        .cloned()
+        .collect()
+}
+
+/// The `state` of every webhook notification to `path`, in order.
+fn notified(hook: &Hook, path: &str) -> Vec<String> {
+    hook.bodies(path)
+        .iter()
+        .map(|b| {
+            let body: Value = serde_json::from_str(b).expect("a JSON notification");
+            body["state"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The subject line of every mail.
+fn subjects(smtp: &SmtpServer) -> Vec<String> {
+    smtp.messages()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+        })
+        .collect()
+}
+
+fn with_smtp(smtp: &SmtpServer) -> TestOptions {
+    let mut options = TestOptions::default();
+    options.scheduler.notify.smtp_url = Some(smtp.url.clone());
+    options
+}
+
+#[tokio::test]
+async fn a_rule_on_orders_placed_fires_when_orders_are_placed_and_notifies_webhook_and_mail_once() {
+    let smtp = SmtpServer::start().await;
+    let app = TestApp::spawn_options(with_smtp(&smtp)).await;
+    let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
+    let created = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "M1", "name": "Mug", "price_cents": 500, "initial_stock": 100}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let rule = create_rule(
+        &app,
+        json!({
+            "name": "Orders per minute over 2", "metric": "business_orders_placed",
+            "agg": "sum", "window_seconds": 60, "op": ">", "threshold": 2,
+            "for_seconds": 1, "severity": "critical",
+            "channels": [
+                {"kind": "webhook", "url": format!("{}/orders-alert", hook.url)},
+                {"kind": "email", "to": "ops@example.com"}
+            ]
+        }),
+    )
+    .await;
+    for _ in 0..3 {
+        let placed = app
+            .post(
+                "/api/v1/orders",
+                json!({"lines": [{"sku": "M1", "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(placed.status(), StatusCode::CREATED);
+    }
+    let alert = eventually("the alert to fire", Duration::from_secs(20), || async {
+        alerts_of(&app, &rule)
+            .await
+            .into_iter()
+            .find(|a| a["state"] == "firing")
+    })
+    .await;
+    assert_eq!(alert["id"], format!("{rule}.1"));
+    assert_eq!(alert["value"], 3.0);
+    // Pending first, firing once it held for a second.
+    let started =
+        chrono::DateTime::parse_from_rfc3339(alert["started_at"].as_str().unwrap()).unwrap();
+    let fired = chrono::DateTime::parse_from_rfc3339(alert["fired_at"].as_str().unwrap()).unwrap();
+    assert!(fired - started >= chrono::Duration::seconds(1), "{alert}");
+    eventually(
+        "the webhook and the mail",
+        Duration::from_secs(20),
+        || async {
+            (notified(&hook, "/orders-alert").len() == 1 && smtp.messages().len() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let body: Value = serde_json::from_str(&hook.bodies("/orders-alert")[0]).unwrap();
+    assert_eq!(body["alert_id"], format!("{rule}.1"));
+    assert_eq!(body["rule"], "Orders per minute over 2");
+    assert_eq!(body["severity"], "critical");
+    assert_eq!(body["value"], 3.0);
+    let mail = &smtp.messages()[0];
+    assert!(mail.contains("To: ops@example.com"), "{mail}");
+    assert!(
+        subjects(&smtp)[0].contains("[CRITICAL] Orders per minute over 2 is firing"),
+        "{mail}"
+    );
+    // Many more evaluations while it fires: still one notification each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(notified(&hook, "/orders-alert"), ["firing"]);
+    assert_eq!(smtp.messages().len(), 1);
+    assert_replays_byte_for_byte(
+        &app,
+        "business_metrics",
+        &["business_series"],
+        "DELETE FROM business_series",
+        2,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_per_transition_by_two_engines(
+) {
+    let smtp = SmtpServer::start().await;
+    let mut app = TestApp::spawn_options(with_smtp(&smtp)).await;
+    // A second alert engine, as another process would run it.
+    app.start_another(chronicle::components::Component::AlertEngine);
+    let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
+    let rule = create_rule(
+        &app,
+        json!({
+            "name": "Queue too deep", "metric": "t_depth", "labels": {"queue": "mail"},
+            "agg": "min", "window_seconds": 10, "op": ">", "threshold": 5,
+            "for_seconds": 1,
+            "channels": [
+                {"kind": "webhook", "url": format!("{}/depth", hook.url)},
+                {"kind": "email", "to": "ops@example.com"}
+            ]
+        }),
+    )
+    .await;
+    let depth =
+        |value: f64| json!([{"metric": "t_depth", "labels": {"queue": "mail"}, "value": value}]);
+    report_json(&app, depth(9.0)).await;
+    let first = format!("{rule}.1");
+    eventually(
+        "the first firing notification",
+        Duration::from_secs(20),
+        || async { (notified(&hook, "/depth") == ["firing"]).then_some(()) },
+    )
+    .await;
+
+    // Acknowledged: told once, and nothing more while the condition still holds.
+    let ack = app
+        .post(
+            &format!("/api/v1/monitoring/alerts/{first}/acknowledge"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(ack.status(), StatusCode::OK);
+    let again = app
+        .post(
+            &format!("/api/v1/monitoring/alerts/{first}/acknowledge"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status(), StatusCode::OK, "twice is once");
+    report_json(&app, depth(12.0)).await;
+    eventually(
+        "the acknowledgement notification",
+        Duration::from_secs(20),
+        || async { (notified(&hook, "/depth") == ["firing", "acknowledged"]).then_some(()) },
+    )
+    .await;
+    let acked = alerts_of(&app, &rule).await;
+    assert_eq!(acked[0]["state"], "acknowledged");
+    assert_eq!(acked[0]["acknowledged_by"], app.user_id.as_str());
+
+    // The condition stops: resolved.
+    report_json(&app, depth(0.0)).await;
+    eventually(
+        "the resolution notification",
+        Duration::from_secs(20),
+        || async {
+            (notified(&hook, "/depth") == ["firing", "acknowledged", "resolved"]).then_some(())
+        },
+    )
+    .await;
+    let not_firing = app
+        .post(
+            &format!("/api/v1/monitoring/alerts/{first}/acknowledge"),
+            json!({}),
+        )
+        .await;
+    problem(not_firing, StatusCode::CONFLICT, "alert_not_firing").await;
+
+    // Once the 0 has left the window, the condition holds again: a new alert fires.
+    let second = format!("{rule}.2");
+    eventually(
+        "a second alert to fire",
+        Duration::from_secs(40),
+        || async {
+            report_json(&app, depth(9.0)).await;
+            alerts_of(&app, &rule)
+                .await
+                .into_iter()
+                .find(|a| a["id"] == second.as_str() && a["state"] == "firing")
+        },
+    )
+    .await;
+    eventually("every notification", Duration::from_secs(20), || async {
+        (notified(&hook, "/depth").len() == 4 && smtp.messages().len() == 4).then_some(())
+    })
+    .await;
+    // Whatever else two engines evaluated meanwhile, one notification per transition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        notified(&hook, "/depth"),
+        ["firing", "acknowledged", "resolved", "firing"]
+    );
+    let mails = subjects(&smtp);
+    assert_eq!(mails.len(), 4, "{mails:?}");
+    for (mail, state) in mails
+        .iter()
+        .zip(["firing", "acknowledged", "resolved", "firing"])
+    {
+        assert!(mail.ends_with(&format!("is {state}")), "{mails:?}");
+    }
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'rule' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&rule)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        [
+            "RuleCreated",
+            "AlertPending",
+            "AlertFiring",
+            "AlertAcknowledged",
+            "AlertResolved",
+            "AlertPending",
+            "AlertFiring"
+        ]
+    );
+    assert_replays_byte_for_byte(
+        &app,
+        "alerts",
+        &["monitoring_rules", "monitoring_alerts"],
+        "DELETE FROM monitoring_alerts",
+        3,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_webhook_receiver_that_is_down_is_retried_until_it_answers() {
+    let app = TestApp::spawn().await;
+    // Down (503) twice, then up.
+    let hook = Hook::start(|_, n| (if n <= 2 { 503 } else { 200 }, Duration::ZERO)).await;
+    create_rule(
+        &app,
+        json!({
+            "name": "Any depth", "metric": "t_depth2", "agg": "max", "window_seconds": 10,
+            "op": ">=", "threshold": 0, "for_seconds": 0,
+            "channels": [{"kind": "webhook", "url": format!("{}/flaky", hook.url)}]
+        }),
+    )
+    .await;
+    report_json(&app, json!([{"metric": "t_depth2", "value": 1}])).await;
+    eventually("the third delivery", Duration::from_secs(30), || async {
+        (hook.hits("/flaky").len() == 3).then_some(())
+    })
+    .await;
+    let bodies = hook.bodies("/flaky");
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0]),
+        "the same notification each time"
+    );
+    // Delivered: not sent again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(hook.hits("/flaky").len(), 3);
+}
+
+#[tokio::test]
+async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
+    let mut options = TestOptions {
+        gateway: Box::new(|g| g.staff_users = vec!["tester".into()]),
+        ..TestOptions::default()
+    };
+    options.alerts.default_rules = true;
+    let app = TestApp::spawn_options(options).await;
+    let (_, customer) = app.register_and_login("customer").await;
+    let rule = json!({"name": "r", "metric": "m", "agg": "avg", "op": ">", "threshold": 1});
+    let refused = app
+        .http
+        .post(app.url("/api/v1/monitoring/rules"))
+        .bearer_auth(&customer)
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    problem(refused, StatusCode::FORBIDDEN, "forbidden").await;
+    let elsewhere = app
+        .post(
+            "/api/v1/monitoring/rules",
+            json!({"name": "r", "metric": "m", "agg": "avg", "op": ">", "threshold": 1,
+                   "channels": [{"kind": "webhook", "url": "http://internal.example:8080/x"}]}),
+        )
+        .await;
+    let body = problem(
+        elsewhere,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "url_not_allowed",
+    )
+    .await;
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("CHRONICLE_NOTIFY_ALLOW"));
+    for (bad, field) in [
+        (
+            json!({"name": "r", "metric": "bad metric", "agg": "avg", "op": ">", "threshold": 1}),
+            "metric",
+        ),
+        (
+            json!({"name": "r\u{0}", "metric": "m", "agg": "avg", "op": ">", "threshold": 1}),
+            "name",
+        ),
+        (
+            json!({"name": "r", "metric": "m", "agg": "avg", "op": ">", "threshold": 1, "window_seconds": 1}),
+            "window_seconds",
+        ),
+        (
+            json!({"name": "r", "metric": "m", "agg": "avg", "op": ">", "threshold": 1e300}),
+            "threshold",
+        ),
+    ] {
+        let response = app.post("/api/v1/monitoring/rules", bad.clone()).await;
+        let body = problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{bad}");
+    }
+    // Created, changed (If-Match), listed, deleted.
+    let id = create_rule(&app, rule).await;
+    let changed = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/monitoring/rules/{id}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({"threshold": 5, "severity": "critical"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let stale = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/monitoring/rules/{id}"),
+        )
+        .header("if-match", "\"1\"")
+        .json(&json!({"threshold": 6}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    let listed = eventually(
+        "the change in the list",
+        Duration::from_secs(10),
+        || async {
+            let rules: Value = app
+                .get("/api/v1/monitoring/rules")
+                .await
+                .json()
+                .await
+                .unwrap();
+            rules
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id.as_str() && r["threshold"] == 5.0)
+                .cloned()
+        },
+    )
+    .await;
+    assert_eq!(listed["severity"], "critical");
+    assert_eq!(listed["window_seconds"], 60);
+    // The four default rules are installed too.
+    let rules: Value = eventually("the default rules", Duration::from_secs(10), || async {
+        let rules: Value = app
+            .get("/api/v1/monitoring/rules")
+            .await
+            .json()
+            .await
+            .unwrap();
+        (rules.as_array().unwrap().len() >= 5).then_some(rules)
+    })
+    .await;
+    for default in [
+        "default-availability",
+        "default-response-time",
+        "default-error-rate",
+        "default-resource-use",
+    ] {
+        assert!(
+            rules.as_array().unwrap().iter().any(|r| r["id"] == default),
+            "{default}"
+        );
+    }
+    let deleted = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/monitoring/rules/{id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/monitoring/rules/{id}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    problem(gone, StatusCode::NOT_FOUND, "not_found").await;
+    for path in [
+        "/api/v1/monitoring/rules/a%00b",
+        "/api/v1/monitoring/alerts/nope/acknowledge",
+    ] {
+        let response = app.post(path, json!({})).await;
+        assert!(response.status().is_client_error(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn retention_drops_old_samples_and_the_rollups_still_answer() {
+    let mut options = TestOptions {
+        gateway: Box::new(|g| g.metrics_retention = Duration::from_secs(3)),
+        ..TestOptions::default()
+    };
+    options.alerts.retention = Duration::from_secs(3);
+    options.alerts.purge_every = Duration::from_millis(200);
+    let app = TestApp::spawn_options(options).await;
+    let now = chrono::Utc::now().timestamp();
+    let samples: Vec<Value> = (0..6)
+        .map(|i| json!({"metric": "t_old", "value": i, "at": now - 2 + i / 3}))
+        .collect();
+    assert_eq!(report_json(&app, json!(samples)).await, 6);
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM monitoring_samples s JOIN monitoring_series m ON m.id = s.series_id WHERE m.metric = 't_old'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(count().await, 6);
+    eventually(
+        "retention to remove the samples",
+        Duration::from_secs(15),
+        || async { (count().await == 0).then_some(()) },
+    )
+    .await;
+    // The per-minute rollups outlive them: a query from before the retention reads them.
+    let from = now - 3600;
+    let answer = query(
+        &app,
+        &format!("metric=t_old&from={from}&to={}&step=1h&agg=sum", now + 60),
+    )
+    .await;
+    let points = points(&answer);
+    assert_eq!(points.iter().map(|p| p.1).sum::<f64>(), 15.0);
 }

@@ -405,3 +405,73 @@ async fn a_stale_primed_state_is_decided_again_on_the_stored_one() {
         2
     );
 }
+
+/// A command that would change nothing on the cached state (acknowledging an alert the cache
+/// still shows acknowledged) is decided again on the stored state: another process resolved
+/// the alert meanwhile, and the answer is that refusal, not a quiet success.
+#[tokio::test]
+async fn a_no_op_decided_on_a_stale_cache_is_decided_again_on_the_stored_state() {
+    use chronicle_monitoring::{
+        Aggregation, Comparison, Rule, RuleCommand, RuleError, RuleSpec, Severity,
+    };
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let bus = bus(&pool);
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let spec = RuleSpec {
+        name: "deep".into(),
+        metric: "depth".into(),
+        labels: Default::default(),
+        agg: Aggregation::Max,
+        window_seconds: 60,
+        op: Comparison::Above,
+        threshold: 5.0,
+        for_seconds: 0,
+        severity: Severity::Info,
+        channels: Vec::new(),
+    };
+    let ctx = CommandContext::new();
+    let run = |bus: chronicle_commands::CommandBus, command: RuleCommand| async move {
+        bus.execute::<Rule>("r1", command, &(), &CommandContext::new())
+            .await
+    };
+    bus.execute::<Rule>(
+        "r1",
+        RuleCommand::Create {
+            rule_id: "r1".into(),
+            spec,
+            by: "staff".into(),
+            now: at(0),
+        },
+        &(),
+        &ctx,
+    )
+    .await
+    .unwrap();
+    let fire = RuleCommand::Evaluate {
+        value: Some(9.0),
+        at: at(1),
+    };
+    run(bus.clone(), fire).await.unwrap();
+    let ack = || RuleCommand::Acknowledge {
+        alert_id: "r1.1".into(),
+        by: "staff".into(),
+        at: at(2),
+    };
+    run(bus.clone(), ack()).await.unwrap();
+    // Another process resolves it.
+    let other = crate::common::bus(&pool);
+    let calm = RuleCommand::Evaluate {
+        value: Some(0.0),
+        at: at(3),
+    };
+    run(other, calm).await.unwrap();
+    let again = run(bus.clone(), ack()).await;
+    assert!(
+        matches!(
+            again,
+            Err(CommandError::Rejected(RuleError::NotFiring("resolved")))
+        ),
+        "{again:?}"
+    );
+}

@@ -8,8 +8,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-/// Every request seen: its path and when it came.
-type Hits = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
+/// Every request seen: its path, when it came, and its body.
+type Hits = Arc<Mutex<Vec<(String, DateTime<Utc>, String)>>>;
 
 /// How the endpoint answers request number `n` (1 for the first) to `path`: a status, after
 /// a delay.
@@ -26,7 +26,7 @@ impl Hook {
     pub async fn start(answer: Answer) -> Self {
         let hits: Hits = Arc::default();
         let recorded = hits.clone();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
             let recorded = recorded.clone();
             async move {
                 let path = uri.path().to_owned();
@@ -34,8 +34,8 @@ impl Hook {
                     let mut hits = recorded
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    hits.push((path.clone(), Utc::now()));
-                    hits.iter().filter(|(p, _)| *p == path).count()
+                    hits.push((path.clone(), Utc::now(), body));
+                    hits.iter().filter(|(p, _, _)| *p == path).count()
                 };
                 let (status, after) = answer(&path, n);
                 tokio::time::sleep(after).await;
@@ -57,8 +57,19 @@ impl Hook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, at)| *at)
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, at, _)| *at)
+            .collect()
+    }
+
+    /// The bodies of the requests to `path`, in order.
+    pub fn bodies(&self, path: &str) -> Vec<String> {
+        self.hits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, _, body)| body.clone())
             .collect()
     }
 }

@@ -21,7 +21,9 @@ use std::{
 use chronicle::components::{self, Component, Wiring};
 
 mod hook;
+mod smtp;
 pub use hook::{Answer, Hook};
+pub use smtp::SmtpServer;
 
 use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
@@ -264,6 +266,9 @@ pub struct TestOptions {
     /// The scheduler's settings; its HTTP allow list (by default `127.0.0.1`, where tests
     /// serve) is the gateway's too.
     pub scheduler: chronicle_sagas::SchedulerConfig,
+    /// The alert engine's timings (by default it evaluates every 200 ms, and installs no
+    /// default rules).
+    pub alerts: chronicle_sagas::AlertEngineConfig,
 }
 
 impl Default for TestOptions {
@@ -286,7 +291,18 @@ impl Default for TestOptions {
                 http_allow: chronicle_scheduler::AllowList::parse("127.0.0.1")
                     .expect("a valid allow list"),
                 poll: Duration::from_millis(100),
+                notify: chronicle_sagas::NotifyConfig {
+                    allow: chronicle_scheduler::AllowList::parse("127.0.0.1")
+                        .expect("a valid allow list"),
+                    ..chronicle_sagas::NotifyConfig::default()
+                },
                 ..chronicle_sagas::SchedulerConfig::default()
+            },
+            alerts: chronicle_sagas::AlertEngineConfig {
+                every: Duration::from_millis(200),
+                // Tests count events; the tests of the default rules turn them on.
+                default_rules: false,
+                ..chronicle_sagas::AlertEngineConfig::default()
             },
         }
     }
@@ -339,6 +355,7 @@ impl TestApp {
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
         gateway.staff_users = vec!["*".to_owned()];
         gateway.scheduler_http_allow = options.scheduler.http_allow.clone();
+        gateway.notify_allow = options.scheduler.notify.allow.clone();
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -362,6 +379,7 @@ impl TestApp {
             saga: options.saga,
             janitor: options.janitor,
             scheduler: options.scheduler,
+            alerts: options.alerts,
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
@@ -378,6 +396,7 @@ impl TestApp {
                 saga: wiring.saga.clone(),
                 janitor: wiring.janitor.clone(),
                 scheduler: wiring.scheduler.clone(),
+                alerts: wiring.alerts.clone(),
                 gateway: wiring.gateway.clone(),
                 http: std::sync::Mutex::new(None),
             })
@@ -425,15 +444,11 @@ impl TestApp {
         app
     }
 
-    /// Starts a second gateway on the same servers, as another instance (another process:
-    /// its own command bus, its own hub) would run: its base URL. It stops with the app.
-    pub async fn spawn_second_gateway(&mut self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let base = format!("http://{}", listener.local_addr().expect("bound address"));
+    /// The wiring of another process on the same servers: its own command bus (cache and
+    /// group commit) and fault points, the app's settings, and `http` for a gateway.
+    fn another_process(&self, http: Option<tokio::net::TcpListener>) -> Wiring {
         let wiring = &self.saga_wiring;
-        let second = Wiring {
+        Wiring {
             commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
                 self.pool.clone(),
             )),
@@ -445,9 +460,36 @@ impl TestApp {
             saga: wiring.saga.clone(),
             janitor: wiring.janitor.clone(),
             scheduler: wiring.scheduler.clone(),
+            alerts: wiring.alerts.clone(),
             gateway: wiring.gateway.clone(),
-            http: std::sync::Mutex::new(Some(listener)),
-        };
+            http: std::sync::Mutex::new(http),
+        }
+    }
+
+    /// Starts another instance of `component` (not the gateway: see
+    /// [`spawn_second_gateway`](Self::spawn_second_gateway)) on the same servers, with a
+    /// command bus of its own, as another process would run it. It stops with the app.
+    pub fn start_another(&mut self, component: Component) {
+        let other = self.another_process(None);
+        let mut stopped = self.stop.subscribe();
+        let task = component
+            .start(&other, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .expect("the component starts");
+        self.tasks.push(tokio::spawn(async move {
+            let _ = task.await;
+        }));
+    }
+
+    /// Starts a second gateway on the same servers, as another instance (another process:
+    /// its own command bus, its own hub) would run: its base URL. It stops with the app.
+    pub async fn spawn_second_gateway(&mut self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().expect("bound address"));
+        let second = self.another_process(Some(listener));
         let mut stopped = self.stop.subscribe();
         let task = Component::Gateway
             .start(&second, async move {

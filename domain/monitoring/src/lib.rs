@@ -159,7 +159,12 @@ pub fn default_rules() -> Vec<(&'static str, RuleSpec)> {
     let rule = |name: &str, metric: &str, agg, op, threshold: f64, severity| RuleSpec {
         name: name.to_owned(),
         metric: metric.to_owned(),
-        labels: Default::default(),
+        // The request series are per route template and for all routes together.
+        labels: if metric.starts_with("chronicle_http_") {
+            [("route".to_owned(), "all".to_owned())].into()
+        } else {
+            Default::default()
+        },
         agg,
         window_seconds: 300,
         op,

@@ -122,6 +122,12 @@ impl Rule {
         self.spec.as_ref().filter(|_| !self.deleted)
     }
 
+    /// The spec as it last was, deleted or not: what a notification about the rule's last
+    /// alert describes.
+    pub fn last_spec(&self) -> Option<&RuleSpec> {
+        self.spec.as_ref()
+    }
+
     pub fn open_alert(&self) -> Option<&OpenAlert> {
         self.open.as_ref()
     }

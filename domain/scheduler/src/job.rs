@@ -338,7 +338,7 @@ impl Job {
                     spec.action,
                     Action::Command {
                         command: CommandAction::ExpireUnpaidOrder { .. }
-                    }
+                    } | Action::Notify { .. }
                 );
                 if system_only && !owner_id.starts_with("system:") {
                     return Err(

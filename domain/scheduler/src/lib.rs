@@ -22,7 +22,10 @@ pub use job::{
     Fire, Job, JobCommand, JobError, JobStatus, Outcome, LEASE_GRACE_SECONDS, MAX_RUNNING,
 };
 
-use chronicle_schemas::limits::{self, Invalid};
+use chronicle_schemas::{
+    limits::{self, Invalid},
+    monitoring::Channel,
+};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 
 /// Longest job name, in characters.
@@ -152,6 +155,20 @@ pub fn check_spec(spec: &JobSpec, now: DateTime<Utc>) -> Result<(), Invalid> {
             }
             if let Some(body) = body {
                 limits::text("action.body", body, 0, MAX_BODY)?;
+            }
+        }
+        Action::Notify {
+            channel,
+            subject,
+            body,
+        } => {
+            limits::text("action.subject", subject, 1, MAX_NAME)?;
+            limits::text("action.body", body, 0, MAX_BODY)?;
+            match channel {
+                Channel::Webhook { url } => {
+                    HttpTarget::parse(url)?;
+                }
+                Channel::Email { to } => limits::text("action.to", to, 3, 254)?,
             }
         }
         Action::Command { command } => match command {

@@ -264,6 +264,9 @@ fn presented(view: JobView) -> serde_json::Value {
         Action::Http { url, method, body } => {
             json!({"kind": "http", "url": url, "method": method, "body": body})
         }
+        Action::Notify {
+            channel, subject, ..
+        } => json!({"kind": "notify", "channel": channel, "subject": subject}),
         Action::Command { command } => match command {
             CommandAction::Noop {} => json!({"kind": "command", "command": "noop"}),
             CommandAction::CancelOrder { order_id } => {

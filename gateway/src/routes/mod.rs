@@ -8,6 +8,7 @@ mod identity;
 mod incoming;
 mod inventory;
 mod jobs;
+mod monitoring;
 mod orders;
 mod page;
 mod projections;
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tus::routes())
         .merge(thumbnails::routes())
         .merge(jobs::routes())
+        .merge(monitoring::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {

@@ -1,0 +1,536 @@
+//! `/api/v1/monitoring` (API.md, Monitoring): samples reported and queried, the metric
+//! names known, alert rules (staff only) and alerts.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use chronicle_monitoring::{
+    check_channels, check_source, check_spec_limits, is_label_name, is_metric_name, parse_json,
+    parse_text, Aggregation, Channel, Comparison, Limits, Rule, RuleCommand, RuleSpec, Severity,
+    DEFAULT_WINDOW_SECONDS,
+};
+use chronicle_projections::{
+    alerts,
+    series::{self, SeriesQuery},
+};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::respond;
+use crate::{
+    error::{ApiError, FieldError},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    state::AppState,
+};
+
+/// This module's routes (API.md).
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::{get, patch, post};
+    axum::Router::new()
+        .route("/api/v1/monitoring/samples", post(report))
+        .route("/api/v1/monitoring/query", get(query))
+        .route("/api/v1/monitoring/metrics", get(metrics))
+        .route(
+            "/api/v1/monitoring/rules",
+            post(create_rule).get(list_rules),
+        )
+        .route(
+            "/api/v1/monitoring/rules/{id}",
+            patch(change_rule).delete(delete_rule).get(get_rule),
+        )
+        .route("/api/v1/monitoring/alerts", get(list_alerts))
+        .route(
+            "/api/v1/monitoring/alerts/{id}/acknowledge",
+            post(acknowledge),
+        )
+}
+
+/// Most points one series of a query may have.
+const MAX_POINTS: i64 = 11_000;
+
+/// `POST /api/v1/monitoring/samples`: Prometheus text (any content type but JSON) or JSON;
+/// 202 `{"accepted": N}`; 400 `malformed_samples` naming the line (or sample) at fault, and
+/// nothing stored.
+pub async fn report(
+    State(state): State<AppState>,
+    _caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let source = match headers.get("chronicle-source") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("malformed_samples", "Chronicle-Source is not text")
+            })?;
+            check_source(text).map_err(malformed)?;
+            Some(text.to_owned())
+        }
+    };
+    let now = Utc::now();
+    let limits = Limits {
+        now,
+        oldest: now - retention(&state),
+        source,
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let samples = if json {
+        parse_json(&body, &limits)
+    } else {
+        let text = std::str::from_utf8(&body).map_err(|e| {
+            ApiError::bad_request(
+                "malformed_samples",
+                format!("the body is not UTF-8 (byte {})", e.valid_up_to()),
+            )
+        })?;
+        parse_text(text, &limits)
+    }
+    .map_err(malformed)?;
+    let accepted = series::store(&state.pool, &samples)
+        .await
+        .map_err(ApiError::internal)?;
+    metrics::counter!("chronicle_monitoring_samples_total").increment(accepted);
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
+}
+
+fn malformed(error: chronicle_monitoring::SampleError) -> ApiError {
+    let line = error
+        .location
+        .strip_prefix("line ")
+        .and_then(|n| n.parse::<u64>().ok());
+    let mut problem = ApiError::bad_request("malformed_samples", error.to_string())
+        .with("location", error.location.clone());
+    if let Some(line) = line {
+        problem = problem.with("line", line);
+    }
+    problem
+}
+
+fn retention(state: &AppState) -> Duration {
+    Duration::from_std(state.config.metrics_retention).unwrap_or(Duration::days(15))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParams {
+    metric: String,
+    labels: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    agg: Option<String>,
+}
+
+/// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
+/// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
+/// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
+pub async fn query(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(params): ApiQuery<QueryParams>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    if !is_metric_name(&params.metric) {
+        errors.push(FieldError::new("metric", "a metric name"));
+    }
+    let labels = match params.labels.as_deref().map(parse_labels).transpose() {
+        Ok(labels) => labels.unwrap_or_default(),
+        Err(e) => {
+            errors.push(e);
+            BTreeMap::new()
+        }
+    };
+    let now = Utc::now();
+    let to = time_param("to", params.to.as_deref(), now, &mut errors);
+    let from = time_param(
+        "from",
+        params.from.as_deref(),
+        to - Duration::hours(1),
+        &mut errors,
+    );
+    let step = match params.step.as_deref().map(parse_step).unwrap_or(Some(60)) {
+        Some(step) => step,
+        None => {
+            errors.push(FieldError::new(
+                "step",
+                "seconds, or a number with s, m, h or d (60s, 5m), from 1 s to 1 day",
+            ));
+            60
+        }
+    };
+    let agg = match params.agg.as_deref().unwrap_or("avg") {
+        "avg" => Aggregation::Avg,
+        "min" => Aggregation::Min,
+        "max" => Aggregation::Max,
+        "sum" => Aggregation::Sum,
+        "rate" => Aggregation::Rate,
+        "p99" => Aggregation::P99,
+        _ => {
+            errors.push(FieldError::new(
+                "agg",
+                "one of avg, min, max, sum, rate, p99",
+            ));
+            Aggregation::Avg
+        }
+    };
+    if from >= to {
+        errors.push(FieldError::new("from", "before `to`"));
+    } else if (to - from).num_seconds() / i64::from(step) > MAX_POINTS {
+        errors.push(FieldError::new(
+            "step",
+            format!("at most {MAX_POINTS} points per series: a larger step or a shorter range"),
+        ));
+    }
+    ApiError::check(errors)?;
+    let query = SeriesQuery {
+        metric: params.metric.clone(),
+        labels,
+        from,
+        to,
+        step_seconds: step,
+        agg,
+    };
+    let found = series::query(&state.pool, &query, retention(&state))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(
+        Json(json!({"metric": params.metric, "step_seconds": step, "series": found}))
+            .into_response(),
+    )
+}
+
+/// `k:v,k2:v2` as labels.
+fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, FieldError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once(':')
+            .ok_or_else(|| FieldError::new("labels", "k:v pairs separated by commas"))?;
+        if !is_label_name(key) {
+            return Err(FieldError::new(
+                "labels",
+                format!("{key:?} is not a label name"),
+            ));
+        }
+        chronicle_schemas::limits::text("labels", value, 0, chronicle_monitoring::MAX_LABEL_VALUE)
+            .map_err(|i| FieldError::new("labels", i.message))?;
+        labels.insert(key.to_owned(), value.to_owned());
+    }
+    if labels.len() > chronicle_monitoring::MAX_LABELS {
+        return Err(FieldError::new("labels", "too many labels"));
+    }
+    Ok(labels)
+}
+
+/// RFC 3339 or seconds since the epoch; `default` when absent.
+fn time_param(
+    field: &str,
+    value: Option<&str>,
+    default: DateTime<Utc>,
+    errors: &mut Vec<FieldError>,
+) -> DateTime<Utc> {
+    let Some(value) = value else {
+        return default;
+    };
+    if let Ok(at) = DateTime::parse_from_rfc3339(value) {
+        return at.with_timezone(&Utc);
+    }
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s.abs() < 1e11 => Utc
+            .timestamp_millis_opt((s * 1000.0) as i64)
+            .single()
+            .unwrap_or(default),
+        _ => {
+            errors.push(FieldError::new(
+                field,
+                "RFC 3339 or seconds since the epoch",
+            ));
+            default
+        }
+    }
+}
+
+/// `60`, `60s`, `5m`, `1h`, `1d` as seconds, 1 s to 1 day.
+fn parse_step(text: &str) -> Option<u32> {
+    let (number, unit) = match text.char_indices().last()? {
+        (i, 's') => (&text[..i], 1),
+        (i, 'm') => (&text[..i], 60),
+        (i, 'h') => (&text[..i], 3_600),
+        (i, 'd') => (&text[..i], 86_400),
+        _ => (text, 1),
+    };
+    let seconds = number.parse::<u32>().ok()?.checked_mul(unit)?;
+    (1..=86_400).contains(&seconds).then_some(seconds)
+}
+
+/// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
+pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
+    let known = series::metrics(&state.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(known).into_response())
+}
+
+/// A rule as it is asked for: `window_seconds` defaults to 60, `for_seconds` to 0,
+/// `severity` to `warning`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    name: String,
+    metric: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    agg: Aggregation,
+    window_seconds: Option<u32>,
+    op: Comparison,
+    threshold: f64,
+    for_seconds: Option<u32>,
+    severity: Option<Severity>,
+    #[serde(default)]
+    channels: Vec<Channel>,
+}
+
+/// A change: the fields given replace the rule's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulePatch {
+    name: Option<String>,
+    metric: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    agg: Option<Aggregation>,
+    window_seconds: Option<u32>,
+    op: Option<Comparison>,
+    threshold: Option<f64>,
+    for_seconds: Option<u32>,
+    severity: Option<Severity>,
+    channels: Option<Vec<Channel>>,
+}
+
+/// The domain's limits, then the webhook hosts (422 `url_not_allowed`).
+fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
+    check_spec_limits(&spec).map_err(|invalid| ApiError::validation(vec![invalid.into()]))?;
+    check_channels(&spec, &state.config.notify_allow).map_err(|invalid| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "url_not_allowed",
+            invalid.message,
+        )
+    })?;
+    Ok(spec)
+}
+
+/// `POST /api/v1/monitoring/rules` (staff): 201 `{"id","version"}`.
+pub async fn create_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<RuleRequest>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let raw = body.raw;
+    let r = body.value;
+    let spec = checked(
+        &state,
+        RuleSpec {
+            name: r.name,
+            metric: r.metric,
+            labels: r.labels,
+            agg: r.agg,
+            window_seconds: r.window_seconds.unwrap_or(DEFAULT_WINDOW_SECONDS),
+            op: r.op,
+            threshold: r.threshold,
+            for_seconds: r.for_seconds.unwrap_or(0),
+            severity: r.severity.unwrap_or(Severity::Warning),
+            channels: r.channels,
+        },
+    )?;
+    let ctx = respond::context(&caller, IfMatch(None), key, &raw);
+    let rule_id = uuid::Uuid::now_v7().to_string();
+    let executed = state
+        .commands
+        .execute_with_response::<Rule>(
+            &rule_id,
+            RuleCommand::Create {
+                rule_id: rule_id.clone(),
+                spec,
+                by: caller.user_id.clone(),
+                now: Utc::now(),
+            },
+            &(),
+            &ctx,
+            respond::id_and_version(201),
+        )
+        .await?;
+    Ok(respond::created(
+        executed,
+        respond::id_and_version(201),
+        "/api/v1/monitoring/rules",
+    ))
+}
+
+/// `GET /api/v1/monitoring/rules` (staff): every rule with its spec.
+pub async fn list_rules(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let rules = alerts::rules(&state.pool)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(rules).into_response())
+}
+
+/// `GET /api/v1/monitoring/rules/{id}` (staff).
+pub async fn get_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let missing = || ApiError::not_found(format!("no rule with id {id}"));
+    if !chronicle_monitoring::valid_id(&id) {
+        return Err(missing());
+    }
+    let rule = alerts::rule(&state.pool, &id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(missing)?;
+    let version = rule.version;
+    Ok(respond::read_model(rule, version, None))
+}
+
+/// `PATCH /api/v1/monitoring/rules/{id}` (staff): the fields given replace the rule's; an
+/// open alert resolves (its condition changed). Honours `If-Match`.
+pub async fn change_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    if_match: IfMatch,
+    key: IdempotencyKeyHeader,
+    body: JsonBody<RulePatch>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let missing = || ApiError::not_found(format!("no rule with id {id}"));
+    if !chronicle_monitoring::valid_id(&id) {
+        return Err(missing());
+    }
+    let current = state.commands.fresh_state::<Rule>(&id).await?.state;
+    let spec = current.spec().cloned().ok_or_else(missing)?;
+    let p = body.value;
+    let spec = checked(
+        &state,
+        RuleSpec {
+            name: p.name.unwrap_or(spec.name),
+            metric: p.metric.unwrap_or(spec.metric),
+            labels: p.labels.unwrap_or(spec.labels),
+            agg: p.agg.unwrap_or(spec.agg),
+            window_seconds: p.window_seconds.unwrap_or(spec.window_seconds),
+            op: p.op.unwrap_or(spec.op),
+            threshold: p.threshold.unwrap_or(spec.threshold),
+            for_seconds: p.for_seconds.unwrap_or(spec.for_seconds),
+            severity: p.severity.unwrap_or(spec.severity),
+            channels: p.channels.unwrap_or(spec.channels),
+        },
+    )?;
+    let ctx = respond::context(&caller, if_match, key, &body.raw);
+    let executed = state
+        .commands
+        .execute::<Rule>(
+            &id,
+            RuleCommand::Change {
+                spec,
+                by: caller.user_id.clone(),
+                now: Utc::now(),
+            },
+            &(),
+            &ctx,
+        )
+        .await?;
+    Ok(respond::executed(executed, respond::id_and_version(200)))
+}
+
+/// `DELETE /api/v1/monitoring/rules/{id}` (staff): 204; an open alert resolves.
+pub async fn delete_rule(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    if !chronicle_monitoring::valid_id(&id) {
+        return Err(ApiError::not_found(format!("no rule with id {id}")));
+    }
+    let delete = RuleCommand::Delete {
+        by: caller.user_id.clone(),
+        now: Utc::now(),
+    };
+    state
+        .commands
+        .execute::<Rule>(&id, delete, &(), &respond::caller_context(&caller))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertParams {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/monitoring/alerts?state=`: newest first (at most `limit`, default 100).
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(params): ApiQuery<AlertParams>,
+) -> Result<Response, ApiError> {
+    let wanted = params.state.as_deref();
+    if wanted.is_some_and(|s| !["pending", "firing", "acknowledged", "resolved"].contains(&s)) {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "state",
+            "one of pending, firing, acknowledged, resolved",
+        )]));
+    }
+    let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1_000));
+    let found = alerts::alerts(&state.pool, wanted, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(found).into_response())
+}
+
+/// `POST /api/v1/monitoring/alerts/{id}/acknowledge` (staff): 200; no more notifications
+/// until it resolves and fires again. 409 `alert_not_firing` when it is not firing.
+pub async fn acknowledge(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let rule_id = id
+        .rsplit_once('.')
+        .map(|(rule, _)| rule)
+        .filter(|rule| chronicle_monitoring::valid_id(rule))
+        .ok_or_else(|| ApiError::not_found(format!("no alert with id {id}")))?;
+    let ack = RuleCommand::Acknowledge {
+        alert_id: id.clone(),
+        by: caller.user_id.clone(),
+        at: Utc::now(),
+    };
+    let executed = state
+        .commands
+        .execute::<Rule>(rule_id, ack, &(), &respond::caller_context(&caller))
+        .await?;
+    Ok(respond::executed(
+        executed,
+        respond::id_version_status(200, "acknowledged"),
+    ))
+}
