@@ -43,6 +43,7 @@ pub fn install() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_ok() {
             describe();
+            preregister();
         } else {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
@@ -231,8 +232,34 @@ fn describe() {
         "chronicle_monitoring_samples_total",
         "samples stored by the monitoring context"
     );
-    describe_counter!(
-        "chronicle_alert_notifications_total",
-        "alert notifications by channel kind and outcome"
-    );
+}
+
+/// Registers the series that appear only once something happens (a drop, a failed run),
+/// at zero, so that dashboards and alert rules find every metric from the first scrape.
+fn preregister() {
+    for reason in ["slow_reader", "unresponsive"] {
+        metrics::counter!("chronicle_ws_dropped_total", "reason" => reason).increment(0);
+    }
+    for outcome in ["succeeded", "failed"] {
+        metrics::counter!("chronicle_job_runs_total", "outcome" => outcome).increment(0);
+    }
+    metrics::gauge!("chronicle_ws_connections").increment(0.0);
+    metrics::gauge!("chronicle_outbox_depth").increment(0.0);
+    metrics::gauge!("chronicle_relay_last_publish_timestamp_seconds").increment(0.0);
+    for counter in [
+        "chronicle_relay_published_events_total",
+        "chronicle_files_deduplicated_total",
+        "chronicle_files_deduplicated_bytes_total",
+        "chronicle_monitoring_samples_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for histogram in [
+        "chronicle_relay_publish_lag_seconds",
+        "chronicle_job_run_lateness_seconds",
+        "chronicle_commit_group_size",
+    ] {
+        // A histogram is listed once it has a handle, with zero counts.
+        let _ = metrics::histogram!(histogram);
+    }
 }
