@@ -101,6 +101,17 @@ async fn a_subscriber_gets_every_new_message_in_seq_order() {
         assert_eq!(message["body"], format!("m{seq}"));
         assert_eq!(message["sender_id"], app.user_id.as_str());
     }
+    // The hub reads the log like the subscribers, and reports under the same metric names.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"chronicle_subscriber_checkpoint{subscriber="hub"}"#)),
+        "{metrics}"
+    );
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("chronicle_ws_connections ")));
 }
 
 #[tokio::test]

@@ -469,6 +469,13 @@ impl Hub {
             let message = message?;
             if let Ok(info) = message.info() {
                 *last = info.stream_sequence;
+                // The hub is a reader of the log like the subscribers, under the same names.
+                let label = [("subscriber", "hub")];
+                metrics::gauge!("chronicle_subscriber_checkpoint", &label).set(*last as f64);
+                metrics::gauge!("chronicle_subscriber_lag_events", &label).set(info.pending as f64);
+                metrics::gauge!("chronicle_subscriber_caught_up", &label)
+                    .set(if info.pending == 0 { 1.0 } else { 0.0 });
+                metrics::counter!("chronicle_subscriber_events_total", &label).increment(1);
             }
             let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
                 continue;
