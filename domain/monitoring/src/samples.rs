@@ -28,6 +28,10 @@ pub const MAX_SAMPLES: usize = 10_000;
 pub const MAX_AHEAD_SECONDS: i64 = 300;
 /// Longest source name (`Chronicle-Source`), stored as the `source` label.
 pub const MAX_SOURCE: usize = 200;
+/// Largest magnitude of a stored value. Sums of many samples (a minute's rollup, a `sum`
+/// query) must stay finite in a `double precision` column, or PostgreSQL refuses them with
+/// an overflow: one hostile sample would break every later report and query of its series.
+pub const MAX_VALUE: f64 = 1e18;
 
 /// One measurement of one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,6 +273,12 @@ fn checked(
     if !value.is_finite() {
         return Ok(None);
     }
+    if value.abs() > MAX_VALUE {
+        return Err(SampleError::at(
+            location,
+            "the value's magnitude is above 1e18",
+        ));
+    }
     Ok(Some(Sample {
         metric: metric.to_owned(),
         labels: map,
@@ -377,6 +387,7 @@ mod tests {
             ("a{x=\"1\",x=\"2\"} 1\n", "line 1"),
             ("a{x=\"nul\0\"} 1\n", "line 1"),
             ("a 1 99999999999999999\n", "line 1"),
+            ("a 1e300\n", "line 1"),
         ] {
             let error = parse_text(text, &limits()).unwrap_err();
             assert_eq!(error.location, line, "{text:?}: {error}");
