@@ -17,12 +17,27 @@ use sqlx::PgPool;
 /// Metric names that the `business_metrics` projection derives from the log.
 pub const BUSINESS_PREFIX: &str = "business_";
 
+/// Most series one metric may have. Each distinct set of labels is a series, stored and
+/// aggregated on its own: a reporter putting a user id or a timestamp into a label would
+/// otherwise grow the store without bound (the cardinality explosion of every TSDB).
+pub const MAX_SERIES_PER_METRIC: i64 = 10_000;
+
+/// Why samples were not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("metric {metric} would have more than {MAX_SERIES_PER_METRIC} series")]
+    TooManySeries { metric: String },
+    #[error("database error while storing samples")]
+    Database(#[from] sqlx::Error),
+}
+
 /// Stores `samples` (each under its series, created when new) and updates their rollups:
-/// the number stored.
+/// the number stored. The samples are stored all or none.
 ///
 /// # Errors
-/// When the database fails.
-pub async fn store(pool: &PgPool, samples: &[Sample]) -> Result<u64, sqlx::Error> {
+/// [`StoreError::TooManySeries`] when new series would take a metric past
+/// [`MAX_SERIES_PER_METRIC`] (nothing is stored); when the database fails.
+pub async fn store(pool: &PgPool, samples: &[Sample]) -> Result<u64, StoreError> {
     if samples.is_empty() {
         return Ok(0);
     }
@@ -31,6 +46,24 @@ pub async fn store(pool: &PgPool, samples: &[Sample]) -> Result<u64, sqlx::Error
         .iter()
         .map(|s| serde_json::to_value(&s.labels).unwrap_or_default())
         .collect();
+    // A soft cap: two reports racing may pass it by what each adds.
+    let over: Option<String> = sqlx::query_scalar(
+        "SELECT d.m FROM (SELECT DISTINCT m, l FROM UNNEST($1::text[], $2::jsonb[]) AS t(m, l)) d \
+         LEFT JOIN monitoring_series s ON s.metric = d.m AND s.labels = d.l \
+         GROUP BY d.m \
+         HAVING count(*) FILTER (WHERE s.id IS NULL) > 0 \
+            AND count(*) FILTER (WHERE s.id IS NULL) \
+                + (SELECT count(*) FROM monitoring_series x WHERE x.metric = d.m) > $3 \
+         LIMIT 1",
+    )
+    .bind(&metrics)
+    .bind(&labels)
+    .bind(MAX_SERIES_PER_METRIC)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(metric) = over {
+        return Err(StoreError::TooManySeries { metric });
+    }
     let at: Vec<DateTime<Utc>> = samples.iter().map(|s| s.at).collect();
     let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
     // New series first, in their own statement: the next one then sees series another

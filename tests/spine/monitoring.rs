@@ -259,6 +259,27 @@ async fn a_malformed_line_is_a_400_naming_it_and_nothing_is_stored() {
     .await
     .unwrap();
     assert_eq!(stored, 0);
+    // Ten thousand series of one metric are allowed; one more is refused, whole.
+    let many: String = (0..10_000)
+        .map(|i| format!("t_wide{{user=\"u{i}\"}} 1\n"))
+        .collect();
+    assert_eq!(
+        report_text(&app, "host-1", &many).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let one_more = report_text(&app, "host-1", "t_wide 1\nt_wide{user=\"new\"} 1\n").await;
+    problem(
+        one_more,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "too_many_series",
+    )
+    .await;
+    let known = report_text(&app, "host-1", "t_wide{user=\"u7\"} 2\n").await;
+    assert_eq!(
+        known.status(),
+        StatusCode::ACCEPTED,
+        "an existing series still takes samples"
+    );
     let anonymous = app
         .http
         .post(app.url("/api/v1/monitoring/samples"))

@@ -98,7 +98,14 @@ pub async fn report(
     .map_err(malformed)?;
     let accepted = series::store(&state.pool, &samples)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| match e {
+            series::StoreError::TooManySeries { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_series",
+                format!("{e}: keep unbounded values (ids, times) out of labels"),
+            ),
+            series::StoreError::Database(e) => ApiError::internal(e),
+        })?;
     metrics::counter!("chronicle_monitoring_samples_total").increment(accepted);
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
 }
