@@ -17,6 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod engines;
 mod processes;
 mod settings;
+mod tail;
 
 use anyhow::Context;
 use chronicle::components::Component;
@@ -74,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The log itself.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Prints `compose.yaml` for the component list (the committed file is its output).
     Compose,
     /// User administration.
@@ -94,6 +100,25 @@ enum ProjectionsCommand {
         name: String,
         #[arg(long)]
         seq: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Prints events as they are appended (or from --from), one per line.
+    Tail {
+        /// A subject filter, NATS wildcards allowed (default `events.>`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// The stream sequence to start from (default: new events only).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// One JSON object per line: `stream_seq`, `subject`, `envelope`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -126,6 +151,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Saga { name } => {
             let saga = processes::saga_component(&name)?;
             processes::single(settings, vec![saga]).await
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    subject,
+                    from,
+                    count,
+                    json,
+                },
+        } => {
+            let nats_url = settings.nats_url()?;
+            tail::run(
+                &nats_url,
+                tail::Tail {
+                    subject,
+                    from,
+                    count,
+                    json,
+                },
+            )
+            .await
         }
         Command::Compose => {
             print!("{}", chronicle::components::compose_yaml());

@@ -480,6 +480,27 @@ impl Settings {
     /// # Errors
     /// When either is unset.
     pub fn urls(&self) -> anyhow::Result<(String, String)> {
+        Ok((self.database_url()?, self.nats_url()?))
+    }
+
+    /// NATS to use: `NATS_URL`, else the running `chronicle up`'s.
+    ///
+    /// # Errors
+    /// When neither is there.
+    pub fn nats_url(&self) -> anyhow::Result<String> {
+        let running = crate::engines::running_urls(&self.servers.data_dir);
+        self.servers
+            .nats_url
+            .clone()
+            .or_else(|| running.map(|r| r.1))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "NATS_URL is not set (only `chronicle up` starts its own nats-server)"
+                )
+            })
+    }
+
+    fn database_url(&self) -> anyhow::Result<String> {
         let running = crate::engines::running_urls(&self.servers.data_dir);
         let db = self
             .servers
@@ -492,17 +513,7 @@ impl Settings {
                     "DATABASE_URL is not set (only `chronicle up` starts its own PostgreSQL)"
                 )
             })?;
-        let nats = self
-            .servers
-            .nats_url
-            .clone()
-            .or_else(|| running.map(|r| r.1))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "NATS_URL is not set (only `chronicle up` starts its own nats-server)"
-                )
-            })?;
-        Ok((db, nats))
+        Ok(db)
     }
 }
 
