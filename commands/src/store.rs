@@ -587,7 +587,12 @@ fn fold<A: Aggregate>(
     id: &str,
     events: Vec<cqrs_es::persist::SerializedEvent>,
 ) -> Result<LoadedAggregate<A>, StoreError> {
-    for stored in events {
+    for mut stored in events {
+        // An old version is read as the current one (`chronicle_schemas::upcast`).
+        if !chronicle_schemas::is_current(&stored.event_type, &stored.event_version) {
+            stored.payload =
+                upcast_tagged(&stored.event_type, &stored.event_version, stored.payload);
+        }
         let event: A::Event =
             serde_json::from_value(stored.payload).map_err(|source| StoreError::Corrupt {
                 aggregate_type: A::TYPE.into(),
@@ -599,6 +604,21 @@ fn fold<A: Aggregate>(
         version = stored.sequence as u64;
     }
     Ok(LoadedAggregate { state, version })
+}
+
+/// A stored payload (`{event_type: fields}`, postgres-es's form) with its fields upcast.
+fn upcast_tagged(event_type: &str, version: &str, payload: serde_json::Value) -> serde_json::Value {
+    match payload {
+        serde_json::Value::Object(mut map) if map.len() == 1 && map.contains_key(event_type) => {
+            let fields = map.remove(event_type).unwrap_or_default();
+            map.insert(
+                event_type.to_owned(),
+                chronicle_schemas::upcast(event_type, version, fields),
+            );
+            serde_json::Value::Object(map)
+        }
+        other => other,
+    }
 }
 
 fn is_deadlock(error: &sqlx::Error) -> bool {

@@ -247,7 +247,7 @@ async fn apply_comment(
         CommentEvent::CommentAdded {
             post_id,
             author_id,
-            body,
+            body_markdown: body,
             ..
         } => {
             // Not on a post that was deleted meanwhile.

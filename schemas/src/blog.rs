@@ -60,7 +60,8 @@ pub enum CommentEvent {
         /// The post's author, who may delete any comment on it.
         post_author_id: String,
         author_id: String,
-        body: String,
+        /// Markdown, rendered and sanitized by the read model. (Version 1 called it `body`.)
+        body_markdown: String,
     },
     CommentDeleted {},
 }
@@ -75,6 +76,6 @@ impl DomainEvent for CommentEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::current_version(&self.event_type()).to_owned()
     }
 }

@@ -169,12 +169,25 @@ impl Envelope {
         )
     }
 
-    /// Decodes the payload into the typed event enum `E` (externally tagged by event type).
+    /// Decodes the payload into the typed event enum `E` (externally tagged by event type),
+    /// upcast first when it was written at an older version.
     ///
     /// # Errors
     /// When the payload does not match the event type's fields.
     pub fn decode<E: DeserializeOwned>(&self) -> Result<E, DecodeError> {
         use serde::de::value::{MapAccessDeserializer, MapDeserializer};
+        // An old version is read as the current one (upcasters, `crate::upcast`).
+        if !crate::is_current(&self.event_type, &self.event_version) {
+            let payload =
+                crate::upcast(&self.event_type, &self.event_version, self.payload.clone());
+            let tagged = MapAccessDeserializer::new(MapDeserializer::<_, serde_json::Error>::new(
+                std::iter::once((self.event_type.as_str(), &payload)),
+            ));
+            return E::deserialize(tagged).map_err(|source| DecodeError {
+                event_type: self.event_type.clone(),
+                source,
+            });
+        }
         // `{event_type: payload}` without copying the payload: a one-entry map over borrows,
         // read as an externally tagged enum.
         let tagged = MapAccessDeserializer::new(MapDeserializer::<_, serde_json::Error>::new(

@@ -18,8 +18,8 @@
 //! - [`testing`]: running a command without a store, and the projectability check, for
 //!   the domain crates' property tests.
 //!
-//! Payload types are versioned by their `event_version`; an old version is upcast, never
-//! edited. This crate does no I/O.
+//! Payload types are versioned by their `event_version`; an old version is upcast on
+//! every read ([`upcast`]), never edited. This crate does no I/O.
 
 mod envelope;
 
@@ -32,9 +32,11 @@ pub mod limits;
 pub mod monitoring;
 pub mod scheduler;
 pub mod testing;
+mod upcast;
 
 pub use envelope::{
     is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,
     StoredEvent, HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE,
     HEADER_EVENT_VERSION, SUBJECT_ROOT,
 };
+pub use upcast::{current_version, is_current, upcast};

@@ -769,3 +769,104 @@ async fn the_post_cache_empties_when_its_listener_connection_is_lost() {
     .await;
     assert_eq!(tag_counts(&app).await, json!([{"tag": "u", "count": 1}]));
 }
+
+/// Upcasting (issue 15): a comment stored at version 1 (`body`, before the field became
+/// `body_markdown`) is still in the store and the stream. The projector shows it, the
+/// aggregate's load decides a delete on it, and a replay rebuilds the same rows.
+#[tokio::test]
+async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
+    let app = TestApp::spawn().await;
+    let post = draft(&app, "Old comments", "body", &[]).await;
+    publish(&app, &post).await;
+    let comment = uuid::Uuid::now_v7().to_string();
+    let fields = json!({"comment_id": comment, "post_id": post, "post_author_id": app.user_id,
+                        "author_id": app.user_id, "body": "Written in **2025**"});
+    let event_id = uuid::Uuid::now_v7();
+    let correlation_id = uuid::Uuid::now_v7();
+    let envelope = json!({
+        "event_id": event_id, "event_type": "CommentAdded", "event_version": "1",
+        "context": "blog", "aggregate_type": "comment", "aggregate_id": comment, "sequence": 1,
+        "recorded_at": "2025-06-01T12:00:00Z", "correlation_id": correlation_id,
+        "actor": app.user_id, "payload": fields,
+    });
+    // As a version-1 writer stored it: the event row, and its outbox row for the relay.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('comment', $1, 1, 'CommentAdded', '1', $2, $3)",
+    )
+    .bind(&comment)
+    .bind(json!({"CommentAdded": fields}))
+    .bind(json!({"event_id": event_id, "recorded_at": "2025-06-01T12:00:00Z",
+                 "correlation_id": correlation_id, "actor": app.user_id}))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
+         VALUES ($1, $2, 'CommentAdded', '1', 1, $3, $4)",
+    )
+    .bind(format!("events.blog.comment.{comment}"))
+    .bind(format!("comment:{comment}:1"))
+    .bind(correlation_id)
+    .bind(serde_json::to_vec(&envelope).unwrap())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // The projector reads it as version 2.
+    let shown = eventually("the old comment on the post", WAIT, || async {
+        let comments: Value = app
+            .get(&format!("/api/v1/posts/{post}/comments"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        let items = comments["items"].as_array()?.clone();
+        (items.len() == 1).then_some(items)
+    })
+    .await;
+    assert_eq!(shown[0]["id"], comment.as_str());
+    assert_eq!(shown[0]["body"], "Written in **2025**");
+    // A replay reads it the same way: the same rows.
+    let rows = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT row_to_json(c)::text FROM post_comments c ORDER BY id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let live = rows().await;
+    let client = app.nats.client().await;
+    chronicle_projections::replay_named("posts", &app.pool, &client, 2, |_, _| {})
+        .await
+        .expect("a known projection")
+        .unwrap();
+    assert_eq!(rows().await, live);
+    // The aggregate's load decides on it: its author deletes it, appending version 2.
+    let deleted = act(
+        &app,
+        &app.token,
+        Method::DELETE,
+        &format!("/api/v1/posts/{post}/comments/{comment}"),
+    )
+    .await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let versions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, event_version FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&comment)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        [
+            ("CommentAdded".to_owned(), "1".to_owned()),
+            ("CommentDeleted".to_owned(), "1".to_owned())
+        ],
+        "the old event stays as it was written"
+    );
+}

@@ -124,7 +124,7 @@ impl Comment {
                     post_id: post.post_id,
                     post_author_id: post.author_id,
                     author_id,
-                    body,
+                    body_markdown: body,
                 }])
             }
             CommentCommand::Delete { by } => {
@@ -213,7 +213,7 @@ mod tests {
             post_id: "p-1".into(),
             post_author_id: "ann".into(),
             author_id: "bob".into(),
-            body: "Nice".into(),
+            body_markdown: "Nice".into(),
         }
     }
 
