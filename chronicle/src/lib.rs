@@ -7,6 +7,9 @@
 //!   `chronicle up`, the role subcommands, the test harness (`chronicle-tests`) and
 //!   `compose.yaml` (written by `chronicle compose`, checked by a test) all come from it.
 //!
+//! - [`schemas`]: `chronicle schemas export`, the event contracts as files.
+//!
 //! The binary (`src/main.rs`) adds the command line, the settings and the embedded servers.
 
 pub mod components;
+pub mod schemas;

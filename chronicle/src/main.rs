@@ -75,6 +75,11 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The event contracts: JSON Schemas of the envelope and every event type and version.
+    Schemas {
+        #[command(subcommand)]
+        command: SchemasCommand,
+    },
     /// The log itself.
     Events {
         #[command(subcommand)]
@@ -101,6 +106,13 @@ enum ProjectionsCommand {
         #[arg(long)]
         seq: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Writes `envelope.schema.json`, `events/<context>.<aggregate>.<Event>.v<N>.schema.json`
+    /// and `index.json` into DIR.
+    Export { dir: std::path::PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +163,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Saga { name } => {
             let saga = processes::saga_component(&name)?;
             processes::single(settings, vec![saga]).await
+        }
+        Command::Schemas {
+            command: SchemasCommand::Export { dir },
+        } => {
+            let written = chronicle::schemas::export(&dir)?;
+            println!("chronicle: wrote {written} schemas into {}", dir.display());
+            Ok(())
         }
         Command::Events {
             command:

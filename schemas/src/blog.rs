@@ -5,7 +5,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// Everything that can happen to a post (aggregate type `post`, id = a UUID v7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PostEvent {
     /// The author started the post; it is a draft, seen by its author only.
     PostDrafted {
@@ -52,7 +52,7 @@ impl DomainEvent for PostEvent {
 /// Everything that can happen to one comment (aggregate type `comment`, id = a UUID v7).
 /// Each comment is its own small aggregate, so a post with thousands of comments costs
 /// nothing to the post's commands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CommentEvent {
     CommentAdded {
         comment_id: String,

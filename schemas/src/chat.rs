@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// A group room (any member adds and removes members) or a direct room (exactly two
 /// members, one per pair of users, fixed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
     Group,
@@ -23,7 +23,7 @@ impl RoomKind {
 }
 
 /// Everything that happens in a room (aggregate type `room`, id = a UUID v7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RoomEvent {
     RoomCreated {
         room_id: String,

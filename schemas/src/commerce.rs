@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Everything that can happen to one inventory item (aggregate type `inventory_item`, id =
 /// its SKU). Quantities are whole units; money is integer cents.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum InventoryEvent {
     /// The item was added to the catalogue with its opening stock.
     ItemCreated {
@@ -52,7 +52,7 @@ impl DomainEvent for InventoryEvent {
 }
 
 /// One line of an order: the unit price is the item's price when the order was placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderLine {
     pub sku: String,
     pub quantity: u64,
@@ -60,14 +60,14 @@ pub struct OrderLine {
 }
 
 /// A coupon as applied to an order when it was placed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppliedCoupon {
     pub code: String,
     pub percent_off: u8,
 }
 
 /// Who cancelled an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelledBy {
     Customer,
@@ -76,7 +76,7 @@ pub enum CancelledBy {
 }
 
 /// Everything that can happen to an order (aggregate type `order`, id = a UUID v7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OrderEvent {
     /// The customer placed the order; it waits for the saga to reserve its stock.
     OrderPlaced {
@@ -152,7 +152,7 @@ impl DomainEvent for OrderEvent {
 }
 
 /// Everything that can happen to a coupon (aggregate type `coupon`, id = its code).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CouponEvent {
     CouponCreated {
         code: String,

@@ -42,7 +42,7 @@ pub fn is_valid_subject_token(token: &str) -> bool {
 ///
 /// It is stored in postgres-es's `metadata` column, so the events table keeps the library's
 /// exact layout while every event still has its id and times.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metadata {
     /// UUIDv7 of this event, unique across the log.
     pub event_id: Uuid,
@@ -62,7 +62,7 @@ pub struct Metadata {
 ///
 /// `payload` is the event's own fields (for `StockReceived`: `{"quantity": 5}`); the event
 /// type names which payload it is. [`Envelope::decode`] turns it back into the typed enum.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Envelope {
     pub event_id: Uuid,
     pub event_type: String,

@@ -9,7 +9,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// Everything that happens to a file (aggregate type `file`, id = a UUID v7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum FileEvent {
     /// The file exists; its bytes are the object named `sha256`.
     FileStored {
@@ -48,7 +48,7 @@ impl DomainEvent for FileEvent {
 
 /// A resumable upload (aggregate type `upload`, id = a UUID v7): declared size and hash,
 /// chunks in any order, completed once every chunk is in and the bytes hash as declared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum UploadEvent {
     UploadStarted {
         upload_id: String,
@@ -94,7 +94,7 @@ impl DomainEvent for UploadEvent {
 /// A tus 1.0 upload (aggregate type `tus_upload`, id = a UUID v7): a declared length,
 /// bytes appended in order at the offset the server holds, each `PATCH` kept as one
 /// object-store part, finished when the last byte is in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum TusUploadEvent {
     TusUploadCreated {
         upload_id: String,
@@ -137,7 +137,7 @@ impl DomainEvent for TusUploadEvent {
 
 /// A link that serves a file without authentication until it expires or is revoked
 /// (aggregate type `share`, id = the SHA-256 of its token; the token itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ShareEvent {
     ShareCreated {
         file_id: String,

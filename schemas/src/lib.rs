@@ -9,6 +9,8 @@
 //! - [`blog`]: the payloads of the blog context (posts, comments).
 //! - [`chat`]: the payloads of the chat context (rooms, members, messages, read marks).
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
+//! - [`contracts`]: the JSON Schema of the envelope and of every event type and version
+//!   (`chronicle schemas export`).
 //! - [`files`]: the payloads of the files context (files, uploads, share links; no bytes,
 //!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
@@ -26,6 +28,7 @@ mod envelope;
 pub mod blog;
 pub mod chat;
 pub mod commerce;
+pub mod contracts;
 pub mod files;
 pub mod identity;
 pub mod limits;

@@ -13,7 +13,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// How the samples of a rule's window are reduced to one value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     Avg,
@@ -27,7 +27,7 @@ pub enum Aggregation {
 }
 
 /// How a rule's value is compared with its threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Comparison {
     #[serde(rename = ">")]
     Above,
@@ -60,7 +60,7 @@ impl Comparison {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -69,7 +69,7 @@ pub enum Severity {
 }
 
 /// Where a rule's notifications go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Channel {
     /// A JSON POST to a host `CHRONICLE_NOTIFY_ALLOW` allows.
@@ -81,7 +81,7 @@ pub enum Channel {
 /// What a rule watches and when it alerts: `agg` of `metric` (the series whose labels
 /// include `labels`) over the last `window_seconds`, compared with `threshold`; an alert
 /// fires once the condition has held for `for_seconds`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RuleSpec {
     pub name: String,
     pub metric: String,
@@ -98,7 +98,7 @@ pub struct RuleSpec {
 }
 
 /// The states of an alert, in the order it passes through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     Pending,
@@ -120,7 +120,7 @@ impl AlertState {
 
 /// What happened to a rule and its alerts. An alert's id is `<rule id>.<n>`, `n` counting
 /// the rule's alerts from 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RuleEvent {
     RuleCreated {
         rule_id: String,

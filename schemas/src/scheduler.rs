@@ -9,7 +9,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// When a job is due.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// Every time `expression` (seconds optional) matches the wall clock of `timezone`
@@ -23,7 +23,7 @@ pub enum Schedule {
 }
 
 /// What a job does when it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
     /// An HTTP request to a host the operator allows; a 2xx answer is success.
@@ -46,7 +46,7 @@ pub enum Action {
 }
 
 /// The commands a job may run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum CommandAction {
     /// Does nothing but succeed: a heartbeat job, and the benchmark's action.
@@ -59,7 +59,9 @@ pub enum CommandAction {
 }
 
 /// What happens to due times that passed while no scheduler ran.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MissedPolicy {
     /// None of them runs; the job goes on from its next due time.
@@ -72,7 +74,9 @@ pub enum MissedPolicy {
 }
 
 /// What happens to a due time that arrives while the job's previous run still runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OverlapPolicy {
     /// It is skipped.
@@ -85,7 +89,7 @@ pub enum OverlapPolicy {
 }
 
 /// Everything a job's owner chose about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobSpec {
     pub name: String,
     pub schedule: Schedule,
@@ -103,7 +107,7 @@ pub struct JobSpec {
 }
 
 /// Why due times were skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// They passed while no scheduler ran (the job's missed-run policy skips them).
@@ -117,7 +121,7 @@ pub enum SkipReason {
 ///
 /// Every event that moves the job's next due time carries it (`next_due_at`), computed when
 /// the command was decided: readers never evaluate a cron expression to follow a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum JobEvent {
     JobCreated {
         job_id: String,

@@ -6,6 +6,7 @@ mod chat;
 mod commerce;
 mod common;
 mod content;
+mod contracts;
 mod files;
 mod gateway;
 mod group_commit;
