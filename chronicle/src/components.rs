@@ -298,8 +298,65 @@ pub fn compose_yaml() -> String {
             out.push_str("    ports: [\"8080-8081:8080\"]\n");
         }
     }
+    // Prometheus scrapes every replica of every component (Docker's DNS answers a service
+    // name with all of them) on CHRONICLE_METRICS_ADDR; Grafana shows the dashboard.
+    let names: Vec<String> = all().iter().map(|c| format!("{:?}", c.name())).collect();
+    out.push_str(&COMPOSE_MONITORING.replace("@SERVICES@", &names.join(", ")));
     out
 }
+
+const COMPOSE_MONITORING: &str = r#"  prometheus:
+    image: prom/prometheus:v2.53.0
+    command: ["--config.file=/etc/prometheus/prometheus.yml"]
+    configs:
+      - source: prometheus-config
+        target: /etc/prometheus/prometheus.yml
+    volumes:
+      - ./deploy/prometheus/chronicle-rules.yml:/etc/prometheus/chronicle-rules.yml:ro
+    ports: ["9090:9090"]
+  grafana:
+    image: grafana/grafana:11.1.0
+    depends_on: [prometheus]
+    configs:
+      - source: grafana-datasource
+        target: /etc/grafana/provisioning/datasources/prometheus.yml
+      - source: grafana-dashboards
+        target: /etc/grafana/provisioning/dashboards/chronicle.yml
+    volumes:
+      - ./deploy/grafana/chronicle-dashboard.json:/var/lib/grafana/dashboards/chronicle.json:ro
+    ports: ["3000:3000"]
+
+configs:
+  prometheus-config:
+    content: |
+      global:
+        scrape_interval: 15s
+        evaluation_interval: 15s
+      rule_files: [/etc/prometheus/chronicle-rules.yml]
+      scrape_configs:
+        - job_name: chronicle
+          dns_sd_configs:
+            - names: [@SERVICES@]
+              type: A
+              port: 9100
+  grafana-datasource:
+    content: |
+      apiVersion: 1
+      datasources:
+        - name: Prometheus
+          type: prometheus
+          uid: prometheus
+          url: http://prometheus:9090
+          isDefault: true
+  grafana-dashboards:
+    content: |
+      apiVersion: 1
+      providers:
+        - name: chronicle
+          type: file
+          options:
+            path: /var/lib/grafana/dashboards
+"#;
 
 /// The variables every component gets from the shared block of `compose.yaml`.
 const SHARED_ENV: &[&str] = &["DATABASE_URL", "NATS_URL"];
@@ -309,11 +366,14 @@ const COMPOSE_HEAD: &str = r#"# Written by `chronicle compose` from the componen
 #
 # Chronicle across machines: a 3-node NATS JetStream cluster with an R3 EVENTS stream (R3
 # streams may keep NATS's default sync interval: each write is on a majority before its
-# ack), PostgreSQL, and each Chronicle component as its own service.
+# ack), PostgreSQL, each Chronicle component as its own service (each serving /metrics on
+# port 9100), and Prometheus (with deploy/prometheus/chronicle-rules.yml) and Grafana (with
+# deploy/grafana/chronicle-dashboard.json) watching them.
 x-chronicle-env: &chronicle-env
   DATABASE_URL: postgres://chronicle:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}@postgres:5432/chronicle
   NATS_URL: nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222
   CHRONICLE_STREAM_REPLICAS: "3"
+  CHRONICLE_METRICS_ADDR: 0.0.0.0:9100
   RUST_LOG: info
 
 x-chronicle: &chronicle

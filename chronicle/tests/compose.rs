@@ -43,3 +43,33 @@ fn every_component_is_a_service_with_every_variable_it_requires() {
         }
     }
 }
+
+#[test]
+fn prometheus_scrapes_every_component_and_grafana_has_the_dashboard() {
+    let committed = include_str!("../../compose.yaml");
+    let scraped = committed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- names: ["))
+        .expect("a dns_sd_configs list");
+    for component in all() {
+        assert!(
+            scraped.contains(&format!("{:?}", component.name())),
+            "Prometheus does not scrape {}",
+            component.name()
+        );
+    }
+    assert!(committed.contains("CHRONICLE_METRICS_ADDR: 0.0.0.0:9100"));
+    assert!(committed.contains("./deploy/prometheus/chronicle-rules.yml:"));
+    assert!(committed.contains("./deploy/grafana/chronicle-dashboard.json:"));
+    for file in [
+        "../deploy/prometheus/chronicle-rules.yml",
+        "../deploy/grafana/chronicle-dashboard.json",
+    ] {
+        assert!(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(file)
+                .exists(),
+            "{file}"
+        );
+    }
+}
