@@ -221,3 +221,56 @@ fn the_event_stream_of_one_file() {
 fn json(event: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(event).expect("events serialize")
 }
+
+#[test]
+fn the_event_stream_of_one_tus_upload() {
+    use chronicle_files::{TusCommand, TusUpload};
+    let mut upload = TusUpload::default();
+    let mut stream = Vec::new();
+    for command in [
+        TusCommand::Create {
+            upload_id: "t1".into(),
+            owner_id: "alice".into(),
+            name: "video.mp4".into(),
+            size: 10,
+            content_type: "video/mp4".into(),
+            expires_at: at(86_400),
+        },
+        TusCommand::Store {
+            offset: 0,
+            length: 4,
+            part: "tus/t1/0".into(),
+            by: "alice".into(),
+        },
+        TusCommand::Store {
+            offset: 4,
+            length: 6,
+            part: "tus/t1/1".into(),
+            by: "alice".into(),
+        },
+        TusCommand::Finish {
+            file_id: "f1".into(),
+            sha256: "a".repeat(64),
+            by: "alice".into(),
+        },
+    ] {
+        let events = execute(&mut upload, command, &()).expect("accepted");
+        stream.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
+    }
+    let mut expired = TusUpload::default();
+    for command in [
+        TusCommand::Create {
+            upload_id: "t2".into(),
+            owner_id: "alice".into(),
+            name: "left.bin".into(),
+            size: 10,
+            content_type: "application/octet-stream".into(),
+            expires_at: at(60),
+        },
+        TusCommand::Expire { now: at(61) },
+    ] {
+        let events = execute(&mut expired, command, &()).expect("accepted");
+        stream.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
+    }
+    insta::assert_json_snapshot!(stream);
+}

@@ -39,3 +39,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_event_stream_of_one_user() {
+    let mut user = User::default();
+    let mut stream = Vec::new();
+    for command in [
+        UserCommand::Register {
+            username: "ada".into(),
+            display_name: "Ada".into(),
+        },
+        UserCommand::ChangeProfile {
+            actor: "ada-id".into(),
+            display_name: "Ada Lovelace".into(),
+        },
+    ] {
+        match execute(&mut user, command, &"ada-id".to_owned()) {
+            Ok(events) => stream.extend(events.iter().map(|e| serde_json::to_value(e).unwrap())),
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+    insta::assert_json_snapshot!(stream);
+}
