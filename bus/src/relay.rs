@@ -218,7 +218,9 @@ impl Relay {
                         count = published.len(),
                         "dropping outbox rows already in the stream"
                     );
-                    delete(conn, &published).await?;
+                    // Published before a crash: the stream's end is theirs (one publisher).
+                    let (last, created) = stream_end(&stream).await?;
+                    delete(conn, &published, last, created).await?;
                     continue;
                 }
                 recovering = false;
@@ -228,10 +230,16 @@ impl Relay {
             };
             // On an error the outcome of the batch is unknown: the caller starts over, in
             // recovery, and finds out from the stream.
-            self.publish_batch(&js, &rows).await?;
+            let last = self.publish_batch(&js, &rows).await?;
             self.faults.hit("relay.after_publish")?;
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            delete(conn, &ids).await?;
+            delete(
+                conn,
+                &ids,
+                last,
+                utc(stream.cached_info().created.unix_timestamp_nanos()),
+            )
+            .await?;
             let oldest = rows.first().map_or(0.0, |r| r.age_seconds.max(0.0));
             metrics::histogram!("chronicle_relay_publish_lag_seconds")
                 .record(oldest + round_started.elapsed().as_secs_f64());
@@ -249,7 +257,7 @@ impl Relay {
         &self,
         js: &jetstream::Context,
         rows: &[OutboxRow],
-    ) -> Result<(), RelayError> {
+    ) -> Result<u64, RelayError> {
         let batch_id = Uuid::now_v7().simple().to_string();
         let last = rows.len() - 1;
         for (i, row) in rows.iter().enumerate() {
@@ -280,23 +288,28 @@ impl Relay {
                     tracing::info!(%error, rows = rows.len(), "atomic batch refused; publishing one by one");
                     return self.publish_each(js, rows).await;
                 }
-                if ack.get("seq").is_none() {
-                    return Err(BusError::Request {
-                        context: "committing a batch",
-                        detail: format!("unexpected reply {ack}"),
-                    }
-                    .into());
-                }
+                // The batch's last message: the stream's last sequence now (one publisher).
+                return ack
+                    .get("seq")
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| {
+                        BusError::Request {
+                            context: "committing a batch",
+                            detail: format!("unexpected reply {ack}"),
+                        }
+                        .into()
+                    });
             }
         }
-        Ok(())
+        Ok(0)
     }
 
     async fn publish_each(
         &self,
         js: &jetstream::Context,
         rows: &[OutboxRow],
-    ) -> Result<(), RelayError> {
+    ) -> Result<u64, RelayError> {
+        let mut last = 0;
         for row in rows {
             let ack = js
                 .publish_with_headers(
@@ -309,12 +322,15 @@ impl Relay {
                     context: "publishing an event",
                     detail: e.to_string(),
                 })?;
-            ack.await.map_err(|e| BusError::Request {
-                context: "awaiting a publish ack",
-                detail: e.to_string(),
-            })?;
+            last = ack
+                .await
+                .map_err(|e| BusError::Request {
+                    context: "awaiting a publish ack",
+                    detail: e.to_string(),
+                })?
+                .sequence;
         }
-        Ok(())
+        Ok(last)
     }
 }
 
@@ -332,6 +348,25 @@ fn headers_of(row: &OutboxRow) -> HeaderMap {
         row.correlation_id.to_string().as_str(),
     );
     headers
+}
+
+/// The stream's last sequence and creation time, as the server has them now.
+async fn stream_end(
+    stream: &jetstream::stream::Stream,
+) -> Result<(u64, chrono::DateTime<chrono::Utc>), RelayError> {
+    let info = stream.get_info().await.map_err(|e| BusError::Request {
+        context: "reading the stream",
+        detail: e.to_string(),
+    })?;
+    Ok((
+        info.state.last_sequence,
+        utc(info.created.unix_timestamp_nanos()),
+    ))
+}
+
+/// A NATS time (nanoseconds since the epoch) as chrono's.
+fn utc(nanos: i128) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
 /// Splits rows into those whose event is already in the stream (their ids) and the rest.
@@ -366,11 +401,27 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<(), RelayError> {
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("deleting relayed outbox rows"))?;
+/// Deletes published rows and records, in the same statement, that the stream created at
+/// `created` holds everything up to `stream_seq` (see migration 0011: what a rebuild from
+/// the event store starts the readers from).
+async fn delete(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    stream_seq: u64,
+    created: chrono::DateTime<chrono::Utc>,
+) -> Result<(), RelayError> {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM outbox WHERE id = ANY($1)) \
+         INSERT INTO relay_position (id, stream_seq, stream_created, updated_at) \
+         VALUES (true, $2, $3, now()) \
+         ON CONFLICT (id) DO UPDATE SET stream_seq = excluded.stream_seq, \
+             stream_created = excluded.stream_created, updated_at = now()",
+    )
+    .bind(ids)
+    .bind(i64::try_from(stream_seq).unwrap_or(i64::MAX))
+    .bind(created)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("deleting relayed outbox rows"))?;
     Ok(())
 }

@@ -69,6 +69,10 @@ enum Command {
         /// times (W2: 5,000 → 50,000 took 1M events from ~35k to ~44k events/s).
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
+        /// Where to read the events: `stream` (JetStream, the default) or `postgres` (the
+        /// event store, when the stream was lost or trimmed).
+        #[arg(long, default_value = "stream", value_parser = ["stream", "postgres"])]
+        from: String,
     },
     /// Projection and saga checkpoints, lag and parked events.
     Projections {
@@ -196,9 +200,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", chronicle::components::compose_yaml());
             Ok(())
         }
-        Command::Replay { name, all, batch } => {
+        Command::Replay {
+            name,
+            all,
+            batch,
+            from,
+        } => {
             let names = processes::projection_names(name.as_deref(), all)?;
-            processes::replay(settings, names, batch).await
+            processes::replay(settings, names, batch, from == "postgres").await
         }
         Command::Projections { command } => match command {
             ProjectionsCommand::Status => processes::status(settings).await,

@@ -274,7 +274,12 @@ async fn signal() {
 ///
 /// # Errors
 /// When the servers cannot be reached or the replay fails.
-pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> anyhow::Result<()> {
+pub async fn replay(
+    settings: Settings,
+    names: Vec<String>,
+    batch: usize,
+    from_store: bool,
+) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     for name in names {
@@ -282,8 +287,19 @@ pub async fn replay(settings: Settings, names: Vec<String>, batch: usize) -> any
             let percent = (done * 100).checked_div(total).unwrap_or(100);
             eprint!("\r{name}: {done}/{total} events ({percent}%)");
         };
-        let stats = replay_named(&name, &connections.pool, &connections.nats, batch, progress)
+        let replayed = if from_store {
+            chronicle_projections::replay_named_from_store(
+                &name,
+                &connections.pool,
+                &connections.nats,
+                batch,
+                progress,
+            )
             .await
+        } else {
+            replay_named(&name, &connections.pool, &connections.nats, batch, progress).await
+        };
+        let stats = replayed
             .with_context(|| format!("unknown projection {name:?}"))?
             .with_context(|| format!("replaying {name}"))?;
         eprintln!();

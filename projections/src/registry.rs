@@ -128,3 +128,18 @@ pub async fn replay_named(
     )
     .await)
 }
+
+/// Rebuilds the projection `name` from the event store (`replay --from postgres`; see
+/// [`crate::replay_from_store`]). `None` when there is no such projection.
+pub async fn replay_named_from_store(
+    name: &str,
+    pool: &PgPool,
+    client: &async_nats::Client,
+    batch_max: usize,
+    progress: impl FnMut(u64, u64),
+) -> Option<Result<ReplayStats, ProjectionError>> {
+    by_name!(name, |p| crate::replay_from_store(
+        &p, pool, client, batch_max, progress
+    )
+    .await)
+}

@@ -46,17 +46,7 @@ pub async fn replay<P: Projection>(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ReplayStats, ProjectionError> {
     let started = Instant::now();
-    let name = projection.name();
-    let shadow = format!("replay_{name}");
-    setup(pool, projection).await?;
-    sqlx::raw_sql(&format!(
-        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}; \
-         SET search_path TO {shadow}; {ddl}; RESET search_path;",
-        ddl = projection.ddl()
-    ))
-    .execute(pool)
-    .await
-    .map_err(ProjectionError::db("creating the shadow tables"))?;
+    let shadow = prepare_shadow(projection, pool).await?;
 
     let nats = |context| move |e: String| ProjectionError::nats(context)(e);
     let js = jetstream::new(client.clone());
@@ -98,18 +88,231 @@ pub async fn replay<P: Projection>(
     } else {
         None
     };
-    let mut done = 0;
-    let mut last_sequence = 0;
-    let mut skipped = Vec::new();
-    if total > 0 {
+    let filled = if total > 0 {
         let messages = consumer
             .messages()
             .await
             .map_err(|e| nats("replaying")(e.to_string()))?;
         // Reading and decoding overlap with writing: a reader task fills the next batch
         // while this one is applied. Two batches in flight bound the memory.
-        let (batches, mut ready) = tokio::sync::mpsc::channel(2);
+        let (batches, ready) = tokio::sync::mpsc::channel(2);
         let reader = tokio::spawn(read_batches(messages, client_filter, batch_max, batches));
+        let filled = fill(projection, pool, &shadow, ready, total, &mut progress).await?;
+        reader
+            .await
+            .map_err(|e| nats("replaying")(format!("the reader task failed: {e}")))?;
+        filled
+    } else {
+        Filled::default()
+    };
+    swap(projection, pool, &shadow, filled.last, &filled.skipped).await?;
+    Ok(ReplayStats {
+        events: filled.done,
+        last_sequence: filled.last,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Rebuilds `projection` from the event store in PostgreSQL instead of the stream, for when
+/// the stream was lost or trimmed, and swaps it in (`chronicle replay --from postgres`).
+///
+/// One snapshot of the database gives the events and the relay's position (migration 0011):
+/// every event of the snapshot that is not in its outbox is in the stream at or below that
+/// position, and every event in its outbox comes after it. So the rebuilt model takes the
+/// former, its checkpoint is the position, and the live projector goes on with the latter
+/// as the relay publishes them: nothing missed, nothing twice. When the stream was created
+/// after the position was recorded (lost and made again), no event of the new stream was in
+/// the snapshot, and the checkpoint is 0. Events keep each aggregate's order; across
+/// aggregates they come in commit time order.
+///
+/// Events it cannot apply are parked without a stream sequence (0): retry them by replaying
+/// again once the cause is fixed.
+///
+/// # Errors
+/// When Postgres or NATS fail; the live tables are untouched then.
+pub async fn replay_from_store<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    client: &async_nats::Client,
+    batch_max: usize,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ReplayStats, ProjectionError> {
+    let started = Instant::now();
+    let shadow = prepare_shadow(projection, pool).await?;
+    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let js = jetstream::new(client.clone());
+    let stream = ensure_events_stream(&js)
+        .await
+        .map_err(|e| nats("opening the stream")(e.to_string()))?;
+    let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(ProjectionError::db("connecting for the snapshot"))?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .map_err(ProjectionError::db("taking a snapshot"))?;
+    let position: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT stream_seq, (EXTRACT(EPOCH FROM stream_created) * 1000000)::bigint FROM relay_position",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(ProjectionError::db("reading the relay's position"))?;
+    // The same stream when its creation time matches to the millisecond (PostgreSQL keeps
+    // microseconds, NATS nanoseconds).
+    let checkpoint = match position {
+        Some((seq, at)) if (i128::from(at) - created).abs() < 1_000 => seq.max(0) as u64,
+        _ => 0,
+    };
+    let contexts: std::collections::HashMap<&str, &str> =
+        chronicle_schemas::contracts::event_contracts()
+            .into_iter()
+            .map(|c| (c.aggregate_type, c.context))
+            .collect();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(ProjectionError::db("counting the events"))?;
+    let subjects = projection.subjects();
+    let mut rows = sqlx::query_as::<_, StoredRow>(
+        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                e.payload::jsonb AS payload, e.metadata::jsonb AS metadata \
+         FROM (SELECT *, max((metadata->>'recorded_at')::timestamptz) \
+                   OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence) AS at \
+               FROM events) e \
+         WHERE NOT EXISTS (SELECT 1 FROM outbox o \
+                           WHERE o.message_id = e.aggregate_type || ':' || e.aggregate_id || ':' || e.sequence) \
+         ORDER BY e.at, e.aggregate_type, e.aggregate_id, e.sequence",
+    )
+    .fetch(&mut *conn);
+    let (batches, ready) = tokio::sync::mpsc::channel(2);
+    let filling = fill(
+        projection,
+        pool,
+        &shadow,
+        ready,
+        total.max(0) as u64,
+        &mut progress,
+    );
+    let reading = async move {
+        let mut batch = Batch::with_capacity(batch_max);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(ProjectionError::db("reading the events"))?;
+            let context = contexts
+                .get(row.aggregate_type.as_str())
+                .copied()
+                .unwrap_or("unknown");
+            let subject =
+                chronicle_schemas::subject_for(context, &row.aggregate_type, &row.aggregate_id);
+            if !subjects.iter().any(|p| subject_matches(p, &subject)) {
+                continue;
+            }
+            batch.last = checkpoint;
+            match serde_json::from_value::<chronicle_schemas::Metadata>(row.metadata) {
+                Ok(metadata) => {
+                    let envelope = Envelope::from_stored(
+                        chronicle_schemas::StoredEvent {
+                            context,
+                            aggregate_type: &row.aggregate_type,
+                            aggregate_id: &row.aggregate_id,
+                            sequence: row.sequence.max(0) as u64,
+                            event_type: &row.event_type,
+                            event_version: &row.event_version,
+                            payload: row.payload,
+                        },
+                        &metadata,
+                    );
+                    batch.events.push(envelope);
+                    batch.seqs.push(0);
+                }
+                Err(e) => batch.skipped.push(Skipped {
+                    seq: 0,
+                    subject,
+                    event_type: row.event_type.clone(),
+                    error: format!("cannot read the event's metadata: {e}"),
+                }),
+            }
+            if batch.events.len() >= batch_max {
+                let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_max));
+                if batches.send(Ok(full)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        batch.last = checkpoint;
+        let _ = batches.send(Ok(batch)).await;
+        Ok::<(), ProjectionError>(())
+    };
+    let (read, filled) = tokio::join!(reading, filling);
+    // The snapshot was only read: end it before the connection goes back to the pool.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *conn)
+        .await
+        .map_err(ProjectionError::db("ending the snapshot"))?;
+    drop(conn);
+    read?;
+    let filled = filled?;
+    swap(projection, pool, &shadow, checkpoint, &filled.skipped).await?;
+    Ok(ReplayStats {
+        events: filled.done,
+        last_sequence: checkpoint,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One row of the events table, as a rebuild from the event store reads it.
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+}
+
+/// Creates the projection's tables in its shadow schema (`replay_<name>`), empty: its name.
+async fn prepare_shadow<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+) -> Result<String, ProjectionError> {
+    let shadow = format!("replay_{}", projection.name());
+    setup(pool, projection).await?;
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}; \
+         SET search_path TO {shadow}; {ddl}; RESET search_path;",
+        ddl = projection.ddl()
+    ))
+    .execute(pool)
+    .await
+    .map_err(ProjectionError::db("creating the shadow tables"))?;
+    Ok(shadow)
+}
+
+/// What filling the shadow tables did.
+#[derive(Default)]
+struct Filled {
+    done: u64,
+    /// The stream sequence of the last message read.
+    last: u64,
+    skipped: Vec<Skipped>,
+}
+
+/// Applies the batches from `ready` to the shadow tables, each in a transaction of its own;
+/// a batch that fails is applied again one event at a time, leaving out what fails.
+async fn fill<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    shadow: &str,
+    mut ready: tokio::sync::mpsc::Receiver<Result<Batch, ProjectionError>>,
+    total: u64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<Filled, ProjectionError> {
+    let (mut done, mut last_sequence, mut skipped) = (0, 0, Vec::new());
+    {
+        let shadow = shadow.to_owned();
         while let Some(batch) = ready.recv().await {
             let mut batch: Batch = batch?;
             let mut tx = pool
@@ -137,11 +340,24 @@ pub async fn replay<P: Projection>(
             skipped.append(&mut batch.skipped);
             progress(done, total.max(done));
         }
-        reader
-            .await
-            .map_err(|e| nats("replaying")(format!("the reader task failed: {e}")))?;
     }
+    Ok(Filled {
+        done,
+        last: last_sequence,
+        skipped,
+    })
+}
 
+/// Swaps the shadow tables in, with the checkpoint at `checkpoint` and `skipped` as the
+/// projection's parked events, in one transaction.
+async fn swap<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    shadow: &str,
+    last_sequence: u64,
+    skipped: &[Skipped],
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
     let mut tx = pool
         .begin()
         .await
@@ -164,7 +380,7 @@ pub async fn replay<P: Projection>(
         .execute(&mut *tx)
         .await
         .map_err(ProjectionError::db("replacing the parked events"))?;
-    for event in &skipped {
+    for event in skipped {
         sqlx::query(
             "INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
              VALUES ($1, $2, $3, $4, $5, 1)",
@@ -188,11 +404,7 @@ pub async fn replay<P: Projection>(
     tx.commit()
         .await
         .map_err(ProjectionError::db("committing the swap"))?;
-    Ok(ReplayStats {
-        events: done,
-        last_sequence,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// Reads the replay consumer until nothing is pending, sending batches of at most

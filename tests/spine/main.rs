@@ -17,6 +17,7 @@ mod janitor;
 mod monitoring;
 mod projector;
 mod relay;
+mod replay_store;
 mod scheduler;
 mod subscriber;
 mod tus;

@@ -173,6 +173,10 @@ impl Observer for Metered {
     }
 }
 
+/// How long a subscriber waits for a message before it looks whether its checkpoint was
+/// moved back meanwhile (a rebuild, `replay --from postgres`).
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 /// What a subscriber does with an event its handler keeps failing on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -393,11 +397,25 @@ impl<H: Handler> Subscriber<H> {
             .map_err(SubscriberError::nats("consuming"))?;
         let mut next_delivery = 1;
         loop {
-            let first = messages
-                .next()
-                .await
-                .ok_or_else(|| SubscriberError::nats("consuming")(ConsumerEnded))?
-                .map_err(SubscriberError::nats("consuming"))?;
+            let first = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+                Ok(next) => next
+                    .ok_or_else(|| SubscriberError::nats("consuming")(ConsumerEnded))?
+                    .map_err(SubscriberError::nats("consuming"))?,
+                Err(_) => {
+                    // Quiet: a rebuild may have moved the checkpoint back below where this
+                    // consumer starts (after the stream was lost and made again, new events
+                    // would never reach it). Start over from the checkpoint if so.
+                    if checkpoint::read(&self.pool, &self.config.name).await? < expected {
+                        tracing::info!(
+                            subscriber = self.config.name,
+                            "checkpoint moved back while idle (rebuilt); repositioning"
+                        );
+                        self.observer.repositioned(&self.config.name);
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < self.config.batch_max {
                 match messages.next().now_or_never() {
