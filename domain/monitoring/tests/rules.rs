@@ -432,3 +432,86 @@ fn the_event_stream_of_one_alerts_life() {
     }
     insta::assert_json_snapshot!(stream);
 }
+
+mod samples {
+    use chronicle_monitoring::{
+        is_label_name, is_metric_name, parse_json, parse_text, Limits, MAX_LABELS,
+    };
+    use chronicle_schemas::limits::is_allowed_char;
+    use chrono::{Duration, TimeZone, Utc};
+    use proptest::prelude::*;
+
+    fn limits() -> Limits {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        Limits {
+            now,
+            oldest: now - Duration::days(15),
+            source: Some("s".into()),
+        }
+    }
+
+    /// Lines that are nearly exposition lines: names, braces, quotes, escapes, numbers,
+    /// control characters and non-ASCII in every place.
+    fn line() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("m".to_owned()),
+            Just("metric_total".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just("=".to_owned()),
+            Just(",".to_owned()),
+            Just("\"".to_owned()),
+            Just("\\".to_owned()),
+            Just(" ".to_owned()),
+            Just("le".to_owned()),
+            Just("1".to_owned()),
+            Just("-1e300".to_owned()),
+            Just("NaN".to_owned()),
+            Just("+Inf".to_owned()),
+            Just("1796212800000".to_owned()),
+            Just("# TYPE m counter".to_owned()),
+            Just("\u{0}".to_owned()),
+            Just("é".to_owned()),
+            any::<char>().prop_map(String::from),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_text_is_refused_with_a_line_or_gives_samples_within_the_limits(
+            lines in proptest::collection::vec(line(), 0..8)
+        ) {
+            let text = lines.join("\n");
+            match parse_text(&text, &limits()) {
+                Ok(samples) => {
+                    for s in samples {
+                        prop_assert!(is_metric_name(&s.metric));
+                        prop_assert!(s.value.is_finite() && s.value.abs() <= 1e18);
+                        prop_assert!(s.labels.len() <= MAX_LABELS);
+                        for (k, v) in &s.labels {
+                            prop_assert!(k == "source" || is_label_name(k));
+                            prop_assert!(v.chars().all(is_allowed_char));
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(
+                    e.location.starts_with("line ") || e.location == "request",
+                    "{e}"
+                ),
+            }
+        }
+
+        #[test]
+        fn any_json_is_refused_or_gives_samples_within_the_limits(body in any::<Vec<u8>>()) {
+            if let Ok(samples) = parse_json(&body, &limits()) {
+                for s in samples {
+                    prop_assert!(is_metric_name(&s.metric));
+                    prop_assert!(s.value.is_finite());
+                }
+            }
+        }
+    }
+}
