@@ -308,6 +308,7 @@ fn routes_now() -> HashMap<String, RouteCounts> {
         now,
         oldest: now - chrono::Duration::days(1),
         source: None,
+        own_series: true,
     };
     let Ok(samples) = chronicle_monitoring::parse_text(&text, &limits) else {
         return HashMap::new();

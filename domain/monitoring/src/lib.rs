@@ -20,7 +20,7 @@ pub use chronicle_schemas::monitoring::{
 pub use rule::{OpenAlert, Rule, RuleCommand, RuleError};
 pub use samples::{
     check_source, is_label_name, is_metric_name, parse_json, parse_text, Limits, Sample,
-    SampleError, MAX_LABELS, MAX_LABEL_VALUE, MAX_METRIC_NAME, MAX_SAMPLES,
+    SampleError, MAX_LABELS, MAX_LABEL_VALUE, MAX_METRIC_NAME, MAX_SAMPLES, RESERVED_PREFIXES,
 };
 
 use chronicle_scheduler::{AllowList, HttpTarget};

@@ -69,7 +69,14 @@ pub struct Limits {
     pub oldest: DateTime<Utc>,
     /// The `source` label added to each sample (`Chronicle-Source`), unless it has one.
     pub source: Option<String>,
+    /// Whether metric names Chronicle keeps for itself ([`RESERVED_PREFIXES`]) are taken:
+    /// only by Chronicle's own collector. A reporter writing `chronicle_availability_ratio`
+    /// could otherwise raise or silence the operators' alerts.
+    pub own_series: bool,
 }
+
+/// The metric name prefixes of Chronicle's own series (built-in and business).
+pub const RESERVED_PREFIXES: [&str; 2] = ["chronicle_", "business_"];
 
 /// Whether `name` is a metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, at most 200 characters.
 pub fn is_metric_name(name: &str) -> bool {
@@ -226,6 +233,14 @@ fn checked(
     limits: &Limits,
     location: &str,
 ) -> Result<Option<Sample>, SampleError> {
+    if !limits.own_series && RESERVED_PREFIXES.iter().any(|p| metric.starts_with(p)) {
+        return Err(SampleError::at(
+            location,
+            format!(
+                "{metric:?}: names beginning chronicle_ or business_ are Chronicle's own series"
+            ),
+        ));
+    }
     if !is_metric_name(metric) {
         return Err(SampleError::at(
             location,
@@ -329,6 +344,7 @@ mod tests {
             now,
             oldest: now - Duration::days(15),
             source: Some("host-1".into()),
+            own_series: false,
         }
     }
 
@@ -367,6 +383,22 @@ mod tests {
         assert_eq!(samples[5].labels["path"], "a\"b\\c\nd");
         assert_eq!(samples[5].value, -2500.0);
         assert_eq!(samples[1].at, limits().now);
+    }
+
+    #[test]
+    fn chronicles_own_series_are_refused_from_reporters() {
+        let error = parse_text("ok 1\nchronicle_availability_ratio 0\n", &limits()).unwrap_err();
+        assert_eq!(error.location, "line 2");
+        let json = br#"[{"metric":"business_orders_placed","value":1e6}]"#;
+        assert_eq!(
+            parse_json(json, &limits()).unwrap_err().location,
+            "sample 1"
+        );
+        let own = Limits {
+            own_series: true,
+            ..limits()
+        };
+        assert_eq!(parse_text("chronicle_x 1\n", &own).unwrap().len(), 1);
     }
 
     #[test]

@@ -447,6 +447,7 @@ mod samples {
             now,
             oldest: now - Duration::days(15),
             source: Some("s".into()),
+            own_series: false,
         }
     }
 

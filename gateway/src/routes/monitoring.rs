@@ -79,6 +79,7 @@ pub async fn report(
         now,
         oldest: now - retention(&state),
         source,
+        own_series: false,
     };
     let json = headers
         .get(header::CONTENT_TYPE)
