@@ -170,21 +170,33 @@ pub async fn replay_from_store<P: Projection>(
             .into_iter()
             .map(|c| (c.aggregate_type, c.context))
             .collect();
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(ProjectionError::db("counting the events"))?;
     let subjects = projection.subjects();
+    // Only the aggregate types whose subjects the projection reads are read at all.
+    let types: Vec<&str> = contexts
+        .iter()
+        .filter(|(aggregate_type, context)| {
+            let subject = format!("events.{context}.{aggregate_type}.x");
+            subjects.iter().any(|p| subject_matches(p, &subject))
+        })
+        .map(|(aggregate_type, _)| *aggregate_type)
+        .collect();
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = ANY($1)")
+            .bind(&types)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("counting the events"))?;
     let mut rows = sqlx::query_as::<_, StoredRow>(
         "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
                 e.payload::jsonb AS payload, e.metadata::jsonb AS metadata \
          FROM (SELECT *, max((metadata->>'recorded_at')::timestamptz) \
                    OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence) AS at \
-               FROM events) e \
+               FROM events WHERE aggregate_type = ANY($1)) e \
          WHERE NOT EXISTS (SELECT 1 FROM outbox o \
                            WHERE o.message_id = e.aggregate_type || ':' || e.aggregate_id || ':' || e.sequence) \
          ORDER BY e.at, e.aggregate_type, e.aggregate_id, e.sequence",
     )
+    .bind(&types)
     .fetch(&mut *conn);
     let (batches, ready) = tokio::sync::mpsc::channel(2);
     let filling = fill(
