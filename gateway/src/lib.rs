@@ -43,7 +43,7 @@ pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
 pub use payments::{PaymentRules, SimulatedPayments};
-pub use routes::router;
+pub use routes::{openapi::PROBLEM_CODES, router};
 pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight

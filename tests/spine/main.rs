@@ -15,6 +15,7 @@ mod hub;
 mod identity;
 mod janitor;
 mod monitoring;
+mod openapi;
 mod projector;
 mod relay;
 mod replay_store;

@@ -36,7 +36,7 @@
 //! runtime: it keeps no checkpoint (a process starts from "now" and a client recovers with
 //! `since_seq`), so the runtime's transactional checkpoint has nothing to hold.
 
-mod connection;
+pub(crate) mod connection;
 
 use std::{
     collections::HashMap,
@@ -68,7 +68,8 @@ pub(crate) fn routes() -> axum::Router<AppState> {
 }
 
 /// `GET /api/v1/users/{id}/presence`: online while any of the user's connections is live.
-async fn presence(
+#[utoipa::path(get, path = "/api/v1/users/{id}/presence", tag = "chat", summary = "Whether a user is online", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"online\",\"last_seen\"?}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn presence(
     State(state): State<AppState>,
     _caller: crate::extract::Caller,
     crate::extract::ApiPath(id): crate::extract::ApiPath<String>,

@@ -78,7 +78,7 @@ fn text_errors(
     errors
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftPost {
     title: String,
@@ -87,6 +87,7 @@ pub struct DraftPost {
     tags: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/posts", tag = "blog", summary = "Draft a post (Markdown)", request_body = DraftPost, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn draft(
     State(state): State<AppState>,
     caller: Caller,
@@ -121,7 +122,7 @@ pub async fn draft(
     Ok(respond::created(executed, make, "/api/v1/posts"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditPost {
     title: Option<String>,
@@ -129,6 +130,7 @@ pub struct EditPost {
     tags: Option<Vec<String>>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/posts/{id}", tag = "blog", summary = "Edit one's post (If-Match)", params(("id" = String, Path)), request_body = EditPost, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn edit(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -181,6 +183,7 @@ async fn act(
         .await?)
 }
 
+#[utoipa::path(post, path = "/api/v1/posts/{id}/publish", tag = "blog", summary = "Publish one's post", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -191,6 +194,7 @@ pub async fn publish(
     set_published(&state, &id, (caller, if_match, key), true).await
 }
 
+#[utoipa::path(post, path = "/api/v1/posts/{id}/unpublish", tag = "blog", summary = "Back to a draft", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn unpublish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -223,6 +227,7 @@ async fn set_published(
     Ok(respond::executed(executed, make))
 }
 
+#[utoipa::path(delete, path = "/api/v1/posts/{id}", tag = "blog", summary = "Delete one's post", params(("id" = String, Path)), responses((status = 204, description = "204"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -280,6 +285,7 @@ async fn visible_post(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/posts/{id}", tag = "blog", summary = "One post with its sanitized HTML (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"title\",\"body_markdown\",\"body_html\",\"tags\",\"status\",...}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,6 +310,7 @@ fn bad_cursor() -> ApiError {
     ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
 }
 
+#[utoipa::path(get, path = "/api/v1/posts", tag = "blog", summary = "Published posts (?tag, ?q full-text search), in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -342,18 +349,20 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
     // Serialized straight from the cached list, not a copy of it.
     Ok(Json(tags.as_slice()).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddComment {
     body: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "Comment on a published post", params(("id" = String, Path)), request_body = AddComment, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn add_comment(
     State(state): State<AppState>,
     ApiPath(post_id): ApiPath<String>,
@@ -405,6 +414,7 @@ pub struct CommentParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "A post's comments, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn comments(
     State(state): State<AppState>,
     caller: Caller,
@@ -423,6 +433,7 @@ pub async fn comments(
     Ok(Json(request.page(items, |c| c.id.clone())))
 }
 
+#[utoipa::path(delete, path = "/api/v1/posts/{id}/comments/{comment_id}", tag = "blog", summary = "Delete a comment (its author or the post's)", params(("id" = String, Path), ("comment_id" = String, Path)), responses((status = 204, description = "204"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delete_comment(
     State(state): State<AppState>,
     ApiPath((post_id, comment_id)): ApiPath<(String, String)>,

@@ -38,9 +38,11 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/rooms/{id}/read", post(read))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoom {
+    /// `group` or `direct`.
+    #[schema(value_type = String, example = "group")]
     kind: RoomKind,
     #[serde(default)]
     name: Option<String>,
@@ -48,6 +50,7 @@ pub struct CreateRoom {
     members: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "chat", summary = "Create a group or direct room", request_body = CreateRoom, responses((status = 201, description = "201: {\"id\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,6 +117,7 @@ pub struct ListParams {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "chat", summary = "The caller's rooms with the last message and unread count", responses((status = 200, description = "200: [{\"id\",\"kind\",\"name\",\"last_message\",\"unread\"}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,12 +128,13 @@ pub async fn list(
     Ok(Json(json!({"items": rooms, "next_cursor": null})).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     user_id: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "chat", summary = "Add a member (members only)", params(("id" = String, Path)), request_body = Member, responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn add_member(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -151,6 +156,7 @@ pub async fn add_member(
     room_command(&state, id, command, &ctx).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "chat", summary = "Remove a member (members only)", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn remove_member(
     State(state): State<AppState>,
     ApiPath((id, user_id)): ApiPath<(String, String)>,
@@ -181,7 +187,7 @@ async fn room_command(
     Ok(respond::executed(executed, make))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Send {
     body: String,
@@ -192,6 +198,7 @@ pub struct Send {
 }
 
 /// 201 `{"id","seq","sent_at"}`; the same `client_msg_id` again answers the first message.
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "Send a message (client_msg_id makes a retry safe)", params(("id" = String, Path)), request_body = Send, responses((status = 201, description = "201: {\"id\",\"seq\",\"sent_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn send(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -287,6 +294,7 @@ pub struct MessagesParams {
 
 /// Members only (403); pages by `seq` both ways: `next_cursor` is the `before_seq` of the
 /// older page (or, with `after_seq`, the `after_seq` of the newer one), null at the end.
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn messages(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -330,12 +338,13 @@ pub async fn messages(
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Read {
     up_to_seq: u64,
 }
 
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "chat", summary = "Mark read up to a seq (never backwards)", params(("id" = String, Path)), request_body = Read, responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn read(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

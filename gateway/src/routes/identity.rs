@@ -33,7 +33,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.
 const MAX_PASSWORD: usize = 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
     username: String,
@@ -51,6 +51,7 @@ impl std::fmt::Debug for Register {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity", summary = "Sign up", request_body = Register, responses((status = 201, description = "201: {\"user_id\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn register(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
@@ -111,13 +112,14 @@ pub async fn register(
     Ok(respond::executed(outcome?, respond))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     username: String,
     password: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"expires_in\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
@@ -181,6 +183,7 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_user(
     State(state): State<AppState>,
     _caller: Caller,
@@ -195,12 +198,13 @@ pub async fn get_user(
         .ok_or_else(|| ApiError::not_found("no such user"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeProfile {
     display_name: String,
 }
 
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn change_profile(
     State(state): State<AppState>,
     caller: Caller,

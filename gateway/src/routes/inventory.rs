@@ -27,7 +27,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/inventory/items/{sku}/receive", post(receive))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateItem {
     sku: String,
@@ -36,6 +36,7 @@ pub struct CreateItem {
     initial_stock: i64,
 }
 
+#[utoipa::path(post, path = "/api/v1/inventory/items", tag = "inventory", summary = "Create an item (staff)", request_body = CreateItem, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -70,12 +71,13 @@ pub async fn create(
     Ok(respond::created(executed, make, "/api/v1/inventory/items"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Receive {
     quantity: i64,
 }
 
+#[utoipa::path(post, path = "/api/v1/inventory/items/{sku}/receive", tag = "inventory", summary = "Receive stock (staff)", params(("sku" = String, Path)), request_body = Receive, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
@@ -111,6 +113,7 @@ pub struct ReadParams {
     min_version: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/inventory/items/{sku}", tag = "inventory", summary = "One item: on hand, reserved, available (?min_version)", params(("sku" = String, Path)), responses((status = 200, description = "200: {\"sku\",\"name\",\"price_cents\",\"on_hand\",\"reserved\",\"available\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Caller,
@@ -145,6 +148,7 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/inventory/items", tag = "inventory", summary = "Items, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,

@@ -9,6 +9,7 @@ mod incoming;
 mod inventory;
 mod jobs;
 mod monitoring;
+pub(crate) mod openapi;
 mod orders;
 mod page;
 mod projections;
@@ -107,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(thumbnails::routes())
         .merge(jobs::routes())
         .merge(monitoring::routes())
+        .merge(openapi::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {

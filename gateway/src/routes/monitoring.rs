@@ -58,6 +58,7 @@ const MAX_POINTS: i64 = 11_000;
 /// `POST /api/v1/monitoring/samples`: Prometheus text (any content type but JSON) or JSON;
 /// 202 `{"accepted": N}`; 400 `malformed_samples` naming the line (or sample) at fault, and
 /// nothing stored.
+#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content = String, content_type = "text/plain", description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}] with content type application/json"), responses((status = 202, description = "202: {\"accepted\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn report(
     State(state): State<AppState>,
     _caller: Caller,
@@ -142,6 +143,7 @@ pub struct QueryParams {
 /// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
 /// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
 /// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
+#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\":[{\"labels\",\"points\"}]}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn query(
     State(state): State<AppState>,
     _caller: Caller,
@@ -282,6 +284,7 @@ fn parse_step(text: &str) -> Option<u32> {
 }
 
 /// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
+#[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let known = series::metrics(&state.pool)
         .await
@@ -291,36 +294,48 @@ pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<R
 
 /// A rule as it is asked for: `window_seconds` defaults to 60, `for_seconds` to 0,
 /// `severity` to `warning`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleRequest {
     name: String,
     metric: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// `avg`, `min`, `max`, `sum`, `rate` or `p99`.
+    #[schema(value_type = String, example = "avg")]
     agg: Aggregation,
     window_seconds: Option<u32>,
+    /// `>`, `<`, `>=` or `<=`.
+    #[schema(value_type = String, example = ">")]
     op: Comparison,
     threshold: f64,
     for_seconds: Option<u32>,
+    /// `info`, `warning` (the default) or `critical`.
+    #[schema(value_type = Option<String>, example = "warning")]
     severity: Option<Severity>,
     #[serde(default)]
+    /// `{"kind":"webhook","url"}` or `{"kind":"email","to"}`.
+    #[schema(value_type = Vec<Object>)]
     channels: Vec<Channel>,
 }
 
 /// A change: the fields given replace the rule's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulePatch {
     name: Option<String>,
     metric: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    #[schema(value_type = Option<String>, example = "avg")]
     agg: Option<Aggregation>,
     window_seconds: Option<u32>,
+    #[schema(value_type = Option<String>, example = ">")]
     op: Option<Comparison>,
     threshold: Option<f64>,
     for_seconds: Option<u32>,
+    #[schema(value_type = Option<String>, example = "critical")]
     severity: Option<Severity>,
+    #[schema(value_type = Option<Vec<Object>>)]
     channels: Option<Vec<Channel>>,
 }
 
@@ -338,6 +353,7 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
 }
 
 /// `POST /api/v1/monitoring/rules` (staff): 201 `{"id","version"}`.
+#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -387,6 +403,7 @@ pub async fn create_rule(
 }
 
 /// `GET /api/v1/monitoring/rules` (staff): every rule with its spec.
+#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "The alert rules (staff)", responses((status = 200, description = "200: [rule]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list_rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -399,6 +416,7 @@ pub async fn list_rules(
 }
 
 /// `GET /api/v1/monitoring/rules/{id}` (staff).
+#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "One alert rule (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: rule"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -419,6 +437,7 @@ pub async fn get_rule(
 
 /// `PATCH /api/v1/monitoring/rules/{id}` (staff): the fields given replace the rule's; an
 /// open alert resolves (its condition changed). Honours `If-Match`.
+#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn change_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -468,6 +487,7 @@ pub async fn change_rule(
 }
 
 /// `DELETE /api/v1/monitoring/rules/{id}` (staff): 204; an open alert resolves.
+#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Delete an alert rule (staff)", params(("id" = String, Path)), responses((status = 204, description = "204"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn delete_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -496,6 +516,7 @@ pub struct AlertParams {
 }
 
 /// `GET /api/v1/monitoring/alerts?state=`: newest first (at most `limit`, default 100).
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?limit)", responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     _caller: Caller,
@@ -517,6 +538,7 @@ pub async fn list_alerts(
 
 /// `POST /api/v1/monitoring/alerts/{id}/acknowledge` (staff): 200; no more notifications
 /// until it resolves and fires again. 409 `alert_not_firing` when it is not firing.
+#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "monitoring", summary = "Acknowledge a firing alert (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"acknowledged\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn acknowledge(
     State(state): State<AppState>,
     caller: Caller,

@@ -35,14 +35,14 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/coupons/{code}", get_route(get_coupon))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
     lines: Vec<LineRequest>,
     coupon_code: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineRequest {
     sku: String,
@@ -73,6 +73,7 @@ fn requested_lines(lines: &[LineRequest], errors: &mut Vec<FieldError>) -> BTree
     merged
 }
 
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", summary = "Place an order (the saga reserves its stock)", request_body = PlaceOrder, responses((status = 201, description = "201: {\"id\",\"version\",\"status\":\"pending\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn place(
     State(state): State<AppState>,
     caller: Caller,
@@ -152,6 +153,7 @@ pub struct ReadParams {
     min_version: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", summary = "One order with its status history (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"lines\",\"total_cents\",\"history\",...}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -193,6 +195,7 @@ const STATUSES: &[OrderStatus] = &[
     OrderStatus::Cancelled,
 ];
 
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", summary = "The caller's orders, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -218,7 +221,7 @@ pub async fn list(
     Ok(Json(request.page(items, |order| order.id.clone())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pay {
     amount_cents: i64,
@@ -228,6 +231,7 @@ pub struct Pay {
 /// the request is recorded (customer, state and amount checked), the provider is charged
 /// with the order id as its idempotency key, and the outcome is recorded. A charge that
 /// lands on an order cancelled meanwhile is recorded as owed back, and the saga refunds it.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/pay", tag = "orders", summary = "Pay a reserved order", params(("id" = String, Path)), request_body = Pay, responses((status = 200, description = "200: {\"id\",\"status\":\"paid\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -311,6 +315,7 @@ pub async fn pay(
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Ship a paid order (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -325,6 +330,7 @@ pub async fn ship(
     without_body(&state, &id, command, ctx, OrderStatus::Shipped).await
 }
 
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", summary = "Cancel an order (releases its stock)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -375,7 +381,7 @@ fn validate_code(code: &str, field: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCoupon {
     code: String,
@@ -383,6 +389,7 @@ pub struct CreateCoupon {
     max_redemptions: i64,
 }
 
+#[utoipa::path(post, path = "/api/v1/coupons", tag = "orders", summary = "Create a coupon (staff)", request_body = CreateCoupon, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_coupon(
     State(state): State<AppState>,
     caller: Caller,
@@ -430,6 +437,7 @@ struct CouponView {
 
 /// A coupon's terms and how many redemptions it has given, from the write side (a coupon is
 /// a handful of events; there is no read model for it).
+#[utoipa::path(get, path = "/api/v1/coupons/{code}", tag = "orders", summary = "A coupon and its redemptions", params(("code" = String, Path)), responses((status = 200, description = "200: {\"code\",\"percent_off\",\"max_redemptions\",\"redeemed\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_coupon(
     State(state): State<AppState>,
     _caller: Caller,

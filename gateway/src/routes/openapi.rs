@@ -1,0 +1,294 @@
+//! The OpenAPI 3.1 document of every route, generated from the handlers' annotations
+//! (`utoipa`), served at `/openapi.json`, with a page that lists it at `/docs`.
+//!
+//! Every handler the router serves is listed in [`ApiDoc`]; `tests/spine/openapi.rs` fails
+//! when a route in the router's source is missing here, or a problem `code` the code can
+//! answer is missing from [`PROBLEM_CODES`].
+
+use axum::{
+    http::header,
+    response::{Html, IntoResponse},
+    Json,
+};
+use utoipa::{
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        OpenApi as Document,
+    },
+    Modify, OpenApi, ToSchema,
+};
+
+use super::*;
+
+/// Every `code` a problem can carry (API.md: errors are RFC 9457 problem+json).
+pub const PROBLEM_CODES: &[&str] = &[
+    "alert_not_firing",
+    "already_registered",
+    "already_taken",
+    "bad_header",
+    "bad_request",
+    "checksum_mismatch",
+    "comment_exists",
+    "concurrency_conflict",
+    "coupon_exhausted",
+    "coupon_exists",
+    "direct_room_exists",
+    "direct_room_fixed",
+    "file_exists",
+    "forbidden",
+    "idempotency_key_reused",
+    "image_too_large",
+    "insufficient_stock",
+    "internal",
+    "invalid_body",
+    "invalid_credentials",
+    "invalid_cursor",
+    "invalid_if_match",
+    "invalid_state",
+    "job_busy",
+    "job_exists",
+    "job_not_due",
+    "job_paused",
+    "job_waiting",
+    "malformed_json",
+    "malformed_samples",
+    "method_not_allowed",
+    "not_an_image",
+    "not_found",
+    "offset_mismatch",
+    "order_exists",
+    "payload_too_large",
+    "payment_declined",
+    "payment_timeout",
+    "post_exists",
+    "post_not_published",
+    "range_not_satisfiable",
+    "rate_limited",
+    "reservation_committed",
+    "reservation_mismatch",
+    "reservation_released",
+    "room_exists",
+    "rule_exists",
+    "run_not_running",
+    "share_exists",
+    "sku_exists",
+    "stock_limit_exceeded",
+    "too_many_segments",
+    "too_many_series",
+    "tus_version_unsupported",
+    "unauthorized",
+    "unavailable",
+    "unknown_reservation",
+    "unreadable_body",
+    "unsupported_media_type",
+    "upload_closed",
+    "upload_exists",
+    "upload_expired",
+    "upload_incomplete",
+    "upload_not_expired",
+    "url_not_allowed",
+    "username_taken",
+    "validation_failed",
+    "version_mismatch",
+    "wrong_amount",
+];
+
+/// An error, as every route answers one: `application/problem+json`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the shape `ApiError` writes; never built
+pub struct Problem {
+    /// `about:blank` or a URL naming the problem type.
+    r#type: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// One of [`PROBLEM_CODES`]; stable, for programs.
+    #[schema(inline, value_type = String)]
+    code: ProblemCode,
+    /// With `validation_failed`: one entry per invalid field.
+    errors: Option<Vec<FieldProblem>>,
+}
+
+/// The codes as an enumeration in the document.
+#[allow(dead_code)] // a schema only
+pub struct ProblemCode;
+
+impl utoipa::PartialSchema for ProblemCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(PROBLEM_CODES.iter().copied()))
+            .into()
+    }
+}
+
+impl ToSchema for ProblemCode {}
+
+/// One invalid field of a `validation_failed` problem.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct FieldProblem {
+    field: String,
+    message: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Chronicle",
+        description = "An event-sourced CQRS platform: identity, shop, blog, chat, files, scheduler, monitoring. \
+                       Send `Authorization: Bearer <token>` (POST /api/v1/auth/login gives one); \
+                       commands take `Idempotency-Key` and `If-Match`, reads `?min_version`.",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(Problem, FieldProblem)),
+    paths(
+        health::health,
+        crate::observe::metrics,
+        identity::register,
+        identity::login,
+        identity::get_user,
+        identity::change_profile,
+        projections::list,
+        projections::parked,
+        projections::retry,
+        inventory::create,
+        inventory::list,
+        inventory::get,
+        inventory::receive,
+        orders::place,
+        orders::list,
+        orders::get,
+        orders::pay,
+        orders::ship,
+        orders::cancel,
+        orders::create_coupon,
+        orders::get_coupon,
+        blog::draft,
+        blog::list,
+        blog::get,
+        blog::edit,
+        blog::delete,
+        blog::publish,
+        blog::unpublish,
+        blog::add_comment,
+        blog::comments,
+        blog::delete_comment,
+        blog::tags,
+        chat::create,
+        chat::list,
+        chat::add_member,
+        chat::remove_member,
+        chat::send,
+        chat::messages,
+        chat::read,
+        files::upload,
+        files::list,
+        files::metadata,
+        files::remove,
+        files::content,
+        files::share,
+        files::revoke,
+        files::shared,
+        thumbnails::get,
+        uploads::start,
+        uploads::progress,
+        uploads::chunk,
+        uploads::complete,
+        tus::create,
+        tus::options,
+        tus::options_upload,
+        tus::status,
+        tus::append,
+        tus::terminate,
+        jobs::create,
+        jobs::list,
+        jobs::get,
+        jobs::delete,
+        jobs::runs,
+        jobs::pause,
+        jobs::resume,
+        monitoring::report,
+        monitoring::query,
+        monitoring::metrics,
+        monitoring::create_rule,
+        monitoring::list_rules,
+        monitoring::get_rule,
+        monitoring::change_rule,
+        monitoring::delete_rule,
+        monitoring::list_alerts,
+        monitoring::acknowledge,
+        crate::hub::presence,
+        crate::hub::connection::upgrade
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> &'static Document {
+    static DOCUMENT: std::sync::OnceLock<Document> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(ApiDoc::openapi)
+}
+
+/// This module's routes.
+pub(super) fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(document())
+}
+
+/// A page listing every operation of `/openapi.json`, without anything fetched from
+/// elsewhere.
+async fn docs() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DOCS_PAGE))
+}
+
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Chronicle API</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem}
+code{background:#f3f3f3;padding:0 .2em}h2{margin-top:2rem;text-transform:capitalize}
+.op{margin:.4rem 0}.m{display:inline-block;width:5.5rem;font-weight:600;text-transform:uppercase}</style></head>
+<body><h1>Chronicle API</h1><p>The machine-readable document is <a href="/openapi.json"><code>/openapi.json</code></a> (OpenAPI 3.1).</p>
+<div id="ops">Loading…</div>
+<script type="module">
+const doc = await (await fetch("/openapi.json")).json();
+const byTag = {};
+for (const [path, item] of Object.entries(doc.paths)) for (const [method, op] of Object.entries(item)) {
+  (byTag[op.tags?.[0] ?? "other"] ??= []).push({path, method, op});
+}
+const root = document.getElementById("ops"); root.textContent = "";
+for (const [tag, ops] of Object.entries(byTag)) {
+  const h = document.createElement("h2"); h.textContent = tag; root.append(h);
+  for (const {path, method, op} of ops) {
+    const div = document.createElement("div"); div.className = "op";
+    const m = document.createElement("span"); m.className = "m"; m.textContent = method;
+    const p = document.createElement("code"); p.textContent = path;
+    div.append(m, p, " — " + (op.summary ?? ""));
+    root.append(div);
+  }
+}
+</script></body></html>"#;
