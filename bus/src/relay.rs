@@ -96,6 +96,8 @@ struct OutboxRow {
     envelope: Vec<u8>,
     /// Seconds since the row was committed, as the outbox read saw it.
     age_seconds: f64,
+    /// The trace of the command that wrote it (W3C `traceparent`), when spans are exported.
+    trace_context: Option<String>,
 }
 
 /// The outbox relay. Build it with [`Relay::new`], run it with [`Relay::run`].
@@ -193,7 +195,8 @@ impl Relay {
             let rows: Vec<OutboxRow> = sqlx::query_as(
                 "SELECT id, subject, message_id, event_type, event_version, aggregate_sequence, \
                         correlation_id, envelope, \
-                        EXTRACT(EPOCH FROM clock_timestamp() - committed_at)::float8 AS age_seconds \
+                        EXTRACT(EPOCH FROM clock_timestamp() - committed_at)::float8 AS age_seconds, \
+                        trace_context \
                  FROM outbox ORDER BY id LIMIT $1",
             )
             .bind(self.config.batch_max.min(1_000) as i64)
@@ -336,6 +339,16 @@ impl Relay {
 
 fn headers_of(row: &OutboxRow) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    // The command's trace goes on through a publish span of the relay's, whose context
+    // travels with the message.
+    if let Some(parent) = &row.trace_context {
+        let span = tracing::info_span!("relay.publish", subject = %row.subject, message_id = %row.message_id);
+        chronicle_telemetry::continue_trace(&span, parent);
+        let _entered = span.enter();
+        if let Some(context) = chronicle_telemetry::trace_context() {
+            headers.insert(chronicle_telemetry::TRACEPARENT, context.as_str());
+        }
+    }
     headers.insert(NATS_MESSAGE_ID, row.message_id.as_str());
     headers.insert(HEADER_EVENT_TYPE, row.event_type.as_str());
     headers.insert(HEADER_EVENT_VERSION, row.event_version.as_str());

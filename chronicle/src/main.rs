@@ -146,7 +146,8 @@ enum UsersCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    chronicle_telemetry::init_logs(cli.settings.telemetry.log_format);
+    // Kept to the end: dropping it flushes the spans not yet exported.
+    let _telemetry = chronicle_telemetry::init_logs(cli.settings.telemetry.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(cli))
 }

@@ -95,6 +95,8 @@ pub(crate) struct PendingAppend {
     pub claims: Vec<UniqueClaim>,
     /// `(last_sequence, state)`: a snapshot to store with the events.
     pub snapshot: Option<(u64, serde_json::Value)>,
+    /// The trace the command ran in (W3C `traceparent`), when spans are exported.
+    pub trace_context: Option<String>,
 }
 
 impl PendingAppend {
@@ -156,6 +158,7 @@ impl PendingAppend {
             idempotency: None,
             claims: Vec::new(),
             snapshot: None,
+            trace_context: chronicle_telemetry::trace_context(),
         })
     }
 }
@@ -298,8 +301,8 @@ impl EventStore {
                  AS e(at, ai, s, t, v, p, m) \
                ON CONFLICT DO NOTHING RETURNING 1), \
              o AS ( \
-               INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
-               SELECT * FROM UNNEST($8::text[], $9::text[], $4::text[], $5::text[], $3::bigint[], $10::uuid[], $11::bytea[]) \
+               INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope, trace_context) \
+               SELECT * FROM UNNEST($8::text[], $9::text[], $4::text[], $5::text[], $3::bigint[], $10::uuid[], $11::bytea[], $13::text[]) \
                RETURNING 1) \
              SELECT 1 / (CASE WHEN (SELECT count(*) FROM e) = cardinality($1::text[]) THEN 1 ELSE 0 END), \
                     (SELECT count(*) FROM o), pg_notify($12, '')",
@@ -316,6 +319,7 @@ impl EventStore {
         .bind(&c.correlation_ids)
         .bind(&c.envelopes)
         .bind(OUTBOX_CHANNEL)
+        .bind(&c.trace_contexts)
         .execute(&self.pool)
         .await;
         match result {
@@ -475,8 +479,8 @@ impl EventStore {
                 return Ok(false);
             }
             sqlx::query(
-                "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], $7::bytea[])",
+                "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope, trace_context) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::uuid[], $7::bytea[], $8::text[])",
             )
             .bind(&c.subjects)
             .bind(&c.message_ids)
@@ -485,6 +489,7 @@ impl EventStore {
             .bind(&c.sequences)
             .bind(&c.correlation_ids)
             .bind(&c.envelopes)
+            .bind(&c.trace_contexts)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("writing the outbox"))?;
@@ -536,6 +541,7 @@ struct Columns<'a> {
     message_ids: Vec<&'a str>,
     correlation_ids: Vec<Uuid>,
     envelopes: Vec<&'a [u8]>,
+    trace_contexts: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -555,6 +561,10 @@ impl<'a> Columns<'a> {
             message_ids: rows.iter().map(|(_, e)| e.message_id.as_str()).collect(),
             correlation_ids: rows.iter().map(|(_, e)| e.correlation_id).collect(),
             envelopes: rows.iter().map(|(_, e)| e.envelope.as_slice()).collect(),
+            trace_contexts: rows
+                .iter()
+                .map(|(i, _)| group[*i].trace_context.as_deref())
+                .collect(),
         }
     }
 }

@@ -8,7 +8,11 @@
 //!   macros; this is the one place that decides how they are exported.
 //! - [`render`]: the registry as Prometheus text, for `GET /metrics`.
 //! - [`serve`]: `GET /metrics` alone, for roles without HTTP (`CHRONICLE_METRICS_ADDR`).
-//! - [`init_logs`]: human-readable or JSON-lines logs (`CHRONICLE_LOG_FORMAT=json`).
+//! - [`init_logs`]: human-readable or JSON-lines logs (`CHRONICLE_LOG_FORMAT=json`), and
+//!   spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! - [`trace_context`] and [`continue_trace`]: the W3C trace context carried with events
+//!   (outbox row, NATS header), so one trace runs from the HTTP request through the command,
+//!   the relay, the projectors and the sagas.
 //!
 //! Metric names all begin with `chronicle_`; the README lists them, and the Prometheus
 //! rules and the Grafana dashboard in `deploy/` use them (a test checks each one exists).
@@ -110,24 +114,121 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// Flushes the spans not yet exported when it is dropped (at the end of `main`).
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
 /// Sets up logging to stderr in `format`, filtered by `RUST_LOG` (default: info, with the
-/// database and NATS clients at warn).
-pub fn init_logs(format: LogFormat) {
+/// database and NATS clients at warn), and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the
+/// export of spans over OTLP (HTTP; `OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf`, the
+/// default, or `http/json`) with the W3C trace context as the propagator, so a trace goes on
+/// across processes through NATS headers (see [`trace_context`] and [`continue_trace`]).
+pub fn init_logs(format: LogFormat) -> Telemetry {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    let provider =
+        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match otlp_provider() {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("chronicle: spans are not exported: {e}");
+                None
+            }
+        });
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
+    let otel = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider as _;
+        // Chronicle's own spans, not every client library's.
+        let spans = tracing_subscriber::EnvFilter::try_from_env("CHRONICLE_TRACE_FILTER")
+            .unwrap_or_else(|_| {
+                "info,sqlx=warn,async_nats=warn,h2=warn,hyper=warn,reqwest=warn".into()
+            });
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("chronicle"))
+            .with_filter(spans)
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    Telemetry { provider }
 }
+
+fn otlp_provider() -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let protocol = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+        Ok("http/json") => Protocol::HttpJson,
+        _ => Protocol::HttpBinary,
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "chronicle".into());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build())
+}
+
+/// The W3C `traceparent` of the current span, when spans are exported: what a command
+/// stores with its events so the relay, projectors and sagas continue its trace.
+pub fn trace_context() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span `traceparent` names (from a NATS header or an outbox
+/// row), so the trace goes on in this process.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    let _ = span.set_parent(context);
+}
+
+/// Whether spans are exported: without it, no trace context is worth carrying.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The header the trace context travels in, on NATS messages.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// HELP lines for the metrics Chronicle records.
 fn describe() {

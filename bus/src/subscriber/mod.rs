@@ -249,6 +249,15 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// The trace context the relay sent the event with, if any.
+    fn traceparent(&self) -> Option<String> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(chronicle_telemetry::TRACEPARENT))
+            .map(|v| v.as_str().to_owned())
+    }
+
     fn event_type(&self) -> String {
         self.message
             .headers
@@ -528,7 +537,19 @@ impl<H: Handler> Subscriber<H> {
         let decoded: Result<Vec<Envelope>, HandlerError> =
             fresh.iter().map(|d| d.decode()).collect();
         let outcome = match decoded {
-            Ok(events) => self.run_handler(&mut tx, &events).await,
+            Ok(events) => {
+                // The batch continues the trace of its first event that carries one.
+                let span = tracing::info_span!(
+                    "subscriber.handle",
+                    subscriber = %name,
+                    events = events.len(),
+                    first_seq = fresh.first().map_or(0, |d| d.seq),
+                );
+                if let Some(parent) = fresh.iter().find_map(|d| d.traceparent()) {
+                    chronicle_telemetry::continue_trace(&span, &parent);
+                }
+                tracing::Instrument::instrument(self.run_handler(&mut tx, &events), span).await
+            }
             Err(e) => Err(e),
         };
         match outcome {
