@@ -298,64 +298,41 @@ pub fn compose_yaml() -> String {
             out.push_str("    ports: [\"8080-8081:8080\"]\n");
         }
     }
-    // Prometheus scrapes every replica of every component (Docker's DNS answers a service
-    // name with all of them) on CHRONICLE_METRICS_ADDR; Grafana shows the dashboard.
-    let names: Vec<String> = all().iter().map(|c| format!("{:?}", c.name())).collect();
-    out.push_str(&COMPOSE_MONITORING.replace("@SERVICES@", &names.join(", ")));
+    out.push_str(COMPOSE_MONITORING);
     out
 }
 
+/// Prometheus's configuration for `compose.yaml` (`deploy/prometheus/compose-prometheus.yml`,
+/// printed by `chronicle compose --prometheus`): every replica of every component (Docker's
+/// DNS answers a service name with all of them) scraped on `CHRONICLE_METRICS_ADDR`.
+pub fn compose_prometheus_yaml() -> String {
+    let names: Vec<String> = all().iter().map(|c| format!("{:?}", c.name())).collect();
+    format!(
+        "# Written by `chronicle compose --prometheus` from the component list; a test fails when\n\
+         # this file and the list differ. Prometheus in compose.yaml reads it.\n\
+         global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n\
+         rule_files: [/etc/prometheus/chronicle-rules.yml]\n\
+         scrape_configs:\n  - job_name: chronicle\n    dns_sd_configs:\n      - names: [{}]\n        type: A\n        port: 9100\n",
+        names.join(", ")
+    )
+}
+
+/// Prometheus (with the rules) and Grafana (with the dashboard, provisioned) beside the
+/// components.
 const COMPOSE_MONITORING: &str = r#"  prometheus:
     image: prom/prometheus:v2.53.0
     command: ["--config.file=/etc/prometheus/prometheus.yml"]
-    configs:
-      - source: prometheus-config
-        target: /etc/prometheus/prometheus.yml
     volumes:
+      - ./deploy/prometheus/compose-prometheus.yml:/etc/prometheus/prometheus.yml:ro
       - ./deploy/prometheus/chronicle-rules.yml:/etc/prometheus/chronicle-rules.yml:ro
     ports: ["9090:9090"]
   grafana:
     image: grafana/grafana:11.1.0
     depends_on: [prometheus]
-    configs:
-      - source: grafana-datasource
-        target: /etc/grafana/provisioning/datasources/prometheus.yml
-      - source: grafana-dashboards
-        target: /etc/grafana/provisioning/dashboards/chronicle.yml
     volumes:
+      - ./deploy/grafana/provisioning:/etc/grafana/provisioning:ro
       - ./deploy/grafana/chronicle-dashboard.json:/var/lib/grafana/dashboards/chronicle.json:ro
     ports: ["3000:3000"]
-
-configs:
-  prometheus-config:
-    content: |
-      global:
-        scrape_interval: 15s
-        evaluation_interval: 15s
-      rule_files: [/etc/prometheus/chronicle-rules.yml]
-      scrape_configs:
-        - job_name: chronicle
-          dns_sd_configs:
-            - names: [@SERVICES@]
-              type: A
-              port: 9100
-  grafana-datasource:
-    content: |
-      apiVersion: 1
-      datasources:
-        - name: Prometheus
-          type: prometheus
-          uid: prometheus
-          url: http://prometheus:9090
-          isDefault: true
-  grafana-dashboards:
-    content: |
-      apiVersion: 1
-      providers:
-        - name: chronicle
-          type: file
-          options:
-            path: /var/lib/grafana/dashboards
 "#;
 
 /// The variables every component gets from the shared block of `compose.yaml`.

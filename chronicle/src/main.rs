@@ -89,8 +89,12 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// Prints `compose.yaml` for the component list (the committed file is its output).
-    Compose,
+    /// Prints `compose.yaml` for the component list (the committed file is its output), or
+    /// with --prometheus `deploy/prometheus/compose-prometheus.yml`.
+    Compose {
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// User administration.
     Users {
         #[command(subcommand)]
@@ -197,8 +201,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Compose => {
-            print!("{}", chronicle::components::compose_yaml());
+        Command::Compose { prometheus } => {
+            if prometheus {
+                print!("{}", chronicle::components::compose_prometheus_yaml());
+            } else {
+                print!("{}", chronicle::components::compose_yaml());
+            }
             Ok(())
         }
         Command::Replay {
