@@ -294,7 +294,7 @@ pub struct MessagesParams {
 
 /// Members only (403); pages by `seq` both ways: `next_cursor` is the `before_seq` of the
 /// older page (or, with `after_seq`, the `after_seq` of the newer one), null at the end.
-#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn messages(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

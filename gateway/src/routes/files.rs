@@ -343,7 +343,7 @@ pub async fn remove(
 }
 
 /// `GET /api/v1/files`: the caller's live files, newest first, in cursor pages.
-#[utoipa::path(get, path = "/api/v1/files", tag = "files", summary = "The caller's files, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/files", tag = "files", summary = "The caller's files, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

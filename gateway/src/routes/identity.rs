@@ -204,7 +204,7 @@ pub struct ChangeProfile {
     display_name: String,
 }
 
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn change_profile(
     State(state): State<AppState>,
     caller: Caller,

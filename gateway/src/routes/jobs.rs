@@ -188,7 +188,7 @@ fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> 
 /// `POST /api/v1/jobs`: 201 `{"id", "version"}`; 422 on a bad cron expression (with the
 /// parser's message), an HTTP action to a host not allowed (`url_not_allowed`), or a
 /// dependency that is not one of the caller's jobs.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -347,7 +347,7 @@ pub async fn get(
 }
 
 /// `GET /api/v1/jobs`: the caller's jobs with `next_run_at`, newest first, in cursor pages.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "scheduler", summary = "The caller's jobs, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "scheduler", summary = "The caller's jobs, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,7 +366,7 @@ pub async fn list(
 
 /// `GET /api/v1/jobs/{id}/runs`: its runs, newest first, with outcome and attempt; due
 /// times skipped (missed, or overlapping a run) are listed as `skipped`.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", tag = "scheduler", summary = "A job's runs, newest first, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", tag = "scheduler", summary = "A job's runs, newest first, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn runs(
     State(state): State<AppState>,
     caller: Caller,

@@ -353,7 +353,7 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
 }
 
 /// `POST /api/v1/monitoring/rules` (staff): 201 `{"id","version"}`.
-#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,7 +437,7 @@ pub async fn get_rule(
 
 /// `PATCH /api/v1/monitoring/rules/{id}` (staff): the fields given replace the rule's; an
 /// open alert resolves (its condition changed). Honours `If-Match`.
-#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn change_rule(
     State(state): State<AppState>,
     caller: Caller,

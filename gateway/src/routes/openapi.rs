@@ -124,6 +124,34 @@ impl utoipa::PartialSchema for ProblemCode {
 
 impl ToSchema for ProblemCode {}
 
+/// The answer of most commands: the aggregate and the version the command left it at (also
+/// in `ETag`).
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct IdVersion {
+    id: String,
+    version: u64,
+}
+
+/// The answer of a command that moves a status.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct IdStatusVersion {
+    id: String,
+    status: String,
+    version: u64,
+}
+
+/// One page of a list, newest first; `next_cursor` asks for the next page (`?cursor=`), and is
+/// absent on the last one.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct Page {
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<()>,
+    next_cursor: Option<String>,
+}
+
 /// One invalid field of a `validation_failed` problem.
 #[derive(ToSchema)]
 #[allow(dead_code)] // a schema only
@@ -159,7 +187,7 @@ impl Modify for BearerAuth {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(Problem, FieldProblem)),
+    components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page)),
     paths(
         health::health,
         crate::observe::metrics,

@@ -195,7 +195,7 @@ const STATUSES: &[OrderStatus] = &[
     OrderStatus::Cancelled,
 ];
 
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", summary = "The caller's orders, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", summary = "The caller's orders, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -315,7 +315,7 @@ pub async fn pay(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Ship a paid order (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Ship a paid order (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -330,7 +330,7 @@ pub async fn ship(
     without_body(&state, &id, command, ctx, OrderStatus::Shipped).await
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", summary = "Cancel an order (releases its stock)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", summary = "Cancel an order (releases its stock)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -389,7 +389,7 @@ pub struct CreateCoupon {
     max_redemptions: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/coupons", tag = "orders", summary = "Create a coupon (staff)", request_body = CreateCoupon, responses((status = 201, description = "201: {\"id\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/coupons", tag = "orders", summary = "Create a coupon (staff)", request_body = CreateCoupon, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create_coupon(
     State(state): State<AppState>,
     caller: Caller,
