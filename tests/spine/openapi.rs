@@ -194,3 +194,331 @@ fn every_problem_code_the_code_answers_is_in_the_document() {
     assert!(missing.is_empty(), "codes the document lacks: {missing:?}");
     assert!(listed.len() >= 60);
 }
+
+/// The fields an operation's documented answer names (`200: {"a","b"?}` or `200:
+/// [{"a"}]`), without the optional ones (`?`): what a real answer must carry.
+fn documented_fields(
+    doc: &Value,
+    method: &str,
+    template: &str,
+    status: u16,
+) -> Option<(bool, Vec<String>)> {
+    let description = doc["paths"][template][method.to_lowercase()]["responses"]
+        [status.to_string()]["description"]
+        .as_str()?;
+    let text = description.split_once(": ")?.1;
+    let list = text.starts_with("[{");
+    let object = if list { &text[1..] } else { text };
+    if !object.starts_with('{') {
+        return None;
+    }
+    let inner = &object[1..object.find('}')?];
+    let fields = inner
+        .split(',')
+        .filter(|f| !f.ends_with('?') && !f.contains(':') && f.starts_with('"'))
+        .map(|f| f.trim_matches('"').to_owned())
+        .filter(|f| !f.is_empty() && f != "...")
+        .collect();
+    Some((list, fields))
+}
+
+#[tokio::test]
+async fn the_documented_answers_name_fields_the_real_answers_have() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    let call = |method: &str, template: &str, path: String, body: Option<Value>| {
+        let app = &app;
+        let doc = &doc;
+        let method = method.to_owned();
+        let template = template.to_owned();
+        async move {
+            let mut request = app.request(Method::from_bytes(method.as_bytes()).unwrap(), &path);
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            let mut problems = Vec::new();
+            let mut done = false;
+            if let Some((list, fields)) = documented_fields(doc, &method, &template, status) {
+                let sample = if list {
+                    answer.get(0).cloned().unwrap_or(Value::Null)
+                } else {
+                    answer.clone()
+                };
+                if !sample.is_null() {
+                    done = true;
+                    for field in fields {
+                        if sample.get(&field).is_none() {
+                            problems.push(format!(
+                                "{method} {template} {status}: no {field:?} in {answer}"
+                            ));
+                        }
+                    }
+                }
+            }
+            (answer, problems, done)
+        }
+    };
+    macro_rules! run {
+        ($m:expr, $t:expr, $p:expr, $b:expr) => {{
+            let (answer, problems, done) = call($m, $t, $p, $b).await;
+            wrong.extend(problems);
+            checked += usize::from(done);
+            answer
+        }};
+    }
+    use serde_json::json;
+    let me = app.user_id.clone();
+    run!(
+        "GET",
+        "/api/v1/users/{id}",
+        format!("/api/v1/users/{me}"),
+        None
+    );
+    run!(
+        "PATCH",
+        "/api/v1/users/{id}",
+        format!("/api/v1/users/{me}"),
+        Some(json!({"display_name": "D"}))
+    );
+    run!(
+        "POST",
+        "/api/v1/auth/login",
+        "/api/v1/auth/login".into(),
+        Some(json!({"username": "tester", "password": "correct horse"}))
+    );
+    run!(
+        "POST",
+        "/api/v1/inventory/items",
+        "/api/v1/inventory/items".into(),
+        Some(json!({"sku": "O-1", "name": "O", "price_cents": 100, "initial_stock": 9}))
+    );
+    run!(
+        "POST",
+        "/api/v1/inventory/items/{sku}/receive",
+        "/api/v1/inventory/items/O-1/receive".into(),
+        Some(json!({"quantity": 1}))
+    );
+    run!(
+        "GET",
+        "/api/v1/inventory/items/{sku}",
+        "/api/v1/inventory/items/O-1?min_version=2".into(),
+        None
+    );
+    run!(
+        "GET",
+        "/api/v1/inventory/items",
+        "/api/v1/inventory/items".into(),
+        None
+    );
+    run!(
+        "POST",
+        "/api/v1/coupons",
+        "/api/v1/coupons".into(),
+        Some(json!({"code": "OFF5", "percent_off": 5, "max_redemptions": 3}))
+    );
+    run!(
+        "GET",
+        "/api/v1/coupons/{code}",
+        "/api/v1/coupons/OFF5".into(),
+        None
+    );
+    let order = run!(
+        "POST",
+        "/api/v1/orders",
+        "/api/v1/orders".into(),
+        Some(json!({"lines": [{"sku": "O-1", "quantity": 1}]}))
+    );
+    let order = order["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "GET",
+        "/api/v1/orders/{id}",
+        format!("/api/v1/orders/{order}?min_version=2"),
+        None
+    );
+    run!("GET", "/api/v1/orders", "/api/v1/orders".into(), None);
+    run!(
+        "POST",
+        "/api/v1/orders/{id}/cancel",
+        format!("/api/v1/orders/{order}/cancel"),
+        None
+    );
+    let post = run!(
+        "POST",
+        "/api/v1/posts",
+        "/api/v1/posts".into(),
+        Some(json!({"title": "T", "body_markdown": "b", "tags": ["x"]}))
+    );
+    let post = post["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "PATCH",
+        "/api/v1/posts/{id}",
+        format!("/api/v1/posts/{post}"),
+        Some(json!({"title": "T2"}))
+    );
+    run!(
+        "POST",
+        "/api/v1/posts/{id}/publish",
+        format!("/api/v1/posts/{post}/publish"),
+        None
+    );
+    run!(
+        "GET",
+        "/api/v1/posts/{id}",
+        format!("/api/v1/posts/{post}?min_version=3"),
+        None
+    );
+    run!(
+        "POST",
+        "/api/v1/posts/{id}/comments",
+        format!("/api/v1/posts/{post}/comments"),
+        Some(json!({"body": "c"}))
+    );
+    run!(
+        "GET",
+        "/api/v1/posts/{id}/comments",
+        format!("/api/v1/posts/{post}/comments"),
+        None
+    );
+    run!("GET", "/api/v1/posts", "/api/v1/posts".into(), None);
+    run!("GET", "/api/v1/tags", "/api/v1/tags".into(), None);
+    let room = run!(
+        "POST",
+        "/api/v1/rooms",
+        "/api/v1/rooms".into(),
+        Some(json!({"kind": "group", "name": "R", "members": []}))
+    );
+    let room = room["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "POST",
+        "/api/v1/rooms/{id}/messages",
+        format!("/api/v1/rooms/{room}/messages"),
+        Some(json!({"body": "hi", "client_msg_id": "c1"}))
+    );
+    run!(
+        "GET",
+        "/api/v1/rooms/{id}/messages",
+        format!("/api/v1/rooms/{room}/messages"),
+        None
+    );
+    run!("GET", "/api/v1/rooms", "/api/v1/rooms".into(), None);
+    run!(
+        "GET",
+        "/api/v1/users/{id}/presence",
+        format!("/api/v1/users/{me}/presence"),
+        None
+    );
+    let job = run!(
+        "POST",
+        "/api/v1/jobs",
+        "/api/v1/jobs".into(),
+        Some(
+            json!({"name": "j", "schedule": {"after_seconds": 3600}, "action": {"kind": "command", "command": "noop"}})
+        )
+    );
+    let job = job["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "GET",
+        "/api/v1/jobs/{id}",
+        format!("/api/v1/jobs/{job}?min_version=1"),
+        None
+    );
+    run!("GET", "/api/v1/jobs", "/api/v1/jobs".into(), None);
+    run!(
+        "POST",
+        "/api/v1/jobs/{id}/pause",
+        format!("/api/v1/jobs/{job}/pause"),
+        None
+    );
+    run!(
+        "POST",
+        "/api/v1/jobs/{id}/resume",
+        format!("/api/v1/jobs/{job}/resume"),
+        None
+    );
+    run!(
+        "POST",
+        "/api/v1/monitoring/samples",
+        "/api/v1/monitoring/samples".into(),
+        Some(json!([{"metric": "o_m", "value": 1}]))
+    );
+    run!(
+        "GET",
+        "/api/v1/monitoring/query",
+        "/api/v1/monitoring/query?metric=o_m".into(),
+        None
+    );
+    run!(
+        "GET",
+        "/api/v1/monitoring/metrics",
+        "/api/v1/monitoring/metrics".into(),
+        None
+    );
+    let rule = run!(
+        "POST",
+        "/api/v1/monitoring/rules",
+        "/api/v1/monitoring/rules".into(),
+        Some(json!({"name": "r", "metric": "o_m", "agg": "max", "op": ">", "threshold": 100}))
+    );
+    let rule = rule["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "PATCH",
+        "/api/v1/monitoring/rules/{id}",
+        format!("/api/v1/monitoring/rules/{rule}"),
+        Some(json!({"threshold": 200}))
+    );
+    run!(
+        "GET",
+        "/api/v1/projections",
+        "/api/v1/projections".into(),
+        None
+    );
+    run!(
+        "POST",
+        "/api/v1/projections/{name}/retry",
+        "/api/v1/projections/users/retry".into(),
+        Some(json!({}))
+    );
+    let file = crate::common::post_file(
+        &app.http,
+        &app.base,
+        &app.token,
+        b"doc".to_vec(),
+        "d.txt",
+        "text/plain",
+    )
+    .await;
+    let file: Value = file.json().await.unwrap();
+    let file = file["id"].as_str().unwrap_or_default().to_owned();
+    run!(
+        "GET",
+        "/api/v1/files/{id}",
+        format!("/api/v1/files/{file}"),
+        None
+    );
+    run!("GET", "/api/v1/files", "/api/v1/files".into(), None);
+    run!(
+        "POST",
+        "/api/v1/files/{id}/shares",
+        format!("/api/v1/files/{file}/shares"),
+        Some(json!({"expires_in_seconds": 60}))
+    );
+    run!(
+        "POST",
+        "/api/v1/files/uploads",
+        "/api/v1/files/uploads".into(),
+        Some(
+            json!({"name": "u.bin", "size": 10, "sha256": "a".repeat(64), "content_type": "application/octet-stream"})
+        )
+    );
+    assert!(
+        wrong.is_empty(),
+        "documented fields the real answers lack:\n{}",
+        wrong.join("\n")
+    );
+    assert!(checked >= 30, "only {checked} answers were checked");
+}

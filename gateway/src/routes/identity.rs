@@ -119,7 +119,7 @@ pub struct Login {
     password: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"expires_in\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"user_id\",\"expires_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,

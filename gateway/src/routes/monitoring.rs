@@ -143,7 +143,7 @@ pub struct QueryParams {
 /// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
 /// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
 /// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
-#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\":[{\"labels\",\"points\"}]}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn query(
     State(state): State<AppState>,
     _caller: Caller,

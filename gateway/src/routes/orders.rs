@@ -437,7 +437,7 @@ struct CouponView {
 
 /// A coupon's terms and how many redemptions it has given, from the write side (a coupon is
 /// a handful of events; there is no read model for it).
-#[utoipa::path(get, path = "/api/v1/coupons/{code}", tag = "orders", summary = "A coupon and its redemptions", params(("code" = String, Path)), responses((status = 200, description = "200: {\"code\",\"percent_off\",\"max_redemptions\",\"redeemed\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/coupons/{code}", tag = "orders", summary = "A coupon and its redemptions", params(("code" = String, Path)), responses((status = 200, description = "200: {\"code\",\"percent_off\",\"max_redemptions\",\"redemptions\",\"version\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get_coupon(
     State(state): State<AppState>,
     _caller: Caller,
