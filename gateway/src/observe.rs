@@ -43,7 +43,7 @@ pub(crate) async fn record(request: Request, next: Next) -> Response {
 /// whole system rather than this process (each subscriber's progress, the outbox depth).
 /// A part that cannot be read within a second keeps its last value: a scrape never waits on
 /// a server that is down.
-#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text: requests, commands, outbox, relay, subscribers, WebSocket, files, jobs", responses((status = 200, description = "200: text/plain; version=0.0.4"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text: requests, commands, outbox, relay, subscribers, WebSocket, files, jobs", responses((status = 200, description = "200: text/plain; version=0.0.4"), crate::routes::openapi::Problems))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let refresh = async {
         refresh_subscribers(&state).await;

@@ -32,7 +32,7 @@ pub struct WsQuery {
 }
 
 /// Authenticates at the handshake: a missing or bad token is 401, before any upgrade.
-#[utoipa::path(get, path = "/ws", tag = "chat", summary = "The WebSocket (?token): subscribe, send, read, typing; message, presence, order_status frames", responses((status = 101, description = "Switching Protocols"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/ws", tag = "chat", summary = "The WebSocket (?token): subscribe, send, read, typing; message, presence, order_status frames", responses((status = 101, description = "Switching Protocols"), crate::routes::openapi::Problems))]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<WsQuery>,

@@ -68,7 +68,7 @@ pub(crate) fn routes() -> axum::Router<AppState> {
 }
 
 /// `GET /api/v1/users/{id}/presence`: online while any of the user's connections is live.
-#[utoipa::path(get, path = "/api/v1/users/{id}/presence", tag = "chat", summary = "Whether a user is online", params(("id" = String, Path)), responses((status = 200, description = "200: {\"online\",\"last_seen\"}: last_seen is null while online or never seen"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/users/{id}/presence", tag = "chat", summary = "Whether a user is online", params(("id" = String, Path)), responses((status = 200, description = "200: {\"online\",\"last_seen\"}: last_seen is null while online or never seen"), crate::routes::openapi::Problems))]
 pub(crate) async fn presence(
     State(state): State<AppState>,
     _caller: crate::extract::Caller,

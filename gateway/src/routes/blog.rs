@@ -87,7 +87,7 @@ pub struct DraftPost {
     tags: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/posts", tag = "blog", summary = "Draft a post (Markdown)", request_body = DraftPost, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/posts", tag = "blog", summary = "Draft a post (Markdown)", request_body = DraftPost, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
 pub async fn draft(
     State(state): State<AppState>,
     caller: Caller,
@@ -130,7 +130,7 @@ pub struct EditPost {
     tags: Option<Vec<String>>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/posts/{id}", tag = "blog", summary = "Edit one's post (If-Match)", params(("id" = String, Path)), request_body = EditPost, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/api/v1/posts/{id}", tag = "blog", summary = "Edit one's post (If-Match)", params(("id" = String, Path)), request_body = EditPost, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
 pub async fn edit(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -183,7 +183,7 @@ async fn act(
         .await?)
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/publish", tag = "blog", summary = "Publish one's post", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/publish", tag = "blog", summary = "Publish one's post", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -194,7 +194,7 @@ pub async fn publish(
     set_published(&state, &id, (caller, if_match, key), true).await
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/unpublish", tag = "blog", summary = "Back to a draft", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/unpublish", tag = "blog", summary = "Back to a draft", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
 pub async fn unpublish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -227,7 +227,7 @@ async fn set_published(
     Ok(respond::executed(executed, make))
 }
 
-#[utoipa::path(delete, path = "/api/v1/posts/{id}", tag = "blog", summary = "Delete one's post", params(("id" = String, Path)), responses((status = 204, description = "204"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/posts/{id}", tag = "blog", summary = "Delete one's post", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -285,7 +285,7 @@ async fn visible_post(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/posts/{id}", tag = "blog", summary = "One post with its sanitized HTML (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"title\",\"body_markdown\",\"body_html\",\"tags\",\"status\",...}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/posts/{id}", tag = "blog", summary = "One post with its sanitized HTML (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"title\",\"body_markdown\",\"body_html\",\"tags\",\"status\",...}"), crate::routes::openapi::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -310,7 +310,7 @@ fn bad_cursor() -> ApiError {
     ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
 }
 
-#[utoipa::path(get, path = "/api/v1/posts", tag = "blog", summary = "Published posts (?tag, ?q full-text search), in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/posts", tag = "blog", summary = "Published posts (?tag, ?q full-text search), in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -349,7 +349,7 @@ pub async fn list(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::routes::openapi::Problems))]
 pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
     // Serialized straight from the cached list, not a copy of it.
@@ -362,7 +362,7 @@ pub struct AddComment {
     body: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "Comment on a published post", params(("id" = String, Path)), request_body = AddComment, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "Comment on a published post", params(("id" = String, Path)), request_body = AddComment, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
 pub async fn add_comment(
     State(state): State<AppState>,
     ApiPath(post_id): ApiPath<String>,
@@ -414,7 +414,7 @@ pub struct CommentParams {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "A post's comments, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "A post's comments, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
 pub async fn comments(
     State(state): State<AppState>,
     caller: Caller,
@@ -433,7 +433,7 @@ pub async fn comments(
     Ok(Json(request.page(items, |c| c.id.clone())))
 }
 
-#[utoipa::path(delete, path = "/api/v1/posts/{id}/comments/{comment_id}", tag = "blog", summary = "Delete a comment (its author or the post's)", params(("id" = String, Path), ("comment_id" = String, Path)), responses((status = 204, description = "204"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/posts/{id}/comments/{comment_id}", tag = "blog", summary = "Delete a comment (its author or the post's)", params(("id" = String, Path), ("comment_id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
 pub async fn delete_comment(
     State(state): State<AppState>,
     ApiPath((post_id, comment_id)): ApiPath<(String, String)>,

@@ -50,7 +50,7 @@ pub struct CreateRoom {
     members: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms", tag = "chat", summary = "Create a group or direct room", request_body = CreateRoom, responses((status = 201, description = "201: {\"id\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "chat", summary = "Create a group or direct room", request_body = CreateRoom, responses((status = 201, description = "201: {\"id\"}"), crate::routes::openapi::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,7 +117,7 @@ pub struct ListParams {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/rooms", tag = "chat", summary = "The caller's rooms with the last message and unread count", responses((status = 200, description = "200: [{\"id\",\"kind\",\"name\",\"last_message\",\"unread\"}]"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "chat", summary = "The caller's rooms with the last message and unread count", responses((status = 200, description = "200: [{\"id\",\"kind\",\"name\",\"last_message\",\"unread\"}]"), crate::routes::openapi::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -134,7 +134,7 @@ pub struct Member {
     user_id: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "chat", summary = "Add a member (members only)", params(("id" = String, Path)), request_body = Member, responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "chat", summary = "Add a member (members only)", params(("id" = String, Path)), request_body = Member, responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
 pub async fn add_member(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -156,7 +156,7 @@ pub async fn add_member(
     room_command(&state, id, command, &ctx).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "chat", summary = "Remove a member (members only)", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "chat", summary = "Remove a member (members only)", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
 pub async fn remove_member(
     State(state): State<AppState>,
     ApiPath((id, user_id)): ApiPath<(String, String)>,
@@ -198,7 +198,7 @@ pub struct Send {
 }
 
 /// 201 `{"id","seq","sent_at"}`; the same `client_msg_id` again answers the first message.
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "Send a message (client_msg_id makes a retry safe)", params(("id" = String, Path)), request_body = Send, responses((status = 201, description = "201: {\"id\",\"seq\",\"sent_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "Send a message (client_msg_id makes a retry safe)", params(("id" = String, Path)), request_body = Send, responses((status = 201, description = "201: {\"id\",\"seq\",\"sent_at\"}"), crate::routes::openapi::Problems))]
 pub async fn send(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -294,7 +294,7 @@ pub struct MessagesParams {
 
 /// Members only (403); pages by `seq` both ways: `next_cursor` is the `before_seq` of the
 /// older page (or, with `after_seq`, the `after_seq` of the newer one), null at the end.
-#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
 pub async fn messages(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -344,7 +344,7 @@ pub struct Read {
     up_to_seq: u64,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "chat", summary = "Mark read up to a seq (never backwards)", params(("id" = String, Path)), request_body = Read, responses((status = 200, description = "200"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "chat", summary = "Mark read up to a seq (never backwards)", params(("id" = String, Path)), request_body = Read, responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
 pub async fn read(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

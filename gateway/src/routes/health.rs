@@ -15,7 +15,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/metrics", get(crate::observe::metrics))
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::routes::openapi::Problems))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = matches!(
         tokio::time::timeout(

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Register {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity", summary = "Sign up", request_body = Register, responses((status = 201, description = "201: {\"user_id\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity", summary = "Sign up", request_body = Register, responses((status = 201, description = "201: {\"user_id\"}"), crate::routes::openapi::Problems))]
 pub async fn register(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
@@ -119,7 +119,7 @@ pub struct Login {
     password: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"user_id\",\"expires_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"user_id\",\"expires_at\"}"), crate::routes::openapi::Problems))]
 pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
@@ -183,7 +183,7 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), crate::routes::openapi::Problems))]
 pub async fn get_user(
     State(state): State<AppState>,
     _caller: Caller,
@@ -204,7 +204,7 @@ pub struct ChangeProfile {
     display_name: String,
 }
 
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
 pub async fn change_profile(
     State(state): State<AppState>,
     caller: Caller,

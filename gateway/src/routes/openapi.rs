@@ -109,6 +109,24 @@ pub struct Problem {
     errors: Option<Vec<FieldProblem>>,
 }
 
+/// The error answers every operation may give, listed once for all of them.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a schema only
+pub enum Problems {
+    #[response(
+        status = "4XX",
+        description = "a problem: see Problem.code",
+        content_type = "application/problem+json"
+    )]
+    Client(Problem),
+    #[response(
+        status = "5XX",
+        description = "internal, or unavailable (503) when a backing server is down",
+        content_type = "application/problem+json"
+    )]
+    Server(Problem),
+}
+
 /// The codes as an enumeration in the document.
 #[allow(dead_code)] // a schema only
 pub struct ProblemCode;

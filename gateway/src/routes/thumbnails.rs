@@ -36,7 +36,7 @@ pub struct Width {
 }
 
 /// `GET /api/v1/files/{id}/thumbnail?width=N` (default 256).
-#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", summary = "A thumbnail of an image file (?size)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), (status = "4XX", description = "a problem: see Problem.code", body = crate::routes::openapi::Problem, content_type = "application/problem+json"), (status = "5XX", description = "internal, or unavailable (503) when a backing server is down", body = crate::routes::openapi::Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", summary = "A thumbnail of an image file (?size)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::routes::openapi::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
