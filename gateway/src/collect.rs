@@ -5,7 +5,7 @@
 //! - host: `chronicle_host_resource_ratio{resource=cpu|memory|disk}` (0–1) and
 //!   `chronicle_host_network_bytes_per_second{direction=receive|transmit}` (`sysinfo`);
 //! - requests, from this process's own metrics since the last collection, per route template
-//!   and for `route="all"`: `chronicle_http_requests_per_second`,
+//!   that had any (idle routes store nothing) and for `route="all"` (always): `chronicle_http_requests_per_second`,
 //!   `chronicle_http_error_ratio` (5xx share), `chronicle_http_latency_p99_seconds` (from the
 //!   histogram buckets), and `chronicle_availability_ratio` (the non-5xx share of all);
 //! - every subscriber's lag: `chronicle_subscriber_lag_events` and
@@ -177,7 +177,11 @@ impl Collector {
             for (bound, n) in &delta.buckets {
                 *all.buckets.entry(*bound).or_default() += n;
             }
-            self.route_series(now, route, seconds, &delta, out);
+            // A route with no request since the last collection adds nothing: idle routes
+            // would otherwise fill the store with zeros (`route="all"` is always stored).
+            if delta.requests > 0.0 {
+                self.route_series(now, route, seconds, &delta, out);
+            }
         }
         self.route_series(now, "all", seconds, &all, out);
         if all.requests > 0.0 {

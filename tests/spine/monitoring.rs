@@ -788,3 +788,82 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
     let points = points(&answer);
     assert_eq!(points.iter().map(|p| p.1).sum::<f64>(), 15.0);
 }
+
+#[tokio::test]
+async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
+    let app = TestApp::spawn_with(|g| g.collect_every = Some(Duration::from_millis(300))).await;
+    for _ in 0..5 {
+        let listed = app.get("/api/v1/inventory/items").await;
+        assert_eq!(listed.status(), StatusCode::OK);
+    }
+    let known = eventually("the built-in series", Duration::from_secs(20), || async {
+        let known: Value = app
+            .get("/api/v1/monitoring/metrics")
+            .await
+            .json()
+            .await
+            .ok()?;
+        let names: Vec<String> = known
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["metric"].as_str().map(str::to_owned))
+            .collect();
+        let wanted = [
+            "chronicle_host_resource_ratio",
+            "chronicle_host_network_bytes_per_second",
+            "chronicle_http_requests_per_second",
+            "chronicle_http_error_ratio",
+            "chronicle_http_latency_p99_seconds",
+            "chronicle_availability_ratio",
+            "chronicle_subscriber_lag_events",
+            "chronicle_subscriber_lag_seconds",
+        ];
+        wanted
+            .iter()
+            .all(|w| names.iter().any(|n| n == w))
+            .then_some(known)
+    })
+    .await;
+    let labels_of = |metric: &str| -> Value {
+        known
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == metric)
+            .map(|m| m["labels"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        labels_of("chronicle_host_resource_ratio"),
+        json!(["instance", "resource"])
+    );
+    assert_eq!(
+        labels_of("chronicle_subscriber_lag_events"),
+        json!(["instance", "subscriber"])
+    );
+    // Plausible values: memory in use is a share of the total; the listed route had traffic.
+    let memory = query(
+        &app,
+        "metric=chronicle_host_resource_ratio&labels=resource:memory&agg=max",
+    )
+    .await;
+    let used = points(&memory)[0].1;
+    assert!(used > 0.0 && used <= 1.0, "{memory}");
+    let route = query(
+        &app,
+        "metric=chronicle_http_requests_per_second&labels=route:/api/v1/inventory/items&agg=max",
+    )
+    .await;
+    assert!(
+        route["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p[1].as_f64().unwrap() > 0.0)),
+        "{route}"
+    );
+}
