@@ -92,7 +92,10 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_the_saga_to_its_c
 
     let (db, nats) = (TestDb::new().await, TestNats::start());
     let mut up = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    // Its key and running.json in a directory of the test's, not the crate's.
+    let data = tempfile::tempdir().unwrap();
     up.arg("up")
+        .env("CHRONICLE_DATA_DIR", data.path())
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", nats.url())
         .env("CHRONICLE_STAFF_USERS", "*")
