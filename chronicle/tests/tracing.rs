@@ -5,6 +5,9 @@
 //! OTLP/HTTP JSON, and the span tree checked.
 
 mod common;
+#[path = "common/gateways.rs"]
+#[allow(dead_code)] // only `user` is used here
+mod gateways;
 
 use std::{
     collections::HashMap,
@@ -105,23 +108,7 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_the_saga_to_its_c
         .env("RUST_LOG", "warn");
     let (_chronicle, base, _) = start_gateway(up);
     let http = reqwest::Client::new();
-    let register = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"username": "tracy", "password": "correct horse", "display_name": "T"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(register.status().is_success());
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "tracy", "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let (_, token) = gateways::user(&http, &base, "tracy").await;
     let item = http
         .post(format!("{base}/api/v1/inventory/items"))
         .bearer_auth(&token)
