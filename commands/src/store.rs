@@ -1,7 +1,6 @@
 use chronicle_schemas::{AggregateKind, Envelope, Metadata, StoredEvent};
 use chrono::{SubsecRound, Utc};
-use cqrs_es::{persist::PersistedEventRepository, Aggregate, DomainEvent};
-use postgres_es::PostgresEventRepository;
+use cqrs_es::{Aggregate, DomainEvent};
 use sqlx::{migrate::Migrator, PgPool};
 use uuid::Uuid;
 
@@ -167,7 +166,6 @@ impl PendingAppend {
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
-    repo: std::sync::Arc<PostgresEventRepository>,
     faults: crate::faults::Faults,
 }
 
@@ -179,10 +177,8 @@ impl std::fmt::Debug for EventStore {
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
-        let repo = std::sync::Arc::new(PostgresEventRepository::new(pool.clone()));
         Self {
             pool,
-            repo,
             faults: crate::faults::Faults::default(),
         }
     }
@@ -203,8 +199,7 @@ impl EventStore {
     /// # Errors
     /// When the database fails or a stored event no longer decodes.
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<LoadedAggregate<A>, StoreError> {
-        let events = self.repo.get_events::<A>(id).await?;
-        fold(A::default(), 0, id, events)
+        self.fold_stored(A::default(), 0, id).await
     }
 
     /// Rebuilds aggregate `id` from its latest snapshot, if it has one, and the events after
@@ -234,8 +229,56 @@ impl EventStore {
             sequence: last as u64,
             source,
         })?;
-        let events = self.repo.get_last_events::<A>(id, last as usize).await?;
-        fold(state, last as u64, id, events)
+        self.fold_stored(state, last as u64, id).await
+    }
+
+    /// Applies the stored events of `id` after sequence `after` to `state`: ONE query whose
+    /// rows are decoded as they arrive, each payload read as text straight into the event type
+    /// (no intermediate JSON tree, no metadata: loading needs neither). An old event version
+    /// goes through its upcaster first (`chronicle_schemas::upcast`).
+    async fn fold_stored<A: Aggregate>(
+        &self,
+        mut state: A,
+        after: u64,
+        id: &str,
+    ) -> Result<LoadedAggregate<A>, StoreError> {
+        use futures::TryStreamExt;
+        use sqlx::Row;
+        let mut rows = sqlx::query(
+            "SELECT sequence, event_type, event_version, payload::text FROM events \
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
+        )
+        .bind(A::TYPE)
+        .bind(id)
+        .bind(after as i64)
+        .fetch(&self.pool);
+        let mut version = after;
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(StoreError::db("loading events"))?
+        {
+            let sequence: i64 = row.try_get(0).map_err(StoreError::db("loading events"))?;
+            let event_type: &str = row.try_get(1).map_err(StoreError::db("loading events"))?;
+            let event_version: &str = row.try_get(2).map_err(StoreError::db("loading events"))?;
+            let payload: &str = row.try_get(3).map_err(StoreError::db("loading events"))?;
+            let corrupt = |source| StoreError::Corrupt {
+                aggregate_type: A::TYPE.into(),
+                aggregate_id: id.into(),
+                sequence: sequence as u64,
+                source,
+            };
+            let event: A::Event = if chronicle_schemas::is_current(event_type, event_version) {
+                serde_json::from_str(payload).map_err(corrupt)?
+            } else {
+                let stored = serde_json::from_str(payload).map_err(corrupt)?;
+                serde_json::from_value(upcast_tagged(event_type, event_version, stored))
+                    .map_err(corrupt)?
+            };
+            state.apply(event);
+            version = sequence as u64;
+        }
+        Ok(LoadedAggregate { state, version })
     }
 
     /// Appends a group of commands' events in ONE transaction, each with its own
@@ -589,31 +632,6 @@ fn sorted_rows<'a>(group: &'a [PendingAppend], live: &[usize]) -> Vec<(usize, &'
             ))
     });
     rows
-}
-
-fn fold<A: Aggregate>(
-    mut state: A,
-    mut version: u64,
-    id: &str,
-    events: Vec<cqrs_es::persist::SerializedEvent>,
-) -> Result<LoadedAggregate<A>, StoreError> {
-    for mut stored in events {
-        // An old version is read as the current one (`chronicle_schemas::upcast`).
-        if !chronicle_schemas::is_current(&stored.event_type, &stored.event_version) {
-            stored.payload =
-                upcast_tagged(&stored.event_type, &stored.event_version, stored.payload);
-        }
-        let event: A::Event =
-            serde_json::from_value(stored.payload).map_err(|source| StoreError::Corrupt {
-                aggregate_type: A::TYPE.into(),
-                aggregate_id: id.into(),
-                sequence: stored.sequence as u64,
-                source,
-            })?;
-        state.apply(event);
-        version = stored.sequence as u64;
-    }
-    Ok(LoadedAggregate { state, version })
 }
 
 /// A stored payload (`{event_type: fields}`, postgres-es's form) with its fields upcast.
