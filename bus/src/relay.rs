@@ -6,8 +6,8 @@
 //! longer has. Others wait as standbys and take over when the lock frees.
 //!
 //! Each round takes the oldest rows (at most 1,000), publishes them as ONE JetStream atomic
-//! batch (all stored or none, one fsync for all), and deletes them only after the batch is
-//! acknowledged. Per-aggregate order holds because rows are taken in commit order and a
+//! batch (all stored or none, one fsync for all; a single row as a plain publish), and
+//! deletes them only after the batch is acknowledged. Per-aggregate order holds because rows are taken in commit order and a
 //! round starts only after the previous one was acknowledged.
 //!
 //! A crash after the publish and before the delete leaves rows that are already in the
@@ -261,6 +261,12 @@ impl Relay {
         js: &jetstream::Context,
         rows: &[OutboxRow],
     ) -> Result<u64, RelayError> {
+        // One row alone (a quiet system, one commit at a time) is a plain publish: an atomic
+        // batch makes nats-server stage it on disk first, several times the cost of storing
+        // one message, for an all-or-nothing that one message has anyway.
+        if rows.len() == 1 {
+            return self.publish_each(js, rows).await;
+        }
         let batch_id = Uuid::now_v7().simple().to_string();
         let last = rows.len() - 1;
         for (i, row) in rows.iter().enumerate() {
