@@ -22,6 +22,11 @@ use sqlx::PgPool;
 
 /// Starts `chronicle <args>` on the test's servers (HTTP actions may call 127.0.0.1).
 fn start(args: &[&str], db: &TestDb, nats: &TestNats) -> Running {
+    start_logging_to(args, db, nats, Stdio::inherit())
+}
+
+/// [`start`] with the process's log going to `log`.
+fn start_logging_to(args: &[&str], db: &TestDb, nats: &TestNats, log: Stdio) -> Running {
     let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
         .args(args)
         .env("DATABASE_URL", &db.url)
@@ -29,10 +34,51 @@ fn start(args: &[&str], db: &TestDb, nats: &TestNats) -> Running {
         .env("CHRONICLE_SCHEDULER_HTTP_ALLOW", "127.0.0.1")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("the chronicle binary starts");
     Running(Some(child))
+}
+
+/// Regression (issue 16, seen in the E1 bench): the scheduler and the alert engine read the
+/// tables of projections (`scheduler_jobs`, `monitoring_rules`) that, on a new database, do
+/// not exist until their projectors start; started first, each logged a warning at every
+/// round. Each now makes the table it reads, and starts quietly with no projector running.
+#[tokio::test]
+async fn the_scheduler_and_the_alert_engine_start_before_any_projector_without_a_warning() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let log_path = dir.path().join("stderr.log");
+    let log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("the log file")
+            .into()
+    };
+    let scheduler = start_logging_to(&["scheduler"], &db, &nats, log());
+    let engine = start_logging_to(&["alert-engine"], &db, &nats, log());
+    let pool = db.pool().await;
+    live_schedulers(&pool, 1).await;
+    // Both have run a few rounds (the scheduler polls every second, the engine evaluates at
+    // start), with no projector anywhere.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop((scheduler, engine));
+    for table in ["scheduler_jobs", "monitoring_rules"] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(exists, "{table} was made by the process that reads it");
+    }
+    let logged = std::fs::read_to_string(&log_path).expect("the log");
+    let complaints: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(complaints.is_empty(), "they complained: {complaints:#?}");
 }
 
 /// The log's relay and the jobs read model, which the schedulers find due jobs in.

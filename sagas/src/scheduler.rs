@@ -189,6 +189,16 @@ impl Scheduler {
                 None
             }
         };
+        // Due jobs are read from the jobs projection's table: on a new database the scheduler
+        // may start before that projector has made it.
+        if let Some(Err(e)) = chronicle_projections::setup_named(
+            chronicle_projections::jobs::JobsProjection::NAME,
+            &core.pool,
+        )
+        .await
+        {
+            tracing::warn!(error = %ErrorChain(&e), "cannot create the jobs table");
+        }
         tracing::info!(id = %core.id, "scheduler started");
         loop {
             tokio::select! {
