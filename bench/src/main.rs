@@ -15,6 +15,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod e1;
 mod e2;
 mod e3;
 mod e4;
@@ -64,6 +65,25 @@ enum Workload {
     },
     /// W3: one aggregate with 10,000 events.
     W3,
+    /// E1: commands through the gateway's HTTP API (a mix of order placements and stock
+    /// receipts over 64 connections), with the E1 reference in the same run
+    /// (`cargo build --release -p chronicle` first).
+    E1 {
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Open-loop arrival rate, commands per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Length of each phase, seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Order placements in the mix, percent (the rest are stock receipts).
+        #[arg(long, default_value_t = 50)]
+        orders_percent: u64,
+        /// One command in this many is read back with `?min_version=` (projection lag).
+        #[arg(long, default_value_t = 10)]
+        probe_every: u64,
+    },
     /// E2: chat fan-out over WebSocket to one room's members, then idle connections
     /// (`cargo build --release -p chronicle` first: it runs as its own process).
     E2 {
@@ -130,6 +150,30 @@ fn main() -> anyhow::Result<()> {
             } => {
                 for _ in 0..runs {
                     w1::run(&servers, only.as_deref(), concurrency).await?;
+                }
+            }
+            Workload::E1 {
+                runs,
+                rate,
+                seconds,
+                orders_percent,
+                probe_every,
+            } => {
+                anyhow::ensure!(
+                    orders_percent <= 100 && probe_every > 0 && rate > 0,
+                    "bad E1 options"
+                );
+                for _ in 0..runs {
+                    e1::run(
+                        &servers,
+                        e1::Options {
+                            rate,
+                            seconds,
+                            orders_percent,
+                            probe_every,
+                        },
+                    )
+                    .await?;
                 }
             }
             Workload::W2 { large } => w2::run(&servers, large).await?,

@@ -58,6 +58,16 @@ const BENCH_JWT_SECRET: &str = "bench-only signing key, 32 bytes or more, never 
 /// `chronicle <role>` (`up`, or `gateway` alone beside an `up` whose gateway is not
 /// measured) on the bench's servers: the process and its base URL.
 pub fn start_role(db_url: &str, nats_url: &str, role: &str) -> anyhow::Result<(Chronicle, String)> {
+    start_with(db_url, nats_url, role, &[])
+}
+
+/// [`start_role`] with more environment (`CHRONICLE_STAFF_USERS`, say).
+pub fn start_with(
+    db_url: &str,
+    nats_url: &str,
+    role: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Chronicle, String)> {
     let binary = std::env::current_exe()?
         .parent()
         .context("the bench binary's directory")?
@@ -79,6 +89,7 @@ pub fn start_role(db_url: &str, nats_url: &str, role: &str) -> anyhow::Result<(C
         .env("CHRONICLE_RATE_LIMIT_PER_SECOND", "0")
         .env("CHRONICLE_PG_POOL", "32")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;

@@ -28,6 +28,17 @@ fn start_command(mut command: Command) -> (Running, String, Vec<String>) {
     start_gateway(command)
 }
 
+/// Asks `/health` and expects `ok`.
+async fn assert_healthy(base: &str) {
+    let health: Value = reqwest::get(format!("{base}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+}
+
 /// Regression (issue 10): README's first command failed from a clone in `/root` (mode
 /// 700): initdb, run as `postgres`, could not enter the data dir.
 #[tokio::test]
@@ -41,13 +52,7 @@ async fn chronicle_up_runs_from_a_directory_the_postgres_user_cannot_enter() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
     command.current_dir(&clone).env_remove("CHRONICLE_DATA_DIR");
     let (running, base, said) = start_command(command);
-    let health: Value = reqwest::get(format!("{base}/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(health["status"], "ok", "{health}");
+    assert_healthy(&base).await;
     terminate(running);
     if nix::unistd::Uid::effective().is_root() {
         let moved = said
