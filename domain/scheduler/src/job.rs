@@ -197,6 +197,10 @@ pub struct Job {
     retries: Vec<Retry>,
     running: BTreeMap<String, Running>,
     last_finished: Option<Finished>,
+    /// The latest due time a run started for: a resumed cron job goes on after it, even when
+    /// the clock that resumes it is behind the one that fired it.
+    #[serde(default)]
+    latest_started_due: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -377,7 +381,9 @@ impl Job {
                 // now; a one-shot job still due runs.
                 let next_due_at = match spec.schedule {
                     Schedule::Once { .. } => self.next_due,
-                    Schedule::Cron { .. } => Self::due_after(spec, now)?,
+                    Schedule::Cron { .. } => {
+                        Self::due_after(spec, self.latest_started_due.map_or(now, |d| d.max(now)))?
+                    }
                 };
                 Ok(vec![JobEvent::JobResumed {
                     resumed_at: now,
@@ -600,6 +606,7 @@ impl Job {
                 next_due_at,
             } => {
                 self.retries.retain(|r| r.due_at != due_at);
+                self.latest_started_due = self.latest_started_due.max(Some(due_at));
                 self.running.insert(
                     run_id,
                     Running {
