@@ -78,10 +78,10 @@ impl OrderSagaConfig {
     }
 }
 
-/// The order saga (process manager), on the shared subscriber runtime: one event at a time
-/// (`batch_max = 1`), so an order's events are handled in order; its checkpoint and the
-/// payment deadlines it writes commit together, and the commands it issues are safe to
-/// issue again when an event is handled a second time.
+/// The order saga (process manager), on the shared subscriber runtime: up to 64 events a
+/// batch, in lanes that keep the events of one order, item or coupon in stream order and run
+/// the rest side by side; the batch's checkpoint commits once every lane is done, and the
+/// commands it issues are safe to issue again when an event is handled a second time.
 pub struct OrderSaga {
     core: Arc<Core>,
     client: async_nats::Client,
@@ -152,7 +152,7 @@ impl OrderSaga {
     /// The saga as a subscriber: name and consumer `saga-orders`, order events only.
     pub fn subscriber_config(&self) -> SubscriberConfig {
         SubscriberConfig {
-            batch_max: 1,
+            batch_max: 64,
             ack_wait: self.config.ack_wait,
             // A saga step failing for an outside reason (the payment provider away, a command
             // losing races) is retried for about two minutes before it is parked: parking
@@ -204,25 +204,131 @@ impl From<SagaError> for HandlerError {
 }
 
 impl Handler for Events {
+    /// The batch in lanes ([`lanes`]): each lane in stream order, the lanes side by side, so
+    /// the commands of different orders share the command bus's commit groups instead of
+    /// each waiting for the one before. All lanes run to the end; the first failure fails
+    /// the batch, which the runtime then handles again one event at a time (every step is
+    /// safe to repeat).
     async fn handle(
         &self,
         _conn: &mut PgConnection,
         events: &[Envelope],
     ) -> Result<(), HandlerError> {
-        for envelope in events {
-            let span = tracing::info_span!(
-                "saga",
-                order_id = %envelope.aggregate_id,
-                event = %envelope.event_type,
-                correlation_id = %envelope.correlation_id,
-            );
-            tracing::Instrument::instrument(self.0.handle(envelope), span).await?;
+        let lanes = lanes(&self.0, events).await?;
+        let outcomes = futures::future::join_all(lanes.into_iter().map(|lane| async move {
+            for envelope in lane {
+                let span = tracing::info_span!(
+                    "saga",
+                    order_id = %envelope.aggregate_id,
+                    event = %envelope.event_type,
+                    correlation_id = %envelope.correlation_id,
+                );
+                tracing::Instrument::instrument(self.0.handle(envelope), span).await?;
+            }
+            Ok::<(), SagaError>(())
+        }))
+        .await;
+        for outcome in outcomes {
+            outcome?;
         }
         Ok(())
     }
 }
 
+/// Splits a batch into lanes: two events share a lane when they concern the same order, the
+/// same item or the same coupon, and keep their stream order in it. So stock and coupon
+/// redemptions still go first come, first served, as when the saga handled one event at a
+/// time; only work that cannot meet runs side by side.
+async fn lanes<'a>(
+    core: &Core,
+    events: &'a [Envelope],
+) -> Result<Vec<Vec<&'a Envelope>>, SagaError> {
+    let mut keys = Vec::with_capacity(events.len());
+    for envelope in events {
+        keys.push(core.touches(envelope).await?);
+    }
+    Ok(lanes_by_keys(&keys)
+        .into_iter()
+        .map(|lane| lane.into_iter().map(|i| &events[i]).collect())
+        .collect())
+}
+
+/// Lanes of positions `0..keys.len()`: positions that share a key, directly or through
+/// others, are in one lane, in ascending order.
+fn lanes_by_keys(keys: &[Vec<String>]) -> Vec<Vec<usize>> {
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (index, touched) in keys.iter().enumerate() {
+        let mut joined: Vec<usize> = touched
+            .iter()
+            .filter_map(|k| lane_of.get(k.as_str()))
+            .copied()
+            .collect();
+        joined.sort_unstable();
+        joined.dedup();
+        let lane = match joined.split_first() {
+            None => {
+                lanes.push(Vec::new());
+                lanes.len() - 1
+            }
+            Some((&into, others)) => {
+                // The position links lanes: they become one, in order.
+                for &other in others {
+                    let moved = std::mem::take(&mut lanes[other]);
+                    lanes[into].extend(moved);
+                }
+                lanes[into].sort_unstable();
+                for lane in lane_of.values_mut() {
+                    if others.contains(lane) {
+                        *lane = into;
+                    }
+                }
+                into
+            }
+        };
+        lanes[lane].push(index);
+        for key in touched {
+            lane_of.insert(key, lane);
+        }
+    }
+    lanes.retain(|lane| !lane.is_empty());
+    lanes
+}
+
 impl Core {
+    /// What handling `envelope` may touch besides its order: the items and the coupon of the
+    /// order (from a placement's payload, else from the order). An event that does not decode
+    /// touches only its order (handling it parks it).
+    async fn touches(&self, envelope: &Envelope) -> Result<Vec<String>, SagaError> {
+        let order_id = envelope.aggregate_id.as_str();
+        let mut keys = vec![format!("order\u{0}{order_id}")];
+        match envelope.decode::<OrderEvent>() {
+            Err(_)
+            | Ok(
+                OrderEvent::OrderReserved {}
+                | OrderEvent::OrderPaid { .. }
+                | OrderEvent::PaymentRequested { .. }
+                | OrderEvent::PaymentFailed { .. }
+                | OrderEvent::PaymentRefunded { .. },
+            ) => {}
+            Ok(OrderEvent::OrderPlaced { lines, coupon, .. }) => {
+                keys.extend(lines.iter().map(|l| format!("sku\u{0}{}", l.sku)));
+                keys.extend(coupon.iter().map(|c| format!("coupon\u{0}{}", c.code)));
+            }
+            Ok(_) => {
+                let order = self.order(order_id).await?;
+                keys.extend(order.lines().iter().map(|l| format!("sku\u{0}{}", l.sku)));
+                keys.extend(
+                    order
+                        .coupon()
+                        .iter()
+                        .map(|c| format!("coupon\u{0}{}", c.code)),
+                );
+            }
+        }
+        Ok(keys)
+    }
+
     async fn handle(&self, envelope: &Envelope) -> Result<(), SagaError> {
         let event: OrderEvent = envelope.decode().map_err(SagaError::Decode)?;
         let order_id = envelope.aggregate_id.as_str();
@@ -665,5 +771,56 @@ fn caused_by(correlation_id: Uuid, causation_id: Uuid) -> CommandContext {
         causation_id: Some(causation_id),
         actor: Some(ACTOR.to_owned()),
         ..CommandContext::new()
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::lanes_by_keys;
+
+    fn keys(of: &[&[&str]]) -> Vec<Vec<String>> {
+        of.iter()
+            .map(|k| k.iter().map(|s| (*s).to_owned()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn orders_that_share_nothing_get_a_lane_each() {
+        let lanes = lanes_by_keys(&keys(&[&["o1", "a"], &["o2", "b"], &["o3", "c"]]));
+        assert_eq!(lanes, vec![vec![0], vec![1], vec![2]]);
+    }
+
+    #[test]
+    fn events_of_one_order_item_or_coupon_share_a_lane_in_stream_order() {
+        let lanes = lanes_by_keys(&keys(&[
+            &["o1", "a"],
+            &["o2", "b"],
+            &["o3", "a"],
+            &["o1"],
+            &["o4", "coupon"],
+            &["o5", "c", "coupon"],
+        ]));
+        assert_eq!(lanes, vec![vec![0, 2, 3], vec![1], vec![4, 5]]);
+    }
+
+    #[test]
+    fn an_event_that_links_two_lanes_merges_them_in_stream_order() {
+        let lanes = lanes_by_keys(&keys(&[
+            &["o1", "a"],
+            &["o2", "b"],
+            &["o3", "a", "b"],
+            &["o4", "b"],
+            &["o5", "d"],
+        ]));
+        assert_eq!(lanes, vec![vec![0, 1, 2, 3], vec![4]]);
+    }
+
+    #[test]
+    fn every_position_is_in_exactly_one_lane() {
+        // A chain that links every lane at the end.
+        let mut of: Vec<Vec<String>> = (0..50).map(|i| vec![format!("k{i}")]).collect();
+        of.push((0..50).map(|i| format!("k{i}")).collect());
+        let lanes = lanes_by_keys(&of);
+        assert_eq!(lanes, vec![(0..51).collect::<Vec<_>>()]);
     }
 }
