@@ -19,7 +19,9 @@
 //!    read model with `?min_version=` (woken by the projector's commit): the projection lag,
 //!    from the command's 2xx to the read model showing its version. The RSS of the `chronicle
 //!    up` process (the gateway and every other role in one process) idle, at its peak under
-//!    the load, and after it, is reported with it (`up_rss_kib_*`).
+//!    the load, and after it, is reported with it (`up_rss_kib_*`), and how many orders the
+//!    saga had not decided yet when the last command was answered, and how long it took
+//!    to decide them.
 
 use std::{
     future::Future,
@@ -436,6 +438,24 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
     })
     .await?;
     let peak_rss = peak.stop().await?;
+    // The saga behind the orders: how long after the last command every order placed in
+    // the run is decided (no longer `pending` in the read model).
+    let drained = Instant::now();
+    let pending_at_end: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+            .fetch_one(&fresh.pool)
+            .await?;
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+                .fetch_one(&fresh.pool)
+                .await?;
+        if pending == 0 || drained.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saga_drain = drained.elapsed();
     let done = run.latencies.len() as u64;
     let open = Measurement::new("chronicle", "E1", CONNECTIONS, done, run.elapsed)
         .label("open-loop")
@@ -450,6 +470,9 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
     line["projection_lag_p50_ms"] = json!(lag.p50_ms);
     line["projection_lag_p99_ms"] = json!(lag.p99_ms);
     line["projection_lag_stale"] = json!(run.stale);
+    line["orders_pending_at_end"] = json!(pending_at_end);
+    line["seconds_until_every_order_decided"] =
+        json!((saga_drain.as_secs_f64() * 1_000.0).round() / 1_000.0);
     line["up_rss_kib_idle"] = json!(idle_rss);
     line["up_rss_kib_peak"] = json!(peak_rss);
     line["up_rss_kib_after"] = json!(rss_kib(pid)?);
