@@ -436,6 +436,51 @@ async fn fifty_orders_racing_for_five_units_reserve_exactly_five() {
     assert_eq!(available, 0);
 }
 
+/// The saga handles its batches in lanes (one per order, item or coupon) side by side:
+/// orders for eight items at once, four for each item's two units, reserve exactly two per
+/// item, and orders spanning two items link their lanes without losing or doubling a unit.
+#[tokio::test]
+async fn orders_for_many_items_at_once_each_reserve_exactly_what_their_item_holds() {
+    let app = TestApp::spawn().await;
+    let skus: Vec<String> = (0..8).map(|i| format!("MANY-{i}")).collect();
+    for sku in &skus {
+        create_item(&app, sku, 100, 2).await;
+    }
+    // Four one-line orders per item, and one order for two units of two neighbours each.
+    let mut bodies: Vec<Value> = (0..32)
+        .map(|k| json!({"lines": [{"sku": skus[k % 8], "quantity": 1}]}))
+        .collect();
+    bodies.extend((0..8).step_by(2).map(|i| {
+        json!({"lines": [{"sku": skus[i], "quantity": 1}, {"sku": skus[i + 1], "quantity": 1}]})
+    }));
+    let ids: Vec<String> =
+        futures::future::join_all(bodies.into_iter().map(|body| place(&app, body))).await;
+    let mut reserved_units = BTreeMap::<String, i64>::new();
+    for id in &ids {
+        let order = settled(&app, id).await;
+        match order["status"].as_str().unwrap() {
+            "reserved" => {
+                for line in order["lines"].as_array().unwrap() {
+                    *reserved_units
+                        .entry(line["sku"].as_str().unwrap().to_owned())
+                        .or_default() += line["quantity"].as_i64().unwrap();
+                }
+            }
+            "rejected" => assert_eq!(order["reason"], "insufficient_stock", "{order}"),
+            other => panic!("order {id} settled as {other}"),
+        }
+    }
+    for sku in &skus {
+        assert_eq!(
+            reserved_units.get(sku),
+            Some(&2),
+            "{sku}: {reserved_units:?}"
+        );
+        let item = item_with_reserved(&app, sku, 2).await;
+        assert_eq!(item["available"], 0, "{item}");
+    }
+}
+
 #[tokio::test]
 async fn a_coupon_with_three_redemptions_discounts_exactly_three_of_twenty_orders() {
     let app = TestApp::spawn().await;
