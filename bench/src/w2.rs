@@ -83,6 +83,9 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
         let _ = stop.send(());
         relay.await??;
 
+        if std::env::var("BENCH_W2_READ_CEILING").is_ok() {
+            read_ceiling(&fresh.nats_url, total).await?;
+        }
         let started = Instant::now();
         let folded = fold_in_memory(&fresh.nats, total).await?;
         Measurement::new("chronicle", "W2", 1, total, started.elapsed())
@@ -162,4 +165,154 @@ async fn fold_in_memory(
         seen += 1;
     }
     Ok(state)
+}
+
+/// How fast this machine reads the stream back, for the W2 figures' context
+/// (`BENCH_W2_READ_CEILING=1`): the ordered consumer that replay uses, plain pull consumers
+/// with larger batches, several pull consumers over ranges side by side (decoding the
+/// envelopes), and batched direct gets (nats-server 2.11's `{"seq", "batch"}`), each alone
+/// on a quiet system.
+async fn read_ceiling(url: &str, total: u64) -> anyhow::Result<()> {
+    let client = chronicle_bus::connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(chronicle_bus::EVENTS_STREAM).await?;
+    let started = Instant::now();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    while seen < total {
+        let m = messages.next().await.context("ended")??;
+        bytes += m.payload.len();
+        seen += 1;
+    }
+    Measurement::new("chronicle", "W2-read", 1, total, started.elapsed())
+        .label("ordered-no-decode")
+        .print();
+    eprintln!("bytes {bytes}");
+    drop(messages);
+    for batch in [2_000usize, 10_000] {
+        let started = Instant::now();
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await?;
+        let mut seen = 0u64;
+        while seen < total {
+            let m = messages.next().await.context("ended")??;
+            std::hint::black_box(m.payload.len());
+            seen += 1;
+        }
+        Measurement::new("chronicle", "W2-read", 1, total, started.elapsed())
+            .label(format!("pull-{batch}-no-decode").leak())
+            .print();
+    }
+    for parts in [2u64, 4] {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for part in 0..parts {
+            let url = url.to_owned();
+            let from = part * total / parts + 1;
+            let to = (part + 1) * total / parts;
+            tasks.push(tokio::spawn(async move {
+                let client = chronicle_bus::connect(&url).await?;
+                let js = jetstream::new(client);
+                let stream = js.get_stream(chronicle_bus::EVENTS_STREAM).await?;
+                let consumer = stream
+                    .create_consumer(jetstream::consumer::pull::Config {
+                        deliver_policy: DeliverPolicy::ByStartSequence {
+                            start_sequence: from,
+                        },
+                        ack_policy: jetstream::consumer::AckPolicy::None,
+                        inactive_threshold: Duration::from_secs(30),
+                        ..Default::default()
+                    })
+                    .await?;
+                let mut messages = consumer
+                    .stream()
+                    .max_messages_per_batch(5_000)
+                    .messages()
+                    .await?;
+                let mut n = 0u64;
+                for _ in from..=to {
+                    let m = messages.next().await.context("ended")??;
+                    let e: Envelope = serde_json::from_slice(&m.payload)?;
+                    std::hint::black_box(e);
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            }));
+        }
+        let mut n = 0;
+        for t in tasks {
+            n += t.await??;
+        }
+        Measurement::new("chronicle", "W2-read", 1, n, started.elapsed())
+            .label(format!("parallel-{parts}-decode").leak())
+            .print();
+    }
+    for (parts, chunk) in [(1u64, 10_000u64), (2, 10_000), (4, 5_000)] {
+        let started = Instant::now();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..parts {
+            let url = url.to_owned();
+            let next = next.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = chronicle_bus::connect(&url).await?;
+                let mut n = 0u64;
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let from = k * chunk + 1;
+                    if from > total {
+                        break;
+                    }
+                    let inbox = client.new_inbox();
+                    let mut sub = client.subscribe(inbox.clone()).await?;
+                    client
+                        .publish_with_reply(
+                            "$JS.API.DIRECT.GET.EVENTS",
+                            inbox,
+                            format!("{{\"seq\":{from},\"batch\":{chunk}}}").into(),
+                        )
+                        .await?;
+                    loop {
+                        let m = sub.next().await.context("ended")?;
+                        if let Some(status) = m.status {
+                            if status.as_u16() == 204 {
+                                break;
+                            }
+                            anyhow::bail!("status {status:?} {:?}", m.description);
+                        }
+                        let e: Envelope = serde_json::from_slice(&m.payload)?;
+                        std::hint::black_box(e);
+                        n += 1;
+                    }
+                }
+                anyhow::Ok(n)
+            }));
+        }
+        let mut n = 0;
+        for t in tasks {
+            n += t.await??;
+        }
+        Measurement::new("chronicle", "W2-read", 1, n, started.elapsed())
+            .label(format!("direct-batch-{parts}x{chunk}-decode").leak())
+            .print();
+    }
+    Ok(())
 }
