@@ -983,3 +983,55 @@ async fn one_chunk_sent_twice_at_once_with_different_bytes_never_makes_a_file_un
         assert!(chunks <= 1, "round {round}: {chunks} chunk objects");
     }
 }
+
+/// Found by the fault harness (issue 17): each download read the file's manifest through
+/// the object store's `get`, which makes a JetStream consumer per call, and a burst of
+/// downloads ran into nats-server's consumer limit, answered as a 400 blaming the client.
+/// Every download of a burst is served, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_downloads_is_served_whole_every_time() {
+    let app = TestApp::spawn().await;
+    let mut files = Vec::new();
+    for i in 0..4u8 {
+        let bytes: Vec<u8> = data(700 + usize::from(i))
+            .into_iter()
+            .map(|b| b ^ i)
+            .collect();
+        let r = upload(&app, &app.token, bytes.clone(), &format!("f{i}.bin")).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        files.push((id, bytes));
+    }
+    use futures::StreamExt;
+    let downloads = futures::stream::iter((0..1_200).map(|n| {
+        let (id, bytes) = files[n % files.len()].clone();
+        let app = &app;
+        async move {
+            let r = app.get(&format!("/api/v1/files/{id}/content")).await;
+            let status = r.status();
+            let body = r.bytes().await.unwrap();
+            (
+                n,
+                status,
+                body == bytes,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    let failed: Vec<_> = downloads
+        .iter()
+        .filter(|(_, status, same, _)| *status != StatusCode::OK || !same)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 1,200 downloads failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
