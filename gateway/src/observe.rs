@@ -40,18 +40,27 @@ pub(crate) async fn record(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the process's registry, after refreshing the gauges that describe the
-/// whole system rather than this process (each subscriber's progress, the outbox depth).
+/// whole system rather than this process (whether each server answers, each subscriber's
+/// progress, the outbox depth).
 /// A part that cannot be read within a second keeps its last value: a scrape never waits on
 /// a server that is down.
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text: requests, commands, outbox, relay, subscribers, WebSocket, files, jobs", responses((status = 200, description = "200: text/plain; version=0.0.4"), crate::routes::openapi::Problems))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let refresh = async {
-        refresh_subscribers(&state).await;
-        refresh_outbox(&state).await;
+    let nats_up = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let up = |server: &'static str, up: bool| {
+        metrics::gauge!("chronicle_server_up", "server" => server).set(if up { 1.0 } else { 0.0 });
     };
-    if tokio::time::timeout(Duration::from_secs(1), refresh)
+    up("nats", nats_up);
+    // The outbox first: whether it can be read within a second is whether PostgreSQL is up.
+    let postgres_up = tokio::time::timeout(Duration::from_secs(1), refresh_outbox(&state))
         .await
-        .is_err()
+        .unwrap_or(false);
+    up("postgres", postgres_up);
+    if postgres_up
+        && nats_up
+        && tokio::time::timeout(Duration::from_secs(1), refresh_subscribers(&state))
+            .await
+            .is_err()
     {
         tracing::debug!("metrics refresh timed out; serving the last values");
     }
@@ -81,7 +90,8 @@ async fn refresh_subscribers(state: &AppState) {
     }
 }
 
-async fn refresh_outbox(state: &AppState) {
+/// Whether the outbox could be read.
+async fn refresh_outbox(state: &AppState) -> bool {
     // Bounded: a huge backlog is reported as "at least a million", not counted row by row.
     let depth: Result<i64, _> =
         sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) o")
@@ -90,4 +100,5 @@ async fn refresh_outbox(state: &AppState) {
     if let Ok(depth) = depth {
         metrics::gauge!("chronicle_outbox_depth").set(depth as f64);
     }
+    depth.is_ok()
 }

@@ -256,6 +256,10 @@ fn describe() {
         "commands committed together in one Postgres transaction"
     );
     describe_gauge!(
+        "chronicle_server_up",
+        "1 when the server (postgres, nats) answered this gateway at the last scrape, else 0"
+    );
+    describe_gauge!(
         "chronicle_outbox_depth",
         "outbox rows not yet published, as the active relay last saw them"
     );
