@@ -93,6 +93,7 @@ impl Servers {
                     NatsServer::start(NatsOptions {
                         store_dir,
                         port: None,
+                        cluster: None,
                     })
                 })
                 .await??;

@@ -26,17 +26,20 @@ pub enum BusError {
 }
 
 /// Connects to NATS, retrying the first connection and every later one without limit.
+/// `url` may list several servers, comma-separated (the nodes of a cluster): the client
+/// starts with any that answers and moves to another when its server goes away.
 ///
 /// # Errors
 /// When the URL is malformed.
 pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
     async_nats::ConnectOptions::new()
         .name("chronicle")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_owned(),

@@ -80,6 +80,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<(Embedded, String, Str
             let options = NatsOptions {
                 store_dir: data_dir.join("nats"),
                 port: None,
+                cluster: None,
             };
             let server = tokio::task::spawn_blocking(move || NatsServer::start(options))
                 .await

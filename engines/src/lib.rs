@@ -21,7 +21,7 @@ mod nats;
 mod postgres;
 mod spawn;
 
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{ClusterNode, NatsOptions, NatsServer};
 pub use postgres::{cluster_dir_for, Postgres, PostgresOptions};
 
 /// Why an engine could not be started.

@@ -15,6 +15,22 @@ pub struct NatsOptions {
     pub store_dir: PathBuf,
     /// The client port; `None` lets the server choose a free one.
     pub port: Option<u16>,
+    /// Membership of a cluster on 127.0.0.1, when this node is one of several.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// One node's place in a cluster of nats-servers on 127.0.0.1 (ENGINES.md: each node has its
+/// own `server_name`, store and route port, and lists every node's route).
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// The cluster's name, the same on every node.
+    pub cluster_name: String,
+    /// This node's `server_name`, unique in the cluster (stream info names leaders by it).
+    pub server_name: String,
+    /// The port this node listens on for routes.
+    pub route_port: u16,
+    /// Every node's route port, this one's included.
+    pub route_ports: Vec<u16>,
 }
 
 /// A running `nats-server` with JetStream, `sync_interval: always` (BENCH.md: a single node
@@ -94,14 +110,26 @@ impl NatsServer {
         std::fs::create_dir_all(&ports_dir)
             .map_err(EngineError::io(format!("creating {}", ports_dir.display())))?;
         let config = dir.join("nats-server.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\nmax_payload: 8MB\n",
-                jetstream_dir.display().to_string()
-            ),
-        )
-        .map_err(EngineError::io(format!("writing {}", config.display())))?;
+        let mut text = format!(
+            "jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\nmax_payload: 8MB\n",
+            jetstream_dir.display().to_string()
+        );
+        if let Some(node) = &self.options.cluster {
+            let routes: Vec<String> = node
+                .route_ports
+                .iter()
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            text.push_str(&format!(
+                "server_name: {:?}\ncluster {{\n  name: {:?}\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                node.server_name,
+                node.cluster_name,
+                node.route_port,
+                routes.join(", ")
+            ));
+        }
+        std::fs::write(&config, text)
+            .map_err(EngineError::io(format!("writing {}", config.display())))?;
         let port = if self.port == 0 {
             "-1".to_string()
         } else {

@@ -18,8 +18,11 @@ pub struct PostgresOptions {
     /// The TCP port on 127.0.0.1; `None` picks a free one.
     pub port: Option<u16>,
     /// `true` keeps PostgreSQL's durability defaults (fsync, synchronous_commit,
-    /// full_page_writes), as `chronicle up` and the benchmarks must. Test clusters turn them
-    /// off: they prove behaviour across process crashes, which the OS page cache survives.
+    /// full_page_writes), as `chronicle up` and the benchmarks must. Test clusters turn off
+    /// fsync and full_page_writes: they prove behaviour across process crashes, which the OS
+    /// page cache survives. They keep synchronous_commit: with it off a commit is
+    /// acknowledged before its WAL leaves PostgreSQL's own memory, and a crash of PostgreSQL
+    /// itself loses it (the fault harness found two acknowledged commands gone that way).
     pub durable: bool,
 }
 
@@ -31,6 +34,10 @@ pub struct Postgres {
     child: Option<Child>,
     port: u16,
     data_dir: PathBuf,
+    /// How it was started, to start it again after [`kill`](Self::kill).
+    bin: PathBuf,
+    run_as: Option<spawn::RunAs>,
+    durable: bool,
 }
 
 impl Postgres {
@@ -74,6 +81,9 @@ impl Postgres {
                         child: Some(child),
                         port,
                         data_dir: data.clone(),
+                        bin,
+                        run_as,
+                        durable: options.durable,
                     });
                 }
                 Err(e) if options.port.is_none() => last_error = Some(e),
@@ -106,6 +116,46 @@ impl Postgres {
         &self.data_dir
     }
 
+    /// Kills the server as a crash of the machine's PostgreSQL would: SIGKILL to the
+    /// postmaster and to every backend and helper it started, then waits until they are
+    /// gone (so a restart finds no shared memory still attached).
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let postmaster = child.id();
+        let children = children_of(postmaster);
+        let _ = child.kill();
+        for pid in &children {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the server again on the same port and data dir after [`kill`](Self::kill)
+    /// (it runs crash recovery first); clients reconnect by themselves.
+    ///
+    /// # Errors
+    /// When it does not come back within 30 s.
+    pub fn restart(&mut self) -> Result<(), EngineError> {
+        self.kill();
+        let child = launch(
+            &self.bin,
+            &self.data_dir,
+            self.port,
+            self.run_as.as_ref(),
+            self.durable,
+            &self.data_dir.join("server.log"),
+        )?;
+        self.child = Some(child);
+        Ok(())
+    }
+
     /// A connection URL for `database` as the superuser.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
@@ -118,6 +168,38 @@ impl Drop for Postgres {
             spawn::stop(&mut child, Signal::SIGINT, Duration::from_secs(15));
         }
     }
+}
+
+/// The processes whose parent is `parent` (from `/proc`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn free_port() -> Result<u16, EngineError> {
@@ -213,11 +295,7 @@ fn launch(
         "max_connections=300".into(),
     ];
     if !durable {
-        for setting in [
-            "fsync=off",
-            "synchronous_commit=off",
-            "full_page_writes=off",
-        ] {
+        for setting in ["fsync=off", "full_page_writes=off"] {
             args.push("-c".into());
             args.push(setting.into());
         }

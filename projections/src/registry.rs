@@ -84,6 +84,11 @@ macro_rules! by_name {
     };
 }
 
+/// The read-model tables of the projection `name`. `None` when there is no such projection.
+pub fn tables_named(name: &str) -> Option<&'static [&'static str]> {
+    by_name!(name, |p| p.tables())
+}
+
 /// Creates the tables of the projection `name`. `None` when there is no such projection.
 pub async fn setup_named(name: &str, pool: &PgPool) -> Option<Result<(), ProjectionError>> {
     by_name!(name, |p| crate::runtime::setup(pool, &p).await)

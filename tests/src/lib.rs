@@ -69,6 +69,25 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// A new directory for a cluster, owned by this binary (see [`sweep_dead_clusters`]), which
+/// the `postgres` user can enter; the dead binaries' ones are removed first.
+fn cluster_dir() -> tempfile::TempDir {
+    sweep_dead_clusters();
+    let dir = tempfile::Builder::new()
+        .prefix(CLUSTER_PREFIX)
+        .tempdir()
+        .expect("the temp dir is writable");
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+        .expect("write the owner file");
+    // The server runs as `postgres` when we are root: it must be able to enter.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod of our own temp dir");
+    dir
+}
+
 /// The test binary's PostgreSQL cluster, started on first use.
 ///
 /// # Panics
@@ -77,19 +96,7 @@ pub fn postgres_cluster() -> &'static Postgres {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     &CLUSTER
         .get_or_init(|| {
-            sweep_dead_clusters();
-            let dir = tempfile::Builder::new()
-                .prefix(CLUSTER_PREFIX)
-                .tempdir()
-                .expect("the temp dir is writable");
-            std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
-                .expect("write the owner file");
-            // The server runs as `postgres` when we are root: it must be able to enter.
-            std::fs::set_permissions(
-                dir.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )
-            .expect("chmod of our own temp dir");
+            let dir = cluster_dir();
             let postgres = Postgres::start(PostgresOptions {
                 data_dir: dir.path().join("data"),
                 port: None,
@@ -102,6 +109,58 @@ pub fn postgres_cluster() -> &'static Postgres {
             }
         })
         .postgres
+}
+
+/// A PostgreSQL cluster of one test's own, for a test that kills and restarts it (the
+/// shared cluster serves every other test of the binary), with one migrated database.
+pub struct TestPostgres {
+    pub postgres: Postgres,
+    /// The migrated database's URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPostgres {
+    /// Starts the cluster and creates and migrates the database `chronicle`.
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be started: install it (README's test command does).
+    pub async fn start() -> Self {
+        let dir = cluster_dir();
+        let data_dir = dir.path().join("data");
+        let postgres = tokio::task::spawn_blocking(move || {
+            Postgres::start(PostgresOptions {
+                data_dir,
+                port: None,
+                durable: false,
+            })
+        })
+        .await
+        .expect("the start task ends")
+        .expect("PostgreSQL starts (is Debian's `postgresql` installed? run scripts/setup)");
+        let mut admin = PgConnection::connect(&postgres.url("postgres"))
+            .await
+            .expect("connect to the cluster");
+        sqlx::query("CREATE DATABASE chronicle")
+            .execute(&mut admin)
+            .await
+            .expect("create the database");
+        let url = postgres.url("chronicle");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect to the database");
+        chronicle_commands::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        pool.close().await;
+        Self {
+            postgres,
+            url,
+            _dir: dir,
+        }
+    }
 }
 
 /// Logs to the test's captured output when `RUST_LOG` is set (`RUST_LOG=chronicle_bus=debug`).
@@ -193,6 +252,7 @@ impl TestNats {
         let server = NatsServer::start(NatsOptions {
             store_dir: dir.path().to_path_buf(),
             port: None,
+            cluster: None,
         })
         .expect("nats-server starts (is it installed? run scripts/setup)");
         Self { server, _dir: dir }

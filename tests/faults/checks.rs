@@ -1,0 +1,413 @@
+//! What must hold once the faults stop and the system has caught up: nothing lost, nothing
+//! duplicated, nothing stalled. Each check returns what it counted, or the broken promise.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::load::{Acked, Client, Watched};
+
+/// A broken promise, with what shows it.
+pub type Broken = String;
+
+/// Waits until the relay has published everything, every projection and saga has no lag,
+/// every acknowledged order is decided and every acknowledged job has run: what "nothing
+/// stalled" means. `Err` names what is still behind after `within`.
+pub async fn caught_up(
+    pool: &PgPool,
+    client: &Client,
+    token: &str,
+    acked: &Acked,
+    within: Duration,
+) -> Result<Duration, Broken> {
+    let started = Instant::now();
+    loop {
+        let behind = behind(pool, client, token, acked).await;
+        match behind {
+            None => return Ok(started.elapsed()),
+            Some(what) if started.elapsed() > within => {
+                return Err(format!("stalled: after {within:?}, {what}"))
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> Option<String> {
+    let outbox: i64 = match sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return Some(format!("PostgreSQL: {e}")),
+    };
+    if outbox > 0 {
+        return Some(format!("{outbox} outbox rows unpublished"));
+    }
+    let Some(projections) = client
+        .ok_json(|http, base| {
+            http.get(format!("{base}/api/v1/projections"))
+                .bearer_auth(token)
+        })
+        .await
+    else {
+        return Some("no gateway answers GET /api/v1/projections".into());
+    };
+    let lagging: Vec<String> = projections
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["lag_events"].as_i64() != Some(0))
+        .map(|p| format!("{} lags {} events", p["name"], p["lag_events"]))
+        .collect();
+    if !lagging.is_empty() {
+        return Some(lagging.join(", "));
+    }
+    let pending: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS o(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM orders WHERE orders.id = o.id AND status <> 'pending')",
+    )
+    .bind(&acked.orders)
+    .fetch_one(pool)
+    .await;
+    let pending = match pending {
+        Ok(n) => n,
+        Err(e) => return Some(format!("reading the orders: {e}")),
+    };
+    if pending != 0 {
+        return Some(format!("{pending} acknowledged orders not decided"));
+    }
+    let jobs: Result<i64, _> = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS j(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM scheduler_jobs s WHERE s.job_id = j.id AND s.status = 'done')",
+    )
+    .bind(&acked.jobs)
+    .fetch_one(pool)
+    .await;
+    let jobs = match jobs {
+        Ok(n) => n,
+        Err(e) => return Some(format!("reading the jobs: {e}")),
+    };
+    if jobs != 0 {
+        return Some(format!("{jobs} acknowledged jobs not done"));
+    }
+    None
+}
+
+/// Every command answered with a version is in the events table at that version; every
+/// acknowledged chat message is in the room's history at its seq; every acknowledged file
+/// is there with the bytes sent. The number of acknowledgements checked.
+pub async fn acknowledged_are_stored(
+    pool: &PgPool,
+    client: &Client,
+    token_of_member: &str,
+    token_of_owner: &str,
+    room: &str,
+    acked: &Acked,
+) -> Result<usize, Broken> {
+    let (types, (ids, versions)): (Vec<String>, (Vec<String>, Vec<i64>)) = acked
+        .versions
+        .iter()
+        .map(|(t, id, v)| (t.clone(), (id.clone(), *v)))
+        .unzip();
+    let missing: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT a.t, a.id, a.v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS a(t, id, v) \
+         WHERE NOT EXISTS (SELECT 1 FROM events e \
+                           WHERE e.aggregate_type = a.t AND e.aggregate_id = a.id AND e.sequence = a.v)",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .bind(&versions)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if !missing.is_empty() {
+        return Err(format!(
+            "lost: {} acknowledged commands are not in the events table, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+
+    let mut history = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .ok_json(|http, base| {
+                http.get(format!(
+                    "{base}/api/v1/rooms/{room}/messages?after_seq={after}&limit=100"
+                ))
+                .bearer_auth(token_of_member)
+            })
+            .await
+            .ok_or("the room's history could not be read")?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        let Some(last) = items.last() else { break };
+        after = last["seq"].as_i64().unwrap_or(i64::MAX);
+        for item in items {
+            history.insert(
+                item["id"].as_str().unwrap_or_default().to_owned(),
+                item["seq"].as_i64().unwrap_or(-1),
+            );
+        }
+    }
+    let seqs: Vec<i64> = history.values().copied().collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    if sorted != (1..=sorted.len() as i64).collect::<Vec<_>>() {
+        return Err("the room's seqs are not dense from 1".into());
+    }
+    for (id, seq) in &acked.messages {
+        if history.get(id) != Some(seq) {
+            return Err(format!(
+                "lost: message {id} acknowledged at seq {seq} is {:?} in the history",
+                history.get(id)
+            ));
+        }
+    }
+
+    for (id, sha) in &acked.files {
+        let response = client
+            .send(|http, base| {
+                http.get(format!("{base}/api/v1/files/{id}/content"))
+                    .bearer_auth(token_of_owner)
+            })
+            .await
+            .ok_or_else(|| format!("no gateway answers for file {id}"))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "lost: acknowledged file {id} cannot be downloaded: {status} {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        use sha2::Digest;
+        let got = crate::load::hex(&sha2::Sha256::digest(&bytes));
+        if &got != sha {
+            return Err(format!("file {id} holds other bytes than were sent"));
+        }
+    }
+    Ok(acked.versions.len() + acked.messages.len() + acked.files.len())
+}
+
+/// Every event of the events table is in the stream exactly once, nothing else is there,
+/// and each aggregate's events are in its order. The number of events checked.
+pub async fn stream_matches_store(
+    pool: &PgPool,
+    nats: &async_nats::Client,
+) -> Result<usize, Broken> {
+    let stored: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT aggregate_type, aggregate_id, sequence FROM events")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    let js = jetstream::new(nats.clone());
+    let stream = chronicle_bus::ensure_events_stream(&js)
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .messages;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut last_of: HashMap<(String, String), i64> = HashMap::new();
+    for _ in 0..total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| "the stream stopped delivering".to_owned())?
+            .ok_or("the stream ended")?
+            .map_err(|e| e.to_string())?;
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .ok_or("a message without Nats-Msg-Id")?;
+        let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+        if let Some(first) = seen.insert(id.clone(), seq) {
+            return Err(format!(
+                "duplicated: {id} is in the stream at {first} and {seq}"
+            ));
+        }
+        let envelope: Value =
+            serde_json::from_slice(&message.payload).map_err(|e| e.to_string())?;
+        let key = (
+            envelope["aggregate_type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            envelope["aggregate_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let sequence = envelope["sequence"].as_i64().unwrap_or(-1);
+        let before = last_of.insert(key.clone(), sequence).unwrap_or(0);
+        if sequence != before + 1 {
+            return Err(format!(
+                "out of order: {key:?} event {sequence} follows {before} in the stream (at {seq})"
+            ));
+        }
+    }
+    let stored_ids: BTreeSet<String> = stored
+        .iter()
+        .map(|(t, id, s)| format!("{t}:{id}:{s}"))
+        .collect();
+    let streamed: BTreeSet<String> = seen.into_keys().collect();
+    if stored_ids != streamed {
+        let lost: Vec<_> = stored_ids.difference(&streamed).take(5).collect();
+        let extra: Vec<_> = streamed.difference(&stored_ids).take(5).collect();
+        return Err(format!(
+            "the stream and the events table differ: {} stored, {} streamed; not streamed {lost:?}, not stored {extra:?}",
+            stored_ids.len(),
+            streamed.len()
+        ));
+    }
+    Ok(stored_ids.len())
+}
+
+/// The rows of every read model, each table's rows as sorted JSON text.
+pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
+    let mut all = BTreeMap::new();
+    for name in chronicle_projections::PROJECTIONS {
+        for table in chronicle_projections::tables_named(name).expect("a projection") {
+            let rows: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT to_jsonb(t)::text FROM {table} t ORDER BY 1"
+            ))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("reading {table}: {e}"));
+            all.insert(format!("{name}/{table}"), rows);
+        }
+    }
+    all
+}
+
+/// Where two dumps of the read models differ, table by table.
+pub fn differences(
+    live: &BTreeMap<String, Vec<String>>,
+    rebuilt: &BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, rows) in live {
+        let other = rebuilt.get(table).cloned().unwrap_or_default();
+        if *rows != other {
+            let a: BTreeSet<&String> = rows.iter().collect();
+            let b: BTreeSet<&String> = other.iter().collect();
+            out.push(format!(
+                "{table}: {} live rows, {} rebuilt; only live: {:?}; only rebuilt: {:?}",
+                rows.len(),
+                other.len(),
+                a.difference(&b).take(2).collect::<Vec<_>>(),
+                b.difference(&a).take(2).collect::<Vec<_>>()
+            ));
+        }
+    }
+    out
+}
+
+/// Stock never negative, each reservation made once, each order decided once, each job
+/// run succeeded once, and nothing parked. The number of aggregates checked.
+pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
+    let negative: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand, reserved, available FROM inventory_items \
+         WHERE on_hand < 0 OR reserved < 0 OR available < 0",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if !negative.is_empty() {
+        return Err(format!("negative stock: {negative:?}"));
+    }
+    let twice: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, payload->'StockReserved'->>'reservation_id', count(*) FROM events \
+         WHERE aggregate_type = 'inventory_item' AND event_type = 'StockReserved' \
+         GROUP BY 1, 2 HAVING count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if !twice.is_empty() {
+        return Err(format!(
+            "a saga step applied twice (reservations): {twice:?}"
+        ));
+    }
+    let decided_twice: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, count(*) FROM events \
+         WHERE aggregate_type = 'order' AND event_type IN ('OrderReserved', 'OrderRejected') \
+         GROUP BY 1 HAVING count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    if !decided_twice.is_empty() {
+        return Err(format!("orders decided twice: {decided_twice:?}"));
+    }
+    let runs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT j.id, (SELECT count(*) FROM events e WHERE e.aggregate_type = 'job' \
+                         AND e.aggregate_id = j.id AND e.event_type = 'RunSucceeded') \
+         FROM unnest($1::text[]) AS j(id)",
+    )
+    .bind(&acked.jobs)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let wrong: Vec<&(String, i64)> = runs.iter().filter(|(_, n)| *n != 1).collect();
+    if !wrong.is_empty() {
+        return Err(format!(
+            "one-shot jobs that did not succeed exactly once: {:?}",
+            &wrong[..wrong.len().min(5)]
+        ));
+    }
+    let parked: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT subscriber, stream_seq, error FROM parked_events")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+    if !parked.is_empty() {
+        return Err(format!("parked events: {parked:?}"));
+    }
+    Ok(acked.orders.len() + acked.jobs.len())
+}
+
+/// Every acknowledged message reached the WebSocket member, and the contract held on
+/// every connection.
+pub fn websocket_complete(watched: &Watched, acked: &Acked) -> Result<usize, Broken> {
+    if !watched.faults.is_empty() {
+        return Err(format!(
+            "the WebSocket contract broke: {:?}",
+            watched.faults
+        ));
+    }
+    let missed: Vec<i64> = acked
+        .messages
+        .values()
+        .filter(|seq| !watched.seqs.contains(seq))
+        .copied()
+        .collect();
+    if !missed.is_empty() {
+        return Err(format!(
+            "the WebSocket member missed {} acknowledged messages: seqs {:?}",
+            missed.len(),
+            &missed[..missed.len().min(10)]
+        ));
+    }
+    Ok(acked.messages.len())
+}
