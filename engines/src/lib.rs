@@ -24,6 +24,22 @@ mod spawn;
 pub use nats::{ClusterNode, NatsOptions, NatsServer};
 pub use postgres::{cluster_dir_for, Postgres, PostgresOptions};
 
+/// Starts `program args` with its stdio and environment as `configure` sets them, the way
+/// the servers are started: through `setpriv --pdeathsig KILL`, from the long-lived thread,
+/// so it dies with this process (the fault harness starts Chronicle's roles so).
+///
+/// # Errors
+/// When it cannot be started.
+pub fn spawn_dying_with_us(
+    program: &std::path::Path,
+    args: &[String],
+    configure: impl FnOnce(&mut std::process::Command),
+) -> Result<std::process::Child, EngineError> {
+    let mut command = spawn::command(program, args, None, "KILL");
+    configure(&mut command);
+    spawn::spawn(command, &program.display().to_string())
+}
+
 /// Why an engine could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -283,6 +283,16 @@ pub async fn stream_matches_store(
     Ok(stored_ids.len())
 }
 
+/// Every reader's checkpoint, by name.
+pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
+    sqlx::query_as("SELECT name, checkpoint FROM projection_checkpoints")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
 /// The rows of every read model, each table's rows as sorted JSON text.
 pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();

@@ -58,14 +58,19 @@ impl Role {
             .append(true)
             .open(&self.log)
             .expect("the role's log file opens");
-        let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-            .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("the chronicle binary starts");
+        // Dies with the harness, even when the harness is killed: never an orphan role
+        // retrying against servers that are gone.
+        let child = chronicle_engines::spawn_dying_with_us(
+            Path::new(env!("CARGO_BIN_EXE_chronicle")),
+            &self.args,
+            |command| {
+                command
+                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::from(log));
+            },
+        )
+        .expect("the chronicle binary starts");
         self.child = Some(child);
     }
 
@@ -249,6 +254,30 @@ impl System {
                 self.postgres.postgres.kill();
                 self.postgres_down_until = until;
             }
+        }
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after 5 s) every role whose name does not start with
+    /// `prefix`, for good.
+    pub fn retire_all_but(&mut self, prefix: &str) {
+        for role in self
+            .roles
+            .iter_mut()
+            .filter(|r| !r.name.starts_with(prefix))
+        {
+            if let Some(mut child) = role.child.take() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            role.down_until = Some(Instant::now() + Duration::from_secs(24 * 3600));
         }
     }
 
