@@ -171,6 +171,74 @@ async fn missing_tampered_forged_and_expired_tokens_are_401() {
     problem(expired, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
 
+/// Issue 17 (security): a token whose claims were edited by hand to add the staff role, one
+/// that says `alg: none` (with or without its signature), and one that names another
+/// algorithm are all 401 on a staff-only route, and append nothing.
+#[tokio::test]
+async fn tokens_with_alg_none_another_alg_or_a_role_added_by_hand_are_401_and_append_nothing() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let app = TestApp::spawn_with(|config| config.staff_users = vec!["boss".to_owned()]).await;
+    let (_, token) = app.register_and_login("mallory").await;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT");
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert!(
+        !claims["roles"].to_string().contains("staff"),
+        "mallory is not staff: {claims}"
+    );
+    claims["roles"] = json!(["staff"]);
+    let staff_claims = b64.encode(claims.to_string());
+    let header = |alg: &str| b64.encode(json!({"alg": alg, "typ": "JWT"}).to_string());
+    let hostile = [
+        (
+            "a role added by hand",
+            format!("{}.{staff_claims}.{}", parts[0], parts[2]),
+        ),
+        (
+            "alg none, no signature",
+            format!("{}.{staff_claims}.", header("none")),
+        ),
+        (
+            "alg none, the old signature",
+            format!("{}.{staff_claims}.{}", header("none"), parts[2]),
+        ),
+        ("alg None", format!("{}.{staff_claims}.", header("None"))),
+        (
+            "alg HS512, the old signature",
+            format!("{}.{}.{}", header("HS512"), parts[1], parts[2]),
+        ),
+        (
+            "alg RS256, the old signature",
+            format!("{}.{}.{}", header("RS256"), parts[1], parts[2]),
+        ),
+    ];
+    let before = app.event_count().await;
+    for (what, token) in hostile {
+        let response = app
+            .http
+            .post(app.url("/api/v1/inventory/items"))
+            .bearer_auth(&token)
+            .json(&json!({"sku": "HOSTILE-1", "name": "x", "price_cents": 1, "initial_stock": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+        problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    assert_eq!(app.event_count().await, before, "nothing was appended");
+    // The untouched token is still only a customer's.
+    let response = app
+        .http
+        .post(app.url("/api/v1/inventory/items"))
+        .bearer_auth(&token)
+        .json(&json!({"sku": "HOSTILE-1", "name": "x", "price_cents": 1, "initial_stock": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
 #[tokio::test]
 async fn only_the_user_changes_their_profile_and_a_refusal_appends_nothing() {
     let app = TestApp::spawn().await;
