@@ -257,13 +257,7 @@ async fn read_ceiling(url: &str, total: u64) -> anyhow::Result<()> {
                 anyhow::Ok(n)
             }));
         }
-        let mut n = 0;
-        for t in tasks {
-            n += t.await??;
-        }
-        Measurement::new("chronicle", "W2-read", 1, n, started.elapsed())
-            .label(format!("parallel-{parts}-decode").leak())
-            .print();
+        print_read(tasks, started, format!("parallel-{parts}-decode")).await?;
     }
     for (parts, chunk) in [(1u64, 10_000u64), (2, 10_000), (4, 5_000)] {
         let started = Instant::now();
@@ -306,13 +300,28 @@ async fn read_ceiling(url: &str, total: u64) -> anyhow::Result<()> {
                 anyhow::Ok(n)
             }));
         }
-        let mut n = 0;
-        for t in tasks {
-            n += t.await??;
-        }
-        Measurement::new("chronicle", "W2-read", 1, n, started.elapsed())
-            .label(format!("direct-batch-{parts}x{chunk}-decode").leak())
-            .print();
+        print_read(
+            tasks,
+            started,
+            format!("direct-batch-{parts}x{chunk}-decode"),
+        )
+        .await?;
     }
+    Ok(())
+}
+
+/// Waits for the readers and prints the events they read together as one `W2-read` line.
+async fn print_read(
+    readers: Vec<tokio::task::JoinHandle<anyhow::Result<u64>>>,
+    started: Instant,
+    label: String,
+) -> anyhow::Result<()> {
+    let mut n = 0;
+    for reader in readers {
+        n += reader.await??;
+    }
+    Measurement::new("chronicle", "W2-read", 1, n, started.elapsed())
+        .label(label.leak())
+        .print();
     Ok(())
 }

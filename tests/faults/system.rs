@@ -228,10 +228,7 @@ impl System {
     pub fn target_name(&self, target: &Target) -> String {
         match target {
             Target::Role(i) => self.roles[*i].name.clone(),
-            Target::Nats(i) if self.nats.len() == 1 => {
-                let _ = i;
-                "nats-server".into()
-            }
+            Target::Nats(_) if self.nats.len() == 1 => "nats-server".into(),
             Target::Nats(i) => format!("nats-server n{}", i + 1),
             Target::Postgres => "postgresql".into(),
         }
