@@ -139,6 +139,15 @@ pub struct GatewaySettings {
         global = true
     )]
     pub handler_timeout_seconds: u64,
+    /// Longest a client may take to send a request's headers (or to start its next request
+    /// on a kept-alive connection) before the connection is closed, in seconds.
+    #[arg(
+        long,
+        env = "CHRONICLE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub header_read_timeout_seconds: u64,
     /// Usernames made staff when they log in, comma-separated; `*` makes everyone staff
     /// (for demos and tests). Unset by default; `chronicle users grant` grants it for good.
     #[arg(
@@ -432,6 +441,9 @@ impl Settings {
             ),
             cors_origins: self.gateway.cors_origins.clone(),
             handler_timeout: std::time::Duration::from_secs(self.gateway.handler_timeout_seconds),
+            header_read_timeout: std::time::Duration::from_secs(
+                self.gateway.header_read_timeout_seconds.max(1),
+            ),
             payments: chronicle_gateway::PaymentRules {
                 decline_above_cents: self.orders.payment_decline_above_cents,
                 hang_above_cents: self.orders.payment_hang_above_cents,

@@ -1,7 +1,11 @@
 //! The gateway's one error type and its problem+json form (RFC 9457, API.md Conventions).
 
 use axum::{
-    extract::rejection::{PathRejection, QueryRejection},
+    extract::{
+        multipart::MultipartRejection,
+        rejection::{PathRejection, QueryRejection},
+        ws::rejection::WebSocketUpgradeRejection,
+    },
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -241,6 +245,74 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::bad_request("invalid_query", rejection.body_text())
+    }
+}
+
+/// The last word on every answer (API.md Conventions): an error a framework layer or
+/// extractor wrote as text (a body over the limit, a bad header, a rejection not mapped
+/// above) leaves as problem+json with the text as its `detail`, and its other headers kept.
+/// What the routes answer themselves is problem+json, or JSON on purpose (`/health`'s 503
+/// names each server), and passes untouched.
+pub async fn every_error_is_a_problem(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/") && v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let detail = match axum::body::to_bytes(body, 4 * 1024).await {
+        Ok(text) if !text.is_empty() => String::from_utf8_lossy(&text).into_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ if status.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let problem = ApiError::new(status, code, detail).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(problem.headers().clone());
+    let (_, body) = problem.into_parts();
+    Response::from_parts(parts, body)
+}
+
+/// A body that is not `multipart/form-data` with a boundary, on a multipart route.
+impl From<MultipartRejection> for ApiError {
+    fn from(rejection: MultipartRejection) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the body as multipart/form-data with a boundary ({})",
+                rejection.body_text()
+            ),
+        )
+    }
+}
+
+/// A request to `/ws` that is not a WebSocket handshake: its own status (400, 405 or 426).
+impl From<WebSocketUpgradeRejection> for ApiError {
+    fn from(rejection: WebSocketUpgradeRejection) -> Self {
+        Self::new(
+            rejection.status(),
+            "not_a_websocket_handshake",
+            format!("open /ws as a WebSocket: {}", rejection.body_text()),
+        )
     }
 }
 

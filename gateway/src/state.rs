@@ -36,6 +36,10 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     /// Longest a handler may take before the client gets 503 (min_version waits 2 s).
     pub handler_timeout: Duration,
+    /// Longest a client may take to send a request's headers, or to start the next request
+    /// on a kept-alive connection: a connection past it is closed (a trickling client holds
+    /// nothing for long).
+    pub header_read_timeout: Duration,
     /// How the simulated payment provider answers.
     pub payments: PaymentRules,
     /// Usernames made staff at login (`CHRONICLE_STAFF_USERS`; `*` is everyone).
@@ -73,6 +77,7 @@ impl GatewayConfig {
             rate_limit: None,
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             payments: PaymentRules::default(),
             staff_users: Vec::new(),
             subscribers: chronicle_projections::subscriber_refs(),

@@ -183,6 +183,62 @@ async fn malformed_json_wrong_types_and_wrong_content_type_are_client_errors() {
     assert_eq!(app.event_count().await, 1);
 }
 
+/// What axum's own extractors and layers refuse (a body over the limit, a body that is not
+/// multipart, a GET of `/ws` that is no handshake, a query of the wrong type) is problem+json
+/// too, with a code; found by schemathesis as `text/plain` answers (issue 17).
+#[tokio::test]
+async fn a_framework_refusal_is_problem_json_and_appends_nothing() {
+    let app = TestApp::spawn().await;
+    let before = app.event_count().await;
+    let too_large = app
+        .request(reqwest::Method::POST, "/api/v1/monitoring/samples")
+        .header("content-type", "text/plain")
+        .body(vec![b'a'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let body = problem(
+        too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("length limit"),
+        "{body}"
+    );
+    let not_multipart = app
+        .request(reqwest::Method::POST, "/api/v1/files")
+        .header("content-type", "text/plain")
+        .body("--97204f357770a42b1f6323ef5e911b44--\r\n")
+        .send()
+        .await
+        .unwrap();
+    problem(
+        not_multipart,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let no_handshake = app
+        .http
+        .get(app.url(&format!("/ws?token={}", app.token)))
+        .send()
+        .await
+        .unwrap();
+    problem(
+        no_handshake,
+        StatusCode::BAD_REQUEST,
+        "not_a_websocket_handshake",
+    )
+    .await;
+    let no_token = app.http.get(app.url("/ws")).send().await.unwrap();
+    problem(no_token, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let bad_width = app.get("/api/v1/files/any/thumbnail?width=wide").await;
+    problem(bad_width, StatusCode::BAD_REQUEST, "invalid_query").await;
+    assert_eq!(app.event_count().await, before);
+}
+
 #[tokio::test]
 async fn a_stale_if_match_is_412_and_appends_nothing_while_a_current_one_succeeds() {
     let app = TestApp::spawn().await;
@@ -394,4 +450,91 @@ async fn projections_report_their_checkpoint_and_lag() {
     assert_eq!(status[0]["checkpoint"], 2);
     assert_eq!(status[0]["lag_events"], 0);
     assert!(status[0]["lag_events"].is_u64() && status[0]["lag_seconds"].is_number());
+}
+
+/// Slow and oversized requests (issue 17): a client that trickles its headers, or opens a
+/// connection and says nothing, is cut off after the header read timeout; headers of a
+/// megabyte are refused; other clients are served throughout.
+#[tokio::test]
+async fn a_trickling_silent_or_bloated_client_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app =
+        TestApp::spawn_with(|config| config.header_read_timeout = Duration::from_secs(1)).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    // Reads until the server closes; what it said before closing.
+    async fn closed(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+        let mut said = Vec::new();
+        let read = tokio::time::timeout(within, async {
+            let mut buffer = [0u8; 1024];
+            loop {
+                match tcp.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => said.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok()
+            .map(|()| String::from_utf8_lossy(&said).into_owned())
+    }
+
+    let mut silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut trickling = tokio::net::TcpStream::connect(&address).await.unwrap();
+    trickling
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        // A header line every 200 ms, never the blank line that ends them.
+        for i in 0..50 {
+            if trickling
+                .write_all(format!("x-slow-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return (trickling, true);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (trickling, false)
+    });
+    // Others are served meanwhile.
+    for _ in 0..5 {
+        assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed(&mut silent, Duration::from_secs(5)).await.is_some(),
+        "a silent connection stays open"
+    );
+    let (mut trickling, write_failed) = writer.await.unwrap();
+    assert!(
+        write_failed
+            || closed(&mut trickling, Duration::from_secs(1))
+                .await
+                .is_some(),
+        "a trickling client kept its connection"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+
+    let mut bloated = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let header = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+    let _ = bloated.write_all(header.as_bytes()).await;
+    let said = closed(&mut bloated, Duration::from_secs(5))
+        .await
+        .expect("a megabyte of headers ends the connection");
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 431"),
+        "{}",
+        &said[..said.len().min(200)]
+    );
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
 }

@@ -560,3 +560,205 @@ async fn a_file_attached_over_the_socket_reaches_the_members_frames() {
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "validation_failed");
 }
+
+/// Hostile frames from a connected user who is no member of the room (issue 17): each is
+/// answered with an error frame or ignored, none reaches the room's members, nothing is
+/// appended, and the connection keeps working. Typing needs membership too.
+#[tokio::test]
+async fn hostile_frames_are_refused_one_by_one_and_reach_no_member() {
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let (_, carol_token) = app.register_and_login("carol").await;
+    let room = room_with(&app, &[&bob]).await;
+    let mut bobs = connect(&app, &bob_token).await;
+    put(&mut bobs, json!({"type": "subscribe", "room_id": room})).await;
+    assert_eq!(frame(&mut bobs).await["type"], "subscribed");
+    let events = app.event_count().await;
+
+    let mut carols = connect(&app, &carol_token).await;
+    ready(&mut carols).await;
+    // Ignored: not a text frame.
+    carols
+        .send(Message::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .unwrap();
+    let nested = format!("{}{}", "[".repeat(8_000), "]".repeat(8_000));
+    let bad_frames = [
+        "null".to_owned(),
+        "[]".to_owned(),
+        "17".to_owned(),
+        nested,
+        json!({"type": "subscribe", "room_id": room, "since_seq": -1}).to_string(),
+        format!(r#"{{"type":"subscribe","room_id":"{room}","since_seq":18446744073709551616}}"#),
+        format!(r#"{{"type":"subscribe","room_id":"{room}","since_seq":1e30}}"#),
+        json!({"type": "read", "room_id": room, "up_to_seq": "all"}).to_string(),
+        json!({"type": "subscribe", "room_id": room, "as_user": "bob"}).to_string(),
+        json!({"type": "send", "room_id": room, "body": "x"}).to_string(),
+        json!({"type": "typing", "room_id": 7}).to_string(),
+    ];
+    for bad in &bad_frames {
+        carols.send(Message::text(bad.as_str())).await.unwrap();
+        let answer = frame(&mut carols).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("bad_frame")),
+            "{}: {answer}",
+            &bad[..bad.len().min(80)]
+        );
+    }
+    let not_a_room = [">", "chat.signal.>", "*", "../../etc/passwd", "a\u{0}b", ""];
+    for room_id in not_a_room {
+        for kind in ["subscribe", "typing"] {
+            put(&mut carols, json!({"type": kind, "room_id": room_id})).await;
+            let answer = frame(&mut carols).await;
+            assert_eq!(answer["code"], "not_found", "{kind} {room_id:?}: {answer}");
+        }
+    }
+    let outsider = [
+        json!({"type": "subscribe", "room_id": room, "since_seq": 0}),
+        json!({"type": "typing", "room_id": room}),
+        json!({"type": "send", "room_id": room, "body": "a\u{0}b", "client_msg_id": "n"}),
+        json!({"type": "send", "room_id": room, "body": "hi", "client_msg_id": "m"}),
+        json!({"type": "read", "room_id": room, "up_to_seq": u64::MAX}),
+    ];
+    for hostile in outsider {
+        put(&mut carols, hostile.clone()).await;
+        let answer = frame(&mut carols).await;
+        assert_eq!(answer["code"], "forbidden", "{hostile}: {answer}");
+    }
+    put(&mut carols, json!({"type": "ping"})).await;
+    assert_eq!(frame(&mut carols).await, json!({"type": "pong"}));
+    assert_eq!(app.event_count().await, events, "nothing was appended");
+
+    // Bob got none of it: the next frame he sees is the next real message.
+    let sent = send_http(&app, &room, "after the barrage").await;
+    let next = frame(&mut bobs).await;
+    assert_eq!(
+        (next["type"].as_str(), next["seq"].clone()),
+        (Some("message"), sent["seq"].clone()),
+        "{next}"
+    );
+    // A member's own bad input is refused the same way, and changes nothing.
+    for body in ["a\u{0}b".to_owned(), "x".repeat(4001), String::new()] {
+        put(
+            &mut bobs,
+            json!({"type": "send", "room_id": room, "body": body, "client_msg_id": "bad"}),
+        )
+        .await;
+        let answer = frame(&mut bobs).await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["code"], "validation_failed", "{answer}");
+    }
+    let history: Value = app
+        .get(&format!("/api/v1/rooms/{room}/messages"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["items"].as_array().unwrap().len(), 1, "{history}");
+}
+
+/// One connection may follow at most 256 rooms at once; refused subscriptions hold no place.
+#[tokio::test]
+async fn a_connection_follows_at_most_256_rooms() {
+    let app = TestApp::spawn().await;
+    let mut socket = connect(&app, &app.token).await;
+    for _ in 0..300 {
+        let unknown = uuid::Uuid::now_v7().to_string();
+        put(
+            &mut socket,
+            json!({"type": "subscribe", "room_id": unknown}),
+        )
+        .await;
+        assert_eq!(frame(&mut socket).await["code"], "not_found");
+    }
+    for i in 0..=256 {
+        let room = room_with(&app, &[]).await;
+        put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
+        let answer = frame(&mut socket).await;
+        if i < 256 {
+            assert_eq!(answer["type"], "subscribed", "room {i}: {answer}");
+        } else {
+            assert_eq!(answer["code"], "too_many_subscriptions", "{answer}");
+        }
+    }
+    put(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(frame(&mut socket).await, json!({"type": "pong"}));
+}
+
+/// Bytes no WebSocket client would send (an unmasked frame, a reserved opcode, a length of
+/// 2^63, text that is not UTF-8, fragments adding up past 16 KiB) end that connection
+/// within seconds, and only that one.
+#[tokio::test]
+async fn protocol_garbage_ends_its_connection_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let mut other = connect(&app, &app.token).await;
+    ready(&mut other).await;
+    /// A client frame, masked with a zero key (the payload goes as it is).
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![first];
+        if payload.len() < 126 {
+            frame.push(0x80 | payload.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(payload);
+        frame
+    }
+    let mut fragments = masked(0x01, &[b'x'; 1024]);
+    for _ in 0..20 {
+        fragments.extend(masked(0x00, &[b'x'; 1024]));
+    }
+    fragments.extend(masked(0x80, b"x"));
+    let garbage: [(&str, Vec<u8>); 5] = [
+        ("unmasked", vec![0x81, 0x05, b'h', b'e', b'l', b'l', b'o']),
+        ("reserved opcode", masked(0x83, b"{}")),
+        (
+            "2^63 bytes long",
+            [vec![0x81, 0xFF, 0x7F], vec![0xFF; 7], vec![0; 4]].concat(),
+        ),
+        ("not UTF-8", masked(0x81, &[0xFF, 0xFE, 0xFD])),
+        ("fragments past 16 KiB", fragments),
+    ];
+    let address = app.base.trim_start_matches("http://").to_owned();
+    for (what, bytes) in garbage {
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let handshake = format!(
+            "GET /ws?token={} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            app.token
+        );
+        tcp.write_all(handshake.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        let _ = tcp.write_all(&bytes).await;
+        // The server closes: the read side ends (after a close frame, perhaps) or resets.
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buffer = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{what}: the connection stayed open");
+    }
+    ready(&mut other).await;
+    let health = app.get("/health").await;
+    assert_eq!(health.status(), StatusCode::OK);
+}

@@ -169,7 +169,12 @@ fn every_problem_code_the_code_answers_is_in_the_document() {
         }
     }
     for (file, text) in source("gateway/src") {
-        for marker in ["ApiError::new(", "ApiError::bad_request(", "Self::new("] {
+        for marker in [
+            "ApiError::new(",
+            "ApiError::bad_request(",
+            "Self::new(",
+            "Self::bad_request(",
+        ] {
             for part in text.split(marker).skip(1) {
                 let head: String = part.chars().take(120).collect();
                 if let Some(code) = quoted(&head).first() {

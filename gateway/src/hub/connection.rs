@@ -5,7 +5,9 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     extract::{
-        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{
+            rejection::WebSocketUpgradeRejection, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+        },
         State,
     },
     response::Response,
@@ -25,6 +27,8 @@ use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 const MAX_BACKLOG: i64 = 1_000;
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 16 * 1024;
+/// Most rooms one connection may be subscribed to at once: each is a task and a listener.
+const MAX_SUBSCRIPTIONS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -36,13 +40,14 @@ pub struct WsQuery {
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<WsQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let user = query
         .token
         .as_deref()
         .and_then(|token| state.auth.verify(token))
         .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
+    let ws = ws?;
     state.hub.start(&state.nats, &state.pool).await;
     // Client frames are small: a 1 KiB read buffer grows for the rare large one (up to
     // MAX_FRAME) instead of every idle connection holding tungstenite's 128 KiB.
@@ -365,6 +370,14 @@ async fn handle(
             if let Some(task) = subscriptions.remove(&room_id) {
                 task.abort();
             }
+            // A subscription that ended (refused, or its room unknown) holds nothing.
+            subscriptions.retain(|_, task| !task.is_finished());
+            if subscriptions.len() >= MAX_SUBSCRIPTIONS {
+                return Some(error(
+                    "too_many_subscriptions",
+                    &format!("a connection follows at most {MAX_SUBSCRIPTIONS} rooms"),
+                ));
+            }
             let task = tokio::spawn(subscription(
                 state.clone(),
                 room_id.clone(),
@@ -395,6 +408,9 @@ async fn handle(
             command_on(state, user_id, &room_id, command).await.err()
         }
         Inbound::Typing { room_id } => {
+            if let Err(refused) = member_of(state, user_id, &room_id).await {
+                return Some(refused);
+            }
             // Not persisted: a core NATS message the room's listeners pass on.
             let _ = state
                 .nats
@@ -475,6 +491,27 @@ async fn command_on(
         .map_err(|e| problem_frame(&ApiError::from(e)))
 }
 
+/// Whether `user_id` is a member of `room_id`, asked of the room itself: else the error
+/// frame to answer (`not_found`, `forbidden`, or `unavailable`).
+async fn member_of(state: &AppState, user_id: &str, room_id: &str) -> Result<u64, Value> {
+    if uuid::Uuid::parse_str(room_id).is_err() {
+        return Err(error("not_found", "no such room"));
+    }
+    match state
+        .commands
+        .store()
+        .load_from_snapshot::<Room>(room_id)
+        .await
+    {
+        Ok(loaded) if !loaded.state.exists() => Err(error("not_found", "no such room")),
+        Ok(loaded) if !loaded.state.is_member(user_id) => {
+            Err(error("forbidden", "only the room's members may do that"))
+        }
+        Ok(loaded) => Ok(loaded.state.last_seq()),
+        Err(_) => Err(error("unavailable", "try again")),
+    }
+}
+
 /// One room for one connection: membership checked on the room itself (not a read model
 /// that may lag), the backlog past `since_seq` up to the room's head, then live frames
 /// (messages past what was sent, read receipts, signals).
@@ -491,23 +528,10 @@ async fn subscription(
     }
     // Listening starts before the head is read: what comes after the head arrives live.
     let mut live = state.hub.listen(&state.nats, &room_id).await;
-    let loaded = state
-        .commands
-        .store()
-        .load_from_snapshot::<Room>(&room_id)
-        .await;
-    let head = match loaded {
-        Ok(loaded) if !loaded.state.exists() => {
-            out.frame(&error("not_found", "no such room"));
-            return;
-        }
-        Ok(loaded) if !loaded.state.is_member(&user_id) => {
-            out.frame(&error("forbidden", "only the room's members may subscribe"));
-            return;
-        }
-        Ok(loaded) => loaded.state.last_seq(),
-        Err(_) => {
-            out.frame(&error("unavailable", "try again"));
+    let head = match member_of(&state, &user_id, &room_id).await {
+        Ok(head) => head,
+        Err(refused) => {
+            out.frame(&refused);
             return;
         }
     };

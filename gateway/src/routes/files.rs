@@ -18,7 +18,7 @@
 
 use axum::{
     body::Body,
-    extract::{DefaultBodyLimit, Multipart, State},
+    extract::{multipart::MultipartRejection, DefaultBodyLimit, Multipart, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -209,8 +209,9 @@ pub(super) fn content_error(e: ContentError) -> ApiError {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let mut multipart = multipart?;
     while let Some(field) = multipart
         .next_field()
         .await

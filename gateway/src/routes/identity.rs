@@ -17,7 +17,7 @@ use super::respond;
 use crate::{
     auth::{hash_password, verify_password, CUSTOMER, STAFF},
     error::{ApiError, FieldError},
-    extract::{ApiPath, Caller, IdempotencyKeyHeader, IfMatch, JsonBody, RequestId},
+    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody, RequestId},
     state::AppState,
 };
 
@@ -183,19 +183,29 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), crate::routes::openapi::Problems))]
 pub async fn get_user(
     State(state): State<AppState>,
     _caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<users::UserView>, ApiError> {
+    ApiQuery(params): ApiQuery<super::inventory::ReadParams>,
+) -> Result<Response, ApiError> {
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(ApiError::not_found("no such user"));
     }
-    users::get(&state.pool, &id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no such user"))
+    let read = state
+        .freshness
+        .read(
+            params.min_version,
+            |v: &users::UserView| v.version as u64,
+            || users::get(&state.pool, &id),
+        )
+        .await?;
+    let view = read
+        .value
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let version = view.version;
+    Ok(respond::read_model(view, version, read.consistency))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

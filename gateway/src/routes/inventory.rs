@@ -108,9 +108,10 @@ pub async fn receive(
     Ok(respond::executed(executed, make))
 }
 
+/// `?min_version=N` of a single-aggregate read (API.md Read-your-writes).
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
-    min_version: Option<u64>,
+    pub(crate) min_version: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/inventory/items/{sku}", tag = "inventory", summary = "One item: on hand, reserved, available (?min_version)", params(("sku" = String, Path)), responses((status = 200, description = "200: {\"sku\",\"name\",\"price_cents\",\"on_hand\",\"reserved\",\"available\",\"version\"}"), crate::routes::openapi::Problems))]

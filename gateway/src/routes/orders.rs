@@ -315,7 +315,7 @@ pub async fn pay(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Ship a paid order (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Mark a paid order shipped (its customer only, API.md)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

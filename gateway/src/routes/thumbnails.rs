@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use axum::{
-    extract::{Query, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::files::{content_error, readable_file};
 use crate::{
     error::{ApiError, FieldError},
-    extract::{ApiPath, Caller},
+    extract::{ApiPath, ApiQuery, Caller},
     state::AppState,
     thumbnail::{thumbnail, Refused},
 };
@@ -36,11 +36,11 @@ pub struct Width {
 }
 
 /// `GET /api/v1/files/{id}/thumbnail?width=N` (default 256).
-#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", summary = "A thumbnail of an image file (?size)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", summary = "A thumbnail of an image file (?width, default 256)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::routes::openapi::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    Query(asked): Query<Width>,
+    ApiQuery(asked): ApiQuery<Width>,
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
