@@ -51,10 +51,58 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(
-        app.login("dave", "wrong-password").await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+    // Every refusal that had a secret in its request: the answer never repeats it.
+    let mut bodies = Vec::new();
+    let wrong = app.login("dave", "wrong-password").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    bodies.push(wrong.text().await.unwrap());
+    let again = app.register("dave", password).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    bodies.push(again.text().await.unwrap());
+    for (username, secret) in [
+        ("dave", format!("{password}\u{0}")),
+        ("d", password.to_owned()),
+        ("dave", "short".to_owned()),
+    ] {
+        let refused = app
+            .http
+            .post(app.url("/api/v1/auth/register"))
+            .json(
+                &serde_json::json!({"username": username, "password": secret, "display_name": "D"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(refused.status().is_client_error(), "{}", refused.status());
+        bodies.push(refused.text().await.unwrap());
+    }
+    let malformed = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"username": "dave", "password": "{password}", }}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    bodies.push(malformed.text().await.unwrap());
+    let tampered = format!("{token}x");
+    let refused = app
+        .http
+        .get(app.url("/api/v1/orders"))
+        .bearer_auth(&tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    bodies.push(refused.text().await.unwrap());
+    for body in &bodies {
+        for secret in [password, "wrong-password", "short", &token] {
+            assert!(!body.contains(secret), "an answer repeats a secret: {body}");
+        }
+    }
     let hash: String = sqlx::query_scalar(
         "SELECT password_hash FROM credentials k JOIN unique_claims c ON c.aggregate_id = k.user_id WHERE c.value = 'dave'",
     )
@@ -74,7 +122,14 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
         logs.contains("command{aggregate=\"user\""),
         "command spans are logged: {logs}"
     );
-    for secret in [password, "wrong-password", &hash, &token, &app.token] {
+    for secret in [
+        password,
+        "wrong-password",
+        &hash,
+        &token,
+        &tampered,
+        &app.token,
+    ] {
         assert!(!logs.contains(secret), "a secret reached the logs");
     }
     let events: Vec<String> =
