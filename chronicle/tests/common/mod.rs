@@ -24,11 +24,19 @@ impl Drop for Running {
 /// Starts `command` (a `chronicle` subcommand that runs a gateway) on port 0; returns it,
 /// its gateway's base URL, and what it printed before that. Its later output is drained,
 /// so it never blocks on a full pipe.
-pub fn start_gateway(mut command: Command) -> (Running, String, Vec<String>) {
+pub fn start_gateway(command: Command) -> (Running, String, Vec<String>) {
+    start_gateway_logging_to(command, Stdio::inherit())
+}
+
+/// [`start_gateway`], with the process's log (its stderr) sent to `log`.
+pub fn start_gateway_logging_to(
+    mut command: Command,
+    log: impl Into<Stdio>,
+) -> (Running, String, Vec<String>) {
     let mut child = command
         .env("CHRONICLE_HTTP_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(log)
         .spawn()
         .expect("the chronicle binary starts");
     let stdout = child.stdout.take().expect("piped stdout");
