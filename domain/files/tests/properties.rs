@@ -1,9 +1,11 @@
-//! Random upload and file commands with hostile text and extreme numbers: no panic, a chunk
-//! is recorded once, an upload completes only with every chunk and the declared hash, and
-//! every event accepted can be projected. And one file's whole life as an event stream.
+//! Random upload, tus upload, share and file commands with hostile text and extreme numbers:
+//! no panic, a chunk is recorded once, an upload completes only with every chunk and the
+//! declared hash, a tus upload's offset only moves forward within its length, a share serves
+//! only until it expires or its owner revokes it, and every event accepted can be projected. And one file's whole life as an event stream.
 
 use chronicle_files::{
-    File, FileCommand, Share, ShareCommand, Upload, UploadCommand, UploadEvent, MIN_CHUNK_SIZE,
+    File, FileCommand, Share, ShareCommand, ShareEvent, TusCommand, TusUpload, TusUploadEvent,
+    Upload, UploadCommand, UploadEvent, MIN_CHUNK_SIZE,
 };
 use chronicle_schemas::testing::{execute, projectable};
 use chrono::{DateTime, Utc};
@@ -51,7 +53,120 @@ fn upload_command() -> impl Strategy<Value = UploadCommand> {
     ]
 }
 
+/// A tus command from the owner or someone else; a store at the offset held or any other
+/// (first flag), of any length or of exactly the bytes left (second flag).
+fn tus_command() -> impl Strategy<Value = (bool, bool, TusCommand)> {
+    let by = prop_oneof![3 => Just("alice".to_owned()), 1 => Just("mallory".to_owned())];
+    let length = prop_oneof![1u64..2_000, Just(0u64), Just(u64::MAX), any::<u64>()];
+    prop_oneof![
+        6 => (any::<bool>(), any::<bool>(), any::<u64>(), length, by.clone()).prop_map(
+            |(at_held, rest, offset, length, by)| {
+                (at_held, rest, TusCommand::Store { offset, length, part: "p".into(), by })
+            }
+        ),
+        1 => (prop_oneof![Just(HASH.to_owned()), text()], by.clone()).prop_map(|(sha256, by)| {
+            (false, false, TusCommand::Finish { file_id: "f1".into(), sha256, by })
+        }),
+        1 => by.prop_map(|by| (false, false, TusCommand::Terminate { by })),
+        1 => (0i64..10_000).prop_map(|s| (false, false, TusCommand::Expire { now: at(s) })),
+    ]
+}
+
 proptest! {
+    #[test]
+    fn a_tus_upload_only_moves_forward_stays_within_its_length_and_finishes_whole(
+        size in prop_oneof![0u64..5_000, Just(u64::MAX), any::<u64>()],
+        commands in proptest::collection::vec(tus_command(), 0..60),
+    ) {
+        let mut upload = TusUpload::default();
+        let created = execute(&mut upload, TusCommand::Create {
+            upload_id: "t1".into(),
+            owner_id: "alice".into(),
+            name: "t.bin".into(),
+            size,
+            content_type: "application/octet-stream".into(),
+            expires_at: at(5_000),
+        }, &());
+        let Ok(_) = created else { return Ok(()) };
+        for (at_held, rest, mut command) in commands {
+            // Half the stores are at the offset the server holds, as a real client sends, and
+            // half of those carry exactly the bytes left.
+            if let TusCommand::Store { offset, length, .. } = &mut command {
+                if at_held {
+                    *offset = upload.offset();
+                    if rest {
+                        *length = size - upload.offset();
+                    }
+                }
+            }
+            let by_owner = match &command {
+                TusCommand::Store { by, .. }
+                | TusCommand::Finish { by, .. }
+                | TusCommand::Terminate { by } => by == "alice",
+                _ => true,
+            };
+            let before = upload.offset();
+            let Ok(events) = execute(&mut upload, command, &()) else { continue };
+            prop_assert!(by_owner || events.is_empty(), "another user changed the upload");
+            for event in events {
+                prop_assert!(projectable(&serde_json::to_value(&event).unwrap()).is_ok());
+                match event {
+                    TusUploadEvent::TusSegmentStored { offset, length, .. } => {
+                        prop_assert_eq!(offset, before, "bytes stored at another offset");
+                        prop_assert!(length > 0);
+                        prop_assert!(offset.checked_add(length).is_some_and(|end| end <= size));
+                    }
+                    TusUploadEvent::TusUploadFinished { .. } => {
+                        prop_assert_eq!(upload.offset(), size, "finished with bytes missing");
+                    }
+                    TusUploadEvent::TusUploadCreated { .. } => prop_assert!(false, "created twice"),
+                    TusUploadEvent::TusUploadTerminated {} | TusUploadEvent::TusUploadExpired {} => {
+                        prop_assert!(upload.finished().is_none());
+                    }
+                }
+            }
+            prop_assert!(upload.offset() >= before, "the offset went back");
+            prop_assert!(upload.offset() <= size);
+        }
+    }
+
+    #[test]
+    fn a_share_serves_only_its_owners_file_until_it_expires_or_is_revoked(
+        owner in prop_oneof![Just("alice".to_owned()), text()],
+        seconds in prop_oneof![1i64..100_000, any::<i64>()],
+        revoker in prop_oneof![Just("alice".to_owned()), Just("mallory".to_owned())],
+        revoke_at in 0i64..10_000,
+        (near_end, asked) in (any::<bool>(), prop_oneof![-2i64..2, any::<i64>()]),
+    ) {
+        // Asked about at a random time, or right around its expiry.
+        let asked_at = if near_end { seconds.saturating_add(asked) } else { asked }
+            .clamp(-1_000_000, 1_000_000_000);
+        let mut share = Share::default();
+        let Ok(events) = execute(&mut share, ShareCommand::Create {
+            file_id: "f1".into(),
+            owner_id: owner.clone(),
+            now: at(0),
+            expires_in_seconds: seconds,
+        }, &()) else {
+            prop_assert!(share.serves(at(asked_at)).is_err());
+            return Ok(());
+        };
+        for event in &events {
+            prop_assert!(projectable(&serde_json::to_value(event).unwrap()).is_ok());
+        }
+        prop_assert!(seconds > 0, "a share that expires at once or before it is made");
+        let served = share.serves(at(asked_at)).is_ok();
+        prop_assert_eq!(served, asked_at < seconds, "served past its expiry, or not before it");
+        let revoked = execute(&mut share, ShareCommand::Revoke { by: revoker.clone(), now: at(revoke_at) }, &());
+        match revoked {
+            Ok(events) if events.iter().any(|e| matches!(e, ShareEvent::ShareRevoked { .. })) => {
+                prop_assert_eq!(&revoker, &owner, "revoked by another user");
+                prop_assert!(share.serves(at(asked_at)).is_err());
+            }
+            _ => prop_assert_eq!(share.serves(at(asked_at)).is_ok(), served),
+        }
+    }
+
     #[test]
     fn an_upload_records_each_chunk_once_and_completes_only_when_whole(
         commands in proptest::collection::vec(upload_command(), 0..60)
