@@ -2,6 +2,7 @@
 
 mod blog;
 pub(crate) mod chat;
+mod console;
 mod files;
 mod health;
 mod identity;
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::routes())
         .merge(monitoring::routes())
         .merge(openapi::routes())
+        .merge(console::routes())
         .merge(crate::hub::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {

@@ -1,0 +1,622 @@
+// The Chronicle console: plain JavaScript on the public API and WebSocket only (API.md), so
+// it is also an example of building on Chronicle. No build step; served by the gateway.
+
+const session = {
+  token: localStorage.getItem("chronicle.token"),
+  userId: localStorage.getItem("chronicle.user_id"),
+  username: localStorage.getItem("chronicle.username"),
+};
+const view = document.getElementById("view");
+const statusLine = document.getElementById("status");
+
+// ---- small helpers ----------------------------------------------------------------------
+
+/** An element with attributes (on* are listeners) and children (strings become text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function say(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.className = isError ? "error" : "muted";
+}
+
+function roles() {
+  try {
+    return JSON.parse(atob(session.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).roles || [];
+  } catch {
+    return [];
+  }
+}
+
+/** A call to the API: the JSON answer, or an Error carrying the problem's detail. */
+async function api(method, path, body, headers = {}) {
+  const init = { method, headers: { ...headers } };
+  if (session.token) init.headers.authorization = `Bearer ${session.token}`;
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401 && session.token) signOut();
+  const text = await response.text();
+  const value = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    const error = new Error(value?.detail || `${response.status} ${response.statusText}`);
+    error.problem = value;
+    throw error;
+  }
+  return value;
+}
+
+/** `read` once the read model has caught up with a command just made: a 403 or 404 is
+ * asked again for a few seconds before it is believed. */
+async function settled(read) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await read();
+    } catch (error) {
+      const status = error.problem?.status;
+      if (attempt >= 20 || (status !== 403 && status !== 404)) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+}
+
+/** Runs `action`, reporting its failure in the status line. */
+async function attempt(action) {
+  try {
+    await action();
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function formData(form) {
+  return Object.fromEntries(new FormData(form).entries());
+}
+
+function money(cents) {
+  return (cents / 100).toFixed(2);
+}
+
+// ---- the WebSocket: one per page, resubscribed with since_seq after every drop ----------
+
+const live = {
+  socket: null,
+  rooms: new Map(), // room id -> last seq seen
+  listeners: new Set(),
+  backoff: 250,
+  connect() {
+    if (!session.token || this.socket) return;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(session.token)}`);
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      this.backoff = 250;
+      document.body.dataset.live = "open";
+      for (const [room, seq] of this.rooms) this.send({ type: "subscribe", room_id: room, since_seq: seq });
+    });
+    socket.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "message") {
+        const last = this.rooms.get(frame.room_id) ?? 0;
+        if (frame.seq > last + 1 && last > 0) {
+          // A gap: ask again from the last seq seen.
+          this.send({ type: "subscribe", room_id: frame.room_id, since_seq: last });
+          return;
+        }
+        if (frame.seq <= last) return;
+        this.rooms.set(frame.room_id, frame.seq);
+      }
+      for (const listener of this.listeners) listener(frame);
+    });
+    socket.addEventListener("close", () => {
+      this.socket = null;
+      document.body.dataset.live = "closed";
+      if (!session.token) return;
+      setTimeout(() => this.connect(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, 5000);
+    });
+  },
+  send(frame) {
+    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(frame));
+  },
+  follow(room, seq) {
+    this.rooms.set(room, seq);
+    this.send({ type: "subscribe", room_id: room, since_seq: seq });
+  },
+  listen(listener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  },
+  close() {
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+  },
+};
+
+// ---- sign in ------------------------------------------------------------------------------
+
+function signIn(answer, username) {
+  session.token = answer.token;
+  session.userId = answer.user_id;
+  session.username = username;
+  localStorage.setItem("chronicle.token", answer.token);
+  localStorage.setItem("chronicle.user_id", answer.user_id);
+  localStorage.setItem("chronicle.username", username);
+  live.connect();
+  render();
+}
+
+function signOut() {
+  session.token = session.userId = session.username = null;
+  localStorage.removeItem("chronicle.token");
+  localStorage.removeItem("chronicle.user_id");
+  localStorage.removeItem("chronicle.username");
+  live.close();
+  render();
+}
+
+function authView() {
+  const login = el("form", {
+    "aria-label": "Sign in",
+    onsubmit: (event) => {
+      event.preventDefault();
+      const { username, password } = formData(event.target);
+      attempt(async () => signIn(await api("POST", "/api/v1/auth/login", { username, password }), username));
+    },
+  },
+    el("label", {}, "Username", el("input", { name: "username", required: true, autocomplete: "username" })),
+    el("label", {}, "Password", el("input", { name: "password", type: "password", required: true, autocomplete: "current-password" })),
+    el("button", { type: "submit" }, "Sign in"));
+  const register = el("form", {
+    "aria-label": "Sign up",
+    onsubmit: (event) => {
+      event.preventDefault();
+      const form = formData(event.target);
+      attempt(async () => {
+        await api("POST", "/api/v1/auth/register", form);
+        signIn(await api("POST", "/api/v1/auth/login", { username: form.username, password: form.password }), form.username);
+      });
+    },
+  },
+    el("label", {}, "Username", el("input", { name: "username", required: true, pattern: "[a-z0-9_]{3,32}" })),
+    el("label", {}, "Display name", el("input", { name: "display_name", required: true })),
+    el("label", {}, "Password", el("input", { name: "password", type: "password", required: true, minlength: 8, autocomplete: "new-password" })),
+    el("button", { type: "submit" }, "Sign up"));
+  return [el("section", {}, el("h2", {}, "Sign in"), login), el("section", {}, el("h2", {}, "Sign up"), register)];
+}
+
+// ---- shop -----------------------------------------------------------------------------
+
+async function shopView() {
+  const items = await api("GET", "/api/v1/inventory/items?limit=200");
+  const orders = await api("GET", "/api/v1/orders?limit=50");
+  const orderRows = el("tbody");
+  const showOrder = (order) => {
+    const pill = el("span", { class: "status-pill", "data-order-status": order.id }, order.status);
+    const actions = el("td", {},
+      el("button", { class: "secondary", onclick: () => attempt(async () => {
+        await api("POST", `/api/v1/orders/${order.id}/pay`, { amount_cents: order.total_cents });
+        render();
+      }) }, "Pay"), " ",
+      el("button", { class: "secondary", onclick: () => attempt(async () => {
+        await api("POST", `/api/v1/orders/${order.id}/cancel`);
+        render();
+      }) }, "Cancel"));
+    orderRows.prepend(el("tr", { "data-order": order.id },
+      el("td", {}, order.id.slice(-8)), el("td", {}, pill), el("td", {}, money(order.total_cents ?? 0)), actions));
+  };
+  for (const order of orders.items.slice().reverse()) showOrder(order);
+  const stop = live.listen((frame) => {
+    if (frame.type !== "order_status") return;
+    const pill = document.querySelector(`[data-order-status="${CSS.escape(frame.order_id)}"]`);
+    if (pill) pill.textContent = frame.status;
+  });
+  cleanups.push(stop);
+  const rows = items.items.map((item) => {
+    const quantity = el("input", { type: "number", min: 1, value: 1, "aria-label": `Quantity of ${item.name}`, size: 4 });
+    return el("tr", {},
+      el("td", {}, item.sku), el("td", {}, item.name), el("td", {}, money(item.price_cents)),
+      el("td", { "data-available": item.sku }, item.available),
+      el("td", {}, quantity, " ", el("button", {
+        onclick: () => attempt(async () => {
+          const placed = await api("POST", "/api/v1/orders", { lines: [{ sku: item.sku, quantity: Number(quantity.value) }] });
+          showOrder({ id: placed.id, status: placed.status, total_cents: item.price_cents * Number(quantity.value) });
+          say(`Order ${placed.id} placed`);
+        }),
+      }, "Order")));
+  });
+  const sections = [
+    el("section", {}, el("h2", {}, "Items"),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "SKU"), el("th", {}, "Name"), el("th", {}, "Price"), el("th", {}, "Available"), el("th", {}, ""))),
+        el("tbody", {}, rows))),
+    el("section", {}, el("h2", {}, "Your orders"),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Order"), el("th", {}, "Status"), el("th", {}, "Total"), el("th", {}, ""))), orderRows)),
+  ];
+  if (roles().includes("staff")) sections.push(staffShop());
+  return sections;
+}
+
+function staffShop() {
+  const submit = (path, shape) => (event) => {
+    event.preventDefault();
+    const form = formData(event.target);
+    attempt(async () => {
+      const [url, body] = shape(form);
+      await api("POST", url, body);
+      say(`Saved`);
+      render();
+    });
+  };
+  return el("section", {}, el("h2", {}, "Staff: items, stock, coupons"),
+    el("form", { "aria-label": "Create an item", onsubmit: submit("items", (f) => ["/api/v1/inventory/items",
+      { sku: f.sku, name: f.name, price_cents: Number(f.price_cents), initial_stock: Number(f.initial_stock) }]) },
+      el("label", {}, "SKU", el("input", { name: "sku", required: true })),
+      el("label", {}, "Name", el("input", { name: "name", required: true })),
+      el("label", {}, "Price (cents)", el("input", { name: "price_cents", type: "number", min: 0, required: true })),
+      el("label", {}, "Initial stock", el("input", { name: "initial_stock", type: "number", min: 0, required: true })),
+      el("button", { type: "submit" }, "Create item")),
+    el("form", { "aria-label": "Receive stock", onsubmit: submit("receive", (f) => [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}/receive`,
+      { quantity: Number(f.quantity) }]) },
+      el("label", {}, "SKU", el("input", { name: "sku", required: true })),
+      el("label", {}, "Quantity", el("input", { name: "quantity", type: "number", min: 1, required: true })),
+      el("button", { type: "submit" }, "Receive stock")),
+    el("form", { "aria-label": "Create a coupon", onsubmit: submit("coupon", (f) => ["/api/v1/coupons",
+      { code: f.code, percent_off: Number(f.percent_off), max_redemptions: Number(f.max_redemptions) }]) },
+      el("label", {}, "Code", el("input", { name: "code", required: true })),
+      el("label", {}, "Percent off", el("input", { name: "percent_off", type: "number", min: 1, max: 100, required: true })),
+      el("label", {}, "Redemptions", el("input", { name: "max_redemptions", type: "number", min: 1, required: true })),
+      el("button", { type: "submit" }, "Create coupon")));
+}
+
+// ---- blog -----------------------------------------------------------------------------
+
+async function blogView(id) {
+  if (id) return postView(id);
+  const query = new URLSearchParams(location.hash.split("?")[1] || "").get("q") || "";
+  const posts = await api("GET", `/api/v1/posts?limit=50${query ? `&q=${encodeURIComponent(query)}` : ""}`);
+  const search = el("form", { role: "search", onsubmit: (event) => {
+    event.preventDefault();
+    location.hash = `#/blog?q=${encodeURIComponent(formData(event.target).q)}`;
+  } }, el("label", {}, "Search posts", el("input", { name: "q", type: "search", value: query })), el("button", { type: "submit" }, "Search"));
+  const preview = el("div", { class: "post-body", "aria-live": "polite" });
+  const write = el("form", { "aria-label": "Write a post", onsubmit: (event) => {
+    event.preventDefault();
+    const form = formData(event.target);
+    attempt(async () => {
+      const tags = form.tags.split(",").map((t) => t.trim()).filter(Boolean);
+      const draft = await api("POST", "/api/v1/posts", { title: form.title, body_markdown: form.body_markdown, tags });
+      const post = await api("GET", `/api/v1/posts/${draft.id}?min_version=${draft.version}`);
+      preview.replaceChildren(el("h3", {}, "Preview (draft)"), htmlOf(post.body_html),
+        el("button", { onclick: () => attempt(async () => {
+          await api("POST", `/api/v1/posts/${draft.id}/publish`);
+          location.hash = `#/blog/${draft.id}`;
+        }) }, "Publish"));
+    });
+  } },
+    el("label", {}, "Title", el("input", { name: "title", required: true })),
+    el("label", { class: "wide" }, "Markdown", el("textarea", { name: "body_markdown", required: true })),
+    el("label", {}, "Tags (comma separated)", el("input", { name: "tags" })),
+    el("button", { type: "submit" }, "Save draft and preview"));
+  return [
+    el("section", {}, el("h2", {}, "Posts"), search,
+      el("ul", { class: "plain", "aria-label": "Posts" }, posts.items.map((p) =>
+        el("li", {}, el("a", { href: `#/blog/${p.id}` }, p.title), el("span", { class: "muted" }, ` ${(p.tags || []).join(", ")}`))))),
+    el("section", {}, el("h2", {}, "Write"), write, preview),
+  ];
+}
+
+/** The server's sanitized HTML of a post, in an element of its own. */
+function htmlOf(html) {
+  const body = el("div", { class: "post-body" });
+  body.innerHTML = html; // sanitized by the server (API.md Blog); the page's CSP runs no inline script
+  return body;
+}
+
+async function postView(id) {
+  const post = await settled(() => api("GET", `/api/v1/posts/${id}`));
+  const comments = await api("GET", `/api/v1/posts/${id}/comments?limit=200`).catch(() => ({ items: [] }));
+  const list = el("ul", { class: "plain", "aria-label": "Comments" }, comments.items.map((c) => el("li", {}, c.body)));
+  return el("section", {}, el("h2", {}, post.title), el("p", { class: "muted" }, post.status, " · ", (post.tags || []).join(", ")),
+    htmlOf(post.body_html), el("h3", {}, "Comments"), list,
+    el("form", { "aria-label": "Comment", onsubmit: (event) => {
+      event.preventDefault();
+      const { body } = formData(event.target);
+      attempt(async () => {
+        await api("POST", `/api/v1/posts/${id}/comments`, { body });
+        list.append(el("li", {}, body));
+        event.target.reset();
+      });
+    } }, el("label", {}, "Your comment", el("input", { name: "body", required: true })), el("button", { type: "submit" }, "Comment")));
+}
+
+// ---- chat -----------------------------------------------------------------------------
+
+async function chatView(roomId) {
+  const rooms = await api("GET", "/api/v1/rooms");
+  const create = el("form", { "aria-label": "Create a room", onsubmit: (event) => {
+    event.preventDefault();
+    const form = formData(event.target);
+    attempt(async () => {
+      const members = form.members.split(",").map((m) => m.trim()).filter(Boolean);
+      const room = await api("POST", "/api/v1/rooms", { kind: "group", name: form.name, members });
+      location.hash = `#/chat/${room.id}`;
+    });
+  } },
+    el("label", {}, "Room name", el("input", { name: "name", required: true })),
+    el("label", {}, "Members (user ids, comma separated)", el("input", { name: "members" })),
+    el("button", { type: "submit" }, "Create room"));
+  const list = el("ul", { class: "plain", "aria-label": "Rooms" }, rooms.items.map((r) =>
+    el("li", {}, el("a", { href: `#/chat/${r.id}`, "data-room": r.id }, r.name || r.id),
+      r.unread_count ? el("span", { class: "muted" }, ` (${r.unread_count} unread)`) : null)));
+  const sections = [el("section", {}, el("h2", {}, "Rooms"), el("p", { class: "muted" }, "Your user id: ", el("code", { id: "my-id" }, session.userId)), list, create)];
+  if (roomId) sections.push(await roomView(roomId, rooms.items.find((r) => r.id === roomId)?.members || []));
+  return sections;
+}
+
+async function roomView(roomId, members) {
+  const messages = el("ul", { class: "plain messages", "aria-label": "Messages", tabindex: 0 });
+  const typing = el("p", { class: "muted", "aria-live": "polite" });
+  // Who is online, and how far each member has read.
+  const online = new Map();
+  const readUpTo = new Map();
+  const people = el("p", { class: "muted", "data-presence": "" });
+  const drawPeople = () => people.replaceChildren(...members.filter((m) => m !== session.userId).map((m) =>
+    el("span", { "data-member": m, "data-online": online.get(m) ? "yes" : "no" },
+      `${m.slice(-6)} ${online.get(m) ? "● online" : "○ away"}${readUpTo.has(m) ? `, read to #${readUpTo.get(m)}` : ""}  `)));
+  await Promise.all(members.filter((m) => m !== session.userId).map(async (m) => {
+    const presence = await api("GET", `/api/v1/users/${m}/presence`).catch(() => null);
+    online.set(m, Boolean(presence?.online));
+  }));
+  drawPeople();
+  const shown = new Set();
+  let oldest = Infinity;
+  const show = (m, older = false) => {
+    if (shown.has(m.seq)) return;
+    shown.add(m.seq);
+    oldest = Math.min(oldest, m.seq);
+    const who = m.sender_id === session.userId ? "you" : m.sender_id.slice(-6);
+    const item = el("li", { "data-seq": m.seq }, el("span", { class: "muted" }, `${who}: `), m.body);
+    const after = [...messages.children].find((li) => Number(li.dataset.seq) > m.seq);
+    if (after) messages.insertBefore(item, after);
+    else messages.append(item);
+    if (!older) messages.scrollTop = messages.scrollHeight;
+  };
+  const page = await settled(() => api("GET", `/api/v1/rooms/${roomId}/messages?limit=50`));
+  const history = page.items.slice().sort((a, b) => a.seq - b.seq);
+  history.forEach((m) => show(m));
+  const head = history.length ? history[history.length - 1].seq : 0;
+  // Infinite scroll: older pages as the list is scrolled to its top.
+  messages.addEventListener("scroll", () => {
+    if (messages.scrollTop > 0 || oldest <= 1 || messages.dataset.loading) return;
+    messages.dataset.loading = "1";
+    attempt(async () => {
+      const older = await api("GET", `/api/v1/rooms/${roomId}/messages?before_seq=${oldest}&limit=50`);
+      older.items.forEach((m) => show(m, true));
+    }).finally(() => delete messages.dataset.loading);
+  });
+  let typingTimer;
+  cleanups.push(live.listen((frame) => {
+    if (frame.room_id !== roomId) return;
+    if (frame.type === "message") {
+      show(frame);
+      if (frame.sender_id !== session.userId) api("POST", `/api/v1/rooms/${roomId}/read`, { up_to_seq: frame.seq }).catch(() => {});
+    }
+    if (frame.type === "presence") {
+      online.set(frame.user_id, frame.online);
+      drawPeople();
+    }
+    if (frame.type === "read_receipt" && frame.user_id !== session.userId) {
+      readUpTo.set(frame.user_id, frame.up_to_seq);
+      drawPeople();
+    }
+    if (frame.type === "typing" && frame.user_id !== session.userId) {
+      typing.textContent = `${frame.user_id.slice(-6)} is typing…`;
+      clearTimeout(typingTimer);
+      typingTimer = setTimeout(() => (typing.textContent = ""), 3000);
+    }
+  }));
+  live.follow(roomId, head);
+  if (head) api("POST", `/api/v1/rooms/${roomId}/read`, { up_to_seq: head }).catch(() => {});
+  let lastTyping = 0;
+  const input = el("input", { name: "body", required: true, autocomplete: "off", oninput: () => {
+    if (Date.now() - lastTyping > 2000) {
+      lastTyping = Date.now();
+      live.send({ type: "typing", room_id: roomId });
+    }
+  } });
+  const send = el("form", { "aria-label": "Send a message", onsubmit: (event) => {
+    event.preventDefault();
+    const body = input.value;
+    const clientMsgId = crypto.randomUUID();
+    // Over HTTP: the answer says it was stored; the WebSocket brings it to every member.
+    attempt(async () => {
+      const sent = await api("POST", `/api/v1/rooms/${roomId}/messages`, { body, client_msg_id: clientMsgId });
+      show({ seq: sent.seq, body, sender_id: session.userId });
+      input.value = "";
+    });
+  } }, el("label", { class: "grow" }, "Message", input), el("button", { type: "submit" }, "Send"));
+  const addMember = el("form", { "aria-label": "Add a member", onsubmit: (event) => {
+    event.preventDefault();
+    const { user_id } = formData(event.target);
+    attempt(async () => {
+      await api("POST", `/api/v1/rooms/${roomId}/members`, { user_id });
+      say("Member added");
+      event.target.reset();
+    });
+  } }, el("label", {}, "Add member (user id)", el("input", { name: "user_id", required: true })), el("button", { class: "secondary", type: "submit" }, "Add"));
+  return el("section", { "data-room-view": roomId }, el("h2", {}, "Room"), people, messages, typing, send, addMember);
+}
+
+// ---- files: tus uploads that resume after a reload ---------------------------------------
+
+const CHUNK = 256 * 1024;
+
+function b64(text) {
+  return btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+}
+
+/** Uploads `file` over tus, resuming an upload of the same name and size this browser began. */
+async function tusUpload(file, progress, note) {
+  const key = `chronicle.tus:${session.userId}:${file.name}:${file.size}`;
+  const auth = { authorization: `Bearer ${session.token}`, "tus-resumable": "1.0.0" };
+  let url = localStorage.getItem(key);
+  let offset = 0;
+  if (url) {
+    const head = await fetch(url, { method: "HEAD", headers: auth });
+    if (head.ok) {
+      offset = Number(head.headers.get("upload-offset"));
+      note.textContent = `Resuming from ${offset} of ${file.size} bytes`;
+    } else {
+      url = null;
+    }
+  }
+  if (!url) {
+    const created = await fetch("/api/v1/files/tus", { method: "POST", headers: { ...auth, "upload-length": String(file.size),
+      "upload-metadata": `filename ${b64(file.name)},filetype ${b64(file.type || "application/octet-stream")}` } });
+    if (created.status !== 201) throw new Error(`the upload was refused (${created.status})`);
+    url = new URL(created.headers.get("location"), location.href).href;
+    localStorage.setItem(key, url);
+  }
+  let fileId = null;
+  progress.value = offset / Math.max(file.size, 1);
+  while (offset < file.size || (file.size === 0 && !fileId)) {
+    const piece = file.slice(offset, offset + CHUNK);
+    const patched = await fetch(url, { method: "PATCH", body: piece, headers: { ...auth,
+      "content-type": "application/offset+octet-stream", "upload-offset": String(offset) } });
+    if (patched.status !== 204) throw new Error(`the upload stopped at ${offset} bytes (${patched.status})`);
+    offset = Number(patched.headers.get("upload-offset"));
+    fileId = patched.headers.get("chronicle-file-id") || fileId;
+    progress.value = offset / Math.max(file.size, 1);
+    if (file.size === 0) break;
+  }
+  localStorage.removeItem(key);
+  return fileId;
+}
+
+async function filesView() {
+  const files = await api("GET", "/api/v1/files?limit=200");
+  const progress = el("progress", { max: 1, value: 0, "aria-label": "Upload progress" });
+  const note = el("p", { class: "muted", "aria-live": "polite" });
+  const picker = el("input", { type: "file", name: "file", "aria-label": "File to upload" });
+  const upload = el("form", { "aria-label": "Upload a file", onsubmit: (event) => {
+    event.preventDefault();
+    const file = picker.files[0];
+    if (!file) return;
+    attempt(async () => {
+      await tusUpload(file, progress, note);
+      await render();
+      say(`Uploaded ${file.name}`);
+    });
+  } }, picker, el("button", { type: "submit" }, "Upload"));
+  const rows = files.items.map((f) => el("tr", { "data-file": f.id },
+    el("td", {}, f.name), el("td", {}, f.size), el("td", {},
+      el("button", { class: "secondary", onclick: () => attempt(async () => {
+        const answer = await fetch(`/api/v1/files/${f.id}/content`, { headers: { authorization: `Bearer ${session.token}` } });
+        const link = el("a", { href: URL.createObjectURL(await answer.blob()), download: f.name });
+        link.click();
+      }) }, "Download"), " ",
+      el("button", { class: "secondary", onclick: (event) => attempt(async () => {
+        const share = await api("POST", `/api/v1/files/${f.id}/shares`, { expires_in_seconds: 86400 });
+        event.target.replaceWith(el("a", { href: share.url }, "share link (24 h)"));
+      }) }, "Share"), " ",
+      f.content_type?.startsWith("image/") ? el("img", { alt: `Thumbnail of ${f.name}`, "data-thumb": f.id, width: 64 }) : null)));
+  // Thumbnails need the token: fetched, then shown from a blob.
+  queueMicrotask(() => document.querySelectorAll("img[data-thumb]").forEach(async (img) => {
+    const answer = await fetch(`/api/v1/files/${img.dataset.thumb}/thumbnail?width=64`, { headers: { authorization: `Bearer ${session.token}` } });
+    if (answer.ok) img.src = URL.createObjectURL(await answer.blob());
+  }));
+  return [el("section", {}, el("h2", {}, "Upload (tus, resumable)"), upload, progress, note),
+    el("section", {}, el("h2", {}, "Your files"), el("table", {}, el("tbody", {}, rows)))];
+}
+
+// ---- operations -----------------------------------------------------------------------
+
+async function opsView() {
+  const body = el("tbody");
+  const rate = el("p", { class: "muted", "aria-live": "polite" });
+  let last = null;
+  const refresh = async () => {
+    const readers = await api("GET", "/api/v1/projections");
+    const head = Math.max(0, ...readers.map((r) => r.stream_last_seq));
+    if (last) rate.textContent = `${((head - last.head) / ((Date.now() - last.at) / 1000)).toFixed(1)} events/s into the log`;
+    last = { head, at: Date.now() };
+    body.replaceChildren(...readers.map((r) => el("tr", { "data-reader": r.name },
+      el("td", {}, r.name), el("td", {}, r.status), el("td", {}, r.checkpoint), el("td", {}, r.lag_events), el("td", {}, r.parked ?? 0),
+      el("td", {}, r.parked && roles().includes("staff") ? el("button", { class: "secondary", onclick: () => attempt(async () => {
+        const answer = await api("POST", `/api/v1/projections/${r.name}/retry`, {});
+        say(`Retried: ${answer.applied} applied, ${answer.still_parked} still parked`);
+      }) }, "Retry parked") : ""))));
+  };
+  await refresh();
+  const timer = setInterval(() => attempt(refresh), 2000);
+  cleanups.push(() => clearInterval(timer));
+  const jobs = await api("GET", "/api/v1/jobs?limit=50");
+  return [el("section", {}, el("h2", {}, "Readers of the log"), rate,
+    el("table", {}, el("thead", {}, el("tr", {}, ["Name", "Status", "Checkpoint", "Lag", "Parked", ""].map((h) => el("th", {}, h)))), body)),
+  el("section", {}, el("h2", {}, "Your jobs"), el("ul", { class: "plain" }, jobs.items.map((j) => {
+    const runs = el("ul", { class: "muted", "aria-label": `Runs of ${j.name}` });
+    return el("li", {}, `${j.name} · ${j.status ?? ""} · next ${j.next_run_at ?? "—"} `,
+      el("button", { class: "secondary", onclick: () => attempt(async () => {
+        const page = await api("GET", `/api/v1/jobs/${j.id}/runs?limit=20`);
+        runs.replaceChildren(...page.items.map((r) => el("li", {}, `${r.due_at}: ${r.outcome ?? "running"} (attempt ${r.attempt})${r.error ? ` · ${r.error}` : ""}`)));
+        if (!page.items.length) runs.replaceChildren(el("li", {}, "no runs yet"));
+      }) }, "Runs"), runs);
+  })))];
+}
+
+// ---- routing --------------------------------------------------------------------------
+
+let cleanups = [];
+const sections = { shop: shopView, blog: blogView, chat: chatView, files: filesView, ops: opsView };
+let shown = null; // the hash on screen
+let renders = 0; // a render that a newer one overtook is dropped
+
+async function render() {
+  const generation = ++renders;
+  shown = location.hash || "#/shop";
+  for (const cleanup of cleanups) cleanup();
+  cleanups = [];
+  const me = document.getElementById("me");
+  if (!session.token) {
+    me.replaceChildren();
+    view.replaceChildren(...authView());
+    return;
+  }
+  me.replaceChildren(`Signed in as ${session.username} `, el("button", { class: "secondary", onclick: signOut }, "Sign out"));
+  const [, name = "shop", id] = location.hash.split("?")[0].split("/");
+  for (const link of document.querySelectorAll("nav a")) {
+    link.toggleAttribute("aria-current", link.getAttribute("href") === `#/${name}`);
+    if (link.getAttribute("href") === `#/${name}`) link.setAttribute("aria-current", "page");
+  }
+  try {
+    const content = await (sections[name] || shopView)(id);
+    if (generation !== renders) return;
+    view.replaceChildren(...[content].flat());
+    document.body.dataset.view = name;
+    document.body.dataset.rendered = String(generation);
+  } catch (error) {
+    if (generation !== renders) return;
+    view.replaceChildren(el("section", {}, el("p", { class: "error" }, error.message)));
+  }
+}
+
+// `#/shop` is where an empty hash already is: going there redraws nothing.
+window.addEventListener("hashchange", () => {
+  if ((location.hash || "#/shop") !== shown) render();
+});
+live.connect();
+render();
