@@ -135,11 +135,14 @@ fn schemathesis(
         .arg("run")
         .arg(format!("{base}/openapi.json"))
         .args(["--checks", "not_a_server_error,problem_json_errors"])
-        // Not the `examples` phase: in schemathesis 4.32.5 it fails inside Hypothesis
-        // (`FlakyFailure` while drawing an example for POST /api/v1/jobs's schema) before
-        // sending anything. `coverage` sends the boundary values, `fuzzing` random ones,
-        // `stateful` chains of them.
-        .args(["--phases", "coverage,fuzzing,stateful"])
+        // `coverage` sends the boundary values of every schema, `fuzzing` random ones. Two
+        // phases of schemathesis 4.32.5 fail on their own, before or without a request of
+        // ours being at fault, and are left out: `examples` (a Hypothesis `FlakyFailure`
+        // while drawing an example for POST /api/v1/jobs's schema) and, on some seeds,
+        // `stateful` (it infers a link from POST /api/v1/inventory/items to
+        // GET /api/v1/posts/{id} at run time and then refuses it as invalid; seed
+        // 508991493).
+        .args(["--phases", "coverage,fuzzing"])
         .args(["--workers", "2"])
         .args(["--seed", &seed.to_string()])
         .args(["--max-time", &seconds.to_string()])
