@@ -140,11 +140,12 @@ pub struct GatewaySettings {
     )]
     pub handler_timeout_seconds: u64,
     /// Longest a client may take to send a request's headers (or to start its next request
-    /// on a kept-alive connection) before the connection is closed, in seconds.
+    /// on a kept-alive connection) before the connection is closed, in seconds (1 to 86,400).
     #[arg(
         long,
         env = "CHRONICLE_HEADER_READ_TIMEOUT_SECONDS",
         default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
         global = true
     )]
     pub header_read_timeout_seconds: u64,
@@ -442,7 +443,7 @@ impl Settings {
             cors_origins: self.gateway.cors_origins.clone(),
             handler_timeout: std::time::Duration::from_secs(self.gateway.handler_timeout_seconds),
             header_read_timeout: std::time::Duration::from_secs(
-                self.gateway.header_read_timeout_seconds.max(1),
+                self.gateway.header_read_timeout_seconds,
             ),
             payments: chronicle_gateway::PaymentRules {
                 decline_above_cents: self.orders.payment_decline_above_cents,
@@ -532,6 +533,24 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hyper adds the timeout to an `Instant`: a value past a day is refused at start-up,
+    /// not a panic at the first connection.
+    #[test]
+    fn a_header_read_timeout_out_of_range_is_refused() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        for bad in ["0", "86401", "18446744073709551615", "-1", "ten"] {
+            let parsed = Cli::try_parse_from(["chronicle", "--header-read-timeout-seconds", bad]);
+            assert!(parsed.is_err(), "{bad} was taken");
+        }
+        let cli = Cli::parse_from(["chronicle", "--header-read-timeout-seconds", "5"]);
+        assert_eq!(cli.settings.gateway.header_read_timeout_seconds, 5);
+    }
 
     #[test]
     fn secrets_never_print() {
