@@ -346,7 +346,16 @@ async function postView(id) {
 // ---- chat -----------------------------------------------------------------------------
 
 async function chatView(roomId) {
-  const rooms = await api("GET", "/api/v1/rooms");
+  // A room just made may not be listed yet: its members come from the list.
+  const rooms = await settled(async () => {
+    const listed = await api("GET", "/api/v1/rooms");
+    if (roomId && !listed.items.some((r) => r.id === roomId)) {
+      const error = new Error("the room is not listed yet");
+      error.problem = { status: 404 };
+      throw error;
+    }
+    return listed;
+  });
   const create = el("form", { "aria-label": "Create a room", onsubmit: (event) => {
     event.preventDefault();
     const form = formData(event.target);
@@ -377,11 +386,15 @@ async function roomView(roomId, members) {
   const drawPeople = () => people.replaceChildren(...members.filter((m) => m !== session.userId).map((m) =>
     el("span", { "data-member": m, "data-online": online.get(m) ? "yes" : "no" },
       `${m.slice(-6)} ${online.get(m) ? "● online" : "○ away"}${readUpTo.has(m) ? `, read to #${readUpTo.get(m)}` : ""}  `)));
-  await Promise.all(members.filter((m) => m !== session.userId).map(async (m) => {
+  // Asked now, once subscribed, and every 5 s: presence frames go to the rooms the members
+  // read model lists, and a room just made may not be there yet.
+  const askPresence = () => Promise.all(members.filter((m) => m !== session.userId).map(async (m) => {
     const presence = await api("GET", `/api/v1/users/${m}/presence`).catch(() => null);
     online.set(m, Boolean(presence?.online));
-  }));
-  drawPeople();
+  })).then(drawPeople);
+  await askPresence();
+  const polling = setInterval(askPresence, 5000);
+  cleanups.push(() => clearInterval(polling));
   const shown = new Set();
   let oldest = Infinity;
   const show = (m, older = false) => {
@@ -415,6 +428,7 @@ async function roomView(roomId, members) {
       show(frame);
       if (frame.sender_id !== session.userId) api("POST", `/api/v1/rooms/${roomId}/read`, { up_to_seq: frame.seq }).catch(() => {});
     }
+    if (frame.type === "subscribed") askPresence();
     if (frame.type === "presence") {
       online.set(frame.user_id, frame.online);
       drawPeople();
