@@ -158,6 +158,27 @@ pub(crate) async fn timeout(
     }
 }
 
+/// Runs the rest of the request (its extractors and handler) as a task of its own, so that
+/// neither a client that goes away nor the handler timeout cancels it half way: a payment
+/// recorded as requested is always either charged or failed, never left `paying` because
+/// the connection closed between two of its commands. The caller still gets its answer, or
+/// the timeout's 503, as before; a panic is a 500 problem, not a dropped connection.
+pub(crate) async fn run_to_completion(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    match tokio::spawn(next.run(request).in_current_span()).await {
+        Ok(response) => response,
+        Err(failed) => {
+            tracing::error!(error = %failed, "a request handler panicked");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an unexpected error occurred",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// The request with a body that fails after `idle` without a byte, and a signal that
 /// resolves when the body has been read to its end or dropped. `None` for an empty body.
 fn clock_body(

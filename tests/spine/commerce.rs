@@ -1195,3 +1195,53 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
         .unwrap();
     assert_eq!(left, 0, "adopted once, then gone");
 }
+
+/// A client that goes away while its payment is being charged (a browser reloaded, a phone
+/// that lost its signal) does not leave the order `paying` for ever: the request runs to its
+/// end without it, here to a charge that times out, and the order can be paid again.
+#[tokio::test]
+async fn a_client_gone_mid_payment_never_leaves_the_order_paying() {
+    let app = TestApp::spawn_with(|config| {
+        config.payments.hang_above_cents = Some(50_000);
+        config.payments.timeout = Duration::from_millis(1_500);
+    })
+    .await;
+    create_item(&app, "B", 100_000, 10).await;
+    let id = place(&app, json!({"lines": [{"sku": "B", "quantity": 1}]})).await;
+    settled(&app, &id).await;
+    let pay = command(&app, &id, "pay", Some(json!({"amount_cents": 100_000})));
+    let gone = tokio::time::timeout(Duration::from_millis(400), pay).await;
+    assert!(
+        gone.is_err(),
+        "the client gave up before the charge answered"
+    );
+    let types = chronicle_tests::eventually(
+        "the payment to end without its client",
+        Duration::from_secs(10),
+        || async {
+            let types: Vec<String> = events_of(&app, "order", &id)
+                .await
+                .into_iter()
+                .map(|(event_type, _, _)| event_type)
+                .collect();
+            (types.last().map(String::as_str) == Some("PaymentFailed")).then_some(types)
+        },
+    )
+    .await;
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "OrderReserved",
+            "PaymentRequested",
+            "PaymentFailed"
+        ]
+    );
+    let order: Value = app
+        .get(&format!("/api/v1/orders/{id}?min_version=4"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "reserved", "{order}");
+}

@@ -84,7 +84,8 @@ fn cors(origins: &[String]) -> CorsLayer {
 ///
 /// Layers, outermost first: request id (set, then echoed on the response), a tracing span
 /// per request carrying that id (so every log line of the request has it), CORS, rate
-/// limiting, the handler timeout, every error made problem+json, the body limit.
+/// limiting, the handler timeout, every error made problem+json, the handler run as a task
+/// of its own (so no disconnect or timeout cancels it half way), the body limit.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn(protect::run_to_completion))
         .layer(middleware::from_fn(crate::error::every_error_is_a_problem))
         .layer(middleware::from_fn_with_state(
             state.clone(),
