@@ -95,6 +95,22 @@ try {
   await alice.waitForFunction(() => document.querySelector("[data-order-status]")?.textContent === "reserved");
   await shot(alice, "shop-order-reserved");
 
+  step = "an order is paid, another cancelled";
+  const first = alice.locator("tr[data-order]").first();
+  const firstId = await first.getAttribute("data-order");
+  await first.getByRole("button", { name: "Pay" }).click();
+  await eventually(alice, "#/shop", alice.locator(`[data-order-status="${firstId}"]`, { hasText: "paid" }));
+  await alice.getByRole("row", { name: /Lantern/ }).getByRole("button", { name: "Order" }).click();
+  await alice.waitForFunction(() => document.querySelectorAll("tr[data-order]").length === 2);
+  const second = alice.locator("tr[data-order]").first();
+  const secondId = await second.getAttribute("data-order");
+  check(secondId !== firstId, "the new order is listed first");
+  await alice.waitForFunction((id) => document.querySelector(`[data-order-status="${id}"]`)?.textContent === "reserved", secondId);
+  await second.getByRole("button", { name: "Cancel" }).click();
+  await eventually(alice, "#/shop", alice.locator(`[data-order-status="${secondId}"]`, { hasText: "cancelled" }));
+  // One lantern paid, one released: four of five available.
+  await eventually(alice, "#/shop", alice.locator('[data-available="E2E-1"]', { hasText: "4" }));
+
   step = "two browsers chat live";
   await open(bob, "#/chat");
   const bobId = (await bob.locator("#my-id").textContent()).trim();
@@ -128,6 +144,24 @@ try {
   await shot(alice, "chat-alice");
   await shot(bob, "chat-bob-phone");
 
+  step = "older messages load as the history is scrolled up";
+  await alice.evaluate(async (room) => {
+    const token = localStorage.getItem("chronicle.token");
+    for (let i = 1; i <= 60; i++) {
+      await fetch(`/api/v1/rooms/${room}/messages`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ body: `backlog ${i}`, client_msg_id: `backlog-${i}` }),
+      });
+    }
+  }, roomId);
+  await bob.locator(".messages li", { hasText: "backlog 60" }).waitFor();
+  await eventually(bob, `#/chat/${roomId}`, bob.locator(".messages li", { hasText: "backlog 60" }));
+  check((await bob.locator(".messages li").count()) === 50, "the first page is 50 messages");
+  await bob.locator(".messages").evaluate((list) => { list.scrollTop = 0; list.dispatchEvent(new Event("scroll")); });
+  await bob.locator(".messages li", { hasText: "hello bob" }).waitFor();
+  check((await bob.locator(".messages li").count()) === 62, "every message once after scrolling back");
+
   step = "a post is published and found by search";
   await open(alice, "#/blog");
   const write = alice.locator('form[aria-label="Write a post"]');
@@ -143,6 +177,14 @@ try {
   await bob.getByRole("link", { name: "Zymurgy by lantern light" }).click();
   await bob.locator(".post-body strong", { hasText: "brewing" }).waitFor();
   await shot(bob, "blog-found-phone");
+
+  step = "a comment on the post";
+  const comment = bob.locator('form[aria-label="Comment"]');
+  await comment.getByLabel("Your comment").fill("Lovely light");
+  await comment.getByRole("button", { name: "Comment" }).click();
+  await bob.locator('[aria-label="Comments"] li', { hasText: "Lovely light" }).waitFor();
+  const postUrl = bob.url().slice(base.length + 1);
+  await eventually(alice, postUrl, alice.locator('[aria-label="Comments"] li', { hasText: "Lovely light" }));
 
   step = "a file upload is interrupted by a reload and resumed";
   const bytes = Buffer.alloc(3 * 1024 * 1024);
@@ -181,13 +223,21 @@ try {
   check(digest === createHash("sha256").update(bytes).digest("hex"), "the stored bytes differ from the file's");
   await shot(alice, "files-resumed");
 
+  step = "a share link serves the file without an account";
+  await alice.locator(`tr[data-file="${fileId}"]`).getByRole("button", { name: "Share" }).click();
+  const shareUrl = await alice.locator(`tr[data-file="${fileId}"]`).getByRole("link", { name: /share link/ }).getAttribute("href");
+  const shared = await fetch(new URL(shareUrl, base));
+  check(shared.status === 200, `the share link answered ${shared.status}`);
+  const sharedBytes = Buffer.from(await shared.arrayBuffer());
+  check(createHash("sha256").update(sharedBytes).digest("hex") === createHash("sha256").update(bytes).digest("hex"), "the shared bytes differ");
+
   step = "operations";
   await open(alice, "#/ops");
   await alice.locator('[data-reader="orders"]').waitFor();
   await shot(alice, "operations");
 
   check(pageErrors.length === 0, `errors in the pages: ${pageErrors.join("; ")}`);
-  console.log(`console e2e: 5 scenarios passed; screenshots in ${artifacts}`);
+  console.log(`console e2e: 9 scenarios passed; screenshots in ${artifacts}`);
 } catch (error) {
   console.error(`console e2e failed at "${step}": ${error.stack || error}`);
   if (pageErrors.length) console.error(`page errors: ${pageErrors.join("; ")}`);
