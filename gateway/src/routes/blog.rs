@@ -317,11 +317,18 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Page<PostView>>, ApiError> {
     let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    // No tag or author id holds a NUL (PostgreSQL's text cannot): no post matches one.
+    let filters = [params.tag.as_deref(), params.author.as_deref()];
+    if filters.into_iter().flatten().any(|f| f.contains('\0')) {
+        return Ok(Json(request.page(Vec::new(), |_: &PostView| String::new())));
+    }
     let filter = PostFilter {
         tag: params.tag.as_deref(),
         author_id: params.author.as_deref(),
     };
-    let query = params.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    // A NUL in a search separates words, like a space: the database never sees it.
+    let searched = params.q.as_deref().map(|q| q.replace('\0', " "));
+    let query = searched.as_deref().map(str::trim).filter(|q| !q.is_empty());
     if let Some(query) = query {
         if query.chars().count() > 200 {
             return Err(ApiError::validation(vec![FieldError::new(

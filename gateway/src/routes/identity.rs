@@ -128,14 +128,20 @@ pub async fn login(
     if form.password.len() > MAX_PASSWORD {
         return Err(invalid_credentials());
     }
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT c.aggregate_id, k.password_hash FROM unique_claims c \
-         JOIN credentials k ON k.user_id = c.aggregate_id \
-         WHERE c.namespace = 'username' AND c.value = $1",
-    )
-    .bind(&form.username)
-    .fetch_optional(&state.pool)
-    .await?;
+    // A name no one can hold (a NUL, which PostgreSQL's text refuses, or a megabyte) is an
+    // unknown user: not asked of the database, and answered like any other wrong login.
+    let row: Option<(String, String)> = if check_username(&form.username).is_ok() {
+        sqlx::query_as(
+            "SELECT c.aggregate_id, k.password_hash FROM unique_claims c \
+             JOIN credentials k ON k.user_id = c.aggregate_id \
+             WHERE c.namespace = 'username' AND c.value = $1",
+        )
+        .bind(&form.username)
+        .fetch_optional(&state.pool)
+        .await?
+    } else {
+        None
+    };
     let (user_id, hash) = match row {
         Some((id, hash)) => (Some(id), Some(hash)),
         None => (None, None),
