@@ -13,7 +13,7 @@
 //! was accepted did not stop a reader (DESIGN.md invariants 7 and 8).
 //!
 //! Bounded in time: `CHRONICLE_FUZZ_SECONDS` (default 90) of generation; the seed is printed
-//! and `CHRONICLE_FUZZ_SEED` replays it.
+//! and `CHRONICLE_FUZZ_SEED` replays it (a fixed one by default; `random` explores).
 
 mod common;
 #[allow(dead_code)] // its users only
@@ -54,10 +54,15 @@ async fn schemathesis_finds_no_5xx_no_non_problem_error_and_no_stalled_read_mode
     let http = Client::new();
     let seeded = seed(&http, &base).await;
 
-    let seed: u64 = std::env::var("CHRONICLE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand_seed() % 1_000_000_000);
+    // A fixed seed by default, so CI is a gate that does not move under an unrelated change;
+    // `CHRONICLE_FUZZ_SEED=random` explores (and prints the seed a finding replays with).
+    let seed: u64 = match std::env::var("CHRONICLE_FUZZ_SEED").ok().as_deref() {
+        None | Some("") => DEFAULT_SEED,
+        Some("random") => rand_seed() % 1_000_000_000,
+        Some(seed) => seed
+            .parse()
+            .expect("CHRONICLE_FUZZ_SEED is a number or `random`"),
+    };
     let seconds: u64 = std::env::var("CHRONICLE_FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -92,6 +97,9 @@ async fn schemathesis_finds_no_5xx_no_non_problem_error_and_no_stalled_read_mode
     let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
     assert!(panics.is_empty(), "chronicle up panicked: {panics:#?}");
 }
+
+/// The seed CI runs: the one whose run found the NUL logins (fixed since), 7,546 inputs.
+const DEFAULT_SEED: u64 = 485_167_883;
 
 /// A seed from the clock, printed so a failure can be replayed.
 fn rand_seed() -> u64 {
