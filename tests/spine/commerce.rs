@@ -108,6 +108,15 @@ async fn events_of(app: &TestApp, aggregate_type: &str, id: &str) -> Vec<(String
     .unwrap()
 }
 
+/// The types of an order's events, in order.
+async fn order_event_types(app: &TestApp, id: &str) -> Vec<String> {
+    events_of(app, "order", id)
+        .await
+        .into_iter()
+        .map(|(event_type, _, _)| event_type)
+        .collect()
+}
+
 async fn command(app: &TestApp, id: &str, action: &str, body: Option<Value>) -> reqwest::Response {
     let request = app.request(Method::POST, &format!("/api/v1/orders/{id}/{action}"));
     match body {
@@ -707,11 +716,7 @@ async fn payments_that_are_declined_or_time_out_leave_the_order_reserved() {
     )
     .await;
     for id in [&declined, &hangs] {
-        let types: Vec<String> = events_of(&app, "order", id)
-            .await
-            .into_iter()
-            .map(|(event_type, _, _)| event_type)
-            .collect();
+        let types = order_event_types(&app, id).await;
         assert_eq!(
             types,
             [
@@ -1219,11 +1224,7 @@ async fn a_client_gone_mid_payment_never_leaves_the_order_paying() {
         "the payment to end without its client",
         Duration::from_secs(10),
         || async {
-            let types: Vec<String> = events_of(&app, "order", &id)
-                .await
-                .into_iter()
-                .map(|(event_type, _, _)| event_type)
-                .collect();
+            let types = order_event_types(&app, &id).await;
             (types.last().map(String::as_str) == Some("PaymentFailed")).then_some(types)
         },
     )
