@@ -510,6 +510,13 @@ fn rows(w: &World) -> Vec<Row> {
             [401, 201, 201, 201],
         ),
         row(
+            M::POST,
+            "/api/v1/posts/preview",
+            "/api/v1/posts/preview".into(),
+            j(json!({"body_markdown": "**x**"})),
+            [401, 200, 200, 200],
+        ),
+        row(
             M::GET,
             "/api/v1/posts/{id}",
             format!("/api/v1/posts/{}", w.published),

@@ -373,6 +373,66 @@ async fn script_tags_and_event_handlers_never_reach_body_html() {
 }
 
 #[tokio::test]
+async fn a_preview_renders_as_the_saved_post_would_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let body = "Some **bold** text <script>alert('x')</script>\n\n<img src=\"a.png\" onerror=\"alert(1)\">\n\n[link](javascript:alert(1))";
+    let before = app.event_count().await;
+    let preview = |token: Option<&str>, payload: Value| {
+        let mut request = app
+            .http
+            .post(app.url("/api/v1/posts/preview"))
+            .json(&payload);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let r = preview(Some(&app.token), json!({"body_markdown": body}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let previewed: Value = r.json().await.unwrap();
+    let html = previewed["body_html"].as_str().unwrap();
+    assert!(html.contains("<strong>bold</strong>"), "{html}");
+    for banned in ["<script", "onerror", "javascript:"] {
+        assert!(!html.to_lowercase().contains(banned), "{banned} in {html}");
+    }
+    // Nothing was stored, and the preview is the very HTML the saved post gets.
+    assert_eq!(app.event_count().await, before);
+    let id = draft(&app, "Previewed", body, &[]).await;
+    assert_eq!(read(&app, &app.token, &id, 1).await["body_html"], html);
+
+    // A post's limits, a problem for anything else, and no anonymous rendering.
+    let too_long = "x".repeat(100_001); // a post's body is at most 100,000 characters
+    for bad in [
+        json!({"body_markdown": too_long}),
+        json!({"body_markdown": "a\u{0}b"}),
+    ] {
+        let fields = invalid_fields(preview(Some(&app.token), bad).await.unwrap()).await;
+        assert_eq!(fields, ["body_markdown"]);
+    }
+    for bad in [
+        json!({}),
+        json!({"body_markdown": 7}),
+        json!({"body_markdown": "x", "title": "y"}),
+    ] {
+        let r = preview(Some(&app.token), bad.clone()).await.unwrap();
+        assert!(r.status().is_client_error(), "{bad}: {}", r.status());
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+    }
+    problem(
+        preview(None, json!({"body_markdown": "x"})).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn comments_need_a_published_post_and_are_deleted_by_their_author_or_the_posts() {
     let app = TestApp::spawn().await;
     let (_, bob) = app.register_and_login("bob").await;

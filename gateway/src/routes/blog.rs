@@ -30,6 +30,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
     use axum::routing::{delete as delete_route, get as get_route, post};
     axum::Router::new()
         .route("/api/v1/posts", post(draft).get(list))
+        .route("/api/v1/posts/preview", post(preview))
         .route(
             "/api/v1/posts/{id}",
             get_route(get).patch(edit).delete(delete),
@@ -120,6 +121,27 @@ pub async fn draft(
         )
         .await?;
     Ok(respond::created(executed, make, "/api/v1/posts"))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preview {
+    body_markdown: String,
+}
+
+/// `POST /api/v1/posts/preview`: the HTML a post with this Markdown would show, rendered and
+/// sanitized exactly as a saved post's `body_html` is, without storing anything. For an
+/// editor's as-you-type preview; signed-in callers only, and the body's limits are a post's.
+#[utoipa::path(post, path = "/api/v1/posts/preview", tag = "blog", summary = "Render Markdown as a post would show it (stores nothing)", request_body = Preview, responses((status = 200, description = "200: {\"body_html\"}"), crate::routes::openapi::Problems))]
+pub async fn preview(_caller: Caller, body: JsonBody<Preview>) -> Result<Response, ApiError> {
+    let markdown = body.value.body_markdown;
+    ApiError::check(text_errors(None, Some(&markdown), None))?;
+    // Up to 100,000 characters of hostile Markdown: rendered off the async workers.
+    let body_html =
+        tokio::task::spawn_blocking(move || chronicle_blog::markdown::render(&markdown))
+            .await
+            .map_err(ApiError::internal)?;
+    Ok(Json(serde_json::json!({ "body_html": body_html })).into_response())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -232,6 +232,7 @@ impl Modify for BearerAuth {
         orders::create_coupon,
         orders::get_coupon,
         blog::draft,
+        blog::preview,
         blog::list,
         blog::get,
         blog::edit,
