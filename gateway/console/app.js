@@ -86,6 +86,12 @@ function formData(form) {
   return Object.fromEntries(new FormData(form).entries());
 }
 
+function bytes(size) {
+  if (size < 1024) return `${size} bytes`;
+  if (size < 1024 * 1024) return `${(size / 1024).toFixed(1)} KiB`;
+  return `${(size / 1024 / 1024).toFixed(1)} MiB`;
+}
+
 function money(cents) {
   return (cents / 100).toFixed(2);
 }
@@ -104,7 +110,7 @@ const live = {
     this.socket = socket;
     socket.addEventListener("open", () => {
       this.backoff = 250;
-      document.body.dataset.live = "open";
+      this.show("open", "● live");
       for (const [room, seq] of this.rooms) this.send({ type: "subscribe", room_id: room, since_seq: seq });
     });
     socket.addEventListener("message", (event) => {
@@ -123,11 +129,18 @@ const live = {
     });
     socket.addEventListener("close", () => {
       this.socket = null;
-      document.body.dataset.live = "closed";
-      if (!session.token) return;
+      if (!session.token) return this.show("closed", "");
+      this.show("closed", "○ reconnecting…");
       setTimeout(() => this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, 5000);
     });
+  },
+  /** The connection's state, on the page (`body[data-live]`) and in the header. */
+  show(state, text) {
+    document.body.dataset.live = state;
+    const badge = document.getElementById("live");
+    badge.dataset.state = state;
+    badge.textContent = text;
   },
   send(frame) {
     if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(frame));
@@ -156,6 +169,7 @@ function signIn(answer, username) {
   localStorage.setItem("chronicle.token", answer.token);
   localStorage.setItem("chronicle.user_id", answer.user_id);
   localStorage.setItem("chronicle.username", username);
+  say("");
   live.connect();
   render();
 }
@@ -205,8 +219,10 @@ async function shopView() {
   const items = await api("GET", "/api/v1/inventory/items?limit=200");
   const orders = await api("GET", "/api/v1/orders?limit=50");
   const orderRows = el("tbody");
+  // The newest order_status frame of each order: one may arrive before its row is drawn.
+  const heard = new Map();
   const showOrder = (order) => {
-    const pill = el("span", { class: "status-pill", "data-order-status": order.id }, order.status);
+    const pill = el("span", { class: "status-pill", "data-order-status": order.id }, heard.get(order.id) ?? order.status);
     const actions = el("td", {},
       el("button", { class: "secondary", onclick: () => attempt(async () => {
         await api("POST", `/api/v1/orders/${order.id}/pay`, { amount_cents: order.total_cents });
@@ -222,59 +238,72 @@ async function shopView() {
   for (const order of orders.items.slice().reverse()) showOrder(order);
   const stop = live.listen((frame) => {
     if (frame.type !== "order_status") return;
+    heard.set(frame.order_id, frame.status);
     const pill = document.querySelector(`[data-order-status="${CSS.escape(frame.order_id)}"]`);
     if (pill) pill.textContent = frame.status;
   });
   cleanups.push(stop);
-  const rows = items.items.map((item) => {
+  const coupon = el("input", { name: "coupon_code", autocomplete: "off" });
+  const itemRow = (item) => {
     const quantity = el("input", { type: "number", min: 1, value: 1, "aria-label": `Quantity of ${item.name}`, size: 4 });
     return el("tr", {},
       el("td", {}, item.sku), el("td", {}, item.name), el("td", {}, money(item.price_cents)),
       el("td", { "data-available": item.sku }, item.available),
       el("td", {}, quantity, " ", el("button", {
         onclick: () => attempt(async () => {
-          const placed = await api("POST", "/api/v1/orders", { lines: [{ sku: item.sku, quantity: Number(quantity.value) }] });
-          showOrder({ id: placed.id, status: placed.status, total_cents: item.price_cents * Number(quantity.value) });
+          const order = { lines: [{ sku: item.sku, quantity: Number(quantity.value) }] };
+          if (coupon.value.trim()) order.coupon_code = coupon.value.trim();
+          const placed = await api("POST", "/api/v1/orders", order);
+          // The total (after any coupon) is the order's own, as the server priced it.
+          const priced = await settled(() => api("GET", `/api/v1/orders/${placed.id}?min_version=${placed.version}`));
+          showOrder({ id: placed.id, status: priced.status, total_cents: priced.total_cents });
           say(`Order ${placed.id} placed`);
         }),
       }, "Order")));
-  });
+  };
+  const itemRows = el("tbody", {}, items.items.map(itemRow));
+  // Redrawn in place after a staff change, so no form being filled is replaced.
+  const refreshItems = async () => {
+    const fresh = await api("GET", "/api/v1/inventory/items?limit=200");
+    itemRows.replaceChildren(...fresh.items.map(itemRow));
+  };
   const sections = [
-    el("section", {}, el("h2", {}, "Items"),
+    el("section", {}, el("h2", {}, "Items"), el("label", {}, "Coupon code (optional)", coupon),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "SKU"), el("th", {}, "Name"), el("th", {}, "Price"), el("th", {}, "Available"), el("th", {}, ""))),
-        el("tbody", {}, rows))),
+        itemRows)),
     el("section", {}, el("h2", {}, "Your orders"),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Order"), el("th", {}, "Status"), el("th", {}, "Total"), el("th", {}, ""))), orderRows)),
   ];
-  if (roles().includes("staff")) sections.push(staffShop());
+  if (roles().includes("staff")) sections.push(staffShop(refreshItems));
   return sections;
 }
 
-function staffShop() {
-  const submit = (path, shape) => (event) => {
+function staffShop(refreshItems) {
+  const submit = (what, shape) => (event) => {
     event.preventDefault();
-    const form = formData(event.target);
+    const form = event.target;
     attempt(async () => {
-      const [url, body] = shape(form);
+      const [url, body] = shape(formData(form));
       await api("POST", url, body);
-      say(`Saved`);
-      render();
+      form.reset();
+      say(`Saved: ${what}`);
+      await refreshItems();
     });
   };
   return el("section", {}, el("h2", {}, "Staff: items, stock, coupons"),
-    el("form", { "aria-label": "Create an item", onsubmit: submit("items", (f) => ["/api/v1/inventory/items",
+    el("form", { "aria-label": "Create an item", onsubmit: submit("the item", (f) => ["/api/v1/inventory/items",
       { sku: f.sku, name: f.name, price_cents: Number(f.price_cents), initial_stock: Number(f.initial_stock) }]) },
       el("label", {}, "SKU", el("input", { name: "sku", required: true })),
       el("label", {}, "Name", el("input", { name: "name", required: true })),
       el("label", {}, "Price (cents)", el("input", { name: "price_cents", type: "number", min: 0, required: true })),
       el("label", {}, "Initial stock", el("input", { name: "initial_stock", type: "number", min: 0, required: true })),
       el("button", { type: "submit" }, "Create item")),
-    el("form", { "aria-label": "Receive stock", onsubmit: submit("receive", (f) => [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}/receive`,
+    el("form", { "aria-label": "Receive stock", onsubmit: submit("the stock received", (f) => [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}/receive`,
       { quantity: Number(f.quantity) }]) },
       el("label", {}, "SKU", el("input", { name: "sku", required: true })),
       el("label", {}, "Quantity", el("input", { name: "quantity", type: "number", min: 1, required: true })),
       el("button", { type: "submit" }, "Receive stock")),
-    el("form", { "aria-label": "Create a coupon", onsubmit: submit("coupon", (f) => ["/api/v1/coupons",
+    el("form", { "aria-label": "Create a coupon", onsubmit: submit("the coupon", (f) => ["/api/v1/coupons",
       { code: f.code, percent_off: Number(f.percent_off), max_redemptions: Number(f.max_redemptions) }]) },
       el("label", {}, "Code", el("input", { name: "code", required: true })),
       el("label", {}, "Percent off", el("input", { name: "percent_off", type: "number", min: 1, max: 100, required: true })),
@@ -292,15 +321,31 @@ async function blogView(id) {
     event.preventDefault();
     location.hash = `#/blog?q=${encodeURIComponent(formData(event.target).q)}`;
   } }, el("label", {}, "Search posts", el("input", { name: "q", type: "search", value: query })), el("button", { type: "submit" }, "Search"));
-  const preview = el("div", { class: "post-body", "aria-live": "polite" });
+  // As you type: the server renders and sanitizes exactly as it will for the saved post
+  // (POST /api/v1/posts/preview). Only the newest answer is shown.
+  const preview = el("div", { class: "post-body", "aria-live": "polite", "data-preview": "" });
+  const saved = el("div", { "aria-live": "polite" });
+  let previews = 0;
+  let previewTimer;
+  const livePreview = (markdown) => {
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(async () => {
+      const asked = ++previews;
+      try {
+        const answer = markdown ? await api("POST", "/api/v1/posts/preview", { body_markdown: markdown }) : { body_html: "" };
+        if (asked === previews) preview.replaceChildren(htmlOf(answer.body_html));
+      } catch (error) {
+        if (asked === previews) preview.replaceChildren(el("p", { class: "error" }, error.message));
+      }
+    }, 250);
+  };
   const write = el("form", { "aria-label": "Write a post", onsubmit: (event) => {
     event.preventDefault();
     const form = formData(event.target);
     attempt(async () => {
       const tags = form.tags.split(",").map((t) => t.trim()).filter(Boolean);
       const draft = await api("POST", "/api/v1/posts", { title: form.title, body_markdown: form.body_markdown, tags });
-      const post = await api("GET", `/api/v1/posts/${draft.id}?min_version=${draft.version}`);
-      preview.replaceChildren(el("h3", {}, "Preview (draft)"), htmlOf(post.body_html),
+      saved.replaceChildren(el("p", {}, `Draft “${form.title}” saved. `),
         el("button", { onclick: () => attempt(async () => {
           await api("POST", `/api/v1/posts/${draft.id}/publish`);
           location.hash = `#/blog/${draft.id}`;
@@ -308,14 +353,15 @@ async function blogView(id) {
     });
   } },
     el("label", {}, "Title", el("input", { name: "title", required: true })),
-    el("label", { class: "wide" }, "Markdown", el("textarea", { name: "body_markdown", required: true })),
+    el("label", { class: "wide" }, "Markdown", el("textarea", { name: "body_markdown", required: true,
+      oninput: (event) => livePreview(event.target.value) })),
     el("label", {}, "Tags (comma separated)", el("input", { name: "tags" })),
-    el("button", { type: "submit" }, "Save draft and preview"));
+    el("button", { type: "submit" }, "Save draft"));
   return [
     el("section", {}, el("h2", {}, "Posts"), search,
       el("ul", { class: "plain", "aria-label": "Posts" }, posts.items.map((p) =>
         el("li", {}, el("a", { href: `#/blog/${p.id}` }, p.title), el("span", { class: "muted" }, ` ${(p.tags || []).join(", ")}`))))),
-    el("section", {}, el("h2", {}, "Write"), write, preview),
+    el("section", {}, el("h2", {}, "Write"), write, saved, el("h3", {}, "Preview"), preview),
   ];
 }
 
@@ -344,6 +390,57 @@ async function postView(id) {
 }
 
 // ---- chat -----------------------------------------------------------------------------
+
+/** Display names by user id, asked once per page (`GET /api/v1/users/{id}`). */
+const names = new Map();
+function nameOf(userId) {
+  if (userId === session.userId) return Promise.resolve("you");
+  if (!names.has(userId)) {
+    names.set(userId, api("GET", `/api/v1/users/${encodeURIComponent(userId)}`)
+      .then((user) => user.display_name || user.username)
+      .catch(() => userId.slice(-6)));
+  }
+  return names.get(userId);
+}
+
+/** A span that shows `userId`'s display name once it is known. */
+function person(userId) {
+  const span = el("span", { "data-user": userId }, userId === session.userId ? "you" : userId.slice(-6));
+  nameOf(userId).then((name) => (span.textContent = name));
+  return span;
+}
+
+/** The token-guarded bytes of file `id` as an object URL (`thumbnail` asks for a 128 px one, a width the server keeps). */
+async function fileUrl(id, thumbnail = false) {
+  const path = thumbnail ? `/api/v1/files/${id}/thumbnail?width=128` : `/api/v1/files/${id}/content`;
+  const answer = await fetch(path, { headers: { authorization: `Bearer ${session.token}` } });
+  if (!answer.ok) throw new Error(`the file answered ${answer.status}`);
+  return URL.createObjectURL(await answer.blob());
+}
+
+/** Saves file `id` as `name` through the browser's download. */
+async function download(id, name) {
+  const link = el("a", { href: await fileUrl(id), download: name });
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+}
+
+/** An attachment of a message: its name (a download) and, for an image, its thumbnail.
+ * A member may read it once the room's history lists it, so a 404 is asked again. */
+function attachment(fileId) {
+  const item = el("span", { class: "attachment", "data-attachment": fileId }, "attachment…");
+  settled(() => api("GET", `/api/v1/files/${fileId}`)).then(async (file) => {
+    const link = el("button", { class: "link", type: "button", onclick: () => attempt(() => download(file.id, file.name)) },
+      `${file.name} (${bytes(file.size)})`);
+    item.replaceChildren(link);
+    if (file.content_type?.startsWith("image/")) {
+      const img = el("img", { alt: `Thumbnail of ${file.name}`, "data-thumb": file.id, height: 96 });
+      item.append(" ", img);
+      img.src = await fileUrl(file.id, true);
+    }
+  }).catch(() => item.replaceChildren("(attachment not available)"));
+  return item;
+}
 
 async function chatView(roomId) {
   // A room just made may not be listed yet: its members come from the list.
@@ -384,8 +481,8 @@ async function roomView(roomId, members) {
   const readUpTo = new Map();
   const people = el("p", { class: "muted", "data-presence": "" });
   const drawPeople = () => people.replaceChildren(...members.filter((m) => m !== session.userId).map((m) =>
-    el("span", { "data-member": m, "data-online": online.get(m) ? "yes" : "no" },
-      `${m.slice(-6)} ${online.get(m) ? "● online" : "○ away"}${readUpTo.has(m) ? `, read to #${readUpTo.get(m)}` : ""}  `)));
+    el("span", { "data-member": m, "data-online": online.get(m) ? "yes" : "no" }, person(m),
+      ` ${online.get(m) ? "● online" : "○ away"}${readUpTo.has(m) ? `, read to #${readUpTo.get(m)}` : ""}  `)));
   // Asked now, once subscribed, and every 5 s: presence frames go to the rooms the members
   // read model lists, and a room just made may not be there yet.
   const askPresence = () => Promise.all(members.filter((m) => m !== session.userId).map(async (m) => {
@@ -401,8 +498,8 @@ async function roomView(roomId, members) {
     if (shown.has(m.seq)) return;
     shown.add(m.seq);
     oldest = Math.min(oldest, m.seq);
-    const who = m.sender_id === session.userId ? "you" : m.sender_id.slice(-6);
-    const item = el("li", { "data-seq": m.seq }, el("span", { class: "muted" }, `${who}: `), m.body);
+    const item = el("li", { "data-seq": m.seq }, el("span", { class: "muted" }, person(m.sender_id), ": "), m.body,
+      (m.file_ids || []).flatMap((id) => [" ", attachment(id)]));
     const after = [...messages.children].find((li) => Number(li.dataset.seq) > m.seq);
     if (after) messages.insertBefore(item, after);
     else messages.append(item);
@@ -418,9 +515,17 @@ async function roomView(roomId, members) {
     messages.dataset.loading = "1";
     attempt(async () => {
       const older = await api("GET", `/api/v1/rooms/${roomId}/messages?before_seq=${oldest}&limit=50`);
+      // The message that was at the top stays where the reader saw it.
+      const height = messages.scrollHeight;
       older.items.forEach((m) => show(m, true));
+      messages.scrollTop += messages.scrollHeight - height;
     }).finally(() => delete messages.dataset.loading);
   });
+  // A room opens at its newest message (once drawn), and stays there as pictures load.
+  requestAnimationFrame(() => (messages.scrollTop = messages.scrollHeight));
+  messages.addEventListener("load", (event) => {
+    if (event.target.closest("li") === messages.lastElementChild) messages.scrollTop = messages.scrollHeight;
+  }, true);
   let typingTimer;
   cleanups.push(live.listen((frame) => {
     if (frame.room_id !== roomId) return;
@@ -438,7 +543,7 @@ async function roomView(roomId, members) {
       drawPeople();
     }
     if (frame.type === "typing" && frame.user_id !== session.userId) {
-      typing.textContent = `${frame.user_id.slice(-6)} is typing…`;
+      nameOf(frame.user_id).then((name) => (typing.textContent = `${name} is typing…`));
       clearTimeout(typingTimer);
       typingTimer = setTimeout(() => (typing.textContent = ""), 3000);
     }
@@ -446,23 +551,35 @@ async function roomView(roomId, members) {
   live.follow(roomId, head);
   if (head) api("POST", `/api/v1/rooms/${roomId}/read`, { up_to_seq: head }).catch(() => {});
   let lastTyping = 0;
-  const input = el("input", { name: "body", required: true, autocomplete: "off", oninput: () => {
+  const input = el("input", { name: "body", autocomplete: "off", maxlength: 4000, oninput: () => {
     if (Date.now() - lastTyping > 2000) {
       lastTyping = Date.now();
       live.send({ type: "typing", room_id: roomId });
     }
   } });
+  // Attachments go up over tus first; the message then names them (API.md Chat).
+  const attach = el("input", { type: "file", multiple: true, "aria-label": "Attach files" });
+  const attachProgress = el("progress", { max: 1, value: 0, hidden: true, "aria-label": "Attachment upload progress" });
   const send = el("form", { "aria-label": "Send a message", onsubmit: (event) => {
     event.preventDefault();
-    const body = input.value;
+    const files = [...attach.files];
+    const body = input.value || files.map((f) => f.name).join(", ");
+    if (!body) return say("Write a message or attach a file", true);
     const clientMsgId = crypto.randomUUID();
     // Over HTTP: the answer says it was stored; the WebSocket brings it to every member.
     attempt(async () => {
-      const sent = await api("POST", `/api/v1/rooms/${roomId}/messages`, { body, client_msg_id: clientMsgId });
-      show({ seq: sent.seq, body, sender_id: session.userId });
+      const fileIds = [];
+      attachProgress.hidden = !files.length;
+      for (const file of files) fileIds.push(await tusUpload(file, attachProgress, typing));
+      attachProgress.hidden = true;
+      const message = { body, client_msg_id: clientMsgId };
+      if (fileIds.length) message.file_ids = fileIds;
+      const sent = await api("POST", `/api/v1/rooms/${roomId}/messages`, message);
+      show({ seq: sent.seq, body, sender_id: session.userId, file_ids: fileIds });
       input.value = "";
+      attach.value = "";
     });
-  } }, el("label", { class: "grow" }, "Message", input), el("button", { type: "submit" }, "Send"));
+  } }, el("label", { class: "grow" }, "Message", input), attach, el("button", { type: "submit" }, "Send"), attachProgress);
   const addMember = el("form", { "aria-label": "Add a member", onsubmit: (event) => {
     event.preventDefault();
     const { user_id } = formData(event.target);
@@ -537,22 +654,17 @@ async function filesView() {
     });
   } }, picker, el("button", { type: "submit" }, "Upload"));
   const rows = files.items.map((f) => el("tr", { "data-file": f.id },
-    el("td", {}, f.name), el("td", {}, f.size), el("td", {},
-      el("button", { class: "secondary", onclick: () => attempt(async () => {
-        const answer = await fetch(`/api/v1/files/${f.id}/content`, { headers: { authorization: `Bearer ${session.token}` } });
-        const link = el("a", { href: URL.createObjectURL(await answer.blob()), download: f.name });
-        link.click();
-      }) }, "Download"), " ",
+    el("td", {}, f.name), el("td", {}, bytes(f.size)), el("td", {},
+      el("button", { class: "secondary", onclick: () => attempt(() => download(f.id, f.name)) }, "Download"), " ",
       el("button", { class: "secondary", onclick: (event) => attempt(async () => {
         const share = await api("POST", `/api/v1/files/${f.id}/shares`, { expires_in_seconds: 86400 });
         event.target.replaceWith(el("a", { href: share.url }, "share link (24 h)"));
       }) }, "Share"), " ",
-      f.content_type?.startsWith("image/") ? el("img", { alt: `Thumbnail of ${f.name}`, "data-thumb": f.id, width: 64 }) : null)));
+      f.content_type?.startsWith("image/") ? el("img", { alt: `Thumbnail of ${f.name}`, "data-thumb": f.id, height: 64 }) : null)));
   // Thumbnails need the token: fetched, then shown from a blob.
-  queueMicrotask(() => document.querySelectorAll("img[data-thumb]").forEach(async (img) => {
-    const answer = await fetch(`/api/v1/files/${img.dataset.thumb}/thumbnail?width=64`, { headers: { authorization: `Bearer ${session.token}` } });
-    if (answer.ok) img.src = URL.createObjectURL(await answer.blob());
-  }));
+  for (const img of rows.flatMap((row) => [...row.querySelectorAll("img[data-thumb]")])) {
+    fileUrl(img.dataset.thumb, true).then((url) => (img.src = url)).catch(() => (img.alt = `No thumbnail: ${img.alt}`));
+  }
   return [el("section", {}, el("h2", {}, "Upload (tus, resumable)"), upload, progress, note),
     el("section", {}, el("h2", {}, "Your files"), el("table", {}, el("tbody", {}, rows)))];
 }
@@ -569,18 +681,32 @@ async function opsView() {
     if (last) rate.textContent = `${((head - last.head) / ((Date.now() - last.at) / 1000)).toFixed(1)} events/s into the log`;
     last = { head, at: Date.now() };
     body.replaceChildren(...readers.map((r) => el("tr", { "data-reader": r.name },
-      el("td", {}, r.name), el("td", {}, r.status), el("td", {}, r.checkpoint), el("td", {}, r.lag_events), el("td", {}, r.parked ?? 0),
-      el("td", {}, r.parked && roles().includes("staff") ? el("button", { class: "secondary", onclick: () => attempt(async () => {
-        const answer = await api("POST", `/api/v1/projections/${r.name}/retry`, {});
-        say(`Retried: ${answer.applied} applied, ${answer.still_parked} still parked`);
-      }) }, "Retry parked") : ""))));
+      el("td", {}, r.name), el("td", {}, r.status), el("td", {}, r.checkpoint), el("td", {}, r.lag_events), el("td", { "data-parked": r.parked ?? 0 }, r.parked ?? 0),
+      el("td", {}, r.parked && roles().includes("staff") ? [
+        el("button", { class: "secondary", onclick: () => attempt(async () => {
+          const answer = await api("POST", `/api/v1/projections/${r.name}/retry`, {});
+          say(`Retried: ${answer.applied} applied, ${answer.still_parked} still parked`);
+          if (parkedOf.dataset.reader === r.name) parkedOf.replaceChildren();
+        }) }, "Retry parked"), " ",
+        el("button", { class: "secondary", onclick: () => attempt(() => showParked(r.name)) }, "Why parked?"),
+      ] : ""))));
+  };
+  // What a reader parked, with the error it gave (staff only).
+  const parkedOf = el("div", { "aria-live": "polite" });
+  const showParked = async (name) => {
+    const parked = await api("GET", `/api/v1/projections/${name}/parked`);
+    parkedOf.dataset.reader = name;
+    parkedOf.replaceChildren(el("h3", {}, `Parked by ${name}`), el("ul", { class: "plain", "aria-label": `Parked by ${name}` },
+      parked.map((p) => el("li", { "data-parked-seq": p.stream_seq },
+        `#${p.stream_seq} ${p.event_type} (${p.attempts} attempts, last ${p.last_failed_at}): `, el("code", {}, p.error)))));
   };
   await refresh();
   const timer = setInterval(() => attempt(refresh), 2000);
   cleanups.push(() => clearInterval(timer));
   const jobs = await api("GET", "/api/v1/jobs?limit=50");
   return [el("section", {}, el("h2", {}, "Readers of the log"), rate,
-    el("table", {}, el("thead", {}, el("tr", {}, ["Name", "Status", "Checkpoint", "Lag", "Parked", ""].map((h) => el("th", {}, h)))), body)),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Name", "Status", "Checkpoint", "Lag", "Parked", ""].map((h) => el("th", {}, h)))), body),
+    parkedOf),
   el("section", {}, el("h2", {}, "Your jobs"), el("ul", { class: "plain" }, jobs.items.map((j) => {
     const runs = el("ul", { class: "muted", "aria-label": `Runs of ${j.name}` });
     return el("li", {}, `${j.name} · ${j.status ?? ""} · next ${j.next_run_at ?? "—"} `,
@@ -629,8 +755,9 @@ async function render() {
 }
 
 // `#/shop` is where an empty hash already is: going there redraws nothing.
+// After a move, the keyboard (and a screen reader) starts at the new view.
 window.addEventListener("hashchange", () => {
-  if ((location.hash || "#/shop") !== shown) render();
+  if ((location.hash || "#/shop") !== shown) render().then(() => view.focus({ preventScroll: true }));
 });
 live.connect();
 render();

@@ -17,7 +17,19 @@ pub fn start(
     nats: &TestNats,
     data: &std::path::Path,
 ) -> (Running, String) {
+    start_with(subcommand, db, nats, data, &[])
+}
+
+/// [`start`], with more environment (`CHRONICLE_STAFF_USERS`, say).
+pub fn start_with(
+    subcommand: &str,
+    db: &TestDb,
+    nats: &TestNats,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Running, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    command.envs(env.iter().copied());
     command
         .arg(subcommand)
         .env("DATABASE_URL", &db.url)
