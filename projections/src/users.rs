@@ -94,6 +94,19 @@ impl Projection for UsersProjection {
     }
 }
 
+/// One user by username (exact).
+///
+/// # Errors
+/// When the database fails.
+pub async fn by_username(pool: &PgPool, username: &str) -> Result<Option<UserView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, username, display_name, created_at, version FROM users WHERE username = $1",
+    )
+    .bind(username)
+    .fetch_optional(pool)
+    .await
+}
+
 /// One user by id.
 ///
 /// # Errors

@@ -560,6 +560,13 @@ fn rows(w: &World) -> Vec<Row> {
         ),
         row(
             M::GET,
+            "/api/v1/users",
+            "/api/v1/users?username=owner".into(),
+            Body::None,
+            [401, 200, 200, 200],
+        ),
+        row(
+            M::GET,
             "/api/v1/users/{id}",
             format!("/api/v1/users/{}", w.owner_id),
             Body::None,

@@ -52,6 +52,52 @@ async fn a_user_registers_logs_in_and_is_looked_up_without_secrets() {
 }
 
 #[tokio::test]
+async fn a_user_is_found_by_exact_username_and_any_other_name_finds_no_one() {
+    let app = TestApp::spawn().await;
+    let (bob_id, _) = app.register_and_login("bob_2").await;
+    let found = eventually(
+        "bob in the users read model",
+        Duration::from_secs(10),
+        || async {
+            let page: Value = app
+                .get("/api/v1/users?username=bob_2")
+                .await
+                .json()
+                .await
+                .ok()?;
+            (page["items"].as_array()?.len() == 1).then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(found["items"][0]["user_id"], bob_id.as_str());
+    assert_eq!(found["items"][0]["username"], "bob_2");
+    assert!(found["items"][0]["password_hash"].is_null(), "{found}");
+    assert!(found["next_cursor"].is_null());
+
+    // Exact only: another case, a prefix, a LIKE pattern, a NUL or 1,000 letters finds no one.
+    let long = "b".repeat(1000);
+    for name in ["BOB_2", "bob_", "bob%25", "bob_2%00", "%25", "", &long] {
+        let response = app.get(&format!("/api/v1/users?username={name}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name:.20}");
+        let page: Value = response.json().await.unwrap();
+        assert_eq!(page["items"], json!([]), "{name:.20}");
+    }
+    problem(
+        app.get("/api/v1/users").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    let anonymous = app
+        .http
+        .get(app.url("/api/v1/users?username=bob_2"))
+        .send()
+        .await
+        .unwrap();
+    problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+#[tokio::test]
 async fn bad_registrations_are_422_with_each_field() {
     let app = TestApp::spawn().await;
     let response = app

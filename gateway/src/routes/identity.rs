@@ -27,6 +27,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/users", get(find_users))
         .route("/api/v1/users/{id}", get(get_user).patch(change_profile))
 }
 
@@ -212,6 +213,36 @@ pub async fn get_user(
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     let version = view.version;
     Ok(respond::read_model(view, version, read.consistency))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FindUsers {
+    /// The exact username.
+    username: String,
+}
+
+/// `GET /api/v1/users?username=`: the public profile of the user with that exact username,
+/// so a person can be found by the name they told you (to add them to a room, say). A page
+/// of at most one; a name no one can hold matches no one and is not asked of the database.
+#[utoipa::path(get, path = "/api/v1/users", tag = "identity", summary = "Find a user by exact username (?username)", params(FindUsers), responses((status = 200, description = "200: {\"items\":[{\"user_id\",\"username\",\"display_name\",\"created_at\"}],\"next_cursor\":null}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+pub async fn find_users(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(query): ApiQuery<FindUsers>,
+) -> Result<Response, ApiError> {
+    let found = if check_username(&query.username).is_ok() {
+        users::by_username(&state.pool, &query.username)
+            .await
+            .map_err(ApiError::internal)?
+    } else {
+        None
+    };
+    Ok(
+        Json(json!({ "items": found.into_iter().collect::<Vec<_>>(), "next_cursor": null }))
+            .into_response(),
+    )
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

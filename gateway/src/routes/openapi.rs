@@ -214,6 +214,7 @@ impl Modify for BearerAuth {
         crate::observe::metrics,
         identity::register,
         identity::login,
+        identity::find_users,
         identity::get_user,
         identity::change_profile,
         projections::list,
