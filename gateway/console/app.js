@@ -403,6 +403,13 @@ function nameOf(userId) {
   return names.get(userId);
 }
 
+/** The id of the user called `username` (`GET /api/v1/users?username=`). */
+async function userIdOf(username) {
+  const found = await api("GET", `/api/v1/users?username=${encodeURIComponent(username)}`);
+  if (!found.items.length) throw new Error(`No user is called ${username}`);
+  return found.items[0].user_id;
+}
+
 /** A span that shows `userId`'s display name once it is known. */
 function person(userId) {
   const span = el("span", { "data-user": userId }, userId === session.userId ? "you" : userId.slice(-6));
@@ -457,18 +464,18 @@ async function chatView(roomId) {
     event.preventDefault();
     const form = formData(event.target);
     attempt(async () => {
-      const members = form.members.split(",").map((m) => m.trim()).filter(Boolean);
+      const members = await Promise.all(form.members.split(",").map((m) => m.trim()).filter(Boolean).map(userIdOf));
       const room = await api("POST", "/api/v1/rooms", { kind: "group", name: form.name, members });
       location.hash = `#/chat/${room.id}`;
     });
   } },
     el("label", {}, "Room name", el("input", { name: "name", required: true })),
-    el("label", {}, "Members (user ids, comma separated)", el("input", { name: "members" })),
+    el("label", {}, "Members (usernames, comma separated)", el("input", { name: "members", autocomplete: "off" })),
     el("button", { type: "submit" }, "Create room"));
   const list = el("ul", { class: "plain", "aria-label": "Rooms" }, rooms.items.map((r) =>
     el("li", {}, el("a", { href: `#/chat/${r.id}`, "data-room": r.id }, r.name || r.id),
       r.unread_count ? el("span", { class: "muted" }, ` (${r.unread_count} unread)`) : null)));
-  const sections = [el("section", {}, el("h2", {}, "Rooms"), el("p", { class: "muted" }, "Your user id: ", el("code", { id: "my-id" }, session.userId)), list, create)];
+  const sections = [el("section", {}, el("h2", {}, "Rooms"), list, create)];
   if (roomId) sections.push(await roomView(roomId, rooms.items.find((r) => r.id === roomId)?.members || []));
   return sections;
 }
@@ -527,10 +534,16 @@ async function roomView(roomId, members) {
     if (event.target.closest("li") === messages.lastElementChild) messages.scrollTop = messages.scrollHeight;
   }, true);
   let typingTimer;
+  let typingUser = null;
   cleanups.push(live.listen((frame) => {
     if (frame.room_id !== roomId) return;
     if (frame.type === "message") {
       show(frame);
+      // Their message is what they were typing.
+      if (frame.sender_id === typingUser) {
+        clearTimeout(typingTimer);
+        typing.textContent = "";
+      }
       if (frame.sender_id !== session.userId) api("POST", `/api/v1/rooms/${roomId}/read`, { up_to_seq: frame.seq }).catch(() => {});
     }
     if (frame.type === "subscribed") askPresence();
@@ -543,6 +556,7 @@ async function roomView(roomId, members) {
       drawPeople();
     }
     if (frame.type === "typing" && frame.user_id !== session.userId) {
+      typingUser = frame.user_id;
       nameOf(frame.user_id).then((name) => (typing.textContent = `${name} is typing…`));
       clearTimeout(typingTimer);
       typingTimer = setTimeout(() => (typing.textContent = ""), 3000);
@@ -582,13 +596,13 @@ async function roomView(roomId, members) {
   } }, el("label", { class: "grow" }, "Message", input), attach, el("button", { type: "submit" }, "Send"), attachProgress);
   const addMember = el("form", { "aria-label": "Add a member", onsubmit: (event) => {
     event.preventDefault();
-    const { user_id } = formData(event.target);
+    const { username } = formData(event.target);
     attempt(async () => {
-      await api("POST", `/api/v1/rooms/${roomId}/members`, { user_id });
-      say("Member added");
+      await api("POST", `/api/v1/rooms/${roomId}/members`, { user_id: await userIdOf(username.trim()) });
+      say(`${username} added`);
       event.target.reset();
     });
-  } }, el("label", {}, "Add member (user id)", el("input", { name: "user_id", required: true })), el("button", { class: "secondary", type: "submit" }, "Add"));
+  } }, el("label", {}, "Add member (username)", el("input", { name: "username", required: true, autocomplete: "off" })), el("button", { class: "secondary", type: "submit" }, "Add"));
   return el("section", { "data-room-view": roomId }, el("h2", {}, "Room"), people, messages, typing, send, addMember);
 }
 

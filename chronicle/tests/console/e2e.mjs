@@ -171,6 +171,12 @@ async function accessible(page, what) {
   check(found.length === 0, `${what} is not accessible: ${found.join("; ")}`);
 }
 
+/** Nothing on the page is wider than the screen (no sideways scrolling on a phone). */
+async function fits(page, what) {
+  const [wide, screen] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  check(wide <= screen, `${what} is ${wide} pixels wide on a ${screen}-pixel screen`);
+}
+
 /** Presses Tab from the top of the page until `name` has the focus. */
 async function tabTo(page, name) {
   await page.evaluate(() => document.activeElement?.blur());
@@ -268,12 +274,15 @@ async function main() {
 
   step = "two browsers chat live";
   await open(bob, "#/chat");
-  const bobId = (await bob.locator("#my-id").textContent()).trim();
-  check(bobId.length > 10, `bob's id: ${bobId}`);
+  const bobId = await bob.evaluate(() => localStorage.getItem("chronicle.user_id"));
   await open(alice, "#/chat");
   const room = alice.locator('form[aria-label="Create a room"]');
   await room.getByLabel("Room name").fill("lanterns");
-  await room.getByLabel(/Members/).fill(bobId);
+  // Bob is named by his username; someone who does not exist is refused, and no room is made.
+  await room.getByLabel(/Members/).fill("bob, nobody_here");
+  await room.getByRole("button", { name: "Create room" }).click();
+  await alice.locator("#status", { hasText: "No user is called nobody_here" }).waitFor();
+  await room.getByLabel(/Members/).fill("bob");
   await room.getByRole("button", { name: "Create room" }).click();
   await alice.locator("[data-room-view]").waitFor();
   const roomId = await alice.locator("[data-room-view]").getAttribute("data-room-view");
@@ -300,6 +309,7 @@ async function main() {
   await shot(bob, "chat-bob-phone");
   await accessible(alice, "a chat room");
   await accessible(bob, "a chat room on a phone");
+  await fits(bob, "a chat room");
 
   step = "older messages load as the history is scrolled up";
   await alice.evaluate(async (room) => {
@@ -337,6 +347,7 @@ async function main() {
   await loadedWidth(alice.locator(".messages li", { hasText: "the lantern at dusk" }).locator("img[data-thumb]"));
   await shot(alice, "chat-attachment");
   await accessible(bob, "a message with a picture");
+  await fits(bob, "a message with a picture");
 
   step = "Bob's connection drops; what he missed arrives once, in order, without a reload";
   await bob.waitForFunction(() => document.body.dataset.live === "open");
@@ -392,6 +403,7 @@ async function main() {
   await bob.locator(".post-body strong", { hasText: "brewing" }).waitFor();
   await shot(bob, "blog-found-phone");
   await accessible(bob, "a post on a phone");
+  await fits(bob, "a post");
 
   step = "a comment on the post";
   const comment = bob.locator('form[aria-label="Comment"]');
