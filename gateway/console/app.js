@@ -443,6 +443,7 @@ function attachment(fileId) {
     if (file.content_type?.startsWith("image/")) {
       const img = el("img", { alt: `Thumbnail of ${file.name}`, "data-thumb": file.id, height: 96 });
       item.append(" ", img);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
       img.src = await fileUrl(file.id, true);
     }
   }).catch(() => item.replaceChildren("(attachment not available)"));
@@ -677,6 +678,7 @@ async function filesView() {
       f.content_type?.startsWith("image/") ? el("img", { alt: `Thumbnail of ${f.name}`, "data-thumb": f.id, height: 64 }) : null)));
   // Thumbnails need the token: fetched, then shown from a blob.
   for (const img of rows.flatMap((row) => [...row.querySelectorAll("img[data-thumb]")])) {
+    img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
     fileUrl(img.dataset.thumb, true).then((url) => (img.src = url)).catch(() => (img.alt = `No thumbnail: ${img.alt}`));
   }
   return [el("section", {}, el("h2", {}, "Upload (tus, resumable)"), upload, progress, note),
