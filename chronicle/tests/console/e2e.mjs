@@ -469,6 +469,8 @@ async function main() {
   // Two refreshes apart, the rate of events into the log is shown.
   await alice.getByText(/\d+\.\d events\/s into the log/).waitFor();
   const jobRow = alice.locator("li", { hasText: "lantern-check" });
+  // The jobs read model may list it a moment after the 201.
+  await eventually(alice, "#/ops", jobRow);
   for (const deadline = Date.now() + 20_000; ;) {
     await jobRow.getByRole("button", { name: "Runs" }).click();
     if (await jobRow.getByRole("list").getByText(/succeeded/).count()) break;
