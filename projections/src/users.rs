@@ -94,17 +94,26 @@ impl Projection for UsersProjection {
     }
 }
 
+/// The one user whose `column` (a unique one: `user_id` or `username`) is `value`.
+async fn one_by(
+    pool: &PgPool,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<UserView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT user_id, username, display_name, created_at, version FROM users WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(pool)
+    .await
+}
+
 /// One user by username (exact).
 ///
 /// # Errors
 /// When the database fails.
 pub async fn by_username(pool: &PgPool, username: &str) -> Result<Option<UserView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, username, display_name, created_at, version FROM users WHERE username = $1",
-    )
-    .bind(username)
-    .fetch_optional(pool)
-    .await
+    one_by(pool, "username", username).await
 }
 
 /// One user by id.
@@ -112,10 +121,5 @@ pub async fn by_username(pool: &PgPool, username: &str) -> Result<Option<UserVie
 /// # Errors
 /// When the database fails.
 pub async fn get(pool: &PgPool, user_id: &str) -> Result<Option<UserView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, username, display_name, created_at, version FROM users WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
+    one_by(pool, "user_id", user_id).await
 }
