@@ -762,3 +762,152 @@ async fn protocol_garbage_ends_its_connection_only() {
     let health = app.get("/health").await;
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+/// Sends messages `seqs` (bodies of 500 characters) to `room` over HTTP, 16 at a time.
+async fn send_many(app: &TestApp, room: &str, count: usize, tag: &str) {
+    let body = "y".repeat(500);
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let body = body.clone();
+            async move {
+                let r = app
+                    .post(
+                        &format!("/api/v1/rooms/{room}/messages"),
+                        json!({"body": body, "client_msg_id": format!("{tag}-{i}")}),
+                    )
+                    .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Waits until the room's history read model holds `n` messages.
+async fn history_holds(app: &TestApp, room: &str, n: i64) {
+    chronicle_tests::eventually("the history", Duration::from_secs(60), || async {
+        let page: Value = app
+            .get(&format!("/api/v1/rooms/{room}/messages?limit=1"))
+            .await
+            .json()
+            .await
+            .ok()?;
+        (page["items"][0]["seq"].as_i64()? >= n).then_some(())
+    })
+    .await;
+}
+
+/// Subscribes with `since_seq`, reads nothing for a moment (the server's queue fills, and
+/// the recovery must wait for the socket rather than drop the client), then reads everything
+/// up to `last_seq`. `live` more messages are sent once the first backlog frame arrives (the
+/// head was read by then): they arrive during the recovery. Gives the `message` seqs before
+/// `subscribed`, the `subscribed` frame, and the seqs after it.
+async fn recover_while_sending(
+    app: &TestApp,
+    token: &str,
+    room: &str,
+    since_seq: u64,
+    live: usize,
+    last_seq: u64,
+) -> (Vec<u64>, Value, Vec<u64>) {
+    let mut socket = connect(app, token).await;
+    put(
+        &mut socket,
+        json!({"type": "subscribe", "room_id": room, "since_seq": since_seq}),
+    )
+    .await;
+    let (started, start) = tokio::sync::oneshot::channel::<()>();
+    let reading = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut started = Some(started);
+        let (mut before, mut after, mut subscribed) = (Vec::new(), Vec::new(), Value::Null);
+        while subscribed.is_null() || after.last().max(before.last()) < Some(&last_seq) {
+            let next = frame(&mut socket).await;
+            if let Some(started) = started.take() {
+                let _ = started.send(());
+            }
+            match next["type"].as_str() {
+                Some("message") if subscribed.is_null() => {
+                    before.push(next["seq"].as_u64().unwrap())
+                }
+                Some("message") => after.push(next["seq"].as_u64().unwrap()),
+                Some("subscribed") => subscribed = next,
+                _ => panic!("unexpected frame during recovery: {next}"),
+            }
+        }
+        (before, subscribed, after)
+    };
+    let tag = format!("live-{since_seq}");
+    let sending = async {
+        start.await.expect("the first frame arrives");
+        send_many(app, room, live, &tag).await;
+    };
+    let (_, got) = tokio::join!(sending, reading);
+    got
+}
+
+#[tokio::test]
+async fn recovering_a_backlog_of_1000_completes_while_live_messages_arrive() {
+    // Regression (issue 29): the backlog was pushed into the connection's 256-frame queue
+    // faster than the socket drained it, and the 257th frame dropped the client as a slow
+    // reader (close 1005, no `subscribed`); its re-subscribe failed the same way for ever.
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    send_many(&app, &room, 1_006, "backlog").await;
+    history_holds(&app, &room, 1_006).await;
+
+    // 1,000 missed: all of them, then the live ones sent meanwhile, each once, in order.
+    let (before, subscribed, after) =
+        recover_while_sending(&app, &bob_token, &room, 6, 40, 1_046).await;
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "room_id": room, "head_seq": 1_006, "recovered": true})
+    );
+    assert_eq!(before, (7..=1_006).collect::<Vec<_>>(), "the backlog");
+    assert_eq!(
+        after,
+        (1_007..=1_046).collect::<Vec<_>>(),
+        "then live, no gap, no duplicate"
+    );
+    history_holds(&app, &room, 1_046).await;
+
+    // 1,045 missed: the newest 1,000, said to be cut, then live ones.
+    let (before, subscribed, after) =
+        recover_while_sending(&app, &bob_token, &room, 1, 40, 1_086).await;
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "room_id": room, "head_seq": 1_046, "recovered": false})
+    );
+    assert_eq!(before, (47..=1_046).collect::<Vec<_>>());
+    assert_eq!(after, (1_047..=1_086).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_its_backlog_is_still_dropped() {
+    let app = TestApp::spawn_with(|config| {
+        config.ws_ping_interval = Duration::from_millis(700);
+    })
+    .await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    send_many(&app, &room, 1_000, "backlog").await;
+    history_holds(&app, &room, 1_000).await;
+    let mut silent = connect(&app, &bob_token).await;
+    put(
+        &mut silent,
+        json!({"type": "subscribe", "room_id": room, "since_seq": 0}),
+    )
+    .await;
+    chronicle_tests::eventually("bob online", Duration::from_secs(5), || async {
+        (presence_of(&app, &bob).await["online"] == true).then_some(())
+    })
+    .await;
+    // Bob's client reads nothing more: the recovery does not hold his connection open.
+    chronicle_tests::eventually("bob dropped", Duration::from_secs(10), || async {
+        (presence_of(&app, &bob).await["online"] == false).then_some(())
+    })
+    .await;
+    drop(silent);
+}

@@ -109,6 +109,8 @@ struct Outbox {
     ready: tokio::sync::Notify,
     /// The queue overflowed, or the writer stopped (the connection's loop waits on it).
     overflow: tokio::sync::Notify,
+    /// The writer took a frame (a paced push waits on it).
+    drained: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -123,6 +125,7 @@ impl Queue {
             queued: std::sync::Mutex::default(),
             ready: tokio::sync::Notify::new(),
             overflow: tokio::sync::Notify::new(),
+            drained: tokio::sync::Notify::new(),
         }))
     }
 
@@ -147,6 +150,40 @@ impl Queue {
         true
     }
 
+    /// Queues `outbound` once the queue is less than half full, waiting for the writer to
+    /// drain it: how a recovery backlog (up to [`MAX_BACKLOG`] frames, more than the queue
+    /// holds) goes out at the pace the socket takes it, leaving the other half for live frames
+    /// and answers. `false` when the queue closed, or when nothing drained for `patience`: the
+    /// client is not reading, and the connection is dropped as on an overflow.
+    async fn push_paced(&self, outbound: Outbound, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut outbound = Some(outbound);
+        loop {
+            // Registered before the length is read, so a drain in between is not missed.
+            let drained = self.0.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut queued = self.lock();
+                if queued.closed {
+                    return false;
+                }
+                if queued.frames.len() < OUTBOUND / 2 {
+                    if let Some(outbound) = outbound.take() {
+                        queued.frames.push_back(outbound);
+                    }
+                    drop(queued);
+                    self.0.ready.notify_one();
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                self.0.overflow.notify_one();
+                return false;
+            }
+        }
+    }
+
     /// Queues a frame made here (an answer, an error).
     fn frame(&self, frame: &Value) -> bool {
         self.push(Outbound::Frame(to_text(frame)))
@@ -158,6 +195,8 @@ impl Queue {
             {
                 let mut queued = self.lock();
                 if let Some(outbound) = queued.frames.pop_front() {
+                    drop(queued);
+                    self.0.drained.notify_waiters();
                     return Some(outbound);
                 }
                 if queued.closed {
@@ -170,7 +209,11 @@ impl Queue {
 
     /// The next frame if one is queued.
     fn try_next(&self) -> Option<Outbound> {
-        self.lock().frames.pop_front()
+        let next = self.lock().frames.pop_front();
+        if next.is_some() {
+            self.0.drained.notify_waiters();
+        }
+        next
     }
 
     /// No more frames: the writer sends what is queued, then the close frame.
@@ -497,24 +540,20 @@ async fn member_of(state: &AppState, user_id: &str, room_id: &str) -> Result<u64
     if uuid::Uuid::parse_str(room_id).is_err() {
         return Err(error("not_found", "no such room"));
     }
-    match state
-        .commands
-        .store()
-        .load_from_snapshot::<Room>(room_id)
-        .await
-    {
-        Ok(loaded) if !loaded.state.exists() => Err(error("not_found", "no such room")),
-        Ok(loaded) if !loaded.state.is_member(user_id) => {
+    match crate::routes::chat::room(state, room_id).await {
+        Ok(room) if !room.is_member(user_id) => {
             Err(error("forbidden", "only the room's members may do that"))
         }
-        Ok(loaded) => Ok(loaded.state.last_seq()),
+        Ok(room) => Ok(room.last_seq()),
+        Err(problem) if problem.code() == "not_found" => Err(problem_frame(&problem)),
         Err(_) => Err(error("unavailable", "try again")),
     }
 }
 
 /// One room for one connection: membership checked on the room itself (not a read model
-/// that may lag), the backlog past `since_seq` up to the room's head, then live frames
-/// (messages past what was sent, read receipts, signals).
+/// that may lag), the backlog past `since_seq` up to the room's head (paced by the socket: a
+/// backlog is bigger than the outbound queue), then live frames (messages past what was
+/// sent, read receipts, signals).
 async fn subscription(
     state: AppState,
     room_id: String,
@@ -537,6 +576,8 @@ async fn subscription(
     };
     let mut sent = since_seq;
     let mut recovered = true;
+    // A client that takes no frame for as long as it may leave pings unanswered is gone.
+    let patience = state.config.ws_ping_interval.max(Duration::from_millis(50)) * 2;
     if head > since_seq {
         let wanted = (head - since_seq) as i64;
         recovered = wanted <= MAX_BACKLOG;
@@ -557,7 +598,10 @@ async fn subscription(
                 file_ids: &message.file_ids,
             };
             sent = frame.seq;
-            if !out.push(Outbound::Frame(frame.live().text)) {
+            if !out
+                .push_paced(Outbound::Frame(frame.live().text), patience)
+                .await
+            {
                 return;
             }
         }
