@@ -194,6 +194,48 @@ impl EventStore {
         &self.pool
     }
 
+    /// The aggregate holding claim `value` in `namespace`, if one does.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn claim_holder(
+        &self,
+        namespace: &str,
+        value: &str,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT aggregate_id FROM unique_claims WHERE namespace = $1 AND value = $2",
+        )
+        .bind(namespace)
+        .bind(value)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::db("reading a claim"))
+    }
+
+    /// Every claim in `namespace`: `(value, holding aggregate's id)`, oldest first, at most
+    /// `limit`. Claims commit with the events that take them, so this answers what the write
+    /// side decided the moment a command is acknowledged, before any read model catches up:
+    /// a namespace per key (`<kind>:<key>`) with a value per fact is an index of such facts.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn claims_in(
+        &self,
+        namespace: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT value, aggregate_id FROM unique_claims WHERE namespace = $1 \
+             ORDER BY claimed_at, value LIMIT $2",
+        )
+        .bind(namespace)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("reading claims"))
+    }
+
     /// Rebuilds aggregate `id` of type `A` from all its events.
     ///
     /// # Errors

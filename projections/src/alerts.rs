@@ -71,7 +71,15 @@ async fn apply_one(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), P
     let rule_id = &envelope.aggregate_id;
     let version = ProjectionError::bigint(envelope.sequence)?;
     let db = ProjectionError::db;
-    match envelope.decode::<RuleEvent>()? {
+    let event = envelope.decode::<RuleEvent>()?;
+    let is_alert_event = matches!(
+        event,
+        RuleEvent::AlertPending { .. }
+            | RuleEvent::AlertFiring { .. }
+            | RuleEvent::AlertAcknowledged { .. }
+            | RuleEvent::AlertResolved { .. }
+    );
+    match event {
         RuleEvent::RuleCreated {
             spec,
             created_by,
@@ -183,6 +191,17 @@ async fn apply_one(conn: &mut PgConnection, envelope: &Envelope) -> Result<(), P
             .map_err(db("resolving an alert"))?;
         }
     }
+    if is_alert_event {
+        // A rule's version is its aggregate's: alert events move it too, so an
+        // acknowledgement's answered version is one a `min_version` read can wait for, and an
+        // `If-Match` taken from the rules list matches the rule.
+        sqlx::query("UPDATE monitoring_rules SET version = $2 WHERE rule_id = $1")
+            .bind(rule_id)
+            .bind(version)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("moving a rule's version"))?;
+    }
     Ok(())
 }
 
@@ -251,15 +270,30 @@ pub struct AlertView {
 pub async fn alerts(
     pool: &PgPool,
     state: Option<&str>,
+    rule_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<AlertView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT alert_id, rule_id, state, value, started_at, fired_at, acknowledged_by, resolved_at \
          FROM monitoring_alerts WHERE ($1::text IS NULL OR state = $1) \
-         ORDER BY started_at DESC, alert_id DESC LIMIT $2",
+           AND ($2::text IS NULL OR rule_id = $2) \
+         ORDER BY started_at DESC, alert_id DESC LIMIT $3",
     )
     .bind(state)
+    .bind(rule_id)
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// The version of rule `rule_id` this read model has reached (deleted or not), if it has
+/// the rule at all.
+///
+/// # Errors
+/// Database failures.
+pub async fn rule_version(pool: &PgPool, rule_id: &str) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM monitoring_rules WHERE rule_id = $1")
+        .bind(rule_id)
+        .fetch_optional(pool)
+        .await
 }

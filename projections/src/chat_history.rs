@@ -277,25 +277,6 @@ pub async fn rooms_of(
     .await
 }
 
-/// Whether `user_id` is a member of room `room_id`: `None` when the room is unknown.
-///
-/// # Errors
-/// When the database fails.
-pub async fn membership(
-    pool: &PgPool,
-    room_id: &str,
-    user_id: &str,
-) -> Result<Option<bool>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM chat_members WHERE room_id = $1 AND user_id = $2) \
-         FROM chat_rooms WHERE id = $1",
-    )
-    .bind(room_id)
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
-}
-
 /// Which messages of a room to read.
 #[derive(Debug, Clone, Copy)]
 pub enum Window {

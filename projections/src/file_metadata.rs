@@ -349,18 +349,25 @@ pub async fn shares_of(pool: &PgPool, file_id: &str) -> Result<Vec<ShareView>, s
     .await
 }
 
-/// Whether `owner_id` has a live file whose bytes are `sha256`.
+/// The ids of up to `limit` files of `owner_id`'s whose bytes are `sha256` and that this
+/// read model holds as live (it may be behind a deletion: ask the file itself).
 ///
 /// # Errors
 /// Database failures.
-pub async fn owns_bytes(pool: &PgPool, owner_id: &str, sha256: &str) -> Result<bool, sqlx::Error> {
+pub async fn files_with_bytes(
+    pool: &PgPool,
+    owner_id: &str,
+    sha256: &str,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM files WHERE owner_id = $1 AND sha256 = $2 \
-           AND deleted_at IS NULL)",
+        "SELECT id FROM files WHERE owner_id = $1 AND sha256 = $2 AND deleted_at IS NULL \
+         LIMIT $3",
     )
     .bind(owner_id)
     .bind(sha256)
-    .fetch_one(pool)
+    .bind(limit)
+    .fetch_all(pool)
     .await
 }
 

@@ -507,6 +507,11 @@ async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
                 .unwrap()
         }
     };
+    // At once, before the history read model has the message (issue 29: 404 until it caught
+    // up): the message's own commit lets the room's members read its files.
+    let at_once = as_user(bob_token.clone(), format!("/api/v1/files/{file}/content")).await;
+    assert_eq!(at_once.status(), StatusCode::OK);
+    assert!(at_once.bytes().await.unwrap() == bytes);
     let history = eventually(
         "the message with its attachment",
         Duration::from_secs(10),
@@ -690,12 +695,10 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
     let served = app.get(&format!("/api/v1/files/{file}/content")).await;
     assert!(served.bytes().await.unwrap() == bytes);
 
-    // The same bytes declared again by their owner: a file at once, nothing sent.
-    let known = eventually("the file counted", Duration::from_secs(10), || async {
-        let r: Value = declare(sha256_hex(&bytes)).await.json().await.unwrap();
-        (r["deduplicated"] == true).then_some(r)
-    })
-    .await;
+    // The same bytes declared again by their owner: a file at once, nothing sent (issue 29:
+    // only once the read model had counted the first file).
+    let known: Value = declare(sha256_hex(&bytes)).await.json().await.unwrap();
+    assert_eq!(known["deduplicated"], true, "{known}");
     assert_ne!(known["id"], done["id"]);
     // Mallory declaring the same hash gets an upload, not the file.
     let hers: Value = app
@@ -1034,4 +1037,59 @@ async fn a_burst_of_downloads_is_served_whole_every_time() {
         failed.len(),
         failed.first()
     );
+}
+
+#[tokio::test]
+async fn bytes_just_stored_are_deduplicated_at_once_for_their_owner_only_while_live() {
+    // Regression (issue 29): right after `POST /api/v1/files` (201), declaring the same
+    // sha256 opened an upload session, because the check read a read model still behind.
+    let app = TestApp::spawn().await;
+    let (_, mallory) = app.register_and_login("mallory").await;
+    let declare = |token: String, sha256: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(app.url("/api/v1/files/uploads"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({"name": "again.bin", "size": 5_000,
+                    "sha256": sha256, "content_type": "application/octet-stream"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    for round in 0..5u8 {
+        let bytes: Vec<u8> = data(5_000).into_iter().map(|b| b ^ round).collect();
+        let sha256 = sha256_hex(&bytes);
+        let stored: Value = upload(&app, &app.token, bytes, "first.bin")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stored["sha256"], sha256.as_str());
+        let again = declare(app.token.clone(), sha256.clone()).await;
+        assert_eq!(again["deduplicated"], true, "round {round}: {again}");
+        assert_ne!(again["id"], stored["id"]);
+        // Someone else's bytes are never confirmed to exist.
+        let hers = declare(mallory.clone(), sha256.clone()).await;
+        assert!(hers["upload_id"].is_string(), "{hers}");
+        // Both files deleted: nothing of the owner's holds those bytes any more.
+        for id in [&stored["id"], &again["id"]] {
+            let r = app
+                .request(
+                    Method::DELETE,
+                    &format!("/api/v1/files/{}", id.as_str().unwrap()),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        }
+        // At once too: the read model may still list them, the files say they are gone.
+        let gone = declare(app.token.clone(), sha256.clone()).await;
+        assert!(gone["upload_id"].is_string(), "round {round}: {gone}");
+    }
 }

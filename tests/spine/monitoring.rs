@@ -466,6 +466,19 @@ async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_p
         )
         .await;
     assert_eq!(ack.status(), StatusCode::OK);
+    // Read-your-writes (issue 29: the list lagged the acknowledgement): waiting for the
+    // version the acknowledgement answered lists the alert as acknowledged at once.
+    let version = ack.json::<Value>().await.unwrap()["version"].clone();
+    let listed = app
+        .get(&format!(
+            "/api/v1/monitoring/alerts?state=acknowledged&rule_id={rule}&min_version={version}"
+        ))
+        .await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(listed.headers()["chronicle-consistency"], "fresh");
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed[0]["id"], first.as_str(), "{listed}");
+    assert_eq!(listed[0]["state"], "acknowledged");
     let again = app
         .post(
             &format!("/api/v1/monitoring/alerts/{first}/acknowledge"),

@@ -17,7 +17,10 @@ use chronicle_projections::chat_history::{self, Window};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{page::PageRequest, respond};
+use super::{
+    page::{self, PageRequest},
+    respond,
+};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
@@ -91,13 +94,11 @@ pub async fn create(
         .await;
     match (executed, direct_claim) {
         (Err(CommandError::ClaimTaken { .. }), Some((namespace, value))) => {
-            let existing: Option<String> = sqlx::query_scalar(
-                "SELECT aggregate_id FROM unique_claims WHERE namespace = $1 AND value = $2",
-            )
-            .bind(&namespace)
-            .bind(&value)
-            .fetch_optional(&state.pool)
-            .await?;
+            let existing = state
+                .commands
+                .store()
+                .claim_holder(&namespace, &value)
+                .await?;
             let mut error = ApiError::new(
                 StatusCode::CONFLICT,
                 "direct_room_exists",
@@ -263,8 +264,29 @@ pub(crate) async fn send_message(
             )]));
         }
     }
+    let message_id = uuid::Uuid::now_v7().to_string();
+    // Each attachment is recorded with the message's own commit (a claim per file and
+    // message), so the room's members may read the file the moment the message is
+    // acknowledged, before the history read model has it (`attached_for`). A retry of a
+    // message the room already holds appends nothing and records nothing.
+    let mut ctx = ctx.clone();
+    if !file_ids.is_empty() {
+        let retry = state
+            .commands
+            .state::<Room>(room_id)
+            .await?
+            .state
+            .sent(sender_id, &client_msg_id)
+            .is_some();
+        if !retry {
+            ctx.claims = file_ids
+                .iter()
+                .map(|file_id| UniqueClaim::new(attachment_claims(file_id), message_id.clone()))
+                .collect();
+        }
+    }
     let command = RoomCommand::Send {
-        message_id: uuid::Uuid::now_v7().to_string(),
+        message_id,
         sender_id: sender_id.to_owned(),
         body,
         client_msg_id: client_msg_id.clone(),
@@ -273,7 +295,7 @@ pub(crate) async fn send_message(
     };
     state
         .commands
-        .execute::<Room>(room_id, command, &(), ctx)
+        .execute::<Room>(room_id, command, &(), &ctx)
         .await?;
     let loaded = state.commands.state::<Room>(room_id).await?;
     loaded
@@ -290,11 +312,37 @@ pub struct MessagesParams {
     before_seq: Option<i64>,
     after_seq: Option<i64>,
     limit: Option<i64>,
+    cursor: Option<String>,
 }
 
-/// Members only (403); pages by `seq` both ways: `next_cursor` is the `before_seq` of the
-/// older page (or, with `after_seq`, the `after_seq` of the newer one), null at the end.
-#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?limit), members only", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+/// Which way a history page goes, and from where: what a `next_cursor` carries, so a client
+/// that follows it (API.md, "Pagination") keeps going the same way and ends.
+fn window_cursor(window: Window) -> Option<String> {
+    match window {
+        Window::Latest => None,
+        Window::Before(seq) => Some(page::cursor(format!("before:{seq}"))),
+        Window::After(seq) => Some(page::cursor(format!("after:{seq}"))),
+    }
+}
+
+/// The window a `cursor` made by [`window_cursor`] continues.
+fn cursor_window(key: &str) -> Result<Window, ApiError> {
+    let parsed = match key.split_once(':') {
+        Some(("before", seq)) => seq.parse().ok().map(Window::Before),
+        Some(("after", seq)) => seq.parse().ok().map(Window::After),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
+    })
+}
+
+/// Members only (403). Without a window, the newest `limit` messages; `before_seq` pages
+/// back, `after_seq` forward; each page is in `seq` order. `next_cursor` continues the way the
+/// page went (older pages for the newest and `before_seq`, newer ones for `after_seq`), each
+/// message exactly once, and is null at the end; a `cursor` takes precedence over
+/// `before_seq`/`after_seq`, so a client may keep its first query and add the cursor.
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?cursor, ?limit), members only", params(("id" = String, Path), ("before_seq" = Option<i64>, Query, description = "messages older than this seq"), ("after_seq" = Option<i64>, Query, description = "messages newer than this seq"), ("cursor" = Option<String>, Query, description = "the next_cursor of the previous page"), ("limit" = Option<i64>, Query, description = "1-200, default 50")), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
 pub async fn messages(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -302,40 +350,102 @@ pub async fn messages(
     ApiQuery(params): ApiQuery<MessagesParams>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "room")?;
-    let request = PageRequest::new(params.limit, None)?;
-    match chat_history::membership(&state.pool, id, &caller.user_id).await? {
-        None => return Err(ApiError::not_found("no such room")),
-        Some(false) => return Err(ApiError::forbidden("only the room's members read it")),
-        Some(true) => {}
-    }
-    let window = match (params.before_seq, params.after_seq) {
-        (Some(_), Some(_)) => {
+    let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
+    let window = match (
+        request.after.as_deref(),
+        params.before_seq,
+        params.after_seq,
+    ) {
+        (Some(key), _, _) => cursor_window(key)?,
+        (None, Some(_), Some(_)) => {
             return Err(ApiError::validation(vec![FieldError::new(
                 "before_seq",
                 "give before_seq or after_seq, not both",
             )]))
         }
-        (Some(before), None) => Window::Before(before),
-        (None, Some(after)) => Window::After(after),
-        (None, None) => Window::Latest,
+        (None, Some(before), None) => Window::Before(before),
+        (None, None, Some(after)) => Window::After(after),
+        (None, None, None) => Window::Latest,
     };
+    let room = room(&state, id).await?;
+    if !room.is_member(&caller.user_id) {
+        return Err(ApiError::forbidden("only the room's members read it"));
+    }
     let mut items = chat_history::messages(&state.pool, id, window, request.fetch()).await?;
     let more = items.len() as i64 > request.limit;
-    let next_cursor = match window {
+    let next = match window {
         Window::After(_) => {
             items.truncate(request.limit as usize);
-            more.then(|| items.last().map(|m| m.seq.to_string()))
-                .flatten()
+            items.last().map(|m| Window::After(m.seq))
         }
         Window::Latest | Window::Before(_) => {
             if more {
                 items.remove(0);
             }
-            more.then(|| items.first().map(|m| m.seq.to_string()))
-                .flatten()
+            items.first().map(|m| Window::Before(m.seq))
         }
     };
+    let next_cursor = next.filter(|_| more).and_then(window_cursor);
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})).into_response())
+}
+
+/// Room `room_id` as its last acknowledged command left it (404 when there is none): what
+/// decides who may read a room, so a member added or removed a moment ago is answered as
+/// such, whatever the read models have caught up with.
+///
+/// # Errors
+/// 404 for no such room; the store's failure.
+pub(crate) async fn room(state: &AppState, room_id: &str) -> Result<Room, ApiError> {
+    let loaded = state
+        .commands
+        .store()
+        .load_from_snapshot::<Room>(room_id)
+        .await?;
+    if loaded.state.exists() {
+        Ok(loaded.state)
+    } else {
+        Err(ApiError::not_found("no such room"))
+    }
+}
+
+/// The claim namespace recording the messages that attached `file_id` (value: the message's
+/// id; holder: its room).
+fn attachment_claims(file_id: &str) -> String {
+    format!("chat.attachment:{file_id}")
+}
+
+/// Whether `user_id` is now a member of a room where `file_id` was attached, from what the
+/// messages' own commits recorded (see [`send_message`]): a file is readable by the room
+/// the moment its message is acknowledged. Rooms that attached it before these records
+/// existed are answered by the history read model.
+///
+/// # Errors
+/// The store's failure.
+pub(crate) async fn attached_for(
+    state: &AppState,
+    file_id: &str,
+    user_id: &str,
+) -> Result<bool, ApiError> {
+    let attached = state
+        .commands
+        .store()
+        .claims_in(&attachment_claims(file_id), 1_000)
+        .await?;
+    let mut rooms: Vec<String> = attached.into_iter().map(|(_, room)| room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    for room_id in rooms {
+        let room = state
+            .commands
+            .store()
+            .load_from_snapshot::<Room>(&room_id)
+            .await?
+            .state;
+        if room.is_member(user_id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

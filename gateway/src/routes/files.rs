@@ -189,6 +189,73 @@ pub(super) async fn claim_bytes(state: &AppState, sha256: &str) -> Result<(), Ap
         .map_err(ApiError::internal)
 }
 
+/// The claim namespace recording the files `owner_id` stored with the bytes `sha256`
+/// (value: the file's id).
+fn owned_bytes_claims(owner_id: &str, sha256: &str) -> String {
+    format!("files.owned_bytes:{owner_id}:{sha256}")
+}
+
+/// Stores `command` (a [`FileCommand::Store`]) as file `file_id`, recording with the same
+/// commit that its owner holds its bytes, so [`owns_bytes`] sees them the moment the file is
+/// acknowledged. Every route that makes a file stores it here.
+///
+/// # Errors
+/// The file's refusal, or the store's failure.
+pub(super) async fn store(
+    state: &AppState,
+    ctx: &chronicle_commands::CommandContext,
+    file_id: &str,
+    command: FileCommand,
+) -> Result<(), chronicle_commands::CommandError<chronicle_files::FileError>> {
+    let mut ctx = ctx.clone();
+    if let FileCommand::Store {
+        owner_id, sha256, ..
+    } = &command
+    {
+        ctx.claims = vec![chronicle_commands::UniqueClaim::new(
+            owned_bytes_claims(owner_id, sha256),
+            file_id,
+        )];
+    }
+    state
+        .commands
+        .execute::<File>(file_id, command, &(), &ctx)
+        .await
+        .map(|_| ())
+}
+
+/// Whether `owner_id` has a live file whose bytes are `sha256` (a client may then skip
+/// uploading them). The candidates are the files the read model lists and those [`store`]
+/// recorded (a file stored a moment ago, which the read model may not show yet); each is
+/// asked whether it is live, since the read model may also be behind a deletion.
+///
+/// # Errors
+/// The store's or the database's failure.
+pub(super) async fn owns_bytes(
+    state: &AppState,
+    owner_id: &str,
+    sha256: &str,
+) -> Result<bool, ApiError> {
+    let mut candidates = file_metadata::files_with_bytes(&state.pool, owner_id, sha256, 100)
+        .await
+        .map_err(ApiError::internal)?;
+    let recorded = state
+        .commands
+        .store()
+        .claims_in(&owned_bytes_claims(owner_id, sha256), 100)
+        .await?;
+    candidates.extend(recorded.into_iter().map(|(file_id, _)| file_id));
+    candidates.sort_unstable();
+    candidates.dedup();
+    for file_id in candidates {
+        let file = state.commands.state::<File>(&file_id).await?.state;
+        if file.is_live() && file.owner_id() == owner_id {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 pub(super) fn content_error(e: ContentError) -> ApiError {
     match e {
         ContentError::TooLarge { limit } => ApiError::new(
@@ -249,15 +316,13 @@ pub async fn upload(
         };
         // Refused (an empty file), the bytes are claimed by nothing: the files janitor
         // removes them after its grace period.
-        state
-            .commands
-            .execute::<File>(
-                &file_id,
-                command,
-                &(),
-                &super::respond::caller_context(&caller),
-            )
-            .await?;
+        store(
+            &state,
+            &super::respond::caller_context(&caller),
+            &file_id,
+            command,
+        )
+        .await?;
         let body = json!({"id": file_id, "sha256": stored.sha256, "size": stored.size,
             "deduplicated": stored.deduplicated});
         return Ok((StatusCode::CREATED, Json(body)).into_response());
@@ -292,7 +357,8 @@ pub(super) async fn readable_file(
         && (file.owner_id() == user_id
             || chronicle_projections::chat_history::attachment_readable(&state.pool, id, user_id)
                 .await
-                .map_err(ApiError::internal)?);
+                .map_err(ApiError::internal)?
+            || super::chat::attached_for(state, id, user_id).await?);
     if readable {
         Ok(file)
     } else {

@@ -124,13 +124,16 @@ impl PageRequest {
     pub fn page<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> String) -> Page<T> {
         let next_cursor = if items.len() as i64 > self.limit {
             items.truncate(self.limit as usize);
-            items.last().map(|last| {
-                let cursor = Cursor { after: key(last) };
-                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
-            })
+            items.last().map(|last| cursor(key(last)))
         } else {
             None
         };
         Page { items, next_cursor }
     }
+}
+
+/// The opaque cursor that [`PageRequest::new`] reads back as `after`: for lists whose next
+/// page is not simply "after the last item" (a history paged backwards, say).
+pub fn cursor(after: String) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Cursor { after }).unwrap_or_default())
 }

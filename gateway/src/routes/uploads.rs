@@ -19,7 +19,7 @@ use axum::{
 use chronicle_bus::{Blob, Part, Sealed};
 use chronicle_commands::CommandContext;
 use chronicle_files::{
-    check_content_type, check_name, check_sha256, check_size, File, FileCommand, FileError, Upload,
+    check_content_type, check_name, check_sha256, check_size, FileCommand, FileError, Upload,
     UploadCommand, UploadError, MAX_CHUNK_SIZE,
 };
 use chrono::Utc;
@@ -83,13 +83,7 @@ pub async fn start(
         check_content_type(&declared.content_type),
     ]))?;
     let ctx = super::respond::caller_context(&caller);
-    let theirs = chronicle_projections::file_metadata::owns_bytes(
-        &state.pool,
-        &caller.user_id,
-        &declared.sha256,
-    )
-    .await
-    .map_err(ApiError::internal)?;
+    let theirs = super::files::owns_bytes(&state, &caller.user_id, &declared.sha256).await?;
     if theirs {
         claim_bytes(&state, &declared.sha256).await?;
     }
@@ -112,10 +106,7 @@ pub async fn start(
             sha256: declared.sha256,
             at: Utc::now(),
         };
-        state
-            .commands
-            .execute::<File>(&file_id, command, &(), &ctx)
-            .await?;
+        super::files::store(&state, &ctx, &file_id, command).await?;
         metrics::counter!("chronicle_files_deduplicated_total").increment(1);
         metrics::counter!("chronicle_files_deduplicated_bytes_total").increment(deduplicated_bytes);
         return Ok((
@@ -406,11 +397,7 @@ pub(super) async fn store_file(
     let content = state.content().await?;
     claim_bytes(state, &sha256).await?;
     let sealed = content.seal(&sha256, parts).await.map_err(content_error)?;
-    match state
-        .commands
-        .execute::<File>(&file_id, file, &(), ctx)
-        .await
-    {
+    match super::files::store(state, ctx, &file_id, file).await {
         Ok(_) | Err(chronicle_commands::CommandError::Rejected(FileError::Exists)) => {}
         Err(e) => return Err(e.into()),
     }
