@@ -272,7 +272,7 @@ pub(super) fn content_error(e: ContentError) -> ApiError {
 }
 
 /// `POST /api/v1/files`: the multipart field `file`, streamed into the object store.
-#[utoipa::path(post, path = "/api/v1/files", tag = "files", summary = "Upload a file (multipart field `file`)", request_body(content_type = "multipart/form-data", description = "field `file`: the bytes"), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\",\"deduplicated\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files", tag = "files", summary = "Upload a file (multipart field `file`)", request_body(content = crate::routes::openapi::FileForm, content_type = "multipart/form-data", description = "field `file`: the bytes"), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\",\"deduplicated\"}"), crate::routes::openapi::Problems))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,

@@ -58,7 +58,7 @@ const MAX_POINTS: i64 = 11_000;
 /// `POST /api/v1/monitoring/samples`: Prometheus text (any content type but JSON) or JSON;
 /// 202 `{"accepted": N}`; 400 `malformed_samples` naming the line (or sample) at fault, and
 /// nothing stored.
-#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content = String, content_type = "text/plain", description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}] with content type application/json"), responses((status = 202, description = "202: {\"accepted\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content((String = "text/plain"), (Vec<crate::routes::openapi::SampleJson> = "application/json")), description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}]"), responses((status = 202, description = "202: {\"accepted\"}"), crate::routes::openapi::Problems))]
 pub async fn report(
     State(state): State<AppState>,
     _caller: Caller,

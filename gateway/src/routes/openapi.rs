@@ -181,6 +181,81 @@ pub struct FieldProblem {
     message: String,
 }
 
+/// A request body of raw bytes (`type: string, format: binary`), which generated clients
+/// send as a file.
+#[allow(dead_code)] // a schema only
+pub struct Binary;
+
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Binary {}
+
+/// `POST /api/v1/files`: the multipart form.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct FileForm {
+    /// The file's bytes; its part's file name and content type become the file's.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// One sample of `POST /api/v1/monitoring/samples` in JSON.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct SampleJson {
+    metric: String,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    value: f64,
+    /// RFC 3339, or seconds since the epoch; now when absent.
+    #[schema(value_type = Option<String>)]
+    at: Option<String>,
+}
+
+/// Names every operation `<tag>_<action>` (`chat_send`, `files_tus_append`): an
+/// `operationId` is unique in the document (the specification requires it, and generated
+/// clients name their functions by it) and stable across releases, so a handler's name alone,
+/// shared by several contexts (`list`, `get`), is prefixed with its context's tag.
+struct OperationIds;
+
+impl Modify for OperationIds {
+    fn modify(&self, openapi: &mut Document) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let tag = operation
+                    .tags
+                    .as_ref()
+                    .and_then(|tags| tags.first())
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(id) = &mut operation.operation_id {
+                    if !id.starts_with(&format!("{tag}_")) {
+                        *id = format!("{tag}_{id}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -206,9 +281,9 @@ impl Modify for BearerAuth {
                        Send `Authorization: Bearer <token>` (POST /api/v1/auth/login gives one); \
                        commands take `Idempotency-Key` and `If-Match`, reads `?min_version`.",
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &OperationIds),
     security(("bearer" = [])),
-    components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page)),
+    components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page, FileForm, SampleJson)),
     paths(
         health::health,
         crate::observe::metrics,
