@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context};
-use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
 use chronicle_scheduler::{
     Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
 };
@@ -37,7 +37,7 @@ fn spec(name: &str, schedule: Schedule) -> JobSpec {
     }
 }
 
-async fn create(bus: &CommandBus, id: String, spec: JobSpec) -> anyhow::Result<()> {
+async fn create(bus: &CommandExecutor, id: String, spec: JobSpec) -> anyhow::Result<()> {
     bus.execute::<Job>(
         &id,
         JobCommand::Create {
@@ -120,7 +120,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let bus = Arc::new(CommandBus::new(EventStore::new(pool.clone())));
+    let bus = Arc::new(CommandExecutor::new(EventStore::new(pool.clone())));
 
     // One-shot jobs, all due at one instant far enough ahead to create and project them.
     let lead = Duration::from_secs(20 + jobs / 2_000);

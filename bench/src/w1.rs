@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 use chronicle_bus::{Relay, RelayConfig};
-use chronicle_commands::{CommandBus, CommandBusConfig, CommandContext, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore, ExecutorConfig};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use cqrs_es::AggregateError;
 use sqlx::PgPool;
@@ -99,11 +99,11 @@ async fn outbox_empty(pool: &PgPool) -> anyhow::Result<()> {
 async fn chronicle(
     servers: &Servers,
     concurrency: usize,
-    config: CommandBusConfig,
+    config: ExecutorConfig,
     label: &'static str,
 ) -> anyhow::Result<Measurement> {
     let fresh = servers.fresh().await?;
-    let bus = CommandBus::with_config(EventStore::new(fresh.pool.clone()), config);
+    let bus = CommandExecutor::with_config(EventStore::new(fresh.pool.clone()), config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut relay_config = RelayConfig::default();
     // BENCH_RELAY_LINGER_MS overrides the relay's linger, to measure its effect.
@@ -229,7 +229,7 @@ pub async fn run(
             chronicle(
                 servers,
                 concurrency,
-                CommandBusConfig::uncached(),
+                ExecutorConfig::uncached(),
                 "load-from-postgres",
             )
             .await?
@@ -239,7 +239,7 @@ pub async fn run(
             chronicle(
                 servers,
                 concurrency,
-                CommandBusConfig::default(),
+                ExecutorConfig::default(),
                 "cache+snapshots",
             )
             .await?

@@ -9,7 +9,7 @@ use std::{future::Future, pin::Pin, sync::Mutex};
 
 use anyhow::{bail, Context};
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
-use chronicle_commands::CommandBus;
+use chronicle_commands::CommandExecutor;
 use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::{
@@ -249,7 +249,7 @@ pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 pub struct Wiring {
     pub pool: PgPool,
     pub nats: async_nats::Client,
-    pub commands: CommandBus,
+    pub commands: CommandExecutor,
     pub faults: Faults,
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,

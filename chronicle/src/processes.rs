@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
 use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
-use chronicle_commands::{CommandBus, EventStore};
+use chronicle_commands::{CommandExecutor, EventStore};
 use chronicle_gateway::Secret;
 use chronicle_projections::{replay_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::OrderSagaConfig;
@@ -183,7 +183,7 @@ async fn run_roles(
         _ => None,
     };
     let wiring = Wiring {
-        commands: CommandBus::new(
+        commands: CommandExecutor::new(
             EventStore::new(connections.pool.clone()).with_faults(faults.clone()),
         ),
         pool: connections.pool.clone(),

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use common::Running;
@@ -25,7 +25,7 @@ async fn tail_prints_the_log_from_a_sequence_filtered_by_subject() {
         .spawn()
         .expect("the chronicle binary starts");
     let _relay = Running(Some(relay));
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
     for sku in ["T-1", "T-2"] {
         bus.execute::<InventoryItem>(
             sku,

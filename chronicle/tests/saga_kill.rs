@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
 use chronicle_commerce::{InventoryCommand, InventoryItem, Order, OrderCommand, OrderLine};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use sqlx::PgPool;
@@ -54,7 +54,7 @@ async fn a_saga_process_killed_between_two_lines_settles_the_order_once_after_re
         },
     );
     let relay = tokio::spawn(relay.run(std::future::pending()));
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
     let ctx = CommandContext::new();
     for sku in ["A", "B"] {
         bus.execute::<InventoryItem>(

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use chronicle_commands::{CommandBus, CommandContext, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
 use chronicle_scheduler::{
     Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
 };
@@ -134,7 +134,7 @@ fn noop() -> Action {
     }
 }
 
-async fn create(bus: &CommandBus, id: &str, spec: JobSpec) {
+async fn create(bus: &CommandExecutor, id: &str, spec: JobSpec) {
     bus.execute::<Job>(
         id,
         JobCommand::Create {
@@ -185,7 +185,7 @@ async fn three_schedulers_run_each_due_second_once_between_them() {
     let _spine = start_spine(&db, &nats);
     let _schedulers: Vec<Running> = (0..3).map(|_| start(&["scheduler"], &db, &nats)).collect();
     live_schedulers(&pool, 3).await;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
     let jobs: Vec<String> = (0..9).map(|i| format!("tick-{i}")).collect();
     for id in &jobs {
         // `queue`: a run slowed past its second by a loaded machine delays the next one
@@ -247,7 +247,7 @@ async fn a_scheduler_killed_mid_run_leads_to_one_retried_run_not_two() {
     .await;
     let mut doomed = start(&["scheduler"], &db, &nats);
     live_schedulers(&pool, 1).await;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
     let action = Action::Http {
         url: format!("{}/slow", hook.url),
         method: "POST".into(),
@@ -304,7 +304,7 @@ async fn after_30_s_without_a_scheduler_each_missed_run_policy_does_what_it_says
     let _spine = start_spine(&db, &nats);
     let mut first = start(&["scheduler"], &db, &nats);
     live_schedulers(&pool, 1).await;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
     for (id, missed) in [
         ("skip", MissedPolicy::Skip),
         ("run-once", MissedPolicy::RunOnce),

@@ -6,9 +6,11 @@
 //!   through postgres-es's repository) and appends new events, their outbox rows and the
 //!   idempotency record in ONE transaction (DESIGN.md invariant 1). It wakes the relay with
 //!   `pg_notify` on the channel [`OUTBOX_CHANNEL`].
-//! - [`CommandBus`]: runs a command end to end: per-aggregate queueing inside the process,
+//! - [`CommandExecutor`] (`executor.rs`): runs a command end to end: idempotency-key replay,
 //!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on
-//!   conflict, and idempotency-key replay.
+//!   conflict. Its parts, one job a file: `lanes.rs` (per-aggregate queueing inside the
+//!   process, and same-aggregate batching), `cache.rs` (aggregates kept between commands),
+//!   `committer.rs` (group commit), `context.rs` (what a command carries and answers).
 //! - [`migrate`]: the event-store schema.
 //! - [`Faults`]: named fault points tests arm to stop a component at an exact step.
 //!
@@ -16,14 +18,19 @@
 //! outbox or the idempotency record in the events' transaction, cannot check an expected
 //! version, and does not return the new version (docs/adr/0001-write-path.md).
 
-mod bus;
+mod cache;
+mod committer;
+mod context;
 mod error;
+mod executor;
 mod faults;
 mod idempotency;
+mod lanes;
 mod store;
 
-pub use bus::{CommandBus, CommandBusConfig, CommandContext, Committed, Executed, RetryPolicy};
+pub use context::{CommandContext, Committed, Executed, RetryPolicy};
 pub use error::{CommandError, ErrorChain, StoreError};
+pub use executor::{CommandExecutor, ExecutorConfig};
 pub use faults::{FaultAction, Faults, InjectedFault};
 pub use idempotency::{purge_expired, IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
 pub use store::{migrate, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL};

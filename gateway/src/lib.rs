@@ -22,7 +22,7 @@
 //! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
 //!   with coupons, `blog`, `projections`).
 //!
-//! Commands go through `chronicle_commands::CommandBus`; queries read the read models
+//! Commands go through `chronicle_commands::CommandExecutor`; queries read the read models
 //! through the query functions their projections export.
 
 mod auth;

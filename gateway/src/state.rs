@@ -1,6 +1,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use chronicle_commands::CommandBus;
+use chronicle_commands::CommandExecutor;
 use chronicle_commerce::OrderServices;
 use sqlx::PgPool;
 
@@ -109,7 +109,7 @@ impl std::ops::Deref for AppState {
 
 /// The state behind [`AppState`].
 pub struct Shared {
-    pub commands: CommandBus,
+    pub commands: CommandExecutor,
     /// The read models' database (the same one as the event store in the default set-up).
     pub pool: PgPool,
     pub nats: async_nats::Client,
@@ -144,7 +144,7 @@ pub(crate) type Assembly = futures::future::Shared<
 impl AppState {
     /// Builds the state and starts listening for projector notifications.
     pub fn new(
-        commands: CommandBus,
+        commands: CommandExecutor,
         pool: PgPool,
         nats: async_nats::Client,
         config: GatewayConfig,

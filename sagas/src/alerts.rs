@@ -16,7 +16,7 @@
 use std::{future::Future, time::Duration};
 
 use chronicle_bus::{ErrorChain, Handler, HandlerError, Subscriber, SubscriberConfig};
-use chronicle_commands::{CommandBus, CommandContext, CommandError};
+use chronicle_commands::{CommandContext, CommandError, CommandExecutor};
 use chronicle_monitoring::{default_rules, Channel, Rule, RuleCommand, RuleError, RuleEvent};
 use chronicle_projections::{alerts, series};
 use chronicle_scheduler::{
@@ -67,7 +67,7 @@ impl Default for AlertEngineConfig {
 }
 
 pub struct AlertEngine {
-    bus: CommandBus,
+    bus: CommandExecutor,
     pool: PgPool,
     nats: async_nats::Client,
     config: AlertEngineConfig,
@@ -75,7 +75,7 @@ pub struct AlertEngine {
 
 impl AlertEngine {
     pub fn new(
-        bus: CommandBus,
+        bus: CommandExecutor,
         pool: PgPool,
         nats: async_nats::Client,
         config: AlertEngineConfig,
@@ -250,7 +250,7 @@ fn context() -> CommandContext {
 
 /// The notifier's [`Handler`]: one job per channel for each notified transition.
 struct Notifications {
-    bus: CommandBus,
+    bus: CommandExecutor,
     retries: u32,
 }
 

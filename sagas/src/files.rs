@@ -19,7 +19,7 @@
 use std::{future::Future, time::Duration};
 
 use chronicle_bus::{ContentStore, ErrorChain};
-use chronicle_commands::{CommandBus, CommandContext, CommandError};
+use chronicle_commands::{CommandContext, CommandError, CommandExecutor};
 use chronicle_files::{TusCommand, TusError, TusUpload, Upload, UploadCommand, UploadError};
 use chronicle_projections::file_metadata;
 use sqlx::PgPool;
@@ -103,7 +103,7 @@ fn part_of(name: &str) -> Option<Option<&str>> {
 pub struct FilesJanitor {
     pool: PgPool,
     nats: async_nats::Client,
-    commands: CommandBus,
+    commands: CommandExecutor,
     config: FilesJanitorConfig,
 }
 
@@ -111,7 +111,7 @@ impl FilesJanitor {
     pub fn new(
         pool: PgPool,
         nats: async_nats::Client,
-        commands: CommandBus,
+        commands: CommandExecutor,
         config: FilesJanitorConfig,
     ) -> Self {
         Self {

@@ -1,5 +1,5 @@
 //! Process managers: NATS subscribers that react to events by issuing commands through the
-//! same [`CommandBus`](chronicle_commands::CommandBus) the gateway uses.
+//! same [`CommandExecutor`](chronicle_commands::CommandExecutor) the gateway uses.
 //!
 //! # Layout
 //!

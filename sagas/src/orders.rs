@@ -4,7 +4,7 @@ use chronicle_bus::{
     ErrorChain, Faults, Handler, HandlerError, InjectedFault, Subscriber, SubscriberConfig,
     SubscriberError,
 };
-use chronicle_commands::{CommandBus, CommandContext, CommandError};
+use chronicle_commands::{CommandContext, CommandError, CommandExecutor};
 use chronicle_commerce::{
     Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem, Order,
     OrderCommand, OrderEvent, OrderServices, OrderStatus,
@@ -90,7 +90,7 @@ pub struct OrderSaga {
 
 /// What handling an event and expiring deadlines need.
 struct Core {
-    bus: CommandBus,
+    bus: CommandExecutor,
     pool: PgPool,
     config: OrderSagaConfig,
     faults: Faults,
@@ -107,7 +107,7 @@ pub const ORDER_SAGA: &str = "saga-orders";
 
 impl OrderSaga {
     pub fn new(
-        bus: CommandBus,
+        bus: CommandExecutor,
         pool: PgPool,
         client: async_nats::Client,
         config: OrderSagaConfig,

@@ -30,7 +30,7 @@ use std::{
 };
 
 use chronicle_bus::ErrorChain;
-use chronicle_commands::{CommandBus, CommandContext, CommandError, Executed};
+use chronicle_commands::{CommandContext, CommandError, CommandExecutor, Executed};
 use chronicle_commerce::{Canceller, Order, OrderCommand, OrderError};
 use chronicle_scheduler::{
     bucket, Action, AllowList, CommandAction, Fire, Job, JobCommand, JobError, JobSpec, Outcome,
@@ -83,7 +83,7 @@ pub struct Scheduler {
 }
 
 struct Core {
-    bus: CommandBus,
+    bus: CommandExecutor,
     pool: PgPool,
     nats: async_nats::Client,
     config: SchedulerConfig,
@@ -127,7 +127,7 @@ enum Next {
 
 impl Scheduler {
     pub fn new(
-        bus: CommandBus,
+        bus: CommandExecutor,
         pool: PgPool,
         nats: async_nats::Client,
         config: SchedulerConfig,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_bus::{Faults, Relay, RelayConfig};
-use chronicle_commands::{CommandBus, CommandContext, EventStore, Executed};
+use chronicle_commands::{CommandContext, CommandExecutor, EventStore, Executed};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
@@ -13,11 +13,11 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
-pub fn bus(pool: &PgPool) -> CommandBus {
-    CommandBus::new(EventStore::new(pool.clone()))
+pub fn bus(pool: &PgPool) -> CommandExecutor {
+    CommandExecutor::new(EventStore::new(pool.clone()))
 }
 
-pub async fn create_item(bus: &CommandBus, sku: &str, stock: u64) -> u64 {
+pub async fn create_item(bus: &CommandExecutor, sku: &str, stock: u64) -> u64 {
     let done = bus
         .execute::<InventoryItem>(
             sku,
@@ -38,7 +38,7 @@ pub async fn create_item(bus: &CommandBus, sku: &str, stock: u64) -> u64 {
     }
 }
 
-pub async fn receive(bus: &CommandBus, sku: &str, quantity: u64) {
+pub async fn receive(bus: &CommandExecutor, sku: &str, quantity: u64) {
     bus.execute::<InventoryItem>(
         sku,
         InventoryCommand::Receive { quantity },

@@ -1,7 +1,7 @@
 //! The fast write path keeps the invariants: group commit, the aggregate cache, snapshots.
 
 use chronicle_commands::{
-    CommandBus, CommandBusConfig, CommandContext, CommandError, EventStore, Executed,
+    CommandContext, CommandError, CommandExecutor, EventStore, Executed, ExecutorConfig,
     IdempotencyKey, RetryPolicy,
 };
 use chronicle_commerce::{InventoryCommand, InventoryError, InventoryItem};
@@ -11,8 +11,8 @@ use sqlx::PgPool;
 
 use crate::common::{count, create_item, receive};
 
-fn bus_with(pool: &PgPool, config: CommandBusConfig) -> CommandBus {
-    CommandBus::with_config(EventStore::new(pool.clone()), config)
+fn bus_with(pool: &PgPool, config: ExecutorConfig) -> CommandExecutor {
+    CommandExecutor::with_config(EventStore::new(pool.clone()), config)
 }
 
 async fn groups_committed(pool: &PgPool) -> i64 {
@@ -27,7 +27,7 @@ async fn groups_committed(pool: &PgPool) -> i64 {
 async fn concurrent_commands_on_different_aggregates_commit_in_shared_transactions() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     let creates = (0..64).map(|i| {
         let bus = bus.clone();
         async move { create_item(&bus, &format!("SKU-{i}"), 1).await }
@@ -46,12 +46,12 @@ async fn concurrent_commands_on_different_aggregates_commit_in_shared_transactio
 async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     for i in 0..20 {
         create_item(&bus, &format!("SKU-{i}"), 0).await;
     }
     // Another process moves SKU-0 on: this bus's cached SKU-0 is now stale.
-    let other = bus_with(&pool, CommandBusConfig::uncached());
+    let other = bus_with(&pool, ExecutorConfig::uncached());
     receive(&other, "SKU-0", 1).await;
     let no_retry = CommandContext {
         retry: RetryPolicy::NEVER,
@@ -104,10 +104,10 @@ async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
 async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_fresh_state() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let cached = bus_with(&pool, CommandBusConfig::default());
+    let cached = bus_with(&pool, ExecutorConfig::default());
     create_item(&cached, "SKU-1", 0).await;
     // Stock arrives through another process; the cached copy still says 0.
-    receive(&bus_with(&pool, CommandBusConfig::uncached()), "SKU-1", 3).await;
+    receive(&bus_with(&pool, ExecutorConfig::uncached()), "SKU-1", 3).await;
     let reserve = cached
         .execute::<InventoryItem>(
             "SKU-1",
@@ -150,10 +150,10 @@ async fn snapshots_are_written_every_n_events_and_loading_from_one_gives_the_sam
     let pool = db.pool().await;
     let bus = bus_with(
         &pool,
-        CommandBusConfig {
+        ExecutorConfig {
             snapshot_every: 10,
             cache_capacity: 0,
-            ..CommandBusConfig::default()
+            ..ExecutorConfig::default()
         },
     );
     create_item(&bus, "SKU-1", 0).await;
@@ -181,7 +181,7 @@ async fn snapshots_are_written_every_n_events_and_loading_from_one_gives_the_sam
 async fn idempotency_keys_inside_one_group_are_each_decided_once() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     for i in 0..10 {
         create_item(&bus, &format!("SKU-{i}"), 0).await;
     }
@@ -227,9 +227,9 @@ async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else()
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let faults = Faults::default();
-    let bus = CommandBus::with_config(
+    let bus = CommandExecutor::with_config(
         EventStore::new(pool.clone()).with_faults(faults.clone()),
-        CommandBusConfig::default(),
+        ExecutorConfig::default(),
     );
     for i in 0..30 {
         create_item(&bus, &format!("SKU-{i}"), 0).await;
@@ -296,7 +296,7 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
     use std::time::Duration;
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     for sku in ["X", "Y", "Z"] {
         create_item(&bus, sku, 0).await;
     }
@@ -393,7 +393,7 @@ async fn commands_queued_on_one_aggregate_commit_together_each_decided_in_turn()
     use std::time::Duration;
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     create_item(&bus, "HOT", 10).await;
     // Hold the committer, so every reservation but the first queues behind the first.
     let mut blocker = pool.begin().await.unwrap();
@@ -482,7 +482,7 @@ async fn a_batch_leader_giving_up_does_not_fail_the_commands_it_carries() {
     use std::time::Duration;
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let bus = bus_with(&pool, CommandBusConfig::default());
+    let bus = bus_with(&pool, ExecutorConfig::default());
     create_item(&bus, "HOT", 10).await;
     let lock_waiters = || async {
         sqlx::query_scalar::<_, i64>(

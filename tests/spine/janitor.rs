@@ -141,7 +141,9 @@ async fn app_and_janitor() -> (TestApp, FilesJanitor) {
     let janitor = FilesJanitor::new(
         app.pool.clone(),
         app.nats.client().await,
-        chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(app.pool.clone())),
+        chronicle_commands::CommandExecutor::new(chronicle_commands::EventStore::new(
+            app.pool.clone(),
+        )),
         FilesJanitorConfig {
             grace: Duration::ZERO,
             every: Duration::from_secs(3600),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chronicle_bus::{FaultAction, Faults};
-use chronicle_commands::{CommandBus, CommandContext};
+use chronicle_commands::{CommandContext, CommandExecutor};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_projections::{inventory::InventoryProjection, replay, Projector, ProjectorConfig};
 use chronicle_tests::{eventually, TestDb, TestNats};
@@ -38,7 +38,7 @@ async fn stop((handle, stop): Running) {
 }
 
 /// A deterministic mix of receives, reserves, releases and commits over `items` SKUs.
-async fn workload(bus: &CommandBus, items: usize, rounds: usize) {
+async fn workload(bus: &CommandExecutor, items: usize, rounds: usize) {
     for i in 0..items {
         create_item(bus, &format!("SKU-{i:03}"), 5).await;
     }
@@ -80,7 +80,7 @@ async fn rows(pool: &PgPool) -> Vec<String> {
 }
 
 /// Waits until the read model reflects every aggregate's current version.
-async fn caught_up(pool: &PgPool, bus: &CommandBus, items: usize) {
+async fn caught_up(pool: &PgPool, bus: &CommandExecutor, items: usize) {
     eventually(
         "the projector to catch up",
         Duration::from_secs(30),
@@ -101,7 +101,7 @@ async fn caught_up(pool: &PgPool, bus: &CommandBus, items: usize) {
     .await;
 }
 
-async fn assert_matches_aggregates(pool: &PgPool, bus: &CommandBus, items: usize) {
+async fn assert_matches_aggregates(pool: &PgPool, bus: &CommandExecutor, items: usize) {
     for i in 0..items {
         let sku = format!("SKU-{i:03}");
         let agg = bus.store().load::<InventoryItem>(&sku).await.unwrap();

@@ -84,7 +84,7 @@ struct Spine {
     pool: PgPool,
     client: async_nats::Client,
     relay: crate::common::RunningRelay,
-    bus: chronicle_commands::CommandBus,
+    bus: chronicle_commands::CommandExecutor,
 }
 
 impl Spine {

@@ -431,7 +431,7 @@ async fn a_no_op_decided_on_a_stale_cache_is_decided_again_on_the_stored_state()
         channels: Vec::new(),
     };
     let ctx = CommandContext::new();
-    let run = |bus: chronicle_commands::CommandBus, command: RuleCommand| async move {
+    let run = |bus: chronicle_commands::CommandExecutor, command: RuleCommand| async move {
         bus.execute::<Rule>("r1", command, &(), &CommandContext::new())
             .await
     };

@@ -425,9 +425,9 @@ impl TestApp {
         // The same wiring `chronicle up` builds, with test timings; its fault points are the
         // ones tests arm (on the saga).
         let wiring = Arc::new(Wiring {
-            commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
-                pool.clone(),
-            )),
+            commands: chronicle_commands::CommandExecutor::new(
+                chronicle_commands::EventStore::new(pool.clone()),
+            ),
             pool: pool.clone(),
             nats: client,
             faults: saga_faults.clone(),
@@ -445,9 +445,9 @@ impl TestApp {
         });
         let saga_wiring = if options.saga_in_its_own_process {
             Arc::new(Wiring {
-                commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
-                    pool.clone(),
-                )),
+                commands: chronicle_commands::CommandExecutor::new(
+                    chronicle_commands::EventStore::new(pool.clone()),
+                ),
                 pool: wiring.pool.clone(),
                 nats: wiring.nats.clone(),
                 faults: wiring.faults.clone(),
@@ -509,9 +509,9 @@ impl TestApp {
     fn another_process(&self, http: Option<tokio::net::TcpListener>) -> Wiring {
         let wiring = &self.saga_wiring;
         Wiring {
-            commands: chronicle_commands::CommandBus::new(chronicle_commands::EventStore::new(
-                self.pool.clone(),
-            )),
+            commands: chronicle_commands::CommandExecutor::new(
+                chronicle_commands::EventStore::new(self.pool.clone()),
+            ),
             pool: self.pool.clone(),
             nats: wiring.nats.clone(),
             faults: chronicle_bus::Faults::default(),
