@@ -397,18 +397,15 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
     );
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, 2).await?;
-    let user_id: Option<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM unique_claims WHERE namespace = 'username' AND value = $1",
-    )
-    .bind(&username)
-    .fetch_optional(&connections.pool)
-    .await
-    .context("looking the user up")?;
-    let user_id = user_id.with_context(|| format!("no user is called {username:?}"))?;
-    sqlx::query("INSERT INTO user_roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(&user_id)
-        .bind(&role)
-        .execute(&connections.pool)
+    let store = chronicle_commands::EventStore::new(connections.pool.clone());
+    let credentials = store.credentials();
+    let user_id = credentials
+        .user_id_of(&username)
+        .await
+        .context("looking the user up")?
+        .with_context(|| format!("no user is called {username:?}"))?;
+    credentials
+        .grant(&user_id, &role)
         .await
         .context("granting the role")?;
     println!("{username} is {role} from their next login");

@@ -210,3 +210,76 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
     );
     tokio::task::block_in_place(|| terminate(child));
 }
+
+/// `chronicle users grant <username> staff` against a running `chronicle up` (API.md, Roles):
+/// staff from the user's next login; an unknown name is refused and grants nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_grant_makes_a_user_staff_from_their_next_login() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let http = reqwest::Client::new();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    command
+        .arg("up")
+        .env("CHRONICLE_DATA_DIR", dir.path())
+        .env_remove("CHRONICLE_STAFF_USERS")
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL");
+    let (_running, base, _) = tokio::task::block_in_place(|| start_gateway(command));
+    let registered = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(
+            &json!({"username": "smoke", "password": "smoke test password", "display_name": "Ada"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
+    let create_item = |token: String, sku: &'static str| {
+        let (http, base) = (&http, &base);
+        async move {
+            http.post(format!("{base}/api/v1/inventory/items"))
+                .bearer_auth(token)
+                .json(
+                    &json!({"sku": sku, "name": "Widget", "price_cents": 100, "initial_stock": 1}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let customer = login(&http, &base).await;
+    assert_eq!(
+        create_item(customer, "A-1").await,
+        reqwest::StatusCode::FORBIDDEN
+    );
+
+    let grant = |username: &str| {
+        Command::new(env!("CARGO_BIN_EXE_chronicle"))
+            .args(["users", "grant", username, "staff"])
+            .env("CHRONICLE_DATA_DIR", dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .output()
+            .expect("chronicle users grant runs")
+    };
+    let unknown = grant("nobody");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no user is called"),
+        "{unknown:?}"
+    );
+    let granted = grant("smoke");
+    assert!(granted.status.success(), "{granted:?}");
+    assert!(
+        String::from_utf8_lossy(&granted.stdout).contains("smoke is staff from their next login")
+    );
+    // Granting again changes nothing.
+    assert!(grant("smoke").status.success());
+
+    let staff = login(&http, &base).await;
+    assert_eq!(
+        create_item(staff, "A-2").await,
+        reqwest::StatusCode::CREATED
+    );
+}

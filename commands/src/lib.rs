@@ -21,6 +21,7 @@
 mod cache;
 mod committer;
 mod context;
+mod credentials;
 mod error;
 mod executor;
 mod faults;
@@ -29,6 +30,7 @@ mod lanes;
 mod store;
 
 pub use context::{CommandContext, Committed, Executed, RetryPolicy};
+pub use credentials::Credentials;
 pub use error::{CommandError, ErrorChain, StoreError};
 pub use executor::{CommandExecutor, ExecutorConfig};
 pub use faults::{FaultAction, Faults, InjectedFault};

@@ -194,6 +194,24 @@ impl EventStore {
         &self.pool
     }
 
+    /// The identity records kept beside the events: password hashes, roles.
+    pub fn credentials(&self) -> crate::credentials::Credentials<'_> {
+        crate::credentials::Credentials::new(&self.pool)
+    }
+
+    /// How many outbox rows wait for the relay, counted up to `cap` (a huge backlog is
+    /// reported as `cap`, not counted row by row).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn outbox_depth(&self, cap: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) o")
+            .bind(cap)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("counting the outbox"))
+    }
+
     /// The aggregate holding claim `value` in `namespace`, if one does.
     ///
     /// # Errors

@@ -93,10 +93,7 @@ async fn refresh_subscribers(state: &AppState) {
 /// Whether the outbox could be read.
 async fn refresh_outbox(state: &AppState) -> bool {
     // Bounded: a huge backlog is reported as "at least a million", not counted row by row.
-    let depth: Result<i64, _> =
-        sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 1000000) o")
-            .fetch_one(&state.pool)
-            .await;
+    let depth = state.commands.store().outbox_depth(1_000_000).await;
     if let Ok(depth) = depth {
         metrics::gauge!("chronicle_outbox_depth").set(depth as f64);
     }

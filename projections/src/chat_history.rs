@@ -251,6 +251,17 @@ impl Projection for ChatHistoryProjection {
     }
 }
 
+/// The ids of every room `user_id` is a member of.
+///
+/// # Errors
+/// When the database fails.
+pub async fn member_rooms(pool: &PgPool, user_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT room_id FROM chat_members WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+}
+
 /// The rooms `user_id` is a member of (at most `limit`), most recently active first, with
 /// their unread counts (messages of others past the member's read mark).
 ///

@@ -181,6 +181,17 @@ impl Projection for OrdersProjection {
     }
 }
 
+/// The customer of order `id`, if this read model has the order.
+///
+/// # Errors
+/// When the database fails.
+pub async fn customer_of(pool: &PgPool, id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT customer_id FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
 /// One order by id.
 ///
 /// # Errors

@@ -285,12 +285,9 @@ async fn announce_presence(state: &AppState, user_id: &str) {
     let Ok(view) = presence.of(user_id).await else {
         return;
     };
-    let rooms: Vec<String> =
-        sqlx::query_scalar("SELECT room_id FROM chat_members WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(&state.pool)
-            .await
-            .unwrap_or_default();
+    let rooms = chat_history::member_rooms(&state.pool, user_id)
+        .await
+        .unwrap_or_default();
     let frame = json!({"type": "presence", "user_id": user_id, "online": view.online}).to_string();
     for room in rooms {
         let _ = state

@@ -525,12 +525,8 @@ impl Hub {
             // Nobody is connected here: no one to tell, and no reason to look the order up.
             None if self.lock_users().is_empty() => return,
             // The order was placed before this event: the read model knows its customer.
-            None => match sqlx::query_scalar::<_, String>(
-                "SELECT customer_id FROM orders WHERE id = $1",
-            )
-            .bind(&envelope.aggregate_id)
-            .fetch_optional(pool)
-            .await
+            None => match chronicle_projections::orders::customer_of(pool, &envelope.aggregate_id)
+                .await
             {
                 Ok(Some(customer)) => customer,
                 _ => return,

@@ -76,11 +76,8 @@ pub async fn register(
     // registration event. If the claim fails the row is removed; if the process dies in
     // between, the row belongs to an id nothing refers to.
     let hash = hash_password(form.password).await?;
-    sqlx::query("INSERT INTO credentials (user_id, password_hash) VALUES ($1, $2)")
-        .bind(&user_id)
-        .bind(&hash)
-        .execute(&state.pool)
-        .await?;
+    let credentials = state.commands.store().credentials();
+    credentials.store_hash(&user_id, &hash).await?;
     // The key's scope is the route alone (the caller is anonymous): the user id is made
     // afresh for every request, so it cannot be part of it, or a retry would never match.
     let mut ctx = respond::anonymous_context(request_id, None, IfMatch(None), key, &body.raw);
@@ -105,10 +102,7 @@ pub async fn register(
         )
         .await;
     if !matches!(outcome, Ok(Executed::Committed(_))) {
-        sqlx::query("DELETE FROM credentials WHERE user_id = $1")
-            .bind(&user_id)
-            .execute(&state.pool)
-            .await?;
+        credentials.remove(&user_id).await?;
     }
     Ok(respond::executed(outcome?, respond))
 }
@@ -132,14 +126,12 @@ pub async fn login(
     // A name no one can hold (a NUL, which PostgreSQL's text refuses, or a megabyte) is an
     // unknown user: not asked of the database, and answered like any other wrong login.
     let row: Option<(String, String)> = if check_username(&form.username).is_ok() {
-        sqlx::query_as(
-            "SELECT c.aggregate_id, k.password_hash FROM unique_claims c \
-             JOIN credentials k ON k.user_id = c.aggregate_id \
-             WHERE c.namespace = 'username' AND c.value = $1",
-        )
-        .bind(&form.username)
-        .fetch_optional(&state.pool)
-        .await?
+        state
+            .commands
+            .store()
+            .credentials()
+            .of_username(&form.username)
+            .await?
     } else {
         None
     };
@@ -169,13 +161,12 @@ async fn roles_of(
         .staff_users
         .iter()
         .any(|u| u == "*" || u == username);
-    let granted: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM user_roles WHERE user_id = $1 AND role = $2)",
-    )
-    .bind(user_id)
-    .bind(STAFF)
-    .fetch_one(&state.pool)
-    .await?;
+    let granted = state
+        .commands
+        .store()
+        .credentials()
+        .has_role(user_id, STAFF)
+        .await?;
     if listed || granted {
         roles.push(STAFF.to_owned());
     }
