@@ -47,8 +47,9 @@ pub enum ContentError {
     /// Reading the bytes in failed.
     #[error("reading the bytes: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the object store: {0}")]
-    Store(String),
+    /// The object store failed, or holds something it should not (its source says which).
+    #[error("the object store")]
+    Store(#[source] crate::NatsError),
 }
 
 /// What [`ContentStore::put`] stored.
@@ -116,8 +117,8 @@ impl std::fmt::Debug for ContentStore {
     }
 }
 
-fn store_error(e: impl std::fmt::Display) -> ContentError {
-    ContentError::Store(e.to_string())
+fn store_error(e: impl Into<crate::NatsError>) -> ContentError {
+    ContentError::Store(e.into())
 }
 
 /// The object an upload's part `index` is kept in (a chunk, or a tus segment).
@@ -145,7 +146,7 @@ fn digest_hex(info: &object_store::ObjectInfo) -> Result<String, ContentError> {
         .digest
         .as_deref()
         .and_then(|d| d.strip_prefix("SHA-256="))
-        .ok_or_else(|| ContentError::Store(format!("object {} has no digest", info.name)))?;
+        .ok_or_else(|| store_error(format!("object {} has no digest", info.name)))?;
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(digest)
         .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(digest))
@@ -204,18 +205,12 @@ impl ContentStore {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| BusError::Request {
-                    context: "creating the files bucket",
-                    detail: e.to_string(),
-                })?,
+                .map_err(BusError::request("creating the files bucket"))?,
         };
         let stream = js
             .get_stream(format!("OBJ_{FILES_BUCKET}"))
             .await
-            .map_err(|e| BusError::Request {
-                context: "opening the files bucket's stream",
-                detail: e.to_string(),
-            })?;
+            .map_err(BusError::request("opening the files bucket's stream"))?;
         Ok(Self { store, stream })
     }
 
@@ -396,7 +391,7 @@ impl ContentStore {
             }));
         }
         if info.size as u64 > MAX_MANIFEST {
-            return Err(ContentError::Store(format!(
+            return Err(store_error(format!(
                 "the manifest of {sha256} has {} bytes",
                 info.size
             )));
@@ -412,7 +407,7 @@ impl ContentStore {
         }
         serde_json::from_slice(&manifest)
             .map(Some)
-            .map_err(|e| ContentError::Store(format!("the manifest of {sha256}: {e}")))
+            .map_err(|e| store_error(format!("the manifest of {sha256}: {e}")))
     }
 
     /// Bytes `start..start + length` of `blob`, streamed a chunk at a time; whole parts

@@ -50,10 +50,6 @@ impl std::fmt::Debug for Presence {
     }
 }
 
-fn failed(context: &'static str) -> impl FnOnce(String) -> BusError {
-    move |detail| BusError::Request { context, detail }
-}
-
 impl Presence {
     /// Opens (creating if needed) the bucket.
     ///
@@ -69,7 +65,7 @@ impl Presence {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| failed("creating the presence bucket")(e.to_string()))?,
+                .map_err(BusError::request("creating the presence bucket"))?,
         };
         Ok(Self { store })
     }
@@ -115,7 +111,7 @@ impl Presence {
             .store
             .get(user_id)
             .await
-            .map_err(|e| failed("reading presence")(e.to_string()))?
+            .map_err(BusError::request("reading presence"))?
         {
             Some(bytes) => serde_json::from_slice::<Record>(&bytes).unwrap_or_default(),
             None => Record::default(),
@@ -134,7 +130,7 @@ impl Presence {
                 .store
                 .entry(user_id)
                 .await
-                .map_err(|e| failed("reading presence")(e.to_string()))?;
+                .map_err(BusError::request("reading presence"))?;
             let (mut record, revision) = match &entry {
                 Some(entry) if entry.operation == kv::Operation::Put => (
                     serde_json::from_slice::<Record>(&entry.value).unwrap_or_default(),
@@ -154,8 +150,8 @@ impl Presence {
                 return Ok(());
             }
         }
-        Err(failed("updating presence")(
-            "too many concurrent changes".to_owned(),
+        Err(BusError::request("updating presence")(
+            "too many concurrent changes",
         ))
     }
 }

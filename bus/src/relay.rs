@@ -277,20 +277,14 @@ impl Relay {
                 self.client
                     .publish_with_headers(row.subject.clone(), headers, row.envelope.clone().into())
                     .await
-                    .map_err(|e| BusError::Request {
-                        context: "publishing a batch message",
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(BusError::request("publishing a batch message"))?;
             } else {
                 headers.insert("Nats-Batch-Commit", "1");
                 let reply = self
                     .client
                     .request_with_headers(row.subject.clone(), headers, row.envelope.clone().into())
                     .await
-                    .map_err(|e| BusError::Request {
-                        context: "committing a batch",
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(BusError::request("committing a batch"))?;
                 let ack: serde_json::Value =
                     serde_json::from_slice(&reply.payload).unwrap_or_default();
                 if let Some(error) = ack.get("error") {
@@ -302,11 +296,8 @@ impl Relay {
                     .get("seq")
                     .and_then(serde_json::Value::as_u64)
                     .ok_or_else(|| {
-                        BusError::Request {
-                            context: "committing a batch",
-                            detail: format!("unexpected reply {ack}"),
-                        }
-                        .into()
+                        BusError::request("committing a batch")(format!("unexpected reply {ack}"))
+                            .into()
                     });
             }
         }
@@ -327,16 +318,10 @@ impl Relay {
                     row.envelope.clone().into(),
                 )
                 .await
-                .map_err(|e| BusError::Request {
-                    context: "publishing an event",
-                    detail: e.to_string(),
-                })?;
+                .map_err(BusError::request("publishing an event"))?;
             last = ack
                 .await
-                .map_err(|e| BusError::Request {
-                    context: "awaiting a publish ack",
-                    detail: e.to_string(),
-                })?
+                .map_err(BusError::request("awaiting a publish ack"))?
                 .sequence;
         }
         Ok(last)
@@ -373,10 +358,10 @@ fn headers_of(row: &OutboxRow) -> HeaderMap {
 async fn stream_end(
     stream: &jetstream::stream::Stream,
 ) -> Result<(u64, chrono::DateTime<chrono::Utc>), RelayError> {
-    let info = stream.get_info().await.map_err(|e| BusError::Request {
-        context: "reading the stream",
-        detail: e.to_string(),
-    })?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(BusError::request("reading the stream"))?;
     Ok((
         info.state.last_sequence,
         utc(info.created.unix_timestamp_nanos()),

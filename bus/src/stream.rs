@@ -9,7 +9,12 @@ use chronicle_schemas::{HEADER_AGGREGATE_SEQUENCE, SUBJECT_ROOT};
 /// The stream that is Chronicle's log.
 pub const EVENTS_STREAM: &str = "EVENTS";
 
-/// A NATS failure.
+/// Any error async-nats returns (its kinds differ by call), or what a reply said instead of
+/// an answer: boxed with its type intact, so a caller can downcast it to match a kind.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A NATS failure, with its source kept (never flattened to text: print it with
+/// [`crate::ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("cannot connect to NATS at {url}")]
@@ -18,11 +23,22 @@ pub enum BusError {
         #[source]
         source: async_nats::ConnectError,
     },
-    #[error("NATS request failed while {context}: {detail}")]
+    #[error("NATS request failed while {context}")]
     Request {
         context: &'static str,
-        detail: String,
+        #[source]
+        source: NatsError,
     },
+}
+
+impl BusError {
+    /// For `map_err`: the NATS failure met while `context` (a gerund: "reading the stream").
+    pub fn request<E: Into<NatsError>>(context: &'static str) -> impl FnOnce(E) -> Self {
+        move |error| Self::Request {
+            context,
+            source: error.into(),
+        }
+    }
 }
 
 /// Connects to NATS, retrying the first connection and every later one without limit.
@@ -94,10 +110,10 @@ pub async fn ensure_events_stream_with(
     };
     match js.get_stream(EVENTS_STREAM).await {
         Ok(mut stream) => {
-            let info = stream.info().await.map_err(|e| BusError::Request {
-                context: "reading the EVENTS stream",
-                detail: e.to_string(),
-            })?;
+            let info = stream
+                .info()
+                .await
+                .map_err(BusError::request("reading the EVENTS stream"))?;
             let current = &info.config;
             let drifted = current.duplicate_window < config.duplicate_window
                 || !current.deny_delete
@@ -110,20 +126,14 @@ pub async fn ensure_events_stream_with(
                 wanted.num_replicas = current.num_replicas;
                 js.update_stream(&wanted)
                     .await
-                    .map_err(|e| BusError::Request {
-                        context: "updating the EVENTS stream",
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(BusError::request("updating the EVENTS stream"))?;
             }
             Ok(stream)
         }
         Err(_) => js
             .get_or_create_stream(config)
             .await
-            .map_err(|e| BusError::Request {
-                context: "creating the EVENTS stream",
-                detail: e.to_string(),
-            }),
+            .map_err(BusError::request("creating the EVENTS stream")),
     }
 }
 
@@ -142,9 +152,8 @@ pub async fn last_sequence_on_subject(
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or(0)),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
-        Err(e) => Err(BusError::Request {
-            context: "reading the last message of a subject",
-            detail: e.to_string(),
-        }),
+        Err(e) => Err(BusError::request("reading the last message of a subject")(
+            e,
+        )),
     }
 }

@@ -14,10 +14,11 @@ pub enum ProjectionError {
     },
     #[error(transparent)]
     Decode(#[from] chronicle_schemas::DecodeError),
-    #[error("NATS error while {context}: {detail}")]
+    #[error("NATS error while {context}")]
     Nats {
         context: &'static str,
-        detail: String,
+        #[source]
+        source: chronicle_bus::NatsError,
     },
     #[error(transparent)]
     Fault(#[from] chronicle_bus::InjectedFault),
@@ -51,8 +52,14 @@ impl ProjectionError {
         i64::try_from(value).map_err(|_| Self::OutOfRange(format!("{value} does not fit a bigint")))
     }
 
-    pub(crate) fn nats(context: &'static str) -> impl FnOnce(String) -> Self {
-        move |detail| Self::Nats { context, detail }
+    /// For `map_err`: the NATS failure met while `context`, its source kept.
+    pub(crate) fn nats<E: Into<chronicle_bus::NatsError>>(
+        context: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |error| Self::Nats {
+            context,
+            source: error.into(),
+        }
     }
 }
 

@@ -48,11 +48,11 @@ pub async fn replay<P: Projection>(
     let started = Instant::now();
     let shadow = prepare_shadow(projection, pool).await?;
 
-    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let nats = ProjectionError::nats::<chronicle_bus::NatsError>;
     let js = jetstream::new(client.clone());
     let stream = ensure_events_stream(&js)
         .await
-        .map_err(|e| nats("opening the stream")(e.to_string()))?;
+        .map_err(|e| nats("opening the stream")(e.into()))?;
     let subjects = projection.subjects();
     let mut consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
@@ -61,16 +61,16 @@ pub async fn replay<P: Projection>(
             ..Default::default()
         })
         .await
-        .map_err(|e| nats("creating the replay consumer")(e.to_string()))?;
+        .map_err(|e| nats("creating the replay consumer")(e.into()))?;
     let total = consumer
         .info()
         .await
-        .map_err(|e| nats("reading the replay consumer")(e.to_string()))?
+        .map_err(|e| nats("reading the replay consumer")(e.into()))?
         .num_pending;
     let in_stream = stream
         .get_info()
         .await
-        .map_err(|e| nats("reading the stream")(e.to_string()))?
+        .map_err(|e| nats("reading the stream")(e.into()))?
         .state
         .messages;
     // nats-server matches a wildcard filter against every message block's subjects, which
@@ -83,7 +83,7 @@ pub async fn replay<P: Projection>(
                 ..Default::default()
             })
             .await
-            .map_err(|e| nats("creating the replay consumer")(e.to_string()))?;
+            .map_err(|e| nats("creating the replay consumer")(e.into()))?;
         Some(subjects)
     } else {
         None
@@ -92,15 +92,13 @@ pub async fn replay<P: Projection>(
         let messages = consumer
             .messages()
             .await
-            .map_err(|e| nats("replaying")(e.to_string()))?;
+            .map_err(|e| nats("replaying")(e.into()))?;
         // Reading and decoding overlap with writing: a reader task fills the next batch
         // while this one is applied. Two batches in flight bound the memory.
         let (batches, ready) = tokio::sync::mpsc::channel(2);
         let reader = tokio::spawn(read_batches(messages, client_filter, batch_max, batches));
         let filled = fill(projection, pool, &shadow, ready, total, &mut progress).await?;
-        reader
-            .await
-            .map_err(|e| nats("replaying")(format!("the reader task failed: {e}")))?;
+        reader.await.map_err(|e| nats("replaying")(e.into()))?;
         filled
     } else {
         Filled::default()
@@ -139,11 +137,11 @@ pub async fn replay_from_store<P: Projection>(
 ) -> Result<ReplayStats, ProjectionError> {
     let started = Instant::now();
     let shadow = prepare_shadow(projection, pool).await?;
-    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let nats = ProjectionError::nats::<chronicle_bus::NatsError>;
     let js = jetstream::new(client.clone());
     let stream = ensure_events_stream(&js)
         .await
-        .map_err(|e| nats("opening the stream")(e.to_string()))?;
+        .map_err(|e| nats("opening the stream")(e.into()))?;
     let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000;
     let mut conn = pool
         .acquire()
@@ -428,7 +426,7 @@ async fn read_batches(
     batch_max: usize,
     batches: tokio::sync::mpsc::Sender<Result<Batch, ProjectionError>>,
 ) {
-    let nats = |context| move |e: String| ProjectionError::nats(context)(e);
+    let nats = ProjectionError::nats::<chronicle_bus::NatsError>;
     let mut batch = Batch::with_capacity(batch_max);
     loop {
         let next = async {
@@ -436,7 +434,7 @@ async fn read_batches(
                 .await
                 .map_err(|_| nats("replaying")("no message for 30 s".into()))?
                 .ok_or_else(|| nats("replaying")("the consumer ended".into()))?
-                .map_err(|e| nats("replaying")(e.to_string()))?;
+                .map_err(|e| nats("replaying")(e.into()))?;
             let (sequence, pending) = position(&message)?;
             let wanted = filter.as_ref().is_none_or(|patterns| {
                 patterns
@@ -517,7 +515,7 @@ fn event_type(message: &async_nats::jetstream::Message) -> String {
 fn position(message: &async_nats::jetstream::Message) -> Result<(u64, u64), ProjectionError> {
     let info = message
         .info()
-        .map_err(|e| ProjectionError::nats("reading message info")(e.to_string()))?;
+        .map_err(ProjectionError::nats("reading message info"))?;
     Ok((info.stream_sequence, info.pending))
 }
 

@@ -172,8 +172,6 @@ pub(crate) async fn setup<P: Projection + ?Sized>(
             SubscriberError::Database { context, source } => {
                 ProjectionError::Database { context, source }
             }
-            other => ProjectionError::nats("creating the projection's tables")(
-                chronicle_bus::ErrorChain(&other).to_string(),
-            ),
+            other => ProjectionError::nats("creating the projection's tables")(other),
         })
 }

@@ -65,12 +65,18 @@ pub enum JanitorError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("the object store: {0}")]
-    Content(String),
-    #[error("the log: {0}")]
-    Log(String),
-    #[error("expiring upload {id}: {detail}")]
-    Command { id: String, detail: String },
+    #[error("the object store")]
+    Content(#[from] chronicle_bus::ContentError),
+    #[error("the log")]
+    Log(#[from] chronicle_bus::SubscriberError),
+    #[error("opening the object store")]
+    Nats(#[from] chronicle_bus::BusError),
+    #[error("expiring upload {id}")]
+    Command {
+        id: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> JanitorError {
@@ -175,9 +181,7 @@ impl FilesJanitor {
     /// The database's, the object store's, a command's.
     pub async fn sweep(&self) -> Result<Swept, JanitorError> {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let content = ContentStore::open(&js, 1)
-            .await
-            .map_err(|e| JanitorError::Content(e.to_string()))?;
+        let content = ContentStore::open(&js, 1).await?;
         // A grace too large for the calendar keeps everything, rather than panicking.
         let grace = chrono::TimeDelta::from_std(self.config.grace).ok();
         let before_grace = || {
@@ -244,10 +248,8 @@ impl FilesJanitor {
     /// The object store's, the database's.
     pub async fn sweep_orphans(&self) -> Result<Vec<String>, JanitorError> {
         let js = async_nats::jetstream::new(self.nats.clone());
-        let content = ContentStore::open(&js, 1)
-            .await
-            .map_err(|e| JanitorError::Content(e.to_string()))?;
-        let content_error = |e: chronicle_bus::ContentError| JanitorError::Content(e.to_string());
+        let content = ContentStore::open(&js, 1).await?;
+        let content_error = JanitorError::Content;
         // Which uploads are open is the read model's word: it must hold every upload begun.
         if !self.caught_up(&js).await? {
             return Ok(Vec::new());
@@ -302,7 +304,7 @@ impl FilesJanitor {
         {
             return Ok(false);
         }
-        let content_error = |e: chronicle_bus::ContentError| JanitorError::Content(e.to_string());
+        let content_error = JanitorError::Content;
         content.delete(sha256).await.map_err(content_error)?;
         for width in chronicle_files::THUMBNAIL_WIDTHS {
             content
@@ -331,7 +333,7 @@ impl FilesJanitor {
                 .await
             {
                 Ok(_) | Err(CommandError::Rejected(TusError::NotExpired)) => Ok(()),
-                Err(e) => Err(ErrorChain(&e).to_string()),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
             }
         } else {
             match self
@@ -340,12 +342,12 @@ impl FilesJanitor {
                 .await
             {
                 Ok(_) | Err(CommandError::Rejected(UploadError::NotExpired)) => Ok(()),
-                Err(e) => Err(ErrorChain(&e).to_string()),
+                Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
             }
         };
-        outcome.map_err(|detail| JanitorError::Command {
+        outcome.map_err(|source| JanitorError::Command {
             id: id.to_owned(),
-            detail,
+            source,
         })
     }
 
@@ -383,8 +385,7 @@ impl FilesJanitor {
                 name,
                 &chronicle_projections::durable_name(name),
             )
-            .await
-            .map_err(|e| JanitorError::Log(e.to_string()))?;
+            .await?;
             if status.parked > 0 {
                 return Ok(false);
             }

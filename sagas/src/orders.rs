@@ -37,11 +37,12 @@ pub enum SagaError {
     Payment(chronicle_commerce::PaymentFailure),
     /// A command failed for a reason other than a business rule (the store, a lost race
     /// retried too often): the event is handled again later.
-    #[error("command on {aggregate} {id} failed: {detail}")]
+    #[error("command on {aggregate} {id} failed")]
     Command {
         aggregate: &'static str,
         id: String,
-        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error(transparent)]
     Fault(#[from] InjectedFault),
@@ -414,7 +415,7 @@ impl Core {
             Err(refused) => Err(SagaError::Command {
                 aggregate: Order::TYPE,
                 id: id.to_owned(),
-                detail: refused.to_string(),
+                source: Box::new(refused),
             }),
         }
     }
@@ -595,7 +596,7 @@ impl Core {
             .map_err(|e| SagaError::Command {
                 aggregate: Order::TYPE,
                 id: order_id.to_owned(),
-                detail: ErrorChain(&e).to_string(),
+                source: Box::new(e),
             })
     }
 
@@ -611,7 +612,7 @@ impl Core {
         A: Aggregate + AggregateKind + Clone + 'static,
         A::Command: Clone + Send,
         A::Services: Clone,
-        A::Error: Send + 'static,
+        A::Error: Send + Sync + 'static,
     {
         self.command_in::<A>(
             id,
@@ -633,7 +634,7 @@ impl Core {
         A: Aggregate + AggregateKind + Clone + 'static,
         A::Command: Clone + Send,
         A::Services: Clone,
-        A::Error: Send + 'static,
+        A::Error: Send + Sync + 'static,
     {
         match self.bus.execute::<A>(id, command, services, &ctx).await {
             Ok(_) => Ok(Ok(())),
@@ -641,7 +642,7 @@ impl Core {
             Err(other) => Err(SagaError::Command {
                 aggregate: A::TYPE,
                 id: id.to_owned(),
-                detail: ErrorChain(&other).to_string(),
+                source: Box::new(other),
             }),
         }
     }
@@ -696,7 +697,7 @@ impl Core {
             Err(refused) => Err(SagaError::Command {
                 aggregate: Job::TYPE,
                 id: deadline_job(order_id),
-                detail: refused.to_string(),
+                source: Box::new(refused),
             }),
         }
     }
@@ -716,7 +717,7 @@ impl Core {
             Err(refused) => Err(SagaError::Command {
                 aggregate: Job::TYPE,
                 id: deadline_job(order_id),
-                detail: refused.to_string(),
+                source: Box::new(refused),
             }),
         }
     }
