@@ -13,12 +13,15 @@
 //!   and the contexts to come): ordered handling with the checkpoint in the handler's
 //!   transaction, gap detection, retries, parking, retry requests, [`status`].
 //! - [`keep_running`]: the one retry-until-shutdown loop (relay, subscribers).
+//! - [`periodic::every`]: the one periodic-task loop (sweeps, evaluations, collection,
+//!   purges).
 //! - [`Presence`]: who is connected, in the `presence` KV bucket every gateway shares.
 //! - [`ContentStore`]: file bytes in the `files` object store bucket, named by their SHA-256.
 //! - [`Faults`] (from `chronicle-commands`): named fault points the tests arm to crash a
 //!   process at an exact step.
 
 mod content;
+pub mod periodic;
 mod presence;
 mod relay;
 mod stream;

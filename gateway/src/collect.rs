@@ -24,16 +24,20 @@ use crate::state::AppState;
 
 /// Collects until the task is dropped (the gateway aborts it when it stops).
 pub(crate) async fn run(state: AppState, every: Duration, instance: String) {
-    let mut collector = Collector::new(instance);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let samples = collector.collect(&state).await;
-        if let Err(e) = chronicle_projections::series::store(&state.pool, &samples).await {
-            tracing::debug!(error = %chronicle_commands::ErrorChain(&e), "built-in series not stored");
-        }
-    }
+    let collector = tokio::sync::Mutex::new(Collector::new(instance));
+    chronicle_bus::periodic::every(
+        "built-in series",
+        every,
+        Duration::ZERO,
+        std::future::pending(),
+        || async {
+            let samples = collector.lock().await.collect(&state).await;
+            chronicle_projections::series::store(&state.pool, &samples)
+                .await
+                .map(|_| ())
+        },
+    )
+    .await;
 }
 
 /// Counts of one route since the process started, from its own registry.

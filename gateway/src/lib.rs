@@ -153,17 +153,15 @@ fn host_name() -> String {
 /// (several gateways doing it at once only share the work).
 async fn purge_idempotency_keys(pool: sqlx::PgPool) {
     const BATCH: i64 = 10_000;
-    loop {
-        loop {
-            match chronicle_commands::purge_expired(&pool, BATCH).await {
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %chronicle_commands::ErrorChain(&e), "idempotency records not purged");
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(300)).await;
-    }
+    chronicle_bus::periodic::every(
+        "idempotency record purge",
+        std::time::Duration::from_secs(300),
+        std::time::Duration::ZERO,
+        std::future::pending(),
+        || async {
+            while chronicle_commands::purge_expired(&pool, BATCH).await? as i64 == BATCH {}
+            Ok::<(), chronicle_commands::StoreError>(())
+        },
+    )
+    .await;
 }

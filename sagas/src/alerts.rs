@@ -133,18 +133,27 @@ impl AlertEngine {
         if self.config.default_rules {
             self.install_defaults().await;
         }
-        let mut evaluate = tokio::time::interval(self.config.every);
-        evaluate.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut purge = tokio::time::interval(self.config.purge_every);
-        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stop = shutdown.clone();
-        loop {
-            tokio::select! {
-                () = &mut stop => break,
-                _ = evaluate.tick() => self.evaluate_all().await,
-                _ = purge.tick() => self.purge().await,
-            }
-        }
+        let evaluating = chronicle_bus::periodic::every(
+            "alert evaluation",
+            self.config.every,
+            Duration::ZERO,
+            shutdown.clone(),
+            || async {
+                self.evaluate_all().await;
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        let purging = chronicle_bus::periodic::every(
+            "series purge",
+            self.config.purge_every,
+            Duration::ZERO,
+            shutdown.clone(),
+            || async {
+                self.purge().await;
+                Ok::<(), std::convert::Infallible>(())
+            },
+        );
+        tokio::join!(evaluating, purging);
         match notifying.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the alert notifier stopped")),

@@ -133,46 +133,57 @@ impl FilesJanitor {
     /// # Errors
     /// Never; the signature matches the other components'.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), JanitorError> {
-        let mut shutdown = std::pin::pin!(shutdown);
         // The read model it reads may not exist yet (its projector starts beside it).
         let name = file_metadata::FileMetadataProjection::NAME;
         if let Some(Err(e)) = chronicle_projections::setup_named(name, &self.pool).await {
             tracing::warn!(error = %ErrorChain(&e), "the file_metadata tables are not there yet");
         }
+        // One loop for both sweeps, so they never run at once; the orphan sweep is rarer.
         let mut orphans_due = tokio::time::Instant::now() + self.config.orphans_every;
-        loop {
-            if tokio::time::Instant::now() >= orphans_due {
-                orphans_due = tokio::time::Instant::now() + self.config.orphans_every;
-                match self.sweep_orphans().await {
-                    Ok(removed) if !removed.is_empty() => {
+        let janitor = &self;
+        chronicle_bus::periodic::every(
+            "files janitor",
+            self.config.every,
+            Duration::ZERO,
+            shutdown,
+            move || {
+                let orphans = tokio::time::Instant::now() >= orphans_due;
+                if orphans {
+                    orphans_due = tokio::time::Instant::now() + janitor.config.orphans_every;
+                }
+                async move {
+                    // A failed orphan sweep does not hold back the regular one.
+                    let removed = match orphans {
+                        true => janitor.sweep_orphans().await,
+                        false => Ok(Vec::new()),
+                    };
+                    match removed {
+                        Ok(removed) if !removed.is_empty() => {
+                            tracing::info!(
+                                parts = removed.len(),
+                                "files janitor removed orphaned parts"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %ErrorChain(&e), "files janitor orphan sweep failed")
+                        }
+                    }
+                    let swept = janitor.sweep().await?;
+                    if swept != Swept::default() {
                         tracing::info!(
-                            parts = removed.len(),
-                            "files janitor removed orphaned parts"
+                            bytes = swept.bytes_removed.len(),
+                            uploads = swept.uploads_expired.len(),
+                            postponed = swept.postponed,
+                            "files janitor swept"
                         );
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %ErrorChain(&e), "files janitor orphan sweep failed")
-                    }
+                    Ok::<(), JanitorError>(())
                 }
-            }
-            match self.sweep().await {
-                Ok(swept) if swept != Swept::default() => {
-                    tracing::info!(
-                        bytes = swept.bytes_removed.len(),
-                        uploads = swept.uploads_expired.len(),
-                        postponed = swept.postponed,
-                        "files janitor swept"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %ErrorChain(&e), "files janitor sweep failed"),
-            }
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                () = tokio::time::sleep(self.config.every) => {}
-            }
-        }
+            },
+        )
+        .await;
+        Ok(())
     }
 
     /// One sweep: abandoned uploads, then unreferenced bytes.
