@@ -28,7 +28,7 @@ mod stream;
 mod subscriber;
 mod supervise;
 
-pub use chronicle_commands::{ErrorChain, FaultAction, Faults, InjectedFault};
+pub use chronicle_commands::{DbError, ErrorChain, FaultAction, Faults, InjectedFault};
 pub use content::{
     hex, thumbnail_object, upload_part, Blob, ContentError, ContentStore, Part, Sealed, Stored,
     StoredObject, Written, FILES_BUCKET, MANIFEST,

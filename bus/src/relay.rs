@@ -68,12 +68,8 @@ impl Default for RelayConfig {
 /// Why the relay stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] chronicle_commands::DbError),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error(transparent)]
@@ -81,7 +77,7 @@ pub enum RelayError {
 }
 
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> RelayError {
-    move |source| RelayError::Database { context, source }
+    move |source| RelayError::Database(chronicle_commands::DbError { context, source })
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -1,14 +1,22 @@
 use crate::idempotency::StoredResponse;
 
+/// A database failure and what was being done when it came: the one database error that
+/// every part's error wraps (the store's, the relay's, a subscriber's, a projection's, a
+/// saga's), so a caller matches one type to tell, say, a deadlock from a data error.
+#[derive(Debug, thiserror::Error)]
+#[error("database error while {context}")]
+pub struct DbError {
+    /// What was being done, as a gerund ("appending a group").
+    pub context: &'static str,
+    #[source]
+    pub source: sqlx::Error,
+}
+
 /// A failure of the event store itself (the database), as opposed to a refused command.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] DbError),
     #[error("stored event {aggregate_type}/{aggregate_id}#{sequence} cannot be decoded")]
     Corrupt {
         aggregate_type: String,
@@ -30,7 +38,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Self::Database { context, source }
+        move |source| Self::Database(DbError { context, source })
     }
 }
 

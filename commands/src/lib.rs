@@ -31,7 +31,7 @@ mod store;
 
 pub use context::{CommandContext, Committed, Executed, RetryPolicy};
 pub use credentials::Credentials;
-pub use error::{CommandError, ErrorChain, StoreError};
+pub use error::{CommandError, DbError, ErrorChain, StoreError};
 pub use executor::{CommandExecutor, ExecutorConfig};
 pub use faults::{FaultAction, Faults, InjectedFault};
 pub use idempotency::{purge_expired, IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};

@@ -5,7 +5,7 @@ use sqlx::{migrate::Migrator, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    error::StoreError,
+    error::{DbError, StoreError},
     idempotency::{self, IdempotencyKey, StoredResponse},
 };
 
@@ -362,7 +362,7 @@ impl EventStore {
                 Ok(true) => return Ok(outcomes),
                 // A conflict somewhere: the general path below finds out whose.
                 Ok(false) => {}
-                Err(StoreError::Database { source, .. }) if is_deadlock(&source) => {}
+                Err(StoreError::Database(DbError { source, .. })) if is_deadlock(&source) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -373,7 +373,7 @@ impl EventStore {
                 // Losers were found and marked; run again with the others.
                 Ok(false) => continue,
                 // Two groups from different processes can wait on each other's keys.
-                Err(StoreError::Database { source, .. })
+                Err(StoreError::Database(DbError { source, .. }))
                     if is_deadlock(&source) && deadlocks < 5 =>
                 {
                     deadlocks += 1;
@@ -428,10 +428,7 @@ impl EventStore {
         match result {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22012") => Ok(false),
-            Err(source) => Err(StoreError::Database {
-                context: "appending a group",
-                source,
-            }),
+            Err(source) => Err(StoreError::db("appending a group")(source)),
         }
     }
 
@@ -574,10 +571,11 @@ impl EventStore {
                 }
                 if !lost {
                     // Never loop on a group that cannot tell its loser.
-                    return Err(StoreError::Database {
-                        context: "appending events (an insert did nothing and no append lost)",
-                        source: sqlx::Error::Protocol("unexplained event conflict".into()),
-                    });
+                    return Err(StoreError::db(
+                        "appending events (an insert did nothing and no append lost)",
+                    )(sqlx::Error::Protocol(
+                        "unexplained event conflict".into(),
+                    )));
                 }
                 return Ok(false);
             }

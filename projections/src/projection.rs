@@ -6,12 +6,8 @@ use sqlx::PgConnection;
 /// Why a batch could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] chronicle_bus::DbError),
     #[error(transparent)]
     Decode(#[from] chronicle_schemas::DecodeError),
     #[error("NATS error while {context}")]
@@ -32,7 +28,7 @@ pub enum ProjectionError {
 
 impl ProjectionError {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Self::Database { context, source }
+        move |source| Self::Database(chronicle_bus::DbError { context, source })
     }
     /// `a + b` (or `a - b` with `negate`) as a `bigint` column can hold it.
     pub(crate) fn counter(a: i64, b: u64, negate: bool) -> Result<i64, Self> {

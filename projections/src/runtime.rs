@@ -76,7 +76,9 @@ impl From<ProjectionError> for HandlerError {
             ProjectionError::Decode(_) | ProjectionError::OutOfRange(_) => {
                 HandlerError::rejected(error)
             }
-            ProjectionError::Database { ref source, .. } if is_data_exception(source) => {
+            ProjectionError::Database(chronicle_bus::DbError { ref source, .. })
+                if is_data_exception(source) =>
+            {
                 HandlerError::rejected(error)
             }
             other => HandlerError::failed(other),
@@ -169,9 +171,7 @@ pub(crate) async fn setup<P: Projection + ?Sized>(
     chronicle_bus::setup_subscriber_tables(pool, projection.ddl())
         .await
         .map_err(|e| match e {
-            SubscriberError::Database { context, source } => {
-                ProjectionError::Database { context, source }
-            }
+            SubscriberError::Database(db) => ProjectionError::Database(db),
             other => ProjectionError::nats("creating the projection's tables")(other),
         })
 }

@@ -59,12 +59,8 @@ impl Default for FilesJanitorConfig {
 /// Why a sweep stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum JanitorError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] chronicle_commands::DbError),
     #[error("the object store")]
     Content(#[from] chronicle_bus::ContentError),
     #[error("the log")]
@@ -80,7 +76,7 @@ pub enum JanitorError {
 }
 
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> JanitorError {
-    move |source| JanitorError::Database { context, source }
+    move |source| JanitorError::Database(chronicle_commands::DbError { context, source })
 }
 
 /// What one sweep did.

@@ -24,12 +24,8 @@ const ACTOR: &str = "saga:orders";
 /// Why the saga stopped or an event could not be handled yet.
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] chronicle_commands::DbError),
     #[error(transparent)]
     Decode(chronicle_schemas::DecodeError),
     /// The payment provider could not be asked (the event is handled again later).
@@ -50,7 +46,7 @@ pub enum SagaError {
 
 impl SagaError {
     fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Self::Database { context, source }
+        move |source| Self::Database(chronicle_commands::DbError { context, source })
     }
 }
 

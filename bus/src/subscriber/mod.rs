@@ -50,12 +50,8 @@ pub use status::{status, SubscriberRef, SubscriberStatus};
 /// Why a subscriber stopped a round, or a request about one failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscriberError {
-    #[error("database error while {context}")]
-    Database {
-        context: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error(transparent)]
+    Database(#[from] chronicle_commands::DbError),
     #[error("NATS error while {context}")]
     Nats {
         context: &'static str,
@@ -71,7 +67,7 @@ pub enum SubscriberError {
 
 impl SubscriberError {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Self::Database { context, source }
+        move |source| Self::Database(chronicle_commands::DbError { context, source })
     }
     pub(crate) fn nats<E: StdError + Send + Sync + 'static>(
         context: &'static str,
