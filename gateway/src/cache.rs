@@ -56,7 +56,7 @@ pub struct PostCache {
 
 impl PostCache {
     /// A cache of at most `capacity` posts; the gateway's listener
-    /// ([`listen`](crate::freshness::listen)) drops entries as the projection notifies.
+    /// (the freshness listener) drops entries as the projection notifies.
     pub fn new(capacity: u64) -> Self {
         let inner = Arc::new(Inner {
             posts: Cache::builder()

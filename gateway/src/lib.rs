@@ -36,6 +36,7 @@ mod observe;
 mod payments;
 mod protect;
 mod routes;
+mod schema;
 mod state;
 pub mod thumbnail;
 
@@ -43,7 +44,8 @@ pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
 pub use payments::{PaymentRules, SimulatedPayments};
-pub use routes::{openapi::PROBLEM_CODES, router};
+pub use routes::router;
+pub use schema::PROBLEM_CODES;
 pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight

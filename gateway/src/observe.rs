@@ -44,7 +44,7 @@ pub(crate) async fn record(request: Request, next: Next) -> Response {
 /// progress, the outbox depth).
 /// A part that cannot be read within a second keeps its last value: a scrape never waits on
 /// a server that is down.
-#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text: requests, commands, outbox, relay, subscribers, WebSocket, files, jobs", responses((status = 200, description = "200: text/plain; version=0.0.4"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text: requests, commands, outbox, relay, subscribers, WebSocket, files, jobs", responses((status = 200, description = "200: text/plain; version=0.0.4"), crate::schema::Problems))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let nats_up = state.nats.connection_state() == async_nats::connection::State::Connected;
     let up = |server: &'static str, up: bool| {

@@ -36,7 +36,7 @@ pub struct WsQuery {
 }
 
 /// Authenticates at the handshake: a missing or bad token is 401, before any upgrade.
-#[utoipa::path(get, path = "/ws", tag = "chat", operation_id = "websocket", summary = "The WebSocket (?token): subscribe, send, read, typing; message, presence, order_status frames", responses((status = 101, description = "Switching Protocols"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/ws", tag = "chat", operation_id = "websocket", summary = "The WebSocket (?token): subscribe, send, read, typing; message, presence, order_status frames", responses((status = 101, description = "Switching Protocols"), crate::schema::Problems))]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<WsQuery>,

@@ -37,6 +37,7 @@
 //! `since_seq`), so the runtime's transactional checkpoint has nothing to hold.
 
 pub(crate) mod connection;
+pub(crate) mod routes;
 
 use std::{
     collections::HashMap,
@@ -45,7 +46,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use axum::extract::{ws::Utf8Bytes, State};
+use axum::extract::ws::Utf8Bytes;
 use chronicle_chat::{Room, RoomEvent};
 use chronicle_commerce::{Order, OrderEvent};
 use chronicle_schemas::Envelope;
@@ -54,40 +55,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::{error::ApiError, state::AppState};
-
 /// Frames a connection may have queued before it counts as not reading; also how far a
 /// room's live feed may run ahead of a subscription before it is told it lagged.
 const OUTBOUND: usize = 256;
-
-/// The hub's routes.
-pub(crate) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/ws", axum::routing::get(connection::upgrade))
-        .route("/api/v1/users/{id}/presence", axum::routing::get(presence))
-}
-
-/// `GET /api/v1/users/{id}/presence`: online while any of the user's connections is live.
-#[utoipa::path(get, path = "/api/v1/users/{id}/presence", tag = "chat", summary = "Whether a user is online", params(("id" = String, Path)), responses((status = 200, description = "200: {\"online\",\"last_seen\"}: last_seen is null while online or never seen"), crate::routes::openapi::Problems))]
-pub(crate) async fn presence(
-    State(state): State<AppState>,
-    _caller: crate::extract::Caller,
-    crate::extract::ApiPath(id): crate::extract::ApiPath<String>,
-) -> Result<axum::Json<chronicle_bus::PresenceView>, ApiError> {
-    if uuid::Uuid::parse_str(&id).is_err() {
-        return Err(ApiError::not_found("no such user"));
-    }
-    let presence = state
-        .hub
-        .presence(&state.nats)
-        .await
-        .map_err(ApiError::internal)?;
-    presence
-        .of(&id)
-        .await
-        .map(axum::Json)
-        .map_err(ApiError::internal)
-}
 
 /// The core NATS subject of a room's signals: typing and presence, not persisted.
 fn signal_subject(room_id: &str) -> String {

@@ -88,7 +88,7 @@ pub struct DraftPost {
     tags: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/posts", tag = "blog", summary = "Draft a post (Markdown)", request_body = DraftPost, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/posts", tag = "blog", summary = "Draft a post (Markdown)", request_body = DraftPost, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn draft(
     State(state): State<AppState>,
     caller: Caller,
@@ -132,7 +132,7 @@ pub struct Preview {
 /// `POST /api/v1/posts/preview`: the HTML a post with this Markdown would show, rendered and
 /// sanitized exactly as a saved post's `body_html` is, without storing anything. For an
 /// editor's as-you-type preview; signed-in callers only, and the body's limits are a post's.
-#[utoipa::path(post, path = "/api/v1/posts/preview", tag = "blog", summary = "Render Markdown as a post would show it (stores nothing)", request_body = Preview, responses((status = 200, description = "200: {\"body_html\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/posts/preview", tag = "blog", summary = "Render Markdown as a post would show it (stores nothing)", request_body = Preview, responses((status = 200, description = "200: {\"body_html\"}"), crate::schema::Problems))]
 pub async fn preview(_caller: Caller, body: JsonBody<Preview>) -> Result<Response, ApiError> {
     let markdown = body.value.body_markdown;
     ApiError::check(text_errors(None, Some(&markdown), None))?;
@@ -152,7 +152,7 @@ pub struct EditPost {
     tags: Option<Vec<String>>,
 }
 
-#[utoipa::path(patch, path = "/api/v1/posts/{id}", tag = "blog", summary = "Edit one's post (If-Match)", params(("id" = String, Path)), request_body = EditPost, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(patch, path = "/api/v1/posts/{id}", tag = "blog", summary = "Edit one's post (If-Match)", params(("id" = String, Path)), request_body = EditPost, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn edit(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -205,7 +205,7 @@ async fn act(
         .await?)
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/publish", tag = "blog", summary = "Publish one's post", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/publish", tag = "blog", summary = "Publish one's post", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -216,7 +216,7 @@ pub async fn publish(
     set_published(&state, &id, (caller, if_match, key), true).await
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/unpublish", tag = "blog", summary = "Back to a draft", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/unpublish", tag = "blog", summary = "Back to a draft", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
 pub async fn unpublish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -249,7 +249,7 @@ async fn set_published(
     Ok(respond::executed(executed, make))
 }
 
-#[utoipa::path(delete, path = "/api/v1/posts/{id}", tag = "blog", summary = "Delete one's post", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/posts/{id}", tag = "blog", summary = "Delete one's post", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -307,7 +307,7 @@ async fn visible_post(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/posts/{id}", tag = "blog", summary = "One post with its sanitized HTML (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"title\",\"body_markdown\",\"body_html\",\"tags\",\"status\",...}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/posts/{id}", tag = "blog", summary = "One post with its sanitized HTML (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"title\",\"body_markdown\",\"body_html\",\"tags\",\"status\",...}"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -332,7 +332,7 @@ fn bad_cursor() -> ApiError {
     ApiError::bad_request("invalid_cursor", "the cursor is not one this API gave out")
 }
 
-#[utoipa::path(get, path = "/api/v1/posts", tag = "blog", summary = "Published posts (?tag, ?q full-text search), in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/posts", tag = "blog", summary = "Published posts (?tag, ?q full-text search), in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -378,7 +378,7 @@ pub async fn list(
     })))
 }
 
-#[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::schema::Problems))]
 pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
     // Serialized straight from the cached list, not a copy of it.
@@ -391,7 +391,7 @@ pub struct AddComment {
     body: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "Comment on a published post", params(("id" = String, Path)), request_body = AddComment, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "Comment on a published post", params(("id" = String, Path)), request_body = AddComment, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn add_comment(
     State(state): State<AppState>,
     ApiPath(post_id): ApiPath<String>,
@@ -443,7 +443,7 @@ pub struct CommentParams {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "A post's comments, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/posts/{id}/comments", tag = "blog", summary = "A post's comments, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn comments(
     State(state): State<AppState>,
     caller: Caller,
@@ -462,7 +462,7 @@ pub async fn comments(
     Ok(Json(request.page(items, |c| c.id.clone())))
 }
 
-#[utoipa::path(delete, path = "/api/v1/posts/{id}/comments/{comment_id}", tag = "blog", summary = "Delete a comment (its author or the post's)", params(("id" = String, Path), ("comment_id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/posts/{id}/comments/{comment_id}", tag = "blog", summary = "Delete a comment (its author or the post's)", params(("id" = String, Path), ("comment_id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn delete_comment(
     State(state): State<AppState>,
     ApiPath((post_id, comment_id)): ApiPath<(String, String)>,

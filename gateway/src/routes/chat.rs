@@ -53,7 +53,7 @@ pub struct CreateRoom {
     members: Vec<String>,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms", tag = "chat", summary = "Create a group or direct room", request_body = CreateRoom, responses((status = 201, description = "201: {\"id\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/rooms", tag = "chat", summary = "Create a group or direct room", request_body = CreateRoom, responses((status = 201, description = "201: {\"id\"}"), crate::schema::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,7 +118,7 @@ pub struct ListParams {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/rooms", tag = "chat", summary = "The caller's rooms with the last message and unread count", responses((status = 200, description = "200: [{\"id\",\"kind\",\"name\",\"last_message\",\"unread\"}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/rooms", tag = "chat", summary = "The caller's rooms with the last message and unread count", responses((status = 200, description = "200: [{\"id\",\"kind\",\"name\",\"last_message\",\"unread\"}]"), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -135,7 +135,7 @@ pub struct Member {
     user_id: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "chat", summary = "Add a member (members only)", params(("id" = String, Path)), request_body = Member, responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/members", tag = "chat", summary = "Add a member (members only)", params(("id" = String, Path)), request_body = Member, responses((status = 200, description = "200"), crate::schema::Problems))]
 pub async fn add_member(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -157,7 +157,7 @@ pub async fn add_member(
     room_command(&state, id, command, &ctx).await
 }
 
-#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "chat", summary = "Remove a member (members only)", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/rooms/{id}/members/{user_id}", tag = "chat", summary = "Remove a member (members only)", params(("id" = String, Path), ("user_id" = String, Path)), responses((status = 200, description = "200"), crate::schema::Problems))]
 pub async fn remove_member(
     State(state): State<AppState>,
     ApiPath((id, user_id)): ApiPath<(String, String)>,
@@ -199,7 +199,7 @@ pub struct Send {
 }
 
 /// 201 `{"id","seq","sent_at"}`; the same `client_msg_id` again answers the first message.
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "Send a message (client_msg_id makes a retry safe)", params(("id" = String, Path)), request_body = Send, responses((status = 201, description = "201: {\"id\",\"seq\",\"sent_at\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "Send a message (client_msg_id makes a retry safe)", params(("id" = String, Path)), request_body = Send, responses((status = 201, description = "201: {\"id\",\"seq\",\"sent_at\"}"), crate::schema::Problems))]
 pub async fn send(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -342,7 +342,7 @@ fn cursor_window(key: &str) -> Result<Window, ApiError> {
 /// page went (older pages for the newest and `before_seq`, newer ones for `after_seq`), each
 /// message exactly once, and is null at the end; a `cursor` takes precedence over
 /// `before_seq`/`after_seq`, so a client may keep its first query and add the cursor.
-#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?cursor, ?limit), members only", params(("id" = String, Path), ("before_seq" = Option<i64>, Query, description = "messages older than this seq"), ("after_seq" = Option<i64>, Query, description = "messages newer than this seq"), ("cursor" = Option<String>, Query, description = "the next_cursor of the previous page"), ("limit" = Option<i64>, Query, description = "1-200, default 50")), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/rooms/{id}/messages", tag = "chat", summary = "History by seq (?before_seq, ?after_seq, ?cursor, ?limit), members only", params(("id" = String, Path), ("before_seq" = Option<i64>, Query, description = "messages older than this seq"), ("after_seq" = Option<i64>, Query, description = "messages newer than this seq"), ("cursor" = Option<String>, Query, description = "the next_cursor of the previous page"), ("limit" = Option<i64>, Query, description = "1-200, default 50")), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn messages(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -454,7 +454,7 @@ pub struct Read {
     up_to_seq: u64,
 }
 
-#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "chat", summary = "Mark read up to a seq (never backwards)", params(("id" = String, Path)), request_body = Read, responses((status = 200, description = "200"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/rooms/{id}/read", tag = "chat", summary = "Mark read up to a seq (never backwards)", params(("id" = String, Path)), request_body = Read, responses((status = 200, description = "200"), crate::schema::Problems))]
 pub async fn read(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

@@ -81,7 +81,7 @@ pub struct NewShare {
 
 /// `POST /api/v1/files/{id}/shares`: a link to the caller's file; its token is in this
 /// answer and nowhere else.
-#[utoipa::path(post, path = "/api/v1/files/{id}/shares", tag = "files", summary = "A share link that expires", params(("id" = String, Path)), request_body = NewShare, responses((status = 201, description = "201: {\"token\",\"url\",\"expires_at\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files/{id}/shares", tag = "files", summary = "A share link that expires", params(("id" = String, Path)), request_body = NewShare, responses((status = 201, description = "201: {\"token\",\"url\",\"expires_at\"}"), crate::schema::Problems))]
 pub async fn share(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -122,7 +122,7 @@ pub async fn share(
 }
 
 /// `DELETE /api/v1/files/{id}/shares/{token}`: 204; the link serves nothing more.
-#[utoipa::path(delete, path = "/api/v1/files/{id}/shares/{token}", tag = "files", summary = "Revoke a share link", params(("id" = String, Path), ("token" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/files/{id}/shares/{token}", tag = "files", summary = "Revoke a share link", params(("id" = String, Path), ("token" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn revoke(
     State(state): State<AppState>,
     ApiPath((id, token)): ApiPath<(String, String)>,
@@ -152,7 +152,7 @@ pub async fn revoke(
 
 /// `GET /api/v1/shared/{token}`: the file's bytes, without authentication, while the link
 /// lives; 410 `share_expired` after its expiry, 410 `share_revoked` once revoked.
-#[utoipa::path(get, path = "/api/v1/shared/{token}", tag = "files", summary = "A shared file's bytes, without an account", params(("token" = String, Path)), responses((status = 200, description = "200: the bytes"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/shared/{token}", tag = "files", summary = "A shared file's bytes, without an account", params(("token" = String, Path)), responses((status = 200, description = "200: the bytes"), crate::schema::Problems))]
 pub async fn shared(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
@@ -272,7 +272,7 @@ pub(super) fn content_error(e: ContentError) -> ApiError {
 }
 
 /// `POST /api/v1/files`: the multipart field `file`, streamed into the object store.
-#[utoipa::path(post, path = "/api/v1/files", tag = "files", summary = "Upload a file (multipart field `file`)", request_body(content = crate::routes::openapi::FileForm, content_type = "multipart/form-data", description = "field `file`: the bytes"), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\",\"deduplicated\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files", tag = "files", summary = "Upload a file (multipart field `file`)", request_body(content = crate::schema::FileForm, content_type = "multipart/form-data", description = "field `file`: the bytes"), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\",\"deduplicated\"}"), crate::schema::Problems))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -367,7 +367,7 @@ pub(super) async fn readable_file(
 }
 
 /// `GET /api/v1/files/{id}`: for its owner, and the members of rooms it is attached in.
-#[utoipa::path(get, path = "/api/v1/files/{id}", tag = "files", summary = "A file's metadata", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"name\",\"size\",\"content_type\",\"sha256\",...}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files/{id}", tag = "files", summary = "A file's metadata", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"name\",\"size\",\"content_type\",\"sha256\",...}"), crate::schema::Problems))]
 pub async fn metadata(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -391,7 +391,7 @@ pub async fn metadata(
 }
 
 /// `DELETE /api/v1/files/{id}`: 204.
-#[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files", summary = "Delete a file", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/files/{id}", tag = "files", summary = "Delete a file", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn remove(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -410,7 +410,7 @@ pub async fn remove(
 }
 
 /// `GET /api/v1/files`: the caller's live files, newest first, in cursor pages.
-#[utoipa::path(get, path = "/api/v1/files", tag = "files", summary = "The caller's files, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files", tag = "files", summary = "The caller's files, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -428,7 +428,7 @@ pub async fn list(
 }
 
 /// `GET /api/v1/files/{id}/content`.
-#[utoipa::path(get, path = "/api/v1/files/{id}/content", tag = "files", summary = "The bytes (Range, ETag)", params(("id" = String, Path)), responses((status = 200, description = "200 or 206: the bytes"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files/{id}/content", tag = "files", summary = "The bytes (Range, ETag)", params(("id" = String, Path)), responses((status = 200, description = "200 or 206: the bytes"), crate::schema::Problems))]
 pub async fn content(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

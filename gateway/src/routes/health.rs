@@ -15,7 +15,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/metrics", get(crate::observe::metrics))
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::schema::Problems))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = matches!(
         tokio::time::timeout(

@@ -52,7 +52,7 @@ impl std::fmt::Debug for Register {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity", summary = "Sign up", request_body = Register, responses((status = 201, description = "201: {\"user_id\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "identity", summary = "Sign up", request_body = Register, responses((status = 201, description = "201: {\"user_id\"}"), crate::schema::Problems))]
 pub async fn register(
     State(state): State<AppState>,
     RequestId(request_id): RequestId,
@@ -114,7 +114,7 @@ pub struct Login {
     password: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"user_id\",\"expires_at\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "identity", summary = "Sign in: a bearer token", request_body = Login, responses((status = 200, description = "200: {\"token\",\"user_id\",\"expires_at\"}"), crate::schema::Problems))]
 pub async fn login(
     State(state): State<AppState>,
     body: JsonBody<Login>,
@@ -181,7 +181,7 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "identity", summary = "A public profile (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"user_id\",\"username\",\"display_name\",\"created_at\"}"), crate::schema::Problems))]
 pub async fn get_user(
     State(state): State<AppState>,
     _caller: Caller,
@@ -217,7 +217,7 @@ pub struct FindUsers {
 /// `GET /api/v1/users?username=`: the public profile of the user with that exact username,
 /// so a person can be found by the name they told you (to add them to a room, say). A page
 /// of at most one; a name no one can hold matches no one and is not asked of the database.
-#[utoipa::path(get, path = "/api/v1/users", tag = "identity", summary = "Find a user by exact username (?username)", params(FindUsers), responses((status = 200, description = "200: {\"items\":[{\"user_id\",\"username\",\"display_name\",\"created_at\"}],\"next_cursor\":null}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/users", tag = "identity", summary = "Find a user by exact username (?username)", params(FindUsers), responses((status = 200, description = "200: {\"items\":[{\"user_id\",\"username\",\"display_name\",\"created_at\"}],\"next_cursor\":null}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn find_users(
     State(state): State<AppState>,
     _caller: Caller,
@@ -242,7 +242,7 @@ pub struct ChangeProfile {
     display_name: String,
 }
 
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "identity", summary = "Change one's own profile (If-Match)", params(("id" = String, Path)), request_body = ChangeProfile, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn change_profile(
     State(state): State<AppState>,
     caller: Caller,

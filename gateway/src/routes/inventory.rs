@@ -36,7 +36,7 @@ pub struct CreateItem {
     initial_stock: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/inventory/items", tag = "inventory", summary = "Create an item (staff)", request_body = CreateItem, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/inventory/items", tag = "inventory", summary = "Create an item (staff)", request_body = CreateItem, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,7 +77,7 @@ pub struct Receive {
     quantity: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/inventory/items/{sku}/receive", tag = "inventory", summary = "Receive stock (staff)", params(("sku" = String, Path)), request_body = Receive, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/inventory/items/{sku}/receive", tag = "inventory", summary = "Receive stock (staff)", params(("sku" = String, Path)), request_body = Receive, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
@@ -114,7 +114,7 @@ pub struct ReadParams {
     pub(crate) min_version: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/inventory/items/{sku}", tag = "inventory", summary = "One item: on hand, reserved, available (?min_version)", params(("sku" = String, Path)), responses((status = 200, description = "200: {\"sku\",\"name\",\"price_cents\",\"on_hand\",\"reserved\",\"available\",\"version\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/inventory/items/{sku}", tag = "inventory", summary = "One item: on hand, reserved, available (?min_version)", params(("sku" = String, Path)), responses((status = 200, description = "200: {\"sku\",\"name\",\"price_cents\",\"on_hand\",\"reserved\",\"available\",\"version\"}"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     _caller: Caller,
@@ -149,7 +149,7 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/inventory/items", tag = "inventory", summary = "Items, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/inventory/items", tag = "inventory", summary = "Items, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,

@@ -188,7 +188,7 @@ fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> 
 /// `POST /api/v1/jobs`: 201 `{"id", "version"}`; 422 on a bad cron expression (with the
 /// parser's message), an HTTP action to a host not allowed (`url_not_allowed`), or a
 /// dependency that is not one of the caller's jobs.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -334,7 +334,7 @@ async fn own_job(
 }
 
 /// `GET /api/v1/jobs/{id}`: status, next run, and what the owner chose.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "scheduler", summary = "One job with its next run (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"name\",\"status\",\"schedule\",\"timezone\",\"action\",\"next_run_at\",...}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "scheduler", summary = "One job with its next run (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"name\",\"status\",\"schedule\",\"timezone\",\"action\",\"next_run_at\",...}"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -347,7 +347,7 @@ pub async fn get(
 }
 
 /// `GET /api/v1/jobs`: the caller's jobs with `next_run_at`, newest first, in cursor pages.
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "scheduler", summary = "The caller's jobs, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "scheduler", summary = "The caller's jobs, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,7 +366,7 @@ pub async fn list(
 
 /// `GET /api/v1/jobs/{id}/runs`: its runs, newest first, with outcome and attempt; due
 /// times skipped (missed, or overlapping a run) are listed as `skipped`.
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", tag = "scheduler", summary = "A job's runs, newest first, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/runs", tag = "scheduler", summary = "A job's runs, newest first, in cursor pages", params(("id" = String, Path)), responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn runs(
     State(state): State<AppState>,
     caller: Caller,
@@ -401,7 +401,7 @@ async fn command(
 }
 
 /// `POST /api/v1/jobs/{id}/pause`: 200; pausing twice changes nothing.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", tag = "scheduler", summary = "Pause a job", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"paused\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", tag = "scheduler", summary = "Pause a job", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"paused\"}"), crate::schema::Problems))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -416,7 +416,7 @@ pub async fn pause(
 }
 
 /// `POST /api/v1/jobs/{id}/resume`: 200; due times that passed while paused are not run.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "scheduler", summary = "Resume a job", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"scheduled\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "scheduler", summary = "Resume a job", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"scheduled\"}"), crate::schema::Problems))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -431,7 +431,7 @@ pub async fn resume(
 }
 
 /// `DELETE /api/v1/jobs/{id}`: 204. A run in progress finishes and is recorded.
-#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "scheduler", summary = "Delete a job", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "scheduler", summary = "Delete a job", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(monitoring::routes())
         .merge(openapi::routes())
         .merge(console::routes())
-        .merge(crate::hub::routes())
+        .merge(crate::hub::routes::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -58,7 +58,7 @@ const MAX_POINTS: i64 = 11_000;
 /// `POST /api/v1/monitoring/samples`: Prometheus text (any content type but JSON) or JSON;
 /// 202 `{"accepted": N}`; 400 `malformed_samples` naming the line (or sample) at fault, and
 /// nothing stored.
-#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content((String = "text/plain"), (Vec<crate::routes::openapi::SampleJson> = "application/json")), description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}]"), responses((status = 202, description = "202: {\"accepted\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content((String = "text/plain"), (Vec<crate::schema::SampleJson> = "application/json")), description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}]"), responses((status = 202, description = "202: {\"accepted\"}"), crate::schema::Problems))]
 pub async fn report(
     State(state): State<AppState>,
     _caller: Caller,
@@ -143,7 +143,7 @@ pub struct QueryParams {
 /// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
 /// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
 /// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
-#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), crate::schema::Problems))]
 pub async fn query(
     State(state): State<AppState>,
     _caller: Caller,
@@ -284,7 +284,7 @@ fn parse_step(text: &str) -> Option<u32> {
 }
 
 /// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
-#[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), crate::schema::Problems))]
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let known = series::metrics(&state.pool)
         .await
@@ -353,7 +353,7 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
 }
 
 /// `POST /api/v1/monitoring/rules` (staff): 201 `{"id","version"}`.
-#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn create_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -403,7 +403,7 @@ pub async fn create_rule(
 }
 
 /// `GET /api/v1/monitoring/rules` (staff): every rule with its spec.
-#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "The alert rules (staff)", responses((status = 200, description = "200: [rule]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "The alert rules (staff)", responses((status = 200, description = "200: [rule]"), crate::schema::Problems))]
 pub async fn list_rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -416,7 +416,7 @@ pub async fn list_rules(
 }
 
 /// `GET /api/v1/monitoring/rules/{id}` (staff).
-#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "One alert rule (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: rule"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "One alert rule (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: rule"), crate::schema::Problems))]
 pub async fn get_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,7 +437,7 @@ pub async fn get_rule(
 
 /// `PATCH /api/v1/monitoring/rules/{id}` (staff): the fields given replace the rule's; an
 /// open alert resolves (its condition changed). Honours `If-Match`.
-#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn change_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -487,7 +487,7 @@ pub async fn change_rule(
 }
 
 /// `DELETE /api/v1/monitoring/rules/{id}` (staff): 204; an open alert resolves.
-#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Delete an alert rule (staff)", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Delete an alert rule (staff)", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn delete_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -521,7 +521,7 @@ pub struct AlertParams {
 /// 100). The list is eventually consistent; with `rule_id` and `min_version` (the version an
 /// acknowledgement answered) it first waits up to 2 s for the rule's alerts to reach that
 /// version, and says `Chronicle-Consistency: fresh` or `stale`.
-#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), crate::schema::Problems))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     _caller: Caller,
@@ -577,7 +577,7 @@ pub async fn list_alerts(
 
 /// `POST /api/v1/monitoring/alerts/{id}/acknowledge` (staff): 200; no more notifications
 /// until it resolves and fires again. 409 `alert_not_firing` when it is not firing.
-#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "monitoring", summary = "Acknowledge a firing alert (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"acknowledged\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "monitoring", summary = "Acknowledge a firing alert (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"acknowledged\"}"), crate::schema::Problems))]
 pub async fn acknowledge(
     State(state): State<AppState>,
     caller: Caller,

@@ -73,7 +73,7 @@ fn requested_lines(lines: &[LineRequest], errors: &mut Vec<FieldError>) -> BTree
     merged
 }
 
-#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", summary = "Place an order (the saga reserves its stock)", request_body = PlaceOrder, responses((status = 201, description = "201: {\"id\",\"version\",\"status\":\"pending\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", summary = "Place an order (the saga reserves its stock)", request_body = PlaceOrder, responses((status = 201, description = "201: {\"id\",\"version\",\"status\":\"pending\"}"), crate::schema::Problems))]
 pub async fn place(
     State(state): State<AppState>,
     caller: Caller,
@@ -153,7 +153,7 @@ pub struct ReadParams {
     min_version: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", summary = "One order with its status history (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"lines\",\"total_cents\",\"history\",...}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", summary = "One order with its status history (?min_version)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"lines\",\"total_cents\",\"history\",...}"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -195,7 +195,7 @@ const STATUSES: &[OrderStatus] = &[
     OrderStatus::Cancelled,
 ];
 
-#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", summary = "The caller's orders, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::routes::openapi::Page), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", summary = "The caller's orders, in cursor pages", responses((status = 200, description = "200: {\"items\",\"next_cursor\"}", body = crate::schema::Page), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,7 +231,7 @@ pub struct Pay {
 /// the request is recorded (customer, state and amount checked), the provider is charged
 /// with the order id as its idempotency key, and the outcome is recorded. A charge that
 /// lands on an order cancelled meanwhile is recorded as owed back, and the saga refunds it.
-#[utoipa::path(post, path = "/api/v1/orders/{id}/pay", tag = "orders", summary = "Pay a reserved order", params(("id" = String, Path)), request_body = Pay, responses((status = 200, description = "200: {\"id\",\"status\":\"paid\",\"version\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/pay", tag = "orders", summary = "Pay a reserved order", params(("id" = String, Path)), request_body = Pay, responses((status = 200, description = "200: {\"id\",\"status\":\"paid\",\"version\"}"), crate::schema::Problems))]
 pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -315,7 +315,7 @@ pub async fn pay(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Mark a paid order shipped (its customer only, API.md)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Mark a paid order shipped (its customer only, API.md)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -330,7 +330,7 @@ pub async fn ship(
     without_body(&state, &id, command, ctx, OrderStatus::Shipped).await
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", summary = "Cancel an order (releases its stock)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::routes::openapi::IdStatusVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", summary = "Cancel an order (releases its stock)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -389,7 +389,7 @@ pub struct CreateCoupon {
     max_redemptions: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/coupons", tag = "orders", summary = "Create a coupon (staff)", request_body = CreateCoupon, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::routes::openapi::IdVersion), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/coupons", tag = "orders", summary = "Create a coupon (staff)", request_body = CreateCoupon, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn create_coupon(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,7 +437,7 @@ struct CouponView {
 
 /// A coupon's terms and how many redemptions it has given, from the write side (a coupon is
 /// a handful of events; there is no read model for it).
-#[utoipa::path(get, path = "/api/v1/coupons/{code}", tag = "orders", summary = "A coupon and its redemptions", params(("code" = String, Path)), responses((status = 200, description = "200: {\"code\",\"percent_off\",\"max_redemptions\",\"redemptions\",\"version\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/coupons/{code}", tag = "orders", summary = "A coupon and its redemptions", params(("code" = String, Path)), responses((status = 200, description = "200: {\"code\",\"percent_off\",\"max_redemptions\",\"redemptions\",\"version\"}"), crate::schema::Problems))]
 pub async fn get_coupon(
     State(state): State<AppState>,
     _caller: Caller,

@@ -20,7 +20,7 @@ pub(super) fn routes() -> axum::Router<AppState> {
         .route("/api/v1/projections/{name}/retry", post(retry))
 }
 
-#[utoipa::path(get, path = "/api/v1/projections", tag = "operations", summary = "Every reader of the log: checkpoint, lag, parked events, status", responses((status = 200, description = "200: [{\"name\",\"checkpoint\",\"stream_last_seq\",\"lag_events\",\"lag_seconds\",\"status\",\"parked\",\"error\"?}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/projections", tag = "operations", summary = "Every reader of the log: checkpoint, lag, parked events, status", responses((status = 200, description = "200: [{\"name\",\"checkpoint\",\"stream_last_seq\",\"lag_events\",\"lag_seconds\",\"status\",\"parked\",\"error\"?}]"), crate::schema::Problems))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
@@ -46,7 +46,7 @@ fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/projections/{name}/parked", tag = "operations", summary = "The parked events of a projection or saga (staff)", params(("name" = String, Path)), responses((status = 200, description = "200: [{\"stream_seq\",\"subject\",\"event_type\",\"error\",\"attempts\",\"first_failed_at\",\"last_failed_at\"}]"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/projections/{name}/parked", tag = "operations", summary = "The parked events of a projection or saga (staff)", params(("name" = String, Path)), responses((status = 200, description = "200: [{\"stream_seq\",\"subject\",\"event_type\",\"error\",\"attempts\",\"first_failed_at\",\"last_failed_at\"}]"), crate::schema::Problems))]
 pub async fn parked(
     State(state): State<AppState>,
     caller: Caller,
@@ -69,7 +69,7 @@ pub struct Retry {
 
 /// Asks the running subscriber to re-apply its parked events; 503 `unavailable` when none
 /// runs.
-#[utoipa::path(post, path = "/api/v1/projections/{name}/retry", tag = "operations", summary = "Re-apply parked events (staff)", params(("name" = String, Path)), request_body = Retry, responses((status = 200, description = "200: {\"applied\",\"still_parked\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/projections/{name}/retry", tag = "operations", summary = "Re-apply parked events (staff)", params(("name" = String, Path)), request_body = Retry, responses((status = 200, description = "200: {\"applied\",\"still_parked\"}"), crate::schema::Problems))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,

@@ -36,7 +36,7 @@ pub struct Width {
 }
 
 /// `GET /api/v1/files/{id}/thumbnail?width=N` (default 256).
-#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", operation_id = "thumbnail", summary = "A thumbnail of an image file (?width, default 256)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", operation_id = "thumbnail", summary = "A thumbnail of an image file (?width, default 256)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

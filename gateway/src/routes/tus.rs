@@ -80,12 +80,12 @@ async fn tus_headers(request: Request, next: Next) -> Response {
 
 /// `OPTIONS`: what this server speaks.
 /// `OPTIONS` on an upload: the same capabilities as on the creation route.
-#[utoipa::path(options, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_options_upload", summary = "tus 1.0: the server's capabilities", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(options, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_options_upload", summary = "tus 1.0: the server's capabilities", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub(crate) async fn options_upload() -> Response {
     options().await
 }
 
-#[utoipa::path(options, path = "/api/v1/files/tus", tag = "files", operation_id = "tus_options", summary = "tus 1.0: the server's capabilities", responses((status = 204, description = "204 with Tus-Version, Tus-Extension, Tus-Max-Size"), crate::routes::openapi::Problems))]
+#[utoipa::path(options, path = "/api/v1/files/tus", tag = "files", operation_id = "tus_options", summary = "tus 1.0: the server's capabilities", responses((status = 204, description = "204 with Tus-Version, Tus-Extension, Tus-Max-Size"), crate::schema::Problems))]
 pub(crate) async fn options() -> Response {
     (
         StatusCode::NO_CONTENT,
@@ -161,7 +161,7 @@ fn header_value(value: impl AsRef<str>) -> HeaderValue {
 
 /// `POST /api/v1/files/tus`: 201 with the upload's `Location`; with a body
 /// (`creation-with-upload`), its bytes are the first `PATCH`.
-#[utoipa::path(post, path = "/api/v1/files/tus", tag = "files", operation_id = "tus_create", summary = "tus 1.0: create an upload (Upload-Length, Upload-Metadata)", responses((status = 201, description = "201 with Location"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files/tus", tag = "files", operation_id = "tus_create", summary = "tus 1.0: create an upload (Upload-Length, Upload-Metadata)", responses((status = 201, description = "201 with Location"), crate::schema::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -285,7 +285,7 @@ fn describe(response: &mut Response, id: &str, upload: &TusUpload) {
 /// `HEAD /api/v1/files/tus/{id}`: where the upload stands (`Upload-Offset`). An upload whose
 /// bytes are all in but that did not become a file (its process died in between) becomes
 /// one now.
-#[utoipa::path(head, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_status", summary = "tus 1.0: the offset held", params(("id" = String, Path)), responses((status = 200, description = "200 with Upload-Offset"), crate::routes::openapi::Problems))]
+#[utoipa::path(head, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_status", summary = "tus 1.0: the offset held", params(("id" = String, Path)), responses((status = 200, description = "200 with Upload-Offset"), crate::schema::Problems))]
 pub async fn status(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -304,7 +304,7 @@ pub async fn status(
 }
 
 /// `PATCH /api/v1/files/tus/{id}`: bytes at `Upload-Offset`; 204 with the new offset.
-#[utoipa::path(patch, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_append", summary = "tus 1.0: bytes at the offset held", params(("id" = String, Path)), request_body(content = crate::routes::openapi::Binary, content_type = "application/offset+octet-stream", description = "bytes from Upload-Offset"), responses((status = 204, description = "204 with Upload-Offset"), crate::routes::openapi::Problems))]
+#[utoipa::path(patch, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_append", summary = "tus 1.0: bytes at the offset held", params(("id" = String, Path)), request_body(content = crate::schema::Binary, content_type = "application/offset+octet-stream", description = "bytes from Upload-Offset"), responses((status = 204, description = "204 with Upload-Offset"), crate::schema::Problems))]
 pub async fn append(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -342,7 +342,7 @@ pub async fn append(
 }
 
 /// `DELETE /api/v1/files/tus/{id}`: the upload ends and its bytes go.
-#[utoipa::path(delete, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_terminate", summary = "tus 1.0: end the upload", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(delete, path = "/api/v1/files/tus/{id}", tag = "files", operation_id = "tus_terminate", summary = "tus 1.0: end the upload", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn terminate(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

@@ -69,7 +69,7 @@ pub struct Declared {
 
 /// `POST /api/v1/files/uploads`: 201 `{"upload_id","chunk_size"}`, or 201
 /// `{"id","deduplicated":true}` when the caller already has these bytes.
-#[utoipa::path(post, path = "/api/v1/files/uploads", tag = "files", operation_id = "upload_start", summary = "Start a chunked upload", request_body = Declared, responses((status = 201, description = "201: {\"upload_id\",\"chunk_size\"} or {\"id\",\"deduplicated\":true}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files/uploads", tag = "files", operation_id = "upload_start", summary = "Start a chunked upload", request_body = Declared, responses((status = 201, description = "201: {\"upload_id\",\"chunk_size\"} or {\"id\",\"deduplicated\":true}"), crate::schema::Problems))]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,7 +150,7 @@ async fn owned_upload(state: &AppState, id: &str, user_id: &str) -> Result<Uploa
 }
 
 /// `GET /api/v1/files/uploads/{id}`: `{"received","missing"}`, to resume.
-#[utoipa::path(get, path = "/api/v1/files/uploads/{id}", tag = "files", operation_id = "upload_progress", summary = "Which chunks are in", params(("id" = String, Path)), responses((status = 200, description = "200: {\"received\",\"missing\",...}"), crate::routes::openapi::Problems))]
+#[utoipa::path(get, path = "/api/v1/files/uploads/{id}", tag = "files", operation_id = "upload_progress", summary = "Which chunks are in", params(("id" = String, Path)), responses((status = 200, description = "200: {\"received\",\"missing\",...}"), crate::schema::Problems))]
 pub async fn progress(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -167,7 +167,7 @@ pub async fn progress(
 
 /// `PUT /api/v1/files/uploads/{id}/chunks/{index}`: 204. A chunk has the exact length its
 /// place asks (the chunk size; the rest, for the last one).
-#[utoipa::path(put, path = "/api/v1/files/uploads/{id}/chunks/{index}", tag = "files", operation_id = "upload_chunk", summary = "One chunk's bytes", params(("id" = String, Path), ("index" = String, Path)), request_body(content = crate::routes::openapi::Binary, content_type = "application/octet-stream", description = "the chunk's bytes"), responses((status = 204, description = "204"), crate::routes::openapi::Problems))]
+#[utoipa::path(put, path = "/api/v1/files/uploads/{id}/chunks/{index}", tag = "files", operation_id = "upload_chunk", summary = "One chunk's bytes", params(("id" = String, Path), ("index" = String, Path)), request_body(content = crate::schema::Binary, content_type = "application/octet-stream", description = "the chunk's bytes"), responses((status = 204, description = "204"), crate::schema::Problems))]
 pub async fn chunk(
     State(state): State<AppState>,
     ApiPath((id, index)): ApiPath<(String, u64)>,
@@ -245,7 +245,7 @@ pub async fn chunk(
 
 /// `POST /api/v1/files/uploads/{id}/complete`: 201 `{"id","sha256","size"}` once every
 /// chunk is in and the bytes hash as declared. Asked again, the same answer.
-#[utoipa::path(post, path = "/api/v1/files/uploads/{id}/complete", tag = "files", operation_id = "upload_complete", summary = "Assemble the chunks into a file", params(("id" = String, Path)), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\"}"), crate::routes::openapi::Problems))]
+#[utoipa::path(post, path = "/api/v1/files/uploads/{id}/complete", tag = "files", operation_id = "upload_complete", summary = "Assemble the chunks into a file", params(("id" = String, Path)), responses((status = 201, description = "201: {\"id\",\"sha256\",\"size\"}"), crate::schema::Problems))]
 pub async fn complete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
