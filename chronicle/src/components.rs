@@ -72,68 +72,79 @@ impl Component {
         SAGAS.iter().find(|s| **s == name).map(|s| Self::Saga(s))
     }
 
+    /// What the deployment knows of it, in one place: each role is one row here, and one
+    /// arm of [`start`](Self::start).
+    fn spec(&self) -> Spec {
+        // A role run by the subcommand of its own name, reading no log.
+        let plain = |name: &str, replicas| Spec {
+            service: name.to_owned(),
+            args: vec![name.to_owned()],
+            env: &["DATABASE_URL", "NATS_URL"],
+            replicas,
+            subscriber: None,
+        };
+        // Two relays (one stands by), two gateways and two alert engines, three schedulers
+        // (they share the jobs), one of the rest (a second subscriber would only take turns
+        // with the first).
+        match self {
+            Self::Relay => plain("relay", 2),
+            Self::Projector(name) => Spec {
+                service: format!("projector-{name}"),
+                args: vec!["project".into(), (*name).into()],
+                subscriber: Some(SubscriberRef {
+                    name: (*name).to_owned(),
+                    durable: chronicle_projections::durable_name(name),
+                }),
+                ..plain("", 1)
+            },
+            Self::Saga(name) => Spec {
+                service: format!("saga-{name}"),
+                args: vec!["saga".into(), (*name).into()],
+                subscriber: (*name == "orders").then(|| SubscriberRef {
+                    name: ORDER_SAGA.to_owned(),
+                    durable: ORDER_SAGA.to_owned(),
+                }),
+                ..plain("", 1)
+            },
+            Self::Janitor => plain("janitor", 1),
+            Self::Scheduler => plain("scheduler", 3),
+            Self::AlertEngine => Spec {
+                subscriber: Some(SubscriberRef {
+                    name: ALERT_NOTIFIER.to_owned(),
+                    durable: ALERT_NOTIFIER.to_owned(),
+                }),
+                ..plain("alert-engine", 2)
+            },
+            Self::Gateway => Spec {
+                env: &["DATABASE_URL", "NATS_URL", "CHRONICLE_JWT_SECRET"],
+                ..plain("gateway", 2)
+            },
+        }
+    }
+
     /// Its name as a service (`relay`, `projector-inventory`, `saga-orders`, `gateway`).
     pub fn name(&self) -> String {
-        match self {
-            Self::Relay => "relay".into(),
-            Self::Projector(name) => format!("projector-{name}"),
-            Self::Saga(name) => format!("saga-{name}"),
-            Self::Janitor => "janitor".into(),
-            Self::Scheduler => "scheduler".into(),
-            Self::AlertEngine => "alert-engine".into(),
-            Self::Gateway => "gateway".into(),
-        }
+        self.spec().service
     }
 
     /// The `chronicle` arguments that run it alone.
     pub fn args(&self) -> Vec<String> {
-        match self {
-            Self::Relay => vec!["relay".into()],
-            Self::Projector(name) => vec!["project".into(), (*name).into()],
-            Self::Saga(name) => vec!["saga".into(), (*name).into()],
-            Self::Janitor => vec!["janitor".into()],
-            Self::Scheduler => vec!["scheduler".into()],
-            Self::AlertEngine => vec!["alert-engine".into()],
-            Self::Gateway => vec!["gateway".into()],
-        }
+        self.spec().args
     }
 
     /// The variables it cannot run without when run alone.
     pub fn required_env(&self) -> &'static [&'static str] {
-        match self {
-            Self::Gateway => &["DATABASE_URL", "NATS_URL", "CHRONICLE_JWT_SECRET"],
-            _ => &["DATABASE_URL", "NATS_URL"],
-        }
+        self.spec().env
     }
 
-    /// How many instances a deployment runs: two relays (one stands by), two gateways, two
-    /// alert engines, three schedulers (they share the jobs), one of the rest (a second
-    /// subscriber would only take turns with the first).
+    /// How many instances a deployment runs.
     pub fn replicas(&self) -> u32 {
-        match self {
-            Self::Relay | Self::Gateway | Self::AlertEngine => 2,
-            Self::Scheduler => 3,
-            _ => 1,
-        }
+        self.spec().replicas
     }
 
     /// The reader of the log it is, if it is one.
     pub fn subscriber(&self) -> Option<SubscriberRef> {
-        match self {
-            Self::Projector(name) => Some(SubscriberRef {
-                name: (*name).to_owned(),
-                durable: chronicle_projections::durable_name(name),
-            }),
-            Self::Saga("orders") => Some(SubscriberRef {
-                name: ORDER_SAGA.to_owned(),
-                durable: ORDER_SAGA.to_owned(),
-            }),
-            Self::AlertEngine => Some(SubscriberRef {
-                name: ALERT_NOTIFIER.to_owned(),
-                durable: ALERT_NOTIFIER.to_owned(),
-            }),
-            _ => None,
-        }
+        self.spec().subscriber
     }
 
     /// Starts it on `wiring` until `shutdown`.
@@ -237,6 +248,15 @@ impl Component {
             }
         })
     }
+}
+
+/// A role as a deployment sees it (see [`Component::spec`]).
+struct Spec {
+    service: String,
+    args: Vec<String>,
+    env: &'static [&'static str],
+    replicas: u32,
+    subscriber: Option<SubscriberRef>,
 }
 
 /// A started component: runs until its shutdown, or fails.
