@@ -24,63 +24,49 @@ pub fn subscriber_refs() -> Vec<chronicle_bus::SubscriberRef> {
         .collect()
 }
 
+/// The one list of read models: each name (its [`Projection::name`]) with its type. Calls
+/// `$then!` with the arguments given, then `;` and the list, so [`PROJECTIONS`] and every
+/// lookup by name below are made from it.
+macro_rules! with_projections {
+    ($then:ident $(, $arg:tt)*) => {
+        $then!($($arg),*; "inventory" => InventoryProjection, "orders" => OrdersProjection,
+            "posts" => PostsProjection, "users" => UsersProjection,
+            "chat_history" => ChatHistoryProjection, "file_metadata" => FileMetadataProjection,
+            "jobs" => JobsProjection, "alerts" => AlertsProjection,
+            "business_metrics" => BusinessMetricsProjection)
+    };
+}
+
+macro_rules! names {
+    ($($name:literal => $type:ident),*) => {
+        &[$($name),*]
+    };
+    (; $($rest:tt)*) => {
+        names!($($rest)*)
+    };
+}
+
 /// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
 /// and `GET /api/v1/projections` reports.
-pub const PROJECTIONS: &[&str] = &[
-    "inventory",
-    "orders",
-    "posts",
-    "users",
-    "chat_history",
-    "file_metadata",
-    "jobs",
-    "alerts",
-    "business_metrics",
-];
+pub const PROJECTIONS: &[&str] = with_projections!(names);
 
-/// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
-/// when there is no such projection. One list of names, used by every function here.
-macro_rules! by_name {
-    ($name:expr, |$p:ident| $body:expr) => {
+macro_rules! dispatch {
+    ($name:expr, $p:ident, $body:expr; $($n:literal => $type:ident),*) => {
         match $name {
-            "inventory" => {
-                let $p = InventoryProjection;
+            $($n => {
+                let $p = $type;
                 Some($body)
-            }
-            "orders" => {
-                let $p = OrdersProjection;
-                Some($body)
-            }
-            "posts" => {
-                let $p = PostsProjection;
-                Some($body)
-            }
-            "users" => {
-                let $p = UsersProjection;
-                Some($body)
-            }
-            "chat_history" => {
-                let $p = ChatHistoryProjection;
-                Some($body)
-            }
-            "file_metadata" => {
-                let $p = FileMetadataProjection;
-                Some($body)
-            }
-            "jobs" => {
-                let $p = JobsProjection;
-                Some($body)
-            }
-            "alerts" => {
-                let $p = AlertsProjection;
-                Some($body)
-            }
-            "business_metrics" => {
-                let $p = BusinessMetricsProjection;
-                Some($body)
-            }
+            })*
             _ => None,
         }
+    };
+}
+
+/// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
+/// when there is no such projection.
+macro_rules! by_name {
+    ($name:expr, |$p:ident| $body:expr) => {
+        with_projections!(dispatch, ($name), $p, ($body))
     };
 }
 
