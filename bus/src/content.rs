@@ -351,7 +351,7 @@ impl ContentStore {
     pub async fn drop_parts(&self, parts: &[Part]) {
         for part in parts {
             if let Err(e) = self.delete_object(&part.name).await {
-                tracing::warn!(part = %part.name, error = %e, "a part was not removed");
+                tracing::warn!(part = %part.name, error = %crate::ErrorChain(&e), "a part was not removed");
             }
         }
     }

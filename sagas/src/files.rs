@@ -289,7 +289,7 @@ impl FilesJanitor {
             match content.delete_object(&object.name).await {
                 Ok(()) => removed.push(object.name),
                 Err(e) => {
-                    tracing::warn!(part = %object.name, error = %e, "an orphaned part was not removed")
+                    tracing::warn!(part = %object.name, error = %ErrorChain(&e), "an orphaned part was not removed")
                 }
             }
         }

@@ -273,7 +273,7 @@ impl Hub {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, user_id, "presence not recorded");
+            tracing::warn!(error = %chronicle_bus::ErrorChain(&e), user_id, "presence not recorded");
         }
     }
 
@@ -422,7 +422,7 @@ impl Hub {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::warn!(error = %e, "the hub's feed stopped; starting again");
+                tracing::warn!(error = %chronicle_bus::ErrorChain(&*e), "the hub's feed stopped; starting again");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             consumer = self.consumer(&nats, last).await;
