@@ -22,7 +22,12 @@ fn the_envelope_and_every_event_schema() {
 #[test]
 fn a_float_in_an_event_reads_back_exactly() {
     use chronicle_schemas::monitoring::RuleEvent;
-    for text in ["0.9465187072753907", "0.1", "2.2250738585072014e-308", "1e300"] {
+    for text in [
+        "0.9465187072753907",
+        "0.1",
+        "2.2250738585072014e-308",
+        "1e300",
+    ] {
         let written: f64 = text.parse().unwrap();
         let event = RuleEvent::AlertPending {
             alert_id: "r.1".into(),
@@ -37,7 +42,11 @@ fn a_float_in_an_event_reads_back_exactly() {
             let RuleEvent::AlertPending { value, .. } = back else {
                 panic!("not the event written: {json}");
             };
-            assert_eq!(value.to_bits(), written.to_bits(), "{text} read back as {value:?}");
+            assert_eq!(
+                value.to_bits(),
+                written.to_bits(),
+                "{text} read back as {value:?}"
+            );
         }
     }
 }
