@@ -345,21 +345,18 @@ pub async fn room_version(pool: &PgPool, room_id: &str) -> Result<Option<i64>, s
         .await
 }
 
-/// Whether `user_id` is a member of a room where file `file_id` is attached to a message.
+/// The rooms where file `file_id` is attached to a message (at most `limit`).
 ///
 /// # Errors
 /// Database failures.
-pub async fn attachment_readable(
+pub async fn attachment_rooms(
     pool: &PgPool,
     file_id: &str,
-    user_id: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM chat_attachments a JOIN chat_members m \
-           ON m.room_id = a.room_id WHERE a.file_id = $1 AND m.user_id = $2)",
-    )
-    .bind(file_id)
-    .bind(user_id)
-    .fetch_one(pool)
-    .await
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT room_id FROM chat_attachments WHERE file_id = $1 LIMIT $2")
+        .bind(file_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }

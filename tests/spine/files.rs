@@ -1093,3 +1093,69 @@ async fn bytes_just_stored_are_deduplicated_at_once_for_their_owner_only_while_l
         assert!(gone["upload_id"].is_string(), "round {round}: {gone}");
     }
 }
+
+#[tokio::test]
+async fn a_member_removed_from_the_room_reads_its_attachments_no_more_at_once() {
+    // What decides is the room itself, not the history read model, which may still list
+    // the member for a moment after the removal.
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room: Value = app
+        .post(
+            "/api/v1/rooms",
+            serde_json::json!({"kind": "group", "members": [bob]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let room = room["id"].as_str().unwrap().to_owned();
+    let stored: Value = upload(&app, &app.token, data(3_000), "plan.txt")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let file = stored["id"].as_str().unwrap().to_owned();
+    let sent = app
+        .post(
+            &format!("/api/v1/rooms/{room}/messages"),
+            serde_json::json!({"body": "the plan", "client_msg_id": "p-1", "file_ids": [file]}),
+        )
+        .await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let bobs_read = || async {
+        app.http
+            .get(app.url(&format!("/api/v1/files/{file}/content")))
+            .bearer_auth(&bob_token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    // Once the history read model lists the attachment too, both paths say yes.
+    eventually(
+        "the attachment in the history",
+        Duration::from_secs(10),
+        || async {
+            let page: Value = app
+                .get(&format!("/api/v1/rooms/{room}/messages"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            (page["items"][0]["file_ids"] == serde_json::json!([file])).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(bobs_read().await, StatusCode::OK);
+    let removed = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/rooms/{room}/members/{bob}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::OK);
+    assert_eq!(bobs_read().await, StatusCode::NOT_FOUND);
+}

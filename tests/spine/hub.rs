@@ -911,3 +911,35 @@ async fn a_client_that_reads_nothing_of_its_backlog_is_still_dropped() {
     .await;
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_recovery_the_history_cannot_serve_whole_says_so() {
+    // The backlog comes from the history read model, which waits up to 2 s to reach the
+    // room's head. Here it never will (two of its rows are gone): the client gets what it
+    // has and `recovered: false`, the cue to page the rest over HTTP, not a silent gap.
+    let app = TestApp::spawn().await;
+    let (bob, bob_token) = app.register_and_login("bob").await;
+    let room = room_with(&app, &[&bob]).await;
+    for i in 1..=5 {
+        send_http(&app, &room, &format!("m{i}")).await;
+    }
+    history_holds(&app, &room, 5).await;
+    sqlx::query("DELETE FROM chat_messages WHERE room_id = $1 AND seq > 3")
+        .bind(&room)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut socket = connect(&app, &bob_token).await;
+    put(
+        &mut socket,
+        json!({"type": "subscribe", "room_id": room, "since_seq": 0}),
+    )
+    .await;
+    for seq in 1..=3 {
+        assert_eq!(frame(&mut socket).await["seq"], seq);
+    }
+    assert_eq!(
+        frame(&mut socket).await,
+        json!({"type": "subscribed", "room_id": room, "head_seq": 5, "recovered": false})
+    );
+}

@@ -602,6 +602,10 @@ async fn subscription(
                 return;
             }
         }
+        // The history read model had not reached the head within its wait: what it lacked
+        // cannot be sent from here, and the client is told so (it pages the rest over HTTP)
+        // rather than left with a gap that no later frame would show.
+        recovered &= sent >= head;
     }
     let subscribed =
         json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});

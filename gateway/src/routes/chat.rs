@@ -414,13 +414,14 @@ fn attachment_claims(file_id: &str) -> String {
     format!("chat.attachment:{file_id}")
 }
 
-/// Whether `user_id` is now a member of a room where `file_id` was attached, from what the
-/// messages' own commits recorded (see [`send_message`]): a file is readable by the room
-/// the moment its message is acknowledged. Rooms that attached it before these records
-/// existed are answered by the history read model.
+/// Whether `user_id` is now a member of a room where `file_id` was attached. The rooms are
+/// those the messages' own commits recorded (see [`send_message`]: a file is readable by the
+/// room the moment its message is acknowledged) and those the history read model lists
+/// (attachments made before those records existed); membership is the room aggregate's, so
+/// a member removed a moment ago reads no more.
 ///
 /// # Errors
-/// The store's failure.
+/// The store's or the database's failure.
 pub(crate) async fn attached_for(
     state: &AppState,
     file_id: &str,
@@ -431,7 +432,11 @@ pub(crate) async fn attached_for(
         .store()
         .claims_in(&attachment_claims(file_id), 1_000)
         .await?;
+    let listed = chat_history::attachment_rooms(&state.pool, file_id, 1_000)
+        .await
+        .map_err(ApiError::internal)?;
     let mut rooms: Vec<String> = attached.into_iter().map(|(_, room)| room).collect();
+    rooms.extend(listed);
     rooms.sort_unstable();
     rooms.dedup();
     for room_id in rooms {

@@ -354,11 +354,7 @@ pub(super) async fn readable_file(
     let id = respond::uuid_id(id, "file")?;
     let file = state.commands.state::<File>(id).await?.state;
     let readable = file.is_live()
-        && (file.owner_id() == user_id
-            || chronicle_projections::chat_history::attachment_readable(&state.pool, id, user_id)
-                .await
-                .map_err(ApiError::internal)?
-            || super::chat::attached_for(state, id, user_id).await?);
+        && (file.owner_id() == user_id || super::chat::attached_for(state, id, user_id).await?);
     if readable {
         Ok(file)
     } else {
