@@ -443,6 +443,29 @@ async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
     );
 }
 
+/// A group room of the app's user with `member`, and a file of the app's user holding `bytes`
+/// (not attached yet).
+async fn room_and_file(app: &TestApp, member: &str, bytes: Vec<u8>) -> (String, String) {
+    let room: Value = app
+        .post(
+            "/api/v1/rooms",
+            serde_json::json!({"kind": "group", "members": [member]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored: Value = upload(app, &app.token, bytes, "plan.pdf")
+        .await
+        .json()
+        .await
+        .unwrap();
+    (
+        room["id"].as_str().unwrap().to_owned(),
+        stored["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 /// Chat attachments (API.md, Chat): a sender attaches files they own; the room's members may
 /// read them, nobody else; a deleted file leaves the room.
 #[tokio::test]
@@ -450,23 +473,8 @@ async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
     let app = TestApp::spawn().await;
     let (bob, bob_token) = app.register_and_login("bob").await;
     let (_, carol_token) = app.register_and_login("carol").await;
-    let room: Value = app
-        .post(
-            "/api/v1/rooms",
-            serde_json::json!({"kind": "group", "members": [bob]}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let room = room["id"].as_str().unwrap().to_owned();
     let bytes = data(2_000);
-    let stored: Value = upload(&app, &app.token, bytes.clone(), "plan.pdf")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let file = stored["id"].as_str().unwrap().to_owned();
+    let (room, file) = room_and_file(&app, &bob, bytes.clone()).await;
     let bobs: Value = upload(&app, &bob_token, b"bob's".to_vec(), "b.txt")
         .await
         .json()
@@ -1100,22 +1108,7 @@ async fn a_member_removed_from_the_room_reads_its_attachments_no_more_at_once() 
     // the member for a moment after the removal.
     let app = TestApp::spawn().await;
     let (bob, bob_token) = app.register_and_login("bob").await;
-    let room: Value = app
-        .post(
-            "/api/v1/rooms",
-            serde_json::json!({"kind": "group", "members": [bob]}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let room = room["id"].as_str().unwrap().to_owned();
-    let stored: Value = upload(&app, &app.token, data(3_000), "plan.txt")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let file = stored["id"].as_str().unwrap().to_owned();
+    let (room, file) = room_and_file(&app, &bob, data(3_000)).await;
     let sent = app
         .post(
             &format!("/api/v1/rooms/{room}/messages"),
