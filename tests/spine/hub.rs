@@ -21,10 +21,14 @@ async fn connect(app: &TestApp, token: &str) -> Socket {
 }
 
 async fn frame(socket: &mut Socket) -> Value {
+    frame_within(socket, Duration::from_secs(10)).await
+}
+
+async fn frame_within(socket: &mut Socket, wait: Duration) -> Value {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        let message = tokio::time::timeout(wait, socket.next())
             .await
-            .expect("a frame within 10 s")
+            .expect("a frame in time")
             .expect("the socket stays open")
             .expect("a readable frame");
         if let Message::Text(text) = message {
@@ -914,9 +918,10 @@ async fn a_client_that_reads_nothing_of_its_backlog_is_still_dropped() {
 
 #[tokio::test]
 async fn a_recovery_the_history_cannot_serve_whole_says_so() {
-    // The backlog comes from the history read model, which waits up to 2 s to reach the
-    // room's head. Here it never will (two of its rows are gone): the client gets what it
-    // has and `recovered: false`, the cue to page the rest over HTTP, not a silent gap.
+    // The backlog comes from the history read model, which a recovery waits for (10 s at
+    // most) to reach the room's head. Here it never will (two of its rows are gone): the
+    // client gets what it has and `recovered: false`, the cue to page the rest over HTTP,
+    // not a silent gap.
     let app = TestApp::spawn().await;
     let (bob, bob_token) = app.register_and_login("bob").await;
     let room = room_with(&app, &[&bob]).await;
@@ -935,7 +940,12 @@ async fn a_recovery_the_history_cannot_serve_whole_says_so() {
         json!({"type": "subscribe", "room_id": room, "since_seq": 0}),
     )
     .await;
-    for seq in 1..=3 {
+    // After the wait: what the read model has, then the answer.
+    assert_eq!(
+        frame_within(&mut socket, Duration::from_secs(30)).await["seq"],
+        1
+    );
+    for seq in 2..=3 {
         assert_eq!(frame(&mut socket).await["seq"], seq);
     }
     assert_eq!(

@@ -25,6 +25,11 @@ use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 
 /// Most backlog messages a subscription sends before it tells the client to page over HTTP.
 const MAX_BACKLOG: i64 = 1_000;
+/// How long a recovery waits for the history read model to reach the room's head. Long
+/// enough for a projector that was restarted to catch up (the fault harness kills them; 2 s
+/// was not always enough), short enough that a client whose read model is down for good is
+/// told `recovered: false` and pages over HTTP.
+const BACKLOG_WAIT: Duration = Duration::from_secs(10);
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 16 * 1024;
 /// Most rooms one connection may be subscribed to at once: each is a task and a listener.
@@ -639,7 +644,8 @@ async fn subscription(
     }
 }
 
-/// The messages `from < seq <= head` once the read model holds them all (waiting up to 2 s,
+/// The messages `from < seq <= head` once the read model holds them all (waiting up to
+/// [`BACKLOG_WAIT`],
 /// then what it has).
 async fn wait_for_backlog(
     state: &AppState,
@@ -648,7 +654,7 @@ async fn wait_for_backlog(
     head: u64,
 ) -> Vec<chat_history::MessageView> {
     let wanted = (head - from) as i64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
     loop {
         let got = chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted)
             .await
