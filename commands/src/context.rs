@@ -89,6 +89,25 @@ pub enum Executed {
     Replayed(StoredResponse),
 }
 
+/// An aggregate the executor can run commands on: its commands can be re-run after a lost
+/// race (`Clone`), its services shared by a batch (`Clone`), and its state cached (`Clone`,
+/// `'static`). Every Chronicle aggregate is one; the bounds are written once, here.
+pub trait Executable:
+    cqrs_es::Aggregate<Command: Clone + Send, Services: Clone, Error: Send + 'static>
+    + chronicle_schemas::AggregateKind
+    + Clone
+    + 'static
+{
+}
+
+impl<A> Executable for A where
+    A: cqrs_es::Aggregate<Command: Clone + Send, Services: Clone, Error: Send + 'static>
+        + chronicle_schemas::AggregateKind
+        + Clone
+        + 'static
+{
+}
+
 /// Jittered exponential backoff: up to 1, 2, 4 ... 64 ms, so racing processes spread out.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let ceiling_us = 1_000u64 << attempt.min(6);

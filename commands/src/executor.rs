@@ -17,7 +17,7 @@ use cqrs_es::{event_sink::EventSink, Aggregate};
 use crate::{
     cache::{cache_key, AggregateCache},
     committer::Committer,
-    context::{backoff, CommandContext, Committed, Executed},
+    context::{backoff, CommandContext, Committed, Executable, Executed},
     error::{CommandError, KeyLookup, StoreError},
     idempotency::{self, IdempotencyKey, StoredResponse},
     lanes::{WaitingCommands, STRIPES},
@@ -133,10 +133,7 @@ impl CommandExecutor {
         ctx: &CommandContext,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + 'static,
+        A: Executable,
     {
         self.execute_with_response::<A>(id, command, services, ctx, |c| StoredResponse {
             status: 200,
@@ -164,10 +161,7 @@ impl CommandExecutor {
         respond: impl Fn(&Committed) -> StoredResponse,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + 'static,
+        A: Executable,
     {
         let started = std::time::Instant::now();
         let result = self
@@ -196,10 +190,7 @@ impl CommandExecutor {
         respond: impl Fn(&Committed) -> StoredResponse,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + 'static,
+        A: Executable,
     {
         if let Some(key) = &ctx.idempotency {
             if let Some(done) = self.replay::<A::Error>(key).await? {

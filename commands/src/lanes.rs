@@ -15,14 +15,13 @@ use std::{
     sync::Arc,
 };
 
-use chronicle_schemas::AggregateKind;
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::{
     cache::cache_key,
-    context::{backoff, CommandContext, Committed, Executed},
+    context::{backoff, CommandContext, Committed, Executable, Executed},
     error::{CommandError, StoreError},
     executor::CommandExecutor,
     store::{AppendOutcome, PendingAppend, Provenance},
@@ -44,10 +43,7 @@ impl CommandExecutor {
         ctx: &CommandContext,
     ) -> Result<Executed, CommandError<A::Error>>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + 'static,
+        A: Executable,
     {
         let key = (A::TYPE, id.to_owned());
         let (reply, mut answer) = oneshot::channel();
@@ -133,10 +129,7 @@ impl CommandExecutor {
         services: &A::Services,
         retries: u32,
     ) where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + 'static,
+        A: Executable,
     {
         let cache_key = cache_key::<A>(id);
         let mut trust_cache = true;

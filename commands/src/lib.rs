@@ -29,7 +29,7 @@ mod idempotency;
 mod lanes;
 mod store;
 
-pub use context::{CommandContext, Committed, Executed, RetryPolicy};
+pub use context::{CommandContext, Committed, Executable, Executed, RetryPolicy};
 pub use credentials::Credentials;
 pub use error::{CommandError, DbError, ErrorChain, StoreError};
 pub use executor::{CommandExecutor, ExecutorConfig};

@@ -605,10 +605,7 @@ impl Core {
         cause: &Envelope,
     ) -> Result<Decided<A::Error>, SagaError>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + Sync + 'static,
+        A: chronicle_commands::Executable<Error: Sync>,
     {
         self.command_in::<A>(
             id,
@@ -627,10 +624,7 @@ impl Core {
         ctx: CommandContext,
     ) -> Result<Decided<A::Error>, SagaError>
     where
-        A: Aggregate + AggregateKind + Clone + 'static,
-        A::Command: Clone + Send,
-        A::Services: Clone,
-        A::Error: Send + Sync + 'static,
+        A: chronicle_commands::Executable<Error: Sync>,
     {
         match self.bus.execute::<A>(id, command, services, &ctx).await {
             Ok(_) => Ok(Ok(())),
