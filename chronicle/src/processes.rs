@@ -398,13 +398,13 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, 2).await?;
     let store = chronicle_commands::EventStore::new(connections.pool.clone());
-    let credentials = store.credentials();
-    let user_id = credentials
-        .user_id_of(&username)
+    let user_id = store
+        .claim_holder("username", &username)
         .await
         .context("looking the user up")?
         .with_context(|| format!("no user is called {username:?}"))?;
-    credentials
+    store
+        .credentials()
         .grant(&user_id, &role)
         .await
         .context("granting the role")?;

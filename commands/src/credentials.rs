@@ -1,6 +1,7 @@
 //! Provides the identity context's records that are not events: password hashes (never in
 //! an event: DESIGN.md invariant 6) and the roles `chronicle users grant` adds, both kept in
-//! the event store's database beside the events, and who holds a username (its claim).
+//! the event store's database beside the events (who holds a username is its claim:
+//! [`crate::EventStore::claim_holder`]).
 //!
 //! It stops at storage: hashing and checking passwords, and what a role allows, are the
 //! caller's.
@@ -64,20 +65,6 @@ impl<'a> Credentials<'a> {
         .fetch_optional(self.pool)
         .await
         .map_err(StoreError::db("reading a login"))
-    }
-
-    /// The id of the user holding `username`, if someone holds it.
-    ///
-    /// # Errors
-    /// When the database fails.
-    pub async fn user_id_of(&self, username: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT aggregate_id FROM unique_claims WHERE namespace = 'username' AND value = $1",
-        )
-        .bind(username)
-        .fetch_optional(self.pool)
-        .await
-        .map_err(StoreError::db("looking a username up"))
     }
 
     /// Whether `user_id` was granted `role`.
