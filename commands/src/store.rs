@@ -292,27 +292,70 @@ impl EventStore {
         self.fold_stored(state, last as u64, id).await
     }
 
-    /// Applies the stored events of `id` after sequence `after` to `state`: ONE query whose
-    /// rows are decoded as they arrive, each payload read as text straight into the event type
-    /// (no intermediate JSON tree, no metadata: loading needs neither). An old event version
-    /// goes through its upcaster first (`chronicle_schemas::upcast`).
+    /// Applies the stored events of `id` after sequence `after` to `state`.
     async fn fold_stored<A: Aggregate>(
         &self,
         mut state: A,
         after: u64,
         id: &str,
     ) -> Result<LoadedAggregate<A>, StoreError> {
+        let mut version = after;
+        self.each_stored::<A>(id, after, None, i64::MAX, |sequence, event| {
+            state.apply(event);
+            version = sequence;
+        })
+        .await?;
+        Ok(LoadedAggregate { state, version })
+    }
+
+    /// The stored events of aggregate `id` after sequence `after` whose type is
+    /// `event_type`, oldest first, at most `limit`, each with its sequence: the aggregate's
+    /// own history, for an answer that must not wait for a read model to catch up.
+    ///
+    /// # Errors
+    /// When the database fails or a stored event no longer decodes.
+    pub async fn events_of<A: Aggregate>(
+        &self,
+        id: &str,
+        after: u64,
+        event_type: &str,
+        limit: i64,
+    ) -> Result<Vec<(u64, A::Event)>, StoreError> {
+        let mut events = Vec::new();
+        self.each_stored::<A>(id, after, Some(event_type), limit, |sequence, event| {
+            events.push((sequence, event));
+        })
+        .await?;
+        Ok(events)
+    }
+
+    /// Hands the stored events of `id` after sequence `after` (of one type, if given) to
+    /// `each`: ONE query whose rows are decoded as they arrive, each payload read as text
+    /// straight into the event type (no intermediate JSON tree, no metadata: loading needs
+    /// neither). An old event version goes through its upcaster first
+    /// (`chronicle_schemas::upcast`).
+    async fn each_stored<A: Aggregate>(
+        &self,
+        id: &str,
+        after: u64,
+        event_type: Option<&str>,
+        limit: i64,
+        mut each: impl FnMut(u64, A::Event),
+    ) -> Result<(), StoreError> {
         use futures::TryStreamExt;
         use sqlx::Row;
         let mut rows = sqlx::query(
             "SELECT sequence, event_type, event_version, payload::text FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
+               AND ($4::text IS NULL OR event_type = $4) \
+             ORDER BY sequence LIMIT $5",
         )
         .bind(A::TYPE)
         .bind(id)
         .bind(after as i64)
+        .bind(event_type)
+        .bind(limit)
         .fetch(&self.pool);
-        let mut version = after;
         while let Some(row) = rows
             .try_next()
             .await
@@ -335,10 +378,9 @@ impl EventStore {
                 serde_json::from_value(upcast_tagged(event_type, event_version, stored))
                     .map_err(corrupt)?
             };
-            state.apply(event);
-            version = sequence as u64;
+            each(sequence as u64, event);
         }
-        Ok(LoadedAggregate { state, version })
+        Ok(())
     }
 
     /// Appends a group of commands' events in ONE transaction, each with its own

@@ -12,7 +12,7 @@ use axum::{
     },
     response::Response,
 };
-use chronicle_chat::{Room, RoomCommand};
+use chronicle_chat::{Room, RoomCommand, RoomEvent};
 use chronicle_commands::CommandContext;
 use chronicle_projections::chat_history::{self, Window};
 use futures::{SinkExt, StreamExt};
@@ -25,11 +25,6 @@ use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 
 /// Most backlog messages a subscription sends before it tells the client to page over HTTP.
 const MAX_BACKLOG: i64 = 1_000;
-/// How long a recovery waits for the history read model to reach the room's head. Long
-/// enough for a projector that was restarted to catch up (the fault harness kills them; 2 s
-/// was not always enough), short enough that a client whose read model is down for good is
-/// told `recovered: false` and pages over HTTP.
-const BACKLOG_WAIT: Duration = Duration::from_secs(10);
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 16 * 1024;
 /// Most rooms one connection may be subscribed to at once: each is a task and a listener.
@@ -588,7 +583,13 @@ async fn subscription(
         } else {
             head - MAX_BACKLOG as u64
         };
-        let backlog = wait_for_backlog(&state, &room_id, from, head).await;
+        let Ok(backlog) = backlog(&state, &room_id, from, head).await else {
+            out.frame(&error(
+                "unavailable",
+                "the room's messages could not be read; subscribe again",
+            ));
+            return;
+        };
         for message in backlog {
             let frame = MessageFrame {
                 room_id: &room_id,
@@ -607,10 +608,6 @@ async fn subscription(
                 return;
             }
         }
-        // The history read model had not reached the head within its wait: what it lacked
-        // cannot be sent from here, and the client is told so (it pages the rest over HTTP)
-        // rather than left with a gap that no later frame would show.
-        recovered &= sent >= head;
     }
     let subscribed =
         json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
@@ -644,24 +641,55 @@ async fn subscription(
     }
 }
 
-/// The messages `from < seq <= head` once the read model holds them all (waiting up to
-/// [`BACKLOG_WAIT`],
-/// then what it has).
-async fn wait_for_backlog(
+/// The messages `from < seq <= head`: from the history read model when it holds them all
+/// (one indexed read), else from the room's own events, which a command's acknowledgement
+/// already guarantees (a projector that is down or behind never cuts a recovery).
+/// `Err` when neither can be read.
+async fn backlog(
     state: &AppState,
     room_id: &str,
     from: u64,
     head: u64,
-) -> Vec<chat_history::MessageView> {
+) -> Result<Vec<chat_history::MessageView>, ()> {
     let wanted = (head - from) as i64;
-    let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
-    loop {
-        let got = chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted)
-            .await
-            .unwrap_or_default();
-        if got.len() as i64 >= wanted || tokio::time::Instant::now() >= deadline {
-            return got;
+    if let Ok(got) =
+        chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted).await
+    {
+        if got.len() as i64 >= wanted {
+            return Ok(got);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Message `seq` s is the room's s-th `MessageSent`, after at least its `RoomCreated`, so
+    // its event sequence is above s: the events past sequence `from` hold every message
+    // past `from` (and perhaps some before it, skipped here).
+    let events = state
+        .commands
+        .store()
+        .events_of::<Room>(room_id, from, "MessageSent", wanted + from as i64)
+        .await
+        .map_err(
+            |e| tracing::warn!(error = %e, room_id, "backlog not read from the room's events"),
+        )?;
+    Ok(events
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::MessageSent {
+                message_id,
+                seq,
+                sender_id,
+                body,
+                sent_at,
+                file_ids,
+                ..
+            } if seq > from && seq <= head => Some(chat_history::MessageView {
+                id: message_id,
+                seq: seq as i64,
+                sender_id,
+                body,
+                sent_at,
+                file_ids,
+            }),
+            _ => None,
+        })
+        .collect())
 }
