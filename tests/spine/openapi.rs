@@ -1,7 +1,9 @@
 //! The OpenAPI document (issue 15): served at `/openapi.json` (and listed at `/docs`),
-//! snapshotted, and checked against the code both ways: every route the router's source
-//! declares is in it, every operation in it is served, and every problem `code` the code can
-//! answer is in its `Problem` schema.
+//! snapshotted, and checked against the code both ways: a route is declared with its
+//! operation (`.routes(routes!(handler))`), so the only routes the gateway's source declares
+//! on their own (`.route(...)`) are the pages outside the API; every operation in the
+//! document is served; and every problem `code` the code can answer is in its `Problem`
+//! schema.
 
 use std::collections::BTreeSet;
 
@@ -31,7 +33,8 @@ fn source(dir: &str) -> Vec<(String, String)> {
     files
 }
 
-/// `(METHOD, path)` of every `.route("path", method(handler)...)` in the gateway's source.
+/// `(METHOD, path)` of every `.route("path", method(handler)...)` in the gateway's source:
+/// routes declared without an OpenAPI operation.
 fn declared_routes() -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
     for (_, text) in source("gateway/src") {
@@ -103,20 +106,20 @@ async fn the_document_is_served_snapshotted_and_lists_every_route_of_the_router(
         "{}",
         doc["openapi"]
     );
-    let mut declared = declared_routes();
-    // The document's own routes are not in it.
-    declared.remove(&("GET".into(), "/openapi.json".into()));
-    declared.remove(&("GET".into(), "/docs".into()));
-    // Nor the web console's page and files.
-    for console in ["/", "/console/app.js", "/console/style.css"] {
-        declared.remove(&("GET".into(), console.into()));
-    }
-    assert!(declared.len() >= 75, "{declared:?}");
+    // Undocumented on purpose: the document itself, its page, the web console.
+    let undocumented: BTreeSet<(String, String)> = [
+        "/openapi.json",
+        "/docs",
+        "/",
+        "/console/app.js",
+        "/console/style.css",
+    ]
+    .into_iter()
+    .map(|path| ("GET".to_owned(), path.to_owned()))
+    .collect();
+    assert_eq!(declared_routes(), undocumented);
     let ops = documented(&doc);
-    let missing: Vec<_> = declared.difference(&ops).collect();
-    assert!(missing.is_empty(), "routes the document lacks: {missing:?}");
-    let extra: Vec<_> = ops.difference(&declared).collect();
-    assert!(extra.is_empty(), "operations no route serves: {extra:?}");
+    assert!(ops.len() >= 75, "{ops:?}");
     // Request bodies are described by their schemas.
     let create_job = &doc["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]
         ["application/json"]["schema"];

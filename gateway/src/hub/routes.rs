@@ -2,13 +2,15 @@
 
 use axum::extract::State;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::ApiError,
+    routes::{documented, Routes},
+    state::AppState,
+};
 
 /// The hub's routes.
-pub(crate) fn routes() -> axum::Router<AppState> {
-    axum::Router::new()
-        .route("/ws", axum::routing::get(super::connection::upgrade))
-        .route("/api/v1/users/{id}/presence", axum::routing::get(presence))
+pub(crate) fn routes() -> Routes {
+    documented![super::connection::upgrade, presence]
 }
 
 /// `GET /api/v1/users/{id}/presence`: online while any of the user's connections is live.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{
     page::{time_and_id, Page, PageRequest},
-    respond,
+    respond, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -26,26 +26,21 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{delete as delete_route, get as get_route, post};
-    axum::Router::new()
-        .route("/api/v1/posts", post(draft).get(list))
-        .route("/api/v1/posts/preview", post(preview))
-        .route(
-            "/api/v1/posts/{id}",
-            get_route(get).patch(edit).delete(delete),
-        )
-        .route("/api/v1/posts/{id}/publish", post(publish))
-        .route("/api/v1/posts/{id}/unpublish", post(unpublish))
-        .route(
-            "/api/v1/posts/{id}/comments",
-            post(add_comment).get(comments),
-        )
-        .route(
-            "/api/v1/posts/{id}/comments/{comment_id}",
-            delete_route(delete_comment),
-        )
-        .route("/api/v1/tags", get_route(tags))
+pub(super) fn routes() -> Routes {
+    documented![
+        draft,
+        preview,
+        list,
+        get,
+        edit,
+        delete,
+        publish,
+        unpublish,
+        add_comment,
+        comments,
+        delete_comment,
+        tags
+    ]
 }
 
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).

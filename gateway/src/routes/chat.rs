@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{
     page::{self, PageRequest},
-    respond,
+    respond, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -28,17 +28,16 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{delete, post};
-    axum::Router::new()
-        .route("/api/v1/rooms", post(create).get(list))
-        .route("/api/v1/rooms/{id}/members", post(add_member))
-        .route(
-            "/api/v1/rooms/{id}/members/{user_id}",
-            delete(remove_member),
-        )
-        .route("/api/v1/rooms/{id}/messages", post(send).get(messages))
-        .route("/api/v1/rooms/{id}/read", post(read))
+pub(super) fn routes() -> Routes {
+    documented![
+        create,
+        list,
+        add_member,
+        remove_member,
+        send,
+        messages,
+        read
+    ]
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

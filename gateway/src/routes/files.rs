@@ -35,7 +35,7 @@ use serde_json::json;
 
 use super::{
     page::{time_and_id, PageParams, PageRequest},
-    respond,
+    respond, with_layer, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -44,24 +44,13 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route(
-            "/api/v1/files",
-            // The multipart envelope around a file of the largest size.
-            axum::routing::post(upload)
-                .layer(DefaultBodyLimit::max((MAX_FILE_SIZE + 64 * 1024) as usize))
-                .get(list),
-        )
-        .route("/api/v1/files/{id}", get(metadata).delete(remove))
-        .route("/api/v1/files/{id}/content", get(content))
-        .route("/api/v1/files/{id}/shares", axum::routing::post(share))
-        .route(
-            "/api/v1/files/{id}/shares/{token}",
-            axum::routing::delete(revoke),
-        )
-        .route("/api/v1/shared/{token}", get(shared))
+pub(super) fn routes() -> Routes {
+    documented![list, metadata, remove, content, share, revoke, shared]
+        // The multipart envelope around a file of the largest size.
+        .routes(with_layer(
+            utoipa_axum::routes!(upload),
+            DefaultBodyLimit::max((MAX_FILE_SIZE + 64 * 1024) as usize),
+        ))
 }
 
 /// A share token's id: the lowercase hex SHA-256 of the token.

@@ -5,14 +5,12 @@ use std::time::Duration;
 use axum::{extract::State, http::StatusCode, Json};
 use serde_json::{json, Value};
 
+use super::Routes;
 use crate::state::AppState;
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(crate::observe::metrics))
+pub(super) fn routes() -> Routes {
+    documented![health, crate::observe::metrics]
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::schema::Problems))]

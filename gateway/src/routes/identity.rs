@@ -13,7 +13,7 @@ use chronicle_schemas::limits::Invalid;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::respond;
+use super::{respond, Routes};
 use crate::{
     auth::{hash_password, verify_password, CUSTOMER, STAFF},
     error::{ApiError, FieldError},
@@ -22,13 +22,8 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/users", get(find_users))
-        .route("/api/v1/users/{id}", get(get_user).patch(change_profile))
+pub(super) fn routes() -> Routes {
+    documented![register, login, find_users, get_user, change_profile]
 }
 
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     page::{Page, PageRequest},
-    respond,
+    respond, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -19,12 +19,8 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get as get_route, post};
-    axum::Router::new()
-        .route("/api/v1/inventory/items", post(create).get(list))
-        .route("/api/v1/inventory/items/{sku}", get_route(get))
-        .route("/api/v1/inventory/items/{sku}/receive", post(receive))
+pub(super) fn routes() -> Routes {
+    documented![create, list, get, receive]
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     page::{time_and_id, PageParams, PageRequest},
-    respond,
+    respond, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -27,14 +27,8 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get as get_route, post};
-    axum::Router::new()
-        .route("/api/v1/jobs", post(create).get(list))
-        .route("/api/v1/jobs/{id}", get_route(get).delete(delete))
-        .route("/api/v1/jobs/{id}/runs", get_route(runs))
-        .route("/api/v1/jobs/{id}/pause", post(pause))
-        .route("/api/v1/jobs/{id}/resume", post(resume))
+pub(super) fn routes() -> Routes {
+    documented![create, list, get, delete, runs, pause, resume]
 }
 
 /// `schedule`: exactly one of its fields.

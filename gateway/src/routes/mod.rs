@@ -1,5 +1,14 @@
 //! The route table and the layers every request passes through.
 
+/// [`Routes`] of `handlers`, each at the method and path its `#[utoipa::path]` names: a
+/// route and its OpenAPI operation are written once, together.
+macro_rules! documented {
+    ($($handler:path),+ $(,)?) => {
+        $crate::routes::Routes::new()$(.routes(utoipa_axum::routes!($handler)))+
+    };
+}
+pub(crate) use documented;
+
 mod blog;
 pub(crate) mod chat;
 mod console;
@@ -31,6 +40,51 @@ use tower_http::{
 };
 
 use crate::{error::ApiError, protect, state::AppState};
+
+/// A context's routes with their OpenAPI operations: each `.routes(routes!(handler))` takes
+/// the method and path from the handler's `#[utoipa::path]`, so a route is written once and
+/// the document cannot lack one the router serves.
+pub(crate) type Routes = utoipa_axum::router::OpenApiRouter<AppState>;
+
+/// `routes` with `layer` on its handlers alone (a route's own body limit).
+pub(crate) fn with_layer<L>(
+    (schemas, paths, handlers): utoipa_axum::router::UtoipaMethodRouter<AppState>,
+    layer: L,
+) -> utoipa_axum::router::UtoipaMethodRouter<AppState>
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<Request<axum::body::Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<Request<axum::body::Body>>>::Response:
+        axum::response::IntoResponse + 'static,
+    <L::Service as tower::Service<Request<axum::body::Body>>>::Future: Send + 'static,
+{
+    (schemas, paths, handlers.layer(layer))
+}
+
+/// Every documented route: each context's, with the document's shared parts (title,
+/// security, common schemas) from [`openapi::ApiDoc`].
+pub(crate) fn api() -> Routes {
+    use utoipa::OpenApi as _;
+    Routes::with_openapi(openapi::ApiDoc::openapi())
+        .merge(health::routes())
+        .merge(identity::routes())
+        .merge(projections::routes())
+        .merge(inventory::routes())
+        .merge(orders::routes())
+        .merge(blog::routes())
+        .merge(chat::routes())
+        .merge(files::routes())
+        .merge(uploads::routes())
+        .merge(tus::routes())
+        .merge(thumbnails::routes())
+        .merge(jobs::routes())
+        .merge(monitoring::routes())
+        .merge(crate::hub::routes::routes())
+}
 
 fn cors(origins: &[String]) -> CorsLayer {
     let allow_origin = if origins.is_empty() {
@@ -96,23 +150,11 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or("-");
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
     });
+    let (documented, _) = api().split_for_parts();
     let routes = Router::new()
-        .merge(health::routes())
-        .merge(identity::routes())
-        .merge(projections::routes())
-        .merge(inventory::routes())
-        .merge(orders::routes())
-        .merge(blog::routes())
-        .merge(chat::routes())
-        .merge(files::routes())
-        .merge(uploads::routes())
-        .merge(tus::routes())
-        .merge(thumbnails::routes())
-        .merge(jobs::routes())
-        .merge(monitoring::routes())
+        .merge(documented)
         .merge(openapi::routes())
         .merge(console::routes())
-        .merge(crate::hub::routes::routes())
         .fallback(|| async { ApiError::not_found("there is no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -23,7 +23,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::respond;
+use super::{respond, Routes};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
@@ -31,25 +31,19 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get, patch, post};
-    axum::Router::new()
-        .route("/api/v1/monitoring/samples", post(report))
-        .route("/api/v1/monitoring/query", get(query))
-        .route("/api/v1/monitoring/metrics", get(metrics))
-        .route(
-            "/api/v1/monitoring/rules",
-            post(create_rule).get(list_rules),
-        )
-        .route(
-            "/api/v1/monitoring/rules/{id}",
-            patch(change_rule).delete(delete_rule).get(get_rule),
-        )
-        .route("/api/v1/monitoring/alerts", get(list_alerts))
-        .route(
-            "/api/v1/monitoring/alerts/{id}/acknowledge",
-            post(acknowledge),
-        )
+pub(super) fn routes() -> Routes {
+    documented![
+        report,
+        query,
+        metrics,
+        create_rule,
+        list_rules,
+        get_rule,
+        change_rule,
+        delete_rule,
+        list_alerts,
+        acknowledge
+    ]
 }
 
 /// Most points one series of a query may have.

@@ -1,9 +1,10 @@
 //! The OpenAPI 3.1 document of every route, generated from the handlers' annotations
 //! (`utoipa`), served at `/openapi.json`, with a page that lists it at `/docs`.
 //!
-//! Every handler the router serves is listed in [`ApiDoc`]; `tests/spine/openapi.rs` fails
-//! when a route in the router's source is missing here, or a problem `code` the code can
-//! answer is missing from [`PROBLEM_CODES`](crate::schema::PROBLEM_CODES). The shapes the
+//! A route and its operation are declared together (`.routes(routes!(handler))`, see
+//! [`super::Routes`]); [`ApiDoc`] holds only what the whole document shares.
+//! `tests/spine/openapi.rs` fails when an operation is not served, or a problem `code` the
+//! code can answer is missing from [`PROBLEM_CODES`](crate::schema::PROBLEM_CODES). The shapes the
 //! routes' annotations name live in [`crate::schema`].
 
 use axum::{
@@ -19,7 +20,6 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::*;
 use crate::schema::{
     FieldProblem, FileForm, IdStatusVersion, IdVersion, Page, Problem, SampleJson,
 };
@@ -85,101 +85,24 @@ impl Modify for BearerAuth {
                        Send `Authorization: Bearer <token>` (POST /api/v1/auth/login gives one); \
                        commands take `Idempotency-Key` and `If-Match`, reads `?min_version`.",
     ),
-    modifiers(&BearerAuth, &OperationIds),
+    modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page, FileForm, SampleJson)),
-    paths(
-        health::health,
-        crate::observe::metrics,
-        identity::register,
-        identity::login,
-        identity::find_users,
-        identity::get_user,
-        identity::change_profile,
-        projections::list,
-        projections::parked,
-        projections::retry,
-        inventory::create,
-        inventory::list,
-        inventory::get,
-        inventory::receive,
-        orders::place,
-        orders::list,
-        orders::get,
-        orders::pay,
-        orders::ship,
-        orders::cancel,
-        orders::create_coupon,
-        orders::get_coupon,
-        blog::draft,
-        blog::preview,
-        blog::list,
-        blog::get,
-        blog::edit,
-        blog::delete,
-        blog::publish,
-        blog::unpublish,
-        blog::add_comment,
-        blog::comments,
-        blog::delete_comment,
-        blog::tags,
-        chat::create,
-        chat::list,
-        chat::add_member,
-        chat::remove_member,
-        chat::send,
-        chat::messages,
-        chat::read,
-        files::upload,
-        files::list,
-        files::metadata,
-        files::remove,
-        files::content,
-        files::share,
-        files::revoke,
-        files::shared,
-        thumbnails::get,
-        uploads::start,
-        uploads::progress,
-        uploads::chunk,
-        uploads::complete,
-        tus::create,
-        tus::options,
-        tus::options_upload,
-        tus::status,
-        tus::append,
-        tus::terminate,
-        jobs::create,
-        jobs::list,
-        jobs::get,
-        jobs::delete,
-        jobs::runs,
-        jobs::pause,
-        jobs::resume,
-        monitoring::report,
-        monitoring::query,
-        monitoring::metrics,
-        monitoring::create_rule,
-        monitoring::list_rules,
-        monitoring::get_rule,
-        monitoring::change_rule,
-        monitoring::delete_rule,
-        monitoring::list_alerts,
-        monitoring::acknowledge,
-        crate::hub::routes::presence,
-        crate::hub::connection::upgrade
-    )
 )]
 pub struct ApiDoc;
 
-/// The document, built once.
+/// The document, built once from every context's routes.
 pub fn document() -> &'static Document {
     static DOCUMENT: std::sync::OnceLock<Document> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(ApiDoc::openapi)
+    DOCUMENT.get_or_init(|| {
+        let mut document = super::api().into_openapi();
+        OperationIds.modify(&mut document);
+        document
+    })
 }
 
 /// This module's routes.
-pub(super) fn routes() -> axum::Router<AppState> {
+pub(super) fn routes() -> axum::Router<crate::state::AppState> {
     use axum::routing::get;
     axum::Router::new()
         .route("/openapi.json", get(openapi_json))

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     page::{Page, PageRequest},
-    respond,
+    respond, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -23,16 +23,17 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get as get_route, post};
-    axum::Router::new()
-        .route("/api/v1/orders", post(place).get(list))
-        .route("/api/v1/orders/{id}", get_route(get))
-        .route("/api/v1/orders/{id}/pay", post(pay))
-        .route("/api/v1/orders/{id}/ship", post(ship))
-        .route("/api/v1/orders/{id}/cancel", post(cancel))
-        .route("/api/v1/coupons", post(create_coupon))
-        .route("/api/v1/coupons/{code}", get_route(get_coupon))
+pub(super) fn routes() -> Routes {
+    documented![
+        place,
+        list,
+        get,
+        pay,
+        ship,
+        cancel,
+        create_coupon,
+        get_coupon
+    ]
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -5,6 +5,7 @@ use axum::{extract::State, http::StatusCode, Json};
 use chronicle_bus::{ParkedEvent, RetryOutcome, SubscriberError, SubscriberStatus};
 use serde::Deserialize;
 
+use super::Routes;
 use crate::{
     error::ApiError,
     extract::{ApiPath, Caller},
@@ -12,12 +13,8 @@ use crate::{
 };
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route("/api/v1/projections", get(list))
-        .route("/api/v1/projections/{name}/parked", get(parked))
-        .route("/api/v1/projections/{name}/retry", post(retry))
+pub(super) fn routes() -> Routes {
+    documented![list, parked, retry]
 }
 
 #[utoipa::path(get, path = "/api/v1/projections", tag = "operations", summary = "Every reader of the log: checkpoint, lag, parked events, status", responses((status = 200, description = "200: [{\"name\",\"checkpoint\",\"stream_last_seq\",\"lag_events\",\"lag_seconds\",\"status\",\"parked\",\"error\"?}]"), crate::schema::Problems))]

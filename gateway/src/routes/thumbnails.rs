@@ -17,7 +17,10 @@ use chronicle_files::{thumbnail_width, MAX_THUMBNAIL_SOURCE_BYTES};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
-use super::files::{content_error, readable_file};
+use super::{
+    files::{content_error, readable_file},
+    Routes,
+};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller},
@@ -26,8 +29,8 @@ use crate::{
 };
 
 /// This module's routes.
-pub(super) fn routes() -> axum::Router<AppState> {
-    axum::Router::new().route("/api/v1/files/{id}/thumbnail", axum::routing::get(get))
+pub(super) fn routes() -> Routes {
+    documented![get]
 }
 
 #[derive(Debug, Deserialize)]

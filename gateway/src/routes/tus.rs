@@ -35,6 +35,7 @@ use super::{
         CHECKSUM_ALGORITHMS,
     },
     uploads::{once_per_upload, store_file},
+    Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -49,17 +50,8 @@ const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 const FILE_ID: &str = "chronicle-file-id";
 
 /// This module's routes; every answer carries `Tus-Resumable`.
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{head, post};
-    axum::Router::new()
-        .route("/api/v1/files/tus", post(create).options(options))
-        .route(
-            "/api/v1/files/tus/{id}",
-            head(status)
-                .patch(append)
-                .delete(terminate)
-                .options(options_upload),
-        )
+pub(super) fn routes() -> Routes {
+    documented![create, options, status, append, terminate, options_upload]
         // A request carries at most what is left of a declared length, checked as it streams.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(tus_headers))

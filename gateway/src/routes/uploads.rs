@@ -30,6 +30,7 @@ use serde_json::json;
 use super::{
     files::{claim_bytes, content_error},
     incoming::{keep_hash, take_hash, Incoming},
+    with_layer, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -41,16 +42,11 @@ use crate::{
 const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::{get, post, put};
-    axum::Router::new()
-        .route("/api/v1/files/uploads", post(start))
-        .route("/api/v1/files/uploads/{id}", get(progress))
-        .route(
-            "/api/v1/files/uploads/{id}/chunks/{index}",
-            put(chunk).layer(DefaultBodyLimit::max(MAX_CHUNK_SIZE as usize)),
-        )
-        .route("/api/v1/files/uploads/{id}/complete", post(complete))
+pub(super) fn routes() -> Routes {
+    documented![start, progress, complete].routes(with_layer(
+        utoipa_axum::routes!(chunk),
+        DefaultBodyLimit::max(MAX_CHUNK_SIZE as usize),
+    ))
 }
 
 /// The object a chunk is kept in (one of the parts of the bytes once they are complete).
