@@ -10,7 +10,9 @@ use std::{future::Future, pin::Pin, sync::Mutex};
 use anyhow::{bail, Context};
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::CommandExecutor;
-use chronicle_gateway::{AppState, GatewayConfig, SimulatedPayments};
+use chronicle_gateway::{AppState, GatewayConfig};
+
+use crate::payments::{PaymentRules, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::{
     AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
@@ -190,7 +192,7 @@ impl Component {
                 )
                 .with_payments(SimulatedPayments::services(
                     wiring.pool.clone(),
-                    wiring.gateway.payments.clone(),
+                    wiring.payments.clone(),
                 ))
                 .with_faults(wiring.faults.clone());
                 Box::pin(async move { saga.run(shutdown).await.context(name) })
@@ -239,6 +241,7 @@ impl Component {
                     wiring.pool.clone(),
                     wiring.nats.clone(),
                     config,
+                    SimulatedPayments::services(wiring.pool.clone(), wiring.payments.clone()),
                 );
                 Box::pin(async move {
                     chronicle_gateway::serve(listener, state, shutdown)
@@ -277,6 +280,8 @@ pub struct Wiring {
     pub janitor: FilesJanitorConfig,
     pub scheduler: SchedulerConfig,
     pub alerts: AlertEngineConfig,
+    /// How the simulated payment provider answers (the gateways charge, the saga refunds).
+    pub payments: PaymentRules,
     /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
     pub gateway: GatewayConfig,
     /// Where the gateway listens (taken by the gateway when it starts).

@@ -9,7 +9,13 @@
 //!
 //! - [`schemas`]: `chronicle schemas export`, the event contracts as files.
 //!
+//! - [`payments`]: the simulated payment provider the order processes (gateways charging,
+//!   the saga refunding) are wired with, standing in for a real provider's adapter.
+//!
 //! The binary (`src/main.rs`) adds the command line, the settings and the embedded servers.
 
 pub mod components;
+pub mod payments;
 pub mod schemas;
+
+pub use payments::{PaymentRules, SimulatedPayments};

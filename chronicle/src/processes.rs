@@ -201,6 +201,7 @@ async fn run_roles(
             ..settings.scheduler.scheduler()
         },
         alerts: settings.monitoring.alert_engine(),
+        payments: settings.payments(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
     };

@@ -429,6 +429,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Settings {
+    /// How the simulated payment provider answers.
+    pub fn payments(&self) -> chronicle::PaymentRules {
+        chronicle::PaymentRules {
+            decline_above_cents: self.orders.payment_decline_above_cents,
+            hang_above_cents: self.orders.payment_hang_above_cents,
+            timeout: self.orders.payment_timeout,
+        }
+    }
+
     /// The gateway's configuration, with `secret` as the token key.
     pub fn gateway(&self, secret: chronicle_gateway::Secret) -> chronicle_gateway::GatewayConfig {
         chronicle_gateway::GatewayConfig {
@@ -445,11 +454,6 @@ impl Settings {
             header_read_timeout: std::time::Duration::from_secs(
                 self.gateway.header_read_timeout_seconds,
             ),
-            payments: chronicle_gateway::PaymentRules {
-                decline_above_cents: self.orders.payment_decline_above_cents,
-                hang_above_cents: self.orders.payment_hang_above_cents,
-                timeout: self.orders.payment_timeout,
-            },
             staff_users: self
                 .gateway
                 .staff_users

@@ -14,7 +14,6 @@
 //! - `hub`: the WebSocket hub (`/ws`): live room messages, recovery, send and read over
 //!   the socket, typing.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
-//! - `payments`: the simulated payment provider orders are charged through.
 //! - `collect`: Chronicle's own series (host, requests per route, subscriber lag), stored
 //!   every `collect_every` like reported samples.
 //! - `observe`: request counts and latencies by route template, and `GET /metrics`.
@@ -33,7 +32,6 @@ mod extract;
 mod freshness;
 mod hub;
 mod observe;
-mod payments;
 mod protect;
 mod routes;
 mod schema;
@@ -43,7 +41,6 @@ pub mod thumbnail;
 pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
-pub use payments::{PaymentRules, SimulatedPayments};
 pub use routes::router;
 pub use schema::PROBLEM_CODES;
 pub use state::{AppState, GatewayConfig, RateLimit};

@@ -8,7 +8,6 @@ use crate::{
     auth::{Auth, Secret},
     cache::PostCache,
     freshness::Freshness,
-    payments::{PaymentRules, SimulatedPayments},
     protect::RateLimiter,
 };
 
@@ -40,8 +39,6 @@ pub struct GatewayConfig {
     /// on a kept-alive connection: a connection past it is closed (a trickling client holds
     /// nothing for long).
     pub header_read_timeout: Duration,
-    /// How the simulated payment provider answers.
-    pub payments: PaymentRules,
     /// Usernames made staff at login (`CHRONICLE_STAFF_USERS`; `*` is everyone).
     pub staff_users: Vec<String>,
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
@@ -78,7 +75,6 @@ impl GatewayConfig {
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
-            payments: PaymentRules::default(),
             staff_users: Vec::new(),
             subscribers: chronicle_projections::subscriber_refs(),
             presence_ttl: chronicle_bus::PRESENCE_TTL,
@@ -142,12 +138,14 @@ pub(crate) type Assembly = futures::future::Shared<
 >;
 
 impl AppState {
-    /// Builds the state and starts listening for projector notifications.
+    /// Builds the state and starts listening for projector notifications; orders are
+    /// charged through `orders`' payment provider.
     pub fn new(
         commands: CommandExecutor,
         pool: PgPool,
         nats: async_nats::Client,
         config: GatewayConfig,
+        orders: OrderServices,
     ) -> Self {
         let posts = PostCache::new(10_000);
         let freshness = crate::freshness::listen(pool.clone(), &posts);
@@ -160,7 +158,7 @@ impl AppState {
             assemblies: Arc::default(),
             running_hashes: Arc::default(),
             thumbnailing: Arc::new(tokio::sync::Semaphore::new(1)),
-            orders: SimulatedPayments::services(pool.clone(), config.payments.clone()),
+            orders,
             posts,
             pool,
             nats,

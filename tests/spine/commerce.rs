@@ -685,10 +685,13 @@ async fn the_saga_links_every_event_it_causes_to_the_order() {
 
 #[tokio::test]
 async fn payments_that_are_declined_or_time_out_leave_the_order_reserved() {
-    let app = TestApp::spawn_with(|config| {
-        config.payments.decline_above_cents = Some(5_000);
-        config.payments.hang_above_cents = Some(50_000);
-        config.payments.timeout = Duration::from_millis(300);
+    let app = TestApp::spawn_options(TestOptions {
+        payments: chronicle::PaymentRules {
+            decline_above_cents: Some(5_000),
+            hang_above_cents: Some(50_000),
+            timeout: Duration::from_millis(300),
+        },
+        ..TestOptions::default()
     })
     .await;
     create_item(&app, "A", 10_000, 10).await;
@@ -1090,7 +1093,7 @@ async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_canc
     create_item(&app, "M", 1250, 5).await;
     let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
     // The charge, as the dead gateway made it, straight at the provider.
-    let provider = chronicle_gateway::SimulatedPayments::new(app.pool.clone(), Default::default());
+    let provider = chronicle::SimulatedPayments::new(app.pool.clone(), Default::default());
     chronicle_commerce::PaymentProvider::charge(&provider, &id, 1250)
         .await
         .unwrap();
@@ -1206,9 +1209,13 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
 /// end without it, here to a charge that times out, and the order can be paid again.
 #[tokio::test]
 async fn a_client_gone_mid_payment_never_leaves_the_order_paying() {
-    let app = TestApp::spawn_with(|config| {
-        config.payments.hang_above_cents = Some(50_000);
-        config.payments.timeout = Duration::from_millis(1_500);
+    let app = TestApp::spawn_options(TestOptions {
+        payments: chronicle::PaymentRules {
+            hang_above_cents: Some(50_000),
+            timeout: Duration::from_millis(1_500),
+            ..chronicle::PaymentRules::default()
+        },
+        ..TestOptions::default()
     })
     .await;
     create_item(&app, "B", 100_000, 10).await;

@@ -329,6 +329,8 @@ pub struct TestOptions {
     /// The alert engine's timings (by default it evaluates every 200 ms, and installs no
     /// default rules).
     pub alerts: chronicle_sagas::AlertEngineConfig,
+    /// How the simulated payment provider answers (by default it charges at once).
+    pub payments: chronicle::PaymentRules,
 }
 
 impl Default for TestOptions {
@@ -364,6 +366,7 @@ impl Default for TestOptions {
                 default_rules: false,
                 ..chronicle_sagas::AlertEngineConfig::default()
             },
+            payments: chronicle::PaymentRules::default(),
         }
     }
 }
@@ -440,6 +443,7 @@ impl TestApp {
             janitor: options.janitor,
             scheduler: options.scheduler,
             alerts: options.alerts,
+            payments: options.payments,
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
@@ -457,6 +461,7 @@ impl TestApp {
                 janitor: wiring.janitor.clone(),
                 scheduler: wiring.scheduler.clone(),
                 alerts: wiring.alerts.clone(),
+                payments: wiring.payments.clone(),
                 gateway: wiring.gateway.clone(),
                 http: std::sync::Mutex::new(None),
             })
@@ -521,6 +526,7 @@ impl TestApp {
             janitor: wiring.janitor.clone(),
             scheduler: wiring.scheduler.clone(),
             alerts: wiring.alerts.clone(),
+            payments: wiring.payments.clone(),
             gateway: wiring.gateway.clone(),
             http: std::sync::Mutex::new(http),
         }
