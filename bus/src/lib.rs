@@ -41,7 +41,8 @@ pub use stream::{
 };
 pub use subscriber::{
     lock_checkpoint, parked, read_checkpoint, request_retry, setup as setup_subscriber_tables,
-    status, store_checkpoint, Handler, HandlerError, Observer, OnFailure, ParkedEvent,
-    RetryOutcome, Subscriber, SubscriberConfig, SubscriberError, SubscriberRef, SubscriberStatus,
+    status, store_checkpoint, Handler, HandlerError, LiveHandler, LiveSubscriber, Observer,
+    OnFailure, ParkedEvent, RetryOutcome, Subscriber, SubscriberConfig, SubscriberError,
+    SubscriberRef, SubscriberStatus,
 };
 pub use supervise::keep_running;

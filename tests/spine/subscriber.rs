@@ -508,3 +508,71 @@ async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
     stop(running).await;
     relay.stop().await;
 }
+
+/// What a live reader was handed, in order.
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<Vec<String>>>);
+
+impl chronicle_bus::LiveHandler for Heard {
+    async fn handle(&self, event: Envelope) {
+        self.0.lock().unwrap().push(event.aggregate_id);
+    }
+}
+
+/// The hub's reader (issue 30: on the runtime, not a loop of its own): it hears every event
+/// published after it started, once and in stream order, across a NATS restart, and an event
+/// that does not decode is passed over, not a stop. More events than a consumer's batch
+/// (500) go through, part of them while NATS is down.
+#[tokio::test]
+async fn a_live_reader_hears_every_event_after_its_start_once_in_order_across_a_nats_restart() {
+    let (db, mut nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let client = chronicle_bus::connect(&nats.url()).await.unwrap();
+    let relay = start_relay(&pool, &client, Default::default());
+    let bus = bus(&pool);
+    for i in 0..5 {
+        create_item(&bus, &format!("before-{i}"), 1).await;
+    }
+    wait_relayed(&pool, &client, 5).await;
+    let heard = Heard::default();
+    chronicle_bus::LiveSubscriber::new(
+        "live-test",
+        vec!["events.commerce.>".to_owned()],
+        client.clone(),
+        heard.clone(),
+    )
+    .start(std::future::pending())
+    .await;
+    let js = jetstream::new(client.clone());
+    js.publish(
+        "events.commerce.InventoryItem.garbage",
+        "not an envelope".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..400 {
+        let sku = format!("A-{i}");
+        create_item(&bus, &sku, 1).await;
+        expected.push(sku);
+    }
+    nats.server.kill();
+    for i in 0..400 {
+        let sku = format!("B-{i}");
+        create_item(&bus, &sku, 1).await;
+        expected.push(sku);
+    }
+    nats.server
+        .restart()
+        .expect("nats-server restarts on its port and store");
+    eventually("every event heard", Duration::from_secs(60), || async {
+        (heard.0.lock().unwrap().len() >= expected.len()).then_some(())
+    })
+    .await;
+    // Nothing more comes (no event twice).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*heard.0.lock().unwrap(), expected);
+    relay.stop().await;
+}

@@ -24,6 +24,7 @@
 
 mod checkpoint;
 mod control;
+mod live;
 mod parked;
 mod status;
 
@@ -44,6 +45,7 @@ pub use checkpoint::{
     lock as lock_checkpoint, read as read_checkpoint, setup, store as store_checkpoint,
 };
 pub use control::{request_retry, RetryOutcome};
+pub use live::{LiveHandler, LiveSubscriber};
 pub use parked::{parked, ParkedEvent};
 pub use status::{status, SubscriberRef, SubscriberStatus};
 
@@ -255,11 +257,7 @@ impl Delivery {
     }
 
     fn event_type(&self) -> String {
-        self.message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_EVENT_TYPE))
-            .map_or_else(|| "unknown".to_owned(), |v| v.as_str().to_owned())
+        event_type(&self.message)
     }
 
     fn decode(&self) -> Result<Envelope, HandlerError> {
@@ -272,6 +270,15 @@ impl Delivery {
             tracing::debug!(subscriber = name, error = %e, "ack failed");
         }
     }
+}
+
+/// The event type a message's headers name.
+fn event_type(message: &jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_EVENT_TYPE))
+        .map_or_else(|| "unknown".to_owned(), |v| v.as_str().to_owned())
 }
 
 fn decode(payload: &[u8], event_type: String) -> Result<Envelope, HandlerError> {

@@ -1,13 +1,14 @@
 //! The WebSocket hub (`GET /ws?token=`, API.md Chat): live room messages and read receipts,
 //! recovery with `since_seq`, sending and marking read over the socket, typing.
 //!
-//! One ordered JetStream consumer per gateway process reads `events.chat.room.>` from the
-//! moment the hub starts and fans each event out to the connections subscribed to its room
+//! One live reader of the log per gateway process (`chronicle_bus::LiveSubscriber`, the
+//! runtime's reader without a checkpoint) reads the room and order events from the moment
+//! the hub starts and fans each event out to the connections subscribed to its room
 //! (a `broadcast` channel per room), so a message sent through any gateway instance reaches
 //! the clients of every instance, in `seq` order. A subscription first listens to the live
 //! feed, then reads the room's head from the event store, sends the backlog up to that head
-//! from the `chat_history` read model (waiting for it to catch up), and then only live
-//! messages past what it sent: no gap and no duplicate between the two.
+//! from the `chat_history` read model (or, where it lags, from the room's own events), and
+//! then only live messages past what it sent: no gap and no duplicate between the two.
 //!
 //! A frame is serialized once, when it enters the hub, and the same bytes go to every
 //! connection that receives it: fan-out to a thousand members costs a thousand reference
@@ -32,9 +33,9 @@
 //!
 //! A message may carry `file_ids` (files its sender owned): the room's members may read them.
 //!
-//! The hub reads the log with an ordered consumer of its own rather than the subscriber
-//! runtime: it keeps no checkpoint (a process starts from "now" and a client recovers with
-//! `since_seq`), so the runtime's transactional checkpoint has nothing to hold.
+//! The live reader keeps no checkpoint (a process starts from "now" and a client recovers
+//! with `since_seq`); it shares the runtime's reconnect, decoding and metrics
+//! (`chronicle_subscriber_*{subscriber="hub"}`).
 
 pub(crate) mod connection;
 pub(crate) mod routes;
@@ -45,7 +46,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use axum::extract::ws::Utf8Bytes;
 use chronicle_chat::{Room, RoomEvent};
 use chronicle_commerce::{Order, OrderEvent};
@@ -361,105 +362,25 @@ impl Hub {
         }
     }
 
-    /// Starts the consumer once per process, and returns once it exists: a message
-    /// published after this returns reaches the rooms' listeners.
+    /// Starts the hub's reader of the log once per process, and returns once its consumer
+    /// exists: a message published after this returns reaches the rooms' listeners.
     pub(crate) async fn start(&self, nats: &async_nats::Client, pool: &sqlx::PgPool) {
         let hub = self.clone();
         let (nats, pool) = (nats.clone(), pool.clone());
         self.started
             .get_or_init(|| async move {
-                let first = hub.consumer(&nats, 0).await;
                 tokio::spawn(hub.clone().refresh_presence(nats.clone()));
-                tokio::spawn(async move { hub.feed(nats, pool, first).await });
-            })
-            .await;
-    }
-
-    /// An ordered consumer of the room events: from now (`after == 0`), or right after the
-    /// stream sequence `after` (a restart resumes where the last one stopped).
-    async fn consumer(
-        &self,
-        nats: &async_nats::Client,
-        after: u64,
-    ) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>, Failure>
-    {
-        let js = jetstream::new(nats.clone());
-        let stream = chronicle_bus::ensure_events_stream(&js).await?;
-        let deliver_policy = if after == 0 {
-            DeliverPolicy::New
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: after + 1,
-            }
-        };
-        Ok(stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subjects: vec![
+                let subjects = vec![
                     format!("events.chat.{}.>", <Room as cqrs_es::Aggregate>::TYPE),
                     format!("events.commerce.{}.>", <Order as cqrs_es::Aggregate>::TYPE),
-                ],
-                deliver_policy,
-                ..Default::default()
+                ];
+                // The hub is a reader of the log like the subscribers, under the same
+                // metrics; it lives as long as the process.
+                chronicle_bus::LiveSubscriber::new("hub", subjects, nats, Feed { hub, pool })
+                    .start(std::future::pending())
+                    .await;
             })
-            .await?)
-    }
-
-    /// Fans the room events out, for ever, resuming after failures where it stopped.
-    async fn feed(
-        &self,
-        nats: async_nats::Client,
-        pool: sqlx::PgPool,
-        first: Result<
-            jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
-            Failure,
-        >,
-    ) {
-        let mut last = 0;
-        let mut consumer = first;
-        loop {
-            let result = match consumer {
-                Ok(consumer) => self.feed_from(consumer, &pool, &mut last).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %chronicle_bus::ErrorChain(&*e), "the hub's feed stopped; starting again");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            consumer = self.consumer(&nats, last).await;
-        }
-    }
-
-    async fn feed_from(
-        &self,
-        consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
-        pool: &sqlx::PgPool,
-        last: &mut u64,
-    ) -> Result<(), Failure> {
-        let mut messages = consumer.messages().await?;
-        while let Some(message) = messages.next().await {
-            let message = message?;
-            if let Ok(info) = message.info() {
-                *last = info.stream_sequence;
-                // The hub is a reader of the log like the subscribers, under the same names.
-                let label = [("subscriber", "hub")];
-                metrics::gauge!("chronicle_subscriber_checkpoint", &label).set(*last as f64);
-                metrics::gauge!("chronicle_subscriber_lag_events", &label).set(info.pending as f64);
-                metrics::gauge!("chronicle_subscriber_caught_up", &label)
-                    .set(if info.pending == 0 { 1.0 } else { 0.0 });
-                metrics::counter!("chronicle_subscriber_events_total", &label).increment(1);
-            }
-            let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
-                continue;
-            };
-            if envelope.aggregate_type == <Order as cqrs_es::Aggregate>::TYPE {
-                self.order_status(&envelope, pool).await;
-                continue;
-            }
-            if let Some(live) = room_frame(&envelope) {
-                self.to_room(&envelope.aggregate_id, live);
-            }
-        }
-        Ok(())
+            .await;
     }
 
     /// Passes `live` to the room's listeners in this process, if it has any.
@@ -515,6 +436,23 @@ impl Hub {
     }
 }
 
+/// The hub's handler of room and order events: each becomes the frame of the room's or the
+/// customer's listeners in this process.
+struct Feed {
+    hub: Hub,
+    pool: sqlx::PgPool,
+}
+
+impl chronicle_bus::LiveHandler for Feed {
+    async fn handle(&self, envelope: Envelope) {
+        if envelope.aggregate_type == <Order as cqrs_es::Aggregate>::TYPE {
+            self.hub.order_status(&envelope, &self.pool).await;
+        } else if let Some(live) = room_frame(&envelope) {
+            self.hub.to_room(&envelope.aggregate_id, live);
+        }
+    }
+}
+
 /// The live frame of a room event, if it has one.
 fn room_frame(envelope: &Envelope) -> Option<Live> {
     let room_id = envelope.aggregate_id.as_str();
@@ -565,5 +503,3 @@ async fn pass_signals_on(
         }
     }
 }
-
-type Failure = Box<dyn std::error::Error + Send + Sync>;
