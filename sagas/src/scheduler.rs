@@ -36,10 +36,9 @@ use chronicle_scheduler::{
     bucket, Action, AllowList, CommandAction, Fire, Job, JobCommand, JobError, JobSpec, Outcome,
     BUCKETS,
 };
-use chronicle_schemas::AggregateKind;
+use chronicle_schemas::{AggregateKind, Envelope};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -177,18 +176,19 @@ impl Scheduler {
         }
         // New and resumed jobs are taken up as soon as their events are published, not at
         // the next poll once the read model shows them: a hint only (the poll finds every
-        // job whatever happens to these messages).
-        let mut hints = match core
-            .nats
-            .subscribe(format!("events.{}.{}.>", Job::CONTEXT, Job::TYPE))
-            .await
-        {
-            Ok(hints) => Some(hints),
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "no hints of new jobs; polling only");
-                None
-            }
-        };
+        // job whatever happens to these messages, so a hint the full queue drops is no loss).
+        let (hint, mut hints) = tokio::sync::mpsc::channel(1024);
+        let (stop_hints, hints_stopped) = tokio::sync::oneshot::channel::<()>();
+        chronicle_bus::LiveSubscriber::new(
+            "scheduler-hints",
+            vec![format!("events.{}.{}.>", Job::CONTEXT, Job::TYPE)],
+            core.nats.clone(),
+            Hints(hint),
+        )
+        .start(async move {
+            let _ = hints_stopped.await;
+        })
+        .await;
         // Due jobs are read from the jobs projection's table: on a new database the scheduler
         // may start before that projector has made it.
         if let Some(Err(e)) = chronicle_projections::setup_named(
@@ -203,7 +203,7 @@ impl Scheduler {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(hint) = async { hints.as_mut()?.next().await }, if hints.is_some() => {
+                Some(hint) = hints.recv() => {
                     if let Some(job_id) = core.hinted(&hint) {
                         drivers.spawn(core.clone().drive(job_id));
                     }
@@ -230,6 +230,7 @@ impl Scheduler {
             }
         }
         drivers.shutdown().await;
+        let _ = stop_hints.send(());
         let _ = sqlx::query(
             "UPDATE scheduler_processes SET stopped = true, seen_at = $2 WHERE id = $1",
         )
@@ -320,18 +321,12 @@ impl Core {
 
     /// The job a published event names, when it is new or resumed, this process's, and not
     /// looked after yet (it is then taken up).
-    fn hinted(&self, message: &async_nats::Message) -> Option<String> {
-        let event_type = message
-            .headers
-            .as_ref()?
-            .get(chronicle_schemas::HEADER_EVENT_TYPE)?
-            .as_str();
+    fn hinted(&self, envelope: &Envelope) -> Option<String> {
+        let event_type = envelope.event_type.as_str();
         if !matches!(event_type, "JobCreated" | "JobResumed") {
             return None;
         }
         // A job due later than the hold is the poll's to find when it is due.
-        let envelope: chronicle_schemas::Envelope =
-            serde_json::from_slice(&message.payload).ok()?;
         let due = envelope
             .payload
             .get(event_type)?
@@ -341,7 +336,7 @@ impl Core {
         if due > Utc::now() + chrono::Duration::from_std(self.config.hold).unwrap_or_default() {
             return None;
         }
-        let job_id = message.subject.as_str().rsplit('.').next()?.to_owned();
+        let job_id = envelope.aggregate_id.clone();
         let taken = self.owns(&job_id)
             && self
                 .inflight
@@ -790,6 +785,16 @@ impl Core {
 /// 0 to 99.
 fn rand_percent() -> u8 {
     Uuid::new_v4().as_bytes()[0] % 100
+}
+
+/// The scheduler's hints: job events, passed to its loop (dropped when the loop is behind:
+/// the poll finds every job anyway).
+struct Hints(tokio::sync::mpsc::Sender<Envelope>);
+
+impl chronicle_bus::LiveHandler for Hints {
+    async fn handle(&self, event: Envelope) {
+        let _ = self.0.try_send(event);
+    }
 }
 
 #[cfg(test)]
