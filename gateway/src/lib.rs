@@ -41,8 +41,8 @@ pub mod thumbnail;
 pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
+pub use routes::problem_codes;
 pub use routes::router;
-pub use schema::PROBLEM_CODES;
 pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight

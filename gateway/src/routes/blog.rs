@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{
     page::{time_and_id, Page, PageRequest},
-    respond, Routes,
+    respond, Context, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -42,6 +42,12 @@ pub(super) fn routes() -> Routes {
         tags
     ]
 }
+
+/// The blog context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes,
+    problems: &["comment_exists", "post_exists", "post_not_published"],
+};
 
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).
 fn no_content(executed: Executed) -> Response {

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::{
     page::{self, PageRequest},
-    respond, Routes,
+    respond, Context, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -39,6 +39,17 @@ pub(super) fn routes() -> Routes {
         read
     ]
 }
+
+/// Rooms and messages over HTTP, and the WebSocket hub.
+fn chat_routes() -> Routes {
+    routes().merge(crate::hub::routes::routes())
+}
+
+/// The chat context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes: chat_routes,
+    problems: &["direct_room_exists", "direct_room_fixed", "room_exists"],
+};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

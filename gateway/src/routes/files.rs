@@ -35,7 +35,7 @@ use serde_json::json;
 
 use super::{
     page::{time_and_id, PageParams, PageRequest},
-    respond, with_layer, Routes,
+    respond, with_layer, Context, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -52,6 +52,35 @@ pub(super) fn routes() -> Routes {
             DefaultBodyLimit::max((MAX_FILE_SIZE + 64 * 1024) as usize),
         ))
 }
+
+/// Files, shares, chunked and tus uploads, thumbnails.
+fn files_routes() -> Routes {
+    routes()
+        .merge(super::uploads::routes())
+        .merge(super::tus::routes())
+        .merge(super::thumbnails::routes())
+}
+
+/// The files context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes: files_routes,
+    problems: &[
+        "checksum_mismatch",
+        "file_exists",
+        "image_too_large",
+        "not_an_image",
+        "offset_mismatch",
+        "range_not_satisfiable",
+        "share_exists",
+        "too_many_segments",
+        "tus_version_unsupported",
+        "upload_closed",
+        "upload_exists",
+        "upload_expired",
+        "upload_incomplete",
+        "upload_not_expired",
+    ],
+};
 
 /// A share token's id: the lowercase hex SHA-256 of the token.
 fn share_id(token: &str) -> String {

@@ -13,7 +13,7 @@ use chronicle_schemas::limits::Invalid;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{respond, Routes};
+use super::{respond, Context, Routes};
 use crate::{
     auth::{hash_password, verify_password, CUSTOMER, STAFF},
     error::{ApiError, FieldError},
@@ -25,6 +25,16 @@ use crate::{
 pub(super) fn routes() -> Routes {
     documented![register, login, find_users, get_user, change_profile]
 }
+
+/// The identity context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes,
+    problems: &[
+        "already_registered",
+        "invalid_credentials",
+        "username_taken",
+    ],
+};
 
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.
 const MAX_PASSWORD: usize = 1024;

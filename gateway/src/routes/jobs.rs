@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::{
     page::{time_and_id, PageParams, PageRequest},
-    respond, Routes,
+    respond, Context, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -30,6 +30,20 @@ use crate::{
 pub(super) fn routes() -> Routes {
     documented![create, list, get, delete, runs, pause, resume]
 }
+
+/// The scheduler context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes,
+    problems: &[
+        "job_busy",
+        "job_exists",
+        "job_not_due",
+        "job_paused",
+        "job_waiting",
+        "run_not_running",
+        "url_not_allowed",
+    ],
+};
 
 /// `schedule`: exactly one of its fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -65,25 +65,51 @@ where
     (schemas, paths, handlers.layer(layer))
 }
 
-/// Every documented route: each context's, with the document's shared parts (title,
-/// security, common schemas) from [`openapi::ApiDoc`].
+/// One bounded context as the gateway hosts it, declared once, in the context's own routes
+/// module: everything the gateway enumerates (the router, `/openapi.json` and its problem
+/// codes) reads [`CONTEXTS`].
+pub(crate) struct Context {
+    /// Its routes, each with its OpenAPI operation.
+    pub(crate) routes: fn() -> Routes,
+    /// The problem `code`s its routes and its domain answer, beyond the host's own
+    /// ([`crate::schema::HOST_PROBLEMS`]). Each code is declared by one context.
+    pub(crate) problems: &'static [&'static str],
+}
+
+/// Every context the gateway serves.
+pub(crate) const CONTEXTS: [Context; 7] = [
+    identity::CONTEXT,
+    orders::CONTEXT,
+    blog::CONTEXT,
+    chat::CONTEXT,
+    files::CONTEXT,
+    jobs::CONTEXT,
+    monitoring::CONTEXT,
+];
+
+/// Every documented route: the host's own (health, metrics, the readers' status) and each
+/// context's, with the document's shared parts (title, security, common schemas) from
+/// [`openapi::ApiDoc`].
 pub(crate) fn api() -> Routes {
     use utoipa::OpenApi as _;
-    Routes::with_openapi(openapi::ApiDoc::openapi())
-        .merge(health::routes())
-        .merge(identity::routes())
-        .merge(projections::routes())
-        .merge(inventory::routes())
-        .merge(orders::routes())
-        .merge(blog::routes())
-        .merge(chat::routes())
-        .merge(files::routes())
-        .merge(uploads::routes())
-        .merge(tus::routes())
-        .merge(thumbnails::routes())
-        .merge(jobs::routes())
-        .merge(monitoring::routes())
-        .merge(crate::hub::routes::routes())
+    CONTEXTS.iter().fold(
+        Routes::with_openapi(openapi::ApiDoc::openapi())
+            .merge(health::routes())
+            .merge(projections::routes()),
+        |api, context| api.merge((context.routes)()),
+    )
+}
+
+/// Every problem `code` an answer may carry, sorted: the host's and every context's.
+pub fn problem_codes() -> Vec<&'static str> {
+    let mut codes: Vec<&'static str> = crate::schema::HOST_PROBLEMS
+        .iter()
+        .chain(CONTEXTS.iter().flat_map(|c| c.problems))
+        .copied()
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
@@ -196,4 +222,19 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_problem_code_is_declared_once() {
+        let declared: Vec<&str> = crate::schema::HOST_PROBLEMS
+            .iter()
+            .chain(CONTEXTS.iter().flat_map(|c| c.problems))
+            .copied()
+            .collect();
+        assert_eq!(declared.len(), problem_codes().len(), "{declared:?}");
+    }
 }

@@ -23,7 +23,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{respond, Routes};
+use super::{respond, Context, Routes};
 use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
@@ -45,6 +45,17 @@ pub(super) fn routes() -> Routes {
         acknowledge
     ]
 }
+
+/// The monitoring context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes,
+    problems: &[
+        "alert_not_firing",
+        "malformed_samples",
+        "rule_exists",
+        "too_many_series",
+    ],
+};
 
 /// Most points one series of a query may have.
 const MAX_POINTS: i64 = 11_000;

@@ -4,7 +4,7 @@
 //! A route and its operation are declared together (`.routes(routes!(handler))`, see
 //! [`super::Routes`]); [`ApiDoc`] holds only what the whole document shares.
 //! `tests/spine/openapi.rs` fails when an operation is not served, or a problem `code` the
-//! code can answer is missing from [`PROBLEM_CODES`](crate::schema::PROBLEM_CODES). The shapes the
+//! code can answer is not in the document's enumeration of problem codes. The shapes the
 //! routes' annotations name live in [`crate::schema`].
 
 use axum::{
@@ -60,6 +60,24 @@ impl Modify for OperationIds {
     }
 }
 
+/// The `Problem` schema's `code` lists every code an answer may carry
+/// ([`super::problem_codes`]): a client can match on them, and a validator of answers
+/// (schemathesis) fails on one it does not know.
+fn enumerate_problem_codes(document: &mut Document) {
+    use utoipa::openapi::{schema::Schema, RefOr};
+    let code = document
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("Problem"))
+        .and_then(|problem| match problem {
+            RefOr::T(Schema::Object(problem)) => problem.properties.get_mut("code"),
+            _ => None,
+        });
+    if let Some(RefOr::T(Schema::Object(code))) = code {
+        code.enum_values = Some(super::problem_codes().into_iter().map(Into::into).collect());
+    }
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -97,6 +115,7 @@ pub fn document() -> &'static Document {
     DOCUMENT.get_or_init(|| {
         let mut document = super::api().into_openapi();
         OperationIds.modify(&mut document);
+        enumerate_problem_codes(&mut document);
         document
     })
 }

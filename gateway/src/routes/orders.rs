@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     page::{Page, PageRequest},
-    respond, Routes,
+    respond, Context, Routes,
 };
 use crate::{
     error::{ApiError, FieldError},
@@ -35,6 +35,32 @@ pub(super) fn routes() -> Routes {
         get_coupon
     ]
 }
+
+/// Orders, coupons and the inventory.
+fn commerce_routes() -> Routes {
+    routes().merge(super::inventory::routes())
+}
+
+/// The commerce context as the gateway hosts it.
+pub(super) const CONTEXT: Context = Context {
+    routes: commerce_routes,
+    problems: &[
+        "coupon_exhausted",
+        "coupon_exists",
+        "insufficient_stock",
+        "invalid_state",
+        "order_exists",
+        "payment_declined",
+        "payment_timeout",
+        "reservation_committed",
+        "reservation_mismatch",
+        "reservation_released",
+        "sku_exists",
+        "stock_limit_exceeded",
+        "unknown_reservation",
+        "wrong_amount",
+    ],
+};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
