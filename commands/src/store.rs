@@ -212,6 +212,30 @@ impl EventStore {
             .map_err(StoreError::db("counting the outbox"))
     }
 
+    /// The newest outbox row now, if any: with [`outbox_holds_through`](Self::outbox_holds_through),
+    /// a reader waits until everything committed before a moment is published.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn outbox_newest(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT max(id) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the outbox"))
+    }
+
+    /// Whether outbox rows up to `id` still wait for the relay.
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn outbox_holds_through(&self, id: i64) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1)")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("reading the outbox"))
+    }
+
     /// The aggregate holding claim `value` in `namespace`, if one does.
     ///
     /// # Errors

@@ -37,6 +37,32 @@ pub struct MessageView {
     pub file_ids: Vec<String>,
 }
 
+impl MessageView {
+    /// The message a `MessageSent` event records; `None` for any other event. (From the
+    /// event, `file_ids` are the files attached when it was sent, deleted or not.)
+    pub fn sent(event: RoomEvent) -> Option<Self> {
+        match event {
+            RoomEvent::MessageSent {
+                message_id,
+                seq,
+                sender_id,
+                body,
+                sent_at,
+                file_ids,
+                ..
+            } => Some(Self {
+                id: message_id,
+                seq: i64::try_from(seq).ok()?,
+                sender_id,
+                body,
+                sent_at,
+                file_ids,
+            }),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChatHistoryProjection;
 

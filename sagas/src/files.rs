@@ -61,6 +61,8 @@ impl Default for FilesJanitorConfig {
 pub enum JanitorError {
     #[error(transparent)]
     Database(#[from] chronicle_commands::DbError),
+    #[error("the event store")]
+    Store(#[from] chronicle_commands::StoreError),
     #[error("the object store")]
     Content(#[from] chronicle_bus::ContentError),
     #[error("the log")]
@@ -363,19 +365,10 @@ impl FilesJanitor {
     /// nothing pending and nothing is parked. Waits up to `catch_up` for it.
     async fn caught_up(&self, js: &async_nats::jetstream::Context) -> Result<bool, JanitorError> {
         let deadline = tokio::time::Instant::now() + self.config.catch_up;
-        let newest: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db("reading the outbox"))?;
-        if let Some(newest) = newest {
+        let store = self.commands.store();
+        if let Some(newest) = store.outbox_newest().await? {
             loop {
-                let pending: bool =
-                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE id <= $1)")
-                        .bind(newest)
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err(db("reading the outbox"))?;
-                if !pending {
+                if !store.outbox_holds_through(newest).await? {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {

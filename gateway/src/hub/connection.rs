@@ -12,7 +12,7 @@ use axum::{
     },
     response::Response,
 };
-use chronicle_chat::{Room, RoomCommand, RoomEvent};
+use chronicle_chat::{Room, RoomCommand};
 use chronicle_commands::CommandContext;
 use chronicle_projections::chat_history::{self, Window};
 use futures::{SinkExt, StreamExt};
@@ -591,15 +591,7 @@ async fn subscription(
             return;
         };
         for message in backlog {
-            let frame = MessageFrame {
-                room_id: &room_id,
-                id: &message.id,
-                seq: message.seq as u64,
-                sender_id: &message.sender_id,
-                body: &message.body,
-                sent_at: message.sent_at,
-                file_ids: &message.file_ids,
-            };
+            let frame = MessageFrame::of(&room_id, &message);
             sent = frame.seq;
             if !out
                 .push_paced(Outbound::Frame(frame.live().text), patience)
@@ -672,24 +664,7 @@ async fn backlog(
         )?;
     Ok(events
         .into_iter()
-        .filter_map(|(_, event)| match event {
-            RoomEvent::MessageSent {
-                message_id,
-                seq,
-                sender_id,
-                body,
-                sent_at,
-                file_ids,
-                ..
-            } if seq > from && seq <= head => Some(chat_history::MessageView {
-                id: message_id,
-                seq: seq as i64,
-                sender_id,
-                body,
-                sent_at,
-                file_ids,
-            }),
-            _ => None,
-        })
+        .filter_map(|(_, event)| chat_history::MessageView::sent(event))
+        .filter(|message| message.seq > from as i64 && message.seq <= head as i64)
         .collect())
 }

@@ -112,7 +112,23 @@ pub(crate) struct MessageFrame<'a> {
     pub(crate) file_ids: &'a [String],
 }
 
-impl MessageFrame<'_> {
+impl<'a> MessageFrame<'a> {
+    /// The frame of `message` in room `room_id`.
+    pub(crate) fn of(
+        room_id: &'a str,
+        message: &'a chronicle_projections::chat_history::MessageView,
+    ) -> Self {
+        Self {
+            room_id,
+            id: &message.id,
+            seq: message.seq as u64,
+            sender_id: &message.sender_id,
+            body: &message.body,
+            sent_at: message.sent_at,
+            file_ids: &message.file_ids,
+        }
+    }
+
     pub(crate) fn live(&self) -> Live {
         Live {
             kind: LiveKind::Message { seq: self.seq },
@@ -457,24 +473,10 @@ impl chronicle_bus::LiveHandler for Feed {
 fn room_frame(envelope: &Envelope) -> Option<Live> {
     let room_id = envelope.aggregate_id.as_str();
     Some(match envelope.decode::<RoomEvent>().ok()? {
-        RoomEvent::MessageSent {
-            message_id,
-            seq,
-            sender_id,
-            body,
-            sent_at,
-            file_ids,
-            ..
-        } => MessageFrame {
-            room_id,
-            id: &message_id,
-            seq,
-            sender_id: &sender_id,
-            body: &body,
-            sent_at,
-            file_ids: &file_ids,
+        sent @ RoomEvent::MessageSent { .. } => {
+            let message = chronicle_projections::chat_history::MessageView::sent(sent)?;
+            MessageFrame::of(room_id, &message).live()
         }
-        .live(),
         RoomEvent::ReadMarked { user_id, up_to_seq } => Live::other(&json!({
             "type": "read_receipt", "room_id": room_id, "user_id": user_id,
             "up_to_seq": up_to_seq})),
