@@ -827,7 +827,8 @@ async fn recover_while_sending(
         let mut started = Some(started);
         let (mut before, mut after, mut subscribed) = (Vec::new(), Vec::new(), Value::Null);
         while subscribed.is_null() || after.last().max(before.last()) < Some(&last_seq) {
-            let next = frame(&mut socket).await;
+            // Generous: 30 tests share two cores here, and a lost frame fails all the same.
+            let next = frame_within(&mut socket, Duration::from_secs(30)).await;
             if let Some(started) = started.take() {
                 let _ = started.send(());
             }
