@@ -14,17 +14,15 @@ use axum::{
 };
 use chronicle_chat::{Room, RoomCommand};
 use chronicle_commands::CommandContext;
-use chronicle_projections::chat_history::{self, Window};
+use chronicle_projections::chat_history;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::{signal_subject, to_text, LiveKind, MessageFrame, OUTBOUND};
+use super::{signal_subject, to_text, OUTBOUND};
 use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 
-/// Most backlog messages a subscription sends before it tells the client to page over HTTP.
-const MAX_BACKLOG: i64 = 1_000;
 /// Largest frame a client may send.
 const MAX_FRAME: usize = 16 * 1024;
 /// Most rooms one connection may be subscribed to at once: each is a task and a listener.
@@ -90,7 +88,7 @@ enum Inbound {
 }
 
 /// What goes out on a socket: a frame's JSON text, or the server's ping.
-enum Outbound {
+pub(super) enum Outbound {
     Frame(Utf8Bytes),
     Ping,
 }
@@ -101,7 +99,7 @@ enum Outbound {
 /// Not a tokio `mpsc`: that allocates a block of 32 slots per channel up front, and an idle
 /// connection's queue is empty nearly all its life; this one holds what is queued and no more.
 #[derive(Clone)]
-struct Queue(Arc<Outbox>);
+pub(super) struct Queue(Arc<Outbox>);
 
 struct Outbox {
     queued: std::sync::Mutex<Queued>,
@@ -137,7 +135,7 @@ impl Queue {
     }
 
     /// Queues `outbound`; `false` when the client is not keeping up (or gone).
-    fn push(&self, outbound: Outbound) -> bool {
+    pub(super) fn push(&self, outbound: Outbound) -> bool {
         let mut queued = self.lock();
         if queued.closed || queued.frames.len() >= OUTBOUND {
             drop(queued);
@@ -155,7 +153,7 @@ impl Queue {
     /// holds) goes out at the pace the socket takes it, leaving the other half for live frames
     /// and answers. `false` when the queue closed, or when nothing drained for `patience`: the
     /// client is not reading, and the connection is dropped as on an overflow.
-    async fn push_paced(&self, outbound: Outbound, patience: Duration) -> bool {
+    pub(super) async fn push_paced(&self, outbound: Outbound, patience: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + patience;
         let mut outbound = Some(outbound);
         loop {
@@ -185,7 +183,7 @@ impl Queue {
     }
 
     /// Queues a frame made here (an answer, an error).
-    fn frame(&self, frame: &Value) -> bool {
+    pub(super) fn frame(&self, frame: &Value) -> bool {
         self.push(Outbound::Frame(to_text(frame)))
     }
 
@@ -418,7 +416,7 @@ async fn handle(
                     &format!("a connection follows at most {MAX_SUBSCRIPTIONS} rooms"),
                 ));
             }
-            let task = tokio::spawn(subscription(
+            let task = tokio::spawn(super::subscription::subscription(
                 state.clone(),
                 room_id.clone(),
                 user_id.to_owned(),
@@ -466,7 +464,7 @@ async fn handle(
     }
 }
 
-fn error(code: &str, detail: &str) -> Value {
+pub(super) fn error(code: &str, detail: &str) -> Value {
     json!({"type": "error", "code": code, "detail": detail})
 }
 
@@ -509,7 +507,7 @@ fn actor_context(user_id: &str) -> CommandContext {
 }
 
 /// An `error` frame with a problem's code and detail.
-fn problem_frame(problem: &ApiError) -> Value {
+pub(super) fn problem_frame(problem: &ApiError) -> Value {
     json!({"type": "error", "code": problem.code(), "detail": problem.detail()})
 }
 
@@ -533,7 +531,11 @@ async fn command_on(
 
 /// Whether `user_id` is a member of `room_id`, asked of the room itself: else the error
 /// frame to answer (`not_found`, `forbidden`, or `unavailable`).
-async fn member_of(state: &AppState, user_id: &str, room_id: &str) -> Result<u64, Value> {
+pub(super) async fn member_of(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+) -> Result<u64, Value> {
     if uuid::Uuid::parse_str(room_id).is_err() {
         return Err(error("not_found", "no such room"));
     }
@@ -545,126 +547,4 @@ async fn member_of(state: &AppState, user_id: &str, room_id: &str) -> Result<u64
         Err(problem) if problem.code() == "not_found" => Err(problem_frame(&problem)),
         Err(_) => Err(error("unavailable", "try again")),
     }
-}
-
-/// One room for one connection: membership checked on the room itself (not a read model
-/// that may lag), the backlog past `since_seq` up to the room's head (paced by the socket: a
-/// backlog is bigger than the outbound queue), then live frames (messages past what was
-/// sent, read receipts, signals).
-async fn subscription(
-    state: AppState,
-    room_id: String,
-    user_id: String,
-    since_seq: u64,
-    out: Queue,
-) {
-    if uuid::Uuid::parse_str(&room_id).is_err() {
-        out.frame(&error("not_found", "no such room"));
-        return;
-    }
-    // Listening starts before the head is read: what comes after the head arrives live.
-    let mut live = state.hub.listen(&state.nats, &room_id).await;
-    let head = match member_of(&state, &user_id, &room_id).await {
-        Ok(head) => head,
-        Err(refused) => {
-            out.frame(&refused);
-            return;
-        }
-    };
-    let mut sent = since_seq;
-    let mut recovered = true;
-    // A client that takes no frame for as long as it may leave pings unanswered is gone.
-    let patience = state.config.ws_ping_interval.max(Duration::from_millis(50)) * 2;
-    if head > since_seq {
-        let wanted = (head - since_seq) as i64;
-        recovered = wanted <= MAX_BACKLOG;
-        let from = if recovered {
-            since_seq
-        } else {
-            head - MAX_BACKLOG as u64
-        };
-        let Ok(backlog) = backlog(&state, &room_id, from, head).await else {
-            out.frame(&error(
-                "unavailable",
-                "the room's messages could not be read; subscribe again",
-            ));
-            return;
-        };
-        for message in backlog {
-            let frame = MessageFrame::of(&room_id, &message);
-            sent = frame.seq;
-            if !out
-                .push_paced(Outbound::Frame(frame.live().text), patience)
-                .await
-            {
-                return;
-            }
-        }
-    }
-    let subscribed =
-        json!({"type": "subscribed", "room_id": room_id, "head_seq": head, "recovered": recovered});
-    if !out.frame(&subscribed) {
-        return;
-    }
-    loop {
-        match live.recv().await {
-            Ok(frame) => {
-                let last = match &frame.kind {
-                    LiveKind::Message { seq } if *seq <= sent => continue,
-                    LiveKind::Message { seq } => {
-                        sent = *seq;
-                        false
-                    }
-                    // Removed from the room: this frame, then no more of its messages.
-                    LiveKind::MemberRemoved { user_id: removed } => **removed == *user_id,
-                    LiveKind::Other => false,
-                };
-                if !out.push(Outbound::Frame(frame.text)) || last {
-                    return;
-                }
-            }
-            // Fell behind the room: the client re-subscribes with its last seq.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                out.frame(&error("lagged", "re-subscribe with since_seq"));
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// The messages `from < seq <= head`: from the history read model when it holds them all
-/// (one indexed read), else from the room's own events, which a command's acknowledgement
-/// already guarantees (a projector that is down or behind never cuts a recovery).
-/// `Err` when neither can be read.
-async fn backlog(
-    state: &AppState,
-    room_id: &str,
-    from: u64,
-    head: u64,
-) -> Result<Vec<chat_history::MessageView>, ()> {
-    let wanted = (head - from) as i64;
-    if let Ok(got) =
-        chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted).await
-    {
-        if got.len() as i64 >= wanted {
-            return Ok(got);
-        }
-    }
-    // Message `seq` s is the room's s-th `MessageSent`, after at least its `RoomCreated`, so
-    // its event sequence is above s: the events past sequence `from` hold every message
-    // past `from` (and perhaps some before it, skipped here).
-    let events = state
-        .commands
-        .store()
-        .events_of::<Room>(room_id, from, "MessageSent", wanted + from as i64)
-        .await
-        .map_err(
-            |e| tracing::warn!(error = %e, room_id, "backlog not read from the room's events"),
-        )?;
-    Ok(events
-        .into_iter()
-        .filter_map(|(_, event)| chat_history::MessageView::sent(event))
-        .filter(|message| message.seq > from as i64 && message.seq <= head as i64)
-        .collect())
 }

@@ -39,6 +39,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod routes;
+mod subscription;
 
 use std::{
     collections::HashMap,
