@@ -454,23 +454,33 @@ impl Settings {
             header_read_timeout: std::time::Duration::from_secs(
                 self.gateway.header_read_timeout_seconds,
             ),
-            staff_users: self
-                .gateway
-                .staff_users
-                .iter()
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty())
-                .collect(),
             subscribers: crate::processes::subscribers(),
-            presence_ttl: self.gateway.presence_ttl,
-            ws_ping_interval: self.gateway.ws_ping_interval,
-            file_replicas: self.servers.stream_replicas,
-            upload_ttl: self.files.upload_ttl,
-            scheduler_http_allow: self.scheduler.scheduler_http_allow.clone(),
-            notify_allow: self.monitoring.notify_allow.clone(),
-            metrics_retention: self.monitoring.metrics_retention,
-            collect_every: (!self.monitoring.collect_every.is_zero())
-                .then_some(self.monitoring.collect_every),
+            identity: chronicle_gateway::IdentityConfig {
+                staff_users: self
+                    .gateway
+                    .staff_users
+                    .iter()
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+            },
+            chat: chronicle_gateway::ChatConfig {
+                presence_ttl: self.gateway.presence_ttl,
+                ws_ping_interval: self.gateway.ws_ping_interval,
+            },
+            files: chronicle_gateway::FilesConfig {
+                replicas: self.servers.stream_replicas,
+                upload_ttl: self.files.upload_ttl,
+            },
+            scheduler: chronicle_gateway::JobsConfig {
+                http_allow: self.scheduler.scheduler_http_allow.clone(),
+            },
+            monitoring: chronicle_gateway::MonitoringConfig {
+                notify_allow: self.monitoring.notify_allow.clone(),
+                retention: self.monitoring.metrics_retention,
+                collect_every: (!self.monitoring.collect_every.is_zero())
+                    .then_some(self.monitoring.collect_every),
+            },
             ..chronicle_gateway::GatewayConfig::new(secret)
         }
     }

@@ -41,8 +41,12 @@ pub mod thumbnail;
 pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
-pub use routes::problem_codes;
+pub use hub::ChatConfig;
 pub use routes::router;
+pub use routes::{
+    files::FilesConfig, identity::IdentityConfig, jobs::JobsConfig, monitoring::MonitoringConfig,
+    problem_codes,
+};
 pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight
@@ -62,6 +66,7 @@ pub async fn serve(
         .unwrap_or_else(|_| host_name());
     let collecting = state
         .config
+        .monitoring
         .collect_every
         .map(|every| tokio::spawn(collect::run(state.clone(), every, instance)));
     let served = accept(listener, state, shutdown).await;

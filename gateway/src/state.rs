@@ -1,4 +1,4 @@
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chronicle_commands::CommandExecutor;
 use chronicle_commerce::OrderServices;
@@ -39,29 +39,16 @@ pub struct GatewayConfig {
     /// on a kept-alive connection: a connection past it is closed (a trickling client holds
     /// nothing for long).
     pub header_read_timeout: Duration,
-    /// Usernames made staff at login (`CHRONICLE_STAFF_USERS`; `*` is everyone).
-    pub staff_users: Vec<String>,
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
     /// the component list's, handed in by whoever builds the gateway.
     pub subscribers: Vec<chronicle_bus::SubscriberRef>,
-    /// How long a user stays online after their gateway stops refreshing their presence
-    /// (it crashed): refreshed every third of it.
-    pub presence_ttl: Duration,
-    /// How often the hub pings a WebSocket client; one silent for two intervals is dropped.
-    pub ws_ping_interval: Duration,
-    /// Replicas of the `files` object store bucket when it is created.
-    pub file_replicas: usize,
-    /// How long a resumable upload may stay unfinished (`CHRONICLE_UPLOAD_TTL`).
-    pub upload_ttl: Duration,
-    /// Hosts a job's HTTP action may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`).
-    pub scheduler_http_allow: chronicle_scheduler::AllowList,
-    /// Hosts alert webhooks may call (`CHRONICLE_NOTIFY_ALLOW`, the scheduler's format).
-    pub notify_allow: chronicle_scheduler::AllowList,
-    /// How long samples are kept (`CHRONICLE_METRICS_RETENTION`); older queries read the
-    /// per-minute rollups.
-    pub metrics_retention: Duration,
-    /// How often the built-in series are collected and stored (`None`: never).
-    pub collect_every: Option<Duration>,
+    /// What the contexts' routes are configured with, one group per context, each declared
+    /// beside that context's routes.
+    pub identity: crate::routes::identity::IdentityConfig,
+    pub chat: crate::hub::ChatConfig,
+    pub files: crate::routes::files::FilesConfig,
+    pub scheduler: crate::routes::jobs::JobsConfig,
+    pub monitoring: crate::routes::monitoring::MonitoringConfig,
 }
 
 impl GatewayConfig {
@@ -75,16 +62,12 @@ impl GatewayConfig {
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
-            staff_users: Vec::new(),
             subscribers: chronicle_projections::subscriber_refs(),
-            presence_ttl: chronicle_bus::PRESENCE_TTL,
-            ws_ping_interval: Duration::from_secs(20),
-            file_replicas: 1,
-            upload_ttl: Duration::from_secs(24 * 3600),
-            scheduler_http_allow: chronicle_scheduler::AllowList::default(),
-            notify_allow: chronicle_scheduler::AllowList::default(),
-            metrics_retention: Duration::from_secs(15 * 86_400),
-            collect_every: Some(Duration::from_secs(10)),
+            identity: Default::default(),
+            chat: Default::default(),
+            files: Default::default(),
+            scheduler: Default::default(),
+            monitoring: Default::default(),
         }
     }
 }
@@ -120,22 +103,9 @@ pub struct Shared {
     pub(crate) limiter: Option<RateLimiter>,
     /// The WebSocket hub's live room feed (one per process).
     pub(crate) hub: crate::hub::Hub,
-    /// File bytes, opened on first use.
-    content: Arc<tokio::sync::OnceCell<chronicle_bus::ContentStore>>,
-    /// Upload assemblies running in this process, by upload id: asking to complete an
-    /// upload again waits for the one running instead of starting another.
-    pub(crate) assemblies: Arc<std::sync::Mutex<HashMap<String, Assembly>>>,
-    /// The running SHA-256 of uploads (tus or chunks) this process receives in order, by
-    /// upload id, with the offset it stands at.
-    pub(crate) running_hashes: Arc<std::sync::Mutex<HashMap<String, (u64, sha2::Sha256)>>>,
-    /// Thumbnails being made at once (each holds an image's bytes and pixels).
-    pub(crate) thumbnailing: Arc<tokio::sync::Semaphore>,
+    /// What the files routes keep in this process.
+    pub(crate) files: crate::routes::files::FilesState,
 }
-
-/// The outcome of an upload's assembly, which any number of requests may wait for.
-pub(crate) type Assembly = futures::future::Shared<
-    futures::future::BoxFuture<'static, Result<(), crate::error::ApiError>>,
->;
 
 impl AppState {
     /// Builds the state and starts listening for projector notifications; orders are
@@ -153,11 +123,8 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
-            hub: crate::hub::Hub::new(config.presence_ttl),
-            content: Arc::default(),
-            assemblies: Arc::default(),
-            running_hashes: Arc::default(),
-            thumbnailing: Arc::new(tokio::sync::Semaphore::new(1)),
+            hub: crate::hub::Hub::new(config.chat.presence_ttl),
+            files: crate::routes::files::FilesState::default(),
             orders,
             posts,
             pool,
@@ -165,26 +132,5 @@ impl AppState {
             freshness,
             config: Arc::new(config),
         }))
-    }
-}
-
-impl AppState {
-    /// The file bytes (the `files` object store bucket).
-    ///
-    /// # Errors
-    /// 503 when JetStream refuses to open it.
-    pub(crate) async fn content(
-        &self,
-    ) -> Result<&chronicle_bus::ContentStore, crate::error::ApiError> {
-        self.content
-            .get_or_try_init(|| async {
-                chronicle_bus::ContentStore::open(
-                    &async_nats::jetstream::new(self.nats.clone()),
-                    self.config.file_replicas,
-                )
-                .await
-            })
-            .await
-            .map_err(crate::error::ApiError::internal)
     }
 }

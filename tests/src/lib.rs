@@ -416,9 +416,9 @@ impl TestApp {
             .into_bytes(),
         ));
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
-        gateway.staff_users = vec!["*".to_owned()];
-        gateway.scheduler_http_allow = options.scheduler.http_allow.clone();
-        gateway.notify_allow = options.scheduler.notify.allow.clone();
+        gateway.identity.staff_users = vec!["*".to_owned()];
+        gateway.scheduler.http_allow = options.scheduler.http_allow.clone();
+        gateway.monitoring.notify_allow = options.scheduler.notify.allow.clone();
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -312,7 +312,11 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     }
     let mut subscriptions: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     // An idle client is pinged; one that answers nothing for two intervals is gone.
-    let ping_every = state.config.ws_ping_interval.max(Duration::from_millis(50));
+    let ping_every = state
+        .config
+        .chat
+        .ws_ping_interval
+        .max(Duration::from_millis(50));
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut heard = tokio::time::Instant::now();
     loop {

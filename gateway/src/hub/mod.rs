@@ -99,6 +99,25 @@ pub(crate) fn to_text(frame: &impl Serialize) -> Utf8Bytes {
         .into()
 }
 
+/// How the chat routes and the WebSocket hub are configured.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// How long a user stays online after their gateway stops refreshing their presence
+    /// (it crashed): refreshed every third of it.
+    pub presence_ttl: Duration,
+    /// How often the hub pings a WebSocket client; one silent for two intervals is dropped.
+    pub ws_ping_interval: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            presence_ttl: chronicle_bus::PRESENCE_TTL,
+            ws_ping_interval: Duration::from_secs(20),
+        }
+    }
+}
+
 /// A `message` frame.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "message")]

@@ -44,7 +44,12 @@ pub(super) async fn subscription(
     let mut sent = since_seq;
     let mut recovered = true;
     // A client that takes no frame for as long as it may leave pings unanswered is gone.
-    let patience = state.config.ws_ping_interval.max(Duration::from_millis(50)) * 2;
+    let patience = state
+        .config
+        .chat
+        .ws_ping_interval
+        .max(Duration::from_millis(50))
+        * 2;
     if head > since_seq {
         let wanted = (head - since_seq) as i64;
         recovered = wanted <= MAX_BACKLOG;

@@ -26,6 +26,13 @@ pub(super) fn routes() -> Routes {
     documented![register, login, find_users, get_user, change_profile]
 }
 
+/// How the identity routes are configured.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityConfig {
+    /// Usernames made staff at login (`CHRONICLE_STAFF_USERS`; `*` is everyone).
+    pub staff_users: Vec<String>,
+}
+
 /// The identity context as the gateway hosts it.
 pub(super) const CONTEXT: Context = Context {
     routes,
@@ -163,6 +170,7 @@ async fn roles_of(
     let mut roles = vec![CUSTOMER.to_owned()];
     let listed = state
         .config
+        .identity
         .staff_users
         .iter()
         .any(|u| u == "*" || u == username);

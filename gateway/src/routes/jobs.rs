@@ -31,6 +31,13 @@ pub(super) fn routes() -> Routes {
     documented![create, list, get, delete, runs, pause, resume]
 }
 
+/// How the scheduler's routes are configured.
+#[derive(Debug, Clone, Default)]
+pub struct JobsConfig {
+    /// Hosts a job's HTTP action may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`).
+    pub http_allow: chronicle_scheduler::AllowList,
+}
+
 /// The scheduler context as the gateway hosts it.
 pub(super) const CONTEXT: Context = Context {
     routes,
@@ -209,7 +216,8 @@ pub async fn create(
     if let Action::Http { url, .. } = &spec.action {
         state
             .config
-            .scheduler_http_allow
+            .scheduler
+            .http_allow
             .check(url)
             .map_err(|invalid| {
                 ApiError::new(

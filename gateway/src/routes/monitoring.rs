@@ -46,6 +46,29 @@ pub(super) fn routes() -> Routes {
     ]
 }
 
+/// How the monitoring routes (and the gateway's collection of its own series) are
+/// configured.
+#[derive(Debug, Clone)]
+pub struct MonitoringConfig {
+    /// Hosts alert webhooks may call (`CHRONICLE_NOTIFY_ALLOW`, the scheduler's format).
+    pub notify_allow: chronicle_scheduler::AllowList,
+    /// How long samples are kept (`CHRONICLE_METRICS_RETENTION`); older queries read the
+    /// per-minute rollups.
+    pub retention: std::time::Duration,
+    /// How often the built-in series are collected and stored (`None`: never).
+    pub collect_every: Option<std::time::Duration>,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            notify_allow: chronicle_scheduler::AllowList::default(),
+            retention: std::time::Duration::from_secs(15 * 86_400),
+            collect_every: Some(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
 /// The monitoring context as the gateway hosts it.
 pub(super) const CONTEXT: Context = Context {
     routes,
@@ -131,7 +154,7 @@ fn malformed(error: chronicle_monitoring::SampleError) -> ApiError {
 }
 
 fn retention(state: &AppState) -> Duration {
-    Duration::from_std(state.config.metrics_retention).unwrap_or(Duration::days(15))
+    Duration::from_std(state.config.monitoring.retention).unwrap_or(Duration::days(15))
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,7 +370,7 @@ pub struct RulePatch {
 /// The domain's limits, then the webhook hosts (422 `url_not_allowed`).
 fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
     check_spec_limits(&spec).map_err(|invalid| ApiError::validation(vec![invalid.into()]))?;
-    check_channels(&spec, &state.config.notify_allow).map_err(|invalid| {
+    check_channels(&spec, &state.config.monitoring.notify_allow).map_err(|invalid| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "url_not_allowed",

@@ -90,6 +90,7 @@ pub async fn get(
                 )));
             }
             let _permit = state
+                .files
                 .thumbnailing
                 .acquire()
                 .await

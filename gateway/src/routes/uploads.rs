@@ -289,9 +289,10 @@ pub(super) fn once_per_upload(
     state: &AppState,
     id: &str,
     work: impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
-) -> crate::state::Assembly {
+) -> super::files::Assembly {
     use futures::FutureExt;
     let mut running = state
+        .files
         .assemblies
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -303,6 +304,7 @@ pub(super) fn once_per_upload(
         async move {
             let outcome = work.await;
             state
+                .files
                 .assemblies
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -323,7 +325,7 @@ pub(super) fn once_per_upload(
 /// When an upload started now expires (`upload_ttl` from now; a setting too large for the
 /// calendar is the end of it, not a panic).
 pub(super) fn expiry(state: &AppState) -> chrono::DateTime<Utc> {
-    chrono::TimeDelta::from_std(state.config.upload_ttl)
+    chrono::TimeDelta::from_std(state.config.files.upload_ttl)
         .ok()
         .and_then(|ttl| Utc::now().checked_add_signed(ttl))
         .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
