@@ -44,8 +44,8 @@ pub use freshness::Freshness;
 pub use hub::ChatConfig;
 pub use routes::router;
 pub use routes::{
-    files::FilesConfig, identity::IdentityConfig, jobs::JobsConfig, monitoring::MonitoringConfig,
-    problem_codes,
+    files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig,
+    monitoring::MonitoringConfig, problem_codes,
 };
 pub use state::{AppState, GatewayConfig, RateLimit};
 

@@ -46,7 +46,7 @@ pub struct GatewayConfig {
     /// beside that context's routes.
     pub identity: crate::routes::identity::IdentityConfig,
     pub chat: crate::hub::ChatConfig,
-    pub files: crate::routes::files::FilesConfig,
+    pub files: crate::routes::files_state::FilesConfig,
     pub scheduler: crate::routes::jobs::JobsConfig,
     pub monitoring: crate::routes::monitoring::MonitoringConfig,
 }
@@ -104,7 +104,7 @@ pub struct Shared {
     /// The WebSocket hub's live room feed (one per process).
     pub(crate) hub: crate::hub::Hub,
     /// What the files routes keep in this process.
-    pub(crate) files: crate::routes::files::FilesState,
+    pub(crate) files: crate::routes::files_state::FilesState,
 }
 
 impl AppState {
@@ -124,7 +124,7 @@ impl AppState {
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
             hub: crate::hub::Hub::new(config.chat.presence_ttl),
-            files: crate::routes::files::FilesState::default(),
+            files: crate::routes::files_state::FilesState::default(),
             orders,
             posts,
             pool,

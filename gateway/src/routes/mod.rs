@@ -13,6 +13,7 @@ mod blog;
 pub(crate) mod chat;
 mod console;
 pub(crate) mod files;
+pub(crate) mod files_state;
 mod health;
 pub(crate) mod identity;
 mod incoming;

@@ -289,7 +289,7 @@ pub(super) fn once_per_upload(
     state: &AppState,
     id: &str,
     work: impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
-) -> super::files::Assembly {
+) -> super::files_state::Assembly {
     use futures::FutureExt;
     let mut running = state
         .files
