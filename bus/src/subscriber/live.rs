@@ -5,7 +5,8 @@
 //! It runs on the same pieces as a [`Subscriber`](super::Subscriber): the one reconnect and
 //! backoff ([`keep_running`]), the same decoding (an event that does not decode is counted
 //! and passed over, never a stop: DESIGN.md invariant 8) and the same metrics
-//! (`chronicle_subscriber_*{subscriber}`, through the runtime's observer). What it does not
+//! (`chronicle_subscriber_*{subscriber}`, through the runtime's observer); a handler that
+//! panics on an event loses that event, never the reader. What it does not
 //! have is what needs a checkpoint: a transaction per batch, parking, retries on request. A
 //! round that fails starts again right after the last event it handled, so a reconnect
 //! loses nothing the stream still holds.
@@ -20,7 +21,7 @@ use std::{
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_schemas::Envelope;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::oneshot;
 
 use super::{decode, event_type, ConsumerEnded, Metered, Observer, SubscriberError, Unobserved};
@@ -112,7 +113,21 @@ impl<H: LiveHandler> LiveSubscriber<H> {
             })?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             match decode(&message.payload, event_type(&message)) {
-                Ok(envelope) => self.handler.handle(envelope).await,
+                Ok(envelope) => {
+                    // A handler that panics on an event loses that event, not the reader.
+                    let handled = std::panic::AssertUnwindSafe(self.handler.handle(envelope))
+                        .catch_unwind()
+                        .await;
+                    if handled.is_err() {
+                        tracing::error!(
+                            subscriber = self.name,
+                            stream_seq = seq,
+                            "the handler panicked on an event; it was passed over"
+                        );
+                        metrics::counter!("chronicle_subscriber_handler_panics_total", "subscriber" => self.name.clone())
+                            .increment(1);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(subscriber = self.name, stream_seq = seq, error = ?e, "an event that does not decode was passed over");
                     metrics::counter!("chronicle_subscriber_undecodable_total", "subscriber" => self.name.clone())
