@@ -8,15 +8,13 @@
 //! (`chronicle_subscriber_*{subscriber}`, through the runtime's observer); a handler that
 //! panics on an event loses that event, never the reader. What it does not
 //! have is what needs a checkpoint: a transaction per batch, parking, retries on request. A
-//! round that fails starts again right after the last event it handled, so a reconnect
-//! loses nothing the stream still holds.
+//! round that fails starts again right after the last event it handled (or, before the
+//! first, after the stream's last sequence when it started), so a reconnect loses nothing
+//! the stream still holds.
 
 use std::{
     future::Future,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
@@ -39,8 +37,9 @@ pub struct LiveSubscriber<H> {
     client: async_nats::Client,
     handler: Arc<H>,
     observer: Arc<dyn Observer>,
-    /// The stream sequence of the last event handled (0: none yet).
-    last: AtomicU64,
+    /// The stream sequence it reads after: the stream's last when it first opened it ("now"),
+    /// then the last event handled. `None` until the stream was first opened.
+    position: Mutex<Option<u64>>,
     /// Told once the first consumer was asked for, made or not.
     ready: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -59,7 +58,7 @@ impl<H: LiveHandler> LiveSubscriber<H> {
             client,
             handler: Arc::new(handler),
             observer: Arc::new(Metered(Arc::new(Unobserved))),
-            last: AtomicU64::new(0),
+            position: Mutex::new(None),
             ready: Mutex::new(None),
         }
     }
@@ -134,15 +133,16 @@ impl<H: LiveHandler> LiveSubscriber<H> {
                         .increment(1);
                 }
             }
-            self.last.store(seq, Ordering::Relaxed);
+            *self.position.lock().unwrap_or_else(PoisonError::into_inner) = Some(seq);
             self.observer.handled(&self.name, 1, seq, pending);
             handled = true;
         }
         Err(SubscriberError::nats("consuming")(ConsumerEnded))
     }
 
-    /// An ordered consumer from now (nothing handled yet) or right after the last event
-    /// handled.
+    /// An ordered consumer right after its position: the stream's last sequence when it first
+    /// opened the stream, then the last event handled. So a round that fails, even before
+    /// its first event, starts again where it was: nothing published meanwhile is missed.
     async fn consumer(
         &self,
     ) -> Result<
@@ -153,11 +153,13 @@ impl<H: LiveHandler> LiveSubscriber<H> {
         let stream = ensure_events_stream(&js)
             .await
             .map_err(SubscriberError::nats("opening the stream"))?;
-        let deliver_policy = match self.last.load(Ordering::Relaxed) {
-            0 => DeliverPolicy::New,
-            last => DeliverPolicy::ByStartSequence {
-                start_sequence: last + 1,
-            },
+        let after = *self
+            .position
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(stream.cached_info().state.last_sequence);
+        let deliver_policy = DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
         };
         stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
