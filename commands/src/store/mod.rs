@@ -212,17 +212,20 @@ impl EventStore {
         id: &str,
     ) -> Result<LoadedAggregate<A>, StoreError> {
         let mut version = after;
-        self.each_stored::<A>(id, after, None, i64::MAX, |sequence, event| {
+        self.each_stored::<A>(id, after, None, |sequence, event| {
             state.apply(event);
             version = sequence;
+            true
         })
         .await?;
         Ok(LoadedAggregate { state, version })
     }
 
     /// The stored events of aggregate `id` after sequence `after` whose type is
-    /// `event_type`, oldest first, at most `limit`, each with its sequence: the aggregate's
-    /// own history, for an answer that must not wait for a read model to catch up.
+    /// `event_type` and that `keep` accepts, oldest first, at most `limit`, each with its
+    /// sequence: the aggregate's own history, for an answer that must not wait for a read
+    /// model to catch up. Only kept events are held in memory, and the read stops at the
+    /// `limit`-th.
     ///
     /// # Errors
     /// When the database fails or a stored event no longer decodes.
@@ -231,18 +234,25 @@ impl EventStore {
         id: &str,
         after: u64,
         event_type: &str,
-        limit: i64,
+        mut keep: impl FnMut(&A::Event) -> bool,
+        limit: usize,
     ) -> Result<Vec<(u64, A::Event)>, StoreError> {
         let mut events = Vec::new();
-        self.each_stored::<A>(id, after, Some(event_type), limit, |sequence, event| {
-            events.push((sequence, event));
+        if limit == 0 {
+            return Ok(events);
+        }
+        self.each_stored::<A>(id, after, Some(event_type), |sequence, event| {
+            if keep(&event) {
+                events.push((sequence, event));
+            }
+            events.len() < limit
         })
         .await?;
         Ok(events)
     }
 
     /// Hands the stored events of `id` after sequence `after` (of one type, if given) to
-    /// `each`: ONE query whose rows are decoded as they arrive, each payload read as text
+    /// `each` until it returns `false`: ONE query whose rows are decoded as they arrive, each payload read as text
     /// straight into the event type (no intermediate JSON tree, no metadata: loading needs
     /// neither). An old event version goes through its upcaster first
     /// (`chronicle_schemas::upcast`).
@@ -251,8 +261,7 @@ impl EventStore {
         id: &str,
         after: u64,
         event_type: Option<&str>,
-        limit: i64,
-        mut each: impl FnMut(u64, A::Event),
+        mut each: impl FnMut(u64, A::Event) -> bool,
     ) -> Result<(), StoreError> {
         use futures::TryStreamExt;
         use sqlx::Row;
@@ -260,13 +269,12 @@ impl EventStore {
             "SELECT sequence, event_type, event_version, payload::text FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 \
                AND ($4::text IS NULL OR event_type = $4) \
-             ORDER BY sequence LIMIT $5",
+             ORDER BY sequence",
         )
         .bind(A::TYPE)
         .bind(id)
         .bind(after as i64)
         .bind(event_type)
-        .bind(limit)
         .fetch(&self.pool);
         while let Some(row) = rows
             .try_next()
@@ -290,7 +298,9 @@ impl EventStore {
                 serde_json::from_value(upcast_tagged(event_type, event_version, stored))
                     .map_err(corrupt)?
             };
-            each(sequence as u64, event);
+            if !each(sequence as u64, event) {
+                break;
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chronicle_chat::Room;
+use chronicle_chat::{Room, RoomEvent};
 use chronicle_projections::chat_history::{self, Window};
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -128,11 +128,18 @@ async fn backlog(
     }
     // Message `seq` s is the room's s-th `MessageSent`, after at least its `RoomCreated`, so
     // its event sequence is above s: the events past sequence `from` hold every message
-    // past `from` (and perhaps some before it, skipped here).
+    // past `from` (and perhaps many before it, which are read but not kept).
+    let wanted_seqs = from + 1..=head;
     let events = state
         .commands
         .store()
-        .events_of::<Room>(room_id, from, "MessageSent", wanted + from as i64)
+        .events_of::<Room>(
+            room_id,
+            from,
+            "MessageSent",
+            |event| matches!(event, RoomEvent::MessageSent { seq, .. } if wanted_seqs.contains(seq)),
+            wanted as usize,
+        )
         .await
         .map_err(
             |e| tracing::warn!(error = %e, room_id, "backlog not read from the room's events"),
@@ -140,6 +147,5 @@ async fn backlog(
     Ok(events
         .into_iter()
         .filter_map(|(_, event)| chat_history::MessageView::sent(event))
-        .filter(|message| message.seq > from as i64 && message.seq <= head as i64)
         .collect())
 }
