@@ -442,12 +442,12 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
     // the run is decided (no longer `pending` in the read model).
     let drained = Instant::now();
     let pending_at_end: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+        sqlx::query_scalar("SELECT count(*) FROM commerce.orders WHERE status = 'pending'")
             .fetch_one(&fresh.pool)
             .await?;
     loop {
         let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+            sqlx::query_scalar("SELECT count(*) FROM commerce.orders WHERE status = 'pending'")
                 .fetch_one(&fresh.pool)
                 .await?;
         if pending == 0 || drained.elapsed() > Duration::from_secs(300) {

@@ -107,7 +107,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
     loop {
         let live = count(
             &pool,
-            "SELECT count(*) FROM scheduler_processes WHERE seen_at > now() - interval '2 seconds'",
+            "SELECT count(*) FROM scheduler.scheduler_processes WHERE seen_at > now() - interval '2 seconds'",
         )
         .await
         .unwrap_or(0);
@@ -150,7 +150,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         jobs as f64 / creation.as_secs_f64()
     );
     loop {
-        let projected = count(&pool, "SELECT count(*) FROM scheduler_jobs")
+        let projected = count(&pool, "SELECT count(*) FROM scheduler.scheduler_jobs")
             .await
             .unwrap_or(0);
         if projected as u64 >= jobs {
@@ -221,7 +221,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         let behind = count(
             &pool,
             "SELECT (SELECT count(*) FROM outbox) + \
-                    (SELECT count(*) FROM scheduler_jobs WHERE wake_at IS NOT NULL)",
+                    (SELECT count(*) FROM scheduler.scheduler_jobs WHERE wake_at IS NOT NULL)",
         )
         .await?;
         if behind == 0 {

@@ -126,7 +126,7 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
             .label("replay-into-postgres")
             .print();
         let wrong: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE on_hand <> $1")
+            sqlx::query_scalar("SELECT count(*) FROM commerce.inventory_items WHERE on_hand <> $1")
                 .bind(per_item as i64 - 1)
                 .fetch_one(&fresh.pool)
                 .await?;

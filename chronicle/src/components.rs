@@ -9,7 +9,7 @@ use std::{future::Future, pin::Pin, sync::Mutex};
 
 use anyhow::{bail, Context};
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
-use chronicle_commands::CommandExecutor;
+use chronicle_commands::{contexts, CommandExecutor, Databases};
 use chronicle_gateway::{AppState, GatewayConfig};
 
 use crate::payments::{PaymentRules, SimulatedPayments};
@@ -18,7 +18,6 @@ use chronicle_sagas::{
     AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
     Scheduler, SchedulerConfig, ALERT_NOTIFIER, ORDER_SAGA,
 };
-use sqlx::PgPool;
 
 /// The sagas, by the name `chronicle saga <name>` takes.
 pub const SAGAS: &[&str] = &["orders"];
@@ -96,6 +95,8 @@ impl Component {
                 subscriber: Some(SubscriberRef {
                     name: (*name).to_owned(),
                     durable: chronicle_projections::durable_name(name),
+                    context: chronicle_projections::context_named(name)
+                        .expect("a listed projection"),
                 }),
                 ..plain("", 1)
             },
@@ -105,6 +106,7 @@ impl Component {
                 subscriber: (*name == "orders").then(|| SubscriberRef {
                     name: ORDER_SAGA.to_owned(),
                     durable: ORDER_SAGA.to_owned(),
+                    context: contexts::COMMERCE,
                 }),
                 ..plain("", 1)
             },
@@ -114,6 +116,7 @@ impl Component {
                 subscriber: Some(SubscriberRef {
                     name: ALERT_NOTIFIER.to_owned(),
                     durable: ALERT_NOTIFIER.to_owned(),
+                    context: contexts::MONITORING,
                 }),
                 ..plain("alert-engine", 2)
             },
@@ -164,7 +167,7 @@ impl Component {
         Ok(match self {
             Self::Relay => {
                 let relay = Relay::new(
-                    wiring.pool.clone(),
+                    wiring.db.shared().clone(),
                     wiring.nats.clone(),
                     wiring.relay.clone(),
                 )
@@ -174,7 +177,7 @@ impl Component {
             Self::Projector(projection) => {
                 let run = run_named(
                     projection,
-                    wiring.pool.clone(),
+                    &wiring.db,
                     wiring.nats.clone(),
                     wiring.projector.clone(),
                     wiring.faults.clone(),
@@ -186,12 +189,12 @@ impl Component {
             Self::Saga("orders") => {
                 let saga = OrderSaga::new(
                     wiring.commands.clone(),
-                    wiring.pool.clone(),
+                    wiring.db.of(contexts::COMMERCE).clone(),
                     wiring.nats.clone(),
                     wiring.saga.clone(),
                 )
                 .with_payments(SimulatedPayments::services(
-                    wiring.pool.clone(),
+                    wiring.db.of(contexts::COMMERCE).clone(),
                     wiring.payments.clone(),
                 ))
                 .with_faults(wiring.faults.clone());
@@ -200,7 +203,7 @@ impl Component {
             Self::Saga(other) => bail!("unknown saga {other:?}"),
             Self::Janitor => {
                 let janitor = FilesJanitor::new(
-                    wiring.pool.clone(),
+                    wiring.db.of(contexts::FILES).clone(),
                     wiring.nats.clone(),
                     wiring.commands.clone(),
                     wiring.janitor.clone(),
@@ -210,7 +213,7 @@ impl Component {
             Self::Scheduler => {
                 let scheduler = Scheduler::new(
                     wiring.commands.clone(),
-                    wiring.pool.clone(),
+                    wiring.db.of(contexts::SCHEDULER).clone(),
                     wiring.nats.clone(),
                     wiring.scheduler.clone(),
                 );
@@ -219,7 +222,7 @@ impl Component {
             Self::AlertEngine => {
                 let engine = AlertEngine::new(
                     wiring.commands.clone(),
-                    wiring.pool.clone(),
+                    wiring.db.of(contexts::MONITORING).clone(),
                     wiring.nats.clone(),
                     wiring.alerts.clone(),
                 );
@@ -238,10 +241,13 @@ impl Component {
                 };
                 let state = AppState::new(
                     wiring.commands.clone(),
-                    wiring.pool.clone(),
+                    wiring.db.clone(),
                     wiring.nats.clone(),
                     config,
-                    SimulatedPayments::services(wiring.pool.clone(), wiring.payments.clone()),
+                    SimulatedPayments::services(
+                        wiring.db.of(contexts::COMMERCE).clone(),
+                        wiring.payments.clone(),
+                    ),
                 );
                 Box::pin(async move {
                     chronicle_gateway::serve(listener, state, shutdown)
@@ -270,7 +276,8 @@ pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// and each role's settings. The binary builds it from its settings, the harness from its
 /// own.
 pub struct Wiring {
-    pub pool: PgPool,
+    /// The shared pool (the event store) and one per context, on its own schema.
+    pub db: Databases,
     pub nats: async_nats::Client,
     pub commands: CommandExecutor,
     pub faults: Faults,

@@ -6,11 +6,11 @@ use std::{future::Future, time::Duration};
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
 use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
-use chronicle_commands::{CommandExecutor, EventStore};
+use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore};
 use chronicle_gateway::Secret;
 use chronicle_projections::{replay_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::OrderSagaConfig;
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::postgres::PgPoolOptions;
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{engines, settings::Settings};
@@ -64,7 +64,7 @@ pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<Str
 }
 
 struct Connections {
-    pool: PgPool,
+    db: Databases,
     nats: async_nats::Client,
 }
 
@@ -92,7 +92,9 @@ async fn connect(
     )
     .await
     .context("provisioning the EVENTS stream")?;
-    Ok(Connections { pool, nats })
+    // Each context's pool on its own schema; in one database, as the same user.
+    let db = Databases::new(pool, pool_size, |_, options| options);
+    Ok(Connections { db, nats })
 }
 
 /// `chronicle up`.
@@ -184,9 +186,9 @@ async fn run_roles(
     };
     let wiring = Wiring {
         commands: CommandExecutor::new(
-            EventStore::new(connections.pool.clone()).with_faults(faults.clone()),
+            EventStore::new(connections.db.shared().clone()).with_faults(faults.clone()),
         ),
-        pool: connections.pool.clone(),
+        db: connections.db.clone(),
         nats: connections.nats.clone(),
         faults,
         relay: RelayConfig::default(),
@@ -241,7 +243,7 @@ async fn run_roles(
         tracing::warn!("shutdown timed out; stopping the rest");
         tasks.abort_all();
     }
-    connections.pool.close().await;
+    connections.db.close().await;
     tracing::info!("chronicle stopped");
     match failure.take() {
         Some(e) => Err(e),
@@ -291,14 +293,14 @@ pub async fn replay(
         let replayed = if from_store {
             chronicle_projections::replay_named_from_store(
                 &name,
-                &connections.pool,
+                &connections.db,
                 &connections.nats,
                 batch,
                 progress,
             )
             .await
         } else {
-            replay_named(&name, &connections.pool, &connections.nats, batch, progress).await
+            replay_named(&name, &connections.db, &connections.nats, batch, progress).await
         };
         let stats = replayed
             .with_context(|| format!("unknown projection {name:?}"))?
@@ -328,7 +330,7 @@ pub async fn status(settings: Settings) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(connections.nats.clone());
     for subscriber in subscribers() {
         let status = chronicle_bus::status(
-            &connections.pool,
+            connections.db.of(subscriber.context),
             &js,
             &subscriber.name,
             &subscriber.durable,
@@ -362,7 +364,9 @@ pub async fn parked(settings: Settings, name: Option<String>) -> anyhow::Result<
         None => subscribers(),
     };
     for subscriber in names {
-        for event in chronicle_bus::parked(&connections.pool, &subscriber.name).await? {
+        for event in
+            chronicle_bus::parked(connections.db.of(subscriber.context), &subscriber.name).await?
+        {
             let mut line = serde_json::to_value(&event)?;
             line["subscriber"] = subscriber.name.clone().into();
             println!("{line}");
@@ -398,14 +402,13 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
     );
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, 2).await?;
-    let store = chronicle_commands::EventStore::new(connections.pool.clone());
+    let store = chronicle_commands::EventStore::new(connections.db.shared().clone());
     let user_id = store
         .claim_holder("username", &username)
         .await
         .context("looking the user up")?
         .with_context(|| format!("no user is called {username:?}"))?;
-    store
-        .credentials()
+    chronicle_commands::Credentials::new(connections.db.of(contexts::IDENTITY))
         .grant(&user_id, &role)
         .await
         .context("granting the role")?;

@@ -60,7 +60,7 @@ async fn the_console_works_in_chromium_shop_chat_blog_files_and_operations() {
     // an operator would, and the console's retry button must apply it.
     let pool = db.pool().await;
     sqlx::query(
-        "ALTER TABLE inventory_items ADD CONSTRAINT console_e2e_blocks CHECK (sku <> 'E2E-PARKED')",
+        "ALTER TABLE commerce.inventory_items ADD CONSTRAINT console_e2e_blocks CHECK (sku <> 'E2E-PARKED')",
     )
     .execute(&pool)
     .await
@@ -95,7 +95,7 @@ async fn the_console_works_in_chromium_shop_chat_blog_files_and_operations() {
         },
     )
     .await;
-    sqlx::query("ALTER TABLE inventory_items DROP CONSTRAINT console_e2e_blocks")
+    sqlx::query("ALTER TABLE commerce.inventory_items DROP CONSTRAINT console_e2e_blocks")
         .execute(&pool)
         .await
         .unwrap();

@@ -65,7 +65,7 @@ async fn the_scheduler_and_the_alert_engine_start_before_any_projector_without_a
     // start), with no projector anywhere.
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop((scheduler, engine));
-    for table in ["scheduler_jobs", "monitoring_rules"] {
+    for table in ["scheduler.scheduler_jobs", "monitoring.monitoring_rules"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)
             .fetch_one(&pool)
@@ -95,7 +95,7 @@ async fn live_schedulers(pool: &PgPool, n: i64) {
         Duration::from_secs(30),
         || async {
             let live: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM scheduler_processes \
+                "SELECT count(*) FROM scheduler.scheduler_processes \
              WHERE NOT stopped AND seen_at > now() - interval '2 seconds'",
             )
             .fetch_one(pool)

@@ -1,6 +1,6 @@
 //! Provides the identity context's records that are not events: password hashes (never in
 //! an event: DESIGN.md invariant 6) and the roles `chronicle users grant` adds, both kept in
-//! the event store's database beside the events (who holds a username is its claim:
+//! the identity context's schema (who holds a username is its claim:
 //! [`crate::EventStore::claim_holder`]).
 //!
 //! It stops at storage: hashing and checking passwords, and what a role allows, are the
@@ -10,14 +10,15 @@ use sqlx::PgPool;
 
 use crate::error::StoreError;
 
-/// The identity records of one event store (see [`crate::EventStore::credentials`]).
+/// The identity context's records on its pool ([`crate::Databases::of`] `identity`).
 #[derive(Debug, Clone, Copy)]
 pub struct Credentials<'a> {
     pool: &'a PgPool,
 }
 
 impl<'a> Credentials<'a> {
-    pub(crate) fn new(pool: &'a PgPool) -> Self {
+    /// The records on `pool`, the identity context's.
+    pub fn new(pool: &'a PgPool) -> Self {
         Self { pool }
     }
 

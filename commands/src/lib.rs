@@ -11,7 +11,8 @@
 //!   conflict. Its parts, one job a file: `lanes.rs` (per-aggregate queueing inside the
 //!   process, and same-aggregate batching), `cache.rs` (aggregates kept between commands),
 //!   `committer.rs` (group commit), `context.rs` (what a command carries and answers).
-//! - [`migrate`]: the event-store schema.
+//! - [`migrate`]: the event-store schema, and each context's schema.
+//! - [`Databases`]: a pool per bounded context, on its own schema (`databases.rs`).
 //! - [`Faults`]: named fault points tests arm to stop a component at an exact step.
 //!
 //! Why our own executor instead of cqrs-es's `CqrsFramework`: the framework cannot write the
@@ -22,6 +23,7 @@ mod cache;
 mod committer;
 mod context;
 mod credentials;
+mod databases;
 mod error;
 mod executor;
 mod faults;
@@ -31,6 +33,7 @@ mod store;
 
 pub use context::{CommandContext, Committed, Executable, Executed, RetryPolicy};
 pub use credentials::Credentials;
+pub use databases::{contexts, Databases};
 pub use error::{CommandError, DbError, ErrorChain, StoreError};
 pub use executor::{CommandExecutor, ExecutorConfig};
 pub use faults::{FaultAction, Faults, InjectedFault};

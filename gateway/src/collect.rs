@@ -11,6 +11,7 @@
 //! - every subscriber's lag: `chronicle_subscriber_lag_events` and
 //!   `chronicle_subscriber_lag_seconds`.
 
+use chronicle_commands::contexts;
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
@@ -32,7 +33,7 @@ pub(crate) async fn run(state: AppState, every: Duration, instance: String) {
         std::future::pending(),
         || async {
             let samples = collector.lock().await.collect(&state).await;
-            chronicle_projections::series::store(&state.pool, &samples)
+            chronicle_projections::series::store(state.db.of(contexts::MONITORING), &samples)
                 .await
                 .map(|_| ())
         },
@@ -231,7 +232,12 @@ impl Collector {
         for subscriber in &state.config.subscribers {
             let status = tokio::time::timeout(
                 Duration::from_secs(1),
-                chronicle_bus::status(&state.pool, &js, &subscriber.name, &subscriber.durable),
+                chronicle_bus::status(
+                    state.db.of(subscriber.context),
+                    &js,
+                    &subscriber.name,
+                    &subscriber.durable,
+                ),
             )
             .await;
             let Ok(Ok(status)) = status else {

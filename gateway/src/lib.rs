@@ -59,7 +59,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let housekeeping = tokio::spawn(purge_idempotency_keys(state.pool.clone()));
+    let housekeeping = tokio::spawn(purge_idempotency_keys(state.db.shared().clone()));
     let instance = listener
         .local_addr()
         .map(|a| format!("{}:{}", host_name(), a.port()))

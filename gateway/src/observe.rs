@@ -70,8 +70,13 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse 
 async fn refresh_subscribers(state: &AppState) {
     let js = async_nats::jetstream::new(state.nats.clone());
     for subscriber in &state.config.subscribers {
-        let Ok(status) =
-            chronicle_bus::status(&state.pool, &js, &subscriber.name, &subscriber.durable).await
+        let Ok(status) = chronicle_bus::status(
+            state.db.of(subscriber.context),
+            &js,
+            &subscriber.name,
+            &subscriber.durable,
+        )
+        .await
         else {
             continue;
         };

@@ -1,8 +1,7 @@
 use std::{sync::Arc, time::Duration};
 
-use chronicle_commands::CommandExecutor;
+use chronicle_commands::{CommandExecutor, Databases};
 use chronicle_commerce::OrderServices;
-use sqlx::PgPool;
 
 use crate::{
     auth::{Auth, Secret},
@@ -89,8 +88,9 @@ impl std::ops::Deref for AppState {
 /// The state behind [`AppState`].
 pub struct Shared {
     pub commands: CommandExecutor,
-    /// The read models' database (the same one as the event store in the default set-up).
-    pub pool: PgPool,
+    /// The shared pool (the event store, the health check) and each context's own: a
+    /// context's routes read through [`Databases::of`] with their context's name.
+    pub db: Databases,
     pub nats: async_nats::Client,
     pub freshness: Freshness,
     pub auth: Auth,
@@ -112,13 +112,13 @@ impl AppState {
     /// charged through `orders`' payment provider.
     pub fn new(
         commands: CommandExecutor,
-        pool: PgPool,
+        db: Databases,
         nats: async_nats::Client,
         config: GatewayConfig,
         orders: OrderServices,
     ) -> Self {
         let posts = PostCache::new(10_000);
-        let freshness = crate::freshness::listen(pool.clone(), &posts);
+        let freshness = crate::freshness::listen(db.shared().clone(), &posts);
         Self(Arc::new(Shared {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
@@ -127,7 +127,7 @@ impl AppState {
             files: crate::routes::files_state::FilesState::default(),
             orders,
             posts,
-            pool,
+            db,
             nats,
             freshness,
             config: Arc::new(config),

@@ -42,6 +42,10 @@ impl Projection for AlertsProjection {
         "alerts"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::MONITORING
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![format!("events.monitoring.{}.>", Rule::TYPE)]
     }

@@ -38,6 +38,10 @@ impl Projection for BusinessMetricsProjection {
         "business_metrics"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::MONITORING
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![
             "events.commerce.order.>".to_owned(),

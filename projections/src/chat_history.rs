@@ -107,6 +107,10 @@ impl Projection for ChatHistoryProjection {
         "chat_history"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::CHAT
+    }
+
     fn subjects(&self) -> Vec<String> {
         // File deletions too: a deleted file leaves the messages it was attached to.
         vec![

@@ -83,6 +83,10 @@ impl Projection for FileMetadataProjection {
         Self::NAME
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::FILES
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![
             format!("events.files.{}.>", File::TYPE),

@@ -63,6 +63,10 @@ impl Projection for InventoryProjection {
         "inventory"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::COMMERCE
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![format!(
             "events.{}.{AGGREGATE_TYPE}.>",

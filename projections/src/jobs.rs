@@ -92,6 +92,10 @@ impl Projection for JobsProjection {
         Self::NAME
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::SCHEDULER
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![format!("events.scheduler.{}.>", Job::TYPE)]
     }

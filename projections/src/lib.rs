@@ -40,8 +40,8 @@ pub mod users;
 
 pub use projection::{Projection, ProjectionError};
 pub use registry::{
-    replay_named, replay_named_from_store, run_named, setup_named, subscriber_refs, tables_named,
-    PROJECTIONS,
+    context_named, replay_named, replay_named_from_store, run_named, setup_named, subscriber_refs,
+    tables_named, PROJECTIONS,
 };
 pub use replay::{replay, replay_from_store, ReplayStats};
-pub use runtime::{durable_name, Apply, Projector, ProjectorConfig, PROJECTION_CHANNEL};
+pub use runtime::{durable_name, setup, Apply, Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -69,6 +69,10 @@ impl Projection for OrdersProjection {
         "orders"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::COMMERCE
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![format!("events.{}.{}.>", Order::CONTEXT, Order::TYPE)]
     }

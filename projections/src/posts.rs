@@ -101,6 +101,10 @@ impl Projection for PostsProjection {
         "posts"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::BLOG
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![
             format!("events.{}.{}.>", Post::CONTEXT, Post::TYPE),

@@ -61,12 +61,17 @@ impl ProjectionError {
 
 /// A read model built from the log.
 ///
-/// Its SQL names tables without a schema: the runtime writes to `public`, replay runs the
-/// same code with a shadow schema first on the `search_path`. So the rebuilt rows come from
-/// exactly the code that built the live ones.
+/// Its SQL names tables without a schema: the runtime writes to its context's schema (its
+/// context's pool has that schema on its `search_path`), replay runs the same code with a
+/// shadow schema first on the `search_path`. So the rebuilt rows come from exactly the code
+/// that built the live ones.
 pub trait Projection: Send + Sync + 'static {
     /// Unique name: the checkpoint row, the durable consumer (`projector-<name>`), the CLI.
     fn name(&self) -> &'static str;
+
+    /// The bounded context it belongs to: its tables, checkpoint and parked events live in
+    /// that context's schema (`chronicle_commands::contexts`).
+    fn context(&self) -> &'static str;
 
     /// The subjects to consume (NATS wildcards allowed).
     fn subjects(&self) -> Vec<String>;

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use chronicle_bus::Faults;
-use sqlx::PgPool;
+use chronicle_commands::Databases;
 
 use crate::{
     alerts::AlertsProjection, business::BusinessMetricsProjection,
@@ -20,6 +20,7 @@ pub fn subscriber_refs() -> Vec<chronicle_bus::SubscriberRef> {
         .map(|name| chronicle_bus::SubscriberRef {
             name: (*name).to_owned(),
             durable: durable_name(name),
+            context: context_named(name).expect("a listed projection"),
         })
         .collect()
 }
@@ -70,21 +71,28 @@ macro_rules! by_name {
     };
 }
 
+/// The bounded context of the projection `name` (whose schema holds its tables).
+/// `None` when there is no such projection.
+pub fn context_named(name: &str) -> Option<&'static str> {
+    by_name!(name, |p| p.context())
+}
+
 /// The read-model tables of the projection `name`. `None` when there is no such projection.
 pub fn tables_named(name: &str) -> Option<&'static [&'static str]> {
     by_name!(name, |p| p.tables())
 }
 
 /// Creates the tables of the projection `name`. `None` when there is no such projection.
-pub async fn setup_named(name: &str, pool: &PgPool) -> Option<Result<(), ProjectionError>> {
-    by_name!(name, |p| crate::runtime::setup(pool, &p).await)
+pub async fn setup_named(name: &str, db: &Databases) -> Option<Result<(), ProjectionError>> {
+    by_name!(name, |p| crate::runtime::setup(db.of(p.context()), &p)
+        .await)
 }
 
 /// Runs the projector of `name` until `shutdown` (see [`Projector::run`]). `None` when there
 /// is no such projection.
 pub fn run_named(
     name: &str,
-    pool: PgPool,
+    db: &Databases,
     client: async_nats::Client,
     config: ProjectorConfig,
     faults: Faults,
@@ -92,30 +100,35 @@ pub fn run_named(
 ) -> Option<impl Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send + 'static> {
     fn boxed<P: Projection>(
         p: P,
-        pool: PgPool,
+        db: &Databases,
         client: async_nats::Client,
         config: ProjectorConfig,
         faults: Faults,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send>>
     {
+        let pool = db.of(p.context()).clone();
         let projector = Projector::new(p, pool, client, config).with_faults(faults);
         Box::pin(async move { projector.run(shutdown).await })
     }
-    by_name!(name, |p| boxed(p, pool, client, config, faults, shutdown))
+    by_name!(name, |p| boxed(p, db, client, config, faults, shutdown))
 }
 
 /// Rebuilds the projection `name` (see [`replay`](crate::replay)). `None` when there is no
 /// such projection.
 pub async fn replay_named(
     name: &str,
-    pool: &PgPool,
+    db: &Databases,
     client: &async_nats::Client,
     batch_max: usize,
     progress: impl FnMut(u64, u64),
 ) -> Option<Result<ReplayStats, ProjectionError>> {
     by_name!(name, |p| crate::replay(
-        &p, pool, client, batch_max, progress
+        &p,
+        db.of(p.context()),
+        client,
+        batch_max,
+        progress
     )
     .await)
 }
@@ -124,13 +137,17 @@ pub async fn replay_named(
 /// [`crate::replay_from_store`]). `None` when there is no such projection.
 pub async fn replay_named_from_store(
     name: &str,
-    pool: &PgPool,
+    db: &Databases,
     client: &async_nats::Client,
     batch_max: usize,
     progress: impl FnMut(u64, u64),
 ) -> Option<Result<ReplayStats, ProjectionError>> {
     by_name!(name, |p| crate::replay_from_store(
-        &p, pool, client, batch_max, progress
+        &p,
+        db.of(p.context()),
+        client,
+        batch_max,
+        progress
     )
     .await)
 }

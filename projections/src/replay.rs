@@ -329,7 +329,7 @@ async fn fill<P: Projection>(
                 .begin()
                 .await
                 .map_err(ProjectionError::db("starting a replay batch"))?;
-            shadow_path(&mut tx, &shadow).await?;
+            shadow_path(&mut tx, &shadow, projection.context()).await?;
             if let Err(e) = projection.apply(&mut tx, &batch.events).await {
                 if let ProjectionError::Fault(f) = e {
                     return Err(f.into());
@@ -339,7 +339,7 @@ async fn fill<P: Projection>(
                     .begin()
                     .await
                     .map_err(ProjectionError::db("starting a replay batch"))?;
-                shadow_path(&mut tx, &shadow).await?;
+                shadow_path(&mut tx, &shadow, projection.context()).await?;
                 apply_one_by_one(projection, &mut tx, &mut batch).await?;
             }
             tx.commit()
@@ -376,7 +376,8 @@ async fn swap<P: Projection>(
     let mut swap = String::new();
     for table in projection.tables() {
         swap.push_str(&format!(
-            "DROP TABLE IF EXISTS public.{table}; ALTER TABLE {shadow}.{table} SET SCHEMA public; "
+            "DROP TABLE IF EXISTS {context}.{table}; ALTER TABLE {shadow}.{table} SET SCHEMA {context}; ",
+            context = projection.context()
         ));
     }
     swap.push_str(&format!("DROP SCHEMA {shadow} CASCADE;"));
@@ -519,11 +520,19 @@ fn position(message: &async_nats::jetstream::Message) -> Result<(u64, u64), Proj
     Ok((info.stream_sequence, info.pending))
 }
 
-async fn shadow_path(conn: &mut sqlx::PgConnection, shadow: &str) -> Result<(), ProjectionError> {
-    sqlx::raw_sql(&format!("SET LOCAL search_path TO {shadow}, public"))
-        .execute(conn)
-        .await
-        .map_err(ProjectionError::db("selecting the shadow schema"))?;
+/// The shadow schema first, then the projection's context's (where what it reads beside its
+/// own tables lives), then the shared event store's.
+async fn shadow_path(
+    conn: &mut sqlx::PgConnection,
+    shadow: &str,
+    context: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::raw_sql(&format!(
+        "SET LOCAL search_path TO {shadow}, {context}, public"
+    ))
+    .execute(conn)
+    .await
+    .map_err(ProjectionError::db("selecting the shadow schema"))?;
     Ok(())
 }
 

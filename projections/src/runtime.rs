@@ -163,8 +163,12 @@ impl<P: Projection> Projector<P> {
     }
 }
 
-/// Creates the subscriber tables and the projection's tables.
-pub(crate) async fn setup<P: Projection + ?Sized>(
+/// Creates the subscriber tables and the projection's tables on `pool` (its context's: a
+/// process that holds only that pool, such as a saga reading its context's read model).
+///
+/// # Errors
+/// When the database fails.
+pub async fn setup<P: Projection + ?Sized>(
     pool: &PgPool,
     projection: &P,
 ) -> Result<(), ProjectionError> {

@@ -37,6 +37,10 @@ impl Projection for UsersProjection {
         "users"
     }
 
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::IDENTITY
+    }
+
     fn subjects(&self) -> Vec<String> {
         vec![format!("events.identity.{}.>", User::TYPE)]
     }

@@ -127,7 +127,8 @@ impl AlertEngine {
         let notifying = tokio::spawn(notifier.run(shutdown.clone()));
         // The rules are read from the alerts projection's table: on a new database the engine
         // may start before that projector has made it.
-        if let Some(Err(e)) = chronicle_projections::setup_named("alerts", &self.pool).await {
+        let rules = chronicle_projections::alerts::AlertsProjection;
+        if let Err(e) = chronicle_projections::setup(&self.pool, &rules).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot create the alert rules' table");
         }
         if self.config.default_rules {

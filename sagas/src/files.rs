@@ -132,8 +132,8 @@ impl FilesJanitor {
     /// Never; the signature matches the other components'.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), JanitorError> {
         // The read model it reads may not exist yet (its projector starts beside it).
-        let name = file_metadata::FileMetadataProjection::NAME;
-        if let Some(Err(e)) = chronicle_projections::setup_named(name, &self.pool).await {
+        let metadata = file_metadata::FileMetadataProjection;
+        if let Err(e) = chronicle_projections::setup(&self.pool, &metadata).await {
             tracing::warn!(error = %ErrorChain(&e), "the file_metadata tables are not there yet");
         }
         // One loop for both sweeps, so they never run at once; the orphan sweep is rarer.

@@ -191,12 +191,8 @@ impl Scheduler {
         .await;
         // Due jobs are read from the jobs projection's table: on a new database the scheduler
         // may start before that projector has made it.
-        if let Some(Err(e)) = chronicle_projections::setup_named(
-            chronicle_projections::jobs::JobsProjection::NAME,
-            &core.pool,
-        )
-        .await
-        {
+        let jobs = chronicle_projections::jobs::JobsProjection;
+        if let Err(e) = chronicle_projections::setup(&core.pool, &jobs).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot create the jobs table");
         }
         tracing::info!(id = %core.id, "scheduler started");

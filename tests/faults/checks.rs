@@ -71,7 +71,7 @@ async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> O
     }
     let pending: Result<i64, _> = sqlx::query_scalar(
         "SELECT count(*) FROM unnest($1::text[]) AS o(id) \
-         WHERE NOT EXISTS (SELECT 1 FROM orders WHERE orders.id = o.id AND status <> 'pending')",
+         WHERE NOT EXISTS (SELECT 1 FROM commerce.orders WHERE orders.id = o.id AND status <> 'pending')",
     )
     .bind(&acked.orders)
     .fetch_one(pool)
@@ -85,7 +85,7 @@ async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> O
     }
     let jobs: Result<i64, _> = sqlx::query_scalar(
         "SELECT count(*) FROM unnest($1::text[]) AS j(id) \
-         WHERE NOT EXISTS (SELECT 1 FROM scheduler_jobs s WHERE s.job_id = j.id AND s.status = 'done')",
+         WHERE NOT EXISTS (SELECT 1 FROM scheduler.scheduler_jobs s WHERE s.job_id = j.id AND s.status = 'done')",
     )
     .bind(&acked.jobs)
     .fetch_one(pool)
@@ -283,23 +283,36 @@ pub async fn stream_matches_store(
     Ok(stored_ids.len())
 }
 
-/// Every reader's checkpoint, by name.
+/// `SELECT {columns} FROM {table}` of every context's schema, as one query.
+fn in_every_context(columns: &str, table: &str) -> String {
+    chronicle_commands::contexts::ALL
+        .iter()
+        .map(|context| format!("SELECT {columns} FROM {context}.{table}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// Every reader's checkpoint, by name (each in its context's schema).
 pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
-    sqlx::query_as("SELECT name, checkpoint FROM projection_checkpoints")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
+    sqlx::query_as(&in_every_context(
+        "name, checkpoint",
+        "projection_checkpoints",
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .collect()
 }
 
 /// The rows of every read model, each table's rows as sorted JSON text.
 pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();
     for name in chronicle_projections::PROJECTIONS {
+        let context = chronicle_projections::context_named(name).expect("a projection");
         for table in chronicle_projections::tables_named(name).expect("a projection") {
             let rows: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT to_jsonb(t)::text FROM {table} t ORDER BY 1"
+                "SELECT to_jsonb(t)::text FROM {context}.{table} t ORDER BY 1"
             ))
             .fetch_all(pool)
             .await
@@ -337,7 +350,7 @@ pub fn differences(
 /// run succeeded once, and nothing parked. The number of aggregates checked.
 pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
     let negative: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT sku, on_hand, reserved, available FROM inventory_items \
+        "SELECT sku, on_hand, reserved, available FROM commerce.inventory_items \
          WHERE on_hand < 0 OR reserved < 0 OR available < 0",
     )
     .fetch_all(pool)
@@ -386,11 +399,13 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
             &wrong[..wrong.len().min(5)]
         ));
     }
-    let parked: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT subscriber, stream_seq, error FROM parked_events")
-            .fetch_all(pool)
-            .await
-            .map_err(|e| e.to_string())?;
+    let parked: Vec<(String, i64, String)> = sqlx::query_as(&in_every_context(
+        "subscriber, stream_seq, error",
+        "parked_events",
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
     if !parked.is_empty() {
         return Err(format!("parked events: {parked:?}"));
     }

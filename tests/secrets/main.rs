@@ -104,7 +104,7 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
         }
     }
     let hash: String = sqlx::query_scalar(
-        "SELECT password_hash FROM credentials k JOIN unique_claims c ON c.aggregate_id = k.user_id WHERE c.value = 'dave'",
+        "SELECT password_hash FROM identity.credentials k JOIN unique_claims c ON c.aggregate_id = k.user_id WHERE c.value = 'dave'",
     )
     .fetch_one(&app.pool)
     .await

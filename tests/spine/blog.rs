@@ -660,11 +660,12 @@ async fn the_event_stream_of_one_post() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let bob_id =
-        sqlx::query_scalar::<_, String>("SELECT user_id FROM users WHERE username = 'bob'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let bob_id = sqlx::query_scalar::<_, String>(
+        "SELECT user_id FROM identity.users WHERE username = 'bob'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     let stream: Vec<Value> = rows
         .iter()
         .map(|(t, s, event_type, payload, metadata)| {
@@ -709,12 +710,12 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     .await;
     let rows = || async {
         let posts: Vec<String> =
-            sqlx::query_scalar("SELECT row_to_json(p)::text FROM posts p ORDER BY id")
+            sqlx::query_scalar("SELECT row_to_json(p)::text FROM blog.posts p ORDER BY id")
                 .fetch_all(&app.pool)
                 .await
                 .unwrap();
         let comments: Vec<String> =
-            sqlx::query_scalar("SELECT row_to_json(c)::text FROM post_comments c ORDER BY id")
+            sqlx::query_scalar("SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id")
                 .fetch_all(&app.pool)
                 .await
                 .unwrap();
@@ -727,12 +728,12 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     })
     .await;
     assert!(live.0[1].contains(&draft_only));
-    sqlx::query("UPDATE posts SET title = 'damaged'")
+    sqlx::query("UPDATE blog.posts SET title = 'damaged'")
         .execute(&app.pool)
         .await
         .unwrap();
     let client = app.nats.client().await;
-    chronicle_projections::replay_named("posts", &app.pool, &client, 3, |_, _| {})
+    chronicle_projections::replay_named("posts", app.databases(), &client, 3, |_, _| {})
         .await
         .expect("a known projection")
         .unwrap();
@@ -751,7 +752,7 @@ async fn cached_post_changed_underneath(app: &TestApp) -> String {
     let underneath = |title: &'static str, tags: &'static str| {
         let (pool, id) = (app.pool.clone(), id.clone());
         async move {
-            sqlx::query("UPDATE posts SET title = $2, tags = $3::text[] WHERE id = $1")
+            sqlx::query("UPDATE blog.posts SET title = $2, tags = $3::text[] WHERE id = $1")
                 .bind(id)
                 .bind(title)
                 .bind(tags)
@@ -902,7 +903,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     // A replay reads it the same way: the same rows.
     let rows = || async {
         sqlx::query_scalar::<_, String>(
-            "SELECT row_to_json(c)::text FROM post_comments c ORDER BY id",
+            "SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id",
         )
         .fetch_all(&app.pool)
         .await
@@ -910,7 +911,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     };
     let live = rows().await;
     let client = app.nats.client().await;
-    chronicle_projections::replay_named("posts", &app.pool, &client, 2, |_, _| {})
+    chronicle_projections::replay_named("posts", app.databases(), &client, 2, |_, _| {})
         .await
         .expect("a known projection")
         .unwrap();

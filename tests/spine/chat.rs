@@ -398,7 +398,7 @@ async fn history_pages_by_seq_both_ways_and_replays_byte_for_byte() {
         &app,
         "chat_history",
         &["chat_rooms", "chat_members", "chat_messages"],
-        "UPDATE chat_messages SET body = 'damaged'",
+        "UPDATE chat.chat_messages SET body = 'damaged'",
         7,
     )
     .await;

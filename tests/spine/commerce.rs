@@ -785,9 +785,9 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
             for _ in 0..100 {
                 let row: Option<(String, i64, i64)> = sqlx::query_as(
                     "SELECT j.status, \
-                       (SELECT count(*) FROM scheduler_runs r WHERE r.job_id = j.job_id), \
-                       (SELECT count(*) FROM scheduler_runs r WHERE r.job_id = j.job_id AND outcome = 'succeeded') \
-                     FROM scheduler_jobs j WHERE job_id = $1",
+                       (SELECT count(*) FROM scheduler.scheduler_runs r WHERE r.job_id = j.job_id), \
+                       (SELECT count(*) FROM scheduler.scheduler_runs r WHERE r.job_id = j.job_id AND outcome = 'succeeded') \
+                     FROM scheduler.scheduler_jobs j WHERE job_id = $1",
                 )
                 .bind(&job)
                 .fetch_optional(&pool)
@@ -947,22 +947,25 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         order_with_status(&app, id, status).await;
     }
     let rows = || async {
-        sqlx::query_scalar::<_, String>("SELECT row_to_json(o)::text FROM orders o ORDER BY id")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, String>(
+            "SELECT row_to_json(o)::text FROM commerce.orders o ORDER BY id",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
     };
     let live = rows().await;
     assert_eq!(live.len(), 3);
-    sqlx::query("UPDATE orders SET status = 'damaged'")
+    sqlx::query("UPDATE commerce.orders SET status = 'damaged'")
         .execute(&app.pool)
         .await
         .unwrap();
     let client = app.nats.client().await;
-    let stats = chronicle_projections::replay_named("orders", &app.pool, &client, 2, |_, _| {})
-        .await
-        .expect("a known projection")
-        .unwrap();
+    let stats =
+        chronicle_projections::replay_named("orders", app.databases(), &client, 2, |_, _| {})
+            .await
+            .expect("a known projection")
+            .unwrap();
     // Placed, reserved, paying, paid, shipped; placed, reserved, cancelled; placed, rejected.
     assert_eq!(stats.events, 5 + 3 + 2);
     assert_eq!(rows().await, live);
@@ -972,7 +975,7 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
 /// charged minus refunded on each side.
 async fn money(app: &TestApp) -> (i64, i64) {
     let ledger: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(charged_cents - refunded_cents), 0)::bigint FROM simulated_payments",
+        "SELECT coalesce(sum(charged_cents - refunded_cents), 0)::bigint FROM commerce.simulated_payments",
     )
     .fetch_one(&app.pool)
     .await
@@ -994,7 +997,7 @@ async fn money(app: &TestApp) -> (i64, i64) {
 /// The money of one order at the provider: `(charged, refunded)`.
 async fn held_for(app: &TestApp, order_id: &str) -> (i64, i64) {
     sqlx::query_as(
-        "SELECT charged_cents, refunded_cents FROM simulated_payments WHERE order_id = $1",
+        "SELECT charged_cents, refunded_cents FROM commerce.simulated_payments WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(&app.pool)
@@ -1093,7 +1096,12 @@ async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_canc
     create_item(&app, "M", 1250, 5).await;
     let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
     // The charge, as the dead gateway made it, straight at the provider.
-    let provider = chronicle::SimulatedPayments::new(app.pool.clone(), Default::default());
+    let provider = chronicle::SimulatedPayments::new(
+        app.databases()
+            .of(chronicle_commands::contexts::COMMERCE)
+            .clone(),
+        Default::default(),
+    );
     chronicle_commerce::PaymentProvider::charge(&provider, &id, 1250)
         .await
         .unwrap();
@@ -1169,7 +1177,7 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
     let order = uuid::Uuid::now_v7().to_string();
     let due = chrono::Utc::now() - chrono::Duration::seconds(1);
     sqlx::query(
-        "INSERT INTO saga_order_deadlines (order_id, due_at, correlation_id, causation_id) \
+        "INSERT INTO commerce.saga_order_deadlines (order_id, due_at, correlation_id, causation_id) \
          VALUES ($1, $2, $3, $4)",
     )
     .bind(&order)
@@ -1185,7 +1193,7 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
         "the adopted deadline's run",
         Duration::from_secs(15),
         || async {
-            sqlx::query_as("SELECT outcome, due_at FROM scheduler_runs WHERE job_id = $1")
+            sqlx::query_as("SELECT outcome, due_at FROM scheduler.scheduler_runs WHERE job_id = $1")
                 .bind(&job)
                 .fetch_optional(&app.pool)
                 .await
@@ -1197,7 +1205,7 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
     // No such order: the deadline finds nothing to cancel, which is not a failure.
     assert_eq!(outcome, "succeeded");
     assert_eq!(due_at.timestamp_micros(), due.timestamp_micros());
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM saga_order_deadlines")
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce.saga_order_deadlines")
         .fetch_one(&app.pool)
         .await
         .unwrap();

@@ -185,11 +185,11 @@ pub async fn invalid_fields(response: Response) -> Vec<String> {
 }
 
 /// Every row of `tables`, as JSON text, sorted: a read model's whole content.
-async fn rows_of(pool: &PgPool, tables: &[&str]) -> Vec<String> {
+async fn rows_of(pool: &PgPool, context: &str, tables: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = Vec::new();
     for table in tables {
         let mut rows: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT row_to_json(t)::text FROM {table} t ORDER BY 1"
+            "SELECT row_to_json(t)::text FROM {context}.{table} t ORDER BY 1"
         ))
         .fetch_all(pool)
         .await
@@ -208,15 +208,20 @@ pub async fn assert_replays_byte_for_byte(
     damage: &str,
     batch: usize,
 ) {
-    let live = rows_of(&app.pool, tables).await;
+    let context = chronicle_projections::context_named(projection).expect("a projection");
+    let live = rows_of(&app.pool, context, tables).await;
     sqlx::query(damage).execute(&app.pool).await.unwrap();
-    assert_ne!(rows_of(&app.pool, tables).await, live, "the damage shows");
+    assert_ne!(
+        rows_of(&app.pool, context, tables).await,
+        live,
+        "the damage shows"
+    );
     let client = app.nats.client().await;
-    chronicle_projections::replay_named(projection, &app.pool, &client, batch, |_, _| {})
+    chronicle_projections::replay_named(projection, app.databases(), &client, batch, |_, _| {})
         .await
         .expect("a known projection")
         .unwrap();
-    assert_eq!(rows_of(&app.pool, tables).await, live);
+    assert_eq!(rows_of(&app.pool, context, tables).await, live);
 }
 
 /// The names of every object in the `files` bucket, sorted.

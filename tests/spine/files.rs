@@ -21,7 +21,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 async fn live_references(app: &TestApp, sha256: &str) -> i64 {
-    sqlx::query_scalar("SELECT live_files FROM file_blobs WHERE sha256 = $1")
+    sqlx::query_scalar("SELECT live_files FROM files.file_blobs WHERE sha256 = $1")
         .bind(sha256)
         .fetch_optional(&app.pool)
         .await
@@ -228,7 +228,7 @@ async fn identical_bytes_are_stored_once_and_counted_per_live_file() {
         &app,
         "file_metadata",
         &["files", "file_blobs"],
-        "UPDATE file_blobs SET live_files = 99",
+        "UPDATE files.file_blobs SET live_files = 99",
         2,
     )
     .await;

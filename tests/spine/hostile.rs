@@ -330,7 +330,7 @@ async fn no_stored_event_of_any_kind_stops_a_read_model_or_the_saga() {
         "the new user to be readable",
         Duration::from_secs(10),
         || async {
-            let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            let users: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.users")
                 .fetch_one(&app.pool)
                 .await
                 .ok()?;

@@ -931,7 +931,7 @@ async fn a_recovery_the_history_read_model_lacks_comes_from_the_rooms_events() {
         send_http(&app, &room, &format!("m{i}")).await;
     }
     history_holds(&app, &room, 5).await;
-    sqlx::query("DELETE FROM chat_messages WHERE room_id = $1 AND seq > 1")
+    sqlx::query("DELETE FROM chat.chat_messages WHERE room_id = $1 AND seq > 1")
         .bind(&room)
         .execute(&app.pool)
         .await

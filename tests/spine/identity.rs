@@ -133,7 +133,7 @@ async fn concurrent_registrations_of_one_username_give_one_201_and_the_rest_409(
         problem(response, StatusCode::CONFLICT, "username_taken").await;
     }
     let (users, credentials): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM events WHERE aggregate_type = 'user'), (SELECT count(*) FROM credentials)",
+        "SELECT (SELECT count(*) FROM events WHERE aggregate_type = 'user'), (SELECT count(*) FROM identity.credentials)",
     )
     .fetch_one(&app.pool)
     .await
@@ -454,7 +454,7 @@ async fn a_registration_retried_with_its_idempotency_key_gets_the_first_answer()
         .await
         .unwrap();
     assert_eq!(login["user_id"], first["user_id"]);
-    let credentials: i64 = sqlx::query_scalar("SELECT count(*) FROM credentials")
+    let credentials: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.credentials")
         .fetch_one(&app.pool)
         .await
         .unwrap();

@@ -2,6 +2,7 @@
 //! unreferenced bytes go only with the read model caught up, and a claim made while bytes
 //! are being removed waits for the removal instead of pointing a file at nothing.
 
+use chronicle_commands::contexts::FILES;
 use std::time::Duration;
 
 use chronicle_projections::file_metadata;
@@ -139,7 +140,7 @@ async fn app_and_janitor() -> (TestApp, FilesJanitor) {
     })
     .await;
     let janitor = FilesJanitor::new(
-        app.pool.clone(),
+        app.databases().of(FILES).clone(),
         app.nats.client().await,
         chronicle_commands::CommandExecutor::new(chronicle_commands::EventStore::new(
             app.pool.clone(),
@@ -179,7 +180,7 @@ async fn stored_then_deleted(app: &TestApp, bytes: &[u8]) -> String {
     let sha256 = stored["sha256"].as_str().unwrap().to_owned();
     eventually("no live file", Duration::from_secs(10), || async {
         let deleted: Option<bool> = sqlx::query_scalar(
-            "SELECT deleted_at IS NOT NULL FROM files WHERE sha256 = $1 ORDER BY created_at DESC LIMIT 1",
+            "SELECT deleted_at IS NOT NULL FROM files.files WHERE sha256 = $1 ORDER BY created_at DESC LIMIT 1",
         )
         .bind(&sha256)
         .fetch_optional(&app.pool)
@@ -197,7 +198,7 @@ async fn unreferenced_bytes_wait_while_the_read_model_has_a_parked_event() {
     let sha256 = stored_then_deleted(&app, b"bytes nobody needs").await;
     // An event the read model could not apply might be a file pointing at these bytes.
     sqlx::query(
-        "INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
+        "INSERT INTO files.parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
          VALUES ($1, 999999, 'events.files.file.x', 'FileStored', 'test', 1)",
     )
     .bind(file_metadata::FileMetadataProjection::NAME)
@@ -212,7 +213,7 @@ async fn unreferenced_bytes_wait_while_the_read_model_has_a_parked_event() {
         2,
         "the manifest and its part stay"
     );
-    sqlx::query("DELETE FROM parked_events")
+    sqlx::query("DELETE FROM files.parked_events")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -231,7 +232,7 @@ async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_an
     let sha256 = stored_then_deleted(&app, &bytes).await;
     let cutoff = chrono::Utc::now();
     // The janitor's removal holds the claim's row...
-    let mut removal = app.pool.begin().await.unwrap();
+    let mut removal = app.databases().of(FILES).begin().await.unwrap();
     assert!(
         file_metadata::lock_unreferenced(&mut removal, &sha256, cutoff)
             .await
@@ -282,7 +283,7 @@ async fn a_claim_made_during_a_removal_waits_for_it_and_then_stores_the_bytes_an
     assert_eq!(served.status(), StatusCode::OK);
     assert!(served.bytes().await.unwrap() == bytes);
     // Freshly claimed, the bytes are not the janitor's to take.
-    let mut again = app.pool.begin().await.unwrap();
+    let mut again = app.databases().of(FILES).begin().await.unwrap();
     assert!(!file_metadata::lock_unreferenced(
         &mut again,
         &sha256,
@@ -311,11 +312,12 @@ async fn parts_no_manifest_lists_and_no_open_upload_holds_are_removed_and_no_oth
     // An open upload with a chunk in.
     let upload = upload_with_its_chunk(&app, &[9u8; 70_000]).await;
     eventually("the upload projected", Duration::from_secs(10), || async {
-        let open: Option<bool> = sqlx::query_scalar("SELECT open FROM file_uploads WHERE id = $1")
-            .bind(&upload)
-            .fetch_optional(&app.pool)
-            .await
-            .unwrap();
+        let open: Option<bool> =
+            sqlx::query_scalar("SELECT open FROM files.file_uploads WHERE id = $1")
+                .bind(&upload)
+                .fetch_optional(&app.pool)
+                .await
+                .unwrap();
         (open == Some(true)).then_some(())
     })
     .await;

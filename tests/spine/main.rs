@@ -21,6 +21,7 @@ mod projector;
 mod relay;
 mod replay_store;
 mod scheduler;
+mod schemas;
 mod subscriber;
 mod tus;
 mod write_side;

@@ -255,7 +255,7 @@ async fn a_malformed_line_is_a_400_naming_it_and_nothing_is_stored() {
     assert_eq!(body["location"], "sample 2");
     // (The gateway's own built-in series are stored too; none of the test's.)
     let stored: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM monitoring_samples s JOIN monitoring_series m ON m.id = s.series_id \
+        "SELECT count(*) FROM monitoring.monitoring_samples s JOIN monitoring.monitoring_series m ON m.id = s.series_id \
          WHERE m.metric LIKE 't\\_%'",
     )
     .fetch_one(&app.pool)
@@ -420,7 +420,7 @@ async fn a_rule_on_orders_placed_fires_when_orders_are_placed_and_notifies_webho
         &app,
         "business_metrics",
         &["business_series"],
-        "DELETE FROM business_series",
+        "DELETE FROM monitoring.business_series",
         2,
     )
     .await;
@@ -569,7 +569,7 @@ async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_p
         &app,
         "alerts",
         &["monitoring_rules", "monitoring_alerts"],
-        "DELETE FROM monitoring_alerts",
+        "DELETE FROM monitoring.monitoring_alerts",
         3,
     )
     .await;
@@ -777,7 +777,7 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
     assert_eq!(report_json(&app, json!(samples)).await, 6);
     let count = || async {
         sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM monitoring_samples s JOIN monitoring_series m ON m.id = s.series_id WHERE m.metric = 't_old'",
+            "SELECT count(*) FROM monitoring.monitoring_samples s JOIN monitoring.monitoring_series m ON m.id = s.series_id WHERE m.metric = 't_old'",
         )
         .fetch_one(&app.pool)
         .await

@@ -73,7 +73,7 @@ async fn workload(bus: &CommandExecutor, items: usize, rounds: usize) {
 
 /// Every read-model row, as JSON text in SKU order: what "byte for byte" compares.
 async fn rows(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT row_to_json(i)::text FROM inventory_items i ORDER BY sku")
+    sqlx::query_scalar("SELECT row_to_json(i)::text FROM commerce.inventory_items i ORDER BY sku")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -125,7 +125,9 @@ async fn assert_matches_aggregates(pool: &PgPool, bus: &CommandExecutor, items: 
 #[tokio::test]
 async fn the_projector_builds_the_inventory_read_model_from_the_stream() {
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
+    let pool = db
+        .context_pool(chronicle_commands::contexts::COMMERCE)
+        .await;
     let client = nats.client().await;
     let relay = start_relay(&pool, &client, Faults::default());
     let projector = start_projector(&pool, &client, Faults::default());
@@ -139,7 +141,9 @@ async fn the_projector_builds_the_inventory_read_model_from_the_stream() {
 
 async fn crash_and_restart_counts_nothing_twice(point: &str) {
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
+    let pool = db
+        .context_pool(chronicle_commands::contexts::COMMERCE)
+        .await;
     let client = nats.client().await;
     let bus = bus(&pool);
     let relay = start_relay(&pool, &client, Faults::default());
@@ -179,7 +183,9 @@ async fn a_projector_killed_after_commit_before_ack_restarts_without_double_coun
 #[tokio::test]
 async fn replaying_the_log_rebuilds_the_same_rows_byte_for_byte_while_the_projector_runs() {
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
+    let pool = db
+        .context_pool(chronicle_commands::contexts::COMMERCE)
+        .await;
     let client = nats.client().await;
     let bus = bus(&pool);
     let relay = start_relay(&pool, &client, Faults::default());
@@ -190,7 +196,7 @@ async fn replaying_the_log_rebuilds_the_same_rows_byte_for_byte_while_the_projec
     assert_eq!(live.len(), 10);
 
     // Damage the read model; replay must not care what is there.
-    sqlx::query("UPDATE inventory_items SET on_hand = -1")
+    sqlx::query("UPDATE commerce.inventory_items SET on_hand = -1")
         .execute(&pool)
         .await
         .unwrap();

@@ -30,7 +30,7 @@ async fn receive(app: &TestApp, sku: &str, quantity: u64) {
 }
 
 async fn on_hand(app: &TestApp, sku: &str) -> Option<i64> {
-    sqlx::query_scalar("SELECT on_hand FROM inventory_items WHERE sku = $1")
+    sqlx::query_scalar("SELECT on_hand FROM commerce.inventory_items WHERE sku = $1")
         .bind(sku)
         .fetch_optional(&app.pool)
         .await
@@ -38,7 +38,7 @@ async fn on_hand(app: &TestApp, sku: &str) -> Option<i64> {
 }
 
 async fn rows(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar("SELECT row_to_json(i)::text FROM inventory_items i ORDER BY sku")
+    sqlx::query_scalar("SELECT row_to_json(i)::text FROM commerce.inventory_items i ORDER BY sku")
         .fetch_all(&app.pool)
         .await
         .unwrap()
@@ -46,10 +46,16 @@ async fn rows(app: &TestApp) -> Vec<String> {
 
 async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
     let client = app.nats.client().await;
-    chronicle_projections::replay_named_from_store("inventory", &app.pool, &client, 2, |_, _| {})
-        .await
-        .expect("a known projection")
-        .expect("the rebuild")
+    chronicle_projections::replay_named_from_store(
+        "inventory",
+        app.databases(),
+        &client,
+        2,
+        |_, _| {},
+    )
+    .await
+    .expect("a known projection")
+    .expect("the rebuild")
 }
 
 #[tokio::test]
@@ -73,7 +79,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     })
     .await;
     let live = rows(&app).await;
-    sqlx::query("UPDATE inventory_items SET on_hand = 0")
+    sqlx::query("UPDATE commerce.inventory_items SET on_hand = 0")
         .execute(&app.pool)
         .await
         .unwrap();

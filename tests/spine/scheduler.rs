@@ -247,8 +247,8 @@ async fn pause_stops_runs_and_resume_restarts_them() {
         &app,
         "jobs",
         &["scheduler_jobs", "scheduler_runs"],
-        "WITH gone AS (DELETE FROM scheduler_runs WHERE outcome = 'succeeded') \
-         UPDATE scheduler_jobs SET status = 'x'",
+        "WITH gone AS (DELETE FROM scheduler.scheduler_runs WHERE outcome = 'succeeded') \
+         UPDATE scheduler.scheduler_jobs SET status = 'x'",
         3,
     )
     .await;

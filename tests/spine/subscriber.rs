@@ -90,7 +90,9 @@ struct Spine {
 impl Spine {
     async fn start() -> Self {
         let (db, nats) = (TestDb::new().await, TestNats::start());
-        let pool = db.pool().await;
+        let pool = db
+            .context_pool(chronicle_commands::contexts::COMMERCE)
+            .await;
         let client = nats.client().await;
         let relay = start_relay(&pool, &client, Default::default());
         Self {
@@ -105,7 +107,7 @@ impl Spine {
 }
 
 async fn item_count(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM inventory_items")
+    sqlx::query_scalar("SELECT count(*) FROM commerce.inventory_items")
         .fetch_one(pool)
         .await
         .unwrap_or(0)
@@ -138,10 +140,12 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
     // Hold the projector still: its next batch waits for the checkpoint row, so it stops
     // pulling while the backlog is published.
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = 'inventory' FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT 1 FROM commerce.projection_checkpoints WHERE name = 'inventory' FOR UPDATE",
+    )
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
     for i in 0..600 {
         create_item(&bus, &format!("SKU-{i:04}"), 1).await;
     }
@@ -222,7 +226,9 @@ async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothin
 #[tokio::test]
 async fn nats_killed_and_restarted_mid_stream_the_projector_misses_nothing() {
     let (db, mut nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
+    let pool = db
+        .context_pool(chronicle_commands::contexts::COMMERCE)
+        .await;
     let client = chronicle_bus::connect(&nats.url()).await.unwrap();
     let relay = start_relay(&pool, &client, Default::default());
     let bus = bus(&pool);
@@ -529,7 +535,9 @@ impl chronicle_bus::LiveHandler for Heard {
 #[tokio::test]
 async fn a_live_reader_hears_every_event_after_its_start_once_in_order_across_a_nats_restart() {
     let (db, mut nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
+    let pool = db
+        .context_pool(chronicle_commands::contexts::COMMERCE)
+        .await;
     let client = chronicle_bus::connect(&nats.url()).await.unwrap();
     let relay = start_relay(&pool, &client, Default::default());
     let bus = bus(&pool);

@@ -196,9 +196,40 @@ async fn ensure_template() {
             chronicle_commands::migrate(&pool)
                 .await
                 .expect("migrations apply");
+            sqlx::raw_sql(&context_roles_sql())
+                .execute(&pool)
+                .await
+                .expect("the contexts' roles");
             pool.close().await;
         })
         .await;
+}
+
+/// The role a context's pool logs in as in tests: granted its own schema (it owns it and
+/// every table in it) and the shared event store in `public`, nothing else. So a query of
+/// another context's table fails the test that makes it.
+pub fn context_role(context: &str) -> String {
+    format!("chronicle_{context}")
+}
+
+/// Creates each context's role (once per cluster) and hands it its schema in the template.
+fn context_roles_sql() -> String {
+    let mut sql = String::new();
+    for context in chronicle_commands::contexts::ALL {
+        let role = context_role(context);
+        sql.push_str(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER SCHEMA {context} OWNER TO {role};
+             DO $$ DECLARE t text; BEGIN
+               FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = '{context}' LOOP
+                 EXECUTE format('ALTER TABLE {context}.%I OWNER TO {role}', t);
+               END LOOP; END $$;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role};\n"
+        ));
+    }
+    sql
 }
 
 /// A database of its own for one test, with the event-store schema in place.
@@ -211,22 +242,60 @@ pub struct TestDb {
 impl TestDb {
     /// Creates the database (a copy of the migrated template).
     pub async fn new() -> Self {
+        Self::create(&format!("TEMPLATE {TEMPLATE}")).await
+    }
+
+    /// An empty database of its own (no migration run), for a test of the migrations.
+    pub async fn empty() -> Self {
+        Self::create("").await
+    }
+
+    /// `CREATE DATABASE <a new name> <options>`, with the contexts' roles allowed to make
+    /// schemas in it (a rebuild makes its shadow schema beside the live one; a database's
+    /// privileges are not copied from its template).
+    async fn create(options: &str) -> Self {
         init_tracing();
+        // The template's set-up also makes the contexts' roles.
         ensure_template().await;
         let cluster = postgres_cluster();
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&cluster.url("postgres"))
             .await
             .expect("connect to the test cluster");
-        sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+        sqlx::query(&format!("CREATE DATABASE {name} {options}"))
             .execute(&mut admin)
             .await
             .expect("create the test database");
+        let roles: Vec<String> = chronicle_commands::contexts::ALL
+            .iter()
+            .map(|c| context_role(c))
+            .collect();
+        sqlx::query(&format!(
+            "GRANT CREATE ON DATABASE {name} TO {}",
+            roles.join(", ")
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("grant the contexts their shadow schemas");
         let url = cluster.url(&name);
         Self { name, url }
     }
 
-    /// A pool on this database.
+    /// Every context's pool on this database, each logged in as [`context_role`], beside
+    /// `shared` (the event store's).
+    pub fn databases(&self, shared: PgPool) -> chronicle_commands::Databases {
+        chronicle_commands::Databases::new(shared, 10, |context, options| {
+            options.username(&context_role(context))
+        })
+    }
+
+    /// The pool of `context` alone, logged in as its role (the shared event store is on
+    /// its `search_path` too): for a test of one context's reader on its own.
+    pub async fn context_pool(&self, context: &str) -> PgPool {
+        self.databases(self.pool().await).of(context).clone()
+    }
+
+    /// A pool on this database, as the superuser (tests read every schema through it).
     pub async fn pool(&self) -> PgPool {
         PgPoolOptions::new()
             .max_connections(20)
@@ -394,6 +463,7 @@ impl TestApp {
     pub async fn spawn_options(options: TestOptions) -> Self {
         let (db, nats) = (TestDb::new().await, TestNats::start());
         let pool = db.pool().await;
+        let databases = db.databases(pool.clone());
         let client = chronicle_bus::connect(&nats.url())
             .await
             .expect("connect to NATS");
@@ -431,7 +501,7 @@ impl TestApp {
             commands: chronicle_commands::CommandExecutor::new(
                 chronicle_commands::EventStore::new(pool.clone()),
             ),
-            pool: pool.clone(),
+            db: databases.clone(),
             nats: client,
             faults: saga_faults.clone(),
             relay: chronicle_bus::RelayConfig {
@@ -452,7 +522,7 @@ impl TestApp {
                 commands: chronicle_commands::CommandExecutor::new(
                     chronicle_commands::EventStore::new(pool.clone()),
                 ),
-                pool: wiring.pool.clone(),
+                db: wiring.db.clone(),
                 nats: wiring.nats.clone(),
                 faults: wiring.faults.clone(),
                 relay: wiring.relay.clone(),
@@ -472,7 +542,7 @@ impl TestApp {
         for component in components::all() {
             if let Component::Projector(name) = component {
                 // Tables first, so a test can query a read model before it has an event.
-                chronicle_projections::setup_named(name, &pool)
+                chronicle_projections::setup_named(name, &databases)
                     .await
                     .expect("a known projection")
                     .expect("projection tables");
@@ -509,6 +579,11 @@ impl TestApp {
         app
     }
 
+    /// The contexts' pools the app's components use (each logged in as its context's role).
+    pub fn databases(&self) -> &chronicle_commands::Databases {
+        &self.saga_wiring.db
+    }
+
     /// The wiring of another process on the same servers: its own command bus (cache and
     /// group commit) and fault points, the app's settings, and `http` for a gateway.
     fn another_process(&self, http: Option<tokio::net::TcpListener>) -> Wiring {
@@ -517,7 +592,7 @@ impl TestApp {
             commands: chronicle_commands::CommandExecutor::new(
                 chronicle_commands::EventStore::new(self.pool.clone()),
             ),
-            pool: self.pool.clone(),
+            db: wiring.db.clone(),
             nats: wiring.nats.clone(),
             faults: chronicle_bus::Faults::default(),
             relay: wiring.relay.clone(),

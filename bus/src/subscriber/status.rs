@@ -8,11 +8,13 @@ use sqlx::PgPool;
 use super::{parked, SubscriberError};
 use crate::EVENTS_STREAM;
 
-/// A subscriber as status reports name it: its checkpoint name and its durable consumer.
+/// A subscriber as status reports name it: its checkpoint name, its durable consumer, and
+/// the bounded context whose schema holds its checkpoint and parked events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberRef {
     pub name: String,
     pub durable: String,
+    pub context: &'static str,
 }
 
 /// One subscriber's progress.

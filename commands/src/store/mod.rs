@@ -82,11 +82,6 @@ impl EventStore {
         &self.pool
     }
 
-    /// The identity records kept beside the events: password hashes, roles.
-    pub fn credentials(&self) -> crate::credentials::Credentials<'_> {
-        crate::credentials::Credentials::new(&self.pool)
-    }
-
     /// How many outbox rows wait for the relay, counted up to `cap` (a huge backlog is
     /// reported as `cap`, not counted row by row).
     ///

@@ -1,6 +1,7 @@
 //! One WebSocket connection: the handshake, the frames a client sends, its subscriptions,
 //! and the bounded queue of what goes back.
 
+use chronicle_commands::contexts;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
@@ -46,7 +47,11 @@ pub(crate) async fn upgrade(
         .and_then(|token| state.auth.verify(token))
         .ok_or_else(|| ApiError::unauthorized("connect with ?token=<a login token>"))?;
     let ws = ws?;
-    state.hub.start(&state.nats, &state.pool).await;
+    // Order status reaches customers through commerce's query of its own read model.
+    state
+        .hub
+        .start(&state.nats, state.db.of(contexts::COMMERCE))
+        .await;
     // Client frames are small: a 1 KiB read buffer grows for the rare large one (up to
     // MAX_FRAME) instead of every idle connection holding tungstenite's 128 KiB.
     Ok(ws
@@ -283,7 +288,7 @@ async fn announce_presence(state: &AppState, user_id: &str) {
     let Ok(view) = presence.of(user_id).await else {
         return;
     };
-    let rooms = chat_history::member_rooms(&state.pool, user_id)
+    let rooms = chat_history::member_rooms(state.db.of(contexts::CHAT), user_id)
         .await
         .unwrap_or_default();
     let frame = json!({"type": "presence", "user_id": user_id, "online": view.online}).to_string();

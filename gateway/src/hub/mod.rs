@@ -400,6 +400,7 @@ impl Hub {
 
     /// Starts the hub's reader of the log once per process, and returns once its consumer
     /// exists: a message published after this returns reaches the rooms' listeners.
+    /// `pool` is commerce's, where an order's customer is looked up.
     pub(crate) async fn start(&self, nats: &async_nats::Client, pool: &sqlx::PgPool) {
         let hub = self.clone();
         let (nats, pool) = (nats.clone(), pool.clone());
@@ -456,7 +457,15 @@ impl Hub {
                 .await
             {
                 Ok(Some(customer)) => customer,
-                _ => return,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(
+                        order = %envelope.aggregate_id,
+                        error = %chronicle_commands::ErrorChain(&e),
+                        "cannot look up an order's customer for its status frame"
+                    );
+                    return;
+                }
             },
         };
         let frame = Live::other(
@@ -476,6 +485,7 @@ impl Hub {
 /// customer's listeners in this process.
 struct Feed {
     hub: Hub,
+    /// Commerce's pool (the orders read model).
     pool: sqlx::PgPool,
 }
 

@@ -1,6 +1,7 @@
 //! One room followed by one connection: the backlog a client missed (`since_seq`), then
 //! the room's live frames, with no gap and no duplicate between the two.
 
+use chronicle_commands::contexts;
 use std::time::Duration;
 
 use chronicle_chat::{Room, RoomEvent};
@@ -119,8 +120,13 @@ async fn backlog(
     head: u64,
 ) -> Result<Vec<chat_history::MessageView>, ()> {
     let wanted = (head - from) as i64;
-    if let Ok(got) =
-        chat_history::messages(&state.pool, room_id, Window::After(from as i64), wanted).await
+    if let Ok(got) = chat_history::messages(
+        state.db.of(contexts::CHAT),
+        room_id,
+        Window::After(from as i64),
+        wanted,
+    )
+    .await
     {
         if got.len() as i64 >= wanted {
             return Ok(got);

@@ -11,6 +11,7 @@ use chronicle_blog::{
     check_body, check_comment, check_title, normalize_tags, Comment, CommentCommand, Post,
     PostCommand, PostRef,
 };
+use chronicle_commands::contexts;
 use chronicle_commands::{Committed, Executed, StoredResponse};
 use chronicle_projections::posts::{self, CommentView, PostFilter, PostView};
 use serde::Deserialize;
@@ -288,7 +289,7 @@ async fn visible_post(
                 .read(
                     min_version,
                     |p: &PostView| p.version as u64,
-                    || posts::get(&state.pool, id),
+                    || posts::get(state.db.of(contexts::BLOG), id),
                 )
                 .await?;
             consistency = read.consistency;
@@ -368,12 +369,19 @@ pub async fn list(
                 .filter(|o| *o >= 0)
                 .ok_or_else(bad_cursor)?,
         };
-        let items = posts::search(&state.pool, query, &filter, offset, request.fetch()).await?;
+        let items = posts::search(
+            state.db.of(contexts::BLOG),
+            query,
+            &filter,
+            offset,
+            request.fetch(),
+        )
+        .await?;
         let next = offset + request.limit;
         return Ok(Json(request.page(items, |_| next.to_string())));
     }
     let after = request.after_time_and_id()?;
-    let items = posts::list(&state.pool, &filter, after, request.fetch()).await?;
+    let items = posts::list(state.db.of(contexts::BLOG), &filter, after, request.fetch()).await?;
     Ok(Json(request.page(items, |post| {
         time_and_id(post.published_at.unwrap_or(post.created_at), &post.id)
     })))
@@ -381,7 +389,10 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::schema::Problems))]
 pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
-    let tags = state.posts.tags(|| posts::tags(&state.pool)).await?;
+    let tags = state
+        .posts
+        .tags(|| posts::tags(state.db.of(contexts::BLOG)))
+        .await?;
     // Serialized straight from the cached list, not a copy of it.
     Ok(Json(tags.as_slice()).into_response())
 }
@@ -454,7 +465,7 @@ pub async fn comments(
     let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
     let (post, _) = visible_post(&state, &caller, &post_id, None).await?;
     let items = posts::comments(
-        &state.pool,
+        state.db.of(contexts::BLOG),
         &post.id,
         request.after.as_deref(),
         request.fetch(),

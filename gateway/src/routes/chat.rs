@@ -11,6 +11,7 @@ use chronicle_chat::{
     check_body, check_client_msg_id, check_file_ids, check_user_id, direct_room_claim, Room,
     RoomCommand, RoomKind, Sent,
 };
+use chronicle_commands::contexts;
 use chronicle_commands::{CommandContext, CommandError, UniqueClaim};
 use chronicle_files::File;
 use chronicle_projections::chat_history::{self, Window};
@@ -135,7 +136,8 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     let request = PageRequest::new(params.limit.or(Some(200)), None)?;
-    let rooms = chat_history::rooms_of(&state.pool, &caller.user_id, request.limit).await?;
+    let rooms =
+        chat_history::rooms_of(state.db.of(contexts::CHAT), &caller.user_id, request.limit).await?;
     Ok(Json(json!({"items": rooms, "next_cursor": null})).into_response())
 }
 
@@ -381,7 +383,8 @@ pub async fn messages(
     if !room.is_member(&caller.user_id) {
         return Err(ApiError::forbidden("only the room's members read it"));
     }
-    let mut items = chat_history::messages(&state.pool, id, window, request.fetch()).await?;
+    let mut items =
+        chat_history::messages(state.db.of(contexts::CHAT), id, window, request.fetch()).await?;
     let more = items.len() as i64 > request.limit;
     let next = match window {
         Window::After(_) => {
@@ -442,7 +445,7 @@ pub(crate) async fn attached_for(
         .store()
         .claims_in(&attachment_claims(file_id), 1_000)
         .await?;
-    let listed = chat_history::attachment_rooms(&state.pool, file_id, 1_000)
+    let listed = chat_history::attachment_rooms(state.db.of(contexts::CHAT), file_id, 1_000)
         .await
         .map_err(ApiError::internal)?;
     let mut rooms: Vec<String> = attached.into_iter().map(|(_, room)| room).collect();

@@ -24,6 +24,7 @@ use axum::{
     Json,
 };
 use chronicle_bus::ContentError;
+use chronicle_commands::contexts;
 use chronicle_files::{
     check_content_type, check_name, File, FileCommand, Share, ShareCommand, Unserved, MAX_FILE_SIZE,
 };
@@ -202,7 +203,7 @@ pub async fn shared(
 /// Claims the bytes named `sha256` before a file points at them (the files janitor leaves
 /// claimed bytes alone; see `file_metadata::claim_bytes`).
 pub(super) async fn claim_bytes(state: &AppState, sha256: &str) -> Result<(), ApiError> {
-    chronicle_projections::file_metadata::claim_bytes(&state.pool, sha256)
+    chronicle_projections::file_metadata::claim_bytes(state.db.of(contexts::FILES), sha256)
         .await
         .map_err(ApiError::internal)
 }
@@ -254,9 +255,10 @@ pub(super) async fn owns_bytes(
     owner_id: &str,
     sha256: &str,
 ) -> Result<bool, ApiError> {
-    let mut candidates = file_metadata::files_with_bytes(&state.pool, owner_id, sha256, 100)
-        .await
-        .map_err(ApiError::internal)?;
+    let mut candidates =
+        file_metadata::files_with_bytes(state.db.of(contexts::FILES), owner_id, sha256, 100)
+            .await
+            .map_err(ApiError::internal)?;
     let recorded = state
         .commands
         .store()
@@ -390,7 +392,7 @@ pub async fn metadata(
     let file = readable_file(&state, &id, &caller.user_id).await?;
     // Links are the owner's business.
     let shares = if file.owner_id() == caller.user_id {
-        file_metadata::shares_of(&state.pool, &id)
+        file_metadata::shares_of(state.db.of(contexts::FILES), &id)
             .await
             .map_err(ApiError::internal)?
     } else {
@@ -434,9 +436,14 @@ pub async fn list(
     let after = request
         .after_time_and_id()?
         .map(|(at, id)| (at, id.to_owned()));
-    let files = file_metadata::files_of(&state.pool, &caller.user_id, after, request.fetch())
-        .await
-        .map_err(ApiError::internal)?;
+    let files = file_metadata::files_of(
+        state.db.of(contexts::FILES),
+        &caller.user_id,
+        after,
+        request.fetch(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     let page = request.page(files, |f| time_and_id(f.created_at, &f.id));
     Ok(Json(page).into_response())
 }

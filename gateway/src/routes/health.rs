@@ -18,7 +18,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let postgres = matches!(
         tokio::time::timeout(
             Duration::from_secs(1),
-            sqlx::query("SELECT 1").execute(&state.pool)
+            sqlx::query("SELECT 1").execute(state.db.shared())
         )
         .await,
         Ok(Ok(_))

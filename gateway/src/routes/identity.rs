@@ -6,6 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use chronicle_commands::{contexts, Credentials};
 use chronicle_commands::{Executed, StoredResponse, UniqueClaim};
 use chronicle_identity::{check_display_name, check_username, User, UserCommand};
 use chronicle_projections::users;
@@ -88,7 +89,7 @@ pub async fn register(
     // registration event. If the claim fails the row is removed; if the process dies in
     // between, the row belongs to an id nothing refers to.
     let hash = hash_password(form.password).await?;
-    let credentials = state.commands.store().credentials();
+    let credentials = Credentials::new(state.db.of(contexts::IDENTITY));
     credentials.store_hash(&user_id, &hash).await?;
     // The key's scope is the route alone (the caller is anonymous): the user id is made
     // afresh for every request, so it cannot be part of it, or a retry would never match.
@@ -138,10 +139,7 @@ pub async fn login(
     // A name no one can hold (a NUL, which PostgreSQL's text refuses, or a megabyte) is an
     // unknown user: not asked of the database, and answered like any other wrong login.
     let row: Option<(String, String)> = if check_username(&form.username).is_ok() {
-        state
-            .commands
-            .store()
-            .credentials()
+        Credentials::new(state.db.of(contexts::IDENTITY))
             .of_username(&form.username)
             .await?
     } else {
@@ -174,10 +172,7 @@ async fn roles_of(
         .staff_users
         .iter()
         .any(|u| u == "*" || u == username);
-    let granted = state
-        .commands
-        .store()
-        .credentials()
+    let granted = Credentials::new(state.db.of(contexts::IDENTITY))
         .has_role(user_id, STAFF)
         .await?;
     if listed || granted {
@@ -209,7 +204,7 @@ pub async fn get_user(
         .read(
             params.min_version,
             |v: &users::UserView| v.version as u64,
-            || users::get(&state.pool, &id),
+            || users::get(state.db.of(contexts::IDENTITY), &id),
         )
         .await?;
     let view = read
@@ -237,7 +232,7 @@ pub async fn find_users(
     ApiQuery(query): ApiQuery<FindUsers>,
 ) -> Result<Response, ApiError> {
     let found = if check_username(&query.username).is_ok() {
-        users::by_username(&state.pool, &query.username)
+        users::by_username(state.db.of(contexts::IDENTITY), &query.username)
             .await
             .map_err(ApiError::internal)?
     } else {

@@ -1,6 +1,7 @@
 //! `/api/v1/inventory/items` (API.md, Commerce: inventory).
 
 use axum::{extract::State, response::Response, Json};
+use chronicle_commands::contexts;
 use chronicle_commerce::{
     check_initial_stock, check_item_name, check_price, check_quantity, check_sku, InventoryCommand,
     InventoryItem,
@@ -128,7 +129,7 @@ pub async fn get(
         .read(
             params.min_version,
             |v: &InventoryView| v.version as u64,
-            || inventory::get(&state.pool, &sku),
+            || inventory::get(state.db.of(contexts::COMMERCE), &sku),
         )
         .await?;
     let view = read
@@ -153,7 +154,7 @@ pub async fn list(
 ) -> Result<Json<Page<InventoryView>>, ApiError> {
     let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
     let items = inventory::list(
-        &state.pool,
+        state.db.of(contexts::COMMERCE),
         params.low_stock_below,
         request.after.as_deref(),
         request.fetch(),

@@ -8,6 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
+use chronicle_commands::contexts;
 use chronicle_projections::jobs::{self, JobView};
 use chronicle_scheduler::{
     after, check_spec, Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy,
@@ -337,7 +338,7 @@ async fn own_job(
         .read(
             min_version,
             |v: &JobView| u64::try_from(v.version).unwrap_or(0),
-            || jobs::get(&state.pool, id),
+            || jobs::get(state.db.of(contexts::SCHEDULER), id),
         )
         .await
         .map_err(ApiError::internal)?;
@@ -373,9 +374,14 @@ pub async fn list(
     let after = request
         .after_time_and_id()?
         .map(|(at, id)| (at, id.to_owned()));
-    let found = jobs::jobs_of(&state.pool, &caller.user_id, after, request.fetch())
-        .await
-        .map_err(ApiError::internal)?;
+    let found = jobs::jobs_of(
+        state.db.of(contexts::SCHEDULER),
+        &caller.user_id,
+        after,
+        request.fetch(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     let page = request.page(found, |j| time_and_id(j.created_at, &j.id));
     Ok(Json(page.map(presented)).into_response())
 }
@@ -392,9 +398,14 @@ pub async fn runs(
     own_job(&state, &caller, &id, None).await?;
     let request = PageRequest::from_params(&params)?;
     let before = request.after.as_deref().and_then(|a| a.parse::<i64>().ok());
-    let found = jobs::runs_of(&state.pool, &id, before, request.fetch())
-        .await
-        .map_err(ApiError::internal)?;
+    let found = jobs::runs_of(
+        state.db.of(contexts::SCHEDULER),
+        &id,
+        before,
+        request.fetch(),
+    )
+    .await
+    .map_err(ApiError::internal)?;
     let page = request.page(found, |(sequence, _)| sequence.to_string());
     Ok(Json(page.map(|(_, run)| run)).into_response())
 }

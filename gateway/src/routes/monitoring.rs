@@ -1,6 +1,7 @@
 //! `/api/v1/monitoring` (API.md, Monitoring): samples reported and queried, the metric
 //! names known, alert rules (staff only) and alerts.
 
+use chronicle_commands::contexts;
 use std::collections::BTreeMap;
 
 use axum::{
@@ -126,7 +127,7 @@ pub async fn report(
         parse_text(text, &limits)
     }
     .map_err(malformed)?;
-    let accepted = series::store(&state.pool, &samples)
+    let accepted = series::store(state.db.of(contexts::MONITORING), &samples)
         .await
         .map_err(|e| match e {
             series::StoreError::TooManySeries { .. } => ApiError::new(
@@ -238,7 +239,7 @@ pub async fn query(
         step_seconds: step,
         agg,
     };
-    let found = series::query(&state.pool, &query, retention(&state))
+    let found = series::query(state.db.of(contexts::MONITORING), &query, retention(&state))
         .await
         .map_err(ApiError::internal)?;
     Ok(
@@ -314,7 +315,7 @@ fn parse_step(text: &str) -> Option<u32> {
 /// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
 #[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), crate::schema::Problems))]
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
-    let known = series::metrics(&state.pool)
+    let known = series::metrics(state.db.of(contexts::MONITORING))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(known).into_response())
@@ -437,7 +438,7 @@ pub async fn list_rules(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
-    let rules = alerts::rules(&state.pool)
+    let rules = alerts::rules(state.db.of(contexts::MONITORING))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(rules).into_response())
@@ -455,7 +456,7 @@ pub async fn get_rule(
     if !chronicle_monitoring::valid_id(&id) {
         return Err(missing());
     }
-    let rule = alerts::rule(&state.pool, &id)
+    let rule = alerts::rule(state.db.of(contexts::MONITORING), &id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(missing)?;
@@ -579,7 +580,7 @@ pub async fn list_alerts(
                 .wait_for(
                     min,
                     |version: &i64| *version as u64,
-                    || alerts::rule_version(&state.pool, rule),
+                    || alerts::rule_version(state.db.of(contexts::MONITORING), rule),
                 )
                 .await
                 .map_err(ApiError::internal)?;
@@ -589,7 +590,7 @@ pub async fn list_alerts(
     let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1_000));
     let found = match rule_id {
         Some(rule) if !chronicle_monitoring::valid_id(rule) => Vec::new(),
-        _ => alerts::alerts(&state.pool, wanted, rule_id, limit)
+        _ => alerts::alerts(state.db.of(contexts::MONITORING), wanted, rule_id, limit)
             .await
             .map_err(ApiError::internal)?,
     };

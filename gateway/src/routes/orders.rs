@@ -1,6 +1,7 @@
 //! `/api/v1/orders` and `/api/v1/coupons` (API.md, Commerce: orders). Only an order's
 //! customer sees it or acts on it.
 
+use chronicle_commands::contexts;
 use std::collections::BTreeMap;
 
 use axum::{extract::State, http::StatusCode, response::Response, Json};
@@ -193,7 +194,7 @@ pub async fn get(
         .read(
             params.min_version,
             |v: &OrderView| v.version as u64,
-            || orders::get(&state.pool, id),
+            || orders::get(state.db.of(contexts::COMMERCE), id),
         )
         .await?;
     let view = read
@@ -238,7 +239,7 @@ pub async fn list(
     }
     let request = PageRequest::new(params.limit, params.cursor.as_deref())?;
     let items = orders::list(
-        &state.pool,
+        state.db.of(contexts::COMMERCE),
         &caller.user_id,
         params.status.as_deref(),
         request.after.as_deref(),

@@ -2,7 +2,7 @@
 //! the staff routes over parked events (API.md, Health and operations).
 
 use axum::{extract::State, http::StatusCode, Json};
-use chronicle_bus::{ParkedEvent, RetryOutcome, SubscriberError, SubscriberStatus};
+use chronicle_bus::{ParkedEvent, RetryOutcome, SubscriberError, SubscriberRef, SubscriberStatus};
 use serde::Deserialize;
 
 use super::Routes;
@@ -26,21 +26,27 @@ pub async fn list(
     let mut out = Vec::new();
     for subscriber in &state.config.subscribers {
         out.push(
-            chronicle_bus::status(&state.pool, &js, &subscriber.name, &subscriber.durable)
-                .await
-                .map_err(ApiError::internal)?,
+            chronicle_bus::status(
+                state.db.of(subscriber.context),
+                &js,
+                &subscriber.name,
+                &subscriber.durable,
+            )
+            .await
+            .map_err(ApiError::internal)?,
         );
     }
     Ok(Json(out))
 }
 
-/// The name in the path, if it is a known subscriber.
-fn known(state: &AppState, name: &str) -> Result<(), ApiError> {
-    if state.config.subscribers.iter().any(|s| s.name == name) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("no such projection or saga"))
-    }
+/// The subscriber named in the path, if it is a known one.
+fn known<'a>(state: &'a AppState, name: &str) -> Result<&'a SubscriberRef, ApiError> {
+    state
+        .config
+        .subscribers
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::not_found("no such projection or saga"))
 }
 
 #[utoipa::path(get, path = "/api/v1/projections/{name}/parked", tag = "operations", summary = "The parked events of a projection or saga (staff)", params(("name" = String, Path)), responses((status = 200, description = "200: [{\"stream_seq\",\"subject\",\"event_type\",\"error\",\"attempts\",\"first_failed_at\",\"last_failed_at\"}]"), crate::schema::Problems))]
@@ -50,8 +56,8 @@ pub async fn parked(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Vec<ParkedEvent>>, ApiError> {
     caller.require_staff()?;
-    known(&state, &name)?;
-    chronicle_bus::parked(&state.pool, &name)
+    let subscriber = known(&state, &name)?;
+    chronicle_bus::parked(state.db.of(subscriber.context), &name)
         .await
         .map(Json)
         .map_err(ApiError::internal)

@@ -1,0 +1,105 @@
+//! Provides each bounded context's connection to PostgreSQL: one pool per context, whose
+//! `search_path` is the context's own schema, so the context's unqualified SQL reads and
+//! writes its own tables and nothing else names them.
+//!
+//! It promises that a context's pool is the only way its code reaches its schema: the test
+//! harness connects each pool as a role granted only that schema (and, until the event
+//! store moves into the contexts' schemas, the shared store in `public`), so a query of
+//! another context's table fails there instead of passing unnoticed.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
+
+/// The bounded contexts, each the name of its PostgreSQL schema.
+pub mod contexts {
+    pub const IDENTITY: &str = "identity";
+    pub const COMMERCE: &str = "commerce";
+    pub const BLOG: &str = "blog";
+    pub const CHAT: &str = "chat";
+    pub const FILES: &str = "files";
+    pub const SCHEDULER: &str = "scheduler";
+    pub const MONITORING: &str = "monitoring";
+
+    /// Every context, in the order their schemas are created.
+    pub const ALL: &[&str] = &[IDENTITY, COMMERCE, BLOG, CHAT, FILES, SCHEDULER, MONITORING];
+}
+
+/// The pools of one process: the shared one (the event store and the host's own checks)
+/// and one per context, opened lazily (a process running one role connects only where
+/// that role reads).
+#[derive(Clone)]
+pub struct Databases {
+    shared: PgPool,
+    contexts: Arc<BTreeMap<&'static str, PgPool>>,
+}
+
+impl std::fmt::Debug for Databases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Databases")
+            .field("contexts", &self.contexts.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long an idle context connection stays open: a process holds a pool per context, so
+/// connections one burst opened are given back soon after.
+const IDLE: Duration = Duration::from_secs(30);
+
+impl Databases {
+    /// Pools on `shared`'s database: `shared` as it is, and one per context made from
+    /// `login(context, options)` (the harness logs each in as its own role; a deployment
+    /// returns the options unchanged), each at most `pool_size` connections.
+    pub fn new(
+        shared: PgPool,
+        pool_size: u32,
+        login: impl Fn(&'static str, PgConnectOptions) -> PgConnectOptions,
+    ) -> Self {
+        let base = shared.connect_options().as_ref().clone();
+        let acquire = shared.options().get_acquire_timeout();
+        let contexts = contexts::ALL
+            .iter()
+            .map(|&context| {
+                let options = login(context, base.clone())
+                    .options([("search_path", format!("{context},public"))]);
+                let pool = PgPoolOptions::new()
+                    .max_connections(pool_size)
+                    .min_connections(0)
+                    .idle_timeout(IDLE)
+                    .acquire_timeout(acquire)
+                    .connect_lazy_with(options);
+                (context, pool)
+            })
+            .collect();
+        Self {
+            shared,
+            contexts: Arc::new(contexts),
+        }
+    }
+
+    /// The shared pool: the event store's tables, and the host's health check.
+    pub fn shared(&self) -> &PgPool {
+        &self.shared
+    }
+
+    /// The pool of `context` (one of [`contexts::ALL`]).
+    ///
+    /// # Panics
+    /// When `context` is not a context: a programming error, not an input.
+    pub fn of(&self, context: &str) -> &PgPool {
+        self.contexts
+            .get(context)
+            .unwrap_or_else(|| panic!("{context:?} is not a bounded context"))
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for pool in self.contexts.values() {
+            pool.close().await;
+        }
+        self.shared.close().await;
+    }
+}

@@ -1,0 +1,186 @@
+//! Each bounded context's tables live in its own PostgreSQL schema, and the harness proves
+//! no context reaches another's: every context's pool logs in as a role granted only its
+//! own schema (and the shared event store in `public`).
+
+use chronicle_commands::contexts;
+use std::time::Duration;
+
+use chronicle_tests::{eventually, TestApp, TestDb};
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
+
+/// The PostgreSQL error code of `result`'s failure.
+fn code<T: std::fmt::Debug>(result: Result<T, sqlx::Error>) -> String {
+    match result {
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()).unwrap_or_default(),
+        other => panic!("expected a database error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_read_it() {
+    let app = TestApp::spawn().await;
+    let item = json!({"sku": "S-1", "name": "Item", "price_cents": 500, "initial_stock": 3});
+    let created = app.post("/api/v1/inventory/items", item).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let order = json!({"lines": [{"sku": "S-1", "quantity": 1}]});
+    let placed = app.post("/api/v1/orders", order).await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+
+    // Every projection's tables are in its context's schema, none in `public`.
+    for name in chronicle_projections::PROJECTIONS {
+        let context = chronicle_projections::context_named(name).expect("a projection");
+        for table in chronicle_projections::tables_named(name).expect("a projection") {
+            let schemas: Vec<String> =
+                sqlx::query_scalar("SELECT schemaname::text FROM pg_tables WHERE tablename = $1")
+                    .bind(table)
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(schemas, vec![context.to_owned()], "{name}'s table {table}");
+        }
+    }
+
+    // Commerce's pool reads its orders, unqualified, as its code does.
+    let commerce = app.databases().of(contexts::COMMERCE);
+    eventually(
+        "the order in commerce's read model",
+        Duration::from_secs(20),
+        || async {
+            let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(commerce)
+                .await
+                .unwrap();
+            (orders == 1).then_some(())
+        },
+    )
+    .await;
+    // Every other context's pool is refused them, by PostgreSQL: unqualified, the table is
+    // not on its path (42P01); by its schema's name, its role may not use the schema (42501).
+    for context in contexts::ALL.iter().filter(|c| **c != contexts::COMMERCE) {
+        let pool = app.databases().of(context);
+        assert_eq!(
+            code(
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders")
+                    .fetch_one(pool)
+                    .await
+            ),
+            "42P01",
+            "{context} found commerce's orders on its path"
+        );
+        assert_eq!(
+            code(
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM commerce.orders")
+                    .fetch_one(pool)
+                    .await
+            ),
+            "42501",
+            "{context} read commerce's orders"
+        );
+        // Nor may it write there.
+        assert_eq!(
+            code(
+                sqlx::query("DELETE FROM commerce.saga_order_deadlines")
+                    .execute(pool)
+                    .await
+            ),
+            "42501",
+            "{context} wrote commerce's deadlines"
+        );
+    }
+    // And commerce may not read identity's password hashes.
+    assert_eq!(
+        code(
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM identity.credentials")
+                .fetch_one(app.databases().of(contexts::COMMERCE))
+                .await
+        ),
+        "42501"
+    );
+}
+
+/// A database from before the contexts had schemas keeps its rows: the migration moves the
+/// contexts' tables, the read models a projector made, and each reader's checkpoint and
+/// parked events into the reader's context.
+#[tokio::test]
+async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schemas() {
+    let db = TestDb::empty().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../commands/migrations");
+    let mut before = sqlx::migrate::Migrator::new(dir).await.unwrap();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 13)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    // As the old layout held them: a credential, a read model, a checkpoint, a parked event.
+    sqlx::raw_sql(
+        "INSERT INTO credentials (user_id, password_hash) VALUES ('u1', '$argon2id$x');
+         CREATE TABLE orders (id text PRIMARY KEY, status text NOT NULL);
+         INSERT INTO orders VALUES ('o1', 'paid');
+         INSERT INTO projection_checkpoints (name, checkpoint) VALUES ('orders', 41), ('posts', 7),
+             ('some-tool', 3);
+         INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts)
+             VALUES ('saga-orders', 12, 'events.commerce.order.o1', 'OrderPlaced', 'x', 1);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    chronicle_commands::migrate(&pool).await.unwrap();
+
+    let hash: String =
+        sqlx::query_scalar("SELECT password_hash FROM identity.credentials WHERE user_id = 'u1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hash, "$argon2id$x");
+    let status: String = sqlx::query_scalar("SELECT status FROM commerce.orders WHERE id = 'o1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "paid");
+    let checkpoints: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT 'commerce', name, checkpoint FROM commerce.projection_checkpoints \
+         UNION ALL SELECT 'blog', name, checkpoint FROM blog.projection_checkpoints \
+         UNION ALL SELECT 'public', name, checkpoint FROM public.projection_checkpoints \
+         ORDER BY 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        checkpoints,
+        vec![
+            ("commerce".into(), "orders".into(), 41),
+            ("blog".into(), "posts".into(), 7),
+            // A reader that is no context's stays where it was.
+            ("public".into(), "some-tool".into(), 3),
+        ]
+    );
+    let parked: Vec<(String, i64)> =
+        sqlx::query_as("SELECT subscriber, stream_seq FROM commerce.parked_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(parked, vec![("saga-orders".into(), 12)]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM public.parked_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    // The old names are gone from `public`: nothing reads a stale copy.
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    assert_eq!(
+        code(sqlx::query("SELECT 1 FROM orders").execute(&mut conn).await),
+        "42P01"
+    );
+}
