@@ -315,7 +315,12 @@ fn chronicle_send(
 async fn settle(pool: &PgPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        // Every context's outbox.
+        let outboxes: Vec<String> = chronicle_commands::contexts::ALL
+            .iter()
+            .map(|c| format!("(SELECT count(*) FROM {c}.outbox)"))
+            .collect();
+        let left: i64 = sqlx::query_scalar(&format!("SELECT {}", outboxes.join(" + ")))
             .fetch_one(pool)
             .await?;
         if left == 0 {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context};
-use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor, Databases};
 use chronicle_scheduler::{
     Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
 };
@@ -65,7 +65,7 @@ async fn starts(
 ) -> anyhow::Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT aggregate_id, payload -> 'RunStarted' ->> 'due_at', \
-           payload -> 'RunStarted' ->> 'started_at' FROM events \
+           payload -> 'RunStarted' ->> 'started_at' FROM scheduler.events \
          WHERE aggregate_type = 'job' AND event_type = 'RunStarted' AND aggregate_id LIKE $1",
     )
     .bind(format!("{prefix}%"))
@@ -120,7 +120,12 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let bus = Arc::new(CommandExecutor::new(EventStore::new(pool.clone())));
+    // Jobs go to the scheduler's store, as the gateway's commands do.
+    let bus = Arc::new(CommandExecutor::for_contexts(
+        &Databases::new(pool.clone(), 16, |_, options| options),
+        &Default::default(),
+        Default::default(),
+    ));
 
     // One-shot jobs, all due at one instant far enough ahead to create and project them.
     let lead = Duration::from_secs(20 + jobs / 2_000);
@@ -170,7 +175,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
     let finished = loop {
         let done = count(
             &pool,
-            "SELECT count(*) FROM events WHERE aggregate_type = 'job' AND event_type = 'RunSucceeded'",
+            "SELECT count(*) FROM scheduler.events WHERE aggregate_type = 'job' AND event_type = 'RunSucceeded'",
         )
         .await?;
         if done as u64 >= jobs {
@@ -183,7 +188,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let last_finished: String = sqlx::query_scalar(
-        "SELECT max(payload -> 'RunSucceeded' ->> 'finished_at') FROM events \
+        "SELECT max(payload -> 'RunSucceeded' ->> 'finished_at') FROM scheduler.events \
          WHERE aggregate_type = 'job' AND event_type = 'RunSucceeded'",
     )
     .fetch_one(&pool)
@@ -220,7 +225,7 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
     loop {
         let behind = count(
             &pool,
-            "SELECT (SELECT count(*) FROM outbox) + \
+            "SELECT (SELECT count(*) FROM scheduler.outbox) + \
                     (SELECT count(*) FROM scheduler.scheduler_jobs WHERE wake_at IS NOT NULL)",
         )
         .await?;

@@ -1,6 +1,8 @@
 //! The outbox relay: Postgres outbox → JetStream `EVENTS`, in order, exactly once.
 //!
-//! One relay is active at a time: it holds a session advisory lock on a dedicated
+//! A relay publishes the outbox of its pool's schema (each context's store has its own
+//! outbox, and its own relay). One relay per outbox is active at a time: it holds a session
+//! advisory lock (the configured key and the schema) on a dedicated
 //! connection and runs every outbox query on that same connection, so a relay that lost its
 //! connection (and with it the lock) cannot delete or publish on the strength of a lock it no
 //! longer has. Others wait as standbys and take over when the lock frees.
@@ -19,7 +21,7 @@
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use async_nats::{header::NATS_MESSAGE_ID, jetstream, HeaderMap};
-use chronicle_commands::OUTBOX_CHANNEL;
+use chronicle_commands::outbox_channel;
 use chronicle_schemas::{
     HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE, HEADER_EVENT_VERSION,
 };
@@ -39,7 +41,8 @@ pub struct RelayConfig {
     /// How often to look at the outbox when no notification arrives (the fallback if a
     /// NOTIFY is missed, e.g. while the listener reconnects).
     pub poll_interval: Duration,
-    /// The advisory lock key that elects the single active relay.
+    /// The advisory lock key that elects the single active relay of an outbox (combined
+    /// with the outbox's schema, so each context's relay is elected apart).
     pub lock_key: i64,
     /// Under load the relay starts at most one round per `linger` (unless the outbox holds
     /// a full batch). Each JetStream atomic batch has a fixed cost (nats-server 2.15 stages it
@@ -145,11 +148,14 @@ impl Relay {
             .await
             .map_err(db("connecting"))?;
         loop {
-            let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-                .bind(self.config.lock_key)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(db("taking the relay lock"))?;
+            // One lock per outbox: the key and the schema the connection's path names.
+            let (locked,): (bool,) = sqlx::query_as(
+                "SELECT pg_try_advisory_lock($1 # hashtext(current_schema())::bigint)",
+            )
+            .bind(self.config.lock_key)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db("taking the relay lock"))?;
             if locked {
                 break;
             }
@@ -169,11 +175,15 @@ impl Relay {
     async fn relay(&self, conn: &mut PgConnection) -> Result<(), RelayError> {
         let js = jetstream::new(self.client.clone());
         let stream = ensure_events_stream(&js).await?;
+        let (schema,): (String,) = sqlx::query_as("SELECT current_schema()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("reading the outbox's schema"))?;
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .map_err(db("listening for outbox notifications"))?;
         listener
-            .listen(OUTBOX_CHANNEL)
+            .listen(&outbox_channel(&schema))
             .await
             .map_err(db("listening for outbox notifications"))?;
         let mut recovering = true;

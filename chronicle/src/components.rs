@@ -25,7 +25,8 @@ pub const SAGAS: &[&str] = &["orders"];
 /// One process role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
-    /// The outbox relay (several may run; one is active).
+    /// The outbox relays, one per context's outbox (several processes may run them; one per
+    /// outbox is active).
     Relay,
     /// The projector of one read model.
     Projector(&'static str),
@@ -166,13 +167,33 @@ impl Component {
         chronicle_telemetry::install();
         Ok(match self {
             Self::Relay => {
-                let relay = Relay::new(
-                    wiring.db.shared().clone(),
-                    wiring.nats.clone(),
-                    wiring.relay.clone(),
-                )
-                .with_faults(wiring.faults.clone());
-                Box::pin(async move { relay.run(shutdown).await.context(name) })
+                // One relay per context's outbox; the first to stop (a fault point) stops
+                // the role, as a crash would.
+                use futures::FutureExt;
+                let shutdown = shutdown.shared();
+                let relays: Vec<_> = wiring
+                    .db
+                    .contexts()
+                    .map(|(context, pool)| {
+                        let relay =
+                            Relay::new(pool.clone(), wiring.nats.clone(), wiring.relay.clone())
+                                .with_faults(wiring.faults.clone());
+                        let shutdown = shutdown.clone();
+                        async move {
+                            relay
+                                .run(shutdown)
+                                .await
+                                .with_context(|| format!("the {context} outbox"))
+                        }
+                        .boxed()
+                    })
+                    .collect();
+                Box::pin(async move {
+                    futures::future::try_join_all(relays)
+                        .await
+                        .map(|_| ())
+                        .context(name)
+                })
             }
             Self::Projector(projection) => {
                 let run = run_named(

@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
 use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
-use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore};
+use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
 use chronicle_projections::{replay_named, ProjectorConfig, PROJECTIONS};
 use chronicle_sagas::OrderSagaConfig;
@@ -185,8 +185,10 @@ async fn run_roles(
         _ => None,
     };
     let wiring = Wiring {
-        commands: CommandExecutor::new(
-            EventStore::new(connections.db.shared().clone()).with_faults(faults.clone()),
+        commands: CommandExecutor::for_contexts(
+            &connections.db,
+            &faults,
+            ExecutorConfig::default(),
         ),
         db: connections.db.clone(),
         nats: connections.nats.clone(),
@@ -402,7 +404,7 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
     );
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, 2).await?;
-    let store = chronicle_commands::EventStore::new(connections.db.shared().clone());
+    let store = EventStore::new(connections.db.of(contexts::IDENTITY).clone());
     let user_id = store
         .claim_holder("username", &username)
         .await

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
+use chronicle_commands::CommandContext;
 use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use common::Running;
@@ -15,7 +15,6 @@ use serde_json::Value;
 #[tokio::test]
 async fn tail_prints_the_log_from_a_sequence_filtered_by_subject() {
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let pool = db.pool().await;
     // The relay, as a process, puts what the store commits into the stream.
     let relay = Command::new(env!("CARGO_BIN_EXE_chronicle"))
         .arg("relay")
@@ -25,7 +24,7 @@ async fn tail_prints_the_log_from_a_sequence_filtered_by_subject() {
         .spawn()
         .expect("the chronicle binary starts");
     let _relay = Running(Some(relay));
-    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
+    let bus = db.executor().await;
     for sku in ["T-1", "T-2"] {
         bus.execute::<InventoryItem>(
             sku,

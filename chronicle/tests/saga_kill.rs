@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
+use chronicle_commands::CommandContext;
 use chronicle_commerce::{InventoryCommand, InventoryItem, Order, OrderCommand, OrderLine};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use sqlx::PgPool;
@@ -28,7 +28,7 @@ fn saga(db: &TestDb, nats: &TestNats, failpoints: &str) -> Child {
 
 async fn event_types(pool: &PgPool, aggregate_type: &str, id: &str) -> Vec<String> {
     sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+        "SELECT event_type FROM commerce.events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
     .bind(aggregate_type)
     .bind(id)
@@ -45,8 +45,10 @@ async fn a_saga_process_killed_between_two_lines_settles_the_order_once_after_re
     chronicle_bus::ensure_events_stream(&async_nats::jetstream::new(client.clone()))
         .await
         .unwrap();
+    // The commerce outbox's relay (inventory and orders are commerce's).
     let relay = chronicle_bus::Relay::new(
-        pool.clone(),
+        db.context_pool(chronicle_commands::contexts::COMMERCE)
+            .await,
         client,
         chronicle_bus::RelayConfig {
             poll_interval: Duration::from_millis(50),
@@ -54,7 +56,7 @@ async fn a_saga_process_killed_between_two_lines_settles_the_order_once_after_re
         },
     );
     let relay = tokio::spawn(relay.run(std::future::pending()));
-    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
+    let bus = db.executor().await;
     let ctx = CommandContext::new();
     for sku in ["A", "B"] {
         bus.execute::<InventoryItem>(

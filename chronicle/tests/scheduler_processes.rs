@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use chronicle_commands::{CommandContext, CommandExecutor, EventStore};
+use chronicle_commands::{CommandContext, CommandExecutor};
 use chronicle_scheduler::{
     Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
 };
@@ -153,7 +153,7 @@ async fn create(bus: &CommandExecutor, id: &str, spec: JobSpec) {
 /// Job `id`'s events of `event_type`: payload and the actor that caused them.
 async fn events(pool: &PgPool, id: &str, event_type: &str) -> Vec<(Value, String)> {
     let rows: Vec<(Value, Value)> = sqlx::query_as(
-        "SELECT payload::jsonb -> $2, metadata::jsonb FROM events \
+        "SELECT payload::jsonb -> $2, metadata::jsonb FROM scheduler.events \
          WHERE aggregate_type = 'job' AND aggregate_id = $1 AND event_type = $2 ORDER BY sequence",
     )
     .bind(id)
@@ -185,7 +185,7 @@ async fn three_schedulers_run_each_due_second_once_between_them() {
     let _spine = start_spine(&db, &nats);
     let _schedulers: Vec<Running> = (0..3).map(|_| start(&["scheduler"], &db, &nats)).collect();
     live_schedulers(&pool, 3).await;
-    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
+    let bus = db.executor().await;
     let jobs: Vec<String> = (0..9).map(|i| format!("tick-{i}")).collect();
     for id in &jobs {
         // `queue`: a run slowed past its second by a loaded machine delays the next one
@@ -201,7 +201,7 @@ async fn three_schedulers_run_each_due_second_once_between_them() {
         Duration::from_secs(30),
         || async {
             let actors: i64 = sqlx::query_scalar(
-                "SELECT count(DISTINCT metadata::jsonb ->> 'actor') FROM events \
+                "SELECT count(DISTINCT metadata::jsonb ->> 'actor') FROM scheduler.events \
              WHERE aggregate_type = 'job' AND event_type = 'RunStarted'",
             )
             .fetch_one(&pool)
@@ -247,7 +247,7 @@ async fn a_scheduler_killed_mid_run_leads_to_one_retried_run_not_two() {
     .await;
     let mut doomed = start(&["scheduler"], &db, &nats);
     live_schedulers(&pool, 1).await;
-    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
+    let bus = db.executor().await;
     let action = Action::Http {
         url: format!("{}/slow", hook.url),
         method: "POST".into(),
@@ -304,7 +304,7 @@ async fn after_30_s_without_a_scheduler_each_missed_run_policy_does_what_it_says
     let _spine = start_spine(&db, &nats);
     let mut first = start(&["scheduler"], &db, &nats);
     live_schedulers(&pool, 1).await;
-    let bus = CommandExecutor::new(EventStore::new(pool.clone()));
+    let bus = db.executor().await;
     for (id, missed) in [
         ("skip", MissedPolicy::Skip),
         ("run-once", MissedPolicy::RunOnce),

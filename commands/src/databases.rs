@@ -2,10 +2,13 @@
 //! `search_path` is the context's own schema, so the context's unqualified SQL reads and
 //! writes its own tables and nothing else names them.
 //!
+//! Each context's schema holds all of its tables: its event store (events, snapshots,
+//! outbox, idempotency records, claims, the relay's position), the records it keeps beside
+//! its events, its read models, and where its readers of the log stand.
+//!
 //! It promises that a context's pool is the only way its code reaches its schema: the test
-//! harness connects each pool as a role granted only that schema (and, until the event
-//! store moves into the contexts' schemas, the shared store in `public`), so a query of
-//! another context's table fails there instead of passing unnoticed.
+//! harness connects each pool as a role granted only that schema, so a query of another
+//! context's table fails there instead of passing unnoticed.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -28,8 +31,8 @@ pub mod contexts {
     pub const ALL: &[&str] = &[IDENTITY, COMMERCE, BLOG, CHAT, FILES, SCHEDULER, MONITORING];
 }
 
-/// The pools of one process: the shared one (the event store and the host's own checks)
-/// and one per context, opened lazily (a process running one role connects only where
+/// The pools of one process: the shared one (migrations and the host's own checks, as the
+/// database's owner) and one per context, opened lazily (a process running one role connects only where
 /// that role reads).
 #[derive(Clone)]
 pub struct Databases {
@@ -63,8 +66,7 @@ impl Databases {
         let contexts = contexts::ALL
             .iter()
             .map(|&context| {
-                let options = login(context, base.clone())
-                    .options([("search_path", format!("{context},public"))]);
+                let options = login(context, base.clone()).options([("search_path", context)]);
                 let pool = PgPoolOptions::new()
                     .max_connections(pool_size)
                     .min_connections(0)
@@ -80,7 +82,8 @@ impl Databases {
         }
     }
 
-    /// The shared pool: the event store's tables, and the host's health check.
+    /// The shared pool: the migrations, and the host's health check. No context's tables
+    /// are on its path.
     pub fn shared(&self) -> &PgPool {
         &self.shared
     }
@@ -93,6 +96,13 @@ impl Databases {
         self.contexts
             .get(context)
             .unwrap_or_else(|| panic!("{context:?} is not a bounded context"))
+    }
+
+    /// Every context with its pool, in [`contexts::ALL`] order.
+    pub fn contexts(&self) -> impl Iterator<Item = (&'static str, &PgPool)> {
+        contexts::ALL
+            .iter()
+            .map(|context| (*context, self.of(context)))
     }
 
     /// Closes every pool.

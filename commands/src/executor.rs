@@ -8,8 +8,12 @@
 //! state checked at append (a lost race is decided again on fresh state, never appended over),
 //! and that its answer says which: committed at a version, refused, conflicted, or unknown
 //! after a store failure.
+//!
+//! Each aggregate's events go to its context's store ([`AggregateKind::CONTEXT`]) when the
+//! executor runs on every context's schema ([`CommandExecutor::for_contexts`]), each store
+//! with its own committer; or all to one store ([`CommandExecutor::new`]).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chronicle_schemas::AggregateKind;
 use cqrs_es::{event_sink::EventSink, Aggregate};
@@ -22,7 +26,48 @@ use crate::{
     idempotency::{self, IdempotencyKey, StoredResponse},
     lanes::{WaitingCommands, STRIPES},
     store::{AppendOutcome, EventStore, LoadedAggregate, PendingAppend, Provenance},
+    Databases,
 };
+
+/// One event store and the committer that groups its appends.
+#[derive(Clone)]
+struct Store {
+    store: EventStore,
+    committer: Committer,
+}
+
+impl Store {
+    fn spawn(store: EventStore, max_group: usize) -> Self {
+        Self {
+            committer: Committer::spawn(store.clone(), max_group),
+            store,
+        }
+    }
+}
+
+/// Where the executor's aggregates are stored.
+enum Stores {
+    /// Every aggregate in one store.
+    One(Store),
+    /// Each aggregate in its context's store, by context.
+    PerContext(BTreeMap<&'static str, Store>),
+}
+
+impl Stores {
+    /// The store of `context`.
+    ///
+    /// # Panics
+    /// When the executor has no store for `context`: a context missing from
+    /// [`crate::contexts::ALL`], a programming error.
+    fn of(&self, context: &str) -> &Store {
+        match self {
+            Self::One(store) => store,
+            Self::PerContext(stores) => stores
+                .get(context)
+                .unwrap_or_else(|| panic!("no event store for the context {context:?}")),
+        }
+    }
+}
 
 /// Tuning of the write path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,14 +121,13 @@ impl ExecutorConfig {
 ///   cached state is decided again on fresh state before it is returned.
 #[derive(Clone)]
 pub struct CommandExecutor {
-    store: EventStore,
+    stores: Arc<Stores>,
     /// The lanes: one async lock per stripe of aggregates (`lanes.rs`).
     pub(crate) stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
     /// Commands waiting for their aggregate's turn, by aggregate: whichever takes the turn
     /// first runs all of them as one append (`lanes.rs`).
     pub(crate) waiting: Arc<std::sync::Mutex<WaitingCommands>>,
     pub(crate) cache: Arc<AggregateCache>,
-    committer: Committer,
     pub(crate) config: ExecutorConfig,
 }
 
@@ -96,26 +140,62 @@ impl std::fmt::Debug for CommandExecutor {
 }
 
 impl CommandExecutor {
-    /// An executor with the default configuration. Must be called inside a tokio runtime (it
-    /// starts the committer task, which ends when the last clone is dropped).
+    /// An executor storing every aggregate in `store`, with the default configuration.
+    /// Must be called inside a tokio runtime (it starts the committer task, which ends when
+    /// the last clone is dropped).
     pub fn new(store: EventStore) -> Self {
         Self::with_config(store, ExecutorConfig::default())
     }
 
+    /// An executor storing every aggregate in `store`.
     pub fn with_config(store: EventStore, config: ExecutorConfig) -> Self {
+        let one = Store::spawn(store, config.max_group);
+        Self::on(Stores::One(one), config)
+    }
+
+    /// An executor storing each aggregate in its context's schema (`db`'s pool of
+    /// [`AggregateKind::CONTEXT`]), each store with its own committer and `faults`.
+    pub fn for_contexts(db: &Databases, faults: &crate::Faults, config: ExecutorConfig) -> Self {
+        let stores = db
+            .contexts()
+            .map(|(context, pool)| {
+                let store = EventStore::new(pool.clone()).with_faults(faults.clone());
+                (context, Store::spawn(store, config.max_group))
+            })
+            .collect();
+        Self::on(Stores::PerContext(stores), config)
+    }
+
+    fn on(stores: Stores, config: ExecutorConfig) -> Self {
         let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         Self {
-            committer: Committer::spawn(store.clone(), config.max_group),
+            stores: Arc::new(stores),
             cache: Arc::new(AggregateCache::new(config.cache_capacity)),
-            store,
             stripes: Arc::new(stripes),
             waiting: Arc::default(),
             config,
         }
     }
 
-    pub fn store(&self) -> &EventStore {
-        &self.store
+    /// The store of `context`'s aggregates: its claims, its outbox, an aggregate's history.
+    ///
+    /// # Panics
+    /// When the executor has no store for `context` (not one of [`crate::contexts::ALL`]).
+    pub fn store_of(&self, context: &str) -> &EventStore {
+        &self.stores.of(context).store
+    }
+
+    /// The store of aggregate `A`'s context.
+    pub fn store_for<A: AggregateKind>(&self) -> &EventStore {
+        self.store_of(A::CONTEXT)
+    }
+
+    /// Every store the executor appends to (one, or one per context).
+    pub fn stores(&self) -> Vec<&EventStore> {
+        match &*self.stores {
+            Stores::One(one) => vec![&one.store],
+            Stores::PerContext(stores) => stores.values().map(|s| &s.store).collect(),
+        }
     }
 
     /// Runs `command` on aggregate `id`. With an idempotency key, the stored response is
@@ -193,7 +273,7 @@ impl CommandExecutor {
         A: Executable,
     {
         if let Some(key) = &ctx.idempotency {
-            if let Some(done) = self.replay::<A::Error>(key).await? {
+            if let Some(done) = self.replay::<A>(key).await? {
                 return Ok(done);
             }
         }
@@ -286,7 +366,7 @@ impl CommandExecutor {
                         .idempotency
                         .as_ref()
                         .expect("KeyTaken only happens with a key");
-                    return match self.replay::<A::Error>(key).await? {
+                    return match self.replay::<A>(key).await? {
                         Some(done) => Ok(done),
                         // The other request's record expired between the two statements.
                         None => Err(CommandError::Conflict),
@@ -303,7 +383,7 @@ impl CommandExecutor {
                     self.cache.forget(&cache_key).await;
                     trust_cache = false;
                     if ctx.expected_version.is_some() {
-                        let actual = self.store.load::<A>(id).await?.version;
+                        let actual = self.store_for::<A>().load::<A>(id).await?.version;
                         return Err(CommandError::VersionMismatch {
                             expected: from_version,
                             actual,
@@ -369,7 +449,7 @@ impl CommandExecutor {
     }
 
     /// The aggregate from the cache when allowed and present (`true`), else from Postgres.
-    pub(crate) async fn load<A: Aggregate + Clone + 'static>(
+    pub(crate) async fn load<A: Aggregate + AggregateKind + Clone + 'static>(
         &self,
         id: &str,
         cache_key: &str,
@@ -380,30 +460,35 @@ impl CommandExecutor {
                 return Ok((LoadedAggregate { state, version }, true));
             }
         }
+        let store = self.store_for::<A>();
         let loaded = if self.config.snapshot_every > 0 {
-            self.store.load_from_snapshot::<A>(id).await?
+            store.load_from_snapshot::<A>(id).await?
         } else {
-            self.store.load::<A>(id).await?
+            store.load::<A>(id).await?
         };
         Ok((loaded, false))
     }
 
     pub(crate) async fn commit(&self, append: PendingAppend) -> Result<AppendOutcome, StoreError> {
-        self.committer.commit(append).await
+        self.stores
+            .of(append.context)
+            .committer
+            .commit(append)
+            .await
     }
 
-    /// The first response recorded under `key`, for a flow of several commands whose last
-    /// one records it (a payment: request, charge, outcome).
+    /// The first response recorded under `key` in `A`'s context, for a flow of several
+    /// commands whose last one records it (a payment: request, charge, outcome).
     ///
     /// # Errors
     /// [`CommandError::IdempotencyKeyReused`] when the key came with another request; store
     /// failures.
-    pub async fn replay<E: std::error::Error + 'static>(
+    pub async fn replay<A: Executable>(
         &self,
         key: &IdempotencyKey,
-    ) -> Result<Option<Executed>, CommandError<E>> {
+    ) -> Result<Option<Executed>, CommandError<A::Error>> {
         let mut conn = self
-            .store
+            .store_for::<A>()
             .pool()
             .acquire()
             .await

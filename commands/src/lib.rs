@@ -5,7 +5,7 @@
 //! - [`EventStore`]: loads an aggregate from the `events` table (postgres-es's layout, read
 //!   through postgres-es's repository) and appends new events, their outbox rows and the
 //!   idempotency record in ONE transaction (DESIGN.md invariant 1). It wakes the relay with
-//!   `pg_notify` on the channel [`OUTBOX_CHANNEL`].
+//!   `pg_notify` on its schema's channel ([`outbox_channel`]).
 //! - [`CommandExecutor`] (`executor.rs`): runs a command end to end: idempotency-key replay,
 //!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on
 //!   conflict. Its parts, one job a file: `lanes.rs` (per-aggregate queueing inside the
@@ -38,4 +38,6 @@ pub use error::{CommandError, DbError, ErrorChain, StoreError};
 pub use executor::{CommandExecutor, ExecutorConfig};
 pub use faults::{FaultAction, Faults, InjectedFault};
 pub use idempotency::{purge_expired, IdempotencyKey, StoredResponse, IDEMPOTENCY_TTL};
-pub use store::{migrate, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL};
+pub use store::{
+    migrate, outbox_channel, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL,
+};

@@ -59,7 +59,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let housekeeping = tokio::spawn(purge_idempotency_keys(state.db.shared().clone()));
+    let housekeeping = tokio::spawn(purge_idempotency_keys(state.db.clone()));
     let instance = listener
         .local_addr()
         .map(|a| format!("{}:{}", host_name(), a.port()))
@@ -153,9 +153,9 @@ fn host_name() -> String {
     sysinfo::System::host_name().unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// Deletes idempotency records past their 24 h, a batch at a time, every few minutes
-/// (several gateways doing it at once only share the work).
-async fn purge_idempotency_keys(pool: sqlx::PgPool) {
+/// Deletes idempotency records past their 24 h in every context's store, a batch at a
+/// time, every few minutes (several gateways doing it at once only share the work).
+async fn purge_idempotency_keys(db: chronicle_commands::Databases) {
     const BATCH: i64 = 10_000;
     chronicle_bus::periodic::every(
         "idempotency record purge",
@@ -163,7 +163,9 @@ async fn purge_idempotency_keys(pool: sqlx::PgPool) {
         std::time::Duration::ZERO,
         std::future::pending(),
         || async {
-            while chronicle_commands::purge_expired(&pool, BATCH).await? as i64 == BATCH {}
+            for (_, pool) in db.contexts() {
+                while chronicle_commands::purge_expired(pool, BATCH).await? as i64 == BATCH {}
+            }
             Ok::<(), chronicle_commands::StoreError>(())
         },
     )

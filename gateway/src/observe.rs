@@ -98,9 +98,14 @@ async fn refresh_subscribers(state: &AppState) {
 /// Whether the outbox could be read.
 async fn refresh_outbox(state: &AppState) -> bool {
     // Bounded: a huge backlog is reported as "at least a million", not counted row by row.
-    let depth = state.commands.store().outbox_depth(1_000_000).await;
-    if let Ok(depth) = depth {
-        metrics::gauge!("chronicle_outbox_depth").set(depth as f64);
+    // Every context's outbox, together.
+    let mut total = 0;
+    for store in state.commands.stores() {
+        match store.outbox_depth(1_000_000).await {
+            Ok(depth) => total += depth,
+            Err(_) => return false,
+        }
     }
-    depth.is_ok()
+    metrics::gauge!("chronicle_outbox_depth").set(total as f64);
+    true
 }

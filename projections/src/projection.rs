@@ -24,6 +24,9 @@ pub enum ProjectionError {
     /// event is parked rather than wrapped into a wrong row.
     #[error("{0}")]
     OutOfRange(String),
+    /// A rebuild that cannot be done as asked (the message says why, and what to do).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl ProjectionError {

@@ -143,11 +143,7 @@ pub async fn replay_named_from_store(
     progress: impl FnMut(u64, u64),
 ) -> Option<Result<ReplayStats, ProjectionError>> {
     by_name!(name, |p| crate::replay_from_store(
-        &p,
-        db.of(p.context()),
-        client,
-        batch_max,
-        progress
+        &p, db, client, batch_max, progress
     )
     .await)
 }

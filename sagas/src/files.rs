@@ -365,7 +365,7 @@ impl FilesJanitor {
     /// nothing pending and nothing is parked. Waits up to `catch_up` for it.
     async fn caught_up(&self, js: &async_nats::jetstream::Context) -> Result<bool, JanitorError> {
         let deadline = tokio::time::Instant::now() + self.config.catch_up;
-        let store = self.commands.store();
+        let store = self.commands.store_for::<chronicle_files::File>();
         if let Some(newest) = store.outbox_newest().await? {
             loop {
                 if !store.outbox_holds_through(newest).await? {

@@ -40,9 +40,12 @@ pub async fn caught_up(
 }
 
 async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> Option<String> {
-    let outbox: i64 = match sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(pool)
-        .await
+    let outbox: i64 = match sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ({}) o",
+        chronicle_tests::every_context("id", "outbox")
+    ))
+    .fetch_one(pool)
+    .await
     {
         Ok(n) => n,
         Err(e) => return Some(format!("PostgreSQL: {e}")),
@@ -116,11 +119,12 @@ pub async fn acknowledged_are_stored(
         .iter()
         .map(|(t, id, v)| (t.clone(), (id.clone(), *v)))
         .unzip();
-    let missing: Vec<(String, String, i64)> = sqlx::query_as(
+    let missing: Vec<(String, String, i64)> = sqlx::query_as(&format!(
         "SELECT a.t, a.id, a.v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS a(t, id, v) \
-         WHERE NOT EXISTS (SELECT 1 FROM events e \
+         WHERE NOT EXISTS (SELECT 1 FROM ({}) e \
                            WHERE e.aggregate_type = a.t AND e.aggregate_id = a.id AND e.sequence = a.v)",
-    )
+        chronicle_tests::every_context("aggregate_type, aggregate_id, sequence", "events")
+    ))
     .bind(&types)
     .bind(&ids)
     .bind(&versions)
@@ -197,17 +201,19 @@ pub async fn acknowledged_are_stored(
     Ok(acked.versions.len() + acked.messages.len() + acked.files.len())
 }
 
-/// Every event of the events table is in the stream exactly once, nothing else is there,
+/// Every event of every context's store is in the stream exactly once, nothing else is there,
 /// and each aggregate's events are in its order. The number of events checked.
 pub async fn stream_matches_store(
     pool: &PgPool,
     nats: &async_nats::Client,
 ) -> Result<usize, Broken> {
-    let stored: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT aggregate_type, aggregate_id, sequence FROM events")
-            .fetch_all(pool)
-            .await
-            .map_err(|e| e.to_string())?;
+    let stored: Vec<(String, String, i64)> = sqlx::query_as(&chronicle_tests::every_context(
+        "aggregate_type, aggregate_id, sequence",
+        "events",
+    ))
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
     let js = jetstream::new(nats.clone());
     let stream = chronicle_bus::ensure_events_stream(&js)
         .await
@@ -283,18 +289,9 @@ pub async fn stream_matches_store(
     Ok(stored_ids.len())
 }
 
-/// `SELECT {columns} FROM {table}` of every context's schema, as one query.
-fn in_every_context(columns: &str, table: &str) -> String {
-    chronicle_commands::contexts::ALL
-        .iter()
-        .map(|context| format!("SELECT {columns} FROM {context}.{table}"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
-}
-
 /// Every reader's checkpoint, by name (each in its context's schema).
 pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
-    sqlx::query_as(&in_every_context(
+    sqlx::query_as(&chronicle_tests::every_context(
         "name, checkpoint",
         "projection_checkpoints",
     ))
@@ -360,7 +357,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
         return Err(format!("negative stock: {negative:?}"));
     }
     let twice: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, payload->'StockReserved'->>'reservation_id', count(*) FROM events \
+        "SELECT aggregate_id, payload->'StockReserved'->>'reservation_id', count(*) FROM commerce.events \
          WHERE aggregate_type = 'inventory_item' AND event_type = 'StockReserved' \
          GROUP BY 1, 2 HAVING count(*) > 1",
     )
@@ -373,7 +370,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
         ));
     }
     let decided_twice: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT aggregate_id, count(*) FROM events \
+        "SELECT aggregate_id, count(*) FROM commerce.events \
          WHERE aggregate_type = 'order' AND event_type IN ('OrderReserved', 'OrderRejected') \
          GROUP BY 1 HAVING count(*) > 1",
     )
@@ -384,7 +381,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
         return Err(format!("orders decided twice: {decided_twice:?}"));
     }
     let runs: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT j.id, (SELECT count(*) FROM events e WHERE e.aggregate_type = 'job' \
+        "SELECT j.id, (SELECT count(*) FROM scheduler.events e WHERE e.aggregate_type = 'job' \
                          AND e.aggregate_id = j.id AND e.event_type = 'RunSucceeded') \
          FROM unnest($1::text[]) AS j(id)",
     )
@@ -399,7 +396,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
             &wrong[..wrong.len().min(5)]
         ));
     }
-    let parked: Vec<(String, i64, String)> = sqlx::query_as(&in_every_context(
+    let parked: Vec<(String, i64, String)> = sqlx::query_as(&chronicle_tests::every_context(
         "subscriber, stream_seq, error",
         "parked_events",
     ))

@@ -346,8 +346,20 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
         live.len(),
         out.lines().count()
     );
-    let exits: u32 = system.lock().unwrap().roles.iter().map(|r| r.exits).sum();
-    println!("faults: 0 lost, 0 duplicated, 0 stalled; roles that exited on their own and were started again: {exits}");
+    let (exits, which) = {
+        let system = system.lock().unwrap();
+        let which: Vec<String> = system
+            .roles
+            .iter()
+            .filter(|r| r.exits > 0)
+            .map(|r| format!("{} {}", r.name, r.exits))
+            .collect();
+        (system.roles.iter().map(|r| r.exits).sum::<u32>(), which)
+    };
+    println!(
+        "faults: 0 lost, 0 duplicated, 0 stalled; roles that exited on their own and were started again: {exits}{}",
+        if which.is_empty() { String::new() } else { format!(" ({})", which.join(", ")) }
+    );
 
     tending.store(true, std::sync::atomic::Ordering::Relaxed);
     tender.join().expect("the tender thread");

@@ -949,9 +949,10 @@ fn rows(w: &World) -> Vec<Row> {
 
 /// Events whose metadata names `actor` as who issued them (none: anonymous ones).
 async fn appended_by(app: &TestApp, actor: Option<&str>) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE metadata->>'actor' IS NOT DISTINCT FROM $1",
-    )
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ({}) e WHERE metadata->>'actor' IS NOT DISTINCT FROM $1",
+        chronicle_tests::every_context("metadata", "events")
+    ))
     .bind(actor)
     .fetch_one(&app.pool)
     .await

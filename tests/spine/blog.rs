@@ -654,7 +654,7 @@ async fn the_event_stream_of_one_post() {
     .await;
 
     let rows: Vec<(String, i64, String, Value, Value)> = sqlx::query_as(
-        "SELECT aggregate_type, sequence, event_type, payload, metadata FROM events \
+        "SELECT aggregate_type, sequence, event_type, payload, metadata FROM blog.events \
          WHERE aggregate_type IN ('post', 'comment') ORDER BY aggregate_type DESC, sequence",
     )
     .fetch_all(&app.pool)
@@ -863,7 +863,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     // As a version-1 writer stored it: the event row, and its outbox row for the relay.
     let mut tx = app.pool.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+        "INSERT INTO blog.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          VALUES ('comment', $1, 1, 'CommentAdded', '1', $2, $3)",
     )
     .bind(&comment)
@@ -874,7 +874,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
+        "INSERT INTO blog.outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
          VALUES ($1, $2, 'CommentAdded', '1', 1, $3, $4)",
     )
     .bind(format!("events.blog.comment.{comment}"))
@@ -926,7 +926,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let versions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, event_version FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+        "SELECT event_type, event_version FROM blog.events WHERE aggregate_id = $1 ORDER BY sequence",
     )
     .bind(&comment)
     .fetch_all(&app.pool)

@@ -443,7 +443,7 @@ async fn the_event_stream_of_one_room() {
     )
     .await;
     let rows: Vec<(i64, String, Value, Value)> = sqlx::query_as(
-        "SELECT sequence, event_type, payload, metadata FROM events \
+        "SELECT sequence, event_type, payload, metadata FROM chat.events \
          WHERE aggregate_type = 'room' ORDER BY sequence",
     )
     .fetch_all(&app.pool)

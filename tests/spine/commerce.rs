@@ -98,7 +98,7 @@ async fn item_with_reserved(app: &TestApp, sku: &str, reserved: i64) -> Value {
 /// Every event of one aggregate: `(event_type, payload, metadata)`.
 async fn events_of(app: &TestApp, aggregate_type: &str, id: &str) -> Vec<(String, Value, Value)> {
     sqlx::query_as::<_, (String, Value, Value)>(
-        "SELECT event_type, payload, metadata FROM events \
+        "SELECT event_type, payload, metadata FROM commerce.events \
          WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
     )
     .bind(aggregate_type)
@@ -830,7 +830,7 @@ async fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same order");
     let count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'OrderPlaced'")
+        sqlx::query_scalar("SELECT count(*) FROM commerce.events WHERE event_type = 'OrderPlaced'")
             .fetch_one(&app.pool)
             .await
             .unwrap();
@@ -887,7 +887,7 @@ async fn the_event_stream_of_one_scripted_order() {
 
     // Every event of the scenario, with causation shown as the label of the causing event.
     let rows: Vec<(String, String, i64, String, Value, Value)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload, metadata FROM events \
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload, metadata FROM commerce.events \
          WHERE aggregate_type IN ('order', 'inventory_item', 'coupon') \
          ORDER BY aggregate_type, aggregate_id, sequence",
     )
@@ -986,7 +986,7 @@ async fn money(app: &TestApp) -> (i64, i64) {
            WHEN 'LatePaymentCharged' THEN (payload->'LatePaymentCharged'->>'amount_cents')::bigint \
            WHEN 'PaymentRefunded' THEN -(payload->'PaymentRefunded'->>'amount_cents')::bigint \
            ELSE 0 END), 0)::bigint \
-         FROM events WHERE aggregate_type = 'order'",
+         FROM commerce.events WHERE aggregate_type = 'order'",
     )
     .fetch_one(&app.pool)
     .await
@@ -1116,7 +1116,7 @@ async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_canc
     )
     .await;
     let types: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+        "SELECT event_type FROM commerce.events WHERE aggregate_id = $1 ORDER BY sequence",
     )
     .bind(&id)
     .fetch_all(&app.pool)

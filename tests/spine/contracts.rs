@@ -180,7 +180,7 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
     .await;
     eventually("the alert to fire", Duration::from_secs(20), || async {
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'AlertFiring'",
+            "SELECT count(*) FROM monitoring.events WHERE aggregate_id = $1 AND event_type = 'AlertFiring'",
         )
         .bind(&rule)
         .fetch_one(&app.pool)
@@ -198,9 +198,11 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
             (c.event_type, c.version, validator)
         })
         .collect();
-    let events: Vec<(String, String, String, Value)> = sqlx::query_as(
-        "SELECT aggregate_type, event_type, event_version, payload::jsonb FROM events ORDER BY aggregate_type, aggregate_id, sequence",
-    )
+    let events: Vec<(String, String, String, Value)> = sqlx::query_as(&format!(
+        "SELECT aggregate_type, event_type, event_version, payload::jsonb FROM ({}) e \
+         ORDER BY aggregate_type, aggregate_id, sequence",
+        chronicle_tests::every_context("*", "events")
+    ))
     .fetch_all(&app.pool)
     .await
     .unwrap();

@@ -271,9 +271,11 @@ async fn hostile_names_and_empty_or_nameless_uploads_are_refused_and_append_noth
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let leaked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE payload::text LIKE '%xyzzy%' OR metadata::text LIKE '%xyzzy%'",
-    )
+    let leaked: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ({}) e \
+         WHERE payload::text LIKE '%xyzzy%' OR metadata::text LIKE '%xyzzy%'",
+        chronicle_tests::every_context("payload, metadata", "events")
+    ))
     .fetch_one(&app.pool)
     .await
     .unwrap();
@@ -397,10 +399,11 @@ async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
     })
     .await;
     assert_eq!(listed["shares"][0]["id"].as_str().unwrap().len(), 64);
-    let stored_tokens: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%' \
+    let stored_tokens: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM ({}) e WHERE payload::text LIKE '%' || $1 || '%' \
          OR aggregate_id = $1",
-    )
+        chronicle_tests::every_context("payload, aggregate_id", "events")
+    ))
     .bind(&token)
     .fetch_one(&app.pool)
     .await
@@ -744,7 +747,7 @@ async fn a_chunked_upload_whose_bytes_do_not_hash_as_declared_stores_nothing() {
         StatusCode::NO_CONTENT
     );
     let files_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'file'")
+        sqlx::query_scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
             .fetch_one(&app.pool)
             .await
             .unwrap();
@@ -762,7 +765,7 @@ async fn a_chunked_upload_whose_bytes_do_not_hash_as_declared_stores_nothing() {
         "checksum_mismatch"
     );
     let files_after: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'file'")
+        sqlx::query_scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
             .fetch_one(&app.pool)
             .await
             .unwrap();

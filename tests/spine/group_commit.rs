@@ -81,7 +81,11 @@ async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
             "SKU-{i}: {r:?}"
         );
     }
-    let sku0 = bus.store().load::<InventoryItem>("SKU-0").await.unwrap();
+    let sku0 = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("SKU-0")
+        .await
+        .unwrap();
     assert_eq!(
         (sku0.version, sku0.state.on_hand()),
         (2, 1),
@@ -90,7 +94,7 @@ async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
     // With retries the same command succeeds on fresh state.
     receive(&bus, "SKU-0", 5).await;
     assert_eq!(
-        bus.store()
+        bus.store_for::<InventoryItem>()
             .load::<InventoryItem>("SKU-0")
             .await
             .unwrap()
@@ -168,11 +172,15 @@ async fn snapshots_are_written_every_n_events_and_loading_from_one_gives_the_sam
     .unwrap();
     assert_eq!((snapshots, last), (1, 20), "one snapshot kept, the latest");
     let from_snapshot = bus
-        .store()
+        .store_for::<InventoryItem>()
         .load_from_snapshot::<InventoryItem>("SKU-1")
         .await
         .unwrap();
-    let from_events = bus.store().load::<InventoryItem>("SKU-1").await.unwrap();
+    let from_events = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("SKU-1")
+        .await
+        .unwrap();
     assert_eq!(from_snapshot.version, 25);
     assert_eq!(from_snapshot.state, from_events.state);
 }
@@ -256,7 +264,7 @@ async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else()
     assert!(!failed.is_empty(), "the fault point was reached");
     for (i, result) in results.iter().enumerate() {
         let item = bus
-            .store()
+            .store_for::<InventoryItem>()
             .load::<InventoryItem>(&format!("SKU-{i}"))
             .await
             .unwrap();
@@ -277,7 +285,7 @@ async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else()
     for &i in &failed {
         receive(&bus, &format!("SKU-{i}"), 1).await;
         assert_eq!(
-            bus.store()
+            bus.store_for::<InventoryItem>()
                 .load::<InventoryItem>(&format!("SKU-{i}"))
                 .await
                 .unwrap()
@@ -380,7 +388,11 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
         committed.version, 3,
         "created, the cancelled receipt, then this one"
     );
-    let x = bus.store().load::<InventoryItem>("X").await.unwrap();
+    let x = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("X")
+        .await
+        .unwrap();
     assert_eq!((x.version, x.state.on_hand()), (3, 3));
 }
 

@@ -663,7 +663,7 @@ async fn sql_and_html_in_every_string_field_are_stored_verbatim_and_rendered_ine
         let fields = crate::common::invalid_fields(app.post(path, body).await).await;
         assert_eq!(fields, [field], "{path}");
     }
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM blog.events")
         .fetch_one(&app.pool)
         .await
         .unwrap();

@@ -133,7 +133,7 @@ async fn concurrent_registrations_of_one_username_give_one_201_and_the_rest_409(
         problem(response, StatusCode::CONFLICT, "username_taken").await;
     }
     let (users, credentials): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM events WHERE aggregate_type = 'user'), (SELECT count(*) FROM identity.credentials)",
+        "SELECT (SELECT count(*) FROM identity.events WHERE aggregate_type = 'user'), (SELECT count(*) FROM identity.credentials)",
     )
     .fetch_one(&app.pool)
     .await
@@ -407,17 +407,18 @@ async fn cors_preflights_are_answered_and_every_response_has_a_request_id_that_c
         request_id.to_string().as_str()
     );
     let correlation: String = sqlx::query_scalar(
-        "SELECT metadata->>'correlation_id' FROM events WHERE aggregate_id = 'C-1'",
+        "SELECT metadata->>'correlation_id' FROM commerce.events WHERE aggregate_id = 'C-1'",
     )
     .fetch_one(&app.pool)
     .await
     .unwrap();
     assert_eq!(correlation, request_id.to_string());
-    let actor: String =
-        sqlx::query_scalar("SELECT metadata->>'actor' FROM events WHERE aggregate_id = 'C-1'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let actor: String = sqlx::query_scalar(
+        "SELECT metadata->>'actor' FROM commerce.events WHERE aggregate_id = 'C-1'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(actor, app.user_id);
     assert!(app
         .get("/health")

@@ -84,14 +84,14 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
     .await;
     eventually("the upload expired", Duration::from_secs(10), || async {
         let events: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UploadExpired'",
+            "SELECT count(*) FROM files.events WHERE aggregate_id = $1 AND event_type = 'UploadExpired'",
         )
         .bind(&id)
         .fetch_one(&app.pool)
         .await
         .unwrap();
         let tus: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'TusUploadExpired'",
+            "SELECT count(*) FROM files.events WHERE aggregate_id = $1 AND event_type = 'TusUploadExpired'",
         )
         .bind(&tus_id)
         .fetch_one(&app.pool)
@@ -142,9 +142,7 @@ async fn app_and_janitor() -> (TestApp, FilesJanitor) {
     let janitor = FilesJanitor::new(
         app.databases().of(FILES).clone(),
         app.nats.client().await,
-        chronicle_commands::CommandExecutor::new(chronicle_commands::EventStore::new(
-            app.pool.clone(),
-        )),
+        app.db.executor().await,
         FilesJanitorConfig {
             grace: Duration::ZERO,
             every: Duration::from_secs(3600),

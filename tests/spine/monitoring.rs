@@ -547,7 +547,7 @@ async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_p
     mails.sort();
     assert_eq!(mails, ["acknowledged", "firing", "firing", "resolved"]);
     let events: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE aggregate_type = 'rule' AND aggregate_id = $1 ORDER BY sequence",
+        "SELECT event_type FROM monitoring.events WHERE aggregate_type = 'rule' AND aggregate_id = $1 ORDER BY sequence",
     )
     .bind(&rule)
     .fetch_all(&app.pool)

@@ -87,7 +87,11 @@ async fn caught_up(pool: &PgPool, bus: &CommandExecutor, items: usize) {
         || async {
             for i in 0..items {
                 let sku = format!("SKU-{i:03}");
-                let loaded = bus.store().load::<InventoryItem>(&sku).await.unwrap();
+                let loaded = bus
+                    .store_for::<InventoryItem>()
+                    .load::<InventoryItem>(&sku)
+                    .await
+                    .unwrap();
                 let row = chronicle_projections::inventory::get(pool, &sku)
                     .await
                     .unwrap()?;
@@ -104,7 +108,11 @@ async fn caught_up(pool: &PgPool, bus: &CommandExecutor, items: usize) {
 async fn assert_matches_aggregates(pool: &PgPool, bus: &CommandExecutor, items: usize) {
     for i in 0..items {
         let sku = format!("SKU-{i:03}");
-        let agg = bus.store().load::<InventoryItem>(&sku).await.unwrap();
+        let agg = bus
+            .store_for::<InventoryItem>()
+            .load::<InventoryItem>(&sku)
+            .await
+            .unwrap();
         let row = chronicle_projections::inventory::get(pool, &sku)
             .await
             .unwrap()

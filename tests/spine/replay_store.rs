@@ -71,7 +71,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     .await;
     // Wait until the relay has published everything (its position is the checkpoint).
     eventually("the outbox drained", Duration::from_secs(20), || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce.outbox")
             .fetch_one(&app.pool)
             .await
             .ok()?;
@@ -85,7 +85,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
         .unwrap();
     let stats = rebuild(&app).await;
     assert_eq!(rows(&app).await, live);
-    let stream_last: i64 = sqlx::query_scalar("SELECT stream_seq FROM relay_position")
+    let stream_last: i64 = sqlx::query_scalar("SELECT stream_seq FROM commerce.relay_position")
         .fetch_one(&app.pool)
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on
         Duration::from_secs(30),
         || async {
             let info = js.get_stream("EVENTS").await.ok()?.get_info().await.ok()?;
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce.outbox")
                 .fetch_one(&app.pool)
                 .await
                 .ok()?;
@@ -152,4 +152,130 @@ async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on
         .await
         .unwrap();
     assert_eq!(item["on_hand"], 18);
+}
+
+/// Rows of the chat history's tables, as JSON text.
+async fn chat_rows(app: &TestApp) -> Vec<String> {
+    let mut all = Vec::new();
+    for table in [
+        "chat_rooms",
+        "chat_members",
+        "chat_messages",
+        "chat_attachments",
+    ] {
+        let mut rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT row_to_json(t)::text FROM chat.{table} t ORDER BY 1"
+        ))
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        all.append(&mut rows);
+    }
+    all
+}
+
+async fn message_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM chat.chat_messages")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// `chat_history` reads two contexts' events (chat's rooms, files' files), each in its own
+/// event store: rebuilt from both, it equals the live one, its checkpoint is the furthest of
+/// the two relays' positions, and new events reach it once each.
+#[tokio::test]
+async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_one() {
+    let app = TestApp::spawn().await;
+    let file = crate::common::post_file(
+        &app.http,
+        &app.base,
+        &app.token,
+        b"two stores".to_vec(),
+        "a.txt",
+        "text/plain",
+    )
+    .await;
+    assert_eq!(file.status(), StatusCode::CREATED);
+    let file_id = file.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let room = app
+        .post(
+            "/api/v1/rooms",
+            json!({"kind": "group", "name": "stores", "members": []}),
+        )
+        .await;
+    assert_eq!(room.status(), StatusCode::CREATED);
+    let room = room.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let send = |n: u32| {
+        let (app, room, file_id) = (&app, room.clone(), file_id.clone());
+        async move {
+            let mut body = json!({"body": format!("m{n}"), "client_msg_id": format!("c{n}")});
+            if n == 1 {
+                body["file_ids"] = json!([file_id]);
+            }
+            let r = app
+                .post(&format!("/api/v1/rooms/{room}/messages"), body)
+                .await;
+            assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        }
+    };
+    for n in 1..=3 {
+        send(n).await;
+    }
+    eventually(
+        "the live history and both outboxes drained",
+        Duration::from_secs(20),
+        || async {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM chat.outbox) + (SELECT count(*) FROM files.outbox)",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
+            (message_count(&app).await == 3 && left == 0).then_some(())
+        },
+    )
+    .await;
+    let live = chat_rows(&app).await;
+    assert!(
+        live.iter().any(|row| row.contains(&file_id)),
+        "the attachment, from files' events, is in the live model"
+    );
+    sqlx::query("UPDATE chat.chat_messages SET body = 'damaged'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let client = app.nats.client().await;
+    let stats = chronicle_projections::replay_named_from_store(
+        "chat_history",
+        app.databases(),
+        &client,
+        2,
+        |_, _| {},
+    )
+    .await
+    .expect("a known projection")
+    .expect("the rebuild");
+    assert_eq!(chat_rows(&app).await, live);
+    let furthest: i64 = sqlx::query_scalar(
+        "SELECT max(stream_seq) FROM (SELECT stream_seq FROM chat.relay_position \
+         UNION ALL SELECT stream_seq FROM files.relay_position) p",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stats.last_sequence, furthest as u64);
+    send(4).await;
+    eventually("the next message", Duration::from_secs(20), || async {
+        (message_count(&app).await == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(message_count(&app).await, 4);
 }

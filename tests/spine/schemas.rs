@@ -1,6 +1,6 @@
-//! Each bounded context's tables live in its own PostgreSQL schema, and the harness proves
-//! no context reaches another's: every context's pool logs in as a role granted only its
-//! own schema (and the shared event store in `public`).
+//! Each bounded context's tables live in its own PostgreSQL schema, its event store's among
+//! them, and the harness proves no context reaches another's: every context's pool logs in
+//! as a role granted only its own schema.
 
 use chronicle_commands::contexts;
 use std::time::Duration;
@@ -42,6 +42,52 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
         }
     }
 
+    // Every context's event store is in its schema, and holds its own aggregates' events.
+    for context in contexts::ALL {
+        for table in [
+            "events",
+            "snapshots",
+            "outbox",
+            "idempotency_keys",
+            "unique_claims",
+            "relay_position",
+            "projection_checkpoints",
+            "parked_events",
+        ] {
+            let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+                .bind(format!("{context}.{table}"))
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+            assert!(found.is_some(), "{context}.{table}");
+        }
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT DISTINCT context, aggregate_type FROM ({}) e ORDER BY 1, 2",
+        contexts::ALL
+            .iter()
+            .map(|c| format!("SELECT '{c}' AS context, aggregate_type FROM {c}.events"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    ))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // Each aggregate type in its own context's store, and only there.
+    let home: std::collections::HashMap<&str, &str> =
+        chronicle_schemas::contracts::event_contracts()
+            .into_iter()
+            .map(|c| (c.aggregate_type, c.context))
+            .collect();
+    for (context, aggregate_type) in &stored {
+        assert_eq!(home[aggregate_type.as_str()], context, "{aggregate_type}");
+    }
+    for expected in ["inventory_item", "order", "user"] {
+        assert!(
+            stored.iter().any(|(_, t)| t == expected),
+            "{expected}: {stored:?}"
+        );
+    }
     // Commerce's pool reads its orders, unqualified, as its code does.
     let commerce = app.databases().of(contexts::COMMERCE);
     eventually(
@@ -78,6 +124,18 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
             "42501",
             "{context} read commerce's orders"
         );
+        // Nor its events, nor those of the event store a plain pool uses (`public`).
+        for table in ["commerce.events", "public.events"] {
+            assert_eq!(
+                code(
+                    sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+                        .fetch_one(pool)
+                        .await
+                ),
+                "42501",
+                "{context} read {table}"
+            );
+        }
         // Nor may it write there.
         assert_eq!(
             code(
@@ -100,9 +158,10 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     );
 }
 
-/// A database from before the contexts had schemas keeps its rows: the migration moves the
-/// contexts' tables, the read models a projector made, and each reader's checkpoint and
-/// parked events into the reader's context.
+/// A database from before the contexts had schemas keeps its rows: the migrations move the
+/// contexts' tables, the read models a projector made, each reader's checkpoint and parked
+/// events, and each aggregate's events, snapshots, claims and unpublished outbox rows into
+/// its context; idempotency records and the relay's position go to every context.
 #[tokio::test]
 async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schemas() {
     let db = TestDb::empty().await;
@@ -129,7 +188,18 @@ async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schem
          INSERT INTO projection_checkpoints (name, checkpoint) VALUES ('orders', 41), ('posts', 7),
              ('some-tool', 3);
          INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts)
-             VALUES ('saga-orders', 12, 'events.commerce.order.o1', 'OrderPlaced', 'x', 1);",
+             VALUES ('saga-orders', 12, 'events.commerce.order.o1', 'OrderPlaced', 'x', 1);
+         INSERT INTO events VALUES ('order', 'o1', 1, 'OrderPlaced', '1', '{}', '{}'),
+             ('user', 'u1', 1, 'UserRegistered', '1', '{}', '{}');
+         INSERT INTO unique_claims (namespace, value, aggregate_type, aggregate_id)
+             VALUES ('username', 'ada', 'user', 'u1');
+         INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence,
+                             correlation_id, envelope)
+             VALUES ('events.identity.user.u1', 'user:u1:1', 'UserRegistered', '1', 1,
+                     gen_random_uuid(), '\\x00');
+         INSERT INTO idempotency_keys (scope, key, request_hash, status, body)
+             VALUES ('u1|POST /api/v1/orders', 'k1', '\\x00', 201, '{}');
+         INSERT INTO relay_position (stream_seq, stream_created) VALUES (40, now());",
     )
     .execute(&pool)
     .await
@@ -177,6 +247,43 @@ async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schem
         .await
         .unwrap();
     assert_eq!(left, 0);
+    let moved: Vec<(String, String)> = sqlx::query_as(
+        "SELECT 'commerce', aggregate_id FROM commerce.events \
+         UNION ALL SELECT 'identity', aggregate_id FROM identity.events \
+         UNION ALL SELECT 'public', aggregate_id FROM public.events ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        moved,
+        vec![
+            ("commerce".into(), "o1".into()),
+            ("identity".into(), "u1".into())
+        ]
+    );
+    let claim: String = sqlx::query_scalar("SELECT aggregate_id FROM identity.unique_claims")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(claim, "u1");
+    let unpublished: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM identity.outbox UNION ALL SELECT message_id FROM public.outbox",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(unpublished, ["user:u1:1"]);
+    for context in contexts::ALL {
+        let (keys, position): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {context}.idempotency_keys), \
+                    (SELECT stream_seq FROM {context}.relay_position)"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((keys, position), (1, 40), "{context}");
+    }
     // The old names are gone from `public`: nothing reads a stale copy.
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     assert_eq!(

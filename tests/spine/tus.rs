@@ -374,9 +374,7 @@ async fn an_upload_whole_but_not_yet_a_file_becomes_one_when_asked_about() {
         .put_part(&part, &mut &b"hello"[..], 5)
         .await
         .unwrap();
-    let commands = chronicle_commands::CommandExecutor::new(chronicle_commands::EventStore::new(
-        app.pool.clone(),
-    ));
+    let commands = app.db.executor().await;
     commands
         .execute::<chronicle_files::TusUpload>(
             &id,

@@ -38,7 +38,11 @@ async fn a_command_commits_its_events_and_their_outbox_rows_together() {
             ),
         ]
     );
-    let loaded = bus.store().load::<InventoryItem>("SKU-1").await.unwrap();
+    let loaded = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("SKU-1")
+        .await
+        .unwrap();
     assert_eq!((loaded.version, loaded.state.on_hand()), (2, 8));
 }
 
@@ -137,7 +141,11 @@ async fn fifty_concurrent_reserves_of_the_last_ten_units_give_exactly_ten_succes
         })
         .count();
     assert_eq!((ok, refused), (10, 40));
-    let item = bus.store().load::<InventoryItem>("LAST").await.unwrap();
+    let item = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("LAST")
+        .await
+        .unwrap();
     assert_eq!((item.state.available(), item.state.reserved()), (0, 10));
 }
 
@@ -163,7 +171,11 @@ async fn writers_in_separate_processes_race_through_the_primary_key_and_retry() 
     for result in futures::future::join_all(tasks).await {
         result.unwrap().expect("every receive lands after retries");
     }
-    let item = a.store().load::<InventoryItem>("HOT").await.unwrap();
+    let item = a
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("HOT")
+        .await
+        .unwrap();
     assert_eq!((item.version, item.state.on_hand()), (41, 40));
     let (max, n): (i64, i64) =
         sqlx::query_as("SELECT max(sequence), count(*) FROM events WHERE aggregate_id = 'HOT'")
@@ -204,7 +216,11 @@ async fn without_retries_the_loser_of_a_race_gets_a_conflict_and_appends_nothing
         }
     }
     assert!(conflicts > 0, "two writers never collided in 30 rounds");
-    let item = a.store().load::<InventoryItem>("HOT").await.unwrap();
+    let item = a
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("HOT")
+        .await
+        .unwrap();
     assert_eq!(
         item.state.on_hand(),
         committed,
@@ -393,7 +409,11 @@ async fn a_stale_primed_state_is_decided_again_on_the_stored_one() {
         ),
         "{refused:?}"
     );
-    let stored = bus.store().load::<InventoryItem>("PRIMED").await.unwrap();
+    let stored = bus
+        .store_for::<InventoryItem>()
+        .load::<InventoryItem>("PRIMED")
+        .await
+        .unwrap();
     assert_eq!(stored.version, 2, "nothing appended on the stale guess");
     // An offer older than what the cache holds is ignored.
     let current = bus.fresh_state::<InventoryItem>("PRIMED").await.unwrap();

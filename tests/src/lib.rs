@@ -206,10 +206,20 @@ async fn ensure_template() {
 }
 
 /// The role a context's pool logs in as in tests: granted its own schema (it owns it and
-/// every table in it) and the shared event store in `public`, nothing else. So a query of
-/// another context's table fails the test that makes it.
+/// every table in it), nothing else. So a query of another context's table fails the test
+/// that makes it.
 pub fn context_role(context: &str) -> String {
     format!("chronicle_{context}")
+}
+
+/// `SELECT {columns} FROM {context}.{table}` of every context's schema, as one query: one
+/// store table across the contexts, read as an operator would (the superuser's pool).
+pub fn every_context(columns: &str, table: &str) -> String {
+    chronicle_commands::contexts::ALL
+        .iter()
+        .map(|context| format!("SELECT {columns} FROM {context}.{table}"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// Creates each context's role (once per cluster) and hands it its schema in the template.
@@ -224,9 +234,7 @@ fn context_roles_sql() -> String {
              DO $$ DECLARE t text; BEGIN
                FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = '{context}' LOOP
                  EXECUTE format('ALTER TABLE {context}.%I OWNER TO {role}', t);
-               END LOOP; END $$;
-             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
-             GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {role};\n"
+               END LOOP; END $$;\n"
         ));
     }
     sql
@@ -289,10 +297,20 @@ impl TestDb {
         })
     }
 
-    /// The pool of `context` alone, logged in as its role (the shared event store is on
-    /// its `search_path` too): for a test of one context's reader on its own.
+    /// The pool of `context` alone, logged in as its role: for a test of one context's
+    /// store or reader on its own.
     pub async fn context_pool(&self, context: &str) -> PgPool {
         self.databases(self.pool().await).of(context).clone()
+    }
+
+    /// A command executor of its own on this database, storing each aggregate in its
+    /// context's schema as a process of the system does.
+    pub async fn executor(&self) -> chronicle_commands::CommandExecutor {
+        chronicle_commands::CommandExecutor::for_contexts(
+            &self.databases(self.pool().await),
+            &chronicle_bus::Faults::default(),
+            Default::default(),
+        )
     }
 
     /// A pool on this database, as the superuser (tests read every schema through it).
@@ -498,8 +516,10 @@ impl TestApp {
         // The same wiring `chronicle up` builds, with test timings; its fault points are the
         // ones tests arm (on the saga).
         let wiring = Arc::new(Wiring {
-            commands: chronicle_commands::CommandExecutor::new(
-                chronicle_commands::EventStore::new(pool.clone()),
+            commands: chronicle_commands::CommandExecutor::for_contexts(
+                &databases,
+                &chronicle_bus::Faults::default(),
+                Default::default(),
             ),
             db: databases.clone(),
             nats: client,
@@ -519,8 +539,10 @@ impl TestApp {
         });
         let saga_wiring = if options.saga_in_its_own_process {
             Arc::new(Wiring {
-                commands: chronicle_commands::CommandExecutor::new(
-                    chronicle_commands::EventStore::new(pool.clone()),
+                commands: chronicle_commands::CommandExecutor::for_contexts(
+                    &databases,
+                    &chronicle_bus::Faults::default(),
+                    Default::default(),
                 ),
                 db: wiring.db.clone(),
                 nats: wiring.nats.clone(),
@@ -589,8 +611,10 @@ impl TestApp {
     fn another_process(&self, http: Option<tokio::net::TcpListener>) -> Wiring {
         let wiring = &self.saga_wiring;
         Wiring {
-            commands: chronicle_commands::CommandExecutor::new(
-                chronicle_commands::EventStore::new(self.pool.clone()),
+            commands: chronicle_commands::CommandExecutor::for_contexts(
+                &wiring.db,
+                &chronicle_bus::Faults::default(),
+                Default::default(),
             ),
             db: wiring.db.clone(),
             nats: wiring.nats.clone(),
@@ -735,10 +759,13 @@ impl TestApp {
 
     /// How many events the store holds (the default user's registration included).
     pub async fn event_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .expect("count events")
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM ({}) e",
+            every_context("1", "events")
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .expect("count events")
     }
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct EncodedEvent {
 /// happens on the caller's task, not in the single committer.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingAppend {
+    /// The aggregate's context: whose store it is appended to.
+    pub context: &'static str,
     pub aggregate_type: &'static str,
     pub aggregate_id: String,
     pub events: Vec<EncodedEvent>,
@@ -118,6 +120,7 @@ impl PendingAppend {
             });
         }
         Ok(Self {
+            context: A::CONTEXT,
             aggregate_type: A::TYPE,
             aggregate_id: id.to_owned(),
             events: encoded,
@@ -197,7 +200,7 @@ impl EventStore {
                SELECT * FROM UNNEST($8::text[], $9::text[], $4::text[], $5::text[], $3::bigint[], $10::uuid[], $11::bytea[], $13::text[]) \
                RETURNING 1) \
              SELECT 1 / (CASE WHEN (SELECT count(*) FROM e) = cardinality($1::text[]) THEN 1 ELSE 0 END), \
-                    (SELECT count(*) FROM o), pg_notify($12, '')",
+                    (SELECT count(*) FROM o), pg_notify($12 || '_' || current_schema(), '')",
         )
         .bind(&c.aggregate_types)
         .bind(&c.aggregate_ids)
@@ -383,7 +386,7 @@ impl EventStore {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::db("writing the outbox"))?;
-            sqlx::query("SELECT pg_notify($1, '')")
+            sqlx::query("SELECT pg_notify($1 || '_' || current_schema(), '')")
                 .bind(OUTBOX_CHANNEL)
                 .execute(&mut *tx)
                 .await

@@ -12,14 +12,20 @@ pub(crate) use append::{AppendOutcome, PendingAppend, Provenance};
 
 use crate::error::StoreError;
 
-/// The Postgres channel the write side notifies after every commit that added outbox rows;
-/// the relay listens on it so it publishes at once instead of waiting for its next poll.
+/// The Postgres channel the write side notifies after every commit that added outbox rows,
+/// before `_<schema>` (the store's schema, its context's: [`outbox_channel`]); the relay of
+/// that outbox listens on it so it publishes at once instead of waiting for its next poll.
 pub const OUTBOX_CHANNEL: &str = "chronicle_outbox";
+
+/// The channel of the outbox in `schema` (`chronicle_outbox_commerce`).
+pub fn outbox_channel(schema: &str) -> String {
+    format!("{OUTBOX_CHANNEL}_{schema}")
+}
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Creates or updates the event-store tables (`events`, `snapshots`, `outbox`,
-/// `idempotency_keys`).
+/// Creates or updates the tables: the event store's in `public` (for a store on a plain
+/// pool), and each context's schema with its event store and its own tables.
 ///
 /// # Errors
 /// When the database cannot be reached or a migration fails.

@@ -138,7 +138,7 @@ async fn backlog(
     let wanted_seqs = from + 1..=head;
     let events = state
         .commands
-        .store()
+        .store_for::<Room>()
         .events_of::<Room>(
             room_id,
             from,

@@ -107,7 +107,7 @@ pub async fn create(
         (Err(CommandError::ClaimTaken { .. }), Some((namespace, value))) => {
             let existing = state
                 .commands
-                .store()
+                .store_for::<Room>()
                 .claim_holder(&namespace, &value)
                 .await?;
             let mut error = ApiError::new(
@@ -411,7 +411,7 @@ pub async fn messages(
 pub(crate) async fn room(state: &AppState, room_id: &str) -> Result<Room, ApiError> {
     let loaded = state
         .commands
-        .store()
+        .store_for::<Room>()
         .load_from_snapshot::<Room>(room_id)
         .await?;
     if loaded.state.exists() {
@@ -442,7 +442,7 @@ pub(crate) async fn attached_for(
 ) -> Result<bool, ApiError> {
     let attached = state
         .commands
-        .store()
+        .store_for::<Room>()
         .claims_in(&attachment_claims(file_id), 1_000)
         .await?;
     let listed = chat_history::attachment_rooms(state.db.of(contexts::CHAT), file_id, 1_000)
@@ -455,7 +455,7 @@ pub(crate) async fn attached_for(
     for room_id in rooms {
         let room = state
             .commands
-            .store()
+            .store_for::<Room>()
             .load_from_snapshot::<Room>(&room_id)
             .await?
             .state;

@@ -261,7 +261,7 @@ pub(super) async fn owns_bytes(
             .map_err(ApiError::internal)?;
     let recorded = state
         .commands
-        .store()
+        .store_for::<File>()
         .claims_in(&owned_bytes_claims(owner_id, sha256), 100)
         .await?;
     candidates.extend(recorded.into_iter().map(|(file_id, _)| file_id));

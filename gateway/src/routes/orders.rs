@@ -273,7 +273,7 @@ pub async fn pay(
     let ctx = respond::context(&caller, if_match, key, &body.raw);
     let make = respond::id_version_status(200, OrderStatus::Paid.as_str());
     if let Some(key) = &ctx.idempotency {
-        if let Some(done) = state.commands.replay::<OrderError>(key).await? {
+        if let Some(done) = state.commands.replay::<Order>(key).await? {
             return Ok(respond::executed(done, make));
         }
     }
