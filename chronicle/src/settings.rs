@@ -62,7 +62,8 @@ pub struct ServerSettings {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Most connections in the Postgres pool.
+    /// Most connections in each Postgres pool: the shared one and each context's (opened
+    /// as needed; idle ones close after 30 s).
     #[arg(long, env = "CHRONICLE_PG_POOL", default_value_t = 32, global = true)]
     pub pg_pool: u32,
     /// Replicas of the EVENTS stream when this process creates it (3 on a NATS cluster);
