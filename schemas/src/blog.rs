@@ -1,7 +1,6 @@
 //! Events of the blog bounded context. Posts carry their Markdown source; the rendered,
 //! sanitized HTML is derived by the read model.
 
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// Everything that can happen to a post (aggregate type `post`, id = a UUID v7).
@@ -31,23 +30,14 @@ pub enum PostEvent {
     PostDeleted {},
 }
 
-impl DomainEvent for PostEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::PostDrafted { .. } => "PostDrafted",
-            Self::PostEdited { .. } => "PostEdited",
-            Self::TagsChanged { .. } => "TagsChanged",
-            Self::PostPublished { .. } => "PostPublished",
-            Self::PostUnpublished { .. } => "PostUnpublished",
-            Self::PostDeleted { .. } => "PostDeleted",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(PostEvent:
+    PostDrafted,
+    PostEdited,
+    TagsChanged,
+    PostPublished,
+    PostUnpublished,
+    PostDeleted,
+);
 
 /// Everything that can happen to one comment (aggregate type `comment`, id = a UUID v7).
 /// Each comment is its own small aggregate, so a post with thousands of comments costs
@@ -66,16 +56,4 @@ pub enum CommentEvent {
     CommentDeleted {},
 }
 
-impl DomainEvent for CommentEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::CommentAdded { .. } => "CommentAdded",
-            Self::CommentDeleted { .. } => "CommentDeleted",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        crate::current_version(&self.event_type()).to_owned()
-    }
-}
+event_types!(CommentEvent: CommentAdded, CommentDeleted);

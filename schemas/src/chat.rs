@@ -1,7 +1,6 @@
 //! Events of the chat bounded context: rooms, their members, their messages, read marks.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// A group room (any member adds and removes members) or a direct room (exactly two
@@ -60,19 +59,4 @@ pub enum RoomEvent {
     },
 }
 
-impl DomainEvent for RoomEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::RoomCreated { .. } => "RoomCreated",
-            Self::MemberAdded { .. } => "MemberAdded",
-            Self::MemberRemoved { .. } => "MemberRemoved",
-            Self::MessageSent { .. } => "MessageSent",
-            Self::ReadMarked { .. } => "ReadMarked",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(RoomEvent: RoomCreated, MemberAdded, MemberRemoved, MessageSent, ReadMarked);

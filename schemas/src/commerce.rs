@@ -1,6 +1,5 @@
 //! Events of the commerce bounded context.
 
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// Everything that can happen to one inventory item (aggregate type `inventory_item`, id =
@@ -34,22 +33,13 @@ pub enum InventoryEvent {
     },
 }
 
-impl DomainEvent for InventoryEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ItemCreated { .. } => "ItemCreated",
-            Self::StockReceived { .. } => "StockReceived",
-            Self::StockReserved { .. } => "StockReserved",
-            Self::ReservationReleased { .. } => "ReservationReleased",
-            Self::ReservationCommitted { .. } => "ReservationCommitted",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(InventoryEvent:
+    ItemCreated,
+    StockReceived,
+    StockReserved,
+    ReservationReleased,
+    ReservationCommitted,
+);
 
 /// One line of an order: the unit price is the item's price when the order was placed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -129,27 +119,18 @@ pub enum OrderEvent {
     },
 }
 
-impl DomainEvent for OrderEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::OrderPlaced { .. } => "OrderPlaced",
-            Self::OrderReserved { .. } => "OrderReserved",
-            Self::OrderRejected { .. } => "OrderRejected",
-            Self::PaymentRequested { .. } => "PaymentRequested",
-            Self::PaymentFailed { .. } => "PaymentFailed",
-            Self::OrderPaid { .. } => "OrderPaid",
-            Self::LatePaymentCharged { .. } => "LatePaymentCharged",
-            Self::PaymentRefunded { .. } => "PaymentRefunded",
-            Self::OrderShipped { .. } => "OrderShipped",
-            Self::OrderCancelled { .. } => "OrderCancelled",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(OrderEvent:
+    OrderPlaced,
+    OrderReserved,
+    OrderRejected,
+    PaymentRequested,
+    PaymentFailed,
+    OrderPaid,
+    LatePaymentCharged,
+    PaymentRefunded,
+    OrderShipped,
+    OrderCancelled,
+);
 
 /// Everything that can happen to a coupon (aggregate type `coupon`, id = its code).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -166,17 +147,4 @@ pub enum CouponEvent {
     RedemptionReleased { order_id: String },
 }
 
-impl DomainEvent for CouponEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::CouponCreated { .. } => "CouponCreated",
-            Self::CouponRedeemed { .. } => "CouponRedeemed",
-            Self::RedemptionReleased { .. } => "RedemptionReleased",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(CouponEvent: CouponCreated, CouponRedeemed, RedemptionReleased);

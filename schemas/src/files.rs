@@ -5,7 +5,6 @@
 //! is the token's SHA-256, so the log holds nothing a reader could download with.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// Everything that happens to a file (aggregate type `file`, id = a UUID v7).
@@ -31,20 +30,7 @@ pub enum FileEvent {
     },
 }
 
-impl DomainEvent for FileEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::FileStored { .. } => "FileStored",
-            Self::FileRenamed { .. } => "FileRenamed",
-            Self::FileDeleted { .. } => "FileDeleted",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(FileEvent: FileStored, FileRenamed, FileDeleted);
 
 /// A resumable upload (aggregate type `upload`, id = a UUID v7): declared size and hash,
 /// chunks in any order, completed once every chunk is in and the bytes hash as declared.
@@ -75,21 +61,12 @@ pub enum UploadEvent {
     UploadExpired {},
 }
 
-impl DomainEvent for UploadEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::UploadStarted { .. } => "UploadStarted",
-            Self::ChunkReceived { .. } => "ChunkReceived",
-            Self::UploadCompleted { .. } => "UploadCompleted",
-            Self::UploadExpired {} => "UploadExpired",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(UploadEvent:
+    UploadStarted,
+    ChunkReceived,
+    UploadCompleted,
+    UploadExpired,
+);
 
 /// A tus 1.0 upload (aggregate type `tus_upload`, id = a UUID v7): a declared length,
 /// bytes appended in order at the offset the server holds, each `PATCH` kept as one
@@ -118,22 +95,13 @@ pub enum TusUploadEvent {
     TusUploadExpired {},
 }
 
-impl DomainEvent for TusUploadEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::TusUploadCreated { .. } => "TusUploadCreated",
-            Self::TusSegmentStored { .. } => "TusSegmentStored",
-            Self::TusUploadFinished { .. } => "TusUploadFinished",
-            Self::TusUploadTerminated {} => "TusUploadTerminated",
-            Self::TusUploadExpired {} => "TusUploadExpired",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(TusUploadEvent:
+    TusUploadCreated,
+    TusSegmentStored,
+    TusUploadFinished,
+    TusUploadTerminated,
+    TusUploadExpired,
+);
 
 /// A link that serves a file without authentication until it expires or is revoked
 /// (aggregate type `share`, id = the SHA-256 of its token; the token itself is never stored).
@@ -150,16 +118,4 @@ pub enum ShareEvent {
     },
 }
 
-impl DomainEvent for ShareEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ShareCreated { .. } => "ShareCreated",
-            Self::ShareRevoked { .. } => "ShareRevoked",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(ShareEvent: ShareCreated, ShareRevoked);

@@ -1,7 +1,6 @@
 //! Events of the identity bounded context. Passwords never appear here: their hashes live
 //! in the `credentials` table (DESIGN.md invariant 6).
 
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -15,16 +14,4 @@ pub enum UserEvent {
     ProfileChanged { display_name: String },
 }
 
-impl DomainEvent for UserEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::UserRegistered { .. } => "UserRegistered",
-            Self::ProfileChanged { .. } => "ProfileChanged",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(UserEvent: UserRegistered, ProfileChanged);

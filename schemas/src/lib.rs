@@ -23,6 +23,26 @@
 //! Payload types are versioned by their `event_version`; an old version is upcast on
 //! every read ([`upcast`]), never edited. This crate does no I/O.
 
+/// `impl DomainEvent` for an event enum: each variant's event type is its name, and its
+/// version the current one ([`current_version`]: "1" until an upcaster makes another). The
+/// match is exhaustive, so a variant left out of the list does not compile.
+macro_rules! event_types {
+    ($events:ident: $($variant:ident),+ $(,)?) => {
+        impl cqrs_es::DomainEvent for $events {
+            fn event_type(&self) -> String {
+                match self {
+                    $(Self::$variant { .. } => stringify!($variant),)+
+                }
+                .to_owned()
+            }
+
+            fn event_version(&self) -> String {
+                crate::current_version(&self.event_type()).to_owned()
+            }
+        }
+    };
+}
+
 mod envelope;
 
 pub mod blog;

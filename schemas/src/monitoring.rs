@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// How the samples of a rule's window are reduced to one value.
@@ -166,21 +165,12 @@ pub enum RuleEvent {
     },
 }
 
-impl DomainEvent for RuleEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::RuleCreated { .. } => "RuleCreated",
-            Self::RuleChanged { .. } => "RuleChanged",
-            Self::RuleDeleted { .. } => "RuleDeleted",
-            Self::AlertPending { .. } => "AlertPending",
-            Self::AlertFiring { .. } => "AlertFiring",
-            Self::AlertAcknowledged { .. } => "AlertAcknowledged",
-            Self::AlertResolved { .. } => "AlertResolved",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(RuleEvent:
+    RuleCreated,
+    RuleChanged,
+    RuleDeleted,
+    AlertPending,
+    AlertFiring,
+    AlertAcknowledged,
+    AlertResolved,
+);

@@ -5,7 +5,6 @@
 //! has no headers, so nothing secret reaches the log through it.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 /// When a job is due.
@@ -172,22 +171,13 @@ pub enum JobEvent {
     },
 }
 
-impl DomainEvent for JobEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::JobCreated { .. } => "JobCreated",
-            Self::JobPaused { .. } => "JobPaused",
-            Self::JobResumed { .. } => "JobResumed",
-            Self::JobDeleted { .. } => "JobDeleted",
-            Self::RunStarted { .. } => "RunStarted",
-            Self::RunSucceeded { .. } => "RunSucceeded",
-            Self::RunFailed { .. } => "RunFailed",
-            Self::RunsSkipped { .. } => "RunsSkipped",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
+event_types!(JobEvent:
+    JobCreated,
+    JobPaused,
+    JobResumed,
+    JobDeleted,
+    RunStarted,
+    RunSucceeded,
+    RunFailed,
+    RunsSkipped,
+);
