@@ -1,30 +1,16 @@
 //! `/api/v1/posts`, their comments, and `/api/v1/tags` (API.md, Blog). Drafts are seen by
 //! their author only; everyone else gets 404, as if they did not exist.
 
-use axum::{
-    extract::State,
-    http::{header, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
-};
+use axum::http::{header, HeaderValue};
 use chronicle_blog::{
     check_body, check_comment, check_title, normalize_tags, Comment, CommentCommand, Post,
     PostCommand, PostRef,
 };
-use chronicle_commands::contexts;
 use chronicle_commands::{Committed, Executed, StoredResponse};
 use chronicle_projections::posts::{self, CommentView, PostFilter, PostView};
 use serde::Deserialize;
 
-use super::{
-    page::{time_and_id, Page, PageRequest},
-    respond, Context, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {

@@ -1,17 +1,10 @@
 //! `/api/v1/rooms` (API.md, Chat): rooms, members, messages, read marks. Members only: a
 //! room's history is 403 to anyone else. (The WebSocket hub is not built yet.)
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    Json,
-};
 use chronicle_chat::{
     check_body, check_client_msg_id, check_file_ids, check_user_id, direct_room_claim, Room,
     RoomCommand, RoomKind, Sent,
 };
-use chronicle_commands::contexts;
 use chronicle_commands::{CommandContext, CommandError, UniqueClaim};
 use chronicle_files::File;
 use chronicle_projections::chat_history::{self, Window};
@@ -19,13 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    page::{self, PageRequest},
-    respond, Context, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
+    page::{self},
+    prelude::*,
 };
 
 /// This module's routes (API.md).

@@ -18,13 +18,10 @@
 
 use axum::{
     body::Body,
-    extract::{multipart::MultipartRejection, DefaultBodyLimit, Multipart, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
+    extract::{multipart::MultipartRejection, DefaultBodyLimit, Multipart},
+    http::{header, HeaderMap, HeaderValue},
 };
 use chronicle_bus::ContentError;
-use chronicle_commands::contexts;
 use chronicle_files::{
     check_content_type, check_name, File, FileCommand, Share, ShareCommand, Unserved, MAX_FILE_SIZE,
 };
@@ -34,15 +31,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    page::{time_and_id, PageParams, PageRequest},
-    respond, with_layer, Context, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {

@@ -1,12 +1,6 @@
 //! `/api/v1/auth/*` and `/api/v1/users/*` (API.md, Identity).
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    Json,
-};
-use chronicle_commands::{contexts, Credentials};
+use chronicle_commands::Credentials;
 use chronicle_commands::{Executed, StoredResponse, UniqueClaim};
 use chronicle_identity::{check_display_name, check_username, User, UserCommand};
 use chronicle_projections::users;
@@ -14,12 +8,10 @@ use chronicle_schemas::limits::Invalid;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{respond, Context, Routes};
+use super::prelude::*;
 use crate::{
     auth::{hash_password, verify_password, CUSTOMER, STAFF},
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody, RequestId},
-    state::AppState,
+    extract::RequestId,
 };
 
 /// This module's routes (API.md).

@@ -1,7 +1,5 @@
 //! `/api/v1/inventory/items` (API.md, Commerce: inventory).
 
-use axum::{extract::State, response::Response, Json};
-use chronicle_commands::contexts;
 use chronicle_commerce::{
     check_initial_stock, check_item_name, check_price, check_quantity, check_sku, InventoryCommand,
     InventoryItem,
@@ -9,15 +7,7 @@ use chronicle_commerce::{
 use chronicle_projections::inventory::{self, InventoryView};
 use serde::Deserialize;
 
-use super::{
-    page::{Page, PageRequest},
-    respond, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {

@@ -2,13 +2,6 @@
 //! Only a job's owner sees it or acts on it; another user's job is 404, like one that does
 //! not exist.
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    Json,
-};
-use chronicle_commands::contexts;
 use chronicle_projections::jobs::{self, JobView};
 use chronicle_scheduler::{
     after, check_spec, Action, CommandAction, Job, JobCommand, JobSpec, MissedPolicy,
@@ -17,15 +10,7 @@ use chronicle_scheduler::{
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 
-use super::{
-    page::{time_and_id, PageParams, PageRequest},
-    respond, Context, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {

@@ -23,6 +23,7 @@ pub(crate) mod monitoring;
 pub(crate) mod openapi;
 mod orders;
 mod page;
+mod prelude;
 mod projections;
 mod respond;
 mod thumbnails;

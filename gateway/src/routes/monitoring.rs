@@ -1,15 +1,11 @@
 //! `/api/v1/monitoring` (API.md, Monitoring): samples reported and queried, the metric
 //! names known, alert rules (staff only) and alerts.
 
-use chronicle_commands::contexts;
 use std::collections::BTreeMap;
 
 use axum::{
     body::Bytes,
-    extract::State,
-    http::{header, HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    Json,
+    http::{header, HeaderMap},
 };
 use chronicle_monitoring::{
     check_channels, check_source, check_spec_limits, is_label_name, is_metric_name, parse_json,
@@ -24,12 +20,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{respond, Context, Routes};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {

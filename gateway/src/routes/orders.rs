@@ -1,10 +1,8 @@
 //! `/api/v1/orders` and `/api/v1/coupons` (API.md, Commerce: orders). Only an order's
 //! customer sees it or acts on it.
 
-use chronicle_commands::contexts;
 use std::collections::BTreeMap;
 
-use axum::{extract::State, http::StatusCode, response::Response, Json};
 use chronicle_commands::{CommandContext, CommandError};
 use chronicle_commerce::{
     check_quantity, check_sku, AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryItem,
@@ -13,15 +11,7 @@ use chronicle_commerce::{
 use chronicle_projections::orders::{self, OrderView};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    page::{Page, PageRequest},
-    respond, Context, Routes,
-};
-use crate::{
-    error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
-    state::AppState,
-};
+use super::prelude::*;
 
 /// This module's routes (API.md).
 pub(super) fn routes() -> Routes {
