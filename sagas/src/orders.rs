@@ -1,22 +1,29 @@
+//! The order saga: what follows an order's events in the other aggregates (stock reserved,
+//! committed or released, the coupon redeemed or released, the payment charged or
+//! refunded), as commands that are safe to issue again, so a redelivered event changes nothing.
+//! Events of unrelated orders are handled side by side (`lanes`); the payment deadline is
+//! a job on the scheduler (`deadline`).
+
 use std::{future::Future, sync::Arc, time::Duration};
 
 use chronicle_bus::{
-    ErrorChain, Faults, Handler, HandlerError, InjectedFault, Subscriber, SubscriberConfig,
-    SubscriberError,
+    Faults, Handler, HandlerError, InjectedFault, Subscriber, SubscriberConfig, SubscriberError,
 };
 use chronicle_commands::{CommandContext, CommandError, CommandExecutor};
 use chronicle_commerce::{
     Coupon, CouponCommand, CouponError, InventoryCommand, InventoryError, InventoryItem, Order,
     OrderCommand, OrderEvent, OrderServices, OrderStatus,
 };
-use chronicle_scheduler::{
-    Action, CommandAction, Job, JobCommand, JobError, JobSpec, MissedPolicy, OverlapPolicy,
-    Schedule,
-};
 use chronicle_schemas::{AggregateKind, Envelope};
 use cqrs_es::Aggregate;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+mod deadline;
+mod lanes;
+
+pub use deadline::deadline_job;
+use lanes::lanes;
 
 /// The actor recorded on every event the saga causes.
 const ACTOR: &str = "saga:orders";
@@ -230,66 +237,6 @@ impl Handler for Events {
         }
         Ok(())
     }
-}
-
-/// Splits a batch into lanes: two events share a lane when they concern the same order, the
-/// same item or the same coupon, and keep their stream order in it. So stock and coupon
-/// redemptions still go first come, first served, as when the saga handled one event at a
-/// time; only work that cannot meet runs side by side.
-async fn lanes<'a>(
-    core: &Core,
-    events: &'a [Envelope],
-) -> Result<Vec<Vec<&'a Envelope>>, SagaError> {
-    let mut keys = Vec::with_capacity(events.len());
-    for envelope in events {
-        keys.push(core.touches(envelope).await?);
-    }
-    Ok(lanes_by_keys(&keys)
-        .into_iter()
-        .map(|lane| lane.into_iter().map(|i| &events[i]).collect())
-        .collect())
-}
-
-/// Lanes of positions `0..keys.len()`: positions that share a key, directly or through
-/// others, are in one lane, in ascending order.
-fn lanes_by_keys(keys: &[Vec<String>]) -> Vec<Vec<usize>> {
-    let mut lanes: Vec<Vec<usize>> = Vec::new();
-    let mut lane_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (index, touched) in keys.iter().enumerate() {
-        let mut joined: Vec<usize> = touched
-            .iter()
-            .filter_map(|k| lane_of.get(k.as_str()))
-            .copied()
-            .collect();
-        joined.sort_unstable();
-        joined.dedup();
-        let lane = match joined.split_first() {
-            None => {
-                lanes.push(Vec::new());
-                lanes.len() - 1
-            }
-            Some((&into, others)) => {
-                // The position links lanes: they become one, in order.
-                for &other in others {
-                    let moved = std::mem::take(&mut lanes[other]);
-                    lanes[into].extend(moved);
-                }
-                lanes[into].sort_unstable();
-                for lane in lane_of.values_mut() {
-                    if others.contains(lane) {
-                        *lane = into;
-                    }
-                }
-                into
-            }
-        };
-        lanes[lane].push(index);
-        for key in touched {
-            lane_of.insert(key, lane);
-        }
-    }
-    lanes.retain(|lane| !lane.is_empty());
-    lanes
 }
 
 impl Core {
@@ -636,123 +583,6 @@ impl Core {
             }),
         }
     }
-
-    /// `OrderPlaced`: the payment deadline becomes a one-shot job on the scheduler
-    /// (`order-payment-<order id>`), due `payment_timeout` after the order was placed. Its
-    /// action cancels the order if it is still unpaid. Creating it again changes nothing.
-    async fn set_deadline(&self, order_id: &str, placed: &Envelope) -> Result<(), SagaError> {
-        let due = placed.recorded_at
-            + chrono::Duration::from_std(self.config.payment_timeout)
-                .unwrap_or(chrono::Duration::MAX);
-        self.create_deadline(
-            order_id,
-            due,
-            caused_by(placed.correlation_id, placed.event_id),
-        )
-        .await
-    }
-
-    async fn create_deadline(
-        &self,
-        order_id: &str,
-        due: chrono::DateTime<chrono::Utc>,
-        ctx: CommandContext,
-    ) -> Result<(), SagaError> {
-        let create = JobCommand::Create {
-            job_id: deadline_job(order_id),
-            owner_id: DEADLINE_OWNER.to_owned(),
-            spec: JobSpec {
-                name: format!("payment deadline of order {order_id}"),
-                schedule: Schedule::Once { at: due },
-                action: Action::Command {
-                    command: CommandAction::ExpireUnpaidOrder {
-                        order_id: order_id.to_owned(),
-                    },
-                },
-                max_retries: chronicle_scheduler::MAX_RETRIES,
-                depends_on: Vec::new(),
-                // A deadline that passed while no scheduler ran still cancels, once.
-                missed: MissedPolicy::RunOnce,
-                overlap: OverlapPolicy::Skip,
-                timeout_seconds: chronicle_scheduler::DEFAULT_TIMEOUT_SECONDS,
-                backoff_seconds: chronicle_scheduler::DEFAULT_BACKOFF_SECONDS,
-            },
-            now: chrono::Utc::now(),
-        };
-        match self
-            .command_in::<Job>(&deadline_job(order_id), create, &(), ctx)
-            .await?
-        {
-            Ok(()) | Err(JobError::Exists) => Ok(()),
-            Err(refused) => Err(SagaError::Command {
-                aggregate: Job::TYPE,
-                id: deadline_job(order_id),
-                source: Box::new(refused),
-            }),
-        }
-    }
-
-    /// Paid, rejected or cancelled: the deadline's job goes (were it to run, it would find
-    /// the order settled and do nothing).
-    async fn clear_deadline(&self, order_id: &str, cause: &Envelope) -> Result<(), SagaError> {
-        let delete = JobCommand::Delete {
-            by: DEADLINE_OWNER.to_owned(),
-            now: chrono::Utc::now(),
-        };
-        match self
-            .command::<Job>(&deadline_job(order_id), delete, &(), cause)
-            .await?
-        {
-            Ok(()) | Err(JobError::NotFound) => Ok(()),
-            Err(refused) => Err(SagaError::Command {
-                aggregate: Job::TYPE,
-                id: deadline_job(order_id),
-                source: Box::new(refused),
-            }),
-        }
-    }
-
-    /// Deadlines the saga polled for itself before the scheduler existed
-    /// (`saga_order_deadlines`) become jobs, once; a failure leaves them for the next start.
-    async fn adopt_old_deadlines(&self) {
-        let rows: Vec<(String, chrono::DateTime<chrono::Utc>, Uuid, Uuid)> = match sqlx::query_as(
-            "SELECT order_id, due_at, correlation_id, causation_id FROM saga_order_deadlines",
-        )
-        .fetch_all(&self.pool)
-        .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "old payment deadlines not read");
-                return;
-            }
-        };
-        for (order_id, due, correlation_id, causation_id) in rows {
-            let adopted = self
-                .create_deadline(&order_id, due, caused_by(correlation_id, causation_id))
-                .await;
-            let removed = match adopted {
-                Ok(()) => sqlx::query("DELETE FROM saga_order_deadlines WHERE order_id = $1")
-                    .bind(&order_id)
-                    .execute(&self.pool)
-                    .await
-                    .map(drop)
-                    .map_err(SagaError::db("removing an adopted deadline")),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = removed {
-                tracing::warn!(order_id, error = %ErrorChain(&e), "an old payment deadline not adopted yet");
-            }
-        }
-    }
-}
-
-/// The owner of the payment deadline jobs.
-const DEADLINE_OWNER: &str = "system:orders";
-
-/// The job that is order `order_id`'s payment deadline.
-pub fn deadline_job(order_id: &str) -> String {
-    format!("order-payment-{order_id}")
 }
 
 /// The context of a command the saga issues because of event `causation_id`.
@@ -762,56 +592,5 @@ fn caused_by(correlation_id: Uuid, causation_id: Uuid) -> CommandContext {
         causation_id: Some(causation_id),
         actor: Some(ACTOR.to_owned()),
         ..CommandContext::new()
-    }
-}
-
-#[cfg(test)]
-mod lane_tests {
-    use super::lanes_by_keys;
-
-    fn keys(of: &[&[&str]]) -> Vec<Vec<String>> {
-        of.iter()
-            .map(|k| k.iter().map(|s| (*s).to_owned()).collect())
-            .collect()
-    }
-
-    #[test]
-    fn orders_that_share_nothing_get_a_lane_each() {
-        let lanes = lanes_by_keys(&keys(&[&["o1", "a"], &["o2", "b"], &["o3", "c"]]));
-        assert_eq!(lanes, vec![vec![0], vec![1], vec![2]]);
-    }
-
-    #[test]
-    fn events_of_one_order_item_or_coupon_share_a_lane_in_stream_order() {
-        let lanes = lanes_by_keys(&keys(&[
-            &["o1", "a"],
-            &["o2", "b"],
-            &["o3", "a"],
-            &["o1"],
-            &["o4", "coupon"],
-            &["o5", "c", "coupon"],
-        ]));
-        assert_eq!(lanes, vec![vec![0, 2, 3], vec![1], vec![4, 5]]);
-    }
-
-    #[test]
-    fn an_event_that_links_two_lanes_merges_them_in_stream_order() {
-        let lanes = lanes_by_keys(&keys(&[
-            &["o1", "a"],
-            &["o2", "b"],
-            &["o3", "a", "b"],
-            &["o4", "b"],
-            &["o5", "d"],
-        ]));
-        assert_eq!(lanes, vec![vec![0, 1, 2, 3], vec![4]]);
-    }
-
-    #[test]
-    fn every_position_is_in_exactly_one_lane() {
-        // A chain that links every lane at the end.
-        let mut of: Vec<Vec<String>> = (0..50).map(|i| vec![format!("k{i}")]).collect();
-        of.push((0..50).map(|i| format!("k{i}")).collect());
-        let lanes = lanes_by_keys(&of);
-        assert_eq!(lanes, vec![(0..51).collect::<Vec<_>>()]);
     }
 }

@@ -21,6 +21,8 @@
 //! - **Missed runs.** A due time is missed when no scheduler was alive at it (the heartbeat
 //!   rows record when some process ran); then the job's missed-run policy applies. A due
 //!   time that is merely late (the schedulers were busy) always runs.
+//!
+//! Who runs what is in `membership`, a started run's action and outcome in `action`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,16 +33,17 @@ use std::{
 
 use chronicle_bus::ErrorChain;
 use chronicle_commands::{CommandContext, CommandError, CommandExecutor, Executed};
-use chronicle_commerce::{Canceller, Order, OrderCommand, OrderError};
-use chronicle_scheduler::{
-    bucket, Action, AllowList, CommandAction, Fire, Job, JobCommand, JobError, JobSpec, Outcome,
-    BUCKETS,
-};
+use chronicle_scheduler::{AllowList, Fire, Job, JobCommand, JobError, JobSpec, BUCKETS};
 use chronicle_schemas::{AggregateKind, Envelope};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+mod action;
+mod membership;
+
+use membership::View;
 
 /// Tuning of a scheduler process.
 #[derive(Debug, Clone)]
@@ -98,24 +101,6 @@ struct Core {
     written: Mutex<HashMap<String, (i64, Instant)>>,
     /// Where the poll goes on from: the last due row it read, while there were more.
     cursor: Mutex<Option<(DateTime<Utc>, String)>>,
-}
-
-/// What the heartbeat rows say.
-#[derive(Default)]
-struct View {
-    /// Whether each bucket is this process's.
-    mine: Vec<bool>,
-    /// When each process ran: `(started, last seen + two heartbeats)`.
-    lives: Vec<(DateTime<Utc>, DateTime<Utc>)>,
-    /// When this process's own heartbeat last went through.
-    beat: Option<Instant>,
-}
-
-impl View {
-    /// Whether this process's own heartbeat is recent enough for it to act on the view.
-    fn current(&self, alive_for: Duration) -> bool {
-        self.beat.is_some_and(|b| b.elapsed() < alive_for)
-    }
 }
 
 /// What a job's timer does next.
@@ -238,20 +223,6 @@ impl Scheduler {
     }
 }
 
-/// The rendezvous score of `process` for `bucket`: the bucket goes to the live process
-/// with the highest. Each (process, bucket) pair is mixed to a well-spread number
-/// (SplitMix64's finalizer), so every process wins its share of the buckets.
-fn score(process: Uuid, bucket: u16) -> u64 {
-    let (high, low) = process.as_u64_pair();
-    let mut x = high ^ low.rotate_left(29) ^ u64::from(bucket).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..2 {
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^= x >> 31;
-    }
-    x
-}
-
 /// 0 to 999, for where a retry delay falls in its range.
 fn jitter() -> u16 {
     let bytes = Uuid::new_v4().into_bytes();
@@ -259,62 +230,6 @@ fn jitter() -> u16 {
 }
 
 impl Core {
-    /// Writes this process's heartbeat and reads everyone's: which buckets are whose, and
-    /// when some scheduler ran.
-    async fn heartbeat(&self) -> Result<(), sqlx::Error> {
-        let now = Utc::now();
-        sqlx::query(
-            "INSERT INTO scheduler_processes (id, started_at, seen_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET seen_at = $3",
-        )
-        .bind(self.id)
-        .bind(self.started_at)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let beat = Instant::now();
-        let keep = now - chrono::Duration::days(35);
-        let rows: Vec<(Uuid, DateTime<Utc>, DateTime<Utc>, bool)> = sqlx::query_as(
-            "SELECT id, started_at, seen_at, stopped FROM scheduler_processes WHERE seen_at > $1",
-        )
-        .bind(keep)
-        .fetch_all(&self.pool)
-        .await?;
-        let alive_for = chrono::Duration::from_std(self.config.alive_for).unwrap_or_default();
-        let live: Vec<Uuid> = rows
-            .iter()
-            .filter(|(_, _, seen, stopped)| !stopped && *seen + alive_for > now)
-            .map(|(id, ..)| *id)
-            .collect();
-        let mine = (0..BUCKETS)
-            .map(|b| live.iter().max_by_key(|p| score(**p, b)) == Some(&self.id))
-            .collect();
-        // A process ran from its start to its last heartbeat, and a heartbeat's length
-        // after (it may have died just before its next).
-        let margin = chrono::Duration::from_std(self.config.heartbeat * 2).unwrap_or_default();
-        let lives = rows
-            .iter()
-            .map(|(_, started, seen, stopped)| {
-                (*started, if *stopped { *seen } else { *seen + margin })
-            })
-            .collect();
-        *self
-            .view
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = View {
-            mine,
-            lives,
-            beat: Some(beat),
-        };
-        if rand_percent() == 0 {
-            sqlx::query("DELETE FROM scheduler_processes WHERE seen_at <= $1")
-                .bind(keep)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// The job a published event names, when it is new or resumed, this process's, and not
     /// looked after yet (it is then taken up).
     fn hinted(&self, envelope: &Envelope) -> Option<String> {
@@ -340,33 +255,6 @@ impl Core {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(job_id.clone());
         taken.then_some(job_id)
-    }
-
-    /// Whether job `job_id` is this process's to run now (its heartbeat current and the
-    /// job's bucket given to it).
-    fn owns(&self, job_id: &str) -> bool {
-        let view = self
-            .view
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        view.current(self.config.alive_for)
-            && view
-                .mine
-                .get(usize::from(bucket(job_id)))
-                .copied()
-                .unwrap_or(false)
-    }
-
-    /// Whether some scheduler was alive at `t` (this one, since it started, always).
-    fn covered(&self, t: DateTime<Utc>) -> bool {
-        if t >= self.started_at {
-            return true;
-        }
-        let view = self
-            .view
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        view.lives.iter().any(|(from, to)| *from <= t && t <= *to)
     }
 
     /// The jobs of this process's buckets due within a poll, that it does not look after
@@ -624,163 +512,6 @@ impl Core {
         }
         true
     }
-
-    /// Runs one started run: its action within the timeout, then its outcome recorded.
-    async fn run(self: Arc<Self>, job_id: String, run_id: String, owner: String, spec: JobSpec) {
-        let timeout = Duration::from_secs(u64::from(spec.timeout_seconds));
-        let outcome = match tokio::time::timeout(
-            timeout,
-            self.perform(&job_id, &run_id, &owner, &spec.action, timeout),
-        )
-        .await
-        {
-            Ok(Ok(())) => Outcome::Succeeded,
-            Ok(Err(error)) => Outcome::Failed(error),
-            Err(_) => Outcome::Failed(format!("timed out after {} s", spec.timeout_seconds)),
-        };
-        let ctx = CommandContext {
-            actor: Some(format!("scheduler:{}", self.id)),
-            ..CommandContext::new()
-        };
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..8 {
-            let finish = JobCommand::Finish {
-                run_id: run_id.clone(),
-                now: Utc::now(),
-                outcome: outcome.clone(),
-                jitter: jitter(),
-            };
-            match self.bus.execute::<Job>(&job_id, finish, &(), &ctx).await {
-                Ok(executed) => {
-                    if let Executed::Committed(c) = executed {
-                        self.remember(&job_id, c.version);
-                    }
-                    tracing::debug!(job_id, run_id, ?outcome, "run finished");
-                    let label = match outcome {
-                        Outcome::Succeeded => "succeeded",
-                        Outcome::Failed(_) => "failed",
-                    };
-                    metrics::counter!("chronicle_job_runs_total", "outcome" => label).increment(1);
-                    return;
-                }
-                Err(CommandError::Rejected(refused)) => {
-                    // Taken as lost meanwhile (this process stalled past the lease).
-                    tracing::warn!(job_id, run_id, reason = %refused, "a run's outcome was refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(job_id, run_id, error = %ErrorChain(&e), "cannot record a run's outcome; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-    }
-
-    /// Does what the job says, as its owner.
-    async fn perform(
-        &self,
-        job_id: &str,
-        run_id: &str,
-        owner: &str,
-        action: &Action,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        match action {
-            Action::Http { url, method, body } => {
-                self.config.http_allow.check(url).map_err(|e| e.message)?;
-                let method = reqwest::Method::from_bytes(method.as_bytes())
-                    .map_err(|_| format!("not an HTTP method: {method}"))?;
-                let mut request = self
-                    .http
-                    .request(method, url)
-                    .timeout(timeout)
-                    .header("Chronicle-Job-Id", job_id)
-                    .header("Chronicle-Run-Id", run_id);
-                if let Some(body) = body {
-                    let json = serde_json::from_str::<serde_json::Value>(body).is_ok();
-                    request = request
-                        .header(
-                            "Content-Type",
-                            if json {
-                                "application/json"
-                            } else {
-                                "text/plain; charset=utf-8"
-                            },
-                        )
-                        .body(body.clone());
-                }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| format!("HTTP request failed: {}", ErrorChain(&e)))?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {status}"))
-                }
-            }
-            Action::Command { command } => self.command(owner, run_id, command).await,
-            Action::Notify {
-                channel,
-                subject,
-                body,
-            } => self.notifier.send(channel, subject, body, timeout).await,
-        }
-    }
-
-    async fn command(
-        &self,
-        owner: &str,
-        run_id: &str,
-        command: &CommandAction,
-    ) -> Result<(), String> {
-        let ctx = CommandContext {
-            correlation_id: Uuid::parse_str(run_id).unwrap_or_else(|_| Uuid::now_v7()),
-            actor: Some(owner.to_owned()),
-            ..CommandContext::new()
-        };
-        match command {
-            CommandAction::Noop {} => Ok(()),
-            CommandAction::CancelOrder { order_id } => {
-                let cancel = OrderCommand::Cancel {
-                    by: Canceller::Customer(owner.to_owned()),
-                };
-                match self.bus.execute::<Order>(order_id, cancel, &(), &ctx).await {
-                    Ok(_) => Ok(()),
-                    Err(CommandError::Rejected(refused)) => {
-                        Err(format!("the order refused: {refused}"))
-                    }
-                    Err(e) => Err(ErrorChain(&e).to_string()),
-                }
-            }
-            CommandAction::ExpireUnpaidOrder { order_id } => {
-                let cancel = OrderCommand::Cancel {
-                    by: Canceller::PaymentTimeout,
-                };
-                match self.bus.execute::<Order>(order_id, cancel, &(), &ctx).await {
-                    Ok(_) => {
-                        tracing::info!(order_id, "unpaid at its deadline: cancelled");
-                        Ok(())
-                    }
-                    // Paid, cancelled or rejected before its deadline: nothing to do.
-                    Err(CommandError::Rejected(
-                        OrderError::InvalidState { .. } | OrderError::NotFound,
-                    )) => Ok(()),
-                    Err(CommandError::Rejected(refused)) => {
-                        Err(format!("the order refused: {refused}"))
-                    }
-                    Err(e) => Err(ErrorChain(&e).to_string()),
-                }
-            }
-        }
-    }
-}
-
-/// 0 to 99.
-fn rand_percent() -> u8 {
-    Uuid::new_v4().as_bytes()[0] % 100
 }
 
 /// The scheduler's hints: job events, passed to its loop (dropped when the loop is behind:
@@ -790,24 +521,5 @@ struct Hints(tokio::sync::mpsc::Sender<Envelope>);
 impl chronicle_bus::LiveHandler for Hints {
     async fn handle(&self, event: Envelope) {
         let _ = self.0.try_send(event);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buckets_are_shared_among_processes_started_together() {
-        // UUID v7s made in the same millisecond differ only in their last bytes.
-        let processes: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
-        let mut won = vec![0; processes.len()];
-        for bucket in 0..BUCKETS {
-            let winner = (0..processes.len())
-                .max_by_key(|i| score(processes[*i], bucket))
-                .unwrap();
-            won[winner] += 1;
-        }
-        assert!(won.iter().all(|w| *w >= 10), "{won:?} of {BUCKETS}");
     }
 }
