@@ -157,3 +157,57 @@ pub trait DomainRule: std::error::Error + Send + Sync + 'static {
         Vec::new()
     }
 }
+
+/// `impl DomainRule` from one row per variant, so a variant's code, kind and field are
+/// written together and a new variant cannot be left out (each match is exhaustive):
+///
+/// - `NotFound`, `Forbidden`: that kind, with the code `not_found` or `forbidden`;
+/// - `Invalid("field")`: `validation_failed`, naming the field (the error's message is the
+///   field's); `Invalid("field", "code")` with another code; `Invalid(binding)` for a
+///   variant that carries its [`Invalid`];
+/// - `Conflict("code")`, `TimedOut("code")`: that kind with its code.
+///
+/// ```ignore
+/// chronicle_schemas::domain_rules!(CouponError {
+///     Self::NotFound => NotFound,
+///     Self::InvalidCode => Invalid("code"),
+///     Self::Exhausted => Conflict("coupon_exhausted"),
+/// });
+/// ```
+#[macro_export]
+macro_rules! domain_rules {
+    ($error:ty { $($pattern:pat => $kind:ident $(($($arg:tt)*))?),+ $(,)? }) => {
+        impl $crate::limits::DomainRule for $error {
+            #[allow(unused_variables)]
+            fn rule_code(&self) -> &'static str {
+                match self {
+                    $($pattern => $crate::domain_rules!(@code $kind $(($($arg)*))?),)+
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn refusal(&self) -> $crate::limits::Refusal {
+                match self {
+                    $($pattern => $crate::limits::Refusal::$kind,)+
+                }
+            }
+
+            #[allow(unused_variables)]
+            fn invalid_fields(&self) -> Vec<$crate::limits::Invalid> {
+                match self {
+                    $($pattern => $crate::domain_rules!(@invalid self $kind $(($($arg)*))?),)+
+                }
+            }
+        }
+    };
+    (@code NotFound) => { "not_found" };
+    (@code Forbidden) => { "forbidden" };
+    (@code Invalid ($field:literal, $code:literal)) => { $code };
+    (@code Invalid ($($field:tt)*)) => { "validation_failed" };
+    (@code $kind:ident ($code:literal)) => { $code };
+    (@invalid $self:ident Invalid ($field:literal $(, $code:literal)?)) => {
+        vec![$crate::limits::Invalid::new($field, $self.to_string())]
+    };
+    (@invalid $self:ident Invalid ($carried:ident)) => { vec![$carried.clone()] };
+    (@invalid $self:ident $($other:tt)*) => { Vec::new() };
+}

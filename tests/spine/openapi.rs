@@ -174,6 +174,30 @@ async fn every_problem_code_the_code_answers_is_in_the_document() {
         for part in text.split("fn code(&self) -> &'static str {").skip(1) {
             codes.extend(quoted(part.split("\n    }").next().unwrap()));
         }
+        // `domain_rules!` rows: `pattern => Kind` or `pattern => Kind(arguments)`.
+        for table in text.split("domain_rules!(").skip(1) {
+            let table = table.split("\n});").next().unwrap();
+            for row in table.split("=> ").skip(1) {
+                let kind: String = row.chars().take_while(char::is_ascii_alphabetic).collect();
+                let arguments: Vec<String> = row
+                    .split(')')
+                    .next()
+                    .unwrap()
+                    .split('"')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect();
+                codes.insert(match (kind.as_str(), arguments.as_slice()) {
+                    ("NotFound", []) => "not_found".to_owned(),
+                    ("Forbidden", []) => "forbidden".to_owned(),
+                    ("Invalid", [_, code]) => code.clone(),
+                    ("Invalid", _) => "validation_failed".to_owned(),
+                    (_, [code]) => code.clone(),
+                    _ => panic!("a domain_rules! row this test does not read: {row}"),
+                });
+            }
+        }
     }
     for (file, text) in source("gateway/src") {
         for marker in [

@@ -1,4 +1,3 @@
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{blog::CommentEvent, AggregateKind};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -50,40 +49,13 @@ pub enum CommentError {
     NotAllowed,
 }
 
-impl CommentError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::CommentExists => "comment_exists",
-            Self::PostNotPublished => "post_not_published",
-            Self::InvalidBody => "validation_failed",
-            Self::NotAllowed => "forbidden",
-        }
-    }
-}
-
-impl DomainRule for CommentError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::NotAllowed => Refusal::Forbidden,
-            Self::InvalidBody => Refusal::Invalid,
-            Self::CommentExists | Self::PostNotPublished => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
-        match self {
-            Self::InvalidBody => vec![chronicle_schemas::limits::Invalid::new(
-                "body",
-                self.to_string(),
-            )],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(CommentError {
+    Self::NotFound => NotFound,
+    Self::CommentExists => Conflict("comment_exists"),
+    Self::PostNotPublished => Conflict("post_not_published"),
+    Self::InvalidBody => Invalid("body"),
+    Self::NotAllowed => Forbidden,
+});
 
 /// One comment on a post.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,3 @@
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{blog::PostEvent, AggregateKind};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -58,39 +57,14 @@ pub enum PostError {
     InvalidTags,
 }
 
-impl PostError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::PostExists => "post_exists",
-            Self::NotAuthor => "forbidden",
-            Self::InvalidTitle | Self::InvalidBody | Self::InvalidTags => "validation_failed",
-        }
-    }
-}
-
-impl DomainRule for PostError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::NotAuthor => Refusal::Forbidden,
-            Self::InvalidTitle | Self::InvalidBody | Self::InvalidTags => Refusal::Invalid,
-            Self::PostExists => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
-        use chronicle_schemas::limits::Invalid;
-        match self {
-            Self::InvalidTitle => vec![Invalid::new("title", self.to_string())],
-            Self::InvalidBody => vec![Invalid::new("body_markdown", self.to_string())],
-            Self::InvalidTags => vec![Invalid::new("tags", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(PostError {
+    Self::NotFound => NotFound,
+    Self::PostExists => Conflict("post_exists"),
+    Self::NotAuthor => Forbidden,
+    Self::InvalidTitle => Invalid("title"),
+    Self::InvalidBody => Invalid("body_markdown"),
+    Self::InvalidTags => Invalid("tags"),
+});
 
 /// Tags as the blog keeps them: trimmed, lower case, sorted, each once.
 ///

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chronicle_schemas::{
     chat::{RoomEvent, RoomKind},
-    limits::{self, DomainRule, Invalid, Refusal},
+    limits::{self, Invalid},
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
@@ -78,50 +78,17 @@ pub enum RoomError {
     DirectRoomFixed,
 }
 
-impl RoomError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::RoomExists => "room_exists",
-            Self::NotMember => "forbidden",
-            Self::InvalidMembers
-            | Self::InvalidName
-            | Self::InvalidBody
-            | Self::InvalidClientMsgId
-            | Self::InvalidFileIds => "validation_failed",
-            Self::DirectRoomFixed => "direct_room_fixed",
-        }
-    }
-}
-
-impl DomainRule for RoomError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::NotMember => Refusal::Forbidden,
-            Self::InvalidMembers
-            | Self::InvalidName
-            | Self::InvalidBody
-            | Self::InvalidClientMsgId
-            | Self::InvalidFileIds => Refusal::Invalid,
-            Self::RoomExists | Self::DirectRoomFixed => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        let field = match self {
-            Self::InvalidMembers => "members",
-            Self::InvalidName => "name",
-            Self::InvalidBody => "body",
-            Self::InvalidClientMsgId => "client_msg_id",
-            Self::InvalidFileIds => "file_ids",
-            _ => return Vec::new(),
-        };
-        vec![Invalid::new(field, self.to_string())]
-    }
-}
+chronicle_schemas::domain_rules!(RoomError {
+    Self::NotFound => NotFound,
+    Self::RoomExists => Conflict("room_exists"),
+    Self::NotMember => Forbidden,
+    Self::InvalidMembers => Invalid("members"),
+    Self::InvalidName => Invalid("name"),
+    Self::InvalidBody => Invalid("body"),
+    Self::InvalidClientMsgId => Invalid("client_msg_id"),
+    Self::InvalidFileIds => Invalid("file_ids"),
+    Self::DirectRoomFixed => Conflict("direct_room_fixed"),
+});
 
 /// A message body: 1 to [`MAX_BODY`] characters, not blank, no control characters but tab
 /// and newlines.

@@ -1,4 +1,3 @@
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use std::collections::BTreeSet;
 
 use chronicle_schemas::{commerce::CouponEvent, AggregateKind};
@@ -36,42 +35,14 @@ pub enum CouponError {
     Exhausted,
 }
 
-impl CouponError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::CouponExists => "coupon_exists",
-            Self::NotFound => "not_found",
-            Self::InvalidCode | Self::InvalidPercent | Self::InvalidMaxRedemptions => {
-                "validation_failed"
-            }
-            Self::Exhausted => "coupon_exhausted",
-        }
-    }
-}
-
-impl DomainRule for CouponError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::InvalidCode | Self::InvalidPercent | Self::InvalidMaxRedemptions => {
-                Refusal::Invalid
-            }
-            Self::CouponExists | Self::Exhausted => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
-        use chronicle_schemas::limits::Invalid;
-        match self {
-            Self::InvalidCode => vec![Invalid::new("code", self.to_string())],
-            Self::InvalidPercent => vec![Invalid::new("percent_off", self.to_string())],
-            Self::InvalidMaxRedemptions => vec![Invalid::new("max_redemptions", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(CouponError {
+    Self::CouponExists => Conflict("coupon_exists"),
+    Self::NotFound => NotFound,
+    Self::InvalidCode => Invalid("code"),
+    Self::InvalidPercent => Invalid("percent_off"),
+    Self::InvalidMaxRedemptions => Invalid("max_redemptions"),
+    Self::Exhausted => Conflict("coupon_exhausted"),
+});
 
 /// A discount code that may be redeemed at most `max_redemptions` times, once per order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,3 @@
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use std::collections::BTreeMap;
 
 use chronicle_schemas::{
@@ -69,43 +68,19 @@ pub enum InventoryError {
     },
 }
 
-impl InventoryError {
-    /// The stable snake_case code of the error, as API.md's problem+json `code`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::SkuExists => "sku_exists",
-            Self::NotFound => "not_found",
-            Self::InvalidQuantity | Self::InvalidPrice | Self::Invalid(_) => "validation_failed",
-            Self::StockLimit { .. } => "stock_limit_exceeded",
-            Self::InsufficientStock { .. } => "insufficient_stock",
-            Self::ReservationMismatch(_) => "reservation_mismatch",
-            Self::UnknownReservation(_) => "unknown_reservation",
-            Self::ReservationCommitted(_) => "reservation_committed",
-            Self::ReservationReleased(_) => "reservation_released",
-        }
-    }
-}
-
-impl DomainRule for InventoryError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::InvalidQuantity | Self::InvalidPrice | Self::Invalid(_) => Refusal::Invalid,
-            _ => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            Self::InvalidQuantity => vec![Invalid::new("quantity", self.to_string())],
-            Self::InvalidPrice => vec![Invalid::new("price_cents", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(InventoryError {
+    Self::SkuExists => Conflict("sku_exists"),
+    Self::NotFound => NotFound,
+    Self::InvalidQuantity => Invalid("quantity"),
+    Self::InvalidPrice => Invalid("price_cents"),
+    Self::Invalid(invalid) => Invalid(invalid),
+    Self::StockLimit { .. } => Conflict("stock_limit_exceeded"),
+    Self::InsufficientStock { .. } => Conflict("insufficient_stock"),
+    Self::ReservationMismatch(_) => Conflict("reservation_mismatch"),
+    Self::UnknownReservation(_) => Conflict("unknown_reservation"),
+    Self::ReservationCommitted(_) => Conflict("reservation_committed"),
+    Self::ReservationReleased(_) => Conflict("reservation_released"),
+});
 
 /// A SKU: the aggregate id and so one NATS subject token: 1 to 64 characters of `A-Z`,
 /// `a-z`, `0-9`, `-` and `_`.

@@ -1,5 +1,4 @@
 use chronicle_schemas::limits;
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{
     commerce::{AppliedCoupon, CancelledBy, OrderEvent, OrderLine},
     AggregateKind,
@@ -144,66 +143,22 @@ pub enum OrderError {
     Payment(PaymentFailure),
 }
 
-impl OrderError {
-    /// The stable snake_case code of the error, as API.md's problem+json `code`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::OrderExists => "order_exists",
-            Self::NoLines
-            | Self::DuplicateSku(_)
-            | Self::InvalidQuantity
-            | Self::InvalidPrice
-            | Self::InvalidSku
-            | Self::InvalidReason
-            | Self::InvalidCoupon => "validation_failed",
-            Self::NotCustomer => "forbidden",
-            Self::InvalidState { .. } => "invalid_state",
-            Self::WrongAmount { .. } => "wrong_amount",
-            Self::Payment(PaymentFailure::Declined(_)) => "payment_declined",
-            Self::Payment(PaymentFailure::TimedOut) => "payment_timeout",
-        }
-    }
-}
-
-impl DomainRule for OrderError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::NotCustomer => Refusal::Forbidden,
-            Self::NoLines
-            | Self::DuplicateSku(_)
-            | Self::InvalidQuantity
-            | Self::InvalidPrice
-            | Self::InvalidSku
-            | Self::InvalidReason
-            | Self::InvalidCoupon => Refusal::Invalid,
-            Self::Payment(PaymentFailure::TimedOut) => Refusal::TimedOut,
-            Self::OrderExists
-            | Self::InvalidState { .. }
-            | Self::WrongAmount { .. }
-            | Self::Payment(_) => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
-        use chronicle_schemas::limits::Invalid;
-        match self {
-            Self::NoLines
-            | Self::DuplicateSku(_)
-            | Self::InvalidQuantity
-            | Self::InvalidPrice
-            | Self::InvalidSku => {
-                vec![Invalid::new("lines", self.to_string())]
-            }
-            Self::InvalidCoupon => vec![Invalid::new("coupon_code", self.to_string())],
-            Self::InvalidReason => vec![Invalid::new("reason", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(OrderError {
+    Self::NotFound => NotFound,
+    Self::OrderExists => Conflict("order_exists"),
+    Self::NoLines
+    | Self::DuplicateSku(_)
+    | Self::InvalidQuantity
+    | Self::InvalidPrice
+    | Self::InvalidSku => Invalid("lines"),
+    Self::InvalidCoupon => Invalid("coupon_code"),
+    Self::InvalidReason => Invalid("reason"),
+    Self::NotCustomer => Forbidden,
+    Self::InvalidState { .. } => Conflict("invalid_state"),
+    Self::WrongAmount { .. } => Conflict("wrong_amount"),
+    Self::Payment(PaymentFailure::Declined(_)) => Conflict("payment_declined"),
+    Self::Payment(PaymentFailure::TimedOut) => TimedOut("payment_timeout"),
+});
 
 /// One customer's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,4 @@
-use chronicle_schemas::{
-    files::FileEvent,
-    limits::{DomainRule, Invalid, Refusal},
-    AggregateKind,
-};
+use chronicle_schemas::{files::FileEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -49,28 +45,11 @@ impl From<Invalid> for FileError {
     }
 }
 
-impl DomainRule for FileError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::Exists => "file_exists",
-            Self::Invalid(_) => "validation_failed",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Exists => Refusal::Conflict,
-            Self::Invalid(_) => Refusal::Invalid,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(FileError {
+    Self::NotFound => NotFound,
+    Self::Exists => Conflict("file_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+});
 
 /// A stored file: its owner, name, size, content type and the hash that names its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

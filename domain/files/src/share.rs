@@ -1,6 +1,6 @@
 use chronicle_schemas::{
     files::ShareEvent,
-    limits::{self, DomainRule, Invalid, Refusal},
+    limits::{self, Invalid},
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
@@ -44,28 +44,11 @@ impl From<Invalid> for ShareError {
     }
 }
 
-impl DomainRule for ShareError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::Exists => "share_exists",
-            Self::Invalid(_) => "validation_failed",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Exists => Refusal::Conflict,
-            Self::Invalid(_) => Refusal::Invalid,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(ShareError {
+    Self::NotFound => NotFound,
+    Self::Exists => Conflict("share_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+});
 
 /// A link serving one file without authentication, until it expires or is revoked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,4 @@
-use chronicle_schemas::{
-    files::TusUploadEvent,
-    limits::{DomainRule, Invalid, Refusal},
-    AggregateKind,
-};
+use chronicle_schemas::{files::TusUploadEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -74,40 +70,17 @@ impl From<Invalid> for TusError {
     }
 }
 
-impl DomainRule for TusError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::Exists => "upload_exists",
-            Self::Invalid(_) => "validation_failed",
-            Self::OffsetMismatch { .. } => "offset_mismatch",
-            Self::TooLong { .. } => "payload_too_large",
-            Self::TooManySegments => "too_many_segments",
-            Self::Incomplete { .. } => "upload_incomplete",
-            Self::Closed => "upload_closed",
-            Self::NotExpired => "upload_not_expired",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Invalid(_) | Self::TooLong { .. } => Refusal::Invalid,
-            Self::Exists
-            | Self::OffsetMismatch { .. }
-            | Self::TooManySegments
-            | Self::Incomplete { .. }
-            | Self::Closed
-            | Self::NotExpired => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            Self::TooLong { .. } => vec![Invalid::new("Upload-Length", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(TusError {
+    Self::NotFound => NotFound,
+    Self::Exists => Conflict("upload_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+    Self::OffsetMismatch { .. } => Conflict("offset_mismatch"),
+    Self::TooLong { .. } => Invalid("Upload-Length", "payload_too_large"),
+    Self::TooManySegments => Conflict("too_many_segments"),
+    Self::Incomplete { .. } => Conflict("upload_incomplete"),
+    Self::Closed => Conflict("upload_closed"),
+    Self::NotExpired => Conflict("upload_not_expired"),
+});
 
 /// One stored stretch of bytes: the object holding it, and its length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use chronicle_schemas::{
     files::UploadEvent,
-    limits::{self, DomainRule, Invalid, Refusal},
+    limits::{self, Invalid},
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
@@ -77,38 +77,16 @@ impl From<Invalid> for UploadError {
     }
 }
 
-impl DomainRule for UploadError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::Exists => "upload_exists",
-            Self::Invalid(_) | Self::ChunkLength { .. } => "validation_failed",
-            Self::Incomplete { .. } => "upload_incomplete",
-            Self::ChecksumMismatch => "checksum_mismatch",
-            Self::Closed => "upload_closed",
-            Self::NotExpired => "upload_not_expired",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Invalid(_) | Self::ChunkLength { .. } | Self::ChecksumMismatch => {
-                Refusal::Invalid
-            }
-            Self::Exists | Self::Incomplete { .. } | Self::Closed | Self::NotExpired => {
-                Refusal::Conflict
-            }
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            Self::ChunkLength { .. } => vec![Invalid::new("chunk", self.to_string())],
-            Self::ChecksumMismatch => vec![Invalid::new("sha256", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(UploadError {
+    Self::NotFound => NotFound,
+    Self::Exists => Conflict("upload_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+    Self::ChunkLength { .. } => Invalid("chunk"),
+    Self::ChecksumMismatch => Invalid("sha256", "checksum_mismatch"),
+    Self::Incomplete { .. } => Conflict("upload_incomplete"),
+    Self::Closed => Conflict("upload_closed"),
+    Self::NotExpired => Conflict("upload_not_expired"),
+});
 
 /// A resumable upload: what was declared, and which chunks are in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

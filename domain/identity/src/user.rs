@@ -1,4 +1,3 @@
-use chronicle_schemas::limits::{DomainRule, Refusal};
 use chronicle_schemas::{
     identity::UserEvent,
     limits::{self, Invalid},
@@ -39,38 +38,13 @@ pub enum UserError {
     InvalidDisplayName,
 }
 
-impl UserError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::AlreadyRegistered => "already_registered",
-            Self::NotFound => "not_found",
-            Self::Forbidden => "forbidden",
-            Self::InvalidUsername | Self::InvalidDisplayName => "validation_failed",
-        }
-    }
-}
-
-impl DomainRule for UserError {
-    fn rule_code(&self) -> &'static str {
-        self.code()
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Forbidden => Refusal::Forbidden,
-            Self::InvalidUsername | Self::InvalidDisplayName => Refusal::Invalid,
-            Self::AlreadyRegistered => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<chronicle_schemas::limits::Invalid> {
-        use chronicle_schemas::limits::Invalid;
-        match self {
-            Self::InvalidUsername => vec![Invalid::new("username", self.to_string())],
-            Self::InvalidDisplayName => vec![Invalid::new("display_name", self.to_string())],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(UserError {
+    Self::AlreadyRegistered => Conflict("already_registered"),
+    Self::NotFound => NotFound,
+    Self::Forbidden => Forbidden,
+    Self::InvalidUsername => Invalid("username"),
+    Self::InvalidDisplayName => Invalid("display_name"),
+});
 
 /// A display name: 1 to 64 characters, not blank, no control characters.
 ///

@@ -3,7 +3,7 @@
 //! (a second engine's `Evaluate` finds the transition made and decides nothing).
 
 use chronicle_schemas::{
-    limits::{DomainRule, Invalid, Refusal},
+    limits::Invalid,
     monitoring::{AlertState, RuleEvent, RuleSpec},
     AggregateKind,
 };
@@ -67,29 +67,12 @@ impl From<Invalid> for RuleError {
     }
 }
 
-impl DomainRule for RuleError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound | Self::NoSuchAlert => "not_found",
-            Self::Exists => "rule_exists",
-            Self::Invalid(_) => "validation_failed",
-            Self::NotFiring(_) => "alert_not_firing",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound | Self::NoSuchAlert => Refusal::NotFound,
-            Self::Invalid(_) => Refusal::Invalid,
-            _ => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(RuleError {
+    Self::NotFound | Self::NoSuchAlert => NotFound,
+    Self::Exists => Conflict("rule_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+    Self::NotFiring(_) => Conflict("alert_not_firing"),
+});
 
 /// The rule's open alert (pending, firing or acknowledged).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

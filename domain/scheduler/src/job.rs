@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use chronicle_schemas::{
-    limits::{DomainRule, Invalid, Refusal},
+    limits::Invalid,
     scheduler::{
         Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule, SkipReason,
     },
@@ -106,33 +106,16 @@ impl From<Invalid> for JobError {
     }
 }
 
-impl DomainRule for JobError {
-    fn rule_code(&self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::Exists => "job_exists",
-            Self::Invalid(_) => "validation_failed",
-            Self::Paused => "job_paused",
-            Self::NotDue => "job_not_due",
-            Self::Busy => "job_busy",
-            Self::Waiting => "job_waiting",
-            Self::NotRunning => "run_not_running",
-        }
-    }
-    fn refusal(&self) -> Refusal {
-        match self {
-            Self::NotFound => Refusal::NotFound,
-            Self::Invalid(_) => Refusal::Invalid,
-            _ => Refusal::Conflict,
-        }
-    }
-    fn invalid_fields(&self) -> Vec<Invalid> {
-        match self {
-            Self::Invalid(invalid) => vec![invalid.clone()],
-            _ => Vec::new(),
-        }
-    }
-}
+chronicle_schemas::domain_rules!(JobError {
+    Self::NotFound => NotFound,
+    Self::Exists => Conflict("job_exists"),
+    Self::Invalid(invalid) => Invalid(invalid),
+    Self::Paused => Conflict("job_paused"),
+    Self::NotDue => Conflict("job_not_due"),
+    Self::Busy => Conflict("job_busy"),
+    Self::Waiting => Conflict("job_waiting"),
+    Self::NotRunning => Conflict("run_not_running"),
+});
 
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
