@@ -441,7 +441,7 @@ impl Settings {
 
     /// The gateway's configuration, with `secret` as the token key.
     pub fn gateway(&self, secret: chronicle_gateway::Secret) -> chronicle_gateway::GatewayConfig {
-        chronicle_gateway::GatewayConfig {
+        let mut config = chronicle_gateway::GatewayConfig {
             token_ttl: std::time::Duration::from_secs(self.gateway.token_ttl_seconds),
             body_limit: self.gateway.body_limit,
             rate_limit: (self.gateway.rate_limit_per_second > 0.0).then_some(
@@ -456,7 +456,11 @@ impl Settings {
                 self.gateway.header_read_timeout_seconds,
             ),
             subscribers: crate::processes::subscribers(),
-            identity: chronicle_gateway::IdentityConfig {
+            ..chronicle_gateway::GatewayConfig::new(secret)
+        };
+        config
+            .contexts
+            .set(chronicle_gateway::IdentityConfig {
                 staff_users: self
                     .gateway
                     .staff_users
@@ -464,26 +468,25 @@ impl Settings {
                     .map(|u| u.trim().to_owned())
                     .filter(|u| !u.is_empty())
                     .collect(),
-            },
-            chat: chronicle_gateway::ChatConfig {
+            })
+            .set(chronicle_gateway::ChatConfig {
                 presence_ttl: self.gateway.presence_ttl,
                 ws_ping_interval: self.gateway.ws_ping_interval,
-            },
-            files: chronicle_gateway::FilesConfig {
+            })
+            .set(chronicle_gateway::FilesConfig {
                 replicas: self.servers.stream_replicas,
                 upload_ttl: self.files.upload_ttl,
-            },
-            scheduler: chronicle_gateway::JobsConfig {
+            })
+            .set(chronicle_gateway::JobsConfig {
                 http_allow: self.scheduler.scheduler_http_allow.clone(),
-            },
-            monitoring: chronicle_gateway::MonitoringConfig {
+            })
+            .set(chronicle_gateway::MonitoringConfig {
                 notify_allow: self.monitoring.notify_allow.clone(),
                 retention: self.monitoring.metrics_retention,
                 collect_every: (!self.monitoring.collect_every.is_zero())
                     .then_some(self.monitoring.collect_every),
-            },
-            ..chronicle_gateway::GatewayConfig::new(secret)
-        }
+            });
+        config
     }
 
     /// The configured token key.

@@ -35,6 +35,7 @@ mod observe;
 mod protect;
 mod routes;
 mod schema;
+mod settings;
 mod state;
 pub mod thumbnail;
 
@@ -47,6 +48,7 @@ pub use routes::{
     files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig,
     monitoring::MonitoringConfig, problem_codes,
 };
+pub use settings::{ContextSetting, ContextSettings};
 pub use state::{AppState, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight
@@ -66,7 +68,8 @@ pub async fn serve(
         .unwrap_or_else(|_| host_name());
     let collecting = state
         .config
-        .monitoring
+        .contexts
+        .get::<MonitoringConfig>()
         .collect_every
         .map(|every| tokio::spawn(collect::run(state.clone(), every, instance)));
     let served = accept(listener, state, shutdown).await;

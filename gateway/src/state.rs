@@ -41,13 +41,9 @@ pub struct GatewayConfig {
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
     /// the component list's, handed in by whoever builds the gateway.
     pub subscribers: Vec<chronicle_bus::SubscriberRef>,
-    /// What the contexts' routes are configured with, one group per context, each declared
-    /// beside that context's routes.
-    pub identity: crate::routes::identity::IdentityConfig,
-    pub chat: crate::hub::ChatConfig,
-    pub files: crate::routes::files_state::FilesConfig,
-    pub scheduler: crate::routes::jobs::JobsConfig,
-    pub monitoring: crate::routes::monitoring::MonitoringConfig,
+    /// What the contexts' routes are configured with: one group per context, each
+    /// declared beside that context's routes, kept by its type.
+    pub contexts: crate::settings::ContextSettings,
 }
 
 impl GatewayConfig {
@@ -62,11 +58,7 @@ impl GatewayConfig {
             handler_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
             subscribers: chronicle_projections::subscriber_refs(),
-            identity: Default::default(),
-            chat: Default::default(),
-            files: Default::default(),
-            scheduler: Default::default(),
-            monitoring: Default::default(),
+            contexts: crate::routes::context_settings(),
         }
     }
 }
@@ -123,7 +115,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
-            hub: crate::hub::Hub::new(config.chat.presence_ttl),
+            hub: crate::hub::Hub::new(config.contexts.get::<crate::hub::ChatConfig>().presence_ttl),
             files: crate::routes::files_state::FilesState::default(),
             orders,
             posts,

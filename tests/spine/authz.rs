@@ -973,8 +973,7 @@ async fn documented(app: &TestApp) -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn every_operation_answers_each_caller_as_the_matrix_says() {
-    let app =
-        TestApp::spawn_with(|config| config.identity.staff_users = vec!["stella".to_owned()]).await;
+    let app = TestApp::spawn_with_staff(&["stella"]).await;
     let w = world(&app).await;
     let rows = rows(&w);
 

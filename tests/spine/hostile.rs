@@ -398,8 +398,7 @@ async fn no_stored_event_of_any_kind_stops_a_read_model_or_the_saga() {
 
 #[tokio::test]
 async fn the_parked_event_routes_are_for_staff_only() {
-    let app =
-        TestApp::spawn_with(|config| config.identity.staff_users = vec!["boss".to_owned()]).await;
+    let app = TestApp::spawn_with_staff(&["boss"]).await;
     for (method, path) in [
         (reqwest::Method::GET, "/api/v1/projections/users/parked"),
         (reqwest::Method::POST, "/api/v1/projections/users/retry"),
@@ -428,8 +427,7 @@ async fn the_parked_event_routes_are_for_staff_only() {
 
 #[tokio::test]
 async fn only_staff_create_items_receive_stock_and_create_coupons() {
-    let app =
-        TestApp::spawn_with(|config| config.identity.staff_users = vec!["boss".to_owned()]).await;
+    let app = TestApp::spawn_with_staff(&["boss"]).await;
     let before = app.event_count().await;
     let attempts = [
         (

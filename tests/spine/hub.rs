@@ -463,7 +463,10 @@ async fn an_oversized_frame_closes_its_connection_only() {
 async fn a_connection_outlives_the_handler_timeout_and_a_silent_client_is_dropped() {
     let app = TestApp::spawn_with(|config| {
         config.handler_timeout = Duration::from_millis(500);
-        config.chat.ws_ping_interval = Duration::from_millis(700);
+        config
+            .contexts
+            .get_mut::<chronicle_gateway::ChatConfig>()
+            .ws_ping_interval = Duration::from_millis(700);
     })
     .await;
     let (bob, bob_token) = app.register_and_login("bob").await;
@@ -892,7 +895,10 @@ async fn recovering_a_backlog_of_1000_completes_while_live_messages_arrive() {
 #[tokio::test]
 async fn a_client_that_reads_nothing_of_its_backlog_is_still_dropped() {
     let app = TestApp::spawn_with(|config| {
-        config.chat.ws_ping_interval = Duration::from_millis(700);
+        config
+            .contexts
+            .get_mut::<chronicle_gateway::ChatConfig>()
+            .ws_ping_interval = Duration::from_millis(700);
     })
     .await;
     let (bob, bob_token) = app.register_and_login("bob").await;

@@ -239,8 +239,7 @@ async fn missing_tampered_forged_and_expired_tokens_are_401() {
 async fn tokens_with_alg_none_another_alg_or_a_role_added_by_hand_are_401_and_append_nothing() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let app =
-        TestApp::spawn_with(|config| config.identity.staff_users = vec!["boss".to_owned()]).await;
+    let app = TestApp::spawn_with_staff(&["boss"]).await;
     let (_, token) = app.register_and_login("mallory").await;
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "a JWT");

@@ -51,7 +51,12 @@ async fn upload_with_its_chunk(app: &TestApp, bytes: &[u8]) -> String {
 #[tokio::test]
 async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
     let app = TestApp::spawn_options(TestOptions {
-        gateway: Box::new(|config| config.files.upload_ttl = Duration::from_secs(1)),
+        gateway: Box::new(|config| {
+            config
+                .contexts
+                .get_mut::<chronicle_gateway::FilesConfig>()
+                .upload_ttl = Duration::from_secs(1)
+        }),
         ..TestOptions::default()
     })
     .await;

@@ -607,7 +607,11 @@ async fn a_webhook_receiver_that_is_down_is_retried_until_it_answers() {
 #[tokio::test]
 async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
     let mut options = TestOptions {
-        gateway: Box::new(|g| g.identity.staff_users = vec!["tester".into()]),
+        gateway: Box::new(|g| {
+            g.contexts
+                .get_mut::<chronicle_gateway::IdentityConfig>()
+                .staff_users = vec!["tester".into()]
+        }),
         ..TestOptions::default()
     };
     options.alerts.default_rules = true;
@@ -764,7 +768,11 @@ async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
 #[tokio::test]
 async fn retention_drops_old_samples_and_the_rollups_still_answer() {
     let mut options = TestOptions {
-        gateway: Box::new(|g| g.monitoring.retention = Duration::from_secs(3)),
+        gateway: Box::new(|g| {
+            g.contexts
+                .get_mut::<chronicle_gateway::MonitoringConfig>()
+                .retention = Duration::from_secs(3)
+        }),
         ..TestOptions::default()
     };
     options.alerts.retention = Duration::from_secs(3);
@@ -803,9 +811,12 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
 
 #[tokio::test]
 async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
-    let app =
-        TestApp::spawn_with(|g| g.monitoring.collect_every = Some(Duration::from_millis(300)))
-            .await;
+    let app = TestApp::spawn_with(|g| {
+        g.contexts
+            .get_mut::<chronicle_gateway::MonitoringConfig>()
+            .collect_every = Some(Duration::from_millis(300))
+    })
+    .await;
     for _ in 0..5 {
         let listed = app.get("/api/v1/inventory/items").await;
         assert_eq!(listed.status(), StatusCode::OK);

@@ -466,6 +466,19 @@ impl TestApp {
         Self::spawn_options(TestOptions::default()).await
     }
 
+    /// As [`spawn`](Self::spawn), with only the users named `staff` made staff at login
+    /// (everyone else is a customer).
+    pub async fn spawn_with_staff(staff: &[&str]) -> Self {
+        let staff: Vec<String> = staff.iter().map(|s| (*s).to_owned()).collect();
+        Self::spawn_with(move |config| {
+            config
+                .contexts
+                .get_mut::<chronicle_gateway::IdentityConfig>()
+                .staff_users = staff;
+        })
+        .await
+    }
+
     /// As [`spawn`](Self::spawn), after `configure` has adjusted the gateway's settings.
     pub async fn spawn_with(
         configure: impl FnOnce(&mut chronicle_gateway::GatewayConfig) + Send + 'static,
@@ -504,9 +517,18 @@ impl TestApp {
             .into_bytes(),
         ));
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
-        gateway.identity.staff_users = vec!["*".to_owned()];
-        gateway.scheduler.http_allow = options.scheduler.http_allow.clone();
-        gateway.monitoring.notify_allow = options.scheduler.notify.allow.clone();
+        gateway
+            .contexts
+            .get_mut::<chronicle_gateway::IdentityConfig>()
+            .staff_users = vec!["*".to_owned()];
+        gateway
+            .contexts
+            .get_mut::<chronicle_gateway::JobsConfig>()
+            .http_allow = options.scheduler.http_allow.clone();
+        gateway
+            .contexts
+            .get_mut::<chronicle_gateway::MonitoringConfig>()
+            .notify_allow = options.scheduler.notify.allow.clone();
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -319,7 +319,8 @@ async fn connection(socket: WebSocket, state: AppState, user_id: String) {
     // An idle client is pinged; one that answers nothing for two intervals is gone.
     let ping_every = state
         .config
-        .chat
+        .contexts
+        .get::<super::ChatConfig>()
         .ws_ping_interval
         .max(Duration::from_millis(50));
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);

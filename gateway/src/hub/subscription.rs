@@ -47,7 +47,8 @@ pub(super) async fn subscription(
     // A client that takes no frame for as long as it may leave pings unanswered is gone.
     let patience = state
         .config
-        .chat
+        .contexts
+        .get::<super::ChatConfig>()
         .ws_ping_interval
         .max(Duration::from_millis(50))
         * 2;

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Routes {
 pub(super) const CONTEXT: Context = Context {
     routes,
     problems: &["comment_exists", "post_exists", "post_not_published"],
+    settings: |_| {},
 };
 
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).

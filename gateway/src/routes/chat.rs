@@ -38,6 +38,9 @@ fn chat_routes() -> Routes {
 pub(super) const CONTEXT: Context = Context {
     routes: chat_routes,
     problems: &["direct_room_exists", "direct_room_fixed", "room_exists"],
+    settings: |s| {
+        s.declare::<crate::hub::ChatConfig>();
+    },
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

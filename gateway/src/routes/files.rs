@@ -70,6 +70,9 @@ pub(super) const CONTEXT: Context = Context {
         "upload_incomplete",
         "upload_not_expired",
     ],
+    settings: |s| {
+        s.declare::<super::files_state::FilesConfig>();
+    },
 };
 
 /// A share token's id: the lowercase hex SHA-256 of the token.

@@ -62,7 +62,7 @@ impl AppState {
             .get_or_try_init(|| async {
                 chronicle_bus::ContentStore::open(
                     &async_nats::jetstream::new(self.nats.clone()),
-                    self.config.files.replicas,
+                    self.config.contexts.get::<FilesConfig>().replicas,
                 )
                 .await
             })

@@ -34,6 +34,9 @@ pub(super) const CONTEXT: Context = Context {
         "invalid_credentials",
         "username_taken",
     ],
+    settings: |s| {
+        s.declare::<IdentityConfig>();
+    },
 };
 
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.
@@ -160,7 +163,8 @@ async fn roles_of(
     let mut roles = vec![CUSTOMER.to_owned()];
     let listed = state
         .config
-        .identity
+        .contexts
+        .get::<IdentityConfig>()
         .staff_users
         .iter()
         .any(|u| u == "*" || u == username);

@@ -36,6 +36,9 @@ pub(super) const CONTEXT: Context = Context {
         "run_not_running",
         "url_not_allowed",
     ],
+    settings: |s| {
+        s.declare::<JobsConfig>();
+    },
 };
 
 /// `schedule`: exactly one of its fields.
@@ -202,7 +205,8 @@ pub async fn create(
     if let Action::Http { url, .. } = &spec.action {
         state
             .config
-            .scheduler
+            .contexts
+            .get::<JobsConfig>()
             .http_allow
             .check(url)
             .map_err(|invalid| {

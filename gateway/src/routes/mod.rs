@@ -41,7 +41,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{error::ApiError, protect, state::AppState};
+use crate::{error::ApiError, protect, settings::ContextSettings, state::AppState};
 
 /// A context's routes with their OpenAPI operations: each `.routes(routes!(handler))` takes
 /// the method and path from the handler's `#[utoipa::path]`, so a route is written once and
@@ -76,6 +76,8 @@ pub(crate) struct Context {
     /// The problem `code`s its routes and its domain answer, beyond the host's own
     /// ([`crate::schema::HOST_PROBLEMS`]). Each code is declared by one context.
     pub(crate) problems: &'static [&'static str],
+    /// Declares its settings groups ([`ContextSettings::declare`]), if it has any.
+    pub(crate) settings: fn(&mut ContextSettings),
 }
 
 /// Every context the gateway serves.
@@ -100,6 +102,15 @@ pub(crate) fn api() -> Routes {
             .merge(projections::routes()),
         |api, context| api.merge((context.routes)()),
     )
+}
+
+/// Every context's settings groups, at their defaults.
+pub(crate) fn context_settings() -> ContextSettings {
+    let mut settings = ContextSettings::default();
+    for context in &CONTEXTS {
+        (context.settings)(&mut settings);
+    }
+    settings
 }
 
 /// Every problem `code` an answer may carry, sorted: the host's and every context's.

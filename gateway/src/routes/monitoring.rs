@@ -70,6 +70,9 @@ pub(super) const CONTEXT: Context = Context {
         "rule_exists",
         "too_many_series",
     ],
+    settings: |s| {
+        s.declare::<MonitoringConfig>();
+    },
 };
 
 /// Most points one series of a query may have.
@@ -146,7 +149,8 @@ fn malformed(error: chronicle_monitoring::SampleError) -> ApiError {
 }
 
 fn retention(state: &AppState) -> Duration {
-    Duration::from_std(state.config.monitoring.retention).unwrap_or(Duration::days(15))
+    Duration::from_std(state.config.contexts.get::<MonitoringConfig>().retention)
+        .unwrap_or(Duration::days(15))
 }
 
 #[derive(Debug, Deserialize)]
@@ -362,7 +366,11 @@ pub struct RulePatch {
 /// The domain's limits, then the webhook hosts (422 `url_not_allowed`).
 fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
     check_spec_limits(&spec).map_err(|invalid| ApiError::validation(vec![invalid.into()]))?;
-    check_channels(&spec, &state.config.monitoring.notify_allow).map_err(|invalid| {
+    check_channels(
+        &spec,
+        &state.config.contexts.get::<MonitoringConfig>().notify_allow,
+    )
+    .map_err(|invalid| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "url_not_allowed",

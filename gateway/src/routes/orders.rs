@@ -51,6 +51,7 @@ pub(super) const CONTEXT: Context = Context {
         "unknown_reservation",
         "wrong_amount",
     ],
+    settings: |_| {},
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -325,10 +325,16 @@ pub(super) fn once_per_upload(
 /// When an upload started now expires (`upload_ttl` from now; a setting too large for the
 /// calendar is the end of it, not a panic).
 pub(super) fn expiry(state: &AppState) -> chrono::DateTime<Utc> {
-    chrono::TimeDelta::from_std(state.config.files.upload_ttl)
-        .ok()
-        .and_then(|ttl| Utc::now().checked_add_signed(ttl))
-        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+    chrono::TimeDelta::from_std(
+        state
+            .config
+            .contexts
+            .get::<super::files_state::FilesConfig>()
+            .upload_ttl,
+    )
+    .ok()
+    .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
 /// Whether `upload` is expired, or past its expiry (the janitor is about to remove its
