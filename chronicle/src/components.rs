@@ -10,7 +10,7 @@ use std::{future::Future, pin::Pin, sync::Mutex};
 use anyhow::{bail, Context};
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::{contexts, CommandExecutor, Databases};
-use chronicle_gateway::{AppState, GatewayConfig};
+use chronicle_gateway::{AppState, ContextStates, GatewayConfig};
 
 use crate::payments::{PaymentRules, SimulatedPayments};
 use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
@@ -260,15 +260,18 @@ impl Component {
                     subscribers: subscribers(),
                     ..wiring.gateway.clone()
                 };
+                // Orders are charged through the simulated provider (commerce's).
+                let mut handed = ContextStates::default();
+                handed.insert(SimulatedPayments::services(
+                    wiring.db.of(contexts::COMMERCE).clone(),
+                    wiring.payments.clone(),
+                ));
                 let state = AppState::new(
                     wiring.commands.clone(),
                     wiring.db.clone(),
                     wiring.nats.clone(),
                     config,
-                    SimulatedPayments::services(
-                        wiring.db.of(contexts::COMMERCE).clone(),
-                        wiring.payments.clone(),
-                    ),
+                    handed,
                 );
                 Box::pin(async move {
                     chronicle_gateway::serve(listener, state, shutdown)

@@ -49,7 +49,7 @@ pub use routes::{
     monitoring::MonitoringConfig, problem_codes,
 };
 pub use settings::{ContextSetting, ContextSettings};
-pub use state::{AppState, GatewayConfig, RateLimit};
+pub use state::{AppState, ContextStates, GatewayConfig, RateLimit};
 
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains in-flight
 /// requests.

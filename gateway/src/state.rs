@@ -1,7 +1,6 @@
 use std::{sync::Arc, time::Duration};
 
 use chronicle_commands::{CommandExecutor, Databases};
-use chronicle_commerce::OrderServices;
 
 use crate::{
     auth::{Auth, Secret},
@@ -88,41 +87,80 @@ pub struct Shared {
     pub auth: Auth,
     /// Shared, not copied: every request and connection holds the state.
     pub config: Arc<GatewayConfig>,
-    /// The payment provider orders are charged through.
-    pub orders: OrderServices,
-    /// The cache in front of post detail and the tag list.
-    pub posts: PostCache,
+    /// What each context keeps in this process (its caches, its work in flight, the
+    /// services it was handed), by type.
+    pub contexts: ContextStates,
     pub(crate) limiter: Option<RateLimiter>,
     /// The WebSocket hub's live room feed (one per process).
     pub(crate) hub: crate::hub::Hub,
-    /// What the files routes keep in this process.
-    pub(crate) files: crate::routes::files_state::FilesState,
 }
 
 impl AppState {
-    /// Builds the state and starts listening for projector notifications; orders are
-    /// charged through `orders`' payment provider.
+    /// Builds the state and starts listening for projector notifications. `contexts` holds
+    /// what the caller hands the contexts (the payment provider orders are charged
+    /// through); each context adds what it keeps in a process.
     pub fn new(
         commands: CommandExecutor,
         db: Databases,
         nats: async_nats::Client,
         config: GatewayConfig,
-        orders: OrderServices,
+        mut contexts: ContextStates,
     ) -> Self {
-        let posts = PostCache::new(10_000);
-        let freshness = crate::freshness::listen(db.shared().clone(), &posts);
+        crate::routes::context_states(&config, &mut contexts);
+        let freshness = crate::freshness::listen(db.shared().clone(), contexts.get::<PostCache>());
         Self(Arc::new(Shared {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
             hub: crate::hub::Hub::new(config.contexts.get::<crate::hub::ChatConfig>().presence_ttl),
-            files: crate::routes::files_state::FilesState::default(),
-            orders,
-            posts,
+            contexts,
             db,
             nats,
             freshness,
             config: Arc::new(config),
         }))
+    }
+}
+
+/// What each context keeps in a gateway process, one value per type: the gateway's state
+/// names no context's.
+#[derive(Default)]
+pub struct ContextStates(
+    std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send + Sync>>,
+);
+
+impl ContextStates {
+    /// Keeps `value` (replacing a value of its type).
+    pub fn insert<T: std::any::Any + Send + Sync>(&mut self, value: T) -> &mut Self {
+        self.0.insert(std::any::TypeId::of::<T>(), Box::new(value));
+        self
+    }
+
+    /// Keeps `value` unless a value of its type is kept already.
+    pub fn insert_default<T: std::any::Any + Send + Sync>(
+        &mut self,
+        value: impl FnOnce() -> T,
+    ) -> &mut Self {
+        self.0
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Box::new(value()));
+        self
+    }
+
+    /// The value of type `T`.
+    ///
+    /// # Panics
+    /// When none is kept: each context keeps its own when the state is built, and what the
+    /// builder hands in is its to give.
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> &T {
+        self.0
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|value| value.downcast_ref())
+            .unwrap_or_else(|| {
+                panic!(
+                    "the gateway's state keeps no {}",
+                    std::any::type_name::<T>()
+                )
+            })
     }
 }

@@ -35,6 +35,9 @@ pub(super) const CONTEXT: Context = Context {
     routes,
     problems: &["comment_exists", "post_exists", "post_not_published"],
     settings: |_| {},
+    state: |_, s| {
+        s.insert_default(|| crate::cache::PostCache::new(10_000));
+    },
 };
 
 /// 204 with the new version as `ETag` (or the stored answer of a replayed request).
@@ -269,7 +272,8 @@ async fn visible_post(
     let id = respond::uuid_id(id, "post")?;
     let mut consistency = None;
     let post = state
-        .posts
+        .contexts
+        .get::<crate::cache::PostCache>()
         .post(id, min_version, || async {
             let read = state
                 .freshness
@@ -377,7 +381,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::schema::Problems))]
 pub async fn tags(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let tags = state
-        .posts
+        .contexts
+        .get::<crate::cache::PostCache>()
         .tags(|| posts::tags(state.db.of(contexts::BLOG)))
         .await?;
     // Serialized straight from the cached list, not a copy of it.

@@ -41,6 +41,7 @@ pub(super) const CONTEXT: Context = Context {
     settings: |s| {
         s.declare::<crate::hub::ChatConfig>();
     },
+    state: |_, _| {},
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -73,6 +73,9 @@ pub(super) const CONTEXT: Context = Context {
     settings: |s| {
         s.declare::<super::files_state::FilesConfig>();
     },
+    state: |_, s| {
+        s.insert_default(super::files_state::FilesState::default);
+    },
 };
 
 /// A share token's id: the lowercase hex SHA-256 of the token.

@@ -52,12 +52,17 @@ pub(crate) type Assembly = futures::future::Shared<
 >;
 
 impl AppState {
+    /// What the files routes keep in this process.
+    pub(crate) fn files(&self) -> &FilesState {
+        self.contexts.get()
+    }
+
     /// The file bytes (the `files` object store bucket).
     ///
     /// # Errors
     /// 503 when JetStream refuses to open it.
     pub(crate) async fn content(&self) -> Result<&chronicle_bus::ContentStore, ApiError> {
-        self.files
+        self.files()
             .content
             .get_or_try_init(|| async {
                 chronicle_bus::ContentStore::open(

@@ -37,6 +37,7 @@ pub(super) const CONTEXT: Context = Context {
     settings: |s| {
         s.declare::<IdentityConfig>();
     },
+    state: |_, _| {},
 };
 
 /// Longest password accepted: argon2 would hash anything, and a megabyte of it costs CPU.

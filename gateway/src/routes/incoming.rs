@@ -125,7 +125,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Incoming<R> {
 /// new one at offset 0).
 pub(super) fn take_hash(state: &AppState, id: &str, offset: u64) -> Option<sha2::Sha256> {
     let mut hashes = state
-        .files
+        .files()
         .running_hashes
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -138,7 +138,7 @@ pub(super) fn take_hash(state: &AppState, id: &str, offset: u64) -> Option<sha2:
 
 pub(super) fn keep_hash(state: &AppState, id: &str, offset: u64, hasher: sha2::Sha256) {
     let mut hashes = state
-        .files
+        .files()
         .running_hashes
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -152,7 +152,7 @@ pub(super) fn keep_hash(state: &AppState, id: &str, offset: u64, hasher: sha2::S
 
 pub(super) fn forget_hash(state: &AppState, id: &str) {
     state
-        .files
+        .files()
         .running_hashes
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -39,6 +39,7 @@ pub(super) const CONTEXT: Context = Context {
     settings: |s| {
         s.declare::<JobsConfig>();
     },
+    state: |_, _| {},
 };
 
 /// `schedule`: exactly one of its fields.

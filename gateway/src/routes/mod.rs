@@ -41,7 +41,12 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{error::ApiError, protect, settings::ContextSettings, state::AppState};
+use crate::{
+    error::ApiError,
+    protect,
+    settings::ContextSettings,
+    state::{AppState, ContextStates, GatewayConfig},
+};
 
 /// A context's routes with their OpenAPI operations: each `.routes(routes!(handler))` takes
 /// the method and path from the handler's `#[utoipa::path]`, so a route is written once and
@@ -78,6 +83,8 @@ pub(crate) struct Context {
     pub(crate) problems: &'static [&'static str],
     /// Declares its settings groups ([`ContextSettings::declare`]), if it has any.
     pub(crate) settings: fn(&mut ContextSettings),
+    /// Adds what it keeps in a gateway process, unless the builder handed it in.
+    pub(crate) state: fn(&GatewayConfig, &mut ContextStates),
 }
 
 /// Every context the gateway serves.
@@ -111,6 +118,13 @@ pub(crate) fn context_settings() -> ContextSettings {
         (context.settings)(&mut settings);
     }
     settings
+}
+
+/// Adds what each context keeps in a gateway process.
+pub(crate) fn context_states(config: &GatewayConfig, states: &mut ContextStates) {
+    for context in &CONTEXTS {
+        (context.state)(config, states);
+    }
 }
 
 /// Every problem `code` an answer may carry, sorted: the host's and every context's.

@@ -73,6 +73,7 @@ pub(super) const CONTEXT: Context = Context {
     settings: |s| {
         s.declare::<MonitoringConfig>();
     },
+    state: |_, _| {},
 };
 
 /// Most points one series of a query may have.

@@ -52,6 +52,7 @@ pub(super) const CONTEXT: Context = Context {
         "wrong_amount",
     ],
     settings: |_| {},
+    state: |_, _| {},
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -286,7 +287,13 @@ pub async fn pay(
         expected_version: None,
         ..step
     };
-    let receipt = match state.orders.payments.charge(id, amount_cents).await {
+    let receipt = match state
+        .contexts
+        .get::<chronicle_commerce::OrderServices>()
+        .payments
+        .charge(id, amount_cents)
+        .await
+    {
         Ok(receipt) => receipt,
         Err(failure) => {
             let failed = OrderCommand::RecordPaymentFailure {

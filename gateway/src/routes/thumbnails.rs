@@ -90,7 +90,7 @@ pub async fn get(
                 )));
             }
             let _permit = state
-                .files
+                .files()
                 .thumbnailing
                 .acquire()
                 .await

@@ -292,7 +292,7 @@ pub(super) fn once_per_upload(
 ) -> super::files_state::Assembly {
     use futures::FutureExt;
     let mut running = state
-        .files
+        .files()
         .assemblies
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -304,7 +304,7 @@ pub(super) fn once_per_upload(
         async move {
             let outcome = work.await;
             state
-                .files
+                .files()
                 .assemblies
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
