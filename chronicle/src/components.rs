@@ -1,6 +1,6 @@
 //! The component list: every process role, declared once (DESIGN.md, "The shared runtime").
 //!
-//! A new bounded context adds its projections to `chronicle_projections::PROJECTIONS`
+//! A new bounded context adds its read models to `chronicle_projections::READ_MODELS`
 //! and its sagas or other subscribers here, and every way of running Chronicle picks them
 //! up: `chronicle up`, `chronicle project --all`, the test harness, `compose.yaml`, and
 //! `GET /api/v1/projections`.
@@ -13,7 +13,7 @@ use chronicle_commands::{contexts, CommandExecutor, Databases};
 use chronicle_gateway::{AppState, ContextStates, GatewayConfig};
 
 use crate::payments::{PaymentRules, SimulatedPayments};
-use chronicle_projections::{run_named, ProjectorConfig, PROJECTIONS};
+use chronicle_projections::{read_model, ProjectorConfig, READ_MODELS};
 use chronicle_sagas::{
     AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
     Scheduler, SchedulerConfig, ALERT_NOTIFIER, ORDER_SAGA,
@@ -46,7 +46,7 @@ pub enum Component {
 /// the scheduler, the alert engine, the gateway.
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
-    all.extend(PROJECTIONS.iter().map(|name| Component::Projector(name)));
+    all.extend(READ_MODELS.iter().map(|m| Component::Projector(m.name())));
     all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
     all.push(Component::Janitor);
     all.push(Component::Scheduler);
@@ -63,10 +63,7 @@ pub fn subscribers() -> Vec<SubscriberRef> {
 impl Component {
     /// The projector of `name`, if there is such a projection.
     pub fn projector(name: &str) -> Option<Self> {
-        PROJECTIONS
-            .iter()
-            .find(|p| **p == name)
-            .map(|p| Self::Projector(p))
+        read_model(name).map(|m| Self::Projector(m.name()))
     }
 
     /// The saga called `name`, if there is one.
@@ -93,12 +90,7 @@ impl Component {
             Self::Projector(name) => Spec {
                 service: format!("projector-{name}"),
                 args: vec!["project".into(), (*name).into()],
-                subscriber: Some(SubscriberRef {
-                    name: (*name).to_owned(),
-                    durable: chronicle_projections::durable_name(name),
-                    context: chronicle_projections::context_named(name)
-                        .expect("a listed projection"),
-                }),
+                subscriber: Some(read_model(name).expect("a listed projection").subscriber()),
                 ..plain("", 1)
             },
             Self::Saga(name) => Spec {
@@ -196,15 +188,15 @@ impl Component {
                 })
             }
             Self::Projector(projection) => {
-                let run = run_named(
-                    projection,
-                    &wiring.db,
-                    wiring.nats.clone(),
-                    wiring.projector.clone(),
-                    wiring.faults.clone(),
-                    shutdown,
-                )
-                .with_context(|| format!("unknown projection {projection:?}"))?;
+                let run = read_model(projection)
+                    .with_context(|| format!("unknown projection {projection:?}"))?
+                    .run(
+                        &wiring.db,
+                        wiring.nats.clone(),
+                        wiring.projector.clone(),
+                        wiring.faults.clone(),
+                        Box::pin(shutdown),
+                    );
                 Box::pin(async move { run.await.context(name) })
             }
             Self::Saga("orders") => {
@@ -448,12 +440,12 @@ mod tests {
     #[test]
     fn every_projection_and_saga_is_a_component_and_a_subscriber() {
         let names: Vec<String> = all().iter().map(Component::name).collect();
-        for projection in PROJECTIONS {
-            assert!(names.contains(&format!("projector-{projection}")));
+        for model in READ_MODELS {
+            assert!(names.contains(&format!("projector-{}", model.name())));
         }
         assert!(names.contains(&"saga-orders".to_owned()));
         // The alert engine's notifier is a reader of the log too.
-        assert_eq!(subscribers().len(), PROJECTIONS.len() + SAGAS.len() + 1);
+        assert_eq!(subscribers().len(), READ_MODELS.len() + SAGAS.len() + 1);
         assert_eq!(
             Component::projector("inventory"),
             Some(Component::Projector("inventory"))

@@ -8,7 +8,7 @@ use chronicle::components::{self, Component, Wiring};
 use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
-use chronicle_projections::{replay_named, ProjectorConfig, PROJECTIONS};
+use chronicle_projections::{ProjectorConfig, READ_MODELS};
 use chronicle_sagas::OrderSagaConfig;
 use sqlx::postgres::PgPoolOptions;
 use tokio::{sync::watch, task::JoinSet};
@@ -49,17 +49,20 @@ pub fn projector_components(name: Option<&str>, all: bool) -> anyhow::Result<Vec
 /// # Errors
 /// When none or an unknown one is named.
 pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<String>> {
+    let known = || {
+        READ_MODELS
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match (name, all) {
-        (_, true) => Ok(PROJECTIONS.iter().map(|s| s.to_string()).collect()),
-        (Some(name), false) if PROJECTIONS.contains(&name) => Ok(vec![name.to_owned()]),
-        (Some(name), false) => bail!(
-            "unknown projection {name:?}; known: {}",
-            PROJECTIONS.join(", ")
-        ),
-        (None, false) => bail!(
-            "name a projection ({}) or pass --all",
-            PROJECTIONS.join(", ")
-        ),
+        (_, true) => Ok(READ_MODELS.iter().map(|m| m.name().to_owned()).collect()),
+        (Some(name), false) if chronicle_projections::read_model(name).is_some() => {
+            Ok(vec![name.to_owned()])
+        }
+        (Some(name), false) => bail!("unknown projection {name:?}; known: {}", known()),
+        (None, false) => bail!("name a projection ({}) or pass --all", known()),
     }
 }
 
@@ -288,25 +291,21 @@ pub async fn replay(
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     for name in names {
-        let progress = |done: u64, total: u64| {
+        let mut progress = |done: u64, total: u64| {
             let percent = (done * 100).checked_div(total).unwrap_or(100);
             eprint!("\r{name}: {done}/{total} events ({percent}%)");
         };
+        let model = chronicle_projections::read_model(&name)
+            .with_context(|| format!("unknown projection {name:?}"))?;
+        let (db, nats) = (&connections.db, &connections.nats);
         let replayed = if from_store {
-            chronicle_projections::replay_named_from_store(
-                &name,
-                &connections.db,
-                &connections.nats,
-                batch,
-                progress,
-            )
-            .await
+            model
+                .replay_from_store(db, nats, batch, &mut progress)
+                .await
         } else {
-            replay_named(&name, &connections.db, &connections.nats, batch, progress).await
+            model.replay(db, nats, batch, &mut progress).await
         };
-        let stats = replayed
-            .with_context(|| format!("unknown projection {name:?}"))?
-            .with_context(|| format!("replaying {name}"))?;
+        let stats = replayed.with_context(|| format!("replaying {name}"))?;
         eprintln!();
         println!(
             "{}",

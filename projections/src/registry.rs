@@ -1,9 +1,9 @@
-//! Every projection by name, for the processes and tools that pick them at run time.
+//! Every read model as a value ([`ReadModel`]), for the processes and tools that pick one at
+//! run time: the projector role, replay, set-up, status reports and parked events.
 
-use std::future::Future;
-
-use chronicle_bus::Faults;
+use chronicle_bus::{Faults, SubscriberError, SubscriberRef};
 use chronicle_commands::Databases;
+use futures::future::{BoxFuture, LocalBoxFuture};
 
 use crate::{
     alerts::AlertsProjection, business::BusinessMetricsProjection,
@@ -13,137 +13,141 @@ use crate::{
     ProjectionError, Projector, ProjectorConfig, ReplayStats,
 };
 
-/// Every projection as a subscriber: `(name, durable consumer)`, for status reports.
-pub fn subscriber_refs() -> Vec<chronicle_bus::SubscriberRef> {
-    PROJECTIONS
-        .iter()
-        .map(|name| chronicle_bus::SubscriberRef {
-            name: (*name).to_owned(),
-            durable: durable_name(name),
-            context: context_named(name).expect("a listed projection"),
-        })
-        .collect()
-}
+/// What the projector, replay and set-up do with a read model, whatever its type: a
+/// [`Projection`] with its type erased ([`Erased`]), so that the read models are one list
+/// of values ([`READ_MODELS`]) that others can add to.
+pub trait ReadModel: Send + Sync {
+    /// Its [`Projection::name`].
+    fn name(&self) -> &'static str;
 
-/// The one list of read models: each name (its [`Projection::name`]) with its type. Calls
-/// `$then!` with the arguments given, then `;` and the list, so [`PROJECTIONS`] and every
-/// lookup by name below are made from it.
-macro_rules! with_projections {
-    ($then:ident $(, $arg:tt)*) => {
-        $then!($($arg),*; "inventory" => InventoryProjection, "orders" => OrdersProjection,
-            "posts" => PostsProjection, "users" => UsersProjection,
-            "chat_history" => ChatHistoryProjection, "file_metadata" => FileMetadataProjection,
-            "jobs" => JobsProjection, "alerts" => AlertsProjection,
-            "business_metrics" => BusinessMetricsProjection)
-    };
-}
+    /// Its [`Projection::context`]: the schema of its tables, checkpoint and parked events.
+    fn context(&self) -> &'static str;
 
-macro_rules! names {
-    ($($name:literal => $type:ident),*) => {
-        &[$($name),*]
-    };
-    (; $($rest:tt)*) => {
-        names!($($rest)*)
-    };
-}
+    /// Its [`Projection::tables`].
+    fn tables(&self) -> &'static [&'static str];
 
-/// Every read model this crate provides, by [`Projection::name`]: what `chronicle up` runs
-/// and `GET /api/v1/projections` reports.
-pub const PROJECTIONS: &[&str] = with_projections!(names);
+    /// Creates its tables in its context's schema.
+    fn setup<'a>(&'a self, db: &'a Databases) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
-macro_rules! dispatch {
-    ($name:expr, $p:ident, $body:expr; $($n:literal => $type:ident),*) => {
-        match $name {
-            $($n => {
-                let $p = $type;
-                Some($body)
-            })*
-            _ => None,
-        }
-    };
-}
-
-/// Evaluates `$body` with `$p` bound to the projection named `$name` (`Some`), or `None`
-/// when there is no such projection.
-macro_rules! by_name {
-    ($name:expr, |$p:ident| $body:expr) => {
-        with_projections!(dispatch, ($name), $p, ($body))
-    };
-}
-
-/// The bounded context of the projection `name` (whose schema holds its tables).
-/// `None` when there is no such projection.
-pub fn context_named(name: &str) -> Option<&'static str> {
-    by_name!(name, |p| p.context())
-}
-
-/// The read-model tables of the projection `name`. `None` when there is no such projection.
-pub fn tables_named(name: &str) -> Option<&'static [&'static str]> {
-    by_name!(name, |p| p.tables())
-}
-
-/// Creates the tables of the projection `name`. `None` when there is no such projection.
-pub async fn setup_named(name: &str, db: &Databases) -> Option<Result<(), ProjectionError>> {
-    by_name!(name, |p| crate::runtime::setup(db.of(p.context()), &p)
-        .await)
-}
-
-/// Runs the projector of `name` until `shutdown` (see [`Projector::run`]). `None` when there
-/// is no such projection.
-pub fn run_named(
-    name: &str,
-    db: &Databases,
-    client: async_nats::Client,
-    config: ProjectorConfig,
-    faults: Faults,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Option<impl Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send + 'static> {
-    fn boxed<P: Projection>(
-        p: P,
+    /// Its projector, on its context's pool, until `shutdown` (see [`Projector::run`]).
+    fn run(
+        &self,
         db: &Databases,
         client: async_nats::Client,
         config: ProjectorConfig,
         faults: Faults,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), chronicle_bus::SubscriberError>> + Send>>
-    {
-        let pool = db.of(p.context()).clone();
-        let projector = Projector::new(p, pool, client, config).with_faults(faults);
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<(), SubscriberError>>;
+
+    /// Rebuilds it from the log (see [`replay`](crate::replay)). A rebuild is awaited where
+    /// it is asked for (the `replay` command, a test), so its future is not `Send`.
+    fn replay<'a>(
+        &'a self,
+        db: &'a Databases,
+        client: &'a async_nats::Client,
+        batch_max: usize,
+        progress: &'a mut dyn FnMut(u64, u64),
+    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>>;
+
+    /// Rebuilds it from the event stores (`replay --from postgres`; see
+    /// [`replay_from_store`](crate::replay_from_store)).
+    fn replay_from_store<'a>(
+        &'a self,
+        db: &'a Databases,
+        client: &'a async_nats::Client,
+        batch_max: usize,
+        progress: &'a mut dyn FnMut(u64, u64),
+    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>>;
+
+    /// It as a reader of the log (its checkpoint's name, its durable consumer, its
+    /// context), for status reports and parked events.
+    fn subscriber(&self) -> SubscriberRef {
+        SubscriberRef {
+            name: self.name().to_owned(),
+            durable: durable_name(self.name()),
+            context: self.context(),
+        }
+    }
+}
+
+/// A [`Projection`] as a [`ReadModel`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Erased<P>(pub P);
+
+impl<P: Projection + Clone> ReadModel for Erased<P> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn context(&self) -> &'static str {
+        self.0.context()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.0.tables()
+    }
+
+    fn setup<'a>(&'a self, db: &'a Databases) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(crate::runtime::setup(db.of(self.0.context()), &self.0))
+    }
+
+    fn run(
+        &self,
+        db: &Databases,
+        client: async_nats::Client,
+        config: ProjectorConfig,
+        faults: Faults,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, Result<(), SubscriberError>> {
+        let pool = db.of(self.0.context()).clone();
+        let projector = Projector::new(self.0.clone(), pool, client, config).with_faults(faults);
         Box::pin(async move { projector.run(shutdown).await })
     }
-    by_name!(name, |p| boxed(p, db, client, config, faults, shutdown))
+
+    fn replay<'a>(
+        &'a self,
+        db: &'a Databases,
+        client: &'a async_nats::Client,
+        batch_max: usize,
+        progress: &'a mut dyn FnMut(u64, u64),
+    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>> {
+        let pool = db.of(self.0.context());
+        Box::pin(crate::replay(&self.0, pool, client, batch_max, progress))
+    }
+
+    fn replay_from_store<'a>(
+        &'a self,
+        db: &'a Databases,
+        client: &'a async_nats::Client,
+        batch_max: usize,
+        progress: &'a mut dyn FnMut(u64, u64),
+    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>> {
+        Box::pin(crate::replay_from_store(
+            &self.0, db, client, batch_max, progress,
+        ))
+    }
 }
 
-/// Rebuilds the projection `name` (see [`replay`](crate::replay)). `None` when there is no
-/// such projection.
-pub async fn replay_named(
-    name: &str,
-    db: &Databases,
-    client: &async_nats::Client,
-    batch_max: usize,
-    progress: impl FnMut(u64, u64),
-) -> Option<Result<ReplayStats, ProjectionError>> {
-    by_name!(name, |p| crate::replay(
-        &p,
-        db.of(p.context()),
-        client,
-        batch_max,
-        progress
-    )
-    .await)
+/// Every read model this crate provides: what `chronicle up` runs and
+/// `GET /api/v1/projections` reports, in that order.
+pub const READ_MODELS: &[&dyn ReadModel] = &[
+    &Erased(InventoryProjection),
+    &Erased(OrdersProjection),
+    &Erased(PostsProjection),
+    &Erased(UsersProjection),
+    &Erased(ChatHistoryProjection),
+    &Erased(FileMetadataProjection),
+    &Erased(JobsProjection),
+    &Erased(AlertsProjection),
+    &Erased(BusinessMetricsProjection),
+];
+
+/// The read model called `name`, if there is one.
+pub fn read_model(name: &str) -> Option<&'static dyn ReadModel> {
+    READ_MODELS.iter().copied().find(|m| m.name() == name)
 }
 
-/// Rebuilds the projection `name` from the event store (`replay --from postgres`; see
-/// [`crate::replay_from_store`]). `None` when there is no such projection.
-pub async fn replay_named_from_store(
-    name: &str,
-    db: &Databases,
-    client: &async_nats::Client,
-    batch_max: usize,
-    progress: impl FnMut(u64, u64),
-) -> Option<Result<ReplayStats, ProjectionError>> {
-    by_name!(name, |p| crate::replay_from_store(
-        &p, db, client, batch_max, progress
-    )
-    .await)
+/// Every read model as a reader of the log, for status reports.
+pub fn subscriber_refs() -> Vec<SubscriberRef> {
+    READ_MODELS.iter().map(|m| m.subscriber()).collect()
 }

@@ -305,9 +305,9 @@ pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
 /// The rows of every read model, each table's rows as sorted JSON text.
 pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();
-    for name in chronicle_projections::PROJECTIONS {
-        let context = chronicle_projections::context_named(name).expect("a projection");
-        for table in chronicle_projections::tables_named(name).expect("a projection") {
+    for model in chronicle_projections::READ_MODELS {
+        let (name, context) = (model.name(), model.context());
+        for table in model.tables() {
             let rows: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT to_jsonb(t)::text FROM {context}.{table} t ORDER BY 1"
             ))

@@ -733,9 +733,10 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
         .await
         .unwrap();
     let client = app.nats.client().await;
-    chronicle_projections::replay_named("posts", app.databases(), &client, 3, |_, _| {})
-        .await
+    chronicle_projections::read_model("posts")
         .expect("a known projection")
+        .replay(app.databases(), &client, 3, &mut |_, _| {})
+        .await
         .unwrap();
     assert_eq!(rows().await, live);
 }
@@ -911,9 +912,10 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     };
     let live = rows().await;
     let client = app.nats.client().await;
-    chronicle_projections::replay_named("posts", app.databases(), &client, 2, |_, _| {})
-        .await
+    chronicle_projections::read_model("posts")
         .expect("a known projection")
+        .replay(app.databases(), &client, 2, &mut |_, _| {})
+        .await
         .unwrap();
     assert_eq!(rows().await, live);
     // The aggregate's load decides on it: its author deletes it, appending version 2.

@@ -961,11 +961,11 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         .await
         .unwrap();
     let client = app.nats.client().await;
-    let stats =
-        chronicle_projections::replay_named("orders", app.databases(), &client, 2, |_, _| {})
-            .await
-            .expect("a known projection")
-            .unwrap();
+    let stats = chronicle_projections::read_model("orders")
+        .expect("a known projection")
+        .replay(app.databases(), &client, 2, &mut |_, _| {})
+        .await
+        .unwrap();
     // Placed, reserved, paying, paid, shipped; placed, reserved, cancelled; placed, rejected.
     assert_eq!(stats.events, 5 + 3 + 2);
     assert_eq!(rows().await, live);

@@ -208,7 +208,9 @@ pub async fn assert_replays_byte_for_byte(
     damage: &str,
     batch: usize,
 ) {
-    let context = chronicle_projections::context_named(projection).expect("a projection");
+    let context = chronicle_projections::read_model(projection)
+        .expect("a projection")
+        .context();
     let live = rows_of(&app.pool, context, tables).await;
     sqlx::query(damage).execute(&app.pool).await.unwrap();
     assert_ne!(
@@ -217,9 +219,10 @@ pub async fn assert_replays_byte_for_byte(
         "the damage shows"
     );
     let client = app.nats.client().await;
-    chronicle_projections::replay_named(projection, app.databases(), &client, batch, |_, _| {})
-        .await
+    chronicle_projections::read_model(projection)
         .expect("a known projection")
+        .replay(app.databases(), &client, batch, &mut |_, _| {})
+        .await
         .unwrap();
     assert_eq!(rows_of(&app.pool, context, tables).await, live);
 }

@@ -46,16 +46,11 @@ async fn rows(app: &TestApp) -> Vec<String> {
 
 async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
     let client = app.nats.client().await;
-    chronicle_projections::replay_named_from_store(
-        "inventory",
-        app.databases(),
-        &client,
-        2,
-        |_, _| {},
-    )
-    .await
-    .expect("a known projection")
-    .expect("the rebuild")
+    chronicle_projections::read_model("inventory")
+        .expect("a known projection")
+        .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
+        .await
+        .expect("the rebuild")
 }
 
 #[tokio::test]
@@ -252,16 +247,11 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
         .await
         .unwrap();
     let client = app.nats.client().await;
-    let stats = chronicle_projections::replay_named_from_store(
-        "chat_history",
-        app.databases(),
-        &client,
-        2,
-        |_, _| {},
-    )
-    .await
-    .expect("a known projection")
-    .expect("the rebuild");
+    let stats = chronicle_projections::read_model("chat_history")
+        .expect("a known projection")
+        .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
+        .await
+        .expect("the rebuild");
     assert_eq!(chat_rows(&app).await, live);
     let furthest: i64 = sqlx::query_scalar(
         "SELECT max(stream_seq) FROM (SELECT stream_seq FROM chat.relay_position \

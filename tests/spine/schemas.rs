@@ -29,9 +29,9 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     assert_eq!(placed.status(), StatusCode::CREATED);
 
     // Every projection's tables are in its context's schema, none in `public`.
-    for name in chronicle_projections::PROJECTIONS {
-        let context = chronicle_projections::context_named(name).expect("a projection");
-        for table in chronicle_projections::tables_named(name).expect("a projection") {
+    for model in chronicle_projections::READ_MODELS {
+        let (name, context) = (model.name(), model.context());
+        for table in model.tables() {
             let schemas: Vec<String> =
                 sqlx::query_scalar("SELECT schemaname::text FROM pg_tables WHERE tablename = $1")
                     .bind(table)

@@ -586,9 +586,10 @@ impl TestApp {
         for component in components::all() {
             if let Component::Projector(name) = component {
                 // Tables first, so a test can query a read model before it has an event.
-                chronicle_projections::setup_named(name, &databases)
-                    .await
+                chronicle_projections::read_model(name)
                     .expect("a known projection")
+                    .setup(&databases)
+                    .await
                     .expect("projection tables");
             }
             // The saga runs apart: tests stop it at fault points and start it again.
