@@ -311,6 +311,33 @@ pub struct Wiring {
     pub http: Mutex<Option<tokio::net::TcpListener>>,
 }
 
+impl Wiring {
+    /// The wiring of another process on the same servers with the same settings: its own
+    /// command executor (cache and group commit, no fault points armed), `faults` for its
+    /// roles, and `http` for a gateway.
+    pub fn another_process(&self, faults: Faults, http: Option<tokio::net::TcpListener>) -> Self {
+        Self {
+            commands: CommandExecutor::for_contexts(
+                &self.db,
+                &Faults::default(),
+                Default::default(),
+            ),
+            db: self.db.clone(),
+            nats: self.nats.clone(),
+            faults,
+            relay: self.relay.clone(),
+            projector: self.projector.clone(),
+            saga: self.saga.clone(),
+            janitor: self.janitor.clone(),
+            scheduler: self.scheduler.clone(),
+            alerts: self.alerts.clone(),
+            payments: self.payments.clone(),
+            gateway: self.gateway.clone(),
+            http: Mutex::new(http),
+        }
+    }
+}
+
 /// `compose.yaml`: a 3-node NATS cluster, PostgreSQL, and every component as its own
 /// service, with the variables each needs. `chronicle compose` prints it; a test checks
 /// the committed file is what the list gives.
