@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_bus::{Faults, Relay, RelayConfig};
 use chronicle_commands::{CommandContext, CommandExecutor, EventStore, Executed};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
 use reqwest::{Response, StatusCode};
@@ -93,6 +94,38 @@ pub fn start_relay(pool: &PgPool, client: &async_nats::Client, faults: Faults) -
         handle,
         stop: Some(tx),
     }
+}
+
+/// A subscriber (a projector, say) running as a task, and the sender that stops it.
+pub type RunningSubscriber = (
+    JoinHandle<Result<(), chronicle_bus::SubscriberError>>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Runs the inventory projector on `pool` as `configure` leaves it (fault points armed, an
+/// observer), until [`stop_subscriber`].
+pub fn start_inventory_projector(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    configure: impl FnOnce(Projector<InventoryProjection>) -> Projector<InventoryProjection>,
+) -> RunningSubscriber {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let projector = configure(Projector::new(
+        InventoryProjection,
+        pool.clone(),
+        client.clone(),
+        ProjectorConfig::default(),
+    ));
+    let handle = tokio::spawn(projector.run(async move {
+        let _ = rx.await;
+    }));
+    (handle, tx)
+}
+
+/// Stops a subscriber task: it must stop cleanly.
+pub async fn stop_subscriber((handle, stop): RunningSubscriber) {
+    let _ = stop.send(());
+    handle.await.unwrap().expect("the subscriber stops cleanly");
 }
 
 /// Every message in the EVENTS stream, in stream order, decoded.

@@ -5,36 +5,21 @@ use std::time::Duration;
 use chronicle_bus::{FaultAction, Faults};
 use chronicle_commands::{CommandContext, CommandExecutor};
 use chronicle_commerce::{InventoryCommand, InventoryItem};
-use chronicle_projections::{inventory::InventoryProjection, replay, Projector, ProjectorConfig};
+use chronicle_projections::{inventory::InventoryProjection, replay};
 use chronicle_tests::{eventually, TestDb, TestNats};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
 
-use crate::common::{bus, create_item, receive, start_relay, wait_relayed};
+use crate::common::{
+    bus, create_item, receive, start_inventory_projector, start_relay, stop_subscriber,
+    wait_relayed, RunningSubscriber,
+};
 
-type Running = (
-    JoinHandle<Result<(), chronicle_bus::SubscriberError>>,
-    tokio::sync::oneshot::Sender<()>,
-);
-
-fn start_projector(pool: &PgPool, client: &async_nats::Client, faults: Faults) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let projector = Projector::new(
-        InventoryProjection,
-        pool.clone(),
-        client.clone(),
-        ProjectorConfig::default(),
-    )
-    .with_faults(faults);
-    let handle = tokio::spawn(projector.run(async move {
-        let _ = rx.await;
-    }));
-    (handle, tx)
-}
-
-async fn stop((handle, stop): Running) {
-    let _ = stop.send(());
-    handle.await.unwrap().expect("the projector stops cleanly");
+fn start_projector(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    faults: Faults,
+) -> RunningSubscriber {
+    start_inventory_projector(pool, client, |p| p.with_faults(faults))
 }
 
 /// A deterministic mix of receives, reserves, releases and commits over `items` SKUs.
@@ -143,7 +128,7 @@ async fn the_projector_builds_the_inventory_read_model_from_the_stream() {
     workload(&bus, 5, 3).await;
     caught_up(&pool, &bus, 5).await;
     assert_matches_aggregates(&pool, &bus, 5).await;
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }
 
@@ -174,7 +159,7 @@ async fn crash_and_restart_counts_nothing_twice(point: &str) {
     receive(&bus, "SKU-000", 4).await;
     caught_up(&pool, &bus, 20).await;
     assert_matches_aggregates(&pool, &bus, 20).await;
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }
 
@@ -223,6 +208,6 @@ async fn replaying_the_log_rebuilds_the_same_rows_byte_for_byte_while_the_projec
     receive(&bus, "SKU-003", 1).await;
     caught_up(&pool, &bus, 10).await;
     assert_matches_aggregates(&pool, &bus, 10).await;
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }

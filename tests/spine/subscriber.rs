@@ -15,19 +15,15 @@ use async_nats::jetstream::{self, consumer::pull};
 use chronicle_bus::{
     Handler, HandlerError, OnFailure, Subscriber, SubscriberConfig, SubscriberError,
 };
-use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
 use chronicle_schemas::Envelope;
 use chronicle_tests::{eventually, TestDb, TestNats};
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
-use tokio::task::JoinHandle;
 
-use crate::common::{bus, create_item, start_relay, wait_relayed};
-
-type Running = (
-    JoinHandle<Result<(), SubscriberError>>,
-    tokio::sync::oneshot::Sender<()>,
-);
+use crate::common::{
+    bus, create_item, start_inventory_projector, start_relay, stop_subscriber, wait_relayed,
+    RunningSubscriber,
+};
 
 /// What the runtime reported through its observer hooks.
 #[derive(Default)]
@@ -49,7 +45,7 @@ impl chronicle_bus::Observer for Counts {
     }
 }
 
-fn start_projector(pool: &PgPool, client: &async_nats::Client) -> Running {
+fn start_projector(pool: &PgPool, client: &async_nats::Client) -> RunningSubscriber {
     start_observed_projector(pool, client, Arc::default())
 }
 
@@ -57,24 +53,8 @@ fn start_observed_projector(
     pool: &PgPool,
     client: &async_nats::Client,
     counts: Arc<Counts>,
-) -> Running {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let projector = Projector::new(
-        InventoryProjection,
-        pool.clone(),
-        client.clone(),
-        ProjectorConfig::default(),
-    )
-    .with_observer(counts);
-    let handle = tokio::spawn(projector.run(async move {
-        let _ = rx.await;
-    }));
-    (handle, tx)
-}
-
-async fn stop((handle, stop): Running) {
-    let _ = stop.send(());
-    handle.await.unwrap().expect("the subscriber stops cleanly");
+) -> RunningSubscriber {
+    start_inventory_projector(pool, client, |p| p.with_observer(counts))
 }
 
 /// Servers, a relay and a command bus: what each test here starts from.
@@ -190,7 +170,7 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
         601,
         "each event handled once"
     );
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }
 
@@ -219,7 +199,7 @@ async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothin
         create_item(&bus, &format!("B-{i}"), 1).await;
     }
     wait_items(&pool, 40, Duration::from_secs(30)).await;
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }
 
@@ -245,7 +225,7 @@ async fn nats_killed_and_restarted_mid_stream_the_projector_misses_nothing() {
         .restart()
         .expect("nats-server restarts on its port and store");
     wait_items(&pool, 100, Duration::from_secs(40)).await;
-    stop(projector).await;
+    stop_subscriber(projector).await;
     relay.stop().await;
 }
 
@@ -321,7 +301,7 @@ fn start_recorder(
     client: &async_nats::Client,
     recorder: &Recorder,
     on_failure: OnFailure,
-) -> Running {
+) -> RunningSubscriber {
     start_observed_recorder(pool, client, recorder, on_failure, Arc::default())
 }
 
@@ -331,7 +311,7 @@ fn start_observed_recorder(
     recorder: &Recorder,
     on_failure: OnFailure,
     counts: Arc<Counts>,
-) -> Running {
+) -> RunningSubscriber {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let subscriber = Subscriber::new(
         recorder.clone(),
@@ -420,7 +400,7 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
     assert_eq!(status(&pool, &client).await.status, "live");
 
     // Nothing runs the subscriber: a retry says so instead of hanging.
-    stop(running).await;
+    stop_subscriber(running).await;
     assert!(matches!(
         chronicle_bus::request_retry(&client, "recorder", None).await,
         Err(SubscriberError::NotRunning(_))
@@ -481,7 +461,7 @@ async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_i
         },
     )
     .await;
-    stop(running).await;
+    stop_subscriber(running).await;
     relay.stop().await;
 }
 
@@ -511,7 +491,7 @@ async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
         "{}",
         parked[0].error
     );
-    stop(running).await;
+    stop_subscriber(running).await;
     relay.stop().await;
 }
 
