@@ -1,9 +1,9 @@
 //! The component list: every process role, declared once (DESIGN.md, "The shared runtime").
 //!
-//! A new bounded context adds its read models to `chronicle_projections::READ_MODELS`
-//! and its sagas or other subscribers here, and every way of running Chronicle picks them
-//! up: `chronicle up`, `chronicle project --all`, the test harness, `compose.yaml`, and
-//! `GET /api/v1/projections`.
+//! The roles come from the one list of contexts ([`crate::contexts`]): a projector per read
+//! model, and each context's processes. Every way of running Chronicle picks them up:
+//! `chronicle up`, `chronicle project --all`, the test harness, `compose.yaml`, and
+//! `GET /api/v1/projections`. A new kind of process is a variant here.
 
 use std::{future::Future, pin::Pin, sync::Mutex};
 
@@ -13,14 +13,13 @@ use chronicle_commands::{contexts, CommandExecutor, Databases};
 use chronicle_gateway::{AppState, ContextStates, GatewayConfig};
 
 use crate::payments::{PaymentRules, SimulatedPayments};
-use chronicle_projections::{read_model, ProjectorConfig, READ_MODELS};
+use chronicle_projections::ProjectorConfig;
+
+use crate::contexts::{read_model, read_models, CONTEXTS};
 use chronicle_sagas::{
     AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
     Scheduler, SchedulerConfig, ALERT_NOTIFIER, ORDER_SAGA,
 };
-
-/// The sagas, by the name `chronicle saga <name>` takes.
-pub const SAGAS: &[&str] = &["orders"];
 
 /// One process role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,17 +41,25 @@ pub enum Component {
     Gateway,
 }
 
-/// Every component, in start order: the relay, the projectors, the sagas, the janitor,
-/// the scheduler, the alert engine, the gateway.
+/// Every component, in start order: the relay, every context's projectors, every
+/// context's processes, the gateway.
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
-    all.extend(READ_MODELS.iter().map(|m| Component::Projector(m.name())));
-    all.extend(SAGAS.iter().map(|name| Component::Saga(name)));
-    all.push(Component::Janitor);
-    all.push(Component::Scheduler);
-    all.push(Component::AlertEngine);
+    all.extend(read_models().map(|m| Component::Projector(m.name())));
+    all.extend(CONTEXTS.iter().flat_map(|c| c.processes.iter().copied()));
     all.push(Component::Gateway);
     all
+}
+
+/// The sagas, by the name `chronicle saga <name>` takes.
+pub fn sagas() -> Vec<&'static str> {
+    all()
+        .into_iter()
+        .filter_map(|c| match c {
+            Component::Saga(name) => Some(name),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every reader of the log the components run, for status reports and parked events.
@@ -68,7 +75,7 @@ impl Component {
 
     /// The saga called `name`, if there is one.
     pub fn saga(name: &str) -> Option<Self> {
-        SAGAS.iter().find(|s| **s == name).map(|s| Self::Saga(s))
+        sagas().into_iter().find(|s| *s == name).map(Self::Saga)
     }
 
     /// What the deployment knows of it, in one place: each role is one row here, and one
@@ -467,12 +474,15 @@ mod tests {
     #[test]
     fn every_projection_and_saga_is_a_component_and_a_subscriber() {
         let names: Vec<String> = all().iter().map(Component::name).collect();
-        for model in READ_MODELS {
+        for model in read_models() {
             assert!(names.contains(&format!("projector-{}", model.name())));
         }
         assert!(names.contains(&"saga-orders".to_owned()));
         // The alert engine's notifier is a reader of the log too.
-        assert_eq!(subscribers().len(), READ_MODELS.len() + SAGAS.len() + 1);
+        assert_eq!(
+            subscribers().len(),
+            read_models().count() + sagas().len() + 1
+        );
         assert_eq!(
             Component::projector("inventory"),
             Some(Component::Projector("inventory"))

@@ -7,6 +7,9 @@
 //!   `chronicle up`, the role subcommands, the test harness (`chronicle-tests`) and
 //!   `compose.yaml` (written by `chronicle compose`, checked by a test) all come from it.
 //!
+//! - [`contexts`]: the one list of bounded contexts, each with its routes, read models and
+//!   processes; the component list, the gateway and the tools read it.
+//!
 //! - [`schemas`]: `chronicle schemas export`, the event contracts as files.
 //!
 //! - [`payments`]: the simulated payment provider the order processes (gateways charging,
@@ -15,6 +18,7 @@
 //! The binary (`src/main.rs`) adds the command line, the settings and the embedded servers.
 
 pub mod components;
+pub mod contexts;
 pub mod payments;
 pub mod schemas;
 

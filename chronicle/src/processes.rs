@@ -5,10 +5,11 @@ use std::{future::Future, time::Duration};
 
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
+use chronicle::contexts::{read_model, read_models};
 use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
-use chronicle_projections::{ProjectorConfig, READ_MODELS};
+use chronicle_projections::ProjectorConfig;
 use chronicle_sagas::OrderSagaConfig;
 use sqlx::postgres::PgPoolOptions;
 use tokio::{sync::watch, task::JoinSet};
@@ -28,7 +29,7 @@ pub fn saga_component(name: &str) -> anyhow::Result<Component> {
     Component::saga(name).with_context(|| {
         format!(
             "unknown saga {name:?}; known: {}",
-            components::SAGAS.join(", ")
+            components::sagas().join(", ")
         )
     })
 }
@@ -50,17 +51,14 @@ pub fn projector_components(name: Option<&str>, all: bool) -> anyhow::Result<Vec
 /// When none or an unknown one is named.
 pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<String>> {
     let known = || {
-        READ_MODELS
-            .iter()
+        read_models()
             .map(|m| m.name())
             .collect::<Vec<_>>()
             .join(", ")
     };
     match (name, all) {
-        (_, true) => Ok(READ_MODELS.iter().map(|m| m.name().to_owned()).collect()),
-        (Some(name), false) if chronicle_projections::read_model(name).is_some() => {
-            Ok(vec![name.to_owned()])
-        }
+        (_, true) => Ok(read_models().map(|m| m.name().to_owned()).collect()),
+        (Some(name), false) if read_model(name).is_some() => Ok(vec![name.to_owned()]),
         (Some(name), false) => bail!("unknown projection {name:?}; known: {}", known()),
         (None, false) => bail!("name a projection ({}) or pass --all", known()),
     }
@@ -295,8 +293,7 @@ pub async fn replay(
             let percent = (done * 100).checked_div(total).unwrap_or(100);
             eprint!("\r{name}: {done}/{total} events ({percent}%)");
         };
-        let model = chronicle_projections::read_model(&name)
-            .with_context(|| format!("unknown projection {name:?}"))?;
+        let model = read_model(&name).with_context(|| format!("unknown projection {name:?}"))?;
         let (db, nats) = (&connections.db, &connections.nats);
         let replayed = if from_store {
             model

@@ -456,7 +456,7 @@ impl Settings {
                 self.gateway.header_read_timeout_seconds,
             ),
             subscribers: crate::processes::subscribers(),
-            ..chronicle_gateway::GatewayConfig::new(secret)
+            ..chronicle_gateway::GatewayConfig::new(secret, chronicle::contexts::hosted())
         };
         config
             .contexts

@@ -45,8 +45,8 @@ pub use freshness::Freshness;
 pub use hub::ChatConfig;
 pub use routes::router;
 pub use routes::{
-    files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig,
-    monitoring::MonitoringConfig, problem_codes,
+    contexts, files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig,
+    monitoring::MonitoringConfig, problem_codes, Context,
 };
 pub use settings::{ContextSetting, ContextSettings};
 pub use state::{AppState, ContextStates, GatewayConfig, RateLimit};

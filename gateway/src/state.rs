@@ -40,14 +40,17 @@ pub struct GatewayConfig {
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
     /// the component list's, handed in by whoever builds the gateway.
     pub subscribers: Vec<chronicle_bus::SubscriberRef>,
-    /// What the contexts' routes are configured with: one group per context, each
+    /// The contexts this gateway serves: their routes, problem codes, settings and state.
+    pub hosted: Vec<crate::routes::Context>,
+    /// What the hosted contexts' routes are configured with: one group per context, each
     /// declared beside that context's routes, kept by its type.
     pub contexts: crate::settings::ContextSettings,
 }
 
 impl GatewayConfig {
-    /// Defaults for everything but the signing key.
-    pub fn new(jwt_secret: Secret) -> Self {
+    /// Defaults for everything but the signing key, serving the `hosted` contexts (each
+    /// context's settings group at its defaults).
+    pub fn new(jwt_secret: Secret, hosted: Vec<crate::routes::Context>) -> Self {
         Self {
             jwt_secret,
             token_ttl: Duration::from_secs(24 * 3600),
@@ -56,8 +59,9 @@ impl GatewayConfig {
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
-            subscribers: chronicle_projections::subscriber_refs(),
-            contexts: crate::routes::context_settings(),
+            subscribers: Vec::new(),
+            contexts: crate::routes::context_settings(&hosted),
+            hosted,
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct Shared {
     /// services it was handed), by type.
     pub contexts: ContextStates,
     pub(crate) limiter: Option<RateLimiter>,
+    /// `/openapi.json`, built from the hosted contexts' routes.
+    pub(crate) openapi: axum::body::Bytes,
     /// The WebSocket hub's live room feed (one per process).
     pub(crate) hub: crate::hub::Hub,
 }
@@ -112,6 +118,7 @@ impl AppState {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
             limiter: config.rate_limit.map(RateLimiter::new),
+            openapi: crate::routes::openapi::document_json(&config.hosted),
             hub: crate::hub::Hub::new(config.contexts.get::<crate::hub::ChatConfig>().presence_ttl),
             contexts,
             db,

@@ -8,8 +8,8 @@
 //!   ([`chronicle_bus::Subscriber`]): each batch is applied and the checkpoint (the stream
 //!   sequence) advanced in ONE transaction, in stream order, never past an event it has not
 //!   applied; an event that keeps failing is parked (DESIGN.md invariants 4 and 8).
-//! - [`ReadModel`]: a projection with its type erased, and [`READ_MODELS`], every read
-//!   model as one list of values: what the projector role, replay, set-up and status read.
+//! - [`ReadModel`]: a projection with its type erased, a value each context lists
+//!   (`chronicle::contexts`): what the projector role, replay, set-up and status read.
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
 //! - [`alerts`]: alert rules and every alert with its state (monitoring).
@@ -41,6 +41,6 @@ pub mod series;
 pub mod users;
 
 pub use projection::{Projection, ProjectionError};
-pub use registry::{read_model, subscriber_refs, Erased, ReadModel, READ_MODELS};
+pub use registry::{Erased, ReadModel};
 pub use replay::{replay, replay_from_store, ReplayStats};
 pub use runtime::{durable_name, setup, Apply, Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -1,21 +1,18 @@
-//! Every read model as a value ([`ReadModel`]), for the processes and tools that pick one at
-//! run time: the projector role, replay, set-up, status reports and parked events.
+//! A read model as a value ([`ReadModel`]), for the processes and tools that pick one at run
+//! time: the projector role, replay, set-up, status reports and parked events. The list of
+//! them is each context's, in `chronicle::contexts`.
 
 use chronicle_bus::{Faults, SubscriberError, SubscriberRef};
 use chronicle_commands::Databases;
 use futures::future::{BoxFuture, LocalBoxFuture};
 
 use crate::{
-    alerts::AlertsProjection, business::BusinessMetricsProjection,
-    chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
-    inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
-    posts::PostsProjection, runtime::durable_name, users::UsersProjection, Projection,
-    ProjectionError, Projector, ProjectorConfig, ReplayStats,
+    runtime::durable_name, Projection, ProjectionError, Projector, ProjectorConfig, ReplayStats,
 };
 
 /// What the projector, replay and set-up do with a read model, whatever its type: a
-/// [`Projection`] with its type erased ([`Erased`]), so that the read models are one list
-/// of values ([`READ_MODELS`]) that others can add to.
+/// [`Projection`] with its type erased ([`Erased`]), so that the read models are values a
+/// context can list.
 pub trait ReadModel: Send + Sync {
     /// Its [`Projection::name`].
     fn name(&self) -> &'static str;
@@ -126,28 +123,4 @@ impl<P: Projection + Clone> ReadModel for Erased<P> {
             &self.0, db, client, batch_max, progress,
         ))
     }
-}
-
-/// Every read model this crate provides: what `chronicle up` runs and
-/// `GET /api/v1/projections` reports, in that order.
-pub const READ_MODELS: &[&dyn ReadModel] = &[
-    &Erased(InventoryProjection),
-    &Erased(OrdersProjection),
-    &Erased(PostsProjection),
-    &Erased(UsersProjection),
-    &Erased(ChatHistoryProjection),
-    &Erased(FileMetadataProjection),
-    &Erased(JobsProjection),
-    &Erased(AlertsProjection),
-    &Erased(BusinessMetricsProjection),
-];
-
-/// The read model called `name`, if there is one.
-pub fn read_model(name: &str) -> Option<&'static dyn ReadModel> {
-    READ_MODELS.iter().copied().find(|m| m.name() == name)
-}
-
-/// Every read model as a reader of the log, for status reports.
-pub fn subscriber_refs() -> Vec<SubscriberRef> {
-    READ_MODELS.iter().map(|m| m.subscriber()).collect()
 }

@@ -305,7 +305,7 @@ pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
 /// The rows of every read model, each table's rows as sorted JSON text.
 pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();
-    for model in chronicle_projections::READ_MODELS {
+    for model in chronicle::contexts::read_models() {
         let (name, context) = (model.name(), model.context());
         for table in model.tables() {
             let rows: Vec<String> = sqlx::query_scalar(&format!(

@@ -733,7 +733,7 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
         .await
         .unwrap();
     let client = app.nats.client().await;
-    chronicle_projections::read_model("posts")
+    chronicle::contexts::read_model("posts")
         .expect("a known projection")
         .replay(app.databases(), &client, 3, &mut |_, _| {})
         .await
@@ -912,7 +912,7 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     };
     let live = rows().await;
     let client = app.nats.client().await;
-    chronicle_projections::read_model("posts")
+    chronicle::contexts::read_model("posts")
         .expect("a known projection")
         .replay(app.databases(), &client, 2, &mut |_, _| {})
         .await

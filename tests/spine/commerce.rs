@@ -961,7 +961,7 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         .await
         .unwrap();
     let client = app.nats.client().await;
-    let stats = chronicle_projections::read_model("orders")
+    let stats = chronicle::contexts::read_model("orders")
         .expect("a known projection")
         .replay(app.databases(), &client, 2, &mut |_, _| {})
         .await

@@ -241,7 +241,7 @@ pub async fn assert_replays_byte_for_byte(
     damage: &str,
     batch: usize,
 ) {
-    let context = chronicle_projections::read_model(projection)
+    let context = chronicle::contexts::read_model(projection)
         .expect("a projection")
         .context();
     let live = rows_of(&app.pool, context, tables).await;
@@ -252,7 +252,7 @@ pub async fn assert_replays_byte_for_byte(
         "the damage shows"
     );
     let client = app.nats.client().await;
-    chronicle_projections::read_model(projection)
+    chronicle::contexts::read_model(projection)
         .expect("a known projection")
         .replay(app.databases(), &client, batch, &mut |_, _| {})
         .await

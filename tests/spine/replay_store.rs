@@ -46,7 +46,7 @@ async fn rows(app: &TestApp) -> Vec<String> {
 
 async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
     let client = app.nats.client().await;
-    chronicle_projections::read_model("inventory")
+    chronicle::contexts::read_model("inventory")
         .expect("a known projection")
         .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
         .await
@@ -247,7 +247,7 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
         .await
         .unwrap();
     let client = app.nats.client().await;
-    let stats = chronicle_projections::read_model("chat_history")
+    let stats = chronicle::contexts::read_model("chat_history")
         .expect("a known projection")
         .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
         .await

@@ -29,7 +29,7 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     assert_eq!(placed.status(), StatusCode::CREATED);
 
     // Every projection's tables are in its context's schema, none in `public`.
-    for model in chronicle_projections::READ_MODELS {
+    for model in chronicle::contexts::read_models() {
         let (name, context) = (model.name(), model.context());
         for table in model.tables() {
             let schemas: Vec<String> =

@@ -130,14 +130,17 @@ impl TestApp {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let mut gateway = chronicle_gateway::GatewayConfig::new(chronicle_gateway::Secret::new(
-            format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            )
-            .into_bytes(),
-        ));
+        let mut gateway = chronicle_gateway::GatewayConfig::new(
+            chronicle_gateway::Secret::new(
+                format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                )
+                .into_bytes(),
+            ),
+            chronicle::contexts::hosted(),
+        );
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
         gateway
             .contexts
@@ -190,7 +193,7 @@ impl TestApp {
         for component in components::all() {
             if let Component::Projector(name) = component {
                 // Tables first, so a test can query a read model before it has an event.
-                chronicle_projections::read_model(name)
+                chronicle::contexts::read_model(name)
                     .expect("a known projection")
                     .setup(&databases)
                     .await

@@ -31,7 +31,7 @@ pub(super) fn routes() -> Routes {
 }
 
 /// The blog context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes,
     problems: &["comment_exists", "post_exists", "post_not_published"],
     settings: |_| {},

@@ -35,7 +35,7 @@ fn chat_routes() -> Routes {
 }
 
 /// The chat context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes: chat_routes,
     problems: &["direct_room_exists", "direct_room_fixed", "room_exists"],
     settings: |s| {

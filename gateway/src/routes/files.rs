@@ -52,7 +52,7 @@ fn files_routes() -> Routes {
 }
 
 /// The files context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes: files_routes,
     problems: &[
         "checksum_mismatch",

@@ -27,7 +27,7 @@ pub struct IdentityConfig {
 }
 
 /// The identity context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes,
     problems: &[
         "already_registered",

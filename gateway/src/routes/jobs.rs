@@ -25,7 +25,7 @@ pub struct JobsConfig {
 }
 
 /// The scheduler context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes,
     problems: &[
         "job_busy",

@@ -72,38 +72,38 @@ where
     (schemas, paths, handlers.layer(layer))
 }
 
-/// One bounded context as the gateway hosts it, declared once, in the context's own routes
-/// module: everything the gateway enumerates (the router, `/openapi.json` and its problem
-/// codes) reads [`CONTEXTS`].
-pub(crate) struct Context {
+/// One bounded context as the gateway hosts it, declared in the context's own routes
+/// module. The gateway serves the contexts its configuration names
+/// ([`GatewayConfig::hosted`]); the router, `/openapi.json` and its problem codes, the
+/// settings groups and the state read that list.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
     /// Its routes, each with its OpenAPI operation.
-    pub(crate) routes: fn() -> Routes,
+    pub routes: fn() -> Routes,
     /// The problem `code`s its routes and its domain answer, beyond the host's own
     /// ([`crate::schema::HOST_PROBLEMS`]). Each code is declared by one context.
-    pub(crate) problems: &'static [&'static str],
+    pub problems: &'static [&'static str],
     /// Declares its settings groups ([`ContextSettings::declare`]), if it has any.
-    pub(crate) settings: fn(&mut ContextSettings),
+    pub settings: fn(&mut ContextSettings),
     /// Adds what it keeps in a gateway process, unless the builder handed it in.
-    pub(crate) state: fn(&GatewayConfig, &mut ContextStates),
+    pub state: fn(&GatewayConfig, &mut ContextStates),
 }
 
-/// Every context the gateway serves.
-pub(crate) const CONTEXTS: [Context; 7] = [
-    identity::CONTEXT,
-    orders::CONTEXT,
-    blog::CONTEXT,
-    chat::CONTEXT,
-    files::CONTEXT,
-    jobs::CONTEXT,
-    monitoring::CONTEXT,
-];
+/// Each context's routes as the gateway hosts them, by the context's name.
+pub mod contexts {
+    pub use super::{
+        blog::CONTEXT as BLOG, chat::CONTEXT as CHAT, files::CONTEXT as FILES,
+        identity::CONTEXT as IDENTITY, jobs::CONTEXT as SCHEDULER,
+        monitoring::CONTEXT as MONITORING, orders::CONTEXT as COMMERCE,
+    };
+}
 
 /// Every documented route: the host's own (health, metrics, the readers' status) and each
-/// context's, with the document's shared parts (title, security, common schemas) from
-/// [`openapi::ApiDoc`].
-pub(crate) fn api() -> Routes {
+/// hosted context's, with the document's shared parts (title, security, common schemas)
+/// from [`openapi::ApiDoc`].
+pub(crate) fn api(hosted: &[Context]) -> Routes {
     use utoipa::OpenApi as _;
-    CONTEXTS.iter().fold(
+    hosted.iter().fold(
         Routes::with_openapi(openapi::ApiDoc::openapi())
             .merge(health::routes())
             .merge(projections::routes()),
@@ -111,27 +111,27 @@ pub(crate) fn api() -> Routes {
     )
 }
 
-/// Every context's settings groups, at their defaults.
-pub(crate) fn context_settings() -> ContextSettings {
+/// The settings groups of the `hosted` contexts, at their defaults.
+pub(crate) fn context_settings(hosted: &[Context]) -> ContextSettings {
     let mut settings = ContextSettings::default();
-    for context in &CONTEXTS {
+    for context in hosted {
         (context.settings)(&mut settings);
     }
     settings
 }
 
-/// Adds what each context keeps in a gateway process.
+/// Adds what each hosted context keeps in a gateway process.
 pub(crate) fn context_states(config: &GatewayConfig, states: &mut ContextStates) {
-    for context in &CONTEXTS {
+    for context in &config.hosted {
         (context.state)(config, states);
     }
 }
 
-/// Every problem `code` an answer may carry, sorted: the host's and every context's.
-pub fn problem_codes() -> Vec<&'static str> {
+/// Every problem `code` an answer may carry, sorted: the host's and every hosted context's.
+pub fn problem_codes(hosted: &[Context]) -> Vec<&'static str> {
     let mut codes: Vec<&'static str> = crate::schema::HOST_PROBLEMS
         .iter()
-        .chain(CONTEXTS.iter().flat_map(|c| c.problems))
+        .chain(hosted.iter().flat_map(|c| c.problems))
         .copied()
         .collect();
     codes.sort_unstable();
@@ -203,7 +203,7 @@ pub fn router(state: AppState) -> Router {
             .unwrap_or("-");
         tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
     });
-    let (documented, _) = api().split_for_parts();
+    let (documented, _) = api(&state.config.hosted).split_for_parts();
     let routes = Router::new()
         .merge(documented)
         .merge(openapi::routes())
@@ -249,19 +249,4 @@ pub fn router(state: AppState) -> Router {
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_problem_code_is_declared_once() {
-        let declared: Vec<&str> = crate::schema::HOST_PROBLEMS
-            .iter()
-            .chain(CONTEXTS.iter().flat_map(|c| c.problems))
-            .copied()
-            .collect();
-        assert_eq!(declared.len(), problem_codes().len(), "{declared:?}");
-    }
 }

@@ -62,7 +62,7 @@ impl Default for MonitoringConfig {
 }
 
 /// The monitoring context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes,
     problems: &[
         "alert_not_firing",

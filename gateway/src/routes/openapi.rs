@@ -10,7 +10,6 @@
 use axum::{
     http::header,
     response::{Html, IntoResponse},
-    Json,
 };
 use utoipa::{
     openapi::{
@@ -63,7 +62,7 @@ impl Modify for OperationIds {
 /// The `Problem` schema's `code` lists every code an answer may carry
 /// ([`super::problem_codes`]): a client can match on them, and a validator of answers
 /// (schemathesis) fails on one it does not know.
-fn enumerate_problem_codes(document: &mut Document) {
+fn enumerate_problem_codes(document: &mut Document, hosted: &[super::Context]) {
     use utoipa::openapi::{schema::Schema, RefOr};
     let code = document
         .components
@@ -74,7 +73,12 @@ fn enumerate_problem_codes(document: &mut Document) {
             _ => None,
         });
     if let Some(RefOr::T(Schema::Object(code))) = code {
-        code.enum_values = Some(super::problem_codes().into_iter().map(Into::into).collect());
+        code.enum_values = Some(
+            super::problem_codes(hosted)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        );
     }
 }
 
@@ -109,15 +113,15 @@ impl Modify for BearerAuth {
 )]
 pub struct ApiDoc;
 
-/// The document, built once from every context's routes.
-pub fn document() -> &'static Document {
-    static DOCUMENT: std::sync::OnceLock<Document> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        let mut document = super::api().into_openapi();
-        OperationIds.modify(&mut document);
-        enumerate_problem_codes(&mut document);
-        document
-    })
+/// The document of the `hosted` contexts' routes and the host's own, as JSON: built once,
+/// when the gateway's state is.
+pub(crate) fn document_json(hosted: &[super::Context]) -> axum::body::Bytes {
+    let mut document = super::api(hosted).into_openapi();
+    OperationIds.modify(&mut document);
+    enumerate_problem_codes(&mut document, hosted);
+    serde_json::to_vec(&document)
+        .expect("an OpenAPI document serializes")
+        .into()
 }
 
 /// This module's routes.
@@ -128,8 +132,13 @@ pub(super) fn routes() -> axum::Router<crate::state::AppState> {
         .route("/docs", get(docs))
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    Json(document())
+async fn openapi_json(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
 }
 
 /// A page listing every operation of `/openapi.json`, without anything fetched from

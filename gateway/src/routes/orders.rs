@@ -33,7 +33,7 @@ fn commerce_routes() -> Routes {
 }
 
 /// The commerce context as the gateway hosts it.
-pub(super) const CONTEXT: Context = Context {
+pub const CONTEXT: Context = Context {
     routes: commerce_routes,
     problems: &[
         "coupon_exhausted",
