@@ -36,8 +36,8 @@ pub use content::{
 pub use presence::{Presence, PresenceView, PRESENCE_BUCKET, PRESENCE_TTL};
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use stream::{
-    connect, ensure_events_stream, ensure_events_stream_with, last_sequence_on_subject, BusError,
-    NatsError, EVENTS_STREAM,
+    await_events_stream, connect, ensure_events_stream, ensure_events_stream_with,
+    last_sequence_on_subject, BusError, NatsError, EVENTS_STREAM,
 };
 pub use subscriber::{
     lock_checkpoint, parked, read_checkpoint, request_retry, setup as setup_subscriber_tables,

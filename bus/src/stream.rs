@@ -137,6 +137,37 @@ pub async fn ensure_events_stream_with(
     }
 }
 
+/// [`ensure_events_stream_with`], tried again while it fails, for up to `patience`: a
+/// process that starts while JetStream cannot answer (a cluster electing a leader, nodes
+/// restarting) waits for it instead of exiting. Each failure is logged with its cause; the
+/// last one is returned when `patience` runs out.
+///
+/// # Errors
+/// As [`ensure_events_stream_with`], once `patience` has passed.
+pub async fn await_events_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+    patience: Duration,
+) -> Result<jetstream::stream::Stream, BusError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match ensure_events_stream_with(js, replicas).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(
+                    error = %crate::ErrorChain(&e),
+                    retry_in_ms = pause.as_millis() as u64,
+                    "the EVENTS stream cannot be provisioned yet; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The aggregate sequence of the last event stored on `subject`, 0 when there is none.
 ///
 /// # Errors

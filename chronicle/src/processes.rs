@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
 use chronicle::contexts::{read_model, read_models};
-use chronicle_bus::{ensure_events_stream_with, Faults, RelayConfig, SubscriberRef};
+use chronicle_bus::{await_events_stream, Faults, RelayConfig, SubscriberRef};
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
 use chronicle_projections::ProjectorConfig;
@@ -64,6 +64,9 @@ pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<Str
     }
 }
 
+/// How long a starting process waits for JetStream to provision the `EVENTS` stream.
+const STREAM_PATIENCE: Duration = Duration::from_secs(60);
+
 struct Connections {
     db: Databases,
     nats: async_nats::Client,
@@ -87,9 +90,12 @@ async fn connect(
     let nats = chronicle_bus::connect(nats_url)
         .await
         .context("connecting to NATS")?;
-    ensure_events_stream_with(
+    // A role started while the cluster recovers (a leader election, nodes restarting) waits
+    // for JetStream rather than exiting.
+    await_events_stream(
         &async_nats::jetstream::new(nats.clone()),
         settings.servers.stream_replicas,
+        STREAM_PATIENCE,
     )
     .await
     .context("provisioning the EVENTS stream")?;

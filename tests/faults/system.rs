@@ -117,12 +117,12 @@ impl System {
                 cluster: None,
             }],
             Nats::Cluster => {
-                let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+                let route_ports: Vec<u16> = (0..3).map(|_| chronicle_tests::free_port()).collect();
                 (0..3)
                     .map(|i| NatsOptions {
                         store_dir: dir.path().join(format!("nats-n{}", i + 1)),
                         // Fixed, so a node started again is where the clients look.
-                        port: Some(free_port()),
+                        port: Some(chronicle_tests::free_port()),
                         cluster: Some(ClusterNode {
                             cluster_name: "chronicle-faults".into(),
                             server_name: format!("n{}", i + 1),
@@ -197,7 +197,7 @@ impl System {
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
         if component == Component::Gateway {
-            let port = free_port();
+            let port = chronicle_tests::free_port();
             name = format!("gateway-{}", copy + 1);
             env.push((
                 "CHRONICLE_HTTP_ADDR".to_owned(),
@@ -361,11 +361,4 @@ impl Drop for System {
             role.kill();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }

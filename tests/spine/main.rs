@@ -22,6 +22,7 @@ mod relay;
 mod replay_store;
 mod scheduler;
 mod schemas;
+mod stream;
 mod subscriber;
 mod tus;
 mod write_side;

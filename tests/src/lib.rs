@@ -44,6 +44,15 @@ pub fn init_tracing() {
         }
     });
 }
+/// A port free on 127.0.0.1 now, for a server that must be started on a fixed port (a
+/// cluster's nodes, a server started again where its clients look).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A `nats-server` with JetStream for one test.
 pub struct TestNats {
     pub server: NatsServer,
