@@ -137,10 +137,10 @@ pub async fn ensure_events_stream_with(
     }
 }
 
-/// [`ensure_events_stream_with`], tried again while it fails, for up to `patience`: a
-/// process that starts while JetStream cannot answer (a cluster electing a leader, nodes
-/// restarting) waits for it instead of exiting. Each failure is logged with its cause; the
-/// last one is returned when `patience` runs out.
+/// [`ensure_events_stream_with`], tried again while it fails, for up to `patience`
+/// ([`Duration::MAX`]: until it succeeds): JetStream that cannot answer for a while (a
+/// cluster electing a leader, nodes restarting) is waited for. Each failure is logged with
+/// its cause; the last one is returned when `patience` runs out.
 ///
 /// # Errors
 /// As [`ensure_events_stream_with`], once `patience` has passed.
@@ -149,12 +149,12 @@ pub async fn await_events_stream(
     replicas: usize,
     patience: Duration,
 ) -> Result<jetstream::stream::Stream, BusError> {
-    let deadline = tokio::time::Instant::now() + patience;
+    let deadline = tokio::time::Instant::now().checked_add(patience);
     let mut pause = Duration::from_millis(200);
     loop {
         match ensure_events_stream_with(js, replicas).await {
             Ok(stream) => return Ok(stream),
-            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+            Err(e) if deadline.is_none_or(|d| tokio::time::Instant::now() + pause < d) => {
                 tracing::warn!(
                     error = %crate::ErrorChain(&e),
                     retry_in_ms = pause.as_millis() as u64,

@@ -6,7 +6,9 @@ use std::{future::Future, time::Duration};
 use anyhow::{bail, Context};
 use chronicle::components::{self, Component, Wiring};
 use chronicle::contexts::{read_model, read_models};
-use chronicle_bus::{await_events_stream, Faults, RelayConfig, SubscriberRef};
+use chronicle_bus::{
+    await_events_stream, ensure_events_stream_with, Faults, RelayConfig, SubscriberRef,
+};
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
 use chronicle_projections::ProjectorConfig;
@@ -64,9 +66,6 @@ pub fn projection_names(name: Option<&str>, all: bool) -> anyhow::Result<Vec<Str
     }
 }
 
-/// How long a starting process waits for JetStream to provision the `EVENTS` stream.
-const STREAM_PATIENCE: Duration = Duration::from_secs(60);
-
 struct Connections {
     db: Databases,
     nats: async_nats::Client,
@@ -90,15 +89,24 @@ async fn connect(
     let nats = chronicle_bus::connect(nats_url)
         .await
         .context("connecting to NATS")?;
-    // A role started while the cluster recovers (a leader election, nodes restarting) waits
-    // for JetStream rather than exiting.
-    await_events_stream(
-        &async_nats::jetstream::new(nats.clone()),
-        settings.servers.stream_replicas,
-        STREAM_PATIENCE,
-    )
-    .await
-    .context("provisioning the EVENTS stream")?;
+    // The stream is provisioned before the role starts when JetStream answers, and in the
+    // background, tried again until it is, when it cannot (a cluster electing a leader, a
+    // server restarting): the role starts and serves meanwhile. The gateway answers
+    // (`/health` says NATS is down) and commands commit to the outbox; the relay and the
+    // readers of the log retry until the stream is there.
+    let js = async_nats::jetstream::new(nats.clone());
+    let replicas = settings.servers.stream_replicas;
+    if let Err(e) = ensure_events_stream_with(&js, replicas).await {
+        tracing::warn!(
+            error = %chronicle_bus::ErrorChain(&e),
+            "the EVENTS stream cannot be provisioned yet; starting, and trying again meanwhile"
+        );
+        tokio::spawn(async move {
+            if let Err(e) = await_events_stream(&js, replicas, Duration::MAX).await {
+                tracing::error!(error = %chronicle_bus::ErrorChain(&e), "the EVENTS stream was not provisioned");
+            }
+        });
+    }
     // Each context's pool on its own schema; in one database, as the same user.
     let db = Databases::new(pool, pool_size, |_, options| options);
     Ok(Connections { db, nats })
