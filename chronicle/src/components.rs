@@ -16,9 +16,10 @@ use crate::payments::{PaymentRules, SimulatedPayments};
 use chronicle_projections::ProjectorConfig;
 
 use crate::contexts::{read_model, read_models, CONTEXTS};
+use chronicle_monitoring::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
 use chronicle_sagas::{
-    AlertEngine, AlertEngineConfig, FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig,
-    Scheduler, SchedulerConfig, ALERT_NOTIFIER, ORDER_SAGA,
+    FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, Scheduler, SchedulerConfig,
+    ORDER_SAGA,
 };
 
 /// One process role.

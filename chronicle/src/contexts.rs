@@ -4,12 +4,13 @@
 //! `chronicle replay`, `compose.yaml` and the test harness all read [`CONTEXTS`].
 
 use chronicle_commands::contexts as schema;
+use chronicle_monitoring::{alerts::AlertsProjection, business::BusinessMetricsProjection};
 use chronicle_projections::{
-    alerts::AlertsProjection, business::BusinessMetricsProjection,
     chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
     inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
     posts::PostsProjection, users::UsersProjection, Erased, ReadModel,
 };
+use chronicle_schemas::contracts::EventContract;
 
 use crate::components::Component;
 
@@ -23,6 +24,9 @@ pub struct Context {
     pub read_models: &'static [&'static dyn ReadModel],
     /// Its processes besides its projectors (a saga, the scheduler, the alert engine).
     pub processes: &'static [Component],
+    /// The contracts of its events, when its crate holds them (the other contexts' events
+    /// are in `chronicle-schemas`).
+    pub contracts: fn() -> Vec<EventContract>,
 }
 
 /// Every bounded context, in the order their projectors and processes start.
@@ -32,51 +36,66 @@ pub const CONTEXTS: &[Context] = &[
         gateway: chronicle_gateway::contexts::COMMERCE,
         read_models: &[&Erased(InventoryProjection), &Erased(OrdersProjection)],
         processes: &[Component::Saga("orders")],
+        contracts: Vec::new,
     },
     Context {
         name: schema::BLOG,
         gateway: chronicle_gateway::contexts::BLOG,
         read_models: &[&Erased(PostsProjection)],
         processes: &[],
+        contracts: Vec::new,
     },
     Context {
         name: schema::IDENTITY,
         gateway: chronicle_gateway::contexts::IDENTITY,
         read_models: &[&Erased(UsersProjection)],
         processes: &[],
+        contracts: Vec::new,
     },
     Context {
         name: schema::CHAT,
         gateway: chronicle_gateway::contexts::CHAT,
         read_models: &[&Erased(ChatHistoryProjection)],
         processes: &[],
+        contracts: Vec::new,
     },
     Context {
         name: schema::FILES,
         gateway: chronicle_gateway::contexts::FILES,
         read_models: &[&Erased(FileMetadataProjection)],
         processes: &[Component::Janitor],
+        contracts: Vec::new,
     },
     Context {
         name: schema::SCHEDULER,
         gateway: chronicle_gateway::contexts::SCHEDULER,
         read_models: &[&Erased(JobsProjection)],
         processes: &[Component::Scheduler],
+        contracts: Vec::new,
     },
     Context {
         name: schema::MONITORING,
-        gateway: chronicle_gateway::contexts::MONITORING,
+        gateway: chronicle_monitoring::ROUTES,
         read_models: &[
             &Erased(AlertsProjection),
             &Erased(BusinessMetricsProjection),
         ],
         processes: &[Component::AlertEngine],
+        contracts: chronicle_monitoring::contracts,
     },
 ];
 
 /// Every context as the gateway hosts it.
 pub fn hosted() -> Vec<chronicle_gateway::Context> {
     CONTEXTS.iter().map(|c| c.gateway).collect()
+}
+
+/// The contracts of every context's events, sorted by file name.
+pub fn contracts() -> Vec<EventContract> {
+    let mut all = chronicle_schemas::contracts::event_contracts();
+    all.extend(CONTEXTS.iter().flat_map(|c| (c.contracts)()));
+    all.sort_by_key(EventContract::file_name);
+    all
 }
 
 /// Every read model, context by context.

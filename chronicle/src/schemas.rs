@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use chronicle_schemas::contracts::{envelope_schema, event_contracts};
+use chronicle_schemas::contracts::envelope_schema;
 use serde_json::json;
 
 /// Writes `envelope.schema.json`, one `events/<context>.<aggregate>.<Event>.v<N>.schema.json`
@@ -20,7 +20,7 @@ pub fn export(dir: &Path) -> anyhow::Result<usize> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     };
     write(&dir.join("envelope.schema.json"), &envelope_schema())?;
-    let contracts = event_contracts();
+    let contracts = crate::contexts::contracts();
     let mut index = Vec::with_capacity(contracts.len());
     for contract in &contracts {
         let file = format!("events/{}", contract.file_name());

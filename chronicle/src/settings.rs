@@ -357,8 +357,8 @@ pub struct MonitoringSettings {
 }
 
 impl MonitoringSettings {
-    pub fn alert_engine(&self) -> chronicle_sagas::AlertEngineConfig {
-        chronicle_sagas::AlertEngineConfig {
+    pub fn alert_engine(&self) -> chronicle_monitoring::AlertEngineConfig {
+        chronicle_monitoring::AlertEngineConfig {
             every: self.alert_every,
             retention: self.metrics_retention,
             rollup_retention: self.rollup_retention,
@@ -480,7 +480,7 @@ impl Settings {
             .set(chronicle_gateway::JobsConfig {
                 http_allow: self.scheduler.scheduler_http_allow.clone(),
             })
-            .set(chronicle_gateway::MonitoringConfig {
+            .set(chronicle_monitoring::MonitoringConfig {
                 notify_allow: self.monitoring.notify_allow.clone(),
                 retention: self.monitoring.metrics_retention,
                 collect_every: (!self.monitoring.collect_every.is_zero())

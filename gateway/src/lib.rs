@@ -14,8 +14,6 @@
 //! - `hub`: the WebSocket hub (`/ws`): live room messages, recovery, send and read over
 //!   the socket, typing.
 //! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
-//! - `collect`: Chronicle's own series (host, requests per route, subscriber lag), stored
-//!   every `collect_every` like reported samples.
 //! - `observe`: request counts and latencies by route template, and `GET /metrics`.
 //! - `protect`: rate limiting (per user and per IP) and handler timeouts.
 //! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
@@ -26,7 +24,6 @@
 
 mod auth;
 mod cache;
-mod collect;
 mod error;
 mod extract;
 mod freshness;
@@ -34,7 +31,7 @@ mod hub;
 mod observe;
 mod protect;
 mod routes;
-mod schema;
+pub mod schema;
 mod settings;
 mod state;
 pub mod thumbnail;
@@ -43,11 +40,11 @@ pub use auth::{Auth, Secret};
 pub use error::{ApiError, FieldError};
 pub use freshness::Freshness;
 pub use hub::ChatConfig;
-pub use routes::router;
 pub use routes::{
-    contexts, files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig,
-    monitoring::MonitoringConfig, problem_codes, Context,
+    contexts, files_state::FilesConfig, identity::IdentityConfig, jobs::JobsConfig, problem_codes,
+    Context,
 };
+pub use routes::{page, prelude, respond, router, with_layer, Routes};
 pub use settings::{ContextSetting, ContextSettings};
 pub use state::{AppState, ContextStates, GatewayConfig, RateLimit};
 
@@ -66,16 +63,17 @@ pub async fn serve(
         .local_addr()
         .map(|a| format!("{}:{}", host_name(), a.port()))
         .unwrap_or_else(|_| host_name());
-    let collecting = state
+    let beside: Vec<_> = state
         .config
-        .contexts
-        .get::<MonitoringConfig>()
-        .collect_every
-        .map(|every| tokio::spawn(collect::run(state.clone(), every, instance)));
+        .hosted
+        .iter()
+        .filter_map(|context| (context.beside)(&state, &instance))
+        .map(tokio::spawn)
+        .collect();
     let served = accept(listener, state, shutdown).await;
     housekeeping.abort();
-    if let Some(collecting) = collecting {
-        collecting.abort();
+    for task in beside {
+        task.abort();
     }
     served
 }

@@ -131,15 +131,3 @@ pub struct FileForm {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }
-
-/// One sample of `POST /api/v1/monitoring/samples` in JSON.
-#[derive(ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct SampleJson {
-    metric: String,
-    labels: Option<std::collections::BTreeMap<String, String>>,
-    value: f64,
-    /// RFC 3339, or seconds since the epoch; now when absent.
-    #[schema(value_type = Option<String>)]
-    at: Option<String>,
-}

@@ -12,8 +12,6 @@
 //!   (`chronicle::contexts`): what the projector role, replay, set-up and status read.
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
-//! - [`alerts`]: alert rules and every alert with its state (monitoring).
-//! - [`business`]: business series per minute, derived from the log (monitoring).
 //! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
 //! - [`file_metadata`]: files, and the live references to each stored hash (files).
 //! - [`inventory`]: the `inventory_items` read model.
@@ -21,23 +19,21 @@
 //! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
 //! - [`users`]: the `users` read model (public profiles).
-//! - [`series`]: the monitoring time-series store (samples, rollups, queries, retention);
-//!   not a projection: samples are not events.
+//!
+//! A context in a crate of its own (monitoring) keeps its read models there, on the same
+//! [`Projection`] and [`ReadModel`].
 
 mod projection;
 mod registry;
 mod replay;
 mod runtime;
 
-pub mod alerts;
-pub mod business;
 pub mod chat_history;
 pub mod file_metadata;
 pub mod inventory;
 pub mod jobs;
 pub mod orders;
 pub mod posts;
-pub mod series;
 pub mod users;
 
 pub use projection::{Projection, ProjectionError};

@@ -30,7 +30,8 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
-    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+    /// A database error while `context` (what was being done), as `map_err` takes it.
+    pub fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Database(chronicle_bus::DbError { context, source })
     }
     /// `a + b` (or `a - b` with `negate`) as a `bigint` column can hold it.
@@ -47,7 +48,7 @@ impl ProjectionError {
     }
 
     /// `value` as a `bigint`.
-    pub(crate) fn bigint(value: u64) -> Result<i64, Self> {
+    pub fn bigint(value: u64) -> Result<i64, Self> {
         i64::try_from(value).map_err(|_| Self::OutOfRange(format!("{value} does not fit a bigint")))
     }
 

@@ -12,16 +12,14 @@
 //!   abandoned uploads, after a grace period and only with the read model caught up.
 //! - [`Scheduler`]: runs every job once per due time, shared by any number of processes;
 //!   its `notify` action delivers alert notifications (`notify`: webhook or mail).
-//! - [`AlertEngine`]: evaluates the alert rules, turns alert transitions into notification
-//!   jobs, installs the default rules, applies the samples' retention.
+//! - [`Notifier`]: delivers a notification (the monitoring context's alert engine asks the
+//!   scheduler for one job per alert transition and channel).
 
-mod alerts;
 mod files;
 mod notify;
 mod orders;
 mod scheduler;
 
-pub use alerts::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
 pub use files::{FilesJanitor, FilesJanitorConfig, JanitorError, Swept};
 pub use notify::{Notifier, NotifyConfig};
 pub use orders::{deadline_job, OrderSaga, OrderSagaConfig, SagaError, ORDER_SAGA};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chronicle_bus::ErrorChain;
 use chronicle_scheduler::{AllowList, HttpTarget};
-use chronicle_schemas::monitoring::Channel;
+use chronicle_schemas::scheduler::Channel;
 use lettre::{
     message::{header::ContentType, Mailbox},
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,

@@ -9,7 +9,7 @@
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value};
 
-use crate::{blog, chat, commerce, files, identity, monitoring, scheduler, Envelope};
+use crate::{blog, chat, commerce, files, identity, scheduler, Envelope};
 
 /// One event type at one version.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,6 @@ pub fn event_contracts() -> Vec<EventContract> {
     all.extend(contracts_of::<files::TusUploadEvent>("files", "tus_upload"));
     all.extend(contracts_of::<files::ShareEvent>("files", "share"));
     all.extend(contracts_of::<scheduler::JobEvent>("scheduler", "job"));
-    all.extend(contracts_of::<monitoring::RuleEvent>("monitoring", "rule"));
     let older: Vec<EventContract> = all.iter().filter_map(older_version).collect();
     all.extend(older);
     all.sort_by_key(EventContract::file_name);
@@ -72,7 +71,7 @@ pub fn event_contracts() -> Vec<EventContract> {
 
 /// The contracts of one event enum: serde's externally tagged form (`{"Type": {...}}`)
 /// split into one schema per variant, each keeping the definitions it may refer to.
-fn contracts_of<E: JsonSchema>(
+pub fn contracts_of<E: JsonSchema>(
     context: &'static str,
     aggregate_type: &'static str,
 ) -> Vec<EventContract> {
@@ -155,7 +154,6 @@ mod tests {
         assert!(names.contains(&"blog.comment.CommentAdded.v1.schema.json".to_owned()));
         assert!(names.contains(&"blog.comment.CommentAdded.v2.schema.json".to_owned()));
         assert!(names.contains(&"commerce.order.OrderPlaced.v1.schema.json".to_owned()));
-        assert!(names.contains(&"monitoring.rule.AlertFiring.v1.schema.json".to_owned()));
         let v1 = all
             .iter()
             .find(|c| c.event_type == "CommentAdded" && c.version == "1")

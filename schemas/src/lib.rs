@@ -15,7 +15,6 @@
 //!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
 //! - [`limits`]: the input limits every domain crate applies (text, quantities, money).
-//! - [`monitoring`]: the payloads of the monitoring context (alert rules, alerts).
 //! - [`scheduler`]: the payloads of the scheduler context (jobs, runs and their outcome).
 //! - [`testing`]: running a command without a store, and the projectability check, for
 //!   the domain crates' property tests.
@@ -25,7 +24,9 @@
 
 /// `impl DomainEvent` for an event enum: each variant's event type is its name, and its
 /// version the current one ([`current_version`]: "1" until an upcaster makes another). The
-/// match is exhaustive, so a variant left out of the list does not compile.
+/// match is exhaustive, so a variant left out of the list does not compile. (A context crate
+/// using it depends on `cqrs-es`.)
+#[macro_export]
 macro_rules! event_types {
     ($events:ident: $($variant:ident),+ $(,)?) => {
         impl cqrs_es::DomainEvent for $events {
@@ -37,7 +38,7 @@ macro_rules! event_types {
             }
 
             fn event_version(&self) -> String {
-                crate::current_version(&self.event_type()).to_owned()
+                $crate::current_version(&self.event_type()).to_owned()
             }
         }
     };
@@ -52,7 +53,6 @@ pub mod contracts;
 pub mod files;
 pub mod identity;
 pub mod limits;
-pub mod monitoring;
 pub mod scheduler;
 pub mod testing;
 mod upcast;

@@ -37,7 +37,7 @@ pub enum Action {
     /// An alert notification (monitoring): a JSON POST to a webhook or a mail, retried like
     /// any run. Only system jobs send them; webhooks go only to `CHRONICLE_NOTIFY_ALLOW`.
     Notify {
-        channel: crate::monitoring::Channel,
+        channel: Channel,
         subject: String,
         /// The webhook's JSON body, and the text of the mail.
         body: String,
@@ -181,3 +181,15 @@ event_types!(JobEvent:
     RunFailed,
     RunsSkipped,
 );
+
+// An alert rule's channels (monitoring), and the `notify` action of the job that delivers
+// one. Its doc comment is the contract's description: keep it.
+/// Where a rule's notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Channel {
+    /// A JSON POST to a host `CHRONICLE_NOTIFY_ALLOW` allows.
+    Webhook { url: String },
+    /// A mail through the SMTP server of `CHRONICLE_SMTP_URL`.
+    Email { to: String },
+}

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use chronicle_schemas::contracts::event_contracts;
+use chronicle::contexts::contracts as event_contracts;
 use chronicle_tests::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};

@@ -770,7 +770,7 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
     let mut options = TestOptions {
         gateway: Box::new(|g| {
             g.contexts
-                .get_mut::<chronicle_gateway::MonitoringConfig>()
+                .get_mut::<chronicle_monitoring::MonitoringConfig>()
                 .retention = Duration::from_secs(3)
         }),
         ..TestOptions::default()
@@ -813,7 +813,7 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
 async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
     let app = TestApp::spawn_with(|g| {
         g.contexts
-            .get_mut::<chronicle_gateway::MonitoringConfig>()
+            .get_mut::<chronicle_monitoring::MonitoringConfig>()
             .collect_every = Some(Duration::from_millis(300))
     })
     .await;

@@ -74,11 +74,10 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     .await
     .unwrap();
     // Each aggregate type in its own context's store, and only there.
-    let home: std::collections::HashMap<&str, &str> =
-        chronicle_schemas::contracts::event_contracts()
-            .into_iter()
-            .map(|c| (c.aggregate_type, c.context))
-            .collect();
+    let home: std::collections::HashMap<&str, &str> = chronicle::contexts::contracts()
+        .into_iter()
+        .map(|c| (c.aggregate_type, c.context))
+        .collect();
     for (context, aggregate_type) in &stored {
         assert_eq!(home[aggregate_type.as_str()], context, "{aggregate_type}");
     }

@@ -37,7 +37,7 @@ pub struct TestOptions {
     pub scheduler: chronicle_sagas::SchedulerConfig,
     /// The alert engine's timings (by default it evaluates every 200 ms, and installs no
     /// default rules).
-    pub alerts: chronicle_sagas::AlertEngineConfig,
+    pub alerts: chronicle_monitoring::AlertEngineConfig,
     /// How the simulated payment provider answers (by default it charges at once).
     pub payments: chronicle::PaymentRules,
 }
@@ -69,11 +69,11 @@ impl Default for TestOptions {
                 },
                 ..chronicle_sagas::SchedulerConfig::default()
             },
-            alerts: chronicle_sagas::AlertEngineConfig {
+            alerts: chronicle_monitoring::AlertEngineConfig {
                 every: Duration::from_millis(200),
                 // Tests count events; the tests of the default rules turn them on.
                 default_rules: false,
-                ..chronicle_sagas::AlertEngineConfig::default()
+                ..chronicle_monitoring::AlertEngineConfig::default()
             },
             payments: chronicle::PaymentRules::default(),
         }
@@ -152,7 +152,7 @@ impl TestApp {
             .http_allow = options.scheduler.http_allow.clone();
         gateway
             .contexts
-            .get_mut::<chronicle_gateway::MonitoringConfig>()
+            .get_mut::<chronicle_monitoring::MonitoringConfig>()
             .notify_allow = options.scheduler.notify.allow.clone();
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -24,7 +24,7 @@ pub use job::{
 
 use chronicle_schemas::{
     limits::{self, Invalid},
-    monitoring::Channel,
+    scheduler::Channel,
 };
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 

@@ -32,6 +32,7 @@ pub(super) fn routes() -> Routes {
 
 /// The blog context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes,
     problems: &["comment_exists", "post_exists", "post_not_published"],
     settings: |_| {},

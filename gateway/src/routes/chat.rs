@@ -36,6 +36,7 @@ fn chat_routes() -> Routes {
 
 /// The chat context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes: chat_routes,
     problems: &["direct_room_exists", "direct_room_fixed", "room_exists"],
     settings: |s| {

@@ -53,6 +53,7 @@ fn files_routes() -> Routes {
 
 /// The files context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes: files_routes,
     problems: &[
         "checksum_mismatch",

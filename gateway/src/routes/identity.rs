@@ -28,6 +28,7 @@ pub struct IdentityConfig {
 
 /// The identity context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes,
     problems: &[
         "already_registered",

@@ -26,6 +26,7 @@ pub struct JobsConfig {
 
 /// The scheduler context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes,
     problems: &[
         "job_busy",

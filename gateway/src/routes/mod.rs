@@ -1,13 +1,15 @@
 //! The route table and the layers every request passes through.
 
 /// [`Routes`] of `handlers`, each at the method and path its `#[utoipa::path]` names: a
-/// route and its OpenAPI operation are written once, together.
+/// route and its OpenAPI operation are written once, together. (The crate using it depends
+/// on `axum`, `utoipa` and `utoipa-axum`, whose `routes!` this expands to.)
+#[macro_export]
 macro_rules! documented {
     ($($handler:path),+ $(,)?) => {
-        $crate::routes::Routes::new()$(.routes(utoipa_axum::routes!($handler)))+
+        $crate::Routes::new()$(.routes(utoipa_axum::routes!($handler)))+
     };
 }
-pub(crate) use documented;
+pub use crate::documented;
 
 mod blog;
 pub(crate) mod chat;
@@ -19,13 +21,12 @@ pub(crate) mod identity;
 mod incoming;
 mod inventory;
 pub(crate) mod jobs;
-pub(crate) mod monitoring;
 pub(crate) mod openapi;
 mod orders;
-mod page;
-mod prelude;
+pub mod page;
+pub mod prelude;
 mod projections;
-mod respond;
+pub mod respond;
 mod thumbnails;
 mod tus;
 mod uploads;
@@ -51,10 +52,10 @@ use crate::{
 /// A context's routes with their OpenAPI operations: each `.routes(routes!(handler))` takes
 /// the method and path from the handler's `#[utoipa::path]`, so a route is written once and
 /// the document cannot lack one the router serves.
-pub(crate) type Routes = utoipa_axum::router::OpenApiRouter<AppState>;
+pub type Routes = utoipa_axum::router::OpenApiRouter<AppState>;
 
 /// `routes` with `layer` on its handlers alone (a route's own body limit).
-pub(crate) fn with_layer<L>(
+pub fn with_layer<L>(
     (schemas, paths, handlers): utoipa_axum::router::UtoipaMethodRouter<AppState>,
     layer: L,
 ) -> utoipa_axum::router::UtoipaMethodRouter<AppState>
@@ -87,14 +88,16 @@ pub struct Context {
     pub settings: fn(&mut ContextSettings),
     /// Adds what it keeps in a gateway process, unless the builder handed it in.
     pub state: fn(&GatewayConfig, &mut ContextStates),
+    /// A task each gateway runs while it serves (dropped when it stops), given its state and
+    /// its instance name (`host:port`): `None` when it runs none.
+    pub beside: fn(&AppState, &str) -> Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 /// Each context's routes as the gateway hosts them, by the context's name.
 pub mod contexts {
     pub use super::{
         blog::CONTEXT as BLOG, chat::CONTEXT as CHAT, files::CONTEXT as FILES,
-        identity::CONTEXT as IDENTITY, jobs::CONTEXT as SCHEDULER,
-        monitoring::CONTEXT as MONITORING, orders::CONTEXT as COMMERCE,
+        identity::CONTEXT as IDENTITY, jobs::CONTEXT as SCHEDULER, orders::CONTEXT as COMMERCE,
     };
 }
 

@@ -19,9 +19,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::schema::{
-    FieldProblem, FileForm, IdStatusVersion, IdVersion, Page, Problem, SampleJson,
-};
+use crate::schema::{FieldProblem, FileForm, IdStatusVersion, IdVersion, Page, Problem};
 
 /// Names every operation `<tag>_<action>` (`chat_send`, `files_tus_append`): an
 /// `operationId` is unique in the document (the specification requires it, and generated
@@ -109,7 +107,7 @@ impl Modify for BearerAuth {
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page, FileForm, SampleJson)),
+    components(schemas(Problem, FieldProblem, IdVersion, IdStatusVersion, Page, FileForm)),
 )]
 pub struct ApiDoc;
 

@@ -34,6 +34,7 @@ fn commerce_routes() -> Routes {
 
 /// The commerce context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |_, _| None,
     routes: commerce_routes,
     problems: &[
         "coupon_exhausted",

@@ -1,21 +1,24 @@
-//! What a context's routes take from the host, in one import (`use super::prelude::*;`):
+//! What a context's routes take from the host, in one import
+//! (`use chronicle_gateway::prelude::*;`):
 //! the state, the extractors, the error type, the answers and paging conventions every
 //! context shares, and the descriptor a routes module ends with.
 
-pub(super) use axum::{
+pub use axum::{
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     Json,
 };
-pub(super) use chronicle_commands::contexts;
+pub use chronicle_commands::contexts;
 
-pub(super) use super::{
+pub use super::{
+    documented,
     page::{time_and_id, Page, PageParams, PageRequest},
     respond, with_layer, Context, Routes,
 };
-pub(super) use crate::{
+pub use crate::{
     error::{ApiError, FieldError},
     extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    schema,
     state::AppState,
 };

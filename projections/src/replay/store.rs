@@ -54,21 +54,34 @@ pub async fn replay_from_store<P: Projection>(
         .await
         .map_err(|e| nats("opening the stream")(e.into()))?;
     let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000;
-    let contexts: std::collections::HashMap<&str, &str> =
-        chronicle_schemas::contracts::event_contracts()
-            .into_iter()
-            .map(|c| (c.aggregate_type, c.context))
-            .collect();
+    // Each subject the projection reads names a context and an aggregate type
+    // (`events.<context>.<aggregate_type>.>`): those types are read, each from its
+    // context's store.
     let subjects = projection.subjects();
-    // Only the aggregate types whose subjects the projection reads are read at all, each
-    // from its context's store.
-    let mut sources: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for (aggregate_type, context) in &contexts {
-        let subject = format!("events.{context}.{aggregate_type}.x");
-        if subjects.iter().any(|p| subject_matches(p, &subject)) {
-            sources.entry(context).or_default().push(aggregate_type);
+    let mut sources: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for subject in &subjects {
+        match subject.split('.').collect::<Vec<_>>()[..] {
+            [_, context, aggregate_type, ..]
+                if ![context, aggregate_type]
+                    .iter()
+                    .any(|t| *t == "*" || *t == ">") =>
+            {
+                let types = sources.entry(context.to_owned()).or_default();
+                if !types.iter().any(|t| t == aggregate_type) {
+                    types.push(aggregate_type.to_owned());
+                }
+            }
+            _ => {
+                return Err(ProjectionError::Refused(format!(
+                    "{subject:?} names no context and aggregate type to read from the store"
+                )))
+            }
         }
     }
+    let contexts: std::collections::HashMap<String, String> = sources
+        .iter()
+        .flat_map(|(context, types)| types.iter().map(|t| (t.clone(), context.clone())))
+        .collect();
     let mut snapshots = Vec::with_capacity(sources.len());
     let mut positions = Vec::with_capacity(sources.len());
     let mut total = 0i64;
@@ -168,8 +181,7 @@ pub async fn replay_from_store<P: Projection>(
             let row = row.map_err(ProjectionError::db("reading the events"))?;
             let context = contexts
                 .get(row.aggregate_type.as_str())
-                .copied()
-                .unwrap_or("unknown");
+                .map_or("unknown", String::as_str);
             let subject =
                 chronicle_schemas::subject_for(context, &row.aggregate_type, &row.aggregate_id);
             if !subjects.iter().any(|p| subject_matches(p, &subject)) {

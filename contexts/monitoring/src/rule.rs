@@ -2,14 +2,12 @@
 //! transition of its alerts, so each happens once however many alert engines evaluate it
 //! (a second engine's `Evaluate` finds the transition made and decides nothing).
 
-use chronicle_schemas::{
-    limits::Invalid,
-    monitoring::{AlertState, RuleEvent, RuleSpec},
-    AggregateKind,
-};
+use chronicle_schemas::{limits::Invalid, AggregateKind};
 use chrono::{DateTime, Duration, Utc};
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
+
+use crate::events::{AlertState, RuleEvent, RuleSpec};
 
 use crate::check_spec_limits;
 

@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chronicle_monitoring::{Limits, Sample};
+use crate::{Limits, Sample};
 use chrono::{DateTime, Utc};
 use sysinfo::{Disks, Networks, System};
 
-use crate::state::AppState;
+use chronicle_gateway::AppState;
 
 /// Collects until the task is dropped (the gateway aborts it when it stops).
 pub(crate) async fn run(state: AppState, every: Duration, instance: String) {
@@ -33,7 +33,7 @@ pub(crate) async fn run(state: AppState, every: Duration, instance: String) {
         std::future::pending(),
         || async {
             let samples = collector.lock().await.collect(&state).await;
-            chronicle_projections::series::store(state.db.of(contexts::MONITORING), &samples)
+            crate::series::store(state.db.of(contexts::MONITORING), &samples)
                 .await
                 .map(|_| ())
         },
@@ -324,7 +324,7 @@ fn routes_now() -> HashMap<String, RouteCounts> {
         source: None,
         own_series: true,
     };
-    let Ok(samples) = chronicle_monitoring::parse_text(&text, &limits) else {
+    let Ok(samples) = crate::parse_text(&text, &limits) else {
         return HashMap::new();
     };
     let mut routes: HashMap<String, RouteCounts> = HashMap::new();

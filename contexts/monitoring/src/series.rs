@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use chronicle_monitoring::{Aggregation, Sample};
+use crate::{Aggregation, Sample};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::PgPool;

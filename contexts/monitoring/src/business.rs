@@ -12,7 +12,7 @@ use chronicle_schemas::{commerce::OrderEvent, files::FileEvent, Envelope};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgConnection;
 
-use crate::{Projection, ProjectionError};
+use chronicle_projections::{Projection, ProjectionError};
 
 /// The series this projection writes, by metric name.
 pub const BUSINESS_SERIES: &[&str] = &[

@@ -1,27 +1,52 @@
-//! The monitoring bounded context (API.md, Monitoring): samples reported in the Prometheus
-//! text format or JSON, and alert [`Rule`]s whose alerts go pending, fire after
-//! `for_seconds`, are acknowledged and resolve, each transition decided once.
+//! The monitoring bounded context (API.md, Monitoring), all of it: samples reported in the
+//! Prometheus text format or JSON and stored as series with retention, alert [`Rule`]s whose
+//! alerts go pending, fire after `for_seconds`, are acknowledged and resolve (each transition
+//! decided once), the alert engine, business series from the log, and the routes.
 //!
 //! # Layout
 //!
-//! - `samples`: parsing and limits of reported samples (no storage: the time-series table
-//!   is the projections crate's).
+//! The domain (no I/O and no clock: the alert engine measures and tells a rule the time):
+//! - [`events`]: the payloads of its events (alert rules, alerts), its contract with readers.
+//! - `samples`: parsing and limits of reported samples.
 //! - `rule`: the [`Rule`] aggregate with its alerts.
 //! - here: the limits of a rule and its channels, and the default rules (the seed's four).
 //!
-//! No I/O and no clock: the alert engine measures and tells a rule the time.
+//! Around it, each on the shared runtime:
+//! - [`series`]: the time-series store (samples, per-minute rollups, queries, retention);
+//!   not a projection: samples are not events.
+//! - [`alerts`]: the read model of rules and every alert with its state.
+//! - [`business`]: business series per minute, derived from other contexts' events.
+//! - [`alert_engine`]: evaluates the rules, turns alert transitions into notification jobs
+//!   on the scheduler, installs the default rules, applies the samples' retention.
+//! - `routes`: `/api/v1/monitoring`, as the gateway hosts it ([`ROUTES`]), with the
+//!   collection of Chronicle's own series each gateway runs beside them (`collect`).
 
+pub mod alert_engine;
+pub mod alerts;
+pub mod business;
+mod collect;
+pub mod events;
+mod routes;
 mod rule;
 mod samples;
+pub mod series;
 
-pub use chronicle_schemas::monitoring::{
-    Aggregation, AlertState, Channel, Comparison, RuleEvent, RuleSpec, Severity,
-};
+pub use alert_engine::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
+pub use events::{Aggregation, AlertState, Channel, Comparison, RuleEvent, RuleSpec, Severity};
+pub use routes::{MonitoringConfig, CONTEXT as ROUTES};
 pub use rule::{OpenAlert, Rule, RuleCommand, RuleError};
 pub use samples::{
     check_source, is_label_name, is_metric_name, parse_json, parse_text, Limits, Sample,
     SampleError, MAX_LABELS, MAX_LABEL_VALUE, MAX_METRIC_NAME, MAX_SAMPLES, RESERVED_PREFIXES,
 };
+
+/// The contracts of its events (`chronicle schemas export`).
+pub fn contracts() -> Vec<chronicle_schemas::contracts::EventContract> {
+    chronicle_schemas::contracts::contracts_of::<RuleEvent>(NAME, "rule")
+}
+
+/// Its name: its PostgreSQL schema, and the middle of its subjects (`events.monitoring.>`).
+pub const NAME: &str = chronicle_commands::contexts::MONITORING;
 
 use chronicle_scheduler::{AllowList, HttpTarget};
 use chronicle_schemas::limits::{self, Invalid};

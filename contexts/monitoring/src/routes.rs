@@ -3,27 +3,27 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    body::Bytes,
-    http::{header, HeaderMap},
+use crate::{
+    alerts,
+    series::{self, SeriesQuery},
 };
-use chronicle_monitoring::{
+use crate::{
     check_channels, check_source, check_spec_limits, is_label_name, is_metric_name, parse_json,
     parse_text, Aggregation, Channel, Comparison, Limits, Rule, RuleCommand, RuleSpec, Severity,
     DEFAULT_WINDOW_SECONDS,
 };
-use chronicle_projections::{
-    alerts,
-    series::{self, SeriesQuery},
+use axum::{
+    body::Bytes,
+    http::{header, HeaderMap},
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::prelude::*;
+use chronicle_gateway::prelude::*;
 
 /// This module's routes (API.md).
-pub(super) fn routes() -> Routes {
+fn routes() -> Routes {
     documented![
         report,
         query,
@@ -63,6 +63,18 @@ impl Default for MonitoringConfig {
 
 /// The monitoring context as the gateway hosts it.
 pub const CONTEXT: Context = Context {
+    beside: |state, instance| {
+        let every = state
+            .config
+            .contexts
+            .get::<MonitoringConfig>()
+            .collect_every?;
+        Some(Box::pin(crate::collect::run(
+            state.clone(),
+            every,
+            instance.to_owned(),
+        )))
+    },
     routes,
     problems: &[
         "alert_not_firing",
@@ -76,13 +88,25 @@ pub const CONTEXT: Context = Context {
     state: |_, _| {},
 };
 
+/// One sample of `POST /api/v1/monitoring/samples` in JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct SampleJson {
+    metric: String,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    value: f64,
+    /// RFC 3339, or seconds since the epoch; now when absent.
+    #[schema(value_type = Option<String>)]
+    at: Option<String>,
+}
+
 /// Most points one series of a query may have.
 const MAX_POINTS: i64 = 11_000;
 
 /// `POST /api/v1/monitoring/samples`: Prometheus text (any content type but JSON) or JSON;
 /// 202 `{"accepted": N}`; 400 `malformed_samples` naming the line (or sample) at fault, and
 /// nothing stored.
-#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content((String = "text/plain"), (Vec<crate::schema::SampleJson> = "application/json")), description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}]"), responses((status = 202, description = "202: {\"accepted\"}"), crate::schema::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/samples", tag = "monitoring", summary = "Report samples (Prometheus text or JSON; Chronicle-Source)", request_body(content((String = "text/plain"), (Vec<SampleJson> = "application/json")), description = "Prometheus text exposition format, or a JSON array [{metric, labels, value, at?}]"), responses((status = 202, description = "202: {\"accepted\"}"), schema::Problems))]
 pub async fn report(
     State(state): State<AppState>,
     _caller: Caller,
@@ -136,7 +160,7 @@ pub async fn report(
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": accepted}))).into_response())
 }
 
-fn malformed(error: chronicle_monitoring::SampleError) -> ApiError {
+fn malformed(error: crate::SampleError) -> ApiError {
     let line = error
         .location
         .strip_prefix("line ")
@@ -168,7 +192,7 @@ pub struct QueryParams {
 /// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
 /// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
 /// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
-#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), crate::schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), schema::Problems))]
 pub async fn query(
     State(state): State<AppState>,
     _caller: Caller,
@@ -257,11 +281,11 @@ fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, FieldError> {
                 format!("{key:?} is not a label name"),
             ));
         }
-        chronicle_schemas::limits::text("labels", value, 0, chronicle_monitoring::MAX_LABEL_VALUE)
+        chronicle_schemas::limits::text("labels", value, 0, crate::MAX_LABEL_VALUE)
             .map_err(|i| FieldError::new("labels", i.message))?;
         labels.insert(key.to_owned(), value.to_owned());
     }
-    if labels.len() > chronicle_monitoring::MAX_LABELS {
+    if labels.len() > crate::MAX_LABELS {
         return Err(FieldError::new("labels", "too many labels"));
     }
     Ok(labels)
@@ -309,7 +333,7 @@ fn parse_step(text: &str) -> Option<u32> {
 }
 
 /// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
-#[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), crate::schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), schema::Problems))]
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
     let known = series::metrics(state.db.of(contexts::MONITORING))
         .await
@@ -382,7 +406,7 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
 }
 
 /// `POST /api/v1/monitoring/rules` (staff): 201 `{"id","version"}`.
-#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "Create an alert rule (staff)", request_body = RuleRequest, responses((status = 201, description = "201: {\"id\",\"version\"}", body = schema::IdVersion), schema::Problems))]
 pub async fn create_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -432,7 +456,7 @@ pub async fn create_rule(
 }
 
 /// `GET /api/v1/monitoring/rules` (staff): every rule with its spec.
-#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "The alert rules (staff)", responses((status = 200, description = "200: [rule]"), crate::schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/rules", tag = "monitoring", summary = "The alert rules (staff)", responses((status = 200, description = "200: [rule]"), schema::Problems))]
 pub async fn list_rules(
     State(state): State<AppState>,
     caller: Caller,
@@ -445,7 +469,7 @@ pub async fn list_rules(
 }
 
 /// `GET /api/v1/monitoring/rules/{id}` (staff).
-#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "One alert rule (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: rule"), crate::schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "One alert rule (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: rule"), schema::Problems))]
 pub async fn get_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -453,7 +477,7 @@ pub async fn get_rule(
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
     let missing = || ApiError::not_found(format!("no rule with id {id}"));
-    if !chronicle_monitoring::valid_id(&id) {
+    if !crate::valid_id(&id) {
         return Err(missing());
     }
     let rule = alerts::rule(state.db.of(contexts::MONITORING), &id)
@@ -466,7 +490,7 @@ pub async fn get_rule(
 
 /// `PATCH /api/v1/monitoring/rules/{id}` (staff): the fields given replace the rule's; an
 /// open alert resolves (its condition changed). Honours `If-Match`.
-#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
+#[utoipa::path(patch, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Change an alert rule (staff, If-Match)", params(("id" = String, Path)), request_body = RulePatch, responses((status = 200, description = "200: {\"id\",\"version\"}", body = schema::IdVersion), schema::Problems))]
 pub async fn change_rule(
     State(state): State<AppState>,
     caller: Caller,
@@ -477,7 +501,7 @@ pub async fn change_rule(
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
     let missing = || ApiError::not_found(format!("no rule with id {id}"));
-    if !chronicle_monitoring::valid_id(&id) {
+    if !crate::valid_id(&id) {
         return Err(missing());
     }
     let current = state.commands.fresh_state::<Rule>(&id).await?.state;
@@ -516,14 +540,14 @@ pub async fn change_rule(
 }
 
 /// `DELETE /api/v1/monitoring/rules/{id}` (staff): 204; an open alert resolves.
-#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Delete an alert rule (staff)", params(("id" = String, Path)), responses((status = 204, description = "204"), crate::schema::Problems))]
+#[utoipa::path(delete, path = "/api/v1/monitoring/rules/{id}", tag = "monitoring", summary = "Delete an alert rule (staff)", params(("id" = String, Path)), responses((status = 204, description = "204"), schema::Problems))]
 pub async fn delete_rule(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
-    if !chronicle_monitoring::valid_id(&id) {
+    if !crate::valid_id(&id) {
         return Err(ApiError::not_found(format!("no rule with id {id}")));
     }
     let delete = RuleCommand::Delete {
@@ -550,7 +574,7 @@ pub struct AlertParams {
 /// 100). The list is eventually consistent; with `rule_id` and `min_version` (the version an
 /// acknowledgement answered) it first waits up to 2 s for the rule's alerts to reach that
 /// version, and says `Chronicle-Consistency: fresh` or `stale`.
-#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), crate::schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), schema::Problems))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     _caller: Caller,
@@ -573,7 +597,7 @@ pub async fn list_alerts(
             )]))
         }
         // Not a rule id (a NUL, a megabyte): it has no alerts, and nothing is waited for.
-        (Some(_), Some(rule)) if !chronicle_monitoring::valid_id(rule) => Some("stale"),
+        (Some(_), Some(rule)) if !crate::valid_id(rule) => Some("stale"),
         (Some(min), Some(rule)) => {
             let (_, fresh) = state
                 .freshness
@@ -589,7 +613,7 @@ pub async fn list_alerts(
     };
     let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1_000));
     let found = match rule_id {
-        Some(rule) if !chronicle_monitoring::valid_id(rule) => Vec::new(),
+        Some(rule) if !crate::valid_id(rule) => Vec::new(),
         _ => alerts::alerts(state.db.of(contexts::MONITORING), wanted, rule_id, limit)
             .await
             .map_err(ApiError::internal)?,
@@ -606,7 +630,7 @@ pub async fn list_alerts(
 
 /// `POST /api/v1/monitoring/alerts/{id}/acknowledge` (staff): 200; no more notifications
 /// until it resolves and fires again. 409 `alert_not_firing` when it is not firing.
-#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "monitoring", summary = "Acknowledge a firing alert (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"acknowledged\"}"), crate::schema::Problems))]
+#[utoipa::path(post, path = "/api/v1/monitoring/alerts/{id}/acknowledge", tag = "monitoring", summary = "Acknowledge a firing alert (staff)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"version\",\"status\":\"acknowledged\"}"), schema::Problems))]
 pub async fn acknowledge(
     State(state): State<AppState>,
     caller: Caller,
@@ -616,7 +640,7 @@ pub async fn acknowledge(
     let rule_id = id
         .rsplit_once('.')
         .map(|(rule, _)| rule)
-        .filter(|rule| chronicle_monitoring::valid_id(rule))
+        .filter(|rule| crate::valid_id(rule))
         .ok_or_else(|| ApiError::not_found(format!("no alert with id {id}")))?;
     let ack = RuleCommand::Acknowledge {
         alert_id: id.clone(),

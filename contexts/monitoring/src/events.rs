@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use chronicle_schemas::scheduler::Channel;
+
 /// How the samples of a rule's window are reduced to one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -65,16 +67,6 @@ pub enum Severity {
     Info,
     Warning,
     Critical,
-}
-
-/// Where a rule's notifications go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Channel {
-    /// A JSON POST to a host `CHRONICLE_NOTIFY_ALLOW` allows.
-    Webhook { url: String },
-    /// A mail through the SMTP server of `CHRONICLE_SMTP_URL`.
-    Email { to: String },
 }
 
 /// What a rule watches and when it alerts: `agg` of `metric` (the series whose labels
@@ -165,7 +157,7 @@ pub enum RuleEvent {
     },
 }
 
-event_types!(RuleEvent:
+chronicle_schemas::event_types!(RuleEvent:
     RuleCreated,
     RuleChanged,
     RuleDeleted,

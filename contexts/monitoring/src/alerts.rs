@@ -1,14 +1,14 @@
 //! The `alerts` read model: alert rules as staff see them, and every alert with its state
 //! (monitoring). Built from the rule aggregate's events.
 
-use chronicle_monitoring::{Rule, RuleEvent};
+use crate::{Rule, RuleEvent};
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use chronicle_projections::{Projection, ProjectionError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AlertsProjection;
@@ -216,7 +216,7 @@ pub struct RuleView {
     pub rule_id: String,
     #[sqlx(json)]
     #[serde(flatten)]
-    pub spec: chronicle_monitoring::RuleSpec,
+    pub spec: crate::RuleSpec,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

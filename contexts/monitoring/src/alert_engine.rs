@@ -15,10 +15,10 @@
 
 use std::{future::Future, time::Duration};
 
+use crate::{alerts, series};
+use crate::{default_rules, Channel, Rule, RuleCommand, RuleError, RuleEvent};
 use chronicle_bus::{ErrorChain, Handler, HandlerError, Subscriber, SubscriberConfig};
 use chronicle_commands::{CommandContext, CommandError, CommandExecutor};
-use chronicle_monitoring::{default_rules, Channel, Rule, RuleCommand, RuleError, RuleEvent};
-use chronicle_projections::{alerts, series};
 use chronicle_scheduler::{
     Action, Job, JobCommand, JobError, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
 };
@@ -127,7 +127,7 @@ impl AlertEngine {
         let notifying = tokio::spawn(notifier.run(shutdown.clone()));
         // The rules are read from the alerts projection's table: on a new database the engine
         // may start before that projector has made it.
-        let rules = chronicle_projections::alerts::AlertsProjection;
+        let rules = alerts::AlertsProjection;
         if let Err(e) = chronicle_projections::setup(&self.pool, &rules).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot create the alert rules' table");
         }
@@ -323,7 +323,7 @@ struct Notice<'a> {
     value: Option<f64>,
     by: Option<&'a str>,
     at: DateTime<Utc>,
-    spec: &'a chronicle_monitoring::RuleSpec,
+    spec: &'a crate::RuleSpec,
 }
 
 impl Notice<'_> {
