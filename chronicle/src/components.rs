@@ -7,20 +7,15 @@
 
 use std::{future::Future, pin::Pin, sync::Mutex};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use chronicle_bus::{Faults, Relay, RelayConfig, SubscriberRef};
 use chronicle_commands::{contexts, CommandExecutor, Databases};
 use chronicle_gateway::{AppState, ContextStates, GatewayConfig};
-
-use crate::payments::{PaymentRules, SimulatedPayments};
+use chronicle_host::{Host, Process};
 use chronicle_projections::ProjectorConfig;
 
-use crate::contexts::{read_model, read_models, CONTEXTS};
-use chronicle_monitoring::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
-use chronicle_sagas::{
-    FilesJanitor, FilesJanitorConfig, OrderSaga, OrderSagaConfig, Scheduler, SchedulerConfig,
-    ORDER_SAGA,
-};
+use crate::contexts::{processes, read_model, read_models};
+use crate::payments::{PaymentRules, SimulatedPayments};
 
 /// One process role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,14 +25,8 @@ pub enum Component {
     Relay,
     /// The projector of one read model.
     Projector(&'static str),
-    /// One saga.
-    Saga(&'static str),
-    /// The files janitor (unreferenced bytes, abandoned uploads).
-    Janitor,
-    /// A scheduler process (any number share the jobs).
-    Scheduler,
-    /// An alert engine (several may run; each alert transition happens once).
-    AlertEngine,
+    /// One of a context's processes (a saga, the janitor, the scheduler, the alert engine).
+    Process(&'static Process),
     /// The HTTP gateway.
     Gateway,
 }
@@ -47,20 +36,9 @@ pub enum Component {
 pub fn all() -> Vec<Component> {
     let mut all = vec![Component::Relay];
     all.extend(read_models().map(|m| Component::Projector(m.name())));
-    all.extend(CONTEXTS.iter().flat_map(|c| c.processes.iter().copied()));
+    all.extend(processes().map(Component::Process));
     all.push(Component::Gateway);
     all
-}
-
-/// The sagas, by the name `chronicle saga <name>` takes.
-pub fn sagas() -> Vec<&'static str> {
-    all()
-        .into_iter()
-        .filter_map(|c| match c {
-            Component::Saga(name) => Some(name),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Every reader of the log the components run, for status reports and parked events.
@@ -74,9 +52,11 @@ impl Component {
         read_model(name).map(|m| Self::Projector(m.name()))
     }
 
-    /// The saga called `name`, if there is one.
-    pub fn saga(name: &str) -> Option<Self> {
-        sagas().into_iter().find(|s| *s == name).map(Self::Saga)
+    /// The process `chronicle <args>` runs alone, if there is one.
+    pub fn process(args: &[String]) -> Option<Self> {
+        processes()
+            .find(|p| p.args.iter().copied().eq(args.iter().map(String::as_str)))
+            .map(Self::Process)
     }
 
     /// What the deployment knows of it, in one place: each role is one row here, and one
@@ -90,9 +70,8 @@ impl Component {
             replicas,
             subscriber: None,
         };
-        // Two relays (one stands by), two gateways and two alert engines, three schedulers
-        // (they share the jobs), one of the rest (a second subscriber would only take turns
-        // with the first).
+        // Two relays (one stands by) and two gateways, one projector (a second would only
+        // take turns with the first); each process says how many of it run.
         match self {
             Self::Relay => plain("relay", 2),
             Self::Projector(name) => Spec {
@@ -101,25 +80,11 @@ impl Component {
                 subscriber: Some(read_model(name).expect("a listed projection").subscriber()),
                 ..plain("", 1)
             },
-            Self::Saga(name) => Spec {
-                service: format!("saga-{name}"),
-                args: vec!["saga".into(), (*name).into()],
-                subscriber: (*name == "orders").then(|| SubscriberRef {
-                    name: ORDER_SAGA.to_owned(),
-                    durable: ORDER_SAGA.to_owned(),
-                    context: contexts::COMMERCE,
-                }),
-                ..plain("", 1)
-            },
-            Self::Janitor => plain("janitor", 1),
-            Self::Scheduler => plain("scheduler", 3),
-            Self::AlertEngine => Spec {
-                subscriber: Some(SubscriberRef {
-                    name: ALERT_NOTIFIER.to_owned(),
-                    durable: ALERT_NOTIFIER.to_owned(),
-                    context: contexts::MONITORING,
-                }),
-                ..plain("alert-engine", 2)
+            Self::Process(process) => Spec {
+                service: process.name.to_owned(),
+                args: process.args.iter().map(|a| (*a).to_owned()).collect(),
+                subscriber: process.reader.map(|r| r.subscriber()),
+                ..plain("", process.replicas)
             },
             Self::Gateway => Spec {
                 env: &["DATABASE_URL", "NATS_URL", "CHRONICLE_JWT_SECRET"],
@@ -156,7 +121,8 @@ impl Component {
     /// Starts it on `wiring` until `shutdown`.
     ///
     /// # Errors
-    /// When it is the gateway and no listener is left in the wiring, or an unknown saga.
+    /// When it is the gateway and no listener is left in the wiring, or a process that
+    /// cannot start.
     pub fn start(
         &self,
         wiring: &Wiring,
@@ -207,47 +173,16 @@ impl Component {
                     );
                 Box::pin(async move { run.await.context(name) })
             }
-            Self::Saga("orders") => {
-                let saga = OrderSaga::new(
-                    wiring.commands.clone(),
-                    wiring.db.of(contexts::COMMERCE).clone(),
-                    wiring.nats.clone(),
-                    wiring.saga.clone(),
-                )
-                .with_payments(SimulatedPayments::services(
-                    wiring.db.of(contexts::COMMERCE).clone(),
-                    wiring.payments.clone(),
-                ))
-                .with_faults(wiring.faults.clone());
-                Box::pin(async move { saga.run(shutdown).await.context(name) })
-            }
-            Self::Saga(other) => bail!("unknown saga {other:?}"),
-            Self::Janitor => {
-                let janitor = FilesJanitor::new(
-                    wiring.db.of(contexts::FILES).clone(),
-                    wiring.nats.clone(),
-                    wiring.commands.clone(),
-                    wiring.janitor.clone(),
-                );
-                Box::pin(async move { janitor.run(shutdown).await.context(name) })
-            }
-            Self::Scheduler => {
-                let scheduler = Scheduler::new(
-                    wiring.commands.clone(),
-                    wiring.db.of(contexts::SCHEDULER).clone(),
-                    wiring.nats.clone(),
-                    wiring.scheduler.clone(),
-                );
-                Box::pin(async move { scheduler.run(shutdown).await.context(name) })
-            }
-            Self::AlertEngine => {
-                let engine = AlertEngine::new(
-                    wiring.commands.clone(),
-                    wiring.db.of(contexts::MONITORING).clone(),
-                    wiring.nats.clone(),
-                    wiring.alerts.clone(),
-                );
-                Box::pin(async move { engine.run(shutdown).await.context(name) })
+            Self::Process(process) => {
+                let host = Host {
+                    db: &wiring.db,
+                    nats: &wiring.nats,
+                    commands: &wiring.commands,
+                    faults: &wiring.faults,
+                    settings: &wiring.gateway.contexts,
+                };
+                let task = (process.start)(&host, Box::pin(shutdown))?;
+                Box::pin(async move { task.await.context(name) })
             }
             Self::Gateway => {
                 let listener = wiring
@@ -264,7 +199,7 @@ impl Component {
                 let mut handed = ContextStates::default();
                 handed.insert(SimulatedPayments::services(
                     wiring.db.of(contexts::COMMERCE).clone(),
-                    wiring.payments.clone(),
+                    wiring.gateway.contexts.get::<PaymentRules>().clone(),
                 ));
                 let state = AppState::new(
                     wiring.commands.clone(),
@@ -297,8 +232,9 @@ pub type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// What the components of one process share: connections, the command bus (one per
 /// process: the gateway and the sagas share its cache and group commit), fault points,
-/// and each role's settings. The binary builds it from its settings, the harness from its
-/// own.
+/// and each role's settings (every context's groups are the gateway configuration's
+/// `contexts`, which a context's processes are handed too). The binary builds it from its
+/// settings, the harness from its own.
 pub struct Wiring {
     /// The shared pool (the event store) and one per context, on its own schema.
     pub db: Databases,
@@ -307,13 +243,8 @@ pub struct Wiring {
     pub faults: Faults,
     pub relay: RelayConfig,
     pub projector: ProjectorConfig,
-    pub saga: OrderSagaConfig,
-    pub janitor: FilesJanitorConfig,
-    pub scheduler: SchedulerConfig,
-    pub alerts: AlertEngineConfig,
-    /// How the simulated payment provider answers (the gateways charge, the saga refunds).
-    pub payments: PaymentRules,
-    /// The gateway's settings; its `subscribers` are filled from [`subscribers`].
+    /// The gateway's settings, with every context's settings groups in `contexts`; its
+    /// `subscribers` are filled from [`subscribers`].
     pub gateway: GatewayConfig,
     /// Where the gateway listens (taken by the gateway when it starts).
     pub http: Mutex<Option<tokio::net::TcpListener>>,
@@ -335,11 +266,6 @@ impl Wiring {
             faults,
             relay: self.relay.clone(),
             projector: self.projector.clone(),
-            saga: self.saga.clone(),
-            janitor: self.janitor.clone(),
-            scheduler: self.scheduler.clone(),
-            alerts: self.alerts.clone(),
-            payments: self.payments.clone(),
             gateway: self.gateway.clone(),
             http: Mutex::new(http),
         }
@@ -479,16 +405,22 @@ mod tests {
             assert!(names.contains(&format!("projector-{}", model.name())));
         }
         assert!(names.contains(&"saga-orders".to_owned()));
-        // The alert engine's notifier is a reader of the log too.
-        assert_eq!(
-            subscribers().len(),
-            read_models().count() + sagas().len() + 1
-        );
+        // The order saga and the alert engine's notifier are readers of the log too.
+        assert_eq!(subscribers().len(), read_models().count() + 2);
         assert_eq!(
             Component::projector("inventory"),
             Some(Component::Projector("inventory"))
         );
         assert_eq!(Component::projector("nope"), None);
-        assert_eq!(Component::saga("orders"), Some(Component::Saga("orders")));
+        let args = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            Component::process(&args(&["saga", "orders"])),
+            Some(Component::Process(&crate::roles::ORDER_SAGA))
+        );
+        assert_eq!(
+            Component::process(&args(&["alert-engine"])),
+            Some(Component::Process(&chronicle_monitoring::ALERT_ENGINE))
+        );
+        assert_eq!(Component::process(&args(&["saga", "nope"])), None);
     }
 }

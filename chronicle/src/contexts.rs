@@ -1,10 +1,16 @@
 //! The one list of bounded contexts: each declared once, with everything the processes, the
 //! gateway and the tools enumerate. The component list ([`crate::components`]), the
 //! gateway's routes, `/openapi.json` and its problem codes, `GET /api/v1/projections`,
-//! `chronicle replay`, `compose.yaml` and the test harness all read [`CONTEXTS`].
+//! `chronicle replay`, `chronicle schemas export`, the command line's settings,
+//! `compose.yaml` and the test harness all read [`CONTEXTS`].
+//!
+//! A context in a crate of its own (monitoring) is one line here: its descriptor. The
+//! others are declared here from their pieces in the shared crates, and their processes
+//! are in [`crate::roles`].
 
 use chronicle_commands::contexts as schema;
-use chronicle_monitoring::{alerts::AlertsProjection, business::BusinessMetricsProjection};
+use chronicle_gateway::{ContextSettings, GatewayConfig, Secret};
+use chronicle_host::Process;
 use chronicle_projections::{
     chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
     inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
@@ -12,22 +18,9 @@ use chronicle_projections::{
 };
 use chronicle_schemas::contracts::EventContract;
 
-use crate::components::Component;
+pub use chronicle_host::Context;
 
-/// One bounded context.
-pub struct Context {
-    /// Its name: its PostgreSQL schema, and the middle of its subjects (`events.<name>.>`).
-    pub name: &'static str,
-    /// Its routes, problem codes, settings and state, as the gateway hosts them.
-    pub gateway: chronicle_gateway::Context,
-    /// Its read models, each run by a projector of its own.
-    pub read_models: &'static [&'static dyn ReadModel],
-    /// Its processes besides its projectors (a saga, the scheduler, the alert engine).
-    pub processes: &'static [Component],
-    /// The contracts of its events, when its crate holds them (the other contexts' events
-    /// are in `chronicle-schemas`).
-    pub contracts: fn() -> Vec<EventContract>,
-}
+use crate::roles;
 
 /// Every bounded context, in the order their projectors and processes start.
 pub const CONTEXTS: &[Context] = &[
@@ -35,8 +28,13 @@ pub const CONTEXTS: &[Context] = &[
         name: schema::COMMERCE,
         gateway: chronicle_gateway::contexts::COMMERCE,
         read_models: &[&Erased(InventoryProjection), &Erased(OrdersProjection)],
-        processes: &[Component::Saga("orders")],
+        processes: &[roles::ORDER_SAGA],
         contracts: Vec::new,
+        settings: None,
+        declare: |s| {
+            s.declare::<chronicle_sagas::OrderSagaConfig>()
+                .declare::<crate::PaymentRules>();
+        },
     },
     Context {
         name: schema::BLOG,
@@ -44,6 +42,8 @@ pub const CONTEXTS: &[Context] = &[
         read_models: &[&Erased(PostsProjection)],
         processes: &[],
         contracts: Vec::new,
+        settings: None,
+        declare: |_| {},
     },
     Context {
         name: schema::IDENTITY,
@@ -51,6 +51,8 @@ pub const CONTEXTS: &[Context] = &[
         read_models: &[&Erased(UsersProjection)],
         processes: &[],
         contracts: Vec::new,
+        settings: None,
+        declare: |_| {},
     },
     Context {
         name: schema::CHAT,
@@ -58,36 +60,76 @@ pub const CONTEXTS: &[Context] = &[
         read_models: &[&Erased(ChatHistoryProjection)],
         processes: &[],
         contracts: Vec::new,
+        settings: None,
+        declare: |_| {},
     },
     Context {
         name: schema::FILES,
         gateway: chronicle_gateway::contexts::FILES,
         read_models: &[&Erased(FileMetadataProjection)],
-        processes: &[Component::Janitor],
+        processes: &[roles::JANITOR],
         contracts: Vec::new,
+        settings: None,
+        declare: |s| {
+            s.declare::<chronicle_sagas::FilesJanitorConfig>();
+        },
     },
     Context {
         name: schema::SCHEDULER,
         gateway: chronicle_gateway::contexts::SCHEDULER,
         read_models: &[&Erased(JobsProjection)],
-        processes: &[Component::Scheduler],
+        processes: &[roles::SCHEDULER],
         contracts: Vec::new,
+        settings: None,
+        declare: |s| {
+            s.declare::<chronicle_sagas::SchedulerConfig>()
+                .declare::<chronicle_sagas::NotifyConfig>();
+        },
     },
-    Context {
-        name: schema::MONITORING,
-        gateway: chronicle_monitoring::ROUTES,
-        read_models: &[
-            &Erased(AlertsProjection),
-            &Erased(BusinessMetricsProjection),
-        ],
-        processes: &[Component::AlertEngine],
-        contracts: chronicle_monitoring::contracts,
-    },
+    chronicle_monitoring::CONTEXT,
 ];
 
 /// Every context as the gateway hosts it.
 pub fn hosted() -> Vec<chronicle_gateway::Context> {
     CONTEXTS.iter().map(|c| c.gateway).collect()
+}
+
+/// A gateway's configuration serving every context, with `secret` as its token key, and
+/// every context's settings groups at their defaults (its routes' and its processes').
+pub fn gateway_config(secret: Secret) -> GatewayConfig {
+    let mut config = GatewayConfig::new(secret, hosted());
+    for context in CONTEXTS {
+        (context.declare)(&mut config.contexts);
+    }
+    config
+}
+
+/// Every context's settings from the command line (`matches` of a command that
+/// [`augment`]ed), set into `settings`.
+///
+/// # Errors
+/// When a context's settings cannot be read back from `matches`.
+pub fn configure(
+    matches: &clap::ArgMatches,
+    settings: &mut ContextSettings,
+) -> Result<(), clap::Error> {
+    for group in CONTEXTS.iter().filter_map(|c| c.settings) {
+        (group.apply)(matches, settings)?;
+    }
+    Ok(())
+}
+
+/// `command` with every context's settings as flags and variables.
+pub fn augment(command: clap::Command) -> clap::Command {
+    CONTEXTS
+        .iter()
+        .filter_map(|c| c.settings)
+        .fold(command, |command, group| (group.augment)(command))
+}
+
+/// Every context's processes besides its projectors.
+pub fn processes() -> impl Iterator<Item = &'static Process> {
+    CONTEXTS.iter().flat_map(|c| c.processes.iter())
 }
 
 /// The contracts of every context's events, sorted by file name.
@@ -139,5 +181,41 @@ mod tests {
                 assert_eq!(model.context(), context.name, "{}", model.name());
             }
         }
+    }
+
+    #[test]
+    fn every_process_has_a_name_and_a_command_of_its_own() {
+        let mut names: Vec<&str> = processes().map(|p| p.name).collect();
+        let mut commands: Vec<&[&str]> = processes().map(|p| p.args).collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        commands.sort_unstable();
+        commands.dedup();
+        assert_eq!((names.len(), commands.len()), (count, count));
+        for process in processes() {
+            if let Some(reader) = process.reader {
+                assert!(
+                    CONTEXTS.iter().any(|c| c.name == reader.context),
+                    "{}",
+                    process.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_contexts_settings_reach_its_groups_from_the_command_line() {
+        let matches = augment(clap::Command::new("chronicle"))
+            .try_get_matches_from(["chronicle", "--alert-every", "3s"])
+            .unwrap();
+        let mut settings = gateway_config(Secret::new(Vec::new())).contexts;
+        configure(&matches, &mut settings).unwrap();
+        assert_eq!(
+            settings
+                .get::<chronicle_monitoring::AlertEngineConfig>()
+                .every,
+            std::time::Duration::from_secs(3)
+        );
     }
 }

@@ -20,6 +20,7 @@
 pub mod components;
 pub mod contexts;
 pub mod payments;
+pub mod roles;
 pub mod schemas;
 
 pub use payments::{PaymentRules, SimulatedPayments};

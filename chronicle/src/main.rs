@@ -51,15 +51,6 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// A saga (process manager): `orders`.
-    Saga { name: String },
-    /// The files janitor: removes bytes no file refers to and abandoned uploads' chunks.
-    Janitor,
-    /// A scheduler process: runs jobs at their due times (run several: they share the work).
-    Scheduler,
-    /// An alert engine: evaluates alert rules, sends notifications, applies the samples'
-    /// retention (run several: each transition still happens once).
-    AlertEngine,
     /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
     Replay {
         name: Option<String>,
@@ -100,6 +91,10 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// One of the contexts' processes, by the arguments that run it (`saga orders`,
+    /// `janitor`, `scheduler`, `alert-engine`: see the list below).
+    #[command(external_subcommand)]
+    Process(Vec<String>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,7 +144,17 @@ enum UsersCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    // The contexts' own settings and processes join the command line from the list.
+    let processes: Vec<String> = chronicle::contexts::processes()
+        .map(|p| format!("  {:<14} {}", p.args.join(" "), p.about))
+        .collect();
+    let matches = chronicle::contexts::augment(Cli::command())
+        .after_help(format!("Processes:\n{}", processes.join("\n")))
+        .get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    chronicle::contexts::configure(&matches, &mut cli.settings.contexts)
+        .unwrap_or_else(|e| e.exit());
     // Kept to the end: dropping it flushes the spans not yet exported.
     let _telemetry = chronicle_telemetry::init_logs(cli.settings.telemetry.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -162,16 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up => processes::up(settings).await,
         Command::Gateway => processes::single(settings, vec![Component::Gateway]).await,
         Command::Relay => processes::single(settings, vec![Component::Relay]).await,
-        Command::Janitor => processes::single(settings, vec![Component::Janitor]).await,
-        Command::Scheduler => processes::single(settings, vec![Component::Scheduler]).await,
-        Command::AlertEngine => processes::single(settings, vec![Component::AlertEngine]).await,
+        Command::Process(args) => {
+            let process = processes::process_component(&args)?;
+            processes::single(settings, vec![process]).await
+        }
         Command::Project { name, all } => {
             let projectors = processes::projector_components(name.as_deref(), all)?;
             processes::single(settings, projectors).await
-        }
-        Command::Saga { name } => {
-            let saga = processes::saga_component(&name)?;
-            processes::single(settings, vec![saga]).await
         }
         Command::Schemas {
             command: SchemasCommand::Export { dir },

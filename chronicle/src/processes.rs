@@ -12,7 +12,6 @@ use chronicle_bus::{
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
 use chronicle_projections::ProjectorConfig;
-use chronicle_sagas::OrderSagaConfig;
 use sqlx::postgres::PgPoolOptions;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -23,15 +22,19 @@ pub fn subscribers() -> Vec<SubscriberRef> {
     components::subscribers()
 }
 
-/// The saga named on the command line.
+/// The process the command line names by its arguments (`saga orders`).
 ///
 /// # Errors
-/// When there is no saga of that name.
-pub fn saga_component(name: &str) -> anyhow::Result<Component> {
-    Component::saga(name).with_context(|| {
+/// When no process runs with those arguments.
+pub fn process_component(args: &[String]) -> anyhow::Result<Component> {
+    Component::process(args).with_context(|| {
         format!(
-            "unknown saga {name:?}; known: {}",
-            components::sagas().join(", ")
+            "unknown command {:?}; the processes are: {}",
+            args.join(" "),
+            chronicle::contexts::processes()
+                .map(|p| p.args.join(" "))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
@@ -210,17 +213,6 @@ async fn run_roles(
         faults,
         relay: RelayConfig::default(),
         projector: ProjectorConfig::default(),
-        saga: OrderSagaConfig {
-            ack_wait: settings.orders.saga_ack_wait,
-            ..OrderSagaConfig::with_payment_timeout(settings.orders.order_payment_timeout)
-        },
-        janitor: settings.files.janitor(),
-        scheduler: chronicle_sagas::SchedulerConfig {
-            notify: settings.monitoring.notify(),
-            ..settings.scheduler.scheduler()
-        },
-        alerts: settings.monitoring.alert_engine(),
-        payments: settings.payments(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),
     };

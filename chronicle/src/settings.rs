@@ -1,5 +1,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use chronicle_host::parse_duration;
+
 /// Chronicle's configuration: defaults in code, overridden by the environment (`CHRONICLE_*`,
 /// `DATABASE_URL`, `NATS_URL`) or flags, in one group per concern. Secrets are [`Redacted`].
 #[derive(Debug, Clone, clap::Args)]
@@ -17,7 +19,11 @@ pub struct Settings {
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
     #[command(flatten)]
-    pub monitoring: MonitoringSettings,
+    pub notify: NotifySettings,
+    /// The settings of the contexts that declare their own (`chronicle_host::SettingsGroup`),
+    /// read from the same command line by `chronicle::contexts::configure`.
+    #[arg(skip)]
+    pub contexts: chronicle_gateway::ContextSettings,
     /// How long a shutdown waits for in-flight work before it stops anyway.
     #[arg(
         long,
@@ -288,46 +294,10 @@ impl SchedulerSettings {
     }
 }
 
-/// The monitoring context: samples' retention, alert evaluation, where notifications go.
+/// Where notifications (alert mail and webhooks) may go: the notifier's, which the scheduler
+/// runs and the monitoring context's rules name.
 #[derive(Debug, Clone, clap::Args)]
-pub struct MonitoringSettings {
-    /// How long samples are kept; per-minute rollups stay for `CHRONICLE_ROLLUP_RETENTION`.
-    #[arg(
-        long,
-        env = "CHRONICLE_METRICS_RETENTION",
-        default_value = "15d",
-        value_parser = parse_duration,
-        global = true
-    )]
-    pub metrics_retention: Duration,
-    /// How long per-minute rollups of samples are kept.
-    #[arg(
-        long,
-        env = "CHRONICLE_ROLLUP_RETENTION",
-        default_value = "400d",
-        value_parser = parse_duration,
-        global = true
-    )]
-    pub rollup_retention: Duration,
-    /// How often each gateway collects Chronicle's own series (host, requests per route,
-    /// subscriber lag); 0 turns it off.
-    #[arg(
-        long,
-        env = "CHRONICLE_COLLECT_EVERY",
-        default_value = "10s",
-        value_parser = parse_duration,
-        global = true
-    )]
-    pub collect_every: Duration,
-    /// How often the alert engine evaluates every rule.
-    #[arg(
-        long,
-        env = "CHRONICLE_ALERT_EVERY",
-        default_value = "10s",
-        value_parser = parse_duration,
-        global = true
-    )]
-    pub alert_every: Duration,
+pub struct NotifySettings {
     /// Hosts alert webhooks may call (the format of CHRONICLE_SCHEDULER_HTTP_ALLOW).
     #[arg(
         long,
@@ -356,16 +326,7 @@ pub struct MonitoringSettings {
     pub smtp_from: String,
 }
 
-impl MonitoringSettings {
-    pub fn alert_engine(&self) -> chronicle_monitoring::AlertEngineConfig {
-        chronicle_monitoring::AlertEngineConfig {
-            every: self.alert_every,
-            retention: self.metrics_retention,
-            rollup_retention: self.rollup_retention,
-            ..Default::default()
-        }
-    }
-
+impl NotifySettings {
     pub fn notify(&self) -> chronicle_sagas::NotifyConfig {
         chronicle_sagas::NotifyConfig {
             allow: self.notify_allow.clone(),
@@ -403,32 +364,6 @@ impl std::fmt::Debug for Redacted {
     }
 }
 
-/// `900` (seconds), `500ms`, `90s`, `15m`, `2h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 900, 90s, 15m, 2h, 15d or 500ms"))?;
-    let seconds = |per: u64| {
-        number
-            .checked_mul(per)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{text:?} is too long a duration"))
-    };
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "" | "s" => seconds(1),
-        "m" => seconds(60),
-        "h" => seconds(3600),
-        "d" => seconds(86_400),
-        other => Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
-    }
-}
-
 impl Settings {
     /// How the simulated payment provider answers.
     pub fn payments(&self) -> chronicle::PaymentRules {
@@ -439,7 +374,8 @@ impl Settings {
         }
     }
 
-    /// The gateway's configuration, with `secret` as the token key.
+    /// The gateway's configuration, with `secret` as the token key, and every context's
+    /// settings groups (its routes' and its processes').
     pub fn gateway(&self, secret: chronicle_gateway::Secret) -> chronicle_gateway::GatewayConfig {
         let mut config = chronicle_gateway::GatewayConfig {
             token_ttl: std::time::Duration::from_secs(self.gateway.token_ttl_seconds),
@@ -456,7 +392,7 @@ impl Settings {
                 self.gateway.header_read_timeout_seconds,
             ),
             subscribers: crate::processes::subscribers(),
-            ..chronicle_gateway::GatewayConfig::new(secret, chronicle::contexts::hosted())
+            ..chronicle::contexts::gateway_config(secret)
         };
         config
             .contexts
@@ -480,12 +416,17 @@ impl Settings {
             .set(chronicle_gateway::JobsConfig {
                 http_allow: self.scheduler.scheduler_http_allow.clone(),
             })
-            .set(chronicle_monitoring::MonitoringConfig {
-                notify_allow: self.monitoring.notify_allow.clone(),
-                retention: self.monitoring.metrics_retention,
-                collect_every: (!self.monitoring.collect_every.is_zero())
-                    .then_some(self.monitoring.collect_every),
-            });
+            .set(chronicle_sagas::OrderSagaConfig {
+                ack_wait: self.orders.saga_ack_wait,
+                ..chronicle_sagas::OrderSagaConfig::with_payment_timeout(
+                    self.orders.order_payment_timeout,
+                )
+            })
+            .set(self.payments())
+            .set(self.files.janitor())
+            .set(self.scheduler.scheduler())
+            .set(self.notify.notify())
+            .extend(self.contexts.clone());
         config
     }
 

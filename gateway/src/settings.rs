@@ -49,6 +49,12 @@ impl ContextSettings {
         self
     }
 
+    /// Sets every group `other` has (each replaces this one's of its type).
+    pub fn extend(&mut self, other: Self) -> &mut Self {
+        self.0.extend(other.0);
+        self
+    }
+
     /// Declares the group `T`: its defaults, unless it is set already.
     pub fn declare<T: ContextSetting>(&mut self) -> &mut Self {
         self.get_mut::<T>();
@@ -130,6 +136,19 @@ mod tests {
         assert_eq!(copy.get::<Limits>(), &Limits { most: 3 });
         assert_eq!(settings.get::<Limits>(), &Limits { most: 5 });
         assert_eq!(format!("{copy:?}"), "[Limits { most: 3 }]");
+    }
+
+    #[test]
+    fn extending_sets_the_others_groups_and_keeps_the_rest() {
+        #[derive(Debug, Clone, Default, PartialEq)]
+        struct Retention(u32);
+        let mut settings = ContextSettings::default();
+        settings.set(Limits { most: 1 }).set(Retention(7));
+        let mut read = ContextSettings::default();
+        read.set(Limits { most: 9 });
+        settings.extend(read);
+        assert_eq!(settings.get::<Limits>(), &Limits { most: 9 });
+        assert_eq!(settings.get::<Retention>(), &Retention(7));
     }
 
     #[test]

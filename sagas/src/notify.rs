@@ -15,7 +15,7 @@ use lettre::{
 };
 
 /// Where notifications may go and how mail leaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NotifyConfig {
     /// Hosts webhooks may call, checked again before each call.
     pub allow: AllowList,
@@ -25,6 +25,17 @@ pub struct NotifyConfig {
     pub smtp_url: Option<String>,
     /// The sender of alert mail.
     pub from: String,
+}
+
+/// The SMTP URL may hold a password: it never prints.
+impl std::fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("allow", &self.allow)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "[redacted]"))
+            .field("from", &self.from)
+            .finish()
+    }
 }
 
 /// The sender of alert mail when none is configured.

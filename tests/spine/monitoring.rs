@@ -432,7 +432,9 @@ async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_p
     let smtp = SmtpServer::start().await;
     let mut app = TestApp::spawn_options(with_smtp(&smtp)).await;
     // A second alert engine, as another process would run it.
-    app.start_another(chronicle::components::Component::AlertEngine);
+    app.start_another(chronicle::components::Component::Process(
+        &chronicle_monitoring::ALERT_ENGINE,
+    ));
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
     let rule = create_rule(
         &app,

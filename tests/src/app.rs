@@ -130,17 +130,14 @@ impl TestApp {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let mut gateway = chronicle_gateway::GatewayConfig::new(
-            chronicle_gateway::Secret::new(
-                format!(
-                    "{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                )
-                .into_bytes(),
-            ),
-            chronicle::contexts::hosted(),
-        );
+        let mut gateway = chronicle::contexts::gateway_config(chronicle_gateway::Secret::new(
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+            .into_bytes(),
+        ));
         // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
         gateway
             .contexts
@@ -150,10 +147,15 @@ impl TestApp {
             .contexts
             .get_mut::<chronicle_gateway::JobsConfig>()
             .http_allow = options.scheduler.http_allow.clone();
+        // Every process's settings are the contexts' groups, as `chronicle` sets them.
         gateway
             .contexts
-            .get_mut::<chronicle_monitoring::MonitoringConfig>()
-            .notify_allow = options.scheduler.notify.allow.clone();
+            .set(options.scheduler.notify.clone())
+            .set(options.scheduler)
+            .set(options.saga)
+            .set(options.janitor)
+            .set(options.alerts)
+            .set(options.payments);
         (options.gateway)(&mut gateway);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -176,11 +178,6 @@ impl TestApp {
                 ..Default::default()
             },
             projector: chronicle_projections::ProjectorConfig::default(),
-            saga: options.saga,
-            janitor: options.janitor,
-            scheduler: options.scheduler,
-            alerts: options.alerts,
-            payments: options.payments,
             gateway,
             http: std::sync::Mutex::new(Some(listener)),
         });
@@ -200,7 +197,7 @@ impl TestApp {
                     .expect("projection tables");
             }
             // The saga runs apart: tests stop it at fault points and start it again.
-            if matches!(component, Component::Saga(_)) {
+            if component == Component::Process(&chronicle::roles::ORDER_SAGA) {
                 continue;
             }
             let task = component
@@ -283,7 +280,7 @@ impl TestApp {
     /// instance on the same durable consumer, as a restarted process would be.
     pub fn start_saga(&mut self) {
         let mut stopped = self.stop.subscribe();
-        let saga = Component::Saga("orders")
+        let saga = Component::Process(&chronicle::roles::ORDER_SAGA)
             .start(&self.saga_wiring, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })

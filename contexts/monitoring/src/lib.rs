@@ -30,23 +30,64 @@ mod routes;
 mod rule;
 mod samples;
 pub mod series;
+mod settings;
 
 pub use alert_engine::{AlertEngine, AlertEngineConfig, ALERT_NOTIFIER};
 pub use events::{Aggregation, AlertState, Channel, Comparison, RuleEvent, RuleSpec, Severity};
-pub use routes::{MonitoringConfig, CONTEXT as ROUTES};
+pub use routes::{MonitoringConfig, ROUTES};
 pub use rule::{OpenAlert, Rule, RuleCommand, RuleError};
 pub use samples::{
     check_source, is_label_name, is_metric_name, parse_json, parse_text, Limits, Sample,
     SampleError, MAX_LABELS, MAX_LABEL_VALUE, MAX_METRIC_NAME, MAX_SAMPLES, RESERVED_PREFIXES,
+};
+pub use settings::MonitoringSettings;
+
+/// The monitoring context, as the list of contexts names it.
+pub const CONTEXT: chronicle_host::Context = chronicle_host::Context {
+    name: NAME,
+    gateway: ROUTES,
+    read_models: &[
+        &chronicle_projections::Erased(alerts::AlertsProjection),
+        &chronicle_projections::Erased(business::BusinessMetricsProjection),
+    ],
+    processes: &[ALERT_ENGINE],
+    contracts,
+    settings: Some(chronicle_host::SettingsGroup::of::<MonitoringSettings>()),
+    declare: |s| {
+        s.declare::<AlertEngineConfig>()
+            .declare::<chronicle_sagas::NotifyConfig>();
+    },
+};
+
+/// Its name: its PostgreSQL schema, and the middle of its subjects (`events.monitoring.>`).
+pub const NAME: &str = chronicle_commands::contexts::MONITORING;
+
+/// The alert engine: two by default, each alert transition still happens once.
+pub const ALERT_ENGINE: chronicle_host::Process = chronicle_host::Process {
+    name: "alert-engine",
+    args: &["alert-engine"],
+    about: "An alert engine: evaluates alert rules, sends notifications, applies the samples' \
+            retention (run several: each transition still happens once)",
+    replicas: 2,
+    reader: Some(chronicle_host::Reader {
+        durable: ALERT_NOTIFIER,
+        context: NAME,
+    }),
+    start: |host, shutdown| {
+        let engine = AlertEngine::new(
+            host.commands.clone(),
+            host.db.of(NAME).clone(),
+            host.nats.clone(),
+            host.settings.get::<AlertEngineConfig>().clone(),
+        );
+        Ok(Box::pin(engine.run(shutdown)))
+    },
 };
 
 /// The contracts of its events (`chronicle schemas export`).
 pub fn contracts() -> Vec<chronicle_schemas::contracts::EventContract> {
     chronicle_schemas::contracts::contracts_of::<RuleEvent>(NAME, "rule")
 }
-
-/// Its name: its PostgreSQL schema, and the middle of its subjects (`events.monitoring.>`).
-pub const NAME: &str = chronicle_commands::contexts::MONITORING;
 
 use chronicle_scheduler::{AllowList, HttpTarget};
 use chronicle_schemas::limits::{self, Invalid};

@@ -39,11 +39,10 @@ fn routes() -> Routes {
 }
 
 /// How the monitoring routes (and the gateway's collection of its own series) are
-/// configured.
+/// configured. Which webhooks a rule may name is the notifier's
+/// ([`chronicle_sagas::NotifyConfig`]).
 #[derive(Debug, Clone)]
 pub struct MonitoringConfig {
-    /// Hosts alert webhooks may call (`CHRONICLE_NOTIFY_ALLOW`, the scheduler's format).
-    pub notify_allow: chronicle_scheduler::AllowList,
     /// How long samples are kept (`CHRONICLE_METRICS_RETENTION`); older queries read the
     /// per-minute rollups.
     pub retention: std::time::Duration,
@@ -54,7 +53,6 @@ pub struct MonitoringConfig {
 impl Default for MonitoringConfig {
     fn default() -> Self {
         Self {
-            notify_allow: chronicle_scheduler::AllowList::default(),
             retention: std::time::Duration::from_secs(15 * 86_400),
             collect_every: Some(std::time::Duration::from_secs(10)),
         }
@@ -62,7 +60,7 @@ impl Default for MonitoringConfig {
 }
 
 /// The monitoring context as the gateway hosts it.
-pub const CONTEXT: Context = Context {
+pub const ROUTES: Context = Context {
     beside: |state, instance| {
         let every = state
             .config
@@ -83,7 +81,8 @@ pub const CONTEXT: Context = Context {
         "too_many_series",
     ],
     settings: |s| {
-        s.declare::<MonitoringConfig>();
+        s.declare::<MonitoringConfig>()
+            .declare::<chronicle_sagas::NotifyConfig>();
     },
     state: |_, _| {},
 };
@@ -393,7 +392,11 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
     check_spec_limits(&spec).map_err(|invalid| ApiError::validation(vec![invalid.into()]))?;
     check_channels(
         &spec,
-        &state.config.contexts.get::<MonitoringConfig>().notify_allow,
+        &state
+            .config
+            .contexts
+            .get::<chronicle_sagas::NotifyConfig>()
+            .allow,
     )
     .map_err(|invalid| {
         ApiError::new(
