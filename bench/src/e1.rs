@@ -316,7 +316,7 @@ async fn settle(pool: &PgPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // Every context's outbox.
-        let outboxes: Vec<String> = chronicle_commands::contexts::ALL
+        let outboxes: Vec<String> = chronicle::contexts::names()
             .iter()
             .map(|c| format!("(SELECT count(*) FROM {c}.outbox)"))
             .collect();

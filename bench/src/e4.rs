@@ -122,7 +122,12 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
     }
     // Jobs go to the scheduler's store, as the gateway's commands do.
     let bus = Arc::new(CommandExecutor::for_contexts(
-        &Databases::new(pool.clone(), 16, |_, options| options),
+        &Databases::new(
+            pool.clone(),
+            &chronicle::contexts::names(),
+            16,
+            |_, options| options,
+        ),
         &Default::default(),
         Default::default(),
     ));

@@ -84,7 +84,7 @@ impl Servers {
             .acquire_timeout(Duration::from_secs(30))
             .connect(&db_url)
             .await?;
-        chronicle_commands::migrate(&pool).await?;
+        chronicle::contexts::migrate(&pool).await?;
         let (url, server) = match &self.nats_url {
             Some(url) => (url.clone(), None),
             None => {

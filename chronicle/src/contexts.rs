@@ -35,6 +35,7 @@ pub const CONTEXTS: &[Context] = &[
             s.declare::<chronicle_sagas::OrderSagaConfig>()
                 .declare::<crate::PaymentRules>();
         },
+        migrations: None,
     },
     Context {
         name: schema::BLOG,
@@ -44,6 +45,7 @@ pub const CONTEXTS: &[Context] = &[
         contracts: Vec::new,
         settings: None,
         declare: |_| {},
+        migrations: None,
     },
     Context {
         name: schema::IDENTITY,
@@ -53,6 +55,7 @@ pub const CONTEXTS: &[Context] = &[
         contracts: Vec::new,
         settings: None,
         declare: |_| {},
+        migrations: None,
     },
     Context {
         name: schema::CHAT,
@@ -62,6 +65,7 @@ pub const CONTEXTS: &[Context] = &[
         contracts: Vec::new,
         settings: None,
         declare: |_| {},
+        migrations: None,
     },
     Context {
         name: schema::FILES,
@@ -73,6 +77,7 @@ pub const CONTEXTS: &[Context] = &[
         declare: |s| {
             s.declare::<chronicle_sagas::FilesJanitorConfig>();
         },
+        migrations: None,
     },
     Context {
         name: schema::SCHEDULER,
@@ -85,9 +90,23 @@ pub const CONTEXTS: &[Context] = &[
             s.declare::<chronicle_sagas::SchedulerConfig>()
                 .declare::<chronicle_sagas::NotifyConfig>();
         },
+        migrations: None,
     },
     chronicle_monitoring::CONTEXT,
 ];
+
+/// Creates or updates every context's tables (see [`chronicle_host::migrate`]).
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    chronicle_host::migrate(pool, CONTEXTS).await
+}
+
+/// Every context's name, which is its PostgreSQL schema, in the list's order.
+pub fn names() -> Vec<&'static str> {
+    CONTEXTS.iter().map(|c| c.name).collect()
+}
 
 /// Every context as the gateway hosts it.
 pub fn hosted() -> Vec<chronicle_gateway::Context> {
@@ -155,12 +174,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_contexts_are_the_schemas_the_store_has_each_once() {
-        let mut names: Vec<&str> = CONTEXTS.iter().map(|c| c.name).collect();
+    fn each_context_has_a_name_of_its_own_fit_for_a_schema_and_a_subject() {
+        let mut names = names();
+        let count = names.len();
         names.sort_unstable();
-        let mut schemas = schema::ALL.to_vec();
-        schemas.sort_unstable();
-        assert_eq!(names, schemas);
+        names.dedup();
+        assert_eq!(names.len(), count);
+        for name in names {
+            assert!(
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && chronicle_schemas::is_valid_subject_token(name),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

@@ -86,7 +86,7 @@ async fn connect(
         .connect(db_url)
         .await
         .context("connecting to PostgreSQL")?;
-    chronicle_commands::migrate(&pool)
+    chronicle::contexts::migrate(&pool)
         .await
         .context("migrating the event store")?;
     let nats = chronicle_bus::connect(nats_url)
@@ -111,7 +111,12 @@ async fn connect(
         });
     }
     // Each context's pool on its own schema; in one database, as the same user.
-    let db = Databases::new(pool, pool_size, |_, options| options);
+    let db = Databases::new(
+        pool,
+        &chronicle::contexts::names(),
+        pool_size,
+        |_, options| options,
+    );
     Ok(Connections { db, nats })
 }
 

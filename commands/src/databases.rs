@@ -17,7 +17,9 @@ use sqlx::{
     PgPool,
 };
 
-/// The bounded contexts, each the name of its PostgreSQL schema.
+/// The names of the bounded contexts whose code is in the shared crates, each the name of
+/// its PostgreSQL schema. The list of contexts (`chronicle::contexts`) is the one that
+/// names every context; a context in a crate of its own declares its name there.
 pub mod contexts {
     pub const IDENTITY: &str = "identity";
     pub const COMMERCE: &str = "commerce";
@@ -26,9 +28,6 @@ pub mod contexts {
     pub const FILES: &str = "files";
     pub const SCHEDULER: &str = "scheduler";
     pub const MONITORING: &str = "monitoring";
-
-    /// Every context, in the order their schemas are created.
-    pub const ALL: &[&str] = &[IDENTITY, COMMERCE, BLOG, CHAT, FILES, SCHEDULER, MONITORING];
 }
 
 /// The pools of one process: the shared one (migrations and the host's own checks, as the
@@ -38,6 +37,8 @@ pub mod contexts {
 pub struct Databases {
     shared: PgPool,
     contexts: Arc<BTreeMap<&'static str, PgPool>>,
+    /// The contexts' names, in the list's order.
+    names: Arc<[&'static str]>,
 }
 
 impl std::fmt::Debug for Databases {
@@ -53,17 +54,18 @@ impl std::fmt::Debug for Databases {
 const IDLE: Duration = Duration::from_secs(30);
 
 impl Databases {
-    /// Pools on `shared`'s database: `shared` as it is, and one per context made from
-    /// `login(context, options)` (the harness logs each in as its own role; a deployment
-    /// returns the options unchanged), each at most `pool_size` connections.
+    /// Pools on `shared`'s database: `shared` as it is, and one per context of `names` made
+    /// from `login(context, options)` (the harness logs each in as its own role; a
+    /// deployment returns the options unchanged), each at most `pool_size` connections.
     pub fn new(
         shared: PgPool,
+        names: &[&'static str],
         pool_size: u32,
         login: impl Fn(&'static str, PgConnectOptions) -> PgConnectOptions,
     ) -> Self {
         let base = shared.connect_options().as_ref().clone();
         let acquire = shared.options().get_acquire_timeout();
-        let contexts = contexts::ALL
+        let contexts = names
             .iter()
             .map(|&context| {
                 let options = login(context, base.clone()).options([("search_path", context)]);
@@ -79,6 +81,7 @@ impl Databases {
         Self {
             shared,
             contexts: Arc::new(contexts),
+            names: names.into(),
         }
     }
 
@@ -88,7 +91,7 @@ impl Databases {
         &self.shared
     }
 
-    /// The pool of `context` (one of [`contexts::ALL`]).
+    /// The pool of `context` (one of the names it was made with).
     ///
     /// # Panics
     /// When `context` is not a context: a programming error, not an input.
@@ -98,9 +101,9 @@ impl Databases {
             .unwrap_or_else(|| panic!("{context:?} is not a bounded context"))
     }
 
-    /// Every context with its pool, in [`contexts::ALL`] order.
+    /// Every context with its pool, in the order of the names it was made with.
     pub fn contexts(&self) -> impl Iterator<Item = (&'static str, &PgPool)> {
-        contexts::ALL
+        self.names
             .iter()
             .map(|context| (*context, self.of(context)))
     }

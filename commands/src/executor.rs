@@ -58,7 +58,7 @@ impl Stores {
     ///
     /// # Panics
     /// When the executor has no store for `context`: a context missing from
-    /// [`crate::contexts::ALL`], a programming error.
+    /// its databases, a programming error.
     fn of(&self, context: &str) -> &Store {
         match self {
             Self::One(store) => store,
@@ -180,7 +180,7 @@ impl CommandExecutor {
     /// The store of `context`'s aggregates: its claims, its outbox, an aggregate's history.
     ///
     /// # Panics
-    /// When the executor has no store for `context` (not one of [`crate::contexts::ALL`]).
+    /// When the executor has no store for `context` (not one of its databases').
     pub fn store_of(&self, context: &str) -> &EventStore {
         &self.stores.of(context).store
     }

@@ -36,6 +36,40 @@ pub struct Context {
     pub settings: Option<SettingsGroup>,
     /// Declares the settings groups its processes read (at their defaults until set).
     pub declare: fn(&mut ContextSettings),
+    /// Its own migrations, when it keeps tables beside its event store and its read models
+    /// (which its projections make): run in its schema, recorded in a `_sqlx_migrations` of
+    /// its own there.
+    pub migrations: Option<&'static sqlx::migrate::Migrator>,
+}
+
+/// Creates or updates every table of `contexts`: the event store's migrations, each
+/// context's schema with its event store (`chronicle_commands::migrate`), then each
+/// context's own migrations in its schema.
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(
+    pool: &sqlx::PgPool,
+    contexts: &[Context],
+) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::Connection as _;
+    let names: Vec<&str> = contexts.iter().map(|c| c.name).collect();
+    chronicle_commands::migrate(pool, &names).await?;
+    for context in contexts {
+        if let Some(migrations) = context.migrations {
+            // A connection of its own whose path is the context's schema alone, so the
+            // migrations' unqualified names (and their record) land there.
+            let options = pool
+                .connect_options()
+                .as_ref()
+                .clone()
+                .options([("search_path", context.name)]);
+            let mut connection = sqlx::PgConnection::connect_with(&options).await?;
+            migrations.run(&mut connection).await?;
+            connection.close().await?;
+        }
+    }
+    Ok(())
 }
 
 /// A process of a context besides its projectors: a role `chronicle up` runs, a service of

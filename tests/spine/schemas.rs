@@ -43,7 +43,7 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     }
 
     // Every context's event store is in its schema, and holds its own aggregates' events.
-    for context in contexts::ALL {
+    for context in chronicle::contexts::names() {
         for table in [
             "events",
             "snapshots",
@@ -64,7 +64,7 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     }
     let stored: Vec<(String, String)> = sqlx::query_as(&format!(
         "SELECT DISTINCT context, aggregate_type FROM ({}) e ORDER BY 1, 2",
-        contexts::ALL
+        chronicle::contexts::names()
             .iter()
             .map(|c| format!("SELECT '{c}' AS context, aggregate_type FROM {c}.events"))
             .collect::<Vec<_>>()
@@ -103,7 +103,10 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
     .await;
     // Every other context's pool is refused them, by PostgreSQL: unqualified, the table is
     // not on its path (42P01); by its schema's name, its role may not use the schema (42501).
-    for context in contexts::ALL.iter().filter(|c| **c != contexts::COMMERCE) {
+    for context in chronicle::contexts::names()
+        .into_iter()
+        .filter(|c| *c != contexts::COMMERCE)
+    {
         let pool = app.databases().of(context);
         assert_eq!(
             code(
@@ -204,7 +207,9 @@ async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schem
     .await
     .unwrap();
 
-    chronicle_commands::migrate(&pool).await.unwrap();
+    chronicle_commands::migrate(&pool, &chronicle::contexts::names())
+        .await
+        .unwrap();
 
     let hash: String =
         sqlx::query_scalar("SELECT password_hash FROM identity.credentials WHERE user_id = 'u1'")
@@ -273,7 +278,7 @@ async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schem
     .await
     .unwrap();
     assert_eq!(unpublished, ["user:u1:1"]);
-    for context in contexts::ALL {
+    for context in chronicle::contexts::names() {
         let (keys, position): (i64, i64) = sqlx::query_as(&format!(
             "SELECT (SELECT count(*) FROM {context}.idempotency_keys), \
                     (SELECT stream_seq FROM {context}.relay_position)"
@@ -289,4 +294,106 @@ async fn a_database_from_before_the_schemas_keeps_its_rows_in_the_contexts_schem
         code(sqlx::query("SELECT 1 FROM orders").execute(&mut conn).await),
         "42P01"
     );
+}
+
+/// A context added to the list gets its schema, its event store and where its readers stand
+/// at the next start (`migrate` with the list's names), and the contexts already there keep
+/// their rows: a new context touches no migration.
+#[tokio::test]
+async fn a_context_added_to_the_list_gets_its_schema_and_store_and_the_others_keep_theirs() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    sqlx::query(
+        "INSERT INTO identity.events VALUES ('user', 'u1', 1, 'UserRegistered', '1', '{}', '{}')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut names = chronicle::contexts::names();
+    names.push("loyalty");
+    // Twice: a start after the first finds everything in place.
+    for _ in 0..2 {
+        chronicle_commands::migrate(&pool, &names).await.unwrap();
+    }
+    for table in [
+        "events",
+        "snapshots",
+        "outbox",
+        "idempotency_keys",
+        "unique_claims",
+        "relay_position",
+        "projection_checkpoints",
+        "parked_events",
+    ] {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("loyalty.{table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(found, Some(format!("loyalty.{table}")));
+    }
+    // The new context's store takes events through its own pool, unqualified.
+    let databases = chronicle_commands::Databases::new(pool.clone(), &names, 2, |_, o| o);
+    sqlx::query("INSERT INTO events VALUES ('member', 'm1', 1, 'MemberJoined', '1', '{}', '{}')")
+        .execute(databases.of("loyalty"))
+        .await
+        .unwrap();
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM identity.events), (SELECT count(*) FROM loyalty.events)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (1, 1));
+}
+
+/// A context's own migrations run in its schema, recorded there (not in the event store's
+/// record), once however many starts run them.
+#[tokio::test]
+async fn a_contexts_own_migrations_run_in_its_schema_once() {
+    static LOYALTY_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("spine/loyalty_migrations");
+    let loyalty = chronicle_host::Context {
+        name: "loyalty",
+        gateway: chronicle_gateway::Context {
+            routes: chronicle_gateway::Routes::new,
+            problems: &[],
+            settings: |_| {},
+            state: |_, _| {},
+            beside: |_, _| None,
+        },
+        read_models: &[],
+        processes: &[],
+        contracts: Vec::new,
+        settings: None,
+        declare: |_| {},
+        migrations: Some(&LOYALTY_MIGRATIONS),
+    };
+    let db = TestDb::empty().await;
+    let pool = db.pool().await;
+    for _ in 0..2 {
+        chronicle_host::migrate(&pool, &[chronicle_monitoring::CONTEXT, loyalty])
+            .await
+            .unwrap();
+    }
+    let own: Vec<i64> = sqlx::query_scalar("SELECT version FROM loyalty._sqlx_migrations")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(own, [1]);
+    let in_the_stores_record: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public._sqlx_migrations WHERE description = 'members'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(in_the_stores_record, 0);
+    sqlx::query("INSERT INTO loyalty.members (id) VALUES ('m1')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let found: Option<String> = sqlx::query_scalar("SELECT to_regclass('public.members')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(found, None, "nothing of the context's outside its schema");
 }

@@ -125,7 +125,7 @@ impl TestPostgres {
             .connect(&url)
             .await
             .expect("connect to the database");
-        chronicle_commands::migrate(&pool)
+        chronicle::contexts::migrate(&pool)
             .await
             .expect("migrations apply");
         pool.close().await;
@@ -154,7 +154,7 @@ async fn ensure_template() {
                 .connect(&cluster.url(TEMPLATE))
                 .await
                 .expect("connect to the template");
-            chronicle_commands::migrate(&pool)
+            chronicle::contexts::migrate(&pool)
                 .await
                 .expect("migrations apply");
             sqlx::raw_sql(&context_roles_sql())
@@ -176,7 +176,7 @@ pub fn context_role(context: &str) -> String {
 /// `SELECT {columns} FROM {context}.{table}` of every context's schema, as one query: one
 /// store table across the contexts, read as an operator would (the superuser's pool).
 pub fn every_context(columns: &str, table: &str) -> String {
-    chronicle_commands::contexts::ALL
+    chronicle::contexts::names()
         .iter()
         .map(|context| format!("SELECT {columns} FROM {context}.{table}"))
         .collect::<Vec<_>>()
@@ -186,7 +186,7 @@ pub fn every_context(columns: &str, table: &str) -> String {
 /// Creates each context's role (once per cluster) and hands it its schema in the template.
 fn context_roles_sql() -> String {
     let mut sql = String::new();
-    for context in chronicle_commands::contexts::ALL {
+    for context in chronicle::contexts::names() {
         let role = context_role(context);
         sql.push_str(&format!(
             "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
@@ -235,7 +235,7 @@ impl TestDb {
             .execute(&mut admin)
             .await
             .expect("create the test database");
-        let roles: Vec<String> = chronicle_commands::contexts::ALL
+        let roles: Vec<String> = chronicle::contexts::names()
             .iter()
             .map(|c| context_role(c))
             .collect();
@@ -253,9 +253,12 @@ impl TestDb {
     /// Every context's pool on this database, each logged in as [`context_role`], beside
     /// `shared` (the event store's).
     pub fn databases(&self, shared: PgPool) -> chronicle_commands::Databases {
-        chronicle_commands::Databases::new(shared, 10, |context, options| {
-            options.username(&context_role(context))
-        })
+        chronicle_commands::Databases::new(
+            shared,
+            &chronicle::contexts::names(),
+            10,
+            |context, options| options.username(&context_role(context)),
+        )
     }
 
     /// The pool of `context` alone, logged in as its role: for a test of one context's

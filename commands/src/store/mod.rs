@@ -25,12 +25,21 @@ pub fn outbox_channel(schema: &str) -> String {
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Creates or updates the tables: the event store's in `public` (for a store on a plain
-/// pool), and each context's schema with its event store and its own tables.
+/// pool), and the schema of each of `contexts` (the list of contexts' names) with its event
+/// store and where its readers stand, made when it is not there yet (a context added to
+/// the list gets them at the next start).
 ///
 /// # Errors
 /// When the database cannot be reached or a migration fails.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+pub async fn migrate(pool: &PgPool, contexts: &[&str]) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await?;
+    for context in contexts {
+        sqlx::query("SELECT chronicle_context_store($1)")
+            .bind(context)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// An aggregate rebuilt from its events, with the sequence of the last one (0 when none).

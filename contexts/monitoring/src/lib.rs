@@ -57,6 +57,9 @@ pub const CONTEXT: chronicle_host::Context = chronicle_host::Context {
         s.declare::<AlertEngineConfig>()
             .declare::<chronicle_sagas::NotifyConfig>();
     },
+    // Its samples, series and rollups predate the contexts' own migrations: they are made
+    // by the shared ones (0010, moved by 0013).
+    migrations: None,
 };
 
 /// Its name: its PostgreSQL schema, and the middle of its subjects (`events.monitoring.>`).
