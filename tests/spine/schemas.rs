@@ -10,6 +10,18 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
 
+/// The tables of a context's store, in its schema: its event store's and its readers'.
+const STORE_TABLES: &[&str] = &[
+    "events",
+    "snapshots",
+    "outbox",
+    "idempotency_keys",
+    "unique_claims",
+    "relay_position",
+    "projection_checkpoints",
+    "parked_events",
+];
+
 /// The PostgreSQL error code of `result`'s failure.
 fn code<T: std::fmt::Debug>(result: Result<T, sqlx::Error>) -> String {
     match result {
@@ -44,16 +56,7 @@ async fn every_read_model_is_in_its_contexts_schema_and_no_other_context_can_rea
 
     // Every context's event store is in its schema, and holds its own aggregates' events.
     for context in chronicle::contexts::names() {
-        for table in [
-            "events",
-            "snapshots",
-            "outbox",
-            "idempotency_keys",
-            "unique_claims",
-            "relay_position",
-            "projection_checkpoints",
-            "parked_events",
-        ] {
+        for table in STORE_TABLES {
             let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
                 .bind(format!("{context}.{table}"))
                 .fetch_one(&app.pool)
@@ -315,16 +318,7 @@ async fn a_context_added_to_the_list_gets_its_schema_and_store_and_the_others_ke
     for _ in 0..2 {
         chronicle_commands::migrate(&pool, &names).await.unwrap();
     }
-    for table in [
-        "events",
-        "snapshots",
-        "outbox",
-        "idempotency_keys",
-        "unique_claims",
-        "relay_position",
-        "projection_checkpoints",
-        "parked_events",
-    ] {
+    for table in STORE_TABLES {
         let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
             .bind(format!("loyalty.{table}"))
             .fetch_one(&pool)
