@@ -15,7 +15,6 @@ mod hostile;
 mod hub;
 mod identity;
 mod janitor;
-mod monitoring;
 mod openapi;
 mod projector;
 mod relay;

@@ -1,13 +1,13 @@
-//! Monitoring (issue 14) through the HTTP API: `/metrics`, samples in both formats, queries,
+//! The monitoring context through the HTTP API, against real nats-server and PostgreSQL: `/metrics`, samples in both formats, queries,
 //! rules, alerts and their notifications.
 
 use std::time::Duration;
 
-use chronicle_tests::{eventually, Hook, SmtpServer, TestApp, TestOptions};
+use chronicle_tests::{
+    assert_replays_byte_for_byte, eventually, problem, Hook, SmtpServer, TestApp, TestOptions,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-use crate::common::{assert_replays_byte_for_byte, problem};
 
 /// The lines of `/metrics` that begin with `name{` or `name `.
 fn lines<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
