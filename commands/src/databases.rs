@@ -27,7 +27,6 @@ pub mod contexts {
     pub const CHAT: &str = "chat";
     pub const FILES: &str = "files";
     pub const SCHEDULER: &str = "scheduler";
-    pub const MONITORING: &str = "monitoring";
 }
 
 /// The pools of one process: the shared one (migrations and the host's own checks, as the

@@ -43,7 +43,7 @@ impl Projection for AlertsProjection {
     }
 
     fn context(&self) -> &'static str {
-        chronicle_commands::contexts::MONITORING
+        crate::NAME
     }
 
     fn subjects(&self) -> Vec<String> {

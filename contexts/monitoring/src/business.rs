@@ -39,7 +39,7 @@ impl Projection for BusinessMetricsProjection {
     }
 
     fn context(&self) -> &'static str {
-        chronicle_commands::contexts::MONITORING
+        crate::NAME
     }
 
     fn subjects(&self) -> Vec<String> {

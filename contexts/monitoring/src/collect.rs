@@ -11,7 +11,6 @@
 //! - every subscriber's lag: `chronicle_subscriber_lag_events` and
 //!   `chronicle_subscriber_lag_seconds`.
 
-use chronicle_commands::contexts;
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
@@ -33,7 +32,7 @@ pub(crate) async fn run(state: AppState, every: Duration, instance: String) {
         std::future::pending(),
         || async {
             let samples = collector.lock().await.collect(&state).await;
-            crate::series::store(state.db.of(contexts::MONITORING), &samples)
+            crate::series::store(state.db.of(crate::NAME), &samples)
                 .await
                 .map(|_| ())
         },

@@ -63,7 +63,7 @@ pub const CONTEXT: chronicle_host::Context = chronicle_host::Context {
 };
 
 /// Its name: its PostgreSQL schema, and the middle of its subjects (`events.monitoring.>`).
-pub const NAME: &str = chronicle_commands::contexts::MONITORING;
+pub const NAME: &str = "monitoring";
 
 /// The alert engine: two by default, each alert transition still happens once.
 pub const ALERT_ENGINE: chronicle_host::Process = chronicle_host::Process {

@@ -145,7 +145,7 @@ pub async fn report(
         parse_text(text, &limits)
     }
     .map_err(malformed)?;
-    let accepted = series::store(state.db.of(contexts::MONITORING), &samples)
+    let accepted = series::store(state.db.of(crate::NAME), &samples)
         .await
         .map_err(|e| match e {
             series::StoreError::TooManySeries { .. } => ApiError::new(
@@ -258,7 +258,7 @@ pub async fn query(
         step_seconds: step,
         agg,
     };
-    let found = series::query(state.db.of(contexts::MONITORING), &query, retention(&state))
+    let found = series::query(state.db.of(crate::NAME), &query, retention(&state))
         .await
         .map_err(ApiError::internal)?;
     Ok(
@@ -334,7 +334,7 @@ fn parse_step(text: &str) -> Option<u32> {
 /// `GET /api/v1/monitoring/metrics`: `[{"metric","labels":[keys]}]`.
 #[utoipa::path(get, path = "/api/v1/monitoring/metrics", tag = "monitoring", summary = "The metric names known, with their label keys", responses((status = 200, description = "200: [{\"metric\",\"labels\"}]"), schema::Problems))]
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> Result<Response, ApiError> {
-    let known = series::metrics(state.db.of(contexts::MONITORING))
+    let known = series::metrics(state.db.of(crate::NAME))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(known).into_response())
@@ -465,7 +465,7 @@ pub async fn list_rules(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
-    let rules = alerts::rules(state.db.of(contexts::MONITORING))
+    let rules = alerts::rules(state.db.of(crate::NAME))
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(rules).into_response())
@@ -483,7 +483,7 @@ pub async fn get_rule(
     if !crate::valid_id(&id) {
         return Err(missing());
     }
-    let rule = alerts::rule(state.db.of(contexts::MONITORING), &id)
+    let rule = alerts::rule(state.db.of(crate::NAME), &id)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(missing)?;
@@ -607,7 +607,7 @@ pub async fn list_alerts(
                 .wait_for(
                     min,
                     |version: &i64| *version as u64,
-                    || alerts::rule_version(state.db.of(contexts::MONITORING), rule),
+                    || alerts::rule_version(state.db.of(crate::NAME), rule),
                 )
                 .await
                 .map_err(ApiError::internal)?;
@@ -617,7 +617,7 @@ pub async fn list_alerts(
     let limit = i64::from(params.limit.unwrap_or(100).clamp(1, 1_000));
     let found = match rule_id {
         Some(rule) if !crate::valid_id(rule) => Vec::new(),
-        _ => alerts::alerts(state.db.of(contexts::MONITORING), wanted, rule_id, limit)
+        _ => alerts::alerts(state.db.of(crate::NAME), wanted, rule_id, limit)
             .await
             .map_err(ApiError::internal)?,
     };

@@ -288,7 +288,7 @@ impl Rule {
 }
 
 impl AggregateKind for Rule {
-    const CONTEXT: &'static str = "monitoring";
+    const CONTEXT: &'static str = crate::NAME;
 }
 
 impl Aggregate for Rule {
