@@ -418,8 +418,8 @@ mod tests {
             Some(Component::Process(&crate::roles::ORDER_SAGA))
         );
         assert_eq!(
-            Component::process(&args(&["alert-engine"])),
-            Some(Component::Process(&chronicle_monitoring::ALERT_ENGINE))
+            Component::process(&args(&["scheduler"])),
+            Some(Component::Process(&crate::roles::SCHEDULER))
         );
         assert_eq!(Component::process(&args(&["saga", "nope"])), None);
     }

@@ -364,10 +364,10 @@ async fn a_contexts_own_migrations_run_in_its_schema_once() {
     };
     let db = TestDb::empty().await;
     let pool = db.pool().await;
+    let mut contexts = chronicle::contexts::CONTEXTS.to_vec();
+    contexts.push(loyalty);
     for _ in 0..2 {
-        chronicle_host::migrate(&pool, &[chronicle_monitoring::CONTEXT, loyalty])
-            .await
-            .unwrap();
+        chronicle_host::migrate(&pool, &contexts).await.unwrap();
     }
     let own: Vec<i64> = sqlx::query_scalar("SELECT version FROM loyalty._sqlx_migrations")
         .fetch_all(&pool)
