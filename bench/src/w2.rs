@@ -159,7 +159,13 @@ async fn fold_in_memory(
             InventoryEvent::ItemCreated { initial_stock, .. } => entry.0 = initial_stock as i64,
             InventoryEvent::StockReceived { quantity } => entry.0 += quantity as i64,
             InventoryEvent::ReservationCommitted { quantity, .. } => entry.0 -= quantity as i64,
-            InventoryEvent::StockReserved { .. } | InventoryEvent::ReservationReleased { .. } => {}
+            // Reservations and catalog edits leave the stock on hand as it is.
+            InventoryEvent::StockReserved { .. }
+            | InventoryEvent::ReservationReleased { .. }
+            | InventoryEvent::ItemRenamed { .. }
+            | InventoryEvent::ItemRepriced { .. }
+            | InventoryEvent::ItemDescribed { .. }
+            | InventoryEvent::ItemDiscontinued {} => {}
         }
         entry.1 = envelope.sequence;
         seen += 1;

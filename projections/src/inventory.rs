@@ -1,5 +1,7 @@
-//! The `inventory_items` read model: one row per SKU with on hand, reserved and available
-//! stock, and the version (aggregate sequence) it reflects.
+//! The `inventory_items` read model: one row per SKU with its name, price, description and
+//! whether it is discontinued, on hand, reserved and available stock, and the version
+//! (aggregate sequence) it reflects; the catalog is searched by the words of the name and
+//! the description (PostgreSQL full text, as the blog's posts are).
 
 use std::collections::HashMap;
 
@@ -20,6 +22,8 @@ pub struct InventoryView {
     pub sku: String,
     pub name: String,
     pub price_cents: i64,
+    pub description: String,
+    pub discontinued: bool,
     pub on_hand: i64,
     pub reserved: i64,
     pub available: i64,
@@ -45,12 +49,23 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS inventory_items (
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inventory_items_available ON inventory_items (available, sku)";
+CREATE INDEX IF NOT EXISTS inventory_items_available ON inventory_items (available, sku);
+ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
+ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS discontinued boolean NOT NULL DEFAULT false;
+ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS search tsvector
+    GENERATED ALWAYS AS (to_tsvector('english', name || ' ' || description)) STORED;
+CREATE INDEX IF NOT EXISTS inventory_items_search ON inventory_items USING gin (search)";
+
+/// The columns a view is read from.
+const COLUMNS: &str = "sku, name, price_cents, description, discontinued, on_hand, reserved, \
+                       available, version, created_at, updated_at";
 
 #[derive(Debug, Clone)]
 struct Row {
     name: String,
     price_cents: i64,
+    description: String,
+    discontinued: bool,
     on_hand: i64,
     reserved: i64,
     version: i64,
@@ -99,14 +114,13 @@ impl Projection for InventoryProjection {
         if skus.is_empty() {
             return Ok(());
         }
-        let stored: Vec<InventoryView> = sqlx::query_as(
-                "SELECT sku, name, price_cents, on_hand, reserved, available, version, created_at, updated_at \
-                 FROM inventory_items WHERE sku = ANY($1)",
-            )
-            .bind(&skus)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(ProjectionError::db("reading inventory rows"))?;
+        let stored: Vec<InventoryView> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM inventory_items WHERE sku = ANY($1)"
+        ))
+        .bind(&skus)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(ProjectionError::db("reading inventory rows"))?;
         let mut rows: HashMap<String, Row> = stored
             .into_iter()
             .map(|v| {
@@ -115,6 +129,8 @@ impl Projection for InventoryProjection {
                     Row {
                         name: v.name,
                         price_cents: v.price_cents,
+                        description: v.description,
+                        discontinued: v.discontinued,
                         on_hand: v.on_hand,
                         reserved: v.reserved,
                         version: v.version,
@@ -139,6 +155,8 @@ impl Projection for InventoryProjection {
                     .or_insert_with(|| Row {
                         name: name.clone(),
                         price_cents: *price_cents,
+                        description: String::new(),
+                        discontinued: false,
                         on_hand,
                         reserved: 0,
                         version: sequence,
@@ -173,11 +191,17 @@ impl Projection for InventoryProjection {
                     row.reserved = ProjectionError::counter(row.reserved, quantity, true)?;
                     row.on_hand = ProjectionError::counter(row.on_hand, quantity, true)?;
                 }
+                InventoryEvent::ItemRenamed { name } => row.name = name,
+                InventoryEvent::ItemRepriced { price_cents } => row.price_cents = price_cents,
+                InventoryEvent::ItemDescribed { description } => row.description = description,
+                InventoryEvent::ItemDiscontinued {} => row.discontinued = true,
             }
             row.version = sequence;
             row.updated_at = envelope.recorded_at;
         }
         let mut cols = (
+            Vec::new(),
+            Vec::new(),
             Vec::new(),
             Vec::new(),
             Vec::new(),
@@ -196,13 +220,16 @@ impl Projection for InventoryProjection {
             cols.5.push(row.version);
             cols.6.push(row.created_at);
             cols.7.push(row.updated_at);
+            cols.8.push(row.description);
+            cols.9.push(row.discontinued);
         }
         sqlx::query(
-                "INSERT INTO inventory_items (sku, name, price_cents, on_hand, reserved, version, created_at, updated_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::timestamptz[]) \
+                "INSERT INTO inventory_items (sku, name, price_cents, on_hand, reserved, version, created_at, updated_at, description, discontinued) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::boolean[]) \
                  ON CONFLICT (sku) DO UPDATE SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, \
                    on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, version = EXCLUDED.version, \
-                   created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at",
+                   created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
+                   description = EXCLUDED.description, discontinued = EXCLUDED.discontinued",
             )
             .bind(&cols.0)
             .bind(&cols.1)
@@ -212,6 +239,8 @@ impl Projection for InventoryProjection {
             .bind(&cols.5)
             .bind(&cols.6)
             .bind(&cols.7)
+            .bind(&cols.8)
+            .bind(&cols.9)
             .execute(&mut *conn)
             .await
             .map_err(ProjectionError::db("writing inventory rows"))?;
@@ -224,35 +253,48 @@ impl Projection for InventoryProjection {
 /// # Errors
 /// When the database fails.
 pub async fn get(pool: &PgPool, sku: &str) -> Result<Option<InventoryView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sku, name, price_cents, on_hand, reserved, available, version, created_at, updated_at \
-         FROM inventory_items WHERE sku = $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM inventory_items WHERE sku = $1"
+    ))
     .bind(sku)
     .fetch_optional(pool)
     .await
 }
 
-/// A page of items in SKU order, after `after_sku`, optionally only those with fewer than
-/// `low_stock_below` available. Fetches `limit` rows.
+/// Which items of the catalog a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogFilter<'a> {
+    /// Only those with fewer than this many available.
+    pub low_stock_below: Option<i64>,
+    /// Only those whose name or description has these words (web search syntax).
+    pub words: Option<&'a str>,
+    /// Discontinued items too (they are left out otherwise).
+    pub with_discontinued: bool,
+}
+
+/// A page of the catalog in SKU order, after `after_sku`, as `filter` says. Fetches `limit`
+/// rows.
 ///
 /// # Errors
 /// When the database fails.
 pub async fn list(
     pool: &PgPool,
-    low_stock_below: Option<i64>,
+    filter: &CatalogFilter<'_>,
     after_sku: Option<&str>,
     limit: i64,
 ) -> Result<Vec<InventoryView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sku, name, price_cents, on_hand, reserved, available, version, created_at, updated_at \
-         FROM inventory_items \
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM inventory_items \
          WHERE ($1::bigint IS NULL OR available < $1) AND ($2::text IS NULL OR sku > $2) \
-         ORDER BY sku LIMIT $3",
-    )
-    .bind(low_stock_below)
+           AND ($4::text IS NULL OR search @@ websearch_to_tsquery('english', $4)) \
+           AND ($5 OR NOT discontinued) \
+         ORDER BY sku LIMIT $3"
+    ))
+    .bind(filter.low_stock_below)
     .bind(after_sku)
     .bind(limit)
+    .bind(filter.words)
+    .bind(filter.with_discontinued)
     .fetch_all(pool)
     .await
 }

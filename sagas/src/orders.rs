@@ -410,6 +410,8 @@ impl Core {
                 tracing::info!(order_id, sku = line.sku, reason = %refused, "a line cannot be reserved");
                 let reason = match refused {
                     InventoryError::NotFound => "unknown_item",
+                    // Withdrawn between the order's placement and its reservation.
+                    InventoryError::Discontinued(_) => "item_discontinued",
                     _ => "insufficient_stock",
                 };
                 return self.give_up(&order, order_id, reason, cause).await;

@@ -31,6 +31,16 @@ pub enum InventoryEvent {
         reservation_id: String,
         quantity: u64,
     },
+    /// Staff renamed the item.
+    ItemRenamed { name: String },
+    /// Staff changed the item's price: carts show it at once, orders placed from then on
+    /// pay it, and an order already placed keeps the price it was placed at.
+    ItemRepriced { price_cents: i64 },
+    /// Staff changed the item's description (empty: none).
+    ItemDescribed { description: String },
+    /// Staff withdrew the item: it stays readable, cannot be put in a cart or ordered, and
+    /// the reservations already made for it are honoured.
+    ItemDiscontinued {},
 }
 
 event_types!(InventoryEvent:
@@ -39,6 +49,10 @@ event_types!(InventoryEvent:
     StockReserved,
     ReservationReleased,
     ReservationCommitted,
+    ItemRenamed,
+    ItemRepriced,
+    ItemDescribed,
+    ItemDiscontinued,
 );
 
 /// One line of an order: the unit price is the item's price when the order was placed.

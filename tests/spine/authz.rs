@@ -145,6 +145,14 @@ async fn world(app: &TestApp) -> World {
         app,
         &staff,
         Method::POST,
+        "/api/v1/inventory/items",
+        json(json!({"sku": "AZ-3", "name": "To withdraw", "price_cents": 5, "initial_stock": 1})),
+    )
+    .await;
+    made(
+        app,
+        &staff,
+        Method::POST,
         "/api/v1/coupons",
         json(json!({"code": "AZ10", "percent_off": 10, "max_redemptions": 5})),
     )
@@ -641,6 +649,20 @@ fn rows(w: &World) -> Vec<Row> {
             "/api/v1/inventory/items/{sku}/receive",
             "/api/v1/inventory/items/AZ-1/receive".into(),
             j(json!({"quantity": 1})),
+            [401, 403, 200, 403],
+        ),
+        row(
+            M::PATCH,
+            "/api/v1/inventory/items/{sku}",
+            "/api/v1/inventory/items/AZ-1".into(),
+            j(json!({"description": "The matrix's own item"})),
+            [401, 403, 200, 403],
+        ),
+        row(
+            M::POST,
+            "/api/v1/inventory/items/{sku}/discontinue",
+            "/api/v1/inventory/items/AZ-3/discontinue".into(),
+            Body::None,
             [401, 403, 200, 403],
         ),
         row(

@@ -623,8 +623,16 @@ async fn sql_and_html_in_every_string_field_are_stored_verbatim_and_rendered_ine
         json!({"sku": "NASTY-1", "name": NASTY, "price_cents": 1, "initial_stock": 1}),
     )
     .await;
-    let item = read("/api/v1/inventory/items/NASTY-1?min_version=1".to_owned()).await;
+    let described = app
+        .request(reqwest::Method::PATCH, "/api/v1/inventory/items/NASTY-1")
+        .json(&json!({"description": NASTY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.status(), StatusCode::OK);
+    let item = read("/api/v1/inventory/items/NASTY-1?min_version=2".to_owned()).await;
     verbatim.push(("item name", item["name"].clone()));
+    verbatim.push(("item description", item["description"].clone()));
 
     let job = id_of(
         &made(

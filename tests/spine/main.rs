@@ -3,6 +3,7 @@
 
 mod authz;
 mod blog;
+mod catalog;
 mod chat;
 mod commerce;
 mod common;

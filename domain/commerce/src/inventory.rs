@@ -35,6 +35,15 @@ pub enum InventoryCommand {
     Commit {
         reservation_id: String,
     },
+    /// Staff change any of the name, the price and the description; a field that is
+    /// absent, or the same as now, is left as it is (nothing changed: no event).
+    Change {
+        name: Option<String>,
+        price_cents: Option<i64>,
+        description: Option<String>,
+    },
+    /// Staff withdraw the item for good.
+    Discontinue,
 }
 
 /// Why an inventory command was refused. Each maps to a stable API `code`.
@@ -58,6 +67,8 @@ pub enum InventoryError {
     ReservationCommitted(String),
     #[error("reservation {0} was already released")]
     ReservationReleased(String),
+    #[error("item {0} is discontinued")]
+    Discontinued(String),
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("receiving {requested} more would take stock past {max} units (on hand: {on_hand})")]
@@ -80,6 +91,7 @@ chronicle_schemas::domain_rules!(InventoryError {
     Self::UnknownReservation(_) => Conflict("unknown_reservation"),
     Self::ReservationCommitted(_) => Conflict("reservation_committed"),
     Self::ReservationReleased(_) => Conflict("reservation_released"),
+    Self::Discontinued(_) => Conflict("item_discontinued"),
 });
 
 /// A SKU: the aggregate id and so one NATS subject token: 1 to 64 characters of `A-Z`,
@@ -108,6 +120,17 @@ pub fn check_sku(sku: &str) -> Result<(), Invalid> {
 /// [`Invalid`] for `name`.
 pub fn check_item_name(name: &str) -> Result<(), Invalid> {
     limits::text("name", name, 1, 200)
+}
+
+/// Longest item description, in characters.
+pub const MAX_DESCRIPTION: usize = 2_000;
+
+/// An item description: at most 2,000 characters (empty: none), no control characters.
+///
+/// # Errors
+/// [`Invalid`] for `description`.
+pub fn check_description(description: &str) -> Result<(), Invalid> {
+    limits::text("description", description, 0, MAX_DESCRIPTION)
 }
 
 /// A price: 0 to 10^12 cents.
@@ -152,6 +175,11 @@ pub struct InventoryItem {
     sku: String,
     name: String,
     price_cents: i64,
+    /// Empty until staff describe it (a snapshot from before descriptions reads as empty).
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    discontinued: bool,
     on_hand: u64,
     reserved: u64,
     open: BTreeMap<String, u64>,
@@ -180,6 +208,13 @@ impl InventoryItem {
     }
     pub fn price_cents(&self) -> i64 {
         self.price_cents
+    }
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    /// Withdrawn: readable, but not to be put in a cart or ordered.
+    pub fn is_discontinued(&self) -> bool {
+        self.discontinued
     }
     pub fn on_hand(&self) -> u64 {
         self.on_hand
@@ -262,6 +297,7 @@ impl InventoryItem {
                     return Err(InventoryError::InvalidQuantity);
                 }
                 if let Some(held) = self.open.get(&reservation_id) {
+                    // Made before the item was discontinued: honoured, and its retry too.
                     return if *held == quantity {
                         Ok(vec![])
                     } else {
@@ -276,6 +312,9 @@ impl InventoryItem {
                         return Err(InventoryError::ReservationReleased(reservation_id))
                     }
                     None => {}
+                }
+                if self.discontinued {
+                    return Err(InventoryError::Discontinued(self.sku.clone()));
                 }
                 if self.available() < quantity {
                     return Err(InventoryError::InsufficientStock {
@@ -313,6 +352,40 @@ impl InventoryItem {
                     None => Err(InventoryError::UnknownReservation(reservation_id)),
                 },
             },
+            C::Change {
+                name,
+                price_cents,
+                description,
+            } => {
+                let mut events = Vec::new();
+                if let Some(name) = name {
+                    check_item_name(&name)?;
+                    if name != self.name {
+                        events.push(E::ItemRenamed { name });
+                    }
+                }
+                if let Some(price_cents) = price_cents {
+                    if check_price(price_cents).is_err() {
+                        return Err(InventoryError::InvalidPrice);
+                    }
+                    if price_cents != self.price_cents {
+                        events.push(E::ItemRepriced { price_cents });
+                    }
+                }
+                if let Some(description) = description {
+                    check_description(&description)?;
+                    if description != self.description {
+                        events.push(E::ItemDescribed { description });
+                    }
+                }
+                Ok(events)
+            }
+            C::Discontinue => {
+                if self.discontinued {
+                    return Err(InventoryError::Discontinued(self.sku.clone()));
+                }
+                Ok(vec![E::ItemDiscontinued {}])
+            }
         }
     }
 }
@@ -380,6 +453,10 @@ impl Aggregate for InventoryItem {
                 self.open.remove(&reservation_id);
                 self.close(reservation_id, Closed::Committed);
             }
+            E::ItemRenamed { name } => self.name = name,
+            E::ItemRepriced { price_cents } => self.price_cents = price_cents,
+            E::ItemDescribed { description } => self.description = description,
+            E::ItemDiscontinued {} => self.discontinued = true,
         }
     }
 }
@@ -655,5 +732,98 @@ mod tests {
             }),
             Ok(vec![])
         );
+    }
+
+    fn change(name: Option<&str>, price_cents: Option<i64>, description: Option<&str>) -> C {
+        C::Change {
+            name: name.map(str::to_owned),
+            price_cents,
+            description: description.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_change_records_only_the_fields_that_differ() {
+        Given::with(())
+            .given(vec![created(1)])
+            .when(change(Some("Widget"), Some(990), Some("Blue, 3 cm")))
+            .then_expect_events(vec![
+                E::ItemRepriced { price_cents: 990 },
+                E::ItemDescribed {
+                    description: "Blue, 3 cm".into(),
+                },
+            ]);
+        Given::with(())
+            .given(vec![created(1)])
+            .when(change(Some("Widget"), Some(1250), None))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_change_outside_the_limits_is_refused_whole() {
+        for bad in [
+            change(Some("Gadget"), Some(-1), None),
+            change(Some(" "), None, None),
+            change(None, None, Some(&"x".repeat(MAX_DESCRIPTION + 1))),
+            change(None, None, Some("nul \u{0} inside")),
+        ] {
+            let refused = Given::with(())
+                .given(vec![created(1)])
+                .when(bad.clone())
+                .inspect_result();
+            assert!(refused.is_err(), "{bad:?} was taken");
+        }
+        Given::with(())
+            .given(vec![created(1)])
+            .when(change(None, None, Some(&"x".repeat(MAX_DESCRIPTION))))
+            .then_expect_events(vec![E::ItemDescribed {
+                description: "x".repeat(MAX_DESCRIPTION),
+            }]);
+    }
+
+    #[test]
+    fn a_discontinued_item_takes_no_new_reservation_but_honours_the_ones_it_has() {
+        let discontinued = vec![created(10), reserved("o-1", 2), E::ItemDiscontinued {}];
+        Given::with(())
+            .given(discontinued.clone())
+            .when(C::Reserve {
+                reservation_id: "o-2".into(),
+                quantity: 1,
+            })
+            .then_expect_error(InventoryError::Discontinued("SKU-1".into()));
+        // The reservation made before, retried, and then fulfilled.
+        Given::with(())
+            .given(discontinued.clone())
+            .when(C::Reserve {
+                reservation_id: "o-1".into(),
+                quantity: 2,
+            })
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(discontinued.clone())
+            .when(C::Commit {
+                reservation_id: "o-1".into(),
+            })
+            .then_expect_events(vec![E::ReservationCommitted {
+                reservation_id: "o-1".into(),
+                quantity: 2,
+            }]);
+        Given::with(())
+            .given(discontinued)
+            .when(C::Discontinue)
+            .then_expect_error(InventoryError::Discontinued("SKU-1".into()));
+    }
+
+    #[test]
+    fn a_snapshot_from_before_descriptions_reads_as_undescribed_and_on_sale() {
+        let mut item = InventoryItem::default();
+        item.apply(created(3));
+        let mut old = serde_json::to_value(&item).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("description");
+        fields.remove("discontinued");
+        let read: InventoryItem = serde_json::from_value(old).unwrap();
+        assert_eq!(read, item);
+        assert!(!read.is_discontinued() && read.description().is_empty());
     }
 }

@@ -22,8 +22,8 @@ pub use chronicle_schemas::commerce::{
 };
 pub use coupon::{Coupon, CouponCommand, CouponError};
 pub use inventory::{
-    check_initial_stock, check_item_name, check_price, check_quantity, check_sku, InventoryCommand,
-    InventoryError, InventoryItem,
+    check_description, check_initial_stock, check_item_name, check_price, check_quantity,
+    check_sku, InventoryCommand, InventoryError, InventoryItem, MAX_DESCRIPTION,
 };
 pub use order::{Canceller, Order, OrderCommand, OrderError, OrderStatus, MAX_LINES};
 pub use payments::{Holding, OrderServices, PaymentFailure, PaymentProvider, Receipt};

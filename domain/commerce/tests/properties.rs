@@ -88,6 +88,19 @@ fn inventory_command() -> impl Strategy<Value = InventoryCommand> {
         }),
         reservation().prop_map(|reservation_id| InventoryCommand::Release { reservation_id }),
         reservation().prop_map(|reservation_id| InventoryCommand::Commit { reservation_id }),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(signed()),
+            proptest::option::of(text()),
+        )
+            .prop_map(
+                |(name, price_cents, description)| InventoryCommand::Change {
+                    name,
+                    price_cents,
+                    description,
+                }
+            ),
+        Just(InventoryCommand::Discontinue),
     ]
 }
 

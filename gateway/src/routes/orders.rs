@@ -41,6 +41,7 @@ pub const CONTEXT: Context = Context {
         "coupon_exists",
         "insufficient_stock",
         "invalid_state",
+        "item_discontinued",
         "order_exists",
         "payment_declined",
         "payment_timeout",
@@ -117,6 +118,13 @@ pub async fn place(
         if !item.exists() {
             errors.push(FieldError::new("lines", format!("no item with SKU {sku}")));
             continue;
+        }
+        if item.is_discontinued() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "item_discontinued",
+                format!("item {sku} is discontinued: it can no longer be ordered"),
+            ));
         }
         lines.push(OrderLine {
             sku,
