@@ -208,7 +208,23 @@ impl Component {
                     config,
                     handed,
                 );
+                let db = wiring.db.clone();
                 Box::pin(async move {
+                    // The read models its routes query exist before the first request: a
+                    // gateway that answered before their projectors had made them failed a
+                    // read (`chronicle up`, a fresh database). The set-up is idempotent and
+                    // serialised with the projectors'. When PostgreSQL cannot answer, the
+                    // gateway serves anyway (`/health` says so) and the projectors make them.
+                    for model in read_models() {
+                        if let Err(e) = model.setup(&db).await {
+                            tracing::warn!(
+                                read_model = model.name(),
+                                error = %chronicle_bus::ErrorChain(&e),
+                                "a read model's tables could not be made before serving"
+                            );
+                            break;
+                        }
+                    }
                     chronicle_gateway::serve(listener, state, shutdown)
                         .await
                         .context(name)

@@ -176,13 +176,16 @@ fn is_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(sqlx_error) = e.downcast_ref::<sqlx::Error>() {
-            return matches!(
-                sqlx_error,
+            return match sqlx_error {
                 sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Tls(_)
-            );
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_) => true,
+                // A read model's table its projector has not made yet (42P01): there in a
+                // moment, as a server coming back is.
+                sqlx::Error::Database(db) => db.code().as_deref() == Some("42P01"),
+                _ => false,
+            };
         }
         current = e.source();
     }

@@ -365,3 +365,27 @@ async fn replaying_the_inventory_after_edits_gives_the_same_rows_byte_for_byte()
     )
     .await;
 }
+
+/// A read model whose table its projector has not made yet (a gateway of a new deployment
+/// that starts first) answers 503 `unavailable`, as a server coming back does, never 500.
+#[tokio::test]
+async fn a_read_model_not_made_yet_is_unavailable_not_an_error() {
+    let app = TestApp::spawn().await;
+    create_item(&app, "U-1", "Umbrella", 100, 1).await;
+    sqlx::query("DROP TABLE commerce.inventory_items")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for path in [
+        "/api/v1/inventory/items/U-1",
+        "/api/v1/inventory/items/U-1?min_version=1",
+        "/api/v1/inventory/items",
+    ] {
+        problem(
+            app.get(path).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        )
+        .await;
+    }
+}

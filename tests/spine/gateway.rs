@@ -33,8 +33,9 @@ async fn creating_an_item_answers_201_with_its_version_and_then_reads_back_fresh
     assert_eq!(read.headers()["etag"], "\"1\"");
     assert_eq!(
         read.json::<Value>().await.unwrap(),
-        json!({"sku": "ABC-1", "name": "Item ABC-1", "price_cents": 1250, "on_hand": 10,
-               "reserved": 0, "available": 10, "version": 1})
+        json!({"sku": "ABC-1", "name": "Item ABC-1", "price_cents": 1250, "description": "",
+               "discontinued": false, "on_hand": 10, "reserved": 0, "available": 10,
+               "version": 1})
     );
 }
 
