@@ -12,9 +12,9 @@ use chronicle_commands::contexts as schema;
 use chronicle_gateway::{ContextSettings, GatewayConfig, Secret};
 use chronicle_host::Process;
 use chronicle_projections::{
-    chat_history::ChatHistoryProjection, file_metadata::FileMetadataProjection,
-    inventory::InventoryProjection, jobs::JobsProjection, orders::OrdersProjection,
-    posts::PostsProjection, users::UsersProjection, Erased, ReadModel,
+    carts::CartsProjection, chat_history::ChatHistoryProjection,
+    file_metadata::FileMetadataProjection, inventory::InventoryProjection, jobs::JobsProjection,
+    orders::OrdersProjection, posts::PostsProjection, users::UsersProjection, Erased, ReadModel,
 };
 use chronicle_schemas::contracts::EventContract;
 
@@ -27,7 +27,11 @@ pub const CONTEXTS: &[Context] = &[
     Context {
         name: schema::COMMERCE,
         gateway: chronicle_gateway::contexts::COMMERCE,
-        read_models: &[&Erased(InventoryProjection), &Erased(OrdersProjection)],
+        read_models: &[
+            &Erased(InventoryProjection),
+            &Erased(OrdersProjection),
+            &Erased(CartsProjection),
+        ],
         processes: &[roles::ORDER_SAGA],
         contracts: Vec::new,
         settings: None,

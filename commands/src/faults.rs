@@ -12,6 +12,9 @@ pub enum FaultAction {
     /// in-process: what a crash leaves behind (an open transaction, unacked messages, a
     /// dropped connection) is left behind the same way.
     Crash,
+    /// [`Crash`](Self::Crash) at the point's `n`th hit from now (1: the next), passing the
+    /// ones before: a crash between two steps that pass the same point.
+    CrashAtHit(u32),
 }
 
 /// A component stopped at an armed fault point.
@@ -44,6 +47,7 @@ impl Faults {
         faults
     }
 
+    /// Arms `point` with `action` (replacing what it was armed with).
     pub fn arm(&self, point: &str, action: FaultAction) {
         self.lock().insert(point.to_owned(), action);
     }
@@ -56,7 +60,13 @@ impl Faults {
         let action = {
             let mut armed = self.lock();
             match armed.get(point).copied() {
-                Some(FaultAction::Crash) => armed.remove(point),
+                Some(FaultAction::Crash | FaultAction::CrashAtHit(0 | 1)) => {
+                    armed.remove(point).map(|_| FaultAction::Crash)
+                }
+                Some(FaultAction::CrashAtHit(n)) => {
+                    armed.insert(point.to_owned(), FaultAction::CrashAtHit(n - 1));
+                    None
+                }
                 other => other,
             }
         };
@@ -66,11 +76,16 @@ impl Faults {
                 tracing::error!(point, "fault point armed with abort: aborting the process");
                 std::process::abort()
             }
-            Some(FaultAction::Crash) => {
+            Some(FaultAction::Crash | FaultAction::CrashAtHit(_)) => {
                 tracing::warn!(point, "fault point armed with crash: stopping here");
                 Err(InjectedFault(point.to_owned()))
             }
         }
+    }
+
+    /// Disarms `point`.
+    pub fn disarm(&self, point: &str) {
+        self.lock().remove(point);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FaultAction>> {
@@ -78,5 +93,23 @@ impl Faults {
         self.armed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_at_the_nth_hit_passes_the_ones_before_and_disarms() {
+        let faults = Faults::default();
+        faults.arm("p", FaultAction::CrashAtHit(3));
+        assert!(faults.hit("p").is_ok());
+        assert!(faults.hit("p").is_ok());
+        assert!(faults.hit("p").is_err());
+        assert!(faults.hit("p").is_ok(), "disarmed after it crashed");
+        faults.arm("p", FaultAction::Crash);
+        faults.disarm("p");
+        assert!(faults.hit("p").is_ok());
     }
 }

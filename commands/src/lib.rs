@@ -10,7 +10,8 @@
 //!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on
 //!   conflict. Its parts, one job a file: `lanes.rs` (per-aggregate queueing inside the
 //!   process, and same-aggregate batching), `cache.rs` (aggregates kept between commands),
-//!   `committer.rs` (group commit), `context.rs` (what a command carries and answers).
+//!   `committer.rs` (group commit), `context.rs` (what a command carries and answers),
+//!   `together.rs` (two aggregates' commands committed as one: a checkout).
 //! - [`migrate`]: the event-store schema, and each context's schema.
 //! - [`Databases`]: a pool per bounded context, on its own schema (`databases.rs`).
 //! - [`Faults`]: named fault points tests arm to stop a component at an exact step.
@@ -30,6 +31,7 @@ mod faults;
 mod idempotency;
 mod lanes;
 mod store;
+mod together;
 
 pub use context::{CommandContext, Committed, Executable, Executed, RetryPolicy};
 pub use credentials::Credentials;
@@ -41,3 +43,4 @@ pub use idempotency::{purge_expired, IdempotencyKey, StoredResponse, IDEMPOTENCY
 pub use store::{
     migrate, outbox_channel, EventStore, LoadedAggregate, UniqueClaim, OUTBOX_CHANNEL,
 };
+pub use together::{Either, Side};

@@ -12,6 +12,7 @@
 //!   (`chronicle::contexts`): what the projector role, replay, set-up and status read.
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very
 //!   same apply code, then swaps it in atomically (invariant 5).
+//! - [`carts`]: each customer's cart lines, read priced at the catalog's current prices.
 //! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
 //! - [`file_metadata`]: files, and the live references to each stored hash (files).
 //! - [`inventory`]: the `inventory_items` read model.
@@ -28,6 +29,7 @@ mod registry;
 mod replay;
 mod runtime;
 
+pub mod carts;
 pub mod chat_history;
 pub mod file_metadata;
 pub mod inventory;

@@ -162,3 +162,31 @@ pub enum CouponEvent {
 }
 
 event_types!(CouponEvent: CouponCreated, CouponRedeemed, RedemptionReleased);
+
+/// Everything that can happen to a customer's cart (aggregate type `cart`, id = the
+/// customer's user id: one cart per customer). It holds SKUs and quantities only: a cart
+/// shows the items' current prices, read from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum CartEvent {
+    /// The line of `sku` now holds `quantity` (added, or its quantity changed).
+    LineSet { sku: String, quantity: u64 },
+    /// The line of `sku` was taken out.
+    LineRemoved { sku: String },
+    /// Every line was taken out.
+    CartEmptied {},
+    /// The cart became the order `order_id` (appended in one transaction with the order's
+    /// `OrderPlaced`), and is empty again.
+    CheckedOut {
+        order_id: String,
+        lines: Vec<CartLine>,
+    },
+}
+
+/// One line of a cart as it was checked out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CartLine {
+    pub sku: String,
+    pub quantity: u64,
+}
+
+event_types!(CartEvent: LineSet, LineRemoved, CartEmptied, CheckedOut);

@@ -57,6 +57,7 @@ pub fn event_contracts() -> Vec<EventContract> {
     ));
     all.extend(contracts_of::<commerce::OrderEvent>("commerce", "order"));
     all.extend(contracts_of::<commerce::CouponEvent>("commerce", "coupon"));
+    all.extend(contracts_of::<commerce::CartEvent>("commerce", "cart"));
     all.extend(contracts_of::<chat::RoomEvent>("chat", "room"));
     all.extend(contracts_of::<files::FileEvent>("files", "file"));
     all.extend(contracts_of::<files::UploadEvent>("files", "upload"));

@@ -380,6 +380,42 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
     if !decided_twice.is_empty() {
         return Err(format!("orders decided twice: {decided_twice:?}"));
     }
+    // Checkout is one step: every checked-out cart made exactly one order, and every order
+    // of a customer who checks out (bob places no other) came from exactly one checkout.
+    let checkouts: Vec<(String, i64, i64)> = sqlx::query_as(
+        "WITH c AS (SELECT payload->'CheckedOut'->>'order_id' AS order_id FROM commerce.events \
+                    WHERE aggregate_type = 'cart' AND event_type = 'CheckedOut'), \
+              o AS (SELECT aggregate_id AS order_id FROM commerce.events \
+                    WHERE aggregate_type = 'order' AND event_type = 'OrderPlaced' \
+                      AND payload->'OrderPlaced'->>'customer_id' IN \
+                          (SELECT aggregate_id FROM commerce.events WHERE aggregate_type = 'cart')) \
+         SELECT order_id, (SELECT count(*) FROM c WHERE c.order_id = ids.order_id), \
+                (SELECT count(*) FROM o WHERE o.order_id = ids.order_id) \
+         FROM (SELECT order_id FROM c UNION SELECT order_id FROM o) AS ids",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let split: Vec<&(String, i64, i64)> = checkouts
+        .iter()
+        .filter(|(_, c, o)| (*c, *o) != (1, 1))
+        .collect();
+    if !split.is_empty() {
+        return Err(format!(
+            "checkouts without exactly one order, or orders without exactly one checkout \
+             (order, checkouts, orders): {:?}",
+            &split[..split.len().min(5)]
+        ));
+    }
+    let placed: BTreeSet<&str> = checkouts.iter().map(|(id, _, _)| id.as_str()).collect();
+    let lost: Vec<&String> = acked
+        .checkouts
+        .iter()
+        .filter(|id| !placed.contains(id.as_str()))
+        .collect();
+    if !lost.is_empty() {
+        return Err(format!("acknowledged checkouts with no order: {lost:?}"));
+    }
     let runs: Vec<(String, i64)> = sqlx::query_as(
         "SELECT j.id, (SELECT count(*) FROM scheduler.events e WHERE e.aggregate_type = 'job' \
                          AND e.aggregate_id = j.id AND e.event_type = 'RunSucceeded') \
@@ -406,7 +442,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
     if !parked.is_empty() {
         return Err(format!("parked events: {parked:?}"));
     }
-    Ok(acked.orders.len() + acked.jobs.len())
+    Ok(acked.orders.len() + acked.jobs.len() + checkouts.len())
 }
 
 /// Every acknowledged message reached the WebSocket member, and the contract held on

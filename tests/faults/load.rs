@@ -22,8 +22,10 @@ use crate::rng::Rng;
 pub struct Acked {
     /// `(aggregate_type, aggregate_id, version)` of every command answered with a version.
     pub versions: Vec<(String, String, i64)>,
-    /// Orders placed.
+    /// Orders placed (directly, and by checking a cart out).
     pub orders: Vec<String>,
+    /// Orders placed by checking a cart out.
+    pub checkouts: Vec<String>,
     /// Chat messages: id → seq.
     pub messages: BTreeMap<String, i64>,
     /// Files: id → sha256 of the bytes sent.
@@ -203,7 +205,7 @@ pub async fn prepare(client: &Client) -> Cast {
 }
 
 /// Runs the workers until `stop`: orders, stock receipts, posts, chat messages, file
-/// uploads and one-shot jobs, each a loop of requests.
+/// uploads, one-shot jobs and carts checked out, each a loop of requests.
 pub async fn run(
     client: Client,
     cast: Arc<Cast>,
@@ -219,6 +221,7 @@ pub async fn run(
         Worker::Chat,
         Worker::Files,
         Worker::Jobs,
+        Worker::Checkout,
     ]
     .into_iter()
     .enumerate()
@@ -248,6 +251,8 @@ enum Worker {
     Chat,
     Files,
     Jobs,
+    /// Bob fills his cart and checks it out (he places no order otherwise).
+    Checkout,
 }
 
 impl Worker {
@@ -362,6 +367,37 @@ impl Worker {
                     acked
                         .files
                         .insert(v["id"].as_str().expect("a file id").to_owned(), sha);
+                }
+            }
+            Self::Checkout => {
+                let sku = &cast.skus[rng.below(SKUS as u64) as usize];
+                let body = json!({"quantity": 1 + rng.below(2)});
+                let answer = client
+                    .ok_json(|http, base| {
+                        http.put(format!("{base}/api/v1/cart/items/{sku}"))
+                            .bearer_auth(&cast.bob.1)
+                            .json(&body)
+                    })
+                    .await;
+                record(&answer, "cart");
+                if i % 2 == 1 {
+                    // A retry of a lost answer (the client's, or the next gateway's) is the
+                    // same checkout: one key per attempt of the worker.
+                    let key = format!("fault-checkout-{i}");
+                    let answer = client
+                        .ok_json(|http, base| {
+                            http.post(format!("{base}/api/v1/cart/checkout"))
+                                .bearer_auth(&cast.bob.1)
+                                .header("idempotency-key", &key)
+                                .json(&json!({}))
+                        })
+                        .await;
+                    record(&answer, "order");
+                    if let Some(id) = answer.as_ref().and_then(|v| v["id"].as_str()) {
+                        let mut acked = acked.lock().unwrap();
+                        acked.orders.push(id.to_owned());
+                        acked.checkouts.push(id.to_owned());
+                    }
                 }
             }
             Self::Jobs => {

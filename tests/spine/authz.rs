@@ -665,6 +665,43 @@ fn rows(w: &World) -> Vec<Row> {
             Body::None,
             [401, 403, 200, 403],
         ),
+        // Each caller's own cart: no route names another's.
+        row(
+            M::GET,
+            "/api/v1/cart",
+            "/api/v1/cart".into(),
+            Body::None,
+            [401, 200, 200, 200],
+        ),
+        row(
+            M::PUT,
+            "/api/v1/cart/items/{sku}",
+            "/api/v1/cart/items/AZ-1".into(),
+            j(json!({"quantity": 1})),
+            [401, 200, 200, 200],
+        ),
+        // Each caller checks out the line it just set: an order of its own.
+        row(
+            M::POST,
+            "/api/v1/cart/checkout",
+            "/api/v1/cart/checkout".into(),
+            j(json!({})),
+            [401, 201, 201, 201],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/cart/items/{sku}",
+            "/api/v1/cart/items/AZ-1".into(),
+            Body::None,
+            [401, 200, 200, 200],
+        ),
+        row(
+            M::DELETE,
+            "/api/v1/cart",
+            "/api/v1/cart".into(),
+            Body::None,
+            [401, 200, 200, 200],
+        ),
         row(
             M::GET,
             "/api/v1/projections/{name}/parked",

@@ -10,18 +10,12 @@ use chronicle_tests::{eventually, TestApp, TestOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{invalid_fields, problem};
+use crate::common::{invalid_fields, post_item, problem};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
 async fn create_item(app: &TestApp, sku: &str, price_cents: i64, stock: i64) {
-    let r = app
-        .post(
-            "/api/v1/inventory/items",
-            json!({"sku": sku, "name": format!("Item {sku}"), "price_cents": price_cents, "initial_stock": stock}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED, "creating {sku}");
+    post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
 }
 
 /// Places an order with the default user's token: its id.

@@ -9,7 +9,7 @@ use chronicle_commerce::{InventoryCommand, InventoryItem};
 use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
-use reqwest::Response;
+use reqwest::{Response, StatusCode};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
@@ -181,6 +181,28 @@ pub async fn wait_relayed(pool: &PgPool, client: &async_nats::Client, n: u64) {
 }
 
 pub use chronicle_tests::{assert_replays_byte_for_byte, invalid_fields, problem};
+
+/// Staff put an item in the catalog over HTTP (as the app's user), and it is in the
+/// `inventory` read model when this returns.
+pub async fn post_item(
+    app: &chronicle_tests::TestApp,
+    sku: &str,
+    name: &str,
+    price_cents: i64,
+    stock: i64,
+) {
+    let r = app
+        .post(
+            "/api/v1/inventory/items",
+            serde_json::json!({"sku": sku, "name": name, "price_cents": price_cents, "initial_stock": stock}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "creating {sku}");
+    let read = app
+        .get(&format!("/api/v1/inventory/items/{sku}?min_version=1"))
+        .await;
+    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+}
 
 /// The names of every object in the `files` bucket, sorted.
 pub async fn file_objects(client: async_nats::Client) -> Vec<String> {

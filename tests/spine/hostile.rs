@@ -236,6 +236,13 @@ async fn poison_every_reader(app: &TestApp) {
             "PostDrafted",
             json!({"title": 42}),
         ),
+        (
+            "commerce",
+            "cart",
+            user.as_str(),
+            "LineSet",
+            json!({"sku": "a\u{0}", "quantity": -1}),
+        ),
     ];
     for (context, aggregate_type, id, event_type, payload) in targets {
         let subject = format!("events.{context}.{aggregate_type}.{id}");

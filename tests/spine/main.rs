@@ -3,6 +3,7 @@
 
 mod authz;
 mod blog;
+mod cart;
 mod catalog;
 mod chat;
 mod commerce;

@@ -176,6 +176,39 @@ impl EventStore {
         }
     }
 
+    /// Appends every one of `appends` (several aggregates' events) in ONE transaction, or
+    /// none of them: each keeps its optimistic-concurrency check, and if any loses (another
+    /// writer took one of its sequences, or the idempotency key is taken) nothing is
+    /// appended. The outcome is `Appended`, or the first loser's.
+    ///
+    /// Callers must not put two appends for one aggregate in `appends`.
+    pub(crate) async fn append_together(
+        &self,
+        appends: &[PendingAppend],
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut deadlocks = 0;
+        loop {
+            let mut outcomes = vec![AppendOutcome::Appended; appends.len()];
+            match self.try_group(appends, &mut outcomes).await {
+                // On `false` the transaction was rolled back: the losers are marked, and
+                // the others, marked `Appended`, were not appended either.
+                Ok(_) => {
+                    return Ok(outcomes
+                        .into_iter()
+                        .find(|o| *o != AppendOutcome::Appended)
+                        .unwrap_or(AppendOutcome::Appended))
+                }
+                Err(StoreError::Database(DbError { source, .. }))
+                    if is_deadlock(&source) && deadlocks < 5 =>
+                {
+                    deadlocks += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(deadlocks)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// The common group (events only: no idempotency key, claim or snapshot) as ONE
     /// statement in its own implicit transaction: events, outbox rows and the relay's
     /// notification in a single round trip. If any event's key is taken, the statement

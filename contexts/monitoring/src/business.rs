@@ -1,6 +1,6 @@
 //! The `business_metrics` read model: business series derived from the event log, per
 //! minute (API.md, Monitoring: orders placed, revenue, messages sent, bytes uploaded, job
-//! runs failed). A read model like any other, so replay rebuilds it byte for byte; queries
+//! runs failed, carts checked out). A read model like any other, so replay rebuilds it byte for byte; queries
 //! and alert rules read it as the metrics `business_*`.
 //!
 //! Each event counts in the minute it was recorded in. A batch's counts are summed in
@@ -21,6 +21,7 @@ pub const BUSINESS_SERIES: &[&str] = &[
     "business_messages_sent",
     "business_bytes_uploaded",
     "business_job_runs_failed",
+    "business_carts_checked_out",
 ];
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,6 +46,7 @@ impl Projection for BusinessMetricsProjection {
     fn subjects(&self) -> Vec<String> {
         vec![
             "events.commerce.order.>".to_owned(),
+            "events.commerce.cart.>".to_owned(),
             "events.chat.room.>".to_owned(),
             "events.files.file.>".to_owned(),
             "events.scheduler.job.>".to_owned(),
@@ -113,6 +115,7 @@ fn measure(envelope: &Envelope) -> Result<Option<(&'static str, i128)>, Projecti
                 }
                 _ => None,
             },
+            ("cart", "CheckedOut") => Some(("business_carts_checked_out", 1)),
             ("room", "MessageSent") => Some(("business_messages_sent", 1)),
             ("file", "FileStored") => match envelope.decode::<FileEvent>()? {
                 FileEvent::FileStored { size, .. } => {

@@ -8,17 +8,22 @@
 //! - [`Order`]: one customer's order, `pending → reserved → paid → shipped`, or `rejected` /
 //!   `cancelled`; nothing leaves a final state. Payment goes through a [`PaymentProvider`].
 //! - [`Coupon`]: a percent-off code, never redeemed more often than its maximum.
+//! - [`Cart`]: one customer's cart, SKUs and quantities (at most 100 lines), priced when
+//!   it is read.
 //!
 //! Aggregates here are pure: state + command → events or an error. They know nothing of
 //! HTTP, SQL or NATS; the `commands` crate loads, runs and stores them.
 
+mod cart;
 mod coupon;
 mod inventory;
 mod order;
 mod payments;
 
+pub use cart::{Cart, CartCommand, CartError, MAX_CART_LINES};
 pub use chronicle_schemas::commerce::{
-    AppliedCoupon, CancelledBy, CouponEvent, InventoryEvent, OrderEvent, OrderLine,
+    AppliedCoupon, CancelledBy, CartEvent, CartLine, CouponEvent, InventoryEvent, OrderEvent,
+    OrderLine,
 };
 pub use coupon::{Coupon, CouponCommand, CouponError};
 pub use inventory::{

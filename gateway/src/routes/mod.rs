@@ -12,6 +12,7 @@ macro_rules! documented {
 pub use crate::documented;
 
 mod blog;
+mod cart;
 pub(crate) mod chat;
 mod console;
 pub(crate) mod files;

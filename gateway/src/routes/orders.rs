@@ -27,9 +27,11 @@ pub(super) fn routes() -> Routes {
     ]
 }
 
-/// Orders, coupons and the inventory.
+/// Orders, coupons, the inventory and the cart.
 fn commerce_routes() -> Routes {
-    routes().merge(super::inventory::routes())
+    routes()
+        .merge(super::inventory::routes())
+        .merge(super::cart::routes())
 }
 
 /// The commerce context as the gateway hosts it.
@@ -37,6 +39,8 @@ pub const CONTEXT: Context = Context {
     beside: |_, _| None,
     routes: commerce_routes,
     problems: &[
+        "cart_empty",
+        "cart_full",
         "coupon_exhausted",
         "coupon_exists",
         "insufficient_stock",
@@ -111,50 +115,8 @@ pub async fn place(
     ApiError::check(errors)?;
     // The request is well formed; what it names must exist.
     let mut errors = Vec::new();
-    // Each line is priced at the item's price now; the saga then reserves the stock.
-    let mut lines = Vec::with_capacity(wanted.len());
-    for (sku, quantity) in wanted {
-        let item = state.commands.state::<InventoryItem>(&sku).await?.state;
-        if !item.exists() {
-            errors.push(FieldError::new("lines", format!("no item with SKU {sku}")));
-            continue;
-        }
-        if item.is_discontinued() {
-            return Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "item_discontinued",
-                format!("item {sku} is discontinued: it can no longer be ordered"),
-            ));
-        }
-        lines.push(OrderLine {
-            sku,
-            quantity,
-            unit_price_cents: item.price_cents(),
-        });
-    }
-    let coupon = match &request.coupon_code {
-        None => None,
-        Some(code) => {
-            let coupon = state.commands.state::<Coupon>(code).await?.state;
-            if !coupon.exists() {
-                errors.push(FieldError::new("coupon_code", "no such coupon"));
-                None
-            } else if coupon.is_exhausted() {
-                // Known now, so said now; a race for the last redemption is settled by the
-                // saga, which rejects the losers with reason `coupon_exhausted`.
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "coupon_exhausted",
-                    "the coupon has no redemptions left",
-                ));
-            } else {
-                Some(AppliedCoupon {
-                    code: code.clone(),
-                    percent_off: coupon.percent_off(),
-                })
-            }
-        }
-    };
+    let lines = price_lines(&state, wanted, &mut errors).await?;
+    let coupon = applied_coupon(&state, request.coupon_code.as_deref(), &mut errors).await?;
     ApiError::check(errors)?;
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let order_id = uuid::Uuid::now_v7().to_string();
@@ -410,7 +372,67 @@ async fn order_command(
 
 /// A coupon code is its aggregate id, so a NATS subject token.
 /// A coupon code is an aggregate id too: the SKU rule, under the request's field name.
-fn validate_code(code: &str, field: &str, errors: &mut Vec<FieldError>) {
+/// `wanted` (SKU and quantity), each line priced at its item's price now (the saga then
+/// reserves the stock): an unknown SKU is a field error in `errors`, a discontinued item
+/// refuses the whole order (409 `item_discontinued`).
+pub(super) async fn price_lines(
+    state: &AppState,
+    wanted: impl IntoIterator<Item = (String, u64)>,
+    errors: &mut Vec<FieldError>,
+) -> Result<Vec<OrderLine>, ApiError> {
+    let mut lines = Vec::new();
+    for (sku, quantity) in wanted {
+        let item = state.commands.state::<InventoryItem>(&sku).await?.state;
+        if !item.exists() {
+            errors.push(FieldError::new("lines", format!("no item with SKU {sku}")));
+            continue;
+        }
+        if item.is_discontinued() {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "item_discontinued",
+                format!("item {sku} is discontinued: it can no longer be ordered"),
+            ));
+        }
+        lines.push(OrderLine {
+            sku,
+            quantity,
+            unit_price_cents: item.price_cents(),
+        });
+    }
+    Ok(lines)
+}
+
+/// The coupon `code` names, as an order applies it: an unknown code is a field error in
+/// `errors`; an exhausted one refuses the order now (409 `coupon_exhausted`; a race for the
+/// last redemption is settled by the saga, which rejects the losers).
+pub(super) async fn applied_coupon(
+    state: &AppState,
+    code: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Result<Option<AppliedCoupon>, ApiError> {
+    let Some(code) = code else {
+        return Ok(None);
+    };
+    let coupon = state.commands.state::<Coupon>(code).await?.state;
+    if !coupon.exists() {
+        errors.push(FieldError::new("coupon_code", "no such coupon"));
+        Ok(None)
+    } else if coupon.is_exhausted() {
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "coupon_exhausted",
+            "the coupon has no redemptions left",
+        ))
+    } else {
+        Ok(Some(AppliedCoupon {
+            code: code.to_owned(),
+            percent_off: coupon.percent_off(),
+        }))
+    }
+}
+
+pub(super) fn validate_code(code: &str, field: &str, errors: &mut Vec<FieldError>) {
     if let Err(invalid) = check_sku(code) {
         errors.push(FieldError::new(field, invalid.message));
     }

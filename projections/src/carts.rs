@@ -1,0 +1,161 @@
+//! The `carts` read model: each customer's cart lines (SKU and quantity) and the version
+//! they reflect. A cart is read with its items' current name, price, availability and
+//! whether they are discontinued, from the `inventory` read model beside it in the commerce
+//! schema: a price change shows in every cart at once.
+
+use chronicle_commerce::{Cart, CartEvent};
+use chronicle_schemas::Envelope;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Projection, ProjectionError};
+
+/// The carts projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CartsProjection;
+
+const DDL: &str = "CREATE TABLE IF NOT EXISTS carts (
+    cart_id    text PRIMARY KEY,
+    version    bigint      NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cart_lines (
+    cart_id  text   NOT NULL,
+    sku      text   NOT NULL,
+    quantity bigint NOT NULL,
+    PRIMARY KEY (cart_id, sku)
+)";
+
+impl Projection for CartsProjection {
+    fn name(&self) -> &'static str {
+        "carts"
+    }
+
+    fn context(&self) -> &'static str {
+        chronicle_commands::contexts::COMMERCE
+    }
+
+    fn subjects(&self) -> Vec<String> {
+        vec![format!(
+            "events.{}.{}.>",
+            <Cart as chronicle_schemas::AggregateKind>::CONTEXT,
+            Cart::TYPE
+        )]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["carts", "cart_lines"]
+    }
+
+    fn ddl(&self) -> &'static str {
+        DDL
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        events: &[Envelope],
+    ) -> Result<(), ProjectionError> {
+        for envelope in events.iter().filter(|e| e.aggregate_type == Cart::TYPE) {
+            let event: CartEvent = envelope.decode()?;
+            let cart = envelope.aggregate_id.as_str();
+            // The cart's version moves first, and only forwards: an event it already
+            // reflects changes nothing.
+            let moved = sqlx::query(
+                "INSERT INTO carts (cart_id, version, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (cart_id) DO UPDATE SET version = EXCLUDED.version, \
+                   updated_at = EXCLUDED.updated_at WHERE carts.version < EXCLUDED.version",
+            )
+            .bind(cart)
+            .bind(ProjectionError::bigint(envelope.sequence)?)
+            .bind(envelope.recorded_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("moving a cart's version"))?;
+            if moved.rows_affected() == 0 {
+                continue;
+            }
+            let line = match event {
+                CartEvent::LineSet { sku, quantity } => sqlx::query(
+                    "INSERT INTO cart_lines (cart_id, sku, quantity) VALUES ($1, $2, $3) \
+                     ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = EXCLUDED.quantity",
+                )
+                .bind(cart)
+                .bind(sku)
+                .bind(ProjectionError::bigint(quantity)?),
+                CartEvent::LineRemoved { sku } => {
+                    sqlx::query("DELETE FROM cart_lines WHERE cart_id = $1 AND sku = $2")
+                        .bind(cart)
+                        .bind(sku)
+                }
+                CartEvent::CartEmptied {} | CartEvent::CheckedOut { .. } => {
+                    sqlx::query("DELETE FROM cart_lines WHERE cart_id = $1").bind(cart)
+                }
+            };
+            line.execute(&mut *conn)
+                .await
+                .map_err(ProjectionError::db("changing a cart's lines"))?;
+        }
+        Ok(())
+    }
+}
+
+/// One line of a cart as `GET /api/v1/cart` shows it, priced now. The item's fields are
+/// `None` while the catalog has not caught up with an item added a moment ago.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct CartLineView {
+    pub sku: String,
+    pub name: Option<String>,
+    pub quantity: i64,
+    pub unit_price_cents: Option<i64>,
+    pub line_total_cents: Option<i64>,
+    pub available: Option<i64>,
+    pub discontinued: Option<bool>,
+}
+
+/// A cart, priced now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CartView {
+    pub lines: Vec<CartLineView>,
+    /// The sum of the priced lines.
+    pub total_cents: i64,
+    /// The cart's version (0: never used).
+    pub version: i64,
+    #[serde(skip)]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The cart of `cart_id` (a customer's user id), priced at the items' current prices; an
+/// empty cart at version 0 when it was never used.
+///
+/// # Errors
+/// When the database fails.
+pub async fn get(pool: &PgPool, cart_id: &str) -> Result<CartView, sqlx::Error> {
+    let head: Option<(i64, DateTime<Utc>)> =
+        sqlx::query_as("SELECT version, updated_at FROM carts WHERE cart_id = $1")
+            .bind(cart_id)
+            .fetch_optional(pool)
+            .await?;
+    let lines: Vec<CartLineView> = sqlx::query_as(
+        "SELECT l.sku, i.name, l.quantity, i.price_cents AS unit_price_cents, \
+                i.price_cents * l.quantity AS line_total_cents, i.available, i.discontinued \
+         FROM cart_lines l LEFT JOIN inventory_items i ON i.sku = l.sku \
+         WHERE l.cart_id = $1 ORDER BY l.sku",
+    )
+    .bind(cart_id)
+    .fetch_all(pool)
+    .await?;
+    // At most 100 lines of at most 10^18 each: saturating, never a panic.
+    let total_cents = lines
+        .iter()
+        .filter_map(|l| l.line_total_cents)
+        .fold(0i64, i64::saturating_add);
+    Ok(CartView {
+        lines,
+        total_cents,
+        version: head.map_or(0, |h| h.0),
+        updated_at: head.map(|h| h.1),
+    })
+}
