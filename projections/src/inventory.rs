@@ -38,22 +38,35 @@ pub struct InventoryView {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InventoryProjection;
 
+/// The table, and the columns the catalog's edits added (`description`, `discontinued`,
+/// `search`) on a table from before them. Every projector and gateway start runs this, so
+/// the `ALTER TABLE` (which locks the table, even with `IF NOT EXISTS`) runs only when a
+/// column is missing.
 const DDL: &str = "CREATE TABLE IF NOT EXISTS inventory_items (
-    sku         text PRIMARY KEY,
-    name        text        NOT NULL,
-    price_cents bigint      NOT NULL,
-    on_hand     bigint      NOT NULL,
-    reserved    bigint      NOT NULL,
-    available   bigint GENERATED ALWAYS AS (on_hand - reserved) STORED,
-    version     bigint      NOT NULL,
-    created_at  timestamptz NOT NULL,
-    updated_at  timestamptz NOT NULL
+    sku          text PRIMARY KEY,
+    name         text        NOT NULL,
+    price_cents  bigint      NOT NULL,
+    on_hand      bigint      NOT NULL,
+    reserved     bigint      NOT NULL,
+    available    bigint GENERATED ALWAYS AS (on_hand - reserved) STORED,
+    version      bigint      NOT NULL,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    description  text        NOT NULL DEFAULT '',
+    discontinued boolean     NOT NULL DEFAULT false,
+    search       tsvector GENERATED ALWAYS AS (to_tsvector('english', name || ' ' || description)) STORED
 );
+DO $ddl$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'inventory_items' AND column_name = 'search') THEN
+        ALTER TABLE inventory_items
+            ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '',
+            ADD COLUMN IF NOT EXISTS discontinued boolean NOT NULL DEFAULT false,
+            ADD COLUMN search tsvector
+                GENERATED ALWAYS AS (to_tsvector('english', name || ' ' || description)) STORED;
+    END IF;
+END $ddl$;
 CREATE INDEX IF NOT EXISTS inventory_items_available ON inventory_items (available, sku);
-ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS description text NOT NULL DEFAULT '';
-ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS discontinued boolean NOT NULL DEFAULT false;
-ALTER TABLE inventory_items ADD COLUMN IF NOT EXISTS search tsvector
-    GENERATED ALWAYS AS (to_tsvector('english', name || ' ' || description)) STORED;
 CREATE INDEX IF NOT EXISTS inventory_items_search ON inventory_items USING gin (search)";
 
 /// The columns a view is read from.

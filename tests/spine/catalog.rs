@@ -379,3 +379,42 @@ async fn a_read_model_not_made_yet_is_unavailable_not_an_error() {
         .await;
     }
 }
+
+/// The read model of a database from before catalog edits gains its new columns at the next
+/// start, its rows read as undescribed and on sale, and the search finds them.
+#[tokio::test]
+async fn an_inventory_table_from_before_the_edits_gains_their_columns_at_start() {
+    let app = TestApp::spawn().await;
+    let commerce = app.databases().of("commerce");
+    sqlx::raw_sql(
+        "DROP TABLE inventory_items;
+         CREATE TABLE inventory_items (
+             sku text PRIMARY KEY, name text NOT NULL, price_cents bigint NOT NULL,
+             on_hand bigint NOT NULL, reserved bigint NOT NULL,
+             available bigint GENERATED ALWAYS AS (on_hand - reserved) STORED,
+             version bigint NOT NULL, created_at timestamptz NOT NULL,
+             updated_at timestamptz NOT NULL);
+         INSERT INTO inventory_items VALUES ('OLD-1', 'Old widget', 10, 1, 0, DEFAULT, 1, now(), now());",
+    )
+    .execute(commerce)
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        chronicle::contexts::read_model("inventory")
+            .unwrap()
+            .setup(app.databases())
+            .await
+            .unwrap();
+    }
+    let item: Value = app
+        .get("/api/v1/inventory/items/OLD-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&item["description"], &item["discontinued"]),
+        (&json!(""), &json!(false))
+    );
+    assert_eq!(catalog(&app, &app.token, "q=widgets").await, ["OLD-1"]);
+}
