@@ -208,11 +208,12 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
     }
     println!("faults: {} kills: {by_target:?}", killed.len());
     println!(
-        "faults: {} requests, {} answered 2xx: {} versioned commands, {} orders, {} chat messages, {} files, {} jobs",
+        "faults: {} requests, {} answered 2xx: {} versioned commands, {} orders ({} by checkout), {} chat messages, {} files, {} jobs",
         acked_now.sent,
         acked_now.ok,
         acked_now.versions.len(),
         acked_now.orders.len(),
+        acked_now.checkouts.len(),
         acked_now.messages.len(),
         acked_now.files.len(),
         acked_now.jobs.len()
