@@ -24,80 +24,84 @@ use crate::roles;
 
 /// Every bounded context, in the order their projectors and processes start.
 pub const CONTEXTS: &[Context] = &[
-    Context {
-        name: schema::COMMERCE,
-        gateway: chronicle_gateway::contexts::COMMERCE,
-        read_models: &[
+    shared(
+        schema::COMMERCE,
+        chronicle_gateway::contexts::COMMERCE,
+        &[
             &Erased(InventoryProjection),
             &Erased(OrdersProjection),
             &Erased(CartsProjection),
         ],
-        processes: &[roles::ORDER_SAGA],
-        contracts: Vec::new,
-        settings: None,
-        declare: |s| {
+        &[roles::ORDER_SAGA],
+        |s| {
             s.declare::<chronicle_sagas::OrderSagaConfig>()
                 .declare::<crate::PaymentRules>();
         },
-        migrations: None,
-    },
-    Context {
-        name: schema::BLOG,
-        gateway: chronicle_gateway::contexts::BLOG,
-        read_models: &[&Erased(PostsProjection)],
-        processes: &[],
-        contracts: Vec::new,
-        settings: None,
-        declare: |_| {},
-        migrations: None,
-    },
-    Context {
-        name: schema::IDENTITY,
-        gateway: chronicle_gateway::contexts::IDENTITY,
-        read_models: &[&Erased(UsersProjection)],
-        processes: &[],
-        contracts: Vec::new,
-        settings: None,
-        declare: |_| {},
-        migrations: None,
-    },
-    Context {
-        name: schema::CHAT,
-        gateway: chronicle_gateway::contexts::CHAT,
-        read_models: &[&Erased(ChatHistoryProjection)],
-        processes: &[],
-        contracts: Vec::new,
-        settings: None,
-        declare: |_| {},
-        migrations: None,
-    },
-    Context {
-        name: schema::FILES,
-        gateway: chronicle_gateway::contexts::FILES,
-        read_models: &[&Erased(FileMetadataProjection)],
-        processes: &[roles::JANITOR],
-        contracts: Vec::new,
-        settings: None,
-        declare: |s| {
+    ),
+    shared(
+        schema::BLOG,
+        chronicle_gateway::contexts::BLOG,
+        &[&Erased(PostsProjection)],
+        &[],
+        |_| {},
+    ),
+    shared(
+        schema::IDENTITY,
+        chronicle_gateway::contexts::IDENTITY,
+        &[&Erased(UsersProjection)],
+        &[],
+        |_| {},
+    ),
+    shared(
+        schema::CHAT,
+        chronicle_gateway::contexts::CHAT,
+        &[&Erased(ChatHistoryProjection)],
+        &[],
+        |_| {},
+    ),
+    shared(
+        schema::FILES,
+        chronicle_gateway::contexts::FILES,
+        &[&Erased(FileMetadataProjection)],
+        &[roles::JANITOR],
+        |s| {
             s.declare::<chronicle_sagas::FilesJanitorConfig>();
         },
-        migrations: None,
-    },
-    Context {
-        name: schema::SCHEDULER,
-        gateway: chronicle_gateway::contexts::SCHEDULER,
-        read_models: &[&Erased(JobsProjection)],
-        processes: &[roles::SCHEDULER],
-        contracts: Vec::new,
-        settings: None,
-        declare: |s| {
+    ),
+    shared(
+        schema::SCHEDULER,
+        chronicle_gateway::contexts::SCHEDULER,
+        &[&Erased(JobsProjection)],
+        &[roles::SCHEDULER],
+        |s| {
             s.declare::<chronicle_sagas::SchedulerConfig>()
                 .declare::<chronicle_sagas::NotifyConfig>();
         },
-        migrations: None,
-    },
+    ),
     chronicle_monitoring::CONTEXT,
 ];
+
+/// A context whose code is still in the shared crates: its event contracts are
+/// `chronicle-schemas`' own, its settings are groups of `chronicle`'s, and its tables beside
+/// its events are made by the shared migrations.
+const fn shared(
+    name: &'static str,
+    gateway: chronicle_gateway::Context,
+    read_models: &'static [&'static dyn ReadModel],
+    processes: &'static [Process],
+    declare: fn(&mut ContextSettings),
+) -> Context {
+    Context {
+        name,
+        gateway,
+        read_models,
+        processes,
+        contracts: Vec::new,
+        settings: None,
+        declare,
+        migrations: None,
+    }
+}
 
 /// Creates or updates every context's tables (see [`chronicle_host::migrate`]).
 ///
