@@ -5,7 +5,6 @@
 
 use chronicle_commerce::{Cart, CartEvent};
 use chronicle_schemas::Envelope;
-use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -115,16 +114,14 @@ pub struct CartLineView {
     pub discontinued: Option<bool>,
 }
 
-/// A cart, priced now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A cart, priced now (the default: one never used, empty at version 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CartView {
     pub lines: Vec<CartLineView>,
     /// The sum of the priced lines.
     pub total_cents: i64,
     /// The cart's version (0: never used).
     pub version: i64,
-    #[serde(skip)]
-    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// The cart of `cart_id` (a customer's user id), priced at the items' current prices; an
@@ -133,11 +130,10 @@ pub struct CartView {
 /// # Errors
 /// When the database fails.
 pub async fn get(pool: &PgPool, cart_id: &str) -> Result<CartView, sqlx::Error> {
-    let head: Option<(i64, DateTime<Utc>)> =
-        sqlx::query_as("SELECT version, updated_at FROM carts WHERE cart_id = $1")
-            .bind(cart_id)
-            .fetch_optional(pool)
-            .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT version FROM carts WHERE cart_id = $1")
+        .bind(cart_id)
+        .fetch_optional(pool)
+        .await?;
     let lines: Vec<CartLineView> = sqlx::query_as(
         "SELECT l.sku, i.name, l.quantity, i.price_cents AS unit_price_cents, \
                 i.price_cents * l.quantity AS line_total_cents, i.available, i.discontinued \
@@ -155,7 +151,6 @@ pub async fn get(pool: &PgPool, cart_id: &str) -> Result<CartView, sqlx::Error> 
     Ok(CartView {
         lines,
         total_cents,
-        version: head.map_or(0, |h| h.0),
-        updated_at: head.map(|h| h.1),
+        version: version.unwrap_or(0),
     })
 }

@@ -39,12 +39,7 @@ pub async fn get(
             },
         )
         .await?;
-    let cart = read.value.unwrap_or(CartView {
-        lines: Vec::new(),
-        total_cents: 0,
-        version: 0,
-        updated_at: None,
-    });
+    let cart = read.value.unwrap_or_default();
     let version = cart.version;
     Ok(respond::read_model(cart, version, read.consistency))
 }
