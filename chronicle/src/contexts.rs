@@ -32,9 +32,10 @@ pub const CONTEXTS: &[Context] = &[
             &Erased(OrdersProjection),
             &Erased(CartsProjection),
         ],
-        &[roles::ORDER_SAGA],
+        &[roles::ORDER_SAGA, roles::CART_SWEEPER],
         |s| {
             s.declare::<chronicle_sagas::OrderSagaConfig>()
+                .declare::<chronicle_sagas::CartSweeperConfig>()
                 .declare::<crate::PaymentRules>();
         },
     ),

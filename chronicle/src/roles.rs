@@ -1,13 +1,13 @@
 //! The processes of the contexts whose code is still in the shared crates: commerce's order
-//! saga, the files janitor, the scheduler. Each is a [`Process`] in its context's entry of
+//! saga and cart sweeper, the files janitor, the scheduler. Each is a [`Process`] in its context's entry of
 //! the list ([`crate::contexts`]), started on what every process is handed ([`Host`]).
 
 use anyhow::Context as _;
 use chronicle_commands::contexts;
 use chronicle_host::{Host, Process, Reader, Shutdown, Task};
 use chronicle_sagas::{
-    FilesJanitor, FilesJanitorConfig, NotifyConfig, OrderSaga, OrderSagaConfig, Scheduler,
-    SchedulerConfig, ORDER_SAGA as ORDER_SAGA_DURABLE,
+    CartSweeper, CartSweeperConfig, FilesJanitor, FilesJanitorConfig, NotifyConfig, OrderSaga,
+    OrderSagaConfig, Scheduler, SchedulerConfig, ORDER_SAGA as ORDER_SAGA_DURABLE,
 };
 
 use crate::payments::{PaymentRules, SimulatedPayments};
@@ -24,6 +24,17 @@ pub const ORDER_SAGA: Process = Process {
         context: contexts::COMMERCE,
     }),
     start: start_order_saga,
+};
+
+/// The cart sweeper (commerce): counts carts left untouched with lines abandoned.
+pub const CART_SWEEPER: Process = Process {
+    name: "cart-sweeper",
+    args: &["cart-sweeper"],
+    about: "The cart sweeper: counts a cart abandoned once it held lines untouched for \
+            CHRONICLE_CART_ABANDONED_AFTER",
+    replicas: 1,
+    reader: None,
+    start: start_cart_sweeper,
 };
 
 /// The files janitor: removes bytes no file refers to and abandoned uploads' chunks.
@@ -62,6 +73,17 @@ fn start_order_saga(host: &Host, shutdown: Shutdown) -> anyhow::Result<Task> {
     .with_faults(host.faults.clone());
     Ok(Box::pin(async move {
         saga.run(shutdown).await.context("the order saga")
+    }))
+}
+
+fn start_cart_sweeper(host: &Host, shutdown: Shutdown) -> anyhow::Result<Task> {
+    let sweeper = CartSweeper::new(
+        host.db.of(contexts::COMMERCE).clone(),
+        host.commands.clone(),
+        host.settings.get::<CartSweeperConfig>().clone(),
+    );
+    Ok(Box::pin(async move {
+        sweeper.run(shutdown).await.context("the cart sweeper")
     }))
 }
 

@@ -187,9 +187,20 @@ pub struct GatewaySettings {
     pub ws_ping_interval: Duration,
 }
 
-/// Orders: the payment deadline, the saga, and the simulated payment provider.
+/// Orders and carts: the payment deadline, the saga, the simulated payment provider, and
+/// when a cart counts as abandoned.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OrderSettings {
+    /// How long a cart with lines may stay untouched before it counts as abandoned (once per
+    /// idle spell, in the series `business_carts_abandoned`); the cart keeps its lines.
+    #[arg(
+        long,
+        env = "CHRONICLE_CART_ABANDONED_AFTER",
+        default_value = "24h",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub cart_abandoned_after: Duration,
     /// How long an order may stay unpaid before the order saga cancels it: `900`, `90s`,
     /// `15m`, `2h` or `500ms`.
     #[arg(
@@ -423,6 +434,9 @@ impl Settings {
                 )
             })
             .set(self.payments())
+            .set(chronicle_sagas::CartSweeperConfig::abandoned_after(
+                self.orders.cart_abandoned_after,
+            ))
             .set(self.files.janitor())
             .set(self.scheduler.scheduler())
             .set(self.notify.notify())

@@ -1,10 +1,12 @@
 //! The `carts` read model: each customer's cart lines (SKU and quantity) and the version
-//! they reflect. A cart is read with its items' current name, price, availability and
+//! they reflect, and which carts hold lines nobody has counted abandoned yet (`waiting`,
+//! what the cart sweeper looks through). A cart is read with its items' current name, price, availability and
 //! whether they are discontinued, from the `inventory` read model beside it in the commerce
 //! schema: a price change shows in every cart at once.
 
 use chronicle_commerce::{Cart, CartEvent};
 use chronicle_schemas::Envelope;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -15,17 +17,28 @@ use crate::{Projection, ProjectionError};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CartsProjection;
 
+/// The tables, and `waiting` on a table from before it (filled from the lines). Every
+/// projector and gateway start runs this, so the `ALTER TABLE` runs only when it is missing.
 const DDL: &str = "CREATE TABLE IF NOT EXISTS carts (
     cart_id    text PRIMARY KEY,
     version    bigint      NOT NULL,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    waiting    boolean     NOT NULL DEFAULT false
 );
 CREATE TABLE IF NOT EXISTS cart_lines (
     cart_id  text   NOT NULL,
     sku      text   NOT NULL,
     quantity bigint NOT NULL,
     PRIMARY KEY (cart_id, sku)
-)";
+);
+DO $ddl$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'carts' AND column_name = 'waiting') THEN
+        ALTER TABLE carts ADD COLUMN waiting boolean NOT NULL DEFAULT false;
+        UPDATE carts c SET waiting = EXISTS (SELECT 1 FROM cart_lines l WHERE l.cart_id = c.cart_id);
+    END IF;
+END $ddl$;
+CREATE INDEX IF NOT EXISTS carts_waiting ON carts (updated_at, cart_id) WHERE waiting";
 
 impl Projection for CartsProjection {
     fn name(&self) -> &'static str {
@@ -76,26 +89,44 @@ impl Projection for CartsProjection {
             if moved.rows_affected() == 0 {
                 continue;
             }
+            let abandoned = matches!(event, CartEvent::CartAbandoned { .. });
             let line = match event {
-                CartEvent::LineSet { sku, quantity } => sqlx::query(
-                    "INSERT INTO cart_lines (cart_id, sku, quantity) VALUES ($1, $2, $3) \
-                     ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = EXCLUDED.quantity",
-                )
-                .bind(cart)
-                .bind(sku)
-                .bind(ProjectionError::bigint(quantity)?),
-                CartEvent::LineRemoved { sku } => {
+                CartEvent::LineSet { sku, quantity } => Some(
+                    sqlx::query(
+                        "INSERT INTO cart_lines (cart_id, sku, quantity) VALUES ($1, $2, $3) \
+                         ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = EXCLUDED.quantity",
+                    )
+                    .bind(cart)
+                    .bind(sku)
+                    .bind(ProjectionError::bigint(quantity)?),
+                ),
+                CartEvent::LineRemoved { sku } => Some(
                     sqlx::query("DELETE FROM cart_lines WHERE cart_id = $1 AND sku = $2")
                         .bind(cart)
-                        .bind(sku)
-                }
+                        .bind(sku),
+                ),
                 CartEvent::CartEmptied {} | CartEvent::CheckedOut { .. } => {
-                    sqlx::query("DELETE FROM cart_lines WHERE cart_id = $1").bind(cart)
+                    Some(sqlx::query("DELETE FROM cart_lines WHERE cart_id = $1").bind(cart))
                 }
+                CartEvent::CartAbandoned { .. } => None,
             };
-            line.execute(&mut *conn)
-                .await
-                .map_err(ProjectionError::db("changing a cart's lines"))?;
+            if let Some(line) = line {
+                line.execute(&mut *conn)
+                    .await
+                    .map_err(ProjectionError::db("changing a cart's lines"))?;
+            }
+            // A touched cart with lines waits to be checked out (or abandoned); an abandoned
+            // one waits no more until it is touched again.
+            sqlx::query(
+                "UPDATE carts SET waiting = NOT $2 \
+                   AND EXISTS (SELECT 1 FROM cart_lines WHERE cart_id = $1) \
+                 WHERE cart_id = $1",
+            )
+            .bind(cart)
+            .bind(abandoned)
+            .execute(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("marking whether a cart waits"))?;
         }
         Ok(())
     }
@@ -153,4 +184,39 @@ pub async fn get(pool: &PgPool, cart_id: &str) -> Result<CartView, sqlx::Error> 
         total_cents,
         version: version.unwrap_or(0),
     })
+}
+
+/// A cart waiting with lines: its id and the version it was last touched at.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct IdleCart {
+    pub cart_id: String,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Up to `limit` carts with lines, last touched before `before` and not counted abandoned
+/// since, after the cart `after` (its `updated_at` and id) in the order of when they were
+/// last touched: a sweep pages through them all with the last one it got.
+///
+/// # Errors
+/// When the database fails.
+pub async fn idle(
+    pool: &PgPool,
+    before: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, &str)>,
+    limit: i64,
+) -> Result<Vec<IdleCart>, sqlx::Error> {
+    let (after_at, after_id) = after.map_or((None, ""), |(at, id)| (Some(at), id));
+    sqlx::query_as(
+        "SELECT cart_id, version, updated_at FROM carts \
+         WHERE waiting AND updated_at < $1 \
+           AND ($2::timestamptz IS NULL OR (updated_at, cart_id) > ($2, $3)) \
+         ORDER BY updated_at, cart_id LIMIT $4",
+    )
+    .bind(before)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }

@@ -180,6 +180,10 @@ pub enum CartEvent {
         order_id: String,
         lines: Vec<CartLine>,
     },
+    /// The cart held `lines` lines and was left untouched for
+    /// `CHRONICLE_CART_ABANDONED_AFTER`: counted as abandoned once, until it is touched
+    /// again. Its lines stay.
+    CartAbandoned { lines: u64 },
 }
 
 /// One line of a cart as it was checked out.
@@ -189,4 +193,4 @@ pub struct CartLine {
     pub quantity: u64,
 }
 
-event_types!(CartEvent: LineSet, LineRemoved, CartEmptied, CheckedOut);
+event_types!(CartEvent: LineSet, LineRemoved, CartEmptied, CheckedOut, CartAbandoned);

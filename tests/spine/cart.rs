@@ -6,7 +6,9 @@ use chronicle_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{assert_replays_byte_for_byte, invalid_fields, post_item, problem};
+use crate::common::{
+    assert_replays_byte_for_byte, business_series_reaches, invalid_fields, post_item, problem,
+};
 
 async fn create_item(app: &TestApp, sku: &str, price_cents: i64, stock: i64) {
     post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
@@ -333,21 +335,7 @@ async fn checkout_places_one_order_from_the_cart_at_its_prices_and_empties_it() 
     .unwrap();
     assert_eq!(checked_out["CheckedOut"]["order_id"], id.as_str());
     // The business series counts it, from the log.
-    chronicle_tests::eventually(
-        "business_carts_checked_out",
-        std::time::Duration::from_secs(20),
-        || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT coalesce(sum(value), 0)::bigint FROM monitoring.business_series \
-                 WHERE metric = 'business_carts_checked_out'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .ok()?;
-            (n == 1).then_some(())
-        },
-    )
-    .await;
+    business_series_reaches(&app.pool, "business_carts_checked_out", 1).await;
 
     // Nothing left to check out.
     problem(

@@ -57,6 +57,24 @@ pub async fn count(pool: &PgPool, table: &str) -> i64 {
     n
 }
 
+/// Waits until `sql` (one `bigint`) answers `expected`: its name in the panic is `what`.
+pub async fn count_reaches(pool: &PgPool, what: &str, sql: &str, expected: i64) {
+    chronicle_tests::eventually(what, Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.ok()?;
+        (n == expected).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the business series `metric` adds up to `expected` over all its minutes.
+pub async fn business_series_reaches(pool: &PgPool, metric: &str, expected: i64) {
+    let sql = format!(
+        "SELECT coalesce(sum(value), 0)::bigint FROM monitoring.business_series \
+         WHERE metric = '{metric}'"
+    );
+    count_reaches(pool, metric, &sql, expected).await;
+}
+
 /// A running relay and the means to stop it.
 pub struct RunningRelay {
     pub handle: JoinHandle<Result<(), chronicle_bus::RelayError>>,

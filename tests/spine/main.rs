@@ -1,6 +1,7 @@
 //! The event spine against real nats-server and PostgreSQL: DESIGN.md invariants 1–4 and
 //! the inventory slice end to end.
 
+mod abandoned_carts;
 mod authz;
 mod blog;
 mod cart;

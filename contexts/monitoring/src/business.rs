@@ -1,6 +1,6 @@
 //! The `business_metrics` read model: business series derived from the event log, per
 //! minute (API.md, Monitoring: orders placed, revenue, messages sent, bytes uploaded, job
-//! runs failed, carts checked out). A read model like any other, so replay rebuilds it byte for byte; queries
+//! runs failed, carts checked out and abandoned). A read model like any other, so replay rebuilds it byte for byte; queries
 //! and alert rules read it as the metrics `business_*`.
 //!
 //! Each event counts in the minute it was recorded in. A batch's counts are summed in
@@ -22,6 +22,7 @@ pub const BUSINESS_SERIES: &[&str] = &[
     "business_bytes_uploaded",
     "business_job_runs_failed",
     "business_carts_checked_out",
+    "business_carts_abandoned",
 ];
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,6 +117,7 @@ fn measure(envelope: &Envelope) -> Result<Option<(&'static str, i128)>, Projecti
                 _ => None,
             },
             ("cart", "CheckedOut") => Some(("business_carts_checked_out", 1)),
+            ("cart", "CartAbandoned") => Some(("business_carts_abandoned", 1)),
             ("room", "MessageSent") => Some(("business_messages_sent", 1)),
             ("file", "FileStored") => match envelope.decode::<FileEvent>()? {
                 FileEvent::FileStored { size, .. } => {

@@ -31,6 +31,10 @@ pub enum CartCommand {
     /// The cart becomes the order `order_id` and is empty again. Run together with the
     /// order's placement, in one transaction (`CommandExecutor::execute_together`).
     CheckOut { order_id: String },
+    /// Count the cart as abandoned: sent by the cart sweeper for a cart with lines left
+    /// untouched for `CHRONICLE_CART_ABANDONED_AFTER`, with the version it saw untouched
+    /// as the expected version. An empty cart, or one already counted, changes nothing.
+    MarkAbandoned,
 }
 
 /// Why a cart command was refused.
@@ -54,6 +58,9 @@ chronicle_schemas::domain_rules!(CartError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cart {
     lines: BTreeMap<String, u64>,
+    /// Counted as abandoned since it was last touched.
+    #[serde(default)]
+    abandoned: bool,
 }
 
 impl Cart {
@@ -103,6 +110,15 @@ impl Cart {
                     .collect();
                 vec![E::CheckedOut { order_id, lines }]
             }
+            C::MarkAbandoned => {
+                if self.lines.is_empty() || self.abandoned {
+                    vec![]
+                } else {
+                    vec![E::CartAbandoned {
+                        lines: self.lines.len() as u64,
+                    }]
+                }
+            }
         })
     }
 }
@@ -131,6 +147,8 @@ impl Aggregate for Cart {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        // Every change of the lines is a touch: the cart may be abandoned again later.
+        self.abandoned = false;
         match event {
             CartEvent::LineSet { sku, quantity } => {
                 self.lines.insert(sku, quantity);
@@ -139,6 +157,7 @@ impl Aggregate for Cart {
                 self.lines.remove(&sku);
             }
             CartEvent::CartEmptied {} | CartEvent::CheckedOut { .. } => self.lines.clear(),
+            CartEvent::CartAbandoned { .. } => self.abandoned = true,
         }
     }
 }
@@ -253,6 +272,38 @@ mod tests {
                 order_id: "o-2".into(),
             })
             .then_expect_error(CartError::Empty);
+    }
+
+    #[test]
+    fn a_cart_with_lines_is_abandoned_once_until_it_is_touched_again() {
+        let abandoned = E::CartAbandoned { lines: 2 };
+        Given::with(())
+            .given(vec![line("A-1", 2), line("B-2", 1)])
+            .when(C::MarkAbandoned)
+            .then_expect_events(vec![abandoned.clone()]);
+        Given::with(())
+            .given(vec![line("A-1", 2), line("B-2", 1), abandoned.clone()])
+            .when(C::MarkAbandoned)
+            .then_expect_events(vec![]);
+        // Touched after it was counted: it may be abandoned again, with what it holds now.
+        Given::with(())
+            .given(vec![
+                line("A-1", 2),
+                line("B-2", 1),
+                abandoned,
+                E::LineRemoved { sku: "B-2".into() },
+            ])
+            .when(C::MarkAbandoned)
+            .then_expect_events(vec![E::CartAbandoned { lines: 1 }]);
+        // Nothing in it: nothing to abandon.
+        Given::with(())
+            .given_no_previous_events()
+            .when(C::MarkAbandoned)
+            .then_expect_events(vec![]);
+        Given::with(())
+            .given(vec![line("A-1", 2), E::CartEmptied {}])
+            .when(C::MarkAbandoned)
+            .then_expect_events(vec![]);
     }
 
     #[test]
