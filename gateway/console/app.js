@@ -215,9 +215,21 @@ function authView() {
 
 // ---- shop -----------------------------------------------------------------------------
 
+/** After a command on an item (`answer` is its `{"id","version"}`), waits until the
+ * catalog shows it: the lists and carts read next are priced as it left them. */
+async function itemSettled(url, answer) {
+  if (!url.startsWith("/api/v1/inventory/items") || answer?.version === undefined) return;
+  await api("GET", `/api/v1/inventory/items/${encodeURIComponent(answer.id)}?min_version=${answer.version}`);
+}
+
 async function shopView() {
-  const items = await api("GET", "/api/v1/inventory/items?limit=200");
-  const orders = await api("GET", "/api/v1/orders?limit=50");
+  const staff = roles().includes("staff");
+  const query = new URLSearchParams(location.hash.split("?")[1] || "").get("q") || "";
+  // Staff see discontinued items too, to know what they withdrew.
+  const catalog = `/api/v1/inventory/items?limit=200${staff ? "&discontinued=true" : ""}${query ? `&q=${encodeURIComponent(query)}` : ""}`;
+  const [items, orders, firstCart] = await Promise.all([
+    api("GET", catalog), api("GET", "/api/v1/orders?limit=50"), api("GET", "/api/v1/cart"),
+  ]);
   const orderRows = el("tbody");
   // The newest order_status frame of each order: one may arrive before its row is drawn.
   const heard = new Map();
@@ -243,67 +255,177 @@ async function shopView() {
     if (pill) pill.textContent = frame.status;
   });
   cleanups.push(stop);
+
+  // The cart, drawn from the server's answer after every change: its prices are the
+  // catalog's now, so a price change shows in the lines and the total. Every change names
+  // the version the page shows (If-Match): one made in another tab meanwhile is not
+  // overwritten, the cart is shown again instead.
+  const cart = { version: firstCart.version, lines: new Map() };
+  const cartRows = el("tbody");
+  const cartLines = el("div", { class: "scroll" }, el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "Item"), el("th", {}, "Quantity"), el("th", { class: "narrow-hide" }, "Price"), el("th", {}, "Line total"), el("th", {}, ""))),
+    cartRows));
+  const cartTotal = el("output", { "data-cart-total": "", "aria-label": "Cart total" });
+  const emptyNote = el("p", { class: "muted" }, "Your cart is empty.");
   const coupon = el("input", { name: "coupon_code", autocomplete: "off" });
+  const checkoutButton = el("button", { type: "submit" }, "Check out");
+  const lineName = (line) => line.name ?? line.sku;
+  const cartRow = (line) => {
+    const quantity = el("input", {
+      type: "number", class: "qty", min: 1, max: 1000000, value: line.quantity,
+      "aria-label": `Quantity of ${lineName(line)} in the cart`,
+      onchange: () => attempt(() => changeCart("PUT", `/api/v1/cart/items/${encodeURIComponent(line.sku)}`, { quantity: Number(quantity.value) })),
+    });
+    return el("tr", { "data-cart-line": line.sku },
+      el("td", {}, lineName(line), line.discontinued ? el("span", { class: "muted" }, " (discontinued)") : null),
+      el("td", {}, quantity),
+      el("td", { class: "narrow-hide" }, line.unit_price_cents == null ? "…" : money(line.unit_price_cents)),
+      el("td", { "data-line-total": line.sku }, line.line_total_cents == null ? "…" : money(line.line_total_cents)),
+      el("td", {}, el("button", {
+        class: "secondary", "aria-label": `Remove ${lineName(line)} from the cart`,
+        onclick: () => attempt(() => changeCart("DELETE", `/api/v1/cart/items/${encodeURIComponent(line.sku)}`)),
+      }, "Remove")));
+  };
+  const drawCart = (answer) => {
+    cart.version = answer.version;
+    cart.lines = new Map(answer.lines.map((line) => [line.sku, line.quantity]));
+    cartRows.replaceChildren(...answer.lines.map(cartRow));
+    cartTotal.textContent = money(answer.total_cents);
+    cartTotal.dataset.cartTotal = answer.total_cents;
+    emptyNote.hidden = answer.lines.length > 0;
+    cartLines.hidden = answer.lines.length === 0;
+    checkoutButton.disabled = answer.lines.length === 0;
+  };
+  const refreshCart = async (version = cart.version) => drawCart(await api("GET", `/api/v1/cart?min_version=${version}`));
+  /** A change of the cart at the version shown; a 412 shows the cart as it is now. */
+  const changeCart = async (method, path, body) => {
+    try {
+      const { version } = await api(method, path, body, { "if-match": `"${cart.version}"` });
+      await refreshCart(version);
+    } catch (error) {
+      if (error.problem?.status === 412) {
+        await refreshCart(0);
+        throw new Error("Your cart was changed elsewhere: here it is as it is now");
+      }
+      throw error;
+    }
+  };
+  const checkout = () => attempt(async () => {
+    const body = coupon.value.trim() ? { coupon_code: coupon.value.trim() } : {};
+    checkoutButton.disabled = true;
+    try {
+      // If-Match: the order is made of exactly the lines on the screen, once.
+      const placed = await api("POST", "/api/v1/cart/checkout", body, { "if-match": `"${cart.version}"` });
+      coupon.value = "";
+      await refreshCart(cart.version + 1);
+      // The total (after any coupon) is the order's own, as the server priced it.
+      const priced = await settled(() => api("GET", `/api/v1/orders/${placed.id}?min_version=${placed.version}`));
+      showOrder({ id: placed.id, status: priced.status, total_cents: priced.total_cents });
+      say(`Order ${placed.id} placed`);
+    } catch (error) {
+      await refreshCart(0).catch(() => {});
+      if (error.problem?.status === 412) throw new Error("Your cart was changed elsewhere: check it and check out again");
+      throw error;
+    }
+  });
+  drawCart(firstCart);
+
   const itemRow = (item) => {
-    const quantity = el("input", { type: "number", min: 1, value: 1, "aria-label": `Quantity of ${item.name}`, size: 4 });
-    return el("tr", {},
-      el("td", {}, item.sku), el("td", {}, item.name), el("td", {}, money(item.price_cents)),
+    const quantity = el("input", { type: "number", class: "qty", min: 1, value: 1, "aria-label": `Quantity of ${item.name}` });
+    const add = () => attempt(async () => {
+      const held = cart.lines.get(item.sku) ?? 0;
+      await changeCart("PUT", `/api/v1/cart/items/${encodeURIComponent(item.sku)}`, { quantity: held + Number(quantity.value) });
+      say(`${item.name} is in your cart`);
+    });
+    const discontinue = () => attempt(async () => {
+      const url = `/api/v1/inventory/items/${encodeURIComponent(item.sku)}/discontinue`;
+      await itemSettled(url, await api("POST", url));
+      say(`${item.name} is discontinued`);
+      await refreshItems();
+      await refreshCart();
+    });
+    return el("tr", { "data-item": item.sku },
+      el("td", { class: "narrow-hide" }, item.sku),
+      el("td", {}, item.name, item.description ? el("div", { class: "muted" }, item.description) : null),
+      el("td", {}, money(item.price_cents)),
       el("td", { "data-available": item.sku }, item.available),
-      el("td", {}, quantity, " ", el("button", {
-        onclick: () => attempt(async () => {
-          const order = { lines: [{ sku: item.sku, quantity: Number(quantity.value) }] };
-          if (coupon.value.trim()) order.coupon_code = coupon.value.trim();
-          const placed = await api("POST", "/api/v1/orders", order);
-          // The total (after any coupon) is the order's own, as the server priced it.
-          const priced = await settled(() => api("GET", `/api/v1/orders/${placed.id}?min_version=${placed.version}`));
-          showOrder({ id: placed.id, status: priced.status, total_cents: priced.total_cents });
-          say(`Order ${placed.id} placed`);
-        }),
-      }, "Order")));
+      el("td", {}, item.discontinued
+        ? el("span", { class: "muted", "data-discontinued": item.sku }, "Discontinued")
+        : el("div", { class: "actions" }, quantity, el("button", { onclick: add, "aria-label": `Add to cart: ${item.name}` }, "Add to cart"),
+          staff ? el("button", { class: "secondary", onclick: discontinue, "aria-label": `Discontinue ${item.name}` }, "Discontinue") : null)));
   };
   const itemRows = el("tbody", {}, items.items.map(itemRow));
   // Redrawn in place after a staff change, so no form being filled is replaced.
   const refreshItems = async () => {
-    const fresh = await api("GET", "/api/v1/inventory/items?limit=200");
+    const fresh = await api("GET", catalog);
     itemRows.replaceChildren(...fresh.items.map(itemRow));
   };
+  const search = el("form", { role: "search", onsubmit: (event) => {
+    event.preventDefault();
+    const q = formData(event.target).q.trim();
+    location.hash = q ? `#/shop?q=${encodeURIComponent(q)}` : "#/shop";
+  } }, el("label", {}, "Search items", el("input", { name: "q", type: "search", value: query })), el("button", { type: "submit" }, "Search"));
   const sections = [
-    el("section", {}, el("h2", {}, "Items"), el("label", {}, "Coupon code (optional)", coupon),
-      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "SKU"), el("th", {}, "Name"), el("th", {}, "Price"), el("th", {}, "Available"), el("th", {}, ""))),
+    el("section", {}, el("h2", {}, "Items"), search,
+      el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", { class: "narrow-hide" }, "SKU"), el("th", {}, "Name"), el("th", {}, "Price"), el("th", {}, "Available"), el("th", {}, ""))),
         itemRows)),
+      items.items.length ? null : el("p", { class: "muted" }, query ? `Nothing matches “${query}”.` : "No items yet.")),
+    el("section", { "aria-label": "Your cart" }, el("h2", {}, "Your cart"), emptyNote,
+      cartLines,
+      el("p", {}, "Total: ", cartTotal),
+      el("form", { "aria-label": "Check out", onsubmit: (event) => { event.preventDefault(); checkout(); } },
+        el("label", {}, "Coupon code (optional)", coupon), checkoutButton)),
     el("section", {}, el("h2", {}, "Your orders"),
-      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Order"), el("th", {}, "Status"), el("th", {}, "Total"), el("th", {}, ""))), orderRows)),
+      el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Order"), el("th", {}, "Status"), el("th", {}, "Total"), el("th", {}, ""))), orderRows))),
   ];
-  if (roles().includes("staff")) sections.push(staffShop(refreshItems));
+  if (staff) sections.push(staffShop(async () => {
+    await refreshItems();
+    // A price change shows in the cart at once.
+    await refreshCart();
+  }));
   return sections;
 }
 
 function staffShop(refreshItems) {
-  const submit = (what, shape) => (event) => {
+  const submit = (what, method, shape) => (event) => {
     event.preventDefault();
     const form = event.target;
     attempt(async () => {
       const [url, body] = shape(formData(form));
-      await api("POST", url, body);
+      await itemSettled(url, await api(method, url, body));
       form.reset();
       say(`Saved: ${what}`);
       await refreshItems();
     });
   };
+  // Only the fields filled in change.
+  const edits = (f) => {
+    const body = {};
+    if (f.name.trim()) body.name = f.name.trim();
+    if (f.price_cents !== "") body.price_cents = Number(f.price_cents);
+    if (f.description.trim()) body.description = f.description.trim();
+    return [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}`, body];
+  };
   return el("section", {}, el("h2", {}, "Staff: items, stock, coupons"),
-    el("form", { "aria-label": "Create an item", onsubmit: submit("the item", (f) => ["/api/v1/inventory/items",
+    el("form", { "aria-label": "Create an item", onsubmit: submit("the item", "POST", (f) => ["/api/v1/inventory/items",
       { sku: f.sku, name: f.name, price_cents: Number(f.price_cents), initial_stock: Number(f.initial_stock) }]) },
       el("label", {}, "SKU", el("input", { name: "sku", required: true })),
       el("label", {}, "Name", el("input", { name: "name", required: true })),
       el("label", {}, "Price (cents)", el("input", { name: "price_cents", type: "number", min: 0, required: true })),
       el("label", {}, "Initial stock", el("input", { name: "initial_stock", type: "number", min: 0, required: true })),
       el("button", { type: "submit" }, "Create item")),
-    el("form", { "aria-label": "Receive stock", onsubmit: submit("the stock received", (f) => [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}/receive`,
+    el("form", { "aria-label": "Edit an item", onsubmit: submit("the item's changes", "PATCH", edits) },
+      el("label", {}, "SKU", el("input", { name: "sku", required: true })),
+      el("label", {}, "New name", el("input", { name: "name" })),
+      el("label", {}, "New price (cents)", el("input", { name: "price_cents", type: "number", min: 0 })),
+      el("label", { class: "wide" }, "New description", el("textarea", { name: "description", maxlength: 2000 })),
+      el("button", { type: "submit" }, "Save changes")),
+    el("form", { "aria-label": "Receive stock", onsubmit: submit("the stock received", "POST", (f) => [`/api/v1/inventory/items/${encodeURIComponent(f.sku)}/receive`,
       { quantity: Number(f.quantity) }]) },
       el("label", {}, "SKU", el("input", { name: "sku", required: true })),
       el("label", {}, "Quantity", el("input", { name: "quantity", type: "number", min: 1, required: true })),
       el("button", { type: "submit" }, "Receive stock")),
-    el("form", { "aria-label": "Create a coupon", onsubmit: submit("the coupon", (f) => ["/api/v1/coupons",
+    el("form", { "aria-label": "Create a coupon", onsubmit: submit("the coupon", "POST", (f) => ["/api/v1/coupons",
       { code: f.code, percent_off: Number(f.percent_off), max_redemptions: Number(f.max_redemptions) }]) },
       el("label", {}, "Code", el("input", { name: "code", required: true })),
       el("label", {}, "Percent off", el("input", { name: "percent_off", type: "number", min: 1, max: 100, required: true })),

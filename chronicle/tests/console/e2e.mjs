@@ -1,5 +1,6 @@
 // The web console in real headless Chromium (Debian's `chromium`, driven by playwright-core):
-// the shop with a coupon and an order seen turning `reserved` live, two browsers chatting live
+// the shop's cart (quantities, a price change followed, a discontinued item refused) checked
+// out with a coupon and the order seen turning `reserved` live, two browsers chatting live
 // with an attachment and a dropped WebSocket recovered, a post written with a live preview and
 // found by search, a file upload interrupted by a reload and resumed, operations; axe-core
 // checks each view against WCAG 2.1 A and AA.
@@ -171,10 +172,13 @@ async function accessible(page, what) {
   check(found.length === 0, `${what} is not accessible: ${found.join("; ")}`);
 }
 
-/** Nothing on the page is wider than the screen (no sideways scrolling on a phone). */
+/** Nothing on the page is wider than the screen (no sideways scrolling on a phone), not
+ * even inside a table's scrolling box. */
 async function fits(page, what) {
   const [wide, screen] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   check(wide <= screen, `${what} is ${wide} pixels wide on a ${screen}-pixel screen`);
+  const boxes = await page.locator(".scroll").evaluateAll((all) => all.map((box) => [box.scrollWidth, box.clientWidth]));
+  for (const [inner, outer] of boxes) check(inner <= outer, `a table in ${what} is ${inner} pixels wide in a ${outer}-pixel box`);
 }
 
 /** Presses Tab from the top of the page until `name` has the focus. */
@@ -205,7 +209,7 @@ async function main() {
   const bobSocket = relay();
   const bob = await person("bob", { width: 390, height: 844 }, bobSocket);
 
-  step = "staff make an item and a coupon; an order with the coupon turns reserved live";
+  step = "staff make an item and a coupon; Bob puts it in his cart on his phone";
   await open(alice, "#/shop");
   const create = alice.locator('form[aria-label="Create an item"]');
   await create.getByLabel("SKU").fill("E2E-1");
@@ -227,23 +231,64 @@ async function main() {
   ]);
   check(couponMade.status() === 201, `creating the coupon answered ${couponMade.status()}`);
   await eventually(alice, "#/shop", alice.getByRole("cell", { name: "Lantern" }));
+  await eventually(bob, "#/shop", bob.getByRole("cell", { name: "Lantern" }));
+  await bob.getByRole("button", { name: "Add to cart: Lantern" }).click();
+  await bob.locator('[data-cart-total="250"]').waitFor();
+
+  step = "Alice fills her cart and changes its quantities";
+  const addLantern = alice.getByRole("button", { name: "Add to cart: Lantern" });
+  await addLantern.click();
+  await alice.locator('[data-cart-total="250"]').waitFor();
+  // Added again: the line holds two.
+  await addLantern.click();
+  await alice.locator('[data-cart-total="500"]').waitFor();
+  const inCart = alice.getByLabel("Quantity of Lantern in the cart");
+  check((await inCart.inputValue()) === "2", "the line holds two lanterns");
+  await inCart.fill("3");
+  await inCart.blur();
+  await alice.locator('[data-line-total="E2E-1"]', { hasText: "7.50" }).waitFor();
+  await alice.locator('[data-cart-total="750"]').waitFor();
+  await inCart.fill("1");
+  await inCart.blur();
+  await alice.locator('[data-cart-total="250"]').waitFor();
+
+  step = "staff reprice and describe the item: both carts follow the price";
+  const edit = alice.locator('form[aria-label="Edit an item"]');
+  await edit.getByLabel("SKU").fill("E2E-1");
+  await edit.getByLabel("New price (cents)").fill("300");
+  await edit.getByLabel("New description").fill("A storm lantern, brass and glass");
+  await edit.getByRole("button", { name: "Save changes" }).click();
+  await alice.locator('[data-cart-total="300"]').waitFor();
+  await alice.getByText("A storm lantern, brass and glass").waitFor();
+  await eventually(bob, "#/shop", bob.locator('[data-cart-total="300"]'));
+  await shot(bob, "shop-cart-phone");
+  await accessible(bob, "the shop with a cart, on a phone");
+  await fits(bob, "the shop with a cart");
+
+  step = "Alice checks out with the coupon; the order turns reserved live";
   await alice.getByLabel("Coupon code (optional)").fill("GLOW10");
-  await alice.getByRole("row", { name: /Lantern/ }).getByRole("button", { name: "Order" }).click();
+  await alice.getByRole("button", { name: "Check out" }).click();
   const pill = alice.locator("[data-order-status]").first();
   await pill.waitFor();
   // Not reloaded: the status changes because the WebSocket's order_status says so.
   await alice.waitForFunction(() => document.querySelector("[data-order-status]")?.textContent === "reserved");
-  // 10% off 2.50, as the server priced it.
-  check((await alice.locator("tr[data-order]").first().textContent()).includes("2.25"), "the coupon's total, 2.25, is shown");
+  // 10% off 3.00 (the price when she checked out), as the server priced it.
+  check((await alice.locator("tr[data-order]").first().textContent()).includes("2.70"), "the coupon's total, 2.70, is shown");
+  // The cart is empty, and says so.
+  await alice.locator('[data-cart-total="0"]').waitFor();
+  check((await alice.locator("[data-cart-line]").count()) === 0, "the cart is empty after checking out");
+  await alice.getByText("Your cart is empty.").waitFor();
   await shot(alice, "shop-order-reserved");
-  await accessible(alice, "the shop, with the staff forms");
+  await accessible(alice, "the shop, with the cart and the staff forms");
 
-  step = "the discounted order is paid, another cancelled, stock received";
+  step = "the discounted order is paid, another checked out and cancelled, stock received";
   const first = alice.locator("tr[data-order]").first();
   const firstId = await first.getAttribute("data-order");
   await first.getByRole("button", { name: "Pay" }).click();
   await eventually(alice, "#/shop", alice.locator(`[data-order-status="${firstId}"]`, { hasText: "paid" }));
-  await alice.getByRole("row", { name: /Lantern/ }).getByRole("button", { name: "Order" }).click();
+  await alice.getByRole("button", { name: "Add to cart: Lantern" }).click();
+  await alice.locator('[data-cart-total="300"]').waitFor();
+  await alice.getByRole("button", { name: "Check out" }).click();
   await alice.waitForFunction(() => document.querySelectorAll("tr[data-order]").length === 2);
   const second = alice.locator("tr[data-order]").first();
   const secondId = await second.getAttribute("data-order");
@@ -258,6 +303,31 @@ async function main() {
   await receive.getByLabel("Quantity").fill("3");
   await receive.getByRole("button", { name: "Receive stock" }).click();
   await eventually(alice, "#/shop", alice.locator('[data-available="E2E-1"]', { hasText: "7" }));
+
+  step = "a discontinued item stays in the cart, marked, and cannot be checked out";
+  await create.getByLabel("SKU").fill("E2E-2");
+  await create.getByLabel("Name").fill("Wick");
+  await create.getByLabel("Price (cents)").fill("100");
+  await create.getByLabel("Initial stock").fill("9");
+  await create.getByRole("button", { name: "Create item" }).click();
+  await alice.getByRole("button", { name: "Add to cart: Wick" }).click();
+  await alice.locator('[data-cart-line="E2E-2"]').waitFor();
+  await alice.getByRole("button", { name: "Discontinue Wick" }).click();
+  await alice.locator('[data-discontinued="E2E-2"]').waitFor();
+  check((await alice.getByRole("button", { name: "Add to cart: Wick" }).count()) === 0, "a discontinued item can still be added");
+  await alice.locator('[data-cart-line="E2E-2"]', { hasText: "(discontinued)" }).waitFor();
+  await alice.getByRole("button", { name: "Check out" }).click();
+  await alice.locator("#status.error", { hasText: "item E2E-2 is discontinued" }).waitFor();
+  check((await alice.locator("tr[data-order]").count()) === 2, "no order was placed");
+  await alice.getByRole("button", { name: "Remove Wick from the cart" }).click();
+  await alice.locator('[data-cart-total="0"]').waitFor();
+  // The catalog finds the lantern by its description.
+  const search = alice.getByRole("search");
+  await search.getByLabel("Search items").fill("brass");
+  await search.getByRole("button", { name: "Search" }).click();
+  await alice.waitForFunction(() => location.hash === "#/shop?q=brass"
+    && document.querySelectorAll("tr[data-item]").length === 1 && document.querySelector('tr[data-item="E2E-1"]'));
+  await accessible(alice, "the shop, with a discontinued item");
 
   step = "signing out and in again";
   await alice.getByRole("button", { name: "Sign out" }).click();
