@@ -3,13 +3,15 @@
 //! (`chronicle schemas export <dir>` writes them; a snapshot test keeps them from changing
 //! by accident).
 //!
-//! A payload's schema is the event's fields, as the envelope's `payload` carries them. Old
-//! versions are listed with how they differ from the next one (`crate::upcast`).
+//! A payload's schema is the event's fields, as the envelope's `payload` carries them, with
+//! `examples` of it ([`crate::examples`]). Old versions are listed with how they differ from
+//! the next one (`crate::upcast`).
 
 use schemars::{JsonSchema, Schema};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{blog, chat, commerce, files, identity, scheduler, Envelope};
+use crate::{blog, chat, commerce, examples::Examples, files, identity, scheduler, Envelope};
 
 /// One event type at one version.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,11 +73,26 @@ pub fn event_contracts() -> Vec<EventContract> {
 }
 
 /// The contracts of one event enum: serde's externally tagged form (`{"Type": {...}}`)
-/// split into one schema per variant, each keeping the definitions it may refer to.
-pub fn contracts_of<E: JsonSchema>(
+/// split into one schema per variant, each keeping the definitions it may refer to, with
+/// the enum's examples of that variant.
+pub fn contracts_of<E: JsonSchema + Examples + Serialize>(
     context: &'static str,
     aggregate_type: &'static str,
 ) -> Vec<EventContract> {
+    // Each example in its externally tagged form: `{"Type": payload}`.
+    let mut examples: Map<String, Value> = Map::new();
+    for example in E::examples() {
+        if let Ok(Value::Object(tagged)) = serde_json::to_value(example) {
+            for (event_type, payload) in tagged {
+                if let Value::Array(list) = examples
+                    .entry(event_type)
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                {
+                    list.push(payload);
+                }
+            }
+        }
+    }
     let root: Value = Schema::to_value(schemars::schema_for!(E));
     let defs = root.get("$defs").cloned();
     let variants = root
@@ -101,6 +118,9 @@ pub fn contracts_of<E: JsonSchema>(
             }
             if let Some(defs) = &defs {
                 schema.insert("$defs".into(), defs.clone());
+            }
+            if let Some(examples) = examples.get(event_type) {
+                schema.insert("examples".into(), examples.clone());
             }
             Some(EventContract {
                 context,
@@ -142,6 +162,14 @@ fn rename_property(schema: &mut Value, from: &str, to: &str) {
             }
         }
     }
+    // The examples as that version wrote them.
+    if let Some(examples) = schema.get_mut("examples").and_then(Value::as_array_mut) {
+        for example in examples.iter_mut().filter_map(Value::as_object_mut) {
+            if let Some(value) = example.remove(from) {
+                example.insert(to.into(), value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +189,8 @@ mod tests {
             .unwrap();
         assert!(v1.schema["properties"]["body"].is_object());
         assert!(v1.schema["properties"].get("body_markdown").is_none());
+        assert_eq!(v1.schema["examples"][0]["body"], "Lovely *light*.");
+        assert!(v1.schema["examples"][0].get("body_markdown").is_none());
         assert!(
             envelope_schema()["properties"]["payload"].is_object()
                 || envelope_schema()["properties"]["payload"] == true

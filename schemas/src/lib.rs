@@ -11,6 +11,7 @@
 //! - [`commerce`]: the payloads of the commerce context (inventory, orders, coupons).
 //! - [`contracts`]: the JSON Schema of the envelope and of every event type and version
 //!   (`chronicle schemas export`).
+//! - [`examples`]: an example of every event type, exported in its schema.
 //! - [`files`]: the payloads of the files context (files, uploads, share links; no bytes,
 //!   no tokens).
 //! - [`identity`]: the payloads of the identity context (users, no secrets).
@@ -50,6 +51,7 @@ pub mod blog;
 pub mod chat;
 pub mod commerce;
 pub mod contracts;
+pub mod examples;
 pub mod files;
 pub mod identity;
 pub mod limits;

@@ -93,6 +93,44 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
         json!({}),
     )
     .await;
+    // The catalog edited, a cart filled, changed, emptied and checked out.
+    let edited = app
+        .request(reqwest::Method::PATCH, "/api/v1/inventory/items/C-1")
+        .json(&json!({"name": "Mug", "price_cents": 950, "description": "Stoneware"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(edited.status(), StatusCode::OK);
+    created(
+        &app,
+        "/api/v1/inventory/items",
+        json!({"sku": "C-2", "name": "Saucer", "price_cents": 300, "initial_stock": 3}),
+    )
+    .await;
+    for (method, path, body) in [
+        ("PUT", "/api/v1/cart/items/C-2", json!({"quantity": 1})),
+        ("DELETE", "/api/v1/cart/items/C-2", Value::Null),
+        ("PUT", "/api/v1/cart/items/C-1", json!({"quantity": 1})),
+        ("DELETE", "/api/v1/cart", Value::Null),
+        ("PUT", "/api/v1/cart/items/C-1", json!({"quantity": 2})),
+        ("POST", "/api/v1/cart/checkout", json!({})),
+        (
+            "POST",
+            "/api/v1/inventory/items/C-2/discontinue",
+            Value::Null,
+        ),
+    ] {
+        let mut request = app.request(method.parse().unwrap(), path);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{method} {path}: {}",
+            answer.status()
+        );
+    }
     // Blog: a post, published, commented, the comment deleted.
     let post = created(
         &app,
@@ -227,6 +265,7 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
     assert_eq!(
         touched,
         [
+            "cart",
             "comment",
             "coupon",
             "file",
@@ -242,4 +281,24 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
         "{} events",
         events.len()
     );
+}
+
+#[test]
+fn every_event_type_and_version_has_examples_that_match_its_schema() {
+    for contract in event_contracts() {
+        let name = contract.file_name();
+        let examples = contract.schema["examples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} has no examples"));
+        assert!(!examples.is_empty(), "{name} has no examples");
+        let validator = jsonschema::validator_for(&contract.schema)
+            .unwrap_or_else(|e| panic!("{name}: not a valid schema: {e}"));
+        for example in examples {
+            let errors: Vec<String> = validator
+                .iter_errors(example)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{name}: {example}: {errors:?}");
+        }
+    }
 }

@@ -166,3 +166,69 @@ chronicle_schemas::event_types!(RuleEvent:
     AlertAcknowledged,
     AlertResolved,
 );
+
+impl chronicle_schemas::examples::Examples for RuleEvent {
+    fn examples() -> Vec<Self> {
+        use chronicle_schemas::examples::at;
+        let rule = "0193f6ad-8c9d-7fb0-9a88-9b0c1d2e3f01";
+        let alert = format!("{rule}.1");
+        let spec = RuleSpec {
+            name: "slow checkout".to_owned(),
+            metric: "http_request_duration_seconds".to_owned(),
+            labels: BTreeMap::from([("route".to_owned(), "/api/v1/cart/checkout".to_owned())]),
+            agg: Aggregation::P99,
+            window_seconds: 300,
+            op: Comparison::Above,
+            threshold: 0.5,
+            for_seconds: 120,
+            severity: Severity::Warning,
+            channels: vec![Channel::Webhook {
+                url: "http://hooks.internal:9000/alerts".to_owned(),
+            }],
+        };
+        vec![
+            Self::RuleCreated {
+                rule_id: rule.to_owned(),
+                spec: spec.clone(),
+                created_by: "0193f6a2-7c1e-7d40-9a51-3f2b8c0d1e01".to_owned(),
+                created_at: at(0),
+            },
+            Self::RuleChanged {
+                spec: RuleSpec {
+                    threshold: 0.75,
+                    channels: vec![Channel::Email {
+                        to: "oncall@example.com".to_owned(),
+                    }],
+                    ..spec
+                },
+                changed_by: "0193f6a2-7c1e-7d40-9a51-3f2b8c0d1e01".to_owned(),
+                changed_at: at(60),
+            },
+            Self::RuleDeleted {
+                deleted_by: "0193f6a2-7c1e-7d40-9a51-3f2b8c0d1e01".to_owned(),
+                deleted_at: at(3_600),
+            },
+            Self::AlertPending {
+                alert_id: alert.clone(),
+                value: 0.82,
+                at: at(600),
+            },
+            Self::AlertFiring {
+                alert_id: alert.clone(),
+                value: 0.91,
+                at: at(720),
+            },
+            Self::AlertAcknowledged {
+                alert_id: alert.clone(),
+                by: "0193f6a2-7c1e-7d40-9a51-3f2b8c0d1e02".to_owned(),
+                at: at(780),
+            },
+            Self::AlertResolved {
+                alert_id: alert,
+                value: Some(0.31),
+                fired: true,
+                at: at(1_200),
+            },
+        ]
+    }
+}
