@@ -35,7 +35,7 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     (times[2] * 10.0).round() / 10.0
 }
 
-/// Prints one line per format and width.
+/// Prints one line per format and box (a width in a square, contained or covered).
 ///
 /// # Errors
 /// When an image cannot be encoded or thumbnailed.
@@ -48,10 +48,19 @@ pub fn run() -> anyhow::Result<()> {
         let decode = median_ms(|| {
             let _ = image::load_from_memory(&bytes);
         });
-        for width in [256, 1024] {
+        for (width, fit) in [
+            (256, chronicle_files::Fit::Contain),
+            (1024, chronicle_files::Fit::Contain),
+            (256, chronicle_files::Fit::Cover),
+        ] {
+            let within = chronicle_files::ThumbnailBox {
+                width,
+                height: width,
+                fit,
+            };
             let mut made = 0;
             let total = median_ms(|| {
-                made = chronicle_gateway::thumbnail::thumbnail(&bytes, width)
+                made = chronicle_gateway::thumbnail::thumbnail(&bytes, within)
                     .map(|(t, _)| t.len())
                     .unwrap_or(0);
             });
@@ -60,6 +69,7 @@ pub fn run() -> anyhow::Result<()> {
                 "{}",
                 json!({"system": "chronicle", "workload": "thumbnails", "format": format!("{format:?}"),
                     "source_pixels": "4000x3000", "source_bytes": bytes.len(), "width": width,
+                    "fit": format!("{fit:?}").to_lowercase(),
                     "ms_median_of_5": total, "ms_decode_median_of_5": decode,
                     "thumbnail_bytes": made})
             );

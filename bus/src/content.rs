@@ -128,9 +128,10 @@ pub fn upload_part(upload_id: &str, index: u64) -> String {
     format!("chunk.{upload_id}.{index}")
 }
 
-/// The object a thumbnail of the bytes named `sha256` is kept in.
-pub fn thumbnail_object(sha256: &str, width: u32) -> String {
-    format!("thumb.{sha256}.{width}")
+/// The object a thumbnail of the bytes named `sha256` is kept in, `box_name` naming its box
+/// (`chronicle_files::ThumbnailBox::suffix`).
+pub fn thumbnail_object(sha256: &str, box_name: &str) -> String {
+    format!("thumb.{sha256}.{box_name}")
 }
 
 /// Lowercase hex of `bytes`.

@@ -539,9 +539,15 @@ function person(userId) {
   return span;
 }
 
-/** The token-guarded bytes of file `id` as an object URL (`thumbnail` asks for a 128 px one, a width the server keeps). */
-async function fileUrl(id, thumbnail = false) {
-  const path = thumbnail ? `/api/v1/files/${id}/thumbnail?width=128` : `/api/v1/files/${id}/content`;
+/** The thumbnail boxes the console asks for (sizes the server keeps): the whole picture
+ * 128 px wide, and a 128 px square cropped around the centre for picture grids. */
+const THUMB = "width=128";
+const SQUARE = "width=128&height=128&fit=cover";
+
+/** The token-guarded bytes of file `id` as an object URL; with `thumbnail` (a box's query),
+ * its thumbnail in that box. */
+async function fileUrl(id, thumbnail = null) {
+  const path = thumbnail ? `/api/v1/files/${id}/thumbnail?${thumbnail}` : `/api/v1/files/${id}/content`;
   const answer = await fetch(path, { headers: { authorization: `Bearer ${session.token}` } });
   if (!answer.ok) throw new Error(`the file answered ${answer.status}`);
   return URL.createObjectURL(await answer.blob());
@@ -566,7 +572,7 @@ function attachment(fileId) {
       const img = el("img", { alt: `Thumbnail of ${file.name}`, "data-thumb": file.id, height: 96 });
       item.append(" ", img);
       img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
-      img.src = await fileUrl(file.id, true);
+      img.src = await fileUrl(file.id, THUMB);
     }
   }).catch(() => item.replaceChildren("(attachment not available)"));
   return item;
@@ -798,13 +804,22 @@ async function filesView() {
         event.target.replaceWith(el("a", { href: share.url }, "share link (24 h)"));
       }) }, "Share"), " ",
       f.content_type?.startsWith("image/") ? el("img", { alt: `Thumbnail of ${f.name}`, "data-thumb": f.id, height: 64 }) : null)));
+  // The pictures as a grid of squares, each cropped around its centre.
+  const pictures = files.items.filter((f) => f.content_type?.startsWith("image/"));
+  const grid = el("ul", { class: "pictures", "aria-label": "Your pictures" }, pictures.map((f) =>
+    el("li", {}, el("figure", {}, el("img", { alt: f.name, "data-square": f.id, width: 96, height: 96 }), el("figcaption", {}, f.name)))));
   // Thumbnails need the token: fetched, then shown from a blob.
-  for (const img of rows.flatMap((row) => [...row.querySelectorAll("img[data-thumb]")])) {
+  const thumbs = [
+    ...rows.flatMap((row) => [...row.querySelectorAll("img[data-thumb]")]).map((img) => [img, img.dataset.thumb, THUMB]),
+    ...[...grid.querySelectorAll("img[data-square]")].map((img) => [img, img.dataset.square, SQUARE]),
+  ];
+  for (const [img, id, box] of thumbs) {
     img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
-    fileUrl(img.dataset.thumb, true).then((url) => (img.src = url)).catch(() => (img.alt = `No thumbnail: ${img.alt}`));
+    fileUrl(id, box).then((url) => (img.src = url)).catch(() => (img.alt = `No thumbnail: ${img.alt}`));
   }
   return [el("section", {}, el("h2", {}, "Upload (tus, resumable)"), upload, progress, note),
-    el("section", {}, el("h2", {}, "Your files"), el("table", {}, el("tbody", {}, rows)))];
+    pictures.length ? el("section", {}, el("h2", {}, "Your pictures"), grid) : null,
+    el("section", {}, el("h2", {}, "Your files"), el("table", {}, el("tbody", {}, rows)))].filter(Boolean);
 }
 
 // ---- operations -----------------------------------------------------------------------

@@ -315,9 +315,12 @@ impl FilesJanitor {
         }
         let content_error = JanitorError::Content;
         content.delete(sha256).await.map_err(content_error)?;
-        for width in chronicle_files::THUMBNAIL_WIDTHS {
+        for thumbnail in chronicle_files::ThumbnailBox::all() {
             content
-                .delete_object(&chronicle_bus::thumbnail_object(sha256, width))
+                .delete_object(&chronicle_bus::thumbnail_object(
+                    sha256,
+                    &thumbnail.suffix(),
+                ))
                 .await
                 .map_err(content_error)?;
         }

@@ -834,7 +834,7 @@ async fn upload_typed(app: &TestApp, bytes: Vec<u8>, name: &str, mime: &str) -> 
 }
 
 #[tokio::test]
-async fn thumbnails_are_made_once_per_width_and_only_of_images_within_the_limits() {
+async fn thumbnails_are_made_once_per_box_and_only_of_images_within_the_limits() {
     let app = TestApp::spawn().await;
     let picture = upload_typed(&app, png(400, 300), "photo.png", "image/png").await;
     let id = picture["id"].as_str().unwrap();
@@ -873,6 +873,50 @@ async fn thumbnails_are_made_once_per_width_and_only_of_images_within_the_limits
             "width {width}: {}",
             r.status()
         );
+    }
+    // In a box: `contain` fits inside it (100x50 is served by 128x64), `cover` fills it
+    // exactly and crops around the centre (a box larger than the picture scales it up);
+    // each is kept beside the bytes under its own name, and is its own ETag.
+    for (query, size, name) in [
+        ("width=100&height=50", (85, 64), "128x64.contain"),
+        (
+            "width=128&height=128&fit=cover",
+            (128, 128),
+            "128x128.cover",
+        ),
+        ("height=40&fit=cover", (64, 64), "64x64.cover"),
+        (
+            "width=1024&height=32&fit=cover",
+            (1024, 32),
+            "1024x32.cover",
+        ),
+        ("width=128&fit=contain", (128, 96), "128"),
+    ] {
+        let r = app
+            .get(&format!("/api/v1/files/{id}/thumbnail?{query}"))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{query}");
+        assert_eq!(
+            r.headers()[header::ETAG].to_str().unwrap(),
+            format!("\"{sha256}.{name}\""),
+            "{query}"
+        );
+        let made = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!((made.width(), made.height()), size, "{query}");
+        assert!(objects(&app)
+            .await
+            .contains(&format!("thumb.{sha256}.{name}")));
+    }
+    for (query, field) in [
+        ("width=64&fit=stretch", "fit"),
+        ("width=64&height=0", "height"),
+        ("width=64&height=1025&fit=cover", "height"),
+        ("width=2000&height=64", "width"),
+    ] {
+        let r = app
+            .get(&format!("/api/v1/files/{id}/thumbnail?{query}"))
+            .await;
+        assert_eq!(crate::common::invalid_fields(r).await, [field], "{query}");
     }
     // Someone else: no such file.
     let (_, other) = app.register_and_login("stranger").await;

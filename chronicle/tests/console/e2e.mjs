@@ -149,9 +149,14 @@ function png(width, height) {
 
 /** Waits until `img` has loaded a picture: its natural width. */
 async function loadedWidth(img) {
+  return (await loadedSize(img))[0];
+}
+
+/** Waits until `img` has loaded a picture: its natural width and height. */
+async function loadedSize(img) {
   await img.waitFor();
   return img.evaluate((node) => new Promise((resolve) => {
-    const done = () => (node.complete && node.naturalWidth ? resolve(node.naturalWidth) : null);
+    const done = () => (node.complete && node.naturalWidth ? resolve([node.naturalWidth, node.naturalHeight]) : null);
     if (!done()) {
       node.addEventListener("load", done);
       const poll = setInterval(() => done() && clearInterval(poll), 100);
@@ -514,6 +519,9 @@ async function main() {
     "the downloaded bytes differ from the file's");
   // The picture sent in chat is Alice's file too, listed with its thumbnail.
   check((await loadedWidth(alice.locator("tr", { hasText: "glow.png" }).locator("img[data-thumb]"))) === 128, "the files list shows the thumbnail");
+  // The 200x120 picture, in the pictures grid as a 128-pixel square cropped around its centre.
+  const square = await loadedSize(alice.getByRole("list", { name: "Your pictures" }).getByRole("img", { name: "glow.png" }));
+  check(square[0] === 128 && square[1] === 128, `the grid's square is ${square}`);
   await shot(alice, "files-resumed");
   await accessible(alice, "the files");
 

@@ -120,6 +120,75 @@ pub fn thumbnail_width(asked: u32) -> Result<u32, Invalid> {
         })
 }
 
+/// How a thumbnail fills its box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fit {
+    /// The whole picture, inside the box, the aspect ratio kept (never larger than the
+    /// picture): one side may be shorter than the box's.
+    Contain,
+    /// Exactly the box: the picture scaled to cover it, the overflow cropped around the
+    /// centre (a picture smaller than the box is scaled up).
+    Cover,
+}
+
+/// The box a thumbnail is made for: each side snapped up to [`THUMBNAIL_WIDTHS`], so an
+/// image has at most [`ThumbnailBox::all`] thumbnails, made once each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThumbnailBox {
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+}
+
+impl ThumbnailBox {
+    /// The box asked for by `?width=&height=&fit=`: a side left out is the other's (a
+    /// square; 256 when both are), `fit` is `contain` (the default) or `cover`.
+    ///
+    /// # Errors
+    /// [`Invalid`] naming `width`, `height` or `fit`.
+    pub fn asked(
+        width: Option<u32>,
+        height: Option<u32>,
+        fit: Option<&str>,
+    ) -> Result<Self, Invalid> {
+        let fit = match fit {
+            None | Some("contain") => Fit::Contain,
+            Some("cover") => Fit::Cover,
+            Some(_) => return Err(Invalid::new("fit", "contain or cover")),
+        };
+        let (width, height) = match (width, height) {
+            (None, None) => (256, 256),
+            (Some(w), None) => (w, w),
+            (None, Some(h)) => (h, h),
+            (Some(w), Some(h)) => (w, h),
+        };
+        let width = thumbnail_width(width)?;
+        let height = thumbnail_width(height).map_err(|e| Invalid::new("height", e.message))?;
+        Ok(Self { width, height, fit })
+    }
+
+    /// The name this box's thumbnail has beside the bytes' (`<width>` for a square that
+    /// contains, the name thumbnails had before boxes; `<width>x<height>.<fit>` otherwise).
+    pub fn suffix(&self) -> String {
+        match self.fit {
+            Fit::Contain if self.width == self.height => self.width.to_string(),
+            Fit::Contain => format!("{}x{}.contain", self.width, self.height),
+            Fit::Cover => format!("{}x{}.cover", self.width, self.height),
+        }
+    }
+
+    /// Every box a thumbnail can be made for (what is removed with the bytes).
+    pub fn all() -> impl Iterator<Item = Self> {
+        [Fit::Contain, Fit::Cover].into_iter().flat_map(|fit| {
+            THUMBNAIL_WIDTHS.into_iter().flat_map(move |width| {
+                THUMBNAIL_WIDTHS
+                    .into_iter()
+                    .map(move |height| Self { width, height, fit })
+            })
+        })
+    }
+}
+
 pub fn check_size(size: u64) -> Result<(), Invalid> {
     limits::in_range("size", size.into(), 1, MAX_FILE_SIZE.into())
 }
@@ -142,6 +211,48 @@ mod tests {
         assert!(thumbnail_width(0).is_err());
         assert!(thumbnail_width(1025).is_err());
         assert!(thumbnail_width(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn a_box_snaps_each_side_up_defaults_to_a_square_and_names_its_thumbnail() {
+        let square = ThumbnailBox::asked(Some(100), None, None).unwrap();
+        assert_eq!(
+            (square.width, square.height, square.fit),
+            (128, 128, Fit::Contain)
+        );
+        assert_eq!(square.suffix(), "128", "the name a width alone always had");
+        let default = ThumbnailBox::asked(None, None, None).unwrap();
+        assert_eq!((default.width, default.height), (256, 256));
+        let tall = ThumbnailBox::asked(None, Some(40), Some("cover")).unwrap();
+        assert_eq!(
+            (tall.width, tall.height, tall.suffix().as_str()),
+            (64, 64, "64x64.cover")
+        );
+        let wide = ThumbnailBox::asked(Some(512), Some(100), Some("contain")).unwrap();
+        assert_eq!(wide.suffix(), "512x128.contain");
+        for (width, height, fit, field) in [
+            (Some(0), None, None, "width"),
+            (Some(64), Some(0), None, "height"),
+            (Some(64), Some(2000), None, "height"),
+            (Some(u32::MAX), Some(64), None, "width"),
+            (Some(64), Some(64), Some("stretch"), "fit"),
+            (Some(64), Some(64), Some(""), "fit"),
+        ] {
+            let refused = ThumbnailBox::asked(width, height, fit).unwrap_err();
+            assert_eq!(refused.field, field, "{width:?} {height:?} {fit:?}");
+        }
+        // Every box that can be asked for is among those removed with the bytes.
+        let all: std::collections::HashSet<String> =
+            ThumbnailBox::all().map(|b| b.suffix()).collect();
+        assert_eq!(all.len(), 72);
+        for width in [1, 33, 200, 1024] {
+            for height in [None, Some(1), Some(700)] {
+                for fit in [None, Some("contain"), Some("cover")] {
+                    let asked = ThumbnailBox::asked(Some(width), height, fit).unwrap();
+                    assert!(all.contains(&asked.suffix()), "{asked:?}");
+                }
+            }
+        }
     }
 
     #[test]

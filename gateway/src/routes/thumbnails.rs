@@ -1,6 +1,6 @@
-//! `GET /api/v1/files/{id}/thumbnail?width=N` (API.md, Files): a PNG or JPEG thumbnail of an
-//! image file, made once per (bytes, width) and kept in the object store beside the bytes
-//! (`thumb.<sha256>.<width>`; removed with them).
+//! `GET /api/v1/files/{id}/thumbnail?width=N&height=M&fit=contain|cover` (API.md, Files): a
+//! PNG or JPEG thumbnail of an image file, made once per (bytes, box) and kept in the object
+//! store beside the bytes (`thumb.<sha256>.<box>`; removed with them).
 //!
 //! Images are refused from their header before any pixel is decoded when they declare
 //! more than the domain's limits (a decompression bomb: a small file declaring a huge
@@ -13,7 +13,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use chronicle_files::{thumbnail_width, MAX_THUMBNAIL_SOURCE_BYTES};
+use chronicle_files::{ThumbnailBox, MAX_THUMBNAIL_SOURCE_BYTES};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
@@ -34,23 +34,26 @@ pub(super) fn routes() -> Routes {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Width {
+pub struct Asked {
     width: Option<u32>,
+    height: Option<u32>,
+    fit: Option<String>,
 }
 
-/// `GET /api/v1/files/{id}/thumbnail?width=N` (default 256).
-#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", operation_id = "thumbnail", summary = "A thumbnail of an image file (?width, default 256)", params(("id" = String, Path)), responses((status = 200, description = "200: image/png"), crate::schema::Problems))]
+/// `GET /api/v1/files/{id}/thumbnail?width=N&height=M&fit=contain|cover` (a 256 square that
+/// contains by default).
+#[utoipa::path(get, path = "/api/v1/files/{id}/thumbnail", tag = "files", operation_id = "thumbnail", summary = "A thumbnail of an image file in a box (?width, ?height: a side left out is the other's, 256 by default; each snapped up to 32, 64, 128, 256, 512 or 1024; ?fit=contain fits inside, cover fills the box exactly and crops around the centre)", params(("id" = String, Path), ("width" = Option<u32>, Query), ("height" = Option<u32>, Query), ("fit" = Option<String>, Query, description = "contain (default) or cover")), responses((status = 200, description = "200: image/png or image/jpeg"), crate::schema::Problems))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(asked): ApiQuery<Width>,
+    ApiQuery(asked): ApiQuery<Asked>,
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let width = thumbnail_width(asked.width.unwrap_or(256))
+    let within = ThumbnailBox::asked(asked.width, asked.height, asked.fit.as_deref())
         .map_err(|invalid| ApiError::validation(vec![FieldError::from(invalid)]))?;
     let file = readable_file(&state, &id, &caller.user_id).await?;
-    let etag = format!("\"{}.{width}\"", file.sha256());
+    let etag = format!("\"{}.{}\"", file.sha256(), within.suffix());
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -70,7 +73,7 @@ pub async fn get(
         return Err(not_an_image());
     }
     let content = state.content().await?;
-    let name = chronicle_bus::thumbnail_object(file.sha256(), width);
+    let name = chronicle_bus::thumbnail_object(file.sha256(), &within.suffix());
     let (bytes, media_type) = match content
         .get_small(&name, 64 * 1024 * 1024)
         .await
@@ -112,7 +115,7 @@ pub async fn get(
                 })
                 .await
                 .map_err(ApiError::internal)?;
-            let made = tokio::task::spawn_blocking(move || thumbnail(&source, width))
+            let made = tokio::task::spawn_blocking(move || thumbnail(&source, within))
                 .await
                 .map_err(ApiError::internal)?;
             let (bytes, media_type) = match made {
