@@ -13,8 +13,9 @@ use chronicle_gateway::{ContextSettings, GatewayConfig, Secret};
 use chronicle_host::Process;
 use chronicle_projections::{
     carts::CartsProjection, chat_history::ChatHistoryProjection,
-    file_metadata::FileMetadataProjection, inventory::InventoryProjection, jobs::JobsProjection,
-    orders::OrdersProjection, posts::PostsProjection, users::UsersProjection, Erased, ReadModel,
+    file_metadata::FileMetadataProjection, inventory::InventoryProjection,
+    job_triggers::JobTriggersProjection, jobs::JobsProjection, orders::OrdersProjection,
+    posts::PostsProjection, users::UsersProjection, Erased, ReadModel,
 };
 use chronicle_schemas::contracts::EventContract;
 
@@ -72,7 +73,7 @@ pub const CONTEXTS: &[Context] = &[
     shared(
         schema::SCHEDULER,
         chronicle_gateway::contexts::SCHEDULER,
-        &[&Erased(JobsProjection)],
+        &[&Erased(JobsProjection), &Erased(JobTriggersProjection)],
         &[roles::SCHEDULER],
         |s| {
             s.declare::<chronicle_sagas::SchedulerConfig>()
@@ -129,6 +130,14 @@ pub fn gateway_config(secret: Secret) -> GatewayConfig {
     for context in CONTEXTS {
         (context.declare)(&mut config.contexts);
     }
+    // The event types a job may be triggered by: every context's.
+    config
+        .contexts
+        .get_mut::<chronicle_gateway::JobsConfig>()
+        .event_types = contracts()
+        .into_iter()
+        .map(|c| (c.context.to_owned(), c.event_type))
+        .collect();
     config
 }
 

@@ -299,6 +299,7 @@ pub async fn replay(
 ) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
+    let several = names.len() > 1;
     for name in names {
         let mut progress = |done: u64, total: u64| {
             let percent = (done * 100).checked_div(total).unwrap_or(100);
@@ -307,9 +308,18 @@ pub async fn replay(
         let model = read_model(&name).with_context(|| format!("unknown projection {name:?}"))?;
         let (db, nats) = (&connections.db, &connections.nats);
         let replayed = if from_store {
-            model
+            match model
                 .replay_from_store(db, nats, batch, &mut progress)
                 .await
+            {
+                // Of several (`--all`), one that only the log can rebuild (it reads events
+                // by their stream sequence, or of every context) is rebuilt from the log.
+                Err(chronicle_projections::ProjectionError::Refused(why)) if several => {
+                    eprintln!("{name}: {why}; rebuilt from the stream instead");
+                    model.replay(db, nats, batch, &mut progress).await
+                }
+                other => other,
+            }
         } else {
             model.replay(db, nats, batch, &mut progress).await
         };

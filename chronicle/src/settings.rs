@@ -407,6 +407,10 @@ impl Settings {
         };
         config
             .contexts
+            .get_mut::<chronicle_gateway::JobsConfig>()
+            .http_allow = self.scheduler.scheduler_http_allow.clone();
+        config
+            .contexts
             .set(chronicle_gateway::IdentityConfig {
                 staff_users: self
                     .gateway
@@ -423,9 +427,6 @@ impl Settings {
             .set(chronicle_gateway::FilesConfig {
                 replicas: self.servers.stream_replicas,
                 upload_ttl: self.files.upload_ttl,
-            })
-            .set(chronicle_gateway::JobsConfig {
-                http_allow: self.scheduler.scheduler_http_allow.clone(),
             })
             .set(chronicle_sagas::OrderSagaConfig {
                 ack_wait: self.orders.saga_ack_wait,

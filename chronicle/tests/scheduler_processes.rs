@@ -1,7 +1,8 @@
 //! The scheduler as real processes (issue 13): three `chronicle scheduler` processes run
 //! each due second of a job once between them, sharing the jobs; one killed with SIGKILL mid-run leads to one
-//! retried run, not two; and after 30 s with no scheduler running, each missed-run policy
-//! does what it says.
+//! retried run, not two; after 30 s with no scheduler running, each missed-run policy
+//! does what it says; and (issue 32) a job triggered by events runs once for each event,
+//! in log order, while schedulers and the triggers' projector are killed as events stream in.
 
 mod common;
 
@@ -384,4 +385,180 @@ async fn after_30_s_without_a_scheduler_each_missed_run_policy_does_what_it_says
     let mut unique = ran.clone();
     unique.dedup();
     assert_eq!(unique, ran, "none twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_killed_while_events_stream_in_run_an_event_triggered_job_once_per_event() {
+    let (db, nats) = (TestDb::new().await, TestNats::start());
+    let pool = db.pool().await;
+    let _spine = start_spine(&db, &nats);
+    let mut triggers = start(&["project", "job_triggers"], &db, &nats);
+    let mut schedulers: Vec<Running> = (0..3).map(|_| start(&["scheduler"], &db, &nats)).collect();
+    live_schedulers(&pool, 3).await;
+    let bus = db.executor().await;
+    // Each call takes 100 ms: a kill most likely lands in the middle of one.
+    let hook = Hook::start(|_, _| (200, Duration::from_millis(100))).await;
+    let action = Action::Http {
+        url: format!("{}/stock", hook.url),
+        method: "POST".into(),
+        body: None,
+    };
+    let job = spec(
+        "on-stock",
+        Schedule::OnEvent {
+            types: vec!["StockReceived".into()],
+            context: Some("commerce".into()),
+        },
+        action,
+    );
+    // Lost runs are retried: enough retries for every kill to land on one event's run.
+    create(
+        &bus,
+        "on-stock",
+        JobSpec {
+            max_retries: 20,
+            timeout_seconds: 2,
+            ..job
+        },
+    )
+    .await;
+    // In the log (the jobs read model has it) before the first event it is to run for.
+    eventually(
+        "the job in the read model",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM scheduler.scheduler_jobs WHERE job_id = 'on-stock'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    let ctx = CommandContext::new();
+    let create_item = chronicle_commerce::InventoryCommand::Create {
+        sku: "KILL-1".into(),
+        name: "Lamp".into(),
+        price_cents: 100,
+        initial_stock: 0,
+    };
+    bus.execute::<chronicle_commerce::InventoryItem>("KILL-1", create_item, &(), &ctx)
+        .await
+        .unwrap();
+    // 300 events over ~9 s; four times meanwhile every scheduler is killed (SIGKILL) and
+    // three others started, and once the triggers' projector too.
+    let appended = 300;
+    let streaming = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for _ in 0..appended {
+                let receive = chronicle_commerce::InventoryCommand::Receive { quantity: 1 };
+                bus.execute::<chronicle_commerce::InventoryItem>(
+                    "KILL-1",
+                    receive,
+                    &(),
+                    &CommandContext::new(),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for running in &mut schedulers {
+            let mut child = running.0.take().unwrap();
+            child.kill().expect("SIGKILL a scheduler");
+            child.wait().unwrap();
+        }
+        schedulers = (0..3).map(|_| start(&["scheduler"], &db, &nats)).collect();
+        if round == 1 {
+            let mut child = triggers.0.take().unwrap();
+            child.kill().expect("SIGKILL the triggers' projector");
+            child.wait().unwrap();
+            triggers = start(&["project", "job_triggers"], &db, &nats);
+        }
+    }
+    streaming.await.unwrap();
+    // Each run that ended, by the event it was for; every event run for and done with.
+    let finished = || async {
+        // Ended first: every run that ended by then has started by the second read.
+        let succeeded = events(&pool, "on-stock", "RunSucceeded").await;
+        let started = events(&pool, "on-stock", "RunStarted").await;
+        let seq_of: std::collections::HashMap<String, u64> = started
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p["run_id"].as_str().unwrap().to_owned(),
+                    p["event"]["stream_seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let done: Vec<u64> = succeeded
+            .iter()
+            .map(|(p, _)| seq_of[p["run_id"].as_str().unwrap()])
+            .collect();
+        (started, done)
+    };
+    let (started, done) = eventually(
+        "a run for every event",
+        Duration::from_secs(120),
+        || async {
+            let (started, done) = finished().await;
+            (done.len() >= appended).then_some((started, done))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, again) = finished().await;
+    assert_eq!(
+        again.len(),
+        done.len(),
+        "no run after every event was done with"
+    );
+    assert_eq!(done.len(), appended, "one successful run per event");
+    assert!(
+        done.windows(2).all(|w| w[0] < w[1]),
+        "each event once, in log order"
+    );
+    // Runs started in log order too (a lost run's retry is for the same event).
+    let order: Vec<u64> = started
+        .iter()
+        .map(|(p, _)| p["event"]["stream_seq"].as_u64().unwrap())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    let actors: std::collections::BTreeSet<&String> = started.iter().map(|(_, a)| a).collect();
+    assert!(
+        actors.len() >= 2,
+        "shared, and taken over after kills: {actors:?}"
+    );
+    // Exactly the events of the log: every StockReceived after the job was created.
+    let failed = events(&pool, "on-stock", "RunFailed").await;
+    assert!(
+        failed
+            .iter()
+            .all(|(p, _)| p["error"].as_str().unwrap().starts_with("lost")),
+        "{failed:?}"
+    );
+    // Every event was called about at least once (a call cut off by a kill is made again).
+    let calls = hook.bodies("/stock");
+    let called: std::collections::BTreeSet<String> = calls
+        .iter()
+        .map(|b| {
+            let envelope: Value = serde_json::from_str(b).unwrap();
+            assert_eq!(envelope["event_type"], "StockReceived");
+            envelope["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(called.len(), appended, "a call about each event");
+    assert!(calls.len() >= appended, "{} calls", calls.len());
+    println!(
+        "event-triggered job: {appended} events, {} runs started, {} lost to kills and retried, {} calls",
+        started.len(),
+        failed.len(),
+        calls.len()
+    );
 }

@@ -862,10 +862,13 @@ async function opsView() {
     parkedOf),
   el("section", {}, el("h2", {}, "Your jobs"), el("ul", { class: "plain" }, jobs.items.map((j) => {
     const runs = el("ul", { class: "muted", "aria-label": `Runs of ${j.name}` });
-    return el("li", {}, `${j.name} · ${j.status ?? ""} · next ${j.next_run_at ?? "—"} `,
+    const on = j.schedule?.on_event;
+    const when = on ? `on ${on.types.join(", ")}${on.context ? ` (${on.context})` : ""}` : `next ${j.next_run_at ?? "—"}`;
+    return el("li", {}, `${j.name} · ${j.status ?? ""} · ${when} `,
       el("button", { class: "secondary", onclick: () => attempt(async () => {
         const page = await api("GET", `/api/v1/jobs/${j.id}/runs?limit=20`);
-        runs.replaceChildren(...page.items.map((r) => el("li", {}, `${r.due_at}: ${r.outcome ?? "running"} (attempt ${r.attempt})${r.error ? ` · ${r.error}` : ""}`)));
+        const about = (r) => r.event?.type ? ` for ${r.event.type} ${r.event.aggregate_id} (#${r.event.stream_seq})` : "";
+        runs.replaceChildren(...page.items.map((r) => el("li", {}, `${r.due_at}: ${r.outcome ?? "running"}${about(r)} (attempt ${r.attempt})${r.error ? ` · ${r.error}` : ""}`)));
         if (!page.items.length) runs.replaceChildren(el("li", {}, "no runs yet"));
       }) }, "Runs"), runs);
   })))];

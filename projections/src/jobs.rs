@@ -53,8 +53,15 @@ CREATE TABLE IF NOT EXISTS scheduler_runs (
     error         text,
     retry_at      timestamptz,
     sequence      bigint      NOT NULL,
+    event         jsonb,
     PRIMARY KEY (job_id, run_id)
 );
+DO $ddl$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'scheduler_runs' AND column_name = 'event') THEN
+        ALTER TABLE scheduler_runs ADD COLUMN event jsonb;
+    END IF;
+END $ddl$;
 CREATE INDEX IF NOT EXISTS scheduler_runs_by_job ON scheduler_runs (job_id, sequence DESC)";
 
 /// A job as `GET /api/v1/jobs` lists it.
@@ -85,6 +92,10 @@ pub struct RunView {
     pub outcome: String,
     pub error: Option<String>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// An event-triggered job's: the event it ran for (`{"type","aggregate_id","stream_seq"}`),
+    /// or the events a pause skipped (`{"from_seq","to_seq","count"}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
 }
 
 impl Projection for JobsProjection {
@@ -272,11 +283,17 @@ async fn record_run(
             due_at,
             attempt,
             started_at,
+            event,
             ..
         } => {
+            let event = event
+                .map(|e| {
+                    serde_json::to_value(e).map_err(|e| ProjectionError::OutOfRange(e.to_string()))
+                })
+                .transpose()?;
             sqlx::query(
-                "INSERT INTO scheduler_runs (job_id, run_id, due_at, attempt, started_at, outcome, sequence) \
-                 VALUES ($1, $2, $3, $4, $5, 'running', $6) ON CONFLICT DO NOTHING",
+                "INSERT INTO scheduler_runs (job_id, run_id, due_at, attempt, started_at, outcome, sequence, event) \
+                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7) ON CONFLICT DO NOTHING",
             )
             .bind(job_id)
             .bind(run_id)
@@ -284,6 +301,27 @@ async fn record_run(
             .bind(i64::from(attempt))
             .bind(started_at)
             .bind(version)
+            .bind(event)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        }
+        JobEvent::EventsSkipped {
+            from_seq,
+            to_seq,
+            count,
+            skipped_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO scheduler_runs (job_id, run_id, due_at, attempt, outcome, error, sequence, event) \
+                 VALUES ($1, $2, $3, 0, 'skipped', $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(job_id)
+            .bind(format!("skipped-{version}"))
+            .bind(skipped_at)
+            .bind(format!("paused: {count} events came while the job was paused"))
+            .bind(version)
+            .bind(serde_json::json!({"from_seq": from_seq, "to_seq": to_seq, "count": count}))
             .execute(&mut *conn)
             .await
             .map_err(db)?;
@@ -412,7 +450,7 @@ pub async fn runs_of(
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT sequence, run_id, due_at, skipped_until, attempt, started_at, finished_at, \
-           outcome, error, retry_at FROM scheduler_runs \
+           outcome, error, retry_at, event FROM scheduler_runs \
          WHERE job_id = $1 AND ($2::bigint IS NULL OR sequence < $2) \
          ORDER BY sequence DESC LIMIT $3",
     )

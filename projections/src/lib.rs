@@ -16,6 +16,7 @@
 //! - [`chat_history`]: rooms, members with read marks, messages by `seq` (chat).
 //! - [`file_metadata`]: files, and the live references to each stored hash (files).
 //! - [`inventory`]: the `inventory_items` read model.
+//! - [`job_triggers`]: the events each event-triggered job has yet to run for (scheduler).
 //! - [`jobs`]: jobs with status and next run, and every run with its outcome (scheduler).
 //! - [`orders`]: the `orders` read model (per customer, with status history).
 //! - [`posts`]: the `posts` and `post_comments` read models (blog, full-text search).
@@ -33,6 +34,7 @@ pub mod carts;
 pub mod chat_history;
 pub mod file_metadata;
 pub mod inventory;
+pub mod job_triggers;
 pub mod jobs;
 pub mod orders;
 pub mod posts;

@@ -33,7 +33,10 @@ use std::{
 
 use chronicle_bus::ErrorChain;
 use chronicle_commands::{CommandContext, CommandError, CommandExecutor, Executed};
-use chronicle_scheduler::{AllowList, Fire, Job, JobCommand, JobError, JobSpec, BUCKETS};
+use chronicle_projections::job_triggers::{self, Trigger};
+use chronicle_scheduler::{
+    AllowList, Fire, Job, JobCommand, JobError, JobSpec, JobStatus, TriggerEvent, BUCKETS,
+};
 use chronicle_schemas::{AggregateKind, Envelope};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -319,10 +322,20 @@ impl Core {
         } else {
             None
         };
-        let (taken, primed) = self.take_up(rows);
+        let (mut taken, primed) = self.take_up(rows);
         // The read model holds each job's state: the bus need not load it to fire.
         for (job_id, job, version) in primed {
             self.bus.prime::<Job>(&job_id, job, version).await;
+        }
+        // Event-triggered jobs with an event to run for (or a pause to record).
+        let room = i64::try_from(limit.saturating_sub(taken.len())).unwrap_or(0);
+        if room > 0 {
+            let waiting = job_triggers::waiting(&self.pool, &buckets, room).await?;
+            let mut inflight = self
+                .inflight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            taken.extend(waiting.into_iter().filter(|id| inflight.insert(id.clone())));
         }
         Ok((taken, full))
     }
@@ -433,10 +446,25 @@ impl Core {
                 return soon(Duration::from_secs(1));
             }
         };
-        let (Some(spec), Some(wake_at)) = (job.spec().cloned(), job.wake_at()) else {
+        let Some(spec) = job.spec().cloned() else {
             return Next::Leave;
         };
         let now = Utc::now();
+        // An event-triggered job's next event, from the triggers read model (a pause's
+        // events are recorded as skipped first).
+        let mut trigger = None;
+        if job.is_event_triggered() && job.status() != JobStatus::Paused && job.exists() {
+            match self.next_trigger(job_id, &job, now).await {
+                Ok(Some(next)) => trigger = Some(next),
+                Ok(None) => {}
+                Err(next) => return next,
+            }
+        }
+        let wake_at = match (&trigger, job.wake_at()) {
+            (Some(_), _) => now,
+            (None, Some(wake_at)) => wake_at,
+            (None, None) => return Next::Leave,
+        };
         if wake_at > now {
             let wait = (wake_at - now).to_std().unwrap_or_default();
             return if wait <= self.config.hold {
@@ -456,6 +484,7 @@ impl Core {
             missed,
             dependencies_ready,
             jitter: jitter(),
+            trigger: trigger.as_ref().map(|(event, _)| event.clone()),
         };
         let ctx = CommandContext {
             actor: Some(format!("scheduler:{}", self.id)),
@@ -471,16 +500,32 @@ impl Core {
                     self.remember(job_id, c.version);
                 }
                 let started = match self.bus.state::<Job>(job_id).await {
-                    Ok(loaded) => loaded.state.is_running(&run_id),
-                    Err(_) => false,
+                    Ok(loaded) if loaded.state.is_running(&run_id) => {
+                        Some(loaded.state.event_of(&run_id).cloned())
+                    }
+                    _ => None,
                 };
-                if started {
+                if let Some(event) = started {
                     tracing::debug!(job_id, run_id, "run started");
                     let lateness = (Utc::now() - wake_at).to_std().unwrap_or_default();
                     metrics::histogram!("chronicle_job_run_lateness_seconds")
                         .record(lateness.as_secs_f64());
                     let owner = job.owner_id().to_owned();
-                    runs.spawn(self.clone().run(job_id.to_owned(), run_id, owner, spec));
+                    // The envelope of the event it runs for: the one just found, or (a
+                    // retry) an earlier one's.
+                    let envelope = match (event, trigger) {
+                        (Some(event), Some((found, envelope)))
+                            if found.stream_seq == event.stream_seq =>
+                        {
+                            envelope
+                        }
+                        (Some(event), _) => self.envelope_of(job_id, &event).await,
+                        (None, _) => None,
+                    };
+                    runs.spawn(
+                        self.clone()
+                            .run(job_id.to_owned(), run_id, owner, spec, envelope),
+                    );
                 }
                 // Look again at once: more may be due (catching up), or the next due time.
                 Next::At(tokio::time::Instant::now())
@@ -500,6 +545,74 @@ impl Core {
                 soon(Duration::from_secs(1))
             }
         }
+    }
+
+    /// The next event an event-triggered job has to run for, with its envelope. A pause's
+    /// events come first, recorded as skipped (then `Err` says to look again at once).
+    async fn next_trigger(
+        &self,
+        job_id: &str,
+        job: &Job,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(TriggerEvent, Option<serde_json::Value>)>, Next> {
+        let soon = |d: Duration| Next::At(tokio::time::Instant::now() + d);
+        let next = job_triggers::next(&self.pool, job_id, job.events_through())
+            .await
+            .map_err(|e| {
+                tracing::warn!(job_id, error = %ErrorChain(&e), "cannot read a job's triggers");
+                soon(Duration::from_secs(1))
+            })?;
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        let seq = |n: i64| u64::try_from(n).unwrap_or(0);
+        if next.kind != "skipped" {
+            let event = TriggerEvent {
+                event_type: next.event_type,
+                aggregate_id: next.aggregate_id,
+                stream_seq: seq(next.stream_seq),
+            };
+            return Ok(Some((event, next.envelope)));
+        }
+        if !next.closed {
+            // Paused again meanwhile: its span is recorded once it resumes.
+            return Ok(None);
+        }
+        let skip = JobCommand::SkipEvents {
+            from_seq: seq(next.stream_seq),
+            to_seq: seq(next.through_seq),
+            count: seq(next.skipped),
+            now,
+        };
+        let ctx = CommandContext {
+            actor: Some(format!("scheduler:{}", self.id)),
+            ..CommandContext::new()
+        };
+        match self.bus.execute::<Job>(job_id, skip, &(), &ctx).await {
+            Ok(executed) => {
+                if let Executed::Committed(c) = executed {
+                    self.remember(job_id, c.version);
+                }
+                Err(Next::At(tokio::time::Instant::now()))
+            }
+            Err(CommandError::Rejected(JobError::NotFound)) => Err(Next::Leave),
+            Err(e) => {
+                tracing::warn!(job_id, error = %ErrorChain(&e), "cannot record skipped events");
+                Err(soon(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// The envelope of `event`, which job `job_id` runs for (while its trigger is kept).
+    async fn envelope_of(&self, job_id: &str, event: &TriggerEvent) -> Option<serde_json::Value> {
+        let trigger: Option<Trigger> =
+            job_triggers::next(&self.pool, job_id, event.stream_seq.saturating_sub(1))
+                .await
+                .ok()
+                .flatten();
+        trigger
+            .filter(|t| u64::try_from(t.stream_seq).ok() == Some(event.stream_seq))
+            .and_then(|t| t.envelope)
     }
 
     /// Whether every job `spec` depends on has a latest run, and it succeeded.

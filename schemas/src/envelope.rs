@@ -79,6 +79,11 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
     pub payload: serde_json::Value,
+    /// Where a reader of the log found it: its sequence in the JetStream stream `EVENTS`
+    /// (set by the subscriber runtime and replay; not part of the envelope published).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub stream_seq: Option<u64>,
 }
 
 /// An envelope whose payload is not the event it claims to be.
@@ -152,6 +157,7 @@ impl Envelope {
             causation_id: metadata.causation_id,
             actor: metadata.actor.clone(),
             payload,
+            stream_seq: None,
         }
     }
 

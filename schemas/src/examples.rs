@@ -15,7 +15,8 @@ use crate::{
     files::{FileEvent, ShareEvent, TusUploadEvent, UploadEvent},
     identity::UserEvent,
     scheduler::{
-        Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule, SkipReason,
+        Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
+        SkipReason, TriggerEvent,
     },
 };
 
@@ -380,6 +381,30 @@ impl Examples for JobEvent {
                 created_at: at(0),
                 next_due_at: Some(at(900)),
             },
+            Self::JobCreated {
+                job_id: s("0193f6ac-7b8c-7ea0-8f77-8a9b0c1d2e03"),
+                owner_id: s(USER),
+                spec: JobSpec {
+                    name: s("tell the warehouse"),
+                    schedule: Schedule::OnEvent {
+                        types: vec![s("OrderPaid")],
+                        context: Some(s("commerce")),
+                    },
+                    action: Action::Http {
+                        url: s("http://warehouse.internal:8000/paid"),
+                        method: s("POST"),
+                        body: None,
+                    },
+                    max_retries: 3,
+                    depends_on: vec![],
+                    missed: MissedPolicy::RunOnce,
+                    overlap: OverlapPolicy::Skip,
+                    timeout_seconds: 30,
+                    backoff_seconds: 1,
+                },
+                created_at: at(0),
+                next_due_at: None,
+            },
             Self::JobPaused { paused_at: at(60) },
             Self::JobResumed {
                 resumed_at: at(120),
@@ -395,6 +420,20 @@ impl Examples for JobEvent {
                 started_at: at(55_800),
                 lease_until: at(55_890),
                 next_due_at: Some(at(142_200)),
+                event: None,
+            },
+            Self::RunStarted {
+                run_id: s("0193f6ac-7b8c-7ea0-8f77-8a9b0c1d2e04"),
+                due_at: at(61),
+                attempt: 1,
+                started_at: at(61),
+                lease_until: at(96),
+                next_due_at: None,
+                event: Some(TriggerEvent {
+                    event_type: s("OrderPaid"),
+                    aggregate_id: s(ORDER),
+                    stream_seq: 48_211,
+                }),
             },
             Self::RunSucceeded {
                 run_id: run.clone(),
@@ -411,6 +450,12 @@ impl Examples for JobEvent {
                 to: at(142_200),
                 reason: SkipReason::Missed,
                 next_due_at: Some(at(228_600)),
+            },
+            Self::EventsSkipped {
+                from_seq: 48_300,
+                to_seq: 48_950,
+                count: 12,
+                skipped_at: at(4_000),
             },
         ]
     }

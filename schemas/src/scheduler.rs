@@ -19,6 +19,23 @@ pub enum Schedule {
     },
     /// Once, at `at` (`{"after_seconds": N}` becomes this when the job is created).
     Once { at: DateTime<Utc> },
+    /// Once for every event of one of `types` (of `context`, when it names one) that comes
+    /// after the job's `JobCreated` in the log, in log order.
+    OnEvent {
+        types: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+    },
+}
+
+/// The event a run of an event-triggered job is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TriggerEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub aggregate_id: String,
+    /// Its sequence in the log (the JetStream stream `EVENTS`).
+    pub stream_seq: u64,
 }
 
 /// What a job does when it runs.
@@ -149,6 +166,9 @@ pub enum JobEvent {
         started_at: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         next_due_at: Option<DateTime<Utc>>,
+        /// The event the run is for (an event-triggered job's runs only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<TriggerEvent>,
     },
     RunSucceeded {
         run_id: String,
@@ -169,6 +189,14 @@ pub enum JobEvent {
         reason: SkipReason,
         next_due_at: Option<DateTime<Utc>>,
     },
+    /// The `count` matching events from stream sequence `from_seq` to `to_seq` (both
+    /// included) came while the event-triggered job was paused: none of them runs.
+    EventsSkipped {
+        from_seq: u64,
+        to_seq: u64,
+        count: u64,
+        skipped_at: DateTime<Utc>,
+    },
 }
 
 event_types!(JobEvent:
@@ -180,6 +208,7 @@ event_types!(JobEvent:
     RunSucceeded,
     RunFailed,
     RunsSkipped,
+    EventsSkipped,
 );
 
 // An alert rule's channels (monitoring), and the `notify` action of the job that delivers

@@ -327,7 +327,10 @@ fn describe() {
         Unit::Bytes,
         "bytes not stored again thanks to deduplication"
     );
-    describe_counter!("chronicle_job_runs_total", "job runs by outcome");
+    describe_counter!(
+        "chronicle_job_runs_total",
+        "job runs by outcome and trigger (time: cron or one-shot; event: an event of the log)"
+    );
     describe_histogram!(
         "chronicle_job_run_lateness_seconds",
         Unit::Seconds,
@@ -346,7 +349,10 @@ fn preregister() {
         metrics::counter!("chronicle_ws_dropped_total", "reason" => reason).increment(0);
     }
     for outcome in ["succeeded", "failed"] {
-        metrics::counter!("chronicle_job_runs_total", "outcome" => outcome).increment(0);
+        for trigger in ["time", "event"] {
+            metrics::counter!("chronicle_job_runs_total", "outcome" => outcome, "trigger" => trigger)
+                .increment(0);
+        }
     }
     metrics::gauge!("chronicle_ws_connections").increment(0.0);
     metrics::gauge!("chronicle_outbox_depth").increment(0.0);

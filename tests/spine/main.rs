@@ -11,6 +11,7 @@ mod commerce;
 mod common;
 mod content;
 mod contracts;
+mod event_jobs;
 mod files;
 mod gateway;
 mod group_commit;

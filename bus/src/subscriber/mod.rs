@@ -262,7 +262,9 @@ impl Delivery {
     }
 
     fn decode(&self) -> Result<Envelope, HandlerError> {
-        decode(&self.message.payload, self.event_type())
+        let mut envelope = decode(&self.message.payload, self.event_type())?;
+        envelope.stream_seq = Some(self.seq);
+        Ok(envelope)
     }
 
     async fn ack(&self, name: &str) {

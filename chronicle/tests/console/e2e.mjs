@@ -555,6 +555,36 @@ async function main() {
     check(Date.now() < deadline, "the job never ran");
     await alice.waitForTimeout(500);
   }
+
+  step = "operations: a job run by an event shows the event it ran for";
+  const made = await alice.evaluate(async () => {
+    const headers = { authorization: `Bearer ${localStorage.getItem("chronicle.token")}`, "content-type": "application/json" };
+    const answer = await fetch("/api/v1/jobs", {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ name: "on-restock", schedule: { on_event: { types: ["StockReceived"], context: "commerce" } },
+        action: { kind: "command", command: "noop" } }),
+    });
+    if (answer.status !== 201) return answer.status;
+    const { id } = await answer.json();
+    // In the log before the event it is to run for.
+    for (let i = 0; i < 100; i++) {
+      if ((await fetch(`/api/v1/jobs/${id}?min_version=1`, { headers })).ok) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const received = await fetch("/api/v1/inventory/items/E2E-1/receive", { method: "POST", headers, body: JSON.stringify({ quantity: 1 }) });
+    return received.status === 200 ? 201 : received.status;
+  });
+  check(made === 201, `the event-triggered job or its event answered ${made}`);
+  const eventRow = alice.locator("li", { hasText: "on-restock" });
+  await eventually(alice, "#/ops", eventRow);
+  check((await eventRow.textContent()).includes("on StockReceived (commerce)"), "the job says what it runs on");
+  for (const deadline = Date.now() + 20_000; ;) {
+    await eventRow.getByRole("button", { name: "Runs" }).click();
+    if (await eventRow.getByRole("list").getByText(/succeeded for StockReceived E2E-1/).count()) break;
+    check(Date.now() < deadline, "the event-triggered job never ran");
+    await alice.waitForTimeout(500);
+  }
   await shot(alice, "operations");
   await accessible(alice, "operations");
 }

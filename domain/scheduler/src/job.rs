@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use chronicle_schemas::{
     limits::Invalid,
     scheduler::{
-        Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule, SkipReason,
+        Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule,
+        SkipReason, TriggerEvent,
     },
     AggregateKind,
 };
@@ -35,6 +36,9 @@ pub struct Fire {
     pub dependencies_ready: bool,
     /// 0 to 999: where in its range a retry delay falls, should a lost run be retried.
     pub jitter: u16,
+    /// For an event-triggered job: the next event it has not run for, if any came.
+    #[serde(default)]
+    pub trigger: Option<TriggerEvent>,
 }
 
 /// How a run ended, as its scheduler saw it.
@@ -68,6 +72,14 @@ pub enum JobCommand {
         now: DateTime<Utc>,
     },
     Fire(Fire),
+    /// The `count` matching events from `from_seq` to `to_seq` came while the
+    /// event-triggered job was paused: recorded as skipped, none of them runs.
+    SkipEvents {
+        from_seq: u64,
+        to_seq: u64,
+        count: u64,
+        now: DateTime<Utc>,
+    },
     /// Run `run_id` ended with `outcome`; `jitter` (0 to 999) places a retry's delay.
     Finish {
         run_id: String,
@@ -154,6 +166,8 @@ struct Running {
     attempt: u32,
     started_at: DateTime<Utc>,
     lease_until: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<TriggerEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +175,8 @@ struct Retry {
     due_at: DateTime<Utc>,
     attempt: u32,
     at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<TriggerEvent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +200,10 @@ pub struct Job {
     /// the clock that resumes it is behind the one that fired it.
     #[serde(default)]
     latest_started_due: Option<DateTime<Utc>>,
+    /// An event-triggered job: the stream sequence of the last event it is done with (its
+    /// run succeeded, or failed for good, or it was skipped). It runs only for later ones.
+    #[serde(default)]
+    events_through: u64,
 }
 
 impl Job {
@@ -233,6 +253,23 @@ impl Job {
         self.running.contains_key(run_id)
     }
 
+    /// The event run `run_id` is for (a running run of an event-triggered job).
+    pub fn event_of(&self, run_id: &str) -> Option<&TriggerEvent> {
+        self.running.get(run_id).and_then(|r| r.event.as_ref())
+    }
+
+    /// Whether it runs for events rather than at times.
+    pub fn is_event_triggered(&self) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|s| matches!(s.schedule, Schedule::OnEvent { .. }))
+    }
+
+    /// The stream sequence of the last event an event-triggered job is done with.
+    pub fn events_through(&self) -> u64 {
+        self.events_through
+    }
+
     pub fn status(&self) -> JobStatus {
         if self.spec.is_none() || self.deleted {
             JobStatus::Deleted
@@ -242,7 +279,8 @@ impl Job {
             JobStatus::Running
         } else if !self.retries.is_empty() {
             JobStatus::Retrying
-        } else if self.next_due.is_some() {
+        } else if self.next_due.is_some() || self.is_event_triggered() {
+            // An event-triggered job waits for its next event.
             JobStatus::Scheduled
         } else if self.last_finished.as_ref().is_some_and(|f| f.gave_up) {
             JobStatus::Failed
@@ -277,7 +315,7 @@ impl Job {
                 expression,
                 check_timezone(timezone)?,
             )?)),
-            Schedule::Once { .. } => Ok(None),
+            Schedule::Once { .. } | Schedule::OnEvent { .. } => Ok(None),
         }
     }
 
@@ -338,6 +376,7 @@ impl Job {
                 let next_due_at = match &spec.schedule {
                     Schedule::Once { at } => Some(*at),
                     Schedule::Cron { .. } => Self::due_after(&spec, now)?,
+                    Schedule::OnEvent { .. } => None,
                 };
                 Ok(vec![JobEvent::JobCreated {
                     job_id,
@@ -363,7 +402,7 @@ impl Job {
                 // Due times that passed while paused are not owed: a cron job goes on from
                 // now; a one-shot job still due runs.
                 let next_due_at = match spec.schedule {
-                    Schedule::Once { .. } => self.next_due,
+                    Schedule::Once { .. } | Schedule::OnEvent { .. } => self.next_due,
                     Schedule::Cron { .. } => {
                         Self::due_after(spec, self.latest_started_due.map_or(now, |d| d.max(now)))?
                     }
@@ -378,6 +417,23 @@ impl Job {
                 Ok(vec![JobEvent::JobDeleted { deleted_at: now }])
             }
             JobCommand::Fire(fire) => self.fire(fire),
+            JobCommand::SkipEvents {
+                from_seq,
+                to_seq,
+                count,
+                now,
+            } => {
+                self.live_spec()?;
+                if !self.is_event_triggered() || to_seq <= self.events_through {
+                    return Ok(vec![]);
+                }
+                Ok(vec![JobEvent::EventsSkipped {
+                    from_seq: from_seq.max(self.events_through + 1),
+                    to_seq,
+                    count,
+                    skipped_at: now,
+                }])
+            }
             JobCommand::Finish {
                 run_id,
                 now,
@@ -462,7 +518,6 @@ impl Job {
                 .map_or(due, |last| last.max(due))
         };
         match (retry, fresh) {
-            (None, None) => or_refuse(events, JobError::NotDue),
             (Some(retry), fresh) if fresh.is_none_or(|f| retry.at <= f) => {
                 if busy {
                     return or_refuse(events, JobError::Busy);
@@ -480,10 +535,39 @@ impl Job {
                         started_at: now,
                         lease_until,
                         next_due_at,
+                        event: retry.event,
                     },
                 );
                 Ok(events)
             }
+            // An event-triggered job runs for its events one at a time, in log order: the
+            // next only once the one before is done with (retries included).
+            (None, None) => match fire.trigger {
+                Some(trigger)
+                    if job.is_event_triggered() && trigger.stream_seq > job.events_through =>
+                {
+                    if !job.running.is_empty() || !job.retries.is_empty() {
+                        return or_refuse(events, JobError::Busy);
+                    }
+                    if !fire.dependencies_ready {
+                        return or_refuse(events, JobError::Waiting);
+                    }
+                    record(
+                        &mut job,
+                        JobEvent::RunStarted {
+                            run_id: fire.run_id,
+                            due_at: now,
+                            attempt: 1,
+                            started_at: now,
+                            lease_until,
+                            next_due_at: None,
+                            event: Some(trigger),
+                        },
+                    );
+                    Ok(events)
+                }
+                _ => or_refuse(events, JobError::NotDue),
+            },
             (_, Some(due)) => {
                 // A due time that came while a run ran overlaps it; one that was waiting
                 // before the run started (a backlog being caught up) waits its turn.
@@ -548,6 +632,7 @@ impl Job {
                         started_at: now,
                         lease_until,
                         next_due_at: after(due),
+                        event: None,
                     },
                 );
                 Ok(events)
@@ -587,8 +672,15 @@ impl Job {
                 started_at,
                 lease_until,
                 next_due_at,
+                event,
             } => {
-                self.retries.retain(|r| r.due_at != due_at);
+                match &event {
+                    // A retry of an event's run is the retry of that event.
+                    Some(event) => self.retries.retain(|r| {
+                        r.event.as_ref().map(|e| e.stream_seq) != Some(event.stream_seq)
+                    }),
+                    None => self.retries.retain(|r| r.due_at != due_at),
+                }
                 self.latest_started_due = self.latest_started_due.max(Some(due_at));
                 self.running.insert(
                     run_id,
@@ -597,12 +689,14 @@ impl Job {
                         attempt,
                         started_at,
                         lease_until,
+                        event,
                     },
                 );
                 self.next_due = next_due_at;
             }
             JobEvent::RunSucceeded { run_id, .. } => {
-                if self.running.remove(&run_id).is_some() {
+                if let Some(run) = self.running.remove(&run_id) {
+                    self.done_with(run.event.as_ref());
                     self.last_finished = Some(Finished {
                         succeeded: true,
                         gave_up: false,
@@ -613,12 +707,15 @@ impl Job {
                 run_id, retry_at, ..
             } => {
                 if let Some(run) = self.running.remove(&run_id) {
-                    if let Some(at) = retry_at {
-                        self.retries.push(Retry {
+                    match retry_at {
+                        Some(at) => self.retries.push(Retry {
                             due_at: run.due_at,
                             attempt: run.attempt.saturating_add(1),
                             at,
-                        });
+                            event: run.event,
+                        }),
+                        // Failed for good: the job goes on to its next event.
+                        None => self.done_with(run.event.as_ref()),
                     }
                     self.last_finished = Some(Finished {
                         succeeded: false,
@@ -627,6 +724,18 @@ impl Job {
                 }
             }
             JobEvent::RunsSkipped { next_due_at, .. } => self.next_due = next_due_at,
+            JobEvent::EventsSkipped { to_seq, .. } => {
+                self.events_through = self.events_through.max(to_seq);
+            }
+        }
+    }
+}
+
+impl Job {
+    /// The job is done with `event` (its run's): later events may run.
+    fn done_with(&mut self, event: Option<&TriggerEvent>) {
+        if let Some(event) = event {
+            self.events_through = self.events_through.max(event.stream_seq);
         }
     }
 }

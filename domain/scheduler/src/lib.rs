@@ -16,6 +16,7 @@ mod job;
 pub use allow::{AllowList, HttpTarget};
 pub use chronicle_schemas::scheduler::{
     Action, CommandAction, JobEvent, JobSpec, MissedPolicy, OverlapPolicy, Schedule, SkipReason,
+    TriggerEvent,
 };
 pub use cron::{check_cron, check_timezone, Occurrences};
 pub use job::{
@@ -56,6 +57,30 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 60;
 /// Default first retry delay.
 pub const DEFAULT_BACKOFF_SECONDS: u32 = 1;
+
+/// Most event types one event-triggered job names.
+pub const MAX_EVENT_TYPES: usize = 32;
+
+/// The event types of jobs themselves: no job runs for them (a job run for `RunSucceeded`
+/// would run for its own runs, forever).
+pub const JOB_EVENT_TYPES: [&str; 9] = [
+    "JobCreated",
+    "JobPaused",
+    "JobResumed",
+    "JobDeleted",
+    "RunStarted",
+    "RunSucceeded",
+    "RunFailed",
+    "RunsSkipped",
+    "EventsSkipped",
+];
+
+/// Whether `name` is spelled as an event type is: a letter, then up to 63 letters and digits.
+fn event_type_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
 
 /// The HTTP methods an action may use.
 pub const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
@@ -130,6 +155,36 @@ pub fn check_spec(spec: &JobSpec, now: DateTime<Utc>) -> Result<(), Invalid> {
                 return Err(Invalid::new(
                     "schedule.cron",
                     "the expression is never due again",
+                ));
+            }
+        }
+        Schedule::OnEvent { types, context } => {
+            if types.is_empty() || types.len() > MAX_EVENT_TYPES {
+                return Err(Invalid::new(
+                    "schedule.on_event.types",
+                    format!("1 to {MAX_EVENT_TYPES} event types"),
+                ));
+            }
+            if let Some(bad) = types.iter().find(|t| !event_type_name(t)) {
+                return Err(Invalid::new(
+                    "schedule.on_event.types",
+                    format!("{bad:?} is not an event type's name"),
+                ));
+            }
+            if let Some(own) = types.iter().find(|t| JOB_EVENT_TYPES.contains(&t.as_str())) {
+                return Err(Invalid::new(
+                    "schedule.on_event.types",
+                    format!("{own} is a job's own event: a job cannot be run by jobs' events"),
+                ));
+            }
+            if context.as_deref().is_some_and(|c| {
+                c.is_empty()
+                    || c.len() > 32
+                    || !c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            }) {
+                return Err(Invalid::new(
+                    "schedule.on_event.context",
+                    "a context's name",
                 ));
             }
         }
@@ -254,6 +309,15 @@ mod tests {
         assert!(after(now, MAX_AHEAD_SECONDS + 1).is_err());
         assert!(after(now, i64::MAX).is_err());
         assert!(after(now, i64::MIN).is_err());
+    }
+
+    #[test]
+    fn every_job_event_is_one_no_job_may_run_for() {
+        use chronicle_schemas::examples::Examples;
+        for event in JobEvent::examples() {
+            let name = cqrs_es::DomainEvent::event_type(&event);
+            assert!(JOB_EVENT_TYPES.contains(&name.as_str()), "{name}");
+        }
     }
 
     #[test]

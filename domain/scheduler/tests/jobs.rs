@@ -60,6 +60,7 @@ fn fire(now: i64, run_id: &str) -> C {
         missed: false,
         dependencies_ready: true,
         jitter: 0,
+        trigger: None,
     })
 }
 
@@ -71,6 +72,7 @@ fn started(run_id: &str, due: i64, attempt: u32, now: i64, next: Option<i64>) ->
         started_at: at(now),
         lease_until: at(now + 10 + LEASE_GRACE_SECONDS),
         next_due_at: next.map(at),
+        event: None,
     }
 }
 
@@ -205,6 +207,7 @@ fn a_failed_run_is_retried_with_growing_delays_then_given_up() {
                         missed: false,
                         dependencies_ready: true,
                         jitter: 0,
+                        trigger: None,
                     }),
                     &(),
                 )
@@ -260,6 +263,7 @@ fn a_run_whose_scheduler_died_is_failed_once_and_retried_once() {
             missed: false,
             dependencies_ready: true,
             jitter: 0,
+            trigger: None,
         }),
         &(),
     )
@@ -277,6 +281,7 @@ fn a_run_whose_scheduler_died_is_failed_once_and_retried_once() {
                 missed: false,
                 dependencies_ready: true,
                 jitter: 0,
+                trigger: None,
             }),
             &()
         ),
@@ -299,6 +304,7 @@ fn after_downtime(missed: MissedPolicy) -> Result<Vec<E>, JobError> {
             missed: true,
             dependencies_ready: true,
             jitter: 0,
+            trigger: None,
         }),
         &(),
     )
@@ -408,6 +414,7 @@ fn dependencies_pause_resume_and_delete() {
             missed: false,
             dependencies_ready: false,
             jitter: 0,
+            trigger: None,
         }))
         .then_expect_error(JobError::Waiting);
     Given::with(())
@@ -483,6 +490,7 @@ fn command() -> impl Strategy<Value = C> {
                     missed,
                     dependencies_ready,
                     jitter,
+                    trigger: None,
                 })
             ),
         (0i64..120, run, any::<bool>(), ".{0,20}", any::<u16>()).prop_map(
@@ -631,4 +639,221 @@ fn the_event_stream_of_one_job() {
         stream.extend(events.iter().map(|e| serde_json::to_value(e).unwrap()));
     }
     insta::assert_json_snapshot!(stream);
+}
+
+fn on_paid() -> JobSpec {
+    JobSpec {
+        schedule: Schedule::OnEvent {
+            types: vec!["OrderPaid".into()],
+            context: Some("commerce".into()),
+        },
+        max_retries: 1,
+        ..every_second()
+    }
+}
+
+fn trigger(seq: u64) -> chronicle_schemas::scheduler::TriggerEvent {
+    chronicle_schemas::scheduler::TriggerEvent {
+        event_type: "OrderPaid".into(),
+        aggregate_id: format!("order-{seq}"),
+        stream_seq: seq,
+    }
+}
+
+fn fire_for(now: i64, run_id: &str, seq: Option<u64>) -> C {
+    C::Fire(Fire {
+        run_id: run_id.into(),
+        now: at(now),
+        missed: false,
+        dependencies_ready: true,
+        jitter: 0,
+        trigger: seq.map(trigger),
+    })
+}
+
+fn started_for(run_id: &str, now: i64, attempt: u32, seq: u64) -> E {
+    E::RunStarted {
+        run_id: run_id.into(),
+        due_at: at(now),
+        attempt,
+        started_at: at(now),
+        lease_until: at(now + 10 + LEASE_GRACE_SECONDS),
+        next_due_at: None,
+        event: Some(trigger(seq)),
+    }
+}
+
+/// After `history`, the events up to `done_with` never run again, and the next one does.
+fn runs_only_after(history: Vec<E>, done_with: &[u64], next: u64, now: i64) {
+    for seq in done_with {
+        Given::with(())
+            .given(history.clone())
+            .when(fire_for(now, "r-next", Some(*seq)))
+            .then_expect_error(JobError::NotDue);
+    }
+    Given::with(())
+        .given(history)
+        .when(fire_for(now, "r-next", Some(next)))
+        .then_expect_events(vec![started_for("r-next", now, 1, next)]);
+}
+
+#[test]
+fn an_event_triggered_job_runs_for_each_later_event_once_in_order() {
+    let created = created(on_paid(), None);
+    assert_eq!(
+        state(std::slice::from_ref(&created)).status(),
+        JobStatus::Scheduled
+    );
+    assert_eq!(
+        state(std::slice::from_ref(&created)).wake_at(),
+        None,
+        "no time wakes it"
+    );
+    // Nothing came: nothing is due.
+    Given::with(())
+        .given(vec![created.clone()])
+        .when(fire_for(1, "r1", None))
+        .then_expect_error(JobError::NotDue);
+    Given::with(())
+        .given(vec![created.clone()])
+        .when(fire_for(1, "r1", Some(40)))
+        .then_expect_events(vec![started_for("r1", 1, 1, 40)]);
+    // While it runs, the next event waits its turn.
+    Given::with(())
+        .given(vec![created.clone(), started_for("r1", 1, 1, 40)])
+        .when(fire_for(2, "r2", Some(41)))
+        .then_expect_error(JobError::Busy);
+    let done = E::RunSucceeded {
+        run_id: "r1".into(),
+        finished_at: at(2),
+    };
+    let after = vec![created.clone(), started_for("r1", 1, 1, 40), done];
+    assert_eq!(state(&after).events_through(), 40);
+    // The event it is done with, or an earlier one, never runs again.
+    runs_only_after(after, &[40, 12], 41, 3);
+}
+
+#[test]
+fn a_failing_event_is_retried_then_given_up_and_the_next_event_runs() {
+    let created = created(on_paid(), None);
+    let failed = |run: &str, retry: Option<i64>| E::RunFailed {
+        run_id: run.into(),
+        finished_at: at(2),
+        error: "HTTP 500".into(),
+        retry_at: retry.map(at),
+    };
+    let history = vec![created, started_for("r1", 1, 1, 7)];
+    let failing = Given::with(())
+        .given(history.clone())
+        .when(C::Finish {
+            run_id: "r1".into(),
+            now: at(2),
+            outcome: Outcome::Failed("HTTP 500".into()),
+            jitter: 0,
+        })
+        .inspect_result()
+        .unwrap();
+    let retry_at = match &failing[..] {
+        [E::RunFailed {
+            retry_at: Some(at), ..
+        }] => *at,
+        other => panic!("{other:?}"),
+    };
+    let mut history = [history, vec![failing[0].clone()]].concat();
+    // While the retry waits, a later event does not jump the queue.
+    Given::with(())
+        .given(history.clone())
+        .when(fire_for(2, "r2", Some(8)))
+        .then_expect_error(JobError::Busy);
+    // The retry runs for the same event (its due time the first attempt's), attempt 2.
+    let now = retry_at.timestamp() - 1_800_000_000 + 1;
+    let mut retried = started_for("r2", now, 2, 7);
+    if let E::RunStarted { due_at, .. } = &mut retried {
+        *due_at = at(1);
+    }
+    Given::with(())
+        .given(history.clone())
+        .when(fire_for(now, "r2", Some(8)))
+        .then_expect_events(vec![retried.clone()]);
+    history.push(retried);
+    // It fails again: no retry left (max_retries 1); the job is done with event 7.
+    history.push(failed("r2", None));
+    assert_eq!(state(&history).events_through(), 7);
+    assert_eq!(state(&history).status(), JobStatus::Scheduled);
+    Given::with(())
+        .given(history)
+        .when(fire_for(now + 1, "r3", Some(8)))
+        .then_expect_events(vec![started_for("r3", now + 1, 1, 8)]);
+}
+
+#[test]
+fn events_that_came_while_paused_are_skipped_once_and_only_later_ones_run() {
+    let created = created(on_paid(), None);
+    let paused = E::JobPaused { paused_at: at(1) };
+    Given::with(())
+        .given(vec![created.clone(), paused.clone()])
+        .when(fire_for(2, "r1", Some(5)))
+        .then_expect_error(JobError::Paused);
+    let resumed = E::JobResumed {
+        resumed_at: at(3),
+        next_due_at: None,
+    };
+    let history = vec![created, paused, resumed];
+    let skip = |from_seq, to_seq| C::SkipEvents {
+        from_seq,
+        to_seq,
+        count: 3,
+        now: at(4),
+    };
+    let skipped = E::EventsSkipped {
+        from_seq: 5,
+        to_seq: 9,
+        count: 3,
+        skipped_at: at(4),
+    };
+    Given::with(())
+        .given(history.clone())
+        .when(skip(5, 9))
+        .then_expect_events(vec![skipped.clone()]);
+    let after = [history, vec![skipped]].concat();
+    // Told again: nothing more.
+    Given::with(())
+        .given(after.clone())
+        .when(skip(5, 9))
+        .then_expect_events(vec![]);
+    runs_only_after(after, &[5, 9], 10, 5);
+}
+
+#[test]
+fn an_event_triggered_job_names_real_event_types_and_never_its_own() {
+    for (types, context) in [
+        (vec![], None),
+        (vec!["".to_owned()], None),
+        (vec!["Order Paid".to_owned()], None),
+        (vec!["RunSucceeded".to_owned()], None),
+        (vec!["JobCreated".to_owned()], Some("scheduler")),
+        (vec!["OrderPaid".to_owned()], Some("Commerce")),
+        ((0..33).map(|i| format!("Type{i}")).collect(), None),
+    ] {
+        let spec = JobSpec {
+            schedule: Schedule::OnEvent {
+                types: types.clone(),
+                context: context.map(str::to_owned),
+            },
+            ..every_second()
+        };
+        let refused = Given::with(())
+            .given_no_previous_events()
+            .when(C::Create {
+                job_id: "j1".into(),
+                owner_id: "alice".into(),
+                spec,
+                now: at(0),
+            })
+            .inspect_result();
+        assert!(
+            matches!(refused, Err(JobError::Invalid(ref i)) if i.field.starts_with("schedule.on_event")),
+            "{types:?} {context:?}: {refused:?}"
+        );
+    }
 }

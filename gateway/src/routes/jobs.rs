@@ -22,6 +22,9 @@ pub(super) fn routes() -> Routes {
 pub struct JobsConfig {
     /// Hosts a job's HTTP action may call (`CHRONICLE_SCHEDULER_HTTP_ALLOW`).
     pub http_allow: chronicle_scheduler::AllowList,
+    /// The event types a job may be triggered by, as (context, type): those of
+    /// `chronicle schemas export`.
+    pub event_types: Vec<(String, String)>,
 }
 
 /// The scheduler context as the gateway hosts it.
@@ -35,6 +38,7 @@ pub const CONTEXT: Context = Context {
         "job_paused",
         "job_waiting",
         "run_not_running",
+        "unknown_event_type",
         "url_not_allowed",
     ],
     settings: |s| {
@@ -50,6 +54,17 @@ pub struct ScheduleRequest {
     cron: Option<String>,
     at: Option<DateTime<Utc>>,
     after_seconds: Option<i64>,
+    /// Staff only: once for every event of these types (of `context`, when named) that
+    /// comes after the job's creation in the log.
+    on_event: Option<OnEventRequest>,
+}
+
+/// `schedule.on_event`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnEventRequest {
+    types: Vec<String>,
+    context: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -105,25 +120,29 @@ fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> 
         request.schedule.cron,
         request.schedule.at,
         request.schedule.after_seconds,
+        request.schedule.on_event,
     ) {
-        (Some(expression), None, None) => Some(Schedule::Cron {
+        (Some(expression), None, None, None) => Some(Schedule::Cron {
             expression,
             timezone,
         }),
-        (None, Some(at), None) => Some(Schedule::Once {
+        (None, Some(at), None, None) => Some(Schedule::Once {
             at: at.trunc_subsecs(6),
         }),
-        (None, None, Some(seconds)) => match after(now, seconds) {
+        (None, None, Some(seconds), None) => match after(now, seconds) {
             Ok(at) => Some(Schedule::Once { at }),
             Err(invalid) => {
                 errors.push(FieldError::new("schedule.after_seconds", invalid.message));
                 None
             }
         },
+        (None, None, None, Some(OnEventRequest { types, context })) => {
+            Some(Schedule::OnEvent { types, context })
+        }
         _ => {
             errors.push(FieldError::new(
                 "schedule",
-                "exactly one of cron, at and after_seconds",
+                "exactly one of cron, at, after_seconds and on_event",
             ));
             None
         }
@@ -194,7 +213,7 @@ fn spec_of(request: CreateJob, now: DateTime<Utc>) -> Result<JobSpec, ApiError> 
 /// `POST /api/v1/jobs`: 201 `{"id", "version"}`; 422 on a bad cron expression (with the
 /// parser's message), an HTTP action to a host not allowed (`url_not_allowed`), or a
 /// dependency that is not one of the caller's jobs.
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "scheduler", summary = "Create a job (cron, at, after_seconds, or on_event: staff only, 422 unknown_event_type)", request_body = CreateJob, responses((status = 201, description = "201: {\"id\",\"version\"}", body = crate::schema::IdVersion), crate::schema::Problems))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -204,6 +223,25 @@ pub async fn create(
     let now = Utc::now();
     let raw = body.raw;
     let spec = spec_of(body.value, now)?;
+    if let Schedule::OnEvent { types, context } = &spec.schedule {
+        // Events carry other people's data: only staff may be told of them.
+        caller.require_staff()?;
+        let known = &state.config.contexts.get::<JobsConfig>().event_types;
+        if let Some(unknown) = types.iter().find(|t| {
+            !known
+                .iter()
+                .any(|(c, k)| k == *t && context.as_ref().is_none_or(|context| context == c))
+        }) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_event_type",
+                match context {
+                    Some(context) => format!("no event type {unknown} in the context {context}"),
+                    None => format!("no event type {unknown}"),
+                },
+            ));
+        }
+    }
     if let Action::Http { url, .. } = &spec.action {
         state
             .config
@@ -272,6 +310,10 @@ fn presented(view: JobView) -> serde_json::Value {
             timezone,
         } => (json!({"cron": expression}), timezone),
         Schedule::Once { at } => (json!({"at": at}), "UTC".to_owned()),
+        Schedule::OnEvent { types, context } => (
+            json!({"on_event": {"types": types, "context": context}}),
+            "UTC".to_owned(),
+        ),
     };
     let action = match spec.action {
         Action::Http { url, method, body } => {

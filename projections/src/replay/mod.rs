@@ -314,7 +314,8 @@ impl Batch {
     /// cannot be decoded.
     fn take(&mut self, message: &async_nats::jetstream::Message, sequence: u64) {
         match serde_json::from_slice::<Envelope>(&message.payload) {
-            Ok(envelope) => {
+            Ok(mut envelope) => {
+                envelope.stream_seq = Some(sequence);
                 self.events.push(envelope);
                 self.seqs.push(sequence);
             }

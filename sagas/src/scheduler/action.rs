@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use chronicle_bus::ErrorChain;
 use chronicle_commands::{CommandContext, CommandError, Executed};
 use chronicle_commerce::{Canceller, Order, OrderCommand, OrderError};
-use chronicle_scheduler::{Action, CommandAction, Job, JobCommand, JobSpec, Outcome};
+use chronicle_scheduler::{Action, CommandAction, Job, JobCommand, JobSpec, Outcome, Schedule};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -13,17 +13,30 @@ use super::{jitter, Core};
 
 impl Core {
     /// Runs one started run: its action within the timeout, then its outcome recorded.
+    /// `event`: the envelope of the event an event-triggered job's run is for.
     pub(super) async fn run(
         self: Arc<Self>,
         job_id: String,
         run_id: String,
         owner: String,
         spec: JobSpec,
+        event: Option<serde_json::Value>,
     ) {
         let timeout = Duration::from_secs(u64::from(spec.timeout_seconds));
+        let trigger = match spec.schedule {
+            Schedule::OnEvent { .. } => "event",
+            Schedule::Cron { .. } | Schedule::Once { .. } => "time",
+        };
         let outcome = match tokio::time::timeout(
             timeout,
-            self.perform(&job_id, &run_id, &owner, &spec.action, timeout),
+            self.perform(
+                &job_id,
+                &run_id,
+                &owner,
+                &spec.action,
+                timeout,
+                event.as_ref(),
+            ),
         )
         .await
         {
@@ -53,7 +66,8 @@ impl Core {
                         Outcome::Succeeded => "succeeded",
                         Outcome::Failed(_) => "failed",
                     };
-                    metrics::counter!("chronicle_job_runs_total", "outcome" => label).increment(1);
+                    metrics::counter!("chronicle_job_runs_total", "outcome" => label, "trigger" => trigger)
+                        .increment(1);
                     return;
                 }
                 Err(CommandError::Rejected(refused)) => {
@@ -70,7 +84,9 @@ impl Core {
         }
     }
 
-    /// Does what the job says, as its owner.
+    /// Does what the job says, as its owner; for an event-triggered job's run, about
+    /// `event` (an HTTP action with no body of its own sends its envelope; a command is
+    /// caused by it).
     pub(super) async fn perform(
         &self,
         job_id: &str,
@@ -78,6 +94,7 @@ impl Core {
         owner: &str,
         action: &Action,
         timeout: Duration,
+        event: Option<&serde_json::Value>,
     ) -> Result<(), String> {
         match action {
             Action::Http { url, method, body } => {
@@ -90,6 +107,11 @@ impl Core {
                     .timeout(timeout)
                     .header("Chronicle-Job-Id", job_id)
                     .header("Chronicle-Run-Id", run_id);
+                if let (None, Some(event)) = (body, event) {
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body(event.to_string());
+                }
                 if let Some(body) = body {
                     let json = serde_json::from_str::<serde_json::Value>(body).is_ok();
                     request = request
@@ -114,7 +136,7 @@ impl Core {
                     Err(format!("HTTP {status}"))
                 }
             }
-            Action::Command { command } => self.command(owner, run_id, command).await,
+            Action::Command { command } => self.command(owner, run_id, command, event).await,
             Action::Notify {
                 channel,
                 subject,
@@ -123,14 +145,26 @@ impl Core {
         }
     }
 
+    /// Runs `command` as `owner`: in the run's correlation, or, for a run about an event,
+    /// in the event's, caused by it.
     pub(super) async fn command(
         &self,
         owner: &str,
         run_id: &str,
         command: &CommandAction,
+        event: Option<&serde_json::Value>,
     ) -> Result<(), String> {
+        let id = |field: &str| {
+            event
+                .and_then(|e| e.get(field))
+                .and_then(serde_json::Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+        };
         let ctx = CommandContext {
-            correlation_id: Uuid::parse_str(run_id).unwrap_or_else(|_| Uuid::now_v7()),
+            correlation_id: id("correlation_id")
+                .or_else(|| Uuid::parse_str(run_id).ok())
+                .unwrap_or_else(Uuid::now_v7),
+            causation_id: id("event_id"),
             actor: Some(owner.to_owned()),
             ..CommandContext::new()
         };

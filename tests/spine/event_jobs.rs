@@ -1,0 +1,346 @@
+//! Jobs triggered by events (API.md, Scheduler, "Jobs triggered by events"; issue 32):
+//! one run per matching event that comes after the job in the log, in log order, with the
+//! event's envelope for an HTTP action without a body; retries that never hold back the next
+//! event for good; a pause's events recorded as one skipped row; refusals. (Several
+//! scheduler processes killed while events stream in: `chronicle/tests/scheduler_processes.rs`.)
+
+use std::time::Duration;
+
+use chronicle_commands::CommandContext;
+use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_tests::{eventually, Hook, TestApp};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::{
+    assert_replays_byte_for_byte, count_reaches, invalid_fields, post_item, problem,
+};
+
+/// A job run for every `StockReceived` of commerce, calling `path` of `hook`.
+fn on_stock(hook: &Hook, path: &str, extra: Value) -> Value {
+    let mut job = json!({
+        "name": "restocked",
+        "schedule": {"on_event": {"types": ["StockReceived"], "context": "commerce"}},
+        "action": {"kind": "http", "url": format!("{}{path}", hook.url), "method": "POST"},
+        "backoff_seconds": 1,
+    });
+    if let (Some(job), Value::Object(extra)) = (job.as_object_mut(), extra) {
+        job.extend(extra);
+    }
+    job
+}
+
+async fn create(app: &TestApp, job: Value) -> String {
+    let r = app.post("/api/v1/jobs", job.clone()).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{job}");
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen = app.get(&format!("/api/v1/jobs/{id}?min_version=1")).await;
+    assert_eq!(seen.headers()["chronicle-consistency"], "fresh");
+    id
+}
+
+async fn receive(app: &TestApp, sku: &str, quantity: u64) {
+    let r = app
+        .post(
+            &format!("/api/v1/inventory/items/{sku}/receive"),
+            json!({"quantity": quantity}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+/// The job's runs, oldest first, once there are `n` and none of them still runs.
+async fn settled_runs(app: &TestApp, id: &str, n: usize) -> Vec<Value> {
+    eventually(
+        &format!("{n} runs of {id}"),
+        Duration::from_secs(60),
+        || async {
+            let page: Value = app
+                .get(&format!("/api/v1/jobs/{id}/runs?limit=200"))
+                .await
+                .json()
+                .await
+                .ok()?;
+            let mut runs = page["items"].as_array()?.clone();
+            runs.reverse();
+            let settled = runs.iter().all(|r| r["outcome"] != "running");
+            (runs.len() == n && settled).then_some(runs)
+        },
+    )
+    .await
+}
+
+fn seq(run: &Value) -> u64 {
+    run["event"]["stream_seq"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_job_runs_once_for_each_later_event_in_log_order_and_gets_its_envelope() {
+    let app = TestApp::spawn().await;
+    let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
+    post_item(&app, "EV-1", "Lamp", 100, 1).await;
+    // Before the job: never run for.
+    receive(&app, "EV-1", 100).await;
+    let id = create(&app, on_stock(&hook, "/restocked", json!({}))).await;
+    let shown: Value = app
+        .get(&format!("/api/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["schedule"],
+        json!({"on_event": {"types": ["StockReceived"], "context": "commerce"}})
+    );
+    assert_eq!(shown["status"], "scheduled");
+    for quantity in 1..=5 {
+        receive(&app, "EV-1", quantity).await;
+    }
+    // Another type, and the same type's name in another aggregate's events: not run for.
+    post_item(&app, "EV-2", "Wick", 100, 1).await;
+    let runs = settled_runs(&app, &id, 5).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bodies = hook.bodies("/restocked");
+    assert_eq!(bodies.len(), 5, "one call per event, no more");
+    // Each call carries its event's envelope, in log order.
+    let envelopes: Vec<Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    let quantities: Vec<u64> = envelopes
+        .iter()
+        .map(|e| e["payload"]["quantity"].as_u64().unwrap())
+        .collect();
+    assert_eq!(quantities, [1, 2, 3, 4, 5]);
+    for (run, envelope) in runs.iter().zip(&envelopes) {
+        assert_eq!(run["outcome"], "succeeded");
+        assert_eq!(run["event"]["type"], "StockReceived");
+        assert_eq!(run["event"]["aggregate_id"], "EV-1");
+        assert_eq!(envelope["event_type"], "StockReceived");
+        assert_eq!(envelope["aggregate_id"], "EV-1");
+    }
+    let seqs: Vec<u64> = runs.iter().map(seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "log order: {seqs:?}");
+    let job: Value = app
+        .get(&format!("/api/v1/jobs/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "scheduled", "it waits for the next event");
+}
+
+#[tokio::test]
+async fn a_failing_event_is_retried_then_recorded_failed_and_the_next_event_runs() {
+    let app = TestApp::spawn().await;
+    // The first event's two attempts fail; everything after succeeds.
+    let hook = Hook::start(|_, n| (if n <= 2 { 500 } else { 200 }, Duration::ZERO)).await;
+    post_item(&app, "EV-3", "Lamp", 100, 1).await;
+    let id = create(&app, on_stock(&hook, "/flaky", json!({"max_retries": 1}))).await;
+    receive(&app, "EV-3", 1).await;
+    receive(&app, "EV-3", 2).await;
+    let runs = settled_runs(&app, &id, 3).await;
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "gave_up", "succeeded"], "{runs:?}");
+    let attempts: Vec<i64> = runs
+        .iter()
+        .map(|r| r["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(attempts, [1, 2, 1]);
+    assert_eq!(
+        seq(&runs[0]),
+        seq(&runs[1]),
+        "the retry is for the same event"
+    );
+    assert!(seq(&runs[2]) > seq(&runs[1]), "then the next event");
+    assert_eq!(hook.hits("/flaky").len(), 3);
+}
+
+#[tokio::test]
+async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
+    let app = TestApp::spawn().await;
+    let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
+    post_item(&app, "EV-4", "Lamp", 100, 1).await;
+    let id = create(&app, on_stock(&hook, "/paused", json!({}))).await;
+    receive(&app, "EV-4", 1).await;
+    settled_runs(&app, &id, 1).await;
+    let r = app
+        .request(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for quantity in [2, 3, 4] {
+        receive(&app, "EV-4", quantity).await;
+    }
+    // The three are in the log after the pause (one span, still open).
+    count_reaches(
+        &app.pool,
+        "the pause's span",
+        "SELECT coalesce(sum(skipped), 0)::bigint FROM scheduler.scheduler_triggers \
+         WHERE kind = 'skipped' AND NOT closed",
+        3,
+    )
+    .await;
+    // A rebuild from the log makes the same triggers.
+    assert_replays_byte_for_byte(
+        &app,
+        "job_triggers",
+        &["scheduler_event_jobs", "scheduler_triggers"],
+        "DELETE FROM scheduler.scheduler_triggers",
+        3,
+    )
+    .await;
+    let r = app
+        .request(Method::POST, &format!("/api/v1/jobs/{id}/resume"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    receive(&app, "EV-4", 5).await;
+    let runs = settled_runs(&app, &id, 3).await;
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "skipped", "succeeded"], "{runs:?}");
+    assert_eq!(runs[1]["event"]["count"], 3);
+    assert!(runs[1]["event"]["from_seq"].as_u64() > Some(seq(&runs[0])));
+    assert!(runs[1]["event"]["to_seq"].as_u64() < Some(seq(&runs[2])));
+    let quantities: Vec<u64> = hook
+        .bodies("/paused")
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["payload"]["quantity"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(quantities, [1, 5]);
+}
+
+#[tokio::test]
+async fn a_thousand_events_at_once_run_once_each_in_log_order() {
+    let app = TestApp::spawn().await;
+    let commands = app.db.executor().await;
+    let ctx = CommandContext::new();
+    commands
+        .execute::<InventoryItem>(
+            "EV-5",
+            InventoryCommand::Create {
+                sku: "EV-5".into(),
+                name: "Lamp".into(),
+                price_cents: 100,
+                initial_stock: 0,
+            },
+            &(),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    let id = create(
+        &app,
+        json!({"name": "burst", "schedule": {"on_event": {"types": ["StockReceived"]}},
+               "action": {"kind": "command", "command": "noop"}}),
+    )
+    .await;
+    // More than a batch of the projector (500) and of the scheduler's poll (1,000 jobs).
+    for _ in 0..1_000 {
+        commands
+            .execute::<InventoryItem>("EV-5", InventoryCommand::Receive { quantity: 1 }, &(), &ctx)
+            .await
+            .unwrap();
+    }
+    let runs = eventually("1,000 runs", Duration::from_secs(120), || async {
+        let runs: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT outcome, (event->>'stream_seq')::bigint FROM scheduler.scheduler_runs \
+             WHERE job_id = $1 ORDER BY sequence",
+        )
+        .bind(&id)
+        .fetch_all(&app.pool)
+        .await
+        .ok()?;
+        (runs.len() >= 1_000 && runs.iter().all(|(o, _)| o == "succeeded")).then_some(runs)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seqs: Vec<i64> = runs.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs.len(), 1_000, "one run per event");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in log order, each once"
+    );
+}
+
+#[tokio::test]
+async fn unknown_types_own_events_and_customers_are_refused_and_nothing_is_made() {
+    let app = TestApp::spawn_with_staff(&["boss"]).await;
+    let (_, boss) = app.register_and_login("boss").await;
+    let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
+    let before = app.event_count().await;
+    let post = |token: String, job: Value| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/api/v1/jobs"))
+                .bearer_auth(token)
+                .json(&job)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A customer: events carry other people's data.
+    problem(
+        post(app.token.clone(), on_stock(&hook, "/x", json!({}))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    for (types, context) in [
+        (json!(["NoSuchEvent"]), Value::Null),
+        (json!(["OrderPaid"]), json!("chat")),
+        (json!(["StockReceived", "Nope"]), json!("commerce")),
+    ] {
+        let job = json!({"name": "x", "schedule": {"on_event": {"types": types, "context": context}},
+                         "action": {"kind": "command", "command": "noop"}});
+        problem(
+            post(boss.clone(), job).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_event_type",
+        )
+        .await;
+    }
+    for (schedule, field) in [
+        (
+            json!({"on_event": {"types": []}}),
+            "schedule.on_event.types",
+        ),
+        (
+            json!({"on_event": {"types": ["RunSucceeded"]}}),
+            "schedule.on_event.types",
+        ),
+        (
+            json!({"on_event": {"types": ["Order\u{0}Paid"]}}),
+            "schedule.on_event.types",
+        ),
+        (
+            json!({"on_event": {"types": ["OrderPaid"], "context": "Commerce"}}),
+            "schedule.on_event.context",
+        ),
+        (
+            json!({"on_event": {"types": ["OrderPaid"]}, "cron": "* * * * * *"}),
+            "schedule",
+        ),
+    ] {
+        let job = json!({"name": "x", "schedule": schedule, "action": {"kind": "command", "command": "noop"}});
+        assert_eq!(invalid_fields(post(boss.clone(), job).await).await, [field]);
+    }
+    assert_eq!(app.event_count().await, before, "nothing appended");
+}
