@@ -1,7 +1,9 @@
 //! E4 (BENCH.md): 100,000 one-shot jobs due at the same instant with a no-op command action,
-//! then a job due every second for 60 s, with three `chronicle scheduler` processes (and a
-//! relay and the `jobs` projector, each a process of its own). Reports job runs/s, lateness
-//! (due to started) p50/p99, duplicates and misses, from the events the runs recorded.
+//! then a job due every second for 60 s, then a job triggered by events with a burst of
+//! 10,000 matching events, with three `chronicle scheduler` processes (and a relay, the `jobs`
+//! and `job_triggers` projectors, each a process of its own). Reports job runs/s, lateness
+//! (due to started; for the events, appended to started) p50/p99, duplicates and misses,
+//! from the events the runs recorded.
 
 use std::{
     collections::BTreeSet,
@@ -94,11 +96,17 @@ fn lateness(runs: &[(String, DateTime<Utc>, DateTime<Utc>)]) -> Vec<i64> {
     late
 }
 
-pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Result<()> {
+pub async fn run(
+    servers: &Servers,
+    jobs: u64,
+    cron_seconds: u64,
+    events: u64,
+) -> anyhow::Result<()> {
     let fresh = servers.fresh().await?;
     let (db, nats) = (fresh.db_url.as_str(), fresh.nats_url.as_str());
     let _relay = start_headless(db, nats, &["relay"])?;
     let _projector = start_headless(db, nats, &["project", "jobs"])?;
+    let _triggers = start_headless(db, nats, &["project", "job_triggers"])?;
     let _schedulers = (0..3)
         .map(|_| start_headless(db, nats, &["scheduler"]))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -287,5 +295,138 @@ pub async fn run(servers: &Servers, jobs: u64, cron_seconds: u64) -> anyhow::Res
         "misses": expected.saturating_sub(due_times.len()),
     });
     println!("{cron}");
+    if events > 0 {
+        let burst = event_burst(&pool, &bus, &fresh.nats_url, events).await?;
+        println!("{burst}");
+    }
     Ok(())
+}
+
+/// A job run by every `StockReceived`, then `events` of them appended as fast as 64 writers
+/// go (over 100 items): runs/s from the first append to the last run's finish, lateness
+/// from each event's append (`recorded_at`) to its run's start, duplicates and misses.
+async fn event_burst(
+    pool: &PgPool,
+    bus: &CommandExecutor,
+    nats_url: &str,
+    events: u64,
+) -> anyhow::Result<serde_json::Value> {
+    use chronicle_commerce::{InventoryCommand, InventoryItem};
+    eprintln!("bench: E4 a job run by each of {events} events");
+    let on_event = Schedule::OnEvent {
+        types: vec!["StockReceived".to_owned()],
+        context: Some("commerce".to_owned()),
+    };
+    create(bus, "on-event".to_owned(), spec("on-event", on_event)).await?;
+    // In the log before the first event it is to run for.
+    let waiting = Instant::now();
+    while count(
+        pool,
+        "SELECT count(*) FROM scheduler.scheduler_jobs WHERE job_id = 'on-event'",
+    )
+    .await?
+        == 0
+    {
+        ensure!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the job was not projected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let items: Vec<String> = (0..100).map(|i| format!("E4-{i:03}")).collect();
+    for sku in &items {
+        let create = InventoryCommand::Create {
+            sku: sku.clone(),
+            name: "Lamp".to_owned(),
+            price_cents: 100,
+            initial_stock: 0,
+        };
+        bus.execute::<InventoryItem>(sku, create, &(), &CommandContext::new())
+            .await
+            .map_err(|e| anyhow::anyhow!("creating {sku}: {e}"))?;
+    }
+    let first_append = Utc::now();
+    let appended = futures::stream::iter(0..events)
+        .map(|i| {
+            let sku = &items[usize::try_from(i % 100).unwrap_or(0)];
+            async move {
+                let receive = InventoryCommand::Receive { quantity: 1 };
+                bus.execute::<InventoryItem>(sku, receive, &(), &CommandContext::new())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("receiving {sku}: {e}"))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for result in appended {
+        result?;
+    }
+    let appending = (Utc::now() - first_append).num_milliseconds() as f64 / 1000.0;
+    let finished = loop {
+        let done = count(
+            pool,
+            "SELECT count(*) FROM scheduler.events WHERE aggregate_type = 'job' \
+             AND aggregate_id = 'on-event' AND event_type = 'RunSucceeded'",
+        )
+        .await?;
+        if done as u64 >= events {
+            break Utc::now();
+        }
+        ensure!(
+            (Utc::now() - first_append).num_seconds() < 900,
+            "only {done} of {events} event runs succeeded after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Each run's event, and when it started.
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT (payload -> 'RunStarted' -> 'event' ->> 'stream_seq')::bigint, \
+           payload -> 'RunStarted' ->> 'started_at' FROM scheduler.events \
+         WHERE aggregate_type = 'job' AND aggregate_id = 'on-event' AND event_type = 'RunStarted' \
+         ORDER BY sequence",
+    )
+    .fetch_all(pool)
+    .await?;
+    let seqs: BTreeSet<i64> = rows.iter().map(|(seq, _)| *seq).collect();
+    let in_order = rows.windows(2).all(|w| w[0].0 <= w[1].0);
+    // When each event was appended: its envelope's `recorded_at`, read from the stream.
+    let client = chronicle_bus::connect(nats_url).await?;
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(chronicle_bus::EVENTS_STREAM)
+        .await?;
+    let recorded = futures::stream::iter(rows.iter().map(|(seq, _)| *seq))
+        .map(|seq| {
+            let stream = &stream;
+            async move {
+                let message = stream.get_raw_message(u64::try_from(seq)?).await?;
+                let envelope: serde_json::Value = serde_json::from_slice(&message.payload)?;
+                let at: DateTime<Utc> = envelope["recorded_at"]
+                    .as_str()
+                    .context("recorded_at")?
+                    .parse()?;
+                anyhow::Ok(at)
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let mut late = Vec::with_capacity(rows.len());
+    for ((_, started), recorded) in rows.iter().zip(recorded) {
+        let started: DateTime<Utc> = started.parse()?;
+        late.push((started - recorded?).num_microseconds().unwrap_or(i64::MAX));
+    }
+    late.sort_unstable();
+    let seconds = (finished - first_append).num_milliseconds() as f64 / 1000.0;
+    Ok(json!({
+        "system": "chronicle", "workload": "E4-events", "schedulers": 3,
+        "ops": events, "seconds": seconds, "append_seconds": appending,
+        "runs_per_s": (events as f64 / seconds).round(),
+        "lateness_p50_ms": percentile_ms(&late, 0.50),
+        "lateness_p99_ms": percentile_ms(&late, 0.99),
+        "lateness_max_ms": percentile_ms(&late, 1.0),
+        "duplicates": rows.len().saturating_sub(seqs.len()),
+        "misses": usize::try_from(events)?.saturating_sub(seqs.len()),
+        "in_log_order": in_order,
+    }))
 }

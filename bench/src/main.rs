@@ -114,6 +114,9 @@ enum Workload {
         /// How long the every-second job runs.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// How many events the burst for a job triggered by events appends (0: none).
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
     },
     /// Thumbnails of a 12-megapixel photo, JPEG and PNG (CPU only).
     Thumbnails,
@@ -185,7 +188,11 @@ fn main() -> anyhow::Result<()> {
                 idle,
             } => e2::run(&servers, members, rate, seconds, &idle).await?,
             Workload::E3 { mib } => e3::run(&servers, mib).await?,
-            Workload::E4 { jobs, seconds } => e4::run(&servers, jobs, seconds).await?,
+            Workload::E4 {
+                jobs,
+                seconds,
+                events,
+            } => e4::run(&servers, jobs, seconds, events).await?,
             Workload::Thumbnails => unreachable!("run before the servers start"),
         }
         anyhow::Ok(())

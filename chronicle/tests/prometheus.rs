@@ -171,9 +171,12 @@ async fn prometheus_scrapes_chronicle_finds_every_metric_used_and_fires_on_a_par
                 alerts["data"]["alerts"]
                     .as_array()?
                     .iter()
+                    // Every reader of the subject parks it (`job_triggers` reads them all):
+                    // the users projection's alert is the one looked for.
                     .find(|a| {
                         a["labels"]["alertname"] == "ChronicleParkedEvents"
                             && a["state"] == "firing"
+                            && a["labels"]["subscriber"] == "users"
                     })
                     .cloned()
             }
