@@ -66,7 +66,11 @@ async fn the_scheduler_and_the_alert_engine_start_before_any_projector_without_a
     // start), with no projector anywhere.
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop((scheduler, engine));
-    for table in ["scheduler.scheduler_jobs", "monitoring.monitoring_rules"] {
+    for table in [
+        "scheduler.scheduler_jobs",
+        "scheduler.scheduler_triggers",
+        "monitoring.monitoring_rules",
+    ] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)
             .fetch_one(&pool)

@@ -177,11 +177,16 @@ impl Scheduler {
             let _ = hints_stopped.await;
         })
         .await;
-        // Due jobs are read from the jobs projection's table: on a new database the scheduler
-        // may start before that projector has made it.
+        // Due jobs are read from the jobs projection's table, and events to run for from the
+        // job_triggers projection's: on a new database the scheduler may start before those
+        // projectors have made them.
         let jobs = chronicle_projections::jobs::JobsProjection;
         if let Err(e) = chronicle_projections::setup(&core.pool, &jobs).await {
             tracing::warn!(error = %ErrorChain(&e), "cannot create the jobs table");
+        }
+        let triggers = job_triggers::JobTriggersProjection;
+        if let Err(e) = chronicle_projections::setup(&core.pool, &triggers).await {
+            tracing::warn!(error = %ErrorChain(&e), "cannot create the job triggers tables");
         }
         tracing::info!(id = %core.id, "scheduler started");
         loop {

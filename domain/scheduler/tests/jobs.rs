@@ -857,3 +857,18 @@ fn an_event_triggered_job_names_real_event_types_and_never_its_own() {
         );
     }
 }
+
+#[test]
+fn an_event_waits_for_the_jobs_it_depends_on() {
+    let history = vec![created(on_paid(), None)];
+    let mut waiting = fire_for(1, "r1", Some(3));
+    if let C::Fire(fire) = &mut waiting {
+        fire.dependencies_ready = false;
+    }
+    Given::with(())
+        .given(history.clone())
+        .when(waiting)
+        .then_expect_error(JobError::Waiting);
+    // Once they are ready, the same event runs: it was not passed over.
+    runs_only_after(history, &[], 3, 2);
+}
