@@ -13,6 +13,8 @@
 //! Each event is identified by its stream sequence, which only the log knows: it rebuilds
 //! from the stream, not from the event stores.
 
+use std::collections::HashSet;
+
 use chronicle_scheduler::{bucket, Job, JobEvent, Schedule};
 use chronicle_schemas::Envelope;
 use cqrs_es::Aggregate;
@@ -111,7 +113,24 @@ impl Projection for JobTriggersProjection {
         events: &[Envelope],
     ) -> Result<(), ProjectionError> {
         let mut candidates = Candidates::default();
+        // The event types some job waits for, read once and again after each of a job's
+        // own events (which may add or remove one): with no event-triggered job, the other
+        // events cost nothing here.
+        let mut watched: Option<HashSet<String>> = None;
         for envelope in events {
+            if envelope.aggregate_type == Job::TYPE {
+                flush(conn, std::mem::take(&mut candidates)).await?;
+                job_event(conn, envelope).await?;
+                watched = None;
+                continue;
+            }
+            let types = match &mut watched {
+                Some(types) => types,
+                none => none.insert(watched_types(conn).await?),
+            };
+            if !types.contains(&envelope.event_type) {
+                continue;
+            }
             let seq = envelope.stream_seq.ok_or_else(|| {
                 ProjectionError::Refused(
                     "job triggers are built from the log's sequences: rebuild them from the \
@@ -119,16 +138,10 @@ impl Projection for JobTriggersProjection {
                         .to_owned(),
                 )
             })?;
-            let seq = ProjectionError::bigint(seq)?;
-            if envelope.aggregate_type == Job::TYPE {
-                flush(conn, std::mem::take(&mut candidates)).await?;
-                job_event(conn, envelope).await?;
-                continue;
-            }
             let whole = serde_json::to_value(envelope).map_err(|e| {
                 ProjectionError::OutOfRange(format!("an envelope that does not encode: {e}"))
             })?;
-            candidates.seq.push(seq);
+            candidates.seq.push(ProjectionError::bigint(seq)?);
             candidates.event_type.push(envelope.event_type.clone());
             candidates.context.push(envelope.context.clone());
             candidates.aggregate_id.push(envelope.aggregate_id.clone());
@@ -136,6 +149,16 @@ impl Projection for JobTriggersProjection {
         }
         flush(conn, candidates).await
     }
+}
+
+/// Every event type some job (running or paused) waits for.
+async fn watched_types(conn: &mut PgConnection) -> Result<HashSet<String>, ProjectionError> {
+    let types: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT unnest(types) FROM scheduler_event_jobs")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("reading the event types jobs wait for"))?;
+    Ok(types.into_iter().collect())
 }
 
 /// Matches `candidates` against the jobs: a trigger for each job running, and the open
