@@ -265,6 +265,13 @@ pub struct AlertView {
     pub acknowledged_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<DateTime<Utc>>,
+    /// The rule's name, metric and severity as they are now (absent once it is deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
 }
 
 /// Alerts, newest first, in `state` when given; at most `limit`.
@@ -278,10 +285,13 @@ pub async fn alerts(
     limit: i64,
 ) -> Result<Vec<AlertView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT alert_id, rule_id, state, value, started_at, fired_at, acknowledged_by, resolved_at \
-         FROM monitoring_alerts WHERE ($1::text IS NULL OR state = $1) \
-           AND ($2::text IS NULL OR rule_id = $2) \
-         ORDER BY started_at DESC, alert_id DESC LIMIT $3",
+        "SELECT a.alert_id, a.rule_id, a.state, a.value, a.started_at, a.fired_at, \
+                a.acknowledged_by, a.resolved_at, r.name AS rule_name, \
+                r.spec->>'metric' AS metric, r.spec->>'severity' AS severity \
+         FROM monitoring_alerts a \
+         LEFT JOIN monitoring_rules r ON r.rule_id = a.rule_id AND NOT r.deleted \
+         WHERE ($1::text IS NULL OR a.state = $1) AND ($2::text IS NULL OR a.rule_id = $2) \
+         ORDER BY a.started_at DESC, a.alert_id DESC LIMIT $3",
     )
     .bind(state)
     .bind(rule_id)

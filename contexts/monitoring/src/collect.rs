@@ -8,8 +8,10 @@
 //!   that had any (idle routes store nothing) and for `route="all"` (always): `chronicle_http_requests_per_second`,
 //!   `chronicle_http_error_ratio` (5xx share), `chronicle_http_latency_p99_seconds` (from the
 //!   histogram buckets), and `chronicle_availability_ratio` (the non-5xx share of all);
-//! - every subscriber's lag: `chronicle_subscriber_lag_events` and
-//!   `chronicle_subscriber_lag_seconds`.
+//! - the commands this process ran, per second by outcome (`ok`, `refused`, `conflict`,
+//!   `error`): `chronicle_commands_per_second{outcome}`;
+//! - every subscriber's lag and what it parked: `chronicle_subscriber_lag_events`,
+//!   `chronicle_subscriber_lag_seconds` and `chronicle_subscriber_parked_events`.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -69,7 +71,15 @@ struct Collector {
     system: System,
     disks: Disks,
     networks: Networks,
-    last: Option<(Instant, HashMap<String, RouteCounts>)>,
+    last: Option<(Instant, Counters)>,
+}
+
+/// What this process counted since it started, from its own registry.
+#[derive(Debug, Default)]
+struct Counters {
+    routes: HashMap<String, RouteCounts>,
+    /// Commands run, per outcome.
+    commands: BTreeMap<String, f64>,
 }
 
 impl Collector {
@@ -94,12 +104,15 @@ impl Collector {
             .as_ref()
             .map(|(at, _)| started.duration_since(*at));
         self.host(now, elapsed, &mut out);
-        let routes = routes_now();
-        if let (Some((at, before)), false) = (&self.last, routes.is_empty()) {
+        let counted = counters_now();
+        if let Some((at, before)) = &self.last {
             let seconds = started.duration_since(*at).as_secs_f64().max(0.001);
-            self.requests(now, seconds, before, &routes, &mut out);
+            if !counted.routes.is_empty() {
+                self.requests(now, seconds, &before.routes, &counted.routes, &mut out);
+            }
+            self.commands(now, seconds, &before.commands, &counted.commands, &mut out);
         }
-        self.last = Some((started, routes));
+        self.last = Some((started, counted));
         self.subscribers(state, now, &mut out).await;
         out
     }
@@ -198,6 +211,32 @@ impl Collector {
         }
     }
 
+    /// Commands per second by outcome, for every outcome this process has seen (0 when none
+    /// since the last collection: a chart of refusals drops to zero rather than stopping).
+    fn commands(
+        &self,
+        now: DateTime<Utc>,
+        seconds: f64,
+        before: &BTreeMap<String, f64>,
+        after: &BTreeMap<String, f64>,
+        out: &mut Vec<Sample>,
+    ) {
+        for (outcome, total) in after {
+            let before = before.get(outcome).copied().unwrap_or(0.0);
+            let ran = if *total >= before {
+                total - before
+            } else {
+                *total
+            };
+            out.extend(self.sample(
+                now,
+                "chronicle_commands_per_second",
+                &[("outcome", outcome)],
+                ran / seconds,
+            ));
+        }
+    }
+
     fn route_series(
         &self,
         now: DateTime<Utc>,
@@ -254,6 +293,12 @@ impl Collector {
                 "chronicle_subscriber_lag_seconds",
                 &labels,
                 status.lag_seconds,
+            ));
+            out.extend(self.sample(
+                now,
+                "chronicle_subscriber_parked_events",
+                &labels,
+                status.parked as f64,
             ));
         }
     }
@@ -313,8 +358,9 @@ fn quantile(buckets: &BTreeMap<OrderedBound, f64>, q: f64) -> Option<f64> {
         })
 }
 
-/// This process's request counts per route template, read from its own registry.
-fn routes_now() -> HashMap<String, RouteCounts> {
+/// This process's request counts per route template and command counts per outcome, read
+/// from its own registry.
+fn counters_now() -> Counters {
     let text = chronicle_telemetry::render();
     let now = Utc::now();
     let limits = Limits {
@@ -324,14 +370,20 @@ fn routes_now() -> HashMap<String, RouteCounts> {
         own_series: true,
     };
     let Ok(samples) = crate::parse_text(&text, &limits) else {
-        return HashMap::new();
+        return Counters::default();
     };
-    let mut routes: HashMap<String, RouteCounts> = HashMap::new();
+    let mut counted = Counters::default();
     for sample in samples {
+        if sample.metric == "chronicle_commands_total" {
+            if let Some(outcome) = sample.labels.get("outcome") {
+                *counted.commands.entry(outcome.clone()).or_default() += sample.value;
+            }
+            continue;
+        }
         let Some(route) = sample.labels.get("route") else {
             continue;
         };
-        let counts = routes.entry(route.clone()).or_default();
+        let counts = counted.routes.entry(route.clone()).or_default();
         match sample.metric.as_str() {
             "chronicle_http_requests_total" => {
                 counts.requests += sample.value;
@@ -357,7 +409,7 @@ fn routes_now() -> HashMap<String, RouteCounts> {
             _ => {}
         }
     }
-    routes
+    counted
 }
 
 #[cfg(test)]

@@ -190,7 +190,8 @@ pub struct QueryParams {
 
 /// `GET /api/v1/monitoring/query`: `{"metric","step_seconds","series":[{"labels","points"}]}`
 /// with a point `[unix seconds, value]` per step that had samples. `from` defaults to an
-/// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`.
+/// hour before `to`, `to` to now, `step` to 60 s, `agg` to `avg`. A step of 5 minutes or
+/// more, or a range reaching past the retention, reads the per-minute rollups.
 #[utoipa::path(get, path = "/api/v1/monitoring/query", tag = "monitoring", summary = "Aggregated points (?metric, labels, from, to, step, agg)", responses((status = 200, description = "200: {\"metric\",\"step_seconds\",\"series\"}: series is [{labels, points: [[unix seconds, value]]}]"), schema::Problems))]
 pub async fn query(
     State(state): State<AppState>,
@@ -577,7 +578,7 @@ pub struct AlertParams {
 /// 100). The list is eventually consistent; with `rule_id` and `min_version` (the version an
 /// acknowledgement answered) it first waits up to 2 s for the rule's alerts to reach that
 /// version, and says `Chronicle-Consistency: fresh` or `stale`.
-#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?}]"), schema::Problems))]
+#[utoipa::path(get, path = "/api/v1/monitoring/alerts", tag = "monitoring", summary = "Alerts, newest first (?state, ?rule_id, ?min_version, ?limit)", params(("state" = Option<String>, Query, description = "pending, firing, acknowledged or resolved"), ("rule_id" = Option<String>, Query, description = "one rule's alerts"), ("min_version" = Option<u64>, Query, description = "with rule_id: wait for the rule's alerts to reach this version"), ("limit" = Option<u32>, Query, description = "1-1,000, default 100")), responses((status = 200, description = "200: [{\"id\",\"rule_id\",\"state\",\"value\",\"started_at\",\"fired_at\"?,\"acknowledged_by\"?,\"resolved_at\"?,\"rule_name\"?,\"metric\"?,\"severity\"?}]: the rule's name, metric and severity unless it was deleted"), schema::Problems))]
 pub async fn list_alerts(
     State(state): State<AppState>,
     _caller: Caller,

@@ -481,6 +481,10 @@ async fn an_alert_fires_is_acknowledged_resolves_and_fires_again_notified_once_p
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed[0]["id"], first.as_str(), "{listed}");
     assert_eq!(listed[0]["state"], "acknowledged");
+    // The list names the rule, its metric and severity, so a reader need not be staff.
+    assert_eq!(listed[0]["rule_name"], "Queue too deep", "{listed}");
+    assert_eq!(listed[0]["metric"], "t_depth");
+    assert_eq!(listed[0]["severity"], "warning");
     let again = app
         .post(
             &format!("/api/v1/monitoring/alerts/{first}/acknowledge"),
@@ -812,6 +816,40 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
 }
 
 #[tokio::test]
+async fn a_step_of_five_minutes_or_more_reads_the_per_minute_rollups() {
+    let app = TestApp::spawn().await;
+    // Ten minutes of a gauge, two samples a minute (0, 1, 2, ...), from a 5-minute boundary.
+    let t0 = (chrono::Utc::now().timestamp() / 300 - 2) * 300;
+    let samples: Vec<Value> = (0..20)
+        .map(|i| json!({"metric": "t_rolled", "value": i, "at": t0 + i * 30}))
+        .collect();
+    assert_eq!(report_json(&app, json!(samples)).await, 20);
+    // The raw samples go: only the rollups can answer now.
+    sqlx::query(
+        "DELETE FROM monitoring.monitoring_samples WHERE series_id IN \
+         (SELECT id FROM monitoring.monitoring_series WHERE metric = 't_rolled')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let range = format!("metric=t_rolled&from={t0}&to={}", t0 + 600);
+    let minutes = query(&app, &format!("{range}&step=60s&agg=sum")).await;
+    assert_eq!(
+        minutes["series"],
+        json!([]),
+        "a 1-minute step reads samples"
+    );
+    for (agg, first, second) in [("sum", 45.0, 145.0), ("max", 9.0, 19.0), ("avg", 4.5, 14.5)] {
+        let answer = query(&app, &format!("{range}&step=5m&agg={agg}")).await;
+        assert_eq!(
+            points(&answer),
+            [(t0, first), (t0 + 300, second)],
+            "{agg}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
     let app = TestApp::spawn_with(|g| {
         g.contexts
@@ -822,6 +860,14 @@ async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
     for _ in 0..5 {
         let listed = app.get("/api/v1/inventory/items").await;
         assert_eq!(listed.status(), StatusCode::OK);
+    }
+    // Two commands that succeed and one the domain refuses (the SKU is taken).
+    for sku in ["COL-1", "COL-2", "COL-1"] {
+        app.post(
+            "/api/v1/inventory/items",
+            json!({"sku": sku, "name": "Lamp", "price_cents": 100, "initial_stock": 1}),
+        )
+        .await;
     }
     let known = eventually("the built-in series", Duration::from_secs(20), || async {
         let known: Value = app
@@ -844,6 +890,8 @@ async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
             "chronicle_availability_ratio",
             "chronicle_subscriber_lag_events",
             "chronicle_subscriber_lag_seconds",
+            "chronicle_subscriber_parked_events",
+            "chronicle_commands_per_second",
         ];
         wanted
             .iter()
@@ -868,6 +916,40 @@ async fn chronicles_own_series_are_collected_host_routes_and_subscriber_lag() {
         labels_of("chronicle_subscriber_lag_events"),
         json!(["instance", "subscriber"])
     );
+    assert_eq!(
+        labels_of("chronicle_subscriber_parked_events"),
+        json!(["instance", "subscriber"])
+    );
+    assert_eq!(
+        labels_of("chronicle_commands_per_second"),
+        json!(["instance", "outcome"])
+    );
+    // Both outcomes were counted: each has a collection with a rate above 0.
+    for outcome in ["ok", "refused"] {
+        let params =
+            format!("metric=chronicle_commands_per_second&labels=outcome:{outcome}&agg=max");
+        eventually(outcome, Duration::from_secs(20), || async {
+            let ran = query(&app, &params).await;
+            let most = ran["series"]
+                .as_array()?
+                .iter()
+                .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p[1].as_f64())
+                .fold(0.0, f64::max);
+            (most > 0.0).then_some(())
+        })
+        .await;
+    }
+    // No reader parked anything: every subscriber's parked series is 0.
+    let parked = query(&app, "metric=chronicle_subscriber_parked_events&agg=max").await;
+    let series = parked["series"].as_array().unwrap();
+    assert!(!series.is_empty(), "{parked}");
+    for s in series {
+        assert!(
+            s["points"].as_array().unwrap().iter().all(|p| p[1] == 0.0),
+            "{parked}"
+        );
+    }
     // Plausible values: memory in use is a share of the total; the listed route had traffic.
     let memory = query(
         &app,
