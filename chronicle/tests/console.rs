@@ -1,4 +1,4 @@
-//! The web console end to end (issue 18): `chronicle up` serves it, and
+//! The web console end to end (issues 18 and 33): `chronicle up` serves it, and
 //! `console/e2e.mjs` drives it in headless Chromium through playwright-core (both installed
 //! by scripts/setup). Screenshots are kept in `<target dir>/console-artifacts/`.
 
@@ -36,7 +36,7 @@ fn e2e(base: &str, args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_works_in_chromium_shop_chat_blog_files_and_operations() {
+async fn the_console_works_in_chromium_shop_chat_blog_files_operations_and_monitoring() {
     let (db, nats) = (TestDb::new().await, TestNats::start());
     let data = tempfile::tempdir().unwrap();
     let (_running, base) = gateways::start_with(
@@ -111,4 +111,35 @@ async fn the_console_works_in_chromium_shop_chat_blog_files_and_operations() {
         .unwrap();
     assert_eq!(item.status(), reqwest::StatusCode::OK);
     assert_eq!(item.json::<Value>().await.unwrap()["name"], "Parked lamp");
+
+    // Monitoring: its business dashboard shows what the scenarios above did.
+    tokio::task::block_in_place(|| e2e(&base, &["monitoring"]));
+}
+
+/// The uPlot the binary embeds is the one the lock file pins, byte for byte: the vendored copy
+/// cannot drift from the package, nor be edited by hand.
+#[test]
+fn the_embedded_chart_library_is_the_pinned_npm_package() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock: Value = serde_json::from_slice(
+        &std::fs::read(root.join("tests/console/package-lock.json")).unwrap(),
+    )
+    .unwrap();
+    let pinned = &lock["packages"]["node_modules/uplot"]["version"];
+    let package = root.join("tests/console/node_modules/uplot");
+    let installed: Value =
+        serde_json::from_slice(&std::fs::read(package.join("package.json")).unwrap()).unwrap();
+    assert_eq!(&installed["version"], pinned, "run npm ci (scripts/setup)");
+    let vendor = root.join("../gateway/console/vendor");
+    for (vendored, original) in [
+        ("uPlot.esm.js", "dist/uPlot.esm.js"),
+        ("uPlot.min.css", "dist/uPlot.min.css"),
+        ("uPlot.LICENSE", "LICENSE"),
+    ] {
+        assert!(
+            std::fs::read(vendor.join(vendored)).unwrap()
+                == std::fs::read(package.join(original)).unwrap(),
+            "gateway/console/vendor/{vendored} is not uplot {pinned}'s {original}: copy it again"
+        );
+    }
 }

@@ -73,6 +73,16 @@ async function settled(read) {
   }
 }
 
+/** Asks `read` again, every 250 ms for up to 5 s, until `done` holds for its answer (a read
+ * model catching up with a command just made); the last answer either way. */
+async function until(read, done) {
+  for (let attempt = 0; ; attempt++) {
+    const answer = await read();
+    if (done(answer) || attempt >= 20) return answer;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
 /** Runs `action`, reporting its failure in the status line. */
 async function attempt(action) {
   try {
@@ -171,6 +181,7 @@ function signIn(answer, username) {
   localStorage.setItem("chronicle.username", username);
   say("");
   live.connect();
+  alertBadge.refresh();
   render();
 }
 
@@ -180,6 +191,7 @@ function signOut() {
   localStorage.removeItem("chronicle.user_id");
   localStorage.removeItem("chronicle.username");
   live.close();
+  alertBadge.refresh();
   render();
 }
 
@@ -874,10 +886,428 @@ async function opsView() {
   })))];
 }
 
+// ---- monitoring: dashboards, explore, alerts and rules ----------------------------------
+
+// Each range with the step its charts ask for: at most 360 points per series. Steps of
+// 5 minutes or more are answered from the per-minute rollups.
+const RANGES = {
+  "15m": { seconds: 900, step: 10, label: "15 min" },
+  "1h": { seconds: 3600, step: 15, label: "1 h" },
+  "24h": { seconds: 86400, step: 300, label: "24 h" },
+  "7d": { seconds: 604800, step: 1800, label: "7 d" },
+};
+const AGGREGATIONS = ["avg", "min", "max", "sum", "rate", "p99"];
+// Business series are counted per minute: finer steps would show a spike a minute.
+const PER_MINUTE = 60;
+const DASHBOARDS = {
+  system: { title: "System", charts: [
+    { title: "CPU", metric: "chronicle_host_resource_ratio", labels: "resource:cpu", agg: "avg", unit: "ratio" },
+    { title: "Memory", metric: "chronicle_host_resource_ratio", labels: "resource:memory", agg: "avg", unit: "ratio" },
+    { title: "Disk", metric: "chronicle_host_resource_ratio", labels: "resource:disk", agg: "max", unit: "ratio" },
+    { title: "Network", metric: "chronicle_host_network_bytes_per_second", agg: "avg", unit: "bytes/s" },
+  ] },
+  application: { title: "Application", charts: [
+    { title: "Requests per second by route", metric: "chronicle_http_requests_per_second", agg: "avg" },
+    { title: "p99 latency by route", metric: "chronicle_http_latency_p99_seconds", agg: "max", unit: "s" },
+    { title: "Error rate (5xx) by route", metric: "chronicle_http_error_ratio", agg: "avg", unit: "ratio" },
+    { title: "Commands per second by outcome", metric: "chronicle_commands_per_second", agg: "avg" },
+    { title: "Subscriber lag (events)", metric: "chronicle_subscriber_lag_events", agg: "max" },
+    { title: "Parked events", metric: "chronicle_subscriber_parked_events", agg: "max" },
+  ] },
+  business: { title: "Business", charts: [
+    { title: "Orders placed", metric: "business_orders_placed", agg: "sum", minStep: PER_MINUTE, bars: true },
+    { title: "Revenue", metric: "business_revenue_cents", agg: "sum", unit: "cents", minStep: PER_MINUTE, bars: true },
+    { title: "Messages sent", metric: "business_messages_sent", agg: "sum", minStep: PER_MINUTE, bars: true },
+    { title: "Bytes uploaded", metric: "business_bytes_uploaded", agg: "sum", unit: "bytes", minStep: PER_MINUTE, bars: true },
+    { title: "Failed job runs", metric: "business_job_runs_failed", agg: "sum", minStep: PER_MINUTE, bars: true },
+    { title: "Carts checked out", metric: "business_carts_checked_out", agg: "sum", minStep: PER_MINUTE, bars: true },
+    { title: "Carts abandoned", metric: "business_carts_abandoned", agg: "sum", minStep: PER_MINUTE, bars: true },
+  ] },
+};
+// Most series one chart draws (the largest); the rest are counted, not drawn.
+const MOST_SERIES = 8;
+const COLORS = ["#2657d6", "#c2410c", "#15803d", "#9333ea", "#b91c1c", "#0e7490", "#a16207", "#475569"];
+const REFRESH_MS = 5000;
+
+/** `value` as a person reads it, in `unit`. */
+function figure(value, unit) {
+  if (value === null || value === undefined) return "—";
+  if (unit === "ratio") return `${(value * 100).toFixed(1)} %`;
+  if (unit === "bytes") return bytes(Math.round(value));
+  if (unit === "bytes/s") return `${bytes(Math.round(value))}/s`;
+  if (unit === "s") return value < 1 ? `${(value * 1000).toFixed(1)} ms` : `${value.toFixed(2)} s`;
+  if (unit === "cents") return money(value);
+  if (Number.isInteger(value) || Math.abs(value) >= 1000) return Math.round(value).toLocaleString();
+  return String(Number(value.toPrecision(4)));
+}
+
+/** A time in the viewer's own zone: the clock for a short range, the date too for a long one. */
+function when(seconds, long = false) {
+  const at = new Date(seconds * 1000);
+  return long ? at.toLocaleString([], { dateStyle: "short", timeStyle: "short" }) : at.toLocaleTimeString();
+}
+
+/** Names for `series`: the labels that tell them apart (those the chart fixes, and those
+ * every series shares, say nothing), the value alone when only one label differs. */
+function seriesNames(series, fixed) {
+  const keys = [...new Set(series.flatMap((s) => Object.keys(s.labels || {})))].filter((key) => !fixed.includes(key));
+  const differ = series.length > 1 ? keys.filter((key) => new Set(series.map((s) => s.labels?.[key])).size > 1) : keys;
+  return series.map((s) => {
+    const shown = differ.filter((key) => s.labels?.[key] !== undefined);
+    // Nothing tells it apart (one series): its own labels' values, the fixed ones too.
+    if (!shown.length) return Object.values(s.labels || {}).join(", ") || "all";
+    return differ.length === 1 ? String(s.labels[shown[0]]) : shown.map((key) => `${key}=${s.labels[key]}`).join(", ");
+  });
+}
+
+/** One chart: a uPlot canvas, "No data" for an empty range, and the latest points as a
+ * table (what a screen reader, or a test, reads). Refreshing changes its data in place. */
+class Chart {
+  constructor(spec) {
+    this.spec = spec;
+    this.plot = null;
+    this.keys = "";
+    this.box = el("div", { class: "plot", "aria-hidden": "true" });
+    this.note = el("p", { class: "muted nodata", hidden: true });
+    this.more = el("p", { class: "muted", hidden: true });
+    this.table = el("table", {});
+    this.node = el("figure", { class: "chart", "data-chart": spec.title, "data-state": "loading", "aria-label": spec.title },
+      el("figcaption", {}, spec.title), this.box, this.note, this.more,
+      this.details = el("details", { hidden: true }, el("summary", {}, `Latest values: ${spec.title}`), el("div", { class: "scroll" }, this.table)));
+    this.resizer = new ResizeObserver(() => this.plot?.setSize(this.size()));
+    this.resizer.observe(this.box);
+  }
+
+  size() {
+    return { width: Math.max(240, this.box.clientWidth || view.clientWidth - 48), height: 200 };
+  }
+
+  /** The query this chart asks, for `range` ending now (aligned to the step, so the buckets
+   * stay where they were from one refresh to the next). */
+  url(range) {
+    const step = Math.max(range.step, this.spec.minStep || 0);
+    const to = Math.ceil(Date.now() / 1000 / step) * step;
+    const params = new URLSearchParams({ metric: this.spec.metric, from: to - range.seconds, to, step: `${step}s`, agg: this.spec.agg });
+    if (this.spec.labels) params.set("labels", this.spec.labels);
+    return `/api/v1/monitoring/query?${params}`;
+  }
+
+  async refresh(range, uPlot) {
+    const url = this.url(range);
+    const answer = await api("GET", url);
+    if (this.closed) return; // the view was left while the answer was on its way
+    const fixed = (this.spec.labels || "").split(",").map((pair) => pair.split(":")[0]);
+    const peak = (s) => Math.max(...s.points.map((p) => p[1]));
+    const all = answer.series.filter((s) => s.points.length);
+    const largest = all.slice().sort((a, b) => peak(b) - peak(a)).slice(0, MOST_SERIES);
+    const names = seriesNames(largest, fixed);
+    const series = largest.map((s, i) => ({ name: names[i], points: s.points })).sort((a, b) => a.name.localeCompare(b.name));
+    const params = new URL(url, location.href).searchParams;
+    // The x axis spans the whole range asked, however few points it has.
+    this.window = [Number(params.get("from")), Number(params.get("to"))];
+    this.node.dataset.query = url;
+    this.more.hidden = all.length <= MOST_SERIES;
+    this.more.textContent = `The ${MOST_SERIES} largest of ${all.length} series are drawn.`;
+    if (!series.length) {
+      this.node.dataset.state = "empty";
+      this.note.textContent = `No data in the last ${range.label}.`;
+      this.note.hidden = false;
+      this.box.hidden = true;
+      this.details.hidden = true;
+      this.plot?.destroy();
+      this.plot = null;
+      this.keys = "";
+      this.table.replaceChildren();
+      return;
+    }
+    // Every series on the times any of them has; a gap is null (no line drawn across it).
+    const times = [...new Set(series.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+    const data = [times, ...series.map((s) => {
+      const at = new Map(s.points);
+      return times.map((t) => (at.has(t) ? at.get(t) : null));
+    })];
+    this.note.hidden = true;
+    this.box.hidden = false;
+    this.details.hidden = false;
+    const keys = series.map((s) => s.name).join("\n");
+    if (this.plot && keys === this.keys) {
+      this.plot.setData(data);
+    } else {
+      // New series (a route seen for the first time): drawn anew once.
+      this.plot?.destroy();
+      this.keys = keys;
+      const unit = this.spec.unit;
+      this.plot = new uPlot({
+        ...this.size(),
+        legend: { live: false },
+        // Counts per minute (business series) as bars, levels as lines.
+        series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
+          points: { size: 4 }, ...(this.spec.bars ? { paths: uPlot.paths.bars({ size: [0.8, 24] }), fill: `${COLORS[i % COLORS.length]}66` } : {}) }))],
+        axes: [{ space: 80 }, { size: 86, values: (u, ticks) => ticks.map((v) => figure(v, unit)) }],
+        scales: {
+          x: { time: true, range: () => this.window },
+          y: { range: (u, min, max) => [Math.min(0, min), max > min ? max : min + 1] },
+        },
+      }, data, this.box);
+    }
+    this.node.dataset.state = "data";
+    this.drawTable(times, series, range);
+  }
+
+  /** The newest ten times, newest first, a row per series with a value then (narrow enough
+   * for a phone however many series there are); the raw value is kept beside the figure. */
+  drawTable(times, series, range) {
+    const rows = times.slice(-10).reverse().flatMap((t) => series.flatMap((s) => {
+      const point = s.points.find((p) => p[0] === t);
+      return point ? [el("tr", { "data-at": t, "data-series": s.name },
+        el("td", {}, when(t, range.seconds > 86400)), el("td", { class: "series-name" }, s.name),
+        el("td", { "data-value": point[1] }, figure(point[1], this.spec.unit)))] : [];
+    }));
+    this.node.dataset.series = JSON.stringify(series.map((s) => s.name));
+    this.table.replaceChildren(
+      el("thead", {}, el("tr", {}, ["Time", "Series", "Value"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows));
+  }
+
+  destroy() {
+    this.closed = true;
+    this.resizer.disconnect();
+    this.plot?.destroy();
+  }
+}
+
+/** Charts of `specs` for the range in the URL, refreshed every few seconds. */
+async function chartGrid(specs, range, uPlot) {
+  const charts = specs.map((spec) => new Chart(spec));
+  const refresh = () => Promise.all(charts.map((chart) => chart.refresh(range, uPlot)));
+  await refresh();
+  const timer = setInterval(() => attempt(refresh), REFRESH_MS);
+  cleanups.push(() => {
+    clearInterval(timer);
+    charts.forEach((chart) => chart.destroy());
+  });
+  return el("div", { class: "charts" }, charts.map((chart) => chart.node));
+}
+
+/** The range picker: it keeps the choice in the URL. */
+function rangePicker(current, onPick) {
+  return el("label", {}, "Range", el("select", { name: "range", onchange: (event) => onPick(event.target.value) },
+    Object.entries(RANGES).map(([key, range]) => el("option", { value: key, selected: key === current }, range.label))));
+}
+
+/** The view's query string (`#/monitoring/explore?metric=…`). */
+function hashParams() {
+  return new URLSearchParams(location.hash.split("?")[1] || "");
+}
+
+/** Moves to `#/monitoring/<tab>?<params>`; draws the view again when it is there already. */
+function goMonitoring(tab, params) {
+  const hash = `#/monitoring/${tab}${params.toString() ? `?${params}` : ""}`;
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+const MONITORING_TABS = [["system", "System"], ["application", "Application"], ["business", "Business"],
+  ["explore", "Explore"], ["alerts", "Alerts"], ["rules", "Rules"]];
+
+async function monitoringView(tab = "system") {
+  const staff = roles().includes("staff");
+  const tabs = el("nav", { "aria-label": "Monitoring", class: "tabs" },
+    MONITORING_TABS.filter(([key]) => key !== "rules" || staff).map(([key, title]) =>
+      el("a", { href: `#/monitoring/${key}`, "aria-current": key === tab ? "page" : null }, title)));
+  const { default: uPlot } = await import("/console/vendor/uPlot.esm.js");
+  const params = hashParams();
+  const rangeKey = RANGES[params.get("range")] ? params.get("range") : "1h";
+  let body;
+  if (DASHBOARDS[tab]) {
+    const board = DASHBOARDS[tab];
+    body = el("section", { "data-dashboard": tab }, el("h2", {}, `${board.title} dashboard`),
+      el("form", { "aria-label": "Dashboard range", onsubmit: (e) => e.preventDefault() },
+        rangePicker(rangeKey, (key) => goMonitoring(tab, new URLSearchParams({ range: key })))),
+      await chartGrid(board.charts, RANGES[rangeKey], uPlot));
+  } else if (tab === "explore") {
+    body = await exploreView(params, rangeKey, uPlot);
+  } else if (tab === "alerts") {
+    body = await alertsView(staff);
+  } else if (tab === "rules" && staff) {
+    body = await rulesView();
+  } else {
+    throw new Error("There is no such monitoring view");
+  }
+  return [el("section", {}, el("h2", {}, "Monitoring"), tabs), body].flat();
+}
+
+/** Any metric, with labels, an aggregation and a range; the URL keeps the query. */
+async function exploreView(params, rangeKey, uPlot) {
+  const known = await api("GET", "/api/v1/monitoring/metrics");
+  const metric = known.some((m) => m.metric === params.get("metric")) ? params.get("metric") : known[0]?.metric;
+  const chosen = new Map((params.get("labels") || "").split(",").filter(Boolean).map((pair) => pair.split(/:(.*)/s).slice(0, 2)));
+  const agg = AGGREGATIONS.includes(params.get("agg")) ? params.get("agg") : "avg";
+  const keys = known.find((m) => m.metric === metric)?.labels || [];
+  const form = el("form", { "aria-label": "Explore a metric", onsubmit: (event) => {
+    event.preventDefault();
+    const values = new FormData(event.target);
+    const labels = keys.map((key) => [key, (values.get(`label:${key}`) || "").trim()]).filter(([, v]) => v)
+      .map(([k, v]) => `${k}:${v}`).join(",");
+    const next = new URLSearchParams({ metric: values.get("metric"), agg: values.get("agg"), range: values.get("range") });
+    if (labels && values.get("metric") === metric) next.set("labels", labels);
+    goMonitoring("explore", next);
+  } },
+    el("label", {}, "Metric", el("select", { name: "metric", onchange: (e) => e.target.form.requestSubmit() },
+      known.map((m) => el("option", { value: m.metric, selected: m.metric === metric }, m.metric)))),
+    keys.map((key) => el("label", {}, `Label ${key}`, el("input", { name: `label:${key}`, value: chosen.get(key) || "", autocomplete: "off", placeholder: "any" }))),
+    el("label", {}, "Aggregation", el("select", { name: "agg" }, AGGREGATIONS.map((a) => el("option", { value: a, selected: a === agg }, a)))),
+    rangePicker(rangeKey, () => {}),
+    el("button", { type: "submit" }, "Show"));
+  if (!metric) return el("section", { "data-explore": "" }, el("h2", {}, "Explore"), el("p", { class: "muted nodata" }, "No metric has been reported yet."));
+  const labels = [...chosen].filter(([key, value]) => keys.includes(key) && value).map(([k, v]) => `${k}:${v}`).join(",");
+  const spec = { title: `${agg} of ${metric}${labels ? ` {${labels}}` : ""}`, metric, agg, labels: labels || undefined,
+    minStep: metric.startsWith("business_") ? PER_MINUTE : 0 };
+  return el("section", { "data-explore": metric }, el("h2", {}, "Explore"), form, await chartGrid([spec], RANGES[rangeKey], uPlot));
+}
+
+const ALERT_STATES = ["firing", "pending", "acknowledged", "resolved"];
+
+/** An alert's rule by name (a deleted rule by the end of its id). */
+function ruleOf(alert) {
+  return alert.rule_name ?? `deleted rule …${alert.rule_id.slice(-6)}`;
+}
+
+/** Alerts by state, newest first in each; staff acknowledge a firing one from the list. */
+async function alertsView(staff) {
+  const list = el("div", { "aria-live": "polite" });
+  const draw = async () => {
+    const alerts = await api("GET", "/api/v1/monitoring/alerts?limit=200");
+    list.replaceChildren(...ALERT_STATES.map((state) => {
+      const these = alerts.filter((a) => a.state === state);
+      return el("section", { class: "inner", "data-alert-state": state },
+        el("h3", {}, `${state[0].toUpperCase()}${state.slice(1)} (${these.length})`),
+        these.length ? el("div", { class: "scroll" }, el("table", {},
+          el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Alert"), el("th", { scope: "col" }, "Value"),
+            el("th", { scope: "col", class: "narrow-hide" }, state === "resolved" ? "Resolved" : "Acknowledged by"), el("th", { scope: "col" }, ""))),
+          el("tbody", {}, these.map((a) => el("tr", { "data-alert": a.id },
+            el("td", {}, ruleOf(a), a.severity ? el("span", { class: "muted" }, ` (${a.severity})`) : null,
+              el("br"), el("span", { class: "muted" }, `since ${when(Date.parse(a.started_at) / 1000, true)}`)),
+            el("td", { "data-value": a.value ?? "" }, figure(a.value)),
+            el("td", { class: "narrow-hide" }, state === "resolved" ? when(Date.parse(a.resolved_at) / 1000, true) : a.acknowledged_by ? person(a.acknowledged_by) : "—"),
+            el("td", {}, state === "firing" && staff ? el("button", { class: "secondary", "aria-label": `Acknowledge ${ruleOf(a)}`,
+              onclick: () => attempt(async () => {
+                const answer = await api("POST", `/api/v1/monitoring/alerts/${encodeURIComponent(a.id)}/acknowledge`, {});
+                // Listed as acknowledged once the list has the version the answer gave.
+                await api("GET", `/api/v1/monitoring/alerts?rule_id=${encodeURIComponent(a.rule_id)}&min_version=${answer.version}`);
+                say(`Acknowledged: ${ruleOf(a)}`);
+                await Promise.all([draw(), alertBadge.refresh()]);
+              }) }, "Acknowledge") : "")))))) : el("p", { class: "muted" }, `No ${state} alerts.`));
+    }));
+  };
+  await draw();
+  const timer = setInterval(() => attempt(draw), REFRESH_MS);
+  cleanups.push(() => clearInterval(timer));
+  return el("section", { "data-alerts": "" }, el("h2", {}, "Alerts"), list);
+}
+
+const RULE_FIELDS = ["name", "metric", "labels", "agg", "window_seconds", "op", "threshold", "for_seconds", "severity", "webhook", "email"];
+
+/** The rules (staff): create, edit (If-Match the version shown) and delete; the API's own
+ * messages are shown beside the fields they name. */
+async function rulesView() {
+  const [rules, known] = await Promise.all([api("GET", "/api/v1/monitoring/rules"), api("GET", "/api/v1/monitoring/metrics")]);
+  const editing = new URLSearchParams(location.hash.split("?")[1] || "").get("edit");
+  const rule = rules.find((r) => r.id === editing);
+  const errors = el("ul", { class: "plain error", "aria-label": "What the API refused" });
+  const field = (name, label, input) => el("label", { "data-field": name }, label, input);
+  const value = (v) => (v === undefined || v === null ? "" : String(v));
+  const labels = Object.entries(rule?.labels || {}).map(([k, v]) => `${k}:${v}`).join(",");
+  const webhook = rule?.channels?.find((c) => c.kind === "webhook")?.url;
+  const email = rule?.channels?.find((c) => c.kind === "email")?.to;
+  const select = (name, options, current) => el("select", { name }, options.map((o) => el("option", { value: o, selected: o === current }, o)));
+  const form = el("form", { "aria-label": rule ? `Edit rule ${rule.name}` : "Create a rule", onsubmit: (event) => {
+    event.preventDefault();
+    const f = formData(event.target);
+    const number = (text) => (text.trim() === "" ? undefined : Number(text));
+    const body = {
+      name: f.name, metric: f.metric, agg: f.agg, op: f.op, threshold: number(f.threshold), severity: f.severity,
+      window_seconds: number(f.window_seconds), for_seconds: number(f.for_seconds),
+      labels: Object.fromEntries(f.labels.split(",").map((p) => p.trim()).filter(Boolean).map((p) => p.split(/:(.*)/s).slice(0, 2))),
+      channels: [f.webhook.trim() && { kind: "webhook", url: f.webhook.trim() }, f.email.trim() && { kind: "email", to: f.email.trim() }].filter(Boolean),
+    };
+    attempt(async () => {
+      errors.replaceChildren();
+      try {
+        const answer = rule
+          ? await api("PATCH", `/api/v1/monitoring/rules/${rule.id}`, body, { "if-match": `"${rule.version}"` })
+          : await api("POST", "/api/v1/monitoring/rules", body);
+        await until(() => api("GET", `/api/v1/monitoring/rules/${answer.id}`).catch(() => null), (r) => r?.version >= answer.version);
+        say(rule ? `Rule ${body.name} changed` : `Rule ${body.name} created`);
+        goMonitoring("rules", new URLSearchParams());
+      } catch (error) {
+        const fields = error.problem?.errors || [];
+        errors.replaceChildren(...(fields.length ? fields.map((e) => el("li", { "data-error-field": e.field }, `${e.field}: ${e.message}`))
+          : [el("li", { "data-error-field": "" }, error.message)]));
+        if (error.problem?.status === 412) errors.append(el("li", {}, "Someone changed this rule meanwhile: open it again."));
+        throw error;
+      }
+    });
+  } },
+    field("name", "Name", el("input", { name: "name", required: true, value: value(rule?.name) })),
+    field("metric", "Metric", el("input", { name: "metric", required: true, list: "known-metrics", autocomplete: "off", value: value(rule?.metric) })),
+    el("datalist", { id: "known-metrics" }, known.map((m) => el("option", { value: m.metric }))),
+    field("labels", "Labels (k:v, comma separated)", el("input", { name: "labels", autocomplete: "off", value: labels })),
+    field("agg", "Aggregation", select("agg", AGGREGATIONS, rule?.agg ?? "avg")),
+    field("window_seconds", "Window (s)", el("input", { name: "window_seconds", type: "number", value: value(rule?.window_seconds ?? 60) })),
+    field("op", "Comparison", select("op", [">", ">=", "<", "<="], rule?.op ?? ">")),
+    field("threshold", "Threshold", el("input", { name: "threshold", required: true, inputmode: "decimal", value: value(rule?.threshold) })),
+    field("for_seconds", "For (s)", el("input", { name: "for_seconds", type: "number", value: value(rule?.for_seconds ?? 0) })),
+    field("severity", "Severity", select("severity", ["info", "warning", "critical"], rule?.severity ?? "warning")),
+    field("webhook", "Webhook URL", el("input", { name: "webhook", autocomplete: "off", value: value(webhook) })),
+    field("email", "Email to", el("input", { name: "email", type: "email", autocomplete: "off", value: value(email) })),
+    el("button", { type: "submit" }, rule ? "Save rule" : "Create rule"),
+    rule ? el("a", { href: "#/monitoring/rules" }, "Cancel") : null,
+    el("div", { role: "alert", class: "wide" }, errors));
+  const condition = (r) => `${r.agg} of ${r.metric}${Object.keys(r.labels || {}).length ? ` {${Object.entries(r.labels).map(([k, v]) => `${k}:${v}`).join(",")}}` : ""} over ${r.window_seconds} s ${r.op} ${r.threshold} for ${r.for_seconds} s`;
+  const rows = rules.map((r) => el("tr", { "data-rule": r.id },
+    el("td", {}, r.name, el("span", { class: "muted" }, ` (${r.severity})`)), el("td", { class: "series-name" }, condition(r)),
+    el("td", { class: "actions" },
+      el("a", { href: `#/monitoring/rules?edit=${encodeURIComponent(r.id)}`, "aria-label": `Edit ${r.name}` }, "Edit"),
+      el("button", { class: "secondary", "aria-label": `Delete ${r.name}`, onclick: () => attempt(async () => {
+        if (!confirm(`Delete the rule ${r.name}?`)) return;
+        await api("DELETE", `/api/v1/monitoring/rules/${r.id}`);
+        await until(() => api("GET", "/api/v1/monitoring/rules"), (all) => !all.some((x) => x.id === r.id));
+        say(`Rule ${r.name} deleted`);
+        await render();
+      }) }, "Delete"))));
+  return [el("section", { "data-rules": "" }, el("h2", {}, rule ? `Edit ${rule.name}` : "New rule"), form),
+    el("section", {}, el("h2", {}, "Rules"), rules.length
+      ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ["Rule", "Condition", ""].map((h) => el("th", { scope: "col" }, h)))), el("tbody", {}, rows)))
+      : el("p", { class: "muted" }, "No rules yet."))];
+}
+
+/** The header's badge: how many alerts fire now, on every view, a link to them. */
+const alertBadge = {
+  timer: null,
+  async refresh() {
+    const badge = document.getElementById("alerts-badge");
+    if (!session.token) {
+      badge.hidden = true;
+      return;
+    }
+    const firing = await api("GET", "/api/v1/monitoring/alerts?state=firing&limit=1000").catch(() => null);
+    if (!firing) return;
+    badge.hidden = firing.length === 0;
+    badge.dataset.firing = firing.length;
+    badge.textContent = `${firing.length} alert${firing.length === 1 ? "" : "s"} firing`;
+  },
+  start() {
+    if (this.timer) return;
+    this.refresh();
+    this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+  },
+};
+
 // ---- routing --------------------------------------------------------------------------
 
 let cleanups = [];
-const sections = { shop: shopView, blog: blogView, chat: chatView, files: filesView, ops: opsView };
+const sections = { shop: shopView, blog: blogView, chat: chatView, files: filesView, ops: opsView, monitoring: monitoringView };
 let shown = null; // the hash on screen
 let renders = 0; // a render that a newer one overtook is dropped
 
@@ -903,6 +1333,7 @@ async function render() {
     if (generation !== renders) return;
     view.replaceChildren(...[content].flat());
     document.body.dataset.view = name;
+    document.body.dataset.hash = shown;
     document.body.dataset.rendered = String(generation);
   } catch (error) {
     if (generation !== renders) return;
@@ -916,4 +1347,5 @@ window.addEventListener("hashchange", () => {
   if ((location.hash || "#/shop") !== shown) render().then(() => view.focus({ preventScroll: true }));
 });
 live.connect();
+alertBadge.start();
 render();

@@ -113,6 +113,8 @@ async fn the_document_is_served_snapshotted_and_lists_every_route_of_the_router(
         "/",
         "/console/app.js",
         "/console/style.css",
+        "/console/vendor/uPlot.esm.js",
+        "/console/vendor/uPlot.min.css",
     ]
     .into_iter()
     .map(|path| ("GET".to_owned(), path.to_owned()))

@@ -5,8 +5,10 @@
 // found by search, a file upload interrupted by a reload and resumed, operations; axe-core
 // checks each view against WCAG 2.1 A and AA.
 //
-// node e2e.mjs <base URL> <artifacts dir> [main | retry <reader>]: `retry` signs up a staff
-// user and retries what <reader> parked (console.rs parks it first). Screenshots go to the
+// node e2e.mjs <base URL> <artifacts dir> [main | retry <reader> | monitoring]: `retry` signs
+// up a staff user and retries what <reader> parked (console.rs parks it first); `monitoring`
+// reports samples and checks the dashboards, explore, rules and alerts (after `main`, whose
+// orders, messages and uploads the business dashboard shows). Screenshots go to the
 // artifacts dir; any failed check, or any error in a page, exits non-zero.
 
 import { createHash } from "node:crypto";
@@ -86,7 +88,8 @@ function viewOf(hash) {
 /** Opens `hash` and waits until its view is drawn. */
 async function open(page, hash) {
   if (page.url() !== `${base}/${hash}`) await page.goto(`${base}/${hash}`);
-  await page.waitForFunction((name) => document.body.dataset.view === name, viewOf(hash));
+  // The view drawn for this very hash (not the one before it, of the same name).
+  await page.waitForFunction(([name, hash]) => document.body.dataset.view === name && document.body.dataset.hash === hash, [viewOf(hash), hash]);
   await page.waitForLoadState("networkidle");
 }
 
@@ -609,8 +612,245 @@ async function retry(reader) {
   check((await row.getByRole("button", { name: "Retry parked" }).count()) === 0, "the retry button stays");
 }
 
+/** A call to the API from `page`, as its signed-in user: `[status, body]`. */
+async function call(page, method, path, body) {
+  return page.evaluate(async ([method, path, body]) => {
+    const headers = { authorization: `Bearer ${localStorage.getItem("chronicle.token")}` };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const answer = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await answer.text();
+    return [answer.status, text ? JSON.parse(text) : null];
+  }, [method, path, body]);
+}
+
+/** Every chart of the view drawn (not loading); each asks at most a few hundred points. */
+async function chartsOf(page) {
+  await page.waitForFunction(() => document.querySelectorAll("figure.chart").length > 0
+    && [...document.querySelectorAll("figure.chart")].every((f) => f.dataset.state !== "loading"));
+  const charts = await page.locator("figure.chart").evaluateAll((all) => all.map((figure) => ({
+    title: figure.dataset.chart,
+    state: figure.dataset.state,
+    query: figure.dataset.query,
+    canvas: Boolean(figure.querySelector("canvas")),
+    nodata: figure.querySelector(".nodata")?.hidden === false ? figure.querySelector(".nodata").textContent : null,
+    series: JSON.parse(figure.dataset.series || "[]"),
+    rows: [...figure.querySelectorAll("details tbody tr")].map((tr) => ({
+      at: Number(tr.dataset.at),
+      series: tr.dataset.series,
+      value: Number(tr.querySelector("td[data-value]").dataset.value),
+    })),
+  })));
+  for (const chart of charts) {
+    const q = new URLSearchParams(chart.query.split("?")[1]);
+    const points = (Number(q.get("to")) - Number(q.get("from"))) / Number.parseInt(q.get("step"), 10);
+    check(points <= 400, `${chart.title} asks for ${points} points per series`);
+  }
+  return charts;
+}
+
+/** What `chart` shows is what its query answers: every value in its table is a point the API
+ * gives at that time (the bucket of now, still filling, left out), and a chart with data
+ * draws a canvas while an empty one says "No data". How many values were compared. */
+async function holdsItsQuery(page, chart) {
+  const [status, answer] = await call(page, "GET", chart.query);
+  check(status === 200, `${chart.title}: its query answered ${status}`);
+  const points = answer.series.flatMap((s) => s.points);
+  if (!points.length) {
+    check(chart.state === "empty" && !chart.canvas && /^No data in the last/.test(chart.nodata ?? ""), `${chart.title} has no data but does not say so`);
+    return;
+  }
+  check(chart.state === "data" && chart.canvas, `${chart.title} has data but draws none`);
+  const q = new URLSearchParams(chart.query.split("?")[1]);
+  const filling = Number(q.get("to")) - Number.parseInt(q.get("step"), 10);
+  let compared = 0;
+  for (const row of chart.rows.filter((r) => r.at < filling)) {
+    check(points.some(([at, v]) => at === row.at && Math.abs(v - row.value) < 1e-9), `${chart.title} shows ${row.value} for ${row.series} at ${row.at}, which its query does not answer`);
+    compared++;
+  }
+  return compared;
+}
+
+/** The monitoring view (issue 33): dashboards hold what their queries answer, explore shows
+ * reported samples from a shared URL and refreshes in place, a rule made in the console
+ * fires on a reported value, shows in the header on every view and is acknowledged from the
+ * list; every view passes axe at desktop and phone width. */
+async function monitoring() {
+  const erin = await person(process.env.E2E_SUFFIX ? `erin${process.env.E2E_SUFFIX}` : "erin");
+  erin.on("dialog", (dialog) => dialog.accept());
+  const phone = await person(process.env.E2E_SUFFIX ? `frank${process.env.E2E_SUFFIX}` : "frank", { width: 390, height: 844 });
+
+  step = "reporting samples";
+  // The lab's name is the run's own when the scenario is run again on one system.
+  const room = `lab${process.env.E2E_SUFFIX ?? ""}`;
+  const now = Math.floor(Date.now() / 1000);
+  const temperature = (room, value, at) => ({ metric: "e2e_room_temperature", labels: { room }, value, at });
+  // Three minutes of the lab, 20 s apart (each in a bucket of its own at the 10 s step of
+  // 15 min), and a hall the label filter leaves out.
+  const lab = [[now - 120, 21.5], [now - 100, 22.25], [now - 80, 23.5]];
+  const [reported] = await call(erin, "POST", "/api/v1/monitoring/samples",
+    [...lab.map(([at, v]) => temperature(room, v, at)), temperature("hall", 18, now - 100)]);
+  check(reported === 202, `reporting answered ${reported}`);
+
+  step = "the dashboards hold what their queries answer";
+  for (const [board, expected] of [
+    ["system", { data: ["CPU", "Memory", "Disk", "Network"] }],
+    ["application", { data: ["Requests per second by route", "p99 latency by route", "Commands per second by outcome", "Subscriber lag (events)", "Parked events"] }],
+    // The shop, chat and files scenarios placed orders, sent messages and uploaded bytes;
+    // no job run failed and no cart was abandoned.
+    ["business", { data: ["Orders placed", "Revenue", "Messages sent", "Bytes uploaded", "Carts checked out"], empty: ["Failed job runs", "Carts abandoned"] }],
+  ]) {
+    await open(erin, `#/monitoring/${board}`);
+    const charts = await chartsOf(erin);
+    let compared = 0;
+    for (const chart of charts) compared += (await holdsItsQuery(erin, chart)) ?? 0;
+    for (const title of expected.data) {
+      const chart = charts.find((c) => c.title === title);
+      check(chart?.state === "data", `the ${board} dashboard's ${title} has no data: ${JSON.stringify(chart)}`);
+    }
+    for (const title of expected.empty ?? []) {
+      const chart = charts.find((c) => c.title === title);
+      check(chart?.state === "empty", `the ${board} dashboard's ${title} is not empty`);
+    }
+    // The host and request series are collected every 10 s: the past buckets have them.
+    if (board !== "business") check(compared > 0, `no value of the ${board} dashboard was compared with its query`);
+    if (board === "system") {
+      // Per host: the collecting gateway names itself.
+      const cpu = charts.find((c) => c.title === "CPU");
+      check(cpu.series.length >= 1 && cpu.series.every((s) => s.length > 0), `CPU names no host: ${cpu.series}`);
+    }
+    if (board === "business") {
+      // Every order of the scenarios, in the minutes the chart shows: its sum is the range's.
+      const orders = charts.find((c) => c.title === "Orders placed");
+      const q = new URLSearchParams(orders.query.split("?")[1]);
+      const span = Number(q.get("to")) - Number(q.get("from"));
+      const [, total] = await call(erin, "GET", `/api/v1/monitoring/query?metric=business_orders_placed&from=${q.get("from")}&to=${q.get("to")}&step=${span}s&agg=sum`);
+      const placed = orders.rows.reduce((sum, row) => sum + row.value, 0);
+      check(placed > 0 && placed === total.series[0]?.points[0]?.[1], `the dashboard counts ${placed} orders, the range holds ${JSON.stringify(total)}`);
+    }
+    await shot(erin, `monitoring-${board}`);
+    await accessible(erin, `the ${board} dashboard`);
+  }
+
+  step = "explore from a shared URL";
+  const shared = `#/monitoring/explore?metric=e2e_room_temperature&labels=room%3A${room}&agg=max&range=15m`;
+  await open(erin, shared);
+  let [chart] = await chartsOf(erin);
+  check(chart.state === "data", `explore shows no data: ${JSON.stringify(chart)}`);
+  check(chart.series.length === 1 && chart.series[0] === room, `explore draws ${chart.series}, not the lab alone`);
+  // The chart's buckets start at multiples of its 10 s step.
+  const shown = new Map(chart.rows.map((r) => [r.at, r.value]));
+  for (const [at, value] of lab) {
+    const bucket = Math.floor(at / 10) * 10;
+    check(shown.get(bucket) === value, `explore shows ${shown.get(bucket)} at ${bucket}, ${value} was reported at ${at}`);
+  }
+  check(await erin.getByLabel("Label room").inputValue() === room, "the label filter is not in the form");
+
+  step = "explore refreshes in place";
+  const canvas = await erin.locator("figure.chart canvas").elementHandle();
+  await call(erin, "POST", "/api/v1/monitoring/samples", [temperature(room, 24.75, Math.floor(Date.now() / 1000))]);
+  // In the table (folded away under "Latest values": there, not shown).
+  await erin.locator('figure.chart td[data-value="24.75"]').waitFor({ state: "attached", timeout: 20_000 });
+  check(await canvas.evaluate((node) => node.isConnected), "the chart was drawn anew, not refreshed");
+
+  step = "explore's form keeps the query in the URL";
+  await erin.getByLabel("Aggregation").selectOption("min");
+  await erin.getByLabel("Range").selectOption("1h");
+  await erin.getByRole("button", { name: "Show" }).click();
+  await erin.waitForFunction(() => location.hash.includes("agg=min") && location.hash.includes("range=1h") && location.hash.includes("room%3A"));
+  const url = erin.url();
+  await erin.reload();
+  await open(erin, url.slice(url.indexOf("#")));
+  [chart] = await chartsOf(erin);
+  check(chart.title === `min of e2e_room_temperature {room:${room}}` && chart.query.includes("agg=min") && chart.query.includes("step=15s"),
+    `the reloaded URL shows ${chart.title} (${chart.query})`);
+  await shot(erin, "monitoring-explore");
+  await accessible(erin, "explore");
+
+  step = "a rule made in the console, refused first with the API's own message";
+  await open(erin, "#/monitoring/rules");
+  const form = erin.locator('form[aria-label="Create a rule"]');
+  await form.getByLabel("Name").fill("Lab too hot");
+  await form.getByLabel("Metric").fill("e2e_room_temperature");
+  await form.getByLabel("Labels (k:v, comma separated)").fill(`room:${room}`);
+  await form.getByLabel("Aggregation").selectOption("max");
+  await form.getByLabel("Window (s)").fill("1");
+  await form.getByLabel("Threshold").fill("40");
+  await form.getByLabel("Severity").selectOption("critical");
+  await form.getByRole("button", { name: "Create rule" }).click();
+  const refused = form.locator('[data-error-field="window_seconds"]');
+  await refused.waitFor();
+  const [apiStatus, apiProblem] = await call(erin, "POST", "/api/v1/monitoring/rules",
+    { name: "Lab too hot", metric: "e2e_room_temperature", labels: { room }, agg: "max", window_seconds: 1, op: ">", threshold: 40, for_seconds: 0, severity: "critical", channels: [] });
+  const apiMessage = apiProblem.errors?.find((e) => e.field === "window_seconds")?.message;
+  check(apiStatus === 422 && (await refused.textContent()) === `window_seconds: ${apiMessage}`, `the form says "${await refused.textContent()}", the API ${apiStatus} "${apiMessage}"`);
+  await accessible(erin, "the rules, with a refusal");
+  await form.getByLabel("Window (s)").fill("60");
+  await form.getByRole("button", { name: "Create rule" }).click();
+  const row = erin.locator("tr", { hasText: "Lab too hot" });
+  await row.waitFor();
+  check((await row.textContent()).includes("> 40"), `the rule reads ${await row.textContent()}`);
+
+  step = "the rule is edited: its threshold lowered";
+  await row.getByRole("link", { name: "Edit Lab too hot" }).click();
+  const edit = erin.locator('form[aria-label="Edit rule Lab too hot"]');
+  check(await edit.getByLabel("Labels (k:v, comma separated)").inputValue() === `room:${room}`, "the edit form lost the labels");
+  await edit.getByLabel("Threshold").fill("30");
+  await edit.getByRole("button", { name: "Save rule" }).click();
+  await erin.locator("tr", { hasText: "Lab too hot" }).filter({ hasText: "> 30" }).waitFor();
+  await shot(erin, "monitoring-rules");
+  await accessible(erin, "the rules");
+
+  step = "a value over the rule fires an alert, shown in the header on every view";
+  await call(erin, "POST", "/api/v1/monitoring/samples", [temperature(room, 35, Math.floor(Date.now() / 1000))]);
+  await open(erin, "#/shop");
+  const badge = erin.locator("#alerts-badge");
+  await erin.waitForFunction(async () => {
+    const headers = { authorization: `Bearer ${localStorage.getItem("chronicle.token")}` };
+    const firing = await (await fetch("/api/v1/monitoring/alerts?state=firing", { headers })).json();
+    return firing.some((a) => a.rule_name === "Lab too hot");
+  }, null, { timeout: 40_000, polling: 1000 });
+  await erin.waitForFunction(() => Number(document.getElementById("alerts-badge").dataset.firing) > 0
+    && !document.getElementById("alerts-badge").hidden, null, { timeout: 15_000 });
+  check(/\d+ alerts? firing/.test(await badge.textContent()), `the badge says ${await badge.textContent()}`);
+  await badge.click();
+  await erin.waitForFunction(() => document.body.dataset.view === "monitoring");
+  const firingRow = erin.locator('[data-alert-state="firing"] tr', { hasText: "Lab too hot" });
+  await firingRow.waitFor();
+  check((await firingRow.locator("td[data-value]").getAttribute("data-value")) === "35", `the alert's value is ${await firingRow.textContent()}`);
+  check((await firingRow.textContent()).includes("(critical)"), "the alert does not say its severity");
+  await shot(erin, "monitoring-alerts");
+  await accessible(erin, "the alerts");
+
+  step = "the alert is acknowledged from the list";
+  await firingRow.getByRole("button", { name: "Acknowledge Lab too hot" }).click();
+  await erin.locator('[data-alert-state="acknowledged"] tr', { hasText: "Lab too hot" }).waitFor();
+  check(await erin.locator('[data-alert-state="firing"] tr', { hasText: "Lab too hot" }).count() === 0, "the alert still fires");
+  // The badge counts what fires now (another rule may fire meanwhile: asked each time).
+  await erin.waitForFunction(async () => {
+    const headers = { authorization: `Bearer ${localStorage.getItem("chronicle.token")}` };
+    const firing = await (await fetch("/api/v1/monitoring/alerts?state=firing", { headers })).json();
+    return document.getElementById("alerts-badge").dataset.firing === String(firing.length);
+  }, null, { polling: 1000 });
+
+  step = "on a phone, every monitoring view fits and passes axe";
+  for (const tab of ["system", "application", "business", "explore", "alerts", "rules"]) {
+    await open(phone, `#/monitoring/${tab}`);
+    if (!["alerts", "rules"].includes(tab)) await chartsOf(phone);
+    await fits(phone, `monitoring ${tab} on a phone`);
+    await accessible(phone, `monitoring ${tab} on a phone`);
+  }
+  await shot(phone, "monitoring-phone");
+
+  step = "the rule is deleted from the list";
+  await open(erin, "#/monitoring/rules");
+  await erin.getByRole("button", { name: "Delete Lab too hot" }).click();
+  await erin.locator("#status", { hasText: "Rule Lab too hot deleted" }).waitFor();
+  check(await erin.locator("tr", { hasText: "Lab too hot" }).count() === 0, "the deleted rule is listed");
+}
+
 try {
   if (scenario === "retry") await retry(...extra);
+  else if (scenario === "monitoring") await monitoring();
   else await main();
   check(pageErrors.length === 0, `errors in the pages: ${pageErrors.join("; ")}`);
   console.log(`console e2e (${scenario}) passed; screenshots in ${artifacts}`);

@@ -1,5 +1,8 @@
 //! The web console (issue 18): plain HTML, CSS and a JavaScript module, embedded in the
-//! binary and served at `/`. It uses the public API and WebSocket only.
+//! binary and served at `/`. It uses the public API and WebSocket only. Its one library is
+//! uPlot (charts of time series, MIT), vendored from npm in `console/vendor/`: the copy is
+//! the package `chronicle/tests/console/package-lock.json` pins, byte for byte (the console
+//! test checks), so the binary needs no build step and no network.
 
 use axum::{
     http::{header, HeaderValue},
@@ -11,6 +14,8 @@ use crate::state::AppState;
 const INDEX: &str = include_str!("../../console/index.html");
 const APP: &str = include_str!("../../console/app.js");
 const STYLE: &str = include_str!("../../console/style.css");
+const UPLOT: &str = include_str!("../../console/vendor/uPlot.esm.js");
+const UPLOT_STYLE: &str = include_str!("../../console/vendor/uPlot.min.css");
 
 /// Scripts and styles from the gateway only, no inline script, no framing: a post's HTML is
 /// sanitized by the server, and this is the second line.
@@ -18,22 +23,34 @@ const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' blob: data:; connect-src 'self' ws: wss:; object-src 'none'; \
      base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// Every file of the console: path, body, content type.
+const ASSETS: [(&str, &str, &str); 5] = [
+    ("/", INDEX, "text/html; charset=utf-8"),
+    ("/console/app.js", APP, "text/javascript; charset=utf-8"),
+    ("/console/style.css", STYLE, "text/css; charset=utf-8"),
+    (
+        "/console/vendor/uPlot.esm.js",
+        UPLOT,
+        "text/javascript; charset=utf-8",
+    ),
+    (
+        "/console/vendor/uPlot.min.css",
+        UPLOT_STYLE,
+        "text/css; charset=utf-8",
+    ),
+];
+
 /// This module's routes.
 pub(super) fn routes() -> axum::Router<AppState> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route(
-            "/",
-            get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
-        )
-        .route(
-            "/console/app.js",
-            get(|| async { asset(APP, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/console/style.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
-        )
+    ASSETS.iter().fold(
+        axum::Router::new(),
+        |router, &(path, body, content_type)| {
+            router.route(
+                path,
+                axum::routing::get(move || async move { asset(body, content_type) }),
+            )
+        },
+    )
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
