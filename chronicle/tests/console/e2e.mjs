@@ -731,6 +731,15 @@ async function monitoring() {
     await accessible(erin, `the ${board} dashboard`);
   }
 
+  step = "the long ranges ask for few points, at steps the per-minute rollups answer";
+  for (const [range, seconds] of [["24h", 300], ["7d", 1800]]) {
+    await open(erin, `#/monitoring/system?range=${range}`);
+    const charts = await chartsOf(erin);
+    const cpu = charts.find((c) => c.title === "CPU");
+    check(cpu.state === "data" && cpu.query.includes(`step=${seconds}s`), `CPU over ${range}: ${JSON.stringify(cpu)}`);
+    check(await erin.locator("select[name=range]").inputValue() === range, `the range picker does not show ${range}`);
+  }
+
   step = "explore from a shared URL";
   const shared = `#/monitoring/explore?metric=e2e_room_temperature&labels=room%3A${room}&agg=max&range=15m`;
   await open(erin, shared);
