@@ -113,6 +113,37 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
     chronicle_host::migrate(pool, CONTEXTS).await
 }
 
+/// As [`migrate`], each context in its own store: those of `stores` (a context on a database
+/// of its own, `CHRONICLE_<CONTEXT>_DATABASE_URL`) on their databases, the rest on `pool`'s.
+///
+/// # Errors
+/// When a database cannot be reached or a migration fails.
+pub async fn migrate_stores(
+    pool: &sqlx::PgPool,
+    stores: &std::collections::BTreeMap<&'static str, sqlx::postgres::PgConnectOptions>,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let here: Vec<chronicle_host::Context> = CONTEXTS
+        .iter()
+        .filter(|c| !stores.contains_key(c.name))
+        .copied()
+        .collect();
+    chronicle_host::migrate(pool, &here).await?;
+    for context in CONTEXTS {
+        let Some(options) = stores.get(context.name) else {
+            continue;
+        };
+        let store = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        let migrated = chronicle_host::migrate(&store, std::slice::from_ref(context)).await;
+        store.close().await;
+        migrated?;
+    }
+    Ok(())
+}
+
 /// Every context's name, which is its PostgreSQL schema, in the list's order.
 pub fn names() -> Vec<&'static str> {
     CONTEXTS.iter().map(|c| c.name).collect()

@@ -86,9 +86,23 @@ async fn connect(
         .connect(db_url)
         .await
         .context("connecting to PostgreSQL")?;
-    chronicle::contexts::migrate(&pool)
+    let stores: std::collections::BTreeMap<&'static str, sqlx::postgres::PgConnectOptions> =
+        Settings::context_databases(std::env::vars())?
+            .into_iter()
+            .map(|(context, store)| (context, store.options))
+            .collect();
+    for (context, store) in &stores {
+        tracing::info!(
+            context,
+            host = store.get_host(),
+            port = store.get_port(),
+            database = store.get_database(),
+            "a context on a database of its own"
+        );
+    }
+    chronicle::contexts::migrate_stores(&pool, &stores)
         .await
-        .context("migrating the event store")?;
+        .context("migrating the event stores")?;
     let nats = chronicle_bus::connect(nats_url)
         .await
         .context("connecting to NATS")?;
@@ -110,12 +124,13 @@ async fn connect(
             }
         });
     }
-    // Each context's pool on its own schema; in one database, as the same user.
+    // Each context's pool on its own schema: in the one database, as the same user, or on
+    // the database of its own the settings name.
     let db = Databases::new(
         pool,
         &chronicle::contexts::names(),
         pool_size,
-        |_, options| options,
+        move |context, options| stores.get(context).cloned().unwrap_or(options),
     );
     Ok(Connections { db, nats })
 }

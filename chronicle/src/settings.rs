@@ -1,3 +1,4 @@
+use anyhow::Context as _;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use chronicle_host::parse_duration;
@@ -54,7 +55,9 @@ pub struct TelemetrySettings {
 /// Where the servers are, and how they are used.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerSettings {
-    /// PostgreSQL to use; `chronicle up` starts its own when unset.
+    /// PostgreSQL to use; `chronicle up` starts its own when unset. A context may live on a
+    /// database of its own: `CHRONICLE_<CONTEXT>_DATABASE_URL` (`CHRONICLE_CHAT_DATABASE_URL`,
+    /// ...); this one serves the rest.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<Redacted>,
     /// NATS to use; `chronicle up` starts its own when unset.
@@ -375,6 +378,23 @@ impl std::fmt::Debug for Redacted {
     }
 }
 
+/// Where one context's schema lives when it is not on `DATABASE_URL`.
+#[derive(Clone)]
+pub struct ContextDatabase {
+    pub options: sqlx::postgres::PgConnectOptions,
+}
+
+impl std::fmt::Debug for ContextDatabase {
+    // The options hold the password: the host and database only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextDatabase")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("database", &self.options.get_database())
+            .finish()
+    }
+}
+
 impl Settings {
     /// How the simulated payment provider answers.
     pub fn payments(&self) -> chronicle::PaymentRules {
@@ -487,6 +507,44 @@ impl Settings {
             })
     }
 
+    /// The contexts on a database of their own: `CHRONICLE_<CONTEXT>_DATABASE_URL` (e.g.
+    /// `CHRONICLE_CHAT_DATABASE_URL`) moves that context's schema (its event store, outbox,
+    /// read models, everything it keeps) to that PostgreSQL; `DATABASE_URL` serves the
+    /// rest. Read from the environment (`vars`), one variable per context of the list.
+    ///
+    /// # Errors
+    /// When a variable of that shape names no context, or its URL does not parse.
+    pub fn context_databases(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<std::collections::BTreeMap<&'static str, ContextDatabase>> {
+        let names = chronicle::contexts::names();
+        let mut stores = std::collections::BTreeMap::new();
+        for (key, value) in vars {
+            let Some(context) = key
+                .strip_prefix("CHRONICLE_")
+                .and_then(|k| k.strip_suffix("_DATABASE_URL"))
+            else {
+                continue;
+            };
+            let lower = context.to_ascii_lowercase();
+            let Some(&name) = names.iter().find(|n| **n == lower) else {
+                anyhow::bail!(
+                    "{key} names no context; a context on a database of its own is one of: {}",
+                    names
+                        .iter()
+                        .map(|n| format!("CHRONICLE_{}_DATABASE_URL", n.to_ascii_uppercase()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let options = value
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .with_context(|| format!("{key} is not a PostgreSQL URL"))?;
+            stores.insert(name, ContextDatabase { options });
+        }
+        Ok(stores)
+    }
+
     fn database_url(&self) -> anyhow::Result<String> {
         let running = crate::engines::running_urls(&self.servers.data_dir);
         let db = self
@@ -507,6 +565,49 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_on_a_database_of_its_own_is_named_by_its_variable() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let stores = Settings::context_databases(vars(&[
+            (
+                "CHRONICLE_CHAT_DATABASE_URL",
+                "postgres://u:secret@pg-chat:5433/chat",
+            ),
+            ("DATABASE_URL", "postgres://u@pg/main"),
+            ("CHRONICLE_HTTP_ADDR", "127.0.0.1:0"),
+        ]))
+        .unwrap();
+        assert_eq!(stores.keys().copied().collect::<Vec<_>>(), ["chat"]);
+        let chat = &stores["chat"];
+        assert_eq!(
+            (
+                chat.options.get_host(),
+                chat.options.get_port(),
+                chat.options.get_database()
+            ),
+            ("pg-chat", 5433, Some("chat"))
+        );
+        assert!(!format!("{chat:?}").contains("secret"), "{chat:?}");
+        let typo = Settings::context_databases(vars(&[(
+            "CHRONICLE_CHATS_DATABASE_URL",
+            "postgres://u@pg/chat",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            typo.contains("CHRONICLE_CHATS_DATABASE_URL names no context"),
+            "{typo}"
+        );
+        assert!(typo.contains("CHRONICLE_MONITORING_DATABASE_URL"), "{typo}");
+        let bad = Settings::context_databases(vars(&[("CHRONICLE_BLOG_DATABASE_URL", "nope")]));
+        assert!(bad.is_err());
+    }
 
     /// hyper adds the timeout to an `Instant`: a value past a day is refused at start-up,
     /// not a panic at the first connection.

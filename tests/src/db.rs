@@ -89,7 +89,7 @@ pub fn postgres_cluster() -> &'static Postgres {
 /// shared cluster serves every other test of the binary), with one migrated database.
 pub struct TestPostgres {
     pub postgres: Postgres,
-    /// The migrated database's URL.
+    /// The database's URL (migrated unless made by [`start_empty`](Self::start_empty)).
     pub url: String,
     _dir: tempfile::TempDir,
 }
@@ -100,6 +100,19 @@ impl TestPostgres {
     /// # Panics
     /// When PostgreSQL cannot be started: install it (README's test command does).
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Starts the cluster and creates the database `chronicle`, empty: for a store the
+    /// system under test makes its tables in (a context on a database of its own).
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be started.
+    pub async fn start_empty() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(migrated: bool) -> Self {
         let dir = cluster_dir();
         let data_dir = dir.path().join("data");
         let postgres = tokio::task::spawn_blocking(move || {
@@ -120,15 +133,17 @@ impl TestPostgres {
             .await
             .expect("create the database");
         let url = postgres.url("chronicle");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&url)
-            .await
-            .expect("connect to the database");
-        chronicle::contexts::migrate(&pool)
-            .await
-            .expect("migrations apply");
-        pool.close().await;
+        if migrated {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .expect("connect to the database");
+            chronicle::contexts::migrate(&pool)
+                .await
+                .expect("migrations apply");
+            pool.close().await;
+        }
         Self {
             postgres,
             url,

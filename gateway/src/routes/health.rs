@@ -1,4 +1,5 @@
-//! `GET /health`: whether Postgres and NATS answer; `GET /metrics` (see `observe`).
+//! `GET /health`: whether Postgres (every context's store) and NATS answer; `GET /metrics`
+//! (see `observe`).
 
 use std::time::Duration;
 
@@ -15,14 +16,27 @@ pub(super) fn routes() -> Routes {
 
 #[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::schema::Problems))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let postgres = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query("SELECT 1").execute(state.db.shared())
-        )
-        .await,
-        Ok(Ok(_))
+    // The shared database and every context's store (a context may be on a database of
+    // its own), asked at once.
+    let answers = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sqlx::query("SELECT 1").execute(&pool)
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    let stores = state.db.contexts().map(|(_, pool)| answers(pool));
+    let (shared, stores) = tokio::join!(
+        answers(state.db.shared()),
+        futures::future::join_all(stores)
     );
+    let postgres = shared && stores.into_iter().all(|up| up);
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let up = |ok: bool| if ok { "up" } else { "down" };
     let status = if postgres && nats {
