@@ -292,7 +292,52 @@ impl Wiring {
 /// service, with the variables each needs. `chronicle compose` prints it; a test checks
 /// the committed file is what the list gives.
 pub fn compose_yaml() -> String {
-    let mut out = String::from(COMPOSE_HEAD);
+    compose_yaml_split(&[])
+}
+
+/// [`compose_yaml`] with each context of `split` on a PostgreSQL service of its own
+/// (`postgres-<context>`, named to every component by `CHRONICLE_<CONTEXT>_DATABASE_URL`):
+/// `chronicle compose --split commerce,chat` writes `compose-split.yaml`.
+pub fn compose_yaml_split(split: &[&str]) -> String {
+    let mut head = format!("{COMPOSE_HEAD}{COMPOSE_POSTGRES}");
+    if !split.is_empty() {
+        let url = "postgres://chronicle:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}";
+        let vars: String = split
+            .iter()
+            .map(|c| {
+                format!(
+                    "  CHRONICLE_{}_DATABASE_URL: {url}@postgres-{c}:5432/chronicle\n",
+                    c.to_ascii_uppercase()
+                )
+            })
+            .collect();
+        let services: Vec<String> = split.iter().map(|c| format!("postgres-{c}")).collect();
+        head = head
+            .replacen(
+                "# deploy/grafana/chronicle-dashboard.json) watching them.\n",
+                &format!(
+                    "# deploy/grafana/chronicle-dashboard.json) watching them.\n# Split: {} each on a \
+                     PostgreSQL of its own (`chronicle compose --split {}`).\n",
+                    split.join(" and "),
+                    split.join(",")
+                ),
+                1,
+            )
+            .replacen(
+                "@postgres:5432/chronicle\n",
+                &format!("@postgres:5432/chronicle\n{vars}"),
+                1,
+            )
+            .replacen(
+                "depends_on: [postgres, ",
+                &format!("depends_on: [postgres, {}, ", services.join(", ")),
+                1,
+            );
+        for service in &services {
+            head.push_str(&COMPOSE_POSTGRES.replace("  postgres:\n", &format!("  {service}:\n")));
+        }
+    }
+    let mut out = head;
     for component in all() {
         out.push_str(&format!("  {}:\n    <<: *chronicle\n", component.name()));
         let mut args = component.args();
@@ -402,7 +447,10 @@ services:
     <<: *nats
     command: ["-js", "-sd", "/data", "--server_name", "nats-3", "--cluster_name", "chronicle",
               "--cluster", "nats://0.0.0.0:6222", "--routes", "nats://nats-1:6222,nats://nats-2:6222"]
-  postgres:
+"#;
+
+/// One PostgreSQL service: the one every layout has, and one more for each context split off.
+const COMPOSE_POSTGRES: &str = r#"  postgres:
     image: postgres:15
     environment:
       POSTGRES_USER: chronicle

@@ -81,10 +81,15 @@ enum Command {
         command: EventsCommand,
     },
     /// Prints `compose.yaml` for the component list (the committed file is its output), or
-    /// with --prometheus `deploy/prometheus/compose-prometheus.yml`.
+    /// with --prometheus `deploy/prometheus/compose-prometheus.yml`, or with `--split
+    /// commerce,chat` the layout with those contexts each on a PostgreSQL of its own
+    /// (`compose-split.yaml`).
     Compose {
         #[arg(long)]
         prometheus: bool,
+        /// Contexts on a PostgreSQL service of their own, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        split: Vec<String>,
     },
     /// User administration.
     Users {
@@ -203,12 +208,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Compose { prometheus } => {
+        Command::Compose { prometheus, split } => {
             if prometheus {
                 print!("{}", chronicle::components::compose_prometheus_yaml());
-            } else {
-                print!("{}", chronicle::components::compose_yaml());
+                return Ok(());
             }
+            let names = chronicle::contexts::names();
+            let mut contexts = Vec::new();
+            for context in &split {
+                let Some(known) = names.iter().find(|n| **n == context.as_str()) else {
+                    anyhow::bail!(
+                        "--split names {context:?}, which is no context; the contexts are {}",
+                        names.join(", ")
+                    );
+                };
+                contexts.push(*known);
+            }
+            print!("{}", chronicle::components::compose_yaml_split(&contexts));
             Ok(())
         }
         Command::Replay {

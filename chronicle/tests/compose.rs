@@ -73,12 +73,44 @@ fn prometheus_scrapes_every_component_and_grafana_has_the_dashboard() {
     }
 }
 
+/// The split layout (`chronicle compose --split commerce,chat`): committed as it is written,
+/// each split context with a PostgreSQL service of its own named to every component.
+#[test]
+fn the_split_layout_gives_commerce_and_chat_a_postgres_each() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let committed = std::fs::read_to_string(root.join("compose-split.yaml")).unwrap();
+    let written = chronicle::components::compose_yaml_split(&["commerce", "chat"]);
+    assert!(
+        committed == written,
+        "compose-split.yaml is stale: run `chronicle compose --split commerce,chat > compose-split.yaml`"
+    );
+    for context in ["commerce", "chat"] {
+        assert!(written.contains(&format!(
+            "\n  postgres-{context}:\n    image: postgres:15\n"
+        )));
+        assert!(written.contains(&format!(
+            "CHRONICLE_{}_DATABASE_URL: postgres://chronicle:${{POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}}@postgres-{context}:5432/chronicle",
+            context.to_ascii_uppercase()
+        )));
+    }
+    // Everything else is the one-database layout's.
+    assert_eq!(
+        written.lines().count(),
+        compose_yaml().lines().count() + 2 + 2 * 6 + 1
+    );
+    docker_compose_accepts("compose-split.yaml");
+}
+
 /// `docker-compose config` (Debian's, installed by scripts/setup) accepts the file.
 #[test]
 fn docker_compose_accepts_the_file() {
+    docker_compose_accepts("compose.yaml");
+}
+
+fn docker_compose_accepts(file: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let output = std::process::Command::new("docker-compose")
-        .args(["-f", "compose.yaml", "config", "-q"])
+        .args(["-f", file, "config", "-q"])
         .current_dir(&root)
         .env("POSTGRES_PASSWORD", "example")
         .env(

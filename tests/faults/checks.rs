@@ -16,11 +16,72 @@ use crate::load::{Acked, Client, Watched};
 /// A broken promise, with what shows it.
 pub type Broken = String;
 
+/// The harness's connections to the stores: the main database, and the database of each
+/// context that has one of its own (the split layout), each as the superuser.
+pub struct Stores {
+    main: PgPool,
+    own: BTreeMap<&'static str, PgPool>,
+}
+
+impl Stores {
+    /// Connects to `main` and to each `(context, url)` of `own`.
+    pub async fn connect(main: &str, own: &[(&'static str, String)]) -> Self {
+        let pool = |url: String| async move {
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect(&url)
+                .await
+                .expect("connect to the harness's database")
+        };
+        let mut stores = BTreeMap::new();
+        for (context, url) in own {
+            stores.insert(*context, pool(url.clone()).await);
+        }
+        Self {
+            main: pool(main.to_owned()).await,
+            own: stores,
+        }
+    }
+
+    /// The database holding `context`'s schema.
+    pub fn of(&self, context: &str) -> &PgPool {
+        self.own.get(context).unwrap_or(&self.main)
+    }
+
+    /// `SELECT {columns} FROM <context>.{table}` of every context, each read on its store.
+    pub async fn every_context<T>(&self, columns: &str, table: &str) -> Result<Vec<T>, String>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut all = Vec::new();
+        for context in chronicle::contexts::names() {
+            let rows: Vec<T> = sqlx::query_as(&format!("SELECT {columns} FROM {context}.{table}"))
+                .fetch_all(self.of(context))
+                .await
+                .map_err(|e| format!("reading {context}.{table}: {e}"))?;
+            all.extend(rows);
+        }
+        Ok(all)
+    }
+
+    /// Every stored event, as `type:id:sequence`.
+    async fn events(&self) -> Result<BTreeSet<String>, String> {
+        let stored: Vec<(String, String, i64)> = self
+            .every_context("aggregate_type, aggregate_id, sequence", "events")
+            .await?;
+        Ok(stored
+            .iter()
+            .map(|(t, id, s)| format!("{t}:{id}:{s}"))
+            .collect())
+    }
+}
+
 /// Waits until the relay has published everything, every projection and saga has no lag,
 /// every acknowledged order is decided and every acknowledged job has run: what "nothing
 /// stalled" means. `Err` names what is still behind after `within`.
 pub async fn caught_up(
-    pool: &PgPool,
+    stores: &Stores,
     client: &Client,
     token: &str,
     acked: &Acked,
@@ -28,7 +89,7 @@ pub async fn caught_up(
 ) -> Result<Duration, Broken> {
     let started = Instant::now();
     loop {
-        let behind = behind(pool, client, token, acked).await;
+        let behind = behind(stores, client, token, acked).await;
         match behind {
             None => return Ok(started.elapsed()),
             Some(what) if started.elapsed() > within => {
@@ -39,15 +100,9 @@ pub async fn caught_up(
     }
 }
 
-async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> Option<String> {
-    let outbox: i64 = match sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM ({}) o",
-        chronicle_tests::every_context("id", "outbox")
-    ))
-    .fetch_one(pool)
-    .await
-    {
-        Ok(n) => n,
+async fn behind(stores: &Stores, client: &Client, token: &str, acked: &Acked) -> Option<String> {
+    let outbox: i64 = match stores.every_context::<(i64,)>("count(*)", "outbox").await {
+        Ok(counts) => counts.iter().map(|(n,)| n).sum(),
         Err(e) => return Some(format!("PostgreSQL: {e}")),
     };
     if outbox > 0 {
@@ -77,7 +132,7 @@ async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> O
          WHERE NOT EXISTS (SELECT 1 FROM commerce.orders WHERE orders.id = o.id AND status <> 'pending')",
     )
     .bind(&acked.orders)
-    .fetch_one(pool)
+    .fetch_one(stores.of("commerce"))
     .await;
     let pending = match pending {
         Ok(n) => n,
@@ -91,7 +146,7 @@ async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> O
          WHERE NOT EXISTS (SELECT 1 FROM scheduler.scheduler_jobs s WHERE s.job_id = j.id AND s.status = 'done')",
     )
     .bind(&acked.jobs)
-    .fetch_one(pool)
+    .fetch_one(stores.of("scheduler"))
     .await;
     let jobs = match jobs {
         Ok(n) => n,
@@ -107,30 +162,20 @@ async fn behind(pool: &PgPool, client: &Client, token: &str, acked: &Acked) -> O
 /// acknowledged chat message is in the room's history at its seq; every acknowledged file
 /// is there with the bytes sent. The number of acknowledgements checked.
 pub async fn acknowledged_are_stored(
-    pool: &PgPool,
+    stores: &Stores,
     client: &Client,
     token_of_member: &str,
     token_of_owner: &str,
     room: &str,
     acked: &Acked,
 ) -> Result<usize, Broken> {
-    let (types, (ids, versions)): (Vec<String>, (Vec<String>, Vec<i64>)) = acked
+    // Each context's store read on its own (a context may be on a database of its own).
+    let stored = stores.events().await?;
+    let missing: Vec<&(String, String, i64)> = acked
         .versions
         .iter()
-        .map(|(t, id, v)| (t.clone(), (id.clone(), *v)))
-        .unzip();
-    let missing: Vec<(String, String, i64)> = sqlx::query_as(&format!(
-        "SELECT a.t, a.id, a.v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS a(t, id, v) \
-         WHERE NOT EXISTS (SELECT 1 FROM ({}) e \
-                           WHERE e.aggregate_type = a.t AND e.aggregate_id = a.id AND e.sequence = a.v)",
-        chronicle_tests::every_context("aggregate_type, aggregate_id, sequence", "events")
-    ))
-    .bind(&types)
-    .bind(&ids)
-    .bind(&versions)
-    .fetch_all(pool)
-    .await
-    .map_err(|e| e.to_string())?;
+        .filter(|(t, id, v)| !stored.contains(&format!("{t}:{id}:{v}")))
+        .collect();
     if !missing.is_empty() {
         return Err(format!(
             "lost: {} acknowledged commands are not in the events table, e.g. {:?}",
@@ -204,16 +249,10 @@ pub async fn acknowledged_are_stored(
 /// Every event of every context's store is in the stream exactly once, nothing else is there,
 /// and each aggregate's events are in its order. The number of events checked.
 pub async fn stream_matches_store(
-    pool: &PgPool,
+    stores: &Stores,
     nats: &async_nats::Client,
 ) -> Result<usize, Broken> {
-    let stored: Vec<(String, String, i64)> = sqlx::query_as(&chronicle_tests::every_context(
-        "aggregate_type, aggregate_id, sequence",
-        "events",
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(|e| e.to_string())?;
+    let stored_ids = stores.events().await?;
     let js = jetstream::new(nats.clone());
     let stream = chronicle_bus::ensure_events_stream(&js)
         .await
@@ -272,10 +311,6 @@ pub async fn stream_matches_store(
             ));
         }
     }
-    let stored_ids: BTreeSet<String> = stored
-        .iter()
-        .map(|(t, id, s)| format!("{t}:{id}:{s}"))
-        .collect();
     let streamed: BTreeSet<String> = seen.into_keys().collect();
     if stored_ids != streamed {
         let lost: Vec<_> = stored_ids.difference(&streamed).take(5).collect();
@@ -290,20 +325,17 @@ pub async fn stream_matches_store(
 }
 
 /// Every reader's checkpoint, by name (each in its context's schema).
-pub async fn checkpoints(pool: &PgPool) -> BTreeMap<String, i64> {
-    sqlx::query_as(&chronicle_tests::every_context(
-        "name, checkpoint",
-        "projection_checkpoints",
-    ))
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default()
-    .into_iter()
-    .collect()
+pub async fn checkpoints(stores: &Stores) -> BTreeMap<String, i64> {
+    stores
+        .every_context::<(String, i64)>("name, checkpoint", "projection_checkpoints")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// The rows of every read model, each table's rows as sorted JSON text.
-pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
+pub async fn read_models(stores: &Stores) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();
     for model in chronicle::contexts::read_models() {
         let (name, context) = (model.name(), model.context());
@@ -311,7 +343,7 @@ pub async fn read_models(pool: &PgPool) -> BTreeMap<String, Vec<String>> {
             let rows: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT to_jsonb(t)::text FROM {context}.{table} t ORDER BY 1"
             ))
-            .fetch_all(pool)
+            .fetch_all(stores.of(context))
             .await
             .unwrap_or_else(|e| panic!("reading {table}: {e}"));
             all.insert(format!("{name}/{table}"), rows);
@@ -345,7 +377,8 @@ pub fn differences(
 
 /// Stock never negative, each reservation made once, each order decided once, each job
 /// run succeeded once, and nothing parked. The number of aggregates checked.
-pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
+pub async fn invariants(stores: &Stores, acked: &Acked) -> Result<usize, Broken> {
+    let pool = stores.of("commerce");
     let negative: Vec<(String, i64, i64, i64)> = sqlx::query_as(
         "SELECT sku, on_hand, reserved, available FROM commerce.inventory_items \
          WHERE on_hand < 0 OR reserved < 0 OR available < 0",
@@ -422,7 +455,7 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
          FROM unnest($1::text[]) AS j(id)",
     )
     .bind(&acked.jobs)
-    .fetch_all(pool)
+    .fetch_all(stores.of("scheduler"))
     .await
     .map_err(|e| e.to_string())?;
     let wrong: Vec<&(String, i64)> = runs.iter().filter(|(_, n)| *n != 1).collect();
@@ -432,13 +465,9 @@ pub async fn invariants(pool: &PgPool, acked: &Acked) -> Result<usize, Broken> {
             &wrong[..wrong.len().min(5)]
         ));
     }
-    let parked: Vec<(String, i64, String)> = sqlx::query_as(&chronicle_tests::every_context(
-        "subscriber, stream_seq, error",
-        "parked_events",
-    ))
-    .fetch_all(pool)
-    .await
-    .map_err(|e| e.to_string())?;
+    let parked: Vec<(String, i64, String)> = stores
+        .every_context("subscriber, stream_seq, error", "parked_events")
+        .await?;
     if !parked.is_empty() {
         return Err(format!("parked events: {parked:?}"));
     }

@@ -8,7 +8,10 @@
 //! Then, still under the load, nats-server is stopped for 8 s and PostgreSQL for 6 s (see
 //! `outages.rs` for what must hold meanwhile). A second system runs on a cluster of three
 //! nats-servers (the EVENTS stream and the files bucket with three replicas), where the
-//! schedule kills whichever node leads the EVENTS stream at the time.
+//! schedule kills whichever node leads the EVENTS stream at the time. A third runs the split
+//! layout: commerce and chat each on a PostgreSQL cluster of its own
+//! (`CHRONICLE_<CONTEXT>_DATABASE_URL`), three clusters, where the schedule kills each cluster
+//! in turn, a role between two, and every check reads each context on its own store.
 //!
 //! Then, for each system, with every process back: nothing stalled (the outbox drains, no reader of the log
 //! lags, every order is decided and every job has run), nothing lost (every 2xx is in the
@@ -19,10 +22,10 @@
 //! to its rebuild from the log by `chronicle replay --all`.
 //!
 //! ```sh
-//! cargo test -p chronicle --test faults                      # CI: 75 s + 37 s of load, 28 kills
-//! cargo test -p chronicle --test faults -- --soak            # 10 + 5 minutes
+//! cargo test -p chronicle --test faults                      # CI: 75 s + 37 s + 37 s of load, 34 kills
+//! cargo test -p chronicle --test faults -- --soak            # 10 + 5 + 5 minutes
 //! cargo test -p chronicle --test faults -- --seed 42 --seconds 120
-//! cargo test -p chronicle --test faults -- --only cluster    # or --only single
+//! cargo test -p chronicle --test faults -- --only cluster    # or --only single, --only split
 //! ```
 //!
 //! The seed is printed first; the same seed gives the same kill schedule (which target,
@@ -47,7 +50,7 @@ struct Options {
     seed: u64,
     seconds: u64,
     kills: usize,
-    /// `--only single` or `--only cluster`: one of the two systems.
+    /// `--only single`, `--only cluster` or `--only split`: one of the three systems.
     only: Option<String>,
 }
 
@@ -118,15 +121,24 @@ fn main() {
 }
 
 async fn run(options: &Options) {
-    if options.only.as_deref() != Some("cluster") {
+    let only = |name: &str| options.only.as_deref().is_none_or(|o| o == name);
+    if only("single") {
         println!("faults: one nats-server: random kills, then outages of each server");
         scenario(options, Nats::Single, options.seconds, options.kills).await;
     }
-    if options.only.as_deref() != Some("single") {
-        let seconds = (options.seconds / 2).max(20);
+    let seconds = (options.seconds / 2).max(20);
+    if only("cluster") {
         let kills = (seconds / 8).max(3) as usize;
         println!("faults: a cluster of three nats-servers (EVENTS R3): the stream leader killed {kills} times");
         scenario(options, Nats::Cluster, seconds, kills).await;
+    }
+    if only("split") {
+        // Each of the three PostgreSQL clusters at least once, a role between two kills.
+        let kills = ((seconds / 6) as usize).max(2 * (1 + system::SPLIT.len()));
+        println!(
+            "faults: commerce and chat each on a PostgreSQL cluster of its own: {kills} kills, every cluster in turn"
+        );
+        scenario(options, Nats::Split, seconds, kills).await;
     }
 }
 
@@ -139,12 +151,7 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
         system.log_dir().display()
     );
     let client = load::Client::new(system.gateways.clone());
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect(&system.postgres.url)
-        .await
-        .expect("connect to the harness's database");
+    let stores = checks::Stores::connect(&system.postgres.url, &system.store_urls()).await;
     let nats = chronicle_bus::connect(&system.nats_url())
         .await
         .expect("connect to nats-server");
@@ -177,6 +184,7 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
         let pick = match mode {
             Nats::Single => Pick::Deck,
             Nats::Cluster => Pick::StreamLeader(tokio::runtime::Handle::current(), nats.clone()),
+            Nats::Split => Pick::Clusters,
         };
         std::thread::spawn(move || chaos(&system, seed, Duration::from_secs(seconds), kills, &pick))
     };
@@ -197,7 +205,7 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
     };
     let outages = match mode {
         Nats::Single => Some(outages::run(&system, &client, &cast, &acked).await),
-        Nats::Cluster => None,
+        Nats::Cluster | Nats::Split => None,
     };
     stop_load.store(true, std::sync::atomic::Ordering::Relaxed);
     load.await.expect("the load ends");
@@ -248,7 +256,7 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
     }
 
     let settled = match checks::caught_up(
-        &pool,
+        &stores,
         &client,
         &cast.staff,
         &acked_now,
@@ -268,7 +276,7 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
         (
             "acknowledged commands, messages and files stored",
             checks::acknowledged_are_stored(
-                &pool,
+                &stores,
                 &client,
                 &cast.bob.1,
                 &cast.bob.1,
@@ -279,11 +287,11 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
         ),
         (
             "events in the stream once, in aggregate order",
-            checks::stream_matches_store(&pool, &nats).await,
+            checks::stream_matches_store(&stores, &nats).await,
         ),
         (
             "stock, saga steps, job runs, parked events",
-            checks::invariants(&pool, &acked_now).await,
+            checks::invariants(&stores, &acked_now).await,
         ),
     ];
     for (what, result) in steps {
@@ -319,18 +327,18 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
     // projectors is stopped first (nothing can write an event any more), and the projectors
     // are left to finish.
     system.lock().unwrap().retire_all_but("projector-");
-    let mut at = checks::checkpoints(&pool).await;
+    let mut at = checks::checkpoints(&stores).await;
     loop {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let now = checks::checkpoints(&pool).await;
+        let now = checks::checkpoints(&stores).await;
         if now == at {
             break;
         }
         at = now;
     }
-    let live = checks::read_models(&pool).await;
+    let live = checks::read_models(&stores).await;
     let out = system.lock().unwrap().run_once(&["replay", "--all"]);
-    let rebuilt = checks::read_models(&pool).await;
+    let rebuilt = checks::read_models(&stores).await;
     let differences = checks::differences(&live, &rebuilt);
     if !differences.is_empty() {
         fail(
@@ -373,6 +381,9 @@ enum Pick {
     Deck,
     /// The nats-server leading the EVENTS stream at that moment.
     StreamLeader(tokio::runtime::Handle, async_nats::Client),
+    /// Each PostgreSQL cluster in turn (the main one, then each context's own), and a
+    /// random role between two of them.
+    Clusters,
 }
 
 /// Kills `kills` targets at evenly spread, jittered times over `length`, each down for
@@ -409,13 +420,31 @@ fn chaos(
             (true, Pick::StreamLeader(runtime, nats)) => {
                 runtime.block_on(stream_leader(nats)).map(Target::Nats)
             }
+            (true, Pick::Clusters) => {
+                let clusters: Vec<&Target> = all
+                    .iter()
+                    .filter(|t| matches!(t, Target::Postgres(_)))
+                    .collect();
+                let roles: Vec<&Target> = all
+                    .iter()
+                    .filter(|t| matches!(t, Target::Role(_)))
+                    .collect();
+                let n = killed.len();
+                Some(if n % 2 == 0 {
+                    clusters[(n / 2) % clusters.len()].clone()
+                } else {
+                    roles[rng.below(roles.len() as u64) as usize].clone()
+                })
+            }
         };
         let mut system = system.lock().unwrap();
         system.tend();
         if let Some(target) = target {
             let down = match target {
                 Target::Role(_) => Duration::from_millis(200 + rng.below(1300)),
-                Target::Nats(_) | Target::Postgres => Duration::from_millis(500 + rng.below(2500)),
+                Target::Nats(_) | Target::Postgres(_) => {
+                    Duration::from_millis(500 + rng.below(2500))
+                }
             };
             let name = system.target_name(&target);
             println!(

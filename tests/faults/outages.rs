@@ -81,7 +81,7 @@ pub async fn run(
     system
         .lock()
         .unwrap()
-        .kill(&Target::Postgres, Duration::from_secs(3600));
+        .kill(&Target::Postgres(0), Duration::from_secs(3600));
     let started = Instant::now();
     wait_for(client, "/health", |status, body| {
         status == 503 && body["postgres"] == "down"
@@ -125,7 +125,7 @@ pub async fn run(
             seen.slowest_refusal = seen.slowest_refusal.max(took);
         }
     }
-    system.lock().unwrap().release(&Target::Postgres);
+    system.lock().unwrap().release(&Target::Postgres(0));
     if seen.refused_without_postgres == 0 {
         return Err("no command was answered while PostgreSQL was away".into());
     }

@@ -1,6 +1,7 @@
-//! The system under test: a PostgreSQL cluster and a nats-server of the harness's own, and
-//! every role of the component list as a `chronicle` child process, restarted when it exits
-//! (as a service manager would), killed with SIGKILL when the schedule says so.
+//! The system under test: a PostgreSQL cluster (three in the split layout: commerce and chat
+//! each on one of its own) and a nats-server of the harness's own, and every role of the
+//! component list as a `chronicle` child process, restarted when it exits (as a service
+//! manager would), killed with SIGKILL when the schedule says so.
 
 use std::{
     fs::OpenOptions,
@@ -24,7 +25,8 @@ pub enum Target {
     Role(usize),
     /// The nats-server at this index of [`System::nats`].
     Nats(usize),
-    Postgres,
+    /// The PostgreSQL cluster at this index of [`System::clusters`] (0: the main one).
+    Postgres(usize),
 }
 
 /// How NATS runs.
@@ -35,7 +37,13 @@ pub enum Nats {
     /// Three nodes with routes on 127.0.0.1, the EVENTS stream and the files bucket with
     /// three replicas.
     Cluster,
+    /// One node, and commerce and chat each on a PostgreSQL cluster of its own
+    /// (`CHRONICLE_<CONTEXT>_DATABASE_URL`): three clusters.
+    Split,
 }
+
+/// The contexts the split layout puts on a cluster of their own.
+pub const SPLIT: [&str; 2] = ["commerce", "chat"];
 
 /// One `chronicle` role process.
 pub struct Role {
@@ -91,13 +99,16 @@ impl Role {
 
 pub struct System {
     pub postgres: TestPostgres,
+    /// The contexts on a cluster of their own, with it (the split layout; none otherwise).
+    pub stores: Vec<(&'static str, TestPostgres)>,
     /// One node, or the three of a cluster (`server_name` `n1`, `n2`, `n3`).
     pub nats: Vec<NatsServer>,
     pub roles: Vec<Role>,
     /// The gateways' base URLs (`http://127.0.0.1:<port>`), one per gateway role.
     pub gateways: Vec<String>,
     nats_down_until: Vec<Option<Instant>>,
-    postgres_down_until: Option<Instant>,
+    /// Per cluster: the main one, then each of `stores`.
+    postgres_down_until: Vec<Option<Instant>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -110,8 +121,15 @@ impl System {
             .tempdir()
             .expect("the temp dir is writable");
         let postgres = TestPostgres::start().await;
+        let mut stores = Vec::new();
+        if mode == Nats::Split {
+            for context in SPLIT {
+                // Empty: the roles make the context's tables there at start.
+                stores.push((context, TestPostgres::start_empty().await));
+            }
+        }
         let options: Vec<NatsOptions> = match mode {
-            Nats::Single => vec![NatsOptions {
+            Nats::Single | Nats::Split => vec![NatsOptions {
                 store_dir: dir.path().join("nats"),
                 port: None,
                 cluster: None,
@@ -143,11 +161,12 @@ impl System {
         .expect("the start task ends");
         let mut system = Self {
             postgres,
+            postgres_down_until: vec![None; 1 + stores.len()],
+            stores,
             nats_down_until: vec![None; nats.len()],
             nats,
             roles: Vec::new(),
             gateways: Vec::new(),
-            postgres_down_until: None,
             dir,
         };
         let replicas = if mode == Nats::Cluster { "3" } else { "1" };
@@ -165,6 +184,34 @@ impl System {
             role.spawn();
         }
         system
+    }
+
+    /// `CHRONICLE_<CONTEXT>_DATABASE_URL` of each context on a cluster of its own.
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        self.stores
+            .iter()
+            .map(|(context, pg)| {
+                (
+                    format!("CHRONICLE_{}_DATABASE_URL", context.to_ascii_uppercase()),
+                    pg.url.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Each context on a cluster of its own, with its URL (for the harness's own checks).
+    pub fn store_urls(&self) -> Vec<(&'static str, String)> {
+        self.stores
+            .iter()
+            .map(|(context, pg)| (*context, pg.url.clone()))
+            .collect()
+    }
+
+    fn cluster(&mut self, index: usize) -> &mut TestPostgres {
+        match index {
+            0 => &mut self.postgres,
+            i => &mut self.stores[i - 1].1,
+        }
     }
 
     /// Every node's client URL, comma-separated (as `NATS_URL` takes them).
@@ -196,6 +243,7 @@ impl System {
             ),
             ("RUST_LOG".to_owned(), "warn".to_owned()),
         ];
+        env.extend(self.store_env());
         if component == Component::Gateway {
             let port = chronicle_tests::free_port();
             name = format!("gateway-{}", copy + 1);
@@ -221,7 +269,7 @@ impl System {
     pub fn targets(&self) -> Vec<Target> {
         let mut all: Vec<Target> = (0..self.roles.len()).map(Target::Role).collect();
         all.extend((0..self.nats.len()).map(Target::Nats));
-        all.push(Target::Postgres);
+        all.extend((0..=self.stores.len()).map(Target::Postgres));
         all
     }
 
@@ -230,7 +278,9 @@ impl System {
             Target::Role(i) => self.roles[*i].name.clone(),
             Target::Nats(_) if self.nats.len() == 1 => "nats-server".into(),
             Target::Nats(i) => format!("nats-server n{}", i + 1),
-            Target::Postgres => "postgresql".into(),
+            Target::Postgres(0) if self.stores.is_empty() => "postgresql".into(),
+            Target::Postgres(0) => "postgresql (main)".into(),
+            Target::Postgres(i) => format!("postgresql ({})", self.stores[i - 1].0),
         }
     }
 
@@ -247,9 +297,9 @@ impl System {
                 self.nats[*i].kill();
                 self.nats_down_until[*i] = until;
             }
-            Target::Postgres => {
-                self.postgres.postgres.kill();
-                self.postgres_down_until = until;
+            Target::Postgres(i) => {
+                self.cluster(*i).postgres.kill();
+                self.postgres_down_until[*i] = until;
             }
         }
     }
@@ -284,7 +334,7 @@ impl System {
         match target {
             Target::Role(i) => self.roles[*i].down_until = now,
             Target::Nats(i) => self.nats_down_until[*i] = now,
-            Target::Postgres => self.postgres_down_until = now,
+            Target::Postgres(i) => self.postgres_down_until[*i] = now,
         }
     }
 
@@ -297,12 +347,14 @@ impl System {
                 *down_until = None;
             }
         }
-        if self.postgres_down_until.is_some_and(|t| t <= now) {
-            self.postgres
-                .postgres
-                .restart()
-                .expect("PostgreSQL starts again");
-            self.postgres_down_until = None;
+        for i in 0..self.postgres_down_until.len() {
+            if self.postgres_down_until[i].is_some_and(|t| t <= now) {
+                self.cluster(i)
+                    .postgres
+                    .restart()
+                    .expect("PostgreSQL starts again");
+                self.postgres_down_until[i] = None;
+            }
         }
         for role in &mut self.roles {
             match role.down_until {
@@ -328,7 +380,7 @@ impl System {
     /// Whether everything killed has been started again.
     pub fn all_up(&self) -> bool {
         self.nats_down_until.iter().all(Option::is_none)
-            && self.postgres_down_until.is_none()
+            && self.postgres_down_until.iter().all(Option::is_none)
             && self.roles.iter().all(|r| r.down_until.is_none())
     }
 
@@ -338,6 +390,7 @@ impl System {
             .args(args)
             .env("DATABASE_URL", &self.postgres.url)
             .env("NATS_URL", self.nats_url())
+            .envs(self.store_env())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()
