@@ -1225,10 +1225,17 @@ async function rulesView() {
     event.preventDefault();
     const f = formData(event.target);
     const number = (text) => (text.trim() === "" ? undefined : Number(text));
+    // `k:v` pairs; one without its colon is refused here, in the words the query API uses
+    // for the same mistake, rather than dropped.
+    const pairs = f.labels.split(",").map((p) => p.trim()).filter(Boolean);
+    if (pairs.some((p) => !p.includes(":"))) {
+      errors.replaceChildren(el("li", { "data-error-field": "labels" }, "labels: k:v pairs separated by commas"));
+      return;
+    }
     const body = {
       name: f.name, metric: f.metric, agg: f.agg, op: f.op, threshold: number(f.threshold), severity: f.severity,
       window_seconds: number(f.window_seconds), for_seconds: number(f.for_seconds),
-      labels: Object.fromEntries(f.labels.split(",").map((p) => p.trim()).filter(Boolean).map((p) => p.split(/:(.*)/s).slice(0, 2))),
+      labels: Object.fromEntries(pairs.map((p) => p.split(/:(.*)/s).slice(0, 2))),
       channels: [f.webhook.trim() && { kind: "webhook", url: f.webhook.trim() }, f.email.trim() && { kind: "email", to: f.email.trim() }].filter(Boolean),
     };
     attempt(async () => {

@@ -793,7 +793,12 @@ async function monitoring() {
   const apiMessage = apiProblem.errors?.find((e) => e.field === "window_seconds")?.message;
   check(apiStatus === 422 && (await refused.textContent()) === `window_seconds: ${apiMessage}`, `the form says "${await refused.textContent()}", the API ${apiStatus} "${apiMessage}"`);
   await accessible(erin, "the rules, with a refusal");
+  // A label without its colon is named, not dropped (the rule would watch every room).
   await form.getByLabel("Window (s)").fill("60");
+  await form.getByLabel("Labels (k:v, comma separated)").fill(room);
+  await form.getByRole("button", { name: "Create rule" }).click();
+  await form.locator('[data-error-field="labels"]', { hasText: "k:v pairs" }).waitFor();
+  await form.getByLabel("Labels (k:v, comma separated)").fill(`room:${room}`);
   await form.getByRole("button", { name: "Create rule" }).click();
   const row = erin.locator("tr", { hasText: "Lab too hot" });
   await row.waitFor();
