@@ -83,6 +83,8 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
     let split = [
         ("CHRONICLE_STAFF_USERS", "*"),
         ("CHRONICLE_CHAT_DATABASE_URL", chat_store.url.as_str()),
+        // Blog shares chat's cluster: two contexts on one database of their own.
+        ("CHRONICLE_BLOG_DATABASE_URL", chat_store.url.as_str()),
     ];
     let (_running, base) = gateways::start_with("up", &db, &nats, data.path(), &split);
     let http = reqwest::Client::new();
@@ -168,6 +170,45 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
     sorted.dedup();
     assert_eq!(sorted, (1..=MESSAGES as i64).collect::<Vec<_>>());
 
+    // The gateway listens on every database, not the main one alone: a post changed after
+    // it was cached is served changed (blog's projector notifies on chat's cluster, where
+    // blog lives, and that notice drops the cached post).
+    let (status, draft) = post(
+        &http,
+        format!("{base}/api/v1/posts"),
+        &alice,
+        json!({"title": "First", "body_markdown": "Hello", "tags": []}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{draft}");
+    let post_id = draft["id"].as_str().unwrap().to_owned();
+    let publish = format!("{base}/api/v1/posts/{post_id}/publish");
+    let (status, published) = post(&http, publish, &alice, json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{published}");
+    let one_post = format!("{base}/api/v1/posts/{post_id}");
+    let version = published["version"].as_u64().unwrap();
+    let cached = get(&http, format!("{one_post}?min_version={version}"), &bob)
+        .await
+        .unwrap();
+    assert_eq!(cached["title"], "First", "{cached}");
+    let changed = http
+        .patch(&one_post)
+        .bearer_auth(&alice)
+        .json(&json!({"title": "Second"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), reqwest::StatusCode::OK);
+    eventually(
+        "the changed post served",
+        Duration::from_secs(10),
+        || async {
+            let seen = get(&http, one_post.clone(), &bob).await?;
+            (seen["title"] == "Second").then_some(())
+        },
+    )
+    .await;
+
     // Chat's events are in its own store only; the other contexts' in the one database.
     let main = db.pool().await;
     let chat = PgPool::connect(&chat_store.url).await.unwrap();
@@ -208,7 +249,13 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
                 ),
             )
             .await
-                + count(&chat, &format!("SELECT count(*) FROM chat.{table}")).await
+                + count(
+                    &chat,
+                    &format!(
+                        "SELECT (SELECT count(*) FROM chat.{table}) + (SELECT count(*) FROM blog.{table})"
+                    ),
+                )
+                .await
         }
     };
     let (stored, in_log) = eventually(

@@ -107,6 +107,30 @@ impl Databases {
             .map(|context| (*context, self.of(context)))
     }
 
+    /// One pool per database: the shared one, then each context's that is on a database of
+    /// its own. What is watched once per database (LISTEN: a notification is sent on the
+    /// database whose transaction sends it, so a context on another server notifies there).
+    pub fn databases(&self) -> Vec<&PgPool> {
+        let at = |pool: &PgPool| {
+            let options = pool.connect_options();
+            (
+                options.get_host().to_owned(),
+                options.get_port(),
+                options.get_database().map(str::to_owned),
+            )
+        };
+        let mut seen = vec![at(&self.shared)];
+        let mut pools = vec![&self.shared];
+        for (_, pool) in self.contexts() {
+            let here = at(pool);
+            if !seen.contains(&here) {
+                seen.push(here);
+                pools.push(pool);
+            }
+        }
+        pools
+    }
+
     /// Closes every pool.
     pub async fn close(&self) {
         for pool in self.contexts.values() {

@@ -175,10 +175,19 @@ pub(crate) fn spawn_listener(
     });
 }
 
-/// The one listener of a gateway process: projector commits wake `min_version` readers,
-/// post changes drop cached posts, a lost connection does both.
-pub(crate) fn listen(pool: PgPool, posts: &PostCache) -> Freshness {
+/// The listener of a gateway process, one per database (`pools`: a context on a database of
+/// its own notifies there): projector commits wake `min_version` readers, post changes drop
+/// cached posts, a lost connection does both.
+pub(crate) fn listen(pools: Vec<PgPool>, posts: &PostCache) -> Freshness {
     let (tx, rx) = watch::channel(0u64);
+    for pool in pools {
+        hear(pool, tx.clone(), posts);
+    }
+    Freshness::new(rx)
+}
+
+/// The listener on one database, feeding the process's one counter and cache.
+fn hear(pool: PgPool, tx: watch::Sender<u64>, posts: &PostCache) {
     let posts = posts.downgrade();
     spawn_listener(pool, &[POSTS_CHANNEL, PROJECTION_CHANNEL], move |notice| {
         let cache = posts.upgrade();
@@ -198,5 +207,4 @@ pub(crate) fn listen(pool: PgPool, posts: &PostCache) -> Freshness {
         }
         cache.is_some() || !tx.is_closed()
     });
-    Freshness::new(rx)
 }

@@ -113,7 +113,8 @@ impl AppState {
         mut contexts: ContextStates,
     ) -> Self {
         crate::routes::context_states(&config, &mut contexts);
-        let freshness = crate::freshness::listen(db.shared().clone(), contexts.get::<PostCache>());
+        let databases = db.databases().into_iter().cloned().collect();
+        let freshness = crate::freshness::listen(databases, contexts.get::<PostCache>());
         Self(Arc::new(Shared {
             commands,
             auth: Auth::new(&config.jwt_secret, config.token_ttl),
