@@ -113,6 +113,16 @@ impl Component {
         self.spec().replicas
     }
 
+    /// The contexts whose stores it reads or writes, or `None` for every context (the
+    /// gateway and the relay serve them all).
+    pub fn uses(&self) -> Option<Vec<&'static str>> {
+        match self {
+            Self::Gateway | Self::Relay => None,
+            Self::Projector(name) => read_model(name).map(|model| vec![model.context()]),
+            Self::Process(process) => process.uses.map(<[&str]>::to_vec),
+        }
+    }
+
     /// The reader of the log it is, if it is one.
     pub fn subscriber(&self) -> Option<SubscriberRef> {
         self.spec().subscriber
@@ -461,6 +471,33 @@ const COMPOSE_POSTGRES: &str = r#"  postgres:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_names_the_stores_it_uses() {
+        assert_eq!(
+            Component::projector("chat_history").unwrap().uses(),
+            Some(vec!["chat"])
+        );
+        assert_eq!(
+            Component::Process(&crate::roles::ORDER_SAGA).uses(),
+            Some(vec!["commerce", "scheduler"])
+        );
+        // These may touch any context.
+        for role in [
+            Component::Gateway,
+            Component::Relay,
+            Component::Process(&crate::roles::SCHEDULER),
+        ] {
+            assert_eq!(role.uses(), None, "{}", role.name());
+        }
+        // Every context a role names is one of the list.
+        let names = crate::contexts::names();
+        for role in all() {
+            for context in role.uses().unwrap_or_default() {
+                assert!(names.contains(&context), "{}: {context}", role.name());
+            }
+        }
+    }
 
     #[test]
     fn every_projection_and_saga_is_a_component_and_a_subscriber() {

@@ -114,21 +114,27 @@ pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateEr
 }
 
 /// As [`migrate`], each context in its own store: those of `stores` (a context on a database
-/// of its own, `CHRONICLE_<CONTEXT>_DATABASE_URL`) on their databases, the rest on `pool`'s.
+/// of its own, `CHRONICLE_<CONTEXT>_DATABASE_URL`) on their databases, the rest on `pool`'s;
+/// only the contexts of `uses` when given. `pool`'s database is not reached when none of
+/// them is on it.
 ///
 /// # Errors
 /// When a database cannot be reached or a migration fails.
 pub async fn migrate_stores(
     pool: &sqlx::PgPool,
     stores: &std::collections::BTreeMap<&'static str, sqlx::postgres::PgConnectOptions>,
+    uses: Option<&[&'static str]>,
 ) -> Result<(), sqlx::migrate::MigrateError> {
+    let used = |context: &Context| uses.is_none_or(|u| u.contains(&context.name));
     let here: Vec<chronicle_host::Context> = CONTEXTS
         .iter()
-        .filter(|c| !stores.contains_key(c.name))
+        .filter(|c| used(c) && !stores.contains_key(c.name))
         .copied()
         .collect();
-    chronicle_host::migrate(pool, &here).await?;
-    for context in CONTEXTS {
+    if !here.is_empty() {
+        chronicle_host::migrate(pool, &here).await?;
+    }
+    for context in CONTEXTS.iter().filter(|c| used(c)) {
         let Some(options) = stores.get(context.name) else {
             continue;
         };

@@ -74,18 +74,32 @@ struct Connections {
     nats: async_nats::Client,
 }
 
+/// [`connect_using`] every context's store.
 async fn connect(
     settings: &Settings,
     db_url: &str,
     nats_url: &str,
     pool_size: u32,
 ) -> anyhow::Result<Connections> {
+    connect_using(settings, db_url, nats_url, pool_size, None).await
+}
+
+/// Connects to NATS and to the stores of the contexts in `uses` (every context when
+/// `None`), migrating those stores: a role that uses only contexts on databases of their
+/// own never connects to `DATABASE_URL`.
+async fn connect_using(
+    settings: &Settings,
+    db_url: &str,
+    nats_url: &str,
+    pool_size: u32,
+    uses: Option<&[&'static str]>,
+) -> anyhow::Result<Connections> {
+    // Opened when first used: the migrations of a context on it, or the gateway.
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(db_url)
-        .await
-        .context("connecting to PostgreSQL")?;
+        .connect_lazy(db_url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
     let stores: std::collections::BTreeMap<&'static str, sqlx::postgres::PgConnectOptions> =
         Settings::context_databases(std::env::vars())?
             .into_iter()
@@ -100,7 +114,7 @@ async fn connect(
             "a context on a database of its own"
         );
     }
-    chronicle::contexts::migrate_stores(&pool, &stores)
+    chronicle::contexts::migrate_stores(&pool, &stores, uses)
         .await
         .context("migrating the event stores")?;
     let nats = chronicle_bus::connect(nats_url)
@@ -181,7 +195,19 @@ pub async fn single(settings: Settings, roles: Vec<Component>) -> anyhow::Result
         None
     };
     let (db_url, nats_url) = settings.urls()?;
-    let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
+    // The stores its roles use, or every store when one of them uses every context.
+    let uses: Option<Vec<&'static str>> = roles.iter().try_fold(Vec::new(), |mut all, role| {
+        all.extend(role.uses()?);
+        Some(all)
+    });
+    let connections = connect_using(
+        &settings,
+        &db_url,
+        &nats_url,
+        settings.servers.pg_pool,
+        uses.as_deref(),
+    )
+    .await?;
     run_roles(
         &settings,
         secret,

@@ -23,6 +23,8 @@ pub const ORDER_SAGA: Process = Process {
         durable: ORDER_SAGA_DURABLE,
         context: contexts::COMMERCE,
     }),
+    // Orders, stock and coupons, and the payment deadline's job.
+    uses: Some(&[contexts::COMMERCE, contexts::SCHEDULER]),
     start: start_order_saga,
 };
 
@@ -34,6 +36,7 @@ pub const CART_SWEEPER: Process = Process {
             CHRONICLE_CART_ABANDONED_AFTER",
     replicas: 1,
     reader: None,
+    uses: Some(&[contexts::COMMERCE]),
     start: start_cart_sweeper,
 };
 
@@ -44,6 +47,7 @@ pub const JANITOR: Process = Process {
     about: "The files janitor: removes bytes no file refers to and abandoned uploads' chunks",
     replicas: 1,
     reader: None,
+    uses: Some(&[contexts::FILES]),
     start: start_janitor,
 };
 
@@ -54,6 +58,8 @@ pub const SCHEDULER: Process = Process {
     about: "A scheduler process: runs jobs at their due times (run several: they share the work)",
     replicas: 3,
     reader: None,
+    // A job's command may be any context's.
+    uses: None,
     start: start_scheduler,
 };
 

@@ -67,7 +67,7 @@ async fn killed_between_two_lines(commerce: Option<&TestPostgres>) {
             })
             .into_iter()
             .collect();
-    chronicle::contexts::migrate_stores(&main, &stores)
+    chronicle::contexts::migrate_stores(&main, &stores, None)
         .await
         .unwrap();
     // Each context's pool as its own role, commerce's on its own database when split.

@@ -335,6 +335,33 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
         "the series of orders (one store) and messages (the other) rebuild alike"
     );
 
+    // A role connects only to the stores of the contexts it uses: chat's projector runs
+    // with DATABASE_URL pointing at a port nothing listens on.
+    let nowhere = format!(
+        "postgres://postgres@127.0.0.1:{}/nowhere",
+        chronicle_tests::free_port()
+    );
+    let mut projector = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .args(["project", "chat_history"])
+        .env("DATABASE_URL", &nowhere)
+        .env("NATS_URL", nats.url())
+        .env("CHRONICLE_CHAT_DATABASE_URL", &chat_store.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Longer than a pool waits for a connection (5 s): a role that reached for the main
+    // database would have given up and exited by then.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let exited = projector.try_wait().unwrap();
+    let _ = projector.kill();
+    let output = projector.wait_with_output().unwrap();
+    assert!(
+        exited.is_none(),
+        "chat's projector stopped ({exited:?}): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
     // The operators' commands work on the split layout too, and a variable naming no
     // context is refused, saying which are.
     let (ok, said) = chronicle(&["projections", "status"], &urls);

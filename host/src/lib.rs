@@ -87,6 +87,10 @@ pub struct Process {
     /// The durable consumer it reads the log with, if it is a reader of the log, and the
     /// context whose schema keeps its checkpoint and parked events.
     pub reader: Option<Reader>,
+    /// The contexts whose stores it reads or writes (its commands' aggregates included),
+    /// or `None` for every context (it may run any context's commands). A process run alone
+    /// migrates and connects to those stores only.
+    pub uses: Option<&'static [&'static str]>,
     /// Starts it, handed `host`, until `shutdown`.
     pub start: fn(&Host, Shutdown) -> anyhow::Result<Task>,
 }

@@ -76,6 +76,8 @@ pub const ALERT_ENGINE: chronicle_host::Process = chronicle_host::Process {
         durable: ALERT_NOTIFIER,
         context: NAME,
     }),
+    // Its rules, alerts and samples, and the notification jobs it makes on the scheduler.
+    uses: Some(&[NAME, chronicle_commands::contexts::SCHEDULER]),
     start: |host, shutdown| {
         let engine = AlertEngine::new(
             host.commands.clone(),
