@@ -305,6 +305,28 @@ pub fn compose_yaml() -> String {
     compose_yaml_split(&[])
 }
 
+/// The contexts `--split` names, each once, in the order named.
+///
+/// # Errors
+/// When one is no context (the message lists them).
+pub fn split_contexts(named: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    let names = crate::contexts::names();
+    let mut contexts = Vec::new();
+    for context in named {
+        let Some(&known) = names.iter().find(|n| **n == context.as_str()) else {
+            anyhow::bail!(
+                "--split names {context:?}, which is no context; the contexts are {}",
+                names.join(", ")
+            );
+        };
+        // Named twice is named once: one service per context.
+        if !contexts.contains(&known) {
+            contexts.push(known);
+        }
+    }
+    Ok(contexts)
+}
+
 /// [`compose_yaml`] with each context of `split` on a PostgreSQL service of its own
 /// (`postgres-<context>`, named to every component by `CHRONICLE_<CONTEXT>_DATABASE_URL`):
 /// `chronicle compose --split commerce,chat` writes `compose-split.yaml`.

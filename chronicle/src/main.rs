@@ -213,17 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", chronicle::components::compose_prometheus_yaml());
                 return Ok(());
             }
-            let names = chronicle::contexts::names();
-            let mut contexts = Vec::new();
-            for context in &split {
-                let Some(known) = names.iter().find(|n| **n == context.as_str()) else {
-                    anyhow::bail!(
-                        "--split names {context:?}, which is no context; the contexts are {}",
-                        names.join(", ")
-                    );
-                };
-                contexts.push(*known);
-            }
+            let contexts = chronicle::components::split_contexts(&split)?;
             print!("{}", chronicle::components::compose_yaml_split(&contexts));
             Ok(())
         }

@@ -526,6 +526,10 @@ impl Settings {
             else {
                 continue;
             };
+            // Empty is unset (`CHRONICLE_CHAT_DATABASE_URL=` in an env file).
+            if value.is_empty() {
+                continue;
+            }
             let lower = context.to_ascii_lowercase();
             let Some(&name) = names.iter().find(|n| **n == lower) else {
                 anyhow::bail!(
@@ -607,6 +611,8 @@ mod tests {
         assert!(typo.contains("CHRONICLE_MONITORING_DATABASE_URL"), "{typo}");
         let bad = Settings::context_databases(vars(&[("CHRONICLE_BLOG_DATABASE_URL", "nope")]));
         assert!(bad.is_err());
+        let unset = Settings::context_databases(vars(&[("CHRONICLE_BLOG_DATABASE_URL", "")]));
+        assert!(unset.unwrap().is_empty(), "empty is unset");
     }
 
     /// hyper adds the timeout to an `Instant`: a value past a day is refused at start-up,

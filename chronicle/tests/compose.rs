@@ -99,6 +99,15 @@ fn the_split_layout_gives_commerce_and_chat_a_postgres_each() {
         compose_yaml().lines().count() + 2 + 2 * 6 + 1
     );
     docker_compose_accepts("compose-split.yaml");
+    // What --split takes: contexts of the list, each once.
+    let named = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let split = chronicle::components::split_contexts;
+    assert_eq!(
+        split(&named(&["chat", "commerce", "chat"])).unwrap(),
+        ["chat", "commerce"]
+    );
+    let refused = split(&named(&["chat\u{0}"])).unwrap_err().to_string();
+    assert!(refused.contains("which is no context"), "{refused}");
 }
 
 /// `docker-compose config` (Debian's, installed by scripts/setup) accepts the file.

@@ -1,5 +1,5 @@
-//! `GET /health`: whether Postgres (every context's store) and NATS answer; `GET /metrics`
-//! (see `observe`).
+//! `GET /health`: whether Postgres (every database a context lives on) and NATS answer;
+//! `GET /metrics` (see `observe`).
 
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ pub(super) fn routes() -> Routes {
 
 #[utoipa::path(get, path = "/health", tag = "operations", summary = "Whether PostgreSQL and NATS answer", responses((status = 200, description = "200: {\"status\",\"postgres\",\"nats\"}; 503 when degraded"), crate::schema::Problems))]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    // The shared database and every context's store (a context may be on a database of
-    // its own), asked at once.
+    // Every database the contexts live on (one, unless a context is on a database of its
+    // own), asked at once.
     let answers = |pool: &sqlx::PgPool| {
         let pool = pool.clone();
         async move {
@@ -31,12 +31,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             )
         }
     };
-    let stores = state.db.contexts().map(|(_, pool)| answers(pool));
-    let (shared, stores) = tokio::join!(
-        answers(state.db.shared()),
-        futures::future::join_all(stores)
-    );
-    let postgres = shared && stores.into_iter().all(|up| up);
+    let databases = state.db.databases().into_iter().map(answers);
+    let postgres = futures::future::join_all(databases)
+        .await
+        .into_iter()
+        .all(|up| up);
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
     let up = |ok: bool| if ok { "up" } else { "down" };
     let status = if postgres && nats {
