@@ -7,6 +7,7 @@ mod common;
 #[path = "common/gateways.rs"]
 mod gateways;
 
+use chronicle_tests::ReadJson;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -29,12 +30,8 @@ async fn history(http: &reqwest::Client, base: &str, token: &str, room: &str) ->
                 "{base}/api/v1/rooms/{room}/messages?after_seq={after}&limit=100"
             ))
             .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .read_json()
+            .await;
         let items = page["items"].as_array().cloned().unwrap_or_default();
         if items.is_empty() {
             return all;
@@ -60,12 +57,8 @@ async fn a_gateway_killed_under_chat_load_loses_no_acknowledged_message() {
         .post(format!("{main}/api/v1/rooms"))
         .bearer_auth(&alice)
         .json(&json!({"kind": "group", "members": [bob_id]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let room = room["id"].as_str().expect("a room").to_owned();
 
     // Bob is connected only to the gateway that dies.
@@ -77,12 +70,8 @@ async fn a_gateway_killed_under_chat_load_loses_no_acknowledged_message() {
         let view: Value = http
             .get(format!("{main}/api/v1/users/{bob_id}/presence"))
             .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .read_json()
+            .await;
         view["online"].as_bool()
     };
     eventually(

@@ -6,20 +6,14 @@ mod common;
 #[path = "common/gateways.rs"]
 mod gateways;
 
+use chronicle_tests::sha256_hex;
+use chronicle_tests::ReadJson;
 use std::time::Duration;
 
 use chronicle_tests::{TestDb, TestNats};
 use futures::StreamExt;
 use gateways::{start, user};
 use serde_json::{json, Value};
-use sha2::Digest;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_by_a_killed_gateway_resumes_elsewhere_with_the_right_bytes() {
@@ -39,12 +33,8 @@ async fn an_upload_cut_by_a_killed_gateway_resumes_elsewhere_with_the_right_byte
             &json!({"name": "cut.bin", "size": bytes.len(), "sha256": sha256_hex(&bytes),
             "content_type": "application/octet-stream"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let upload = started["upload_id"].as_str().unwrap().to_owned();
     let chunk = started["chunk_size"].as_u64().unwrap() as usize;
     let piece = |i: usize| bytes[i * chunk..((i + 1) * chunk).min(bytes.len())].to_vec();
@@ -91,12 +81,8 @@ async fn an_upload_cut_by_a_killed_gateway_resumes_elsewhere_with_the_right_byte
     let status: Value = http
         .get(format!("{main}/api/v1/files/uploads/{upload}"))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     assert_eq!(status["received"], json!([0]), "{status}");
     assert_eq!(status["missing"], json!([1, 2]), "{status}");
     for i in [2, 1] {
@@ -106,12 +92,8 @@ async fn an_upload_cut_by_a_killed_gateway_resumes_elsewhere_with_the_right_byte
     let done: Value = http
         .post(format!("{main}/api/v1/files/uploads/{upload}/complete"))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     assert_eq!(done["sha256"], sha256_hex(&bytes).as_str(), "{done}");
     let served = http
         .get(format!(

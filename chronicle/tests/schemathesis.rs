@@ -20,6 +20,7 @@ mod common;
 #[path = "common/gateways.rs"]
 mod gateways;
 
+use chronicle_tests::ReadJson;
 use std::{
     path::Path,
     process::Command,
@@ -258,12 +259,8 @@ async fn seed(http: &Client, base: &str) -> Seeded {
             "file",
             reqwest::multipart::Part::bytes(b"fuzz bytes".to_vec()).file_name("fuzz.txt"),
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let id = |value: &Value| value["id"].as_str().expect("an id").to_owned();
     Seeded {
         env: vec![
@@ -287,12 +284,8 @@ async fn all_caught_up(http: &Client, base: &str, token: &str) {
         let projections: Value = http
             .get(format!("{base}/api/v1/projections"))
             .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .read_json()
+            .await;
         let rows = projections.as_array().expect("a list of projections");
         let parked: Vec<&Value> = rows.iter().filter(|p| p["parked"] != 0).collect();
         assert!(parked.is_empty(), "events were parked: {parked:#?}");

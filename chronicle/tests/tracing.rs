@@ -9,6 +9,7 @@ mod common;
 #[allow(dead_code)] // only `user` is used here
 mod gateways;
 
+use chronicle_tests::ReadJson;
 use std::{
     collections::HashMap,
     process::Command,
@@ -121,12 +122,8 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_the_saga_to_its_c
         .post(format!("{base}/api/v1/orders"))
         .bearer_auth(&token)
         .json(&json!({"lines": [{"sku": "T-1", "quantity": 2}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let order = placed["id"].as_str().unwrap().to_owned();
 
     let (all, request) = eventually("the order's trace", Duration::from_secs(60), || async {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use chronicle_tests::ReadJson;
 use std::{process::Command, time::Duration};
 
 use common::{start_gateway, Running};
@@ -98,12 +99,8 @@ async fn login(http: &reqwest::Client, base: &str) -> String {
     let answer: Value = http
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({"username": "smoke", "password": "smoke test password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     answer["token"].as_str().expect("a token").to_owned()
 }
 
@@ -113,14 +110,7 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
     let http = reqwest::Client::new();
 
     let (child, base) = tokio::task::block_in_place(|| start(dir.path()));
-    let health: Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = http.get(format!("{base}/health")).read_json().await;
     assert_eq!(
         health,
         json!({"status": "ok", "postgres": "up", "nats": "up"})
@@ -160,24 +150,12 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         .post(format!("{base}/api/v1/orders"))
         .bearer_auth(&token)
         .json(&json!({"lines": [{"sku": "SMOKE-1", "quantity": 2}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let order_url = format!("{base}/api/v1/orders/{}", placed["id"].as_str().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let order: Value = http
-            .get(&order_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let order: Value = http.get(&order_url).bearer_auth(&token).read_json().await;
         if order["status"] == "reserved" {
             break;
         }
@@ -196,12 +174,8 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
             "{base}/api/v1/inventory/items/SMOKE-1?min_version=2"
         ))
         .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     assert_eq!(item["name"], "Smoke", "the read model survived the restart");
     assert_eq!(item["reserved"], 2, "and so did the reservation");
     assert!(

@@ -132,6 +132,31 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
     }
 }
 
+/// What a command request carries besides its body, extracted in this order: the
+/// [`Caller`], `If-Match` and `Idempotency-Key`. A handler takes it apart where it takes it
+/// (`CommandHeaders { caller, if_match, key }: CommandHeaders`).
+#[derive(Debug, Clone)]
+pub struct CommandHeaders {
+    pub caller: Caller,
+    pub if_match: IfMatch,
+    pub key: IdempotencyKeyHeader,
+}
+
+impl FromRequestParts<AppState> for CommandHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            caller: Caller::from_request_parts(parts, state).await?,
+            if_match: IfMatch::from_request_parts(parts, state).await?,
+            key: IdempotencyKeyHeader::from_request_parts(parts, state).await?,
+        })
+    }
+}
+
 /// The bearer token of a request, if it carries one.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -5,13 +5,15 @@
 //! schema: a price change shows in every cart at once.
 
 use chronicle_commerce::{Cart, CartEvent};
+use chronicle_schemas::AggregateKind;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// The carts projection.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,29 +43,9 @@ END $ddl$;
 CREATE INDEX IF NOT EXISTS carts_waiting ON carts (updated_at, cart_id) WHERE waiting";
 
 impl Projection for CartsProjection {
-    fn name(&self) -> &'static str {
-        "carts"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::COMMERCE
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!(
-            "events.{}.{}.>",
-            <Cart as chronicle_schemas::AggregateKind>::CONTEXT,
-            Cart::TYPE
-        )]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["carts", "cart_lines"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition =
+        Definition::new("carts", contexts::COMMERCE, &["carts", "cart_lines"], DDL)
+            .reading(&[(Cart::CONTEXT, Cart::TYPE)]);
 
     async fn apply(
         &self,

@@ -3,13 +3,15 @@
 
 use chronicle_chat::{Room, RoomEvent};
 use chronicle_files::{File, FileEvent};
+use chronicle_schemas::AggregateKind;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// A room as `GET /api/v1/rooms` lists it for one user.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -103,34 +105,18 @@ CREATE TABLE IF NOT EXISTS chat_attachments (
 )";
 
 impl Projection for ChatHistoryProjection {
-    fn name(&self) -> &'static str {
-        "chat_history"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::CHAT
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        // File deletions too: a deleted file leaves the messages it was attached to.
-        vec![
-            format!("events.chat.{}.>", Room::TYPE),
-            format!("events.files.{}.>", File::TYPE),
-        ]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
+    const DEFINITION: Definition = Definition::new(
+        "chat_history",
+        contexts::CHAT,
         &[
             "chat_rooms",
             "chat_members",
             "chat_messages",
             "chat_attachments",
-        ]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+        ],
+        DDL,
+    )
+    .reading(&[(Room::CONTEXT, Room::TYPE), (File::CONTEXT, File::TYPE)]);
 
     async fn apply(
         &self,

@@ -4,13 +4,15 @@
 
 use chronicle_files::{File, FileEvent, Share, ShareEvent, TusUpload, Upload};
 use chronicle_schemas::files::{TusUploadEvent, UploadEvent};
+use chronicle_schemas::AggregateKind;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// A file as `GET /api/v1/files` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -26,10 +28,6 @@ pub struct FileView {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FileMetadataProjection;
-
-impl FileMetadataProjection {
-    pub const NAME: &'static str = "file_metadata";
-}
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS files (
     id           text PRIMARY KEY,
@@ -79,30 +77,18 @@ pub struct ShareView {
 }
 
 impl Projection for FileMetadataProjection {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::FILES
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![
-            format!("events.files.{}.>", File::TYPE),
-            format!("events.files.{}.>", Share::TYPE),
-            format!("events.files.{}.>", Upload::TYPE),
-            format!("events.files.{}.>", TusUpload::TYPE),
-        ]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["files", "file_blobs", "file_shares", "file_uploads"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new(
+        "file_metadata",
+        contexts::FILES,
+        &["files", "file_blobs", "file_shares", "file_uploads"],
+        DDL,
+    )
+    .reading(&[
+        (File::CONTEXT, File::TYPE),
+        (Share::CONTEXT, Share::TYPE),
+        (Upload::CONTEXT, Upload::TYPE),
+        (TusUpload::CONTEXT, TusUpload::TYPE),
+    ]);
 
     async fn apply(
         &self,
@@ -307,7 +293,7 @@ impl Projection for FileMetadataProjection {
 pub async fn files_of(
     pool: &PgPool,
     owner_id: &str,
-    after: Option<(DateTime<Utc>, String)>,
+    after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<FileView>, sqlx::Error> {
     let (at, id) = after.unzip();

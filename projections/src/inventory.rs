@@ -3,6 +3,7 @@
 //! (aggregate sequence) it reflects; the catalog is searched by the words of the name and
 //! the description (PostgreSQL full text, as the blog's posts are).
 
+use chronicle_schemas::AggregateKind;
 use std::collections::HashMap;
 
 use chronicle_commerce::{InventoryEvent, InventoryItem};
@@ -12,7 +13,8 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 const AGGREGATE_TYPE: &str = InventoryItem::TYPE;
 
@@ -87,28 +89,9 @@ struct Row {
 }
 
 impl Projection for InventoryProjection {
-    fn name(&self) -> &'static str {
-        "inventory"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::COMMERCE
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!(
-            "events.{}.{AGGREGATE_TYPE}.>",
-            <InventoryItem as chronicle_schemas::AggregateKind>::CONTEXT
-        )]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["inventory_items"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition =
+        Definition::new("inventory", contexts::COMMERCE, &["inventory_items"], DDL)
+            .reading(&[(InventoryItem::CONTEXT, AGGREGATE_TYPE)]);
 
     /// Folds the batch in memory per SKU, starting from the stored rows, then writes each
     /// touched row once: a catch-up batch of thousands of events costs two statements.

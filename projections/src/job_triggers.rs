@@ -21,14 +21,11 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JobTriggersProjection;
-
-impl JobTriggersProjection {
-    pub const NAME: &'static str = "job_triggers";
-}
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS scheduler_event_jobs (
     job_id  text PRIMARY KEY,
@@ -85,25 +82,13 @@ struct Candidates {
 }
 
 impl Projection for JobTriggersProjection {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::SCHEDULER
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec!["events.>".to_owned()]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["scheduler_event_jobs", "scheduler_triggers"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new(
+        "job_triggers",
+        contexts::SCHEDULER,
+        &["scheduler_event_jobs", "scheduler_triggers"],
+        DDL,
+    )
+    .reading_every_event();
 
     /// The events that may trigger jobs are matched against the jobs a batch at a time;
     /// a job's own event is applied where it stands in the log, between them.

@@ -5,6 +5,7 @@
 //! status, next run and wake time derived by the domain's code: the read model never
 //! evaluates a cron expression or a policy of its own, so it cannot disagree with the job.
 
+use chronicle_schemas::AggregateKind;
 use std::collections::HashMap;
 
 use chronicle_scheduler::{bucket, Job, JobEvent, SkipReason};
@@ -14,14 +15,11 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JobsProjection;
-
-impl JobsProjection {
-    pub const NAME: &'static str = "jobs";
-}
 
 const DDL: &str = "CREATE TABLE IF NOT EXISTS scheduler_jobs (
     job_id      text PRIMARY KEY,
@@ -99,25 +97,13 @@ pub struct RunView {
 }
 
 impl Projection for JobsProjection {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::SCHEDULER
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!("events.scheduler.{}.>", Job::TYPE)]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["scheduler_jobs", "scheduler_runs"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new(
+        "jobs",
+        contexts::SCHEDULER,
+        &["scheduler_jobs", "scheduler_runs"],
+        DDL,
+    )
+    .reading(&[(Job::CONTEXT, Job::TYPE)]);
 
     /// Each job's row is read once per batch and written once per batch (its runs once per
     /// event): a burst of runs costs the read model a few statements, not three per event.
@@ -413,7 +399,7 @@ pub async fn get(pool: &sqlx::PgPool, id: &str) -> Result<Option<JobView>, sqlx:
 pub async fn jobs_of(
     pool: &sqlx::PgPool,
     owner_id: &str,
-    after: Option<(DateTime<Utc>, String)>,
+    after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<JobView>, sqlx::Error> {
     let (at, id) = after.unzip();

@@ -40,7 +40,7 @@ pub mod orders;
 pub mod posts;
 pub mod users;
 
-pub use projection::{Projection, ProjectionError};
+pub use projection::{Definition, Projection, ProjectionError};
 pub use registry::{Erased, ReadModel};
 pub use replay::{replay, replay_from_store, ReplayStats};
 pub use runtime::{durable_name, setup, Apply, Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -8,7 +8,8 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// An order as `GET /api/v1/orders/{id}` returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -65,25 +66,8 @@ fn at(envelope: &Envelope) -> String {
 }
 
 impl Projection for OrdersProjection {
-    fn name(&self) -> &'static str {
-        "orders"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::COMMERCE
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!("events.{}.{}.>", Order::CONTEXT, Order::TYPE)]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["orders"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new("orders", contexts::COMMERCE, &["orders"], DDL)
+        .reading(&[(Order::CONTEXT, Order::TYPE)]);
 
     async fn apply(
         &self,

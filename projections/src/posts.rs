@@ -10,7 +10,8 @@ use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// The Postgres channel the projection notifies (payload: a post id) when a post's row or
 /// its comments change, so caches in front of it can drop the entry.
@@ -97,28 +98,11 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> ProjectionError {
 }
 
 impl Projection for PostsProjection {
-    fn name(&self) -> &'static str {
-        "posts"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::BLOG
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![
-            format!("events.{}.{}.>", Post::CONTEXT, Post::TYPE),
-            format!("events.{}.{}.>", Comment::CONTEXT, Comment::TYPE),
-        ]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["posts", "post_comments"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition =
+        Definition::new("posts", contexts::BLOG, &["posts", "post_comments"], DDL).reading(&[
+            (Post::CONTEXT, Post::TYPE),
+            (Comment::CONTEXT, Comment::TYPE),
+        ]);
 
     async fn apply(
         &self,

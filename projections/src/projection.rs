@@ -70,21 +70,34 @@ impl ProjectionError {
 /// shadow schema first on the `search_path`. So the rebuilt rows come from exactly the code
 /// that built the live ones.
 pub trait Projection: Send + Sync + 'static {
+    /// What the read model is: its name, context, what it reads, its tables and their DDL.
+    const DEFINITION: Definition;
+
     /// Unique name: the checkpoint row, the durable consumer (`projector-<name>`), the CLI.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        Self::DEFINITION.name
+    }
 
     /// The bounded context it belongs to: its tables, checkpoint and parked events live in
     /// that context's schema (`chronicle_commands::contexts`).
-    fn context(&self) -> &'static str;
+    fn context(&self) -> &'static str {
+        Self::DEFINITION.context
+    }
 
     /// The subjects to consume (NATS wildcards allowed).
-    fn subjects(&self) -> Vec<String>;
+    fn subjects(&self) -> Vec<String> {
+        Self::DEFINITION.subjects()
+    }
 
     /// The tables the projection owns; replay rebuilds and swaps all of them.
-    fn tables(&self) -> &'static [&'static str];
+    fn tables(&self) -> &'static [&'static str] {
+        Self::DEFINITION.tables
+    }
 
     /// DDL creating the tables, idempotent (`CREATE TABLE IF NOT EXISTS ...`), unqualified.
-    fn ddl(&self) -> &'static str;
+    fn ddl(&self) -> &'static str {
+        Self::DEFINITION.ddl
+    }
 
     /// Applies `events` (stream order, each newer than the checkpoint) inside the caller's
     /// transaction. Must be deterministic: same events, same rows.
@@ -93,4 +106,64 @@ pub trait Projection: Send + Sync + 'static {
         conn: &'a mut PgConnection,
         events: &'a [Envelope],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
+}
+
+/// A read model as its projection declares it, once: `Definition::new(name, context,
+/// tables, ddl)` with what it reads (`.reading(&[(context, aggregate type), ...])` or
+/// `.reading_every_event()`).
+#[derive(Debug, Clone, Copy)]
+pub struct Definition {
+    name: &'static str,
+    context: &'static str,
+    /// `(context, aggregate type)` of each aggregate whose events it reads; `None`: every
+    /// event of the log.
+    reads: Option<&'static [(&'static str, &'static str)]>,
+    tables: &'static [&'static str],
+    ddl: &'static str,
+}
+
+impl Definition {
+    /// A read model named `name` in `context`, owning `tables` (created by `ddl`), reading
+    /// nothing until `reading` says what.
+    pub const fn new(
+        name: &'static str,
+        context: &'static str,
+        tables: &'static [&'static str],
+        ddl: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            context,
+            reads: Some(&[]),
+            tables,
+            ddl,
+        }
+    }
+
+    /// Reads the events of these aggregates: `(context, aggregate type)` each.
+    pub const fn reading(self, aggregates: &'static [(&'static str, &'static str)]) -> Self {
+        Self {
+            reads: Some(aggregates),
+            ..self
+        }
+    }
+
+    /// Reads every event of the log.
+    pub const fn reading_every_event(self) -> Self {
+        Self {
+            reads: None,
+            ..self
+        }
+    }
+
+    /// The NATS subjects of what it reads.
+    pub fn subjects(&self) -> Vec<String> {
+        match self.reads {
+            None => vec![format!("{}.>", chronicle_schemas::SUBJECT_ROOT)],
+            Some(aggregates) => aggregates
+                .iter()
+                .map(|(context, kind)| chronicle_schemas::subject_for(context, kind, ">"))
+                .collect(),
+        }
+    }
 }

@@ -1,13 +1,15 @@
 //! The `users` read model: public profiles, no secrets.
 
 use chronicle_identity::{User, UserEvent};
+use chronicle_schemas::AggregateKind;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::{Projection, ProjectionError};
+use crate::{Definition, Projection, ProjectionError};
+use chronicle_commands::contexts;
 
 /// A user as `GET /api/v1/users/{id}` returns them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -33,25 +35,8 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS users (
 )";
 
 impl Projection for UsersProjection {
-    fn name(&self) -> &'static str {
-        "users"
-    }
-
-    fn context(&self) -> &'static str {
-        chronicle_commands::contexts::IDENTITY
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!("events.identity.{}.>", User::TYPE)]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["users"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new("users", contexts::IDENTITY, &["users"], DDL)
+        .reading(&[(User::CONTEXT, User::TYPE)]);
 
     async fn apply(
         &self,

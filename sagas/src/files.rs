@@ -380,7 +380,7 @@ impl FilesJanitor {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let name = file_metadata::FileMetadataProjection::NAME;
+        let name = chronicle_projections::Projection::name(&file_metadata::FileMetadataProjection);
         loop {
             let status = chronicle_bus::status(
                 &self.pool,

@@ -45,6 +45,39 @@ macro_rules! event_types {
     };
 }
 
+/// `impl Aggregate` for an aggregate that decides with its own `decide(&self, command) ->
+/// Result<Vec<Event>, Error>` and applies with `apply_event(&mut self, event)`, needing no
+/// services: `decided_aggregate!(Post: "post", PostCommand => PostEvent, PostError);`, the
+/// string being its aggregate type. (A context crate using it depends on `cqrs-es`.)
+#[macro_export]
+macro_rules! decided_aggregate {
+    ($aggregate:ty: $type:literal, $command:ty => $event:ty, $error:ty) => {
+        impl cqrs_es::Aggregate for $aggregate {
+            const TYPE: &'static str = $type;
+            type Command = $command;
+            type Event = $event;
+            type Error = $error;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: $command,
+                _services: &(),
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), $error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: $event) {
+                self.apply_event(event);
+            }
+        }
+    };
+}
+
 mod envelope;
 
 pub mod blog;

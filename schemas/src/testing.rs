@@ -1,5 +1,6 @@
 //! Helpers for the property tests of the domain crates: run a command against an aggregate
-//! without a store, and check that an event can be projected. No I/O.
+//! without a store, check that an event can be projected, and (feature `proptest`) the
+//! hostile text every context's commands are tried with. No I/O.
 
 use cqrs_es::{event_sink::EventSink, Aggregate};
 
@@ -55,4 +56,22 @@ pub fn projectable(value: &serde_json::Value) -> Result<(), String> {
         }),
         serde_json::Value::Bool(_) | serde_json::Value::Null => Ok(()),
     }
+}
+
+/// Text as a hostile client sends it: random characters, empty, blank, a NUL, an escape
+/// sequence, `samples` (the context's own ordinary and odd values) and one string of
+/// `long` characters, past the context's limit.
+#[cfg(feature = "proptest")]
+pub fn hostile_text(
+    samples: &'static [&'static str],
+    long: usize,
+) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    const ALWAYS: [&str; 4] = ["", "   ", "a\u{0}b", "\u{1b}[31m"];
+    let fixed: Vec<&'static str> = ALWAYS.iter().chain(samples).copied().collect();
+    prop_oneof![
+        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
+        proptest::sample::select(fixed).prop_map(str::to_owned),
+        Just("x".repeat(long)),
+    ]
 }

@@ -89,13 +89,7 @@ async fn no_password_hash_or_token_reaches_a_log_line_or_an_event() {
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     bodies.push(malformed.text().await.unwrap());
     let tampered = format!("{token}x");
-    let refused = app
-        .http
-        .get(app.url("/api/v1/orders"))
-        .bearer_auth(&tampered)
-        .send()
-        .await
-        .unwrap();
+    let refused = app.get_as(&tampered, "/api/v1/orders").await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     bodies.push(refused.text().await.unwrap());
     for body in &bodies {

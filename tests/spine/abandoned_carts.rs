@@ -30,13 +30,13 @@ async fn abandoned(app: &TestApp, cart: &str) -> i64 {
 
 async fn set_line(app: &TestApp, token: &str, sku: &str, quantity: u64) -> u64 {
     let r = app
-        .http
-        .put(app.url(&format!("/api/v1/cart/items/{sku}")))
-        .bearer_auth(token)
-        .json(&json!({"quantity": quantity}))
-        .send()
-        .await
-        .unwrap();
+        .send_json_as(
+            token,
+            reqwest::Method::PUT,
+            &format!("/api/v1/cart/items/{sku}"),
+            &json!({"quantity": quantity}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     r.json::<Value>().await.unwrap()["version"]
         .as_u64()
@@ -59,12 +59,8 @@ async fn a_cart_left_untouched_is_counted_abandoned_once_per_idle_spell() {
     let v = set_line(&app, &idle, "AB-1", 2).await;
     set_line(&app, &emptied, "AB-1", 1).await;
     let r = app
-        .http
-        .delete(app.url("/api/v1/cart"))
-        .bearer_auth(&emptied)
-        .send()
-        .await
-        .unwrap();
+        .send_as(&emptied, reqwest::Method::DELETE, "/api/v1/cart")
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // The idle cart is counted while the busy one is touched every 200 ms.
@@ -90,12 +86,8 @@ async fn a_cart_left_untouched_is_counted_abandoned_once_per_idle_spell() {
     assert_eq!(abandoned(&app, &busy_id).await, 0);
     // The busy customer is done: an empty cart is never abandoned.
     let r = app
-        .http
-        .delete(app.url("/api/v1/cart"))
-        .bearer_auth(&busy)
-        .send()
-        .await
-        .unwrap();
+        .send_as(&busy, reqwest::Method::DELETE, "/api/v1/cart")
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let others: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM commerce.events WHERE event_type = 'CartAbandoned' AND aggregate_id <> $1",
@@ -108,11 +100,8 @@ async fn a_cart_left_untouched_is_counted_abandoned_once_per_idle_spell() {
 
     // The customer finds their cart as they left it, one version on.
     let cart: Value = app
-        .get(&format!("/api/v1/cart?min_version={}", v + 1))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/cart?min_version={}", v + 1))
+        .await;
     assert_eq!(cart["version"], v + 1);
     assert_eq!(cart["lines"][0]["quantity"], 2);
     assert_eq!(cart["total_cents"], 5_000);
@@ -136,12 +125,9 @@ async fn a_cart_left_untouched_is_counted_abandoned_once_per_idle_spell() {
     .await
     .unwrap();
     assert_eq!(event, json!({"CartAbandoned": {"lines": 1}}));
-    let all: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM commerce.events WHERE event_type = 'CartAbandoned'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let all: i64 = app
+        .scalar("SELECT count(*) FROM commerce.events WHERE event_type = 'CartAbandoned'")
+        .await;
     assert_eq!(all, 2, "only the idle cart's two spells");
 }
 
@@ -221,12 +207,9 @@ async fn two_sweeps_at_once_count_a_thousand_idle_carts_once_and_skip_the_ones_t
         990,
         "each idle cart counted by one sweep or the other"
     );
-    let counted: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM commerce.events WHERE event_type = 'CartAbandoned'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let counted: i64 = app
+        .scalar("SELECT count(*) FROM commerce.events WHERE event_type = 'CartAbandoned'")
+        .await;
     assert_eq!(counted, 990);
     for cart in touched {
         assert_eq!(abandoned(&app, cart).await, 0, "{cart} was touched since");

@@ -4,6 +4,7 @@
 //! exact status expected; a refused caller appends nothing. A route added to the router
 //! without a row here fails `every_operation_of_the_document_has_a_row`.
 
+use chronicle_tests::sha256_hex;
 use std::collections::BTreeSet;
 
 use chronicle_tests::TestApp;
@@ -336,14 +337,6 @@ async fn world(app: &TestApp) -> World {
         job_to_delete: id(&job_to_delete),
         rule: id(&rule),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn tus_create() -> Vec<(&'static str, String)> {

@@ -18,13 +18,12 @@ async fn draft(app: &TestApp, title: &str, body: &str, tags: &[&str]) -> String 
 
 async fn draft_as(app: &TestApp, token: &str, title: &str, body: &str, tags: &[&str]) -> String {
     let r = app
-        .http
-        .post(app.url("/api/v1/posts"))
-        .bearer_auth(token)
-        .json(&json!({"title": title, "body_markdown": body, "tags": tags}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            token,
+            "/api/v1/posts",
+            &json!({"title": title, "body_markdown": body, "tags": tags}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let created: Value = r.json().await.unwrap();
@@ -79,12 +78,7 @@ async fn read(app: &TestApp, token: &str, id: &str, min_version: u64) -> Value {
 }
 
 async fn listed_ids(app: &TestApp, query: &str) -> Vec<String> {
-    let page: Value = app
-        .get(&format!("/api/v1/posts{query}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json(&format!("/api/v1/posts{query}")).await;
     page["items"]
         .as_array()
         .unwrap()
@@ -160,13 +154,13 @@ async fn only_the_author_edits_publishes_or_deletes_and_a_refusal_appends_nothin
     publish(&app, &id).await;
     let before = app.event_count().await;
     let patch = app
-        .http
-        .patch(app.url(&format!("/api/v1/posts/{id}")))
-        .bearer_auth(&other)
-        .json(&json!({"title": "Defaced"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json_as(
+            &other,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/posts/{id}"),
+            &json!({"title": "Defaced"}),
+        )
+        .await;
     problem(patch, StatusCode::FORBIDDEN, "forbidden").await;
     for (method, path) in [
         (Method::POST, format!("/api/v1/posts/{id}/unpublish")),
@@ -185,11 +179,12 @@ async fn only_the_author_edits_publishes_or_deletes_and_a_refusal_appends_nothin
     let cached = read(&app, &app.token, &id, 2).await;
     assert_eq!(cached["title"], "Mine");
     let edited = app
-        .request(Method::PATCH, &format!("/api/v1/posts/{id}"))
-        .json(&json!({"title": "Mine, edited", "body_markdown": "**new** text"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/posts/{id}"),
+            &json!({"title": "Mine, edited", "body_markdown": "**new** text"}),
+        )
+        .await;
     assert_eq!(edited.status(), StatusCode::OK);
     let version = edited.json::<Value>().await.unwrap()["version"]
         .as_u64()
@@ -199,12 +194,7 @@ async fn only_the_author_edits_publishes_or_deletes_and_a_refusal_appends_nothin
     assert_eq!(fresh["title"], "Mine, edited");
     assert_eq!(fresh["body_html"], "<p><strong>new</strong> text</p>\n");
     // And without min_version, once the projection has notified, no stale copy is served.
-    let plain: Value = app
-        .get(&format!("/api/v1/posts/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let plain: Value = app.get_json(&format!("/api/v1/posts/{id}")).await;
     assert_eq!(plain["version"], 3);
 
     assert_eq!(
@@ -275,11 +265,12 @@ async fn tag_counts_follow_publishing_tag_changes_and_deletion() {
         json!([{"tag": "rust", "count": 2}, {"tag": "db", "count": 1}])
     );
     let r = app
-        .request(Method::PATCH, &format!("/api/v1/posts/{b}"))
-        .json(&json!({"tags": ["go"]}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/posts/{b}"),
+            &json!({"tags": ["go"]}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     read(&app, &app.token, &b, 3).await;
     assert_eq!(
@@ -486,12 +477,7 @@ async fn comments_need_a_published_post_and_are_deleted_by_their_author_or_the_p
     })
     .await;
     assert_eq!(post["status"], "published");
-    let page: Value = app
-        .get(&format!("{comment_path}?limit=2"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get_json(&format!("{comment_path}?limit=2")).await;
     assert_eq!(page["items"][0]["body"], "first");
     assert_eq!(page["items"][1]["body"], "second");
     let rest: Value = app
@@ -578,12 +564,7 @@ async fn paging_through_120_posts_returns_each_exactly_once_newest_first() {
             None => "?limit=25".to_owned(),
             Some(c) => format!("?limit=25&cursor={c}"),
         };
-        let page: Value = app
-            .get(&format!("/api/v1/posts{query}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_json(&format!("/api/v1/posts{query}")).await;
         for post in page["items"].as_array().unwrap() {
             seen.push(post["id"].as_str().unwrap().to_owned());
         }
@@ -620,13 +601,12 @@ async fn the_event_stream_of_one_post() {
         .unwrap();
     publish(&app, &id).await;
     let comment: Value = app
-        .http
-        .post(app.url(&format!("/api/v1/posts/{id}/comments")))
-        .bearer_auth(&bob)
-        .json(&json!({"body": "Lovely"}))
-        .send()
+        .post_as(
+            &bob,
+            &format!("/api/v1/posts/{id}/comments"),
+            &json!({"body": "Lovely"}),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -660,12 +640,9 @@ async fn the_event_stream_of_one_post() {
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    let bob_id = sqlx::query_scalar::<_, String>(
-        "SELECT user_id FROM identity.users WHERE username = 'bob'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let bob_id = app
+        .scalar::<String>("SELECT user_id FROM identity.users WHERE username = 'bob'")
+        .await;
     let stream: Vec<Value> = rows
         .iter()
         .map(|(t, s, event_type, payload, metadata)| {
@@ -692,13 +669,12 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     publish(&app, &gone).await;
     for post in [&kept, &gone] {
         let r = app
-            .http
-            .post(app.url(&format!("/api/v1/posts/{post}/comments")))
-            .bearer_auth(&bob)
-            .json(&json!({"body": "hi"}))
-            .send()
-            .await
-            .unwrap();
+            .post_as(
+                &bob,
+                &format!("/api/v1/posts/{post}/comments"),
+                &json!({"body": "hi"}),
+            )
+            .await;
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     act(
@@ -709,16 +685,12 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     )
     .await;
     let rows = || async {
-        let posts: Vec<String> =
-            sqlx::query_scalar("SELECT row_to_json(p)::text FROM blog.posts p ORDER BY id")
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
-        let comments: Vec<String> =
-            sqlx::query_scalar("SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id")
-                .fetch_all(&app.pool)
-                .await
-                .unwrap();
+        let posts: Vec<String> = app
+            .scalars("SELECT row_to_json(p)::text FROM blog.posts p ORDER BY id")
+            .await;
+        let comments: Vec<String> = app
+            .scalars("SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id")
+            .await;
         (posts, comments)
     };
     let live = eventually("the projection to settle", WAIT, || async {
@@ -903,12 +875,8 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     assert_eq!(shown[0]["body"], "Written in **2025**");
     // A replay reads it the same way: the same rows.
     let rows = || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id",
-        )
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+        app.scalars::<String>("SELECT row_to_json(c)::text FROM blog.post_comments c ORDER BY id")
+            .await
     };
     let live = rows().await;
     let client = app.nats.client().await;

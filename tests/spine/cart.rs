@@ -7,12 +7,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::{
-    assert_replays_byte_for_byte, business_series_reaches, invalid_fields, post_item, problem,
+    assert_replays_byte_for_byte, business_series_reaches, invalid_fields, post_named_item, problem,
 };
-
-async fn create_item(app: &TestApp, sku: &str, price_cents: i64, stock: i64) {
-    post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
-}
 
 async fn set_line(app: &TestApp, token: &str, sku: &str, quantity: Value) -> reqwest::Response {
     app.http
@@ -37,12 +33,8 @@ async fn version(response: reqwest::Response) -> u64 {
 /// The caller's cart once it reflects `version`.
 async fn cart(app: &TestApp, token: &str, version: u64) -> Value {
     let r = app
-        .http
-        .get(app.url(&format!("/api/v1/cart?min_version={version}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(token, &format!("/api/v1/cart?min_version={version}"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["chronicle-consistency"], "fresh");
     r.json().await.unwrap()
@@ -61,8 +53,8 @@ async fn cart_events(app: &TestApp, cart: &str) -> i64 {
 #[tokio::test]
 async fn a_cart_holds_lines_priced_now_and_each_customer_sees_only_their_own() {
     let app = TestApp::spawn().await;
-    create_item(&app, "C-1", 250, 10).await;
-    create_item(&app, "C-2", 1000, 1).await;
+    post_named_item(&app, "C-1", 250, 10).await;
+    post_named_item(&app, "C-2", 1000, 1).await;
     let token = app.token.clone();
     let never: Value = app.get("/api/v1/cart").await.json().await.unwrap();
     assert_eq!(
@@ -90,11 +82,12 @@ async fn a_cart_holds_lines_priced_now_and_each_customer_sees_only_their_own() {
 
     // The total follows a price change at once.
     let repriced = app
-        .request(Method::PATCH, "/api/v1/inventory/items/C-1")
-        .json(&json!({"price_cents": 300}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            "/api/v1/inventory/items/C-1",
+            &json!({"price_cents": 300}),
+        )
+        .await;
     let item_version = repriced.json::<Value>().await.unwrap()["version"]
         .as_u64()
         .unwrap();
@@ -107,12 +100,8 @@ async fn a_cart_holds_lines_priced_now_and_each_customer_sees_only_their_own() {
     // Another customer has a cart of their own, and never reaches this one.
     let (_, other) = app.register_and_login("otto").await;
     let theirs: Value = app
-        .http
-        .get(app.url("/api/v1/cart"))
-        .bearer_auth(&other)
-        .send()
+        .get_as(&other, "/api/v1/cart")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -122,24 +111,12 @@ async fn a_cart_holds_lines_priced_now_and_each_customer_sees_only_their_own() {
     assert_eq!(cart(&app, &token, v).await["lines"][1]["quantity"], 3);
 
     // Removing a line, removing what is not there, emptying.
-    let removed = app
-        .request(Method::DELETE, "/api/v1/cart/items/C-2")
-        .send()
-        .await
-        .unwrap();
+    let removed = app.send(Method::DELETE, "/api/v1/cart/items/C-2").await;
     let v = version(removed).await;
     assert_eq!(v, 3);
-    let nothing = app
-        .request(Method::DELETE, "/api/v1/cart/items/C-2")
-        .send()
-        .await
-        .unwrap();
+    let nothing = app.send(Method::DELETE, "/api/v1/cart/items/C-2").await;
     assert_eq!(version(nothing).await, 3, "removing what is not there");
-    let emptied = app
-        .request(Method::DELETE, "/api/v1/cart")
-        .send()
-        .await
-        .unwrap();
+    let emptied = app.send(Method::DELETE, "/api/v1/cart").await;
     let v = version(emptied).await;
     assert_eq!(
         cart(&app, &token, v).await,
@@ -150,14 +127,12 @@ async fn a_cart_holds_lines_priced_now_and_each_customer_sees_only_their_own() {
 #[tokio::test]
 async fn only_what_is_for_sale_goes_in_and_bad_lines_append_nothing() {
     let app = TestApp::spawn().await;
-    create_item(&app, "G-1", 100, 5).await;
-    create_item(&app, "G-2", 100, 5).await;
+    post_named_item(&app, "G-1", 100, 5).await;
+    post_named_item(&app, "G-2", 100, 5).await;
     let token = app.token.clone();
     let withdrawn = app
-        .request(Method::POST, "/api/v1/inventory/items/G-2/discontinue")
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, "/api/v1/inventory/items/G-2/discontinue")
+        .await;
     assert_eq!(withdrawn.status(), StatusCode::OK);
 
     problem(
@@ -184,11 +159,8 @@ async fn only_what_is_for_sale_goes_in_and_bad_lines_append_nothing() {
         json!({"quantity": 1.5}),
     ] {
         let r = app
-            .request(Method::PUT, "/api/v1/cart/items/G-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .send_json(Method::PUT, "/api/v1/cart/items/G-1", &body)
+            .await;
         problem(r, StatusCode::BAD_REQUEST, "invalid_body").await;
     }
     assert_eq!(
@@ -227,7 +199,7 @@ async fn the_hundred_and_first_line_is_refused_and_the_carts_replay_byte_for_byt
     let mut v = 0;
     for i in 0..101 {
         let sku = format!("F-{i:03}");
-        create_item(&app, &sku, 10 + i, 1).await;
+        post_named_item(&app, &sku, 10 + i, 1).await;
         let r = set_line(&app, &token, &sku, json!(1)).await;
         if i < 100 {
             v = version(r).await;
@@ -280,8 +252,8 @@ async fn orders_and_checkouts(app: &TestApp, customer: &str) -> (i64, i64) {
 #[tokio::test]
 async fn checkout_places_one_order_from_the_cart_at_its_prices_and_empties_it() {
     let app = TestApp::spawn().await;
-    create_item(&app, "K-1", 250, 10).await;
-    create_item(&app, "K-2", 1000, 10).await;
+    post_named_item(&app, "K-1", 250, 10).await;
+    post_named_item(&app, "K-2", 1000, 10).await;
     let coupon = app
         .post(
             "/api/v1/coupons",
@@ -327,12 +299,7 @@ async fn checkout_places_one_order_from_the_cart_at_its_prices_and_empties_it() 
     );
     assert_eq!(order["total_cents"], 1350, "1,500 less 10%");
     assert_eq!(orders_and_checkouts(&app, &app.user_id).await, (1, 1));
-    let checked_out: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM commerce.events WHERE aggregate_type = 'cart' AND event_type = 'CheckedOut'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let checked_out: Value = app.scalar("SELECT payload::jsonb FROM commerce.events WHERE aggregate_type = 'cart' AND event_type = 'CheckedOut'").await;
     assert_eq!(checked_out["CheckedOut"]["order_id"], id.as_str());
     // The business series counts it, from the log.
     business_series_reaches(&app.pool, "business_carts_checked_out", 1).await;
@@ -350,7 +317,7 @@ async fn checkout_places_one_order_from_the_cart_at_its_prices_and_empties_it() 
 #[tokio::test]
 async fn a_retried_checkout_places_one_order_with_or_without_an_idempotency_key() {
     let app = TestApp::spawn().await;
-    create_item(&app, "R-1", 100, 10).await;
+    post_named_item(&app, "R-1", 100, 10).await;
     let token = app.token.clone();
     version(set_line(&app, &token, "R-1", json!(3)).await).await;
     let first = checkout(&app, &token, Some("checkout-1"), json!({})).await;
@@ -399,7 +366,7 @@ async fn a_retried_checkout_places_one_order_with_or_without_an_idempotency_key(
 #[tokio::test]
 async fn tabs_checking_out_one_cart_at_once_place_exactly_one_order_each_round() {
     let app = TestApp::spawn().await;
-    create_item(&app, "T-1", 100, 1_000).await;
+    post_named_item(&app, "T-1", 100, 1_000).await;
     let token = app.token.clone();
     for round in 1..=5i64 {
         version(set_line(&app, &token, "T-1", json!(round)).await).await;
@@ -554,17 +521,13 @@ async fn a_crash_at_any_commit_of_a_checkout_leaves_both_halves_or_neither() {
 #[tokio::test]
 async fn the_event_stream_of_one_scripted_cart() {
     let app = TestApp::spawn().await;
-    create_item(&app, "S-1", 500, 10).await;
-    create_item(&app, "S-2", 120, 10).await;
+    post_named_item(&app, "S-1", 500, 10).await;
+    post_named_item(&app, "S-2", 120, 10).await;
     let token = app.token.clone();
     for (sku, quantity) in [("S-1", 1), ("S-2", 4), ("S-1", 2)] {
         version(set_line(&app, &token, sku, json!(quantity)).await).await;
     }
-    let removed = app
-        .request(Method::DELETE, "/api/v1/cart/items/S-2")
-        .send()
-        .await
-        .unwrap();
+    let removed = app.send(Method::DELETE, "/api/v1/cart/items/S-2").await;
     version(removed).await;
     version(set_line(&app, &token, "S-2", json!(1)).await).await;
     let placed: Value = checkout(&app, &token, None, json!({}))

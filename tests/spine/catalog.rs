@@ -52,13 +52,7 @@ async fn catalog(app: &TestApp, token: &str, query: &str) -> Vec<String> {
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let r = app
-            .http
-            .get(app.url(&url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
+        let r = app.get_as(token, &url).await;
         assert_eq!(r.status(), StatusCode::OK, "{url}");
         let page: Value = r.json().await.unwrap();
         for item in page["items"].as_array().unwrap() {
@@ -85,12 +79,7 @@ async fn events_of(app: &TestApp, sku: &str) -> Vec<String> {
 
 async fn order(app: &TestApp, id: &str, status: &str) -> Value {
     eventually(&format!("order {id} {status}"), SETTLE, || async {
-        let order: Value = app
-            .get(&format!("/api/v1/orders/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let order: Value = app.get_json(&format!("/api/v1/orders/{id}")).await;
         (order["status"] == status).then_some(order)
     })
     .await
@@ -199,12 +188,8 @@ async fn a_discontinued_item_stays_readable_leaves_the_catalog_and_cannot_be_ord
     let (_, customer) = app.register_and_login("carla").await;
     assert_eq!(catalog(&app, &customer, "").await, ["D-2"]);
     let asked = app
-        .http
-        .get(app.url("/api/v1/inventory/items?discontinued=true"))
-        .bearer_auth(&customer)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&customer, "/api/v1/inventory/items?discontinued=true")
+        .await;
     problem(asked, StatusCode::FORBIDDEN, "forbidden").await;
 
     // Not ordered again, and the refusal appends nothing.
@@ -227,18 +212,11 @@ async fn a_discontinued_item_stays_readable_leaves_the_catalog_and_cannot_be_ord
         .await;
     assert_eq!(pay.status(), StatusCode::OK);
     let ship = app
-        .request(Method::POST, &format!("/api/v1/orders/{id}/ship"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, &format!("/api/v1/orders/{id}/ship"))
+        .await;
     assert_eq!(ship.status(), StatusCode::OK);
     eventually("the shipped units to leave", SETTLE, || async {
-        let item: Value = app
-            .get("/api/v1/inventory/items/D-1")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let item: Value = app.get_json("/api/v1/inventory/items/D-1").await;
         (item["on_hand"] == 3 && item["reserved"] == 0).then_some(())
     })
     .await;
@@ -406,12 +384,7 @@ async fn an_inventory_table_from_before_the_edits_gains_their_columns_at_start()
             .await
             .unwrap();
     }
-    let item: Value = app
-        .get("/api/v1/inventory/items/OLD-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let item: Value = app.get_json("/api/v1/inventory/items/OLD-1").await;
     assert_eq!(
         (&item["description"], &item["discontinued"]),
         (&json!(""), &json!(false))

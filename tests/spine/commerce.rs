@@ -10,13 +10,9 @@ use chronicle_tests::{eventually, TestApp, TestOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{invalid_fields, post_item, problem};
+use crate::common::{invalid_fields, post_named_item, problem};
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-async fn create_item(app: &TestApp, sku: &str, price_cents: i64, stock: i64) {
-    post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
-}
 
 /// Places an order with the default user's token: its id.
 async fn place(app: &TestApp, body: Value) -> String {
@@ -24,14 +20,7 @@ async fn place(app: &TestApp, body: Value) -> String {
 }
 
 async fn place_as(app: &TestApp, token: &str, body: Value) -> String {
-    let r = app
-        .http
-        .post(app.url("/api/v1/orders"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_as(token, "/api/v1/orders", &body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let placed: Value = r.json().await.unwrap();
@@ -125,8 +114,8 @@ async fn command(app: &TestApp, id: &str, action: &str, body: Option<Value>) -> 
 #[tokio::test]
 async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 1250, 10).await;
-    create_item(&app, "B", 300, 5).await;
+    post_named_item(&app, "A", 1250, 10).await;
+    post_named_item(&app, "B", 300, 5).await;
     let id = place(
         &app,
         json!({"lines": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]}),
@@ -197,11 +186,8 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
     .await;
 
     let order: Value = app
-        .get(&format!("/api/v1/orders/{id}?min_version=5"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/orders/{id}?min_version=5"))
+        .await;
     let history: Vec<&str> = order["history"]
         .as_array()
         .unwrap()
@@ -218,12 +204,7 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
 
     let mine: Value = app.get("/api/v1/orders").await.json().await.unwrap();
     assert_eq!(mine["items"][0]["id"], id.as_str());
-    let none: Value = app
-        .get("/api/v1/orders?status=pending")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let none: Value = app.get_json("/api/v1/orders?status=pending").await;
     assert_eq!(none["items"], json!([]));
     assert_eq!(
         invalid_fields(app.get("/api/v1/orders?status=lost").await).await,
@@ -234,8 +215,8 @@ async fn an_order_goes_pending_reserved_paid_shipped_and_stock_follows() {
 #[tokio::test]
 async fn an_order_the_stock_cannot_cover_is_rejected_and_holds_nothing() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
-    create_item(&app, "B", 100, 1).await;
+    post_named_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "B", 100, 1).await;
     // Line A can be reserved, line B cannot: A's reservation must be given back.
     let id = place(
         &app,
@@ -269,7 +250,7 @@ async fn an_order_the_stock_cannot_cover_is_rejected_and_holds_nothing() {
 #[tokio::test]
 async fn cancelling_releases_the_reservations_and_only_the_customer_may_act() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 4}]})).await;
     assert_eq!(settled(&app, &id).await["status"], "reserved");
     item_with_reserved(&app, "A", 4).await;
@@ -292,12 +273,8 @@ async fn cancelling_releases_the_reservations_and_only_the_customer_may_act() {
         problem(r.send().await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
     }
     let theirs: Value = app
-        .http
-        .get(app.url("/api/v1/orders"))
-        .bearer_auth(&mallory)
-        .send()
+        .get_as(&mallory, "/api/v1/orders")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -325,7 +302,7 @@ async fn cancelling_releases_the_reservations_and_only_the_customer_may_act() {
 #[tokio::test]
 async fn bad_orders_are_refused_with_the_field_and_append_nothing() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     let before = app.event_count().await;
     assert_eq!(
         invalid_fields(app.post("/api/v1/orders", json!({"lines": []})).await).await,
@@ -401,7 +378,7 @@ async fn bad_orders_are_refused_with_the_field_and_append_nothing() {
 #[tokio::test]
 async fn fifty_orders_racing_for_five_units_reserve_exactly_five() {
     let app = TestApp::spawn().await;
-    create_item(&app, "LAST", 100, 5).await;
+    post_named_item(&app, "LAST", 100, 5).await;
     let ids: Vec<String> = futures::future::join_all(
         (0..50).map(|_| place(&app, json!({"lines": [{"sku": "LAST", "quantity": 1}]}))),
     )
@@ -447,7 +424,7 @@ async fn orders_for_many_items_at_once_each_reserve_exactly_what_their_item_hold
     let app = TestApp::spawn().await;
     let skus: Vec<String> = (0..8).map(|i| format!("MANY-{i}")).collect();
     for sku in &skus {
-        create_item(&app, sku, 100, 2).await;
+        post_named_item(&app, sku, 100, 2).await;
     }
     // Four one-line orders per item, and one order for two units of two neighbours each.
     let mut bodies: Vec<Value> = (0..32)
@@ -487,7 +464,7 @@ async fn orders_for_many_items_at_once_each_reserve_exactly_what_their_item_hold
 #[tokio::test]
 async fn a_coupon_with_three_redemptions_discounts_exactly_three_of_twenty_orders() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 1000, 100).await;
+    post_named_item(&app, "A", 1000, 100).await;
     let created = app
         .post(
             "/api/v1/coupons",
@@ -556,8 +533,8 @@ async fn a_coupon_with_three_redemptions_discounts_exactly_three_of_twenty_order
 #[tokio::test]
 async fn a_rejected_or_cancelled_order_gives_its_coupon_redemption_back() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 1000, 100).await;
-    create_item(&app, "SCARCE", 1000, 0).await;
+    post_named_item(&app, "A", 1000, 100).await;
+    post_named_item(&app, "SCARCE", 1000, 0).await;
     app.post(
         "/api/v1/coupons",
         json!({"code": "ONE", "percent_off": 10, "max_redemptions": 1}),
@@ -593,8 +570,8 @@ async fn a_rejected_or_cancelled_order_gives_its_coupon_redemption_back() {
 #[tokio::test]
 async fn a_saga_crash_between_two_lines_settles_the_order_exactly_once_after_restart() {
     let mut app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
-    create_item(&app, "B", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "B", 100, 10).await;
     app.saga_faults
         .arm("saga.between_lines", FaultAction::Crash);
     let id = place(
@@ -641,7 +618,7 @@ async fn a_saga_crash_between_two_lines_settles_the_order_exactly_once_after_res
 #[tokio::test]
 async fn a_saga_crash_before_the_ack_redelivers_and_changes_nothing_twice() {
     let mut app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     app.saga_faults.arm("saga.after_commit", FaultAction::Crash);
     let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 2}]})).await;
     assert!(stopped_at_fault(app.saga_stopped().await));
@@ -663,7 +640,7 @@ async fn a_saga_crash_before_the_ack_redelivers_and_changes_nothing_twice() {
 #[tokio::test]
 async fn the_saga_links_every_event_it_causes_to_the_order() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     let id = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
     settled(&app, &id).await;
     let order = events_of(&app, "order", &id).await;
@@ -688,8 +665,8 @@ async fn payments_that_are_declined_or_time_out_leave_the_order_reserved() {
         ..TestOptions::default()
     })
     .await;
-    create_item(&app, "A", 10_000, 10).await;
-    create_item(&app, "B", 100_000, 10).await;
+    post_named_item(&app, "A", 10_000, 10).await;
+    post_named_item(&app, "B", 100_000, 10).await;
     let declined = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
     settled(&app, &declined).await;
     problem(
@@ -742,7 +719,7 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
         ..TestOptions::default()
     })
     .await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     let unpaid = place(&app, json!({"lines": [{"sku": "A", "quantity": 2}]})).await;
     let paid = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
     settled(&app, &paid).await;
@@ -763,12 +740,7 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
         "cancelled by the deadline's job, run as its owner"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let still: Value = app
-        .get(&format!("/api/v1/orders/{paid}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let still: Value = app.get_json(&format!("/api/v1/orders/{paid}")).await;
     assert_eq!(still["status"], "paid");
     // The deadlines are scheduler jobs: the unpaid order's ran once and succeeded (then went
     // with the order's cancellation); the paid order's was deleted when it was paid.
@@ -802,7 +774,7 @@ async fn an_unpaid_order_is_cancelled_at_its_deadline_and_a_paid_one_is_not() {
 #[tokio::test]
 async fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 100, 10).await;
+    post_named_item(&app, "A", 100, 10).await;
     let send = || {
         app.request(Method::POST, "/api/v1/orders")
             .header("idempotency-key", "order-once")
@@ -823,19 +795,17 @@ async fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same order");
-    let count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM commerce.events WHERE event_type = 'OrderPlaced'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let count: i64 = app
+        .scalar("SELECT count(*) FROM commerce.events WHERE event_type = 'OrderPlaced'")
+        .await;
     assert_eq!(count, 1);
 }
 
 #[tokio::test]
 async fn the_event_stream_of_one_scripted_order() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 1250, 10).await;
-    create_item(&app, "B", 300, 5).await;
+    post_named_item(&app, "A", 1250, 10).await;
+    post_named_item(&app, "B", 300, 5).await;
     app.post(
         "/api/v1/coupons",
         json!({"code": "SAVE10", "percent_off": 10, "max_redemptions": 5}),
@@ -924,7 +894,7 @@ async fn the_event_stream_of_one_scripted_order() {
 #[tokio::test]
 async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
     let app = TestApp::spawn().await;
-    create_item(&app, "A", 700, 3).await;
+    post_named_item(&app, "A", 700, 3).await;
     let shipped = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
     let cancelled = place(&app, json!({"lines": [{"sku": "A", "quantity": 1}]})).await;
     let rejected = place(&app, json!({"lines": [{"sku": "A", "quantity": 5}]})).await;
@@ -941,12 +911,8 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         order_with_status(&app, id, status).await;
     }
     let rows = || async {
-        sqlx::query_scalar::<_, String>(
-            "SELECT row_to_json(o)::text FROM commerce.orders o ORDER BY id",
-        )
-        .fetch_all(&app.pool)
-        .await
-        .unwrap()
+        app.scalars::<String>("SELECT row_to_json(o)::text FROM commerce.orders o ORDER BY id")
+            .await
     };
     let live = rows().await;
     assert_eq!(live.len(), 3);
@@ -968,12 +934,7 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
 /// `(money the provider holds, money the order events say is held)` over every order:
 /// charged minus refunded on each side.
 async fn money(app: &TestApp) -> (i64, i64) {
-    let ledger: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(charged_cents - refunded_cents), 0)::bigint FROM commerce.simulated_payments",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let ledger: i64 = app.scalar("SELECT coalesce(sum(charged_cents - refunded_cents), 0)::bigint FROM commerce.simulated_payments").await;
     let recorded: i64 = sqlx::query_scalar(
         "SELECT coalesce(sum(CASE event_type \
            WHEN 'OrderPaid' THEN (payload->'OrderPaid'->>'amount_cents')::bigint \
@@ -1017,7 +978,7 @@ async fn paying_while_the_deadline_cancels_from_another_process_never_loses_trac
         ..Default::default()
     })
     .await;
-    create_item(&app, "M", 1250, 1_000).await;
+    post_named_item(&app, "M", 1250, 1_000).await;
     let mut orders = Vec::new();
     for i in 0..30u64 {
         let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
@@ -1087,7 +1048,7 @@ async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_canc
         ..Default::default()
     })
     .await;
-    create_item(&app, "M", 1250, 5).await;
+    post_named_item(&app, "M", 1250, 5).await;
     let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 1}]})).await;
     // The charge, as the dead gateway made it, straight at the provider.
     let provider = chronicle::SimulatedPayments::new(
@@ -1131,7 +1092,7 @@ async fn a_charge_no_event_recorded_is_found_and_refunded_when_the_order_is_canc
 #[tokio::test]
 async fn cancelling_a_paid_order_refunds_it() {
     let app = TestApp::spawn().await;
-    create_item(&app, "M", 1250, 5).await;
+    post_named_item(&app, "M", 1250, 5).await;
     let id = place(&app, json!({"lines": [{"sku": "M", "quantity": 2}]})).await;
     assert_eq!(settled(&app, &id).await["status"], "reserved");
     let paid = app
@@ -1199,10 +1160,9 @@ async fn deadlines_the_saga_kept_before_the_scheduler_become_jobs_when_it_starts
     // No such order: the deadline finds nothing to cancel, which is not a failure.
     assert_eq!(outcome, "succeeded");
     assert_eq!(due_at.timestamp_micros(), due.timestamp_micros());
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM commerce.saga_order_deadlines")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let left: i64 = app
+        .scalar("SELECT count(*) FROM commerce.saga_order_deadlines")
+        .await;
     assert_eq!(left, 0, "adopted once, then gone");
 }
 
@@ -1220,7 +1180,7 @@ async fn a_client_gone_mid_payment_never_leaves_the_order_paying() {
         ..TestOptions::default()
     })
     .await;
-    create_item(&app, "B", 100_000, 10).await;
+    post_named_item(&app, "B", 100_000, 10).await;
     let id = place(&app, json!({"lines": [{"sku": "B", "quantity": 1}]})).await;
     settled(&app, &id).await;
     let pay = command(&app, &id, "pay", Some(json!({"amount_cents": 100_000})));
@@ -1248,10 +1208,7 @@ async fn a_client_gone_mid_payment_never_leaves_the_order_paying() {
         ]
     );
     let order: Value = app
-        .get(&format!("/api/v1/orders/{id}?min_version=4"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/orders/{id}?min_version=4"))
+        .await;
     assert_eq!(order["status"], "reserved", "{order}");
 }

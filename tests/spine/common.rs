@@ -222,6 +222,27 @@ pub async fn post_item(
     assert_eq!(read.headers()["chronicle-consistency"], "fresh");
 }
 
+/// [`post_item`] named `Item <sku>`.
+pub async fn post_named_item(
+    app: &chronicle_tests::TestApp,
+    sku: &str,
+    price_cents: i64,
+    stock: i64,
+) {
+    post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
+}
+
+/// Staff receive `quantity` more of `sku` over HTTP (as the app's user).
+pub async fn post_receipt(app: &chronicle_tests::TestApp, sku: &str, quantity: u64) {
+    let r = app
+        .post(
+            &format!("/api/v1/inventory/items/{sku}/receive"),
+            serde_json::json!({"quantity": quantity}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
 /// The names of every object in the `files` bucket, sorted.
 pub async fn file_objects(client: async_nats::Client) -> Vec<String> {
     let raw = jetstream::new(client)

@@ -3,22 +3,15 @@
 //! a limit without a trace, removed on request.
 
 use chronicle_bus::{Blob, ContentError, ContentStore, Part, Sealed, FILES_BUCKET};
+use chronicle_tests::sha256_hex;
 use chronicle_tests::TestNats;
 use futures::TryStreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 /// `len` bytes that are not all alike (a byte pattern off by one from any chunk size).
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i % 251) as u8 ^ seed.wrapping_mul(31))
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 

@@ -73,12 +73,7 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
         .await;
     }
     let total = {
-        let o: Value = app
-            .get(&format!("/api/v1/orders/{paid}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let o: Value = app.get_json(&format!("/api/v1/orders/{paid}")).await;
         o["total_cents"].as_i64().unwrap()
     };
     created(
@@ -95,11 +90,12 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
     .await;
     // The catalog edited, a cart filled, changed, emptied and checked out.
     let edited = app
-        .request(reqwest::Method::PATCH, "/api/v1/inventory/items/C-1")
-        .json(&json!({"name": "Mug", "price_cents": 950, "description": "Stoneware"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::PATCH,
+            "/api/v1/inventory/items/C-1",
+            &json!({"name": "Mug", "price_cents": 950, "description": "Stoneware"}),
+        )
+        .await;
     assert_eq!(edited.status(), StatusCode::OK);
     created(
         &app,
@@ -148,13 +144,11 @@ async fn every_stored_event_of_a_flow_through_every_context_matches_its_schema()
     .await;
     let comment = comment["id"].as_str().unwrap().to_owned();
     let deleted = app
-        .request(
+        .send(
             reqwest::Method::DELETE,
             &format!("/api/v1/posts/{post}/comments/{comment}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     // Chat: a room, a message, a read mark.
     let room = created(

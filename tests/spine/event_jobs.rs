@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::common::{
-    assert_replays_byte_for_byte, count_reaches, invalid_fields, post_item, problem,
+    assert_replays_byte_for_byte, count_reaches, invalid_fields, post_item, post_receipt, problem,
 };
 
 /// A job run for every `StockReceived` of commerce, calling `path` of `hook`.
@@ -40,16 +40,6 @@ async fn create(app: &TestApp, job: Value) -> String {
     let seen = app.get(&format!("/api/v1/jobs/{id}?min_version=1")).await;
     assert_eq!(seen.headers()["chronicle-consistency"], "fresh");
     id
-}
-
-async fn receive(app: &TestApp, sku: &str, quantity: u64) {
-    let r = app
-        .post(
-            &format!("/api/v1/inventory/items/{sku}/receive"),
-            json!({"quantity": quantity}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
 }
 
 /// The job's runs, oldest first, once there are `n` and none of them still runs.
@@ -83,21 +73,16 @@ async fn a_job_runs_once_for_each_later_event_in_log_order_and_gets_its_envelope
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
     post_item(&app, "EV-1", "Lamp", 100, 1).await;
     // Before the job: never run for.
-    receive(&app, "EV-1", 100).await;
+    post_receipt(&app, "EV-1", 100).await;
     let id = create(&app, on_stock(&hook, "/restocked", json!({}))).await;
-    let shown: Value = app
-        .get(&format!("/api/v1/jobs/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = app.get_json(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(
         shown["schedule"],
         json!({"on_event": {"types": ["StockReceived"], "context": "commerce"}})
     );
     assert_eq!(shown["status"], "scheduled");
     for quantity in 1..=5 {
-        receive(&app, "EV-1", quantity).await;
+        post_receipt(&app, "EV-1", quantity).await;
     }
     // Another type, and the same type's name in another aggregate's events: not run for.
     post_item(&app, "EV-2", "Wick", 100, 1).await;
@@ -124,12 +109,7 @@ async fn a_job_runs_once_for_each_later_event_in_log_order_and_gets_its_envelope
     }
     let seqs: Vec<u64> = runs.iter().map(seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "log order: {seqs:?}");
-    let job: Value = app
-        .get(&format!("/api/v1/jobs/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job: Value = app.get_json(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(job["status"], "scheduled", "it waits for the next event");
 }
 
@@ -140,8 +120,8 @@ async fn a_failing_event_is_retried_then_recorded_failed_and_the_next_event_runs
     let hook = Hook::start(|_, n| (if n <= 2 { 500 } else { 200 }, Duration::ZERO)).await;
     post_item(&app, "EV-3", "Lamp", 100, 1).await;
     let id = create(&app, on_stock(&hook, "/flaky", json!({"max_retries": 1}))).await;
-    receive(&app, "EV-3", 1).await;
-    receive(&app, "EV-3", 2).await;
+    post_receipt(&app, "EV-3", 1).await;
+    post_receipt(&app, "EV-3", 2).await;
     let runs = settled_runs(&app, &id, 3).await;
     let outcomes: Vec<&str> = runs
         .iter()
@@ -168,16 +148,14 @@ async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
     post_item(&app, "EV-4", "Lamp", 100, 1).await;
     let id = create(&app, on_stock(&hook, "/paused", json!({}))).await;
-    receive(&app, "EV-4", 1).await;
+    post_receipt(&app, "EV-4", 1).await;
     settled_runs(&app, &id, 1).await;
     let r = app
-        .request(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     for quantity in [2, 3, 4] {
-        receive(&app, "EV-4", quantity).await;
+        post_receipt(&app, "EV-4", quantity).await;
     }
     // The three are in the log after the pause (one span, still open).
     count_reaches(
@@ -198,12 +176,10 @@ async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
     )
     .await;
     let r = app
-        .request(Method::POST, &format!("/api/v1/jobs/{id}/resume"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::POST, &format!("/api/v1/jobs/{id}/resume"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
-    receive(&app, "EV-4", 5).await;
+    post_receipt(&app, "EV-4", 5).await;
     let runs = settled_runs(&app, &id, 3).await;
     let outcomes: Vec<&str> = runs
         .iter()

@@ -2,6 +2,8 @@
 //! whole and by range, deduplication, owner-only access, hostile names, deletion and the
 //! reference counts, and an upload slower than the handler timeout.
 
+use chronicle_tests::sha256_hex;
+use chronicle_tests::ReadJson;
 use std::time::Duration;
 
 use chronicle_tests::{eventually, TestApp};
@@ -52,12 +54,7 @@ async fn an_upload_is_served_back_whole_by_range_and_only_to_its_owner() {
     let sha256 = stored["sha256"].as_str().unwrap().to_owned();
     assert_eq!(sha256.len(), 64);
 
-    let meta: Value = app
-        .get(&format!("/api/v1/files/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = app.get_json(&format!("/api/v1/files/{id}")).await;
     assert_eq!(meta["name"], "report \"final\".txt");
     assert_eq!(meta["owner_id"], app.user_id.as_str());
     assert_eq!(meta["content_type"], "text/plain");
@@ -128,12 +125,8 @@ async fn an_upload_is_served_back_whole_by_range_and_only_to_its_owner() {
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
     }
     let theirs: Value = app
-        .http
-        .get(app.url("/api/v1/files"))
-        .bearer_auth(&mallory)
-        .send()
+        .get_as(&mallory, "/api/v1/files")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -167,22 +160,18 @@ async fn identical_bytes_are_stored_once_and_counted_per_live_file() {
     assert_eq!(live_references(&app, &sha256).await, 2);
 
     let gone = app
-        .request(
+        .send(
             Method::DELETE,
             &format!("/api/v1/files/{}", first["id"].as_str().unwrap()),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(gone.status(), StatusCode::NO_CONTENT);
     let again = app
-        .request(
+        .send(
             Method::DELETE,
             &format!("/api/v1/files/{}", first["id"].as_str().unwrap()),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
     eventually("one reference left", Duration::from_secs(10), || async {
         (live_references(&app, &sha256).await == 1).then_some(())
@@ -378,23 +367,17 @@ async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
     // Only the owner makes or revokes links.
     let (_, mallory) = app.register_and_login("mallory").await;
     let theirs = app
-        .http
-        .post(app.url(&format!("/api/v1/files/{id}/shares")))
-        .bearer_auth(&mallory)
-        .json(&serde_json::json!({"expires_in_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
+        .post_as(
+            &mallory,
+            &format!("/api/v1/files/{id}/shares"),
+            &serde_json::json!({"expires_in_seconds": 60}),
+        )
+        .await;
     assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
 
     // The metadata lists the link by the hash of its token; the token is nowhere stored.
     let listed = eventually("the share listed", Duration::from_secs(10), || async {
-        let meta: Value = app
-            .get(&format!("/api/v1/files/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = app.get_json(&format!("/api/v1/files/{id}")).await;
         (meta["shares"].as_array().unwrap().len() == 1).then_some(meta)
     })
     .await;
@@ -411,13 +394,11 @@ async fn a_share_link_serves_without_auth_until_it_expires_or_is_revoked() {
     assert_eq!(stored_tokens, 0, "no share token in the log");
 
     let revoked = app
-        .request(
+        .send(
             Method::DELETE,
             &format!("/api/v1/files/{id}/shares/{token}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     let after = anonymous
         .get(app.url(&format!("/api/v1/shared/{token}")))
@@ -551,20 +532,18 @@ async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
     assert_eq!(outsider.status(), StatusCode::NOT_FOUND);
     // Reading is not owning: bob cannot delete it.
     let r = app
-        .http
-        .delete(app.url(&format!("/api/v1/files/{file}")))
-        .bearer_auth(&bob_token)
-        .send()
-        .await
-        .unwrap();
+        .send_as(
+            &bob_token,
+            reqwest::Method::DELETE,
+            &format!("/api/v1/files/{file}"),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Deleted by its owner: gone from the room too.
     let r = app
-        .request(Method::DELETE, &format!("/api/v1/files/{file}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/api/v1/files/{file}"))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         as_user(bob_token.clone(), format!("/api/v1/files/{file}/content"))
@@ -585,14 +564,6 @@ async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {
         },
     )
     .await;
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 async fn put_chunk(app: &TestApp, upload: &str, index: u64, bytes: Vec<u8>) -> reqwest::Response {
@@ -638,30 +609,21 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
     );
     let (_, mallory) = app.register_and_login("mallory").await;
     let theirs = app
-        .http
-        .get(app.url(&format!("/api/v1/files/uploads/{upload}")))
-        .bearer_auth(&mallory)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&mallory, &format!("/api/v1/files/uploads/{upload}"))
+        .await;
     assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
     let early = app
-        .request(
+        .send(
             Method::POST,
             &format!("/api/v1/files/uploads/{upload}/complete"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(early.status(), StatusCode::CONFLICT);
 
     // Resume: the listing says what is missing.
     let status: Value = app
-        .get(&format!("/api/v1/files/uploads/{upload}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/files/uploads/{upload}"))
+        .await;
     assert_eq!(status["received"], serde_json::json!([2]));
     assert_eq!(status["missing"], serde_json::json!([0, 1]));
     for i in [1, 0, 1] {
@@ -680,13 +642,11 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
         StatusCode::NO_CONTENT
     );
     let done = app
-        .request(
+        .send(
             Method::POST,
             &format!("/api/v1/files/uploads/{upload}/complete"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(done.status(), StatusCode::CREATED);
     let done: Value = done.json().await.unwrap();
     assert_eq!(done["sha256"], sha256_hex(&bytes).as_str());
@@ -696,12 +656,8 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
             Method::POST,
             &format!("/api/v1/files/uploads/{upload}/complete"),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     assert_eq!(again, done, "completing twice gives the same file");
     let served = app.get(&format!("/api/v1/files/{file}/content")).await;
     assert!(served.bytes().await.unwrap() == bytes);
@@ -718,12 +674,8 @@ async fn a_chunked_upload_resumes_in_any_order_and_completes_only_as_declared() 
         .bearer_auth(&mallory)
         .json(&serde_json::json!({"name": "x.bin", "size": bytes.len(),
             "sha256": sha256_hex(&bytes), "content_type": "application/octet-stream"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     assert!(hers["upload_id"].is_string(), "{hers}");
 }
 
@@ -746,29 +698,23 @@ async fn a_chunked_upload_whose_bytes_do_not_hash_as_declared_stores_nothing() {
         put_chunk(&app, &upload, 0, bytes.clone()).await.status(),
         StatusCode::NO_CONTENT
     );
-    let files_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let files_before: i64 = app
+        .scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
+        .await;
     let r = app
-        .request(
+        .send(
             Method::POST,
             &format!("/api/v1/files/uploads/{upload}/complete"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         r.json::<Value>().await.unwrap()["code"],
         "checksum_mismatch"
     );
-    let files_after: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let files_after: i64 = app
+        .scalar("SELECT count(*) FROM files.events WHERE aggregate_type = 'file'")
+        .await;
     assert_eq!(files_after, files_before, "no file");
     // And the bytes that were not what was declared are not kept.
     let js = async_nats::jetstream::new(app.nats.client().await);
@@ -921,12 +867,8 @@ async fn thumbnails_are_made_once_per_box_and_only_of_images_within_the_limits()
     // Someone else: no such file.
     let (_, other) = app.register_and_login("stranger").await;
     let r = app
-        .http
-        .get(app.url(&format!("/api/v1/files/{id}/thumbnail")))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&other, &format!("/api/v1/files/{id}/thumbnail"))
+        .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // Text is not an image, whatever it claims to be.
@@ -959,10 +901,8 @@ async fn thumbnails_are_made_once_per_box_and_only_of_images_within_the_limits()
         .any(|o| o.starts_with(&format!("thumb.{}", bomb["sha256"].as_str().unwrap()))));
     // The picture deleted, the janitor removes its bytes and its thumbnails.
     let r = app
-        .request(Method::DELETE, &format!("/api/v1/files/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/api/v1/files/{id}"))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     eventually(
         "bytes and thumbnails removed",
@@ -1009,13 +949,11 @@ async fn one_chunk_sent_twice_at_once_with_different_bytes_never_makes_a_file_un
         assert_eq!(a.unwrap().status(), StatusCode::NO_CONTENT);
         assert_eq!(b.unwrap().status(), StatusCode::NO_CONTENT);
         let done = app
-            .request(
+            .send(
                 Method::POST,
                 &format!("/api/v1/files/uploads/{id}/complete"),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
         // Whichever copy was recorded is the one hashed and kept: the good one makes the
         // file, the bad one is refused; never a file whose bytes are not its hash.
         match done.status() {
@@ -1134,13 +1072,11 @@ async fn bytes_just_stored_are_deduplicated_at_once_for_their_owner_only_while_l
         // Both files deleted: nothing of the owner's holds those bytes any more.
         for id in [&stored["id"], &again["id"]] {
             let r = app
-                .request(
+                .send(
                     Method::DELETE,
                     &format!("/api/v1/files/{}", id.as_str().unwrap()),
                 )
-                .send()
-                .await
-                .unwrap();
+                .await;
             assert_eq!(r.status(), StatusCode::NO_CONTENT);
         }
         // At once too: the read model may still list them, the files say they are gone.
@@ -1178,24 +1114,19 @@ async fn a_member_removed_from_the_room_reads_its_attachments_no_more_at_once() 
         Duration::from_secs(10),
         || async {
             let page: Value = app
-                .get(&format!("/api/v1/rooms/{room}/messages"))
-                .await
-                .json()
-                .await
-                .unwrap();
+                .get_json(&format!("/api/v1/rooms/{room}/messages"))
+                .await;
             (page["items"][0]["file_ids"] == serde_json::json!([file])).then_some(())
         },
     )
     .await;
     assert_eq!(bobs_read().await, StatusCode::OK);
     let removed = app
-        .request(
+        .send(
             Method::DELETE,
             &format!("/api/v1/rooms/{room}/members/{bob}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(removed.status(), StatusCode::OK);
     assert_eq!(bobs_read().await, StatusCode::NOT_FOUND);
 }

@@ -56,11 +56,8 @@ async fn receiving_stock_raises_the_version_and_on_hand() {
         json!({"id": "ABC-1", "version": 2})
     );
     let read: Value = app
-        .get("/api/v1/inventory/items/ABC-1?min_version=2")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/inventory/items/ABC-1?min_version=2")
+        .await;
     assert_eq!(
         (read["on_hand"].clone(), read["version"].clone()),
         (json!(5), json!(2))
@@ -363,11 +360,8 @@ async fn listing_pages_by_cursor_return_each_item_once_and_filter_low_stock() {
     assert_eq!(seen, (0..7).map(|i| format!("SKU-{i}")).collect::<Vec<_>>());
 
     let low: Value = app
-        .get("/api/v1/inventory/items?low_stock_below=3")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/inventory/items?low_stock_below=3")
+        .await;
     let low: Vec<&str> = low["items"]
         .as_array()
         .unwrap()

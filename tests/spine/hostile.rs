@@ -28,14 +28,12 @@ async fn a_display_name_with_a_nul_or_an_escape_is_refused_and_appends_nothing()
             .unwrap();
         assert_eq!(invalid_fields(response).await, ["display_name"]);
         let response = app
-            .request(
+            .send_json(
                 reqwest::Method::PATCH,
                 &format!("/api/v1/users/{}", app.user_id),
+                &json!({"display_name": name}),
             )
-            .json(&json!({"display_name": name}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(invalid_fields(response).await, ["display_name"]);
     }
     // Tabs and newlines are text.
@@ -106,11 +104,8 @@ async fn stock_past_its_limit_is_refused_and_can_never_wrap() {
     }
     assert_eq!(app.event_count().await, before + 1);
     let item: Value = app
-        .get("/api/v1/inventory/items/BIG?min_version=1")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/inventory/items/BIG?min_version=1")
+        .await;
     assert_eq!(item["on_hand"], 1_000_000_000_000u64);
 
     // Orders cannot overflow either: 100 lines of a million units at 10^12 cents each.
@@ -367,12 +362,7 @@ async fn no_stored_event_of_any_kind_stops_a_read_model_or_the_saga() {
         );
     }
     let users = statuses.iter().find(|s| s["name"] == "users").unwrap();
-    let parked: Vec<Value> = app
-        .get("/api/v1/projections/users/parked")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let parked: Vec<Value> = app.get_json("/api/v1/projections/users/parked").await;
     assert_eq!(parked.len() as u64, users["parked"].as_u64().unwrap());
     assert!(
         parked
@@ -414,21 +404,11 @@ async fn the_parked_event_routes_are_for_staff_only() {
         problem(response, StatusCode::FORBIDDEN, "forbidden").await;
     }
     let (_, boss) = app.register_and_login("boss").await;
-    let response = app
-        .http
-        .get(app.url("/api/v1/projections/users/parked"))
-        .bearer_auth(&boss)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_as(&boss, "/api/v1/projections/users/parked").await;
     assert_eq!(response.status(), StatusCode::OK);
     let response = app
-        .http
-        .get(app.url("/api/v1/projections/nothing/parked"))
-        .bearer_auth(&boss)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&boss, "/api/v1/projections/nothing/parked")
+        .await;
     problem(response, StatusCode::NOT_FOUND, "not_found").await;
 }
 
@@ -464,14 +444,7 @@ async fn only_staff_create_items_receive_stock_and_create_coupons() {
     assert_eq!(roles(&boss), ["customer", "staff"]);
     assert_eq!(roles(&app.token), ["customer"]);
     for (path, body) in &attempts {
-        let response = app
-            .http
-            .post(app.url(path))
-            .bearer_auth(&boss)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let response = app.post_as(&boss, path, body).await;
         assert!(
             response.status().is_success(),
             "{path}: {}",
@@ -631,11 +604,12 @@ async fn sql_and_html_in_every_string_field_are_stored_verbatim_and_rendered_ine
     )
     .await;
     let described = app
-        .request(reqwest::Method::PATCH, "/api/v1/inventory/items/NASTY-1")
-        .json(&json!({"description": NASTY}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            reqwest::Method::PATCH,
+            "/api/v1/inventory/items/NASTY-1",
+            &json!({"description": NASTY}),
+        )
+        .await;
     assert_eq!(described.status(), StatusCode::OK);
     let item = read("/api/v1/inventory/items/NASTY-1?min_version=2".to_owned()).await;
     verbatim.push(("item name", item["name"].clone()));
@@ -676,9 +650,6 @@ async fn sql_and_html_in_every_string_field_are_stored_verbatim_and_rendered_ine
         let fields = crate::common::invalid_fields(app.post(path, body).await).await;
         assert_eq!(fields, [field], "{path}");
     }
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM blog.events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let tables: i64 = app.scalar("SELECT count(*) FROM blog.events").await;
     assert!(tables > 0, "the events table is still there");
 }

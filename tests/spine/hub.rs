@@ -2,6 +2,7 @@
 //! the handshake, live messages in `seq` order, recovery with `since_seq`, sending over the
 //! socket, membership enforced, bad frames answered.
 
+use chronicle_tests::ReadJson;
 use std::time::Duration;
 
 use chronicle_tests::TestApp;
@@ -46,11 +47,12 @@ async fn put(socket: &mut Socket, value: Value) {
 
 async fn room_with(app: &TestApp, members: &[&str]) -> String {
     let r = app
-        .request(Method::POST, "/api/v1/rooms")
-        .json(&json!({"kind": "group", "members": members}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::POST,
+            "/api/v1/rooms",
+            &json!({"kind": "group", "members": members}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     r.json::<Value>().await.unwrap()["id"]
         .as_str()
@@ -255,13 +257,11 @@ async fn a_member_removed_gets_no_more_of_the_rooms_messages() {
     put(&mut socket, json!({"type": "subscribe", "room_id": room})).await;
     assert_eq!(frame(&mut socket).await["type"], "subscribed");
     let removed = app
-        .request(
+        .send(
             Method::DELETE,
             &format!("/api/v1/rooms/{room}/members/{bob}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(removed.status(), StatusCode::OK);
     assert_eq!(
         frame(&mut socket).await,
@@ -409,12 +409,7 @@ async fn a_client_that_stops_reading_is_dropped_and_never_slows_the_room() {
             .await;
         assert_eq!(r.status(), StatusCode::CREATED);
         if sent % 50 == 0 {
-            let presence: Value = app
-                .get(&format!("/api/v1/users/{bob}/presence"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let presence: Value = app.get_json(&format!("/api/v1/users/{bob}/presence")).await;
             dropped = presence["online"] == false;
         }
     }
@@ -524,12 +519,8 @@ async fn a_file_attached_over_the_socket_reaches_the_members_frames() {
             "file",
             reqwest::multipart::Part::bytes(b"minutes".to_vec()).file_name("minutes.txt"),
         ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     let file = uploaded["id"].as_str().unwrap().to_owned();
     let mut listener = connect(&app, &app.token).await;
     put(&mut listener, json!({"type": "subscribe", "room_id": room})).await;
@@ -657,11 +648,8 @@ async fn hostile_frames_are_refused_one_by_one_and_reach_no_member() {
         assert_eq!(answer["code"], "validation_failed", "{answer}");
     }
     let history: Value = app
-        .get(&format!("/api/v1/rooms/{room}/messages"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/rooms/{room}/messages"))
+        .await;
     assert_eq!(history["items"].as_array().unwrap().len(), 1, "{history}");
 }
 

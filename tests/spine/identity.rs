@@ -188,13 +188,7 @@ async fn missing_tampered_forged_and_expired_tokens_are_401() {
     let mut tampered = app.token.clone();
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let response = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(&tampered)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_as(&tampered, path).await;
     problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
     let other_key = chronicle_gateway::Auth::new(
@@ -202,33 +196,15 @@ async fn missing_tampered_forged_and_expired_tokens_are_401() {
         Duration::from_secs(3600),
     );
     let (forged, _) = other_key.issue(&app.user_id, vec![]).unwrap();
-    let response = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(&forged)
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_as(&forged, path).await;
     problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
     let (_, fresh) = app.register_and_login("fresh_user").await;
-    let ok = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(&fresh)
-        .send()
-        .await
-        .unwrap();
+    let ok = app.get_as(&fresh, path).await;
     assert_eq!(ok.status(), StatusCode::OK, "a fresh token works");
     // Expiry is checked in whole seconds: 2.5 s on, a one-second token is past it.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let expired = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(&fresh)
-        .send()
-        .await
-        .unwrap();
+    let expired = app.get_as(&fresh, path).await;
     problem(expired, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
 
@@ -300,22 +276,23 @@ async fn only_the_user_changes_their_profile_and_a_refusal_appends_nothing() {
     let (other_id, other_token) = app.register_and_login("mallory").await;
     let before = app.event_count().await;
     let response = app
-        .http
-        .patch(app.url(&format!("/api/v1/users/{}", app.user_id)))
-        .bearer_auth(&other_token)
-        .json(&json!({"display_name": "Mallory was here"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json_as(
+            &other_token,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/users/{}", app.user_id),
+            &json!({"display_name": "Mallory was here"}),
+        )
+        .await;
     problem(response, StatusCode::FORBIDDEN, "forbidden").await;
     assert_eq!(app.event_count().await, before);
 
     let own = app
-        .request(Method::PATCH, &format!("/api/v1/users/{}", app.user_id))
-        .json(&json!({"display_name": "Tess"}))
-        .send()
-        .await
-        .unwrap();
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", app.user_id),
+            &json!({"display_name": "Tess"}),
+        )
+        .await;
     assert_eq!(own.status(), StatusCode::OK);
     assert_eq!(own.json::<Value>().await.unwrap()["version"], 2);
     assert_ne!(other_id, app.user_id);
@@ -405,19 +382,15 @@ async fn cors_preflights_are_answered_and_every_response_has_a_request_id_that_c
         created.headers()["x-request-id"],
         request_id.to_string().as_str()
     );
-    let correlation: String = sqlx::query_scalar(
-        "SELECT metadata->>'correlation_id' FROM commerce.events WHERE aggregate_id = 'C-1'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let correlation: String = app
+        .scalar(
+            "SELECT metadata->>'correlation_id' FROM commerce.events WHERE aggregate_id = 'C-1'",
+        )
+        .await;
     assert_eq!(correlation, request_id.to_string());
-    let actor: String = sqlx::query_scalar(
-        "SELECT metadata->>'actor' FROM commerce.events WHERE aggregate_id = 'C-1'",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let actor: String = app
+        .scalar("SELECT metadata->>'actor' FROM commerce.events WHERE aggregate_id = 'C-1'")
+        .await;
     assert_eq!(actor, app.user_id);
     assert!(app
         .get("/health")
@@ -454,10 +427,9 @@ async fn a_registration_retried_with_its_idempotency_key_gets_the_first_answer()
         .await
         .unwrap();
     assert_eq!(login["user_id"], first["user_id"]);
-    let credentials: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.credentials")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let credentials: i64 = app
+        .scalar("SELECT count(*) FROM identity.credentials")
+        .await;
     assert_eq!(credentials, 2, "the replay left no orphan password hash");
 }
 
@@ -481,10 +453,8 @@ async fn idempotency_records_are_purged_after_their_24_hours() {
             .unwrap(),
         1
     );
-    let left: Vec<String> =
-        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE scope = 's'")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let left: Vec<String> = app
+        .scalars("SELECT key FROM idempotency_keys WHERE scope = 's'")
+        .await;
     assert_eq!(left, ["young"]);
 }

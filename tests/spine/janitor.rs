@@ -3,6 +3,7 @@
 //! are being removed waits for the removal instead of pointing a file at nothing.
 
 use chronicle_commands::contexts::FILES;
+use chronicle_tests::sha256_hex;
 use std::time::Duration;
 
 use chronicle_projections::file_metadata;
@@ -10,16 +11,8 @@ use chronicle_sagas::{FilesJanitor, FilesJanitorConfig};
 use chronicle_tests::{eventually, TestApp, TestOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::common::post_file;
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 async fn objects(app: &TestApp) -> Vec<String> {
     crate::common::file_objects(app.nats.client().await).await
@@ -113,13 +106,11 @@ async fn an_abandoned_upload_loses_its_chunks_and_is_closed() {
         .unwrap();
     assert_eq!(head.status(), StatusCode::GONE);
     let complete = app
-        .request(
+        .send(
             Method::POST,
             &format!("/api/v1/files/uploads/{id}/complete"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(complete.status(), StatusCode::CONFLICT);
     let problem: Value = complete.json().await.unwrap();
     assert_eq!(problem["code"], "upload_closed", "{problem}");
@@ -175,10 +166,8 @@ async fn stored_then_deleted(app: &TestApp, bytes: &[u8]) -> String {
     .unwrap();
     let id = stored["id"].as_str().unwrap();
     let deleted = app
-        .request(Method::DELETE, &format!("/api/v1/files/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/api/v1/files/{id}"))
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let sha256 = stored["sha256"].as_str().unwrap().to_owned();
     eventually("no live file", Duration::from_secs(10), || async {
@@ -204,7 +193,7 @@ async fn unreferenced_bytes_wait_while_the_read_model_has_a_parked_event() {
         "INSERT INTO files.parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
          VALUES ($1, 999999, 'events.files.file.x', 'FileStored', 'test', 1)",
     )
-    .bind(file_metadata::FileMetadataProjection::NAME)
+    .bind(chronicle_projections::Projection::name(&file_metadata::FileMetadataProjection))
     .execute(&app.pool)
     .await
     .unwrap();
@@ -360,12 +349,10 @@ async fn parts_no_manifest_lists_and_no_open_upload_holds_are_removed_and_no_oth
         .await;
     assert!(served.bytes().await.unwrap() == b"kept bytes"[..]);
     let done = app
-        .request(
+        .send(
             Method::POST,
             &format!("/api/v1/files/uploads/{upload}/complete"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(done.status(), StatusCode::CREATED);
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::common::post_receipt;
 use chronicle_tests::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -19,16 +20,6 @@ async fn item(app: &TestApp, sku: &str, stock: u64) {
     assert_eq!(r.status(), StatusCode::CREATED);
 }
 
-async fn receive(app: &TestApp, sku: &str, quantity: u64) {
-    let r = app
-        .post(
-            &format!("/api/v1/inventory/items/{sku}/receive"),
-            json!({"quantity": quantity}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
-}
-
 async fn on_hand(app: &TestApp, sku: &str) -> Option<i64> {
     sqlx::query_scalar("SELECT on_hand FROM commerce.inventory_items WHERE sku = $1")
         .bind(sku)
@@ -38,10 +29,8 @@ async fn on_hand(app: &TestApp, sku: &str) -> Option<i64> {
 }
 
 async fn rows(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar("SELECT row_to_json(i)::text FROM commerce.inventory_items i ORDER BY sku")
-        .fetch_all(&app.pool)
+    app.scalars("SELECT row_to_json(i)::text FROM commerce.inventory_items i ORDER BY sku")
         .await
-        .unwrap()
 }
 
 async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
@@ -58,7 +47,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     let app = TestApp::spawn().await;
     item(&app, "S-1", 10).await;
     item(&app, "S-2", 3).await;
-    receive(&app, "S-1", 5).await;
+    post_receipt(&app, "S-1", 5).await;
     eventually("the live read model", Duration::from_secs(20), || async {
         (on_hand(&app, "S-1").await == Some(15) && on_hand(&app, "S-2").await == Some(3))
             .then_some(())
@@ -80,16 +69,15 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
         .unwrap();
     let stats = rebuild(&app).await;
     assert_eq!(rows(&app).await, live);
-    let stream_last: i64 = sqlx::query_scalar("SELECT stream_seq FROM commerce.relay_position")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let stream_last: i64 = app
+        .scalar("SELECT stream_seq FROM commerce.relay_position")
+        .await;
     assert_eq!(
         stats.last_sequence, stream_last as u64,
         "the checkpoint is the relay's position"
     );
     // The live projector goes on from there, applying each new event once.
-    receive(&app, "S-2", 4).await;
+    post_receipt(&app, "S-2", 4).await;
     eventually("the next receipt", Duration::from_secs(20), || async {
         (on_hand(&app, "S-2").await == Some(7)).then_some(())
     })
@@ -102,7 +90,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
 async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on_once() {
     let app = TestApp::spawn().await;
     item(&app, "L-1", 10).await;
-    receive(&app, "L-1", 5).await;
+    post_receipt(&app, "L-1", 5).await;
     eventually("the live read model", Duration::from_secs(20), || async {
         (on_hand(&app, "L-1").await == Some(15)).then_some(())
     })
@@ -111,7 +99,7 @@ async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on
     let js = async_nats::jetstream::new(app.nats.client().await);
     js.delete_stream("EVENTS").await.unwrap();
     // A command commits anyway; the relay makes the stream again and publishes it there.
-    receive(&app, "L-1", 2).await;
+    post_receipt(&app, "L-1", 2).await;
     eventually(
         "the event in a new stream",
         Duration::from_secs(30),
@@ -133,19 +121,14 @@ async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on
     );
     assert_eq!(stats.last_sequence, 1, "the new stream's position");
     // New events reach the read model once each.
-    receive(&app, "L-1", 1).await;
+    post_receipt(&app, "L-1", 1).await;
     eventually("the next receipt", Duration::from_secs(30), || async {
         (on_hand(&app, "L-1").await == Some(18)).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(on_hand(&app, "L-1").await, Some(18));
-    let item: Value = app
-        .get("/api/v1/inventory/items/L-1")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let item: Value = app.get_json("/api/v1/inventory/items/L-1").await;
     assert_eq!(item["on_hand"], 18);
 }
 
@@ -170,10 +153,7 @@ async fn chat_rows(app: &TestApp) -> Vec<String> {
 }
 
 async fn message_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM chat.chat_messages")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+    app.scalar("SELECT count(*) FROM chat.chat_messages").await
 }
 
 /// `chat_history` reads two contexts' events (chat's rooms, files' files), each in its own

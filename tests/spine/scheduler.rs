@@ -34,11 +34,8 @@ async fn job(app: &TestApp, id: &str) -> Value {
 
 async fn runs(app: &TestApp, id: &str) -> Vec<Value> {
     let page: Value = app
-        .get(&format!("/api/v1/jobs/{id}/runs?limit=200"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/jobs/{id}/runs?limit=200"))
+        .await;
     let mut runs = page["items"].as_array().unwrap().clone();
     runs.reverse();
     runs
@@ -232,10 +229,8 @@ async fn pause_stops_runs_and_resume_restarts_them() {
     due.dedup();
     assert_eq!(due.len(), n, "{all:?}");
     let deleted = app
-        .request(Method::DELETE, &format!("/api/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap();
+        .send(Method::DELETE, &format!("/api/v1/jobs/{id}"))
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     eventually("gone", Duration::from_secs(5), || async {
         (app.get(&format!("/api/v1/jobs/{id}")).await.status() == StatusCode::NOT_FOUND)
@@ -373,14 +368,7 @@ async fn bad_jobs_are_refused_with_why_and_change_nothing() {
             );
         }
     }
-    let depends_on_theirs = app
-        .http
-        .post(app.url("/api/v1/jobs"))
-        .bearer_auth(&other)
-        .json(&json!({"name": "x", "schedule": {"after_seconds": 1}, "depends_on": [mine], "action": noop}))
-        .send()
-        .await
-        .unwrap();
+    let depends_on_theirs = app.post_as(&other, "/api/v1/jobs", &json!({"name": "x", "schedule": {"after_seconds": 1}, "depends_on": [mine], "action": noop})).await;
     assert_eq!(invalid_fields(depends_on_theirs).await, ["depends_on"]);
     assert_eq!(
         app.event_count().await,

@@ -2,6 +2,7 @@
 //! tus project's Python client from PyPI (installed by scripts/setup), unchanged, so what it
 //! expects of a tus server is what we are held to; and the protocol's edges with reqwest.
 
+use chronicle_tests::sha256_hex;
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -17,13 +18,6 @@ use sha2::{Digest, Sha256};
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i % 251) as u8).wrapping_mul(seed) ^ (i / 4096) as u8)
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
@@ -86,12 +80,7 @@ async fn tuspy_uploads_in_checksummed_chunks_and_the_upload_is_a_file_like_any_o
         .as_str()
         .unwrap()
         .ends_with(&format!("/api/v1/files/tus/{file_id}")));
-    let meta: Value = app
-        .get(&format!("/api/v1/files/{file_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = app.get_json(&format!("/api/v1/files/{file_id}")).await;
     assert_eq!(meta["name"], "report.bin");
     assert_eq!(meta["size"], bytes.len());
     assert_eq!(meta["sha256"], sha256_hex(&bytes));

@@ -347,23 +347,106 @@ impl TestApp {
             .bearer_auth(&self.token)
     }
 
+    /// A request with `token` (another user's, or a tampered one).
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Sends a bodyless request with the default user's token.
+    pub async fn send(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        answer(self.request(method, path).send().await)
+    }
+
+    /// Sends a bodyless request with `token`.
+    pub async fn send_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::Response {
+        answer(self.request_as(token, method, path).send().await)
+    }
+
+    /// `GET path` with `token`.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.send_as(token, reqwest::Method::GET, path).await
+    }
+
+    /// Sends `body` as JSON with the default user's token.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        answer(self.request(method, path).json(body).send().await)
+    }
+
+    /// Sends `body` as JSON with `token`.
+    pub async fn send_json_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        answer(self.request_as(token, method, path).json(body).send().await)
+    }
+
+    /// `POST path` with `body` as JSON and `token`.
+    pub async fn post_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.send_json_as(token, reqwest::Method::POST, path, body)
+            .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.request(reqwest::Method::GET, path)
-            .send()
-            .await
-            .expect("the gateway answers")
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    /// `GET path` with the default user's token, its body read as JSON (any status).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.get(path).await.json().await.expect("a JSON body")
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.request(reqwest::Method::POST, path)
-            .json(&body)
-            .send()
+        self.send_json(reqwest::Method::POST, path, &body).await
+    }
+
+    /// The one value `sql` answers, read from the database behind the API (what a test checks
+    /// that the API does not show).
+    pub async fn scalar<T>(&self, sql: &str) -> T
+    where
+        T: Send + Unpin + sqlx::Type<sqlx::Postgres> + for<'r> sqlx::Decode<'r, sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
             .await
-            .expect("the gateway answers")
+            .expect("the query answers")
+    }
+
+    /// Every value `sql` answers, as [`TestApp::scalar`].
+    pub async fn scalars<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: Send + Unpin + sqlx::Type<sqlx::Postgres> + for<'r> sqlx::Decode<'r, sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .fetch_all(&self.pool)
+            .await
+            .expect("the query answers")
     }
 
     /// How many events the store holds (the default user's registration included).
@@ -376,6 +459,11 @@ impl TestApp {
         .await
         .expect("count events")
     }
+}
+
+/// The gateway's answer: a request the gateway does not answer at all fails the test.
+fn answer(sent: reqwest::Result<reqwest::Response>) -> reqwest::Response {
+    sent.expect("the gateway answers")
 }
 
 impl Drop for TestApp {

@@ -31,6 +31,34 @@ pub use db::{context_role, every_context, postgres_cluster, TestDb, TestPostgres
 pub use hook::{Answer, Hook};
 pub use smtp::SmtpServer;
 
+/// The lowercase hex SHA-256 of `bytes`, as the files API names content.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A request sent and its JSON body read, for tests that talk HTTP to a process: a request
+/// that gets no answer, or an answer that is not JSON, fails the test.
+#[allow(async_fn_in_trait)] // tests only, awaited where they are made
+pub trait ReadJson {
+    /// Sends the request and reads its answer's body as JSON (any status).
+    async fn read_json<T: serde::de::DeserializeOwned>(self) -> T;
+}
+
+impl ReadJson for reqwest::RequestBuilder {
+    async fn read_json<T: serde::de::DeserializeOwned>(self) -> T {
+        self.send()
+            .await
+            .expect("an answer")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+}
+
 use chronicle_engines::{NatsOptions, NatsServer, Postgres, PostgresOptions};
 use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
 

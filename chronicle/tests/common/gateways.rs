@@ -1,6 +1,7 @@
 //! Chronicle processes on one test's servers, sharing a token key: `chronicle up` and extra
 //! gateways to kill, and users registered on them.
 
+use chronicle_tests::ReadJson;
 use std::process::Command;
 
 use chronicle_tests::{TestDb, TestNats};
@@ -56,12 +57,8 @@ pub async fn user(http: &reqwest::Client, base: &str, name: &str) -> (String, St
     let login: Value = http
         .post(format!("{base}/api/v1/auth/login"))
         .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .read_json()
+        .await;
     (
         login["user_id"]
             .as_str()

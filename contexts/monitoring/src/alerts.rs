@@ -2,13 +2,14 @@
 //! (monitoring). Built from the rule aggregate's events.
 
 use crate::{Rule, RuleEvent};
+use chronicle_schemas::AggregateKind;
 use chronicle_schemas::Envelope;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use chronicle_projections::{Projection, ProjectionError};
+use chronicle_projections::{Definition, Projection, ProjectionError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AlertsProjection;
@@ -38,25 +39,13 @@ CREATE INDEX IF NOT EXISTS monitoring_alerts_state ON monitoring_alerts (state, 
 CREATE INDEX IF NOT EXISTS monitoring_alerts_rule ON monitoring_alerts (rule_id, started_at DESC)";
 
 impl Projection for AlertsProjection {
-    fn name(&self) -> &'static str {
-        "alerts"
-    }
-
-    fn context(&self) -> &'static str {
-        crate::NAME
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![format!("events.monitoring.{}.>", Rule::TYPE)]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["monitoring_rules", "monitoring_alerts"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition = Definition::new(
+        "alerts",
+        crate::NAME,
+        &["monitoring_rules", "monitoring_alerts"],
+        DDL,
+    )
+    .reading(&[(Rule::CONTEXT, Rule::TYPE)]);
 
     async fn apply(
         &self,

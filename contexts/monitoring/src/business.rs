@@ -12,7 +12,7 @@ use chronicle_schemas::{commerce::OrderEvent, files::FileEvent, Envelope};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgConnection;
 
-use chronicle_projections::{Projection, ProjectionError};
+use chronicle_projections::{Definition, Projection, ProjectionError};
 
 /// The series this projection writes, by metric name.
 pub const BUSINESS_SERIES: &[&str] = &[
@@ -36,31 +36,14 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS business_series (
 )";
 
 impl Projection for BusinessMetricsProjection {
-    fn name(&self) -> &'static str {
-        "business_metrics"
-    }
-
-    fn context(&self) -> &'static str {
-        crate::NAME
-    }
-
-    fn subjects(&self) -> Vec<String> {
-        vec![
-            "events.commerce.order.>".to_owned(),
-            "events.commerce.cart.>".to_owned(),
-            "events.chat.room.>".to_owned(),
-            "events.files.file.>".to_owned(),
-            "events.scheduler.job.>".to_owned(),
-        ]
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["business_series"]
-    }
-
-    fn ddl(&self) -> &'static str {
-        DDL
-    }
+    const DEFINITION: Definition =
+        Definition::new("business_metrics", crate::NAME, &["business_series"], DDL).reading(&[
+            ("commerce", "order"),
+            ("commerce", "cart"),
+            ("chat", "room"),
+            ("files", "file"),
+            ("scheduler", "job"),
+        ]);
 
     async fn apply(
         &self,

@@ -437,26 +437,20 @@ pub async fn create_rule(
     )?;
     let ctx = respond::context(&caller, IfMatch(None), key, &raw);
     let rule_id = uuid::Uuid::now_v7().to_string();
-    let executed = state
-        .commands
-        .execute_with_response::<Rule>(
-            &rule_id,
-            RuleCommand::Create {
-                rule_id: rule_id.clone(),
-                spec,
-                by: caller.user_id.clone(),
-                now: Utc::now(),
-            },
-            &(),
-            &ctx,
-            respond::id_and_version(201),
-        )
-        .await?;
-    Ok(respond::created(
-        executed,
+    respond::run::<Rule>(
+        &state,
+        &rule_id,
+        RuleCommand::Create {
+            rule_id: rule_id.clone(),
+            spec,
+            by: caller.user_id.clone(),
+            now: Utc::now(),
+        },
+        &ctx,
         respond::id_and_version(201),
-        "/api/v1/monitoring/rules",
-    ))
+        Some("/api/v1/monitoring/rules"),
+    )
+    .await
 }
 
 /// `GET /api/v1/monitoring/rules` (staff): every rule with its spec.

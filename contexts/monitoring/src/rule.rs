@@ -4,7 +4,6 @@
 
 use chronicle_schemas::{limits::Invalid, AggregateKind};
 use chrono::{DateTime, Duration, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{AlertState, RuleEvent, RuleSpec};
@@ -53,16 +52,10 @@ pub enum RuleError {
     #[error("the rule already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
+    Invalid(#[from] Invalid),
     /// Only a firing alert can be acknowledged.
     #[error("the alert is {0}, not firing")]
     NotFiring(&'static str),
-}
-
-impl From<Invalid> for RuleError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
 }
 
 chronicle_schemas::domain_rules!(RuleError {
@@ -291,26 +284,4 @@ impl AggregateKind for Rule {
     const CONTEXT: &'static str = crate::NAME;
 }
 
-impl Aggregate for Rule {
-    const TYPE: &'static str = "rule";
-    type Command = RuleCommand;
-    type Event = RuleEvent;
-    type Error = RuleError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.apply_event(event);
-    }
-}
+chronicle_schemas::decided_aggregate!(Rule: "rule", RuleCommand => RuleEvent, RuleError);

@@ -188,12 +188,7 @@ async fn samples_in_both_formats_are_stored_and_queried_back_with_each_aggregati
     assert!(labels.contains(&&json!({"path": "/b", "source": "host-1"})));
     assert_eq!(both["step_seconds"], 60);
 
-    let known: Value = app
-        .get("/api/v1/monitoring/metrics")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let known: Value = app.get_json("/api/v1/monitoring/metrics").await;
     let requests = known
         .as_array()
         .unwrap()
@@ -302,12 +297,7 @@ async fn create_rule(app: &TestApp, rule: Value) -> String {
 }
 
 async fn alerts_of(app: &TestApp, rule_id: &str) -> Vec<Value> {
-    let all: Value = app
-        .get("/api/v1/monitoring/alerts?limit=1000")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/api/v1/monitoring/alerts?limit=1000").await;
     all.as_array()
         .unwrap()
         .iter()
@@ -625,13 +615,8 @@ async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
     let (_, customer) = app.register_and_login("customer").await;
     let rule = json!({"name": "r", "metric": "m", "agg": "avg", "op": ">", "threshold": 1});
     let refused = app
-        .http
-        .post(app.url("/api/v1/monitoring/rules"))
-        .bearer_auth(&customer)
-        .json(&rule)
-        .send()
-        .await
-        .unwrap();
+        .post_as(&customer, "/api/v1/monitoring/rules", &rule)
+        .await;
     problem(refused, StatusCode::FORBIDDEN, "forbidden").await;
     let elsewhere = app
         .post(
@@ -705,12 +690,7 @@ async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
         "the change in the list",
         Duration::from_secs(10),
         || async {
-            let rules: Value = app
-                .get("/api/v1/monitoring/rules")
-                .await
-                .json()
-                .await
-                .unwrap();
+            let rules: Value = app.get_json("/api/v1/monitoring/rules").await;
             rules
                 .as_array()
                 .unwrap()
@@ -724,12 +704,7 @@ async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
     assert_eq!(listed["window_seconds"], 60);
     // The four default rules are installed too.
     let rules: Value = eventually("the default rules", Duration::from_secs(10), || async {
-        let rules: Value = app
-            .get("/api/v1/monitoring/rules")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let rules: Value = app.get_json("/api/v1/monitoring/rules").await;
         (rules.as_array().unwrap().len() >= 5).then_some(rules)
     })
     .await;
@@ -745,22 +720,18 @@ async fn rules_are_staff_only_checked_against_the_limits_and_the_notify_list() {
         );
     }
     let deleted = app
-        .request(
+        .send(
             reqwest::Method::DELETE,
             &format!("/api/v1/monitoring/rules/{id}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     let gone = app
-        .request(
+        .send(
             reqwest::Method::DELETE,
             &format!("/api/v1/monitoring/rules/{id}"),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     problem(gone, StatusCode::NOT_FOUND, "not_found").await;
     for path in [
         "/api/v1/monitoring/rules/a%00b",
@@ -790,12 +761,7 @@ async fn retention_drops_old_samples_and_the_rollups_still_answer() {
         .collect();
     assert_eq!(report_json(&app, json!(samples)).await, 6);
     let count = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM monitoring.monitoring_samples s JOIN monitoring.monitoring_series m ON m.id = s.series_id WHERE m.metric = 't_old'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap()
+        app.scalar::< i64>("SELECT count(*) FROM monitoring.monitoring_samples s JOIN monitoring.monitoring_series m ON m.id = s.series_id WHERE m.metric = 't_old'").await
     };
     assert_eq!(count().await, 6);
     eventually(

@@ -1,5 +1,4 @@
 use chronicle_schemas::{blog::CommentEvent, AggregateKind};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// Longest comment, in characters.
@@ -116,26 +115,10 @@ impl AggregateKind for Comment {
     const CONTEXT: &'static str = "blog";
 }
 
-impl Aggregate for Comment {
-    const TYPE: &'static str = "comment";
-    type Command = CommentCommand;
-    type Event = CommentEvent;
-    type Error = CommentError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Comment: "comment", CommentCommand => CommentEvent, CommentError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Comment {
+    fn apply_event(&mut self, event: CommentEvent) {
         match event {
             CommentEvent::CommentAdded {
                 post_id,

@@ -1,5 +1,4 @@
 use chronicle_schemas::{blog::PostEvent, AggregateKind};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// Longest title, in characters.
@@ -214,26 +213,10 @@ impl AggregateKind for Post {
     const CONTEXT: &'static str = "blog";
 }
 
-impl Aggregate for Post {
-    const TYPE: &'static str = "post";
-    type Command = PostCommand;
-    type Event = PostEvent;
-    type Error = PostError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Post: "post", PostCommand => PostEvent, PostError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Post {
+    fn apply_event(&mut self, event: PostEvent) {
         match event {
             PostEvent::PostDrafted {
                 author_id,

@@ -2,18 +2,11 @@
 //! can be projected.
 
 use chronicle_blog::{Comment, CommentCommand, Post, PostCommand, PostRef};
-use chronicle_schemas::testing::{execute, projectable};
+use chronicle_schemas::testing::{execute, hostile_text, projectable};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
-        Just(String::new()),
-        Just("a\u{0}b".to_owned()),
-        Just("line\nbreak\ttab".to_owned()),
-        Just("rust".to_owned()),
-        Just("x".repeat(6_000)),
-    ]
+    hostile_text(&["line\nbreak\ttab", "rust"], 6_000)
 }
 
 fn tags() -> impl Strategy<Value = Vec<String>> {

@@ -6,7 +6,6 @@ use chronicle_schemas::{
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// Longest message, in characters (API.md).
@@ -314,26 +313,10 @@ impl AggregateKind for Room {
     const CONTEXT: &'static str = "chat";
 }
 
-impl Aggregate for Room {
-    const TYPE: &'static str = "room";
-    type Command = RoomCommand;
-    type Event = RoomEvent;
-    type Error = RoomError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Room: "room", RoomCommand => RoomEvent, RoomError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Room {
+    fn apply_event(&mut self, event: RoomEvent) {
         use RoomEvent as E;
         match event {
             E::RoomCreated {
@@ -383,7 +366,7 @@ impl Aggregate for Room {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cqrs_es::test::TestFramework;
+    use cqrs_es::{test::TestFramework, Aggregate};
     use RoomCommand as C;
     use RoomEvent as E;
 

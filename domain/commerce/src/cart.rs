@@ -11,7 +11,6 @@ use chronicle_schemas::{
     limits::Invalid,
     AggregateKind,
 };
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{check_quantity, check_sku};
@@ -127,26 +126,10 @@ impl AggregateKind for Cart {
     const CONTEXT: &'static str = "commerce";
 }
 
-impl Aggregate for Cart {
-    const TYPE: &'static str = "cart";
-    type Command = CartCommand;
-    type Event = CartEvent;
-    type Error = CartError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Cart: "cart", CartCommand => CartEvent, CartError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Cart {
+    fn apply_event(&mut self, event: CartEvent) {
         // Every change of the lines is a touch: the cart may be abandoned again later.
         self.abandoned = false;
         match event {

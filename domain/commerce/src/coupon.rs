@@ -1,7 +1,6 @@
 use std::collections::BTreeSet;
 
 use chronicle_schemas::{commerce::CouponEvent, AggregateKind};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// What can be asked of a coupon.
@@ -126,26 +125,10 @@ impl AggregateKind for Coupon {
     const CONTEXT: &'static str = "commerce";
 }
 
-impl Aggregate for Coupon {
-    const TYPE: &'static str = "coupon";
-    type Command = CouponCommand;
-    type Event = CouponEvent;
-    type Error = CouponError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Coupon: "coupon", CouponCommand => CouponEvent, CouponError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Coupon {
+    fn apply_event(&mut self, event: CouponEvent) {
         match event {
             CouponEvent::CouponCreated {
                 code,

@@ -5,7 +5,6 @@ use chronicle_schemas::{
     limits::{self, Invalid, MAX_QUANTITY, MAX_STOCK},
     AggregateKind,
 };
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 /// What can be asked of an inventory item.
@@ -394,26 +393,10 @@ impl AggregateKind for InventoryItem {
     const CONTEXT: &'static str = "commerce";
 }
 
-impl Aggregate for InventoryItem {
-    const TYPE: &'static str = "inventory_item";
-    type Command = InventoryCommand;
-    type Event = InventoryEvent;
-    type Error = InventoryError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(InventoryItem: "inventory_item", InventoryCommand => InventoryEvent, InventoryError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl InventoryItem {
+    fn apply_event(&mut self, event: InventoryEvent) {
         use InventoryEvent as E;
         match event {
             E::ItemCreated {
@@ -465,6 +448,7 @@ impl Aggregate for InventoryItem {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::Aggregate as _;
     use InventoryCommand as C;
     use InventoryEvent as E;
 

@@ -7,21 +7,12 @@ use chronicle_commerce::{
 };
 use chronicle_schemas::{
     limits::{MAX_CENTS, MAX_QUANTITY, MAX_STOCK},
-    testing::{execute, projectable},
+    testing::{execute, hostile_text, projectable},
 };
 use proptest::prelude::*;
 
-/// Text as a hostile client sends it: ordinary, empty, blank, control characters, long.
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
-        Just(String::new()),
-        Just("   ".to_owned()),
-        Just("a\u{0}b".to_owned()),
-        Just("\u{1b}[31m".to_owned()),
-        Just("SKU-1".to_owned()),
-        Just("x".repeat(300)),
-    ]
+    hostile_text(&["SKU-1"], 300)
 }
 
 fn unsigned() -> impl Strategy<Value = u64> {

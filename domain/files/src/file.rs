@@ -1,6 +1,5 @@
 use chronicle_schemas::{files::FileEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
@@ -36,13 +35,7 @@ pub enum FileError {
     #[error("the file already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
-}
-
-impl From<Invalid> for FileError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
+    Invalid(#[from] Invalid),
 }
 
 chronicle_schemas::domain_rules!(FileError {
@@ -157,26 +150,10 @@ impl AggregateKind for File {
     const CONTEXT: &'static str = "files";
 }
 
-impl Aggregate for File {
-    const TYPE: &'static str = "file";
-    type Command = FileCommand;
-    type Event = FileEvent;
-    type Error = FileError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(File: "file", FileCommand => FileEvent, FileError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl File {
+    fn apply_event(&mut self, event: FileEvent) {
         match event {
             FileEvent::FileStored {
                 file_id,

@@ -4,7 +4,6 @@ use chronicle_schemas::{
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::valid_user_id;
@@ -35,13 +34,7 @@ pub enum ShareError {
     #[error("the share already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
-}
-
-impl From<Invalid> for ShareError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
+    Invalid(#[from] Invalid),
 }
 
 chronicle_schemas::domain_rules!(ShareError {
@@ -133,26 +126,10 @@ impl AggregateKind for Share {
     const CONTEXT: &'static str = "files";
 }
 
-impl Aggregate for Share {
-    const TYPE: &'static str = "share";
-    type Command = ShareCommand;
-    type Event = ShareEvent;
-    type Error = ShareError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Share: "share", ShareCommand => ShareEvent, ShareError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Share {
+    fn apply_event(&mut self, event: ShareEvent) {
         match event {
             ShareEvent::ShareCreated {
                 file_id,
@@ -176,6 +153,7 @@ impl Aggregate for Share {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::Aggregate;
     use ShareCommand as C;
     use ShareEvent as E;
 

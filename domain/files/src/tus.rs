@@ -1,6 +1,5 @@
 use chronicle_schemas::{files::TusUploadEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
@@ -48,7 +47,7 @@ pub enum TusError {
     #[error("the upload already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
+    Invalid(#[from] Invalid),
     /// Bytes sent for another offset than the one the server holds.
     #[error("the upload is at offset {expected}")]
     OffsetMismatch { expected: u64 },
@@ -62,12 +61,6 @@ pub enum TusError {
     Closed,
     #[error("the upload has not expired")]
     NotExpired,
-}
-
-impl From<Invalid> for TusError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
 }
 
 chronicle_schemas::domain_rules!(TusError {
@@ -277,26 +270,10 @@ impl AggregateKind for TusUpload {
     const CONTEXT: &'static str = "files";
 }
 
-impl Aggregate for TusUpload {
-    const TYPE: &'static str = "tus_upload";
-    type Command = TusCommand;
-    type Event = TusUploadEvent;
-    type Error = TusError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(TusUpload: "tus_upload", TusCommand => TusUploadEvent, TusError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl TusUpload {
+    fn apply_event(&mut self, event: TusUploadEvent) {
         match event {
             TusUploadEvent::TusUploadCreated {
                 upload_id,

@@ -6,7 +6,6 @@ use chronicle_schemas::{
     AggregateKind,
 };
 use chrono::{DateTime, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
@@ -58,7 +57,7 @@ pub enum UploadError {
     #[error("the upload already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
+    Invalid(#[from] Invalid),
     #[error("chunk {index} is {expected} bytes long")]
     ChunkLength { index: u64, expected: u64 },
     #[error("{missing} chunks are still missing")]
@@ -69,12 +68,6 @@ pub enum UploadError {
     Closed,
     #[error("the upload has not expired")]
     NotExpired,
-}
-
-impl From<Invalid> for UploadError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
 }
 
 chronicle_schemas::domain_rules!(UploadError {
@@ -317,26 +310,10 @@ impl AggregateKind for Upload {
     const CONTEXT: &'static str = "files";
 }
 
-impl Aggregate for Upload {
-    const TYPE: &'static str = "upload";
-    type Command = UploadCommand;
-    type Event = UploadEvent;
-    type Error = UploadError;
-    type Services = ();
+chronicle_schemas::decided_aggregate!(Upload: "upload", UploadCommand => UploadEvent, UploadError);
 
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl Upload {
+    fn apply_event(&mut self, event: UploadEvent) {
         match event {
             UploadEvent::UploadStarted {
                 upload_id,

@@ -7,7 +7,7 @@ use chronicle_files::{
     File, FileCommand, Share, ShareCommand, ShareEvent, TusCommand, TusUpload, TusUploadEvent,
     Upload, UploadCommand, UploadEvent, MIN_CHUNK_SIZE,
 };
-use chronicle_schemas::testing::{execute, projectable};
+use chronicle_schemas::testing::{execute, hostile_text, projectable};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
@@ -18,14 +18,7 @@ fn at(seconds: i64) -> DateTime<Utc> {
 const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
-        Just(String::new()),
-        Just("../../etc/passwd".to_owned()),
-        Just("a\u{0}b".to_owned()),
-        Just("ok.txt".to_owned()),
-        Just("x".repeat(10_000)),
-    ]
+    hostile_text(&["../../etc/passwd", "ok.txt"], 10_000)
 }
 
 fn upload_command() -> impl Strategy<Value = UploadCommand> {

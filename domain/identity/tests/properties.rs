@@ -2,17 +2,11 @@
 //! accepted can be projected (the `users` read model froze on a NUL before).
 
 use chronicle_identity::{User, UserCommand};
-use chronicle_schemas::testing::{execute, projectable};
+use chronicle_schemas::testing::{execute, hostile_text, projectable};
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        proptest::collection::vec(any::<char>(), 0..12).prop_map(String::from_iter),
-        Just(String::new()),
-        Just("a\u{0}b".to_owned()),
-        Just("ada".to_owned()),
-        Just("x".repeat(100)),
-    ]
+    hostile_text(&["ada"], 100)
 }
 
 proptest! {

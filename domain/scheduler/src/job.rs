@@ -9,7 +9,6 @@ use chronicle_schemas::{
     AggregateKind,
 };
 use chrono::{DateTime, Duration, Utc};
-use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::{check_spec, check_timezone, error_text, valid_id, Occurrences, MAX_BACKOFF_SECONDS};
@@ -97,7 +96,7 @@ pub enum JobError {
     #[error("the job already exists")]
     Exists,
     #[error("invalid {0}")]
-    Invalid(Invalid),
+    Invalid(#[from] Invalid),
     #[error("the job is paused")]
     Paused,
     #[error("nothing is due")]
@@ -110,12 +109,6 @@ pub enum JobError {
     /// The run is not running (it finished, or was taken as lost).
     #[error("no such run is running")]
     NotRunning,
-}
-
-impl From<Invalid> for JobError {
-    fn from(invalid: Invalid) -> Self {
-        Self::Invalid(invalid)
-    }
 }
 
 chronicle_schemas::domain_rules!(JobError {
@@ -744,26 +737,4 @@ impl AggregateKind for Job {
     const CONTEXT: &'static str = "scheduler";
 }
 
-impl Aggregate for Job {
-    const TYPE: &'static str = "job";
-    type Command = JobCommand;
-    type Event = JobEvent;
-    type Error = JobError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
-        self.apply_event(event);
-    }
-}
+chronicle_schemas::decided_aggregate!(Job: "job", JobCommand => JobEvent, JobError);

@@ -97,23 +97,21 @@ pub async fn draft(
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let post_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_version_status(201, "draft");
-    let executed = state
-        .commands
-        .execute_with_response::<Post>(
-            &post_id,
-            PostCommand::Draft {
-                post_id: post_id.clone(),
-                author_id: caller.user_id.clone(),
-                title: post.title,
-                body_markdown: post.body_markdown,
-                tags: post.tags,
-            },
-            &(),
-            &ctx,
-            &make,
-        )
-        .await?;
-    Ok(respond::created(executed, make, "/api/v1/posts"))
+    respond::run::<Post>(
+        &state,
+        &post_id,
+        PostCommand::Draft {
+            post_id: post_id.clone(),
+            author_id: caller.user_id.clone(),
+            title: post.title,
+            body_markdown: post.body_markdown,
+            tags: post.tags,
+        },
+        &ctx,
+        make,
+        Some("/api/v1/posts"),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -149,9 +147,11 @@ pub struct EditPost {
 pub async fn edit(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
     body: JsonBody<EditPost>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "post")?;
@@ -175,11 +175,7 @@ pub async fn edit(
         body_markdown: edit.body_markdown,
         tags: edit.tags,
     };
-    let executed = state
-        .commands
-        .execute_with_response::<Post>(id, command, &(), &ctx, &make)
-        .await?;
-    Ok(respond::executed(executed, make))
+    respond::run::<Post>(&state, id, command, &ctx, make, None).await
 }
 
 /// A post command without a body: publish, unpublish, delete.
@@ -202,9 +198,11 @@ async fn act(
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     set_published(&state, &id, (caller, if_match, key), true).await
 }
@@ -213,9 +211,11 @@ pub async fn publish(
 pub async fn unpublish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     set_published(&state, &id, (caller, if_match, key), false).await
 }
@@ -246,9 +246,11 @@ async fn set_published(
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = PostCommand::Delete {
         by: caller.user_id.clone(),
@@ -420,26 +422,24 @@ pub async fn add_comment(
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let comment_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_and_version(201);
-    let executed = state
-        .commands
-        .execute_with_response::<Comment>(
-            &comment_id,
-            CommentCommand::Add {
-                comment_id: comment_id.clone(),
-                post: PostRef {
-                    post_id: post_id.to_owned(),
-                    author_id: post.author_id().to_owned(),
-                    published: post.is_published(),
-                },
-                author_id: caller.user_id.clone(),
-                body: text,
+    respond::run::<Comment>(
+        &state,
+        &comment_id,
+        CommentCommand::Add {
+            comment_id: comment_id.clone(),
+            post: PostRef {
+                post_id: post_id.to_owned(),
+                author_id: post.author_id().to_owned(),
+                published: post.is_published(),
             },
-            &(),
-            &ctx,
-            &make,
-        )
-        .await?;
-    Ok(respond::executed(executed, make))
+            author_id: caller.user_id.clone(),
+            body: text,
+        },
+        &ctx,
+        make,
+        None,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -471,9 +471,11 @@ pub async fn comments(
 pub async fn delete_comment(
     State(state): State<AppState>,
     ApiPath((post_id, comment_id)): ApiPath<(String, String)>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let post_id = respond::uuid_id(&post_id, "post")?;
     let comment_id = respond::uuid_id(&comment_id, "comment")?;

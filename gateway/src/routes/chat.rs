@@ -144,9 +144,11 @@ pub struct Member {
 pub async fn add_member(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
     body: JsonBody<Member>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "room")?;
@@ -166,9 +168,11 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<AppState>,
     ApiPath((id, user_id)): ApiPath<(String, String)>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "room")?;
     let command = RoomCommand::RemoveMember {
@@ -186,11 +190,7 @@ async fn room_command(
     ctx: &CommandContext,
 ) -> Result<Response, ApiError> {
     let make = respond::id_and_version(200);
-    let executed = state
-        .commands
-        .execute_with_response::<Room>(id, command, &(), ctx, &make)
-        .await?;
-    Ok(respond::executed(executed, make))
+    respond::run::<Room>(state, id, command, ctx, make, None).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -429,9 +429,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let request = PageRequest::from_params(&params)?;
-    let after = request
-        .after_time_and_id()?
-        .map(|(at, id)| (at, id.to_owned()));
+    let after = request.after_time_and_id()?;
     let files = file_metadata::files_of(
         state.db.of(contexts::FILES),
         &caller.user_id,

@@ -40,22 +40,20 @@ pub async fn create(
     ]))?;
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let make = respond::id_and_version(201);
-    let executed = state
-        .commands
-        .execute_with_response::<InventoryItem>(
-            &item.sku,
-            InventoryCommand::Create {
-                sku: item.sku.clone(),
-                name: item.name,
-                price_cents: item.price_cents,
-                initial_stock: item.initial_stock as u64,
-            },
-            &(),
-            &ctx,
-            &make,
-        )
-        .await?;
-    Ok(respond::created(executed, make, "/api/v1/inventory/items"))
+    respond::run::<InventoryItem>(
+        &state,
+        &item.sku,
+        InventoryCommand::Create {
+            sku: item.sku.clone(),
+            name: item.name,
+            price_cents: item.price_cents,
+            initial_stock: item.initial_stock as u64,
+        },
+        &ctx,
+        make,
+        Some("/api/v1/inventory/items"),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -68,9 +66,11 @@ pub struct Receive {
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
     body: JsonBody<Receive>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
@@ -94,11 +94,7 @@ async fn item_command(
 ) -> Result<Response, ApiError> {
     let ctx = respond::context(&caller, if_match, key, raw);
     let make = respond::id_and_version(200);
-    let executed = state
-        .commands
-        .execute_with_response::<InventoryItem>(sku, command, &(), &ctx, &make)
-        .await?;
-    Ok(respond::executed(executed, make))
+    respond::run::<InventoryItem>(state, sku, command, &ctx, make, None).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -114,9 +110,11 @@ pub struct ChangeItem {
 pub async fn change(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
     body: JsonBody<ChangeItem>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
@@ -148,9 +146,11 @@ pub async fn change(
 pub async fn discontinue(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
     ApiError::check(FieldError::collect([check_sku(&sku)]))?;

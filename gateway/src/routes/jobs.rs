@@ -270,26 +270,20 @@ pub async fn create(
     ApiError::check(errors)?;
     let ctx = respond::context(&caller, IfMatch(None), key, &raw);
     let job_id = uuid::Uuid::now_v7().to_string();
-    let executed = state
-        .commands
-        .execute_with_response::<Job>(
-            &job_id,
-            JobCommand::Create {
-                job_id: job_id.clone(),
-                owner_id: caller.user_id.clone(),
-                spec,
-                now,
-            },
-            &(),
-            &ctx,
-            respond::id_and_version(201),
-        )
-        .await?;
-    Ok(respond::created(
-        executed,
+    respond::run::<Job>(
+        &state,
+        &job_id,
+        JobCommand::Create {
+            job_id: job_id.clone(),
+            owner_id: caller.user_id.clone(),
+            spec,
+            now,
+        },
+        &ctx,
         respond::id_and_version(201),
-        "/api/v1/jobs",
-    ))
+        Some("/api/v1/jobs"),
+    )
+    .await
 }
 
 /// A job as the API shows it: in the shape it was asked for (`schedule` with `cron` or `at`,
@@ -404,9 +398,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let request = PageRequest::from_params(&params)?;
-    let after = request
-        .after_time_and_id()?
-        .map(|(at, id)| (at, id.to_owned()));
+    let after = request.after_time_and_id()?;
     let found = jobs::jobs_of(
         state.db.of(contexts::SCHEDULER),
         &caller.user_id,

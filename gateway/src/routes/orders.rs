@@ -121,22 +121,20 @@ pub async fn place(
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let order_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_version_status(201, OrderStatus::Pending.as_str());
-    let executed = state
-        .commands
-        .execute_with_response::<Order>(
-            &order_id,
-            OrderCommand::Place {
-                order_id: order_id.clone(),
-                customer_id: caller.user_id.clone(),
-                lines,
-                coupon,
-            },
-            &(),
-            &ctx,
-            &make,
-        )
-        .await?;
-    Ok(respond::created(executed, make, "/api/v1/orders"))
+    respond::run::<Order>(
+        &state,
+        &order_id,
+        OrderCommand::Place {
+            order_id: order_id.clone(),
+            customer_id: caller.user_id.clone(),
+            lines,
+            coupon,
+        },
+        &ctx,
+        make,
+        Some("/api/v1/orders"),
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,9 +224,11 @@ pub struct Pay {
 pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
     body: JsonBody<Pay>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "order")?;
@@ -316,9 +316,11 @@ pub async fn pay(
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = OrderCommand::Ship {
         by: caller.user_id.clone(),
@@ -331,9 +333,11 @@ pub async fn ship(
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    caller: Caller,
-    if_match: IfMatch,
-    key: IdempotencyKeyHeader,
+    CommandHeaders {
+        caller,
+        if_match,
+        key,
+    }: CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = OrderCommand::Cancel {
         by: Canceller::Customer(caller.user_id.clone()),
@@ -363,11 +367,7 @@ async fn order_command(
     after: OrderStatus,
 ) -> Result<Response, ApiError> {
     let make = respond::id_version_status(200, after.as_str());
-    let executed = state
-        .commands
-        .execute_with_response::<Order>(id, command, &(), ctx, &make)
-        .await?;
-    Ok(respond::executed(executed, make))
+    respond::run::<Order>(state, id, command, ctx, make, None).await
 }
 
 /// A coupon code is its aggregate id, so a NATS subject token.
@@ -466,21 +466,19 @@ pub async fn create_coupon(
     ApiError::check(errors)?;
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let make = respond::id_and_version(201);
-    let executed = state
-        .commands
-        .execute_with_response::<Coupon>(
-            &coupon.code,
-            CouponCommand::Create {
-                code: coupon.code.clone(),
-                percent_off: coupon.percent_off as u8,
-                max_redemptions: coupon.max_redemptions as u32,
-            },
-            &(),
-            &ctx,
-            &make,
-        )
-        .await?;
-    Ok(respond::executed(executed, make))
+    respond::run::<Coupon>(
+        &state,
+        &coupon.code,
+        CouponCommand::Create {
+            code: coupon.code.clone(),
+            percent_off: coupon.percent_off as u8,
+            max_redemptions: coupon.max_redemptions as u32,
+        },
+        &ctx,
+        make,
+        None,
+    )
+    .await
 }
 
 #[derive(Debug, Serialize)]

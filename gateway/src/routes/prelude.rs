@@ -18,7 +18,7 @@ pub use super::{
 };
 pub use crate::{
     error::{ApiError, FieldError},
-    extract::{ApiPath, ApiQuery, Caller, IdempotencyKeyHeader, IfMatch, JsonBody},
+    extract::{ApiPath, ApiQuery, Caller, CommandHeaders, IdempotencyKeyHeader, IfMatch, JsonBody},
     schema,
     state::AppState,
 };

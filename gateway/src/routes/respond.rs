@@ -4,9 +4,16 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use chronicle_commands::{CommandContext, Committed, Executed, IdempotencyKey, StoredResponse};
+use chronicle_commands::{
+    CommandContext, Committed, Executable, Executed, IdempotencyKey, StoredResponse,
+};
+use chronicle_schemas::limits::DomainRule;
 
-use crate::extract::{Caller, IdempotencyKeyHeader, IfMatch};
+use crate::{
+    error::ApiError,
+    extract::{Caller, IdempotencyKeyHeader, IfMatch},
+    state::AppState,
+};
 
 /// The context of a command sent over HTTP: the caller as actor, the request id as
 /// correlation id, `If-Match`, and the idempotency key scoped to caller and request route.
@@ -100,6 +107,33 @@ pub fn executed(executed: Executed, respond: impl Fn(&Committed) -> StoredRespon
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
+}
+
+/// Runs `command` on aggregate `id` and answers it as `respond` says: [`executed`], or
+/// [`created`] with its `Location` when the command creates a resource of `created_in`.
+///
+/// # Errors
+/// The command's refusal or conflict, or the store's failure, as a problem.
+pub async fn run<A>(
+    state: &AppState,
+    id: &str,
+    command: A::Command,
+    ctx: &CommandContext,
+    respond: impl Fn(&Committed) -> StoredResponse,
+    created_in: Option<&str>,
+) -> Result<Response, ApiError>
+where
+    A: Executable<Services = ()>,
+    A::Error: DomainRule,
+{
+    let done = state
+        .commands
+        .execute_with_response::<A>(id, command, &(), ctx, &respond)
+        .await?;
+    Ok(match created_in {
+        Some(collection) => created(done, respond, collection),
+        None => executed(done, respond),
+    })
 }
 
 /// Sets `ETag: "version"` on a query response.
