@@ -219,13 +219,14 @@ async fn a_gateway_killed_under_chat_load_loses_no_acknowledged_message() {
         } else {
             (&alice, false)
         };
-        let response = http
-            .post(format!("{main}/api/v1/rooms/{room}/messages"))
-            .bearer_auth(token)
-            .json(&json!({"body": id, "client_msg_id": id}))
-            .send()
-            .await
-            .unwrap();
+        let response = chronicle_tests::send_as(
+            &http,
+            reqwest::Method::POST,
+            format!("{main}/api/v1/rooms/{room}/messages"),
+            token,
+            Some(&json!({"body": id, "client_msg_id": id})),
+        )
+        .await;
         assert!(
             response.status().is_success(),
             "{id}: {}",

@@ -66,13 +66,7 @@ async fn the_console_works_in_chromium_shop_chat_blog_files_operations_and_monit
     .await
     .unwrap();
     let (_, staff) = gateways::user(&http, &base, "dave").await;
-    let created = http
-        .post(format!("{base}/api/v1/inventory/items"))
-        .bearer_auth(&staff)
-        .json(&json!({"sku": "E2E-PARKED", "name": "Parked lamp", "price_cents": 100, "initial_stock": 1}))
-        .send()
-        .await
-        .unwrap();
+    let created = chronicle_tests::send_as(&http, reqwest::Method::POST, format!("{base}/api/v1/inventory/items"), &staff, Some(&json!({"sku": "E2E-PARKED", "name": "Parked lamp", "price_cents": 100, "initial_stock": 1}))).await;
     assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     eventually(
         "the inventory reader to park the item",
@@ -103,12 +97,14 @@ async fn the_console_works_in_chromium_shop_chat_blog_files_operations_and_monit
     tokio::task::block_in_place(|| e2e(&base, &["retry", "inventory"]));
 
     // The retried event is in the read model now.
-    let item = http
-        .get(format!("{base}/api/v1/inventory/items/E2E-PARKED"))
-        .bearer_auth(&staff)
-        .send()
-        .await
-        .unwrap();
+    let item = chronicle_tests::send_as(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/api/v1/inventory/items/E2E-PARKED"),
+        &staff,
+        None,
+    )
+    .await;
     assert_eq!(item.status(), reqwest::StatusCode::OK);
     assert_eq!(item.json::<Value>().await.unwrap()["name"], "Parked lamp");
 

@@ -306,12 +306,14 @@ async fn still_projecting(http: &Client, base: &str, token: &str) {
     let get = |path: String| async move {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let answer = http
-                .get(format!("{base}{path}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
+            let answer = chronicle_tests::send_as(
+                http,
+                reqwest::Method::GET,
+                format!("{base}{path}"),
+                token,
+                None,
+            )
+            .await;
             if answer.status() == StatusCode::OK {
                 return answer.json::<Value>().await.unwrap();
             }

@@ -60,13 +60,8 @@ async fn post(
     token: &str,
     body: Value,
 ) -> (reqwest::StatusCode, Value) {
-    let answer = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let answer =
+        chronicle_tests::send_as(http, reqwest::Method::POST, url, token, Some(&body)).await;
     let status = answer.status();
     (status, answer.json().await.unwrap_or(Value::Null))
 }
@@ -191,13 +186,14 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
         .await
         .unwrap();
     assert_eq!(cached["title"], "First", "{cached}");
-    let changed = http
-        .patch(&one_post)
-        .bearer_auth(&alice)
-        .json(&json!({"title": "Second"}))
-        .send()
-        .await
-        .unwrap();
+    let changed = chronicle_tests::send_as(
+        &http,
+        reqwest::Method::PATCH,
+        &one_post,
+        &alice,
+        Some(&json!({"title": "Second"})),
+    )
+    .await;
     assert_eq!(changed.status(), reqwest::StatusCode::OK);
     eventually(
         "the changed post served",

@@ -110,13 +110,14 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_the_saga_to_its_c
     let (_chronicle, base, _) = start_gateway(up);
     let http = reqwest::Client::new();
     let (_, token) = gateways::user(&http, &base, "tracy").await;
-    let item = http
-        .post(format!("{base}/api/v1/inventory/items"))
-        .bearer_auth(&token)
-        .json(&json!({"sku": "T-1", "name": "Tea", "price_cents": 300, "initial_stock": 5}))
-        .send()
-        .await
-        .unwrap();
+    let item = chronicle_tests::send_as(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/api/v1/inventory/items"),
+        &token,
+        Some(&json!({"sku": "T-1", "name": "Tea", "price_cents": 300, "initial_stock": 5})),
+    )
+    .await;
     assert!(item.status().is_success());
     let placed: Value = http
         .post(format!("{base}/api/v1/orders"))

@@ -123,13 +123,14 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
         .unwrap();
     assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
     let token = login(&http, &base).await;
-    let created = http
-        .post(format!("{base}/api/v1/inventory/items"))
-        .bearer_auth(&token)
-        .json(&json!({"sku": "SMOKE-1", "name": "Smoke", "price_cents": 99, "initial_stock": 3}))
-        .send()
-        .await
-        .unwrap();
+    let created = chronicle_tests::send_as(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/api/v1/inventory/items"),
+        &token,
+        Some(&json!({"sku": "SMOKE-1", "name": "Smoke", "price_cents": 99, "initial_stock": 3})),
+    )
+    .await;
     assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     let read = http
         .get(format!(

@@ -134,13 +134,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
 
 /// What a command request carries besides its body, extracted in this order: the
 /// [`Caller`], `If-Match` and `Idempotency-Key`. A handler takes it apart where it takes it
-/// (`CommandHeaders { caller, if_match, key }: CommandHeaders`).
+/// (`CommandHeaders(caller, if_match, key): CommandHeaders`).
 #[derive(Debug, Clone)]
-pub struct CommandHeaders {
-    pub caller: Caller,
-    pub if_match: IfMatch,
-    pub key: IdempotencyKeyHeader,
-}
+pub struct CommandHeaders(pub Caller, pub IfMatch, pub IdempotencyKeyHeader);
 
 impl FromRequestParts<AppState> for CommandHeaders {
     type Rejection = ApiError;
@@ -149,11 +145,11 @@ impl FromRequestParts<AppState> for CommandHeaders {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            caller: Caller::from_request_parts(parts, state).await?,
-            if_match: IfMatch::from_request_parts(parts, state).await?,
-            key: IdempotencyKeyHeader::from_request_parts(parts, state).await?,
-        })
+        Ok(Self(
+            Caller::from_request_parts(parts, state).await?,
+            IfMatch::from_request_parts(parts, state).await?,
+            IdempotencyKeyHeader::from_request_parts(parts, state).await?,
+        ))
     }
 }
 

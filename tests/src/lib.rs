@@ -40,6 +40,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// `method url` with `token`, and `body` as JSON when there is one, to a process under test:
+/// a request that gets no answer fails the test.
+pub async fn send_as(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> reqwest::Response {
+    let request = http.request(method, url).bearer_auth(token);
+    match body {
+        Some(body) => request.json(body),
+        None => request,
+    }
+    .send()
+    .await
+    .expect("an answer")
+}
+
 /// A request sent and its JSON body read, for tests that talk HTTP to a process: a request
 /// that gets no answer, or an answer that is not JSON, fails the test.
 #[allow(async_fn_in_trait)] // tests only, awaited where they are made

@@ -147,11 +147,7 @@ pub struct EditPost {
 pub async fn edit(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<EditPost>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "post")?;
@@ -198,11 +194,7 @@ async fn act(
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     set_published(&state, &id, (caller, if_match, key), true).await
 }
@@ -211,11 +203,7 @@ pub async fn publish(
 pub async fn unpublish(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     set_published(&state, &id, (caller, if_match, key), false).await
 }
@@ -246,11 +234,7 @@ async fn set_published(
 pub async fn delete(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = PostCommand::Delete {
         by: caller.user_id.clone(),
@@ -471,11 +455,7 @@ pub async fn comments(
 pub async fn delete_comment(
     State(state): State<AppState>,
     ApiPath((post_id, comment_id)): ApiPath<(String, String)>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     let post_id = respond::uuid_id(&post_id, "post")?;
     let comment_id = respond::uuid_id(&comment_id, "comment")?;

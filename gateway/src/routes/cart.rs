@@ -55,11 +55,7 @@ pub struct SetLine {
 pub async fn set_line(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<SetLine>,
 ) -> Result<Response, ApiError> {
     ApiError::check(FieldError::collect([
@@ -89,11 +85,7 @@ pub async fn set_line(
 pub async fn remove_line(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     ApiError::check(FieldError::collect([check_sku(&sku)]))?;
     let command = CartCommand::RemoveLine { sku };
@@ -103,11 +95,7 @@ pub async fn remove_line(
 #[utoipa::path(delete, path = "/api/v1/cart", tag = "cart", summary = "Empty the caller's cart", responses((status = 200, description = "200: {\"version\"}"), crate::schema::Problems))]
 pub async fn empty(
     State(state): State<AppState>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     cart_command(&state, (caller, if_match, key), b"", CartCommand::Empty).await
 }
@@ -125,11 +113,7 @@ const CHECKOUT_ATTEMPTS: u32 = 3;
 #[utoipa::path(post, path = "/api/v1/cart/checkout", tag = "cart", summary = "Place one order from the caller's cart and empty it, as one step (If-Match: the cart's version)", request_body = Checkout, responses((status = 201, description = "201: {\"id\",\"version\",\"status\":\"pending\"}: the order"), crate::schema::Problems))]
 pub async fn checkout(
     State(state): State<AppState>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<Checkout>,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();

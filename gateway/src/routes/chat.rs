@@ -144,11 +144,7 @@ pub struct Member {
 pub async fn add_member(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<Member>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "room")?;
@@ -168,11 +164,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(state): State<AppState>,
     ApiPath((id, user_id)): ApiPath<(String, String)>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "room")?;
     let command = RoomCommand::RemoveMember {

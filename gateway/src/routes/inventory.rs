@@ -66,11 +66,7 @@ pub struct Receive {
 pub async fn receive(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<Receive>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
@@ -110,11 +106,7 @@ pub struct ChangeItem {
 pub async fn change(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<ChangeItem>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
@@ -146,11 +138,7 @@ pub async fn change(
 pub async fn discontinue(
     State(state): State<AppState>,
     ApiPath(sku): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
     ApiError::check(FieldError::collect([check_sku(&sku)]))?;

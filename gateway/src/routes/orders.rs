@@ -224,11 +224,7 @@ pub struct Pay {
 pub async fn pay(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
     body: JsonBody<Pay>,
 ) -> Result<Response, ApiError> {
     let id = respond::uuid_id(&id, "order")?;
@@ -316,11 +312,7 @@ pub async fn pay(
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = OrderCommand::Ship {
         by: caller.user_id.clone(),
@@ -333,11 +325,7 @@ pub async fn ship(
 pub async fn cancel(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    CommandHeaders {
-        caller,
-        if_match,
-        key,
-    }: CommandHeaders,
+    CommandHeaders(caller, if_match, key): CommandHeaders,
 ) -> Result<Response, ApiError> {
     let command = OrderCommand::Cancel {
         by: Canceller::Customer(caller.user_id.clone()),
