@@ -11,7 +11,7 @@ use chronicle_bus::{
 };
 use chronicle_commands::{contexts, CommandExecutor, Databases, EventStore, ExecutorConfig};
 use chronicle_gateway::Secret;
-use chronicle_projections::ProjectorConfig;
+use chronicle_projections::{ProjectorConfig, ReplayFrom};
 use sqlx::postgres::PgPoolOptions;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -350,19 +350,23 @@ pub async fn replay(
         let (db, nats) = (&connections.db, &connections.nats);
         let replayed = if from_store {
             match model
-                .replay_from_store(db, nats, batch, &mut progress)
+                .replay(ReplayFrom::Store, db, nats, batch, &mut progress)
                 .await
             {
                 // Of several (`--all`), one that only the log can rebuild (it reads events
                 // by their stream sequence, or of every context) is rebuilt from the log.
                 Err(chronicle_projections::ProjectionError::Refused(why)) if several => {
                     eprintln!("{name}: {why}; rebuilt from the stream instead");
-                    model.replay(db, nats, batch, &mut progress).await
+                    model
+                        .replay(ReplayFrom::Log, db, nats, batch, &mut progress)
+                        .await
                 }
                 other => other,
             }
         } else {
-            model.replay(db, nats, batch, &mut progress).await
+            model
+                .replay(ReplayFrom::Log, db, nats, batch, &mut progress)
+                .await
         };
         let stats = replayed.with_context(|| format!("replaying {name}"))?;
         eprintln!();

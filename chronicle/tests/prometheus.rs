@@ -58,15 +58,8 @@ fn the_alert_rules_pass_promtool() {
 #[tokio::test]
 async fn prometheus_scrapes_chronicle_finds_every_metric_used_and_fires_on_a_parked_event() {
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let mut up = Command::new(env!("CARGO_BIN_EXE_chronicle"));
-    // Its key and running.json in a directory of the test's, not the crate's.
     let data = tempfile::tempdir().unwrap();
-    up.arg("up")
-        .env("CHRONICLE_DATA_DIR", data.path())
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", nats.url())
-        .env("CHRONICLE_STAFF_USERS", "*")
-        .env("RUST_LOG", "warn");
+    let up = common::up_on(&db, &nats, data.path());
     let (_chronicle, base, _) = start_gateway(up);
     let target = base.trim_start_matches("http://").to_owned();
 

@@ -12,7 +12,6 @@ mod gateways;
 use chronicle_tests::ReadJson;
 use std::{
     collections::HashMap,
-    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -95,18 +94,11 @@ async fn one_trace_runs_from_the_request_through_the_relay_and_the_saga_to_its_c
     tokio::spawn(async move { axum::serve(listener, receiver).await });
 
     let (db, nats) = (TestDb::new().await, TestNats::start());
-    let mut up = Command::new(env!("CARGO_BIN_EXE_chronicle"));
-    // Its key and running.json in a directory of the test's, not the crate's.
     let data = tempfile::tempdir().unwrap();
-    up.arg("up")
-        .env("CHRONICLE_DATA_DIR", data.path())
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", nats.url())
-        .env("CHRONICLE_STAFF_USERS", "*")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+    let mut up = common::up_on(&db, &nats, data.path());
+    up.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("RUST_LOG", "warn");
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
     let (_chronicle, base, _) = start_gateway(up);
     let http = reqwest::Client::new();
     let (_, token) = gateways::user(&http, &base, "tracy").await;

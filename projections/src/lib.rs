@@ -41,6 +41,6 @@ pub mod posts;
 pub mod users;
 
 pub use projection::{Definition, Projection, ProjectionError};
-pub use registry::{Erased, ReadModel};
+pub use registry::{Erased, ReadModel, ReplayFrom};
 pub use replay::{replay, replay_from_store, ReplayStats};
 pub use runtime::{durable_name, setup, Apply, Projector, ProjectorConfig, PROJECTION_CHANNEL};

@@ -113,12 +113,12 @@ pub trait Projection: Send + Sync + 'static {
 /// `.reading_every_event()`).
 #[derive(Debug, Clone, Copy)]
 pub struct Definition {
-    name: &'static str,
-    context: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) context: &'static str,
     /// `(context, aggregate type)` of each aggregate whose events it reads; `None`: every
     /// event of the log.
     reads: Option<&'static [(&'static str, &'static str)]>,
-    tables: &'static [&'static str],
+    pub(crate) tables: &'static [&'static str],
     ddl: &'static str,
 }
 

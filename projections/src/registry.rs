@@ -7,21 +7,31 @@ use chronicle_commands::Databases;
 use futures::future::{BoxFuture, LocalBoxFuture};
 
 use crate::{
-    runtime::durable_name, Projection, ProjectionError, Projector, ProjectorConfig, ReplayStats,
+    projection::Definition, runtime::durable_name, Projection, ProjectionError, Projector,
+    ProjectorConfig, ReplayStats,
 };
 
 /// What the projector, replay and set-up do with a read model, whatever its type: a
 /// [`Projection`] with its type erased ([`Erased`]), so that the read models are values a
 /// context can list.
 pub trait ReadModel: Send + Sync {
+    /// Its [`Projection::DEFINITION`].
+    fn definition(&self) -> Definition;
+
     /// Its [`Projection::name`].
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.definition().name
+    }
 
     /// Its [`Projection::context`]: the schema of its tables, checkpoint and parked events.
-    fn context(&self) -> &'static str;
+    fn context(&self) -> &'static str {
+        self.definition().context
+    }
 
     /// Its [`Projection::tables`].
-    fn tables(&self) -> &'static [&'static str];
+    fn tables(&self) -> &'static [&'static str] {
+        self.definition().tables
+    }
 
     /// Creates its tables in its context's schema.
     fn setup<'a>(&'a self, db: &'a Databases) -> BoxFuture<'a, Result<(), ProjectionError>>;
@@ -36,20 +46,13 @@ pub trait ReadModel: Send + Sync {
         shutdown: BoxFuture<'static, ()>,
     ) -> BoxFuture<'static, Result<(), SubscriberError>>;
 
-    /// Rebuilds it from the log (see [`replay`](crate::replay)). A rebuild is awaited where
-    /// it is asked for (the `replay` command, a test), so its future is not `Send`.
+    /// Rebuilds it from the log (see [`replay`](crate::replay)) or from the event stores
+    /// (`replay --from postgres`; see [`replay_from_store`](crate::replay_from_store)). A
+    /// rebuild is awaited where it is asked for (the `replay` command, a test), so its future
+    /// is not `Send`.
     fn replay<'a>(
         &'a self,
-        db: &'a Databases,
-        client: &'a async_nats::Client,
-        batch_max: usize,
-        progress: &'a mut dyn FnMut(u64, u64),
-    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>>;
-
-    /// Rebuilds it from the event stores (`replay --from postgres`; see
-    /// [`replay_from_store`](crate::replay_from_store)).
-    fn replay_from_store<'a>(
-        &'a self,
+        from: ReplayFrom,
         db: &'a Databases,
         client: &'a async_nats::Client,
         batch_max: usize,
@@ -67,21 +70,22 @@ pub trait ReadModel: Send + Sync {
     }
 }
 
+/// Where a rebuild reads the events it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// The JetStream log.
+    Log,
+    /// The contexts' PostgreSQL event stores.
+    Store,
+}
+
 /// A [`Projection`] as a [`ReadModel`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Erased<P>(pub P);
 
 impl<P: Projection + Clone> ReadModel for Erased<P> {
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
-
-    fn context(&self) -> &'static str {
-        self.0.context()
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        self.0.tables()
+    fn definition(&self) -> Definition {
+        P::DEFINITION
     }
 
     fn setup<'a>(&'a self, db: &'a Databases) -> BoxFuture<'a, Result<(), ProjectionError>> {
@@ -103,24 +107,20 @@ impl<P: Projection + Clone> ReadModel for Erased<P> {
 
     fn replay<'a>(
         &'a self,
+        from: ReplayFrom,
         db: &'a Databases,
         client: &'a async_nats::Client,
         batch_max: usize,
         progress: &'a mut dyn FnMut(u64, u64),
     ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>> {
-        let pool = db.of(self.0.context());
-        Box::pin(crate::replay(&self.0, pool, client, batch_max, progress))
-    }
-
-    fn replay_from_store<'a>(
-        &'a self,
-        db: &'a Databases,
-        client: &'a async_nats::Client,
-        batch_max: usize,
-        progress: &'a mut dyn FnMut(u64, u64),
-    ) -> LocalBoxFuture<'a, Result<ReplayStats, ProjectionError>> {
-        Box::pin(crate::replay_from_store(
-            &self.0, db, client, batch_max, progress,
-        ))
+        match from {
+            ReplayFrom::Log => {
+                let pool = db.of(self.0.context());
+                Box::pin(crate::replay(&self.0, pool, client, batch_max, progress))
+            }
+            ReplayFrom::Store => Box::pin(crate::replay_from_store(
+                &self.0, db, client, batch_max, progress,
+            )),
+        }
     }
 }

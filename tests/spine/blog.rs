@@ -707,7 +707,13 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     let client = app.nats.client().await;
     chronicle::contexts::read_model("posts")
         .expect("a known projection")
-        .replay(app.databases(), &client, 3, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Log,
+            app.databases(),
+            &client,
+            3,
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
     assert_eq!(rows().await, live);
@@ -882,7 +888,13 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
     let client = app.nats.client().await;
     chronicle::contexts::read_model("posts")
         .expect("a known projection")
-        .replay(app.databases(), &client, 2, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Log,
+            app.databases(),
+            &client,
+            2,
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
     assert_eq!(rows().await, live);

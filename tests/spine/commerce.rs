@@ -923,7 +923,13 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
     let client = app.nats.client().await;
     let stats = chronicle::contexts::read_model("orders")
         .expect("a known projection")
-        .replay(app.databases(), &client, 2, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Log,
+            app.databases(),
+            &client,
+            2,
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
     // Placed, reserved, paying, paid, shipped; placed, reserved, cancelled; placed, rejected.

@@ -37,7 +37,13 @@ async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
     let client = app.nats.client().await;
     chronicle::contexts::read_model("inventory")
         .expect("a known projection")
-        .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Store,
+            app.databases(),
+            &client,
+            2,
+            &mut |_, _| {},
+        )
         .await
         .expect("the rebuild")
 }
@@ -229,7 +235,13 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
     let client = app.nats.client().await;
     let stats = chronicle::contexts::read_model("chat_history")
         .expect("a known projection")
-        .replay_from_store(app.databases(), &client, 2, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Store,
+            app.databases(),
+            &client,
+            2,
+            &mut |_, _| {},
+        )
         .await
         .expect("the rebuild");
     assert_eq!(chat_rows(&app).await, live);

@@ -78,7 +78,13 @@ pub async fn assert_replays_byte_for_byte(
     let client = app.nats.client().await;
     chronicle::contexts::read_model(projection)
         .expect("a known projection")
-        .replay(app.databases(), &client, batch, &mut |_, _| {})
+        .replay(
+            chronicle_projections::ReplayFrom::Log,
+            app.databases(),
+            &client,
+            batch,
+            &mut |_, _| {},
+        )
         .await
         .unwrap();
     assert_eq!(rows_of(&app.pool, context, tables).await, live);

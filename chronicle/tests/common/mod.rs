@@ -21,6 +21,23 @@ impl Drop for Running {
     }
 }
 
+/// `chronicle up` on a test's own PostgreSQL and NATS, everyone staff, logging warnings,
+/// its key and `running.json` in `data` (a directory of the test's, not the crate's).
+pub fn up_on(
+    db: &chronicle_tests::TestDb,
+    nats: &chronicle_tests::TestNats,
+    data: &std::path::Path,
+) -> Command {
+    let mut up = Command::new(env!("CARGO_BIN_EXE_chronicle"));
+    up.arg("up")
+        .env("CHRONICLE_DATA_DIR", data)
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", nats.url())
+        .env("CHRONICLE_STAFF_USERS", "*")
+        .env("RUST_LOG", "warn");
+    up
+}
+
 /// Starts `command` (a `chronicle` subcommand that runs a gateway) on port 0; returns it,
 /// its gateway's base URL, and what it printed before that. Its later output is drained,
 /// so it never blocks on a full pipe.
