@@ -149,6 +149,17 @@ pub struct GatewaySettings {
         global = true
     )]
     pub handler_timeout_seconds: u64,
+    /// `1` (or `true`, `on`) lets staff take a CPU profile of the process
+    /// (`GET /debug/profile?seconds=N`, pprof or `&format=svg`); off by default.
+    #[arg(
+        long,
+        env = "CHRONICLE_PROFILING",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        global = true
+    )]
+    pub profiling: bool,
     /// Longest a client may take to send a request's headers (or to start its next request
     /// on a kept-alive connection) before the connection is closed, in seconds (1 to 86,400).
     #[arg(
@@ -422,6 +433,7 @@ impl Settings {
             header_read_timeout: std::time::Duration::from_secs(
                 self.gateway.header_read_timeout_seconds,
             ),
+            profiling: self.gateway.profiling,
             subscribers: crate::processes::subscribers(),
             ..chronicle::contexts::gateway_config(secret)
         };
@@ -631,6 +643,29 @@ mod tests {
         }
         let cli = Cli::parse_from(["chronicle", "--header-read-timeout-seconds", "5"]);
         assert_eq!(cli.settings.gateway.header_read_timeout_seconds, 5);
+    }
+
+    #[test]
+    fn profiling_is_off_unless_turned_on_as_a_shell_would() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let profiling = |value: Option<&str>| {
+            let mut args = vec!["chronicle"];
+            args.extend(value.map(|v| ["--profiling", v]).into_iter().flatten());
+            Cli::try_parse_from(args).map(|cli| cli.settings.gateway.profiling)
+        };
+        assert!(!profiling(None).unwrap());
+        for on in ["1", "true", "on", "yes"] {
+            assert!(profiling(Some(on)).unwrap(), "{on}");
+        }
+        for off in ["0", "false", "off", "no"] {
+            assert!(!profiling(Some(off)).unwrap(), "{off}");
+        }
+        assert!(profiling(Some("maybe")).is_err());
     }
 
     #[test]

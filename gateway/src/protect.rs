@@ -123,7 +123,8 @@ pub(crate) async fn rate_limit(
 }
 
 /// 503 `unavailable` when a handler outlives the configured timeout: a stuck backend never
-/// holds a connection forever.
+/// holds a connection forever. A CPU profile (`/debug/profile`) is bounded by its own
+/// `?seconds` instead.
 ///
 /// The clock starts once the request body has been read (or dropped unread): the timeout
 /// bounds the wait on backing services, not the client's upload, which may rightly take
@@ -134,6 +135,9 @@ pub(crate) async fn timeout(
     request: Request,
     next: Next,
 ) -> Response {
+    if request.uri().path() == "/debug/profile" {
+        return next.run(request).await;
+    }
     let limit = state.config.handler_timeout;
     let (request, body_read) = clock_body(request, limit);
     let run = next.run(request);

@@ -27,6 +27,7 @@ pub const HOST_PROBLEMS: &[&str] = &[
     "not_a_websocket_handshake",
     "not_found",
     "payload_too_large",
+    "profile_in_progress",
     "rate_limited",
     "unauthorized",
     "unavailable",

@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     /// on a kept-alive connection: a connection past it is closed (a trickling client holds
     /// nothing for long).
     pub header_read_timeout: Duration,
+    /// Whether staff may take a CPU profile of the process (`GET /debug/profile`).
+    pub profiling: bool,
     /// The readers of the log `GET /api/v1/projections` reports on (projections, sagas):
     /// the component list's, handed in by whoever builds the gateway.
     pub subscribers: Vec<chronicle_bus::SubscriberRef>,
@@ -59,6 +61,7 @@ impl GatewayConfig {
             cors_origins: Vec::new(),
             handler_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            profiling: false,
             subscribers: Vec::new(),
             contexts: crate::routes::context_settings(&hosted),
             hosted,

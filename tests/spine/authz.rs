@@ -386,6 +386,15 @@ fn rows(w: &World) -> Vec<Row> {
             Body::None,
             [200, 200, 200, 200],
         ),
+        // Off unless CHRONICLE_PROFILING=1, for everyone who is signed in
+        // (chronicle/tests/profile.rs turns it on: staff only there).
+        row(
+            M::GET,
+            "/debug/profile",
+            "/debug/profile?seconds=1".into(),
+            Body::None,
+            [401, 404, 404, 404],
+        ),
         row(
             M::POST,
             "/api/v1/auth/register",

@@ -96,11 +96,8 @@ async fn unknown_items_and_routes_are_404_and_wrong_methods_405() {
     )
     .await;
     let delete = app
-        .http
-        .delete(app.url("/api/v1/inventory/items"))
-        .send()
-        .await
-        .unwrap();
+        .send_anonymous(reqwest::Method::DELETE, "/api/v1/inventory/items")
+        .await;
     problem(delete, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     assert_eq!(app.event_count().await, 1);
 }
@@ -219,11 +216,8 @@ async fn a_framework_refusal_is_problem_json_and_appends_nothing() {
     )
     .await;
     let no_handshake = app
-        .http
-        .get(app.url(&format!("/ws?token={}", app.token)))
-        .send()
-        .await
-        .unwrap();
+        .send_anonymous(reqwest::Method::GET, &format!("/ws?token={}", app.token))
+        .await;
     problem(
         no_handshake,
         StatusCode::BAD_REQUEST,
@@ -527,4 +521,28 @@ async fn a_trickling_silent_or_bloated_client_is_cut_off_and_others_are_served()
         &said[..said.len().min(200)]
     );
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
+
+/// A gateway not started with `CHRONICLE_PROFILING=1` takes no CPU profile, and says how to
+/// turn it on (`chronicle/tests/profile.rs` takes one from a gateway that has it on).
+#[tokio::test]
+async fn a_cpu_profile_is_refused_unless_profiling_is_turned_on() {
+    let app = TestApp::spawn().await;
+    let off = problem(
+        app.get("/debug/profile?seconds=1").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert!(
+        off["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CHRONICLE_PROFILING=1"),
+        "{off}"
+    );
+    let anonymous = app
+        .send_anonymous(reqwest::Method::GET, "/debug/profile")
+        .await;
+    problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }

@@ -89,11 +89,8 @@ async fn a_user_is_found_by_exact_username_and_any_other_name_finds_no_one() {
     )
     .await;
     let anonymous = app
-        .http
-        .get(app.url("/api/v1/users?username=bob_2"))
-        .send()
-        .await
-        .unwrap();
+        .send_anonymous(reqwest::Method::GET, "/api/v1/users?username=bob_2")
+        .await;
     problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }
 

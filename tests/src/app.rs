@@ -362,6 +362,11 @@ impl TestApp {
         answer(self.request(method, path).send().await)
     }
 
+    /// Sends a bodyless request with no token at all.
+    pub async fn send_anonymous(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        answer(self.http.request(method, self.url(path)).send().await)
+    }
+
     /// Sends a bodyless request with `token`.
     pub async fn send_as(
         &self,

@@ -15,6 +15,7 @@ mod blog;
 mod cart;
 pub(crate) mod chat;
 mod console;
+mod debug;
 pub(crate) mod files;
 pub(crate) mod files_state;
 mod health;
@@ -102,7 +103,7 @@ pub mod contexts {
     };
 }
 
-/// Every documented route: the host's own (health, metrics, the readers' status) and each
+/// Every documented route: the host's own (health, metrics, profiles, the readers' status) and each
 /// hosted context's, with the document's shared parts (title, security, common schemas)
 /// from [`openapi::ApiDoc`].
 pub(crate) fn api(hosted: &[Context]) -> Routes {
@@ -110,6 +111,7 @@ pub(crate) fn api(hosted: &[Context]) -> Routes {
     hosted.iter().fold(
         Routes::with_openapi(openapi::ApiDoc::openapi())
             .merge(health::routes())
+            .merge(debug::routes())
             .merge(projections::routes()),
         |api, context| api.merge((context.routes)()),
     )
