@@ -1280,8 +1280,9 @@ async function rulesView() {
         if (!confirm(`Delete the rule ${r.name}?`)) return;
         await api("DELETE", `/api/v1/monitoring/rules/${r.id}`);
         await until(() => api("GET", "/api/v1/monitoring/rules"), (all) => !all.some((x) => x.id === r.id));
-        say(`Rule ${r.name} deleted`);
+        // Said once the list is drawn again, so the line describes the page on screen.
         await render();
+        say(`Rule ${r.name} deleted`);
       }) }, "Delete"))));
   return [el("section", { "data-rules": "" }, el("h2", {}, rule ? `Edit ${rule.name}` : "New rule"), form),
     el("section", {}, el("h2", {}, "Rules"), rules.length
