@@ -9,8 +9,6 @@ mod common;
 #[path = "common/gateways.rs"]
 mod gateways;
 
-use std::time::Duration;
-
 use chronicle_tests::{invalid_fields, problem, send_as, TestDb, TestNats};
 use pprof::protos::Message as _;
 use reqwest::{Method, StatusCode};
@@ -65,15 +63,17 @@ async fn staff_take_a_cpu_profile_of_a_running_chronicle_as_pprof_or_a_flame_gra
             }
         })
     };
-    let first = tokio::spawn(ask(boss.clone(), "seconds=3"));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    problem(
-        ask(boss.clone(), "seconds=1").await,
-        StatusCode::CONFLICT,
-        "profile_in_progress",
-    )
-    .await;
-    let taken = first.await.unwrap();
+    // Two at once, each of 3 s: one is taken, the other refused while it runs.
+    let (a, b) = tokio::join!(
+        ask(boss.clone(), "seconds=3"),
+        ask(boss.clone(), "seconds=3")
+    );
+    let (taken, refused) = if a.status() == StatusCode::OK {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    problem(refused, StatusCode::CONFLICT, "profile_in_progress").await;
     assert_eq!(taken.status(), StatusCode::OK);
     assert_eq!(taken.headers()["content-type"], "application/octet-stream");
     let profile = pprof::protos::Profile::decode(taken.bytes().await.unwrap()).expect("pprof");

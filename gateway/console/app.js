@@ -42,13 +42,17 @@ function roles() {
 /** A call to the API: the JSON answer, or an Error carrying the problem's detail. */
 async function api(method, path, body, headers = {}) {
   const init = { method, headers: { ...headers } };
-  if (session.token) init.headers.authorization = `Bearer ${session.token}`;
+  const token = session.token;
+  if (token) init.headers.authorization = `Bearer ${token}`;
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
-  if (response.status === 401 && session.token) signOut();
+  // The token this request carried is refused: it expired, or the key changed. (A 401 for
+  // a request sent without one, or with a token since replaced, says nothing of the
+  // session: a wrong password answered after the right one must not sign the user out.)
+  if (response.status === 401 && token && session.token === token) signOut();
   const text = await response.text();
   const value = text ? JSON.parse(text) : null;
   if (!response.ok) {

@@ -343,7 +343,8 @@ async function main() {
   await signIn.getByLabel("Username").fill("alice");
   await signIn.getByLabel("Password").fill("not her password");
   await signIn.getByRole("button", { name: "Sign in" }).click();
-  await alice.locator("#status.error").waitFor();
+  // This refusal's own line (the checkout's error may still be on screen).
+  await alice.locator("#status.error", { hasText: "the username or password is wrong" }).waitFor();
   await signIn.getByLabel("Password").fill("correct horse battery");
   await signIn.getByRole("button", { name: "Sign in" }).click();
   await alice.getByText("Signed in as alice").waitFor();
