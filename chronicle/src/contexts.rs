@@ -266,6 +266,25 @@ mod tests {
     }
 
     #[test]
+    fn every_read_model_reads_events_of_the_contexts_there_are() {
+        // A read model that named no aggregate would get a consumer with no filter, which
+        // reads every event; one that named a context with a typo would read nothing.
+        let contexts = names();
+        for model in read_models() {
+            let subjects = model.definition().subjects();
+            assert!(!subjects.is_empty(), "{} reads nothing", model.name());
+            for subject in &subjects {
+                let context = subject.split('.').nth(1).unwrap_or_default();
+                assert!(
+                    context == ">" || contexts.contains(&context),
+                    "{} reads {subject}",
+                    model.name()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_process_has_a_name_and_a_command_of_its_own() {
         let mut names: Vec<&str> = processes().map(|p| p.name).collect();
         let mut commands: Vec<&[&str]> = processes().map(|p| p.args).collect();
