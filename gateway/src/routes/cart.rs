@@ -3,7 +3,7 @@
 
 use chronicle_commands::CommandError;
 use chronicle_commerce::{
-    check_quantity, check_sku, Cart, CartCommand, InventoryItem, Order, OrderCommand, OrderStatus,
+    check_quantity, check_sku, Cart, CartCommand, InventoryItem, Order, OrderStatus,
 };
 use chronicle_projections::carts::{self, CartView};
 use serde::Deserialize;
@@ -179,12 +179,7 @@ pub async fn checkout(
                 ),
                 (
                     &order_id,
-                    OrderCommand::Place {
-                        order_id: order_id.clone(),
-                        customer_id: caller.user_id.clone(),
-                        lines,
-                        coupon,
-                    },
+                    super::orders::place_command(&order_id, &caller.user_id, lines, coupon),
                     &(),
                 ),
                 &ctx,

@@ -121,20 +121,32 @@ pub async fn place(
     let ctx = respond::context(&caller, IfMatch(None), key, &body.raw);
     let order_id = uuid::Uuid::now_v7().to_string();
     let make = respond::id_version_status(201, OrderStatus::Pending.as_str());
+    let command = place_command(&order_id, &caller.user_id, lines, coupon);
     respond::run::<Order>(
         &state,
         &order_id,
-        OrderCommand::Place {
-            order_id: order_id.clone(),
-            customer_id: caller.user_id.clone(),
-            lines,
-            coupon,
-        },
+        command,
         &ctx,
         make,
         Some("/api/v1/orders"),
     )
     .await
+}
+
+/// The command placing order `order_id` for `customer`, priced: a checkout places its order
+/// the same way.
+pub(super) fn place_command(
+    order_id: &str,
+    customer: &str,
+    lines: Vec<OrderLine>,
+    coupon: Option<AppliedCoupon>,
+) -> OrderCommand {
+    OrderCommand::Place {
+        order_id: order_id.to_owned(),
+        customer_id: customer.to_owned(),
+        lines,
+        coupon,
+    }
 }
 
 #[derive(Debug, Deserialize)]
