@@ -2,7 +2,7 @@ use chronicle_schemas::{files::FileEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
+use crate::{check_name, check_sha256, Declared};
 
 /// What can be asked of a file. `by` is the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,10 +48,8 @@ chronicle_schemas::domain_rules!(FileError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct File {
     file_id: String,
-    owner_id: String,
-    name: String,
-    size: u64,
-    content_type: String,
+    #[serde(flatten)]
+    pub(crate) declared: Declared,
     sha256: String,
     stored_at: Option<DateTime<Utc>>,
     deleted: bool,
@@ -68,24 +66,8 @@ impl File {
         !self.file_id.is_empty() && !self.deleted
     }
 
-    pub fn owner_id(&self) -> &str {
-        &self.owner_id
-    }
-
     pub fn sha256(&self) -> &str {
         &self.sha256
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn content_type(&self) -> &str {
-        &self.content_type
     }
 
     /// The live file, if `by` owns it.
@@ -113,12 +95,7 @@ impl File {
                 if !self.file_id.is_empty() {
                     return Err(FileError::Exists);
                 }
-                if !valid_user_id(&owner_id) {
-                    return Err(Invalid::new("owner_id", "a user id").into());
-                }
-                check_name(&name)?;
-                check_size(size)?;
-                check_content_type(&content_type)?;
+                Declared::check(&owner_id, &name, size, &content_type)?;
                 check_sha256("sha256", &sha256)?;
                 Ok(vec![E::FileStored {
                     file_id,
@@ -166,16 +143,18 @@ impl File {
             } => {
                 *self = Self {
                     file_id,
-                    owner_id,
-                    name,
-                    size,
-                    content_type,
+                    declared: Declared {
+                        owner_id,
+                        name,
+                        size,
+                        content_type,
+                    },
                     sha256,
                     stored_at: Some(stored_at),
                     deleted: false,
                 };
             }
-            FileEvent::FileRenamed { name } => self.name = name,
+            FileEvent::FileRenamed { name } => self.declared.name = name,
             FileEvent::FileDeleted { .. } => self.deleted = true,
         }
     }

@@ -7,12 +7,14 @@
 //! tells these aggregates what it saw. The limits every input must meet live here, for the
 //! gateway to run before it builds a command (DESIGN.md invariant 7).
 
+mod declared;
 mod file;
 mod share;
 mod tus;
 mod upload;
 
 pub use chronicle_schemas::files::{FileEvent, ShareEvent, TusUploadEvent, UploadEvent};
+pub use declared::Declared;
 pub use file::{File, FileCommand, FileError};
 pub use share::{Share, ShareCommand, ShareError, Unserved, MAX_SHARE_SECONDS};
 pub use tus::{Segment, TusCommand, TusError, TusUpload, MAX_TUS_SEGMENTS};

@@ -2,7 +2,7 @@ use chronicle_schemas::{files::TusUploadEvent, limits::Invalid, AggregateKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
+use crate::{check_sha256, Declared};
 
 /// Most `PATCH` requests one tus upload may take (each is a part, and the state lists
 /// them): plenty for any client's chunking, bounded for a hostile one.
@@ -86,10 +86,8 @@ pub struct Segment {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TusUpload {
     upload_id: String,
-    owner_id: String,
-    name: String,
-    size: u64,
-    content_type: String,
+    #[serde(flatten)]
+    pub(crate) declared: Declared,
     expires_at: Option<DateTime<Utc>>,
     offset: u64,
     segments: Vec<Segment>,
@@ -101,22 +99,6 @@ pub struct TusUpload {
 impl TusUpload {
     pub fn exists(&self) -> bool {
         !self.upload_id.is_empty()
-    }
-
-    pub fn owner_id(&self) -> &str {
-        &self.owner_id
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn content_type(&self) -> &str {
-        &self.content_type
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
@@ -179,12 +161,7 @@ impl TusUpload {
                 if self.exists() {
                     return Err(TusError::Exists);
                 }
-                if !valid_user_id(&owner_id) {
-                    return Err(Invalid::new("owner_id", "a user id").into());
-                }
-                check_name(&name)?;
-                check_size(size)?;
-                check_content_type(&content_type)?;
+                Declared::check(&owner_id, &name, size, &content_type)?;
                 Ok(vec![E::TusUploadCreated {
                     upload_id,
                     owner_id,
@@ -285,10 +262,12 @@ impl TusUpload {
             } => {
                 *self = Self {
                     upload_id,
-                    owner_id,
-                    name,
-                    size,
-                    content_type,
+                    declared: Declared {
+                        owner_id,
+                        name,
+                        size,
+                        content_type,
+                    },
                     expires_at: Some(expires_at),
                     ..Self::default()
                 };

@@ -8,7 +8,7 @@ use chronicle_schemas::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{check_content_type, check_name, check_sha256, check_size, valid_user_id};
+use crate::{check_sha256, Declared};
 
 /// Smallest chunk (the last one may be shorter).
 pub const MIN_CHUNK_SIZE: u64 = 64 * 1024;
@@ -85,10 +85,8 @@ chronicle_schemas::domain_rules!(UploadError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upload {
     upload_id: String,
-    owner_id: String,
-    name: String,
-    size: u64,
-    content_type: String,
+    #[serde(flatten)]
+    pub(crate) declared: Declared,
     sha256: String,
     chunk_size: u64,
     expires_at: Option<DateTime<Utc>>,
@@ -102,22 +100,6 @@ pub struct Upload {
 impl Upload {
     pub fn exists(&self) -> bool {
         !self.upload_id.is_empty()
-    }
-
-    pub fn owner_id(&self) -> &str {
-        &self.owner_id
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    pub fn content_type(&self) -> &str {
-        &self.content_type
     }
 
     pub fn sha256(&self) -> &str {
@@ -201,12 +183,7 @@ impl Upload {
                 if self.exists() {
                     return Err(UploadError::Exists);
                 }
-                if !valid_user_id(&owner_id) {
-                    return Err(Invalid::new("owner_id", "a user id").into());
-                }
-                check_name(&name)?;
-                check_size(size)?;
-                check_content_type(&content_type)?;
+                Declared::check(&owner_id, &name, size, &content_type)?;
                 check_sha256("sha256", &sha256)?;
                 limits::in_range(
                     "chunk_size",
@@ -327,10 +304,12 @@ impl Upload {
             } => {
                 *self = Self {
                     upload_id,
-                    owner_id,
-                    name,
-                    size,
-                    content_type,
+                    declared: Declared {
+                        owner_id,
+                        name,
+                        size,
+                        content_type,
+                    },
                     sha256,
                     chunk_size,
                     expires_at: Some(expires_at),
