@@ -21,7 +21,10 @@
 //!    up` process (the gateway and every other role in one process) idle, at its peak under
 //!    the load, and after it, is reported with it (`up_rss_kib_*`), and how many orders the
 //!    saga had not decided yet when the last command was answered, and how long it took
-//!    to decide them.
+//!    to decide them. A third line breaks the open loop's time down by stage (HTTP, decide
+//!    and commit, relay, each subscriber's delivery and apply, the fresh read's wait; see
+//!    [`crate::breakdown`]), with the order saga's time from an order's placement to its
+//!    reservation, from the two events' publish times in the log.
 
 use std::{
     future::Future,
@@ -38,6 +41,7 @@ use serde_json::{json, Value};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
 use crate::{
+    breakdown::Scrape,
     process::{rss_kib, settled_rss_kib, start_with, user, PeakRss},
     report::Measurement,
     servers::Servers,
@@ -422,6 +426,8 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
         options.rate, options.seconds
     );
     let probe_http = client(16)?;
+    let before = Scrape::of(&http, &base).await?;
+    let open_loop_started = unix_nanos();
     let run = open_loop(&send, options, move |back: ReadBack| {
         let http = probe_http.clone();
         async move {
@@ -461,6 +467,13 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let saga_drain = drained.elapsed();
+    let stages = Scrape::of(&http, &base).await?.breakdown(
+        &before,
+        &["/api/v1/orders", "/api/v1/inventory/items/{sku}/receive"],
+    );
+    let waits = saga_reserved_after(&fresh.nats_url, open_loop_started).await?;
+    let to_reserved =
+        Measurement::new("chronicle", "E1", 1, waits.len() as u64, run.elapsed).latencies(waits);
     let done = run.latencies.len() as u64;
     let open = Measurement::new("chronicle", "E1", CONNECTIONS, done, run.elapsed)
         .label("open-loop")
@@ -482,8 +495,81 @@ pub async fn run(servers: &Servers, options: Options) -> anyhow::Result<()> {
     line["up_rss_kib_peak"] = json!(peak_rss);
     line["up_rss_kib_after"] = json!(rss_kib(pid)?);
     println!("{line}");
+    println!(
+        "{}",
+        json!({"system": "chronicle", "workload": "E1", "label": "open-loop-breakdown",
+            "rate": options.rate, "stages": stages,
+            "saga_to_reserved": {"orders": to_reserved.ops, "p50_ms": to_reserved.p50_ms,
+                "p99_ms": to_reserved.p99_ms}})
+    );
     drop(chronicle);
     Ok(())
+}
+
+fn unix_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// For each order placed since `since` (unix nanoseconds), the time from its `OrderPlaced`
+/// to its `OrderReserved` in the log (their publish times): the order saga's step.
+async fn saga_reserved_after(nats_url: &str, since: i128) -> anyhow::Result<Vec<Duration>> {
+    use async_nats::jetstream::{self, consumer::DeliverPolicy};
+    use futures::StreamExt;
+    let client = chronicle_bus::connect(nats_url).await?;
+    let js = jetstream::new(client);
+    let mut stream = js.get_stream(chronicle_bus::EVENTS_STREAM).await?;
+    let subject = format!(
+        "events.commerce.{}.>",
+        <chronicle_commerce::Order as cqrs_es::Aggregate>::TYPE
+    );
+    let last = stream.info().await?.state.last_sequence;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut placed = std::collections::HashMap::new();
+    let mut waits = Vec::new();
+    // Until the stream's last message, or quiet (the last is not an order's event).
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let message = message?;
+        let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (seq, published) = (info.stream_sequence, info.published.unix_timestamp_nanos());
+        let kind = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(chronicle_schemas::HEADER_EVENT_TYPE))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let order = message
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        match kind.as_str() {
+            "OrderPlaced" if published >= since => {
+                placed.insert(order, published);
+            }
+            "OrderReserved" => {
+                if let Some(at) = placed.remove(&order) {
+                    waits.push(Duration::from_nanos((published - at).max(0) as u64));
+                }
+            }
+            _ => {}
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    Ok(waits)
 }
 
 #[cfg(test)]

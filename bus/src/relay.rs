@@ -249,9 +249,11 @@ impl Relay {
                 utc(stream.cached_info().created.unix_timestamp_nanos()),
             )
             .await?;
-            let oldest = rows.first().map_or(0.0, |r| r.age_seconds.max(0.0));
-            metrics::histogram!("chronicle_relay_publish_lag_seconds")
-                .record(oldest + round_started.elapsed().as_secs_f64());
+            let lag = metrics::histogram!("chronicle_relay_publish_lag_seconds");
+            let round = round_started.elapsed().as_secs_f64();
+            for row in &rows {
+                lag.record(row.age_seconds.max(0.0) + round);
+            }
             metrics::counter!("chronicle_relay_published_events_total")
                 .increment(rows.len() as u64);
             metrics::gauge!("chronicle_relay_last_publish_timestamp_seconds").set(unix_now());

@@ -42,6 +42,7 @@ impl Committer {
     /// # Errors
     /// The group's store failure, or [`StoreError::CommitterGone`].
     pub(crate) async fn commit(&self, append: PendingAppend) -> Result<AppendOutcome, StoreError> {
+        let _timed = Timed(std::time::Instant::now());
         let (reply, outcome) = oneshot::channel();
         self.0
             .send(Job { append, reply })
@@ -123,5 +124,16 @@ async fn commit_loop(store: EventStore, mut jobs: mpsc::Receiver<Job>, max_group
                 }
             }
         }
+    }
+}
+
+/// Records `chronicle_command_commit_seconds` when the wait for a commit ends, whatever its
+/// outcome.
+struct Timed(std::time::Instant);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("chronicle_command_commit_seconds")
+            .record(self.0.elapsed().as_secs_f64());
     }
 }

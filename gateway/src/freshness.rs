@@ -45,15 +45,22 @@ impl Freshness {
         Fut: Future<Output = Result<Option<T>, E>>,
     {
         let mut updates = self.updates.clone();
-        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        let started = tokio::time::Instant::now();
+        let deadline = started + MAX_WAIT;
+        let waited = || {
+            metrics::histogram!("chronicle_read_fresh_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
+        };
         loop {
             updates.borrow_and_update();
             let value = read().await?;
             if value.as_ref().is_some_and(|v| version_of(v) >= min_version) {
+                waited();
                 return Ok((value, true));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                waited();
                 return Ok((value, false));
             }
             let wait = (deadline - now).min(Duration::from_millis(100));

@@ -74,6 +74,10 @@ impl<H: Handler> Subscriber<H> {
                 self.commit(tx).await?;
                 *expected = last;
                 let pending = deliveries.last().map_or(0, |d| d.pending);
+                for delivery in &fresh {
+                    self.observer
+                        .applied(name, delivery.fetched.elapsed().as_secs_f64());
+                }
                 self.observer.handled(name, fresh.len(), last, pending);
                 for delivery in deliveries {
                     delivery.ack(name).await;

@@ -128,6 +128,11 @@ pub trait Observer: Send + Sync + 'static {
     /// `events` were handled and committed; the checkpoint is now `checkpoint`, with
     /// `pending` more messages for this subscriber in the stream (lag in events).
     fn handled(&self, _subscriber: &str, _events: usize, _checkpoint: u64, _pending: u64) {}
+    /// An event was fetched `after_publish` seconds after JetStream stored it.
+    fn delivered(&self, _subscriber: &str, _after_publish: f64) {}
+    /// What an event made (its read model rows, its saga step) was committed `after_fetch`
+    /// seconds after it was fetched.
+    fn applied(&self, _subscriber: &str, _after_fetch: f64) {}
     /// The event at `stream_seq` was parked (or, with [`OnFailure::Stop`], held).
     fn parked(&self, _subscriber: &str, _stream_seq: u64) {}
     /// A delivery went missing or the checkpoint moved back: the consumer starts over from
@@ -154,6 +159,18 @@ impl Observer for Metered {
             0.0
         });
         self.0.handled(subscriber, events, checkpoint, pending);
+    }
+
+    fn delivered(&self, subscriber: &str, after_publish: f64) {
+        metrics::histogram!("chronicle_subscriber_delivery_seconds", "subscriber" => subscriber.to_owned())
+            .record(after_publish);
+        self.0.delivered(subscriber, after_publish);
+    }
+
+    fn applied(&self, subscriber: &str, after_fetch: f64) {
+        metrics::histogram!("chronicle_subscriber_apply_seconds", "subscriber" => subscriber.to_owned())
+            .record(after_fetch);
+        self.0.applied(subscriber, after_fetch);
     }
 
     fn parked(&self, subscriber: &str, stream_seq: u64) {
@@ -245,6 +262,8 @@ struct Delivery {
     seq: u64,
     pending: u64,
     message: jetstream::Message,
+    /// When this subscriber fetched it.
+    fetched: std::time::Instant,
 }
 
 impl Delivery {
@@ -457,10 +476,16 @@ impl<H: Handler> Subscriber<H> {
                     break;
                 }
                 next_delivery += 1;
+                let fetched = std::time::Instant::now();
+                self.observer.delivered(
+                    &self.config.name,
+                    seconds_since(info.published.unix_timestamp_nanos()),
+                );
                 deliveries.push(Delivery {
                     seq: info.stream_sequence,
                     pending: info.pending,
                     message,
+                    fetched,
                 });
             }
             if !deliveries.is_empty() {
@@ -513,3 +538,11 @@ struct ConsumerEnded;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct StringError(String);
+
+/// Seconds from `unix_nanos` (a JetStream timestamp) to now; 0 if the clocks disagree.
+fn seconds_since(unix_nanos: i128) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    (now - unix_nanos).max(0) as f64 / 1e9
+}

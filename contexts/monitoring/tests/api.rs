@@ -73,6 +73,61 @@ async fn metrics_name_every_subscriber_with_its_lag_and_count_requests_by_route_
     assert!(!lines(&text, "chronicle_commit_group_size_bucket").is_empty());
 }
 
+/// The count of histogram `name` (summed over its series whose labels contain `label`).
+fn observed(text: &str, name: &str, label: &str) -> f64 {
+    lines(text, &format!("{name}_count"))
+        .iter()
+        .filter(|l| l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_time_each_stage_from_a_command_to_its_fresh_read() {
+    let app = TestApp::spawn().await;
+    let before = app.get("/metrics").await.text().await.unwrap();
+    let created = app
+        .post(
+            "/api/v1/inventory/items",
+            json!({"sku": "STAGE-1", "name": "Staged", "price_cents": 100, "initial_stock": 5}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let read = app
+        .get("/api/v1/inventory/items/STAGE-1?min_version=1")
+        .await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    // The item was committed, relayed, fetched and applied by the inventory projector, and
+    // read fresh: each stage has its sample (the delivery and apply ones once the
+    // projector's commit is past, which the fresh read waited for).
+    let projector = r#"subscriber="inventory""#;
+    for (name, label) in [
+        ("chronicle_command_commit_seconds", ""),
+        ("chronicle_relay_publish_lag_seconds", ""),
+        ("chronicle_subscriber_delivery_seconds", projector),
+        ("chronicle_subscriber_apply_seconds", projector),
+        ("chronicle_read_fresh_wait_seconds", ""),
+    ] {
+        eventually(name, Duration::from_secs(10), || async {
+            let after = app.get("/metrics").await.text().await.unwrap();
+            (observed(&after, name, label) > observed(&before, name, label)).then_some(())
+        })
+        .await;
+    }
+    // Buckets fine enough between 1 and 500 ms to read a p99 against a 50 ms target.
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for bound in ["0.03", "0.04", "0.065", "0.08"] {
+        let le = format!(r#"le="{bound}""#);
+        assert!(
+            lines(&text, "chronicle_subscriber_apply_seconds_bucket")
+                .iter()
+                .any(|l| l.contains(&le)),
+            "no bucket {bound}"
+        );
+    }
+}
+
 async fn report_json(app: &TestApp, samples: Value) -> u64 {
     let response = app.post("/api/v1/monitoring/samples", samples).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
