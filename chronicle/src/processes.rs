@@ -257,7 +257,10 @@ async fn run_roles(
         db: connections.db.clone(),
         nats: connections.nats.clone(),
         faults,
-        relay: RelayConfig::default(),
+        relay: RelayConfig {
+            linger: settings.servers.relay_linger,
+            ..RelayConfig::default()
+        },
         projector: ProjectorConfig::default(),
         gateway: settings.gateway(secret.unwrap_or_else(|| Secret::new(Vec::new()))),
         http: std::sync::Mutex::new(http),

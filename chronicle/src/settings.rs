@@ -84,6 +84,18 @@ pub struct ServerSettings {
         global = true
     )]
     pub stream_replicas: usize,
+    /// Under load (its last round published 8 events or more) the relay starts a round at
+    /// most this often, to publish fewer, larger JetStream batches, for at most this much
+    /// more projection lag. `0ms`: it publishes whatever is waiting the moment the last
+    /// round is acknowledged.
+    #[arg(
+        long,
+        env = "CHRONICLE_RELAY_LINGER",
+        default_value = "0ms",
+        value_parser = parse_duration,
+        global = true
+    )]
+    pub relay_linger: Duration,
 }
 
 /// The HTTP gateway.
