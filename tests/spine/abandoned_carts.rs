@@ -12,9 +12,7 @@ use chronicle_tests::{eventually, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{
-    assert_replays_byte_for_byte, business_series_reaches, count_reaches, post_item,
-};
+use crate::common::{assert_replays_byte_for_byte, business_series_reaches, count_reaches};
 
 /// How many `CartAbandoned` events the cart of `cart` has.
 async fn abandoned(app: &TestApp, cart: &str) -> i64 {
@@ -52,7 +50,7 @@ async fn a_cart_left_untouched_is_counted_abandoned_once_per_idle_spell() {
             .set(CartSweeperConfig::abandoned_after(Duration::from_secs(1)));
     })
     .await;
-    post_item(&app, "AB-1", "Kettle", 2_500, 10).await;
+    app.create_item("AB-1", "Kettle", 2_500, 10).await;
     let idle = app.token.clone();
     let (busy_id, busy) = app.register_and_login("busy").await;
     let (_, emptied) = app.register_and_login("emptied").await;

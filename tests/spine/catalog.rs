@@ -9,7 +9,7 @@ use chronicle_tests::{eventually, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{assert_replays_byte_for_byte, invalid_fields, post_item, problem};
+use crate::common::{assert_replays_byte_for_byte, invalid_fields, problem};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -96,7 +96,7 @@ async fn place(app: &TestApp, sku: &str, quantity: u64) -> reqwest::Response {
 #[tokio::test]
 async fn staff_rename_reprice_and_describe_an_item_and_a_placed_order_keeps_its_price() {
     let app = TestApp::spawn().await;
-    post_item(&app, "K-1", "Kettle", 1000, 10).await;
+    app.create_item("K-1", "Kettle", 1000, 10).await;
     let placed: Value = place(&app, "K-1", 2).await.json().await.unwrap();
     let before = placed["id"].as_str().unwrap().to_owned();
     order(&app, &before, "reserved").await;
@@ -158,8 +158,8 @@ async fn staff_rename_reprice_and_describe_an_item_and_a_placed_order_keeps_its_
 async fn a_discontinued_item_stays_readable_leaves_the_catalog_and_cannot_be_ordered_but_its_reservation_ships(
 ) {
     let app = TestApp::spawn_with_staff(&["tester"]).await;
-    post_item(&app, "D-1", "Old lamp", 700, 5).await;
-    post_item(&app, "D-2", "New lamp", 900, 5).await;
+    app.create_item("D-1", "Old lamp", 700, 5).await;
+    app.create_item("D-2", "New lamp", 900, 5).await;
     let placed: Value = place(&app, "D-1", 2).await.json().await.unwrap();
     let id = placed["id"].as_str().unwrap().to_owned();
     order(&app, &id, "reserved").await;
@@ -225,9 +225,9 @@ async fn a_discontinued_item_stays_readable_leaves_the_catalog_and_cannot_be_ord
 #[tokio::test]
 async fn the_catalog_is_searched_by_the_words_of_the_name_and_the_description() {
     let app = TestApp::spawn().await;
-    post_item(&app, "S-1", "Red kettle", 100, 1).await;
-    post_item(&app, "S-2", "Blue teapot", 100, 1).await;
-    post_item(&app, "S-3", "Green mug", 100, 1).await;
+    app.create_item("S-1", "Red kettle", 100, 1).await;
+    app.create_item("S-2", "Blue teapot", 100, 1).await;
+    app.create_item("S-3", "Green mug", 100, 1).await;
     let described: Value = patch(&app, "S-2", json!({"description": "Pairs with any kettle"}))
         .await
         .json()
@@ -251,7 +251,7 @@ async fn the_catalog_is_searched_by_the_words_of_the_name_and_the_description() 
 #[tokio::test]
 async fn bad_edits_are_refused_with_the_field_and_append_nothing() {
     let app = TestApp::spawn().await;
-    post_item(&app, "B-1", "Plate", 100, 1).await;
+    app.create_item("B-1", "Plate", 100, 1).await;
     for (body, field) in [
         (json!({"price_cents": -1}), "price_cents"),
         (json!({"price_cents": 1_000_000_000_001_i64}), "price_cents"),
@@ -309,7 +309,8 @@ async fn bad_edits_are_refused_with_the_field_and_append_nothing() {
 async fn replaying_the_inventory_after_edits_gives_the_same_rows_byte_for_byte() {
     let app = TestApp::spawn().await;
     for i in 0..5 {
-        post_item(&app, &format!("R-{i}"), &format!("Item {i}"), 100 + i, 3).await;
+        app.create_item(&format!("R-{i}"), &format!("Item {i}"), 100 + i, 3)
+            .await;
     }
     patch(
         &app,
@@ -339,7 +340,7 @@ async fn replaying_the_inventory_after_edits_gives_the_same_rows_byte_for_byte()
 #[tokio::test]
 async fn a_read_model_not_made_yet_is_unavailable_not_an_error() {
     let app = TestApp::spawn().await;
-    post_item(&app, "U-1", "Umbrella", 100, 1).await;
+    app.create_item("U-1", "Umbrella", 100, 1).await;
     sqlx::query("DROP TABLE commerce.inventory_items")
         .execute(&app.pool)
         .await

@@ -200,36 +200,15 @@ pub async fn wait_relayed(pool: &PgPool, client: &async_nats::Client, n: u64) {
 
 pub use chronicle_tests::{assert_replays_byte_for_byte, invalid_fields, problem};
 
-/// Staff put an item in the catalog over HTTP (as the app's user), and it is in the
-/// `inventory` read model when this returns.
-pub async fn post_item(
-    app: &chronicle_tests::TestApp,
-    sku: &str,
-    name: &str,
-    price_cents: i64,
-    stock: i64,
-) {
-    let r = app
-        .post(
-            "/api/v1/inventory/items",
-            serde_json::json!({"sku": sku, "name": name, "price_cents": price_cents, "initial_stock": stock}),
-        )
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED, "creating {sku}");
-    let read = app
-        .get(&format!("/api/v1/inventory/items/{sku}?min_version=1"))
-        .await;
-    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
-}
-
-/// [`post_item`] named `Item <sku>`.
+/// [`chronicle_tests::TestApp::create_item`] named `Item <sku>`.
 pub async fn post_named_item(
     app: &chronicle_tests::TestApp,
     sku: &str,
     price_cents: i64,
     stock: i64,
 ) {
-    post_item(app, sku, &format!("Item {sku}"), price_cents, stock).await;
+    app.create_item(sku, &format!("Item {sku}"), price_cents, stock)
+        .await;
 }
 
 /// Staff receive `quantity` more of `sku` over HTTP (as the app's user).

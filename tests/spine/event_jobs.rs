@@ -12,9 +12,7 @@ use chronicle_tests::{eventually, Hook, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{
-    assert_replays_byte_for_byte, invalid_fields, post_item, post_receipt, problem,
-};
+use crate::common::{assert_replays_byte_for_byte, invalid_fields, post_receipt, problem};
 
 /// A job run for every `StockReceived` of commerce, calling `path` of `hook`.
 fn on_stock(hook: &Hook, path: &str, extra: Value) -> Value {
@@ -71,7 +69,7 @@ fn seq(run: &Value) -> u64 {
 async fn a_job_runs_once_for_each_later_event_in_log_order_and_gets_its_envelope() {
     let app = TestApp::spawn().await;
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
-    post_item(&app, "EV-1", "Lamp", 100, 1).await;
+    app.create_item("EV-1", "Lamp", 100, 1).await;
     // Before the job: never run for.
     post_receipt(&app, "EV-1", 100).await;
     let id = create(&app, on_stock(&hook, "/restocked", json!({}))).await;
@@ -85,7 +83,7 @@ async fn a_job_runs_once_for_each_later_event_in_log_order_and_gets_its_envelope
         post_receipt(&app, "EV-1", quantity).await;
     }
     // Another type, and the same type's name in another aggregate's events: not run for.
-    post_item(&app, "EV-2", "Wick", 100, 1).await;
+    app.create_item("EV-2", "Wick", 100, 1).await;
     let runs = settled_runs(&app, &id, 5).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let bodies = hook.bodies("/restocked");
@@ -118,7 +116,7 @@ async fn a_failing_event_is_retried_then_recorded_failed_and_the_next_event_runs
     let app = TestApp::spawn().await;
     // The first event's two attempts fail; everything after succeeds.
     let hook = Hook::start(|_, n| (if n <= 2 { 500 } else { 200 }, Duration::ZERO)).await;
-    post_item(&app, "EV-3", "Lamp", 100, 1).await;
+    app.create_item("EV-3", "Lamp", 100, 1).await;
     let id = create(&app, on_stock(&hook, "/flaky", json!({"max_retries": 1}))).await;
     post_receipt(&app, "EV-3", 1).await;
     post_receipt(&app, "EV-3", 2).await;
@@ -146,7 +144,7 @@ async fn a_failing_event_is_retried_then_recorded_failed_and_the_next_event_runs
 async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
     let app = TestApp::spawn().await;
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
-    post_item(&app, "EV-4", "Lamp", 100, 1).await;
+    app.create_item("EV-4", "Lamp", 100, 1).await;
     let id = create(&app, on_stock(&hook, "/paused", json!({}))).await;
     post_receipt(&app, "EV-4", 1).await;
     settled_runs(&app, &id, 1).await;

@@ -285,13 +285,7 @@ async fn no_stored_event_of_any_kind_stops_a_read_model_or_the_saga() {
 
     // After the poison, every context still works end to end.
     let (_, _) = app.register_and_login("after").await;
-    let created = app
-        .post(
-            "/api/v1/inventory/items",
-            json!({"sku": "OK-1", "name": "Fine", "price_cents": 100, "initial_stock": 5}),
-        )
-        .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
+    app.create_item("OK-1", "Fine", 100, 5).await;
     let placed: Value = app
         .post(
             "/api/v1/orders",

@@ -219,13 +219,7 @@ async fn a_message_sent_through_one_gateway_reaches_a_client_of_another() {
 #[tokio::test]
 async fn the_customer_sees_an_order_change_status_live() {
     let app = TestApp::spawn().await;
-    let created = app
-        .post(
-            "/api/v1/inventory/items",
-            json!({"sku": "W", "name": "Widget", "price_cents": 100, "initial_stock": 5}),
-        )
-        .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
+    app.create_item("W", "Widget", 100, 5).await;
     let mut socket = connect(&app, &app.token).await;
     ready(&mut socket).await;
     let placed: Value = app

@@ -403,6 +403,22 @@ impl TestApp {
         answer(self.request_as(token, method, path).json(body).send().await)
     }
 
+    /// Creates inventory item `sku` over HTTP (as the app's user, staff by default) and
+    /// waits until its read model shows it (`?min_version=1`, answered fresh).
+    pub async fn create_item(&self, sku: &str, name: &str, price_cents: i64, stock: i64) {
+        let r = self
+            .post(
+                "/api/v1/inventory/items",
+                serde_json::json!({"sku": sku, "name": name, "price_cents": price_cents, "initial_stock": stock}),
+            )
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED, "creating {sku}");
+        let read = self
+            .get(&format!("/api/v1/inventory/items/{sku}?min_version=1"))
+            .await;
+        assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    }
+
     /// `POST path` with `body` as JSON and `token`.
     pub async fn post_as(
         &self,

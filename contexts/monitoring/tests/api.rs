@@ -86,18 +86,8 @@ fn observed(text: &str, name: &str, label: &str) -> f64 {
 async fn metrics_time_each_stage_from_a_command_to_its_fresh_read() {
     let app = TestApp::spawn().await;
     let before = app.get("/metrics").await.text().await.unwrap();
-    let created = app
-        .post(
-            "/api/v1/inventory/items",
-            json!({"sku": "STAGE-1", "name": "Staged", "price_cents": 100, "initial_stock": 5}),
-        )
-        .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let read = app
-        .get("/api/v1/inventory/items/STAGE-1?min_version=1")
-        .await;
-    assert_eq!(read.status(), StatusCode::OK);
-    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    // Created, then read back fresh with `?min_version=1`.
+    app.create_item("STAGE-1", "Staged", 100, 5).await;
     // The item was committed, relayed, fetched and applied by the inventory projector, and
     // read fresh: each stage has its sample (the delivery and apply ones once the
     // projector's commit is past, which the fresh read waited for).
@@ -394,13 +384,7 @@ async fn a_rule_on_orders_placed_fires_when_orders_are_placed_and_notifies_webho
     let smtp = SmtpServer::start().await;
     let app = TestApp::spawn_options(with_smtp(&smtp)).await;
     let hook = Hook::start(|_, _| (200, Duration::ZERO)).await;
-    let created = app
-        .post(
-            "/api/v1/inventory/items",
-            json!({"sku": "M1", "name": "Mug", "price_cents": 500, "initial_stock": 100}),
-        )
-        .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
+    app.create_item("M1", "Mug", 500, 100).await;
     let rule = create_rule(
         &app,
         json!({
