@@ -74,10 +74,11 @@ impl<H: Handler> Subscriber<H> {
                 self.commit(tx).await?;
                 *expected = last;
                 let pending = deliveries.last().map_or(0, |d| d.pending);
-                for delivery in &fresh {
-                    self.observer
-                        .applied(name, delivery.fetched.elapsed().as_secs_f64());
-                }
+                let after_fetch: Vec<f64> = fresh
+                    .iter()
+                    .map(|d| d.fetched.elapsed().as_secs_f64())
+                    .collect();
+                self.observer.applied(name, &after_fetch);
                 self.observer.handled(name, fresh.len(), last, pending);
                 for delivery in deliveries {
                     delivery.ack(name).await;

@@ -128,11 +128,11 @@ pub trait Observer: Send + Sync + 'static {
     /// `events` were handled and committed; the checkpoint is now `checkpoint`, with
     /// `pending` more messages for this subscriber in the stream (lag in events).
     fn handled(&self, _subscriber: &str, _events: usize, _checkpoint: u64, _pending: u64) {}
-    /// An event was fetched `after_publish` seconds after JetStream stored it.
-    fn delivered(&self, _subscriber: &str, _after_publish: f64) {}
-    /// What an event made (its read model rows, its saga step) was committed `after_fetch`
-    /// seconds after it was fetched.
-    fn applied(&self, _subscriber: &str, _after_fetch: f64) {}
+    /// A batch was fetched, each event `after_publish` seconds after JetStream stored it.
+    fn delivered(&self, _subscriber: &str, _after_publish: &[f64]) {}
+    /// What a batch's events made (read model rows, saga steps) was committed, each
+    /// `after_fetch` seconds after it was fetched.
+    fn applied(&self, _subscriber: &str, _after_fetch: &[f64]) {}
     /// The event at `stream_seq` was parked (or, with [`OnFailure::Stop`], held).
     fn parked(&self, _subscriber: &str, _stream_seq: u64) {}
     /// A delivery went missing or the checkpoint moved back: the consumer starts over from
@@ -161,15 +161,15 @@ impl Observer for Metered {
         self.0.handled(subscriber, events, checkpoint, pending);
     }
 
-    fn delivered(&self, subscriber: &str, after_publish: f64) {
-        metrics::histogram!("chronicle_subscriber_delivery_seconds", "subscriber" => subscriber.to_owned())
-            .record(after_publish);
+    fn delivered(&self, subscriber: &str, after_publish: &[f64]) {
+        let histogram = metrics::histogram!("chronicle_subscriber_delivery_seconds", "subscriber" => subscriber.to_owned());
+        after_publish.iter().for_each(|s| histogram.record(*s));
         self.0.delivered(subscriber, after_publish);
     }
 
-    fn applied(&self, subscriber: &str, after_fetch: f64) {
-        metrics::histogram!("chronicle_subscriber_apply_seconds", "subscriber" => subscriber.to_owned())
-            .record(after_fetch);
+    fn applied(&self, subscriber: &str, after_fetch: &[f64]) {
+        let histogram = metrics::histogram!("chronicle_subscriber_apply_seconds", "subscriber" => subscriber.to_owned());
+        after_fetch.iter().for_each(|s| histogram.record(*s));
         self.0.applied(subscriber, after_fetch);
     }
 
@@ -262,7 +262,7 @@ struct Delivery {
     seq: u64,
     pending: u64,
     message: jetstream::Message,
-    /// When this subscriber fetched it.
+    /// When this subscriber fetched it (with the rest of its batch).
     fetched: std::time::Instant,
 }
 
@@ -457,7 +457,9 @@ impl<H: Handler> Subscriber<H> {
                     _ => break,
                 }
             }
+            let fetched = std::time::Instant::now();
             let mut deliveries = Vec::with_capacity(batch.len());
+            let mut after_publish = Vec::with_capacity(batch.len());
             let mut gap = false;
             for message in batch {
                 let info = message.info().map_err(|e| {
@@ -476,11 +478,7 @@ impl<H: Handler> Subscriber<H> {
                     break;
                 }
                 next_delivery += 1;
-                let fetched = std::time::Instant::now();
-                self.observer.delivered(
-                    &self.config.name,
-                    seconds_since(info.published.unix_timestamp_nanos()),
-                );
+                after_publish.push(seconds_since(info.published.unix_timestamp_nanos()));
                 deliveries.push(Delivery {
                     seq: info.stream_sequence,
                     pending: info.pending,
@@ -488,6 +486,7 @@ impl<H: Handler> Subscriber<H> {
                     fetched,
                 });
             }
+            self.observer.delivered(&self.config.name, &after_publish);
             if !deliveries.is_empty() {
                 if let Flow::Reposition = self.handle_batch(&deliveries, &mut expected).await? {
                     return Ok(());
