@@ -87,12 +87,12 @@ pub struct ServerSettings {
     /// Under load (its last round published 8 events or more) the relay starts a round at
     /// most this often, to publish fewer, larger JetStream batches, for at most this much
     /// more projection lag. `0ms`: it publishes whatever is waiting the moment the last
-    /// round is acknowledged.
+    /// round is acknowledged. At most `1s`.
     #[arg(
         long,
         env = "CHRONICLE_RELAY_LINGER",
         default_value = "0ms",
-        value_parser = parse_duration,
+        value_parser = parse_linger,
         global = true
     )]
     pub relay_linger: Duration,
@@ -371,6 +371,16 @@ impl NotifySettings {
             from: self.smtp_from.clone(),
         }
     }
+}
+
+/// A relay linger: a duration of at most a second (the relay adds it to an `Instant`, and
+/// a longer one would only hold events back).
+fn parse_linger(text: &str) -> Result<Duration, String> {
+    let linger = parse_duration(text)?;
+    if linger > Duration::from_secs(1) {
+        return Err(format!("{text:?} is longer than the relay may linger (1s)"));
+    }
+    Ok(linger)
 }
 
 fn parse_allow_list(list: &str) -> Result<chronicle_scheduler::AllowList, String> {
@@ -655,6 +665,40 @@ mod tests {
         }
         let cli = Cli::parse_from(["chronicle", "--header-read-timeout-seconds", "5"]);
         assert_eq!(cli.settings.gateway.header_read_timeout_seconds, 5);
+    }
+
+    /// The relay adds its linger to an `Instant`: a value past a second is refused at
+    /// start-up, not a panic under load.
+    #[test]
+    fn a_relay_linger_out_of_range_is_refused() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        for bad in [
+            "2s",
+            "1001ms",
+            "18446744073709551615ms",
+            "-1",
+            "ten",
+            "5\0ms",
+        ] {
+            let parsed = Cli::try_parse_from(["chronicle", "--relay-linger", bad]);
+            assert!(parsed.is_err(), "{bad} was taken");
+        }
+        let linger = |args: &[&str]| {
+            let mut all = vec!["chronicle"];
+            all.extend(args);
+            Cli::parse_from(all).settings.servers.relay_linger
+        };
+        assert_eq!(linger(&[]), Duration::ZERO);
+        assert_eq!(
+            linger(&["--relay-linger", "25ms"]),
+            Duration::from_millis(25)
+        );
+        assert_eq!(linger(&["--relay-linger", "1"]), Duration::from_secs(1));
     }
 
     #[test]
