@@ -140,6 +140,17 @@ async fn a_failing_event_is_retried_then_recorded_failed_and_the_next_event_runs
     assert_eq!(hook.hits("/flaky").len(), 3);
 }
 
+/// Reads job `id` back at the version `answer` (its pause or resume, 200) gave, so that
+/// what the client does next reaches the log after it.
+async fn read_back(app: &TestApp, id: &str, answer: reqwest::Response) {
+    assert_eq!(answer.status(), StatusCode::OK);
+    let version = answer.json::<Value>().await.unwrap()["version"].clone();
+    let read = app
+        .get(&format!("/api/v1/jobs/{id}?min_version={version}"))
+        .await;
+    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+}
+
 #[tokio::test]
 async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
     let app = TestApp::spawn().await;
@@ -148,21 +159,13 @@ async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
     let id = create(&app, on_stock(&hook, "/paused", json!({}))).await;
     post_receipt(&app, "EV-4", 1).await;
     settled_runs(&app, &id, 1).await;
-    let r = app
-        .send(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
-        .await;
-    assert_eq!(r.status(), StatusCode::OK);
     // What the pause skips is what comes after it in the log. Each context publishes its
     // own outbox, so a receipt committed just after the pause could still reach the log
     // before it: a client that means "after the pause" reads the pause back first.
-    let paused: Value = r.json().await.unwrap();
-    let read = app
-        .get(&format!(
-            "/api/v1/jobs/{id}?min_version={}",
-            paused["version"]
-        ))
+    let paused = app
+        .send(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
         .await;
-    assert_eq!(read.headers()["chronicle-consistency"], "fresh");
+    read_back(&app, &id, paused).await;
     for quantity in [2, 3, 4] {
         post_receipt(&app, "EV-4", quantity).await;
     }
@@ -190,10 +193,12 @@ async fn events_while_paused_are_skipped_as_one_row_and_later_ones_run() {
         3,
     )
     .await;
-    let r = app
+    // As with the pause: the resume is read back before the receipt that should run, or the
+    // receipt could reach the log first and be skipped with the others.
+    let resumed = app
         .send(Method::POST, &format!("/api/v1/jobs/{id}/resume"))
         .await;
-    assert_eq!(r.status(), StatusCode::OK);
+    read_back(&app, &id, resumed).await;
     post_receipt(&app, "EV-4", 5).await;
     let runs = settled_runs(&app, &id, 3).await;
     let outcomes: Vec<&str> = runs
