@@ -1,8 +1,11 @@
 //! W2 replay: read every event in log order and fold it into a projection, (a) in memory
-//! and (b) into the real `inventory` read model by the replay engine, at two sizes.
+//! and (b) into the real `inventory` read model by the replay engine, from each source
+//! `chronicle replay` reads (the JetStream log and the commerce context's event store), at
+//! two sizes.
 //!
-//! The log is made by writing outbox rows with SQL and letting the relay publish them, so
-//! the run also measures how fast the relay drains a backlog.
+//! The events are written with SQL into the commerce store and its outbox, as commits write
+//! them, and the relay publishes the outbox, so the run also measures how fast the relay
+//! drains a backlog.
 
 use std::{
     collections::HashMap,
@@ -13,7 +16,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_bus::{Relay, RelayConfig};
 use chronicle_commerce::InventoryEvent;
-use chronicle_projections::inventory::InventoryProjection;
+use chronicle_projections::{inventory::InventoryProjection, ReplayFrom};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
 
@@ -29,28 +32,48 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
         let total = per_item * ITEMS;
         eprintln!("bench: W2 with {total} events");
         let fresh = servers.fresh().await?;
+        // The commerce context's store, as `chronicle up` reaches it: its own schema first on
+        // the path (the event store, the outbox, the relay's position, the read model).
+        let db = chronicle_commands::Databases::new(
+            fresh.pool.clone(),
+            &[chronicle_commands::contexts::COMMERCE],
+            8,
+            |_, options| options,
+        );
+        let pool = db.of(chronicle_commands::contexts::COMMERCE).clone();
+        // Each event twice, as a commit writes it: in the store (`events`, in postgres-es's
+        // layout) and in the outbox (the envelope the relay publishes). Commit times are a
+        // microsecond apart, in the outbox's order.
         sqlx::query(
-            "INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
+            "WITH src AS ( \
+               SELECT 'W2-' || lpad(item::text, 4, '0') AS id, seq, \
+                      CASE WHEN seq = 1 THEN 'ItemCreated' ELSE 'StockReceived' END AS t, \
+                      gen_random_uuid() AS e, gen_random_uuid() AS c, \
+                      to_char((now() + ((seq - 1) * $1 + item) * interval '1 microsecond') AT TIME ZONE 'UTC', \
+                              'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS at, \
+                      CASE WHEN seq = 1 \
+                        THEN json_build_object('sku', 'W2-' || lpad(item::text, 4, '0'), \
+                               'name', 'Item ' || item, 'price_cents', 100, 'initial_stock', 0) \
+                        ELSE json_build_object('quantity', 1) END AS p \
+               FROM generate_series(1, $2::bigint) AS seq, generate_series(1, $1::bigint) AS item), \
+             stored AS ( \
+               INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+               SELECT 'inventory_item', id, seq, t, '1', json_build_object(t, p), \
+                      json_build_object('event_id', e, 'recorded_at', at, 'correlation_id', c) \
+               FROM src) \
+             INSERT INTO outbox (subject, message_id, event_type, event_version, aggregate_sequence, correlation_id, envelope) \
              SELECT 'events.commerce.inventory_item.' || id, 'inventory_item:' || id || ':' || seq, t, '1', seq, c, \
                convert_to(json_build_object( \
-                 'event_id', gen_random_uuid(), 'event_type', t, 'event_version', '1', 'context', 'commerce', \
+                 'event_id', e, 'event_type', t, 'event_version', '1', 'context', 'commerce', \
                  'aggregate_type', 'inventory_item', 'aggregate_id', id, 'sequence', seq, \
-                 'recorded_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
-                 'correlation_id', c, \
-                 'payload', CASE WHEN seq = 1 \
-                   THEN json_build_object('sku', id, 'name', 'Item ' || id, 'price_cents', 100, 'initial_stock', 0) \
-                   ELSE json_build_object('quantity', 1) END)::text, 'UTF8') \
-             FROM generate_series(1, $2::bigint) AS seq, generate_series(1, $1::bigint) AS item, \
-                  LATERAL (SELECT 'W2-' || lpad(item::text, 4, '0') AS id, \
-                                  CASE WHEN seq = 1 THEN 'ItemCreated' ELSE 'StockReceived' END AS t, \
-                                  gen_random_uuid() AS c) AS x \
-             ORDER BY seq, item",
+                 'recorded_at', at, 'correlation_id', c, 'payload', p)::text, 'UTF8') \
+             FROM src ORDER BY seq, id",
         )
         .bind(ITEMS as i64)
         .bind(per_item as i64)
-        .execute(&fresh.pool)
+        .execute(&pool)
         .await
-        .context("writing the outbox backlog")?;
+        .context("writing the store and the outbox backlog")?;
 
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let started = Instant::now();
@@ -64,13 +87,13 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
             ..RelayConfig::default()
         };
         let relay = tokio::spawn(
-            Relay::new(fresh.pool.clone(), fresh.nats.clone(), config).run(async {
+            Relay::new(pool.clone(), fresh.nats.clone(), config).run(async {
                 let _ = stopped.await;
             }),
         );
         loop {
             let left: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox)")
-                .fetch_one(&fresh.pool)
+                .fetch_one(&pool)
                 .await?;
             if !left {
                 break;
@@ -108,29 +131,50 @@ pub async fn run(servers: &Servers, large: u64) -> anyhow::Result<()> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(REPLAY_BATCH);
-        let started = Instant::now();
-        let stats = chronicle_projections::replay(
-            &InventoryProjection,
-            &fresh.pool,
-            &fresh.nats,
-            batch,
-            |done, all| {
+        for source in [ReplayFrom::Log, ReplayFrom::Store] {
+            let started = Instant::now();
+            let progress = |done: u64, all: u64| {
                 if done % 100_000 < batch as u64 || done == all {
-                    eprint!("\rbench: replay {done}/{all}");
+                    eprint!("\rbench: replay from {source:?} {done}/{all}");
                 }
-            },
-        )
-        .await?;
-        eprintln!();
-        Measurement::new("chronicle", "W2", 1, stats.events, started.elapsed())
-            .label("replay-into-postgres")
-            .print();
-        let wrong: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM commerce.inventory_items WHERE on_hand <> $1")
-                .bind(per_item as i64 - 1)
-                .fetch_one(&fresh.pool)
-                .await?;
-        anyhow::ensure!(wrong == 0, "{wrong} read-model rows are wrong after replay");
+            };
+            let stats = match source {
+                ReplayFrom::Log => {
+                    chronicle_projections::replay(
+                        &InventoryProjection,
+                        &pool,
+                        &fresh.nats,
+                        batch,
+                        progress,
+                    )
+                    .await?
+                }
+                ReplayFrom::Store => {
+                    chronicle_projections::replay_from_store(
+                        &InventoryProjection,
+                        &db,
+                        &fresh.nats,
+                        batch,
+                        progress,
+                    )
+                    .await?
+                }
+            };
+            eprintln!();
+            Measurement::new("chronicle", "W2", 1, stats.events, started.elapsed())
+                .label(match source {
+                    ReplayFrom::Log => "replay-into-postgres",
+                    ReplayFrom::Store => "replay-from-store",
+                })
+                .print();
+            anyhow::ensure!(stats.events == total, "replayed {} events", stats.events);
+            let wrong: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM inventory_items WHERE on_hand <> $1")
+                    .bind(per_item as i64 - 1)
+                    .fetch_one(&pool)
+                    .await?;
+            anyhow::ensure!(wrong == 0, "{wrong} read-model rows are wrong after replay");
+        }
     }
     Ok(())
 }

@@ -60,10 +60,11 @@ enum Command {
         /// times (W2: 5,000 → 50,000 took 1M events from ~35k to ~44k events/s).
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
-        /// Where to read the events: `stream` (JetStream, the default) or `postgres` (the
-        /// event store, when the stream was lost or trimmed).
-        #[arg(long, default_value = "stream", value_parser = ["stream", "postgres"])]
-        from: String,
+        /// Where to read the events: `auto` (the event stores in PostgreSQL when they can
+        /// rebuild the read model, else the stream), `postgres` or `stream` (JetStream). The
+        /// line printed for each read model says which it used.
+        #[arg(long, value_enum, default_value_t = processes::Source::Auto)]
+        from: processes::Source,
     },
     /// Projection and saga checkpoints, lag and parked events.
     Projections {
@@ -224,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from,
         } => {
             let names = processes::projection_names(name.as_deref(), all)?;
-            processes::replay(settings, names, batch, from == "postgres").await
+            processes::replay(settings, names, batch, from).await
         }
         Command::Projections { command } => match command {
             ProjectionsCommand::Status => processes::status(settings).await,

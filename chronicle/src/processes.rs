@@ -331,7 +331,24 @@ async fn signal() {
     let _ = ctrl_c.await;
 }
 
-/// `chronicle replay`.
+/// Where `chronicle replay` reads the events it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The event stores when they can rebuild the read model (they hold every event), else
+    /// the stream: a read model that reads events by their stream sequence or of every
+    /// context, or whose stores' catch-up the stream no longer holds.
+    Auto,
+    /// The contexts' event stores in PostgreSQL (binary COPY out of one snapshot per store).
+    #[value(alias = "store")]
+    Postgres,
+    /// The JetStream log, from its first message.
+    #[value(alias = "jetstream")]
+    Stream,
+}
+
+/// `chronicle replay`: each read model of `names` rebuilt from `from` and swapped in, with a
+/// progress line on stderr and a JSON line on stdout saying what was replayed, from where
+/// and how fast.
 ///
 /// # Errors
 /// When the servers cannot be reached or the replay fails.
@@ -339,37 +356,35 @@ pub async fn replay(
     settings: Settings,
     names: Vec<String>,
     batch: usize,
-    from_store: bool,
+    from: Source,
 ) -> anyhow::Result<()> {
     let (db_url, nats_url) = settings.urls()?;
     let connections = connect(&settings, &db_url, &nats_url, settings.servers.pg_pool).await?;
     let several = names.len() > 1;
     for name in names {
-        let mut progress = |done: u64, total: u64| {
-            let percent = (done * 100).checked_div(total).unwrap_or(100);
-            eprint!("\r{name}: {done}/{total} events ({percent}%)");
-        };
         let model = read_model(&name).with_context(|| format!("unknown projection {name:?}"))?;
         let (db, nats) = (&connections.db, &connections.nats);
-        let replayed = if from_store {
-            match model
-                .replay(ReplayFrom::Store, db, nats, batch, &mut progress)
-                .await
-            {
-                // Of several (`--all`), one that only the log can rebuild (it reads events
-                // by their stream sequence, or of every context) is rebuilt from the log.
-                Err(chronicle_projections::ProjectionError::Refused(why)) if several => {
-                    eprintln!("{name}: {why}; rebuilt from the stream instead");
-                    model
-                        .replay(ReplayFrom::Log, db, nats, batch, &mut progress)
-                        .await
+        let mut source = match from {
+            Source::Auto | Source::Postgres => ReplayFrom::Store,
+            Source::Stream => ReplayFrom::Log,
+        };
+        let replayed = loop {
+            let said = source_name(source);
+            let mut progress = |done: u64, total: u64| {
+                let percent = (done * 100).checked_div(total).unwrap_or(100);
+                eprint!("\r{name} (from {said}): {done}/{total} events ({percent}%)");
+            };
+            match model.replay(source, db, nats, batch, &mut progress).await {
+                // A read model only the log can rebuild is rebuilt from the log, unless the
+                // store was asked for by name for this one read model.
+                Err(chronicle_projections::ProjectionError::Refused(why))
+                    if source == ReplayFrom::Store && (from == Source::Auto || several) =>
+                {
+                    eprintln!("{name}: {why}; rebuilding it from the stream instead");
+                    source = ReplayFrom::Log;
                 }
-                other => other,
+                other => break other,
             }
-        } else {
-            model
-                .replay(ReplayFrom::Log, db, nats, batch, &mut progress)
-                .await
         };
         let stats = replayed.with_context(|| format!("replaying {name}"))?;
         eprintln!();
@@ -377,6 +392,7 @@ pub async fn replay(
             "{}",
             serde_json::json!({
                 "projection": name,
+                "source": source_name(source),
                 "events": stats.events,
                 "checkpoint": stats.last_sequence,
                 "seconds": stats.seconds,
@@ -385,6 +401,14 @@ pub async fn replay(
         );
     }
     Ok(())
+}
+
+/// How `chronicle replay` names a source in what it prints (as `--from` takes it).
+fn source_name(source: ReplayFrom) -> &'static str {
+    match source {
+        ReplayFrom::Store => "postgres",
+        ReplayFrom::Log => "stream",
+    }
 }
 
 /// `chronicle projections status`.

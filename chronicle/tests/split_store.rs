@@ -320,10 +320,27 @@ async fn chat_on_a_cluster_of_its_own_publishes_into_the_one_log_and_rebuilds_fr
     let built_chat = rows(&chat, "chat.chat_messages").await;
     let built_business = rows(&main, "monitoring.business_series").await;
     assert_eq!(built_chat.len(), MESSAGES);
-    for name in ["chat_history", "business_metrics"] {
-        let (ok, said) = chronicle(&["replay", name, "--from", "postgres"], &urls);
-        assert!(ok, "replay {name} --from postgres: {said}");
-    }
+    // `replay` reads the stores by default and says so; `--from postgres` asks for them.
+    let (ok, said) = chronicle(&["replay", "chat_history"], &urls);
+    assert!(ok, "replay chat_history: {said}");
+    assert!(said.contains(r#""source":"postgres""#), "{said}");
+    let (ok, said) = chronicle(&["replay", "business_metrics", "--from", "postgres"], &urls);
+    assert!(ok, "replay business_metrics --from postgres: {said}");
+    assert!(said.contains(r#""source":"postgres""#), "{said}");
+    // A read model only the log can rebuild (it reads every context) is rebuilt from the
+    // stream by default, saying why; asked for by name from the stores, it is refused.
+    let (ok, said) = chronicle(&["replay", "job_triggers"], &urls);
+    assert!(ok, "replay job_triggers: {said}");
+    assert!(said.contains(r#""source":"stream""#), "{said}");
+    assert!(
+        said.contains("rebuilding it from the stream instead"),
+        "{said}"
+    );
+    let (ok, said) = chronicle(&["replay", "job_triggers", "--from", "postgres"], &urls);
+    assert!(
+        !ok,
+        "job_triggers cannot be rebuilt from the stores: {said}"
+    );
     assert_eq!(rows(&chat, "chat.chat_messages").await, built_chat);
     assert_eq!(
         rows(&main, "monitoring.business_series").await,

@@ -28,6 +28,16 @@ async fn on_hand(app: &TestApp, sku: &str) -> Option<i64> {
         .unwrap()
 }
 
+/// Waits until the live read model has `stock` of `sku` on hand.
+async fn until_on_hand(app: &TestApp, sku: &str, stock: i64) {
+    eventually(
+        &format!("{sku} with {stock} on hand"),
+        Duration::from_secs(20),
+        || async { (on_hand(app, sku).await == Some(stock)).then_some(()) },
+    )
+    .await;
+}
+
 async fn rows(app: &TestApp) -> Vec<String> {
     app.scalars("SELECT row_to_json(i)::text FROM commerce.inventory_items i ORDER BY sku")
         .await
@@ -84,10 +94,7 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     );
     // The live projector goes on from there, applying each new event once.
     post_receipt(&app, "S-2", 4).await;
-    eventually("the next receipt", Duration::from_secs(20), || async {
-        (on_hand(&app, "S-2").await == Some(7)).then_some(())
-    })
-    .await;
+    until_on_hand(&app, "S-2", 7).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(on_hand(&app, "S-2").await, Some(7));
 }
@@ -97,10 +104,7 @@ async fn after_the_stream_is_lost_the_rebuild_from_postgres_is_whole_and_goes_on
     let app = TestApp::spawn().await;
     item(&app, "L-1", 10).await;
     post_receipt(&app, "L-1", 5).await;
-    eventually("the live read model", Duration::from_secs(20), || async {
-        (on_hand(&app, "L-1").await == Some(15)).then_some(())
-    })
-    .await;
+    until_on_hand(&app, "L-1", 15).await;
     // The log is lost.
     let js = async_nats::jetstream::new(app.nats.client().await);
     js.delete_stream("EVENTS").await.unwrap();
@@ -260,4 +264,52 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(message_count(&app).await, 4);
+}
+
+/// Events from before the stores numbered them (migration 0016 leaves them without a
+/// `position`) are read first, by commit time, then the numbered ones in the order they were
+/// written, and a store's backlog many times the reader's chunks and the rebuild's batches
+/// comes whole: the item's stock is right only if every event of it came, in order (the
+/// read model skips an event older than the row).
+#[tokio::test]
+async fn events_from_before_positions_come_first_and_a_long_backlog_comes_whole_in_order() {
+    const EVENTS: i64 = 1_500;
+    let app = TestApp::spawn().await;
+    item(&app, "P-1", 7).await;
+    item(&app, "P-2", 0).await;
+    until_on_hand(&app, "P-2", 0).await;
+    // Receipts written straight into the store, as a commit writes them, in turns.
+    sqlx::query(
+        "INSERT INTO commerce.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'inventory_item', sku, seq, 'StockReceived', '1', '{\"StockReceived\": {\"quantity\": 1}}', \
+                json_build_object('event_id', gen_random_uuid(), 'correlation_id', gen_random_uuid(), \
+                  'recorded_at', to_char((now() + seq * interval '1 millisecond') AT TIME ZONE 'UTC', \
+                                         'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) \
+         FROM generate_series(2, $1::bigint + 1) AS seq, unnest(ARRAY['P-1', 'P-2']) AS sku \
+         ORDER BY seq, sku",
+    )
+    .bind(EVENTS)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The first 600 of each item as a store from before positions holds them.
+    sqlx::query("UPDATE commerce.events SET position = NULL WHERE sequence <= 600")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let unnumbered: i64 = app
+        .scalar("SELECT count(*) FROM commerce.events WHERE position IS NULL")
+        .await;
+    assert!(
+        unnumbered >= 1_198,
+        "{unnumbered} events without a position"
+    );
+    let stats = rebuild(&app).await;
+    assert!(stats.events >= 2 * EVENTS as u64, "{stats:?}");
+    assert_eq!(on_hand(&app, "P-1").await, Some(7 + EVENTS));
+    assert_eq!(on_hand(&app, "P-2").await, Some(EVENTS));
+    let version: i64 = app
+        .scalar("SELECT version FROM commerce.inventory_items WHERE sku = 'P-2'")
+        .await;
+    assert_eq!(version, EVENTS + 1);
 }

@@ -27,17 +27,20 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// Creates or updates the tables: the event store's in `public` (for a store on a plain
 /// pool), and the schema of each of `contexts` (the list of contexts' names) with its event
 /// store and where its readers stand, made when it is not there yet (a context added to
-/// the list gets them at the next start).
+/// the list gets them at the next start), its events numbered by `position` (migration
+/// 0016).
 ///
 /// # Errors
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(pool: &PgPool, contexts: &[&str]) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await?;
     for context in contexts {
-        sqlx::query("SELECT chronicle_context_store($1)")
-            .bind(context)
-            .execute(pool)
-            .await?;
+        for function in ["chronicle_context_store", "chronicle_event_positions"] {
+            sqlx::query(&format!("SELECT {function}($1)"))
+                .bind(context)
+                .execute(pool)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! The same shadow tables, fill and swap serve a rebuild from the event stores instead of
 //! the stream (`store.rs`).
 
+mod copy;
 mod store;
 
 pub use store::replay_from_store;

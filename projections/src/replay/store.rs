@@ -1,21 +1,30 @@
 //! Rebuilding a read model from the event stores in PostgreSQL instead of the stream
-//! (`chronicle replay --from postgres`): each store the read model reads, in one snapshot
-//! each, merged in commit order, with the stream read for what a store behind the
-//! checkpoint published (see [`replay_from_store`]). The shadow tables, the fill and the
-//! swap are the log replay's (`mod.rs`).
+//! (`chronicle replay`'s default source): each store the read model reads, in one snapshot
+//! each, copied out in PostgreSQL's binary format by a reader task of its own, merged in
+//! commit order, with the stream read for what a store behind the checkpoint published
+//! (see [`replay_from_store`]). The shadow tables, the fill and the swap are the log
+//! replay's (`mod.rs`).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_bus::ensure_events_stream;
 use chronicle_schemas::Envelope;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use sqlx::{pool::PoolConnection, PgConnection, Postgres};
 
-use super::{fill, position, prepare_shadow, subject_matches, swap, Batch, ReplayStats, Skipped};
+use super::{
+    copy::{self, BinaryRows},
+    fill, position, prepare_shadow, subject_matches, swap, Batch, ReplayStats, Skipped,
+};
 use crate::{Projection, ProjectionError};
 
 /// Rebuilds `projection` from the event stores in PostgreSQL instead of the stream, for when
-/// the stream was lost or trimmed, and swaps it in (`chronicle replay --from postgres`).
+/// the stream was lost or trimmed or is slower to read, and swaps it in (`chronicle replay`).
 ///
 /// The events come from the store of each context whose events the projection reads (each
 /// through that context's pool in `db`), the rebuilt tables go to the projection's own.
@@ -25,8 +34,9 @@ use crate::{Projection, ProjectionError};
 /// former, its checkpoint is the position, and the live projector goes on with the latter
 /// as the relay publishes them: nothing missed, nothing twice. When the stream was created
 /// after the position was recorded (lost and made again), no event of the new stream was in
-/// the snapshot, and the checkpoint is 0. Events keep each aggregate's order; across
-/// aggregates they come in commit time order.
+/// the snapshot, and the checkpoint is 0. Each store's events come in the order they were
+/// written (its `position`, migration 0016; those from before it first, by commit time), so
+/// each aggregate's keep their order; the stores' are merged by commit time.
 ///
 /// A projection that reads the events of several contexts has one position per store. Its
 /// checkpoint is the furthest; a store whose position is behind it had events published up
@@ -78,12 +88,9 @@ pub async fn replay_from_store<P: Projection>(
             }
         }
     }
-    let contexts: std::collections::HashMap<String, String> = sources
-        .iter()
-        .flat_map(|(context, types)| types.iter().map(|t| (t.clone(), context.clone())))
-        .collect();
     let mut snapshots = Vec::with_capacity(sources.len());
     let mut positions = Vec::with_capacity(sources.len());
+    let mut outboxes = Vec::with_capacity(sources.len());
     let mut total = 0i64;
     for (context, types) in &sources {
         let mut conn = db
@@ -114,6 +121,13 @@ pub async fn replay_from_store<P: Projection>(
         .fetch_one(&mut *conn)
         .await
         .map_err(ProjectionError::db("counting the events"))?;
+        // What the relay has not published yet (usually little): the live projector
+        // applies it after the checkpoint, so the rebuild leaves it out.
+        let unpublished: Vec<String> = sqlx::query_scalar("SELECT message_id FROM outbox")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(ProjectionError::db("reading the outbox"))?;
+        outboxes.push(unpublished.into_iter().collect::<HashSet<String>>());
         snapshots.push(conn);
     }
     // The checkpoint is the furthest position. A store whose position is below it had
@@ -147,22 +161,23 @@ pub async fn replay_from_store<P: Projection>(
         }
     }
     let shadow = prepare_shadow(projection, pool).await?;
+    // A reader task per store, each on its snapshot's connection, decoding its rows while
+    // the others and the fill go on.
     let mut heads = Vec::with_capacity(snapshots.len());
-    for (conn, types) in snapshots.iter_mut().zip(sources.values()) {
+    let mut readers = Vec::with_capacity(snapshots.len());
+    for ((conn, (context, types)), unpublished) in snapshots.into_iter().zip(&sources).zip(outboxes)
+    {
+        let (rows, ready) = tokio::sync::mpsc::channel(4);
+        let store = Store {
+            context: context.clone(),
+            types: types.clone(),
+            subjects: subjects.clone(),
+            unpublished,
+        };
+        readers.push(tokio::spawn(store.read(conn, rows)));
         heads.push(Head {
-            rows: sqlx::query_as::<_, StoredRow>(
-                "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-                        e.payload::jsonb AS payload, e.metadata::jsonb AS metadata, e.at \
-                 FROM (SELECT *, max((metadata->>'recorded_at')::timestamptz) \
-                           OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence) AS at \
-                       FROM events WHERE aggregate_type = ANY($1)) e \
-                 WHERE NOT EXISTS (SELECT 1 FROM outbox o \
-                                   WHERE o.message_id = e.aggregate_type || ':' || e.aggregate_id || ':' || e.sequence) \
-                 ORDER BY e.at, e.aggregate_type, e.aggregate_id, e.sequence",
-            )
-            .bind(types.clone())
-            .fetch(&mut **conn),
-            next: None,
+            ready,
+            chunk: std::collections::VecDeque::new(),
             done: false,
         });
     }
@@ -178,39 +193,13 @@ pub async fn replay_from_store<P: Projection>(
     let reading = async move {
         let mut batch = Batch::with_capacity(batch_max);
         while let Some(row) = next_in_commit_order(&mut heads).await {
-            let row = row.map_err(ProjectionError::db("reading the events"))?;
-            let context = contexts
-                .get(row.aggregate_type.as_str())
-                .map_or("unknown", String::as_str);
-            let subject =
-                chronicle_schemas::subject_for(context, &row.aggregate_type, &row.aggregate_id);
-            if !subjects.iter().any(|p| subject_matches(p, &subject)) {
-                continue;
-            }
             batch.last = checkpoint;
-            match serde_json::from_value::<chronicle_schemas::Metadata>(row.metadata) {
-                Ok(metadata) => {
-                    let envelope = Envelope::from_stored(
-                        chronicle_schemas::StoredEvent {
-                            context,
-                            aggregate_type: &row.aggregate_type,
-                            aggregate_id: &row.aggregate_id,
-                            sequence: row.sequence.max(0) as u64,
-                            event_type: &row.event_type,
-                            event_version: &row.event_version,
-                            payload: row.payload,
-                        },
-                        &metadata,
-                    );
+            match row? {
+                Ok(envelope) => {
                     batch.events.push(envelope);
                     batch.seqs.push(0);
                 }
-                Err(e) => batch.skipped.push(Skipped {
-                    seq: 0,
-                    subject,
-                    event_type: row.event_type.clone(),
-                    error: format!("cannot read the event's metadata: {e}"),
-                }),
+                Err(skipped) => batch.skipped.push(skipped),
             }
             if batch.events.len() >= batch_max {
                 let full = std::mem::replace(&mut batch, Batch::with_capacity(batch_max));
@@ -230,7 +219,19 @@ pub async fn replay_from_store<P: Projection>(
         Ok::<(), ProjectionError>(())
     };
     let (read, filled) = tokio::join!(reading, filling);
-    end_snapshots(snapshots).await?;
+    let mut ended = Vec::with_capacity(readers.len());
+    for reader in readers {
+        let (conn, ok) = reader.await.map_err(|e| {
+            ProjectionError::db("reading the events")(sqlx::Error::Protocol(e.to_string()))
+        })?;
+        if ok {
+            ended.push(conn);
+        } else {
+            // A copy cut short leaves the connection mid-protocol: it is not reused.
+            let _ = conn.close().await;
+        }
+    }
+    end_snapshots(ended).await?;
     read?;
     let filled = filled?;
     swap(projection, pool, &shadow, checkpoint, &filled.skipped).await?;
@@ -320,20 +321,214 @@ async fn end_snapshots(
     Ok(())
 }
 
-/// One store's rows, in commit order, and the next of them once read.
-struct Head<'a> {
-    rows: futures::stream::BoxStream<'a, Result<StoredRow, sqlx::Error>>,
-    next: Option<StoredRow>,
+/// One store's events for a rebuild: its context, the aggregate types read from it, the
+/// projection's subjects and what its outbox still holds.
+struct Store {
+    context: String,
+    types: Vec<String>,
+    subjects: Vec<String>,
+    unpublished: HashSet<String>,
+}
+
+/// An event read from a store, decoded (or left out, with why), with when it committed.
+type Row = (Option<DateTime<Utc>>, Result<Envelope, Skipped>);
+
+/// Rows a reader task sends at once.
+const CHUNK: usize = 1_024;
+
+impl Store {
+    /// Sends the store's events on `rows` in chunks, in the order they were written: first
+    /// those from before the stores numbered their events (migration 0016), by commit time,
+    /// then the numbered ones by `position`, copied out in PostgreSQL's binary format. Hands
+    /// back the snapshot's connection, and sends an error on `rows` when reading fails.
+    async fn read(
+        self,
+        mut conn: PoolConnection<Postgres>,
+        rows: tokio::sync::mpsc::Sender<Result<Vec<Row>, ProjectionError>>,
+    ) -> (PoolConnection<Postgres>, bool) {
+        let read = self.read_on(&mut conn, &rows).await;
+        let ok = read.is_ok();
+        if let Err(e) = read {
+            let _ = rows.send(Err(e)).await;
+        }
+        (conn, ok)
+    }
+
+    async fn read_on(
+        &self,
+        conn: &mut PgConnection,
+        rows: &tokio::sync::mpsc::Sender<Result<Vec<Row>, ProjectionError>>,
+    ) -> Result<(), ProjectionError> {
+        let types = self
+            .types
+            .iter()
+            .map(|t| format!("'{}'", t.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Those from before positions, with when their aggregate's events up to them were
+        // committed (the latest `recorded_at`), then the numbered ones.
+        let before = format!(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                    e.payload, e.metadata, e.at \
+             FROM (SELECT *, max((metadata->>'recorded_at')::timestamptz) \
+                       OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence) AS at \
+                   FROM events WHERE position IS NULL AND aggregate_type IN ({types})) e \
+             ORDER BY e.at, e.aggregate_type, e.aggregate_id, e.sequence"
+        );
+        let numbered = format!(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+                    metadata, NULL::timestamptz \
+             FROM events WHERE position IS NOT NULL AND aggregate_type IN ({types}) \
+             ORDER BY position"
+        );
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for query in [before, numbered] {
+            let mut copy = conn
+                .copy_out_raw(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+                .await
+                .map_err(ProjectionError::db("copying the events out"))?;
+            let mut parser = BinaryRows::default();
+            while let Some(bytes) = copy.next().await {
+                let bytes = bytes.map_err(ProjectionError::db("copying the events out"))?;
+                parser.push(&bytes);
+                while let Some(fields) = parser.next_row().map_err(copy_error)? {
+                    let [aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, at] =
+                        fields[..]
+                    else {
+                        return Err(copy_error(format!("a row of {} fields", fields.len())));
+                    };
+                    let event = StoredFields {
+                        aggregate_type: copy::text(aggregate_type).map_err(copy_error)?,
+                        aggregate_id: copy::text(aggregate_id).map_err(copy_error)?,
+                        sequence: copy::int8(sequence).map_err(copy_error)?,
+                        event_type: copy::text(event_type).map_err(copy_error)?,
+                        event_version: copy::text(event_version).map_err(copy_error)?,
+                        payload: payload.ok_or_else(|| copy_error("a NULL payload".into()))?,
+                        metadata: metadata.ok_or_else(|| copy_error("NULL metadata".into()))?,
+                        at: at.map(copy::timestamptz).transpose().map_err(copy_error)?,
+                    };
+                    if let Some(decoded) = self.decode(event) {
+                        chunk.push(decoded);
+                    }
+                }
+                if chunk.len() >= CHUNK && !send(rows, &mut chunk).await {
+                    // The rebuild stopped (it failed elsewhere): the copy is left unread.
+                    return Err(copy_error("the rebuild stopped reading".into()));
+                }
+            }
+            if !parser.ended() {
+                return Err(copy_error("the copy ended before its end marker".into()));
+            }
+        }
+        send(rows, &mut chunk).await;
+        Ok(())
+    }
+
+    /// The event of a stored row with when it committed, or why it is left out; `None` for
+    /// an event the rebuild does not take (its outbox still holds it, or the projection's
+    /// subjects leave it out).
+    fn decode(&self, row: StoredFields<'_>) -> Option<Row> {
+        if !self.unpublished.is_empty()
+            && self.unpublished.contains(&format!(
+                "{}:{}:{}",
+                row.aggregate_type, row.aggregate_id, row.sequence
+            ))
+        {
+            return None;
+        }
+        let subject =
+            chronicle_schemas::subject_for(&self.context, row.aggregate_type, row.aggregate_id);
+        if !self.subjects.iter().any(|p| subject_matches(p, &subject)) {
+            return None;
+        }
+        let skipped = |error: String| Skipped {
+            seq: 0,
+            subject: subject.clone(),
+            event_type: row.event_type.to_owned(),
+            error,
+        };
+        let metadata = match serde_json::from_slice::<chronicle_schemas::Metadata>(row.metadata) {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                return Some((
+                    row.at,
+                    Err(skipped(format!("cannot read the event's metadata: {e}"))),
+                ))
+            }
+        };
+        let at = Some(row.at.unwrap_or(metadata.recorded_at));
+        let payload = match serde_json::from_slice::<serde_json::Value>(row.payload) {
+            Ok(payload) => payload,
+            Err(e) => {
+                return Some((
+                    at,
+                    Err(skipped(format!("cannot read the event's payload: {e}"))),
+                ))
+            }
+        };
+        let envelope = Envelope::from_stored(
+            chronicle_schemas::StoredEvent {
+                context: &self.context,
+                aggregate_type: row.aggregate_type,
+                aggregate_id: row.aggregate_id,
+                sequence: row.sequence.max(0) as u64,
+                event_type: row.event_type,
+                event_version: row.event_version,
+                payload,
+            },
+            &metadata,
+        );
+        Some((at, Ok(envelope)))
+    }
+}
+
+/// One row of the events table, as read.
+struct StoredFields<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    sequence: i64,
+    event_type: &'a str,
+    event_version: &'a str,
+    payload: &'a [u8],
+    metadata: &'a [u8],
+    /// When its aggregate's events up to it were committed, for an event from before
+    /// positions (otherwise its own `recorded_at` is used).
+    at: Option<DateTime<Utc>>,
+}
+
+/// Sends the rows gathered so far; false when nobody reads them any more.
+async fn send(
+    rows: &tokio::sync::mpsc::Sender<Result<Vec<Row>, ProjectionError>>,
+    chunk: &mut Vec<Row>,
+) -> bool {
+    if chunk.is_empty() {
+        return true;
+    }
+    let full = std::mem::replace(chunk, Vec::with_capacity(CHUNK));
+    rows.send(Ok(full)).await.is_ok()
+}
+
+fn copy_error(why: String) -> ProjectionError {
+    ProjectionError::db("copying the events out")(sqlx::Error::Protocol(why))
+}
+
+/// One store's rows as its reader sends them, and those of the last chunk not yet taken.
+struct Head {
+    ready: tokio::sync::mpsc::Receiver<Result<Vec<Row>, ProjectionError>>,
+    chunk: std::collections::VecDeque<Row>,
     done: bool,
 }
 
-/// The row that committed first among the stores' heads (each store's rows come in commit
-/// order): by commit time, then aggregate and sequence, as one store's query orders them.
-async fn next_in_commit_order(heads: &mut [Head<'_>]) -> Option<Result<StoredRow, sqlx::Error>> {
+/// The event that committed first among the stores' next ones: each store's come in the
+/// order they were written, and the stores' are merged by commit time (an event whose time
+/// is unknown waits until the other stores are done).
+async fn next_in_commit_order(
+    heads: &mut [Head],
+) -> Option<Result<Result<Envelope, Skipped>, ProjectionError>> {
     for head in heads.iter_mut() {
-        if head.next.is_none() && !head.done {
-            match head.rows.next().await {
-                Some(Ok(row)) => head.next = Some(row),
+        while head.chunk.is_empty() && !head.done {
+            match head.ready.recv().await {
+                Some(Ok(rows)) => head.chunk.extend(rows),
                 // An error goes out at once.
                 Some(Err(e)) => return Some(Err(e)),
                 None => head.done = true,
@@ -342,40 +537,11 @@ async fn next_in_commit_order(heads: &mut [Head<'_>]) -> Option<Result<StoredRow
     }
     heads
         .iter_mut()
-        .filter(|head| head.next.is_some())
-        .min_by(|a, b| {
-            let (a, b) = (a.next.as_ref(), b.next.as_ref());
-            a.map(StoredRow::order_key)
-                .cmp(&b.map(StoredRow::order_key))
+        .filter(|head| !head.chunk.is_empty())
+        .min_by_key(|head| {
+            let at = head.chunk.front().and_then(|(at, _)| *at);
+            (at.is_none(), at)
         })
-        .and_then(|head| head.next.take())
-        .map(Ok)
-}
-
-/// One row of the events table, as a rebuild from the event store reads it.
-#[derive(sqlx::FromRow)]
-struct StoredRow {
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: serde_json::Value,
-    metadata: serde_json::Value,
-    /// When its aggregate's events up to it were committed (the latest `recorded_at`).
-    at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl StoredRow {
-    /// As the query orders rows: by `at` (none last, as PostgreSQL puts NULLs), then
-    /// aggregate and sequence.
-    fn order_key(&self) -> (bool, Option<chrono::DateTime<chrono::Utc>>, &str, &str, i64) {
-        (
-            self.at.is_none(),
-            self.at,
-            &self.aggregate_type,
-            &self.aggregate_id,
-            self.sequence,
-        )
-    }
+        .and_then(|head| head.chunk.pop_front())
+        .map(|(_, row)| Ok(row))
 }
