@@ -370,9 +370,12 @@ pub async fn replay(
         };
         let replayed = loop {
             let said = source_name(source);
+            let started = std::time::Instant::now();
             let mut progress = |done: u64, total: u64| {
-                let percent = (done * 100).checked_div(total).unwrap_or(100);
-                eprint!("\r{name} (from {said}): {done}/{total} events ({percent}%)");
+                eprint!(
+                    "\r{name} (from {said}) {}",
+                    progress_bar(done, total, started.elapsed())
+                );
             };
             match model.replay(source, db, nats, batch, &mut progress).await {
                 // A read model only the log can rebuild is rebuilt from the log, unless the
@@ -401,6 +404,21 @@ pub async fn replay(
         );
     }
     Ok(())
+}
+
+/// A replay's progress line: a bar of 30 cells, the events done of all, the share and the
+/// rate so far (`[#########.....................] 310000/1000000 events (31%), 251234/s`).
+fn progress_bar(done: u64, total: u64, elapsed: std::time::Duration) -> String {
+    const CELLS: u64 = 30;
+    let total = total.max(done);
+    let filled = (done * CELLS).checked_div(total).unwrap_or(CELLS) as usize;
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "[{}{}] {done}/{total} events ({percent}%), {rate:.0}/s",
+        "#".repeat(filled),
+        ".".repeat(CELLS as usize - filled)
+    )
 }
 
 /// How `chronicle replay` names a source in what it prints (as `--from` takes it).
@@ -505,4 +523,37 @@ pub async fn grant(settings: Settings, username: String, role: String) -> anyhow
         .context("granting the role")?;
     println!("{username} is {role} from their next login");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_bar;
+    use std::time::Duration;
+
+    #[test]
+    fn the_progress_bar_fills_with_the_share_done() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            progress_bar(0, 1_000, second),
+            format!("[{}] 0/1000 events (0%), 0/s", ".".repeat(30))
+        );
+        assert_eq!(
+            progress_bar(500, 1_000, second),
+            format!(
+                "[{}{}] 500/1000 events (50%), 500/s",
+                "#".repeat(15),
+                ".".repeat(15)
+            )
+        );
+        assert_eq!(
+            progress_bar(1_000, 1_000, Duration::from_millis(250)),
+            format!("[{}] 1000/1000 events (100%), 4000/s", "#".repeat(30))
+        );
+        // Nothing to replay, or more done than counted at the start (events came since).
+        assert_eq!(
+            progress_bar(0, 0, second),
+            format!("[{}] 0/0 events (100%), 0/s", "#".repeat(30))
+        );
+        assert!(progress_bar(1_200, 1_000, second).starts_with(&format!("[{}]", "#".repeat(30))));
+    }
 }
