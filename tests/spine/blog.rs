@@ -704,18 +704,8 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let client = app.nats.client().await;
-    chronicle::contexts::read_model("posts")
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Log,
-            app.databases(),
-            &client,
-            3,
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap();
+    app.replay("posts", chronicle_projections::ReplayFrom::Log, 3)
+        .await;
     assert_eq!(rows().await, live);
 }
 
@@ -885,18 +875,8 @@ async fn a_comment_stored_at_version_1_is_read_as_version_2_everywhere() {
             .await
     };
     let live = rows().await;
-    let client = app.nats.client().await;
-    chronicle::contexts::read_model("posts")
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Log,
-            app.databases(),
-            &client,
-            2,
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap();
+    app.replay("posts", chronicle_projections::ReplayFrom::Log, 2)
+        .await;
     assert_eq!(rows().await, live);
     // The aggregate's load decides on it: its author deletes it, appending version 2.
     let deleted = act(

@@ -920,18 +920,9 @@ async fn replaying_the_orders_read_model_gives_the_same_rows_byte_for_byte() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let client = app.nats.client().await;
-    let stats = chronicle::contexts::read_model("orders")
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Log,
-            app.databases(),
-            &client,
-            2,
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap();
+    let stats = app
+        .replay("orders", chronicle_projections::ReplayFrom::Log, 2)
+        .await;
     // Placed, reserved, paying, paid, shipped; placed, reserved, cancelled; placed, rejected.
     assert_eq!(stats.events, 5 + 3 + 2);
     assert_eq!(rows().await, live);

@@ -44,18 +44,8 @@ async fn rows(app: &TestApp) -> Vec<String> {
 }
 
 async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
-    let client = app.nats.client().await;
-    chronicle::contexts::read_model("inventory")
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Store,
-            app.databases(),
-            &client,
-            2,
-            &mut |_, _| {},
-        )
+    app.replay("inventory", chronicle_projections::ReplayFrom::Store, 2)
         .await
-        .expect("the rebuild")
 }
 
 #[tokio::test]
@@ -236,18 +226,9 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
         .execute(&app.pool)
         .await
         .unwrap();
-    let client = app.nats.client().await;
-    let stats = chronicle::contexts::read_model("chat_history")
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Store,
-            app.databases(),
-            &client,
-            2,
-            &mut |_, _| {},
-        )
-        .await
-        .expect("the rebuild");
+    let stats = app
+        .replay("chat_history", chronicle_projections::ReplayFrom::Store, 2)
+        .await;
     assert_eq!(chat_rows(&app).await, live);
     let furthest: i64 = sqlx::query_scalar(
         "SELECT max(stream_seq) FROM (SELECT stream_seq FROM chat.relay_position \

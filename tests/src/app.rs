@@ -233,6 +233,25 @@ impl TestApp {
         &self.saga_wiring.db
     }
 
+    /// Rebuilds read model `name` from `from` in batches of `batch` events and swaps it in,
+    /// as `chronicle replay` does.
+    ///
+    /// # Panics
+    /// When the name is no read model's or the rebuild fails.
+    pub async fn replay(
+        &self,
+        name: &str,
+        from: chronicle_projections::ReplayFrom,
+        batch: usize,
+    ) -> chronicle_projections::ReplayStats {
+        let client = self.nats.client().await;
+        chronicle::contexts::read_model(name)
+            .expect("a known projection")
+            .replay(from, self.databases(), &client, batch, &mut |_, _| {})
+            .await
+            .unwrap_or_else(|e| panic!("rebuilding {name}: {e}"))
+    }
+
     /// The wiring of another process on the same servers: its own command bus (cache and
     /// group commit) and fault points, the app's settings, and `http` for a gateway.
     fn another_process(&self, http: Option<tokio::net::TcpListener>) -> Wiring {

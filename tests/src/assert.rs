@@ -75,17 +75,7 @@ pub async fn assert_replays_byte_for_byte(
         live,
         "the damage shows"
     );
-    let client = app.nats.client().await;
-    chronicle::contexts::read_model(projection)
-        .expect("a known projection")
-        .replay(
-            chronicle_projections::ReplayFrom::Log,
-            app.databases(),
-            &client,
-            batch,
-            &mut |_, _| {},
-        )
-        .await
-        .unwrap();
+    app.replay(projection, chronicle_projections::ReplayFrom::Log, batch)
+        .await;
     assert_eq!(rows_of(&app.pool, context, tables).await, live);
 }
