@@ -6,7 +6,8 @@
 --
 -- Events written before this have no position (adding a column with a default would
 -- rewrite the table): they were all written before any event that has one, and a rebuild
--- reads them first, by commit time, as before.
+-- reads them first, by commit time, as before, through an index of their own (which stays
+-- empty in a store made after this, so a rebuild finds at once that there are none).
 --
 -- `chronicle_commands::migrate` calls the function for every context of the list after
 -- `chronicle_context_store`; it changes nothing on a store that already has the column
@@ -23,6 +24,8 @@ BEGIN
             ALTER TABLE %1$I.events ALTER COLUMN position SET DEFAULT nextval(%2$L::regclass);
             CREATE UNIQUE INDEX events_by_position ON %1$I.events (position)
                 WHERE position IS NOT NULL;
+            CREATE INDEX events_unnumbered ON %1$I.events (aggregate_type, aggregate_id, sequence)
+                WHERE position IS NULL;
         $ddl$, store, format('%I.events_position', store));
     END IF;
 END

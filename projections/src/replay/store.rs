@@ -167,7 +167,9 @@ pub async fn replay_from_store<P: Projection>(
     let mut readers = Vec::with_capacity(snapshots.len());
     for ((conn, (context, types)), unpublished) in snapshots.into_iter().zip(&sources).zip(outboxes)
     {
-        let (rows, ready) = tokio::sync::mpsc::channel(4);
+        // Room for about a batch of rows, so the store keeps copying out while the fill
+        // decodes and writes the batch before.
+        let (rows, ready) = tokio::sync::mpsc::channel((batch_max / CHUNK).clamp(4, 64));
         let store = Store {
             context: context.clone(),
             types: types.clone(),
