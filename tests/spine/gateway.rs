@@ -324,6 +324,47 @@ async fn min_version_beyond_the_read_model_answers_stale_after_the_wait() {
     assert_eq!(read.json::<Value>().await.unwrap()["version"], 1);
 }
 
+/// The caller's jobs and files come newest first in cursor pages of two, each once, as a
+/// client following `next_cursor` reads them.
+#[tokio::test]
+async fn jobs_and_files_page_by_cursor_newest_first_each_once() {
+    let app = TestApp::spawn().await;
+    let mut jobs = Vec::new();
+    let mut files = Vec::new();
+    for k in 0..5 {
+        let job = app
+            .post(
+                "/api/v1/jobs",
+                json!({"name": format!("j{k}"), "schedule": {"cron": "0 0 * * * *"},
+                       "action": {"kind": "command", "command": "noop"}}),
+            )
+            .await;
+        jobs.push(chronicle_tests::created_id(job).await);
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(format!("file {k}").into_bytes())
+                .file_name(format!("f{k}.txt")),
+        );
+        let file = app
+            .request(reqwest::Method::POST, "/api/v1/files")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        files.push(chronicle_tests::created_id(file).await);
+    }
+    jobs.reverse();
+    files.reverse();
+    for (path, made) in [("/api/v1/jobs", &jobs), ("/api/v1/files", &files)] {
+        chronicle_tests::eventually(
+            &format!("{path} lists all five"),
+            Duration::from_secs(20),
+            || async { (app.page_through(path, 2, "id").await == *made).then_some(()) },
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn listing_pages_by_cursor_return_each_item_once_and_filter_low_stock() {
     let app = TestApp::spawn().await;
@@ -335,22 +376,7 @@ async fn listing_pages_by_cursor_return_each_item_once_and_filter_low_stock() {
     }
     // Read-your-writes on the last one, so the list below sees all seven.
     app.get("/api/v1/inventory/items/SKU-6?min_version=1").await;
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/v1/inventory/items?limit=3&cursor={c}"),
-            None => "/api/v1/inventory/items?limit=3".to_string(),
-        };
-        let page: Value = app.get(&path).await.json().await.unwrap();
-        for item in page["items"].as_array().unwrap() {
-            seen.push(item["sku"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let seen = app.page_through("/api/v1/inventory/items", 3, "sku").await;
     assert_eq!(seen, (0..7).map(|i| format!("SKU-{i}")).collect::<Vec<_>>());
 
     let low: Value = app

@@ -462,6 +462,44 @@ impl TestApp {
         self.get(path).await.json().await.expect("a JSON body")
     }
 
+    /// `field` (`id`, `sku`) of every item of the list at `path`, in the order given,
+    /// following `next_cursor` in pages of `limit` as a client written from the contract
+    /// does.
+    ///
+    /// # Panics
+    /// When a page is not a page, or a cursor comes back a second time (the client would
+    /// loop for ever).
+    pub async fn page_through(&self, path: &str, limit: u32, field: &str) -> Vec<String> {
+        let join = if path.contains('?') { '&' } else { '?' };
+        let mut ids = Vec::new();
+        let mut cursors = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page: serde_json::Value = self
+                .get_json(&match &cursor {
+                    None => format!("{path}{join}limit={limit}"),
+                    Some(c) => format!("{path}{join}limit={limit}&cursor={c}"),
+                })
+                .await;
+            let items = page["items"].as_array().expect("a page's items");
+            ids.extend(
+                items
+                    .iter()
+                    .map(|i| i[field].as_str().expect("an item's key").to_owned()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(next) => {
+                    assert!(
+                        cursors.insert(next.to_owned()),
+                        "{path}: cursor {next} again"
+                    );
+                    cursor = Some(next.to_owned());
+                }
+                None => return ids,
+            }
+        }
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
         self.send_json(reqwest::Method::POST, path, &body).await
     }

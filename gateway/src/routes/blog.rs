@@ -358,11 +358,14 @@ pub async fn list(
         let next = offset + request.limit;
         return Ok(Json(request.page(items, |_| next.to_string())));
     }
-    let after = request.after_time_and_id()?;
-    let items = posts::list(state.db.of(contexts::BLOG), &filter, after, request.fetch()).await?;
-    Ok(Json(request.page(items, |post| {
-        time_and_id(post.published_at.unwrap_or(post.created_at), &post.id)
-    })))
+    let db = state.db.of(contexts::BLOG);
+    let page = request
+        .by_time_and_id(
+            |after, fetch| posts::list(db, &filter, after, fetch),
+            |post| (post.published_at.unwrap_or(post.created_at), &post.id),
+        )
+        .await?;
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/api/v1/tags", tag = "blog", summary = "Tags of published posts with their counts", responses((status = 200, description = "200: [{\"tag\",\"count\"}]"), crate::schema::Problems))]

@@ -428,17 +428,13 @@ pub async fn list(
     caller: Caller,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let request = PageRequest::from_params(&params)?;
-    let after = request.after_time_and_id()?;
-    let files = file_metadata::files_of(
-        state.db.of(contexts::FILES),
-        &caller.user_id,
-        after,
-        request.fetch(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    let page = request.page(files, |f| time_and_id(f.created_at, &f.id));
+    let db = state.db.of(contexts::FILES);
+    let page = PageRequest::from_params(&params)?
+        .by_time_and_id(
+            |after, fetch| file_metadata::files_of(db, &caller.user_id, after, fetch),
+            |f| (f.created_at, &f.id),
+        )
+        .await?;
     Ok(Json(page).into_response())
 }
 

@@ -397,17 +397,13 @@ pub async fn list(
     caller: Caller,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    let request = PageRequest::from_params(&params)?;
-    let after = request.after_time_and_id()?;
-    let found = jobs::jobs_of(
-        state.db.of(contexts::SCHEDULER),
-        &caller.user_id,
-        after,
-        request.fetch(),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    let page = request.page(found, |j| time_and_id(j.created_at, &j.id));
+    let db = state.db.of(contexts::SCHEDULER);
+    let page = PageRequest::from_params(&params)?
+        .by_time_and_id(
+            |after, fetch| jobs::jobs_of(db, &caller.user_id, after, fetch),
+            |j| (j.created_at, &j.id),
+        )
+        .await?;
     Ok(Json(page.map(presented)).into_response())
 }
 

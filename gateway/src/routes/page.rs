@@ -106,6 +106,31 @@ impl PageRequest {
             .transpose()
     }
 
+    /// The page of a list ordered by a time, then an id ([`time_and_id`]):
+    /// `query(after, fetch)` reads up to `fetch` rows after the cursor's time and id, and
+    /// `key` gives a row's.
+    ///
+    /// # Errors
+    /// 400 `invalid_cursor` for a cursor that holds no such key; the query's failure as an
+    /// internal error.
+    pub async fn by_time_and_id<'a, T, E, Fut>(
+        &'a self,
+        query: impl FnOnce(Option<(DateTime<Utc>, &'a str)>, i64) -> Fut,
+        key: impl Fn(&T) -> (DateTime<Utc>, &str),
+    ) -> Result<Page<T>, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<Vec<T>, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let rows = query(self.after_time_and_id()?, self.fetch())
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(self.page(rows, |row| {
+            let (at, id) = key(row);
+            time_and_id(at, id)
+        }))
+    }
+
     /// The page `params` ask for (see [`new`](Self::new)).
     ///
     /// # Errors
