@@ -458,13 +458,7 @@ async fn comments_need_a_published_post_and_are_deleted_by_their_author_or_the_p
     let mut ids = Vec::new();
     for (token, text) in [(&bob, "first"), (&eve, "second"), (&bob, "third")] {
         let r = comment(token, text).await.unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        ids.push(
-            r.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(chronicle_tests::created_id(r).await);
     }
     let post = eventually("three comments counted", WAIT, || async {
         let post: Value = app
@@ -557,22 +551,7 @@ async fn paging_through_120_posts_returns_each_exactly_once_newest_first() {
         (counts == json!([{"tag": "many", "count": 120}])).then_some(())
     })
     .await;
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let query = match &cursor {
-            None => "?limit=25".to_owned(),
-            Some(c) => format!("?limit=25&cursor={c}"),
-        };
-        let page: Value = app.get_json(&format!("/api/v1/posts{query}")).await;
-        for post in page["items"].as_array().unwrap() {
-            seen.push(post["id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    let seen = app.page_through("/api/v1/posts", 25, "id").await;
     assert_eq!(seen.len(), 120);
     assert_eq!(
         seen.iter().collect::<BTreeSet<_>>().len(),

@@ -29,11 +29,7 @@ async fn as_user(
 
 async fn create_room(app: &TestApp, token: &str, body: Value) -> String {
     let r = as_user(app, token, Method::POST, "/api/v1/rooms", Some(body)).await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    chronicle_tests::created_id(r).await
 }
 
 async fn send(app: &TestApp, token: &str, room: &str, body: &str, client: &str) -> Value {

@@ -506,11 +506,7 @@ async fn a_coupon_with_three_redemptions_discounts_exactly_three_of_twenty_order
             refused_at_once += 1;
             continue;
         }
-        assert_eq!(answer.status(), StatusCode::CREATED);
-        let id = answer.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = chronicle_tests::created_id(answer).await;
         let order = settled(&app, &id).await;
         match order["status"].as_str().unwrap() {
             "reserved" => {
@@ -785,13 +781,7 @@ async fn an_idempotency_key_places_one_order_however_often_it_is_sent() {
     let mut ids = Vec::new();
     for answer in answers {
         let answer = answer.unwrap();
-        assert_eq!(answer.status(), StatusCode::CREATED);
-        ids.push(
-            answer.json::<Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(chronicle_tests::created_id(answer).await);
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "every answer names the same order");

@@ -30,11 +30,7 @@ fn on_stock(hook: &Hook, path: &str, extra: Value) -> Value {
 
 async fn create(app: &TestApp, job: Value) -> String {
     let r = app.post("/api/v1/jobs", job.clone()).await;
-    assert_eq!(r.status(), StatusCode::CREATED, "{job}");
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = chronicle_tests::created_id(r).await;
     let seen = app.get(&format!("/api/v1/jobs/{id}?min_version=1")).await;
     assert_eq!(seen.headers()["chronicle-consistency"], "fresh");
     id

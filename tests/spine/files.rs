@@ -994,11 +994,7 @@ async fn a_burst_of_downloads_is_served_whole_every_time() {
             .map(|b| b ^ i)
             .collect();
         let r = upload(&app, &app.token, bytes.clone(), &format!("f{i}.bin")).await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let id = r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let id = chronicle_tests::created_id(r).await;
         files.push((id, bytes));
     }
     use futures::StreamExt;

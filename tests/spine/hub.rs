@@ -53,11 +53,7 @@ async fn room_with(app: &TestApp, members: &[&str]) -> String {
             &json!({"kind": "group", "members": members}),
         )
         .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    chronicle_tests::created_id(r).await
 }
 
 async fn send_http(app: &TestApp, room: &str, body: &str) -> Value {

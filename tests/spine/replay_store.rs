@@ -171,22 +171,14 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
         "text/plain",
     )
     .await;
-    assert_eq!(file.status(), StatusCode::CREATED);
-    let file_id = file.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let file_id = chronicle_tests::created_id(file).await;
     let room = app
         .post(
             "/api/v1/rooms",
             json!({"kind": "group", "name": "stores", "members": []}),
         )
         .await;
-    assert_eq!(room.status(), StatusCode::CREATED);
-    let room = room.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let room = chronicle_tests::created_id(room).await;
     let send = |n: u32| {
         let (app, room, file_id) = (&app, room.clone(), file_id.clone());
         async move {

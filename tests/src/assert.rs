@@ -21,6 +21,18 @@ pub async fn problem(response: Response, status: StatusCode, code: &str) -> Valu
 }
 
 /// Asserts a 422 `validation_failed` problem and returns the fields it names, in order.
+/// The `id` of what a `201 Created` answer made.
+///
+/// # Panics
+/// When the answer is not a 201 with an `id` (the message shows its body).
+pub async fn created_id(response: Response) -> String {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("a JSON body");
+    body["id"].as_str().expect("an id").to_owned()
+}
+
 pub async fn invalid_fields(response: Response) -> Vec<String> {
     let body = problem(
         response,
