@@ -286,3 +286,46 @@ async fn events_from_before_positions_come_first_and_a_long_backlog_comes_whole_
         .await;
     assert_eq!(version, EVENTS + 1);
 }
+
+/// A stored event the rebuild cannot read (metadata without its fields, a payload number
+/// past what JSON numbers hold here) does not stop it: it is left out and parked, with
+/// why, and the events around it are applied.
+#[tokio::test]
+async fn a_stored_event_that_cannot_be_read_is_parked_and_the_rebuild_goes_on() {
+    let app = TestApp::spawn().await;
+    item(&app, "B-1", 1).await;
+    until_on_hand(&app, "B-1", 1).await;
+    sqlx::query(
+        "INSERT INTO commerce.events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES \
+         ('inventory_item', 'B-1', 2, 'StockReceived', '1', '{\"StockReceived\": {\"quantity\": 1}}', '{\"nope\": 1}'), \
+         ('inventory_item', 'B-1', 3, 'StockReceived', '1', '{\"StockReceived\": {\"quantity\": 1e400}}', \
+          json_build_object('event_id', gen_random_uuid(), 'correlation_id', gen_random_uuid(), 'recorded_at', '2026-12-07T10:00:00Z')), \
+         ('inventory_item', 'B-1', 4, 'StockReceived', '1', '{\"StockReceived\": {\"quantity\": 5}}', \
+          json_build_object('event_id', gen_random_uuid(), 'correlation_id', gen_random_uuid(), 'recorded_at', '2026-12-07T10:00:01Z'))",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    rebuild(&app).await;
+    assert_eq!(
+        on_hand(&app, "B-1").await,
+        Some(6),
+        "the readable receipt applied"
+    );
+    // Parked at -1, -2 in the order the rebuild met them: a store knows no stream sequence.
+    let parked: Vec<String> = app
+        .scalars(
+            "SELECT stream_seq || ' ' || error FROM commerce.parked_events \
+             WHERE subscriber = 'inventory' ORDER BY stream_seq DESC",
+        )
+        .await;
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(
+        parked[0].starts_with("-1 cannot read the event's metadata"),
+        "{parked:?}"
+    );
+    assert!(
+        parked[1].starts_with("-2 cannot read the event's payload"),
+        "{parked:?}"
+    );
+}

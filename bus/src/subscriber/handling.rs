@@ -300,7 +300,11 @@ impl<H: Handler> Subscriber<H> {
             .map_err(SubscriberError::nats("opening the stream"))?;
         let mut applied = 0;
         for event in parked::parked(&self.pool, name).await? {
-            let seq = event.stream_seq as u64;
+            // Parked by a rebuild from the event stores, which knew no stream sequence
+            // (-1, -2, ...): only another rebuild reads it again.
+            let Ok(seq) = u64::try_from(event.stream_seq) else {
+                continue;
+            };
             if only.is_some_and(|only| only != seq) {
                 continue;
             }

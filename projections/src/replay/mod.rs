@@ -227,13 +227,23 @@ async fn swap<P: Projection>(
         .execute(&mut *tx)
         .await
         .map_err(ProjectionError::db("replacing the parked events"))?;
+    // A rebuild from the event stores does not know its events' stream sequences: what it
+    // left out is parked at -1, -2, ... in the order it met them (the next rebuild
+    // replaces them; a retry, which reads the stream, passes them by).
+    let mut unnumbered = 0i64;
     for event in skipped {
+        let seq = if event.seq == 0 {
+            unnumbered -= 1;
+            unnumbered
+        } else {
+            event.seq as i64
+        };
         sqlx::query(
             "INSERT INTO parked_events (subscriber, stream_seq, subject, event_type, error, attempts) \
              VALUES ($1, $2, $3, $4, $5, 1)",
         )
         .bind(name)
-        .bind(event.seq as i64)
+        .bind(seq)
         .bind(&event.subject)
         .bind(&event.event_type)
         .bind(&event.error)

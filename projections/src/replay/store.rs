@@ -44,8 +44,8 @@ use crate::{Projection, ProjectionError};
 /// between the two. When the stream no longer holds them (trimmed), the rebuild is refused
 /// ([`ProjectionError::Refused`]; rebuild it from the stream).
 ///
-/// Events it cannot apply are parked without a stream sequence (0): retry them by replaying
-/// again once the cause is fixed.
+/// Events it cannot read or apply are parked without a stream sequence (at -1, -2, ...):
+/// retry them by replaying again once the cause is fixed.
 ///
 /// # Errors
 /// When Postgres or NATS fail, or the rebuild is refused; the live tables are untouched then.
