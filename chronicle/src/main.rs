@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod engines;
 mod processes;
+mod reference;
 mod settings;
 mod tail;
 
@@ -45,15 +46,21 @@ enum Command {
     Gateway,
     /// The outbox relay only (run several for availability: one is active at a time).
     Relay,
-    /// One projector (`inventory`, `orders`, `posts`, `users`), or all with --all.
+    /// One projector, by the name of its read model (`inventory`, `orders`,
+    /// `chat_history`, ...: `chronicle projections status` lists them), or all with --all.
     Project {
+        /// The read model to keep.
         name: Option<String>,
+        /// Every projector, in one process.
         #[arg(long)]
         all: bool,
     },
-    /// Rebuilds a read model from the log and swaps it in (the projector may keep running).
+    /// Rebuilds a read model from the event stores (or the log) and swaps it in; its
+    /// projector may keep running.
     Replay {
+        /// The read model to rebuild.
         name: Option<String>,
+        /// Every read model, one after the other.
         #[arg(long)]
         all: bool,
         /// Events per write transaction. Large batches rewrite each read-model row fewer
@@ -86,11 +93,19 @@ enum Command {
     /// commerce,chat` the layout with those contexts each on a PostgreSQL of its own
     /// (`compose-split.yaml`).
     Compose {
+        /// Prometheus's scrape configuration for the compose file instead.
         #[arg(long)]
         prometheus: bool,
         /// Contexts on a PostgreSQL service of their own, comma-separated.
         #[arg(long, value_delimiter = ',')]
         split: Vec<String>,
+    },
+    /// The settings in effect, one `VARIABLE=value  # source` line each (secrets hidden),
+    /// or with --markdown the configuration reference (`docs/configuration.md`).
+    Config {
+        /// Print the reference of every setting and command, as Markdown.
+        #[arg(long)]
+        markdown: bool,
     },
     /// User administration.
     Users {
@@ -108,10 +123,15 @@ enum ProjectionsCommand {
     /// One JSON line per projection and saga: checkpoint, lag, parked events.
     Status,
     /// The parked events of one projection or saga (all when none is named), a JSON line each.
-    Parked { name: Option<String> },
+    Parked {
+        /// The projection or saga.
+        name: Option<String>,
+    },
     /// Asks the running projection or saga to re-apply its parked events (or the one at --seq).
     Retry {
+        /// The projection or saga.
         name: String,
+        /// The stream sequence of the one parked event to retry.
         #[arg(long)]
         seq: Option<u64>,
     },
@@ -121,7 +141,10 @@ enum ProjectionsCommand {
 enum SchemasCommand {
     /// Writes `envelope.schema.json`, `events/<context>.<aggregate>.<Event>.v<N>.schema.json`
     /// and `index.json` into DIR.
-    Export { dir: std::path::PathBuf },
+    Export {
+        /// Where to write them (made when missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,21 +169,46 @@ enum EventsCommand {
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
     /// Grants a role (`staff`) to a user, from their next login.
-    Grant { username: String, role: String },
+    Grant {
+        /// The user's username.
+        username: String,
+        /// The role: `staff`.
+        role: String,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    use clap::{CommandFactory, FromArgMatches};
-    // The contexts' own settings and processes join the command line from the list.
+/// The whole command line: Chronicle's settings and subcommands, and the contexts' own
+/// settings and processes, joined from the list of contexts.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
     let processes: Vec<String> = chronicle::contexts::processes()
         .map(|p| format!("  {:<14} {}", p.args.join(" "), p.about))
         .collect();
-    let matches = chronicle::contexts::augment(Cli::command())
+    chronicle::contexts::augment(Cli::command())
         .after_help(format!("Processes:\n{}", processes.join("\n")))
-        .get_matches();
+}
+
+fn main() -> anyhow::Result<()> {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     chronicle::contexts::configure(&matches, &mut cli.settings.contexts)
         .unwrap_or_else(|e| e.exit());
+    if let Some(Command::Config { markdown }) = cli.command {
+        let command = command();
+        if markdown {
+            let processes: Vec<(String, &str)> = chronicle::contexts::processes()
+                .map(|p| (p.args.join(" "), p.about))
+                .collect();
+            print!(
+                "{}",
+                reference::markdown(&command, &chronicle::contexts::names(), &processes)
+            );
+        } else {
+            print!("{}", reference::effective(&command, &matches));
+        }
+        return Ok(());
+    }
     // Kept to the end: dropping it flushes the spans not yet exported.
     let _telemetry = chronicle_telemetry::init_logs(cli.settings.telemetry.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -235,5 +283,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Users {
             command: UsersCommand::Grant { username, role },
         } => processes::grant(settings, username, role).await,
+        Command::Config { .. } => unreachable!("answered before the runtime starts"),
     }
 }
