@@ -54,27 +54,16 @@ fn every_variable_the_code_names_is_on_the_configuration_page() {
     const MISTAKES: &[&str] = &["CHRONICLE_CHATS_DATABASE_URL"];
     let page = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
     let mut names = std::collections::BTreeSet::new();
-    let mut dirs = vec![root().to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if path.is_dir() {
-                if !name.starts_with('.') && name != "target" && name != "node_modules" {
-                    dirs.push(path);
-                }
-            } else if name.ends_with(".rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                for (at, _) in text.match_indices("\"CHRONICLE_") {
-                    let rest = &text[at + 1..];
-                    let end = rest
-                        .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-                        .unwrap_or(rest.len());
-                    // Only whole literals: `"CHRONICLE_{}_DATABASE_URL"` is a pattern.
-                    if end > "CHRONICLE_".len() && rest[end..].starts_with('"') {
-                        names.insert(rest[..end].to_owned());
-                    }
-                }
+    for path in chronicle_tests::files_under(root(), ".rs") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (at, _) in text.match_indices("\"CHRONICLE_") {
+            let rest = &text[at + 1..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            // Only whole literals: `"CHRONICLE_{}_DATABASE_URL"` is a pattern.
+            if end > "CHRONICLE_".len() && rest[end..].starts_with('"') {
+                names.insert(rest[..end].to_owned());
             }
         }
     }

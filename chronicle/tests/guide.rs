@@ -1,4 +1,5 @@
-//! `docs/guide.md` runs as written: every command of its `sh` blocks, in order, in one
+//! `docs/guide.md` runs as written (and the README's taste of the API, the same way): every
+//! command of its `sh` blocks, in order, in one
 //! shell (bash, with `set -o pipefail`), against a `chronicle up` on servers of its own
 //! started as the guide starts it, and each answer shown under a command (`# {...}`) is
 //! compared with what the command printed, by shape.
@@ -41,10 +42,7 @@ const REST: &str = "\u{2063}rest";
 
 #[test]
 fn the_guide_runs_as_written_and_each_answer_has_the_shape_it_shows() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let guide = std::fs::read_to_string(root.join("docs/guide.md")).unwrap();
-    let steps = steps(&guide);
-    assert!(steps.len() > 30, "only {} steps read", steps.len());
+    let guide = read("docs/guide.md");
     // A tour of every context.
     for context in chronicle::contexts::names() {
         let heading = format!("## {}", capitalised(context));
@@ -53,7 +51,25 @@ fn the_guide_runs_as_written_and_each_answer_has_the_shape_it_shows() {
             "the guide has no section `{heading}`"
         );
     }
+    run_page("docs/guide.md", &guide, 30);
+}
 
+/// The README's taste of the API, the same way, on a system of its own.
+#[test]
+fn the_readmes_taste_of_the_api_runs_as_written() {
+    run_page("README.md", &read("README.md"), 5);
+}
+
+fn read(page: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(page)).unwrap()
+}
+
+/// Runs the commands of `text` (the page `name`, of at least `least` commands) against a
+/// `chronicle up` of its own, started as the pages start it.
+fn run_page(name: &str, text: &str, least: usize) {
+    let steps = steps(name, text);
+    assert!(steps.len() >= least, "only {} steps read", steps.len());
     let data = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut up = Command::new(env!("CARGO_BIN_EXE_chronicle"));
@@ -90,7 +106,7 @@ fn the_guide_runs_as_written_and_each_answer_has_the_shape_it_shows() {
                 }
                 Err(why) => {
                     failures.push(format!(
-                        "docs/guide.md:{}: {}\n  {why}\n  printed: {}",
+                        "{name}:{}: {}\n  {why}\n  printed: {}",
                         step.line,
                         step.command,
                         printed.trim()
@@ -102,7 +118,7 @@ fn the_guide_runs_as_written_and_each_answer_has_the_shape_it_shows() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} steps answered otherwise than the guide shows:\n{}",
+        "{} of {} steps answered otherwise than {name} shows:\n{}",
         failures.len(),
         steps.len(),
         failures.join("\n")
@@ -126,14 +142,14 @@ fn reads_only(command: &str) -> bool {
         && !command.contains(" -F ")
 }
 
-/// The commands of the guide's `sh` blocks with their answers.
-fn steps(guide: &str) -> Vec<Step> {
+/// The commands of the `sh` blocks of `page` (named `name`) with their answers.
+fn steps(name: &str, page: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut in_block = false;
     let mut skip = false;
     let mut pending: Option<(usize, String)> = None;
     let mut answered = true;
-    for (index, line) in guide.lines().enumerate() {
+    for (index, line) in page.lines().enumerate() {
         let number = index + 1;
         if let Some(info) = line.strip_prefix("```") {
             if in_block {
@@ -169,9 +185,10 @@ fn steps(guide: &str) -> Vec<Step> {
             let comment = comment.trim_start();
             if !answered && (comment.starts_with('{') || comment.starts_with('[')) {
                 let step = steps.last_mut().expect("an answer follows a command");
-                step.answer = Some(answer(comment).unwrap_or_else(|e| {
-                    panic!("docs/guide.md:{number}: the answer does not read: {e}")
-                }));
+                step.answer =
+                    Some(answer(comment).unwrap_or_else(|e| {
+                        panic!("{name}:{number}: the answer does not read: {e}")
+                    }));
                 answered = true;
             }
             continue;

@@ -1,23 +1,33 @@
-//! The HTTP gateway (API.md).
+//! The HTTP gateway: the host every bounded context's routes plug into. It holds no
+//! context's state or SQL; a context's routes bring their own (`routes::Context`).
 //!
 //! # Layout
 //!
-//! - [`router`] builds the axum app from an [`AppState`]; [`serve`] runs it with graceful
-//!   shutdown. Building and running are apart so tests serve the same router on port 0.
+//! - [`router`] builds the axum app from an [`AppState`] and the contexts' routes; [`serve`]
+//!   runs it with graceful shutdown. Building and running are apart so tests serve the same
+//!   router on port 0.
 //! - `error`: [`ApiError`], the one error type; every failure, axum's own rejections
 //!   included, leaves as RFC 9457 problem+json with a stable `code`.
 //! - `extract`: request extractors that fail with [`ApiError`]: JSON bodies (raw bytes kept
 //!   for idempotency hashing), `If-Match`, `Idempotency-Key`, the caller.
+//! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
+//! - `protect`: rate limiting (per user and per IP), header and handler timeouts.
+//! - `observe`: request counts and latencies by route template, and `GET /metrics`.
 //! - `cache`: the moka cache in front of post detail and tags, dropped on projector
 //!   notifications.
 //! - `freshness`: `?min_version=` waits, woken by projector notifications.
-//! - `hub`: the WebSocket hub (`/ws`): live room messages, recovery, send and read over
-//!   the socket, typing.
-//! - `auth`: argon2id password hashes and HS256 bearer tokens; the [`Secret`] type.
-//! - `observe`: request counts and latencies by route template, and `GET /metrics`.
-//! - `protect`: rate limiting (per user and per IP) and handler timeouts.
-//! - `routes`: one module per area (`health`, `identity`, `inventory`, `orders`
-//!   with coupons, `blog`, `projections`).
+//! - `hub`: the WebSocket transport (`/ws`): live room messages, recovery with `since_seq`,
+//!   send and read over the socket, typing, presence, `order_status`.
+//! - `schema`: the shapes the OpenAPI document names that are not a handler's own.
+//! - `settings`, `state`: each context's settings kept by their type, and the host's state.
+//! - `thumbnail`: thumbnails of images within the domain's limits.
+//! - `routes`: the route table and its layers (`mod.rs`), the OpenAPI assembly
+//!   (`openapi`), what a context's routes import from the host (`prelude`), paging
+//!   (`page`), answers to commands (`respond`), and the routes by area: `health`,
+//!   `projections`, `identity`, `inventory`, `orders` (with coupons), `cart`, `blog`,
+//!   `chat`, `files` with `uploads`, `tus`, `thumbnails`, `incoming` (bytes on their way
+//!   into the object store) and `files_state`, `jobs`, `debug` (CPU profiles) and `console`.
+//!   Monitoring's routes live in its own crate (`contexts/monitoring`).
 //!
 //! Commands go through `chronicle_commands::CommandExecutor`; queries read the read models
 //! through the query functions their projections export.

@@ -14,8 +14,9 @@
 //!   (outbox row, NATS header), so one trace runs from the HTTP request through the command,
 //!   the relay, the projectors and the sagas.
 //!
-//! Metric names all begin with `chronicle_`; the README lists them, and the Prometheus
-//! rules and the Grafana dashboard in `deploy/` use them (a test checks each one exists).
+//! Metric names all begin with `chronicle_`. The Prometheus rules and the Grafana dashboard
+//! in `deploy/` use them (a test checks each one exists); `docs/operations.md` says what to
+//! do about each rule.
 
 use std::{future::Future, net::SocketAddr, sync::OnceLock};
 

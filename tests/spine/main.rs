@@ -1,5 +1,7 @@
-//! The event spine against real nats-server and PostgreSQL: DESIGN.md invariants 1–4 and
-//! the inventory slice end to end.
+//! The black-box suite against a real nats-server and PostgreSQL (one cluster for the
+//! binary, one database per test): every invariant of `docs/architecture.md` (1–10), and
+//! every context end to end through its HTTP API, WebSocket and log. One module per area;
+//! `docs/guarantees.md` names the tests that prove each promise.
 
 mod abandoned_carts;
 mod authz;

@@ -32,6 +32,29 @@ pub use hook::{Answer, Hook};
 pub use smtp::SmtpServer;
 
 /// The lowercase hex SHA-256 of `bytes`, as the files API names content.
+/// Every file under `dir` whose name ends with `ending` (`.rs`, `.md`), skipping hidden
+/// directories, `target` and `node_modules`: what tests that read the repository's own
+/// sources or pages walk.
+pub fn files_under(dir: &std::path::Path, ending: &str) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable directory") {
+            let path = entry.expect("a readable entry").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(ending) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes)
