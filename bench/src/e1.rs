@@ -1,4 +1,4 @@
-//! E1 (BENCH.md): commands through the gateway's HTTP API, and the E1 reference.
+//! E1 (docs/benchmarks.md): commands through the gateway's HTTP API, and the E1 reference.
 //!
 //! Chronicle runs as its own process (`chronicle up` on the bench's servers: `cargo build
 //! --release -p chronicle` first). The load is a mix of order placements (each one also
@@ -47,7 +47,7 @@ use crate::{
     servers::Servers,
 };
 
-/// Keep-alive connections of the generator (BENCH.md).
+/// Keep-alive connections of the generator (docs/benchmarks.md).
 const CONNECTIONS: usize = 64;
 /// Inventory items the load spreads over.
 const ITEMS: usize = 1_000;

@@ -1,4 +1,4 @@
-//! E2 (BENCH.md): chat fan-out through the WebSocket hub, and idle connections.
+//! E2 (docs/benchmarks.md): chat fan-out through the WebSocket hub, and idle connections.
 //!
 //! Chronicle runs as its own process (`chronicle up` on the bench's servers, found next to
 //! the bench binary: `cargo build --release -p chronicle` first), so its RSS is measured

@@ -1,4 +1,4 @@
-//! E3 (BENCH.md): a large file uploaded through Chronicle's chunked upload route (declare,
+//! E3 (docs/benchmarks.md): a large file uploaded through Chronicle's chunked upload route (declare,
 //! 8 MiB chunks, complete) and through its tus endpoint (one streamed `PATCH`, as tus
 //! clients send by default), against the same amount of bytes put straight into the
 //! JetStream object store by async-nats in the same run; throughput of each, their ratios,
@@ -117,7 +117,7 @@ pub async fn run(servers: &Servers, mib: u64) -> anyhow::Result<()> {
     let chunks_sent = started.elapsed();
     let peak_while_sending = peak.so_far();
     // Completing a large file outlasts the handler timeout: the assembly goes on, and the
-    // client asks again, as API.md's 503 says.
+    // client asks again, as the API contract's 503 says.
     let mut completions = 0;
     loop {
         completions += 1;

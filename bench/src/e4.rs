@@ -1,4 +1,4 @@
-//! E4 (BENCH.md): 100,000 one-shot jobs due at the same instant with a no-op command action,
+//! E4 (docs/benchmarks.md): 100,000 one-shot jobs due at the same instant with a no-op command action,
 //! then a job due every second for 60 s, then a job triggered by events with a burst of
 //! 10,000 matching events, with three `chronicle scheduler` processes (and a relay, the `jobs`
 //! and `job_triggers` projectors, each a process of its own). Reports job runs/s, lateness

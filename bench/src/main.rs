@@ -1,11 +1,11 @@
-//! The benchmark harness of BENCH.md.
+//! The benchmark harness of docs/benchmarks.md.
 //!
 //! # Layout
 //!
 //! - `servers`: a durable PostgreSQL cluster and a nats-server with `sync_interval: always`
 //!   (or `DATABASE_URL` / `NATS_URL`), a fresh database and stream per measurement.
 //! - `w1`, `w2`, `w3`: the reference workload ES-1, each against Chronicle and, where
-//!   BENCH.md asks, plain cqrs-es + postgres-es (`"system":"baseline-cqrs-es"`).
+//!   docs/benchmarks.md asks, plain cqrs-es + postgres-es (`"system":"baseline-cqrs-es"`).
 //! - `report`: one JSON line per measurement on stdout; progress goes to stderr.
 //!
 //! `cargo run --release -p bench -- es1` runs all of ES-1 once; `--runs 3` repeats W1.
@@ -31,7 +31,10 @@ mod w3;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "bench", about = "Chronicle's benchmark harness (BENCH.md)")]
+#[command(
+    name = "bench",
+    about = "Chronicle's benchmark harness (docs/benchmarks.md)"
+)]
 struct Cli {
     #[command(subcommand)]
     workload: Workload,
@@ -95,7 +98,7 @@ enum Workload {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Idle connections held afterwards: each level in turn, comma-separated (BENCH.md
+        /// Idle connections held afterwards: each level in turn, comma-separated (docs/benchmarks.md
         /// asks for 10,000 and 100,000; the first level is a base for the growth per connection).
         #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000, 100_000])]
         idle: Vec<usize>,

@@ -1,4 +1,4 @@
-//! One JSON line per measurement, in BENCH.md's format.
+//! One JSON line per measurement, in docs/benchmarks.md's format.
 
 use std::time::Duration;
 

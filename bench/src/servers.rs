@@ -1,4 +1,4 @@
-//! The servers a benchmark runs on, with BENCH.md's durability settings.
+//! The servers a benchmark runs on, with docs/benchmarks.md's durability settings.
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //!
 //! - [`connect`]: a client that reconnects forever (a restarted server is a pause, not an
 //!   outage).
-//! - [`ensure_events_stream`]: the `EVENTS` stream of DESIGN.md: subjects
+//! - [`ensure_events_stream`]: the `EVENTS` stream of docs/architecture.md: subjects
 //!   `events.<context>.<aggregate_type>.<aggregate_id>`, file storage, no limits, a 2-minute
 //!   duplicate window, deny delete and purge, atomic batches allowed.
 //! - [`Relay`]: moves committed events from the Postgres outbox to the stream, in order,

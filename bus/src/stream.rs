@@ -63,7 +63,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
         })
 }
 
-/// The configuration of the `EVENTS` stream (DESIGN.md, NATS layout).
+/// The configuration of the `EVENTS` stream (docs/architecture.md, "The log").
 pub fn events_stream_config() -> Config {
     Config {
         name: EVENTS_STREAM.to_owned(),

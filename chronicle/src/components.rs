@@ -1,4 +1,4 @@
-//! The component list: every process role, declared once (DESIGN.md, "The shared runtime").
+//! The component list: every process role, declared once (docs/architecture.md, "The flow of one command").
 //!
 //! The roles come from the one list of contexts ([`crate::contexts`]): a projector per read
 //! model, and each context's processes. Every way of running Chronicle picks them up:

@@ -10,7 +10,7 @@
 //!
 //! Afterwards `chronicle up` has not panicked, no event is parked, every read model has
 //! caught up with the log, and new commands of each context are still projected: whatever
-//! was accepted did not stop a reader (DESIGN.md invariants 7 and 8).
+//! was accepted did not stop a reader (architecture.md invariants 7 and 8).
 //!
 //! Bounded in time: `CHRONICLE_FUZZ_SECONDS` (default 90) of generation; the seed is printed
 //! and `CHRONICLE_FUZZ_SEED` replays it (a fixed one by default; `random` explores).

@@ -186,7 +186,7 @@ async fn chronicle_up_serves_an_item_over_http_and_keeps_it_across_a_restart() {
     tokio::task::block_in_place(|| terminate(child));
 }
 
-/// `chronicle users grant <username> staff` against a running `chronicle up` (API.md, Roles):
+/// `chronicle users grant <username> staff` against a running `chronicle up` (the API contract, Roles):
 /// staff from the user's next login; an unknown name is refused and grants nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_grant_makes_a_user_staff_from_their_next_login() {

@@ -1,5 +1,5 @@
 //! Provides the identity context's records that are not events: password hashes (never in
-//! an event: DESIGN.md invariant 6) and the roles `chronicle users grant` adds, both kept in
+//! an event: architecture.md invariant 6) and the roles `chronicle users grant` adds, both kept in
 //! the identity context's schema (who holds a username is its claim:
 //! [`crate::EventStore::claim_holder`]).
 //!

@@ -4,7 +4,7 @@
 //! (`committer.rs`) with optimistic concurrency, and a bounded retry on conflict.
 //!
 //! It promises that a command's events, their outbox rows, its idempotency record and its
-//! claims commit together or not at all (DESIGN.md invariant 1), that a command is decided on
+//! claims commit together or not at all (architecture.md invariant 1), that a command is decided on
 //! state checked at append (a lost race is decided again on fresh state, never appended over),
 //! and that its answer says which: committed at a version, refused, conflicted, or unknown
 //! after a store failure.

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use crate::error::{KeyLookup, StoreError};
 
-/// How long a key's first response is replayed (API.md: 24 h).
+/// How long a key's first response is replayed (the API contract: 24 h).
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// An `Idempotency-Key` with what it must match to be replayed.

@@ -4,7 +4,7 @@
 //!
 //! - [`EventStore`]: loads an aggregate from the `events` table (postgres-es's layout, read
 //!   through postgres-es's repository) and appends new events, their outbox rows and the
-//!   idempotency record in ONE transaction (DESIGN.md invariant 1). It wakes the relay with
+//!   idempotency record in ONE transaction (architecture.md invariant 1). It wakes the relay with
 //!   `pg_notify` on its schema's channel ([`outbox_channel`]).
 //! - [`CommandExecutor`] (`executor.rs`): runs a command end to end: idempotency-key replay,
 //!   the `If-Match` check, `handle`, append with optimistic concurrency, a bounded retry on

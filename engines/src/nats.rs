@@ -33,7 +33,7 @@ pub struct ClusterNode {
     pub route_ports: Vec<u16>,
 }
 
-/// A running `nats-server` with JetStream, `sync_interval: always` (BENCH.md: a single node
+/// A running `nats-server` with JetStream, `sync_interval: always` (docs/benchmarks.md: a single node
 /// must fsync before it acknowledges, or acknowledged writes can be lost on power failure).
 ///
 /// Dropping it stops the server. The store dir is left alone: the caller owns it.

@@ -1,4 +1,4 @@
-// The Chronicle console: plain JavaScript on the public API and WebSocket only (API.md), so
+// The Chronicle console: plain JavaScript on the public API and WebSocket only (the API contract), so
 // it is also an example of building on Chronicle. No build step; served by the gateway.
 
 const session = {
@@ -506,7 +506,7 @@ async function blogView(id) {
 /** The server's sanitized HTML of a post, in an element of its own. */
 function htmlOf(html) {
   const body = el("div", { class: "post-body" });
-  body.innerHTML = html; // sanitized by the server (API.md Blog); the page's CSP runs no inline script
+  body.innerHTML = html; // sanitized by the server (the API contract Blog); the page's CSP runs no inline script
   return body;
 }
 
@@ -716,7 +716,7 @@ async function roomView(roomId, members) {
       live.send({ type: "typing", room_id: roomId });
     }
   } });
-  // Attachments go up over tus first; the message then names them (API.md Chat).
+  // Attachments go up over tus first; the message then names them (the API contract Chat).
   const attach = el("input", { type: "file", multiple: true, "aria-label": "Attach files" });
   const attachProgress = el("progress", { max: 1, value: 0, hidden: true, "aria-label": "Attachment upload progress" });
   const send = el("form", { "aria-label": "Send a message", onsubmit: (event) => {

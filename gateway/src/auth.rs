@@ -43,7 +43,7 @@ struct Claims {
     iss: String,
     iat: i64,
     exp: i64,
-    /// `customer` for everyone, `staff` too for staff (API.md, Roles).
+    /// `customer` for everyone, `staff` too for staff (the API contract, Roles).
     #[serde(default)]
     roles: Vec<String>,
 }

@@ -1,4 +1,4 @@
-//! The gateway's one error type and its problem+json form (RFC 9457, API.md Conventions).
+//! The gateway's one error type and its problem+json form (RFC 9457, the API contract Conventions).
 
 use axum::{
     extract::{
@@ -251,7 +251,7 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// The last word on every answer (API.md Conventions): an error a framework layer or
+/// The last word on every answer (the API contract Conventions): an error a framework layer or
 /// extractor wrote as text (a body over the limit, a bad header, a rejection not mapped
 /// above) leaves as problem+json with the text as its `detail`, and its other headers kept.
 /// What the routes answer themselves is problem+json, or JSON on purpose (`/health`'s 503

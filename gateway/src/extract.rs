@@ -167,7 +167,7 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user_id: String,
-    /// The roles the token carries (API.md, Roles).
+    /// The roles the token carries (the API contract, Roles).
     pub roles: Vec<String>,
     /// The request id (`x-request-id`), which becomes the correlation id of every event the
     /// request causes.

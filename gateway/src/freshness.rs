@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::cache::PostCache;
 
-/// How long a `min_version` read waits before answering `stale` (API.md).
+/// How long a `min_version` read waits before answering `stale` (the API contract).
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Wakes readers when a projection commits.

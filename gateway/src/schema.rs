@@ -5,7 +5,7 @@
 
 use utoipa::ToSchema;
 
-/// The problem `code`s the host itself answers (API.md: errors are RFC 9457
+/// The problem `code`s the host itself answers (the API contract: errors are RFC 9457
 /// problem+json), whatever the route: auth, limits, malformed requests, versions,
 /// idempotency, backing servers. Each context declares its own beside its routes
 /// (`crate::routes::Context::problems`); the document enumerates them all.

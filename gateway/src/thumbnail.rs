@@ -1,4 +1,4 @@
-//! Thumbnails of images (API.md, Files): made within the domain's limits, from the image's
+//! Thumbnails of images (the API contract, Files): made within the domain's limits, from the image's
 //! header first, so a decompression bomb is refused before a pixel is decoded.
 
 use std::io::Cursor;

@@ -1,4 +1,4 @@
-//! The `job_triggers` read model: for every event-triggered job (API.md, Scheduler, "Jobs
+//! The `job_triggers` read model: for every event-triggered job (the API contract, Scheduler, "Jobs
 //! triggered by events"), the events of the log it has yet to run for, in log order.
 //!
 //! It reads the whole log, jobs' events included, so what a job runs for is decided by the

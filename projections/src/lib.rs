@@ -7,7 +7,7 @@
 //! - [`Projector`]: a projection on the shared subscriber runtime of `chronicle-bus`
 //!   ([`chronicle_bus::Subscriber`]): each batch is applied and the checkpoint (the stream
 //!   sequence) advanced in ONE transaction, in stream order, never past an event it has not
-//!   applied; an event that keeps failing is parked (DESIGN.md invariants 4 and 8).
+//!   applied; an event that keeps failing is parked (architecture.md invariants 4 and 8).
 //! - [`ReadModel`]: a projection with its type erased, a value each context lists
 //!   (`chronicle::contexts`): what the projector role, replay, set-up and status read.
 //! - [`replay`]: rebuilds a projection from the stream into a shadow schema with the very

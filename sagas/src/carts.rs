@@ -1,5 +1,5 @@
 //! The cart sweeper: counts a cart abandoned when it held lines and nobody touched it for
-//! `CHRONICLE_CART_ABANDONED_AFTER` (API.md, "Catalog edits and the cart"; the series
+//! `CHRONICLE_CART_ABANDONED_AFTER` (the API contract, "Catalog edits and the cart"; the series
 //! `business_carts_abandoned` counts the `CartAbandoned` events).
 //!
 //! Time passing is no event, so a sweep turns it into one: it pages through the carts the

@@ -1,5 +1,5 @@
 //! Events of the identity bounded context. Passwords never appear here: their hashes live
-//! in the `credentials` table (DESIGN.md invariant 6).
+//! in the `credentials` table (architecture.md invariant 6).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
-//! The input limits of API.md ("Input limits"), shared by every domain crate so that an
-//! accepted event can always be stored, published and projected (DESIGN.md invariant 7).
+//! The input limits of the API contract ("Input limits"), shared by every domain crate so that an
+//! accepted event can always be stored, published and projected (architecture.md invariant 7).
 //!
 //! The domain crates call these in `decide` and export them for the gateway to run before
 //! a command is built: a rule is written once, here or in the domain, never in a handler.
@@ -149,7 +149,7 @@ pub enum Refusal {
 
 /// A domain error as every caller of the domain sees it: a stable code and a kind.
 pub trait DomainRule: std::error::Error + Send + Sync + 'static {
-    /// The stable snake_case `code` of API.md's problem+json.
+    /// The stable snake_case `code` of the API contract's problem+json.
     fn rule_code(&self) -> &'static str;
     fn refusal(&self) -> Refusal;
     /// The invalid fields, when the kind is [`Refusal::Invalid`] and the domain knows them.

@@ -1,4 +1,4 @@
-//! No secret reaches a log line or an event (DESIGN.md invariant 6, issue 4).
+//! No secret reaches a log line or an event (architecture.md invariant 6, issue 4).
 //!
 //! Its own test binary, with this one test: it installs the process-wide `tracing`
 //! subscriber at TRACE, which would be shared with, and disturbed by, any other test in the

@@ -1,4 +1,4 @@
-//! Abandoned carts (API.md, "Catalog edits and the cart"; issue 31): a cart that held lines
+//! Abandoned carts (the API contract, "Catalog edits and the cart"; issue 31): a cart that held lines
 //! untouched for `CHRONICLE_CART_ABANDONED_AFTER` is counted abandoned once per idle spell
 //! (`CartAbandoned`, the series `business_carts_abandoned`), by any number of sweeps, and
 //! never while someone is using it.

@@ -770,7 +770,7 @@ fn rows(w: &World) -> Vec<Row> {
             Body::None,
             [401, 403, 403, 200],
         ),
-        // The owner's own: another customer, and staff, are refused (403 where API.md says
+        // The owner's own: another customer, and staff, are refused (403 where the API contract says
         // so: orders, posts, rooms, profiles; 404 where the resource is not revealed to
         // others: files, uploads, jobs, drafts).
         row(

@@ -1,4 +1,4 @@
-//! The blog through HTTP on real servers (API.md Blog, issue 6): drafts, publishing, edits,
+//! The blog through HTTP on real servers (the API contract Blog, issue 6): drafts, publishing, edits,
 //! tags, full-text search, sanitized Markdown, comments, pagination and the post cache.
 
 use std::{collections::BTreeSet, time::Duration};

@@ -1,4 +1,4 @@
-//! The cart through HTTP on real servers (API.md, "Catalog edits and the cart"): one per
+//! The cart through HTTP on real servers (the API contract, "Catalog edits and the cart"): one per
 //! customer, lines set and removed, priced at the items' current prices, at most 100 lines,
 //! and only what is for sale goes in.
 

@@ -1,4 +1,4 @@
-//! Catalog edits through HTTP on real servers (API.md, "Catalog edits and the cart"; ADR
+//! Catalog edits through HTTP on real servers (the API contract, "Catalog edits and the cart"; ADR
 //! 0015): staff rename, reprice, describe and discontinue items; the catalog is searched by
 //! the words of the name and the description; a placed order keeps its price; a
 //! discontinued item stays readable, cannot be ordered, and its reservations are honoured.

@@ -1,4 +1,4 @@
-//! Chat over HTTP on real servers (API.md, Chat; issue 11): rooms and their members, the
+//! Chat over HTTP on real servers (the API contract, Chat; issue 11): rooms and their members, the
 //! direct-room race, dense `seq` under concurrent senders, `client_msg_id` retries, read
 //! marks and unread counts, history pages, membership enforced, replay.
 
@@ -279,7 +279,7 @@ async fn read_marks_move_forward_only_and_unread_counts_follow() {
 }
 
 /// Follows `next_cursor` from `first` (a query string) until it is null, as a client written
-/// from API.md's "Pagination" does, keeping its first query and adding the cursor; gives every
+/// from the API contract's "Pagination" does, keeping its first query and adding the cursor; gives every
 /// seq in the order the pages gave them. Bounded, so a loop fails the test instead of hanging.
 async fn follow_cursor(app: &TestApp, room: &str, first: &str) -> Vec<i64> {
     let mut seen = Vec::new();

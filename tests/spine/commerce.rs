@@ -1,4 +1,4 @@
-//! Commerce through HTTP on real servers (API.md Commerce, issue 5): the order lifecycle,
+//! Commerce through HTTP on real servers (the API contract Commerce, issue 5): the order lifecycle,
 //! the saga's reservations under races and crashes, coupons, payments and the payment
 //! deadline.
 

@@ -1,4 +1,4 @@
-//! Jobs triggered by events (API.md, Scheduler, "Jobs triggered by events"; issue 32):
+//! Jobs triggered by events (the API contract, Scheduler, "Jobs triggered by events"; issue 32):
 //! one run per matching event that comes after the job in the log, in log order, with the
 //! event's envelope for an HTTP action without a body; retries that never hold back the next
 //! event for good; a pause's events recorded as one skipped row; refusals. (Several

@@ -450,7 +450,7 @@ async fn room_and_file(app: &TestApp, member: &str, bytes: Vec<u8>) -> (String, 
     )
 }
 
-/// Chat attachments (API.md, Chat): a sender attaches files they own; the room's members may
+/// Chat attachments (the API contract, Chat): a sender attaches files they own; the room's members may
 /// read them, nobody else; a deleted file leaves the room.
 #[tokio::test]
 async fn an_attached_file_is_readable_by_the_rooms_members_until_deleted() {

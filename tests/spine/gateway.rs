@@ -1,4 +1,4 @@
-//! The inventory routes of API.md through HTTP, with every documented error.
+//! The inventory routes of the API contract through HTTP, with every documented error.
 
 use std::time::Duration;
 

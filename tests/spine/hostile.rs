@@ -1,5 +1,5 @@
 //! Hostile input (issue 10's findings): nothing a client sends, and no event stored in the
-//! log, may stop a read model from advancing (DESIGN.md invariants 7 and 8).
+//! log, may stop a read model from advancing (architecture.md invariants 7 and 8).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Identity and the gateway's protections (API.md Identity and Conventions): register,
+//! Identity and the gateway's protections (the API contract Identity and Conventions): register,
 //! login, tokens, ownership, body limit, rate limit, timeouts, CORS, request ids, and no
 //! secret in a log line or an event.
 

@@ -1,4 +1,4 @@
-//! The shared subscriber runtime (DESIGN.md invariants 4 and 8): it never skips an event it
+//! The shared subscriber runtime (architecture.md invariants 4 and 8): it never skips an event it
 //! has not handled, whatever happens to its consumer or to NATS, and an event its handler
 //! keeps failing on is parked (or held) without stopping it for good.
 

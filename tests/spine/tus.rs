@@ -1,4 +1,4 @@
-//! The tus 1.0 endpoint (issue 12, API.md Files) against real servers: driven by tuspy, the
+//! The tus 1.0 endpoint (issue 12, the API contract Files) against real servers: driven by tuspy, the
 //! tus project's Python client from PyPI (installed by scripts/setup), unchanged, so what it
 //! expects of a tus server is what we are held to; and the protocol's edges with reqwest.
 

@@ -138,7 +138,7 @@ impl TestApp {
             )
             .into_bytes(),
         ));
-        // Everyone is staff unless a test says otherwise (API.md: `*` is for tests).
+        // Everyone is staff unless a test says otherwise (the API contract: `*` is for tests).
         gateway
             .contexts
             .get_mut::<chronicle_gateway::IdentityConfig>()

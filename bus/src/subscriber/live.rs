@@ -4,7 +4,7 @@
 //!
 //! It runs on the same pieces as a [`Subscriber`](super::Subscriber): the one reconnect and
 //! backoff ([`keep_running`]), the same decoding (an event that does not decode is counted
-//! and passed over, never a stop: DESIGN.md invariant 8) and the same metrics
+//! and passed over, never a stop: architecture.md invariant 8) and the same metrics
 //! (`chronicle_subscriber_*{subscriber}`, through the runtime's observer); a handler that
 //! panics on an event loses that event, never the reader. What it does not
 //! have is what needs a checkpoint: a transaction per batch, parking, retries on request. A

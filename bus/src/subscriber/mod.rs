@@ -6,7 +6,7 @@
 //! the messages are acknowledged only after that transaction commits. So:
 //!
 //! - **Nothing is applied twice.** A redelivered message at or below the checkpoint is
-//!   acknowledged and skipped (DESIGN.md invariant 4).
+//!   acknowledged and skipped (architecture.md invariant 4).
 //! - **Nothing is skipped.** Every delivery of a consumer carries a consumer sequence that
 //!   grows by one per delivery (redeliveries included). A jump means a message went
 //!   somewhere else (lost in flight across a reconnect, or fetched by another client): the

@@ -1,5 +1,5 @@
 //! Parked events: events a subscriber could not handle after its retries, kept with their
-//! error until someone retries them (DESIGN.md invariant 8).
+//! error until someone retries them (architecture.md invariant 8).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

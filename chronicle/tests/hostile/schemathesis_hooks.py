@@ -1,4 +1,4 @@
-"""Schemathesis checks of Chronicle's own (API.md: every error is RFC 9457 problem+json).
+"""Schemathesis checks of Chronicle's own (the API contract: every error is RFC 9457 problem+json).
 
 Loaded by `chronicle/tests/schemathesis.rs` through SCHEMATHESIS_HOOKS.
 """
@@ -8,7 +8,7 @@ import json
 import schemathesis
 
 
-# tus PATCH bodies (API.md Files): raw bytes, as for application/octet-stream.
+# tus PATCH bodies (the API contract Files): raw bytes, as for application/octet-stream.
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 

@@ -4,7 +4,7 @@ OpenAPI document, as an integrator would: register, log in, upload a file three 
 
     python3 drive.py <folder holding the generated chronicle_client package> <base URL>
 
-Exits non-zero (an AssertionError naming the step) when an answer is not what API.md says.
+Exits non-zero (an AssertionError naming the step) when an answer is not what the API contract says.
 """
 
 import base64

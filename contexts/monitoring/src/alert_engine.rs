@@ -38,7 +38,7 @@ const SYSTEM: &str = "system:monitoring";
 /// Tuning of the alert engine.
 #[derive(Debug, Clone)]
 pub struct AlertEngineConfig {
-    /// How often every rule is evaluated (API.md: at least every 10 s).
+    /// How often every rule is evaluated (the API contract: at least every 10 s).
     pub every: Duration,
     /// How long samples are kept (`CHRONICLE_METRICS_RETENTION`).
     pub retention: Duration,

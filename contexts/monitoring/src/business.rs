@@ -1,5 +1,5 @@
 //! The `business_metrics` read model: business series derived from the event log, per
-//! minute (API.md, Monitoring: orders placed, revenue, messages sent, bytes uploaded, job
+//! minute (the API contract, Monitoring: orders placed, revenue, messages sent, bytes uploaded, job
 //! runs failed, carts checked out and abandoned). A read model like any other, so replay rebuilds it byte for byte; queries
 //! and alert rules read it as the metrics `business_*`.
 //!

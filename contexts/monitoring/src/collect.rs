@@ -1,4 +1,4 @@
-//! Chronicle's own series (API.md, Monitoring, "Built-in series"), collected by every
+//! Chronicle's own series (the API contract, Monitoring, "Built-in series"), collected by every
 //! gateway every `collect_every` and stored like reported samples, labelled with the
 //! gateway's `instance`:
 //!

@@ -1,6 +1,6 @@
 //! Events of the monitoring context: alert rules and the alerts they raise.
 //!
-//! Samples are not events (API.md, Monitoring): they go to a time-series table with
+//! Samples are not events (the API contract, Monitoring): they go to a time-series table with
 //! retention. What is worth a history is here: who asked to be told about what, and every
 //! transition of every alert (pending, firing, acknowledged, resolved), which is what
 //! notifications are sent for. A rule's channels hold a webhook URL or an email address,

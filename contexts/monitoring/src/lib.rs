@@ -1,4 +1,4 @@
-//! The monitoring bounded context (API.md, Monitoring), all of it: samples reported in the
+//! The monitoring bounded context (the API contract, Monitoring), all of it: samples reported in the
 //! Prometheus text format or JSON and stored as series with retention, alert [`Rule`]s whose
 //! alerts go pending, fire after `for_seconds`, are acknowledged and resolve (each transition
 //! decided once), the alert engine, business series from the log, and the routes.

@@ -1,4 +1,4 @@
-//! `/api/v1/monitoring` (API.md, Monitoring): samples reported and queried, the metric
+//! `/api/v1/monitoring` (the API contract, Monitoring): samples reported and queried, the metric
 //! names known, alert rules (staff only) and alerts.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use serde_json::json;
 
 use chronicle_gateway::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 fn routes() -> Routes {
     documented![
         report,

@@ -1,4 +1,4 @@
-//! Samples as they are reported (API.md, `POST /api/v1/monitoring/samples`): the Prometheus
+//! Samples as they are reported (the API contract, `POST /api/v1/monitoring/samples`): the Prometheus
 //! text exposition format or JSON, checked against the limits every stored sample meets.
 //!
 //! Text is parsed with `prom_text_format_parser`, one line at a time, so that a refusal

@@ -1,6 +1,6 @@
 //! The time-series store of the monitoring context: samples in, aggregated points out.
 //!
-//! Samples are not events (API.md, Monitoring). Each is stored under its series (metric and
+//! Samples are not events (the API contract, Monitoring). Each is stored under its series (metric and
 //! labels) and folded into that series' per-minute rollup in the same statement, so that once
 //! retention removes the samples the rollups still answer avg, min, max, sum and rate. The
 //! business series (`business_*`) are not stored here: the `business_metrics` projection

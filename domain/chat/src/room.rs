@@ -8,7 +8,7 @@ use chronicle_schemas::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Longest message, in characters (API.md).
+/// Longest message, in characters (the API contract).
 pub const MAX_BODY: usize = 4_000;
 /// Most members of a room.
 pub const MAX_MEMBERS: usize = 1_000;

@@ -1,7 +1,7 @@
 //! A customer's cart: lines of SKUs and quantities, at most [`MAX_CART_LINES`] of them.
 //!
 //! It holds no prices: what a line costs is the item's price when the cart is read or
-//! checked out (API.md, "Catalog edits and the cart"). Whether a SKU exists and is still on
+//! checked out (the API contract, "Catalog edits and the cart"). Whether a SKU exists and is still on
 //! sale is the item's to say; the route asks it before it sets a line.
 
 use std::collections::BTreeMap;

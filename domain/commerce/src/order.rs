@@ -26,7 +26,7 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    /// The status as API.md spells it.
+    /// The status as the API contract spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::New => "new",

@@ -1,5 +1,5 @@
 //! Random command sequences with extreme values against the commerce aggregates: no panic,
-//! no broken invariant, and every event accepted can be projected (DESIGN.md invariant 7).
+//! no broken invariant, and every event accepted can be projected (architecture.md invariant 7).
 
 use chronicle_commerce::{
     AppliedCoupon, Canceller, Coupon, CouponCommand, InventoryCommand, InventoryItem, Order,

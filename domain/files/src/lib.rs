@@ -1,11 +1,11 @@
-//! The files bounded context (API.md, Files): a [`File`] names its bytes by their SHA-256
+//! The files bounded context (the API contract, Files): a [`File`] names its bytes by their SHA-256
 //! and belongs to its owner; an [`Upload`] collects a declared number of bytes in chunks, in
 //! any order, and completes only when every chunk is in and the bytes hash as declared; a
 //! [`Share`] serves a file without authentication until it expires or is revoked.
 //!
 //! No I/O and no bytes: the gateway streams and hashes the bytes into the object store and
 //! tells these aggregates what it saw. The limits every input must meet live here, for the
-//! gateway to run before it builds a command (DESIGN.md invariant 7).
+//! gateway to run before it builds a command (architecture.md invariant 7).
 
 mod declared;
 mod file;

@@ -6,7 +6,7 @@ use chronicle_schemas::{
 use cqrs_es::{event_sink::EventSink, Aggregate};
 use serde::{Deserialize, Serialize};
 
-/// API.md: 3–32 characters of `[a-z0-9_]`.
+/// the API contract: 3–32 characters of `[a-z0-9_]`.
 pub fn is_valid_username(username: &str) -> bool {
     (3..=32).contains(&username.len())
         && username

@@ -1,4 +1,4 @@
-//! The scheduler bounded context (API.md, Scheduler): a [`Job`] is due at the times its
+//! The scheduler bounded context (the API contract, Scheduler): a [`Job`] is due at the times its
 //! [`Schedule`] names (a cron expression in a time zone, or one instant), runs its
 //! [`Action`] once per due time, retries a failed run with growing delays up to
 //! `max_retries`, waits for the jobs it depends on, and follows its missed-run and overlap
@@ -7,7 +7,7 @@
 //! No I/O and no clock: the scheduler process tells a job what time it is, whether its due
 //! time passed while no scheduler ran, whether its dependencies are ready, and what its
 //! action did; the job decides what that means and records it. The limits every input must
-//! meet live here, for the gateway to run before it builds a command (DESIGN.md invariant 7).
+//! meet live here, for the gateway to run before it builds a command (architecture.md invariant 7).
 
 mod allow;
 mod cron;

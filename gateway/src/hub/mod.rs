@@ -1,4 +1,4 @@
-//! The WebSocket hub (`GET /ws?token=`, API.md Chat): live room messages and read receipts,
+//! The WebSocket hub (`GET /ws?token=`, the API contract Chat): live room messages and read receipts,
 //! recovery with `since_seq`, sending and marking read over the socket, typing.
 //!
 //! One live reader of the log per gateway process (`chronicle_bus::LiveSubscriber`, the

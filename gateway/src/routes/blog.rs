@@ -1,4 +1,4 @@
-//! `/api/v1/posts`, their comments, and `/api/v1/tags` (API.md, Blog). Drafts are seen by
+//! `/api/v1/posts`, their comments, and `/api/v1/tags` (the API contract, Blog). Drafts are seen by
 //! their author only; everyone else gets 404, as if they did not exist.
 
 use axum::http::{header, HeaderValue};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![
         draft,

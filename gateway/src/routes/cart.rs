@@ -1,4 +1,4 @@
-//! `/api/v1/cart` (API.md, "Catalog edits and the cart"): the caller's own cart, the only
+//! `/api/v1/cart` (the API contract, "Catalog edits and the cart"): the caller's own cart, the only
 //! one a caller can reach (no route names a cart: it is the caller's).
 
 use chronicle_commands::CommandError;
@@ -10,12 +10,12 @@ use serde::Deserialize;
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![get, set_line, remove_line, empty, checkout]
 }
 
-/// `?min_version=N` (API.md Read-your-writes).
+/// `?min_version=N` (the API contract Read-your-writes).
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
     min_version: Option<u64>,

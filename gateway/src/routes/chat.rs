@@ -1,4 +1,4 @@
-//! `/api/v1/rooms` (API.md, Chat): rooms, members, messages, read marks. Members only: a
+//! `/api/v1/rooms` (the API contract, Chat): rooms, members, messages, read marks. Members only: a
 //! room's history is 403 to anyone else. (The WebSocket hub is not built yet.)
 
 use chronicle_chat::{
@@ -16,7 +16,7 @@ use super::{
     prelude::*,
 };
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![
         create,
@@ -211,7 +211,7 @@ pub async fn send(
         check_client_msg_id(&message.client_msg_id),
         check_file_ids(&message.file_ids),
     ]))?;
-    // `client_msg_id` is this route's idempotency key (API.md): a repeat answers the first
+    // `client_msg_id` is this route's idempotency key (the API contract): a repeat answers the first
     // message from the room itself, so no response is stored under `Idempotency-Key`.
     let ctx = CommandContext {
         idempotency: None,
@@ -313,7 +313,7 @@ pub struct MessagesParams {
 }
 
 /// Which way a history page goes, and from where: what a `next_cursor` carries, so a client
-/// that follows it (API.md, "Pagination") keeps going the same way and ends.
+/// that follows it (the API contract, "Pagination") keeps going the same way and ends.
 fn window_cursor(window: Window) -> Option<String> {
     match window {
         Window::Latest => None,

@@ -1,4 +1,4 @@
-//! `/api/v1/files` (API.md, Files): upload (multipart), metadata, the bytes (streamed,
+//! `/api/v1/files` (the API contract, Files): upload (multipart), metadata, the bytes (streamed,
 //! `Range`, `ETag`, `If-None-Match`), the caller's files, deletion. Only the owner sees a
 //! file: anyone else gets 404, as for a file that does not exist.
 //!
@@ -33,7 +33,7 @@ use serde_json::json;
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![list, metadata, remove, content, share, revoke, shared]
         // The multipart envelope around a file of the largest size.

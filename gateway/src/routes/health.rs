@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::Routes;
 use crate::state::AppState;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![health, crate::observe::metrics]
 }

@@ -1,4 +1,4 @@
-//! `/api/v1/auth/*` and `/api/v1/users/*` (API.md, Identity).
+//! `/api/v1/auth/*` and `/api/v1/users/*` (the API contract, Identity).
 
 use chronicle_commands::Credentials;
 use chronicle_commands::{Executed, StoredResponse, UniqueClaim};
@@ -14,7 +14,7 @@ use crate::{
     extract::RequestId,
 };
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![register, login, find_users, get_user, change_profile]
 }

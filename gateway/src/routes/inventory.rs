@@ -1,4 +1,4 @@
-//! `/api/v1/inventory/items` (API.md, Commerce: inventory).
+//! `/api/v1/inventory/items` (the API contract, Commerce: inventory).
 
 use chronicle_commerce::{
     check_description, check_initial_stock, check_item_name, check_price, check_quantity,
@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![create, list, get, receive, change, discontinue]
 }
@@ -146,7 +146,7 @@ pub async fn discontinue(
     item_command(&state, &sku, (caller, if_match, key), b"", command).await
 }
 
-/// `?min_version=N` of a single-aggregate read (API.md Read-your-writes).
+/// `?min_version=N` of a single-aggregate read (the API contract Read-your-writes).
 #[derive(Debug, Deserialize)]
 pub struct ReadParams {
     pub(crate) min_version: Option<u64>,

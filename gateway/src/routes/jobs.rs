@@ -1,4 +1,4 @@
-//! `/api/v1/jobs` (API.md, Scheduler): a caller's jobs, their runs, pause, resume, delete.
+//! `/api/v1/jobs` (the API contract, Scheduler): a caller's jobs, their runs, pause, resume, delete.
 //! Only a job's owner sees it or acts on it; another user's job is 404, like one that does
 //! not exist.
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![create, list, get, delete, runs, pause, resume]
 }

@@ -166,7 +166,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("content-type"),
             HeaderName::from_static("if-match"),
             HeaderName::from_static("idempotency-key"),
-            // tus 1.0 (API.md, Files), for browser clients such as tus-js-client.
+            // tus 1.0 (the API contract, Files), for browser clients such as tus-js-client.
             HeaderName::from_static("tus-resumable"),
             HeaderName::from_static("upload-length"),
             HeaderName::from_static("upload-offset"),
@@ -236,7 +236,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(crate::observe::record))
         .with_state(state.clone());
     // CORS answers every OPTIONS itself; an OPTIONS that is not a preflight (tus discovery,
-    // API.md Files) goes to the routes.
+    // the API contract Files) goes to the routes.
     let with_cors = routes.clone().layer(cors(&state.config.cors_origins));
     Router::new()
         .fallback(move |request: Request<axum::body::Body>| {

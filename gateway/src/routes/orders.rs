@@ -1,4 +1,4 @@
-//! `/api/v1/orders` and `/api/v1/coupons` (API.md, Commerce: orders). Only an order's
+//! `/api/v1/orders` and `/api/v1/coupons` (the API contract, Commerce: orders). Only an order's
 //! customer sees it or acts on it.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::prelude::*;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![
         place,
@@ -320,7 +320,7 @@ pub async fn pay(
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Mark a paid order shipped (its customer only, API.md)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
+#[utoipa::path(post, path = "/api/v1/orders/{id}/ship", tag = "orders", summary = "Mark a paid order shipped (its customer only)", params(("id" = String, Path)), responses((status = 200, description = "200: {\"id\",\"status\",\"version\"}", body = crate::schema::IdStatusVersion), crate::schema::Problems))]
 pub async fn ship(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,

@@ -1,4 +1,4 @@
-//! Cursor pagination (API.md): `?limit=` 1–200 (default 50), `?cursor=` opaque, answers
+//! Cursor pagination (the API contract): `?limit=` 1–200 (default 50), `?cursor=` opaque, answers
 //! `{"items": [...], "next_cursor": "..." | null}`.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};

@@ -1,5 +1,5 @@
 //! `GET /api/v1/projections` (each reader of the log: checkpoint, lag, parked events) and
-//! the staff routes over parked events (API.md, Health and operations).
+//! the staff routes over parked events (the API contract, Health and operations).
 
 use axum::{extract::State, http::StatusCode, Json};
 use chronicle_bus::{ParkedEvent, RetryOutcome, SubscriberError, SubscriberRef, SubscriberStatus};
@@ -12,7 +12,7 @@ use crate::{
     state::AppState,
 };
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![list, parked, retry]
 }

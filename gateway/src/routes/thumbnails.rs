@@ -1,4 +1,4 @@
-//! `GET /api/v1/files/{id}/thumbnail?width=N&height=M&fit=contain|cover` (API.md, Files): a
+//! `GET /api/v1/files/{id}/thumbnail?width=N&height=M&fit=contain|cover` (the API contract, Files): a
 //! PNG or JPEG thumbnail of an image file, made once per (bytes, box) and kept in the object
 //! store beside the bytes (`thumb.<sha256>.<box>`; removed with them).
 //!

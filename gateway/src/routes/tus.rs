@@ -1,4 +1,4 @@
-//! `/api/v1/files/tus` (API.md, Files): the tus 1.0 resumable upload protocol, so existing
+//! `/api/v1/files/tus` (the API contract, Files): the tus 1.0 resumable upload protocol, so existing
 //! tus clients work unchanged. Core (`HEAD`, `PATCH`, `OPTIONS`) and the extensions
 //! `creation`, `creation-with-upload`, `expiration`, `checksum` (`sha1`, `sha256`) and
 //! `termination`.

@@ -1,4 +1,4 @@
-//! `/api/v1/files/uploads` (API.md, Files): resumable uploads in chunks. The client declares
+//! `/api/v1/files/uploads` (the API contract, Files): resumable uploads in chunks. The client declares
 //! the name, size, hash and content type; sends chunks in any order (a chunk sent again
 //! replaces itself); asks which are missing to resume; completes. Completion reads the
 //! chunks in order into the content-addressed store, and the file exists only if the bytes
@@ -41,7 +41,7 @@ use crate::{
 /// The chunk size this gateway asks for.
 const CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 
-/// This module's routes (API.md).
+/// This module's routes (the API contract).
 pub(super) fn routes() -> Routes {
     documented![start, progress, complete].routes(with_layer(
         utoipa_axum::routes!(chunk),
