@@ -153,9 +153,46 @@ async fn behind(stores: &Stores, client: &Client, token: &str, acked: &Acked) ->
         Err(e) => return Some(format!("reading the jobs: {e}")),
     };
     if jobs != 0 {
-        return Some(format!("{jobs} acknowledged jobs not done"));
+        return Some(format!(
+            "{jobs} acknowledged jobs not done: {}",
+            jobs_not_done(stores, &acked.jobs).await
+        ));
     }
     None
+}
+
+/// What the read model and the store say of the acknowledged jobs not done (the first
+/// five), so that a stall can be told apart: a job the read model lacks, one whose runs
+/// never started, one whose run started and never ended.
+async fn jobs_not_done(stores: &Stores, jobs: &[String]) -> String {
+    // Its id, and the read model's status and wake time and the store's events, if any.
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Result<Vec<Row>, _> = sqlx::query_as(
+        "SELECT j.id, s.status, s.wake_at::text, \
+                    (SELECT string_agg(e.event_type || '@' || e.sequence, ' ' ORDER BY e.sequence) \
+                     FROM scheduler.events e WHERE e.aggregate_id = j.id) \
+             FROM unnest($1::text[]) AS j(id) \
+             LEFT JOIN scheduler.scheduler_jobs s ON s.job_id = j.id \
+             WHERE s.status IS DISTINCT FROM 'done' LIMIT 5",
+    )
+    .bind(jobs)
+    .fetch_all(stores.of("scheduler"))
+    .await;
+    match rows {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|(id, status, wake_at, events)| {
+                format!(
+                    "{id} (read model: {}, wake_at {}; events: {})",
+                    status.as_deref().unwrap_or("absent"),
+                    wake_at.as_deref().unwrap_or("none"),
+                    events.as_deref().unwrap_or("none")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("(reading them failed: {e})"),
+    }
 }
 
 /// Every command answered with a version is in the events table at that version; every

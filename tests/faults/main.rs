@@ -228,7 +228,13 @@ async fn scenario(options: &Options, mode: Nats, seconds: u64, kills: usize) {
     );
 
     let fail = |what: String, system: &Arc<Mutex<System>>| -> ! {
-        let system = system.lock().unwrap();
+        // Another thread may have panicked holding it; the logs are still worth showing.
+        let mut system = system
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The logs of every process stay for a look after the run.
+        system.dir.disable_cleanup(true);
+        eprintln!("faults: the logs stay in {}", system.dir.path().display());
         for role in &system.roles {
             eprintln!(
                 "--- {} (exited by itself {} times)\n{}",
