@@ -99,9 +99,16 @@ async fn outbox_empty(pool: &PgPool) -> anyhow::Result<()> {
 async fn chronicle(
     servers: &Servers,
     concurrency: usize,
-    config: ExecutorConfig,
+    mut config: ExecutorConfig,
     label: &'static str,
 ) -> anyhow::Result<Measurement> {
+    // BENCH_GROUPS_IN_FLIGHT overrides how many commit groups may be in flight at once.
+    if let Some(n) = std::env::var("BENCH_GROUPS_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.groups_in_flight = n;
+    }
     let fresh = servers.fresh().await?;
     let bus = CommandExecutor::with_config(EventStore::new(fresh.pool.clone()), config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -37,9 +37,9 @@ struct Store {
 }
 
 impl Store {
-    fn spawn(store: EventStore, max_group: usize) -> Self {
+    fn spawn(store: EventStore, config: &ExecutorConfig) -> Self {
         Self {
-            committer: Committer::spawn(store.clone(), max_group),
+            committer: Committer::spawn(store.clone(), config.max_group, config.groups_in_flight),
             store,
         }
     }
@@ -80,6 +80,9 @@ pub struct ExecutorConfig {
     pub snapshot_every: u64,
     /// Most commands committed in one transaction (group commit).
     pub max_group: usize,
+    /// Most groups committing at once: the next group forms and is sent while the ones
+    /// before are being made durable (1: one group at a time).
+    pub groups_in_flight: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -88,6 +91,7 @@ impl Default for ExecutorConfig {
             cache_capacity: 100_000,
             snapshot_every: 100,
             max_group: 256,
+            groups_in_flight: 2,
         }
     }
 }
@@ -149,7 +153,7 @@ impl CommandExecutor {
 
     /// An executor storing every aggregate in `store`.
     pub fn with_config(store: EventStore, config: ExecutorConfig) -> Self {
-        let one = Store::spawn(store, config.max_group);
+        let one = Store::spawn(store, &config);
         Self::on(Stores::One(one), config)
     }
 
@@ -160,7 +164,7 @@ impl CommandExecutor {
             .contexts()
             .map(|(context, pool)| {
                 let store = EventStore::new(pool.clone()).with_faults(faults.clone());
-                (context, Store::spawn(store, config.max_group))
+                (context, Store::spawn(store, &config))
             })
             .collect();
         Self::on(Stores::PerContext(stores), config)

@@ -15,6 +15,31 @@ fn bus_with(pool: &PgPool, config: ExecutorConfig) -> CommandExecutor {
     CommandExecutor::with_config(EventStore::new(pool.clone()), config)
 }
 
+/// Receives one unit of `sku` on a task of its own.
+fn receive_in_background(bus: &CommandExecutor, sku: &'static str) -> tokio::task::JoinHandle<()> {
+    let bus = bus.clone();
+    tokio::spawn(async move { receive(&bus, sku, 1).await })
+}
+
+/// Returns once a connection of the test's database waits on a lock: a group held there.
+async fn until_a_group_waits_on_a_lock(pool: &PgPool) {
+    chronicle_tests::eventually(
+        "a group to wait on the lock",
+        std::time::Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database()",
+            )
+            .fetch_one(pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn groups_committed(pool: &PgPool) -> i64 {
     // Each group is one transaction, so the events of a group share its xmin.
     sqlx::query_scalar("SELECT count(DISTINCT xmin::text) FROM events")
@@ -314,25 +339,8 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
         .execute(&mut *blocker)
         .await
         .unwrap();
-    let first = tokio::spawn({
-        let bus = bus.clone();
-        async move { receive(&bus, "Y", 1).await }
-    });
-    chronicle_tests::eventually(
-        "the first group to wait on the lock",
-        Duration::from_secs(10),
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND datname = current_database()",
-            )
-            .fetch_one(&pool)
-            .await
-            .ok()?;
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
+    let first = receive_in_background(&bus, "Y");
+    until_a_group_waits_on_a_lock(&pool).await;
     // A caller on X gives up while its append waits in the committer's queue.
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
@@ -566,4 +574,71 @@ async fn a_batch_leader_giving_up_does_not_fail_the_commands_it_carries() {
         other => panic!("b was carried by a's batch and must be answered: {other:?}"),
     }
     assert_eq!(count(&pool, "events").await, 4);
+}
+
+/// Pipelined group commit: while a group is still committing (here it waits on a row
+/// another transaction holds, as it would on its flush), the next group forms and commits
+/// beside it. With one group in flight at a time, the next waits behind it instead; and an
+/// aggregate's next append never overtakes its append in flight.
+#[tokio::test]
+async fn the_next_group_commits_while_the_one_before_is_still_committing() {
+    for in_flight in [2, 1] {
+        let db = TestDb::new().await;
+        let pool = db.pool().await;
+        let bus = bus_with(
+            &pool,
+            ExecutorConfig {
+                groups_in_flight: in_flight,
+                ..ExecutorConfig::default()
+            },
+        );
+        let version = create_item(&bus, "SKU-A", 0).await;
+        // Another transaction holds the row SKU-A's next event takes.
+        let mut blocker = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata) \
+             SELECT aggregate_type, aggregate_id, sequence + 1, event_type, event_version, \
+                    payload, metadata \
+             FROM events WHERE aggregate_id = 'SKU-A' AND sequence = $1",
+        )
+        .bind(i64::try_from(version).unwrap())
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+        let held = receive_in_background(&bus, "SKU-A");
+        // Its group now waits on that row.
+        until_a_group_waits_on_a_lock(&pool).await;
+        let mut other = tokio::spawn({
+            let bus = bus.clone();
+            async move { create_item(&bus, "SKU-B", 0).await }
+        });
+        let overtook =
+            match tokio::time::timeout(std::time::Duration::from_secs(2), &mut other).await {
+                Ok(created) => {
+                    assert_eq!(created.unwrap(), 1);
+                    true
+                }
+                Err(_) => false,
+            };
+        assert_eq!(
+            overtook,
+            in_flight > 1,
+            "with {in_flight} group(s) in flight, SKU-B committed while SKU-A's group waited: {overtook}"
+        );
+        assert!(!held.is_finished(), "SKU-A's append went past the held row");
+        blocker.rollback().await.unwrap();
+        held.await.unwrap();
+        if !overtook {
+            assert_eq!(other.await.unwrap(), 1);
+        }
+        let sequences: Vec<i64> = sqlx::query_scalar(
+            "SELECT sequence FROM events WHERE aggregate_id = 'SKU-A' ORDER BY sequence",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let all: Vec<i64> = (1..=i64::try_from(version).unwrap() + 1).collect();
+        assert_eq!(sequences, all, "SKU-A's events, each once and in order");
+    }
 }
