@@ -118,19 +118,15 @@ fn docker_compose_accepts_the_file() {
 
 fn docker_compose_accepts(file: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = std::process::Command::new("docker-compose")
-        .args(["-f", file, "config", "-q"])
-        .current_dir(&root)
-        .env("POSTGRES_PASSWORD", "example")
-        .env(
-            "CHRONICLE_JWT_SECRET",
-            "example-secret-of-at-least-32-bytes!",
-        )
-        .output()
-        .expect("docker-compose (scripts/setup installs Debian's)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    // Debian's docker-compose, which scripts/setup installs.
+    chronicle_tests::output_of(
+        std::process::Command::new("docker-compose")
+            .args(["-f", file, "config", "-q"])
+            .current_dir(&root)
+            .env("POSTGRES_PASSWORD", "example")
+            .env(
+                "CHRONICLE_JWT_SECRET",
+                "example-secret-of-at-least-32-bytes!",
+            ),
     );
 }

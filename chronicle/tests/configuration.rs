@@ -5,19 +5,13 @@
 use std::{path::Path, process::Command};
 
 fn chronicle(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("CHRONICLE_JWT_SECRET")
-        .envs(env.iter().copied())
-        .output()
-        .expect("running chronicle");
-    assert!(
-        out.status.success(),
-        "chronicle {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    chronicle_tests::output_of(
+        Command::new(env!("CARGO_BIN_EXE_chronicle"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("CHRONICLE_JWT_SECRET")
+            .envs(env.iter().copied()),
+    )
 }
 
 fn root() -> &'static Path {

@@ -386,21 +386,15 @@ impl System {
 
     /// Runs `chronicle <args>` once on the system's servers; its stdout.
     pub fn run_once(&self, args: &[&str]) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-            .args(args)
-            .env("DATABASE_URL", &self.postgres.url)
-            .env("NATS_URL", self.nats_url())
-            .envs(self.store_env())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .expect("the chronicle binary runs");
-        assert!(
-            output.status.success(),
-            "chronicle {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        chronicle_tests::output_of(
+            Command::new(env!("CARGO_BIN_EXE_chronicle"))
+                .args(args)
+                .env("DATABASE_URL", &self.postgres.url)
+                .env("NATS_URL", self.nats_url())
+                .envs(self.store_env())
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null()),
+        )
     }
 
     pub fn log_dir(&self) -> &Path {

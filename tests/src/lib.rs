@@ -32,6 +32,21 @@ pub use hook::{Answer, Hook};
 pub use smtp::SmtpServer;
 
 /// The lowercase hex SHA-256 of `bytes`, as the files API names content.
+/// Runs `command` to its end and returns what it printed on stdout; fails the test, with
+/// what it said on stderr, when it cannot start or exits unsuccessfully.
+pub fn output_of(command: &mut std::process::Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} did not start: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Every file under `dir` whose name ends with `ending` (`.rs`, `.md`), skipping hidden
 /// directories, `target` and `node_modules`: what tests that read the repository's own
 /// sources or pages walk.
