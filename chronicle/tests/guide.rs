@@ -5,9 +5,10 @@
 //! compared with what the command printed, by shape.
 //!
 //! How an answer is read:
-//! - The first comment line under a command that starts with `{` or `[` is its answer; the
-//!   JSON value at its start is compared, and the rest of the line and the next comment
-//!   lines are prose.
+//! - The first comment line right under a command is its answer. One that starts with `{`
+//!   or `[` is JSON: the value at its start is compared, and the rest of the line and the
+//!   next comment lines are prose. Any other is the exact text the command prints (a
+//!   downloaded file's bytes).
 //! - `...` where a member of an object would stand: the object may have more members. As
 //!   the last element of an array: more elements may follow. Anywhere else: any value.
 //! - A string containing `...` stands for any string (ids, times, tokens).
@@ -34,7 +35,16 @@ use std::{
 struct Step {
     line: usize,
     command: String,
-    answer: Option<Value>,
+    answer: Option<Answer>,
+}
+
+/// What a command is shown to print.
+#[derive(Debug)]
+enum Answer {
+    /// JSON, compared by shape.
+    Json(Value),
+    /// Text, compared as it is.
+    Text(String),
 }
 
 const ANY: &str = "\u{2063}any";
@@ -92,10 +102,16 @@ fn run_page(name: &str, text: &str, least: usize) {
             let (status, printed) = shell.run(&command);
             let outcome = if status != 0 {
                 Err(format!("exited {status}"))
-            } else if let Some(answer) = &step.answer {
+            } else if let Some(Answer::Json(answer)) = &step.answer {
                 serde_json::from_str::<Value>(printed.trim())
                     .map_err(|e| format!("not JSON ({e})"))
                     .and_then(|actual| matches(answer, &actual, "$"))
+            } else if let Some(Answer::Text(text)) = &step.answer {
+                if printed.trim() == text {
+                    Ok(())
+                } else {
+                    Err(format!("the guide shows {text:?}"))
+                }
             } else {
                 Ok(())
             };
@@ -183,12 +199,15 @@ fn steps(name: &str, page: &str) -> Vec<Step> {
         let trimmed = line.trim();
         if let Some(comment) = trimmed.strip_prefix('#') {
             let comment = comment.trim_start();
-            if !answered && (comment.starts_with('{') || comment.starts_with('[')) {
+            if !answered {
                 let step = steps.last_mut().expect("an answer follows a command");
-                step.answer =
-                    Some(answer(comment).unwrap_or_else(|e| {
+                step.answer = Some(if comment.starts_with('{') || comment.starts_with('[') {
+                    Answer::Json(answer(comment).unwrap_or_else(|e| {
                         panic!("{name}:{number}: the answer does not read: {e}")
-                    }));
+                    }))
+                } else {
+                    Answer::Text(comment.to_owned())
+                });
                 answered = true;
             }
             continue;
