@@ -10,6 +10,9 @@
 //! - [`contexts`]: the one list of bounded contexts, each with its routes, read models and
 //!   processes; the component list, the gateway and the tools read it.
 //!
+//! - [`roles`]: the processes of the contexts still in the shared crates (the order saga,
+//!   the cart sweeper, the files janitor, the scheduler), as values the list names.
+//!
 //! - [`schemas`]: `chronicle schemas export`, the event contracts as files.
 //!
 //! - [`payments`]: the simulated payment provider the order processes (gateways charging,

@@ -4,10 +4,15 @@
 //!
 //! - `settings`: the typed configuration (`CHRONICLE_*`, `DATABASE_URL`, `NATS_URL`).
 //! - `engines`: `chronicle up`'s own nats-server and PostgreSQL when no URLs are given.
-//! - `processes`: gateway, relay, projectors and sagas as tasks sharing one shutdown signal.
+//! - `processes`: gateway, relay, projectors and the contexts' processes as tasks sharing
+//!   one shutdown signal; replay, and the operator commands (`projections`, `users`).
+//! - `reference`: `chronicle config`, the settings in effect and the configuration
+//!   reference (`docs/configuration.md`), written from the command line itself.
+//! - `tail`: `chronicle events tail`, the log as it grows.
 //!
-//! `chronicle up` runs them all in one process; `gateway`, `relay`, `project`, `saga` run one each
-//! against servers named by `DATABASE_URL` and `NATS_URL`.
+//! `chronicle up` runs them all in one process; `gateway`, `relay`, `project` and each
+//! context's process (`saga orders`, `scheduler`, ...) run one each against servers named by
+//! `DATABASE_URL` and `NATS_URL`.
 
 /// mimalloc instead of glibc's malloc: replay and the write path allocate many small
 /// objects (decoded envelopes, JSON values); W2's replay went from ~60k to ~100k events/s.
