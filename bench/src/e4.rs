@@ -39,6 +39,19 @@ fn spec(name: &str, schedule: Schedule) -> JobSpec {
     }
 }
 
+/// The write path's tuning; `BENCH_GROUPS_IN_FLIGHT` overrides how many commit groups may
+/// be in flight at once.
+fn executor_config() -> chronicle_commands::ExecutorConfig {
+    let mut config = chronicle_commands::ExecutorConfig::default();
+    if let Some(n) = std::env::var("BENCH_GROUPS_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.groups_in_flight = n;
+    }
+    config
+}
+
 async fn create(bus: &CommandExecutor, id: String, spec: JobSpec) -> anyhow::Result<()> {
     bus.execute::<Job>(
         &id,
@@ -137,7 +150,7 @@ pub async fn run(
             |_, options| options,
         ),
         &Default::default(),
-        Default::default(),
+        executor_config(),
     ));
 
     // One-shot jobs, all due at one instant far enough ahead to create and project them.
