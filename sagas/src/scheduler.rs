@@ -332,15 +332,24 @@ impl Core {
         for (job_id, job, version) in primed {
             self.bus.prime::<Job>(&job_id, job, version).await;
         }
-        // Event-triggered jobs with an event to run for (or a pause to record).
+        // Event-triggered jobs with an event to run for (or a pause to record). The due
+        // jobs above are marked in flight already and must be driven whatever happens here:
+        // a job marked and never driven is passed over by every later poll.
         let room = i64::try_from(limit.saturating_sub(taken.len())).unwrap_or(0);
         if room > 0 {
-            let waiting = job_triggers::waiting(&self.pool, &buckets, room).await?;
-            let mut inflight = self
-                .inflight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            taken.extend(waiting.into_iter().filter(|id| inflight.insert(id.clone())));
+            match job_triggers::waiting(&self.pool, &buckets, room).await {
+                Ok(waiting) => {
+                    let mut inflight = self
+                        .inflight
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    taken.extend(waiting.into_iter().filter(|id| inflight.insert(id.clone())));
+                }
+                Err(e) => tracing::warn!(
+                    error = %ErrorChain(&e),
+                    "reading the events jobs wait for failed; the next poll asks again"
+                ),
+            }
         }
         Ok((taken, full))
     }

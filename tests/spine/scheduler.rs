@@ -376,3 +376,26 @@ async fn bad_jobs_are_refused_with_why_and_change_nothing() {
         "the one job and mallory's registration"
     );
 }
+
+/// Regression (the fault suite, twice): the poll marks the due jobs it reads as its own,
+/// then reads the events that event-triggered jobs wait for. When that second read failed
+/// (PostgreSQL killed between the two), the poll gave up with the due jobs still marked,
+/// and every later poll passed them over: they never ran. Here the second read fails for
+/// good (its table is gone), and a job due beyond the hint's reach (the poll's to find)
+/// must still run.
+#[tokio::test]
+async fn a_due_job_runs_though_reading_what_triggered_jobs_wait_for_fails() {
+    let app = TestApp::spawn().await;
+    sqlx::query("ALTER TABLE scheduler.scheduler_triggers RENAME TO scheduler_triggers_gone")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // Due after the scheduler's hold (10 s), so no hint takes it up: the poll does.
+    let id = create(
+        &app,
+        json!({"name": "polled", "schedule": {"after_seconds": 11},
+               "action": {"kind": "command", "command": "noop"}}),
+    )
+    .await;
+    with_status(&app, &id, "done", Duration::from_secs(40)).await;
+}
