@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use chronicle_bus::{Faults, Relay, RelayConfig};
-use chronicle_commands::{CommandContext, CommandExecutor, EventStore, Executed};
-use chronicle_commerce::{InventoryCommand, InventoryItem};
+use chronicle_commands::{CommandContext, CommandError, CommandExecutor, EventStore, Executed};
+use chronicle_commerce::{InventoryCommand, InventoryError, InventoryItem};
 use chronicle_projections::{inventory::InventoryProjection, Projector, ProjectorConfig};
 use chronicle_schemas::Envelope;
 use futures::StreamExt;
@@ -39,14 +39,30 @@ pub async fn create_item(bus: &CommandExecutor, sku: &str, stock: u64) -> u64 {
 }
 
 pub async fn receive(bus: &CommandExecutor, sku: &str, quantity: u64) {
-    bus.execute::<InventoryItem>(
-        sku,
-        InventoryCommand::Receive { quantity },
-        &(),
-        &CommandContext::new(),
-    )
-    .await
-    .expect("receiving stock succeeds");
+    inventory(bus, sku, receipt(quantity), &CommandContext::new())
+        .await
+        .expect("receiving stock succeeds");
+}
+
+/// Runs an inventory command on item `sku`.
+pub async fn inventory(
+    bus: &CommandExecutor,
+    sku: &str,
+    command: InventoryCommand,
+    ctx: &CommandContext,
+) -> Result<Executed, CommandError<InventoryError>> {
+    bus.execute::<InventoryItem>(sku, command, &(), ctx).await
+}
+
+pub fn receipt(quantity: u64) -> InventoryCommand {
+    InventoryCommand::Receive { quantity }
+}
+
+pub fn reservation(reservation_id: impl Into<String>, quantity: u64) -> InventoryCommand {
+    InventoryCommand::Reserve {
+        reservation_id: reservation_id.into(),
+        quantity,
+    }
 }
 
 pub async fn count(pool: &PgPool, table: &str) -> i64 {

@@ -12,7 +12,9 @@ use chronicle_tests::{eventually, Hook, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{assert_replays_byte_for_byte, invalid_fields, post_receipt, problem};
+use crate::common::{
+    assert_replays_byte_for_byte, invalid_fields, inventory, post_receipt, problem, receipt,
+};
 
 /// A job run for every `StockReceived` of commerce, calling `path` of `hook`.
 fn on_stock(hook: &Hook, path: &str, extra: Value) -> Value {
@@ -244,8 +246,7 @@ async fn a_thousand_events_at_once_run_once_each_in_log_order() {
     .await;
     // More than a batch of the projector (500) and of the scheduler's poll (1,000 jobs).
     for _ in 0..1_000 {
-        commands
-            .execute::<InventoryItem>("EV-5", InventoryCommand::Receive { quantity: 1 }, &(), &ctx)
+        inventory(&commands, "EV-5", receipt(1), &ctx)
             .await
             .unwrap();
     }

@@ -4,12 +4,12 @@ use chronicle_commands::{
     CommandContext, CommandError, CommandExecutor, EventStore, Executed, ExecutorConfig,
     IdempotencyKey, RetryPolicy,
 };
-use chronicle_commerce::{InventoryCommand, InventoryError, InventoryItem};
+use chronicle_commerce::{InventoryError, InventoryItem};
 use chronicle_tests::TestDb;
 use futures::future::join_all;
 use sqlx::PgPool;
 
-use crate::common::{count, create_item, receive};
+use crate::common::{count, create_item, inventory, receipt, receive, reservation};
 
 fn bus_with(pool: &PgPool, config: ExecutorConfig) -> CommandExecutor {
     CommandExecutor::with_config(EventStore::new(pool.clone()), config)
@@ -84,15 +84,7 @@ async fn a_conflicting_command_fails_alone_and_its_group_neighbours_commit() {
     };
     let commands = (0..20).map(|i| {
         let (bus, ctx) = (bus.clone(), no_retry.clone());
-        async move {
-            bus.execute::<InventoryItem>(
-                &format!("SKU-{i}"),
-                InventoryCommand::Receive { quantity: 5 },
-                &(),
-                &ctx,
-            )
-            .await
-        }
+        async move { inventory(&bus, &format!("SKU-{i}"), receipt(5), &ctx).await }
     });
     let results = join_all(commands).await;
     assert!(
@@ -137,33 +129,25 @@ async fn a_refusal_decided_on_a_stale_cache_is_decided_again_on_fresh_state() {
     create_item(&cached, "SKU-1", 0).await;
     // Stock arrives through another process; the cached copy still says 0.
     receive(&bus_with(&pool, ExecutorConfig::uncached()), "SKU-1", 3).await;
-    let reserve = cached
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Reserve {
-                reservation_id: "o1".into(),
-                quantity: 2,
-            },
-            &(),
-            &CommandContext::new(),
-        )
-        .await;
+    let reserve = inventory(
+        &cached,
+        "SKU-1",
+        reservation("o1", 2),
+        &CommandContext::new(),
+    )
+    .await;
     assert!(
         matches!(reserve, Ok(Executed::Committed(ref c)) if c.version == 3),
         "{reserve:?}"
     );
     // And a true refusal is still a refusal.
-    let too_many = cached
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Reserve {
-                reservation_id: "o2".into(),
-                quantity: 2,
-            },
-            &(),
-            &CommandContext::new(),
-        )
-        .await;
+    let too_many = inventory(
+        &cached,
+        "SKU-1",
+        reservation("o2", 2),
+        &CommandContext::new(),
+    )
+    .await;
     assert!(matches!(
         too_many,
         Err(CommandError::Rejected(InventoryError::InsufficientStock {
@@ -231,13 +215,7 @@ async fn idempotency_keys_inside_one_group_are_each_decided_once() {
                 )),
                 ..CommandContext::new()
             };
-            bus.execute::<InventoryItem>(
-                &format!("SKU-{i}"),
-                InventoryCommand::Receive { quantity: 1 },
-                &(),
-                &ctx,
-            )
-            .await
+            inventory(&bus, &format!("SKU-{i}"), receipt(1), &ctx).await
         }
     });
     let results = join_all(sends).await;
@@ -275,13 +253,7 @@ async fn a_crash_before_a_group_commits_loses_the_whole_group_and_nothing_else()
                 retry: RetryPolicy::NEVER,
                 ..CommandContext::new()
             };
-            bus.execute::<InventoryItem>(
-                &format!("SKU-{i}"),
-                InventoryCommand::Receive { quantity: 1 },
-                &(),
-                &ctx,
-            )
-            .await
+            inventory(&bus, &format!("SKU-{i}"), receipt(1), &ctx).await
         }
     });
     let results = join_all(commands).await;
@@ -344,12 +316,7 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
     // A caller on X gives up while its append waits in the committer's queue.
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
-        bus.execute::<InventoryItem>(
-            "X",
-            InventoryCommand::Receive { quantity: 1 },
-            &(),
-            &CommandContext::new(),
-        ),
+        inventory(&bus, "X", receipt(1), &CommandContext::new()),
     )
     .await;
     assert!(
@@ -359,15 +326,7 @@ async fn a_cancelled_caller_never_leaves_two_appends_of_one_aggregate_in_a_group
     // The next command on X decides on the same version as the cancelled one.
     let second = tokio::spawn({
         let bus = bus.clone();
-        async move {
-            bus.execute::<InventoryItem>(
-                "X",
-                InventoryCommand::Receive { quantity: 2 },
-                &(),
-                &CommandContext::new(),
-            )
-            .await
-        }
+        async move { inventory(&bus, "X", receipt(2), &CommandContext::new()).await }
     });
     let other = tokio::spawn({
         let bus = bus.clone();
@@ -426,16 +385,7 @@ async fn commands_queued_on_one_aggregate_commit_together_each_decided_in_turn()
         let ctx = CommandContext::new();
         let correlation_id = ctx.correlation_id;
         let handle = tokio::spawn(async move {
-            bus.execute::<InventoryItem>(
-                "HOT",
-                InventoryCommand::Reserve {
-                    reservation_id: format!("r{n}"),
-                    quantity: 1,
-                },
-                &(),
-                &ctx,
-            )
-            .await
+            inventory(&bus, "HOT", reservation(format!("r{n}"), 1), &ctx).await
         });
         (format!("r{n}"), correlation_id, handle)
     };
@@ -534,13 +484,10 @@ async fn a_batch_leader_giving_up_does_not_fail_the_commands_it_carries() {
         let bus = bus.clone();
         let reservation_id = n.to_owned();
         tokio::spawn(async move {
-            bus.execute::<InventoryItem>(
+            inventory(
+                &bus,
                 "HOT",
-                InventoryCommand::Reserve {
-                    reservation_id,
-                    quantity: 1,
-                },
-                &(),
+                reservation(reservation_id, 1),
                 &CommandContext::new(),
             )
             .await

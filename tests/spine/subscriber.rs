@@ -76,7 +76,7 @@ fn start_observed_projector(
 /// Servers, a relay and a command bus: what each test here starts from.
 struct Spine {
     _db: TestDb,
-    _nats: TestNats,
+    nats: TestNats,
     pool: PgPool,
     client: async_nats::Client,
     relay: crate::common::RunningRelay,
@@ -89,16 +89,20 @@ impl Spine {
         let pool = db
             .context_pool(chronicle_commands::contexts::COMMERCE)
             .await;
-        let client = nats.client().await;
+        let client = chronicle_bus::connect(&nats.url()).await.unwrap();
         let relay = start_relay(&pool, &client, Default::default());
         Self {
             bus: bus(&pool),
             _db: db,
-            _nats: nats,
+            nats,
             pool,
             client,
             relay,
         }
+    }
+
+    async fn stop(self) {
+        self.relay.stop().await;
     }
 }
 
@@ -120,18 +124,14 @@ async fn wait_items(pool: &PgPool, n: i64, within: Duration) {
 /// later messages had moved, and was skipped for good.
 #[tokio::test]
 async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_read_model() {
+    let spine = Spine::start().await;
     let Spine {
-        _db,
-        _nats,
-        pool,
-        client,
-        relay,
-        bus,
-    } = Spine::start().await;
+        pool, client, bus, ..
+    } = &spine;
     let counts = Arc::new(Counts::default());
-    let projector = start_observed_projector(&pool, &client, counts.clone());
-    create_item(&bus, "FIRST", 1).await;
-    wait_items(&pool, 1, Duration::from_secs(20)).await;
+    let projector = start_observed_projector(pool, client, counts.clone());
+    create_item(bus, "FIRST", 1).await;
+    wait_items(pool, 1, Duration::from_secs(20)).await;
 
     // Hold the projector still: its next batch waits for the checkpoint row, so it stops
     // pulling while the backlog is published.
@@ -143,9 +143,9 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
     .await
     .unwrap();
     for i in 0..600 {
-        create_item(&bus, &format!("SKU-{i:04}"), 1).await;
+        create_item(bus, &format!("SKU-{i:04}"), 1).await;
     }
-    wait_relayed(&pool, &client, 601).await;
+    wait_relayed(pool, client, 601).await;
 
     // Another client takes one message from the projector's durable consumer, never acks.
     let js = jetstream::new(client.clone());
@@ -176,7 +176,7 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
     blocker.rollback().await.unwrap();
 
     // Well within the consumer's 30 s ack wait: the gap is noticed, not waited out.
-    wait_items(&pool, 601, Duration::from_secs(20)).await;
+    wait_items(pool, 601, Duration::from_secs(20)).await;
     assert!(
         counts.repositioned.load(Ordering::SeqCst) >= 1,
         "the observer heard of it"
@@ -187,24 +187,20 @@ async fn a_message_taken_by_another_client_and_never_acked_still_reaches_the_rea
         "each event handled once"
     );
     stop_subscriber(projector).await;
-    relay.stop().await;
+    spine.stop().await;
 }
 
 #[tokio::test]
 async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothing_is_missed() {
+    let spine = Spine::start().await;
     let Spine {
-        _db,
-        _nats,
-        pool,
-        client,
-        relay,
-        bus,
-    } = Spine::start().await;
-    let projector = start_projector(&pool, &client);
+        pool, client, bus, ..
+    } = &spine;
+    let projector = start_projector(pool, client);
     for i in 0..20 {
-        create_item(&bus, &format!("A-{i}"), 1).await;
+        create_item(bus, &format!("A-{i}"), 1).await;
     }
-    wait_items(&pool, 20, Duration::from_secs(20)).await;
+    wait_items(pool, 20, Duration::from_secs(20)).await;
 
     let stream = jetstream::new(client.clone())
         .get_stream("EVENTS")
@@ -212,37 +208,38 @@ async fn the_consumer_deleted_under_a_running_projector_is_made_again_and_nothin
         .unwrap();
     stream.delete_consumer("projector-inventory").await.unwrap();
     for i in 0..20 {
-        create_item(&bus, &format!("B-{i}"), 1).await;
+        create_item(bus, &format!("B-{i}"), 1).await;
     }
-    wait_items(&pool, 40, Duration::from_secs(30)).await;
+    wait_items(pool, 40, Duration::from_secs(30)).await;
     stop_subscriber(projector).await;
-    relay.stop().await;
+    spine.stop().await;
 }
 
 #[tokio::test]
 async fn nats_killed_and_restarted_mid_stream_the_projector_misses_nothing() {
-    let (db, mut nats) = (TestDb::new().await, TestNats::start());
-    let pool = db
-        .context_pool(chronicle_commands::contexts::COMMERCE)
-        .await;
-    let client = chronicle_bus::connect(&nats.url()).await.unwrap();
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
-    let projector = start_projector(&pool, &client);
+    let mut spine = Spine::start().await;
+    let Spine {
+        pool,
+        client,
+        bus,
+        nats,
+        ..
+    } = &mut spine;
+    let projector = start_projector(pool, client);
     for i in 0..50 {
-        create_item(&bus, &format!("A-{i}"), 1).await;
+        create_item(bus, &format!("A-{i}"), 1).await;
     }
     // Killed while the projector is still working through the first backlog.
     nats.server.kill();
     for i in 0..50 {
-        create_item(&bus, &format!("B-{i}"), 1).await;
+        create_item(bus, &format!("B-{i}"), 1).await;
     }
     nats.server
         .restart()
         .expect("nats-server restarts on its port and store");
-    wait_items(&pool, 100, Duration::from_secs(40)).await;
+    wait_items(pool, 100, Duration::from_secs(40)).await;
     stop_subscriber(projector).await;
-    relay.stop().await;
+    spine.stop().await;
 }
 
 /// A handler that records every event it handles and fails on the aggregates in `poisoned`.
@@ -355,31 +352,26 @@ async fn status(pool: &PgPool, client: &async_nats::Client) -> chronicle_bus::Su
 
 #[tokio::test]
 async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_once_fixed() {
+    let spine = Spine::start().await;
     let Spine {
-        _db,
-        _nats,
-        pool,
-        client,
-        relay,
-        bus,
-    } = Spine::start().await;
+        pool, client, bus, ..
+    } = &spine;
     let recorder = Recorder::default();
     recorder.poison("BAD");
     let counts = Arc::new(Counts::default());
-    let running =
-        start_observed_recorder(&pool, &client, &recorder, OnFailure::Park, counts.clone());
+    let running = start_observed_recorder(pool, client, &recorder, OnFailure::Park, counts.clone());
     // In one batch with good events on both sides of it.
-    create_item(&bus, "GOOD-1", 1).await;
-    create_item(&bus, "BAD", 1).await;
-    create_item(&bus, "GOOD-2", 1).await;
+    create_item(bus, "GOOD-1", 1).await;
+    create_item(bus, "BAD", 1).await;
+    create_item(bus, "GOOD-2", 1).await;
     eventually(
         "the good events to be handled",
         Duration::from_secs(20),
-        || async { (recorded(&pool).await == ["GOOD-1", "GOOD-2"]).then_some(()) },
+        || async { (recorded(pool).await == ["GOOD-1", "GOOD-2"]).then_some(()) },
     )
     .await;
 
-    let parked = chronicle_bus::parked(&pool, "recorder").await.unwrap();
+    let parked = chronicle_bus::parked(pool, "recorder").await.unwrap();
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].subject, "events.commerce.inventory_item.BAD");
     assert_eq!(parked[0].event_type, "ItemCreated");
@@ -389,7 +381,7 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
         parked[0].error
     );
     assert_eq!(parked[0].attempts, 3);
-    let reported = status(&pool, &client).await;
+    let reported = status(pool, client).await;
     assert_eq!((reported.status, reported.parked), ("failed", 1));
     assert!(reported.error.unwrap().contains("poisoned"));
     assert_eq!(reported.checkpoint, 3, "the subscriber went on past it");
@@ -397,110 +389,102 @@ async fn an_event_the_handler_keeps_failing_on_is_parked_and_a_retry_applies_it_
     assert_eq!(counts.handled_at_least(2).await, 2);
 
     // Still failing: the retry says so and keeps it parked.
-    let outcome = chronicle_bus::request_retry(&client, "recorder", None)
+    let outcome = chronicle_bus::request_retry(client, "recorder", None)
         .await
         .unwrap();
     assert_eq!((outcome.applied, outcome.still_parked), (0, 1));
     assert_eq!(
-        chronicle_bus::parked(&pool, "recorder").await.unwrap()[0].attempts,
+        chronicle_bus::parked(pool, "recorder").await.unwrap()[0].attempts,
         4
     );
 
     recorder.cure();
     let outcome =
-        chronicle_bus::request_retry(&client, "recorder", Some(parked[0].stream_seq as u64))
+        chronicle_bus::request_retry(client, "recorder", Some(parked[0].stream_seq as u64))
             .await
             .unwrap();
     assert_eq!((outcome.applied, outcome.still_parked), (1, 0));
-    assert_eq!(recorded(&pool).await, ["GOOD-1", "GOOD-2", "BAD"]);
-    assert_eq!(status(&pool, &client).await.status, "live");
+    assert_eq!(recorded(pool).await, ["GOOD-1", "GOOD-2", "BAD"]);
+    assert_eq!(status(pool, client).await.status, "live");
 
     // Nothing runs the subscriber: a retry says so instead of hanging.
     stop_subscriber(running).await;
     assert!(matches!(
-        chronicle_bus::request_retry(&client, "recorder", None).await,
+        chronicle_bus::request_retry(client, "recorder", None).await,
         Err(SubscriberError::NotRunning(_))
     ));
-    relay.stop().await;
+    spine.stop().await;
 }
 
 #[tokio::test]
 async fn with_the_stop_policy_the_subscriber_stays_on_a_failing_event_until_it_is_handled() {
+    let spine = Spine::start().await;
     let Spine {
-        _db,
-        _nats,
-        pool,
-        client,
-        relay,
-        bus,
-    } = Spine::start().await;
+        pool, client, bus, ..
+    } = &spine;
     let recorder = Recorder::default();
     recorder.poison("BAD");
-    let running = start_recorder(&pool, &client, &recorder, OnFailure::Stop);
-    create_item(&bus, "GOOD-1", 1).await;
-    create_item(&bus, "BAD", 1).await;
-    create_item(&bus, "GOOD-2", 1).await;
+    let running = start_recorder(pool, client, &recorder, OnFailure::Stop);
+    create_item(bus, "GOOD-1", 1).await;
+    create_item(bus, "BAD", 1).await;
+    create_item(bus, "GOOD-2", 1).await;
     eventually(
         "the failing event to be reported",
         Duration::from_secs(20),
         || async {
-            let s = status(&pool, &client).await;
+            let s = status(pool, client).await;
             (s.status == "failed").then_some(())
         },
     )
     .await;
-    let reported = status(&pool, &client).await;
+    let reported = status(pool, client).await;
     assert_eq!(reported.checkpoint, 1, "it stays on the failing event");
     assert_eq!(
-        recorded(&pool).await,
+        recorded(pool).await,
         ["GOOD-1"],
         "nothing after it is handled"
     );
 
     recorder.cure();
     // The retry wakes it at once; it then handles the held event and what follows, in order.
-    chronicle_bus::request_retry(&client, "recorder", None)
+    chronicle_bus::request_retry(client, "recorder", None)
         .await
         .unwrap();
     eventually(
         "the rest to be handled in order",
         Duration::from_secs(20),
-        || async { (recorded(&pool).await == ["GOOD-1", "BAD", "GOOD-2"]).then_some(()) },
+        || async { (recorded(pool).await == ["GOOD-1", "BAD", "GOOD-2"]).then_some(()) },
     )
     .await;
     eventually(
         "the parked entry to clear",
         Duration::from_secs(10),
         || async {
-            let s = status(&pool, &client).await;
+            let s = status(pool, client).await;
             (s.status == "live" && s.parked == 0).then_some(())
         },
     )
     .await;
     stop_subscriber(running).await;
-    relay.stop().await;
+    spine.stop().await;
 }
 
 #[tokio::test]
 async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
+    let spine = Spine::start().await;
     let Spine {
-        _db,
-        _nats,
-        pool,
-        client,
-        relay,
-        bus,
-    } = Spine::start().await;
-    let running = start_recorder(&pool, &client, &Recorder::default(), OnFailure::Park);
-    create_item(&bus, "PANIC", 1).await;
-    create_item(&bus, "AFTER", 1).await;
+        pool, client, bus, ..
+    } = &spine;
+    let running = start_recorder(pool, client, &Recorder::default(), OnFailure::Park);
+    create_item(bus, "PANIC", 1).await;
+    create_item(bus, "AFTER", 1).await;
     eventually(
         "the event after the panic",
         Duration::from_secs(20),
-        || async { (recorded(&pool).await == ["AFTER"]).then_some(()) },
+        || async { (recorded(pool).await == ["AFTER"]).then_some(()) },
     )
     .await;
-    let parked = chronicle_bus::parked(&pool, "recorder").await.unwrap();
+    let parked = chronicle_bus::parked(pool, "recorder").await.unwrap();
     assert_eq!(parked.len(), 1);
     assert!(
         parked[0].error.contains("the handler has a bug"),
@@ -508,7 +492,7 @@ async fn a_handler_that_panics_on_an_event_gets_it_parked_and_goes_on() {
         parked[0].error
     );
     stop_subscriber(running).await;
-    relay.stop().await;
+    spine.stop().await;
 }
 
 /// What a live reader was handed, in order.
@@ -530,17 +514,18 @@ impl chronicle_bus::LiveHandler for Heard {
 /// (500) go through, part of them while NATS is down.
 #[tokio::test]
 async fn a_live_reader_hears_every_event_after_its_start_once_in_order_across_a_nats_restart() {
-    let (db, mut nats) = (TestDb::new().await, TestNats::start());
-    let pool = db
-        .context_pool(chronicle_commands::contexts::COMMERCE)
-        .await;
-    let client = chronicle_bus::connect(&nats.url()).await.unwrap();
-    let relay = start_relay(&pool, &client, Default::default());
-    let bus = bus(&pool);
+    let mut spine = Spine::start().await;
+    let Spine {
+        pool,
+        client,
+        bus,
+        nats,
+        ..
+    } = &mut spine;
     for i in 0..5 {
-        create_item(&bus, &format!("before-{i}"), 1).await;
+        create_item(bus, &format!("before-{i}"), 1).await;
     }
-    wait_relayed(&pool, &client, 5).await;
+    wait_relayed(pool, client, 5).await;
     let heard = Heard::default();
     chronicle_bus::LiveSubscriber::new(
         "live-test",
@@ -559,17 +544,17 @@ async fn a_live_reader_hears_every_event_after_its_start_once_in_order_across_a_
     .unwrap()
     .await
     .unwrap();
-    create_item(&bus, "PANIC", 1).await;
+    create_item(bus, "PANIC", 1).await;
     let mut expected = Vec::new();
     for i in 0..400 {
         let sku = format!("A-{i}");
-        create_item(&bus, &sku, 1).await;
+        create_item(bus, &sku, 1).await;
         expected.push(sku);
     }
     nats.server.kill();
     for i in 0..400 {
         let sku = format!("B-{i}");
-        create_item(&bus, &sku, 1).await;
+        create_item(bus, &sku, 1).await;
         expected.push(sku);
     }
     nats.server
@@ -582,5 +567,5 @@ async fn a_live_reader_hears_every_event_after_its_start_once_in_order_across_a_
     // Nothing more comes (no event twice).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(*heard.0.lock().unwrap(), expected);
-    relay.stop().await;
+    spine.stop().await;
 }

@@ -7,7 +7,7 @@ use chronicle_commands::{
 use chronicle_commerce::{InventoryCommand, InventoryError, InventoryItem};
 use chronicle_tests::TestDb;
 
-use crate::common::{bus, count, create_item, receive};
+use crate::common::{bus, count, create_item, inventory, receipt, receive, reservation};
 
 #[tokio::test]
 async fn a_command_commits_its_events_and_their_outbox_rows_together() {
@@ -84,17 +84,7 @@ async fn a_rejected_command_appends_nothing() {
     let pool = db.pool().await;
     let bus = bus(&pool);
     create_item(&bus, "SKU-1", 1).await;
-    let result = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Reserve {
-                reservation_id: "o1".into(),
-                quantity: 2,
-            },
-            &(),
-            &CommandContext::new(),
-        )
-        .await;
+    let result = inventory(&bus, "SKU-1", reservation("o1", 2), &CommandContext::new()).await;
     assert!(matches!(
         result,
         Err(CommandError::Rejected(InventoryError::InsufficientStock {
@@ -115,13 +105,10 @@ async fn fifty_concurrent_reserves_of_the_last_ten_units_give_exactly_ten_succes
     let attempts = (0..50).map(|i| {
         let bus = bus.clone();
         tokio::spawn(async move {
-            bus.execute::<InventoryItem>(
+            inventory(
+                &bus,
                 "LAST",
-                InventoryCommand::Reserve {
-                    reservation_id: format!("order-{i}"),
-                    quantity: 1,
-                },
-                &(),
+                reservation(format!("order-{i}"), 1),
                 &CommandContext::new(),
             )
             .await
@@ -158,15 +145,9 @@ async fn writers_in_separate_processes_race_through_the_primary_key_and_retry() 
     create_item(&a, "HOT", 0).await;
     let tasks = (0..40).map(|i| {
         let bus = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tokio::spawn(async move {
-            bus.execute::<InventoryItem>(
-                "HOT",
-                InventoryCommand::Receive { quantity: 1 },
-                &(),
-                &CommandContext::new(),
-            )
-            .await
-        })
+        tokio::spawn(
+            async move { inventory(&bus, "HOT", receipt(1), &CommandContext::new()).await },
+        )
     });
     for result in futures::future::join_all(tasks).await {
         result.unwrap().expect("every receive lands after retries");
@@ -204,8 +185,8 @@ async fn without_retries_the_loser_of_a_race_gets_a_conflict_and_appends_nothing
     // Many rounds of two racing writers: at least one round must collide.
     for _ in 0..30 {
         let (ra, rb) = tokio::join!(
-            a.execute::<InventoryItem>("HOT", InventoryCommand::Receive { quantity: 1 }, &(), &ctx),
-            b.execute::<InventoryItem>("HOT", InventoryCommand::Receive { quantity: 1 }, &(), &ctx),
+            inventory(&a, "HOT", receipt(1), &ctx),
+            inventory(&b, "HOT", receipt(1), &ctx),
         );
         for r in [ra, rb] {
             match r {
@@ -239,14 +220,7 @@ async fn a_stale_expected_version_is_refused_and_appends_nothing() {
         expected_version: Some(1),
         ..CommandContext::new()
     };
-    let result = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Receive { quantity: 1 },
-            &(),
-            &ctx,
-        )
-        .await;
+    let result = inventory(&bus, "SKU-1", receipt(1), &ctx).await;
     assert!(matches!(
         result,
         Err(CommandError::VersionMismatch {
@@ -258,14 +232,7 @@ async fn a_stale_expected_version_is_refused_and_appends_nothing() {
         expected_version: Some(2),
         ..CommandContext::new()
     };
-    let result = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Receive { quantity: 1 },
-            &(),
-            &ctx,
-        )
-        .await;
+    let result = inventory(&bus, "SKU-1", receipt(1), &ctx).await;
     assert!(
         matches!(result, Ok(Executed::Committed(ref c)) if c.version == 3),
         "{result:?}"
@@ -283,23 +250,11 @@ async fn an_idempotency_key_replays_the_first_response_and_refuses_a_different_r
         idempotency: Some(IdempotencyKey::new("test", "key-1", body)),
         ..CommandContext::new()
     };
-    let first = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Receive { quantity: 2 },
-            &(),
-            &ctx(b"2"),
-        )
+    let first = inventory(&bus, "SKU-1", receipt(2), &ctx(b"2"))
         .await
         .unwrap();
     assert!(matches!(first, Executed::Committed(ref c) if c.version == 2));
-    let again = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Receive { quantity: 2 },
-            &(),
-            &ctx(b"2"),
-        )
+    let again = inventory(&bus, "SKU-1", receipt(2), &ctx(b"2"))
         .await
         .unwrap();
     assert_eq!(
@@ -309,14 +264,7 @@ async fn an_idempotency_key_replays_the_first_response_and_refuses_a_different_r
             body: serde_json::json!({"id": "SKU-1", "version": 2})
         })
     );
-    let other = bus
-        .execute::<InventoryItem>(
-            "SKU-1",
-            InventoryCommand::Receive { quantity: 3 },
-            &(),
-            &ctx(b"3"),
-        )
-        .await;
+    let other = inventory(&bus, "SKU-1", receipt(3), &ctx(b"3")).await;
     assert!(matches!(other, Err(CommandError::IdempotencyKeyReused)));
     assert_eq!(
         count(&pool, "events").await,
@@ -338,15 +286,7 @@ async fn concurrent_requests_with_one_idempotency_key_append_once() {
     let tasks = (0..10).map(|i| {
         let bus = if i % 2 == 0 { a.clone() } else { b.clone() };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            bus.execute::<InventoryItem>(
-                "SKU-1",
-                InventoryCommand::Receive { quantity: 1 },
-                &(),
-                &ctx,
-            )
-            .await
-        })
+        tokio::spawn(async move { inventory(&bus, "SKU-1", receipt(1), &ctx).await })
     });
     let results: Vec<_> = futures::future::join_all(tasks)
         .await
@@ -374,32 +314,18 @@ async fn a_stale_primed_state_is_decided_again_on_the_stored_one() {
     assert_eq!(at_one.version, 1);
     // Another process (its own bus) takes every unit.
     let other = crate::common::bus(&pool);
-    other
-        .execute::<InventoryItem>(
-            "PRIMED",
-            InventoryCommand::Reserve {
-                reservation_id: "r1".into(),
-                quantity: 10,
-            },
-            &(),
-            &CommandContext::new(),
-        )
-        .await
-        .unwrap();
+    inventory(
+        &other,
+        "PRIMED",
+        reservation("r1", 10),
+        &CommandContext::new(),
+    )
+    .await
+    .unwrap();
     // This process is offered the state at version 1, as a lagging read model would.
     bus.prime::<InventoryItem>("PRIMED", at_one.state.clone(), 1)
         .await;
-    let refused = bus
-        .execute::<InventoryItem>(
-            "PRIMED",
-            InventoryCommand::Reserve {
-                reservation_id: "r2".into(),
-                quantity: 5,
-            },
-            &(),
-            &CommandContext::new(),
-        )
-        .await;
+    let refused = inventory(&bus, "PRIMED", reservation("r2", 5), &CommandContext::new()).await;
     assert!(
         matches!(
             refused,
