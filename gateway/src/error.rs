@@ -109,6 +109,12 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
+    /// 422 with a code of its own: the request is well formed, but the domain refuses what
+    /// it asks for (`url_not_allowed`, `image_too_large`, ...).
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
     /// 422 `validation_failed` listing each invalid field.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         let mut e = Self::new(

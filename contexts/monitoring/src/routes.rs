@@ -148,8 +148,7 @@ pub async fn report(
     let accepted = series::store(state.db.of(crate::NAME), &samples)
         .await
         .map_err(|e| match e {
-            series::StoreError::TooManySeries { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            series::StoreError::TooManySeries { .. } => ApiError::unprocessable(
                 "too_many_series",
                 format!("{e}: keep unbounded values (ids, times) out of labels"),
             ),
@@ -399,13 +398,7 @@ fn checked(state: &AppState, spec: RuleSpec) -> Result<RuleSpec, ApiError> {
             .get::<chronicle_sagas::NotifyConfig>()
             .allow,
     )
-    .map_err(|invalid| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "url_not_allowed",
-            invalid.message,
-        )
-    })?;
+    .map_err(|invalid| ApiError::unprocessable("url_not_allowed", invalid.message))?;
     Ok(spec)
 }
 

@@ -232,8 +232,7 @@ pub async fn create(
                 .iter()
                 .any(|(c, k)| k == *t && context.as_ref().is_none_or(|context| context == c))
         }) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(ApiError::unprocessable(
                 "unknown_event_type",
                 match context {
                     Some(context) => format!("no event type {unknown} in the context {context}"),
@@ -249,13 +248,7 @@ pub async fn create(
             .get::<JobsConfig>()
             .http_allow
             .check(url)
-            .map_err(|invalid| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "url_not_allowed",
-                    invalid.message,
-                )
-            })?;
+            .map_err(|invalid| ApiError::unprocessable("url_not_allowed", invalid.message))?;
     }
     let mut errors = Vec::new();
     for dependency in &spec.depends_on {

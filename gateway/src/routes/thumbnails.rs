@@ -149,9 +149,5 @@ pub async fn get(
 }
 
 fn too_large(detail: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "image_too_large",
-        detail.into(),
-    )
+    ApiError::unprocessable("image_too_large", detail.into())
 }
