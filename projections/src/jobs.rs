@@ -123,7 +123,8 @@ impl Projection for JobsProjection {
         ids.sort_unstable();
         ids.dedup();
         let stored: Vec<(String, serde_json::Value, i64)> = sqlx::query_as(
-            "SELECT job_id, state, version FROM scheduler_jobs WHERE job_id = ANY($1)",
+            "SELECT job_id, state, version FROM scheduler_jobs \
+             JOIN unnest($1::text[]) AS k(job_id) USING (job_id)",
         )
         .bind(&ids)
         .fetch_all(&mut *conn)

@@ -99,10 +99,13 @@ fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> ProjectionError {
 
 impl Projection for PostsProjection {
     const DEFINITION: Definition =
-        Definition::new("posts", contexts::BLOG, &["posts", "post_comments"], DDL).reading(&[
-            (Post::CONTEXT, Post::TYPE),
-            (Comment::CONTEXT, Comment::TYPE),
-        ]);
+        Definition::new("posts", contexts::BLOG, &["posts", "post_comments"], DDL)
+            .reading(&[
+                (Post::CONTEXT, Post::TYPE),
+                (Comment::CONTEXT, Comment::TYPE),
+            ])
+            // A deleted post's comments go by their post.
+            .indexed_while_rebuilt(&["post_comments_by_post"]);
 
     async fn apply(
         &self,

@@ -679,6 +679,8 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     })
     .await;
     assert!(live.0[1].contains(&draft_only));
+    let tables = ["posts", "post_comments"];
+    let indexes = chronicle_tests::indexes_of(&app.pool, "blog", &tables).await;
     sqlx::query("UPDATE blog.posts SET title = 'damaged'")
         .execute(&app.pool)
         .await
@@ -686,6 +688,11 @@ async fn replaying_the_posts_read_model_gives_the_same_rows_byte_for_byte() {
     app.replay("posts", chronicle_projections::ReplayFrom::Log, 3)
         .await;
     assert_eq!(rows().await, live);
+    // The comments' index by post, kept while filling, and the others, built after it.
+    assert_eq!(
+        chronicle_tests::indexes_of(&app.pool, "blog", &tables).await,
+        indexes
+    );
 }
 
 /// A published post whose reads (and the tag list) are served from the cache, with its

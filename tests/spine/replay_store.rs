@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::post_receipt;
-use chronicle_tests::{eventually, TestApp};
+use chronicle_tests::{eventually, indexes_of, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -69,12 +69,23 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     })
     .await;
     let live = rows(&app).await;
+    let indexes = indexes_of(&app.pool, "commerce", &["inventory_items"]).await;
+    assert_eq!(
+        indexes.len(),
+        3,
+        "the key, by availability and by words: {indexes:?}"
+    );
     sqlx::query("UPDATE commerce.inventory_items SET on_hand = 0")
         .execute(&app.pool)
         .await
         .unwrap();
     let stats = rebuild(&app).await;
     assert_eq!(rows(&app).await, live);
+    assert_eq!(
+        indexes_of(&app.pool, "commerce", &["inventory_items"]).await,
+        indexes,
+        "the indexes left out while filling are built again"
+    );
     let stream_last: i64 = app
         .scalar("SELECT stream_seq FROM commerce.relay_position")
         .await;

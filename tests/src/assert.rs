@@ -53,9 +53,26 @@ pub async fn invalid_fields(response: Response) -> Vec<String> {
         .collect()
 }
 
-/// Every row of `tables`, as JSON text, sorted: a read model's whole content.
+/// The index definitions of `tables` in schema `context`, by name: a rebuild builds most of
+/// them only after it filled the tables, and must leave each as it was.
+pub async fn indexes_of(pool: &PgPool, context: &str, tables: &[&str]) -> Vec<String> {
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY($2) \
+         ORDER BY indexname",
+    )
+    .bind(context)
+    .bind(tables)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(!indexes.is_empty(), "{context}.{tables:?} have indexes");
+    indexes
+}
+
+/// Every row of `tables`, as JSON text, sorted, then their indexes: a read model's whole
+/// content.
 async fn rows_of(pool: &PgPool, context: &str, tables: &[&str]) -> Vec<String> {
-    let mut all: Vec<String> = Vec::new();
+    let mut all: Vec<String> = indexes_of(pool, context, tables).await;
     for table in tables {
         let mut rows: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT row_to_json(t)::text FROM {context}.{table} t ORDER BY 1"

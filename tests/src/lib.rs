@@ -26,7 +26,7 @@ mod db;
 mod hook;
 mod smtp;
 pub use app::{TestApp, TestOptions};
-pub use assert::{assert_replays_byte_for_byte, created_id, invalid_fields, problem};
+pub use assert::{assert_replays_byte_for_byte, created_id, indexes_of, invalid_fields, problem};
 pub use db::{context_role, every_context, postgres_cluster, TestDb, TestPostgres};
 pub use hook::{Answer, Hook};
 pub use smtp::SmtpServer;

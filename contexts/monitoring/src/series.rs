@@ -215,7 +215,7 @@ pub async fn query(
         BTreeMap::from([(0, serde_json::json!({}))])
     } else {
         sqlx::query_as::<_, (i64, serde_json::Value)>(
-            "SELECT id, labels FROM monitoring_series WHERE id = ANY($1)",
+            "SELECT id, labels FROM monitoring_series JOIN unnest($1::bigint[]) AS k(id) USING (id)",
         )
         .bind(&ids)
         .fetch_all(pool)

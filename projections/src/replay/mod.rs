@@ -105,7 +105,15 @@ pub async fn replay<P: Projection>(
         // while this one is applied. Two batches in flight bound the memory.
         let (batches, ready) = tokio::sync::mpsc::channel(2);
         let reader = tokio::spawn(read_batches(messages, client_filter, batch_max, batches));
-        let filled = fill(projection, pool, &shadow, ready, total, &mut progress).await?;
+        let filled = fill(
+            projection,
+            pool,
+            &shadow.schema,
+            ready,
+            total,
+            &mut progress,
+        )
+        .await?;
         reader.await.map_err(|e| nats("replaying")(e.into()))?;
         filled
     } else {
@@ -119,22 +127,70 @@ pub async fn replay<P: Projection>(
     })
 }
 
-/// Creates the projection's tables in its shadow schema (`replay_<name>`), empty: its name.
+/// The schema a rebuild fills (`replay_<name>`), and the indexes it builds at the end.
+struct Shadow {
+    schema: String,
+    /// `CREATE INDEX` statements of the secondary indexes left out while filling.
+    deferred: Vec<String>,
+}
+
+/// Creates the projection's tables in its shadow schema, empty, without the secondary
+/// indexes its `apply` does not look up by ([`Projection::indexed_while_rebuilt`]): those
+/// are built once the tables are filled ([`build_deferred_indexes`]). Keys, unique indexes
+/// and the indexes behind constraints stay.
 async fn prepare_shadow<P: Projection>(
     projection: &P,
     pool: &PgPool,
-) -> Result<String, ProjectionError> {
-    let shadow = format!("replay_{}", projection.name());
+) -> Result<Shadow, ProjectionError> {
+    let schema = format!("replay_{}", projection.name());
     setup(pool, projection).await?;
     sqlx::raw_sql(&format!(
-        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow}; \
-         SET search_path TO {shadow}; {ddl}; RESET search_path;",
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; \
+         SET search_path TO {schema}; {ddl}; RESET search_path;",
         ddl = projection.ddl()
     ))
     .execute(pool)
     .await
     .map_err(ProjectionError::db("creating the shadow tables"))?;
-    Ok(shadow)
+    let deferred: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_get_indexdef(x.indexrelid) \
+         FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND NOT x.indisprimary AND NOT x.indisunique \
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) \
+           AND c.relname::text <> ALL($2) \
+         ORDER BY c.relname",
+    )
+    .bind(&schema)
+    .bind(projection.indexed_while_rebuilt())
+    .fetch_all(pool)
+    .await
+    .map_err(ProjectionError::db("reading the shadow's indexes"))?;
+    if !deferred.is_empty() {
+        let drop = deferred
+            .iter()
+            .map(|(name, _)| format!("DROP INDEX {schema}.\"{}\";", name.replace('"', "\"\"")))
+            .collect::<String>();
+        sqlx::raw_sql(&drop)
+            .execute(pool)
+            .await
+            .map_err(ProjectionError::db("deferring the shadow's indexes"))?;
+    }
+    Ok(Shadow {
+        schema,
+        deferred: deferred.into_iter().map(|(_, create)| create).collect(),
+    })
+}
+
+/// Builds the indexes [`prepare_shadow`] left out, over the filled tables, before the swap.
+async fn build_deferred_indexes(pool: &PgPool, shadow: &Shadow) -> Result<(), ProjectionError> {
+    for create in &shadow.deferred {
+        sqlx::raw_sql(create)
+            .execute(pool)
+            .await
+            .map_err(ProjectionError::db("building the rebuilt tables' indexes"))?;
+    }
+    Ok(())
 }
 
 /// What filling the shadow tables did.
@@ -184,6 +240,10 @@ async fn fill<P: Projection>(
             done += (batch.events.len() + batch.skipped.len()) as u64;
             last_sequence = batch.last;
             skipped.append(&mut batch.skipped);
+            // Freeing a batch's events (each payload a tree of JSON values) is work of its
+            // own: it is done beside the next batch, not before it.
+            let events = std::mem::take(&mut batch.events);
+            tokio::task::spawn_blocking(move || drop(events));
             progress(done, total.max(done));
         }
     }
@@ -194,16 +254,18 @@ async fn fill<P: Projection>(
     })
 }
 
-/// Swaps the shadow tables in, with the checkpoint at `checkpoint` and `skipped` as the
+/// Builds the shadow's deferred indexes, then swaps the shadow tables in, with the checkpoint at `checkpoint` and `skipped` as the
 /// projection's parked events, in one transaction.
 async fn swap<P: Projection>(
     projection: &P,
     pool: &PgPool,
-    shadow: &str,
+    shadow: &Shadow,
     last_sequence: u64,
     skipped: &[Skipped],
 ) -> Result<(), ProjectionError> {
+    build_deferred_indexes(pool, shadow).await?;
     let name = projection.name();
+    let shadow = &shadow.schema;
     let mut tx = pool
         .begin()
         .await

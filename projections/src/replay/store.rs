@@ -173,6 +173,9 @@ pub async fn replay_from_store<P: Projection>(
         let store = Store {
             context: context.clone(),
             types: types.clone(),
+            every_id: types
+                .iter()
+                .all(|t| subjects.contains(&chronicle_schemas::subject_for(context, t, ">"))),
             subjects: subjects.clone(),
             unpublished,
         };
@@ -187,7 +190,7 @@ pub async fn replay_from_store<P: Projection>(
     let filling = fill(
         projection,
         pool,
-        &shadow,
+        &shadow.schema,
         ready,
         total.max(0) as u64,
         &mut progress,
@@ -329,6 +332,9 @@ struct Store {
     context: String,
     types: Vec<String>,
     subjects: Vec<String>,
+    /// Every event of `types` matches `subjects` (`events.<context>.<type>.>` each), so
+    /// no event's subject need be made and matched.
+    every_id: bool,
     unpublished: HashSet<String>,
 }
 
@@ -439,13 +445,13 @@ impl Store {
             return None;
         }
         let subject =
-            chronicle_schemas::subject_for(&self.context, row.aggregate_type, row.aggregate_id);
-        if !self.subjects.iter().any(|p| subject_matches(p, &subject)) {
+            || chronicle_schemas::subject_for(&self.context, row.aggregate_type, row.aggregate_id);
+        if !self.every_id && !self.subjects.iter().any(|p| subject_matches(p, &subject())) {
             return None;
         }
         let skipped = |error: String| Skipped {
             seq: 0,
-            subject: subject.clone(),
+            subject: subject(),
             event_type: row.event_type.to_owned(),
             error,
         };
