@@ -254,8 +254,9 @@ async fn fill<P: Projection>(
     })
 }
 
-/// Builds the shadow's deferred indexes, then swaps the shadow tables in, with the checkpoint at `checkpoint` and `skipped` as the
-/// projection's parked events, in one transaction.
+/// Builds the shadow's deferred indexes, then swaps the shadow tables in, with the
+/// checkpoint at `checkpoint` and `skipped` as the projection's parked events, in one
+/// transaction.
 async fn swap<P: Projection>(
     projection: &P,
     pool: &PgPool,
