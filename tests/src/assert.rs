@@ -69,8 +69,8 @@ pub async fn indexes_of(pool: &PgPool, context: &str, tables: &[&str]) -> Vec<St
     indexes
 }
 
-/// Every row of `tables`, as JSON text, sorted, then their indexes: a read model's whole
-/// content.
+/// The indexes of `tables`, then every row of them as JSON text, sorted: a read model's
+/// whole content.
 async fn rows_of(pool: &PgPool, context: &str, tables: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = indexes_of(pool, context, tables).await;
     for table in tables {
