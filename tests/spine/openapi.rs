@@ -195,8 +195,10 @@ async fn every_problem_code_the_code_answers_is_in_the_document() {
         for marker in [
             "ApiError::new(",
             "ApiError::bad_request(",
+            "ApiError::unprocessable(",
             "Self::new(",
             "Self::bad_request(",
+            "Self::unprocessable(",
         ] {
             for part in text.split(marker).skip(1) {
                 let head: String = part.chars().take(120).collect();
