@@ -93,8 +93,8 @@ pub mod testing;
 mod upcast;
 
 pub use envelope::{
-    is_valid_subject_token, subject_for, AggregateKind, DecodeError, Envelope, Metadata,
-    StoredEvent, HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID, HEADER_EVENT_TYPE,
-    HEADER_EVENT_VERSION, SUBJECT_ROOT,
+    is_valid_subject_token, read_untagged, subject_for, untagged, AggregateKind, DecodeError,
+    Envelope, Metadata, StoredEvent, HEADER_AGGREGATE_SEQUENCE, HEADER_CORRELATION_ID,
+    HEADER_EVENT_TYPE, HEADER_EVENT_VERSION, SUBJECT_ROOT,
 };
 pub use upcast::{current_version, is_current, upcast};

@@ -103,7 +103,7 @@ impl PendingAppend {
                     sequence,
                     event_type: &event_type,
                     event_version: &event_version,
-                    payload: payload.clone(),
+                    payload: chronicle_schemas::untagged(payload.clone(), &event_type),
                 },
                 &metadata,
             );

@@ -465,7 +465,7 @@ impl Store {
             }
         };
         let at = Some(row.at.unwrap_or(metadata.recorded_at));
-        let payload = match serde_json::from_slice::<serde_json::Value>(row.payload) {
+        let payload = match chronicle_schemas::read_untagged(row.payload, row.event_type) {
             Ok(payload) => payload,
             Err(e) => {
                 return Some((
