@@ -48,6 +48,23 @@ async fn rebuild(app: &TestApp) -> chronicle_projections::ReplayStats {
         .await
 }
 
+/// The progress of a rebuild whose every stored event is published: it counts up to the
+/// total, which is the number of events the rebuild applied, and ends there.
+fn assert_progress_ends_whole(reported: &[(u64, u64)], events: u64) {
+    assert_eq!(
+        reported.last(),
+        Some(&(events, events)),
+        "the last report: {reported:?}"
+    );
+    assert!(
+        reported
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1)
+            && reported.iter().all(|(done, total)| done <= total),
+        "reports count up to one total: {reported:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
     let app = TestApp::spawn().await;
@@ -79,7 +96,12 @@ async fn a_read_model_rebuilt_from_the_event_store_equals_the_live_one() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let stats = rebuild(&app).await;
+    // Two events a batch: the count of the store (beside the copy) ends before the rebuild.
+    let (stats, reported) = app
+        .replay_reporting("inventory", chronicle_projections::ReplayFrom::Store, 2)
+        .await;
+    assert_eq!(stats.events, 3);
+    assert_progress_ends_whole(&reported, 3);
     assert_eq!(rows(&app).await, live);
     assert_eq!(
         indexes_of(&app.pool, "commerce", &["inventory_items"]).await,
@@ -229,9 +251,11 @@ async fn a_read_model_of_two_contexts_rebuilt_from_both_stores_equals_the_live_o
         .execute(&app.pool)
         .await
         .unwrap();
-    let stats = app
-        .replay("chat_history", chronicle_projections::ReplayFrom::Store, 2)
+    let (stats, reported) = app
+        .replay_reporting("chat_history", chronicle_projections::ReplayFrom::Store, 2)
         .await;
+    // The two stores' counts add up to the events applied.
+    assert_progress_ends_whole(&reported, stats.events);
     assert_eq!(chat_rows(&app).await, live);
     let furthest: i64 = sqlx::query_scalar(
         "SELECT max(stream_seq) FROM (SELECT stream_seq FROM chat.relay_position \

@@ -244,12 +244,30 @@ impl TestApp {
         from: chronicle_projections::ReplayFrom,
         batch: usize,
     ) -> chronicle_projections::ReplayStats {
+        self.replay_reporting(name, from, batch).await.0
+    }
+
+    /// [`replay`](Self::replay), with the `(done, total)` pairs its progress reported.
+    pub async fn replay_reporting(
+        &self,
+        name: &str,
+        from: chronicle_projections::ReplayFrom,
+        batch: usize,
+    ) -> (chronicle_projections::ReplayStats, Vec<(u64, u64)>) {
         let client = self.nats.client().await;
-        chronicle::contexts::read_model(name)
+        let mut reported = Vec::new();
+        let stats = chronicle::contexts::read_model(name)
             .expect("a known projection")
-            .replay(from, self.databases(), &client, batch, &mut |_, _| {})
+            .replay(
+                from,
+                self.databases(),
+                &client,
+                batch,
+                &mut |done, total| reported.push((done, total)),
+            )
             .await
-            .unwrap_or_else(|e| panic!("rebuilding {name}: {e}"))
+            .unwrap_or_else(|e| panic!("rebuilding {name}: {e}"));
+        (stats, reported)
     }
 
     /// The wiring of another process on the same servers: its own command bus (cache and

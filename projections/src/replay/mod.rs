@@ -110,7 +110,7 @@ pub async fn replay<P: Projection>(
             pool,
             &shadow.schema,
             ready,
-            total,
+            Total::Known(total),
             &mut progress,
         )
         .await?;
@@ -202,20 +202,64 @@ struct Filled {
     skipped: Vec<Skipped>,
 }
 
+/// How many events a rebuild reads: known when it starts (the stream's count), or once the
+/// counts beside the copy end (the stores').
+enum Total {
+    Known(u64),
+    Counting(Vec<tokio::task::JoinHandle<Result<u64, ProjectionError>>>),
+}
+
+impl Total {
+    /// The total if it is known by now.
+    async fn now(&mut self) -> Result<Option<u64>, ProjectionError> {
+        match self {
+            Total::Counting(counts) if !counts.iter().all(|c| c.is_finished()) => Ok(None),
+            _ => self.wait().await.map(Some),
+        }
+    }
+
+    async fn wait(&mut self) -> Result<u64, ProjectionError> {
+        let total = match self {
+            Total::Known(total) => *total,
+            Total::Counting(counts) => {
+                let mut total = 0;
+                for count in counts.drain(..) {
+                    total += count.await.map_err(|e| {
+                        ProjectionError::db("counting the events")(sqlx::Error::Protocol(
+                            e.to_string(),
+                        ))
+                    })??;
+                }
+                total
+            }
+        };
+        *self = Total::Known(total);
+        Ok(total)
+    }
+}
+
 /// Applies the batches from `ready` to the shadow tables, each in a transaction of its own;
 /// a batch that fails is applied again one event at a time, leaving out what fails.
+/// `progress` hears of each batch once the total is known, and of the last one always.
 async fn fill<P: Projection>(
     projection: &P,
     pool: &PgPool,
     shadow: &str,
     mut ready: tokio::sync::mpsc::Receiver<Result<Batch, ProjectionError>>,
-    total: u64,
+    mut total: Total,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<Filled, ProjectionError> {
     let (mut done, mut last_sequence, mut skipped) = (0, 0, Vec::new());
+    let mut reported = None;
+    // Where the fill's time went, for the log line at the end: waiting for events (the
+    // reading is slower), applying them, committing.
+    let (mut waited, mut applied, mut committed) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     {
         let shadow = shadow.to_owned();
+        let mut since = Instant::now();
         while let Some(batch) = ready.recv().await {
+            waited += since.elapsed();
+            since = Instant::now();
             let mut batch: Batch = batch?;
             let mut tx = pool
                 .begin()
@@ -234,9 +278,12 @@ async fn fill<P: Projection>(
                 shadow_path(&mut tx, &shadow, projection.context()).await?;
                 apply_one_by_one(projection, &mut tx, &mut batch).await?;
             }
+            applied += since.elapsed();
+            since = Instant::now();
             tx.commit()
                 .await
                 .map_err(ProjectionError::db("committing a replay batch"))?;
+            committed += since.elapsed();
             done += (batch.events.len() + batch.skipped.len()) as u64;
             last_sequence = batch.last;
             skipped.append(&mut batch.skipped);
@@ -244,9 +291,25 @@ async fn fill<P: Projection>(
             // own: it is done beside the next batch, not before it.
             let events = std::mem::take(&mut batch.events);
             tokio::task::spawn_blocking(move || drop(events));
-            progress(done, total.max(done));
+            if let Some(total) = total.now().await? {
+                progress(done, total.max(done));
+                reported = Some(done);
+            }
+            since = Instant::now();
         }
     }
+    let total = total.wait().await?;
+    if reported != Some(done) {
+        progress(done, total.max(done));
+    }
+    tracing::debug!(
+        projection = projection.name(),
+        events = done,
+        waited_ms = waited.as_millis() as u64,
+        applied_ms = applied.as_millis() as u64,
+        committed_ms = committed.as_millis() as u64,
+        "filled the rebuilt tables"
+    );
     Ok(Filled {
         done,
         last: last_sequence,
