@@ -168,7 +168,8 @@ pub fn read_untagged(json: &[u8], event_type: &str) -> serde_json::Result<serde_
                     }
                 }
             }
-            Ok(serde_json::Value::Object(whole))
+            // A key given twice keeps its last value, as when parsed whole.
+            Ok(untagged(serde_json::Value::Object(whole), self.0))
         }
     }
     impl<'de> DeserializeSeed<'de> for Untag<'_> {
@@ -325,6 +326,7 @@ mod tests {
             r#"{"Other": {"quantity": 7}}"#,
             r#"{"StockReceived": {"quantity": 7}, "extra": 1}"#,
             r#"{"a": 1, "b": [2, {"c": 3}], "a": 4}"#,
+            r#"{"StockReceived": 1, "StockReceived": {"quantity": 2}}"#,
             r#"{}"#,
             r#"[{"StockReceived": 1}]"#,
             r#""StockReceived""#,
