@@ -318,8 +318,9 @@ async fn catch_up(
     }
 }
 
-/// How many events of `types` the store held in the snapshot `exported` (shared by the
-/// connection that took it, which keeps it open until the copy ends).
+/// How many events of `types` the store held in the snapshot `exported`. The connection
+/// that took it keeps it open until the copy and the fill end, and the fill waits for the
+/// counts, so the snapshot is still there when a count imports it.
 async fn count_events(
     pool: sqlx::PgPool,
     exported: String,
