@@ -13,6 +13,7 @@
 //! | `delivery.<subscriber>` | in JetStream → fetched by the subscriber | `chronicle_subscriber_delivery_seconds` |
 //! | `apply.<subscriber>` | fetched → what it made committed | `chronicle_subscriber_apply_seconds` |
 //! | `fresh_read` | a `?min_version` read's wait for its version | `chronicle_read_fresh_wait_seconds` |
+//! | `run_lateness` | a job's due time → its run started (committed) | `chronicle_job_run_lateness_seconds` |
 //!
 //! Quantiles are interpolated inside the histogram's buckets (as Prometheus'
 //! `histogram_quantile` does), so they are as fine as the buckets: a few milliseconds
@@ -21,6 +22,20 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
+
+/// The text of `GET {base}/metrics`.
+///
+/// # Errors
+/// When the page cannot be fetched.
+pub async fn page(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
 
 /// One histogram series' cumulative bucket counts, by upper bound.
 type Buckets = Vec<(f64, f64)>;
@@ -35,13 +50,20 @@ impl Scrape {
     /// # Errors
     /// When the page cannot be fetched.
     pub async fn of(http: &reqwest::Client, base: &str) -> anyhow::Result<Self> {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        Self::of_all(http, &[base]).await
+    }
+
+    /// Reads `GET {base}/metrics` of several processes as one: a series they share sums
+    /// their samples.
+    ///
+    /// # Errors
+    /// When a page cannot be fetched.
+    pub async fn of_all(http: &reqwest::Client, bases: &[&str]) -> anyhow::Result<Self> {
+        let mut text = String::new();
+        for base in bases {
+            text += &page(http, base).await?;
+            text.push('\n');
+        }
         Ok(Self::parse(&text))
     }
 
@@ -155,6 +177,7 @@ impl Scrape {
             ("command", "chronicle_command_duration_seconds"),
             ("commit", "chronicle_command_commit_seconds"),
             ("relay", "chronicle_relay_publish_lag_seconds"),
+            ("run_lateness", "chronicle_job_run_lateness_seconds"),
         ] {
             stage(key.into(), self.since(before, name, |_| true));
         }
@@ -257,5 +280,23 @@ chronicle_http_request_duration_seconds_bucket{route="/api/v1/orders",method="GE
         // Only the command route's POSTs.
         assert_eq!(stages["http"]["samples"], 4);
         assert!(stages.get("commit").is_none(), "{stages}");
+    }
+
+    #[test]
+    fn the_pages_of_several_processes_read_as_one_sum_their_samples() {
+        let lateness = |below_1s: u32, all: u32| {
+            format!(
+                "chronicle_job_run_lateness_seconds_bucket{{le=\"1\"}} {below_1s}\n\
+                 chronicle_job_run_lateness_seconds_bucket{{le=\"2\"}} {all}\n\
+                 chronicle_job_run_lateness_seconds_bucket{{le=\"+Inf\"}} {all}\n"
+            )
+        };
+        // Three schedulers: 10 runs started within 1 s, and 10 more between 1 and 2 s.
+        let before = Scrape::parse(&(lateness(0, 0) + &lateness(0, 0) + &lateness(0, 0)));
+        let after = Scrape::parse(&(lateness(4, 4) + &lateness(6, 10) + &lateness(0, 6)));
+        let stages = after.breakdown(&before, &[]);
+        assert_eq!(stages["run_lateness"]["samples"], 20);
+        assert_eq!(stages["run_lateness"]["p50_ms"], 1000.0);
+        assert_eq!(stages["run_lateness"]["p99_ms"], 1980.0);
     }
 }

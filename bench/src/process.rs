@@ -183,8 +183,13 @@ impl PeakRss {
 }
 
 /// `chronicle <args>` (a role without a gateway: `relay`, `project jobs`, `scheduler`) on the
-/// bench's servers, started without waiting for anything.
-pub fn start_headless(db_url: &str, nats_url: &str, args: &[&str]) -> anyhow::Result<Chronicle> {
+/// bench's servers, started without waiting for anything: the process and the base URL of
+/// its `GET /metrics` (on a port found free just before).
+pub fn start_headless(
+    db_url: &str,
+    nats_url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Chronicle, String)> {
     let binary = std::env::current_exe()?
         .parent()
         .context("the bench binary's directory")?
@@ -195,14 +200,16 @@ pub fn start_headless(db_url: &str, nats_url: &str, args: &[&str]) -> anyhow::Re
             binary.display()
         );
     }
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let child = Command::new(binary)
         .args(args)
         .env("DATABASE_URL", db_url)
         .env("NATS_URL", nats_url)
         .env("CHRONICLE_PG_POOL", "32")
+        .env("CHRONICLE_METRICS_ADDR", metrics.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
-    Ok(Chronicle(child, None))
+    Ok((Chronicle(child, None), format!("http://{metrics}")))
 }
