@@ -159,33 +159,33 @@ async fn wait_for(
     let started = Instant::now();
     let http = reqwest::Client::new();
     loop {
-        let mut all = true;
-        let mut last = String::new();
+        // What each gateway not yet as expected answered last.
+        let mut off = Vec::new();
         for base in client.bases() {
             let answer = http
                 .get(format!("{base}{path}"))
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
-            let ok = match answer {
+            match answer {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let body: Value = r.json().await.unwrap_or(Value::Null);
-                    last = format!("{base}{path}: {status} {body}");
-                    wanted(status, &body)
+                    if !wanted(status, &body) {
+                        off.push(format!("{base}{path}: {status} {body}"));
+                    }
                 }
-                Err(e) => {
-                    last = format!("{base}{path}: {e}");
-                    false
-                }
-            };
-            all &= ok;
+                Err(e) => off.push(format!("{base}{path}: {e}")),
+            }
         }
-        if all {
+        if off.is_empty() {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(20) {
-            return Err(format!("not as expected within 20 s; last {last}"));
+            return Err(format!(
+                "not as expected within 20 s; last {}",
+                off.join("; ")
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
