@@ -165,16 +165,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let fresh = servers.fresh().await?;
     let (db, nats) = (fresh.db_url.as_str(), fresh.nats_url.as_str());
-    let mut roles = vec![
+    let others = [
         start_headless(db, nats, &["relay"])?,
         start_headless(db, nats, &["project", "jobs"])?,
         start_headless(db, nats, &["project", "job_triggers"])?,
     ];
-    for _ in 0..3 {
-        roles.push(start_headless(db, nats, &["scheduler"])?);
-    }
+    let schedulers = (0..3)
+        .map(|_| start_headless(db, nats, &["scheduler"]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     // Where a burst's time goes: the stages of every role's histograms over the burst.
-    let metrics: Vec<&str> = roles.iter().map(|(_, base)| base.as_str()).collect();
+    let metrics: Vec<&str> = others
+        .iter()
+        .chain(&schedulers)
+        .map(|(_, base)| base.as_str())
+        .collect();
+    let scheduler_pages: Vec<&str> = schedulers.iter().map(|(_, base)| base.as_str()).collect();
     let http = reqwest::Client::new();
     let pool = fresh.pool.clone();
     let waiting = Instant::now();
@@ -255,9 +260,8 @@ pub async fn run(
     // Followed on the schedulers' metrics pages: counting the events table every 100 ms
     // scanned it (400,000 rows by the end of a burst of 100,000), on the cores the burst
     // runs on. The events table is counted once they say every run is done.
-    let schedulers = &metrics[metrics.len() - 3..];
     let finished = loop {
-        if runs_succeeded(&http, schedulers).await? >= jobs {
+        if runs_succeeded(&http, &scheduler_pages).await? >= jobs {
             let done = count(
                 &pool,
                 "SELECT count(*) FROM scheduler.events \
