@@ -10,6 +10,7 @@
 //! | `command` | decision starts → committed | `chronicle_command_duration_seconds` |
 //! | `commit` | events handed to the committer → their group committed | `chronicle_command_commit_seconds` |
 //! | `relay` | committed → acknowledged by JetStream | `chronicle_relay_publish_lag_seconds` |
+//! | `relay_round` | one round of a relay: outbox read → batch acknowledged → rows deleted | `chronicle_relay_round_seconds` |
 //! | `delivery.<subscriber>` | in JetStream → fetched by the subscriber | `chronicle_subscriber_delivery_seconds` |
 //! | `apply.<subscriber>` | fetched → what it made committed | `chronicle_subscriber_apply_seconds` |
 //! | `fresh_read` | a `?min_version` read's wait for its version | `chronicle_read_fresh_wait_seconds` |
@@ -177,6 +178,7 @@ impl Scrape {
             ("command", "chronicle_command_duration_seconds"),
             ("commit", "chronicle_command_commit_seconds"),
             ("relay", "chronicle_relay_publish_lag_seconds"),
+            ("relay_round", "chronicle_relay_round_seconds"),
             ("run_lateness", "chronicle_job_run_lateness_seconds"),
         ] {
             stage(key.into(), self.since(before, name, |_| true));

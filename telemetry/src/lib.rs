@@ -282,6 +282,15 @@ fn describe() {
         "from an event's commit to its publish ack, per event"
     );
     describe_histogram!(
+        "chronicle_relay_round_seconds",
+        Unit::Seconds,
+        "one round of the relay: the outbox read, the batch published and acknowledged, its rows deleted"
+    );
+    describe_histogram!(
+        "chronicle_relay_batch_size",
+        "events the relay published in one round"
+    );
+    describe_histogram!(
         "chronicle_subscriber_delivery_seconds",
         Unit::Seconds,
         "from an event's publish to JetStream to its fetch by a subscriber, per event"
