@@ -400,6 +400,7 @@ fn preregister() {
     }
     for histogram in [
         "chronicle_relay_publish_lag_seconds",
+        "chronicle_relay_round_seconds",
         "chronicle_command_commit_seconds",
         "chronicle_read_fresh_wait_seconds",
         "chronicle_job_run_lateness_seconds",
